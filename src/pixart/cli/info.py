@@ -1,0 +1,37 @@
+"""`pixart info PATH`: format found, config, parameter count."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", type=Path, help="weights file or model folder")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pixart.weights import detect_format, read_state
+    from pixart.weights.dit_init import infer_dit_config
+    from pixart.weights.io import read_official_state
+
+    fmt = detect_format(args.path)
+    if fmt == "dit":
+        state = read_official_state(args.path, use_ema=False)
+        config = infer_dit_config(state).to_dict()
+        architecture = "DiT (class-conditional)"
+    else:
+        pixart_config, state, fmt = read_state(args.path)
+        config = pixart_config.to_dict()
+        architecture = "PixArtMS" if pixart_config.micro_conditions else "PixArt"
+    params = sum(v.numel() for k, v in state.items() if k not in ("pos_embed", "y_embedder.y_embedding"))
+    info = {"path": str(args.path), "format": fmt, "architecture": architecture, "parameters": params, "config": config}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{args.path}: {fmt} weights, {architecture}, {params:,} parameters")
+    for key, value in config.items():
+        print(f"  {key}: {value}")
+    return 0

@@ -1,0 +1,46 @@
+"""Entry point: builds the argument parser from the subcommand modules and dispatches.
+
+Each subcommand module exposes `register(subparsers)`, which adds its parser and sets `run` as the
+handler. Errors a user can fix (missing files, bad formats, bad settings) are printed as one line and
+exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand name -> module under pixart.cli; imported lazily so `pixart --help` stays fast.
+COMMANDS = {
+    "convert": "Convert transformer weights between pixart, official and diffusers layouts (or from DiT).",
+    "info": "Show the format, architecture and parameter count of a weights file or folder.",
+}
+
+
+class UserError(Exception):
+    """An error caused by the user's input, printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pixart", description="PixArt-alpha: train, generate, convert.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"pixart.cli.{name}")
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.register(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pixart.weights import WeightsError
+
+    try:
+        result = args.handler(args)
+    except (UserError, FileNotFoundError, WeightsError) as error:
+        print(f"pixart {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return int(result or 0)

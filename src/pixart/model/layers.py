@@ -1,0 +1,175 @@
+"""Building blocks shared by PixArt and the class-conditional DiT.
+
+Module and parameter names follow the official checkpoints (`x_embedder.proj`, `t_embedder.mlp`,
+`attn.qkv`, `cross_attn.kv_linear`, `mlp.fc1`...), so released weights load with no renaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation z * (1 + scale) + shift; shift and scale broadcast over tokens."""
+    return x * (1 + scale) + shift
+
+
+def timestep_sinusoid(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) raw timesteps (int or float) -> (B, dim) fp32 embedding laid out [cos | sin].
+
+    The order is the opposite of the position embedding's; both follow the official code.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.to(torch.float32)[:, None] * freqs[None]  # (B, half)
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) latents -> (B, H/p * W/p, D) tokens, row-major over the patch grid."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar -> 256-dim [cos | sin] sinusoid -> Linear, SiLU, Linear. Also the size embedder."""
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # The sinusoid is computed in fp32 and cast, as the official AMP path does.
+        freq = timestep_sinusoid(t, self.frequency_dim).to(self.mlp[0].weight.dtype)  # (B, 256)
+        return self.mlp(freq)  # (B, D)
+
+
+class SizeEmbedder(TimestepEmbedder):
+    """Micro-condition embedder: each scalar of a (B, k) input embedded alone, concatenated to (B, k*D)."""
+
+    def forward(self, values: torch.Tensor, batch_size: int) -> torch.Tensor:
+        if values.ndim == 1:
+            values = values[:, None]
+        if values.shape[0] != batch_size:  # a single condition shared by the batch (or by CFG halves)
+            values = values.repeat(batch_size // values.shape[0], 1)
+        k = values.shape[1]
+        embedded = super().forward(values.reshape(-1))  # (B*k, D)
+        return embedded.reshape(batch_size, k * embedded.shape[-1])  # (B, k*D)
+
+
+class Mlp(nn.Module):
+    """fc1, tanh-GELU, fc2 (timm's Mlp with the official activation)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class CaptionEmbedder(nn.Module):
+    """Caption projection y_proj (C_cap -> D) plus the learned null caption used for guidance.
+
+    `y_embedding` is a buffer, as officially: the optimiser never sees it, it travels in the state dict.
+    """
+
+    def __init__(self, caption_channels: int, hidden_size: int, max_length: int, normalize: bool = False):
+        super().__init__()
+        self.normalize = normalize
+        self.y_proj = Mlp(caption_channels, hidden_size, hidden_size)
+        self.register_buffer("y_embedding", torch.randn(max_length, caption_channels) / caption_channels**0.5)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            # A parameter-free LayerNorm: small encoders (MiniLM) give features whose scale the
+            # zero-ish init of y_proj cannot use; it adds no keys, so weights stay compatible.
+            y = F.layer_norm(y, y.shape[-1:], eps=1e-6)
+        return self.y_proj(y)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (rows [q; k; v], each head-major)."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)  # (B, N, 3, H, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class CrossAttention(nn.Module):
+    """Image tokens attend to caption tokens; padded caption tokens contribute exactly nothing.
+
+    No norm and no gate on this branch (official). `attn_mask` is (B, 1, 1, L) bool, True where a
+    caption token is valid, or None to attend to every token.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_linear = nn.Linear(hidden_size, hidden_size)
+        self.kv_linear = nn.Linear(hidden_size, 2 * hidden_size)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, N, D = x.shape
+        L = y.shape[1]
+        H, d = self.num_heads, D // self.num_heads
+        q = self.q_linear(x).view(B, N, H, d).transpose(1, 2)  # (B, H, N, d)
+        kv = self.kv_linear(y).view(B, L, 2, H, d)  # rows [k; v]
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, N, d)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class FinalLayer(nn.Module):
+    """T2IFinalLayer: LayerNorm, (shift, scale) = table + conditioning embedding, Linear to p*p*C_out."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, per_block_adaln: bool = False):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        if per_block_adaln:  # DiT: its own modulation MLP
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        else:  # adaLN-single: a learned (2, D) table added to the timestep embedding
+            self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "scale_shift_table"):
+            shift, scale = (self.scale_shift_table[None] + c[:, None]).chunk(2, dim=1)  # each (B, 1, D)
+        else:
+            shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=-1)  # each (B, 1, D)
+        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, N, p*p*C_out)
+
+
+def unpatchify(x: torch.Tensor, grid_h: int, grid_w: int, patch_size: int) -> torch.Tensor:
+    """(B, N, p*p*C) -> (B, C, H, W); within each token the channel index is fastest ((pi, pj, c))."""
+    B = x.shape[0]
+    p = patch_size
+    C = x.shape[-1] // (p * p)
+    x = x.reshape(B, grid_h, grid_w, p, p, C)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(B, C, grid_h * p, grid_w * p)

@@ -1,0 +1,292 @@
+"""PixArt-alpha: a DiT with T5 cross-attention and adaLN-single (one PixArt class covers PixArtMS).
+
+Short names come from the official checkpoint so released weights load strictly:
+x_embedder (patchify), t_embedder (timestep MLP), t_block (the adaLN-single global MLP), y_embedder
+(caption projection + learned null caption), csize_embedder / ar_embedder (PixArtMS micro-conditions),
+blocks.i.scale_shift_table (the per-block table E(i)), final_layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pixart.model.layers import (
+    CaptionEmbedder,
+    CrossAttention,
+    FinalLayer,
+    Mlp,
+    PatchEmbed,
+    SelfAttention,
+    SizeEmbedder,
+    TimestepEmbedder,
+    modulate,
+    unpatchify,
+)
+from pixart.model.pos_embed import position_embedding
+
+ADALN_MODES = ("single", "per_block")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PixArtConfig:
+    """Architecture of a PixArt transformer. Defaults are PixArt-XL/2 at 512 px."""
+
+    input_size: int = 64  # latent side the model was trained at (32/64/128 for 256/512/1024 px)
+    patch_size: int = 2
+    in_channels: int = 4  # latent channels
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    learn_sigma: bool = True  # IDDPM learned-range variance: out_channels = 2 * in_channels
+    caption_channels: int = 4096  # T5-XXL width
+    max_length: int = 120  # caption tokens (the shape of the learned null caption)
+    interpolation_scale: float = 1.0  # official lewei_scale: 2 at 1024 px, 1 below
+    micro_conditions: bool = False  # PixArtMS: image size and aspect ratio added to the timestep embedding
+    adaln: str = "single"  # "single" (PixArt) or "per_block" (DiT's adaLN-Zero, for the ablation)
+    caption_norm: bool = False  # parameter-free LayerNorm on caption features (small encoders)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.hidden_size % 4:
+            raise ValueError(
+                f"hidden_size must be a multiple of 4 for the 2-D position embedding, got {self.hidden_size}"
+            )
+        if self.micro_conditions and self.hidden_size % 3:
+            raise ValueError(
+                f"micro_conditions split hidden_size into three size embeddings: "
+                f"{self.hidden_size} is not divisible by 3 (use a multiple of 12)"
+            )
+        if self.adaln not in ADALN_MODES:
+            raise ValueError(f"adaln must be one of {ADALN_MODES}, got {self.adaln!r}")
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+    @property
+    def base_size(self) -> int:
+        """Token-grid side the position embedding is normalised to (input_size // patch_size)."""
+        return self.input_size // self.patch_size
+
+    def at_resolution(self, resolution: int) -> PixArtConfig:
+        """The same architecture set up as officially for `resolution` px (SD VAE, factor 8)."""
+        return dataclasses.replace(
+            self,
+            input_size=resolution // 8,
+            interpolation_scale=2.0 if resolution >= 1024 else 1.0,
+            micro_conditions=resolution >= 1024,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PixArtConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown PixArtConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+
+XL_2 = PixArtConfig()  # PixArt-XL-2-512x512
+XL_2_256 = XL_2.at_resolution(256)
+XL_2_1024_MS = XL_2.at_resolution(1024)  # PixArt-XL-2-1024-MS
+TINY = PixArtConfig(input_size=16, hidden_size=96, depth=2, num_heads=3, caption_channels=48, max_length=16)
+TINY_MS = dataclasses.replace(TINY, micro_conditions=True, interpolation_scale=2.0)
+PRESETS = {"XL_2": XL_2, "XL_2_256": XL_2_256, "XL_2_1024_MS": XL_2_1024_MS, "TINY": TINY, "TINY_MS": TINY_MS}
+
+
+class PixArtBlock(nn.Module):
+    """Self-attention, cross-attention (no norm, no gate), MLP; adaLN-single modulation."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, adaln: str = "single"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(hidden_size, num_heads)
+        self.cross_attn = CrossAttention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        if adaln == "single":
+            self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
+        else:  # DiT's per-block adaLN-Zero, kept for the ablation against adaLN-single
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        """(B, 6D) shared t_block output (or (B, D) embedding for per-block) -> (B, 6, D)."""
+        if hasattr(self, "scale_shift_table"):
+            return self.scale_shift_table[None] + c.reshape(c.shape[0], 6, -1)  # S(i) = S_bar + E(i)
+        return self.adaLN_modulation(c).reshape(c.shape[0], 6, -1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, attn_mask: torch.Tensor | None, c: torch.Tensor):
+        # Chunk order (official): shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=1)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
+        x = x + self.cross_attn(x, y, attn_mask)
+        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+class PixArt(nn.Module):
+    """The PixArt-alpha transformer: latents, timesteps and caption features -> eps (and variance).
+
+    Set `gradient_checkpointing = True` from outside to recompute each block in the backward pass.
+    """
+
+    def __init__(self, config: PixArtConfig):
+        super().__init__()
+        self.config = config
+        D = config.hidden_size
+        self.gradient_checkpointing = False
+        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, D)
+        self.t_embedder = TimestepEmbedder(D)
+        if config.adaln == "single":
+            self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+        self.y_embedder = CaptionEmbedder(config.caption_channels, D, config.max_length, config.caption_norm)
+        if config.micro_conditions:
+            self.csize_embedder = SizeEmbedder(D // 3)
+            self.ar_embedder = SizeEmbedder(D // 3)
+        self.blocks = nn.ModuleList(
+            PixArtBlock(D, config.num_heads, config.mlp_ratio, config.adaln) for _ in range(config.depth)
+        )
+        self.final_layer = FinalLayer(D, config.patch_size, config.out_channels, config.adaln == "per_block")
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """The official initialisation (spec 2.1); per-block adaLN is zeroed as in DiT."""
+
+        def basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(basic_init)
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for linear in (
+            self.t_embedder.mlp[0],
+            self.t_embedder.mlp[2],
+            self.y_embedder.y_proj.fc1,
+            self.y_embedder.y_proj.fc2,
+        ):
+            nn.init.normal_(linear.weight, std=0.02)
+        if self.config.adaln == "single":
+            nn.init.normal_(self.t_block[1].weight, std=0.02)
+        if self.config.micro_conditions:
+            for embedder in (self.csize_embedder, self.ar_embedder):
+                nn.init.normal_(embedder.mlp[0].weight, std=0.02)
+                nn.init.normal_(embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.cross_attn.proj.weight)  # cross-attention is a no-op at init
+            nn.init.zeros_(block.cross_attn.proj.bias)
+            if self.config.adaln == "per_block":
+                nn.init.zeros_(block.adaLN_modulation[1].weight)
+                nn.init.zeros_(block.adaLN_modulation[1].bias)
+        if self.config.adaln == "per_block":
+            nn.init.zeros_(self.final_layer.adaLN_modulation[1].weight)
+            nn.init.zeros_(self.final_layer.adaLN_modulation[1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.proj.weight.device
+
+    def embed_conditions(
+        self, t: torch.Tensor, batch_size: int, img_hw: torch.Tensor | None, aspect_ratio: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(B,) timesteps (+ micro-conditions) -> (B, D) embedding that drives all modulation."""
+        temb = self.t_embedder(t)  # (B, D)
+        if self.config.micro_conditions:
+            if img_hw is None or aspect_ratio is None:
+                raise ValueError(
+                    "this model uses micro-conditions (PixArtMS): pass img_hw (B, 2) = [height, width] in "
+                    "pixels and aspect_ratio (B,) = height / width"
+                )
+            img_hw = torch.as_tensor(img_hw, device=temb.device, dtype=torch.float32)
+            aspect_ratio = torch.as_tensor(aspect_ratio, device=temb.device, dtype=torch.float32)
+            csize = self.csize_embedder(img_hw.reshape(-1, 2), batch_size)  # (B, 2D/3)
+            ar = self.ar_embedder(aspect_ratio.reshape(-1, 1), batch_size)  # (B, D/3)
+            temb = temb + torch.cat([csize, ar], dim=1)
+        return temb
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        img_hw: torch.Tensor | None = None,
+        aspect_ratio: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, C, H, W), t (B,), y (B, L, C_cap), mask (B, L) 1 = valid -> (B, out_channels, H, W)."""
+        cfg = self.config
+        p = cfg.patch_size
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"x must be (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
+        B, _, H, W = x.shape
+        if H % p or W % p:
+            raise ValueError(f"latent height and width must be multiples of the patch size {p}, got {H}x{W}")
+        t = torch.as_tensor(t, device=x.device)
+        t = t.reshape(-1).expand(B) if t.numel() == 1 else t.reshape(-1)
+        if t.shape[0] != B:
+            raise ValueError(f"t must hold one timestep per sample ({B}), got shape {tuple(t.shape)}")
+        if y.ndim == 4:  # official layout (B, 1, L, C)
+            y = y.squeeze(1)
+        if y.ndim != 3 or y.shape[0] != B or y.shape[2] != cfg.caption_channels:
+            raise ValueError(f"y must be (B={B}, L, {cfg.caption_channels}), got {tuple(y.shape)}")
+
+        dtype = self.dtype
+        grid_h, grid_w = H // p, W // p
+        pos = position_embedding(
+            cfg.hidden_size, grid_h, grid_w, cfg.base_size, cfg.interpolation_scale, device=x.device, dtype=dtype
+        )
+        tokens = self.x_embedder(x.to(dtype)) + pos  # (B, N, D)
+        temb = self.embed_conditions(t, B, img_hw, aspect_ratio).to(dtype)  # (B, D)
+        c = self.t_block(temb) if cfg.adaln == "single" else temb  # (B, 6D) or (B, D)
+        y = self.y_embedder(y.to(dtype))  # (B, L, D)
+        attn_mask = self.caption_attention_mask(mask, B, y.shape[1], x.device)
+
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, y, attn_mask, c, use_reentrant=False)
+            else:
+                tokens = block(tokens, y, attn_mask, c)
+        out = self.final_layer(tokens, temb)  # (B, N, p*p*C_out)
+        return unpatchify(out, grid_h, grid_w, p)  # (B, C_out, H, W)
+
+    @staticmethod
+    def caption_attention_mask(
+        mask: torch.Tensor | None, batch_size: int, length: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """(B, L) 0/1 mask -> (B, 1, 1, L) bool for SDPA. A mask of batch 1 (or B/2 under CFG) is tiled.
+
+        A caption with no valid token attends uniformly to all of its tokens (diffusers' behaviour)
+        rather than producing NaN.
+        """
+        if mask is None:
+            return None
+        mask = mask.to(device).reshape(-1, length) != 0  # (B_mask, L)
+        if mask.shape[0] != batch_size:
+            if batch_size % mask.shape[0]:
+                raise ValueError(f"mask batch {mask.shape[0]} does not divide the input batch {batch_size}")
+            mask = mask.repeat(batch_size // mask.shape[0], 1)
+        mask = mask | ~mask.any(dim=1, keepdim=True)
+        return mask[:, None, None, :]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

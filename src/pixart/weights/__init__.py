@@ -1,0 +1,22 @@
+"""PixArt weights in and out: official .pth, our safetensors, diffusers folders, DiT initialisation."""
+
+from pixart.weights.dit_init import dit_to_pixart, reparameterize_dit
+from pixart.weights.io import (
+    FORMATS,
+    WeightsError,
+    detect_format,
+    load_transformer,
+    read_state,
+    save_transformer,
+)
+
+__all__ = [
+    "FORMATS",
+    "WeightsError",
+    "detect_format",
+    "dit_to_pixart",
+    "load_transformer",
+    "read_state",
+    "reparameterize_dit",
+    "save_transformer",
+]

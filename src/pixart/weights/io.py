@@ -1,0 +1,360 @@
+"""Read and write PixArt transformer weights in three layouts, detected from the path.
+
+- official: a `.pth` holding {"state_dict": ..., "state_dict_ema": ...} or a bare state dict;
+- ours: a `.safetensors` file whose metadata carries the config (official key names, no pos_embed);
+- diffusers: a folder with config.json + diffusion_pytorch_model.safetensors, or a pipeline folder
+  holding transformer/.
+
+Loading is strict: only the computed `pos_embed` is dropped. Nothing is ever unpickled as code
+(`weights_only=True`, or safetensors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from pixart.model.pixart import PixArt, PixArtConfig
+from pixart.model.pos_embed import sincos_2d
+from pixart.weights import keys
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+NULL_CAPTION_FILE = "null_caption.safetensors"  # our sidecar: diffusers has no slot for y_embedding
+OURS_IN_FOLDER = "transformer.safetensors"  # inside a model folder of ours (see pixart.modelfolder)
+FORMATS = ("pixart", "official", "diffusers")
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot become this PixArt: wrong format, architecture or keys."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Format detection
+
+
+def detect_format(path: str | Path) -> str:
+    """'pixart', 'official', 'diffusers' or 'dit' for a weights path; a clear error otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.is_dir():
+        if (path / OURS_IN_FOLDER).is_file():
+            return "pixart"
+        if _diffusers_folder(path) is not None:
+            return "diffusers"
+        raise WeightsError(
+            f"{path} is a folder but holds neither {OURS_IN_FOLDER} (a pixart model folder) nor a diffusers "
+            f"transformer (config.json + {DIFFUSERS_WEIGHTS}, or model_index.json with transformer/)"
+        )
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            names = list(f.keys())
+        if metadata.get("format") == "pixart":
+            return "pixart"
+        return _format_from_keys(names, path)
+    if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        return _format_from_keys(list(read_official_state(path, use_ema=False)), path)
+    raise WeightsError(
+        f"unknown weights format for {path}: expected an official .pth/.pt, a .safetensors file, or a diffusers folder"
+    )
+
+
+def _format_from_keys(names: list[str], path: Path) -> str:
+    names_set = set(names)
+    if "y_embedder.embedding_table.weight" in names_set and not any(".cross_attn." in n for n in names):
+        return "dit"
+    if "x_embedder.proj.weight" in names_set and any(n.startswith("blocks.") for n in names):
+        return "official"
+    if "pos_embed.proj.weight" in names_set and any(n.startswith("transformer_blocks.") for n in names):
+        return "diffusers"
+    sample = ", ".join(sorted(names)[:5])
+    raise WeightsError(
+        f"{path} does not hold a PixArt transformer (keys start with: {sample}); expected official PixArt "
+        "keys (x_embedder, blocks.N...), diffusers PixArtTransformer2DModel keys, or a DiT checkpoint"
+    )
+
+
+def _diffusers_folder(path: Path) -> Path | None:
+    """The folder that holds the transformer's config.json and weights, or None."""
+    for candidate in (path, path / "transformer"):
+        if (candidate / "config.json").is_file() and (
+            (candidate / DIFFUSERS_WEIGHTS).is_file() or (candidate / f"{DIFFUSERS_WEIGHTS}.index.json").is_file()
+        ):
+            return candidate
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading each layout into (config, our state dict)
+
+
+def read_official_state(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - report any unpickling refusal or corruption clearly
+        raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {error}") from error
+    if isinstance(data, dict) and "state_dict" in data:
+        if use_ema:
+            if "state_dict_ema" not in data:
+                raise WeightsError(f"{path} has no state_dict_ema; load it with use_ema=False")
+            return data["state_dict_ema"]
+        return data["state_dict"]
+    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return data
+    raise WeightsError(f"{path} is not a state dict nor a dict with a 'state_dict' entry")
+
+
+def infer_official_config(state: dict[str, torch.Tensor]) -> PixArtConfig:
+    """An official checkpoint's architecture, read from its tensor shapes (spec section 8)."""
+    proj = state["x_embedder.proj.weight"]  # (D, C_in, p, p)
+    hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    out = state["final_layer.linear.weight"].shape[0] // (patch * patch)
+    if "pos_embed" not in state:
+        raise WeightsError("the checkpoint has no pos_embed to read its training resolution from; pass config=")
+    grid = math.isqrt(state["pos_embed"].shape[1])
+    input_size = grid * patch
+    if hidden % 72:
+        raise WeightsError(f"cannot infer the head count of a width-{hidden} model (XL uses 72 per head); pass config=")
+    return PixArtConfig(
+        input_size=input_size,
+        patch_size=patch,
+        in_channels=in_channels,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=hidden // 72,
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+        learn_sigma=out == 2 * in_channels,
+        caption_channels=state["y_embedder.y_proj.fc1.weight"].shape[1],
+        max_length=state["y_embedder.y_embedding"].shape[0],
+        interpolation_scale=2.0 if input_size >= 128 else 1.0,
+        micro_conditions="csize_embedder.mlp.0.weight" in state,
+        adaln="per_block" if "blocks.0.adaLN_modulation.1.weight" in state else "single",
+    )
+
+
+def diffusers_config_to_ours(data: dict) -> PixArtConfig:
+    if data.get("norm_type", "ada_norm_single") != "ada_norm_single":
+        raise WeightsError(f"diffusers transformer with norm_type {data['norm_type']!r} is not PixArt")
+    if data.get("caption_channels") is None:
+        raise WeightsError("diffusers config has no caption_channels: not a PixArt text-to-image transformer")
+    sample_size = data.get("sample_size", 128)
+    micro = data.get("use_additional_conditions")
+    scale = data.get("interpolation_scale")
+    in_channels = data.get("in_channels", 4)
+    out_channels = data.get("out_channels") or in_channels
+    return PixArtConfig(
+        input_size=sample_size,
+        patch_size=data.get("patch_size", 2),
+        in_channels=in_channels,
+        hidden_size=data.get("num_attention_heads", 16) * data.get("attention_head_dim", 72),
+        depth=data.get("num_layers", 28),
+        num_heads=data.get("num_attention_heads", 16),
+        learn_sigma=out_channels == 2 * in_channels,
+        caption_channels=data["caption_channels"],
+        # diffusers derives these from sample_size when unset; we make them explicit.
+        interpolation_scale=float(scale if scale is not None else max(sample_size // 64, 1)),
+        micro_conditions=bool(micro if micro is not None else sample_size == 128),
+    )
+
+
+def diffusers_config_from_ours(config: PixArtConfig) -> dict:
+    if config.adaln != "single" or config.caption_norm:
+        raise WeightsError(
+            "only adaLN-single models without caption_norm have a diffusers layout; "
+            "save this model as pixart or official instead"
+        )
+    return {
+        "_class_name": "PixArtTransformer2DModel",
+        "activation_fn": "gelu-approximate",
+        "attention_bias": True,
+        "attention_head_dim": config.hidden_size // config.num_heads,
+        "attention_type": "default",
+        "caption_channels": config.caption_channels,
+        "cross_attention_dim": config.hidden_size,
+        "dropout": 0.0,
+        "in_channels": config.in_channels,
+        "interpolation_scale": config.interpolation_scale,
+        "norm_elementwise_affine": False,
+        "norm_eps": 1e-6,
+        "norm_num_groups": 32,
+        "norm_type": "ada_norm_single",
+        "num_attention_heads": config.num_heads,
+        "num_embeds_ada_norm": 1000,
+        "num_layers": config.depth,
+        "out_channels": config.out_channels,
+        "patch_size": config.patch_size,
+        "sample_size": config.input_size,
+        "upcast_attention": False,
+        "use_additional_conditions": config.micro_conditions,
+    }
+
+
+def _read_diffusers(folder: Path) -> tuple[PixArtConfig, dict[str, torch.Tensor]]:
+    config = diffusers_config_to_ours(json.loads((folder / "config.json").read_text()))
+    if config.mlp_ratio != 4.0:
+        raise WeightsError("unexpected mlp ratio in a diffusers config")
+    index = folder / f"{DIFFUSERS_WEIGHTS}.index.json"
+    if index.is_file():
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            state.update(load_file(folder / shard))
+    else:
+        state = load_file(folder / DIFFUSERS_WEIGHTS)
+    expected = {
+        k
+        for _, theirs in keys.key_pairs(config.depth, config.micro_conditions)
+        for k in ([theirs] if isinstance(theirs, str) else theirs)
+    }
+    _check_key_sets(expected, set(state), f"diffusers transformer in {folder}")
+    ours = keys.from_diffusers(state, config.depth, config.micro_conditions)
+    null_file = folder / NULL_CAPTION_FILE
+    if null_file.is_file():
+        null = load_file(null_file)["y_embedding"]
+        ours["y_embedder.y_embedding"] = null
+        config = dataclasses.replace(config, max_length=null.shape[0])
+    else:  # diffusers weights guide with the encoded empty prompt, so no learned null caption exists
+        ours["y_embedder.y_embedding"] = torch.zeros(config.max_length, config.caption_channels)
+    return config, ours
+
+
+def read_state(
+    path: str | Path, *, use_ema: bool = False, config: PixArtConfig | None = None
+) -> tuple[PixArtConfig, dict[str, torch.Tensor], str]:
+    """(config, state dict in our key names without pos_embed, format) for any supported path."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "dit":
+        raise WeightsError(
+            f"{path} is a class-conditional DiT checkpoint, not PixArt. Turn it into a PixArt "
+            f"initialisation with: pixart convert {path} --to pixart --out init.safetensors"
+        )
+    if fmt == "diffusers":
+        found_config, state = _read_diffusers(_diffusers_folder(path))
+    elif fmt == "pixart":
+        file = path / OURS_IN_FOLDER if path.is_dir() else path
+        with safe_open(str(file), framework="pt") as f:
+            found_config = PixArtConfig.from_dict(json.loads(f.metadata()["config"]))
+        state = load_file(file)
+    else:
+        if path.suffix == ".safetensors":
+            state = load_file(path)
+        else:
+            state = dict(read_official_state(path, use_ema))
+        found_config = config or infer_official_config(state)
+    state.pop("pos_embed", None)
+    return config or found_config, state, fmt
+
+
+def _check_key_sets(expected: set[str], found: set[str], what: str, shapes: str = "") -> None:
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {missing[:8]}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected[:8]}")
+        if shapes:
+            parts.append(shapes)
+        raise WeightsError(f"{what} does not match the architecture: " + "; ".join(parts))
+
+
+def check_state_matches(model: PixArt, state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise a WeightsError naming missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    mis_shaped = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    shapes = f"mis-shaped keys ({len(mis_shaped)}): {mis_shaped[:8]}" if mis_shaped else ""
+    _check_key_sets(set(expected), set(state), what, shapes)
+
+
+def load_transformer(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    config: PixArtConfig | None = None,
+    use_ema: bool = False,
+) -> PixArt:
+    """Build the PixArt a checkpoint describes and load it strictly (format detected from `path`)."""
+    config, state, fmt = read_state(path, use_ema=use_ema, config=config)
+    with torch.device("meta"):
+        model = PixArt(config)
+    check_state_matches(model, state, f"{fmt} checkpoint {path}")
+    model.load_state_dict(state, strict=True, assign=True)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+
+
+def official_pos_embed(config: PixArtConfig) -> torch.Tensor:
+    """The (1, N0, D) pos_embed buffer official checkpoints carry for their square training grid."""
+    grid = config.base_size
+    return sincos_2d(config.hidden_size, grid, grid, grid, config.interpolation_scale).float()[None]
+
+
+def save_transformer(
+    model_or_state: PixArt | dict[str, torch.Tensor],
+    path: str | Path,
+    *,
+    to: str = "pixart",
+    config: PixArtConfig | None = None,
+    ema_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write weights as 'pixart' (.safetensors), 'official' (.pth) or 'diffusers' (a folder)."""
+    if isinstance(model_or_state, PixArt):
+        config = config or model_or_state.config
+        state = model_or_state.state_dict()
+    else:
+        state = model_or_state
+        if config is None:
+            raise ValueError("save_transformer needs config= when given a bare state dict")
+    state = _cpu(state)
+    path = Path(path)
+    if to == "pixart":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save(
+            lambda tmp: save_file(state, tmp, metadata={"format": "pixart", "config": json.dumps(config.to_dict())}),
+            path,
+        )
+    elif to == "official":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"state_dict": {**state, "pos_embed": official_pos_embed(config)}}
+        if ema_state is not None:
+            payload["state_dict_ema"] = {**_cpu(ema_state), "pos_embed": official_pos_embed(config)}
+        _atomic_save(lambda tmp: torch.save(payload, tmp), path)
+    elif to == "diffusers":
+        diffusers_config = diffusers_config_from_ours(config)
+        path.mkdir(parents=True, exist_ok=True)
+        null = state.pop("y_embedder.y_embedding")
+        theirs = keys.to_diffusers(state, config.depth, config.micro_conditions)
+        _atomic_save(lambda tmp: save_file(theirs, tmp, metadata={"format": "pt"}), path / DIFFUSERS_WEIGHTS)
+        _atomic_save(lambda tmp: save_file({"y_embedding": null}, tmp), path / NULL_CAPTION_FILE)
+        (path / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
+    else:
+        raise ValueError(f"unknown weights layout {to!r}; choose one of {FORMATS}")
+    return path
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items() if k != "pos_embed"}
+
+
+def _atomic_save(write, path: Path) -> None:
+    """Write to a temporary sibling then rename, so a crash never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(str(tmp))
+    tmp.replace(path)

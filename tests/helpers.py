@@ -1,0 +1,27 @@
+"""Helpers for tests (importable as `helpers`; pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
+    """Give every parameter and floating buffer random values.
+
+    The official init zeroes the output layer and cross-attention, which would make an equality test
+    against another implementation pass trivially.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+    return module
+
+
+def varied_mask(batch: int, length: int, lengths: list[int]) -> torch.Tensor:
+    """(B, L) float mask with the given numbers of valid leading tokens."""
+    mask = torch.zeros(batch, length)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    return mask

@@ -1,0 +1,102 @@
+"""`pixart convert` and `pixart info` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+from helpers import randomize_
+from test_dit_init import dit_checkpoint
+
+from pixart.cli import main
+from pixart.model import TINY, PixArt
+from pixart.weights import load_transformer, save_transformer
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pixart", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_convert_between_all_layouts(tmp_path):
+    model = randomize_(PixArt(TINY)).eval()
+    save_transformer(model, tmp_path / "a.safetensors")
+    assert main(["convert", str(tmp_path / "a.safetensors"), "--to", "diffusers", "--out", str(tmp_path / "d")]) == 0
+    assert main(["convert", str(tmp_path / "d"), "--to", "official", "--out", str(tmp_path / "o.pth")]) == 0
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY.to_dict()))
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "o.pth"),
+                "--to",
+                "pixart",
+                "--out",
+                str(tmp_path / "b.safetensors"),
+                "--config",
+                str(tmp_path / "tiny.json"),
+            ]
+        )
+        == 0
+    )
+    back = load_transformer(tmp_path / "b.safetensors")
+    for key, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_convert_dit_reparameterises(tmp_path, capsys):
+    torch.save(dit_checkpoint(), tmp_path / "dit.pt")
+    code = main(
+        [
+            "convert",
+            str(tmp_path / "dit.pt"),
+            "--to",
+            "pixart",
+            "--out",
+            str(tmp_path / "init.safetensors"),
+            "--caption-channels",
+            "48",
+            "--max-length",
+            "8",
+            "--num-heads",
+            "3",
+        ]
+    )
+    assert code == 0
+    assert "re-parameterised from DiT" in capsys.readouterr().out
+    assert load_transformer(tmp_path / "init.safetensors").config.depth == 3
+
+
+def test_info_reports_format_config_and_parameters(tmp_path):
+    model = PixArt(TINY)
+    save_transformer(model, tmp_path / "m.safetensors")
+    result = run_cli("info", str(tmp_path / "m.safetensors"), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["format"] == "pixart"
+    assert info["config"]["hidden_size"] == 96
+    expected = sum(p.numel() for p in model.parameters())
+    assert info["parameters"] == expected
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    result = run_cli("info", str(tmp_path / "missing.pth"))
+    assert result.returncode == 2
+    assert "no such file or folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "notes.txt").write_text("x")
+    result = run_cli("convert", str(tmp_path / "notes.txt"), "--to", "pixart", "--out", str(tmp_path / "o.safetensors"))
+    assert result.returncode == 2
+    assert "unknown weights format" in result.stderr
+    torch.save(dit_checkpoint(), tmp_path / "dit.pt")
+    save_transformer(PixArt(TINY), tmp_path / "m.safetensors")
+    result = run_cli("convert", str(tmp_path / "m.safetensors"), "--to", "pixart", "--out", str(tmp_path / "x.pth"))
+    assert result.returncode == 2
+    assert "writes a .safetensors file" in result.stderr
+
+
+def test_help_of_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "convert" in result.stdout

@@ -1,0 +1,90 @@
+"""Stage-1 re-parameterisation: a DiT becomes a PixArt whose modulation equals DiT's at t = 500."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import randomize_
+
+from pixart.model import DiT, DiTConfig, PixArt
+from pixart.weights import load_transformer
+from pixart.weights.dit_init import dit_to_pixart
+from pixart.weights.io import WeightsError
+
+DIT = DiTConfig(input_size=16, hidden_size=96, depth=3, num_heads=3, num_classes=10)
+
+
+def dit_checkpoint(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A DiT-repo-layout state dict (with its stored pos_embed), every tensor random."""
+    state = randomize_(DiT(DIT), seed=seed).state_dict()
+    state["pos_embed"] = torch.zeros(1, (DIT.input_size // 2) ** 2, DIT.hidden_size)
+    return state
+
+
+def modulation_gap(pixart: PixArt, dit: DiT, t: float = 500.0) -> float:
+    """Largest |PixArt modulation - DiT null-class modulation| over blocks and the final layer."""
+    with torch.no_grad():
+        tt = torch.tensor([t])
+        c = dit.t_embedder(tt) + dit.y_embedder(torch.tensor([dit.config.null_class]))
+        temb = pixart.t_embedder(tt)
+        t0 = pixart.t_block(temb)
+        gaps = []
+        for ours, theirs in zip(pixart.blocks, dit.blocks, strict=True):
+            gaps.append((ours.modulation(t0)[0] - theirs.adaLN_modulation(c).reshape(6, -1)).abs().max())
+        final_ours = pixart.final_layer.scale_shift_table + temb
+        final_theirs = dit.final_layer.adaLN_modulation(c).reshape(2, -1)
+        gaps.append((final_ours - final_theirs).abs().max())
+    return max(g.item() for g in gaps)
+
+
+def build(state_dict_seed=0):
+    dit_state = dit_checkpoint(state_dict_seed)
+    dit = DiT(DIT)
+    dit.load_state_dict({k: v for k, v in dit_state.items() if k != "pos_embed"})
+    config, pixart_state = dit_to_pixart(dit_state, caption_channels=48, max_length=8, num_heads=3)
+    pixart = PixArt(config)
+    pixart.load_state_dict(pixart_state, strict=True)
+    return dit.eval(), pixart.eval()
+
+
+def test_modulation_at_t500_equals_dit_null_class():
+    dit, pixart = build()
+    assert modulation_gap(pixart, dit) < 1e-5
+    assert modulation_gap(pixart, dit, t=100.0) > 1e-3  # exact at t* only, by design
+
+
+def test_a_wrong_table_fails_the_check():
+    dit, pixart = build()
+    with torch.no_grad():
+        pixart.blocks[1].scale_shift_table[4, 7] += 1e-2
+    assert modulation_gap(pixart, dit) > 5e-3
+
+
+def test_whole_model_at_t500_is_dit_null_class():
+    """Cross-attention starts at zero, so PixArt(x, 500, any caption) == DiT(x, 500, null class)."""
+    dit, pixart = build()
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        theirs = dit(x, torch.tensor([500, 500]), torch.tensor([DIT.null_class] * 2))
+        ours = pixart(x, torch.tensor([500, 500]), torch.randn(2, 5, 48), torch.ones(2, 5))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_weights_are_copied_and_new_ones_fresh():
+    dit_state = dit_checkpoint()
+    _, state = dit_to_pixart(dit_state, caption_channels=48, max_length=8, num_heads=3)
+    for key in (
+        "x_embedder.proj.weight",
+        "t_embedder.mlp.2.bias",
+        "blocks.2.attn.qkv.weight",
+        "blocks.0.mlp.fc2.weight",
+        "final_layer.linear.weight",
+    ):
+        assert torch.equal(state[key], dit_state[key]), key
+    assert torch.count_nonzero(state["blocks.0.cross_attn.proj.weight"]) == 0
+
+
+def test_loading_a_dit_as_pixart_points_to_convert(tmp_path):
+    torch.save(dit_checkpoint(), tmp_path / "DiT-XL-2-256x256.pt")
+    with pytest.raises(WeightsError, match="pixart convert"):
+        load_transformer(tmp_path / "DiT-XL-2-256x256.pt")

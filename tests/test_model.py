@@ -1,0 +1,141 @@
+"""The PixArt transformer: shapes, masking, micro-conditions, init, checkpointing, parameter counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import randomize_, varied_mask
+
+from pixart.model import TINY, TINY_MS, XL_2, XL_2_1024_MS, PixArt, PixArtConfig, count_parameters
+from pixart.model.layers import timestep_sinusoid
+from pixart.model.pos_embed import position_embedding
+
+
+def numpy_pos_embed(dim: int, gh: int, gw: int, base: int, scale: float) -> np.ndarray:
+    """Independent transcription of the official numpy get_2d_sincos_pos_embed (spec 1.7)."""
+    grid_h = np.arange(gh, dtype=np.float64) / (gh / base) / scale
+    grid_w = np.arange(gw, dtype=np.float64) / (gw / base) / scale
+    grid = np.meshgrid(grid_w, grid_h)  # w goes first
+    grid = np.stack(grid, axis=0).reshape(2, 1, gh, gw)
+
+    def one_d(d: int, pos: np.ndarray) -> np.ndarray:
+        omega = np.arange(d // 2, dtype=np.float64) / (d / 2.0)
+        omega = 1.0 / 10000**omega
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    return np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
+
+
+@pytest.mark.parametrize(("gh", "gw", "base", "scale"), [(8, 8, 8, 1.0), (6, 10, 8, 2.0), (16, 16, 32, 1.0)])
+def test_position_embedding_matches_official_numpy(gh, gw, base, scale):
+    ours = position_embedding(96, gh, gw, base, scale, dtype=torch.float64)[0].numpy()
+    np.testing.assert_allclose(ours, numpy_pos_embed(96, gh, gw, base, scale), atol=1e-12)
+
+
+def test_timestep_sinusoid_is_cos_then_sin():
+    emb = timestep_sinusoid(torch.tensor([0.0, 7.0]), 8)
+    # At t = 0 the cos half is all ones and the sin half all zeros.
+    assert torch.equal(emb[0], torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0]))
+    freqs = torch.exp(-math.log(10000) * torch.arange(4) / 4)
+    torch.testing.assert_close(emb[1], torch.cat([torch.cos(7 * freqs), torch.sin(7 * freqs)]))
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (12, 20), (8, 24)])
+def test_forward_shapes_any_multiple_of_patch(shape):
+    model = PixArt(TINY).eval()
+    x = torch.randn(2, 4, *shape)
+    out = model(x, torch.tensor([1, 999]), torch.randn(2, 5, 48), torch.ones(2, 5))
+    assert out.shape == (2, 8, *shape)
+
+
+def test_padded_caption_tokens_contribute_nothing():
+    model = randomize_(PixArt(TINY)).eval()
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([10.0, 700.0])
+    y = torch.randn(2, 12, 48)
+    mask = varied_mask(2, 12, [5, 1])
+    noisy_pads = y.clone()
+    noisy_pads[mask == 0] = 1e4
+    with torch.no_grad():
+        out = model(x, t, y, mask)
+        torch.testing.assert_close(model(x, t, noisy_pads, mask), out, atol=0, rtol=0)
+        # Equal to running each sample on its truncated caption alone.
+        first = model(x[:1], t[:1], y[:1, :5], torch.ones(1, 5))
+        second = model(x[1:], t[1:], y[1:, :1], torch.ones(1, 1))
+    torch.testing.assert_close(out, torch.cat([first, second]), atol=1e-5, rtol=1e-5)
+    # And the mask matters: without it the output changes.
+    assert not torch.allclose(model(x, t, y).detach(), out, atol=1e-3)
+
+
+def test_mask_of_one_sample_is_tiled_for_guidance_batches():
+    model = randomize_(PixArt(TINY)).eval()
+    x, t, y = torch.randn(4, 4, 16, 16), torch.full((4,), 3.0), torch.randn(4, 6, 48)
+    mask = varied_mask(2, 6, [2, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y, mask), model(x, t, y, torch.cat([mask, mask])))
+
+
+def test_initialisation_follows_official():
+    model = PixArt(TINY)
+    assert torch.count_nonzero(model.final_layer.linear.weight) == 0
+    for block in model.blocks:
+        assert torch.count_nonzero(block.cross_attn.proj.weight) == 0
+        assert block.attn.qkv.bias.abs().sum() == 0
+    assert model.t_block[1].weight.std().item() == pytest.approx(0.02, rel=0.2)
+    # Zero output layer: the model predicts zeros at init.
+    out = model(torch.randn(1, 4, 16, 16), torch.tensor([5]), torch.randn(1, 3, 48))
+    assert torch.count_nonzero(out) == 0
+
+
+def test_micro_conditions_are_required_and_used():
+    model = randomize_(PixArt(TINY_MS)).eval()
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([1, 2]), torch.randn(2, 3, 48)
+    with pytest.raises(ValueError, match="img_hw"):
+        model(x, t, y)
+    hw = torch.tensor([[128.0, 128.0], [64.0, 256.0]])
+    ar = torch.tensor([1.0, 0.25])
+    with torch.no_grad():
+        a = model(x, t, y, img_hw=hw, aspect_ratio=ar)
+        b = model(x, t, y, img_hw=hw.flip(0), aspect_ratio=ar)
+    assert not torch.allclose(a, b)
+
+
+def test_gradient_checkpointing_switched_from_outside_gives_same_gradients():
+    model = randomize_(PixArt(TINY))
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([1, 500]), torch.randn(2, 4, 48)
+    model(x, t, y).square().mean().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing = True
+    model(x, t, y).square().mean().backward()
+    for a, p in zip(plain, model.parameters()):
+        torch.testing.assert_close(p.grad, a, atol=1e-6, rtol=1e-5)
+
+
+def test_bad_inputs_are_named():
+    model = PixArt(TINY)
+    with pytest.raises(ValueError, match="multiples of the patch size"):
+        model(torch.randn(1, 4, 15, 16), torch.tensor([1]), torch.randn(1, 3, 48))
+    with pytest.raises(ValueError, match="one timestep per sample"):
+        model(torch.randn(2, 4, 16, 16), torch.tensor([1, 2, 3]), torch.randn(2, 3, 48))
+    with pytest.raises(ValueError, match="y must be"):
+        model(torch.randn(1, 4, 16, 16), torch.tensor([1]), torch.randn(1, 3, 47))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        PixArtConfig(hidden_size=100, num_heads=3)
+    with pytest.raises(ValueError, match="divisible by 3"):
+        dataclasses.replace(TINY, hidden_size=64, num_heads=2, micro_conditions=True)
+    with pytest.raises(ValueError, match="unknown PixArtConfig fields"):
+        PixArtConfig.from_dict({"hidden": 3})
+
+
+def test_xl2_parameter_counts_on_meta_device():
+    with torch.device("meta"):
+        assert count_parameters(PixArt(XL_2)) == 610_856_096
+        assert count_parameters(PixArt(XL_2_1024_MS)) == 611_349_152

@@ -1,0 +1,174 @@
+"""Weights: equality with diffusers on the same random weights, lossless round trips, strict errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import randomize_, varied_mask
+from safetensors.torch import save_file
+from test_model import numpy_pos_embed
+
+from pixart.model import TINY, TINY_MS, PixArt
+from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
+
+diffusers = pytest.importorskip("diffusers")
+
+CASES = [
+    # (config, latent h, w, micro-conditions)
+    (TINY, 16, 16),
+    (TINY, 12, 20),
+    (dataclasses.replace(TINY, interpolation_scale=2.0), 16, 24),
+    (TINY_MS, 16, 16),
+    (dataclasses.replace(TINY_MS, interpolation_scale=1.0), 20, 12),
+]
+
+
+@pytest.mark.parametrize(("config", "h", "w"), CASES)
+def test_output_equals_diffusers_with_same_random_weights(tmp_path, config, h, w):
+    ours = randomize_(PixArt(config), seed=h * w).eval()
+    save_transformer(ours, tmp_path, to="diffusers")
+    reference = diffusers.PixArtTransformer2DModel.from_pretrained(tmp_path).eval()
+
+    generator = torch.Generator().manual_seed(0)
+    B, L = 4, 10
+    x = torch.randn(B, 4, h, w, generator=generator)
+    y = torch.randn(B, L, config.caption_channels, generator=generator)
+    mask = varied_mask(B, L, [10, 6, 3, 1])  # includes a single valid (EOS-only) token
+    t = torch.tensor([0.0, 17.5, 503.25, 999.0])  # float timesteps
+    hw = torch.tensor([[128.0, 128.0], [96.0, 160.0], [256.0, 64.0], [512.0, 512.0]])  # distinct per sample
+    ar = torch.tensor([1.0, 0.6, 4.0, 1.0])
+    with torch.no_grad():
+        got = ours(x, t, y, mask, img_hw=hw, aspect_ratio=ar)
+        added = {"resolution": hw, "aspect_ratio": ar[:, None]} if config.micro_conditions else None
+        expected = reference(
+            x,
+            encoder_hidden_states=y,
+            timestep=t,
+            encoder_attention_mask=mask,
+            added_cond_kwargs=added or {"resolution": None, "aspect_ratio": None},
+        ).sample
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_diffusers_folder_loads_strictly_in_diffusers(tmp_path):
+    ours = randomize_(PixArt(TINY_MS)).eval()
+    save_transformer(ours, tmp_path, to="diffusers")
+    reference = diffusers.PixArtTransformer2DModel.from_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    written = load_file(tmp_path / "diffusion_pytorch_model.safetensors")
+    theirs = reference.state_dict()
+    assert set(written) == set(theirs)  # nothing missing, nothing extra
+    for key, value in written.items():
+        assert torch.equal(theirs[key], value), key
+
+
+def official_state(config, seed=0) -> dict[str, torch.Tensor]:
+    """A synthetic official checkpoint: every tensor random, plus the official numpy pos_embed."""
+    state = randomize_(PixArt(config), seed=seed).state_dict()
+    grid = config.base_size
+    pos = numpy_pos_embed(config.hidden_size, grid, grid, grid, config.interpolation_scale)
+    state["pos_embed"] = torch.from_numpy(pos).float()[None]
+    return state
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_MS])
+def test_round_trip_official_ours_diffusers_official_is_identity(tmp_path, config):
+    original = official_state(config)
+    torch.save({"state_dict": original}, tmp_path / "official.pth")
+
+    first = load_transformer(tmp_path / "official.pth", config=config)
+    save_transformer(first, tmp_path / "ours.safetensors", to="pixart")
+    second = load_transformer(tmp_path / "ours.safetensors")
+    assert second.config == config
+    save_transformer(second, tmp_path / "diffusers", to="diffusers")
+    third = load_transformer(tmp_path / "diffusers")
+    assert third.config == config
+    save_transformer(third, tmp_path / "back.pth", to="official")
+
+    back = torch.load(tmp_path / "back.pth", weights_only=True)["state_dict"]
+    assert set(back) == set(original)
+    for key, value in original.items():
+        assert back[key].dtype == value.dtype, key
+        assert torch.equal(back[key], value), key
+
+
+def test_official_config_is_read_from_shapes(tmp_path):
+    # A width-144 model (2 heads of 72) at "1024 px": interpolation 2 and micro-conditions inferred.
+    config = dataclasses.replace(TINY_MS, hidden_size=144, num_heads=2, input_size=128, interpolation_scale=2.0)
+    state = official_state(config)
+    torch.save({"state_dict": state, "state_dict_ema": state}, tmp_path / "ms.pth")
+    model = load_transformer(tmp_path / "ms.pth", use_ema=True)
+    assert model.config == config
+    state.pop("csize_embedder.mlp.0.weight")  # fewer keys: not micro-conditions any more -> mismatch
+    torch.save(state, tmp_path / "bare.pth")
+    with pytest.raises(WeightsError, match=r"missing keys .*csize_embedder"):
+        load_transformer(tmp_path / "bare.pth", config=config)
+
+
+def test_dtype_and_bare_state_dict(tmp_path):
+    torch.save(official_state(TINY), tmp_path / "bare.pth")
+    model = load_transformer(tmp_path / "bare.pth", config=TINY, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+
+
+def test_mismatch_names_missing_unexpected_and_misshaped_keys(tmp_path):
+    state = official_state(TINY)
+    state.pop("blocks.0.attn.proj.bias")
+    state["blocks.0.extra.weight"] = torch.zeros(1)
+    state["blocks.1.mlp.fc1.weight"] = torch.zeros(3, 3)
+    torch.save({"state_dict": state}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError) as info:
+        load_transformer(tmp_path / "bad.pth", config=TINY)
+    message = str(info.value)
+    assert "missing keys (1): ['blocks.0.attn.proj.bias']" in message
+    assert "unexpected keys (1): ['blocks.0.extra.weight']" in message
+    assert "blocks.1.mlp.fc1.weight: checkpoint (3, 3) vs model (384, 96)" in message
+
+
+def test_errors_for_missing_unknown_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_transformer(tmp_path / "nope.pth")
+    (tmp_path / "weights.txt").write_text("hello")
+    with pytest.raises(WeightsError, match="unknown weights format"):
+        detect_format(tmp_path / "weights.txt")
+    save_file({"encoder.layer.0.weight": torch.zeros(2)}, tmp_path / "bert.safetensors")
+    with pytest.raises(WeightsError, match="does not hold a PixArt transformer"):
+        load_transformer(tmp_path / "bert.safetensors")
+    (tmp_path / "pickle.pth").write_bytes(b"not a zip or pickle")
+    with pytest.raises(WeightsError, match="cannot read"):
+        load_transformer(tmp_path / "pickle.pth")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(WeightsError, match="neither"):
+        load_transformer(tmp_path / "empty_dir")
+
+
+def test_code_in_a_pickle_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"state_dict": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="cannot read"):
+        load_transformer(tmp_path / "evil.pth")
+
+
+def test_pipeline_folder_with_transformer_subfolder(tmp_path):
+    model = randomize_(PixArt(TINY)).eval()
+    save_transformer(model, tmp_path / "transformer", to="diffusers")
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))
+    loaded = load_transformer(tmp_path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_diffusers_folder_without_null_caption_gets_zeros(tmp_path):
+    model = randomize_(PixArt(TINY)).eval()
+    save_transformer(model, tmp_path, to="diffusers")
+    (tmp_path / "null_caption.safetensors").unlink()
+    loaded = load_transformer(tmp_path)
+    assert np.count_nonzero(loaded.y_embedder.y_embedding.numpy()) == 0
