@@ -1,0 +1,84 @@
+"""Classifier-free guidance as a wrapper that turns the transformer into a guided denoiser.
+
+One batched forward over [uncond; cond] (diffusers' order), guidance on all latent channels, and the
+variance channels either dropped (schedulers that want eps only) or taken from the conditional branch
+(DDPM with the learned-range variance, as the official sampler does).
+
+The null caption is an argument, because two conventions exist:
+- official: the model's learned `y_embedding`, cut to the prompt's length, with the prompt's own mask;
+- diffusers: the encoded empty (or negative) prompt with its own mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def learned_null_caption(model: nn.Module, cond_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official semantics: (B, L, C) learned null caption and the prompt's own (B, L) mask."""
+    table = model.y_embedder.y_embedding  # (max_length, C)
+    B, L = cond_mask.shape
+    if table.shape[0] < L:
+        raise ValueError(f"prompts of {L} tokens are longer than the learned null caption ({table.shape[0]})")
+    return table[:L][None].expand(B, L, table.shape[1]), cond_mask
+
+
+def pad_tokens(y: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (B, L, C) features and (B, L) mask with masked zeros to `length` tokens."""
+    extra = length - y.shape[1]
+    if extra <= 0:
+        return y, mask
+    return F.pad(y, (0, 0, 0, extra)), F.pad(mask, (0, extra))
+
+
+class GuidedDenoiser:
+    """Callable (x (B, C, H, W), t) -> guided model output for the sampler."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cond: torch.Tensor,
+        cond_mask: torch.Tensor,
+        null: torch.Tensor,
+        null_mask: torch.Tensor,
+        cfg_scale: float,
+        *,
+        img_hw: torch.Tensor | None = None,
+        aspect_ratio: torch.Tensor | None = None,
+        keep_variance: bool = False,
+    ):
+        self.model = model
+        self.cfg_scale = float(cfg_scale)
+        self.keep_variance = keep_variance
+        self.latent_channels = model.config.in_channels
+        self.guided = self.cfg_scale != 1.0
+        if self.guided:
+            length = max(cond.shape[1], null.shape[1])
+            null, null_mask = pad_tokens(null, null_mask, length)
+            cond, cond_mask = pad_tokens(cond, cond_mask, length)
+            self.y = torch.cat([null, cond])  # (2B, L, C)
+            self.mask = torch.cat([null_mask, cond_mask])  # (2B, L)
+        else:  # scale 1 is the conditional model alone: skip the unconditional half entirely
+            self.y, self.mask = cond, cond_mask
+        repeat = 2 if self.guided else 1
+        self.img_hw = None if img_hw is None else torch.as_tensor(img_hw).reshape(-1, 2).repeat(repeat, 1)
+        self.aspect_ratio = None if aspect_ratio is None else torch.as_tensor(aspect_ratio).reshape(-1).repeat(repeat)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        C = self.latent_channels
+        batch = torch.cat([x, x]) if self.guided else x
+        t = torch.as_tensor(t, device=x.device).reshape(-1)
+        t = t.expand(batch.shape[0]) if t.numel() == 1 else torch.cat([t, t]) if self.guided else t
+        out = self.model(batch, t, self.y, self.mask, img_hw=self.img_hw, aspect_ratio=self.aspect_ratio)
+        out = out.to(x.dtype)
+        if self.guided:
+            uncond, cond = out.chunk(2)
+            eps = uncond[:, :C] + self.cfg_scale * (cond[:, :C] - uncond[:, :C])
+            rest = cond[:, C:]
+        else:
+            eps, rest = out[:, :C], out[:, C:]
+        if self.keep_variance and rest.shape[1]:
+            return torch.cat([eps, rest], dim=1)
+        return eps

@@ -1,0 +1,84 @@
+"""The samplers, by name: diffusers schedulers built with the training schedule.
+
+We write the guidance wrapper and the loop, not solvers (design decision 4). Every eps scheduler gets
+the 1000-step linear betas PixArt trained with, whatever the number of sampling steps (a port that
+built the betas with the step count broke, city96/ComfyUI_ExtraModels#3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    default_steps: int
+    objective: str  # "iddpm" (eps models) or "flow" (velocity models)
+    needs_variance: bool  # passes the learned-range variance channels to the scheduler
+    description: str
+
+
+SAMPLERS = {
+    s.name: s
+    for s in [
+        Sampler("dpm-solver++", 20, "iddpm", False, "DPM-Solver++ multistep, order 2 (PixArt's default)"),
+        Sampler("sa-solver", 25, "iddpm", False, "SA-Solver, predictor and corrector order 2, tau 1 in [200, 800]"),
+        Sampler("ddim", 50, "iddpm", False, "DDIM, deterministic (eta 0)"),
+        Sampler("iddpm", 100, "iddpm", True, "ancestral DDPM with the learned-range variance (official IDDPM)"),
+        Sampler("euler", 30, "iddpm", False, "Euler on the Karras sigma ODE of the eps model"),
+        Sampler("flow-euler", 30, "flow", False, "Euler on the rectified-flow ODE (flow models)"),
+        Sampler("flow-dpm-solver", 20, "flow", False, "DPM-Solver++ order 2 on flow sigmas (flow models)"),
+    ]
+}
+
+
+def get_sampler(name: str) -> Sampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def training_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> dict:
+    return dict(
+        num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end, beta_schedule="linear"
+    )
+
+
+def build_scheduler(name: str, *, flow_shift: float = 1.0, **schedule: Any):
+    """A fresh diffusers scheduler for sampler `name` (diffusers is imported here, lazily)."""
+    import diffusers
+
+    sampler = get_sampler(name)
+    betas = training_schedule(**schedule)
+    if name == "dpm-solver++":
+        return diffusers.DPMSolverMultistepScheduler(
+            **betas, algorithm_type="dpmsolver++", solver_order=2, prediction_type="epsilon"
+        )
+    if name == "sa-solver":
+        return diffusers.SASolverScheduler(
+            **betas, predictor_order=2, corrector_order=2, algorithm_type="data_prediction", prediction_type="epsilon"
+        )
+    if name == "ddim":
+        return diffusers.DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False, prediction_type="epsilon")
+    if name == "iddpm":
+        return diffusers.DDPMScheduler(
+            **betas, variance_type="learned_range", clip_sample=False, prediction_type="epsilon"
+        )
+    if name == "euler":
+        return diffusers.EulerDiscreteScheduler(**betas, prediction_type="epsilon")
+    if name == "flow-euler":
+        return diffusers.FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=betas["num_train_timesteps"], shift=flow_shift
+        )
+    if name == "flow-dpm-solver":
+        return diffusers.DPMSolverMultistepScheduler(
+            **betas,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=flow_shift,
+        )
+    raise AssertionError(f"sampler {sampler.name} has no builder")  # every SAMPLERS entry is handled above

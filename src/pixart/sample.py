@@ -1,0 +1,74 @@
+"""The sampling loop: a guided denoiser driven through a diffusers scheduler, noise to latents.
+
+The loop mirrors diffusers' PixArtAlphaPipeline step for step (scale_model_input, one batched guided
+forward, scheduler.step with the generator when the scheduler takes one), so the same noise, caption
+features and masks give the same latents as the pipeline.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pixart.diffusion.guidance import GuidedDenoiser
+from pixart.diffusion.schedulers import build_scheduler, get_sampler
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    cond_mask: torch.Tensor,
+    null: torch.Tensor,
+    null_mask: torch.Tensor,
+    *,
+    scheduler: str | object = "dpm-solver++",
+    steps: int | None = None,
+    cfg_scale: float = 4.5,
+    img_hw: torch.Tensor | None = None,
+    aspect_ratio: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    flow_shift: float = 1.0,
+) -> torch.Tensor:
+    """Denoise `noise` (B, C, h, w) into latents, guided by caption features `cond` (B, L, C_cap).
+
+    `scheduler` is a sampler name (see pixart.diffusion.schedulers.SAMPLERS) or a diffusers scheduler
+    instance (e.g. the one a diffusers pipeline folder ships). `steps` defaults to the sampler's own.
+    """
+    if isinstance(scheduler, str):
+        sampler = get_sampler(scheduler)
+        steps = steps or sampler.default_steps
+        keep_variance = sampler.needs_variance
+        scheduler = build_scheduler(sampler.name, flow_shift=flow_shift)
+    else:
+        steps = steps or 20
+        keep_variance = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    denoiser = GuidedDenoiser(
+        model,
+        cond,
+        cond_mask,
+        null,
+        null_mask,
+        cfg_scale,
+        img_hw=img_hw,
+        aspect_ratio=aspect_ratio,
+        keep_variance=keep_variance,
+    )
+    scheduler.set_timesteps(steps, device=noise.device)
+    step_kwargs = {}
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        step_kwargs["generator"] = generator
+    latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at sigma 1
+    scale_input = getattr(scheduler, "scale_model_input", lambda x, t: x)
+    for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
+        model_input = scale_input(latents, t)
+        output = denoiser(model_input, t)
+        latents = scheduler.step(output, t, latents, **step_kwargs, return_dict=False)[0]
+    return latents

@@ -1,0 +1,221 @@
+"""The sampling loop: closed-form Gaussian checks for every sampler, equality with diffusers' pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers import randomize_, varied_mask
+
+from pixart.diffusion import SAMPLERS, NoiseSchedule, build_scheduler
+from pixart.diffusion.guidance import GuidedDenoiser, learned_null_caption
+from pixart.model import TINY, TINY_MS, PixArt
+from pixart.sample import sample
+from pixart.weights import save_transformer
+
+diffusers = pytest.importorskip("diffusers")
+
+MU = torch.tensor([-0.5, 0.2, 0.8, 0.0], dtype=torch.float64)
+STD = torch.tensor([0.3, 0.5, 1.0, 0.8], dtype=torch.float64)
+
+
+class GaussianOracle(torch.nn.Module):
+    """The exact eps (or velocity) predictor for data x0 ~ N(MU, diag STD^2), per channel.
+
+    For x_t = a x0 + s eps: E[eps | x_t] = s (x_t - a mu) / (a^2 std^2 + s^2), and for the flow
+    velocity v = eps - x0 also E[x0 | x_t] = mu + a std^2 (x_t - a mu) / (a^2 std^2 + s^2).
+    """
+
+    def __init__(self, flow: bool):
+        super().__init__()
+        self.flow = flow
+        self.config = SimpleNamespace(in_channels=4)
+        abar = NoiseSchedule().alphas_cumprod
+        self.sigmas = ((1 - abar) / abar).sqrt().numpy()  # the VE sigmas diffusers interpolates in t
+
+    def noise_level(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = t.double().reshape(-1, 1, 1, 1)
+        if self.flow:
+            return 1 - t / 1000, t / 1000
+        sigma = torch.from_numpy(np.interp(t.flatten().numpy(), np.arange(1000), self.sigmas)).view(-1, 1, 1, 1)
+        a = 1 / (1 + sigma**2).sqrt()
+        return a, sigma * a
+
+    def forward(self, x, t, y, mask=None, img_hw=None, aspect_ratio=None):
+        a, s = self.noise_level(t)
+        mu, std = MU.view(1, -1, 1, 1), STD.view(1, -1, 1, 1)
+        residual = x.double() - a * mu
+        variance = a**2 * std**2 + s**2
+        eps = s * residual / variance
+        out = eps - (mu + a * std**2 * residual / variance) if self.flow else eps
+        return torch.cat([out, torch.zeros_like(out)], 1).float()  # v = 0: geometric-mean variance
+
+
+# Steps per sampler: the defaults for the second-order solvers; enough for the first-order ones to
+# be converged to within the tolerance. Stochastic samplers target the data distribution itself.
+STEPS = {
+    "dpm-solver++": 20,
+    "sa-solver": 50,
+    "ddim": 200,
+    "iddpm": 250,
+    "euler": 200,
+    "flow-euler": 100,
+    "flow-dpm-solver": 20,
+}
+STOCHASTIC = {"sa-solver", "iddpm"}
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_reproduces_gaussian_data(name):
+    """Mean within 0.03 and std within 4% of the closed form.
+
+    16,384 values per channel give a standard error of the std of 0.55% and of the mean of at most
+    0.008, so 4% and 0.03 leave room for discretisation error (measured at most 3% at these steps).
+    Deterministic samplers end by denoising from their last timestep t_L to 0, which returns
+    E[x0 | x_tL]: its std is std * sqrt(a^2 std^2 / (a^2 std^2 + s^2)) at t_L, the closed form we use.
+    """
+    flow = SAMPLERS[name].objective == "flow"
+    oracle = GaussianOracle(flow)
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(4096, 4, 2, 2, generator=generator)
+    y, mask = torch.zeros(4096, 1, 8), torch.ones(4096, 1)
+    out = sample(
+        oracle,
+        noise,
+        y,
+        mask,
+        y,
+        mask,
+        scheduler=name,
+        steps=STEPS[name],
+        cfg_scale=1.0,
+        generator=generator,
+        progress=False,
+    )
+    values = out.transpose(0, 1).reshape(4, -1).double()
+    target_std = STD
+    if name not in STOCHASTIC:
+        scheduler = build_scheduler(name)
+        scheduler.set_timesteps(STEPS[name])
+        a, s = oracle.noise_level(scheduler.timesteps[-1:].double())
+        a, s = a.flatten(), s.flatten()
+        target_std = STD * (a**2 * STD**2 / (a**2 * STD**2 + s**2)).sqrt()
+    assert (values.mean(1) - MU).abs().max() < 0.03
+    assert ((values.std(1) / target_std) - 1).abs().max() < 0.04
+
+
+def test_unknown_sampler_lists_the_choices():
+    with pytest.raises(ValueError, match="dpm-solver\\+\\+, sa-solver"):
+        sample(
+            PixArt(TINY),
+            torch.zeros(1, 4, 4, 4),
+            torch.zeros(1, 2, 48),
+            torch.ones(1, 2),
+            torch.zeros(1, 2, 48),
+            torch.ones(1, 2),
+            scheduler="heun-9000",
+        )
+
+
+@pytest.mark.parametrize("name", ["dpm-solver++", "sa-solver"])
+@pytest.mark.parametrize("micro", [False, True])
+def test_latents_equal_diffusers_pipeline(tmp_path, name, micro):
+    """Same transformer weights, noise, embeddings and masks: the same latents as PixArtAlphaPipeline.
+
+    Random weights make the trajectories large (|latents| ~ 600: x0 = (x - s eps) / a with a ~ 0.006
+    at t = 999 and an eps that is not the noise), so we compare at 1e-5 of that scale (6e-3; measured
+    3e-4): float32 alone resolves 6e-8 of it per operation, and a 1% error in the aspect-ratio
+    micro-condition already fails. (diffusers sends micro-conditions only at sample_size 128.)
+    """
+    config = dataclasses.replace(TINY_MS, input_size=128) if micro else TINY
+    model = randomize_(PixArt(config), seed=3, std=0.05).eval()
+    save_transformer(model, tmp_path, to="diffusers")
+    pipe = diffusers.PixArtAlphaPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        scheduler=build_scheduler(name),
+        transformer=diffusers.PixArtTransformer2DModel.from_pretrained(tmp_path),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    B, L = 2, 10
+    g = torch.Generator().manual_seed(0)
+    cond, null = torch.randn(B, L, 48, generator=g), torch.randn(B, L, 48, generator=g)
+    cond_mask, null_mask = varied_mask(B, L, [10, 3]), varied_mask(B, L, [1, 2])
+    reference = pipe(
+        prompt=None,
+        negative_prompt=None,
+        prompt_embeds=cond,
+        prompt_attention_mask=cond_mask,
+        negative_prompt_embeds=null,
+        negative_prompt_attention_mask=null_mask,
+        height=128,
+        width=96,
+        num_inference_steps=SAMPLERS[name].default_steps,
+        guidance_scale=4.5,
+        output_type="latent",
+        use_resolution_binning=False,
+        generator=torch.Generator().manual_seed(42),
+    ).images
+
+    generator = torch.Generator().manual_seed(42)
+    noise = torch.randn(B, 4, 16, 12, generator=generator)  # what the pipeline draws first
+    micro_kwargs = {"img_hw": torch.tensor([[128.0, 96.0]]), "aspect_ratio": torch.tensor([128 / 96])} if micro else {}
+    ours = sample(
+        model,
+        noise,
+        cond,
+        cond_mask,
+        null,
+        null_mask,
+        scheduler=name,
+        cfg_scale=4.5,
+        generator=generator,
+        progress=False,
+        **micro_kwargs,
+    )
+    scale = reference.abs().max()
+    assert scale > 1
+    assert (ours - reference).abs().max() <= 1e-5 * scale, ((ours - reference).abs().max(), scale)
+
+
+def test_cfg_scale_one_is_the_conditional_branch_alone():
+    model = randomize_(PixArt(TINY), seed=1).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor(500)
+    cond, mask = torch.randn(2, 6, 48), varied_mask(2, 6, [6, 2])
+    null, null_mask = learned_null_caption(model, mask)
+    guided = GuidedDenoiser(model, cond, mask, null, null_mask, cfg_scale=1.0)
+    with torch.no_grad():
+        expected = model(x, torch.tensor([500, 500]), cond, mask)[:, :4]
+        torch.testing.assert_close(guided(x, t), expected, rtol=0, atol=0)
+
+
+def test_guidance_formula_and_official_null_semantics():
+    model = randomize_(PixArt(TINY), seed=2).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 10])
+    cond, mask = torch.randn(2, 6, 48), varied_mask(2, 6, [6, 2])
+    null, null_mask = learned_null_caption(model, mask)
+    assert torch.equal(null_mask, mask)  # official: the null caption keeps the prompt's own mask
+    assert torch.equal(null[1], model.y_embedder.y_embedding[:6])
+    guided = GuidedDenoiser(model, cond, mask, null, null_mask, cfg_scale=4.5, keep_variance=True)
+    with torch.no_grad():
+        c = model(x, t, cond, mask)
+        u = model(x, t, null, mask)
+        out = guided(x, torch.tensor(10))
+    torch.testing.assert_close(out[:, :4], u[:, :4] + 4.5 * (c[:, :4] - u[:, :4]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[:, 4:], c[:, 4:])  # the variance comes from the conditional branch
+
+
+def test_negative_prompt_of_other_length_is_padded():
+    model = randomize_(PixArt(TINY), seed=2).eval()
+    cond, mask = torch.randn(1, 6, 48), torch.ones(1, 6)
+    null, null_mask = torch.randn(1, 2, 48), torch.ones(1, 2)
+    guided = GuidedDenoiser(model, cond, mask, null, null_mask, cfg_scale=3.0)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        u = model(x, torch.tensor([7]), null, null_mask)[:, :4]
+        c = model(x, torch.tensor([7]), cond, mask)[:, :4]
+        torch.testing.assert_close(guided(x, torch.tensor(7)), u + 3.0 * (c - u), atol=1e-5, rtol=1e-5)
