@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "convert": "Convert transformer weights between pixart, official and diffusers layouts (or from DiT).",
     "info": "Show the format, architecture and parameter count of a weights file or folder.",
+    "generate": "Generate images from prompts with a pixart, diffusers or official model.",
 }
 
 

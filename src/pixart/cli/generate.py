@@ -1,0 +1,111 @@
+"""`pixart generate PROMPT... --model DIR --out DIR`: images with their settings, reproducible by seed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompts", nargs="*", help="prompts (an empty string is allowed: unconditional)")
+    parser.add_argument("--prompts-file", type=Path, help="one prompt per line")
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="a pixart model folder, a diffusers pipeline "
+        "folder, or transformer weights (with --vae and --text-encoder)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--vae", type=Path, help="SD VAE folder (for bare transformer weights)")
+    parser.add_argument("--text-encoder", type=Path, help="T5 folder with its tokenizer (for bare transformer weights)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--size", help="HxW in pixels (divisible by 8); generated at the closest bucket, then cropped")
+    size.add_argument("--aspect", help="H:W, snapped to the closest aspect-ratio bucket")
+    parser.add_argument("--sampler", help="dpm-solver++, sa-solver, ddim, iddpm, euler, flow-euler, flow-dpm-solver")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--cfg", type=float, help="guidance scale (default: the model's, 4.5 for PixArt)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed + k")
+    parser.add_argument("--negative", help="negative prompt (default: the model's null caption)")
+    parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    parser.add_argument("--batch", type=int, default=4, help="images per forward batch")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="transformer dtype")
+    parser.add_argument("--text-device", help="device for the text encoder (e.g. cpu while the transformer is on cuda)")
+    parser.add_argument(
+        "--low-memory", action="store_true", help="encode all prompts, free the text encoder, then sample"
+    )
+    parser.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
+    parser.add_argument("--t5-8bit", action="store_true", help="load T5 in 8 bits (needs bitsandbytes)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    from pixart.cli.main import UserError
+
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not match:
+        raise UserError(f"--size must look like 512x768 (height x width), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pixart.cli.main import UserError
+    from pixart.generate import GenerationError, Settings, TextToImage
+    from pixart.outputs import write_images
+
+    prompts = list(args.prompts)
+    if args.prompts_file:
+        prompts += [line.rstrip("\n") for line in args.prompts_file.read_text(encoding="utf-8").splitlines()]
+    if not prompts:
+        raise UserError('give at least one prompt ("" for an unconditional image) or --prompts-file')
+    height, width = parse_size(args.size) if args.size else (None, None)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    started = time.time()
+    try:
+        pipe = TextToImage.from_path(
+            args.model,
+            vae=args.vae,
+            text_encoder=args.text_encoder,
+            device=device,
+            dtype=dtype,
+            text_device=args.text_device,
+            vae_tiling=args.vae_tiling,
+            load_in_8bit=args.t5_8bit,
+        )
+        settings = Settings(
+            negative=args.negative,
+            height=height,
+            width=width,
+            aspect=args.aspect,
+            sampler=args.sampler,
+            steps=args.steps,
+            cfg_scale=args.cfg,
+        )
+        results = pipe.generate(
+            prompts,
+            settings,
+            seed=args.seed,
+            num_images=args.num_images,
+            batch_size=args.batch,
+            low_memory=args.low_memory,
+        )
+    except GenerationError as error:
+        raise UserError(str(error)) from error
+    paths = write_images(results, args.out, model=str(args.model))
+    first = results[0].settings
+    print(
+        f"wrote {len(paths)} image(s) to {args.out} in {time.time() - started:.1f}s "
+        f"({first['sampler']}, {first['steps']} steps, cfg {first['cfg_scale']}, "
+        f"{first['size'][0]}x{first['size'][1]}, "
+        f"seeds {results[0].seed}..{results[-1].seed})"
+    )
+    if len(paths) > 1:
+        print(f"contact sheet: {args.out / 'contact_sheet.png'}")
+    print(json.dumps([str(p) for p in paths]) if len(paths) <= 4 else f"  {paths[0]} ... {paths[-1]}")
+    return 0

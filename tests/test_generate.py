@@ -1,0 +1,207 @@
+"""Text to image end to end on tiny offline models: diffusers folders, our folders, official weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import randomize_
+from PIL import Image
+from tiny_models import save_tiny_pipeline, save_tiny_t5, tiny_vae
+
+from pixart.cli import main
+from pixart.generate import GenerationError, Settings, TextToImage
+from pixart.model import TINY, PixArt
+from pixart.modelfolder import ModelSpec, save_model_folder
+from pixart.weights import save_transformer
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def pipeline_folder(tmp_path_factory):
+    return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-pixart")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pixart", *args], capture_output=True, text=True, timeout=300)
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def test_generate_command_on_a_diffusers_folder_is_reproducible(pipeline_folder, tmp_path):
+    args = [
+        "generate",
+        "a red circle",
+        "a blue square on the left",
+        "--model",
+        str(pipeline_folder),
+        "--steps",
+        "4",
+        "--seed",
+        "7",
+        "--num-images",
+        "2",
+    ]
+    first = run_cli(*args, "--out", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr
+    pngs = sorted((tmp_path / "a").glob("*.png"))
+    assert len([p for p in pngs if p.name != "contact_sheet.png"]) == 4
+    assert (tmp_path / "a" / "contact_sheet.png").is_file()
+    image = sorted((tmp_path / "a").glob("0000-*.png"))[0]
+    meta = json.loads(Image.open(image).text["parameters"])
+    assert meta["prompt"] == "a red circle" and meta["seed"] == 7 and meta["steps"] == 4
+    sidecar = json.loads(image.with_suffix(".json").read_text())
+    assert sidecar == meta
+    assert main([*args, "--out", str(tmp_path / "b"), "--batch", "1"]) == 0  # other batching, same pixels
+    for a in (tmp_path / "a").glob("0*.png"):
+        assert np.array_equal(pixels(a), pixels(tmp_path / "b" / a.name)), a.name
+
+
+@pytest.mark.parametrize("negative", ["", "a blurry photo"])
+def test_decoded_image_equals_diffusers_pipeline(pipeline_folder, negative):
+    """Same folder, seed and negative prompt: identical uint8 pixels.
+
+    Tolerance: 1 grey level. The transformer matches diffusers to ~1e-6 and the rest of the path is the
+    same diffusers VAE and scheduler, so only a rounding flip at a .5 boundary could differ.
+    """
+    prompts = ["a red circle at the top left", "a green triangle"]
+    ours = TextToImage.from_path(pipeline_folder).generate(
+        prompts, Settings(steps=6, negative=negative or None, cfg_scale=4.5), seed=11, progress=False
+    )
+    pipe = diffusers.PixArtAlphaPipeline.from_pretrained(pipeline_folder)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(
+        prompts,
+        negative_prompt=negative,
+        num_inference_steps=6,
+        guidance_scale=4.5,
+        height=32,
+        width=32,
+        generator=[torch.Generator().manual_seed(11 + k) for k in range(2)],
+        clean_caption=False,
+        use_resolution_binning=False,
+    ).images
+    for a, b in zip(ours, theirs, strict=True):
+        assert np.abs(np.asarray(a.image).astype(int) - np.asarray(b).astype(int)).max() <= 1
+
+
+def test_same_starting_noise_as_diffusers(pipeline_folder):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    ours = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(5))
+    theirs = randn_tensor((1, 4, 16, 16), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(ours, theirs)
+
+
+def test_our_folder_and_official_weights_with_vae_and_text_encoder(tmp_path):
+    save_tiny_t5(tmp_path / "t5")
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    model = randomize_(PixArt(TINY), std=0.05).eval()
+    save_transformer(model, tmp_path / "official.pth", to="official")
+    spec = ModelSpec(
+        text_encoder="t5", text_encoder_path=str(tmp_path / "t5"), codec="sd-vae", codec_path="vae", text_max_length=16
+    )
+    (tmp_path / "ours").mkdir()
+    tiny_vae().save_pretrained(tmp_path / "ours" / "vae")
+    save_model_folder(tmp_path / "ours", model, spec)
+    # the official file needs the config of a non-XL model: give it through our folder's transformer instead
+    official = TextToImage.from_path(
+        tmp_path / "ours" / "transformer.safetensors", vae=tmp_path / "vae", text_encoder=tmp_path / "t5"
+    )
+    ours = TextToImage.from_path(tmp_path / "ours")
+    settings = Settings(steps=3)
+    a = ours.generate(["a cat"], settings, seed=1, progress=False)[0]
+    b = official.generate(["a cat"], settings, seed=1, progress=False)[0]
+    assert a.image.size == (32, 32)
+    # learned null caption in both (official semantics); the official spec's default is 120 tokens, ours 16
+    assert a.settings["sampler"] == "dpm-solver++"
+    assert b.image.size == (32, 32)
+
+
+def test_learned_null_and_empty_prompt_semantics_differ(tmp_path):
+    save_tiny_t5(tmp_path / "t5")
+    model = randomize_(PixArt(TINY), std=0.05).eval()
+    folder = tmp_path / "m"
+    (folder / "vae").mkdir(parents=True)
+    tiny_vae().save_pretrained(folder / "vae")
+    save_model_folder(
+        folder, model, ModelSpec(text_encoder_path=str(tmp_path / "t5"), codec_path="vae", text_max_length=16)
+    )
+    pipe = TextToImage.from_path(folder)
+    learned = pipe.generate(["a dog"], Settings(steps=3), progress=False)[0]
+    empty = pipe.generate(["a dog"], Settings(steps=3, negative=""), progress=False)[0]
+    assert not np.array_equal(np.asarray(learned.image), np.asarray(empty.image))
+
+
+def test_sizes_aspects_and_their_errors(pipeline_folder):
+    pipe = TextToImage.from_path(pipeline_folder)
+    key, bucket, out = pipe.resolve_size(Settings(aspect="1:2"))
+    assert float(key) == pytest.approx(0.5, abs=0.03) and out == bucket
+    key, bucket, out = pipe.resolve_size(Settings(height=40, width=24))
+    assert out == (40, 24)
+    image = pipe.generate(["a cat"], Settings(height=40, width=24, steps=2), progress=False)[0].image
+    assert image.size == (24, 40)
+    with pytest.raises(GenerationError, match="not divisible by 8; the nearest valid size is 1000x768"):
+        pipe.resolve_size(Settings(height=1000, width=770))
+    with pytest.raises(GenerationError, match="unknown sampler"):
+        pipe.generate(["x"], Settings(sampler="nope"), progress=False)
+    with pytest.raises(GenerationError, match="is for flow models"):
+        pipe.generate(["x"], Settings(sampler="flow-euler"), progress=False)
+    with pytest.raises(GenerationError, match="steps must lie"):
+        pipe.generate(["x"], Settings(steps=0), progress=False)
+
+
+def test_empty_prompt_and_truncation_warning(pipeline_folder, tmp_path):
+    long_prompt = " ".join(["red circle"] * 80)
+    result = run_cli(
+        "generate", "", long_prompt, "--model", str(pipeline_folder), "--out", str(tmp_path), "--steps", "2"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "longer than 120 tokens" in result.stderr and "tokens were dropped" in result.stderr
+
+
+def test_cli_errors_name_the_fix(pipeline_folder, tmp_path, capsys):
+    result = run_cli("generate", "x", "--model", str(tmp_path / "missing"), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "huggingface-cli download" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert main(["generate", "x", "--model", str(pipeline_folder), "--out", str(tmp_path), "--size", "1000x770"]) == 2
+    assert "nearest valid size is 1000x768" in capsys.readouterr().err
+    weights = tmp_path / "w.safetensors"
+    save_transformer(PixArt(TINY), weights)
+    assert main(["generate", "x", "--model", str(weights), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--vae" in err
+    assert "--text-encoder" in err
+
+
+def test_minilm_loads_offline_with_token_features():
+    from pixart.encoders import MiniLMEncoder
+
+    encoder = MiniLMEncoder(max_length=12)
+    out = encoder.encode(["a red circle", "a large blue square at the top left of the picture", ""])
+    assert out.features.shape == (3, 12, 384)
+    assert out.mask.tolist()[0] == [1] * 5 + [0] * 7  # [CLS] a red circle [SEP]
+    assert out.mask[2].sum() == 2 and out.dropped[1] > 0
+    # A real pretrained encoder, not random weights: related captions are closer than unrelated ones.
+    texts = encoder.encode(["a red circle", "a crimson disc", "the quarterly tax report"])
+    pooled = [(f * m[:, None]).sum(0) / m.sum() for f, m in zip(texts.features, texts.mask)]
+    related = torch.cosine_similarity(pooled[0], pooled[1], dim=0)
+    unrelated = torch.cosine_similarity(pooled[0], pooled[2], dim=0)
+    assert related > unrelated + 0.1
+
+
+def test_low_memory_frees_the_text_encoder_and_changes_nothing(pipeline_folder):
+    pipe = TextToImage.from_path(pipeline_folder)
+    normal = pipe.generate(["a red circle"], Settings(steps=3), seed=2, progress=False)[0]
+    assert pipe._text_encoder is not None
+    frugal = pipe.generate(["a red circle"], Settings(steps=3), seed=2, progress=False, low_memory=True)[0]
+    assert pipe._text_encoder is None
+    assert np.array_equal(np.asarray(normal.image), np.asarray(frugal.image))

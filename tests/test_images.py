@@ -1,0 +1,276 @@
+"""Robust image loading: each kind of bad input gets its reason; odd pixel formats convert correctly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixart.data.buckets import bucket_table
+from pixart.data.images import (
+    BAD_ASPECT,
+    CORRUPT,
+    EMPTY,
+    NOT_IMAGE,
+    REASONS,
+    TOO_LARGE,
+    TOO_SMALL,
+    UNREADABLE,
+    UNSUPPORTED,
+    ImageSkipped,
+    check_aspect,
+    check_size,
+    load_rgb,
+    resize_cover_crop,
+    to_rgb,
+)
+
+
+def noise_image(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def saved(img: Image.Image, path, **kwargs):
+    img.save(path, **kwargs)
+    return path
+
+
+def reason_of(source) -> str:
+    with pytest.raises(ImageSkipped) as info:
+        load_rgb(source)
+    assert info.value.reason in REASONS
+    assert info.value.message
+    assert info.value.reason in str(info.value)
+    return info.value.reason
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img).astype(int)
+
+
+# --- inputs that are skipped, with the exact reason ---
+
+
+def test_zero_byte_file(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    assert reason_of(path) == EMPTY
+    assert reason_of(b"") == EMPTY
+
+
+def test_garbage_named_jpg(tmp_path):
+    path = tmp_path / "garbage.jpg"
+    path.write_bytes(b"definitely not a JPEG, just some text\n" * 50)
+    assert reason_of(path) == NOT_IMAGE
+    assert reason_of(str(path)) == NOT_IMAGE
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_truncated_files(tmp_path, fmt, keep):
+    data = saved(noise_image(), tmp_path / f"full.{fmt.lower()}", format=fmt).read_bytes()
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(data[: int(len(data) * keep)])
+    assert reason_of(path) == CORRUPT
+    assert load_rgb(data).size == (96, 64)  # the complete file is fine
+
+
+def test_truncation_is_not_masked_globally(tmp_path):
+    from PIL import ImageFile
+
+    data = saved(noise_image(), tmp_path / "full.jpg", format="JPEG").read_bytes()
+    reason_of(data[: len(data) // 2])
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+
+
+def test_corrupt_png_data(tmp_path):
+    data = bytearray(saved(noise_image(), tmp_path / "full.png", format="PNG").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)
+    assert reason_of(bytes(data)) == CORRUPT
+
+
+def test_unreadable_paths(tmp_path):
+    assert reason_of(tmp_path / "missing.png") == UNREADABLE
+    assert reason_of(tmp_path) == UNREADABLE  # a directory
+
+
+def test_decompression_bomb_limit(tmp_path, monkeypatch):
+    data = saved(noise_image(40, 40), tmp_path / "big.png", format="PNG").read_bytes()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2 x 100: Pillow refuses
+    assert reason_of(data) == TOO_LARGE
+
+
+def test_float_images_are_unsupported():
+    with pytest.raises(ImageSkipped) as info:
+        to_rgb(Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)))
+    assert info.value.reason == UNSUPPORTED
+
+
+# --- inputs that load, converted correctly ---
+
+
+def test_plain_rgb_round_trips_exactly(tmp_path):
+    img = noise_image()
+    out = load_rgb(saved(img, tmp_path / "ok.png"))
+    assert out.mode == "RGB"
+    assert out.size == img.size
+    assert np.array_equal(pixels(out), pixels(img))
+
+
+def test_exif_orientation_6_is_applied(tmp_path):
+    # Stored 40 wide x 20 high, left half red, right half blue; orientation 6 = rotate 90 degrees clockwise.
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = (255, 0, 0)
+    stored[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = saved(Image.fromarray(stored), tmp_path / "rotated.jpg", exif=exif, quality=95)
+    assert Image.open(path).size == (40, 20)
+    out = load_rgb(path)
+    assert out.size == (20, 40)  # displayed: 20 wide x 40 high
+    top, bottom = pixels(out)[8, 10], pixels(out)[32, 10]
+    assert np.abs(top - (255, 0, 0)).max() < 12  # the stored left (red) is now on top
+    assert np.abs(bottom - (0, 0, 255)).max() < 12
+
+
+def test_cmyk_jpeg(tmp_path):
+    colours = {
+        (0, 0, 0, 0): (255, 255, 255),
+        (255, 0, 0, 0): (0, 255, 255),
+        (0, 255, 0, 0): (255, 0, 255),
+        (0, 0, 255, 0): (255, 255, 0),
+        (0, 0, 0, 255): (0, 0, 0),
+        (0, 0, 0, 128): (127, 127, 127),
+        (255, 255, 0, 0): (0, 0, 255),
+    }
+    tile = 16
+    img = Image.new("CMYK", (tile * len(colours), tile))
+    for i, cmyk in enumerate(colours):
+        img.paste(cmyk, (i * tile, 0, (i + 1) * tile, tile))
+    path = saved(img, tmp_path / "cmyk.jpg", quality=100)
+    assert Image.open(path).mode == "CMYK"
+    out = load_rgb(path)
+    assert out.mode == "RGB"
+    for i, rgb in enumerate(colours.values()):
+        got = pixels(out)[tile // 2, i * tile + tile // 2]
+        assert np.abs(got - rgb).max() <= 3, (i, got, rgb)
+
+
+def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    gradient = np.linspace(0, 65535, 32 * 8).round().astype(np.uint16).reshape(8, 32)
+    path = saved(Image.fromarray(gradient), tmp_path / "grey16.png")
+    assert Image.open(path).mode.startswith("I")
+    out = pixels(load_rgb(path))
+    expected = np.rint(gradient / 257.0).astype(int)
+    assert np.array_equal(out[..., 0], expected)
+    assert np.array_equal(out[..., 0], out[..., 1])
+    assert np.array_equal(out[..., 1], out[..., 2])
+    assert out.min() == 0
+    assert out.max() == 255
+    assert abs(out.mean() - 127.5) < 1  # Pillow's own convert('L') would leave nearly all of it at 255
+
+
+def test_32_bit_integer_greyscale_uses_the_16_bit_range():
+    values = np.array([[0, 257, 32896, 65535, 70000, -5]], dtype=np.int32)
+    out = pixels(to_rgb(Image.fromarray(values)))
+    assert out[0, :, 0].tolist() == [0, 1, 128, 255, 255, 0]
+
+
+def test_palette_png_with_a_transparent_index(tmp_path):
+    img = Image.new("P", (8, 8))
+    img.putpalette([0, 0, 0, 0, 255, 0, 200, 30, 40] + [0] * (253 * 3))
+    data = np.zeros((8, 8), np.uint8)  # index 0: black in the palette, but transparent
+    data[:, 4:] = 1
+    data[6:, :] = 2
+    img.putdata(data.flatten().tolist())
+    path = saved(img, tmp_path / "palette.png", transparency=0)
+    out = pixels(load_rgb(path))
+    assert out[0, 0].tolist() == [255, 255, 255]  # transparent comes out white, not black
+    assert out[0, 5].tolist() == [0, 255, 0]
+    assert out[7, 0].tolist() == [200, 30, 40]
+
+
+def test_palette_png_with_partial_alpha(tmp_path):
+    img = Image.new("P", (2, 1))
+    img.putpalette([0, 0, 0, 0, 0, 255] + [0] * (254 * 3))
+    img.putdata([0, 1])
+    path = saved(img, tmp_path / "palette_alpha.png", transparency=bytes([255, 128]))
+    out = pixels(load_rgb(path))
+    assert out[0, 0].tolist() == [0, 0, 0]
+    assert np.abs(out[0, 1] - (127, 127, 255)).max() <= 1  # half-transparent blue over white
+
+
+def test_rgba_and_la_are_composited_on_white(tmp_path):
+    rgba = np.array([[[0, 0, 0, 0], [255, 0, 0, 255], [0, 0, 0, 128], [10, 200, 30, 0]]], np.uint8)
+    out = pixels(load_rgb(saved(Image.fromarray(rgba, "RGBA"), tmp_path / "rgba.png")))
+    assert out[0, 0].tolist() == [255, 255, 255]
+    assert out[0, 1].tolist() == [255, 0, 0]
+    assert np.abs(out[0, 2] - 127).max() <= 1
+    assert out[0, 3].tolist() == [255, 255, 255]
+    la = np.array([[[0, 0], [100, 255]]], np.uint8)
+    out = pixels(load_rgb(saved(Image.fromarray(la, "LA"), tmp_path / "la.png")))
+    assert out[0].tolist() == [[255, 255, 255], [100, 100, 100]]
+
+
+def test_greyscale_and_bilevel_become_rgb(tmp_path):
+    grey = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4)
+    out = pixels(load_rgb(saved(grey, tmp_path / "grey.png")))
+    assert np.array_equal(out[..., 2], pixels(grey))
+    bilevel = grey.convert("1")
+    out = load_rgb(saved(bilevel, tmp_path / "bilevel.png"))
+    assert out.mode == "RGB"
+    assert set(np.unique(pixels(out))) <= {0, 255}
+
+
+# --- resizing and size checks ---
+
+
+def test_resize_cover_crop_matches_resize_then_centre_crop():
+    img = noise_image(100, 50)
+    out = resize_cover_crop(img, 32, 32)  # scale 0.64 -> 64 x 32, crop 16 px off each side
+    expected = img.resize((64, 32), Image.Resampling.BICUBIC).crop((16, 0, 48, 32))
+    assert np.array_equal(pixels(out), pixels(expected))
+    small = noise_image(10, 10)
+    out = resize_cover_crop(small, 32, 48)  # upscale 4.8 -> 48 x 48, crop 8 rows top and bottom
+    expected = small.resize((48, 48), Image.Resampling.BICUBIC).crop((0, 8, 48, 40))
+    assert np.array_equal(pixels(out), pixels(expected))
+    same = resize_cover_crop(img, 50, 100)
+    assert np.array_equal(pixels(same), pixels(img))
+
+
+def test_resize_cover_crop_keeps_the_centre():
+    data = np.zeros((30, 90, 3), np.uint8)
+    data[:, 30:60] = (0, 255, 0)  # the middle third is green
+    out = pixels(resize_cover_crop(Image.fromarray(data), 20, 20))
+    assert (out[:, 4:16] == (0, 255, 0)).all()
+
+
+@pytest.mark.parametrize("size", [(333, 1000), (1000, 333), (1023, 767), (7, 3), (2048, 511), (640, 640)])
+def test_resize_cover_crop_always_hits_the_bucket(size):
+    img = Image.new("L", size)  # one channel keeps the many resizes quick; the geometry is the same
+    for resolution in (256, 48, 32):
+        for key, (h, w) in bucket_table(resolution).items():
+            assert resize_cover_crop(img, h, w).size == (w, h), (resolution, key)
+
+
+def test_check_size():
+    img = Image.new("RGB", (100, 60))  # 100 wide, 60 high
+    assert check_size(img, 60, 100, upscale=False) is False
+    assert check_size(img, 40, 80, upscale=False) is False
+    for h, w in [(64, 64), (32, 128)]:
+        with pytest.raises(ImageSkipped) as info:
+            check_size(img, h, w, upscale=False)
+        assert info.value.reason == TOO_SMALL
+        assert check_size(img, h, w, upscale=True) is True
+
+
+def test_check_aspect():
+    table = bucket_table(1024)
+    check_aspect(Image.new("RGB", (10, 40)), table)  # h/w = 4: the last bucket
+    check_aspect(Image.new("RGB", (40, 10)), table)
+    for size in [(10, 41), (41, 10)]:
+        with pytest.raises(ImageSkipped) as info:
+            check_aspect(Image.new("RGB", size), table)
+        assert info.value.reason == BAD_ASPECT
