@@ -1,0 +1,151 @@
+"""Feature shards: pre-extracted VAE posteriors and text features, memory-mapped for training.
+
+A feature dataset is a folder:
+- `dataset.json`: what produced it (resolution, codec, text encoder, caption fields, widths);
+- `shard-00000.safetensors` + `shard-00000.jsonl`, ...: one safetensors file and one JSON line per sample.
+
+Inside a shard, samples are grouped by aspect-ratio bucket (every bucket has its own latent size):
+- `latent_mean.<bucket>`, `latent_std.<bucket>`: (n_b, C, h, w) fp16, the raw VAE posterior;
+- `text.<field>`: the valid tokens of every sample's caption, concatenated, (T, C_text) fp16;
+- `text_offsets.<field>`: (n + 1,) int64, sample i's tokens are rows offsets[i]:offsets[i+1].
+The JSON line of sample i holds its bucket, row in that bucket, original height and width, captions
+and source. A shard becomes visible only when its safetensors file is renamed into place, after its
+JSON lines: a killed writer leaves no half shard, and a rerun skips the shards that exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+DATASET_FILE = "dataset.json"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+@dataclass
+class FeatureSample:
+    """One sample to write: raw posterior (C, h, w) and per-field text features of valid tokens (L, C)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    text: dict[str, torch.Tensor]
+    bucket: str
+    original_hw: tuple[int, int]
+    captions: dict[str, str]
+    source: str = ""
+    extra: dict = field(default_factory=dict)  # e.g. the scene of a synthetic image, a class label
+
+
+def write_shard(folder: str | Path, index: int, samples: list[FeatureSample], fields: list[str]) -> Path:
+    """Write one shard atomically (JSON lines first, then the safetensors file renamed into place)."""
+    folder = Path(folder)
+    name = shard_name(index)
+    by_bucket: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_bucket[s.bucket].append(i)
+    tensors: dict[str, torch.Tensor] = {}
+    row_of = {}
+    for bucket, members in by_bucket.items():
+        tensors[f"latent_mean.{bucket}"] = torch.stack([samples[i].mean for i in members]).half().contiguous()
+        tensors[f"latent_std.{bucket}"] = torch.stack([samples[i].std for i in members]).half().contiguous()
+        row_of.update({i: r for r, i in enumerate(members)})
+    for name_field in fields:
+        parts = [s.text[name_field].half() for s in samples]
+        lengths = torch.tensor([0] + [p.shape[0] for p in parts])
+        tensors[f"text.{name_field}"] = torch.cat(parts).contiguous()
+        tensors[f"text_offsets.{name_field}"] = torch.cumsum(lengths, 0).to(torch.int64)
+    lines = [
+        json.dumps(
+            {
+                "bucket": s.bucket,
+                "row": row_of[i],
+                "original_hw": list(s.original_hw),
+                "captions": s.captions,
+                "source": s.source,
+                **({"extra": s.extra} if s.extra else {}),
+            }
+        )
+        for i, s in enumerate(samples)
+    ]
+    (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    tmp = folder / f".{name}.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, folder / f"{name}.safetensors")
+    return folder / f"{name}.safetensors"
+
+
+def finished_shards(folder: str | Path) -> list[int]:
+    """Indices of the shards whose safetensors file exists (i.e. completely written)."""
+    return sorted(int(p.stem.split("-")[1]) for p in Path(folder).glob("shard-*.safetensors"))
+
+
+def write_dataset_info(folder: str | Path, info: dict) -> None:
+    folder = Path(folder)
+    tmp = folder / f".{DATASET_FILE}.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, folder / DATASET_FILE)
+
+
+def read_dataset_info(folder: str | Path) -> dict:
+    path = Path(folder) / DATASET_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a feature dataset (no {DATASET_FILE}); make one with pixart prepare")
+    return json.loads(path.read_text())
+
+
+_DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64, "BF16": None}
+
+
+def memmap_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as a read-only numpy memmap (no copy, no parse per access)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    base = 8 + header_len
+    arrays = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _DTYPES.get(spec["dtype"])
+        if dtype is None:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {spec['dtype']}")
+        start, end = spec["data_offsets"]
+        arrays[name] = raw[base + start : base + end].view(dtype).reshape(spec["shape"])
+    return arrays
+
+
+@dataclass
+class Shard:
+    """An opened shard: memmapped arrays and its per-sample records."""
+
+    arrays: dict[str, np.ndarray]
+    records: list[dict]
+
+    @classmethod
+    def open(cls, folder: Path, index: int) -> Shard:
+        name = shard_name(index)
+        records = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines() if line]
+        return cls(memmap_safetensors(folder / f"{name}.safetensors"), records)
+
+    def latent(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        record = self.records[i]
+        return (
+            self.arrays[f"latent_mean.{record['bucket']}"][record["row"]],
+            self.arrays[f"latent_std.{record['bucket']}"][record["row"]],
+        )
+
+    def text(self, i: int, field_name: str) -> np.ndarray:
+        offsets = self.arrays[f"text_offsets.{field_name}"]
+        return self.arrays[f"text.{field_name}"][offsets[i] : offsets[i + 1]]

@@ -1,0 +1,90 @@
+"""Feature shards and the training dataset: round trip, atomic shards, caption-field draws, collate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pixart.data.dataset import FeatureDataset, collate
+from pixart.data.sampler import BucketBatchSampler
+from pixart.data.shards import FeatureSample, finished_shards, write_dataset_info, write_shard
+
+
+def fake_samples(n: int, seed: int = 0) -> list[FeatureSample]:
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(n):
+        bucket, (h, w) = ("1.0", (4, 4)) if i % 3 else ("0.5", (2, 4))
+        samples.append(
+            FeatureSample(
+                mean=torch.randn(4, h, w, generator=g),
+                std=torch.rand(4, h, w, generator=g),
+                text={"alt": torch.randn(1 + i % 3, 8, generator=g), "dense": torch.randn(5 + i % 4, 8, generator=g)},
+                bucket=bucket,
+                original_hw=(100 + i, 200),
+                captions={"alt": f"alt {i}", "dense": f"dense {i}"},
+                source=f"img{i}.png",
+                extra={"label": i % 5},
+            )
+        )
+    return samples
+
+
+def make_dataset(folder, n=10, per_shard=4):
+    samples = fake_samples(n)
+    write_dataset_info(folder, {"caption_fields": ["alt", "dense"], "resolution": 32})
+    for s in range(0, n, per_shard):
+        write_shard(folder, s // per_shard, samples[s : s + per_shard], ["alt", "dense"])
+    return samples
+
+
+def test_round_trip_in_fp16(tmp_path):
+    samples = make_dataset(tmp_path)
+    data = FeatureDataset(tmp_path, {"dense": 1.0})
+    assert len(data) == 10
+    assert finished_shards(tmp_path) == [0, 1, 2]
+    for i, s in enumerate(samples):
+        item = data[i]
+        torch.testing.assert_close(item["mean"], s.mean.half().float())
+        torch.testing.assert_close(item["std"], s.std.half().float())
+        torch.testing.assert_close(item["text"], s.text["dense"].half().float())
+        assert item["caption"] == f"dense {i}"
+        assert item["bucket"] == s.bucket and item["label"] == i % 5
+        assert item["img_hw"].tolist() == [100 + i, 200]
+        assert item["aspect_ratio"] == float(s.bucket)
+
+
+def test_caption_field_draws_are_seeded_and_follow_probabilities(tmp_path):
+    make_dataset(tmp_path, n=12)
+    data = FeatureDataset(tmp_path, {"alt": 0.5, "dense": 0.5}, seed=3)
+    first = [data[i]["caption"].split()[0] for i in range(12)]
+    assert first == [data[i]["caption"].split()[0] for i in range(12)]  # deterministic
+    data.set_epoch(1)
+    assert first != [data[i]["caption"].split()[0] for i in range(12)]  # changes across epochs
+    only_alt = FeatureDataset(tmp_path, {"alt": 1.0, "dense": 0.0})
+    assert all(only_alt[i]["caption"].startswith("alt") for i in range(12))
+    with pytest.raises(ValueError, match="not in"):
+        FeatureDataset(tmp_path, {"short": 1.0})
+
+
+def test_half_written_shard_is_invisible(tmp_path):
+    make_dataset(tmp_path, n=8)
+    (tmp_path / ".shard-00002.safetensors.tmp").write_bytes(b"partial")
+    (tmp_path / "shard-00002.jsonl").write_text('{"bucket": "1.0"}\n')
+    assert finished_shards(tmp_path) == [0, 1]
+    assert len(FeatureDataset(tmp_path)) == 8
+
+
+def test_collate_pads_captions_and_refuses_mixed_buckets(tmp_path):
+    make_dataset(tmp_path)
+    data = FeatureDataset(tmp_path, {"dense": 1.0})
+    sampler = BucketBatchSampler(data.buckets, 2, seed=0)
+    batch = collate([data[i] for i in next(iter(sampler))])
+    assert batch["text"].shape[1] == int(batch["mask"].sum(1).max())
+    for row, index in enumerate(batch["index"].tolist()):
+        n = data[index]["text"].shape[0]
+        assert batch["mask"][row].sum() == n
+        assert np.count_nonzero(batch["text"][row, n:].numpy()) == 0
+    with pytest.raises(ValueError, match="mixes buckets"):
+        collate([data[0], data[1]])
