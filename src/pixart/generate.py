@@ -93,7 +93,10 @@ class TextToImage:
         self.spec = spec
         self.scheduler_folder = scheduler_folder
         self.resolution = transformer.config.input_size * codec.downsample
-        self.table = bucket_table(self.resolution, inference=True, keys=spec.bucket_keys)
+        if spec.buckets:
+            self.table = {key: (int(h), int(w)) for key, (h, w) in sorted(spec.buckets.items(), key=lambda kv: float(kv[0]))}
+        else:
+            self.table = bucket_table(self.resolution, inference=True)
 
     @classmethod
     def from_path(

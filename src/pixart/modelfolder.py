@@ -41,7 +41,7 @@ class ModelSpec:
     steps: int | None = None  # None = the sampler's default
     cfg_scale: float = 4.5
     flow_shift: float = 1.0
-    bucket_keys: list[str] | None = None  # aspect ratios the model was trained on (None = the whole table)
+    buckets: dict[str, list[int]] | None = None  # {key: [H, W]} the model was trained on (None: the official table)
     extra: dict = field(default_factory=dict)  # provenance, scores: informational only
 
     def to_json(self) -> str:

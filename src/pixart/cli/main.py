@@ -16,6 +16,9 @@ COMMANDS = {
     "convert": "Convert transformer weights between pixart, official and diffusers layouts (or from DiT).",
     "info": "Show the format, architecture and parameter count of a weights file or folder.",
     "generate": "Generate images from prompts with a pixart, diffusers or official model.",
+    "prepare": "Extract VAE latents and text features from images and captions into a feature dataset.",
+    "caption": "Re-caption images with a local LLaVA model, or (--stats) compare caption sets.",
+    "train": "Train a recipe (the paper's stages, or tiny) on one CPU, one GPU, or many under torchrun.",
 }
 
 

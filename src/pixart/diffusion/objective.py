@@ -6,6 +6,7 @@ mask or average them (and skip non-finite steps) as they like.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,12 @@ class DiffusionConfig:
             raise ValueError(f"high_noise_fraction must lie in [0, 1], got {self.high_noise_fraction}")
 
     def schedule(self) -> NoiseSchedule:
-        return NoiseSchedule(self.num_timesteps, self.beta_start, self.beta_end)
+        return _schedule(self.num_timesteps, self.beta_start, self.beta_end)
+
+
+@functools.lru_cache(maxsize=8)
+def _schedule(num_timesteps: int, beta_start: float, beta_end: float) -> NoiseSchedule:
+    return NoiseSchedule(num_timesteps, beta_start, beta_end)
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -110,6 +116,16 @@ def flow_shift_for(config: DiffusionConfig, num_tokens: int) -> float:
     return config.flow_shift
 
 
+def draw_timesteps(
+    config: DiffusionConfig, batch: int, generator: torch.Generator | None, device=None, *, num_tokens: int = 256
+) -> torch.Tensor:
+    """(B,) model timesteps: ints in [0, T) for iddpm; for flow, floats T * s with s the (shifted) noise level."""
+    times = sample_unit_times(config, batch, device, generator)
+    if config.objective == "flow":
+        return time_shift(times, flow_shift_for(config, num_tokens)) * config.num_timesteps
+    return (times * config.num_timesteps).long().clamp(max=config.num_timesteps - 1)
+
+
 Model = Callable[..., torch.Tensor]
 
 
@@ -133,16 +149,14 @@ def training_loss(
     """
     B = x0.shape[0]
     device = x0.device
+    if t is None:
+        num_tokens = (x0.shape[-2] // patch_size) * (x0.shape[-1] // patch_size)
+        t = draw_timesteps(config, B, generator, device, num_tokens=num_tokens)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
     C = x0.shape[1]
     if config.objective == "flow":
-        if t is None:
-            s = sample_unit_times(config, B, device, generator)
-            num_tokens = (x0.shape[-2] // patch_size) * (x0.shape[-1] // patch_size)
-            s = time_shift(s, flow_shift_for(config, num_tokens))
-        else:
-            s = t.float() / config.num_timesteps
+        s = t.float() / config.num_timesteps
         s_b = s.reshape(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
         xt = (1 - s_b) * x0 + s_b * noise
         prediction = model(xt, s * config.num_timesteps, **cond)[:, :C].float()  # variance channels unused
@@ -150,9 +164,6 @@ def training_loss(
         return {"loss": mse, "mse": mse, "vb": torch.zeros_like(mse)}
 
     schedule = schedule or config.schedule()
-    if t is None:
-        times = sample_unit_times(config, B, device, generator)
-        t = (times * config.num_timesteps).long().clamp(max=config.num_timesteps - 1)
     xt = schedule.add_noise(x0, t, noise)
     output = model(xt, t, **cond).float()
     if output.shape[1] != 2 * C:

@@ -69,13 +69,17 @@ class TextEncoder:
         return clean_caption(text) if self.clean else simple_clean(text)
 
     @torch.no_grad()
-    def encode(self, prompts: list[str] | str) -> EncodedText:
-        """Tokenise to `max_length` (padding, truncation, special tokens) and encode."""
+    def encode(self, prompts: list[str] | str, *, padding: str = "max_length") -> EncodedText:
+        """Tokenise (truncating to `max_length`, special tokens on) and encode.
+
+        padding "max_length" gives the fixed-length features generation uses (as diffusers does);
+        "longest" is faster for feature extraction, which keeps only the valid tokens anyway.
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         texts = [self.prepare(p) for p in prompts]
         tokens = self.tokenizer(
             texts,
-            padding="max_length",
+            padding=padding,
             max_length=self.max_length,
             truncation=True,
             add_special_tokens=True,

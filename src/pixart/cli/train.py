@@ -1,0 +1,74 @@
+"""`pixart train --recipe NAME [--set key=value ...] --run-dir DIR`; the same under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--recipe",
+        required=True,
+        help="tiny, stage1-class-256, stage2-t2i-256, stage3-aesthetic-512, stage3-aesthetic-1024",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-4 --set data.root=features/ (repeatable)",
+    )
+    parser.add_argument("--run-dir", type=Path, help="run folder (rerunning the same command resumes it)")
+    parser.add_argument("--steps", type=int, help="total optimizer steps (overrides the recipe)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (overrides the recipe)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and world layout, then exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def resolve(args: argparse.Namespace):
+    from pixart import config as config_io
+    from pixart.recipes import get_recipe
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"steps={args.steps}")
+    if args.checkpoint_every is not None:
+        overrides.append(f"checkpoint_every={args.checkpoint_every}")
+    return config_io.apply_overrides(get_recipe(args.recipe), overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from pixart import config as config_io
+    from pixart.cli.main import UserError
+    from pixart.config import ConfigError
+
+    try:
+        config = resolve(args)
+    except (ConfigError, ValueError) as error:
+        raise UserError(str(error)) from error
+    if args.dry_run:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        per_rank = config.data.batch_size * config.optim.grad_accum
+        print(config_io.to_json(config), end="")
+        print(
+            f"world: {world} process(es) (torchrun sets WORLD_SIZE), {config.parallel}; batch {config.data.batch_size} "
+            f"per rank x {config.optim.grad_accum} accumulation = {per_rank} per rank, {per_rank * world} global"
+        )
+        return 0
+    if args.run_dir is None:
+        raise UserError("--run-dir is required (except with --dry-run)")
+    from pixart.train.loop import TrainingError, train
+
+    try:
+        summary = train(config, args.run_dir, device=args.device, progress=not args.no_progress)
+    except TrainingError as error:
+        raise UserError(str(error)) from error
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0

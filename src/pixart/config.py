@@ -1,0 +1,163 @@
+"""Plumbing for nested frozen dataclass configs: `--set a.b=value` overrides and JSON round trips.
+
+Overrides are parsed with `ast.literal_eval` (a bare word is a string) and checked against the field's
+type annotation before anything runs; unknown keys are rejected with the closest known names.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad override or config file, reported before any work starts."""
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _all_keys(config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _check_type(value: Any, annotation: Any, key: str) -> Any:
+    """Return value converted to the annotation (int -> float, list -> tuple) or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected None")
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        args = typing.get_args(annotation)
+        if isinstance(value, list | tuple):
+            item_type = args[0] if args else Any
+            return tuple(_check_type(v, item_type, key) for v in value)
+    elif origin is dict:
+        key_type, value_type = typing.get_args(annotation) or (Any, Any)
+        if isinstance(value, dict):
+            return {_check_type(k, key_type, key): _check_type(v, value_type, key) for k, v in value.items()}
+    elif origin is list:
+        (item_type,) = typing.get_args(annotation) or (Any,)
+        if isinstance(value, list | tuple):
+            return [_check_type(v, item_type, key) for v in value]
+    elif dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+        return from_dict(annotation, value, prefix=f"{key}.")
+    raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word: a string
+
+
+def set_value(config, key: str, value: Any, _prefix: str = ""):
+    """A copy of `config` with the dotted `key` replaced (type-checked)."""
+    head, _, rest = key.partition(".")
+    names = {f.name for f in dataclasses.fields(config)}
+    full = _prefix + key
+    if head not in names:
+        known = [_prefix + k for k in _all_keys(config)]
+        raise ConfigError(f"unknown config key {full!r}{_suggest(full, known)}")
+    current = getattr(config, head)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"unknown config key {full!r}: {_prefix}{head} has no fields")
+        return dataclasses.replace(config, **{head: set_value(current, rest, value, f"{_prefix}{head}.")})
+    key = full
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(
+            f"{key} is a group of settings; set one of its fields, e.g. {key}.{dataclasses.fields(current)[0].name}"
+        )
+    checked = _check_type(value, _hints(type(config))[head], key)
+    try:
+        return dataclasses.replace(config, **{head: checked})
+    except (ValueError, TypeError) as error:  # the dataclass's own validation
+        raise ConfigError(f"{key}={value!r}: {error}") from error
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
+
+
+def apply_overrides(config, overrides: list[str]):
+    """Apply `a.b=value` strings in order; every one is checked before the result is returned."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
+        config = set_value(config, key.strip(), parse_value(text.strip()))
+    return config
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def to_json(config) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=False) + "\n"
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build `cls` from a dict (nested dataclasses from nested dicts), rejecting unknown keys."""
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config keys {[prefix + u for u in unknown]}")
+    values = {name: _check_type(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**values)
+
+
+def diff(old, new, prefix: str = "") -> list[str]:
+    """Human-readable differences between two configs of the same class."""
+    changes = []
+    for f in dataclasses.fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(a):
+            changes += diff(a, b, f"{prefix}{f.name}.")
+        elif a != b:
+            changes.append(f"{prefix}{f.name}: {a!r} -> {b!r}")
+    return changes

@@ -1,0 +1,95 @@
+"""Training checkpoints: written atomically, the last N kept, everything needed to resume exactly.
+
+Single process and DDP: rank 0 writes `checkpoints/step-0000123.pt` through a temporary file and a
+rename. FSDP: every rank writes its shards with torch.distributed.checkpoint into
+`step-0000123.dcp.tmp/`, renamed to `step-0000123.dcp/` once all ranks are done. A checkpoint that
+is not renamed into place does not exist, so a crash mid-write loses nothing but that checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from pixart.train.distributed import World, barrier
+
+NAME = re.compile(r"^step-(\d{7})\.(pt|dcp)$")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := NAME.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, sharded: bool, keep: int) -> Path:
+    """`state` holds model, ema, optimizer, scheduler, step, sampler, config...; returns the final path."""
+    folder = checkpoint_dir(run_dir)
+    if world.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+    barrier(world)
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+
+        final = folder / f"step-{step:07d}.dcp"
+        tmp = folder / f"step-{step:07d}.dcp.tmp"
+        dcp.save(state, checkpoint_id=str(tmp))
+        barrier(world)
+        if world.is_main:
+            torch.save({"rng": rng_state()}, tmp / "extra.pt")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    else:
+        final = folder / f"step-{step:07d}.pt"
+        if world.is_main:
+            tmp = folder / f".step-{step:07d}.pt.tmp"
+            torch.save({**state, "rng": rng_state()}, tmp)
+            os.replace(tmp, final)
+    barrier(world)
+    if world.is_main:
+        for _, old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    barrier(world)
+    return final
+
+
+def load_checkpoint(path: Path, template: dict | None = None) -> dict:
+    """Read a checkpoint. Sharded ones are loaded in place into `template` (the live state dicts)."""
+    if path.suffix == ".dcp":
+        import torch.distributed.checkpoint as dcp
+
+        dcp.load(template, checkpoint_id=str(path))
+        extra = torch.load(path / "extra.pt", weights_only=True)
+        return {**template, **extra}
+    return torch.load(path, map_location="cpu", weights_only=True)

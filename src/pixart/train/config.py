@@ -1,0 +1,96 @@
+"""TrainConfig: every knob of a training run, nested frozen dataclasses, saved with every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pixart.diffusion.objective import DiffusionConfig
+from pixart.model.dit import DiTConfig
+from pixart.model.pixart import PixArtConfig
+
+STAGES = ("class", "t2i")
+PRECISIONS = ("auto", "fp32", "bf16")
+PARALLEL = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    root: str = ""  # a feature dataset folder written by `pixart prepare`
+    synthetic: str = ""  # "shapes": build a shapes-world feature dataset inside the run folder instead
+    synthetic_count: int = 2048  # images per canvas size
+    synthetic_sizes: tuple[str, ...] = ("32x32",)  # canvas sizes "HxW"; several give multi-aspect buckets
+    synthetic_seed: int = 0
+    caption_probs: dict[str, float] = field(default_factory=lambda: {"dense": 1.0})  # caption field draws
+    batch_size: int = 32  # per rank and micro-step
+    num_workers: int = 2
+    caption_dropout: float = 0.1  # share of captions replaced by the null caption (keeping their mask)
+    class_dropout: float = 0.1  # stage 1: share of labels replaced by the null class
+
+    def __post_init__(self) -> None:
+        for name in ("caption_dropout", "class_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with the official hyper-parameters (spec 6.2)."""
+
+    lr: float = 2e-5  # base learning rate, before auto scaling
+    auto_lr: bool = True  # lr * sqrt(global batch / 256), on by default officially
+    weight_decay: float = 0.03  # on every parameter, as officially
+    eps: float = 1e-10
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 1000  # linear warm-up, then constant
+    grad_clip: float = 0.01
+    grad_accum: int = 1
+    ema_decay: float = 0.9999
+
+    def __post_init__(self) -> None:
+        if self.grad_accum < 1:
+            raise ValueError("grad_accum must be at least 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("ema_decay must lie in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    recipe: str = "custom"
+    stage: str = "t2i"  # "class": the stage-1 class-conditional DiT; "t2i": PixArt on captions
+    model: PixArtConfig = field(default_factory=PixArtConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)  # used by stage "class" only
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000  # optimizer steps
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    previews: bool = True  # sample grids at the end (and every sample_every steps)
+    sample_every: int = 0  # preview grids of sample_prompts (0: only at the end)
+    sample_prompts: tuple[str, ...] = ()
+    sample_steps: int = 20
+    sample_cfg: float = 4.5
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 autocast with fp32 master weights on CUDA, fp32 on CPU
+    gradient_checkpointing: bool = False
+    parallel: str = "ddp"  # "ddp", or "fsdp" (FSDP2 fully_shard per block) for memory
+    compile: bool = False  # torch.compile the model
+    init_from: str = ""  # weights or a finished run folder to start from (DiT checkpoints are re-parameterised)
+    init_new_keys: tuple[str, ...] = ()  # key prefixes allowed to be missing from init_from (new modules)
+    max_nonfinite_steps: int = 5  # stop after this many non-finite steps in a row
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}")
+        if self.steps < 0 or self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.log_every < 1:
+            raise ValueError("steps must be >= 0; checkpoint_every, keep_checkpoints and log_every >= 1")
+        if self.stage == "t2i" and self.diffusion.objective == "iddpm" and not self.model.learn_sigma:
+            raise ValueError("the iddpm objective needs model.learn_sigma=True (or use diffusion.objective=flow)")

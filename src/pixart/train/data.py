@@ -1,0 +1,83 @@
+"""Where a run's data comes from, and how stored latents become what the model trains on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pixart.train.config import TrainConfig
+from pixart.train.distributed import World, barrier
+
+
+@dataclass(frozen=True)
+class LatentScaling:
+    """x0 = (mean + std * eps - shift) * scale, with the codec's factors recorded in dataset.json."""
+
+    latent_channels: int
+    scaling_factor: float
+    shift_factor: float
+
+    @classmethod
+    def from_info(cls, info: dict) -> LatentScaling:
+        codec = info.get("codec", {})
+        return cls(
+            int(codec.get("latent_channels", 4)),
+            float(codec.get("scaling_factor", 0.18215)),
+            float(codec.get("shift_factor", 0.0) or 0.0),
+        )
+
+    def to_model_space(self, mean: torch.Tensor, std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return (mean + std * eps - self.shift_factor) * self.scaling_factor
+
+    def check_model(self, model, info: dict) -> None:
+        from pixart.train.loop import TrainingError
+
+        if model.config.in_channels != self.latent_channels:
+            raise TrainingError(
+                f"the data has {self.latent_channels} latent channels but the model takes "
+                f"{model.config.in_channels}; set model.in_channels={self.latent_channels}"
+            )
+        width = info.get("text_encoder", {}).get("width")
+        caption_channels = getattr(model.config, "caption_channels", None)
+        if caption_channels is not None and width is not None and caption_channels != width:
+            raise TrainingError(
+                f"the data's caption features are {width} wide but the model expects "
+                f"{caption_channels}; set model.caption_channels={width}"
+            )
+
+
+def prepare_data(config: TrainConfig, run_dir: Path, world: World, *, progress: bool = True) -> Path:
+    """The feature dataset folder of this run: `data.root`, or a synthetic one built once in the run folder."""
+    if config.data.synthetic:
+        if config.data.synthetic != "shapes":
+            raise ValueError(f"unknown synthetic data {config.data.synthetic!r}; the only one is 'shapes'")
+        folder = run_dir / "data"
+        if world.is_main:
+            build_shapes_for(config, folder, progress=progress)
+        barrier(world)
+        return folder
+    if not config.data.root:
+        raise FileNotFoundError(
+            "no training data: set data.root to a folder made by `pixart prepare`, or data.synthetic=shapes"
+        )
+    return Path(config.data.root)
+
+
+def build_shapes_for(config: TrainConfig, folder: Path, *, progress: bool = True) -> dict:
+    from pixart.data.shapes_features import build_shapes_features, parse_size
+    from pixart.encoders.codecs import PixelCodec
+    from pixart.encoders.text import MiniLMEncoder
+
+    if (folder / "dataset.json").is_file():  # written last: the data of an earlier attempt is complete
+        return {}
+    return build_shapes_features(
+        folder,
+        sizes=[parse_size(s) for s in config.data.synthetic_sizes],
+        count=config.data.synthetic_count,
+        seed=config.data.synthetic_seed,
+        encoder=MiniLMEncoder(max_length=config.model.max_length),
+        codec=PixelCodec(),
+        progress=progress,
+    )

@@ -1,0 +1,115 @@
+"""Building the model of a run and initialising it from a checkpoint, strictly.
+
+Each stage names what it starts from (`init_from`) and the exact key prefixes allowed to be new
+(`init_new_keys`); anything else missing, any unexpected key and any shape mismatch is an error.
+A class-conditional DiT checkpoint given to a text-to-image run is re-parameterised (stage 1 -> 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pixart.model.dit import DiT
+from pixart.model.pixart import PixArt
+from pixart.train.config import TrainConfig
+from pixart.weights import WeightsError, detect_format, read_state
+from pixart.weights.dit_init import reparameterize_dit
+from pixart.weights.io import read_official_state
+
+FINAL = "final.safetensors"
+FINAL_EMA = "final_ema.safetensors"
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    return DiT(config.dit) if config.stage == "class" else PixArt(config.model)
+
+
+def resolve_init_path(init_from: str) -> Path:
+    """A weights path, or a finished run folder (its final EMA weights)."""
+    path = Path(init_from)
+    if path.is_dir() and (path / FINAL_EMA).is_file():
+        return path / FINAL_EMA
+    if not path.exists():
+        raise FileNotFoundError(
+            f"init_from {init_from} does not exist: train the previous stage first, or point "
+            "init_from at its run folder or weights"
+        )
+    return path
+
+
+def _dit_state(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path) if path.suffix == ".safetensors" else dict(read_official_state(path, use_ema=False))
+
+
+def initialize_from(model: nn.Module, config: TrainConfig) -> str:
+    """Load `config.init_from` into `model`; returns a one-line description."""
+    path = resolve_init_path(config.init_from)
+    fmt = detect_format(path)
+    if isinstance(model, DiT):
+        if fmt != "dit":
+            raise WeightsError(f"stage 'class' trains a DiT; {path} holds {fmt} weights")
+        state = {k: v for k, v in _dit_state(path).items() if k != "pos_embed"}
+        _load_checked(model, state, (), str(path))
+        return f"DiT weights from {path}"
+    if fmt == "dit":
+        state = reparameterize_dit(_dit_state(path), model.config, seed=config.seed)
+        _load_checked(model, state, (), str(path))
+        return f"re-parameterised from the class-conditional DiT {path} (adaLN-single tables matched at t=500)"
+    _, state, fmt = read_state(path, config=model.config)
+    missing = _load_checked(model, state, config.init_new_keys, str(path))
+    if missing:
+        _quiet_new_embedders(model, missing)
+    return f"{fmt} weights from {path}" + (
+        f"; new: {sorted({m.rsplit('.', 2)[0] for m in missing})}" if missing else ""
+    )
+
+
+def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], allowed_new: tuple[str, ...], what: str) -> list:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    not_allowed = [k for k in missing if not k.startswith(allowed_new)]
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if not_allowed or unexpected or mis_shaped:
+        raise WeightsError(
+            f"{what} does not fit this stage's model: missing {not_allowed[:8]} (allowed new: {list(allowed_new)}), "
+            f"unexpected {unexpected[:8]}, mis-shaped {mis_shaped[:8]}"
+        )
+    model.load_state_dict(state, strict=False)
+    return missing
+
+
+def _quiet_new_embedders(model: nn.Module, missing: list[str]) -> None:
+    """New micro-condition embedders start with a zero output layer, so the model is unchanged at step 0
+    (the official code starts them at random; this avoids a jolt when 1024-MS training starts from 512)."""
+    for name in ("csize_embedder", "ar_embedder"):
+        if any(k.startswith(name + ".") for k in missing):
+            layer = getattr(model, name).mlp[2]
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+def save_weights(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Our safetensors layout (config in the metadata) for PixArt and for the stage-1 DiT."""
+    import json
+
+    state = {k: v.detach().float().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
+    kind = "dit" if isinstance(model, DiT) else "pixart"
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": kind, "config": json.dumps(model.config.to_dict())})
+    tmp.replace(path)
+    return path
+
+
+def saved_kind(path: Path) -> str:
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("format", "")

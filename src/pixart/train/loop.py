@@ -1,0 +1,393 @@
+"""The training loop: one readable function from config to a finished run folder.
+
+Resuming is boring: rerun the same command and it continues from the newest checkpoint, bit for bit
+on CPU. Every random draw of step s (timesteps, noise, latent samples, caption dropout) comes from a
+generator seeded by (seed, s) and is drawn for the whole global batch, each rank taking its slice, so
+a run does not depend on how it was interrupted nor on how many processes share it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pixart import config as config_io
+from pixart.data.dataset import FeatureDataset, collate
+from pixart.data.sampler import BucketBatchSampler
+from pixart.diffusion.objective import draw_timesteps, training_loss
+from pixart.model.dit import DiT
+from pixart.train import checkpoint as ckpt
+from pixart.train.config import TrainConfig
+from pixart.train.data import LatentScaling, prepare_data
+from pixart.train.distributed import World, all_reduce_max, init_distributed, unwrap, wrap_model
+from pixart.train.init import FINAL, FINAL_EMA, build_model, initialize_from, save_weights
+from pixart.train.metrics import MetricsWriter, forward_flops, peak_flops, plot_loss, read_metrics
+from pixart.train.previews import Previewer
+
+# Settings that may change between a run and its resumption; anything else must match config.json.
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "data.num_workers"}
+FAULT_ENV = "PIXART_FAULT"  # testing hook: "exit:RANK:STEP" makes that rank die at that step
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. repeated non-finite losses); the message says why and what to try."""
+
+
+def step_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step * 1_009 + micro) % (2**63))
+
+
+def check_run_config(config: TrainConfig, run_dir: Path) -> None:
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        return
+    previous = config_io.from_dict(TrainConfig, __import__("json").loads(saved.read_text()))
+    changes = [c for c in config_io.diff(previous, config) if c.split(":")[0] not in RESUMABLE_CHANGES]
+    if changes:
+        raise TrainingError(
+            f"{run_dir} holds a run with another config; use a new --run-dir or the same "
+            f"settings. Differences: {'; '.join(changes)}"
+        )
+
+
+class StopFlag:
+    """SIGTERM / SIGINT ask the loop to checkpoint and exit at the end of the current step."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> dict:
+    """Train (or resume) the run in `run_dir`; returns a summary dict."""
+    started = time.time()
+    run_dir = Path(run_dir)
+    world = init_distributed(device)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        check_run_config(config, run_dir)
+        (run_dir / "config.json").write_text(config_io.to_json(config))
+    data_dir = prepare_data(config, run_dir, world, progress=progress)
+    dataset = FeatureDataset(data_dir, config.data.caption_probs, seed=config.seed)
+    scaling = LatentScaling.from_info(dataset.info)
+    cuda = world.device.type == "cuda"
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+
+    torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
+    model = build_model(config)
+    scaling.check_model(model, dataset.info)
+    resume_from = ckpt.latest_checkpoint(run_dir)
+    init_note = "from scratch (official initialisation)"
+    if config.init_from and resume_from is None:
+        init_note = initialize_from(model, config)
+    model.gradient_checkpointing = config.gradient_checkpointing
+    model.to(world.device)
+    wrapped = wrap_model(model, world, config.parallel, bf16)
+    inner = unwrap(wrapped)
+    if config.compile:
+        inner.compile()
+    params = [p for p in inner.parameters() if p.requires_grad]
+    ema = {n: p.detach().clone().float() for n, p in inner.named_parameters()}
+
+    global_batch = config.data.batch_size * world.world_size * config.optim.grad_accum
+    lr = config.optim.lr * (math.sqrt(global_batch / 256) if config.optim.auto_lr else 1.0)
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=lr,
+        betas=(config.optim.beta1, config.optim.beta2),
+        eps=config.optim.eps,
+        weight_decay=config.optim.weight_decay,
+        fused=cuda,
+    )
+    warmup = max(1, config.optim.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    sampler = BucketBatchSampler(
+        dataset.buckets, config.data.batch_size, num_replicas=world.world_size, rank=world.rank, seed=config.seed
+    )
+    if len(sampler) == 0:
+        raise TrainingError(
+            f"no complete batch: {len(dataset)} samples, batch {config.data.batch_size} x "
+            f"{world.world_size} ranks per bucket; lower data.batch_size or add data"
+        )
+
+    step, epoch, position, skipped, bad_in_a_row = 0, 0, 0, 0, 0
+
+    sharded = world.distributed and config.parallel == "fsdp"
+
+    def training_state(at_step: int) -> dict:
+        if sharded:  # DCP's view: optimizer state keyed by parameter name, created if still empty
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            model_state, optimizer_state = get_state_dict(inner, optimizer)
+        else:
+            model_state, optimizer_state = inner.state_dict(), optimizer.state_dict()
+        return {
+            "model": model_state,
+            "ema": ema,
+            "optimizer": optimizer_state,
+            "scheduler": scheduler.state_dict(),
+            "step": at_step,
+            "epoch": epoch,
+            "position": position,
+            "skipped_steps": skipped,
+            "config": config_io.to_dict(config),
+        }
+
+    if resume_from is not None:
+        if (resume_from.suffix == ".dcp") != sharded:
+            raise TrainingError(
+                f"{resume_from.name} was written with parallel={'fsdp' if not sharded else 'ddp'}; "
+                "resume with the same parallel setting"
+            )
+        state = ckpt.load_checkpoint(resume_from, training_state(0) if sharded else None)
+        if sharded:
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+
+            set_state_dict(inner, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        else:
+            inner.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        for name, value in state["ema"].items():
+            ema[name].copy_(value)
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        skipped = state.get("skipped_steps", 0)
+        ckpt.restore_rng(state["rng"])
+        init_note = f"resumed from {resume_from.name}"
+
+    metrics = MetricsWriter(run_dir, world.is_main)
+    previewer = None
+    if world.is_main and config.previews:
+        captions = list(
+            dict.fromkeys(dataset.record(i)["captions"][dataset.fields[0]] for i in range(min(64, len(dataset))))
+        )
+        previewer = Previewer(
+            config, dataset.info, run_dir, world, latent_shape=tuple(dataset[0]["mean"].shape), prompts=captions[:8]
+        )
+    peak = peak_flops(world.device)
+    if world.is_main:
+        print(
+            f"[pixart train] {config.recipe}: {config.stage} model, {sum(p.numel() for p in params):,} parameters, "
+            f"{len(dataset):,} samples, global batch {global_batch}, lr {lr:.3g}; {world.describe()}; {init_note}"
+        )
+
+    def save(at_step: int) -> Path:
+        return ckpt.save_checkpoint(
+            run_dir, at_step, training_state(at_step), world, sharded=sharded, keep=config.keep_checkpoints
+        )
+
+    def batches():
+        nonlocal epoch, position
+        while True:
+            sampler.load_state_dict({"epoch": epoch, "position": position})
+            dataset.set_epoch(epoch)
+            loader = DataLoader(
+                dataset,
+                batch_sampler=sampler,
+                collate_fn=collate,
+                num_workers=config.data.num_workers,
+                pin_memory=cuda,
+                persistent_workers=False,
+            )
+            for batch in loader:
+                position += 1
+                yield batch
+            epoch, position = epoch + 1, 0
+
+    fault = os.environ.get(FAULT_ENV, "")
+    stream = batches()
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        desc=f"train {config.recipe}",
+        disable=not (progress and world.is_main),
+        dynamic_ncols=True,
+    )
+    loss_sum = torch.zeros((), device=world.device)
+    window_start, window_steps, last_loss = time.time(), 0, float("nan")
+    status = "finished"
+    with StopFlag() as stop:
+        while step < config.steps:
+            if fault.startswith("exit:") and [int(v) for v in fault.split(":")[1:]] == [world.rank, step]:
+                os._exit(3)
+            wrapped.train()
+            step_loss = torch.zeros((), device=world.device)
+            for micro in range(config.optim.grad_accum):
+                batch = next(stream)
+                sync = micro == config.optim.grad_accum - 1 or not hasattr(wrapped, "no_sync")
+                with nullcontext() if sync else wrapped.no_sync():
+                    loss = compute_loss(wrapped, inner, batch, config, scaling, world, step, micro, bf16)
+                    (loss / config.optim.grad_accum).backward()
+                step_loss += loss.detach() / config.optim.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm is a DTensor over all shards
+                grad_norm = grad_norm.full_tensor()
+            flags = torch.stack(
+                [
+                    (~torch.isfinite(step_loss)).float(),
+                    (~torch.isfinite(grad_norm)).float(),
+                    torch.tensor(float(stop.requested), device=world.device),
+                ]
+            )
+            nonfinite_loss, nonfinite_grad, stop_now = all_reduce_max(flags, world).tolist()  # the one host sync
+            if nonfinite_loss or nonfinite_grad:
+                optimizer.zero_grad(set_to_none=True)
+                skipped, bad_in_a_row = skipped + 1, bad_in_a_row + 1
+                if world.is_main:
+                    tqdm.write(f"step {step}: non-finite {'loss' if nonfinite_loss else 'gradient'}; step skipped")
+                if bad_in_a_row >= config.max_nonfinite_steps:
+                    raise TrainingError(
+                        f"{bad_in_a_row} non-finite steps in a row (last at step {step}); lower "
+                        "optim.lr, raise optim.warmup_steps or check the data"
+                    )
+            else:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                update_ema(ema, inner, config.optim.ema_decay)
+                bad_in_a_row = 0
+                loss_sum += step_loss
+                window_steps += 1
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                elapsed = max(time.time() - window_start, 1e-9)
+                last_loss = (loss_sum / max(window_steps, 1)).item()
+                row = {
+                    "step": step,
+                    "loss": last_loss,
+                    "grad_norm": grad_norm.item(),
+                    "lr": scheduler.get_last_lr()[0],
+                    "samples_per_s": window_steps * global_batch / elapsed,
+                    "skipped_steps": skipped,
+                    "epoch": epoch,
+                    "time": time.time() - started,
+                }
+                if peak and isinstance(inner, torch.nn.Module) and not isinstance(inner, DiT):
+                    row["mfu"] = mfu(inner, batch, row["samples_per_s"] / world.world_size, peak)
+                metrics.write(row)
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{row['lr']:.2e}")
+                loss_sum.zero_()
+                window_start, window_steps = time.time(), 0
+            if previewer is not None and config.sample_every and step % config.sample_every == 0:
+                previewer.write(inner, ema, step)
+            if stop_now:
+                save(step)
+                status = "interrupted"
+                break
+            if step % config.checkpoint_every == 0 and step < config.steps:
+                save(step)
+    bar.close()
+    if status == "finished":
+        save(step)
+    summary = finish(config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started)
+    metrics.close()
+    return summary
+
+
+def compute_loss(wrapped, inner, batch, config, scaling, world: World, step: int, micro: int, bf16: bool):
+    """One micro-batch's mean loss, with every random draw made for the global batch and sliced."""
+    device = world.device
+    B = batch["mean"].shape[0]
+    lo, hi = world.rank * B, (world.rank + 1) * B
+    global_b = B * world.world_size
+    g = step_generator(config.seed, step, micro, device)
+    mean, std = batch["mean"].to(device, non_blocking=True), batch["std"].to(device, non_blocking=True)
+    shape = (global_b, *mean.shape[1:])
+    latent_eps = torch.randn(shape, generator=g, device=device)[lo:hi]
+    noise = torch.randn(shape, generator=g, device=device)[lo:hi]
+    patch = config.dit.patch_size if isinstance(inner, DiT) else config.model.patch_size
+    tokens = (mean.shape[-2] // patch) * (mean.shape[-1] // patch)
+    t = draw_timesteps(config.diffusion, global_b, g, device, num_tokens=tokens)[lo:hi]
+    dropped = (torch.rand(global_b, generator=g, device=device) < _dropout(config))[lo:hi]
+    x0 = scaling.to_model_space(mean, std, latent_eps)
+    if isinstance(inner, DiT):
+        labels = torch.where(dropped, inner.config.null_class, batch["label"].to(device))
+        cond = {"labels": labels}
+    else:
+        y, mask = batch["text"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+        null = inner.y_embedder.y_embedding[: y.shape[1]].to(y.dtype)  # (L, C): keeps the sample's own mask
+        y = torch.where(dropped[:, None, None], null[None], y)
+        cond = {
+            "y": y,
+            "mask": mask,
+            "img_hw": batch["img_hw"].to(device),
+            "aspect_ratio": batch["aspect_ratio"].to(device),
+        }
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+    with autocast:
+        losses = training_loss(wrapped, x0, cond, config.diffusion, t=t, noise=noise, patch_size=patch)
+    return losses["loss"].mean()
+
+
+def _dropout(config: TrainConfig) -> float:
+    return config.data.class_dropout if config.stage == "class" else config.data.caption_dropout
+
+
+@torch.no_grad()
+def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    names = [n for n, _ in model.named_parameters()]
+    current = [p.detach().float() for _, p in model.named_parameters()]
+    torch._foreach_lerp_([ema[n] for n in names], current, 1.0 - decay)
+
+
+def mfu(model, batch, samples_per_s_per_device: float, peak: float) -> float:
+    cfg = model.config
+    tokens = (batch["mean"].shape[-2] // cfg.patch_size) * (batch["mean"].shape[-1] // cfg.patch_size)
+    text = float(batch["mask"].sum(1).float().mean())
+    flops = 3 * forward_flops(cfg.hidden_size, cfg.depth, tokens, int(text), cfg.caption_channels)
+    return flops * samples_per_s_per_device / peak
+
+
+def finish(config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started) -> dict:
+    summary = {
+        "status": status,
+        "steps": step,
+        "skipped_steps": skipped,
+        "final_loss": last_loss,
+        "wall_seconds": round(time.time() - started, 1),
+        "run_dir": str(run_dir),
+    }
+    if status != "finished":
+        summary["resume"] = "rerun the same command to continue from the last checkpoint"
+        if world.is_main:
+            print(f"[pixart train] interrupted at step {step}; checkpoint saved. {summary['resume']}.")
+        return summary
+    full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in inner.state_dict().items()}
+    ema_full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in ema.items()}
+    if world.is_main:
+        save_weights(inner, run_dir / FINAL, full)
+        save_weights(inner, run_dir / FINAL_EMA, {**full, **ema_full})
+        plot_loss({config.recipe: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "loss.png")
+        preview = previewer.write(inner, ema, step) if previewer is not None else None
+        if preview is not None:
+            summary["preview"] = str(preview)
+        summary.update(
+            final=str(run_dir / FINAL), final_ema=str(run_dir / FINAL_EMA), loss_curve=str(run_dir / "loss.png")
+        )
+        print(
+            f"[pixart train] done: {step} steps in {summary['wall_seconds']}s, final loss {last_loss:.4f}, "
+            f"{skipped} skipped step(s); weights {run_dir / FINAL_EMA} (EMA) and {run_dir / FINAL}; "
+            f"loss curve {run_dir / 'loss.png'}"
+        )
+    return summary

@@ -1,0 +1,94 @@
+"""Rank-0 metrics: JSON lines, TensorBoard when installed, a loss-curve PNG, and model FLOPs for MFU.
+
+Not named logging.py, which would shadow the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+# Dense bf16 peaks (FLOP/s) of the GPUs we quote MFU on (performance.md section 0).
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+
+
+def forward_flops(hidden: int, depth: int, image_tokens: int, text_tokens: int, caption_channels: int) -> float:
+    """PixArt forward FLOPs per image (performance.md 4.1): a multiply-add counts 2."""
+    d, n, m = hidden, image_tokens, text_tokens
+    per_block = 28 * n * d * d + 4 * m * d * d + 4 * n * n * d + 4 * n * m * d
+    caption_projection = 2 * m * (caption_channels * d + d * d)
+    return depth * per_block + caption_projection
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+
+
+class MetricsWriter:
+    """Appends rows to metrics.jsonl (and TensorBoard); only the main rank writes."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tensorboard = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # TensorBoard is optional
+                self.tensorboard = None
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float) and key != "step":
+                    self.tensorboard.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss(rows_by_stage: dict[str, list[dict]], out: Path, title: str = "training loss") -> Path:
+    """One loss curve per stage (steps offset so stages follow each other), saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    offset = 0
+    for stage, rows in rows_by_stage.items():
+        rows = [r for r in rows if "loss" in r]
+        if not rows:
+            continue
+        steps = [offset + r["step"] for r in rows]
+        ax.plot(steps, [r["loss"] for r in rows], label=stage, linewidth=1.2)
+        offset = steps[-1]
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(rows_by_stage) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

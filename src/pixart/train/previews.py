@@ -1,0 +1,126 @@
+"""Sample grids during training: fixed prompts (or classes) and fixed seeds, with the EMA weights."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pixart.diffusion.guidance import learned_null_caption
+from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
+from pixart.grids import image_grid
+from pixart.model.dit import DiT
+from pixart.sample import sample
+from pixart.train.config import TrainConfig
+from pixart.train.distributed import World
+
+
+class LabelsAsCaptions(nn.Module):
+    """Lets the caption-guided sampler drive a class-conditional DiT: y (B, 1, 1) holds the label."""
+
+    def __init__(self, dit: DiT):
+        super().__init__()
+        self.dit = dit
+        self.config = dit.config
+
+    def forward(self, x, t, y, mask=None, img_hw=None, aspect_ratio=None):
+        return self.dit(x, t, y[:, 0, 0].long())
+
+
+def preview_codec(info: dict) -> ImageCodec:
+    codec = info.get("codec", {})
+    return load_codec(codec.get("kind", "sd-vae"), codec.get("path"))
+
+
+class Previewer:
+    """Encodes the preview prompts once at start; `write` samples a grid and saves it as a PNG."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        info: dict,
+        run_dir: Path,
+        world: World,
+        latent_shape: tuple | None = None,
+        prompts: list[str] | None = None,
+    ):
+        self.config = config
+        self.info = info
+        self.out = run_dir / "samples"
+        self.world = world
+        self.enabled = not (world.distributed and config.parallel == "fsdp")
+        self.latent_shape = latent_shape
+        self.prompts = list(config.sample_prompts or prompts or [])
+        self.codec: ImageCodec | None = None
+        self.cond = self.mask = None
+        if config.stage == "t2i" and self.prompts and self.enabled:
+            self.cond, self.mask = self._encode(self.prompts)
+
+    def _encode(self, prompts: list[str]):
+        from pixart.encoders.text import load_text_encoder
+
+        text = self.info.get("text_encoder", {})
+        encoder = load_text_encoder(text.get("kind", "t5"), text.get("path"), max_length=self.config.model.max_length)
+        encoded = encoder.encode(prompts)
+        encoder.free()
+        return encoded.features, encoded.mask
+
+    @torch.no_grad()
+    def write(self, inner: nn.Module, ema: dict[str, torch.Tensor], step: int) -> Path | None:
+        if not self.enabled or self.latent_shape is None:
+            return None
+        model = copy.deepcopy(inner).eval()
+        for name, param in model.named_parameters():
+            param.copy_(ema[name].to(param.dtype))
+        device = next(model.parameters()).device
+        if isinstance(model, DiT):
+            count = min(8, model.config.num_classes)
+            labels = [str(i) for i in range(count)]
+            cond = torch.arange(count, dtype=torch.float32).view(-1, 1, 1).to(device)
+            mask = torch.ones(count, 1, device=device)
+            null = torch.full_like(cond, float(model.config.null_class))
+            null_mask = mask
+            model = LabelsAsCaptions(model)
+        else:
+            if self.cond is None:
+                return None
+            labels = self.prompts
+            cond, mask = self.cond.to(device), self.mask.to(device)
+            null, null_mask = learned_null_caption(model, mask)
+        noise = torch.cat(
+            [
+                torch.randn((1, *self.latent_shape), generator=torch.Generator().manual_seed(k))
+                for k in range(len(labels))
+            ]
+        ).to(device)
+        sampler = "flow-dpm-solver" if self.config.diffusion.objective == "flow" else "dpm-solver++"
+        h, w = self.latent_shape[-2:]
+        micro = {}
+        if getattr(model.config, "micro_conditions", False):
+            f = int(self.info.get("codec", {}).get("downsample", 1))
+            micro = {"img_hw": torch.tensor([[float(h * f), float(w * f)]]), "aspect_ratio": torch.tensor([h / w])}
+        latents = sample(
+            model,
+            noise,
+            cond,
+            mask,
+            null,
+            null_mask,
+            scheduler=sampler,
+            steps=self.config.sample_steps,
+            cfg_scale=self.config.sample_cfg,
+            progress=False,
+            **micro,
+        )
+        if self.codec is None:
+            self.codec = preview_codec(self.info)
+        images = to_uint8(self.codec.decode(latents.float().cpu())).numpy()
+        from PIL import Image
+
+        grid = image_grid([Image.fromarray(im) for im in images], labels=labels, cell=max(96, max(h, w) * 2))
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / f"step-{step:07d}.png"
+        grid.save(path)
+        return path

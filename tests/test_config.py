@@ -1,0 +1,64 @@
+"""Config plumbing: typed overrides, unknown keys, JSON round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pixart import config as config_io
+from pixart.config import ConfigError
+from pixart.recipes import get_recipe
+from pixart.train.config import TrainConfig
+
+
+def test_overrides_are_typed_and_nested():
+    config = config_io.apply_overrides(
+        get_recipe("tiny"),
+        [
+            "optim.lr=1e-4",
+            "steps=7",
+            "model.depth=3",
+            "data.caption_probs={'dense': 0.9, 'alt': 0.1}",
+            "sample_prompts=['a red circle', 'a blue square']",
+            "init_from=runs/stage1",
+            "optim.ema_decay=0",
+        ],
+    )
+    assert config.optim.lr == 1e-4 and config.steps == 7 and config.model.depth == 3
+    assert config.data.caption_probs == {"dense": 0.9, "alt": 0.1}
+    assert config.sample_prompts == ("a red circle", "a blue square")
+    assert config.init_from == "runs/stage1"
+    assert isinstance(config.optim.ema_decay, float)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.dpeth=3", "did you mean model.depth"),
+        ("steps=1.5", "steps: 1.5 is not a int"),
+        ("precision=fp8", "precision must be one of"),
+        ("model=3", "model is a group of settings"),
+        ("steps", "must look like key=value"),
+        ("data.caption_probs=[1]", "is not a dict"),
+        ("model.hidden_size=100", "not divisible by num_heads"),
+    ],
+)
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_io.apply_overrides(get_recipe("tiny"), [override])
+
+
+def test_json_round_trip_and_unknown_keys():
+    config = get_recipe("stage3-aesthetic-1024")
+    data = json.loads(config_io.to_json(config))
+    assert config_io.from_dict(TrainConfig, data) == config
+    data["optim"]["momentum"] = 0.9
+    with pytest.raises(ConfigError, match="optim.momentum"):
+        config_io.from_dict(TrainConfig, data)
+
+
+def test_diff_lists_changes():
+    a = get_recipe("tiny")
+    b = config_io.apply_overrides(a, ["optim.lr=1", "steps=3"])
+    assert config_io.diff(a, b) == ["optim.lr: 0.001 -> 1.0", "steps: 30 -> 3"]

@@ -1,0 +1,339 @@
+"""Training: overfitting, exact resume after SIGKILL/SIGTERM, torchrun DDP, non-finite guard, stage chaining."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pixart import config as config_io
+from pixart.cli import main
+from pixart.data.shapes_features import build_shapes_features
+from pixart.diffusion.objective import training_loss
+from pixart.encoders.codecs import PixelCodec
+from pixart.encoders.text import MiniLMEncoder
+from pixart.model.dit import DiTConfig
+from pixart.recipes import RECIPES, get_recipe
+from pixart.train import loop
+from pixart.train.init import FINAL, FINAL_EMA
+from pixart.train.loop import TrainingError, train
+from pixart.weights import load_transformer
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("shapes") / "data"
+    build_shapes_features(
+        folder,
+        sizes=[(32, 32), (24, 32)],
+        count=32,
+        seed=0,
+        encoder=MiniLMEncoder(max_length=48),
+        codec=PixelCodec(),
+        progress=False,
+    )
+    return folder
+
+
+def overrides(data: Path, steps: int = 12, every: int = 2) -> list[str]:
+    return [
+        f"data.root={data}",
+        "data.synthetic=''",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        f"steps={steps}",
+        f"checkpoint_every={every}",
+        "previews=False",
+        "log_every=2",
+    ]
+
+
+def config_for(data: Path, extra: list[str] = (), **kw):
+    return config_io.apply_overrides(get_recipe("tiny"), [*overrides(data, **kw), *extra])
+
+
+def cli(run_dir: Path, data: Path, *extra: str, env=None, wait=True, steps=12):
+    args = [sys.executable, "-m", "pixart", "train", "--recipe", "tiny", "--run-dir", str(run_dir), "--no-progress"]
+    for item in overrides(data, steps=steps):
+        args += ["--set", item]
+    args += list(extra)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if not wait:
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=environment)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / FINAL)
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_tiny_overfits_a_fixed_batch(shapes_data, tmp_path):
+    """One batch of 8 seen 80 times: the loss on fixed (t, noise) falls at least 3-fold."""
+    config = config_for(
+        shapes_data, ["data.batch_size=32", "optim.lr=3e-3", "optim.ema_decay=0.0"], steps=80, every=1000
+    )
+    from pixart.data.dataset import FeatureDataset, collate
+
+    dataset = FeatureDataset(shapes_data, {"dense": 1.0})
+    batch = collate([dataset[i] for i in range(len(dataset)) if dataset[i]["bucket"] == "1.0"][:32])
+    x0 = batch["mean"]
+    cond = {"y": batch["text"], "mask": batch["mask"]}
+    t = torch.linspace(50, 950, 32).long()
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+
+    def probe(model) -> float:
+        with torch.no_grad():
+            return training_loss(model.eval(), x0, cond, config.diffusion, t=t, noise=noise)["loss"].mean().item()
+
+    from pixart.model import PixArt
+
+    torch.manual_seed(0)
+    before = probe(PixArt(config.model))
+    train(
+        dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(shapes_data))),
+        tmp_path / "run",
+        progress=False,
+    )
+    after = probe(load_transformer(tmp_path / "run" / FINAL))
+    assert after < before / 3, (before, after)
+
+
+def test_sigkill_at_a_random_step_then_rerun_gives_identical_weights(shapes_data, tmp_path):
+    reference = cli(tmp_path / "reference", shapes_data)
+    assert reference.returncode == 0, reference.stderr
+    kill_at = random.Random(os.getpid()).choice([2, 4, 6, 8])
+    process = cli(tmp_path / "killed", shapes_data, wait=False)
+    target = tmp_path / "killed" / "checkpoints" / f"step-{kill_at:07d}.pt"
+    deadline = time.time() + 300
+    while not target.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / FINAL).exists()
+    resumed = cli(tmp_path / "killed", shapes_data)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step-" in resumed.stdout
+    assert_bitwise_equal(weights(tmp_path / "killed"), weights(tmp_path / "reference"))
+    assert_bitwise_equal(load_file(tmp_path / "killed" / FINAL_EMA), load_file(tmp_path / "reference" / FINAL_EMA))
+
+
+def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(shapes_data, tmp_path):
+    reference = cli(tmp_path / "reference", shapes_data, steps=10)
+    process = cli(tmp_path / "stopped", shapes_data, wait=False, steps=10)
+    first = tmp_path / "stopped" / "checkpoints" / "step-0000002.pt"
+    while not first.exists() and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "interrupted at step" in out
+    assert not (tmp_path / "stopped" / FINAL).exists()
+    resumed = cli(tmp_path / "stopped", shapes_data, steps=10)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bitwise_equal(weights(tmp_path / "stopped"), weights(reference and tmp_path / "reference"))
+
+
+def test_two_processes_under_torchrun_equal_one_process(shapes_data, tmp_path):
+    """Global batch 8 as 1 x 8 and as 2 x 4 (gloo DDP): the same weights within 1e-6 after 6 steps.
+
+    Adam scales every gradient to about lr, so the summation-order noise of near-zero gradients would
+    be amplified to lr scale with eps 1e-10; the test uses eps 1e-6 and lr 1e-4 to compare the data flow.
+    """
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress"]
+    sets = [
+        a
+        for item in [*overrides(shapes_data, steps=6, every=100), "optim.eps=1e-6", "optim.lr=1e-4"]
+        for a in ("--set", item)
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, *common, "--run-dir", str(tmp_path / "one"), *sets, "--set", "data.batch_size=8"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            *common,
+            "--run-dir",
+            str(tmp_path / "two"),
+            *sets,
+            "--set",
+            "data.batch_size=4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert double.returncode == 0, double.stderr
+    assert "2 process(es)" in double.stdout
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=0)
+
+
+def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data, tmp_path):
+    """FSDP2 over gloo, stopped after 3 steps (torch.distributed.checkpoint) and resumed to 6."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress"]
+    items = [*overrides(shapes_data, steps=6, every=3), "optim.eps=1e-6", "optim.lr=1e-4"]
+    sets = [a for item in items for a in ("--set", item)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, *common, "--run-dir", str(tmp_path / "one"), *sets],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr
+    for steps in ("3", "6"):
+        sharded = subprocess.run(
+            [
+                str(torchrun),
+                "--standalone",
+                "--nproc_per_node=2",
+                *common,
+                "--run-dir",
+                str(tmp_path / "fsdp"),
+                *sets,
+                "--set",
+                "data.batch_size=4",
+                "--set",
+                "parallel=fsdp",
+                "--steps",
+                steps,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert sharded.returncode == 0, sharded.stderr
+    assert (tmp_path / "fsdp" / "checkpoints" / "step-0000003.dcp").is_dir()
+    assert "resumed from step-0000003.dcp" in sharded.stdout
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=0)
+
+
+def test_one_rank_dying_fails_the_job_clearly(shapes_data, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    sets = [a for item in overrides(shapes_data, steps=6, every=100) for a in ("--set", item)]
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "pixart",
+            "train",
+            "--recipe",
+            "tiny",
+            "--no-progress",
+            "--run-dir",
+            str(tmp_path / "run"),
+            *sets,
+            "--set",
+            "data.batch_size=4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", loop.FAULT_ENV: "exit:1:3"},
+    )
+    assert result.returncode != 0
+    assert "exitcode" in result.stderr and "rank" in result.stderr  # torchrun names the failed rank and its code
+    assert not (tmp_path / "run" / FINAL).exists()
+
+
+def test_a_non_finite_step_is_skipped_and_counted(shapes_data, tmp_path, monkeypatch):
+    original = loop.compute_loss
+
+    def poisoned(wrapped, inner, batch, config, scaling, world, step, micro, bf16):
+        loss = original(wrapped, inner, batch, config, scaling, world, step, micro, bf16)
+        return loss * float("nan") if step == 3 else loss
+
+    monkeypatch.setattr(loop, "compute_loss", poisoned)
+    summary = train(config_for(shapes_data, steps=6, every=100), tmp_path / "run", progress=False)
+    assert summary["skipped_steps"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["skipped_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
+
+
+def test_repeated_non_finite_steps_stop_with_a_clear_error(shapes_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "compute_loss", lambda *a: torch.tensor(float("inf"), requires_grad=True))
+    with pytest.raises(TrainingError, match="non-finite steps in a row"):
+        train(config_for(shapes_data, ["max_nonfinite_steps=3"], steps=6), tmp_path / "run", progress=False)
+
+
+def test_bad_overrides_are_rejected_before_any_work(tmp_path, capsys):
+    assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "optim.lrate=1"]) == 2
+    assert "unknown config key 'optim.lrate'; did you mean optim.lr" in capsys.readouterr().err
+    assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "steps=many"]) == 2
+    assert "steps: 'many' is not a int" in capsys.readouterr().err
+    assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "data.caption_dropout=2"]) == 2
+    assert "caption_dropout must lie in [0, 1]" in capsys.readouterr().err
+    assert main(["train", "--recipe", "nope", "--dry-run"]) == 2
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_every_recipe_passes_dry_run(recipe, capsys):
+    assert main(["train", "--recipe", recipe, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f'"recipe": "{get_recipe(recipe).recipe}"' in out
+    assert "world: 1 process(es)" in out
+
+
+def test_paper_stages_use_official_hyper_parameters():
+    for name in ("stage1-class-256", "stage2-t2i-256", "stage3-aesthetic-512", "stage3-aesthetic-1024"):
+        c = get_recipe(name)
+        assert (c.optim.lr, c.optim.weight_decay, c.optim.eps, c.optim.warmup_steps) == (2e-5, 0.03, 1e-10, 1000)
+        assert (c.optim.grad_clip, c.optim.ema_decay, c.optim.auto_lr, c.gradient_checkpointing) == (
+            0.01,
+            0.9999,
+            True,
+            True,
+        )
+    assert get_recipe("stage3-aesthetic-1024").init_new_keys == ("csize_embedder.", "ar_embedder.")
+    assert get_recipe("stage3-aesthetic-1024").model.micro_conditions
+
+
+def test_stage1_class_dit_then_stage2_by_reparameterisation(shapes_data, tmp_path):
+    from pixart.data.synthetic import NUM_CLASSES
+
+    dit = DiTConfig(
+        input_size=32, patch_size=4, in_channels=3, hidden_size=96, depth=2, num_heads=3, num_classes=NUM_CLASSES
+    )
+    stage1 = dataclasses.replace(config_for(shapes_data, steps=4, every=100), stage="class", dit=dit)
+    train(stage1, tmp_path / "stage1", progress=False)
+    stage2 = config_for(shapes_data, [f"init_from={tmp_path / 'stage1'}"], steps=2, every=100)
+    summary = train(stage2, tmp_path / "stage2", progress=False)
+    assert summary["status"] == "finished"
+    log = (tmp_path / "stage2" / "config.json").read_text()
+    assert "stage1" in log
