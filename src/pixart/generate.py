@@ -94,7 +94,8 @@ class TextToImage:
         self.scheduler_folder = scheduler_folder
         self.resolution = transformer.config.input_size * codec.downsample
         if spec.buckets:
-            self.table = {key: (int(h), int(w)) for key, (h, w) in sorted(spec.buckets.items(), key=lambda kv: float(kv[0]))}
+            ordered = sorted(spec.buckets.items(), key=lambda kv: float(kv[0]))
+            self.table = {key: (int(h), int(w)) for key, (h, w) in ordered}
         else:
             self.table = bucket_table(self.resolution, inference=True)
 

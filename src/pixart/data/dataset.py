@@ -4,11 +4,18 @@ Each item carries the raw VAE posterior (mean, std), the text features of one ca
 with configurable probabilities (deterministic given seed, epoch and index), the bucket and the
 micro-conditions PixArtMS trains with: the original image size and the bucket key as aspect ratio.
 Latents are drawn from (mean, std) in the training step, with a seeded generator.
+
+Speed (benchmarks/bench_loader.py): items are cast from the memory-mapped fp16 with torch (numpy's fp16
+casts are ~10x slower), and collate writes the padded text batch, the bulk of the bytes at T5's width of
+4096, into buffers it reuses once nothing refers to them any more: a fresh ~100 MB tensor per batch
+costs more in page faults than filling it.
 """
 
 from __future__ import annotations
 
 import bisect
+import sys
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -68,15 +75,16 @@ class FeatureDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return self.fields[rng.choice(len(self.fields), p=self.probs)]
 
-    def __getitem__(self, index: int) -> dict:
+    def _item(self, index: int) -> tuple[dict, torch.Tensor]:
+        """An item without its "text", and the fp16 view of that text in the file."""
         shard, i = self.locate(index)
         record = shard.records[i]
-        mean, std = shard.latent(i)
+        mean, std = shard.latent_tensors(i)
         field = self.caption_field(index)
-        return {
-            "mean": torch.from_numpy(mean.astype(np.float32)),  # (C, h, w)
-            "std": torch.from_numpy(std.astype(np.float32)),
-            "text": torch.from_numpy(shard.text(i, field).astype(np.float32)),  # (L, C_text)
+        item = {
+            "mean": mean.float(),  # (C, h, w); .float() copies out of the read-only file mapping
+            "std": std.float(),
+            "text": None,  # (L, C_text)
             "caption": record["captions"][field],
             "bucket": record["bucket"],
             "img_hw": torch.tensor(record["original_hw"], dtype=torch.float32),
@@ -84,6 +92,99 @@ class FeatureDataset(Dataset):
             "label": int(record.get("extra", {}).get("label", -1)),
             "index": index,
         }
+        return item, shard.text_tensor(i, field)
+
+    def __getitem__(self, index: int) -> dict:
+        item, text = self._item(index)
+        item["text"] = text.float()
+        return item
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A batch of items, as DataLoader asks for them: the same dicts as __getitem__ gives.
+
+        Their captions are cast straight into rows of one zero-padded (B, L, C) float32 tensor, so
+        `collate` can hand that tensor on instead of copying every caption a second time.
+        """
+        pairs = [self._item(index) for index in indices]
+        if not pairs:
+            return []
+        texts = [text for _, text in pairs]
+        root, padded = _padded_text(texts)
+        for row, ((item, _), text) in enumerate(zip(pairs, texts)):
+            item["text"] = padded[row, : text.shape[0]]
+        _PADDED_ROOTS[id(root)] = root
+        return [item for item, _ in pairs]
+
+
+class _BufferPool:
+    """float32 buffers handed out again once no tensor refers to them.
+
+    Each buffer is a bytearray wrapped with torch.frombuffer; every tensor storage made that way holds a
+    reference to the bytearray until the last view of it is gone, so the bytearray's reference count
+    says whether a batch (or any slice of it) is still alive. A buffer in use is never reused: when all
+    are busy, or inside a DataLoader worker (whose batches are moved to shared memory anyway), this
+    allocates normally.
+    """
+
+    def __init__(self, size: int = 3):
+        self.size = size
+        self.buffers: list[bytearray] = []
+        self.idle = self._refs([bytearray(1)], 0)  # the count of a buffer nothing else refers to
+
+    @staticmethod
+    def _refs(buffers: list[bytearray], i: int) -> int:
+        # Always called the same way, so the interpreter's own temporary references cancel out.
+        return sys.getrefcount(buffers[i])
+
+    def take(self, count: int) -> torch.Tensor:
+        """An uninitialised 1-D float32 tensor of `count` elements, in reused memory where possible."""
+        if torch.utils.data.get_worker_info() is not None or count == 0:
+            return torch.empty(count)
+        nbytes = count * 4
+        for i in range(len(self.buffers)):
+            if self._refs(self.buffers, i) == self.idle:
+                if len(self.buffers[i]) < nbytes:  # grow with headroom: caption lengths vary by batch
+                    self.buffers[i] = bytearray(nbytes + nbytes // 4)
+                return torch.frombuffer(self.buffers[i], dtype=torch.float32, count=count)
+        if len(self.buffers) < self.size:
+            self.buffers.append(bytearray(nbytes + nbytes // 4))
+            return torch.frombuffer(self.buffers[-1], dtype=torch.float32, count=count)
+        return torch.empty(count)
+
+
+_TEXT_BUFFERS = _BufferPool()
+# id -> 1-D tensor whose (B, L, C) view __getitems__ filled with zero-padded captions. Weak, so it changes
+# no lifetime; keyed by id because tensors compare elementwise, which sets of tensors would trip over.
+_PADDED_ROOTS: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+
+
+def _padded_text(texts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions (L_i, C) of any float dtype -> (1-D root tensor, its (B, L, C) float32 view), zero-padded."""
+    lengths = [t.shape[0] for t in texts]
+    length = max(1, max(lengths))
+    width = texts[0].shape[1]
+    root = _TEXT_BUFFERS.take(len(texts) * length * width)
+    padded = root.view(len(texts), length, width)
+    for row, (text, n) in enumerate(zip(texts, lengths)):
+        padded[row, :n] = text  # casts fp16 to fp32 on the way
+        padded[row, n:] = 0  # only the padding is zeroed: the rest is written once, not twice
+    return root, padded
+
+
+def _prepadded(texts: list[torch.Tensor]) -> torch.Tensor | None:
+    """The (B, L, C) tensor that `texts` are consecutive leading rows of, if __getitems__ made it so."""
+    root = texts[0]._base
+    if root is None or _PADDED_ROOTS.get(id(root)) is not root:
+        return None
+    width = texts[0].shape[1]
+    length = root.numel() // (len(texts) * width)
+    if length * len(texts) * width != root.numel() or length < max(1, max(t.shape[0] for t in texts)):
+        return None
+    stride = length * width * root.element_size()
+    for row, text in enumerate(texts):
+        if text._base is not root or text.data_ptr() != root.data_ptr() + row * stride or text.stride() != (width, 1):
+            return None
+    return root.view(len(texts), length, width)
 
 
 def collate(items: list[dict]) -> dict:
@@ -91,14 +192,12 @@ def collate(items: list[dict]) -> dict:
     buckets = {item["bucket"] for item in items}
     if len(buckets) != 1:
         raise ValueError(f"a batch mixes buckets {sorted(buckets)}; use BucketBatchSampler")
-    length = max(1, max(item["text"].shape[0] for item in items))
-    width = items[0]["text"].shape[1]
-    text = torch.zeros(len(items), length, width)
-    mask = torch.zeros(len(items), length, dtype=torch.long)
-    for row, item in enumerate(items):
-        n = item["text"].shape[0]
-        text[row, :n] = item["text"]
-        mask[row, :n] = 1
+    texts = [item["text"] for item in items]
+    text = _prepadded(texts)
+    if text is None:
+        text = _padded_text(texts)[1]
+    lengths = torch.tensor([t.shape[0] for t in texts])
+    mask = (torch.arange(text.shape[1]) < lengths[:, None]).long()
     return {
         "mean": torch.stack([item["mean"] for item in items]),  # (B, C, h, w)
         "std": torch.stack([item["std"] for item in items]),

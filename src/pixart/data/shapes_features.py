@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from pixart.data import synthetic
 from pixart.data.shards import FeatureSample, write_dataset_info, write_shard
-from pixart.encoders.codecs import ImageCodec, from_uint8
-from pixart.encoders.text import TextEncoder
+from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
+from pixart.encoders.text import TextEncoder, encoder_info
 
 FIELDS = ("alt", "dense")  # alt: one object, alt-text style; dense: every object, position and background
 
@@ -92,24 +92,8 @@ def build_shapes_features(
         "resolution": max(max(s) for s in sizes),
         "buckets": {bucket_key(h, w): [h, w] for h, w in sizes},
         "codec": codec_info(codec),
-        "text_encoder": {
-            "kind": encoder.kind,
-            "path": None if encoder.kind == "minilm" else str(encoder.folder),
-            "width": encoder.width,
-            "max_length": encoder.max_length,
-        },
+        "text_encoder": encoder_info(encoder),
         "samples": len(samples),
     }
     write_dataset_info(folder, info)
     return info
-
-
-def codec_info(codec: ImageCodec) -> dict:
-    return {
-        "kind": codec.kind,
-        "path": str(getattr(codec, "folder", "")) or None,
-        "latent_channels": codec.latent_channels,
-        "downsample": codec.downsample,
-        "scaling_factor": codec.scaling_factor,
-        "shift_factor": codec.shift_factor,
-    }

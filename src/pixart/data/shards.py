@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,12 +127,36 @@ def memmap_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _torch_views(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Zero-copy torch views of read-only memmaps, so readers convert fp16 with torch's vectorised casts.
+
+    torch warns that it cannot mark such memory read-only; the views are never written (readers copy
+    out of them), so the warning is silenced here, once per shard rather than once per sample.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return {name: torch.from_numpy(array) for name, array in arrays.items()}
+
+
 @dataclass
 class Shard:
-    """An opened shard: memmapped arrays and its per-sample records."""
+    """An opened shard: memmapped arrays and its per-sample records.
+
+    `tensors` holds the same memory as `arrays` as torch tensors (read-only in practice: the file is
+    mapped read-only, so writing to them would crash); `offsets` are the text offsets as plain lists.
+    """
 
     arrays: dict[str, np.ndarray]
     records: list[dict]
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    offsets: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.tensors:
+            self.tensors = _torch_views(self.arrays)
+        if not self.offsets:
+            prefix = "text_offsets."
+            self.offsets = {k[len(prefix) :]: v.tolist() for k, v in self.arrays.items() if k.startswith(prefix)}
 
     @classmethod
     def open(cls, folder: Path, index: int) -> Shard:
@@ -149,3 +174,14 @@ class Shard:
     def text(self, i: int, field_name: str) -> np.ndarray:
         offsets = self.arrays[f"text_offsets.{field_name}"]
         return self.arrays[f"text.{field_name}"][offsets[i] : offsets[i + 1]]
+
+    def latent_tensors(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `latent`, as torch views of the file (fp16; copy before changing them)."""
+        record = self.records[i]
+        bucket, row = record["bucket"], record["row"]
+        return self.tensors[f"latent_mean.{bucket}"][row], self.tensors[f"latent_std.{bucket}"][row]
+
+    def text_tensor(self, i: int, field_name: str) -> torch.Tensor:
+        """Like `text`, as a torch view of the file (fp16; copy before changing it)."""
+        offsets = self.offsets[field_name]
+        return self.tensors[f"text.{field_name}"][offsets[i] : offsets[i + 1]]

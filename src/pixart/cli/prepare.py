@@ -1,0 +1,113 @@
+"""`pixart prepare INPUT --out DIR`: extract VAE posteriors and text features into a feature dataset.
+
+INPUT is an image folder with caption sidecars, a JSONL/CSV manifest, or WebDataset tars (see
+pixart.data.sources for the conventions). Resumable: rerun the same command after an interruption.
+Parallel: run it with `--shard 0/2` and `--shard 1/2` (or under torchrun) into the same --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help="image folder, .jsonl/.csv manifest, .tar or folder of .tar")
+    parser.add_argument("--out", type=Path, required=True, help="the feature dataset folder to write")
+    parser.add_argument("--resolution", type=int, choices=(256, 512, 1024), required=True, help="base resolution")
+    parser.add_argument("--codec", choices=("sd-vae", "pixels"), default="sd-vae", help="image codec (sd-vae)")
+    parser.add_argument("--vae", type=Path, help="local SD VAE folder (a vae/ folder or a pipeline folder)")
+    parser.add_argument("--text-encoder", type=Path, help="local text encoder folder (MiniLM: bundled if omitted)")
+    parser.add_argument("--text-encoder-kind", choices=("t5", "minilm"), default="t5")
+    parser.add_argument("--max-length", type=int, help="text tokens kept per caption (default: T5 120, MiniLM 48)")
+    parser.add_argument("--fields", default="alt", help="comma-separated caption fields to encode (default: alt)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="inputs per shard (default: 1000)")
+    parser.add_argument("--shard", default="0/1", metavar="I/N", help="process only shards with index %% N == I")
+    parser.add_argument("--upscale-small", action="store_true", help="upscale images smaller than their bucket")
+    parser.add_argument("--batch-size", type=int, default=16, help="images (and captions) per encoder call")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding threads")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    from pixart.cli.main import UserError
+
+    try:
+        part, parts = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if parts < 1 or not 0 <= part < parts:
+        raise UserError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return part, parts
+
+
+def default_device() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # under torchrun, each rank on its own GPU
+
+
+def load_models(args: argparse.Namespace, device: str):
+    from pixart.cli.main import UserError
+    from pixart.encoders import load_codec, load_text_encoder
+
+    if args.codec == "sd-vae" and args.vae is None:
+        raise UserError("--vae DIR is required with --codec sd-vae (a local AutoencoderKL folder)")
+    if args.text_encoder_kind == "t5" and args.text_encoder is None:
+        raise UserError("--text-encoder DIR is required with --text-encoder-kind t5")
+    kwargs = {"device": device} if args.max_length is None else {"device": device, "max_length": args.max_length}
+    codec = load_codec(args.codec, args.vae, **({"device": device} if args.codec == "sd-vae" else {}))
+    return codec, load_text_encoder(args.text_encoder_kind, args.text_encoder, **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pixart.cli.main import UserError
+    from pixart.data.prepare import (
+        PrepareError,
+        PrepareOptions,
+        format_summary,
+        merge_reports,
+        pending_shards,
+        prepare,
+        process_part,
+    )
+    from pixart.data.shards import DATASET_FILE
+    from pixart.data.sources import InputError, list_inputs
+
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()]
+    part, parts = parse_shard(args.shard)
+    try:
+        part, parts = process_part(part, parts)
+        options = PrepareOptions(
+            resolution=args.resolution,
+            fields=fields,
+            shard_size=args.shard_size,
+            upscale_small=args.upscale_small,
+            batch_size=args.batch_size,
+            part=part,
+            parts=parts,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        inputs = list_inputs(args.input)
+    except (PrepareError, InputError) as error:
+        raise UserError(str(error)) from error
+    print(f"{args.input}: {len(inputs.items)} inputs ({inputs.kind}); this process: shard part {part}/{parts}")
+
+    if not pending_shards(inputs, args.out, options) and (args.out / DATASET_FILE).is_file():
+        report = merge_reports(args.out, inputs, options)  # nothing to compute: no need to load the models
+        print("every shard of this process is done already")
+    else:
+        codec, text_encoder = load_models(args, args.device or default_device())
+        try:
+            result = prepare(inputs, args.out, options, codec, text_encoder)
+        except PrepareError as error:
+            raise UserError(str(error)) from error
+        report = result.report
+        print(f"wrote {len(result.written)} shards; {len(result.already_done)} were done already")
+    print(format_summary(report, args.out))
+    return 0

@@ -1,0 +1,186 @@
+"""Re-captioning with a vision-language model (the paper's SAM-LLaVA captions), resumable.
+
+A LLaVA-family model (transformers' LlavaForConditionalGeneration + AutoProcessor, from a local
+folder) describes each image with the paper's prompt, or with the variant that passes the original
+alt-text. The output is a JSONL manifest that `pixart prepare` reads: one row per image with the
+input's fields (the original caption kept as `alt`), `path` relative to the manifest's folder, and the
+new caption in `dense`. Rows are appended a batch at a time, so a rerun skips what is captioned already.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from pixart.data.images import ImageSkipped, load_rgb
+from pixart.data.sources import DEFAULT_FIELD, IMAGE_COLUMNS, Inputs, has_text, image_column, is_utf8, manifest_rows
+
+PROMPT = "Describe this image and its style in a very detailed manner"
+PROMPT_WITH_ALT = 'Given the caption of this image "{alt}", describe this image and its style in a very detailed manner'
+# How LLaVA-1.5 was trained to see a turn, for processors saved without a chat template.
+FALLBACK_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
+
+# (images, prompts) -> one caption per image; LlavaCaptioner is one, tests pass a plain function.
+Captioner = Callable[[list[Image.Image], list[str]], list[str]]
+
+
+def caption_prompt(alt: str | None = None) -> str:
+    """The paper's prompt, or the variant quoting the original caption when one is given."""
+    if alt is None:
+        return PROMPT
+    return PROMPT_WITH_ALT.format(alt=" ".join(alt.split()))  # one line, whatever the alt-text held
+
+
+class LlavaCaptioner:
+    """A LLaVA model and its processor from a local folder, captioning batches of images."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_new_tokens: int = 300,
+        temperature: float = 0.0,
+    ):
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no LLaVA model in {folder} (expected config.json, weights and processor files written by "
+                "save_pretrained, e.g. a local copy of llava-hf/llava-1.5-7b-hf); point --model at it"
+            )
+        self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        self.processor.tokenizer.padding_side = "left"  # generation continues every row on the right
+        self.model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        self.model = self.model.to(device).eval()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+
+    def chat(self, prompt: str) -> str:
+        """The prompt as one user turn holding the image, in the processor's chat template if it has one."""
+        if getattr(self.processor, "chat_template", None):
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return FALLBACK_TEMPLATE.format(prompt=prompt)
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image], prompts: list[str]) -> list[str]:
+        texts = [self.chat(prompt) for prompt in prompts]
+        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        # Greedy by default (reproducible); a low temperature samples, seeded by the caller's torch seed.
+        sampling = (
+            {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+        )
+        output = self.model.generate(
+            **inputs,
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=self.processor.tokenizer.pad_token_id,
+            **sampling,
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]  # left padding: every prompt ends at the same column
+        return [text.strip() for text in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+@dataclass
+class CaptionOptions:
+    field: str = "dense"
+    with_alt: bool = False
+    batch_size: int = 8
+    progress: bool = True
+    stop_after: int | None = None  # caption at most this many batches, then return as if killed (tests)
+
+
+@dataclass
+class CaptionResult:
+    written: int = 0
+    already_done: int = 0
+    skipped: list[dict] = field(default_factory=list)
+
+
+def default_output(input_path: str | Path, field_name: str = "dense") -> Path:
+    """Beside the input: `x.jsonl` / `x.csv` / `x.tar` -> `x.dense.jsonl`; a folder -> `folder/dense.jsonl`."""
+    path = Path(input_path)
+    if path.is_dir():
+        return path / f"{field_name}.jsonl"
+    return path.with_name(f"{path.stem}.{field_name}.jsonl")
+
+
+def _repair_tail(out: Path) -> None:
+    """Cut a half-written last line (a killed run), so appended rows start on a line of their own."""
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    data = out.read_bytes()
+    if not data.endswith(b"\n"):
+        with open(out, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def captioned(out: Path, field_name: str) -> set[str]:
+    """Image paths (as written, relative to the manifest's folder) that already have a `field_name` caption."""
+    if not out.is_file():
+        return set()
+    done = set()
+    for _, row in manifest_rows(out):
+        if isinstance(row, dict) and isinstance(row.get(field_name), str) and image_column(row):
+            done.add(os.path.normpath(row[image_column(row)]))
+    return done
+
+
+def output_row(fields: dict, location: str, field_name: str, caption: str) -> dict:
+    """The input's fields (original caption as `alt`), the image path for the new manifest, the caption."""
+    row = {k: v for k, v in fields.items() if k not in IMAGE_COLUMNS and k != field_name}
+    return {"path": location, **row, field_name: caption}
+
+
+def caption_inputs(inputs: Inputs, out: str | Path, captioner: Captioner, options: CaptionOptions) -> CaptionResult:
+    """Caption every input not yet in `out`, in input order, appending rows a batch at a time."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _repair_tail(out)
+    done = captioned(out, options.field)
+    base = out.parent.resolve()
+    todo = []
+    for item in inputs.items:
+        location = item.image.location(base)
+        if os.path.normpath(location) not in done:
+            todo.append((item, location))
+    result = CaptionResult(already_done=len(inputs.items) - len(todo))
+    batches = 0
+    with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), unit="img", disable=not options.progress) as bar:
+        for start in range(0, len(todo), options.batch_size):
+            if options.stop_after is not None and batches >= options.stop_after:
+                break
+            ready = []  # (fields, location, image, prompt)
+            for item, location in todo[start : start + options.batch_size]:
+                try:
+                    fields = item.fields()
+                    alt = fields.get(DEFAULT_FIELD)
+                    # An alt-text that is missing or not valid UTF-8 is no use to quote: the plain prompt then.
+                    quote = options.with_alt and has_text(alt) and is_utf8(alt)
+                    prompt = caption_prompt(alt if quote else None)
+                    ready.append((fields, location, load_rgb(item.image.read()), prompt))
+                except ImageSkipped as e:
+                    result.skipped.append({"path": item.name, "reason": e.reason, "message": e.message})
+            if ready:
+                captions = captioner([r[2] for r in ready], [r[3] for r in ready])
+                for (fields, location, _, _), caption in zip(ready, captions):
+                    f.write(json.dumps(output_row(fields, location, options.field, caption)) + "\n")
+                f.flush()  # a batch is either all on disk or (after a kill) cut back to whole lines
+                result.written += len(ready)
+            bar.update(min(options.batch_size, len(todo) - start))
+            batches += 1
+    return result

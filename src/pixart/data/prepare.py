@@ -1,0 +1,425 @@
+"""Feature extraction: images + captions -> a feature dataset (pixart.data.shards), resumable and deterministic.
+
+The sorted, de-duplicated input list (pixart.data.sources) is cut into shards of `shard_size` inputs:
+input i belongs to shard i // shard_size, whether or not it is skipped, so a shard may hold fewer
+samples than inputs and the assignment never depends on what happened to other inputs. A process
+takes the shards with index % parts == part (`--shard part/parts`, times RANK/WORLD_SIZE under
+torchrun), and skips shards already done, never rewriting them. Every shard is computed alone, from
+its own inputs in order, so the bytes of a shard do not depend on which process made it or when.
+
+For each image: decode to RGB (images.load_rgb), pick the bucket of the closest aspect ratio, resize to
+cover it and centre crop, encode with the codec (raw posterior mean and std, fp16), and encode each
+caption field with the text encoder (features of the valid tokens only, fp16).
+
+Reports: each shard's report, `shard-XXXXX.report.json` (its samples per bucket, its skipped inputs
+with reasons), is written before the shard itself, so every finished shard has one; a shard whose
+inputs were all skipped is finished by its report alone (it has no safetensors file). `report.json` is
+the merge of all shard reports plus the inputs left out while listing (duplicates, bad manifest rows);
+every process rewrites it when it finishes, so the last to finish leaves the complete one (see
+`complete` in it), and a rerun with nothing left to do just rewrites it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from pixart.data.buckets import bucket_table, closest_bucket
+from pixart.data.images import ImageSkipped, check_aspect, check_size, load_rgb, resize_cover_crop
+from pixart.data.shards import DATASET_FILE, FeatureSample, shard_name, write_shard
+from pixart.data.sources import Inputs, Item
+from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
+from pixart.encoders.text import TextEncoder, encoder_info
+
+REPORT_FILE = "report.json"
+FORMAT = "pixart-features/1"
+UNEXPECTED = "unexpected error"  # a failure no check foresaw: reported, so one odd file cannot stop a run
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class PrepareError(ValueError):
+    """The output folder does not match this run (other settings, other inputs) or the settings are invalid."""
+
+
+@dataclass
+class PrepareOptions:
+    resolution: int
+    fields: list[str] = field(default_factory=lambda: ["alt"])
+    shard_size: int = 1000
+    upscale_small: bool = False
+    batch_size: int = 16
+    part: int = 0  # this process takes the shards with index % parts == part
+    parts: int = 1
+    workers: int = 0  # threads that decode and crop images (0: in the calling thread)
+    progress: bool = True
+    stop_after: int | None = None  # write at most this many shards, then return as if killed (tests)
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1 or self.batch_size < 1 or self.workers < 0:
+            raise PrepareError("shard size and batch size must be at least 1, workers at least 0")
+        if not 0 <= self.part < self.parts:
+            raise PrepareError(f"shard part must be in [0, {self.parts}), got {self.part}")
+        if not self.fields or len(set(self.fields)) != len(self.fields):
+            raise PrepareError(f"caption fields must be distinct and at least one, got {self.fields}")
+
+    @cached_property
+    def table(self) -> dict[str, tuple[int, int]]:
+        return bucket_table(self.resolution)
+
+
+@dataclass
+class Loaded:
+    """An input ready to encode: its crop (H, W, 3) uint8, bucket, displayed size and captions."""
+
+    crop: np.ndarray | None  # None once handed to the latent batcher, so a shard never holds all its crops
+    bucket: str
+    original_hw: tuple[int, int]
+    captions: dict[str, str]
+
+
+@dataclass
+class PrepareResult:
+    written: list[int]  # shards this call wrote
+    already_done: list[int]  # shards of this process that were finished before
+    report: dict  # the merged report of the whole dataset (empty if stopped early)
+
+
+# --- process and shard assignment ---
+
+
+def process_part(part: int = 0, parts: int = 1, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(part, parts) of this process: `--shard part/parts`, subdivided by RANK/WORLD_SIZE under torchrun."""
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", "1"))
+    rank = int(env.get("RANK", "0"))
+    if world < 1 or not 0 <= rank < world:
+        raise PrepareError(f"bad RANK/WORLD_SIZE: {rank}/{world}")
+    return part * world + rank, parts * world
+
+
+def shard_count(inputs: Inputs, options: PrepareOptions) -> int:
+    return -(-len(inputs.items) // options.shard_size)
+
+
+def shard_items(inputs: Inputs, options: PrepareOptions, index: int) -> list[Item]:
+    return inputs.items[index * options.shard_size : (index + 1) * options.shard_size]
+
+
+def report_path(out: Path, index: int) -> Path:
+    return out / f"{shard_name(index)}.report.json"
+
+
+def shard_done(out: Path, index: int) -> bool:
+    """Finished: its safetensors file exists, or its report says it has no samples (all inputs skipped)."""
+    if (out / f"{shard_name(index)}.safetensors").is_file():
+        return True
+    report = _read_json(report_path(out, index))
+    return report is not None and report.get("samples") == 0
+
+
+def my_shards(inputs: Inputs, options: PrepareOptions) -> list[int]:
+    return [i for i in range(shard_count(inputs, options)) if i % options.parts == options.part]
+
+
+def pending_shards(inputs: Inputs, out: str | Path, options: PrepareOptions) -> list[int]:
+    """This process's shards that are not finished yet (what `prepare` would compute)."""
+    return [i for i in my_shards(inputs, options) if not shard_done(Path(out), i)]
+
+
+# --- dataset.json ---
+
+
+def inputs_digest(inputs: Inputs) -> str:
+    """A hash of the sorted input names: a rerun on another input list would assign shards differently."""
+    digest = hashlib.sha256()
+    for item in inputs.items:
+        digest.update(item.name.encode("utf-8", errors="surrogateescape") + b"\n")
+    return digest.hexdigest()
+
+
+def dataset_info(inputs: Inputs, options: PrepareOptions, codec: ImageCodec, text_encoder: TextEncoder) -> dict:
+    """What produced the dataset: everything a reader or a resumed run must agree with."""
+    return {
+        "format": FORMAT,
+        "resolution": options.resolution,
+        "buckets": {key: list(hw) for key, hw in options.table.items()},
+        "upscale_small": options.upscale_small,
+        "codec": codec_info(codec),
+        "text_encoder": encoder_info(text_encoder),
+        "caption_fields": list(options.fields),
+        "shard_size": options.shard_size,
+        "shards": shard_count(inputs, options),
+        "inputs": {"kind": inputs.kind, "count": len(inputs.items), "digest": inputs_digest(inputs)},
+    }
+
+
+def check_or_write_info(out: Path, info: dict) -> None:
+    """Write dataset.json, or check that the one there came from the same settings and inputs."""
+    existing = _read_json(out / DATASET_FILE)
+    if existing is None:
+        _write_json(out / DATASET_FILE, info)
+        return
+    differences = [
+        f"{key}: {existing.get(key)!r} there, {info[key]!r} now"
+        for key in info
+        if json.loads(json.dumps(info[key])) != existing.get(key)
+    ]
+    if differences:
+        raise PrepareError(
+            f"{out} was prepared with other settings or inputs; use another --out or the same settings ("
+            + "; ".join(differences)
+            + ")"
+        )
+
+
+# --- reading inputs ---
+
+
+def load_item(item: Item, options: PrepareOptions) -> Loaded:
+    """Captions, then pixels, then aspect and size checks, then the crop; ImageSkipped says why not."""
+    captions = item.captions(options.fields)
+    img = load_rgb(item.image.read())
+    table = options.table
+    check_aspect(img, table)
+    bucket, (height, width) = closest_bucket(img.height, img.width, table)
+    check_size(img, height, width, options.upscale_small)
+    crop = resize_cover_crop(img, height, width)
+    return Loaded(np.asarray(crop), bucket, (img.height, img.width), captions)
+
+
+def _load_or_skip(item: Item, options: PrepareOptions) -> Loaded | dict:
+    try:
+        return load_item(item, options)
+    except ImageSkipped as e:
+        return {"path": item.name, "reason": e.reason, "message": e.message}
+    except Exception as e:  # see UNEXPECTED; the message keeps the type, for a bug report
+        return {"path": item.name, "reason": UNEXPECTED, "message": f"{type(e).__name__}: {e}"}
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """fn over items in order, on `workers` threads with a bounded number in flight (crops are large)."""
+    if workers == 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+# --- one shard ---
+
+
+class _LatentBatcher:
+    """Crops queue per bucket and are encoded batch_size at a time, in input order (same bytes every run)."""
+
+    def __init__(self, codec: ImageCodec, batch_size: int):
+        self.codec = codec
+        self.batch_size = batch_size
+        self.queues: dict[str, list[tuple[int, np.ndarray]]] = {}
+        self.results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def add(self, position: int, bucket: str, crop: np.ndarray) -> None:
+        queue = self.queues.setdefault(bucket, [])
+        queue.append((position, crop))
+        if len(queue) == self.batch_size:
+            self._encode(bucket)
+
+    def finish(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        for bucket in list(self.queues):
+            if self.queues[bucket]:
+                self._encode(bucket)
+        return self.results
+
+    def _encode(self, bucket: str) -> None:
+        queue = self.queues[bucket]
+        images = from_uint8(torch.from_numpy(np.stack([crop for _, crop in queue])))
+        mean, std = self.codec.encode(images)
+        for row, (position, _) in enumerate(queue):
+            self.results[position] = (mean[row].half().cpu(), std[row].half().cpu())
+        self.queues[bucket] = []
+
+
+def encode_captions(
+    text_encoder: TextEncoder, captions: list[str], batch_size: int
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Features of the valid tokens of each caption, (L_i, C) fp16, and the tokens cut by max_length."""
+    features, dropped = [], []
+    for start in range(0, len(captions), batch_size):
+        encoded = text_encoder.encode(captions[start : start + batch_size], padding="longest")  # valid tokens kept
+        for row in range(encoded.features.shape[0]):
+            valid = encoded.mask[row].bool()
+            features.append(encoded.features[row][valid].half().cpu())
+        dropped.extend(encoded.dropped)
+    return features, dropped
+
+
+def prepare_shard(
+    items: list[Item],
+    options: PrepareOptions,
+    codec: ImageCodec,
+    text_encoder: TextEncoder,
+    on_item: Callable[[], None] | None = None,
+) -> tuple[list[FeatureSample], dict]:
+    """The samples of one shard's inputs (in input order) and the shard's report."""
+    batcher = _LatentBatcher(codec, options.batch_size)
+    loaded: list[tuple[Item, Loaded]] = []
+    skipped = []
+    for item, result in zip(items, ordered_map(lambda it: _load_or_skip(it, options), items, options.workers)):
+        if isinstance(result, dict):
+            skipped.append(result)
+        else:
+            batcher.add(len(loaded), result.bucket, result.crop)
+            result.crop = None
+            loaded.append((item, result))
+        if on_item is not None:
+            on_item()
+    latents = batcher.finish()
+    texts, truncated = {}, {}
+    for name in options.fields:
+        captions = [result.captions[name] for _, result in loaded]
+        texts[name], dropped = encode_captions(text_encoder, captions, options.batch_size)
+        truncated[name] = sum(1 for n in dropped if n)
+    samples = [
+        FeatureSample(
+            mean=latents[position][0],
+            std=latents[position][1],
+            text={name: texts[name][position] for name in options.fields},
+            bucket=result.bucket,
+            original_hw=result.original_hw,
+            captions=result.captions,
+            source=item.name,
+        )
+        for position, (item, result) in enumerate(loaded)
+    ]
+    report = {
+        "inputs": len(items),
+        "samples": len(samples),
+        "buckets": dict(sorted(Counter(s.bucket for s in samples).items(), key=lambda kv: float(kv[0]))),
+        "truncated": truncated,
+        "skipped": skipped,
+    }
+    return samples, report
+
+
+# --- the whole run ---
+
+
+def prepare(
+    inputs: Inputs,
+    out: str | Path,
+    options: PrepareOptions,
+    codec: ImageCodec,
+    text_encoder: TextEncoder,
+) -> PrepareResult:
+    """Compute this process's unfinished shards into `out`, then rewrite `out/report.json`."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = options.table
+    if any(h % codec.downsample or w % codec.downsample for h, w in table.values()):
+        raise PrepareError(f"the {options.resolution} px buckets are not multiples of the codec's {codec.downsample}")
+    check_or_write_info(out, dataset_info(inputs, options, codec, text_encoder))
+    mine = my_shards(inputs, options)
+    pending = [i for i in mine if not shard_done(out, i)]
+    total = sum(len(shard_items(inputs, options, i)) for i in pending)
+    written: list[int] = []
+    with tqdm(total=total, unit="img", desc=f"prepare {out.name}", disable=not options.progress) as bar:
+        for index in pending:
+            if options.stop_after is not None and len(written) >= options.stop_after:
+                return PrepareResult(written, [i for i in mine if i not in pending], {})
+            bar.set_postfix_str(shard_name(index))
+            samples, report = prepare_shard(
+                shard_items(inputs, options, index), options, codec, text_encoder, on_item=lambda: bar.update()
+            )
+            # The report first: a shard that exists always has one, and an empty shard is finished by it.
+            _write_json(report_path(out, index), {"shard": index, **report})
+            if samples:
+                write_shard(out, index, samples, options.fields)
+            written.append(index)
+    return PrepareResult(written, [i for i in mine if i not in pending], merge_reports(out, inputs, options))
+
+
+def merge_reports(out: str | Path, inputs: Inputs, options: PrepareOptions) -> dict:
+    """Merge every finished shard's report and the listing problems into out/report.json, and return it."""
+    out = Path(out)
+    total = shard_count(inputs, options)
+    samples, shards_done = 0, 0
+    buckets: Counter[str] = Counter()
+    truncated: Counter[str] = Counter()
+    skipped = [{"path": p.path, "reason": p.reason, "message": p.message} for p in inputs.problems]
+    for index in range(total):
+        report = _read_json(report_path(out, index)) if shard_done(out, index) else None
+        if report is None:
+            continue
+        shards_done += 1
+        samples += report["samples"]
+        buckets.update(report["buckets"])
+        truncated.update(report.get("truncated", {}))
+        skipped.extend(report["skipped"])
+    merged = {
+        "samples": samples,
+        "buckets": dict(sorted(buckets.items(), key=lambda kv: float(kv[0]))),
+        "skipped": sorted(skipped, key=lambda s: (s["path"], s["reason"])),
+        "skip_reasons": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "truncated_captions": {name: truncated.get(name, 0) for name in options.fields},
+        "inputs": len(inputs.items) + len(inputs.problems),
+        "shards": {"done": shards_done, "total": total},
+        "complete": shards_done == total,
+    }
+    _write_json(out / REPORT_FILE, merged)
+    return merged
+
+
+def format_summary(report: dict, out: Path | str) -> str:
+    """The report for people: samples, samples per bucket, every skipped input with its reason."""
+    shards = report["shards"]
+    state = "complete" if report["complete"] else f"{shards['done']} of {shards['total']} shards done so far"
+    lines = [f"{out}: {report['samples']} samples from {report['inputs']} inputs ({state})"]
+    if report["buckets"]:
+        lines.append("  bucket   samples")
+        lines += [f"  {key:<8} {count:>7}" for key, count in report["buckets"].items()]
+    for name, count in report["truncated_captions"].items():
+        if count:
+            lines.append(f"  {count} {name!r} captions were longer than the text encoder's max length (cut)")
+    lines.append(f"  skipped {len(report['skipped'])} inputs" + (":" if report["skipped"] else ""))
+    for reason, count in report["skip_reasons"].items():
+        lines.append(f"    {reason}: {count}")
+    lines += [f"  {s['path']}: {s['reason']} ({s['message']})" for s in report["skipped"]]
+    return "\n".join(lines)
+
+
+# --- small file helpers ---
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Atomic, and safe with several processes writing the same file (each uses its own temporary)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # ASCII escapes: names of files that are not valid UTF-8 hold lone surrogates, which UTF-8 cannot write.
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,375 @@
+"""Input readers for data preparation and re-captioning: image folders, manifests, WebDataset tars.
+
+Every input kind becomes the same thing: a sorted, de-duplicated list of `Item`s, each an image to
+read and a row of caption fields, plus the problems found while listing (rows without a path,
+duplicates). The conventions:
+
+- a folder of images (searched recursively; .jpg .jpeg .png .webp .bmp .gif .tif .tiff, any case).
+  Captions sit beside each image under the same name: `cat.txt` holds the default field `alt`, and
+  `cat.json` holds an object of fields, e.g. {"alt": "...", "dense": "..."} (it wins over `cat.txt`);
+- a manifest, `.jsonl` (one object per line) or `.csv` (with a header): an image column `path` (or
+  `image`), relative to the manifest's folder or absolute, and one column per caption field. A path
+  may also name a member of a tar, `shards/00000.tar/cat.jpg`, the way WebDataset items are named;
+- WebDataset shards: one `.tar`, or a folder holding `*.tar` (and no images). Members are grouped by
+  key (the name up to the first dot of its base name): `cat.jpg` with `cat.txt` and/or `cat.json`.
+
+In rows, `caption` or `text` stand in for `alt` when there is no `alt` (img2dataset writes `caption`).
+Items are named by their path relative to the input (`cat.jpg`, `00000.tar/cat.jpg`); these names are
+what preparation sorts on, reports, and stores as each sample's source. Nothing is decoded here:
+images and sidecar captions are read when an item is processed, so their problems are reported then.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from pixart.data.images import UNREADABLE, ImageSkipped
+
+DEFAULT_FIELD = "alt"
+ALIASES = ("caption", "text")  # stand-ins for DEFAULT_FIELD in rows that lack it
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_COLUMNS = ("path", "image")
+MANIFEST_SUFFIXES = frozenset({".jsonl", ".csv"})
+
+# Reasons for skipping an input that are about its captions or its listing, not its pixels.
+MISSING_CAPTION = "missing caption"
+BAD_CAPTION = "caption not UTF-8"
+BAD_SIDECAR = "unreadable caption file"
+DUPLICATE = "duplicate"
+BAD_ROW = "bad manifest row"
+INPUT_REASONS = (MISSING_CAPTION, BAD_CAPTION, BAD_SIDECAR, DUPLICATE, BAD_ROW)
+
+
+class InputError(ValueError):
+    """The input as a whole cannot be read (no such path, unknown kind, a manifest without a path column)."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Bytes in a file: the whole file, or the `size` bytes at `offset` of tar member `member`."""
+
+    path: Path
+    offset: int = 0
+    size: int = -1
+    member: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.member or self.path.name
+
+    def location(self, base: Path) -> str:
+        """This blob's path relative to `base` (a manifest's folder), as resolve_image reads it back."""
+        relative = Path(os.path.relpath(self.path, base)).as_posix()
+        return f"{relative}/{self.member}" if self.member else relative
+
+    def read(self) -> bytes:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                return f.read(self.size)
+        except OSError as e:
+            raise ImageSkipped(UNREADABLE, f"{self.name}: {e.strerror or e}") from e
+
+
+@dataclass
+class Item:
+    """One input: its name, its image, and where its captions come from.
+
+    `row` holds the fields known at listing time (a manifest row); `sidecars` are caption files read
+    on demand, `.txt` (the default field) first, then `.json` (an object of fields), later ones winning.
+    """
+
+    name: str
+    image: Blob
+    row: dict = field(default_factory=dict)
+    sidecars: tuple[Blob, ...] = ()
+
+    def fields(self) -> dict:
+        """All caption fields of this item (values as found: strings, or anything a row holds)."""
+        row = dict(self.row)
+        for blob in self.sidecars:
+            row.update(_read_sidecar(blob))
+        if not has_text(row.get(DEFAULT_FIELD)):  # absent, or an empty CSV cell
+            for alias in ALIASES:
+                if has_text(row.get(alias)):
+                    row[DEFAULT_FIELD] = row[alias]
+                    break
+        return row
+
+    def captions(self, fields: list[str]) -> dict[str, str]:
+        """The named caption fields, stripped; ImageSkipped if one is missing, empty or not valid UTF-8."""
+        row = self.fields()
+        captions = {}
+        for name in fields:
+            value = row.get(name)
+            if not has_text(value):
+                raise ImageSkipped(MISSING_CAPTION, f"no {name!r} caption")
+            if not is_utf8(value):
+                raise ImageSkipped(BAD_CAPTION, f"the {name!r} caption is not valid UTF-8")
+            captions[name] = value.strip()
+        return captions
+
+
+@dataclass
+class Problem:
+    """An input left out while listing: `path` names it (or a manifest line), `reason` says why."""
+
+    path: str
+    reason: str
+    message: str = ""
+
+
+@dataclass
+class Inputs:
+    """The sorted, de-duplicated items of an input, and what listing left out."""
+
+    kind: str  # "folder", "manifest" or "webdataset"
+    root: Path  # names are relative to this folder
+    items: list[Item]
+    problems: list[Problem]
+
+
+def has_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def is_utf8(text: str) -> bool:
+    # Text decoded with surrogateescape (and JSON's \ud800 escapes) carries lone surrogates.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _read_sidecar(blob: Blob) -> dict:
+    data = blob.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ImageSkipped(BAD_CAPTION, f"{blob.name}: {e.reason} at byte {e.start}") from e
+    if blob.name.lower().endswith(".txt"):
+        return {DEFAULT_FIELD: text.strip()}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ImageSkipped(BAD_SIDECAR, f"{blob.name}: not JSON ({e.msg})") from e
+    if not isinstance(value, dict):
+        raise ImageSkipped(BAD_SIDECAR, f"{blob.name}: the JSON is not an object of caption fields")
+    return value
+
+
+def _dedupe(named: list[tuple[str, Item]]) -> tuple[list[Item], list[Problem]]:
+    """Sort by name (stable: the first of equal names, in input order, is kept); later ones are duplicates."""
+    items, problems = [], []
+    last = None
+    for name, item in sorted(named, key=lambda pair: pair[0]):
+        if name == last:
+            problems.append(Problem(name, DUPLICATE, "listed more than once; the first is kept"))
+            continue
+        items.append(item)
+        last = name
+    return items, problems
+
+
+# --- folders ---
+
+
+def _list_folder(root: Path) -> Inputs:
+    named = []
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file() or _hidden(path, root):
+            continue
+        name = path.relative_to(root).as_posix()
+        sidecars = tuple(Blob(s) for s in (path.with_suffix(".txt"), path.with_suffix(".json")) if s.is_file())
+        named.append((name, Item(name, Blob(path), sidecars=sidecars)))
+    items, problems = _dedupe(named)
+    return Inputs("folder", root, items, problems)
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+# --- WebDataset tars ---
+
+
+def _split_key(member: str) -> tuple[str, str]:
+    """'dir/cat.seg.jpg' -> ('dir/cat', 'seg.jpg'): WebDataset's key ends at the first dot of the base name."""
+    folder, _, base = member.rpartition("/")
+    stem, dot, suffix = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), (suffix.lower() if dot else "")
+
+
+@cache
+def _tar_index(path: Path, mtime_ns: int) -> dict[str, list[tarfile.TarInfo]]:
+    """Member name -> its entries (a tar may hold a name twice), read once per tar and version."""
+    index: dict[str, list[tarfile.TarInfo]] = {}
+    with tarfile.open(path, "r:") as tar:
+        for info in tar:
+            if info.isfile():
+                index.setdefault(info.name, []).append(info)
+    return index
+
+
+def _members(path: Path) -> dict[str, list[tarfile.TarInfo]]:
+    try:
+        return _tar_index(path, path.stat().st_mtime_ns)
+    except (OSError, tarfile.TarError) as e:
+        raise InputError(f"cannot read the tar {path}: {e}") from e
+
+
+def _member_blob(tar: Path, info: tarfile.TarInfo) -> Blob:
+    return Blob(tar, info.offset_data, info.size, info.name)
+
+
+def _list_tar(tar: Path, prefix: str) -> list[tuple[str, Item]]:
+    by_key: dict[str, dict[str, list[tarfile.TarInfo]]] = {}
+    for member, infos in _members(tar).items():
+        key, suffix = _split_key(member)
+        by_key.setdefault(key, {}).setdefault(suffix, []).extend(infos)
+    named = []
+    for key, parts in by_key.items():
+        sidecars = tuple(_member_blob(tar, parts[s][0]) for s in ("txt", "json") if s in parts)
+        for suffix, infos in parts.items():
+            if f".{suffix.rpartition('.')[2]}" not in IMAGE_SUFFIXES:
+                continue
+            name = f"{prefix}{key}.{suffix}"
+            # A name stored twice in one tar: every copy is listed, so the later ones are reported as duplicates.
+            named.extend((name, Item(name, _member_blob(tar, info), sidecars=sidecars)) for info in infos)
+    return named
+
+
+def _list_webdataset(paths: list[Path], root: Path) -> Inputs:
+    named = []
+    for tar in paths:
+        named.extend(_list_tar(tar, f"{tar.relative_to(root).as_posix()}/"))
+    items, problems = _dedupe(named)
+    return Inputs("webdataset", root, items, problems)
+
+
+# --- manifests ---
+
+
+def resolve_image(text: str, base: Path) -> Blob:
+    """A manifest's image path -> a Blob: a file, or a member of a tar ('shards/0.tar/cat.jpg').
+
+    A path that names nothing still gives a Blob of the file, whose read reports it as unreadable.
+    """
+    path = Path(text) if os.path.isabs(text) else base / text
+    if not path.exists():
+        head, sep, member = text.partition(".tar/")
+        if sep:
+            tar = Path(head + ".tar") if os.path.isabs(head) else base / (head + ".tar")
+            if tar.is_file():
+                infos = _members(tar).get(member)
+                if infos:
+                    return _member_blob(tar, infos[0])
+    return Blob(path)
+
+
+def _rows_jsonl(path: Path) -> list[tuple[int, dict | Problem]]:
+    rows = []
+    # surrogateescape: a line with invalid UTF-8 still parses, and the caption check names the problem.
+    lines = path.read_bytes().decode("utf-8", errors="surrogateescape").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path.name}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            rows.append((number, Problem(where, BAD_ROW, f"not JSON ({e.msg})")))
+            continue
+        if not isinstance(row, dict):
+            rows.append((number, Problem(where, BAD_ROW, "not a JSON object")))
+            continue
+        rows.append((number, row))
+    return rows
+
+
+def _rows_csv(path: Path) -> list[tuple[int, dict | Problem]]:
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    return [(reader.line_num, {k: v for k, v in row.items() if k is not None}) for row in reader]
+
+
+def manifest_rows(path: Path) -> list[tuple[int, dict | Problem]]:
+    """(line number, row or Problem) of a JSONL or CSV manifest, in file order."""
+    try:
+        return _rows_jsonl(path) if path.suffix.lower() == ".jsonl" else _rows_csv(path)
+    except OSError as e:
+        raise InputError(f"cannot read the manifest {path}: {e.strerror or e}") from e
+    except csv.Error as e:
+        raise InputError(f"{path} is not a readable CSV file: {e}") from e
+
+
+def image_column(row: dict) -> str | None:
+    return next((c for c in IMAGE_COLUMNS if isinstance(row.get(c), str) and row[c].strip()), None)
+
+
+def _list_manifest(path: Path) -> Inputs:
+    base = path.parent
+    named, problems = [], []
+    for number, row in manifest_rows(path):
+        if isinstance(row, Problem):
+            problems.append(row)
+            continue
+        column = image_column(row)
+        if column is None:
+            columns = " or ".join(IMAGE_COLUMNS)
+            problems.append(Problem(f"{path.name}:{number}", BAD_ROW, f"no image column ({columns})"))
+            continue
+        text = row[column].strip()
+        name = _manifest_name(text, base)
+        named.append((name, Item(name, resolve_image(text, base), row=row)))
+    items, duplicates = _dedupe(named)
+    return Inputs("manifest", base, items, problems + duplicates)
+
+
+def _manifest_name(text: str, base: Path) -> str:
+    """A manifest path made canonical, so 'a/../cat.jpg' and './cat.jpg' are seen as the same image."""
+    path = Path(os.path.normpath(text if os.path.isabs(text) else base / text))
+    try:
+        return path.relative_to(Path(os.path.normpath(base))).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+# --- any input ---
+
+
+def input_kind(path: Path) -> str:
+    """'manifest', 'webdataset' or 'folder', from what `path` is."""
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in MANIFEST_SUFFIXES:
+            return "manifest"
+        if suffix == ".tar":
+            return "webdataset"
+        raise InputError(f"{path}: a file input must be a .jsonl or .csv manifest or a .tar shard")
+    if path.is_dir():
+        has_tars = any(p.suffix.lower() == ".tar" and p.is_file() for p in path.iterdir())
+        has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+        return "webdataset" if has_tars and not has_images else "folder"
+    raise InputError(f"{path} does not exist")
+
+
+def list_inputs(path: str | os.PathLike[str]) -> Inputs:
+    """The items of an image folder, a JSONL/CSV manifest, or WebDataset tars (one, or a folder of them)."""
+    path = Path(path)
+    kind = input_kind(path)
+    if kind == "manifest":
+        return _list_manifest(path)
+    if kind == "webdataset":
+        if path.is_file():
+            return _list_webdataset([path], path.parent)
+        return _list_webdataset(sorted(p for p in path.glob("*.tar") if p.is_file()), path)
+    return _list_folder(path)

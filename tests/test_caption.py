@@ -1,0 +1,311 @@
+"""pixart caption: a tiny random LLaVA end to end, prompts, resuming, the output manifest, caption statistics."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import save_tiny_t5, save_tiny_tokenizer, tiny_vae
+
+from pixart.cli.main import main
+from pixart.data.caption import (
+    FALLBACK_TEMPLATE,
+    PROMPT,
+    PROMPT_WITH_ALT,
+    CaptionOptions,
+    LlavaCaptioner,
+    caption_inputs,
+    caption_prompt,
+    default_output,
+)
+from pixart.data.caption_stats import collect, field_stats, format_table, load_spacy, words
+from pixart.data.dataset import FeatureDataset
+from pixart.data.prepare import PrepareOptions, prepare
+from pixart.data.sources import has_text, list_inputs
+from pixart.encoders import SDVAE, T5Encoder
+
+LLAVA_WORDS = ["a", "an", "the", "image", "photo", "of", "in", "on", "with", "red", "blue", "green", "cat", "dog"]
+LLAVA_SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+# A LLaVA-1.5-like template: the processor's chat template path is what real checkpoints take.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {% for part in message['content'] %}{{ part['text'] }}{% endfor %} {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def save_tiny_llava(folder: Path) -> None:
+    """A random LLaVA: tiny CLIP vision tower (32 px, 8 px patches), tiny Llama, word-level tokenizer with <image>."""
+    import transformers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    vocab = {token: i for i, token in enumerate([*LLAVA_SPECIAL, *LLAVA_WORDS, "USER:", "ASSISTANT:"])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAVA_SPECIAL])
+    tokenizer.decoder = decoders.WordPiece()  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    # Without torchvision, transformers 5 falls back to the PIL processor (and warns); ask for it directly.
+    if hasattr(transformers, "CLIPImageProcessorPil"):
+        image_processor_class = transformers.CLIPImageProcessorPil
+    else:
+        image_processor_class = transformers.CLIPImageProcessor
+    image_processor = image_processor_class(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=fast,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's class token, which the 'default' strategy drops again
+        chat_template=CHAT_TEMPLATE,
+    )
+    torch.manual_seed(0)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        image_token_index=vocab["<image>"],
+        image_seq_length=16,
+        vision_feature_layer=-1,
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    # A random model often emits only special tokens (an empty caption); forbid them so captions are words.
+    model.generation_config.suppress_tokens = list(range(len(LLAVA_SPECIAL)))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("llava") / "model"
+    save_tiny_llava(folder)
+    return folder
+
+
+def noise(height: int, width: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def image_folder(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        noise(64, 48 + 8 * i, i).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a red circle {i}")
+    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "broken.txt").write_text("a broken image")
+    return folder
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --- the real model path ---
+
+
+def test_tiny_llava_end_to_end_then_prepare(tmp_path, llava_dir, capsys):
+    folder = image_folder(tmp_path / "in")
+    args = ["caption", str(folder), "--model", str(llava_dir), "--batch-size", "2", "--max-new-tokens", "6"]
+    assert main([*args, "--device", "cpu", "--no-progress"]) == 0
+    out = folder / "dense.jsonl"
+    assert default_output(folder) == out
+    assert "broken.png: not an image" in capsys.readouterr().out
+    rows = read_rows(out)
+    assert [row["path"] for row in rows] == ["0.png", "1.png", "2.png"]
+    assert all(has_text(row["dense"]) for row in rows)  # gibberish, but words
+    assert [row["alt"] for row in rows] == [f"a red circle {i}" for i in range(3)]  # the original caption kept
+
+    assert main([*args, "--device", "cpu", "--no-progress"]) == 0  # a rerun: nothing left but the broken image
+    assert "captioned 0 images now, 3 were done already" in capsys.readouterr().out
+    assert read_rows(out) == rows
+
+    save_tiny_t5(tmp_path / "t5")
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    options = PrepareOptions(resolution=32, fields=["alt", "dense"], shard_size=2, progress=False)
+    encoders = SDVAE(tmp_path / "vae"), T5Encoder(tmp_path / "t5")
+    report = prepare(list_inputs(out), tmp_path / "features", options, *encoders).report
+    assert report["samples"] == 3 and not report["skipped"]
+    data = FeatureDataset(tmp_path / "features", {"dense": 1.0})
+    assert [data[i]["caption"] for i in range(3)] == [row["dense"] for row in rows]
+
+
+def test_prompts_and_chat_template(llava_dir):
+    assert caption_prompt() == PROMPT == "Describe this image and its style in a very detailed manner"
+    assert caption_prompt("a  cat\non a mat") == PROMPT_WITH_ALT.format(alt="a cat on a mat")
+    assert caption_prompt("a cat").startswith('Given the caption of this image "a cat", describe this image')
+    captioner = LlavaCaptioner(llava_dir, max_new_tokens=3)
+    assert captioner.chat(PROMPT) == f"USER: <image> {PROMPT} ASSISTANT:"
+    captioner.processor.chat_template = None  # a processor saved without a template
+    assert captioner.chat(PROMPT) == FALLBACK_TEMPLATE.format(prompt=PROMPT)
+    captions = captioner([noise(40, 50, 0), noise(60, 30, 1)], [PROMPT, caption_prompt("a longer alt text here")])
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+
+
+# --- the loop, with a fake model ---
+
+
+class FakeCaptioner:
+    """Records what it was asked; captions every image with its size."""
+
+    def __init__(self):
+        self.prompts: list[str] = []
+        self.batches: list[int] = []
+
+    def __call__(self, images, prompts):
+        self.prompts += prompts
+        self.batches.append(len(images))
+        return [f"an image of {img.width} by {img.height}" for img in images]
+
+
+def test_with_alt_quotes_the_original_caption(tmp_path):
+    folder = image_folder(tmp_path / "in", n=2)
+    noise(64, 64, 9).save(folder / "nocaption.png")
+    fake = FakeCaptioner()
+    options = CaptionOptions(with_alt=True, batch_size=8, progress=False)
+    result = caption_inputs(list_inputs(folder), tmp_path / "out.jsonl", fake, options)
+    assert result.written == 3 and [s["path"] for s in result.skipped] == ["broken.png"]
+    assert fake.prompts == [caption_prompt("a red circle 0"), caption_prompt("a red circle 1"), PROMPT]
+    rows = read_rows(tmp_path / "out.jsonl")
+    assert rows[2] == {"path": "in/nocaption.png", "dense": "an image of 64 by 64"}  # paths relative to the manifest
+
+
+def test_resume_after_a_kill_mid_write(tmp_path):
+    folder = image_folder(tmp_path / "in", n=5)
+    out = tmp_path / "dense.jsonl"
+    inputs = list_inputs(folder)
+    whole = tmp_path / "whole.jsonl"
+    caption_inputs(inputs, whole, FakeCaptioner(), CaptionOptions(batch_size=2, progress=False))
+    first = caption_inputs(inputs, out, FakeCaptioner(), CaptionOptions(batch_size=2, progress=False, stop_after=1))
+    assert first.written == 2
+    with open(out, "a") as f:
+        f.write('{"path": "2.png", "de')  # killed in the middle of a line
+    fake = FakeCaptioner()
+    again = caption_inputs(inputs, out, fake, CaptionOptions(batch_size=2, progress=False))
+    assert again.already_done == 2 and again.written == 3 and fake.batches == [2, 1]
+    rows = read_rows(out)
+    assert [r["path"] for r in rows] == [f"in/{i}.png" for i in range(5)]
+    assert out.read_text() == whole.read_text()
+
+
+def test_manifest_and_tar_inputs_keep_their_columns(tmp_path):
+    (tmp_path / "img").mkdir()
+    noise(64, 64, 0).save(tmp_path / "img" / "a.png")
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        noise(48, 64, 1).save(tmp_path / "b.png")
+        tar.add(tmp_path / "b.png", arcname="b.png")
+        (tmp_path / "b.json").write_text(json.dumps({"caption": "a dog", "url": "http://example.com/b"}))
+        tar.add(tmp_path / "b.json", arcname="b.json")
+    rows = [{"image": "img/a.png", "caption": "a cat", "url": "http://example.com/a"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elsewhere = tmp_path / "captions" / "out.jsonl"
+    caption_inputs(list_inputs(tmp_path / "m.jsonl"), elsewhere, FakeCaptioner(), CaptionOptions(progress=False))
+    caption_inputs(list_inputs(tmp_path / "shard.tar"), elsewhere, FakeCaptioner(), CaptionOptions(progress=False))
+    written = read_rows(elsewhere)
+    assert [row.pop("dense") for row in written] == ["an image of 64 by 64", "an image of 64 by 48"]
+    assert written == [
+        {"path": "../img/a.png", "caption": "a cat", "url": "http://example.com/a", "alt": "a cat"},
+        {"path": "../shard.tar/b.png", "caption": "a dog", "url": "http://example.com/b", "alt": "a dog"},
+    ]
+    items = list_inputs(elsewhere).items  # the manifest reads back, tar member included
+    assert [item.captions(["alt", "dense"])["alt"] for item in items] == ["a cat", "a dog"]
+    assert items[1].image.read()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- statistics ---
+
+ALT = ["a cat", "A dog, a cat."]
+DENSE = ["A small grey cat sits on a red mat.", "Don't panic: two dogs!"]
+
+
+class FakeToken:
+    def __init__(self, text: str, pos: str):
+        self.text, self.pos_ = text, pos
+
+
+class FakeNlp:
+    """Tags a fixed list of words as nouns, like a spaCy pipeline's .pipe would."""
+
+    NOUNS = {"cat", "dog", "mat", "dogs"}
+
+    def pipe(self, texts):
+        for text in texts:
+            yield [FakeToken(w, "NOUN" if w.lower() in self.NOUNS else "X") for w in words(text)]
+
+
+def test_stats_on_known_captions(tmp_path):
+    assert words("Don't panic: two dogs!") == ["don't", "panic", "two", "dogs"]
+    alt = field_stats("alt", ALT, missing=1)
+    assert (alt.captions, alt.missing, alt.words_per_caption, alt.vocabulary) == (2, 1, 3.0, 3)
+    assert alt.nouns_per_caption is None and alt.distinct_nouns is None
+    dense = field_stats("dense", DENSE, nlp=FakeNlp())
+    assert (dense.words_per_caption, dense.vocabulary) == (6.5, 12)
+    assert (dense.nouns_per_caption, dense.distinct_nouns) == (1.5, 3)  # cat, mat | dogs
+
+    save_tiny_tokenizer(tmp_path / "tok")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    lengths = [len(tokenizer(c).input_ids) for c in DENSE]
+    stats = field_stats("dense", DENSE, tokenizers={"tiny": tokenizer}, max_length=min(lengths))
+    assert stats.tokens_per_caption == {"tiny": sum(lengths) / 2}
+    assert stats.over_max_length == {"tiny": 0.5 if lengths[0] != lengths[1] else 0.0}
+    table = format_table([alt, stats], 120)
+    assert table.splitlines()[0].split()[:5] == ["field", "captions", "missing", "words/cap", "vocabulary"]
+    assert "tokens/cap (tiny)" in table
+
+
+def test_stats_without_spacy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy now raises ImportError
+    nlp, note = load_spacy()
+    assert nlp is None and "spaCy is not installed" in note
+
+
+def test_stats_command(tmp_path, capsys):
+    rows = [{"path": f"{i}.png", "alt": a, "dense": d} for i, (a, d) in enumerate(zip(ALT, DENSE))]
+    rows.append({"path": "2.png", "alt": "only alt"})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert collect(list_inputs(tmp_path / "m.jsonl"), ["dense"]) == {"dense": (DENSE, 1)}
+    save_tiny_tokenizer(tmp_path / "t5")
+    manifest = str(tmp_path / "m.jsonl")
+    assert main(["caption", manifest, "--stats", "--fields", "alt,dense", "--tokenizer", str(tmp_path / "t5")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[:5] == ["field", "captions", "missing", "words/cap", "vocabulary"]
+    assert printed[1].split()[:5] == ["alt", "3", "0", "2.7", "5"]  # a cat dog only alt
+    assert printed[2].split()[:5] == ["dense", "2", "1", "6.5", "12"]
+    assert "tokens/cap (t5)" in printed[0]
+    assert main(["caption", manifest]) == 2  # captioning needs --model

@@ -1,0 +1,463 @@
+"""pixart prepare: bad inputs are reported not fatal, input kinds, determinism across processes and kills."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import save_tiny_t5, tiny_vae
+
+from pixart.cli.main import main
+from pixart.data.buckets import closest_bucket
+from pixart.data.dataset import FeatureDataset, collate
+from pixart.data.images import (
+    BAD_ASPECT,
+    CORRUPT,
+    EMPTY,
+    NOT_IMAGE,
+    TOO_SMALL,
+    UNREADABLE,
+    load_rgb,
+    resize_cover_crop,
+)
+from pixart.data.prepare import PrepareError, PrepareOptions, prepare, process_part
+from pixart.data.sampler import BucketBatchSampler
+from pixart.data.shards import finished_shards
+from pixart.data.sources import BAD_CAPTION, BAD_ROW, BAD_SIDECAR, DUPLICATE, MISSING_CAPTION, list_inputs
+from pixart.encoders import SDVAE, T5Encoder
+from pixart.encoders.codecs import from_uint8
+
+RESOLUTION = 32  # the tiny VAE downsamples by 2: 32 px buckets give 16x16 latents
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("models")
+    save_tiny_t5(root / "t5")
+    tiny_vae().save_pretrained(root / "vae")
+    return root / "t5", root / "vae"
+
+
+@pytest.fixture(scope="module")
+def models(model_dirs):
+    t5, vae = model_dirs
+    return SDVAE(vae), T5Encoder(t5)
+
+
+def noise(height: int, width: int, seed: int, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+
+
+def write_image(folder: Path, name: str, img: Image.Image, caption: str | bytes | None = "a red circle", **save):
+    img.save(folder / name, **save)
+    if caption is not None:
+        data = caption if isinstance(caption, bytes) else caption.encode()
+        (folder / name).with_suffix(".txt").write_bytes(data)
+
+
+def make_corpus(folder: Path) -> dict[str, str | None]:
+    """Images with sidecar captions: name -> the reason it must be skipped for, or None if it must land."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expected: dict[str, str | None] = {}
+
+    def good(name, img, caption="a red circle", **save):
+        write_image(folder, name, img, caption, **save)
+        expected[name] = None
+
+    good("rgb.jpg", noise(60, 80, 0), quality=95)
+    rgba = noise(64, 64, 1, "RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))))
+    good("alpha.png", rgba, caption=None)
+    (folder / "alpha.json").write_text(json.dumps({"alt": "a blue square", "dense": "unused here"}))
+    good("palette.png", noise(48, 80, 2).convert("P"), transparency=0)
+    good("cmyk.jpg", noise(80, 60, 3, "CMYK"))
+    good("gray16.png", Image.fromarray((np.arange(60 * 70).reshape(60, 70) * 15).astype(np.uint16)))
+    rotated = noise(48, 80, 4)  # stored 80 wide, 48 high; EXIF orientation 6 displays it 48 wide, 80 high
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    good("exif.jpg", rotated, exif=exif.tobytes())
+
+    def bad(name, reason, img=None, caption="a red circle", data=None, **save):
+        if data is not None:
+            (folder / name).write_bytes(data)
+            (folder / name).with_suffix(".txt").write_text(caption)
+        else:
+            write_image(folder, name, img, caption, **save)
+        expected[name] = reason
+
+    bad("small.png", TOO_SMALL, noise(12, 12, 5))
+    bad("wide.png", BAD_ASPECT, noise(10, 100, 6))
+    full = io.BytesIO()
+    noise(64, 64, 7).save(full, format="JPEG")
+    bad("truncated.jpg", CORRUPT, data=full.getvalue()[: len(full.getvalue()) // 2])
+    bad("empty.jpg", EMPTY, data=b"")
+    bad("text.jpg", NOT_IMAGE, data=b"this is not a JPEG at all\n" * 20)
+    bad("nocaption.jpg", MISSING_CAPTION, noise(64, 64, 8), caption=None)
+    bad("blank.jpg", MISSING_CAPTION, noise(64, 64, 9), caption="  \n")
+    bad("latin1.jpg", BAD_CAPTION, noise(64, 64, 10), caption=b"caf\xe9 au lait")
+    bad("brokenjson.jpg", BAD_SIDECAR, noise(64, 64, 11), caption=None)
+    (folder / "brokenjson.json").write_text("{not json")
+    return expected
+
+
+def options(**kwargs) -> PrepareOptions:
+    kwargs = {"resolution": RESOLUTION, "shard_size": 4, "batch_size": 2, "progress": False, **kwargs}
+    return PrepareOptions(**kwargs)
+
+
+def visible_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+def direct_encoding(codec, source: Path) -> tuple[str, torch.Tensor]:
+    img = load_rgb(source)
+    bucket, (h, w) = closest_bucket(img.height, img.width, bucket_table_32())
+    crop = resize_cover_crop(img, h, w)
+    mean, _ = codec.encode(from_uint8(torch.from_numpy(np.asarray(crop))[None]))
+    return bucket, mean[0]
+
+
+def bucket_table_32():
+    return options().table
+
+
+# --- bad input, nothing lost ---
+
+
+def test_bad_input_corpus_is_reported_and_good_files_land(tmp_path, models):
+    codec, text = models
+    expected = make_corpus(tmp_path / "in")
+    result = prepare(list_inputs(tmp_path / "in"), tmp_path / "out", options(), codec, text)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report == result.report
+    skipped = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert skipped == {name: reason for name, reason in expected.items() if reason}
+    assert all(s["message"] for s in report["skipped"])
+    good = sorted(name for name, reason in expected.items() if reason is None)
+    assert report["samples"] == len(good) == sum(report["buckets"].values())
+    assert report["complete"] and report["shards"] == {"done": 4, "total": 4}  # 15 inputs, 4 per shard
+
+    data = FeatureDataset(tmp_path / "out")
+    assert sorted(data.record(i)["source"] for i in range(len(data))) == good
+    for i in range(len(data)):
+        item, record = data[i], data.record(i)
+        bucket, mean = direct_encoding(codec, tmp_path / "in" / record["source"])
+        assert item["bucket"] == bucket
+        torch.testing.assert_close(item["mean"], mean.half().float(), atol=2e-3, rtol=2e-3)
+        assert torch.all(item["std"] > 0)
+        caption = record["captions"]["alt"]
+        encoded = text.encode([caption])
+        valid = encoded.features[0][encoded.mask[0].bool()]
+        torch.testing.assert_close(item["text"], valid.half().float(), atol=2e-3, rtol=2e-3)
+    exif = next(data.record(i) for i in range(len(data)) if data.record(i)["source"] == "exif.jpg")
+    assert exif["original_hw"] == [80, 48]  # the rotation was applied: displayed height x width
+    alpha = next(data.record(i) for i in range(len(data)) if data.record(i)["source"] == "alpha.png")
+    assert alpha["captions"] == {"alt": "a blue square"}  # from the .json sidecar
+
+
+def test_small_images_are_upscaled_on_request(tmp_path, models):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_image(folder, "small.png", noise(12, 12, 0))
+    write_image(folder, "big.png", noise(64, 64, 1))
+    skipped = prepare(list_inputs(folder), tmp_path / "a", options(), *models).report["skipped"]
+    assert [(s["path"], s["reason"]) for s in skipped] == [("small.png", TOO_SMALL)]
+    report = prepare(list_inputs(folder), tmp_path / "b", options(upscale_small=True), *models).report
+    assert report["samples"] == 2 and not report["skipped"]
+
+
+# --- determinism: processes, interruptions, reruns ---
+
+
+def test_two_processes_write_the_same_bytes_as_one(tmp_path, models):
+    make_corpus(tmp_path / "in")
+    inputs = list_inputs(tmp_path / "in")
+    prepare(inputs, tmp_path / "one", options(workers=2), *models)  # decoding threads change nothing either
+    first = prepare(inputs, tmp_path / "two", options(part=0, parts=2), *models)
+    assert first.written == [0, 2] and not first.report["complete"]
+    second = prepare(inputs, tmp_path / "two", options(part=1, parts=2), *models)
+    assert second.written == [1, 3] and second.report["complete"]
+    one, two = visible_files(tmp_path / "one"), visible_files(tmp_path / "two")
+    assert sorted(one) == sorted(two)
+    # Shard 3 holds only bad inputs: it is finished by its report alone, with no safetensors file.
+    assert [name for name in one if name.endswith(".safetensors")] == [f"shard-0000{i}.safetensors" for i in range(3)]
+    assert "shard-00003.report.json" in one
+    for name in one:
+        assert one[name] == two[name], name
+
+
+def test_stopped_run_resumes_to_the_same_dataset_without_rewriting(tmp_path, models):
+    make_corpus(tmp_path / "in")
+    inputs = list_inputs(tmp_path / "in")
+    prepare(inputs, tmp_path / "whole", options(), *models)
+    stopped = prepare(inputs, tmp_path / "resumed", options(stop_after=2), *models)
+    assert stopped.written == [0, 1] and finished_shards(tmp_path / "resumed") == [0, 1]
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "resumed").glob("shard-0000[01]*")}
+    resumed = prepare(inputs, tmp_path / "resumed", options(), *models)
+    assert resumed.written == [2, 3] and resumed.already_done == [0, 1]
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "resumed").glob("shard-0000[01]*")}
+    assert before == after  # finished shards were neither rewritten nor replaced
+    assert visible_files(tmp_path / "whole") == visible_files(tmp_path / "resumed")
+    assert prepare(inputs, tmp_path / "resumed", options(), *models).written == []
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from pixart.data import shards
+from pixart.data.prepare import PrepareOptions, prepare
+from pixart.data.sources import list_inputs
+from pixart.encoders import SDVAE, T5Encoder
+
+real_replace = os.replace
+def replace(src, dst):
+    if str(dst).endswith("shard-00002.safetensors"):  # shard 2 is fully written to its temporary file
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+shards.os.replace = replace
+options = PrepareOptions(resolution={resolution}, shard_size=4, batch_size=2, progress=False)
+prepare(list_inputs({inputs!r}), {out!r}, options, SDVAE({vae!r}), T5Encoder({t5!r}))
+"""
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_to_the_same_dataset(tmp_path, models, model_dirs):
+    make_corpus(tmp_path / "in")
+    inputs = list_inputs(tmp_path / "in")
+    prepare(inputs, tmp_path / "whole", options(), *models)
+    t5, vae = model_dirs
+    script = KILLER.format(
+        tests=str(Path(__file__).parent),
+        resolution=RESOLUTION,
+        inputs=str(tmp_path / "in"),
+        out=str(tmp_path / "killed"),
+        vae=str(vae),
+        t5=str(t5),
+    )
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    assert finished_shards(tmp_path / "killed") == [0, 1]
+    assert (tmp_path / "killed" / ".shard-00002.safetensors.tmp").is_file()  # the half shard is invisible
+    assert len(FeatureDataset(tmp_path / "killed")) == 4
+    prepare(inputs, tmp_path / "killed", options(), *models)
+    assert visible_files(tmp_path / "whole") == visible_files(tmp_path / "killed")
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, models):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_image(folder, "a.png", noise(64, 64, 0))
+    prepare(list_inputs(folder), tmp_path / "out", options(), *models)
+    with pytest.raises(PrepareError, match="shard_size"):
+        prepare(list_inputs(folder), tmp_path / "out", options(shard_size=2), *models)
+    write_image(folder, "b.png", noise(64, 64, 1))
+    with pytest.raises(PrepareError, match="inputs"):
+        prepare(list_inputs(folder), tmp_path / "out", options(), *models)
+
+
+def test_process_part_under_torchrun():
+    assert process_part(0, 1, {}) == (0, 1)
+    assert process_part(0, 1, {"RANK": "2", "WORLD_SIZE": "4"}) == (2, 4)
+    assert process_part(1, 2, {"RANK": "1", "WORLD_SIZE": "2"}) == (3, 4)  # --shard 1/2 split over 2 ranks
+    with pytest.raises(PrepareError):
+        process_part(0, 1, {"RANK": "2", "WORLD_SIZE": "2"})
+
+
+# --- input kinds ---
+
+
+def manifest_corpus(folder: Path) -> list[dict]:
+    (folder / "img").mkdir(parents=True)
+    for i in range(4):
+        noise(64, 48 + 8 * i, i).save(folder / "img" / f"{i}.png")
+    return [
+        {"path": "img/0.png", "alt": "a cat", "dense": "a grey cat on a white background"},
+        {"image": "img/1.png", "caption": "a dog", "dense": "a big dog"},  # 'image' and 'caption' aliases
+        {"path": "img/2.png", "alt": "a red square"},  # no dense caption
+        {"path": "./img/0.png", "alt": "again", "dense": "again"},  # the same image as row 1
+        {"alt": "no path"},
+        {"path": "img/3.png", "alt": "a circle", "dense": "a small circle in the centre"},
+        {"path": "img/missing.png", "alt": "gone", "dense": "gone"},
+    ]
+
+
+def check_manifest_dataset(out: Path, report: dict, bad_rows: list[str]) -> None:
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert reasons == {
+        "img/0.png": DUPLICATE,  # the second listing; the first (with its captions) is kept
+        "img/2.png": MISSING_CAPTION,
+        "img/missing.png": UNREADABLE,
+        **{row: BAD_ROW for row in bad_rows},
+    }
+    data = FeatureDataset(out, {"alt": 0.5, "dense": 0.5})
+    sources = {data.record(i)["source"]: data.record(i)["captions"] for i in range(len(data))}
+    assert sources == {
+        "img/0.png": {"alt": "a cat", "dense": "a grey cat on a white background"},
+        "img/1.png": {"alt": "a dog", "dense": "a big dog"},
+        "img/3.png": {"alt": "a circle", "dense": "a small circle in the centre"},
+    }
+
+
+def test_jsonl_manifest(tmp_path, models):
+    rows = manifest_corpus(tmp_path)
+    lines = [json.dumps(row) for row in rows]
+    lines.insert(4, "{broken")  # line 5
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    opts = options(fields=["alt", "dense"])
+    report = prepare(list_inputs(tmp_path / "data.jsonl"), tmp_path / "out", opts, *models).report
+    check_manifest_dataset(tmp_path / "out", report, ["data.jsonl:5", "data.jsonl:6"])  # not JSON; no path
+
+
+def test_csv_manifest(tmp_path, models):
+    rows = manifest_corpus(tmp_path)
+    with open(tmp_path / "data.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["path", "image", "alt", "caption", "dense"])
+        writer.writeheader()
+        writer.writerows(rows)
+    opts = options(fields=["alt", "dense"])
+    report = prepare(list_inputs(tmp_path / "data.csv"), tmp_path / "out", opts, *models).report
+    check_manifest_dataset(tmp_path / "out", report, ["data.csv:6"])  # the header is line 1
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_webdataset_tars(tmp_path, models):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "00000.tar", "w") as tar:
+        add_member(tar, "k1.png", png_bytes(noise(64, 64, 1)))
+        add_member(tar, "k1.txt", b"a green circle")
+        add_member(tar, "sub/k2.seg.png", png_bytes(noise(48, 64, 2)))
+        add_member(tar, "sub/k2.json", json.dumps({"caption": "a cat", "url": "http://x"}).encode())
+    with tarfile.open(shards / "00001.tar", "w") as tar:
+        add_member(tar, "k3.png", png_bytes(noise(64, 48, 3)))
+        add_member(tar, "k3.txt", b"a dog")
+        add_member(tar, "k4.png", png_bytes(noise(64, 48, 4)))  # no caption
+        add_member(tar, "k5.png", png_bytes(noise(64, 48, 5))[:200])  # truncated
+        add_member(tar, "k5.txt", b"broken")
+    inputs = list_inputs(shards)
+    assert inputs.kind == "webdataset"
+    names = [item.name for item in inputs.items]
+    assert names == [f"00000.tar/{n}" for n in ("k1.png", "sub/k2.seg.png")] + [
+        f"00001.tar/{n}" for n in ("k3.png", "k4.png", "k5.png")
+    ]
+    report = prepare(inputs, tmp_path / "out", options(), *models).report
+    assert {s["path"]: s["reason"] for s in report["skipped"]} == {
+        "00001.tar/k4.png": MISSING_CAPTION,
+        "00001.tar/k5.png": CORRUPT,
+    }
+    data = FeatureDataset(tmp_path / "out")
+    assert [data.record(i)["captions"]["alt"] for i in range(len(data))] == ["a green circle", "a cat", "a dog"]
+    # A manifest may name tar members the same way (this is what pixart caption writes for tar inputs).
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "shards/00001.tar/k3.png", "alt": "a dog"}) + "\n")
+    assert list_inputs(tmp_path / "m.jsonl").items[0].image.read() == png_bytes(noise(64, 48, 3))
+
+
+# --- reading the result ---
+
+
+def test_loader_batches_equal_item_by_item_collation(tmp_path, models):
+    make_corpus(tmp_path / "in")
+    prepare(list_inputs(tmp_path / "in"), tmp_path / "out", options(), *models)
+    data = FeatureDataset(tmp_path / "out")
+    sampler = BucketBatchSampler(data.buckets, 1, seed=0)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate)
+    held = []
+    for indices, batch in zip(sampler.epoch_batches(0), loader):
+        expected = collate([data[i] for i in indices])
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == batch[key].dtype and torch.equal(value, batch[key]), key
+            else:
+                assert value == batch[key]
+        held.append((batch["text"], expected["text"].clone()))
+    for kept, copy in held:  # batches still referenced were never overwritten by later ones
+        assert torch.equal(kept, copy)
+
+
+# --- the command line ---
+
+
+def cli_args(folder: Path, out: Path, model_dirs, *extra: str) -> list[str]:
+    t5, vae = model_dirs
+    return [
+        "prepare",
+        str(folder),
+        "--out",
+        str(out),
+        "--resolution",
+        "256",
+        "--vae",
+        str(vae),
+        "--text-encoder",
+        str(t5),
+        "--upscale-small",
+        "--shard-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_cli_two_concurrent_processes_and_a_rerun(tmp_path, model_dirs, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        write_image(folder, f"{i}.png", noise(24, 24 + 8 * i, i), caption=f"a red circle {i}")
+    write_image(folder, "bad.png", noise(24, 24, 9), caption=b"\xff\xfe")
+    assert main(cli_args(folder, tmp_path / "one", model_dirs)) == 0
+    summary = capsys.readouterr().out
+    assert "4 samples from 5 inputs (complete)" in summary and f"bad.png: {BAD_CAPTION}" in summary
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "pixart"]
+    processes = [
+        subprocess.Popen([*command, *cli_args(folder, tmp_path / "two", model_dirs, "--shard", f"{i}/2")], env=env)
+        for i in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    merge = main(cli_args(folder, tmp_path / "two", model_dirs, "--text-encoder", "/nonexistent"))
+    assert merge == 0  # nothing left to compute: the models are not even loaded, report.json is rewritten
+    assert "every shard of this process is done already" in capsys.readouterr().out
+    assert visible_files(tmp_path / "one") == visible_files(tmp_path / "two")
+
+
+def test_cli_user_errors(tmp_path, model_dirs, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_image(folder, "a.png", noise(64, 64, 0))
+    assert main(cli_args(folder, tmp_path / "out", model_dirs, "--shard", "2/2")) == 2
+    assert "--shard" in capsys.readouterr().err
+    t5, _ = model_dirs
+    args = ["prepare", str(folder), "--out", str(tmp_path / "o"), "--resolution", "256", "--text-encoder", str(t5)]
+    assert main(args) == 2
+    assert "--vae" in capsys.readouterr().err
+    assert main(["prepare", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--resolution", "256"]) == 2
+    assert "does not exist" in capsys.readouterr().err
