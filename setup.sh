@@ -7,4 +7,14 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet torch==2.13.0
 .venv/bin/python -m pip install --quiet -e ".[dev]" "torch==2.13.0"
+# The browser tests (tests/test_app.py, marker `browser`) drive the system's headless Chromium; they skip without it.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "installing chromium (Debian package) for the browser tests..."
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+            echo "could not install chromium: the browser tests will skip"
+    else
+        echo "no /usr/bin/chromium, and no apt-get as root to install it: the browser tests will skip"
+    fi
+fi
 echo "pixart is set up: .venv/bin/pixart --help"

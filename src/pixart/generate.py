@@ -49,6 +49,7 @@ class GeneratedImage:
     prompt: str
     seed: int
     settings: dict
+    dropped_tokens: int = 0  # prompt tokens cut at the text encoder's limit (the image ignores them)
 
 
 def nearest_multiple(value: int, multiple: int) -> int:
@@ -149,6 +150,10 @@ class TextToImage:
 
     def encode(self, prompts: list[str], negative: str | None):
         """(cond, cond_mask, null, null_mask), each batch len(prompts), on the transformer's device."""
+        return self.encode_counting_dropped(prompts, negative)[0]
+
+    def encode_counting_dropped(self, prompts: list[str], negative: str | None) -> tuple[tuple, list[int]]:
+        """encode()'s tensors, and the tokens truncation dropped from each prompt (for callers that report it)."""
         device = self.transformer.device
         encoded = self.text_encoder.encode(prompts)
         warn_truncated(prompts, encoded.dropped, self.text_encoder.max_length)
@@ -158,7 +163,8 @@ class TextToImage:
         else:  # diffusers semantics: the encoded negative (default: empty) prompt with its own mask
             neg = self.text_encoder.encode([negative or ""] * len(prompts))
             null, null_mask = neg.features.to(device), neg.mask.to(device)
-        return cond.to(self.transformer.dtype), cond_mask, null.to(self.transformer.dtype), null_mask
+        tensors = (cond.to(self.transformer.dtype), cond_mask, null.to(self.transformer.dtype), null_mask)
+        return tensors, list(encoded.dropped)
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -200,7 +206,7 @@ class TextToImage:
 
         jobs = [(p, k) for p in prompts for k in range(num_images)]  # prompt-major, like diffusers
         unique = list(dict.fromkeys(prompts))
-        cond, cond_mask, null, null_mask = self.encode(unique, settings.negative)
+        (cond, cond_mask, null, null_mask), dropped = self.encode_counting_dropped(unique, settings.negative)
         if low_memory:
             self.free_text_encoder()
         row = {p: i for i, p in enumerate(unique)}
@@ -244,7 +250,8 @@ class TextToImage:
             if (out_h, out_w) != (gen_h, gen_w):
                 images = resize_cover_crop_tensor(images, out_h, out_w)
             for (prompt, _), s, pixels in zip(chunk, seeds, to_uint8(images).numpy()):
-                results.append(GeneratedImage(Image.fromarray(pixels), prompt, s, dict(record)))
+                image = Image.fromarray(pixels)
+                results.append(GeneratedImage(image, prompt, s, dict(record), dropped_tokens=dropped[row[prompt]]))
         return results
 
     def default_sampler(self) -> str:

@@ -19,6 +19,7 @@ COMMANDS = {
     "prepare": "Extract VAE latents and text features from images and captions into a feature dataset.",
     "caption": "Re-caption images with a local LLaVA model, or (--stats) compare caption sets.",
     "train": "Train a recipe (the paper's stages, or tiny) on one CPU, one GPU, or many under torchrun.",
+    "serve": "Serve a web app (Gradio) that generates images with a model, on localhost by default.",
 }
 
 

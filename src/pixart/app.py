@@ -1,0 +1,233 @@
+"""The web app behind `pixart serve`: a Gradio page over the same TextToImage as `pixart generate`.
+
+The page only translates widgets into a `Settings`; sizes, samplers and steps are checked by
+TextToImage itself, so the page and the command accept and refuse the same things. Errors a user can
+fix are answered in the page's notice, never as a traceback. Images are written with
+`outputs.write_images`, so what the gallery and the download give carries its settings in the PNG.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from pixart.data.buckets import closest_bucket
+from pixart.diffusion.schedulers import SAMPLERS
+from pixart.generate import GeneratedImage, GenerationError, Settings, TextToImage
+from pixart.outputs import write_images
+
+MAX_SIDE = 4096  # a custom size beyond this would only exhaust memory in the final resize
+MAX_IMAGES = 8
+SEED_RANGE = 2**31  # what fits every seed field downstream (diffusers, numpy)
+
+
+@dataclass
+class Reply:
+    """What one request shows: gallery items (path, caption), files to download, the notice, the seed used."""
+
+    gallery: list[tuple[str, str]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    notice: str = ""
+    details: str = ""
+    seed: int | None = None
+
+
+def aspect_choices(pipe: TextToImage) -> list[tuple[str, str]]:
+    """(label, key) for each bucket, labelled like '1.0 (32x32)' so the user sees the size they get."""
+    return [(f"{key} ({h}x{w})", key) for key, (h, w) in pipe.table.items()]
+
+
+def sampler_choices(pipe: TextToImage) -> list[str]:
+    """The samplers for the model's objective, plus the folder's own scheduler when it ships one."""
+    names = [name for name, sampler in SAMPLERS.items() if sampler.objective == pipe.spec.objective]
+    return [*names, "folder"] if pipe.scheduler_folder is not None else names
+
+
+def default_steps(pipe: TextToImage, sampler: str | None) -> int:
+    try:
+        return pipe.resolve_sampler(Settings(sampler=sampler))[1]
+    except GenerationError:
+        return pipe.resolve_sampler(Settings())[1]
+
+
+def aspect_ratio(key: str | None) -> str | None:
+    """A bucket key ('0.5') as the 'H:W' that Settings.aspect takes: it snaps back to exactly that bucket."""
+    return f"{key}:1" if key else None
+
+
+def parse_size(text: str | None) -> tuple[int | None, int | None]:
+    """'HxW' -> (H, W); blank -> (None, None), i.e. use the aspect-ratio bucket."""
+    if not text or not text.strip():
+        return None, None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not match:
+        raise GenerationError(f"size must look like 512x768 (height x width), got {text!r}")
+    height, width = int(match.group(1)), int(match.group(2))
+    if not (8 <= height <= MAX_SIDE and 8 <= width <= MAX_SIDE):
+        raise GenerationError(f"each side of the size must lie in 8..{MAX_SIDE} pixels, got {height}x{width}")
+    return height, width
+
+
+def escape_markdown(text: str) -> str:
+    # Prompts are user text shown in Markdown: keep them literal (and table cells on one line).
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", " ".join(text.split()))
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def settings_line(result: GeneratedImage) -> str:
+    s = result.settings
+    return (
+        f"seed {result.seed} · {s['sampler']} · {s['steps']} steps · cfg {s['cfg_scale']} · "
+        f"{s['size'][0]}x{s['size'][1]}"
+    )
+
+
+def details_table(results: list[GeneratedImage]) -> str:
+    rows = ["| # | prompt | seed | sampler | steps | cfg | size (HxW) |", "|---|---|---|---|---|---|---|"]
+    for index, r in enumerate(results):
+        s = r.settings
+        prompt = escape_markdown(shorten(r.prompt)) if r.prompt else "*(empty: unconditional)*"
+        rows.append(
+            f"| {index} | {prompt} | {r.seed} | {s['sampler']} | {s['steps']} | {s['cfg_scale']} | "
+            f"{s['size'][0]}x{s['size'][1]} |"
+        )
+    return "\n".join(rows)
+
+
+def notices(pipe: TextToImage, prompt: str, results: list[GeneratedImage]) -> list[str]:
+    found = []
+    if not prompt.strip():
+        found.append("The prompt is empty: the image was generated **unconditionally** (it follows no text).")
+    dropped = results[0].dropped_tokens if results else 0
+    if dropped:
+        limit = pipe.text_encoder.max_length
+        found.append(
+            f"The prompt is longer than {limit} tokens: **{dropped} tokens were dropped** "
+            f"(the image follows the first {limit} only)."
+        )
+    return found
+
+
+class Studio:
+    """Requests -> images for one loaded model; writes each request's PNGs in its own folder."""
+
+    def __init__(self, pipe: TextToImage, out_dir: str | Path, *, model_name: str | None = None):
+        self.pipe = pipe
+        self.out_dir = Path(out_dir)
+        self.model_name = model_name
+        self.count = 0
+
+    def request(
+        self,
+        prompt: str | None,
+        negative: str | None,
+        aspect: str | None,
+        size: str | None,
+        sampler: str | None,
+        steps: float | None,
+        cfg: float | None,
+        seed: float | None,
+        random_seed: bool,
+        num_images: float | None,
+        *,
+        progress: bool = False,
+    ) -> Reply:
+        prompt = prompt or ""
+        if random_seed or seed is None:
+            seed = random.randrange(SEED_RANGE)
+        seed = int(seed)
+        started = time.time()
+        try:
+            if not 0 <= seed < SEED_RANGE:
+                raise GenerationError(f"the seed must lie in 0..{SEED_RANGE - 1}, got {seed}")
+            count = int(num_images or 1)
+            if not 1 <= count <= MAX_IMAGES:
+                raise GenerationError(f"the number of images must lie in 1..{MAX_IMAGES}, got {count}")
+            height, width = parse_size(size)
+            settings = Settings(
+                negative=negative or None,
+                height=height,
+                width=width,
+                aspect=None if height else aspect_ratio(aspect),
+                sampler=sampler or None,
+                steps=None if steps is None else int(steps),
+                cfg_scale=None if cfg is None else float(cfg),
+            )
+            results = self.pipe.generate([prompt], settings, seed=seed, num_images=count, progress=progress)
+        except GenerationError as error:
+            return Reply(notice=f"**Cannot generate:** {escape_markdown(str(error))}", seed=seed)
+        self.count += 1
+        paths = write_images(results, self.out_dir / f"{self.count:05d}", model=self.model_name)
+        lines = [
+            f"Generated {len(results)} image(s) in {time.time() - started:.1f}s.",
+            *notices(self.pipe, prompt, results),
+        ]
+        caption = shorten(prompt, 60) if prompt.strip() else "(unconditional)"  # plain text, not Markdown
+        return Reply(
+            gallery=[(str(p), f"{settings_line(r)} · {caption}") for p, r in zip(paths, results)],
+            files=[str(p) for p in paths],
+            notice="\n\n".join(lines),
+            details=details_table(results),
+            seed=seed,
+        )
+
+
+def build_app(pipe: TextToImage, out_dir: str | Path, *, model_name: str | None = None) -> gr.Blocks:
+    """The page; call `.queue(...)` and `.launch(...)` on it (see pixart.cli.serve)."""
+    studio = Studio(pipe, out_dir, model_name=model_name)
+    square, _ = closest_bucket(1, 1, pipe.table)
+    sampler = pipe.default_sampler()
+    # Gradio copies every image it shows into its cache: drop copies older than a day, hourly.
+    with gr.Blocks(title="PixArt", delete_cache=(3600, 86400)) as page:
+        gr.Markdown(f"# PixArt\nText to image with `{model_name or 'the loaded model'}`.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", placeholder="empty: unconditional")
+                negative = gr.Textbox(
+                    label="Negative prompt", elem_id="negative", placeholder="empty: the model's null caption"
+                )
+                aspect = gr.Dropdown(aspect_choices(pipe), value=square, label="Aspect ratio (H/W)", elem_id="aspect")
+                size = gr.Textbox(label="Custom size HxW (optional, overrides the aspect ratio)", elem_id="size")
+                samplers = gr.Dropdown(sampler_choices(pipe), value=sampler, label="Sampler", elem_id="sampler")
+                steps = gr.Number(
+                    value=default_steps(pipe, sampler), precision=0, label="Steps (1..1000)", elem_id="steps"
+                )
+                cfg = gr.Slider(0, 20, value=pipe.spec.cfg_scale, step=0.5, label="Guidance (cfg)", elem_id="cfg")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, label="Seed (image k uses seed + k)", elem_id="seed")
+                    random_seed = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")
+                num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Number of images", elem_id="num-images")
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=1):
+                notice = gr.Markdown(elem_id="notice")
+                gallery = gr.Gallery(label="Images", columns=2, object_fit="contain", elem_id="gallery")
+                details = gr.Markdown(elem_id="details")
+                files = gr.File(
+                    label="Download (PNG with settings in its metadata)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="files",
+                )
+
+        # Gradio finds the progress bar by this default; tracking tqdm shows the sampler's steps in the page.
+        def on_generate(*values, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+            reply = studio.request(*values, progress=True)
+            return reply.gallery, reply.files or None, reply.notice, reply.details, reply.seed
+
+        inputs = [prompt, negative, aspect, size, samplers, steps, cfg, seed, random_seed, num_images]
+        outputs = [gallery, files, notice, details, seed]
+        for trigger in (button.click, prompt.submit):  # one queue for both: one generation at a time in all
+            trigger(
+                on_generate, inputs, outputs, concurrency_limit=1, concurrency_id="generate", show_progress="minimal"
+            )
+        # Picking another sampler proposes its own default step count.
+        samplers.change(lambda name: default_steps(pipe, name), samplers, steps, queue=False)
+    return page

@@ -1,0 +1,270 @@
+"""`pixart serve`: the Gradio app driven in a real headless Chromium, on a tiny offline pipeline folder.
+
+The server runs once per module, as a user starts it (`python -m pixart serve --model ... --port ...`);
+each test opens a fresh page. The browser is the system Chromium (Debian package `chromium`, which
+setup.sh installs): without it, or without playwright, the browser tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tiny_models import save_tiny_pipeline
+
+pytest.importorskip("gradio")
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium phones home at start, and a closed network refuses it.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LONG_PROMPT = " ".join(["red circle"] * 80)  # about 160 tokens: over the 120-token limit
+TIMEOUT_MS = 60_000
+
+
+def browser_missing() -> str | None:
+    if not CHROMIUM.is_file():
+        return f"no Chromium at {CHROMIUM} (install it with `apt-get install chromium`, or run ./setup.sh)"
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is not installed (pip install -e '.[dev]')"
+    return None
+
+
+def browser_test(function):
+    """Marked `browser`, and skipped (with the reason) where no headless Chromium can be driven."""
+    reason = browser_missing()
+    return pytest.mark.browser(pytest.mark.skipif(reason is not None, reason=reason or "")(function))
+
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost, whatever *_proxy says
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-pixart")
+
+
+@pytest.fixture(scope="module")
+def server(model_folder, tmp_path_factory):
+    """The URL of `pixart serve` on a free port, started once for the module and stopped after it."""
+    root = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    log_path = root / "serve.log"
+    # Gradio's cache goes in the test's folder, not in the machine's /tmp/gradio.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_TEMP_DIR": str(root / "gradio")}
+    command = [sys.executable, "-m", "pixart", "serve", "--model", str(model_folder), "--port", str(port)]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [*command, "--out", str(root / "out")], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"pixart serve exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                with NO_PROXY.open(url, timeout=5):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"pixart serve did not answer on {url} in 180s:\n{log_path.read_text()}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server)
+    page.locator("#generate").wait_for()
+    yield page
+    page.close()
+
+
+def fill_and_generate(page, prompt: str, *, steps: str = "2", seed: str = "7", size: str | None = None) -> str:
+    """Fill the form, press Generate, wait for the answer and return the notice's text."""
+    from playwright.sync_api import expect
+
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#steps input").fill(steps)
+    page.locator("#random-seed input").uncheck()
+    page.locator("#seed input").fill(seed)
+    if size is not None:
+        page.locator("#size textarea, #size input").first.fill(size)
+    page.locator("#generate").click()
+    notice = page.locator("#notice")
+    expect(notice).to_contain_text(re.compile("Generated|Cannot generate"), timeout=TIMEOUT_MS)
+    return notice.inner_text()
+
+
+def gallery_images(page) -> list[dict]:
+    """Each shown image's natural size, caption and address, as the browser decoded it."""
+    images = page.locator("#gallery img")
+    images.first.wait_for()
+    return [
+        img.evaluate("e => ({width: e.naturalWidth, height: e.naturalHeight, alt: e.alt, src: e.src})")
+        for img in images.all()
+    ]
+
+
+def assert_no_traceback(page) -> None:
+    body = page.locator("body").inner_text()
+    assert "Traceback" not in body and 'File "' not in body
+
+
+@browser_test
+def test_prompt_to_images_with_their_settings_and_download(page):
+    page.locator("#aspect input").click()
+    page.get_by_role("option", name="0.5 (24x44)").click()  # the bucket table, labelled with its sizes
+    page.locator("#num-images input[type=number]").fill("2")
+    page.locator("#num-images input[type=number]").press("Enter")
+    notice = fill_and_generate(page, "a red circle", steps="3", seed="7")
+
+    assert "Generated 2 image(s)" in notice
+    images = gallery_images(page)
+    assert [(i["width"], i["height"]) for i in images] == [(44, 24), (44, 24)]
+    assert images[0]["alt"].startswith("seed 7 · folder · 3 steps · cfg 4.5 · 24x44")
+    assert images[1]["alt"].startswith("seed 8 ")
+    details = page.locator("#details").inner_text()
+    assert "a red circle" in details and "7" in details and "24x44" in details
+    assert page.locator("#seed input").input_value() == "7"
+
+    # What the gallery serves is the PNG outputs.write_images wrote: its metadata carries the settings.
+    png = Image.open(io.BytesIO(page.request.get(images[0]["src"]).body()))
+    assert png.size == (44, 24)
+    meta = json.loads(png.text["parameters"])
+    assert (meta["prompt"], meta["seed"], meta["steps"], meta["size"]) == ("a red circle", 7, 3, [24, 44])
+    links = page.locator("#files a[download]")
+    assert links.count() == 2 and "seed7" in links.first.get_attribute("download")
+    assert_no_traceback(page)
+
+
+@browser_test
+def test_random_seed_is_shown_so_the_image_can_be_remade(page):
+    page.locator("#prompt textarea").fill("a blue square")
+    page.locator("#steps input").fill("2")
+    page.locator("#generate").click()  # "random seed" is on by default
+    seed = gallery_images(page)[0]["alt"].split(" · ")[0].removeprefix("seed ")
+    assert page.locator("#seed input").input_value() == seed
+
+
+@browser_test
+def test_empty_prompt_generates_unconditionally_and_says_so(page):
+    notice = fill_and_generate(page, "")
+    assert "unconditionally" in notice
+    assert [(i["width"], i["height"]) for i in gallery_images(page)] == [(32, 32)]
+    assert "(unconditional)" in gallery_images(page)[0]["alt"]
+
+
+@browser_test
+@pytest.mark.parametrize(
+    ("steps", "size", "message"),
+    [
+        ("0", None, "steps must lie in 1..1000, got 0"),
+        ("5000", None, "steps must lie in 1..1000, got 5000"),
+        ("2", "1000x770", "the nearest valid size is 1000x768"),
+        ("2", "9000x9000", "each side of the size must lie in 8..4096"),
+    ],
+)
+def test_bad_settings_are_answered_in_the_page(page, steps, size, message):
+    notice = fill_and_generate(page, "a cat", steps=steps, size=size)
+    assert "Cannot generate" in notice and message in notice
+    assert page.locator("#notice").is_visible()
+    assert page.locator("#gallery img").count() == 0
+    assert_no_traceback(page)
+
+
+@browser_test
+def test_long_prompt_is_truncated_and_the_dropped_tokens_are_counted(page, model_folder):
+    from pixart.generate import TextToImage
+
+    expected = TextToImage.from_path(model_folder).text_encoder.encode([LONG_PROMPT]).dropped[0]
+    assert expected > 0
+    notice = fill_and_generate(page, LONG_PROMPT)
+    assert f"{expected} tokens were dropped" in notice and "longer than 120 tokens" in notice
+    assert [(i["width"], i["height"]) for i in gallery_images(page)] == [(32, 32)]
+
+
+def test_choices_come_from_the_model(model_folder):
+    from pixart.app import aspect_choices, sampler_choices
+    from pixart.generate import TextToImage
+
+    pipe = TextToImage.from_path(model_folder)
+    labels = dict((key, label) for label, key in aspect_choices(pipe))
+    assert labels["1.0"] == "1.0 (32x32)" and labels["0.5"] == "0.5 (24x44)"
+    assert sampler_choices(pipe) == ["dpm-solver++", "sa-solver", "ddim", "iddpm", "euler", "folder"]
+
+
+def test_no_model_trains_the_demo_model_first(tmp_path, monkeypatch, capsys):
+    cli_main = importlib.import_module("pixart.cli.main")
+    from pixart.cli import serve
+
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv)
+        (tmp_path / serve.DEMO_MODEL).mkdir(parents=True)
+        (tmp_path / serve.DEMO_MODEL / "model.json").write_text("{}")
+        return 0
+
+    monkeypatch.setattr(cli_main, "main", fake_main)
+    assert serve.demo_model() == serve.DEMO_MODEL
+    assert calls == [["demo"]]
+    assert "no model given; training the embedded demo model first with `pixart demo`" in capsys.readouterr().out
+    assert serve.demo_model() == serve.DEMO_MODEL and calls == [["demo"]]  # trained once, then reused
+
+
+def test_a_failed_demo_is_a_user_error(tmp_path, monkeypatch):
+    cli_main = importlib.import_module("pixart.cli.main")
+    from pixart.cli import serve
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_main, "main", lambda argv: 1)
+    with pytest.raises(cli_main.UserError, match="pass --model"):
+        serve.demo_model()
