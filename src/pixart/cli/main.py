@@ -18,6 +18,7 @@ COMMANDS = {
     "generate": "Generate images from prompts with a pixart, diffusers or official model.",
     "prepare": "Extract VAE latents and text features from images and captions into a feature dataset.",
     "caption": "Re-caption images with a local LLaVA model, or (--stats) compare caption sets.",
+    "demo": "Train the embedded default on the shapes world (all three stages) and score it, on a CPU.",
     "train": "Train a recipe (the paper's stages, or tiny) on one CPU, one GPU, or many under torchrun.",
     "serve": "Serve a web app (Gradio) that generates images with a model, on localhost by default.",
 }

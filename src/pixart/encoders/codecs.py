@@ -112,7 +112,11 @@ def load_codec(kind: str, folder: str | Path | None = None, **kwargs) -> ImageCo
         if folder is None:
             raise ValueError("the SD VAE needs a local folder (--vae DIR)")
         return SDVAE(folder, **kwargs)
-    raise ValueError(f"unknown image codec {kind!r}; choose one of ['pixels', 'sd-vae']")
+    if kind == "shapes-ae":
+        from pixart.encoders.shapes_ae import ShapesCodec
+
+        return ShapesCodec.load(folder)
+    raise ValueError(f"unknown image codec {kind!r}; choose one of ['pixels', 'sd-vae', 'shapes-ae']")
 
 
 def codec_info(codec: ImageCodec) -> dict:

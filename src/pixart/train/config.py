@@ -48,6 +48,7 @@ class OptimConfig:
     grad_clip: float = 0.01
     grad_accum: int = 1
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs (officially off)
 
     def __post_init__(self) -> None:
         if self.grad_accum < 1:

@@ -264,7 +264,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                update_ema(ema, inner, config.optim.ema_decay)
+                decay = config.optim.ema_decay
+                if config.optim.ema_warmup:  # short runs: early weights must not linger in the average
+                    decay = min(decay, (1 + step) / (10 + step))
+                update_ema(ema, inner, decay)
                 bad_in_a_row = 0
                 loss_sum += step_loss
                 window_steps += 1

@@ -1,0 +1,306 @@
+"""`pixart demo`: the whole PixArt-alpha story on the shapes world, on a laptop CPU, in minutes.
+
+Stage 1 trains a class-conditional DiT (pixel dependency), which becomes a PixArt by the paper's
+re-parameterisation; stage 2 aligns text and image on dense captions; stage 3 fine-tunes at larger,
+non-square sizes with micro-conditions. The real code paths do the work (shapes-world feature shards,
+MiniLM, the trainer, the sampler, the probe); this file only plans the stages and writes the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pixart import config as config_io
+from pixart.data import synthetic
+from pixart.diffusion.objective import DiffusionConfig
+from pixart.model.dit import DiTConfig
+from pixart.model.pixart import PixArtConfig
+from pixart.train.config import DataConfig, OptimConfig, TrainConfig
+
+BASE = (36, 36)  # 3x3 cells of 12 px: one latent cell (token) per grid cell
+BUCKETS = [(36, 36), (36, 72), (72, 36)]  # stage 3: larger, non-square canvases, same object scale
+SAMPLE_PROMPTS = [
+    "a large red circle in the centre, on a grey background",
+    "a small blue square at the top left, on a white background",
+    "a large yellow triangle at the bottom right, on a black background",
+    "a large green diamond at the top, on a grey background",
+    "a small purple cross on the left, on a white background",
+    "a large orange square at the bottom, on a black background",
+    "a large red triangle at the top left and a small blue circle at the bottom right, on a grey background",
+    "a large green cross on the left and a large yellow square on the right, on a black background",
+    "a small white diamond at the top and a large purple circle in the centre, on a grey background",
+]
+WIDE_PROMPT = "a large blue circle on the left and a large red square on the right, on a white background"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Steps and data per stage; `quick` shrinks everything to a smoke run of the same path."""
+
+    stage1_steps: int = 300
+    stage2_steps: int = 2200
+    stage3_steps: int = 400
+    base_images: int = 8192
+    bucket_images: int = 1024  # per stage-3 bucket
+    batch_size: int = 64
+    eval_single: int = 128
+    eval_pairs: int = 128
+    codec_steps: int = 4000
+    probe_steps: int = 600
+
+    @classmethod
+    def for_budget(cls, minutes: float, quick: bool) -> DemoPlan:
+        if quick:
+            return cls(
+                stage1_steps=4,
+                stage2_steps=8,
+                stage3_steps=4,
+                base_images=256,
+                bucket_images=64,
+                batch_size=16,
+                eval_single=16,
+                eval_pairs=16,
+                codec_steps=60,
+                probe_steps=40,
+            )
+        scale = max(0.2, (minutes - 4.0) / 6.0)  # about four minutes of fixed costs on a cold cache
+        plan = cls()
+        return dataclasses.replace(
+            plan,
+            stage1_steps=int(plan.stage1_steps * scale),
+            stage2_steps=int(plan.stage2_steps * scale),
+            stage3_steps=int(plan.stage3_steps * scale),
+        )
+
+
+def model_config(micro_conditions: bool) -> PixArtConfig:
+    return PixArtConfig(
+        input_size=3,
+        patch_size=1,
+        in_channels=16,
+        hidden_size=144,
+        depth=6,
+        num_heads=4,
+        caption_channels=384,
+        max_length=48,
+        caption_norm=True,
+        learn_sigma=False,
+        micro_conditions=micro_conditions,
+    )
+
+
+def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) -> dict[str, TrainConfig]:
+    """The three stages, sharing one objective and optimiser; only what the stage is about changes."""
+    diffusion = DiffusionConfig(objective="flow", high_noise_fraction=0.5)  # layout is decided at high noise
+    optim = OptimConfig(lr=1e-3, auto_lr=False, warmup_steps=50, grad_clip=1.0, ema_decay=0.995, ema_warmup=True)
+    data = DataConfig(root=str(data_base), batch_size=plan.batch_size, num_workers=0, caption_probs={"dense": 1.0})
+    common = dict(diffusion=diffusion, optim=optim, previews=False, log_every=25)
+    dit = DiTConfig(
+        input_size=3,
+        patch_size=1,
+        in_channels=16,
+        hidden_size=144,
+        depth=6,
+        num_heads=4,
+        learn_sigma=False,
+        num_classes=synthetic.NUM_CLASSES,
+    )
+    return {
+        "stage1": TrainConfig(
+            recipe="demo-stage1",
+            stage="class",
+            dit=dit,
+            data=data,
+            steps=plan.stage1_steps,
+            checkpoint_every=max(1, plan.stage1_steps),
+            **common,
+        ),
+        "stage2": TrainConfig(
+            recipe="demo-stage2",
+            model=model_config(False),
+            data=data,
+            steps=plan.stage2_steps,
+            checkpoint_every=max(1, plan.stage2_steps // 2),
+            init_from=str(out / "stage1"),
+            **common,
+        ),
+        "stage3": TrainConfig(
+            recipe="demo-stage3",
+            model=model_config(True),
+            data=dataclasses.replace(data, root=str(data_multi)),
+            steps=plan.stage3_steps,
+            checkpoint_every=max(1, plan.stage3_steps),
+            init_from=str(out / "stage2"),
+            init_new_keys=("csize_embedder.", "ar_embedder."),
+            optim=dataclasses.replace(optim, lr=3e-4, warmup_steps=10),
+            **{k: v for k, v in common.items() if k != "optim"},
+        ),
+    }
+
+
+def run_demo(
+    out: str | Path = "runs/demo", *, minutes: float = 10.0, quick: bool = False, progress: bool = True
+) -> dict:
+    """Run every stage into `out` and return the report (also written as report.json / report.md)."""
+    from pixart.data.shapes_features import build_shapes_features
+    from pixart.encoders.shapes_ae import cache_dir, load_or_train_shapes_codec
+    from pixart.encoders.text import MiniLMEncoder
+    from pixart.evaluate.probe import load_or_train_probe
+    from pixart.train.loop import train
+
+    started = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = DemoPlan.for_budget(minutes, quick)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, start: float) -> None:
+        timings[name] = round(time.time() - start, 1)
+        say(f"{name}: {timings[name]:.0f}s", progress)
+
+    cache = out / ".cache" if quick else cache_dir()
+    t = time.time()
+    codec = load_or_train_shapes_codec(cache=cache, progress=progress, steps=plan.codec_steps)
+    timed("codec (shapes autoencoder, cached)", t)
+    t = time.time()
+    probe = load_or_train_probe(cache_dir=cache, steps=plan.probe_steps, progress=progress)
+    timed("probe (cached)", t)
+
+    t = time.time()
+    encoder = MiniLMEncoder(max_length=48)
+    data_base, data_multi = out / "data" / "base", out / "data" / "buckets"
+    for folder, sizes, count, seed in (
+        (data_base, [BASE], plan.base_images, 1),
+        (data_multi, BUCKETS, plan.bucket_images, 2),
+    ):
+        if not (folder / "dataset.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            build_shapes_features(
+                folder, sizes=sizes, count=count, seed=seed, encoder=encoder, codec=codec, progress=progress
+            )
+    timed("data (render, encode captions with MiniLM, encode images)", t)
+
+    stages = stage_configs(plan, data_base, data_multi, out)
+    summaries = {}
+    for name, config in stages.items():
+        t = time.time()
+        say(f"{name}: {describe(name)}", progress)
+        summaries[name] = train(config, out / name, progress=progress)
+        timed(f"{name} ({config.steps} steps)", t)
+
+    t = time.time()
+    model_dir = write_model_folder(out, codec)
+    report = evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings, started, progress)
+    timed("evaluation and report", t)
+    report["wall_seconds"] = round(time.time() - started, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    from pixart.demo_report import write_report_md
+
+    write_report_md(out, report)
+    return report
+
+
+def describe(stage: str) -> str:
+    return {
+        "stage1": "class-conditional DiT on shape x colour labels (pixel-dependency pretraining)",
+        "stage2": "re-parameterised into PixArt; text-image alignment on dense captions",
+        "stage3": "36x72 and 72x36 canvases with micro-conditions (size and aspect ratio)",
+    }[stage]
+
+
+def say(text: str, progress: bool) -> None:
+    if progress:
+        print(f"[pixart demo] {text}", flush=True)
+
+
+def write_model_folder(out: Path, codec) -> Path:
+    """out/model: the stage-3 EMA weights, the codec, and how to run them (generate and serve accept it)."""
+    from pixart.data.shapes_features import bucket_key
+    from pixart.modelfolder import ModelSpec, save_model_folder
+    from pixart.weights import load_transformer
+
+    model_dir = out / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    codec.save(model_dir / "codec.safetensors")
+    transformer = load_transformer(out / "stage3" / "final_ema.safetensors")
+    spec = ModelSpec(
+        text_encoder="minilm",
+        text_max_length=48,
+        clean_captions=False,
+        codec="shapes-ae",
+        codec_path="codec.safetensors",
+        null_caption="learned",
+        objective="flow",
+        sampler="flow-dpm-solver",
+        steps=20,
+        cfg_scale=3.0,
+        buckets={bucket_key(h, w): [h, w] for h, w in BUCKETS},
+        extra={"made_by": "pixart demo", "world": synthetic.WORLD_VERSION},
+    )
+    save_model_folder(model_dir, transformer, spec)
+    return model_dir
+
+
+def evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings, started, progress) -> dict:
+    from pixart.evaluate.probe import probe_accuracy
+    from pixart.evaluate.suite import shapes_suite
+    from pixart.generate import Settings, TextToImage
+    from pixart.grids import image_grid
+    from pixart.train.metrics import plot_loss, read_metrics
+
+    real = synthetic.make_dataset(512, 424_242, *BASE)  # a seed no training set uses
+    probe_on_real = probe_accuracy(probe, real.images, real.scenes)
+    pipe = TextToImage.from_path(model_dir)
+    scores = shapes_suite(pipe, probe, single=plan.eval_single, pairs=plan.eval_pairs, progress=False)
+    square = pipe.generate(SAMPLE_PROMPTS, seed=0, progress=False)
+    wide = pipe.generate([WIDE_PROMPT], Settings(aspect="1:2"), seed=0, progress=False)
+    grid = image_grid(
+        [r.image for r in square + wide], columns=5, cell=144, labels=[*SAMPLE_PROMPTS, WIDE_PROMPT], label_lines=5
+    )
+    grid.save(out / "samples.png")
+    plot_loss(
+        {name: read_metrics(out / name / "metrics.jsonl") for name in stages},
+        out / "loss.png",
+        title="pixart demo: loss per stage",
+    )
+    return {
+        "probe": {k: round(v, 4) for k, v in scores.items() if k in ("color", "shape", "size", "position", "binding")},
+        "frechet": {
+            "generated_vs_real": round(scores["frechet"], 2),
+            "real_vs_real_baseline": round(scores["frechet_real_baseline"], 2),
+        },
+        "eval_images": scores["images"],
+        "probe_on_real_images": {k: round(v, 4) for k, v in probe_on_real.items()},
+        "stages": {
+            name: {
+                "steps": cfg.steps,
+                "final_loss": summaries[name]["final_loss"],
+                "seconds": summaries[name]["wall_seconds"],
+                "what": describe(name),
+            }
+            for name, cfg in stages.items()
+        },
+        "timings": timings,
+        "image_space": {"codec": "shapes-ae", "latent": "16 x (H/12) x (W/12)", "tokens_at_36px": 9},
+        "model": {
+            "parameters": sum(p.numel() for p in pipe.transformer.parameters()),
+            "config": pipe.transformer.config.to_dict(),
+        },
+        "plan": dataclasses.asdict(plan),
+        "configs": {name: config_io.to_dict(cfg) for name, cfg in stages.items()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "artefacts": {"samples": "samples.png", "loss": "loss.png", "model": "model/"},
+    }

@@ -1,0 +1,55 @@
+"""`pixart demo --quick`: the whole embedded path end to end, every artefact written (so it cannot rot).
+
+The score targets are checked by running the real demo (see README), not here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from pixart.generate import TextToImage
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_every_artefact(tmp_path):
+    out = tmp_path / "demo"
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "pixart", "demo", "--quick", "--out", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.time() - started < 120
+    for name in (
+        "samples.png",
+        "loss.png",
+        "report.md",
+        "report.json",
+        "model/model.json",
+        "model/transformer.safetensors",
+        "model/codec.safetensors",
+    ):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    for key in ("color", "shape", "size", "position", "binding"):
+        assert 0.0 <= report["probe"][key] <= 1.0
+    assert report["wall_seconds"] > 0
+    assert set(report["stages"]) == {"stage1", "stage2", "stage3"}
+    assert "re-parameterised from the class-conditional DiT" in result.stdout  # stage 1 -> stage 2
+    assert "new: ['ar_embedder.mlp', 'csize_embedder.mlp']" in result.stdout  # stage 3 adds micro-conditions
+    assert Image.open(out / "samples.png").size[0] > 400
+    assert "pixart demo finished" in result.stdout
+    # The model folder is what `pixart generate` and `pixart serve` accept, non-square buckets included.
+    pipe = TextToImage.from_path(out / "model")
+    assert pipe.transformer.config.micro_conditions
+    images = pipe.generate(["a large red circle in the centre, on a grey background"], seed=1, progress=False)
+    assert images[0].image.size == (36, 36)
+    assert sorted(pipe.table.values()) == [(36, 36), (36, 72), (72, 36)]
