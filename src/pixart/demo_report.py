@@ -36,7 +36,7 @@ prompts at {report["eval_images"]["size"][0]}x{report["eval_images"]["size"][1]}
 |---|---|---|---|
 {chr(10).join(rows)}
 
-The probe itself, on {len(report["probe_on_real_images"]) and 512} real 36x36 shapes-world images:
+The probe itself, on 512 real 36x36 shapes-world images:
 {", ".join(f"{k} {v:.3f}" for k, v in report["probe_on_real_images"].items())}.
 
 Binding counts a two-object prompt right when both objects are found with the right colour and shape.
