@@ -139,3 +139,15 @@ def test_xl2_parameter_counts_on_meta_device():
     with torch.device("meta"):
         assert count_parameters(PixArt(XL_2)) == 610_856_096
         assert count_parameters(PixArt(XL_2_1024_MS)) == 611_349_152
+
+
+def test_prepared_captions_give_the_same_output():
+    """A sampler computes the caption projection and each block's keys and values once; nothing changes."""
+    model = randomize_(PixArt(TINY_MS)).eval()
+    x, t, y = torch.randn(3, 4, 16, 16), torch.tensor([1.0, 400.0, 999.0]), torch.randn(3, 7, 48)
+    mask = varied_mask(3, 7, [7, 3, 1])
+    micro = {"img_hw": torch.tensor([[128.0, 128.0]]), "aspect_ratio": torch.tensor([1.0])}
+    with torch.no_grad():
+        direct = model(x, t, y, mask, **micro)
+        cached = model(x, t, None, None, captions=model.prepare_captions(y, mask), **micro)
+    torch.testing.assert_close(cached, direct, atol=0, rtol=0)

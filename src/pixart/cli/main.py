@@ -21,6 +21,7 @@ COMMANDS = {
     "demo": "Train the embedded default on the shapes world (all three stages) and score it, on a CPU.",
     "train": "Train a recipe (the paper's stages, or tiny) on one CPU, one GPU, or many under torchrun.",
     "serve": "Serve a web app (Gradio) that generates images with a model, on localhost by default.",
+    "eval": "Score a model: shapes-world prompt following (probe), or FID and CLIP score on your prompts and images.",
 }
 
 

@@ -66,12 +66,19 @@ class GuidedDenoiser:
         self.img_hw = None if img_hw is None else torch.as_tensor(img_hw).reshape(-1, 2).repeat(repeat, 1)
         self.aspect_ratio = None if aspect_ratio is None else torch.as_tensor(aspect_ratio).reshape(-1).repeat(repeat)
 
+        # The captions are the same at every step: models that can (PixArt) project them and compute
+        # each block's keys and values once, on the first call.
+        self.captions = None
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         C = self.latent_channels
         batch = torch.cat([x, x]) if self.guided else x
         t = torch.as_tensor(t, device=x.device).reshape(-1)
         t = t.expand(batch.shape[0]) if t.numel() == 1 else torch.cat([t, t]) if self.guided else t
-        out = self.model(batch, t, self.y, self.mask, img_hw=self.img_hw, aspect_ratio=self.aspect_ratio)
+        if self.captions is None and hasattr(self.model, "prepare_captions"):
+            self.captions = self.model.prepare_captions(self.y, self.mask)
+        extra = {"captions": self.captions} if self.captions is not None else {}
+        out = self.model(batch, t, self.y, self.mask, img_hw=self.img_hw, aspect_ratio=self.aspect_ratio, **extra)
         out = out.to(x.dtype)
         if self.guided:
             uncond, cond = out.chunk(2)

@@ -186,13 +186,22 @@ def train_shapes_ae(
 
 
 def load_or_train_shapes_codec(cache: Path | None = None, progress: bool = True, **kwargs) -> ShapesCodec:
-    """The cached codec for this world and these settings, trained on first use."""
+    """The cached codec for this world and these settings (defaults filled in), trained on first use."""
+    import inspect
+
     from pixart.data.synthetic import WORLD_VERSION
 
-    key = hashlib.sha1(f"{AE_VERSION}|{WORLD_VERSION}|{sorted(kwargs.items())}".encode()).hexdigest()[:12]
+    settings = {
+        name: p.default for name, p in inspect.signature(train_shapes_ae).parameters.items() if name != "progress"
+    }
+    unknown = set(kwargs) - set(settings)
+    if unknown:
+        raise TypeError(f"unknown shapes codec settings {sorted(unknown)}")
+    settings.update(kwargs)
+    key = hashlib.sha1(f"{AE_VERSION}|{WORLD_VERSION}|{sorted(settings.items())}".encode()).hexdigest()[:12]
     path = (cache or cache_dir()) / f"shapes-codec-{key}.safetensors"
     if path.is_file():
         return ShapesCodec.load(path)
-    codec = train_shapes_ae(progress=progress, **kwargs)
+    codec = train_shapes_ae(progress=progress, **settings)
     codec.save(path)
     return codec

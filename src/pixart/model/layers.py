@@ -41,7 +41,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        # contiguous: a transposed residual stream would make every LayerNorm and add copy or run strided
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
 
 
 class TimestepEmbedder(nn.Module):
@@ -134,12 +135,16 @@ class CrossAttention(nn.Module):
         self.kv_linear = nn.Linear(hidden_size, 2 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None, attn_mask: torch.Tensor | None, kv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`kv` (B, L, 2D) is kv_linear(y) computed ahead (a sampler reuses it for every step); else y."""
         B, N, D = x.shape
-        L = y.shape[1]
         H, d = self.num_heads, D // self.num_heads
         q = self.q_linear(x).view(B, N, H, d).transpose(1, 2)  # (B, H, N, d)
-        kv = self.kv_linear(y).view(B, L, 2, H, d)  # rows [k; v]
+        kv = self.kv_linear(y) if kv is None else kv  # (B, L, 2D)
+        L = kv.shape[1]
+        kv = kv.view(B, L, 2, H, d)  # rows [k; v]
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, d)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, N, d)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))

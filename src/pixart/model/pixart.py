@@ -32,6 +32,18 @@ from pixart.model.pos_embed import position_embedding
 ADALN_MODES = ("single", "per_block")
 
 
+@dataclass
+class CaptionCache:
+    """The caption side of every block, computed once: a sampler reuses it for all its steps.
+
+    Captions do not change while sampling, so projecting them and computing each block's keys and values
+    on every step (as diffusers does) repeats the same work; `PixArt.prepare_captions` does it once.
+    """
+
+    attn_mask: torch.Tensor | None  # (B, 1, 1, L) bool
+    kv: list[torch.Tensor]  # per block, (B, L, 2D)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PixArtConfig:
     """Architecture of a PixArt transformer. Defaults are PixArt-XL/2 at 512 px."""
@@ -127,11 +139,18 @@ class PixArtBlock(nn.Module):
             return self.scale_shift_table[None] + c.reshape(c.shape[0], 6, -1)  # S(i) = S_bar + E(i)
         return self.adaLN_modulation(c).reshape(c.shape[0], 6, -1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, attn_mask: torch.Tensor | None, c: torch.Tensor):
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        attn_mask: torch.Tensor | None,
+        c: torch.Tensor,
+        kv: torch.Tensor | None = None,
+    ):
         # Chunk order (official): shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=1)
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
-        x = x + self.cross_attn(x, y, attn_mask)
+        x = x + self.cross_attn(x, y, attn_mask, kv)
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 
@@ -223,16 +242,28 @@ class PixArt(nn.Module):
             temb = temb + torch.cat([csize, ar], dim=1)
         return temb
 
+    def prepare_captions(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> CaptionCache:
+        """y (B, L, C_cap) and mask (B, L) -> the per-block keys and values `forward(captions=...)` reuses."""
+        if y.ndim == 4:
+            y = y.squeeze(1)
+        attn_mask = self.caption_attention_mask(mask, y.shape[0], y.shape[1], y.device)
+        projected = self.embed_captions(y.to(self.dtype), attn_mask)  # (B, L, D)
+        return CaptionCache(attn_mask, [block.cross_attn.kv_linear(projected) for block in self.blocks])
+
     def forward(
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        y: torch.Tensor,
+        y: torch.Tensor | None,
         mask: torch.Tensor | None = None,
         img_hw: torch.Tensor | None = None,
         aspect_ratio: torch.Tensor | None = None,
+        captions: CaptionCache | None = None,
     ) -> torch.Tensor:
-        """x (B, C, H, W), t (B,), y (B, L, C_cap), mask (B, L) 1 = valid -> (B, out_channels, H, W)."""
+        """x (B, C, H, W), t (B,), y (B, L, C_cap), mask (B, L) 1 = valid -> (B, out_channels, H, W).
+
+        `captions` (from `prepare_captions`) replaces y and mask when the same captions come back every step.
+        """
         cfg = self.config
         p = cfg.patch_size
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
@@ -244,10 +275,11 @@ class PixArt(nn.Module):
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t.reshape(-1)
         if t.shape[0] != B:
             raise ValueError(f"t must hold one timestep per sample ({B}), got shape {tuple(t.shape)}")
-        if y.ndim == 4:  # official layout (B, 1, L, C)
-            y = y.squeeze(1)
-        if y.ndim != 3 or y.shape[0] != B or y.shape[2] != cfg.caption_channels:
-            raise ValueError(f"y must be (B={B}, L, {cfg.caption_channels}), got {tuple(y.shape)}")
+        if captions is None:
+            if y.ndim == 4:  # official layout (B, 1, L, C)
+                y = y.squeeze(1)
+            if y.ndim != 3 or y.shape[0] != B or y.shape[2] != cfg.caption_channels:
+                raise ValueError(f"y must be (B={B}, L, {cfg.caption_channels}), got {tuple(y.shape)}")
 
         dtype = self.dtype
         grid_h, grid_w = H // p, W // p
@@ -257,16 +289,35 @@ class PixArt(nn.Module):
         tokens = self.x_embedder(x.to(dtype)) + pos  # (B, N, D)
         temb = self.embed_conditions(t, B, img_hw, aspect_ratio).to(dtype)  # (B, D)
         c = self.t_block(temb) if cfg.adaln == "single" else temb  # (B, 6D) or (B, D)
-        y = self.y_embedder(y.to(dtype))  # (B, L, D)
-        attn_mask = self.caption_attention_mask(mask, B, y.shape[1], x.device)
+        if captions is None:
+            attn_mask = self.caption_attention_mask(mask, B, y.shape[1], x.device)
+            y = self.embed_captions(y.to(dtype), attn_mask)  # (B, L, D)
+            kvs = [None] * len(self.blocks)
+        else:
+            attn_mask, kvs, y = captions.attn_mask, captions.kv, None
 
-        for block in self.blocks:
+        for block, kv in zip(self.blocks, kvs, strict=True):
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, y, attn_mask, c, use_reentrant=False)
+                tokens = checkpoint(block, tokens, y, attn_mask, c, kv, use_reentrant=False)
             else:
-                tokens = block(tokens, y, attn_mask, c)
+                tokens = block(tokens, y, attn_mask, c, kv)
         out = self.final_layer(tokens, temb)  # (B, N, p*p*C_out)
         return unpatchify(out, grid_h, grid_w, p)  # (B, C_out, H, W)
+
+    @torch.compiler.disable  # data-dependent shapes: runs eagerly between compiled graphs
+    def embed_captions(self, y: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, C_cap) -> (B, L, D), projecting only the tokens attention will read.
+
+        Padded tokens contribute nothing downstream, so their projection (the widest matrix product of
+        the caption path) is skipped: they are left at zero.
+        """
+        if attn_mask is None:
+            return self.y_embedder(y)
+        keep = attn_mask[:, 0, 0, :]  # (B, L)
+        projected = self.y_embedder(y[keep])  # (n_valid, C_cap) -> (n_valid, D); bf16 under autocast
+        out = projected.new_zeros(*y.shape[:2], self.config.hidden_size)
+        out[keep] = projected
+        return out
 
     @staticmethod
     def caption_attention_mask(

@@ -1,0 +1,175 @@
+"""Our PixArt against diffusers' PixArtTransformer2DModel on this machine's CPU, same weights, same inputs.
+
+Medium config: depth 4, hidden 384, 6 heads, 32x32 latent (256 tokens), batch 8, 120 caption tokens of
+width 4096 with varied valid lengths, fp32. A training step is forward + loss + backward + AdamW; a
+sampling forward is one no-grad forward. The two implementations alternate in one process after a
+warm-up, and each figure is the median of the repeats. Our sampling forward is a step of our sampling
+loop, which prepares the captions (projection and each block's keys and values) once per image, not
+once per step; diffusers' pipeline recomputes them every step. The bare forward is shown too. The
+last line reads
+`train_ratio=R1 sample_ratio=R2` (diffusers' time over ours: above 1 means we are faster).
+
+    .venv/bin/python benchmarks/bench_cpu.py [--repeats 7] [--threads 2] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from pixart.model.pixart import PixArt, PixArtConfig
+from pixart.weights import save_transformer
+
+CONFIG = PixArtConfig(
+    input_size=32,
+    patch_size=2,
+    in_channels=4,
+    hidden_size=384,
+    depth=4,
+    num_heads=6,
+    caption_channels=4096,
+    max_length=120,
+)
+BATCH, TOKENS = 8, 120
+VALID = [120, 97, 80, 64, 48, 31, 17, 6]  # valid caption tokens per sample (T5 pads every prompt to 120)
+
+
+def inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(BATCH, 4, 32, 32, generator=g)
+    t = torch.randint(0, 1000, (BATCH,), generator=g)
+    y = torch.randn(BATCH, TOKENS, 4096, generator=g)
+    mask = torch.zeros(BATCH, TOKENS, dtype=torch.long)
+    for i, n in enumerate(VALID):
+        mask[i, :n] = 1
+    target = torch.randn(BATCH, 8, 32, 32, generator=g)
+    return x, t, y, mask, target
+
+
+def build_pair():
+    """Our model (random weights, every tensor) and diffusers' with the same weights."""
+    import diffusers
+
+    torch.manual_seed(0)
+    ours = PixArt(CONFIG)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.02)
+    with tempfile.TemporaryDirectory() as folder:
+        save_transformer(ours, folder, to="diffusers")
+        theirs = diffusers.PixArtTransformer2DModel.from_pretrained(folder)
+    return ours, theirs
+
+
+def ours_forward(model, x, t, y, mask):
+    return model(x, t, y, mask)
+
+
+def theirs_forward(model, x, t, y, mask):
+    return model(
+        x,
+        encoder_hidden_states=y,
+        timestep=t,
+        encoder_attention_mask=mask,
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    ).sample
+
+
+def train_step(model, forward, optimizer, batch):
+    x, t, y, mask, target = batch
+    out = forward(model, x, t, y, mask)
+    loss = (out - target).square().mean()  # eps MSE and the variance channels alike: the same work for both
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def sample_forward(model, forward, batch):
+    x, t, y, mask, _ = batch
+    return forward(model, x, t, y, mask)
+
+
+@torch.no_grad()
+def sampler_step(model, captions, batch):
+    """What our sampling loop runs per step: the captions were prepared once, before the first step."""
+    x, t, _, _, _ = batch
+    return model(x, t, None, None, captions=captions)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true", help="time our eager model only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ours, theirs = build_pair()
+    batch = inputs()
+    with torch.no_grad():
+        parity = (ours_forward(ours, *batch[:4]) - theirs_forward(theirs, *batch[:4])).abs().max().item()
+    ours_train = ours
+    if not args.no_compile:
+        ours_train = torch.compile(ours)  # the training step's forward and backward, fused by inductor
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-5, fused=True)  # our trainer uses fused AdamW
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-5, foreach=True)
+    with torch.no_grad():
+        captions = ours.prepare_captions(batch[2], batch[3])
+        theirs_out = theirs_forward(theirs, *batch[:4])
+        step_parity = (sampler_step(ours, captions, batch) - theirs_out).abs().max().item()
+    cases = {
+        "train step": (
+            lambda: train_step(ours_train, ours_forward, opt_ours, batch),
+            lambda: train_step(theirs, theirs_forward, opt_theirs, batch),
+        ),
+        "sampling forward (a step of the sampler)": (
+            lambda: sampler_step(ours_train, captions, batch),
+            lambda: sample_forward(theirs, theirs_forward, batch),
+        ),
+        "bare forward (captions recomputed)": (
+            lambda: sample_forward(ours_train, ours_forward, batch),
+            lambda: sample_forward(theirs, theirs_forward, batch),
+        ),
+    }
+    rows = {}
+    for name, (ours_fn, theirs_fn) in cases.items():
+        for _ in range(args.warmup):
+            ours_fn()
+            theirs_fn()
+        ours_times, theirs_times = [], []
+        for _ in range(args.repeats):  # alternate so drifts in machine load hit both alike
+            ours_times.append(timed(ours_fn))
+            theirs_times.append(timed(theirs_fn))
+        rows[name] = (
+            statistics.median(ours_times),
+            statistics.median(theirs_times),
+            min(ours_times),
+            min(theirs_times),
+        )
+    print(
+        f"CPU, {args.threads} threads, torch {torch.__version__}; depth 4, hidden 384, 6 heads, 256 tokens, batch 8, "
+        f"120 caption tokens (valid {VALID}), fp32; ours {'compiled' if not args.no_compile else 'eager'}; "
+        f"max |ours - diffusers|: forward {parity:.2e}, sampler step {step_parity:.2e}"
+    )
+    print("| case | ours (s, median) | diffusers (s, median) | ratio |")
+    print("|---|---|---|---|")
+    for name, (o, d, _, _) in rows.items():
+        print(f"| {name} | {o:.3f} | {d:.3f} | {d / o:.2f} |")
+    train, sample = rows["train step"], rows["sampling forward (a step of the sampler)"]
+    print(f"train_ratio={train[1] / train[0]:.2f} sample_ratio={sample[1] / sample[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

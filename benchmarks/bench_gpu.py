@@ -1,0 +1,228 @@
+"""PixArt-XL/2 on one GPU, ours against diffusers' PixArtTransformer2DModel with the same weights and inputs.
+
+Per resolution (256, 512, 1024 px): a bf16-autocast training step (fp32 master weights, fused AdamW for
+both) and a no-grad bf16 forward, alternating the two implementations after a warm-up, median of the
+repeats, with samples/s, TFLOP/s and MFU from the formula in performance.md (training = 3 x forward,
+120 caption tokens). Then 1024 px, 20 DPM-Solver++ steps with guidance at batch 1, through the same
+sampling loop, so the difference is the transformer. Runs in about three minutes on an H100.
+
+    python benchmarks/bench_gpu.py [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from pixart.model.pixart import XL_2, PixArt
+from pixart.train.metrics import forward_flops, peak_flops
+from pixart.weights.keys import to_diffusers
+
+BATCH = {256: 64, 512: 16, 1024: 4}
+TOKENS = 120
+
+
+class DiffusersAsOurs(torch.nn.Module):
+    """diffusers' model behind our call signature, so both run through the same sampling loop."""
+
+    def __init__(self, model, config):
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def forward(self, x, t, y, mask=None, img_hw=None, aspect_ratio=None):
+        if self.config.micro_conditions:
+            added = {
+                "resolution": img_hw.to(x.device, x.dtype),
+                "aspect_ratio": aspect_ratio.reshape(-1, 1).to(x.device, x.dtype),
+            }
+        else:
+            added = {"resolution": None, "aspect_ratio": None}
+        return self.model(
+            x, encoder_hidden_states=y, timestep=t, encoder_attention_mask=mask, added_cond_kwargs=added
+        ).sample
+
+
+def diffusers_twin(ours: PixArt):
+    import diffusers
+
+    from pixart.weights.io import diffusers_config_from_ours
+
+    config = {k: v for k, v in diffusers_config_from_ours(ours.config).items() if not k.startswith("_")}
+    with torch.device("cuda"):
+        theirs = diffusers.PixArtTransformer2DModel(**config)
+    state = {k: v for k, v in ours.state_dict().items() if k != "y_embedder.y_embedding"}
+    theirs.load_state_dict(to_diffusers(state, ours.config.depth, ours.config.micro_conditions), strict=True)
+    return theirs
+
+
+def inputs(config, batch: int, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    side = config.input_size
+    x = torch.randn(batch, 4, side, side, device="cuda", generator=g)
+    t = torch.randint(0, 1000, (batch,), device="cuda", generator=g)
+    y = torch.randn(batch, TOKENS, 4096, device="cuda", generator=g)
+    lengths = torch.randint(8, TOKENS + 1, (batch,), device="cuda", generator=g)
+    mask = (torch.arange(TOKENS, device="cuda")[None] < lengths[:, None]).long()
+    hw = torch.tensor([[side * 8.0, side * 8.0]], device="cuda").repeat(batch, 1)
+    ar = torch.ones(batch, device="cuda")
+    target = torch.randn(batch, 8, side, side, device="cuda", generator=g)
+    return x, t, y, mask, hw, ar, target
+
+
+def cuda_time(fn) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000
+
+
+def alternate(fns, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    torch.cuda.synchronize()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            times[i].append(cuda_time(fn))
+    return [statistics.median(t) for t in times]
+
+
+def bench_resolution(resolution: int, warmup: int, repeats: int) -> dict:
+    config = XL_2.at_resolution(resolution)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        ours = PixArt(config)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.02)
+    theirs = DiffusersAsOurs(diffusers_twin(ours), config)
+    batch = BATCH[resolution]
+    x, t, y, mask, hw, ar, target = inputs(config, batch)
+    result = {"resolution": resolution, "batch": batch}
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        a = ours(x, t, y, mask, img_hw=hw, aspect_ratio=ar).float()
+        b = theirs(x, t, y, mask, img_hw=hw, aspect_ratio=ar).float()
+    result["bf16_max_abs_diff"] = (a - b).abs().max().item()
+    result["output_abs_max"] = b.abs().max().item()
+
+    def step(model, optimizer):
+        def run():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(x, t, y, mask, img_hw=hw, aspect_ratio=ar)
+            loss = (out.float() - target).square().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return run
+
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-6, fused=True)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-6, fused=True)
+    train = alternate([step(ours, opt_ours), step(theirs, opt_theirs)], warmup, repeats)
+    result["train_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del opt_ours, opt_theirs
+    ours.to(torch.bfloat16)
+    theirs.to(torch.bfloat16)
+
+    @torch.no_grad()
+    def forward(model):
+        return lambda: model(x.bfloat16(), t, y.bfloat16(), mask, img_hw=hw, aspect_ratio=ar)
+
+    fwd = alternate([forward(ours), forward(theirs)], warmup, repeats)
+    tokens = (config.input_size // 2) ** 2
+    flops = forward_flops(config.hidden_size, config.depth, tokens, TOKENS, config.caption_channels)
+    peak = peak_flops(torch.device("cuda")) or float("nan")
+    for name, seconds in (("ours", train[0]), ("diffusers", train[1])):
+        result[f"train_{name}_s"] = seconds
+        result[f"train_{name}_samples_per_s"] = batch / seconds
+        result[f"train_{name}_tflops"] = 3 * flops * batch / seconds / 1e12
+        result[f"train_{name}_mfu"] = 3 * flops * batch / seconds / peak
+    result["forward_ours_s"], result["forward_diffusers_s"] = fwd
+    if resolution == 1024:
+        result.update(sampling_latency(ours, theirs, config, y, mask))
+    del ours, theirs
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return result
+
+
+def sampling_latency(ours, theirs, config, y, mask) -> dict:
+    from pixart.sample import sample
+
+    noise = torch.randn(1, 4, config.input_size, config.input_size, device="cuda", dtype=torch.bfloat16)
+    cond, cond_mask = y[:1].bfloat16(), mask[:1]
+    null, null_mask = y[1:2].bfloat16(), mask[1:2]
+    micro = {
+        "img_hw": torch.tensor([[1024.0, 1024.0]], device="cuda"),
+        "aspect_ratio": torch.tensor([1.0], device="cuda"),
+    }
+
+    def run(model):
+        return lambda: sample(
+            model,
+            noise,
+            cond,
+            cond_mask,
+            null,
+            null_mask,
+            scheduler="dpm-solver++",
+            steps=20,
+            cfg_scale=4.5,
+            progress=False,
+            **micro,
+        )
+
+    ours_s, theirs_s = alternate([run(ours), run(theirs)], 1, 3)
+    return {"sample_1024_20steps_cfg_ours_s": ours_s, "sample_1024_20steps_cfg_diffusers_s": theirs_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--resolutions", default="256,512,1024")
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    started = time.time()
+    name = torch.cuda.get_device_name()
+    results = []
+    for resolution in [int(r) for r in args.resolutions.split(",")]:
+        results.append(bench_resolution(resolution, args.warmup, args.repeats))
+        print(json.dumps(results[-1]), flush=True)
+    print(f"\n{name}, torch {torch.__version__}, bf16 autocast, fused AdamW; {time.time() - started:.0f}s")
+    print(
+        "| px | batch | ours samples/s | diffusers samples/s | ours TFLOP/s | ours MFU | diffusers MFU | train ratio "
+        "| forward ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['resolution']} | {r['batch']} | {r['train_ours_samples_per_s']:.1f} | "
+            f"{r['train_diffusers_samples_per_s']:.1f} | {r['train_ours_tflops']:.0f} | {r['train_ours_mfu']:.1%} | "
+            f"{r['train_diffusers_mfu']:.1%} | {r['train_diffusers_s'] / r['train_ours_s']:.2f} | "
+            f"{r['forward_diffusers_s'] / r['forward_ours_s']:.2f} |"
+        )
+    last = results[-1]
+    if "sample_1024_20steps_cfg_ours_s" in last:
+        print(
+            f"1024 px, 20 steps with guidance, batch 1: ours {last['sample_1024_20steps_cfg_ours_s']:.3f}s, "
+            f"diffusers {last['sample_1024_20steps_cfg_diffusers_s']:.3f}s"
+        )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "results": results}, f, indent=1)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""`pixart eval --model DIR [--suite shapes|real]`: score a model, print a table, write the numbers as JSON.
+
+- shapes: held-out shapes-world prompts, read back by the cached attribute probe (per-attribute accuracy on
+  single-object prompts, colour-shape binding on two-object prompts, a Frechet distance in probe features
+  to real renders with its real-vs-real baseline); see pixart.evaluate.suite.
+- real: FID against a folder of reference images and CLIP score, for a prompt file, with local networks
+  (--inception, --clip); see pixart.evaluate.realdata. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pixart.generate imports torch: the CLI imports it only when a command runs
+    from pixart.generate import Settings, TextToImage
+
+SUITES = ("shapes", "real")
+SHAPES_KEYS = ("color", "shape", "size", "position", "binding")
+SINGLE_ROWS = (("color", "colour"), ("shape", "shape"), ("size", "size"), ("position", "position"))
+# Options that belong to one suite: given with the other, they would be silently ignored, so they are refused.
+SUITE_OPTIONS = {
+    "shapes": ("single", "pairs", "probe_cache", "probe_steps"),
+    "real": ("prompts", "field", "real", "inception", "clip", "num"),
+}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, type=Path, metavar="DIR", help="a pixart model folder or a diffusers pipeline"
+    )
+    parser.add_argument(
+        "--suite",
+        default="shapes",
+        metavar="NAME",
+        help="shapes (default: prompt following, probe-scored) or real (FID, CLIP score)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of the first image; image k uses seed + k"
+    )
+    parser.add_argument(
+        "--out", type=Path, metavar="FILE.json", help="JSON file for the numbers (default runs/eval/<suite>.json)"
+    )
+    parser.add_argument("--sampler", metavar="NAME", help="sampler (default: the model's)")
+    parser.add_argument("--steps", type=int, metavar="N", help="sampling steps (default: the model's)")
+    parser.add_argument("--cfg", type=float, metavar="SCALE", help="guidance scale (default: the model's)")
+    parser.add_argument("--batch", type=int, default=16, metavar="N", help="images per forward batch (default 16)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    shapes = parser.add_argument_group("--suite shapes")
+    shapes.add_argument("--single", type=int, metavar="N", help="single-object prompts (default 128)")
+    shapes.add_argument("--pairs", type=int, metavar="N", help="two-object prompts (default 128)")
+    shapes.add_argument(
+        "--probe-cache",
+        type=Path,
+        metavar="DIR",
+        help="where the probe is cached (default $PIXART_CACHE, else ~/.cache/pixart)",
+    )
+    shapes.add_argument("--probe-steps", type=int, metavar="N", help="training steps of the probe to use (default 600)")
+    real = parser.add_argument_group("--suite real")
+    real.add_argument("--prompts", type=Path, metavar="FILE", help="text file (one prompt a line) or JSONL manifest")
+    real.add_argument(
+        "--field", metavar="NAME", help="JSONL field holding the prompt (default: caption, prompt, text or alt)"
+    )
+    real.add_argument("--real", type=Path, metavar="DIR", help="folder of reference images for FID (any sizes)")
+    real.add_argument("--inception", type=Path, metavar="FILE", help="inception-2015-12-05.pt (TorchScript), for FID")
+    real.add_argument("--clip", type=Path, metavar="DIR", help="transformers CLIP folder, for the CLIP score")
+    real.add_argument("--num", type=int, metavar="N", help="use the first N prompts (default: all)")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse an unknown suite, options of the other suite and non-positive counts, before any loading."""
+    from pixart.cli.main import UserError
+
+    if args.suite not in SUITES:
+        raise UserError(f"unknown suite {args.suite!r}; choose one of: {', '.join(SUITES)}")
+    for suite, names in SUITE_OPTIONS.items():
+        given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
+        if suite != args.suite and given:
+            raise UserError(f"{', '.join(given)}: only for --suite {suite}, not {args.suite}")
+    for name in ("single", "pairs", "num", "batch", "probe_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def settings_record(pipe: TextToImage, settings: Settings) -> dict:
+    """Sampler, steps, guidance and size the run will use (GenerationError now, not after the probe trains)."""
+    sampler, steps = pipe.resolve_sampler(settings)
+    cfg = pipe.spec.cfg_scale if settings.cfg_scale is None else settings.cfg_scale
+    return {"sampler": sampler, "steps": steps, "cfg_scale": cfg, "size": list(pipe.resolve_size(settings)[2])}
+
+
+def describe(record: dict) -> str:
+    height, width = record["size"]
+    return f"{record['sampler']} {record['steps']} steps, cfg {record['cfg_scale']}, {height}x{width}"
+
+
+def print_rows(rows: list[tuple[str, str, str]]) -> None:
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, note in rows:
+        print(f"  {name:<{width}}  {value:>8}  {note}".rstrip())
+
+
+def run_shapes(
+    args: argparse.Namespace, load_pipe: Callable[[], TextToImage], settings: Settings, device: str
+) -> tuple[dict, str]:
+    from pixart.evaluate.probe import DEFAULT_STEPS, load_or_train_probe
+    from pixart.evaluate.suite import shapes_suite
+
+    pipe = load_pipe()
+    record = settings_record(pipe, settings)
+    probe = load_or_train_probe(
+        args.probe_cache, steps=args.probe_steps or DEFAULT_STEPS, device=device, progress=not args.no_progress
+    )
+    scores = shapes_suite(
+        pipe,
+        probe,
+        single=args.single or 128,
+        pairs=args.pairs or 128,
+        seed=args.seed,
+        settings=settings,
+        batch_size=args.batch,
+        progress=not args.no_progress,
+    )
+    images = scores["images"]
+    report = {
+        "scores": {k: scores[k] for k in SHAPES_KEYS},
+        "frechet": {
+            "generated_vs_real": scores["frechet"],
+            "real_vs_real_baseline": scores["frechet_real_baseline"],
+            "features": f"shapes probe {probe.version}",
+        },
+        "images": images,
+        "settings": record,
+    }
+    print(f"shapes suite: {images['single']} single-object + {images['pairs']} two-object prompts, {describe(record)}")
+    s = report["scores"]
+    print_rows(
+        [
+            *[(f"{name} (single object)", f"{s[key]:.3f}", "") for key, name in SINGLE_ROWS],
+            ("binding (two objects)", f"{s['binding']:.3f}", ""),
+            (
+                "Frechet distance (probe)",
+                f"{scores['frechet']:.2f}",
+                f"real vs real: {scores['frechet_real_baseline']:.2f} (biased up at small N: read against it)",
+            ),
+        ]
+    )
+    summary = (
+        f"colour {s['color']:.2f}, shape {s['shape']:.2f}, size {s['size']:.2f}, position {s['position']:.2f}, "
+        f"binding {s['binding']:.2f}, Frechet {scores['frechet']:.2f} "
+        f"(real vs real {scores['frechet_real_baseline']:.2f})"
+    )
+    return report, summary
+
+
+def real_inputs(args: argparse.Namespace) -> tuple[list[str], list[Path] | None, dict[str, str]]:
+    """Prompts, reference image paths (None without FID) and the metrics skipped with why: checked before loading."""
+    from pixart.cli.main import UserError
+    from pixart.evaluate.clipscore import CLIP_HINT
+    from pixart.evaluate.inception import INCEPTION_HINT
+    from pixart.evaluate.realdata import RealDataError, list_images, read_prompts
+
+    missing = {}
+    if args.inception is None:
+        missing["fid"] = INCEPTION_HINT
+    if args.clip is None:
+        missing["clip_score"] = CLIP_HINT
+    if len(missing) == 2:
+        raise UserError(f"nothing to compute. {INCEPTION_HINT}. {CLIP_HINT}")
+    if args.prompts is None:
+        raise UserError("--suite real needs --prompts FILE (one prompt a line, or a JSONL manifest)")
+    if args.inception is not None and args.real is None:
+        raise UserError("FID needs --real DIR, a folder of reference images")
+    try:
+        prompts = read_prompts(args.prompts, args.field)[: args.num]
+        real_images = list_images(args.real) if args.inception is not None else None
+    except RealDataError as error:
+        raise UserError(str(error)) from error
+    if real_images is not None and not real_images:
+        raise UserError(f"--real {args.real} holds no images")
+    return prompts, real_images, missing
+
+
+def run_real(
+    args: argparse.Namespace, load_pipe: Callable[[], TextToImage], settings: Settings, device: str
+) -> tuple[dict, str]:
+    from pixart.cli.main import UserError
+    from pixart.evaluate.clipscore import ClipScorer
+    from pixart.evaluate.inception import load_inception
+    from pixart.evaluate.realdata import RealDataError, real_suite
+
+    prompts, real_images, missing = real_inputs(args)
+    detector = load_inception(args.inception, device) if args.inception is not None else None
+    scorer = ClipScorer.load(args.clip, device) if args.clip is not None else None
+    pipe = load_pipe()
+    record = settings_record(pipe, settings)
+    try:
+        result = real_suite(
+            pipe,
+            prompts,
+            real_images=real_images,
+            detector=detector,
+            scorer=scorer,
+            settings=settings,
+            seed=args.seed,
+            batch_size=args.batch,
+            device=device,
+            progress=not args.no_progress,
+        )
+    except RealDataError as error:
+        raise UserError(str(error)) from error
+    images = result["images"]
+    report = {
+        "fid": result["fid"],
+        "clip_score": result["clip_score"],
+        "missing": missing,
+        "images": images,
+        "prompts": str(args.prompts),
+        "inception": str(args.inception) if args.inception else None,
+        "clip": str(args.clip) if args.clip else None,
+        "settings": record,
+    }
+    print(f"real suite: {len(prompts)} prompts from {args.prompts}, {describe(record)}")
+    rows = []
+    if result["fid"] is None:
+        rows.append(("FID", "-", f"skipped: {missing['fid']}"))
+    else:
+        note = f"{images['generated']} generated vs {images['real']} reference images ({args.inception.name})"
+        rows.append(("FID", f"{result['fid']:.2f}", note))
+    if result["clip_score"] is None:
+        rows.append(("CLIP score", "-", f"skipped: {missing['clip_score']}"))
+    else:
+        note = f"{len(prompts)} image-prompt pairs ({args.clip.name})"
+        rows.append(("CLIP score", f"{result['clip_score']:.2f}", note))
+    print_rows(rows)
+    if images.get("real_skipped"):
+        print(f"  {len(images['real_skipped'])} unreadable reference image(s) left out (listed in the JSON)")
+    fid = "FID skipped (no --inception)" if result["fid"] is None else f"FID {result['fid']:.2f}"
+    score = result["clip_score"]
+    clip = "CLIP score skipped (no --clip)" if score is None else f"CLIP score {score:.2f}"
+    return report, f"{fid}, {clip}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pixart.cli.main import UserError
+    from pixart.generate import GenerationError, Settings, TextToImage
+    from pixart.modelfolder import folder_kind
+
+    started = time.time()
+    check_options(args)
+    folder_kind(args.model)  # a missing model: FileNotFoundError with the download hint, before anything loads
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    settings = Settings(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg)
+
+    def load_pipe() -> TextToImage:  # called by the suite once its own inputs are checked: their errors come first
+        return TextToImage.from_path(args.model, device=device)
+
+    try:
+        report, summary = (run_shapes if args.suite == "shapes" else run_real)(args, load_pipe, settings, device)
+    except GenerationError as error:
+        raise UserError(str(error)) from error
+    wall = time.time() - started
+    out = args.out or Path("runs/eval") / f"{args.suite}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"suite": args.suite, "model": str(args.model), "seed": args.seed, **report}
+    record["wall_seconds"] = round(wall, 1)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"pixart eval: {args.suite} suite on {args.model} in {wall:.0f}s: {summary}. Wrote {out}")
+    return 0

@@ -1,0 +1,78 @@
+"""CLIP score (Hessel et al. 2021, as torchmetrics defines it) with a local transformers CLIP folder.
+
+CLIPScore(I, C) = max(100 * cos(E_I, E_C), 0) for an image I and its caption C, averaged over pairs. E_I and
+E_C are CLIPModel's projected image and text embeddings; images go through the folder's own processor
+(resize, centre crop, normalise) and captions are truncated at the text model's position limit (77 tokens
+for OpenAI's CLIPs). torchmetrics' code clamps the mean rather than each pair; the two agree whenever no
+pair has a negative cosine, which is the normal case for a real CLIP.
+
+Nothing is downloaded: the folder is loaded with local_files_only=True.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from pixart.weights import WeightsError
+
+CLIP_HINT = (
+    "--clip DIR is required for the CLIP score; download a transformers CLIP folder on a connected machine, e.g. "
+    "`huggingface-cli download openai/clip-vit-large-patch14 --local-dir clip-vit-large-patch14` (torchmetrics' "
+    "default CLIP), and pass its path"
+)
+
+
+def _embedding(output) -> torch.Tensor:
+    """get_*_features returns the embedding (transformers 4) or an output whose pooler_output is it (5)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class ClipScorer:
+    """A CLIPModel and its processor that score (image, caption) pairs."""
+
+    def __init__(self, model, processor, device: str | torch.device = "cpu"):
+        self.model = model.eval().to(device)
+        self.processor = processor
+        self.device = torch.device(device)
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> ClipScorer:
+        """CLIPModel + AutoProcessor from a local folder; FileNotFoundError or WeightsError saying why not."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--clip: no folder at {folder}. {CLIP_HINT}")
+        from transformers import AutoProcessor, CLIPModel
+
+        try:
+            model = CLIPModel.from_pretrained(folder, local_files_only=True)
+            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        except Exception as error:  # missing config, weights or tokenizer files, or another architecture
+            raise WeightsError(
+                f"--clip {folder} is not a transformers CLIP folder ({type(error).__name__}: {error}). {CLIP_HINT}"
+            ) from error
+        return cls(model, processor, device)
+
+    @torch.no_grad()
+    def pair_scores(self, images: list[Image.Image], captions: list[str]) -> torch.Tensor:
+        """(N,) float64: 100 * cos(image embedding, caption embedding) per pair, before clamping."""
+        if len(images) != len(captions):
+            raise ValueError(f"{len(images)} images for {len(captions)} captions")
+        limit = self.model.config.text_config.max_position_embeddings
+        text = self.processor(text=captions, return_tensors="pt", padding=True, truncation=True, max_length=limit)
+        pixels = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
+        text_embedding = _embedding(
+            self.model.get_text_features(
+                input_ids=text["input_ids"].to(self.device), attention_mask=text["attention_mask"].to(self.device)
+            )
+        )
+        image_embedding = _embedding(self.model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device)))
+        cosine = torch.nn.functional.cosine_similarity(image_embedding.double(), text_embedding.double(), dim=-1)
+        return (100 * cosine).cpu()
+
+
+def clip_score(pair_scores: torch.Tensor) -> float:
+    """The CLIP score of a set: each pair's 100 * cos clamped at 0, averaged."""
+    return float(pair_scores.clamp(min=0).mean())

@@ -1,0 +1,142 @@
+"""The real-data suite: FID and CLIP score of a model's images for a prompt file, against reference images.
+
+Prompts come from a text file (one a line) or a JSONL manifest (a caption field per row). Image k is made
+with seed + k, one per prompt, in chunks, and each chunk is scored and dropped, so memory stays flat for
+30k-image runs. FID compares the Inception features (pixart.evaluate.inception) of the generated images with
+those of every readable image in the reference folder; CLIP score pairs each image with its own prompt
+(pixart.evaluate.clipscore). Either metric is skipped when its network is not given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixart.data.images import ImageSkipped, load_rgb
+from pixart.data.sources import IMAGE_SUFFIXES
+from pixart.evaluate.clipscore import ClipScorer, clip_score
+from pixart.evaluate.frechet import frechet_distance
+from pixart.evaluate.inception import inception_features
+from pixart.generate import Settings, TextToImage
+
+PROMPT_FIELDS = ("caption", "prompt", "text", "alt")  # tried in this order when no field is named
+
+
+class RealDataError(ValueError):
+    """Prompts or reference images that cannot be used as given."""
+
+
+def _prompt_from_row(row, field: str | None, where: str) -> str:
+    if not isinstance(row, dict):
+        raise RealDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    names = [field] if field else [name for name in PROMPT_FIELDS if name in row]
+    if not names or not isinstance(row.get(names[0]), str):
+        wanted = repr(field) if field else f"one of {list(PROMPT_FIELDS)}"
+        raise RealDataError(f"{where}: no text field {wanted} (fields: {sorted(row)}); name one with --field")
+    return row[names[0]]
+
+
+def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
+    """Prompts from a .jsonl manifest (`field`, else the first of PROMPT_FIELDS) or a text file (one a line).
+
+    Blank prompts are left out: neither metric means anything for an empty caption.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts: no file at {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix.lower() == ".jsonl":
+        prompts = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise RealDataError(f"{path}:{number}: not JSON ({error.msg})") from error
+            prompts.append(_prompt_from_row(row, field, f"{path}:{number}"))
+    else:
+        prompts = lines
+    prompts = [p.strip() for p in prompts if p.strip()]
+    if not prompts:
+        raise RealDataError(f"--prompts {path} holds no prompts")
+    return prompts
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under `folder` (recursively, hidden ones left out), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--real: no folder at {folder}")
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def read_images(paths: Iterable[Path], skipped: list[dict]) -> Iterator[np.ndarray]:
+    """uint8 (H, W, 3) arrays of the readable images; the others are appended to `skipped` with the reason."""
+    for path in paths:
+        try:
+            yield np.asarray(load_rgb(path))
+        except ImageSkipped as error:
+            skipped.append({"path": str(path), "reason": error.reason, "message": error.message})
+
+
+def real_suite(
+    pipe: TextToImage,
+    prompts: list[str],
+    *,
+    real_images: list[Path] | None = None,
+    detector: torch.nn.Module | None = None,
+    scorer: ClipScorer | None = None,
+    settings: Settings | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict:
+    """FID against `real_images` (when `detector` is given) and CLIP score (when `scorer` is), one image per prompt."""
+    from tqdm.auto import tqdm
+
+    if detector is None and scorer is None:
+        raise ValueError("nothing to compute: give an Inception detector, a CLIP scorer or both")
+    result: dict = {"fid": None, "clip_score": None, "images": {"generated": len(prompts)}}
+    if detector is not None:
+        skipped: list[dict] = []
+        # The reference set first: a broken detector or folder fails before the long part.
+        real_features = inception_features(
+            detector,
+            read_images(tqdm(real_images or [], "reference images", disable=not progress), skipped),
+            batch_size=batch_size,
+            device=device,
+        )
+        result["images"].update(real=len(real_features), real_skipped=skipped)
+        if len(real_features) < 2 or len(prompts) < 2:
+            raise RealDataError(
+                f"FID needs at least 2 images on each side; got {len(real_features)} readable reference images "
+                f"and {len(prompts)} prompts"
+            )
+    generated_features, pair_scores = [], []
+    for start in tqdm(range(0, len(prompts), batch_size), "generating", disable=not progress):
+        chunk = prompts[start : start + batch_size]
+        results = pipe.generate(chunk, settings, seed=seed + start, batch_size=batch_size, progress=False)
+        if start == 0:
+            result["settings"] = results[0].settings
+        if detector is not None:
+            arrays = [np.asarray(r.image.convert("RGB")) for r in results]
+            generated_features.append(inception_features(detector, arrays, batch_size=batch_size, device=device))
+        if scorer is not None:
+            pair_scores.append(scorer.pair_scores([r.image for r in results], chunk))
+    if detector is not None:
+        result["fid"] = frechet_distance(torch.cat(generated_features), real_features)
+    if scorer is not None:
+        result["clip_score"] = clip_score(torch.cat(pair_scores))
+    return result

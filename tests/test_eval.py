@@ -1,0 +1,335 @@
+"""`pixart eval`: the shapes suite on a `pixart demo --quick` model, the real-data suite (FID, CLIP score) with
+a stand-in TorchScript Inception and a tiny random CLIP written here, and the errors a user can meet.
+
+Nothing is downloaded: the stand-ins follow the calling conventions of the real files (see
+pixart.evaluate.inception and pixart.evaluate.clipscore), which is what these tests pin down.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from pixart.cli.main import main
+from pixart.data import synthetic
+from pixart.evaluate.clipscore import CLIP_HINT, ClipScorer, clip_score
+from pixart.evaluate.frechet import frechet_distance
+from pixart.evaluate.inception import INCEPTION_HINT, INCEPTION_URL, inception_features, load_inception
+from pixart.evaluate.inception import resize_for_inception as resize
+from pixart.evaluate.realdata import RealDataError, list_images, read_prompts
+
+# --- stand-ins for the real networks ------------------------------------------------------------------
+
+
+class StandInInception(nn.Module):
+    """inception-2015-12-05.pt's calling convention on a tiny network: pixels in [0, 255], (N, 32) features.
+
+    It insists on 299 x 299 input, so it also checks that every image was resized before it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 7, stride=5)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        assert img.shape[1] == 3 and img.shape[2] == 299 and img.shape[3] == 299
+        x = (img.to(torch.float32) - 128) / 128
+        features = F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 2).flatten(1)  # (N, 32)
+        if return_features:
+            return features
+        return features.softmax(-1)
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inception") / "inception-2015-12-05.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = StandInInception()
+    with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format of the real file
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(module).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    """A random CLIP with a character-level BPE vocabulary, saved as a transformers folder."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    symbols = [*"abcdefghijklmnopqrstuvwxyz0123456789,."]
+    tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    end = vocab["<|endoftext|>"]
+    text = {
+        "vocab_size": len(vocab),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 64,
+        "bos_token_id": vocab["<|startoftext|>"],
+        "eos_token_id": end,
+        "pad_token_id": end,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def random_images(count: int, seed: int) -> list[np.ndarray]:
+    """uint8 (H, W, 3) images of assorted sizes and aspects."""
+    rng = np.random.default_rng(seed)
+    sizes = [(40, 60), (64, 64), (33, 47), (300, 200), (299, 299)]
+    return [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(count)]
+
+
+# --- Inception resizing and FID -----------------------------------------------------------------------
+
+
+def network_resize(image: np.ndarray) -> torch.Tensor:
+    """What inception-2015-12-05.pt does to its input before the first convolution (its TorchScript source):
+    an affine grid shifted to TF1's sampling (source position = output position * in / 299), bilinear, border.
+    """
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    height, width = x.shape[-2:]
+    theta = torch.tensor([[[1.0, 0.0, 1 / width - 1 / 299], [0.0, 1.0, 1 / height - 1 / 299]]])
+    grid = F.affine_grid(theta, [1, 3, 299, 299], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def test_resize_matches_the_networks_own_resampling():
+    for image in random_images(4, seed=1):
+        got = resize(image)
+        assert got.shape == (3, 299, 299) and got.dtype == torch.float32
+        # Up to the float32 round-off of the network's sampling grid.
+        torch.testing.assert_close(got, network_resize(image), atol=0.05, rtol=0)
+    square = random_images(5, seed=2)[-1]  # already 299 x 299: untouched
+    assert torch.equal(resize(square), torch.from_numpy(square).permute(2, 0, 1).float())
+
+
+def test_fid_is_zero_for_a_set_against_itself_and_positive_for_a_shifted_set(inception_file):
+    detector = load_inception(inception_file)
+    images = random_images(24, seed=3)
+    features = inception_features(detector, images, batch_size=5)
+    assert features.shape == (24, 32) and features.dtype == torch.float64
+    assert frechet_distance(features, features) == pytest.approx(0.0, abs=1e-8)
+    shifted = [np.clip(image.astype(np.int16) + 60, 0, 255).astype(np.uint8) for image in images]
+    assert frechet_distance(features, inception_features(detector, shifted)) > 0.01
+    # Batching does not change features (each image is resized on its own).
+    torch.testing.assert_close(inception_features(detector, images, batch_size=24), features)
+
+
+def test_clip_score_lies_in_0_100(clip_folder):
+    scorer = ClipScorer.load(clip_folder)
+    images = [Image.fromarray(image) for image in random_images(4, seed=4)]
+    captions = ["a large red circle in the centre, on a grey background", "blue square", "x", "a small green triangle."]
+    pairs = scorer.pair_scores(images, captions)
+    assert pairs.shape == (4,) and bool(((pairs >= -100) & (pairs <= 100)).all())
+    assert 0.0 <= clip_score(pairs) <= 100.0
+    # Each pair is scored on its own: order and company do not matter.
+    torch.testing.assert_close(scorer.pair_scores(images[::-1], captions[::-1]), pairs.flip(0))
+    # Each pair is clamped at 0 before the mean, as torchmetrics documents it.
+    assert clip_score(torch.tensor([-10.0, 30.0], dtype=torch.float64)) == pytest.approx(15.0)
+
+
+# --- prompt files -------------------------------------------------------------------------------------
+
+
+def test_read_prompts_from_text_and_jsonl(tmp_path):
+    text = tmp_path / "prompts.txt"
+    text.write_text("a red circle\n\n  a blue square  \n")
+    assert read_prompts(text) == ["a red circle", "a blue square"]
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text('{"image": "a.png", "caption": "one"}\n\n{"image": "b.png", "text": "two"}\n')
+    assert read_prompts(manifest) == ["one", "two"]  # caption, else prompt, text or alt
+    manifest.write_text('{"image": "a.png", "dense": "long"}\n')
+    assert read_prompts(manifest, field="dense") == ["long"]
+    with pytest.raises(RealDataError, match="--field"):
+        read_prompts(manifest)
+    manifest.write_text("not json\n")
+    with pytest.raises(RealDataError, match=r"captions.jsonl:1: not JSON"):
+        read_prompts(manifest)
+    with pytest.raises(FileNotFoundError, match="--prompts: no file at"):
+        read_prompts(tmp_path / "missing.txt")
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+def eval_args(*args) -> list[str]:
+    return ["eval", *map(str, args)]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A `pixart demo --quick` run: its model folder, and its cached 40-step probe in .cache."""
+    out = tmp_path_factory.mktemp("demo")
+    result = subprocess.run(
+        [sys.executable, "-m", "pixart", "demo", "--quick", "--out", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_shapes_suite_through_the_cli(demo, tmp_path, capsys):
+    out = tmp_path / "shapes.json"
+    code = main(
+        eval_args(
+            *("--model", demo / "model", "--suite", "shapes", "--single", 4, "--pairs", 4, "--steps", 2, "--seed", 5),
+            *("--out", out, "--no-progress"),
+            *("--probe-cache", demo / ".cache", "--probe-steps", 40),  # the demo's own probe: no training here
+        )
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["suite"] == "shapes" and report["seed"] == 5
+    assert set(report["scores"]) == {"color", "shape", "size", "position", "binding"}
+    assert all(0.0 <= value <= 1.0 for value in report["scores"].values())
+    assert report["frechet"]["generated_vs_real"] >= 0 and report["frechet"]["real_vs_real_baseline"] >= 0
+    assert report["images"] == {"single": 4, "pairs": 4, "size": [36, 36]}
+    assert report["settings"]["steps"] == 2
+    lines = capsys.readouterr().out.strip().splitlines()
+    for row in ("colour (single object)", "shape (single object)", "size (single object)", "position (single object)"):
+        assert any(line.strip().startswith(row) for line in lines), row
+    assert any(line.strip().startswith("binding (two objects)") for line in lines)
+    assert any("Frechet distance (probe)" in line and "real vs real" in line for line in lines)
+    assert lines[-1].startswith("pixart eval: shapes suite on") and "binding" in lines[-1] and str(out) in lines[-1]
+
+
+def reference_folder(root) -> tuple:
+    """Shapes-world renders of assorted sizes, plus one file that is not an image."""
+    root.mkdir()
+    for k, (h, w) in enumerate([(36, 36), (48, 64), (64, 48), (36, 36), (72, 36)]):
+        Image.fromarray(synthetic.make_dataset(1, seed=50 + k, height=h, width=w).images[0]).save(root / f"{k}.png")
+    (root / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.mark.slow
+def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path, capsys):
+    manifest = tmp_path / "prompts.jsonl"
+    captions = [caption for _, caption in synthetic.two_object_prompts(3, seed=9)]
+    manifest.write_text("".join(json.dumps({"image": f"{i}.png", "caption": c}) + "\n" for i, c in enumerate(captions)))
+    real = reference_folder(tmp_path / "real")
+    out = tmp_path / "real.json"
+    code = main(
+        eval_args(
+            *("--model", demo / "model", "--suite", "real", "--prompts", manifest, "--real", real),
+            *("--inception", inception_file, "--clip", clip_folder, "--steps", 2, "--batch", 2),
+            *("--out", out, "--no-progress"),
+        )
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["fid"] > 0  # generated against real renders
+    assert 0.0 <= report["clip_score"] <= 100.0
+    assert report["missing"] == {}
+    assert report["images"]["generated"] == 3 and report["images"]["real"] == 5
+    assert [s["reason"] for s in report["images"]["real_skipped"]] == ["not an image"]
+    printed = capsys.readouterr().out
+    assert "FID" in printed and "CLIP score" in printed and "3 generated vs 5 reference images" in printed
+    assert "1 unreadable reference image(s) left out" in printed
+    assert printed.strip().splitlines()[-1].startswith("pixart eval: real suite on")
+
+
+@pytest.mark.slow
+def test_real_suite_reports_a_missing_inception_and_still_scores_clip(demo, clip_folder, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a large red circle in the centre, on a grey background\na small blue square\nunused\n")
+    out = tmp_path / "real.json"
+    code = main(
+        eval_args(
+            *("--model", demo / "model", "--suite", "real", "--prompts", prompts, "--num", 2),
+            *("--clip", clip_folder, "--steps", 2, "--out", out, "--no-progress"),
+        )
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["fid"] is None and report["missing"] == {"fid": INCEPTION_HINT}
+    assert 0.0 <= report["clip_score"] <= 100.0 and report["images"]["generated"] == 2
+    printed = capsys.readouterr().out
+    assert f"skipped: {INCEPTION_HINT}" in printed
+    assert "FID skipped (no --inception)" in printed.strip().splitlines()[-1]
+
+
+def run_eval(capsys, *args) -> tuple[int, str]:
+    """Exit status and stderr of `pixart eval ARGS`."""
+    code = main(eval_args(*args))
+    return code, capsys.readouterr().err
+
+
+def test_missing_weight_files_are_reported_clearly(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    real = tmp_path / "real"
+    real.mkdir()
+    Image.new("RGB", (8, 8)).save(real / "0.png")
+    base = ("--model", tmp_path, "--suite", "real", "--prompts", prompts)  # checked before any model loads
+    code, err = run_eval(capsys, *base)
+    assert code == 2
+    assert "--inception FILE is required for FID; download inception-2015-12-05.pt on a connected machine" in err
+    assert INCEPTION_URL in err and CLIP_HINT in err
+    code, err = run_eval(capsys, *base, "--real", real, "--inception", tmp_path / "inception.pt")
+    assert code == 2 and "--inception: no file at" in err and INCEPTION_URL in err
+    code, err = run_eval(capsys, *base, "--clip", tmp_path / "clip")
+    assert code == 2 and "--clip: no folder at" in err and "openai/clip-vit-large-patch14" in err
+    not_clip = tmp_path / "not-clip"
+    not_clip.mkdir()
+    code, err = run_eval(capsys, *base, "--clip", not_clip)
+    assert code == 2 and "is not a transformers CLIP folder" in err
+    state_dict = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, state_dict)
+    code, err = run_eval(capsys, *base, "--real", real, "--inception", state_dict)
+    assert code == 2 and "is not a TorchScript module" in err and INCEPTION_URL in err
+    code, err = run_eval(capsys, *base, "--inception", state_dict)
+    assert code == 2 and "FID needs --real DIR" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = run_eval(capsys, *base, "--real", empty, "--inception", state_dict)
+    assert code == 2 and "holds no images" in err
+
+
+def test_missing_model_and_unknown_suite(tmp_path, capsys):
+    code, err = run_eval(capsys, "--model", tmp_path / "no-such-model")
+    assert code == 2 and "model not found" in err and "no-such-model" in err
+    code, err = run_eval(capsys, "--model", tmp_path, "--suite", "imagenet")
+    assert code == 2 and "unknown suite 'imagenet'; choose one of: shapes, real" in err
+    code, err = run_eval(capsys, "--model", tmp_path, "--num", "3")
+    assert code == 2 and "--num: only for --suite real, not shapes" in err
+    code, err = run_eval(capsys, "--model", tmp_path, "--single", "0")
+    assert code == 2 and "--single must be at least 1" in err
+
+
+def test_list_images_finds_images_recursively(tmp_path):
+    (tmp_path / "a" / ".hidden").mkdir(parents=True)
+    for name in ("a/1.PNG", "2.jpg", "a/.hidden/3.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["2.jpg", "a/1.PNG"]
