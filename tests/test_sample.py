@@ -219,3 +219,23 @@ def test_negative_prompt_of_other_length_is_padded():
         u = model(x, torch.tensor([7]), null, null_mask)[:, :4]
         c = model(x, torch.tensor([7]), cond, mask)[:, :4]
         torch.testing.assert_close(guided(x, torch.tensor(7)), u + 3.0 * (c - u), atol=1e-5, rtol=1e-5)
+
+
+def test_trailing_padding_is_trimmed_exactly():
+    """T5 pads prompts to 120 tokens: the denoiser drops positions no sample uses, with no change."""
+    from pixart.diffusion.guidance import trim_padding
+
+    model = randomize_(PixArt(TINY), seed=4).eval()
+    cond, mask = torch.randn(2, 12, 48), varied_mask(2, 12, [3, 5])
+    null, null_mask = learned_null_caption(model, mask)
+    guided = GuidedDenoiser(model, cond, mask, null, null_mask, cfg_scale=3.0)
+    assert guided.y.shape[1] == 5
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        t = torch.tensor([9, 9])
+        u = model(x, t, null, null_mask)[:, :4]
+        c = model(x, t, cond, mask)[:, :4]
+        torch.testing.assert_close(guided(x, torch.tensor(9)), u + 3.0 * (c - u), atol=1e-5, rtol=1e-5)
+    empty = torch.zeros(2, 4)
+    empty[0, 0] = 1  # a sample with no valid token attends everywhere: nothing is trimmed
+    assert trim_padding(torch.zeros(2, 4, 3), empty)[0].shape[1] == 4

@@ -103,16 +103,18 @@ def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) 
     optim = OptimConfig(lr=1e-3, auto_lr=False, warmup_steps=50, grad_clip=1.0, ema_decay=0.995, ema_warmup=True)
     data = DataConfig(root=str(data_base), batch_size=plan.batch_size, num_workers=0, caption_probs={"dense": 1.0})
     common = dict(diffusion=diffusion, optim=optim, previews=False, log_every=25)
-    dit = DiTConfig(
-        input_size=3,
-        patch_size=1,
-        in_channels=16,
-        hidden_size=144,
-        depth=6,
-        num_heads=4,
-        learn_sigma=False,
-        num_classes=synthetic.NUM_CLASSES,
+    backbone = model_config(False)  # stage 1 is the same backbone with a label embedder and per-block adaLN
+    shared = (
+        "input_size",
+        "patch_size",
+        "in_channels",
+        "hidden_size",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "learn_sigma",
     )
+    dit = DiTConfig(**{name: getattr(backbone, name) for name in shared}, num_classes=synthetic.NUM_CLASSES)
     return {
         "stage1": TrainConfig(
             recipe="demo-stage1",

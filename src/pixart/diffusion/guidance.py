@@ -33,6 +33,19 @@ def pad_tokens(y: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.
     return F.pad(y, (0, 0, 0, extra)), F.pad(mask, (0, extra))
 
 
+def trim_padding(y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the trailing caption positions that no sample uses (T5 pads every prompt to 120 tokens).
+
+    Exact: masked tokens contribute nothing. Skipped when a sample has no valid token at all, since such
+    a sample attends to every position (diffusers' behaviour) and trimming would change that.
+    """
+    used = mask.bool()
+    if not bool(used.any(dim=1).all()):
+        return y, mask
+    length = int(used.any(dim=0).nonzero().max()) + 1
+    return y[:, :length], mask[:, :length]
+
+
 class GuidedDenoiser:
     """Callable (x (B, C, H, W), t) -> guided model output for the sampler."""
 
@@ -62,6 +75,7 @@ class GuidedDenoiser:
             self.mask = torch.cat([null_mask, cond_mask])  # (2B, L)
         else:  # scale 1 is the conditional model alone: skip the unconditional half entirely
             self.y, self.mask = cond, cond_mask
+        self.y, self.mask = trim_padding(self.y, self.mask)
         repeat = 2 if self.guided else 1
         self.img_hw = None if img_hw is None else torch.as_tensor(img_hw).reshape(-1, 2).repeat(repeat, 1)
         self.aspect_ratio = None if aspect_ratio is None else torch.as_tensor(aspect_ratio).reshape(-1).repeat(repeat)
