@@ -53,3 +53,23 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     images = pipe.generate(["a large red circle in the centre, on a grey background"], seed=1, progress=False)
     assert images[0].image.size == (36, 36)
     assert sorted(pipe.table.values()) == [(36, 36), (36, 72), (72, 36)]
+
+
+def test_later_stages_shrink_to_fit_the_time_left(tmp_path):
+    from pixart.demo import STEP_COST, DemoPlan, fit_to_budget, stage_configs
+
+    stages = stage_configs(DemoPlan(), tmp_path, tmp_path, tmp_path)
+    pace = 0.1  # seconds per stage-1 step
+    needed = sum(pace * STEP_COST[name] * stages[name].steps for name in STEP_COST)
+
+    unchanged, factor = fit_to_budget(stages, needed + 1, pace)
+    assert factor == 1.0 and unchanged["stage2"].steps == stages["stage2"].steps
+
+    halved, factor = fit_to_budget(stages, needed / 2, pace)
+    assert factor == pytest.approx(0.5)
+    for name in STEP_COST:
+        assert halved[name].steps == int(stages[name].steps * 0.5)
+        assert halved[name].checkpoint_every <= halved[name].steps
+    assert halved["stage1"] is stages["stage1"]
+    # what is left now fits the time that was left
+    assert sum(pace * STEP_COST[n] * halved[n].steps for n in STEP_COST) <= needed / 2

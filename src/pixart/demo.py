@@ -38,6 +38,11 @@ SAMPLE_PROMPTS = [
     "a large green cross on the left and a large yellow square on the right, on a black background",
     "a small white diamond at the top and a large purple circle in the centre, on a grey background",
 ]
+# Seconds per step of stages 2 and 3 relative to stage 1 (same backbone and batch; stage 3 has twice the
+# tokens on its non-square canvases), measured on the 2-core machine; they let the demo keep its time
+# budget on a slower machine by shortening the later stages instead of overrunning.
+STEP_COST = {"stage2": 1.7, "stage3": 2.5}
+EVAL_SECONDS = 15  # sampling the evaluation prompts, the probe and the report
 WIDE_PROMPT = "a large blue circle on the left and a large red square on the right, on a white background"
 
 
@@ -171,10 +176,10 @@ def run_demo(
     cache = out / ".cache" if quick else cache_dir()
     t = time.time()
     codec = load_or_train_shapes_codec(cache=cache, progress=progress, steps=plan.codec_steps)
-    timed("codec (shapes autoencoder, cached)", t)
+    timed("codec (shapes autoencoder; trained on the first run, then cached)", t)
     t = time.time()
     probe = load_or_train_probe(cache_dir=cache, steps=plan.probe_steps, progress=progress)
-    timed("probe (cached)", t)
+    timed("probe (trained on the first run, then cached)", t)
 
     t = time.time()
     encoder = MiniLMEncoder(max_length=48)
@@ -192,11 +197,23 @@ def run_demo(
 
     stages = stage_configs(plan, data_base, data_multi, out)
     summaries = {}
-    for name, config in stages.items():
+    for name in list(stages):
+        config = stages[name]
         t = time.time()
         say(f"{name}: {describe(name)}", progress)
         summaries[name] = train(config, out / name, progress=progress)
         timed(f"{name} ({config.steps} steps)", t)
+        if name == "stage1" and not quick:
+            seconds_left = minutes * 60 - (time.time() - started) - EVAL_SECONDS
+            pace = (time.time() - t) / config.steps  # seconds per stage-1 step, start-up included
+            stages, factor = fit_to_budget(stages, seconds_left, pace)
+            if factor < 1.0:
+                later = f"{stages['stage2'].steps} and {stages['stage3'].steps} steps"
+                say(
+                    f"this machine is slower than planned: stages 2 and 3 shortened to {later} to finish within "
+                    f"{minutes:g} minutes (--minutes raises the budget)",
+                    progress,
+                )
 
     t = time.time()
     model_dir = write_model_folder(out, codec)
@@ -208,6 +225,26 @@ def run_demo(
 
     write_report_md(out, report)
     return report
+
+
+def fit_to_budget(
+    stages: dict[str, TrainConfig], seconds_left: float, stage1_seconds_per_step: float
+) -> tuple[dict[str, TrainConfig], float]:
+    """Shorten stages 2 and 3 alike when, at stage 1's measured pace, they would overrun the time left.
+
+    Returns the (possibly) shortened stages and the factor applied (1.0 when they fit).
+    """
+    projected = sum(stage1_seconds_per_step * STEP_COST[name] * stages[name].steps for name in STEP_COST)
+    factor = min(1.0, max(seconds_left, 0.0) / max(projected, 1e-9))
+    if factor >= 1.0:
+        return stages, 1.0
+    shortened = dict(stages)
+    for name in STEP_COST:
+        steps = max(1, int(stages[name].steps * factor))
+        shortened[name] = dataclasses.replace(
+            stages[name], steps=steps, checkpoint_every=max(1, min(stages[name].checkpoint_every, steps))
+        )
+    return shortened, factor
 
 
 def describe(stage: str) -> str:
