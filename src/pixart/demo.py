@@ -41,7 +41,7 @@ SAMPLE_PROMPTS = [
 # Seconds per step of stages 2 and 3 relative to stage 1 (same backbone and batch; stage 3 has twice the
 # tokens on its non-square canvases), measured on the 2-core machine; they let the demo keep its time
 # budget on a slower machine by shortening the later stages instead of overrunning.
-STEP_COST = {"stage2": 1.7, "stage3": 2.5}
+STEP_COST = {"stage2": 1.6, "stage3": 2.3}
 EVAL_SECONDS = 15  # sampling the evaluation prompts, the probe and the report
 WIDE_PROMPT = "a large blue circle on the left and a large red square on the right, on a white background"
 
