@@ -19,8 +19,9 @@ def mean_spread(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {(max(values) - min(values)) / 2:.3f}"
 
 
-def final(run: dict, key: str) -> float:
-    return run["curve"][-1][key]
+def finals(runs: list[dict], key: str) -> list[float]:
+    """The last evaluation's `key` of each run (absent in results written before the score existed)."""
+    return [r["curve"][-1][key] for r in runs if key in r["curve"][-1]]
 
 
 def attribute_mean(point: dict) -> float:
@@ -71,7 +72,7 @@ def write_report(summary: dict, pairs: dict, docs: Path, quick: bool = False) ->
             if reached
             else "not reached"
         )
-        cells = " | ".join(mean_spread([final(r, k) for r in runs]) for k in (*ATTRIBUTES, "binding"))
+        cells = " | ".join(mean_spread(finals(runs, k)) for k in (*ATTRIBUTES, "binding", "relation"))
         rows.append(f"| {name} | {data['parameters']:,} | {cells} | {threshold_text} |")
     sections = []
     for index, (title, (a, b)) in enumerate(pairs.items()):
@@ -80,6 +81,12 @@ def write_report(summary: dict, pairs: dict, docs: Path, quick: bool = False) ->
         sections.append(f"### {title}\n\n![{title}]({image})\n\n{verdict(title, a, b, results)}\n")
     machine = summary["machine"]
     banner = "**Quick mode (a smoke run): these numbers mean nothing.**\n\n" if quick else ""
+    timing = (
+        f"training {summary['training_seconds']} s in all (stage 1 and {len(results)} variants x seeds, from each "
+        f"run's metrics), {summary['wall_seconds']} s of wall-clock for this invocation"
+        if "training_seconds" in summary
+        else f"wall-clock {summary['wall_seconds']} s for everything (data, training, evaluation)"
+    )
     seed_count = len(next(iter(results.values()))["runs"])
     text = f"""# Ablations: the paper's claims at small scale
 
@@ -90,10 +97,13 @@ quarter of the run the EMA weights generate held-out prompts that the attribute 
 {chr(10).join(f"- `{name}`: {DESCRIPTIONS.get(name, name)}" for name in results)}
 
 Seeds: {", ".join(str(r["seed"]) for r in next(iter(results.values()))["runs"])} (mean ± half the range).
+Colour, shape, size and position are read on single-object prompts; binding and relation on two-object
+prompts (binding: both objects found with their colour and shape; relation: also each in its prompted
+cell, so the spatial relation between them is right).
 Threshold: mean single-object attribute accuracy {THRESHOLD}.
 
-| variant | parameters | colour | shape | size | position | binding | steps to threshold |
-|---|---|---|---|---|---|---|---|
+| variant | parameters | colour | shape | size | position | binding | relation | steps to threshold |
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 {chr(10).join(sections)}
@@ -112,10 +122,9 @@ Threshold: mean single-object attribute accuracy {THRESHOLD}.
 ## Reproduce
 
 `{COMMAND}` (arguments: {", ".join(f"{k}={v}" for k, v in summary["args"].items())}).
-Machine: {machine["cpu"]}, {machine["threads"]} threads, torch {machine["torch"]}; wall-clock
-{summary["wall_seconds"]} s for everything (data, codec and probe from the cache, {len(results)} variants x
-{len(next(iter(results.values()))["runs"])} seeds, evaluation). On GPUs pass larger `--steps`, `--images`
-and more `--seeds`.
+Machine: {machine["cpu"]}, {machine["threads"]} threads, torch {machine["torch"]}; {timing}.
+A rerun resumes finished runs and only re-evaluates them; delete `{summary["args"]["out"]}` to retrain.
+On GPUs pass larger `--steps`, `--images` and more `--seeds`.
 """
     path = docs / "ablations.md"
     path.write_text(text)
@@ -159,8 +168,15 @@ def final_scores(name: str, results: dict) -> tuple[float, float, float]:
     """(mean over seeds, half range over seeds) of the final attribute mean, and the mean final binding."""
     runs = results[name]["runs"]
     attributes = [attribute_mean(r["curve"][-1]) for r in runs]
-    binding = [r["curve"][-1]["binding"] for r in runs]
+    binding = finals(runs, "binding")
     return float(np.mean(attributes)), (max(attributes) - min(attributes)) / 2, float(np.mean(binding))
+
+
+def relation_text(favoured: str, other: str, results: dict) -> str:
+    values = {name: finals(results[name]["runs"], "relation") for name in (favoured, other)}
+    if not all(values.values()):
+        return ""
+    return f"; relation {np.mean(values[favoured]):.3f} vs {np.mean(values[other]):.3f}"
 
 
 def verdict(title: str, a: str, b: str, results: dict) -> str:
@@ -189,7 +205,8 @@ def verdict(title: str, a: str, b: str, results: dict) -> str:
         "",
         f"Final mean attribute accuracy: {favoured} {fav_mean:.3f} ± {fav_spread:.3f}, {other} "
         f"{oth_mean:.3f} ± {oth_spread:.3f} (gap {gap:+.3f}, seed spread {noise:.3f}); two-object binding "
-        f"{fav_binding:.3f} vs {oth_binding:.3f}; widest single-attribute gap: {widest} {gaps[widest]:+.3f}. "
+        f"{fav_binding:.3f} vs {oth_binding:.3f}{relation_text(favoured, other, results)}; "
+        f"widest single-attribute gap: {widest} {gaps[widest]:+.3f}. "
         f"Steps to reach {THRESHOLD} per seed: {reach_text}.",
         "",
     ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import time
 from pathlib import Path
@@ -92,8 +93,14 @@ def evaluate_run(run_dir: Path, config: TrainConfig, codec, encoder, probe, prom
         model.load_state_dict({**state["model"], **state["ema"]})
         pipe = TextToImage(model.eval(), encoder, codec, spec)
         scores = shapes_suite(pipe, probe, single=prompts, pairs=prompts)
-        curve.append({"step": step, **{k: scores[k] for k in (*ATTRIBUTES, "binding")}})
+        curve.append({"step": step, **{k: scores[k] for k in (*ATTRIBUTES, "binding", "relation")}})
     return curve
+
+
+def training_seconds(run_dir: Path) -> float:
+    """Training wall-clock of a run from its own metrics, so a rerun that resumes a finished run keeps it."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return round(float(json.loads(lines[-1])["time"]), 1) if lines else 0.0
 
 
 def steps_to_threshold(curve: list[dict]) -> float | None:
@@ -137,9 +144,11 @@ def main() -> None:
     )
     stages = demo.stage_configs(plan, data, data, args.out)
     results: dict[str, dict] = {}
+    stage1_seconds = 0.0
     for seed in seeds:
         stage1_dir = args.out / f"stage1-seed{seed}"
         train(dataclasses.replace(stages["stage1"], seed=seed), stage1_dir, progress=False)
+        stage1_seconds += training_seconds(stage1_dir)
         base = dataclasses.replace(
             stages["stage2"],
             seed=seed,
@@ -150,9 +159,8 @@ def main() -> None:
         for name in VARIANTS:
             config = variant_config(name, base, stage1_dir)
             run_dir = args.out / f"{name}-seed{seed}"
-            t = time.time()
-            train(config, run_dir, progress=False)
-            seconds = time.time() - t
+            train(config, run_dir, progress=False)  # a finished run is only reopened: it is re-evaluated
+            seconds = training_seconds(run_dir)
             curve = evaluate_run(run_dir, config, codec, encoder, probe, args.prompts)
             params = sum(p.numel() for p in PixArt(config.model).parameters())
             results.setdefault(name, {"parameters": params, "runs": []})["runs"].append(
@@ -164,9 +172,11 @@ def main() -> None:
                 }
             )
             print(f"{name} seed {seed}: {curve[-1]} in {seconds:.0f}s", flush=True)
+    variant_seconds = sum(r["train_seconds"] for v in results.values() for r in v["runs"])
     summary = {
         "results": results,
         "wall_seconds": round(time.time() - started),
+        "training_seconds": round(stage1_seconds + variant_seconds),
         "args": {k: str(v) for k, v in vars(args).items()},
         "machine": {
             "cpu": platform.processor() or platform.machine(),

@@ -39,7 +39,7 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     ):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    for key in ("color", "shape", "size", "position", "binding"):
+    for key in ("color", "shape", "size", "position", "binding", "relation"):
         assert 0.0 <= report["probe"][key] <= 1.0
     assert report["wall_seconds"] > 0
     assert set(report["stages"]) == {"stage1", "stage2", "stage3"}

@@ -211,7 +211,8 @@ def test_shapes_suite_through_the_cli(demo, tmp_path, capsys):
     assert code == 0
     report = json.loads(out.read_text())
     assert report["suite"] == "shapes" and report["seed"] == 5
-    assert set(report["scores"]) == {"color", "shape", "size", "position", "binding"}
+    assert set(report["scores"]) == {"color", "shape", "size", "position", "binding", "relation"}
+    assert report["scores"]["relation"] <= report["scores"]["binding"]  # relation is binding plus placement
     assert all(0.0 <= value <= 1.0 for value in report["scores"].values())
     assert report["frechet"]["generated_vs_real"] >= 0 and report["frechet"]["real_vs_real_baseline"] >= 0
     assert report["images"] == {"single": 4, "pairs": 4, "size": [36, 36]}
@@ -220,6 +221,7 @@ def test_shapes_suite_through_the_cli(demo, tmp_path, capsys):
     for row in ("colour (single object)", "shape (single object)", "size (single object)", "position (single object)"):
         assert any(line.strip().startswith(row) for line in lines), row
     assert any(line.strip().startswith("binding (two objects)") for line in lines)
+    assert any(line.strip().startswith("relation (two objects)") for line in lines)
     assert any("Frechet distance (probe)" in line and "real vs real" in line for line in lines)
     assert lines[-1].startswith("pixart eval: shapes suite on") and "binding" in lines[-1] and str(out) in lines[-1]
 

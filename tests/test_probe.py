@@ -18,6 +18,7 @@ from pixart.evaluate.probe import (
     load_or_train_probe,
     probe_accuracy,
     score_binding_detections,
+    score_relation_detections,
     score_single,
     score_single_detections,
     to_probe_input,
@@ -252,3 +253,16 @@ def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     assert default_cache_dir() == tmp_path / "cache"
     monkeypatch.delenv("PIXART_CACHE")
     assert default_cache_dir().parts[-2:] == (".cache", "pixart")
+
+
+def test_score_relation_also_needs_each_object_in_its_prompted_cell():
+    pair = Scene(
+        (ShapeObject("circle", "red", "large", "top left"), ShapeObject("square", "blue", "small", "right")), "grey"
+    )
+    placed = [det("top left", "red", "circle", "small"), det("right", "blue", "square", "large")]  # sizes free
+    swapped = [det("right", "red", "circle"), det("top left", "blue", "square")]  # bound, places exchanged
+    one_off = [det("top left", "red", "circle"), det("centre", "blue", "square")]
+    for found, binding, relation in ((placed, 1.0, 1.0), (swapped, 1.0, 0.0), (one_off, 1.0, 0.0)):
+        assert score_binding_detections([found], [pair]) == binding
+        assert score_relation_detections([found], [pair]) == relation
+    assert score_relation_detections([placed, swapped, one_off, placed], [pair] * 4) == 0.5

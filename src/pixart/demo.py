@@ -42,6 +42,7 @@ SAMPLE_PROMPTS = [
 # tokens on its non-square canvases), measured on the 2-core machine; they let the demo keep its time
 # budget on a slower machine by shortening the later stages instead of overrunning.
 STEP_COST = {"stage2": 1.6, "stage3": 2.3}
+PROBE_KEYS = ("color", "shape", "size", "position", "binding", "relation")
 EVAL_SECONDS = 15  # sampling the evaluation prompts, the probe and the report
 WIDE_PROMPT = "a large blue circle on the left and a large red square on the right, on a white background"
 
@@ -311,7 +312,7 @@ def evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings,
         title="pixart demo: loss per stage",
     )
     return {
-        "probe": {k: round(v, 4) for k, v in scores.items() if k in ("color", "shape", "size", "position", "binding")},
+        "probe": {k: round(v, 4) for k, v in scores.items() if k in PROBE_KEYS},
         "frechet": {
             "generated_vs_real": round(scores["frechet"], 2),
             "real_vs_real_baseline": round(scores["frechet_real_baseline"], 2),

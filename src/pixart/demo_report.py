@@ -10,7 +10,9 @@ TARGETS = {"color": 0.90, "shape": 0.70, "position": 0.60, "binding": 0.30}
 def write_report_md(out: Path, report: dict) -> Path:
     probe = report["probe"]
     rows = []
-    for key in ("color", "shape", "size", "position", "binding"):
+    for key in ("color", "shape", "size", "position", "binding", "relation"):
+        if key not in probe:  # reports written before a score existed
+            continue
         target = TARGETS.get(key)
         verdict = "" if target is None else ("met" if probe[key] >= target else "**missed**")
         rows.append(f"| {key} | {probe[key]:.3f} | {'' if target is None else f'>= {target:.2f}'} | {verdict} |")
@@ -39,7 +41,8 @@ prompts at {report["eval_images"]["size"][0]}x{report["eval_images"]["size"][1]}
 The probe itself, on 512 real 36x36 shapes-world images:
 {", ".join(f"{k} {v:.3f}" for k, v in report["probe_on_real_images"].items())}.
 
-Binding counts a two-object prompt right when both objects are found with the right colour and shape.
+Binding counts a two-object prompt right when both objects are found with the right colour and shape;
+relation also needs each of them in its prompted grid cell.
 Frechet distance in the probe's feature space, generated vs real renders of the same scenes:
 {report["frechet"]["generated_vs_real"]:.1f} (real vs other real scenes at the same sample size:
 {report["frechet"]["real_vs_real_baseline"]:.1f}; the statistic is biased upwards at this sample size).

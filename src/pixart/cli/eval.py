@@ -1,8 +1,9 @@
 """`pixart eval --model DIR [--suite shapes|real]`: score a model, print a table, write the numbers as JSON.
 
 - shapes: held-out shapes-world prompts, read back by the cached attribute probe (per-attribute accuracy on
-  single-object prompts, colour-shape binding on two-object prompts, a Frechet distance in probe features
-  to real renders with its real-vs-real baseline); see pixart.evaluate.suite.
+  single-object prompts; on two-object prompts colour-shape binding, and relation: binding with each object
+  in its prompted cell; a Frechet distance in probe features to real renders with its real-vs-real
+  baseline); see pixart.evaluate.suite.
 - real: FID against a folder of reference images and CLIP score, for a prompt file, with local networks
   (--inception, --clip); see pixart.evaluate.realdata. Nothing is downloaded.
 """
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # pixart.generate imports torch: the CLI imports it only when
     from pixart.generate import Settings, TextToImage
 
 SUITES = ("shapes", "real")
-SHAPES_KEYS = ("color", "shape", "size", "position", "binding")
+SHAPES_KEYS = ("color", "shape", "size", "position", "binding", "relation")
 SINGLE_ROWS = (("color", "colour"), ("shape", "shape"), ("size", "size"), ("position", "position"))
 # Options that belong to one suite: given with the other, they would be silently ignored, so they are refused.
 SUITE_OPTIONS = {
@@ -143,7 +144,8 @@ def run_shapes(
     print_rows(
         [
             *[(f"{name} (single object)", f"{s[key]:.3f}", "") for key, name in SINGLE_ROWS],
-            ("binding (two objects)", f"{s['binding']:.3f}", ""),
+            ("binding (two objects)", f"{s['binding']:.3f}", "both found with their colour and shape"),
+            ("relation (two objects)", f"{s['relation']:.3f}", "binding, each in its prompted cell"),
             (
                 "Frechet distance (probe)",
                 f"{scores['frechet']:.2f}",
@@ -153,7 +155,7 @@ def run_shapes(
     )
     summary = (
         f"colour {s['color']:.2f}, shape {s['shape']:.2f}, size {s['size']:.2f}, position {s['position']:.2f}, "
-        f"binding {s['binding']:.2f}, Frechet {scores['frechet']:.2f} "
+        f"binding {s['binding']:.2f}, relation {s['relation']:.2f}, Frechet {scores['frechet']:.2f} "
         f"(real vs real {scores['frechet_real_baseline']:.2f})"
     )
     return report, summary

@@ -422,22 +422,39 @@ def score_single(probe: Probe, images: np.ndarray | torch.Tensor, scenes: list[S
     return score_single_detections(probe.read(images), scenes)
 
 
-def _binds(found: list[DetectedObject], scene: Scene) -> bool:
-    """Whether each prompted object has its own detection of the same colour and shape.
+def _matches(found: list[DetectedObject], scene: Scene, fields: tuple[str, ...]) -> bool:
+    """Whether each prompted object has its own detection agreeing with it on `fields`.
 
-    Matching on (colour, shape) equality pairs objects and detections within equal classes only, so a
+    Matching on equality of those fields pairs objects and detections within equal classes only, so a
     one-to-one matching exists exactly when every class has as many detections as prompted objects.
     """
-    wanted = Counter((o.color, o.shape) for o in scene.objects)
-    have = Counter((d.color, d.shape) for d in found)
+    wanted = Counter(tuple(getattr(o, f) for f in fields) for o in scene.objects)
+    have = Counter(tuple(getattr(d, f) for f in fields) for d in found)
     return all(have[key] >= count for key, count in wanted.items())
+
+
+BINDING_FIELDS = ("color", "shape")
+RELATION_FIELDS = ("color", "shape", "position")
+
+
+def _score_matches(detections: list[list[DetectedObject]], scenes: list[Scene], fields: tuple[str, ...]) -> float:
+    if len(detections) != len(scenes):
+        raise ValueError(f"{len(detections)} detection lists for {len(scenes)} scenes")
+    return sum(_matches(found, scene, fields) for found, scene in zip(detections, scenes)) / max(1, len(scenes))
 
 
 def score_binding_detections(detections: list[list[DetectedObject]], scenes: list[Scene]) -> float:
     """score_binding from detections already read (see there)."""
-    if len(detections) != len(scenes):
-        raise ValueError(f"{len(detections)} detection lists for {len(scenes)} scenes")
-    return sum(_binds(found, scene) for found, scene in zip(detections, scenes)) / max(1, len(scenes))
+    return _score_matches(detections, scenes, BINDING_FIELDS)
+
+
+def score_relation_detections(detections: list[list[DetectedObject]], scenes: list[Scene]) -> float:
+    """Fraction of images in which every prompted object is found with its colour and shape in its own cell.
+
+    Binding plus placement: "a red circle at the top left and a blue square on the right" also needs the
+    spatial relation between the two objects right, which short alt-text captions never state.
+    """
+    return _score_matches(detections, scenes, RELATION_FIELDS)
 
 
 def score_binding(probe: Probe, images: np.ndarray | torch.Tensor, scenes: list[Scene]) -> float:

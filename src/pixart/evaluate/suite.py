@@ -6,7 +6,7 @@ import numpy as np
 
 from pixart.data import synthetic
 from pixart.evaluate.frechet import frechet_distance
-from pixart.evaluate.probe import Probe, score_binding, score_single
+from pixart.evaluate.probe import Probe, score_binding_detections, score_relation_detections, score_single
 from pixart.generate import Settings, TextToImage
 
 
@@ -29,7 +29,8 @@ def shapes_suite(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict:
-    """Per-attribute accuracy on held-out single-object prompts, two-object binding, and a Frechet distance.
+    """Per-attribute accuracy on held-out single-object prompts, two-object binding and relation (binding with
+    each object in its prompted cell), and a Frechet distance.
 
     The prompt sets come from their own seed streams (see synthetic.single_object_prompts), disjoint from
     the training seeds. The Frechet distance compares probe features of the generated images with real
@@ -46,7 +47,9 @@ def shapes_suite(
         pipe, [c for _, c in pair_set], settings, seed=seed + 100_000, batch_size=batch_size, progress=progress
     )
     scores = score_single(probe, ones, [s for s, _ in single_set])
-    scores["binding"] = score_binding(probe, twos, [s for s, _ in pair_set])
+    detections, pair_scenes = probe.read(twos), [s for s, _ in pair_set]
+    scores["binding"] = score_binding_detections(detections, pair_scenes)
+    scores["relation"] = score_relation_detections(detections, pair_scenes)
     height, width = ones.shape[1:3]
     scenes = [s for s, _ in single_set] + [s for s, _ in pair_set]
     real = synthetic.render_batch(scenes, height, width)
