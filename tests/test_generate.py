@@ -205,3 +205,18 @@ def test_low_memory_frees_the_text_encoder_and_changes_nothing(pipeline_folder):
     frugal = pipe.generate(["a red circle"], Settings(steps=3), seed=2, progress=False, low_memory=True)[0]
     assert pipe._text_encoder is None
     assert np.array_equal(np.asarray(normal.image), np.asarray(frugal.image))
+
+
+@pytest.mark.slow
+def test_compiled_transformer_draws_the_same_images(pipeline_folder):
+    pipe = TextToImage.from_path(pipeline_folder)
+    eager = pipe.generate(["a red circle", "two blue squares"], Settings(steps=3), seed=4, progress=False)
+    pipe.compile()
+    assert pipe.transformer._compiled_call_impl is not None  # nn.Module.compile: in place
+    compiled = pipe.generate(["a red circle", "two blue squares"], Settings(steps=3), seed=4, progress=False)
+    for a, b in zip(eager, compiled):
+        assert np.abs(pixels_of(a) - pixels_of(b)).max() <= 1  # rounding of fused kernels, at most one level
+
+
+def pixels_of(result) -> np.ndarray:
+    return np.asarray(result.image.convert("RGB")).astype(np.int16)

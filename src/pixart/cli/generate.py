@@ -39,6 +39,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--low-memory", action="store_true", help="encode all prompts, free the text encoder, then sample"
     )
     parser.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer (CUDA graphs on GPU): slower first batch, faster after",
+    )
     parser.add_argument("--t5-8bit", action="store_true", help="load T5 in 8 bits (needs bitsandbytes)")
 
 
@@ -78,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             vae_tiling=args.vae_tiling,
             load_in_8bit=args.t5_8bit,
         )
+        if args.compile:
+            pipe.compile()
         settings = Settings(
             negative=args.negative,
             height=height,

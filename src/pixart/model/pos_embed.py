@@ -56,4 +56,6 @@ def position_embedding(
 ) -> torch.Tensor:
     """(1, grid_h * grid_w, dim) embedding on `device` in `dtype`, cached per grid, device and dtype."""
     name = str(dtype).removeprefix("torch.")
+    if torch.compiler.is_compiling():  # traced once into the graph (a constant there); dynamo skips lru_cache
+        return _cached.__wrapped__(dim, grid_h, grid_w, base_size, float(interpolation_scale), str(device), name)[None]
     return _cached(dim, grid_h, grid_w, base_size, float(interpolation_scale), str(device), name)[None]
