@@ -115,8 +115,9 @@ Threshold: mean single-object attribute accuracy {THRESHOLD}.
   count; the paper's argument is that those steps are cheap (class labels, no text), which holds here too.
   The paper's stage 1 is ImageNet-scale pretraining on other images; ours is a short run on the same
   images, so the effect this can show is much smaller than the paper's (read the curves, not only the end).
-- Two-object binding stays low for every variant at this budget; the full demo (more stage-2 steps and a
-  multi-aspect stage 3) is where binding becomes visible.
+- Two-object binding stays low and relation (both objects also in their prompted cells) near zero for every
+  variant at this budget; the full demo (more stage-2 steps and a multi-aspect stage 3) is where binding
+  becomes visible.
 - Rectified flow is not the paper's objective; it is the one the demo uses, and pair 4 is why.
 
 ## Reproduce

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -283,6 +284,16 @@ def test_a_non_finite_step_is_skipped_and_counted(shapes_data, tmp_path, monkeyp
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["skipped_steps"] == 1
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
+
+
+def test_reopening_a_finished_run_trains_nothing_and_reports_its_last_loss(shapes_data, tmp_path):
+    config = config_for(shapes_data, steps=4, every=2)
+    first = train(config, tmp_path / "run", progress=False)
+    before = weights(tmp_path / "run")
+    again = train(config, tmp_path / "run", progress=False)
+    assert again["status"] == "finished" and again["steps"] == 4
+    assert math.isfinite(again["final_loss"]) and again["final_loss"] == pytest.approx(first["final_loss"], rel=1e-6)
+    assert_bitwise_equal(before, weights(tmp_path / "run"))
 
 
 def test_repeated_non_finite_steps_stop_with_a_clear_error(shapes_data, tmp_path, monkeypatch):

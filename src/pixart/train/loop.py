@@ -363,6 +363,9 @@ def mfu(model, batch, samples_per_s_per_device: float, peak: float) -> float:
 
 
 def finish(config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started) -> dict:
+    if math.isnan(last_loss):  # no step ran in this call (a finished run reopened): its last logged loss
+        logged = [row["loss"] for row in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in row]
+        last_loss = logged[-1] if logged else last_loss
     summary = {
         "status": status,
         "steps": step,
