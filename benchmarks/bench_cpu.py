@@ -3,13 +3,14 @@
 Medium config: depth 4, hidden 384, 6 heads, 32x32 latent (256 tokens), batch 8, 120 caption tokens of
 width 4096 with varied valid lengths, fp32. A training step is forward + loss + backward + AdamW; a
 sampling forward is one no-grad forward. The two implementations alternate in one process after a
-warm-up, and each figure is the median of the repeats. Our sampling forward is a step of our sampling
-loop, which prepares the captions (projection and each block's keys and values) once per image, not
-once per step; diffusers' pipeline recomputes them every step. The bare forward is shown too. The
-last line reads
-`train_ratio=R1 sample_ratio=R2` (diffusers' time over ours: above 1 means we are faster).
+warm-up, in back-to-back pairs; times are medians, and each ratio is the median of the pairs' ratios
+(robust to drifts in machine load, which hit both members of a pair alike). Our sampling forward is a
+step of our sampling loop, which prepares the captions (projection and each block's keys and values)
+once per image, not once per step; diffusers' pipeline recomputes them every step. The bare forward is
+shown too. The last line reads `train_ratio=R1 sample_ratio=R2` (diffusers' time over ours: above 1
+means we are faster).
 
-    .venv/bin/python benchmarks/bench_cpu.py [--repeats 7] [--threads 2] [--no-compile]
+    .venv/bin/python benchmarks/bench_cpu.py [--repeats 15] [--threads 2] [--no-compile]
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="time our eager model only")
@@ -149,26 +150,34 @@ def main() -> None:
             ours_fn()
             theirs_fn()
         ours_times, theirs_times = [], []
-        for _ in range(args.repeats):  # alternate so drifts in machine load hit both alike
-            ours_times.append(timed(ours_fn))
-            theirs_times.append(timed(theirs_fn))
-        rows[name] = (
-            statistics.median(ours_times),
-            statistics.median(theirs_times),
-            min(ours_times),
-            min(theirs_times),
-        )
+        for i in range(args.repeats):
+            # Back-to-back pairs, first one then the other in turn: a drift in machine load (this machine
+            # has noisy neighbours) hits both members of a pair alike, so each pair's ratio is robust.
+            if i % 2:
+                theirs_times.append(timed(theirs_fn))
+                ours_times.append(timed(ours_fn))
+            else:
+                ours_times.append(timed(ours_fn))
+                theirs_times.append(timed(theirs_fn))
+        ratios = sorted(d / o for o, d in zip(ours_times, theirs_times))
+        rows[name] = {
+            "ours": statistics.median(ours_times),
+            "theirs": statistics.median(theirs_times),
+            "ratio": statistics.median(ratios),
+            "quartiles": (ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]),
+        }
     print(
         f"CPU, {args.threads} threads, torch {torch.__version__}; depth 4, hidden 384, 6 heads, 256 tokens, batch 8, "
         f"120 caption tokens (valid {VALID}), fp32; ours {'compiled' if not args.no_compile else 'eager'}; "
-        f"max |ours - diffusers|: forward {parity:.2e}, sampler step {step_parity:.2e}"
+        f"max |ours - diffusers|: forward {parity:.2e}, sampler step {step_parity:.2e}; {args.repeats} pairs"
     )
-    print("| case | ours (s, median) | diffusers (s, median) | ratio |")
-    print("|---|---|---|---|")
-    for name, (o, d, _, _) in rows.items():
-        print(f"| {name} | {o:.3f} | {d:.3f} | {d / o:.2f} |")
+    print("| case | ours (s, median) | diffusers (s, median) | ratio (median of pairs) | quartiles |")
+    print("|---|---|---|---|---|")
+    for name, row in rows.items():
+        low, high = row["quartiles"]
+        print(f"| {name} | {row['ours']:.3f} | {row['theirs']:.3f} | {row['ratio']:.2f} | {low:.2f}-{high:.2f} |")
     train, sample = rows["train step"], rows["sampling forward (a step of the sampler)"]
-    print(f"train_ratio={train[1] / train[0]:.2f} sample_ratio={sample[1] / sample[0]:.2f}")
+    print(f"train_ratio={train['ratio']:.2f} sample_ratio={sample['ratio']:.2f}")
 
 
 if __name__ == "__main__":
