@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end (a single pair each), so they cannot rot between measurements."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_bench_cpu_prints_its_table_and_the_ratio_line():
+    lines = run("bench_cpu.py", "--no-compile", "--repeats", "1", "--warmup", "0").strip().splitlines()
+    parity = re.search(r"forward (\S+), sampler step (\S+);", lines[0])
+    assert parity and max(float(v) for v in parity.groups()) < 1e-4  # same weights, same inputs: same output
+    assert any(line.startswith("| train step |") for line in lines)
+    match = re.fullmatch(r"train_ratio=(\d+\.\d\d) sample_ratio=(\d+\.\d\d)", lines[-1])
+    assert match and all(float(value) > 0 for value in match.groups())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_gpu_runs_one_resolution():
+    out = run("bench_gpu.py", "--resolutions", "256", "--cases", "forward", "--repeats", "1", "--warmup", "0")
+    assert "| 256 | 64 |" in out
