@@ -33,6 +33,14 @@ def test_overrides_are_typed_and_nested():
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"), [("true", True), ("True", True), ("yes", True), ("1", True), ("false", False), ("OFF", False)]
+)
+def test_booleans_take_the_spellings_of_a_command_line(text, expected):
+    config = config_io.apply_overrides(get_recipe("tiny"), [f"compile={text}", f"previews={not expected}"])
+    assert config.compile is expected and config.previews is (not expected)
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         ("model.dpeth=3", "did you mean model.depth"),
@@ -41,6 +49,8 @@ def test_overrides_are_typed_and_nested():
         ("model=3", "model is a group of settings"),
         ("steps", "must look like key=value"),
         ("data.caption_probs=[1]", "is not a dict"),
+        ("compile=maybe", "compile: 'maybe' is not a bool"),
+        ("compile=2", "compile: 2 is not a bool"),
         ("model.hidden_size=100", "not divisible by num_heads"),
     ],
 )

@@ -296,6 +296,18 @@ def test_reopening_a_finished_run_trains_nothing_and_reports_its_last_loss(shape
     assert_bitwise_equal(before, weights(tmp_path / "run"))
 
 
+def test_compiled_training_follows_eager_across_bucket_shapes(shapes_data, tmp_path):
+    """compile=true over two bucket heights (32 and 24 rows: a recompile with a dynamic height)."""
+    extra = ["optim.eps=1e-6", "optim.lr=1e-4"]
+    eager = train(config_for(shapes_data, extra, steps=4, every=100), tmp_path / "eager", progress=False)
+    config = config_for(shapes_data, [*extra, "compile=true"], steps=4, every=100)
+    compiled = train(config, tmp_path / "c", progress=False)
+    assert compiled["status"] == "finished" and compiled["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-4)
+    one, two = weights(tmp_path / "eager"), weights(tmp_path / "c")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)
+
+
 def test_repeated_non_finite_steps_stop_with_a_clear_error(shapes_data, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "compute_loss", lambda *a: torch.tensor(float("inf"), requires_grad=True))
     with pytest.raises(TrainingError, match="non-finite steps in a row"):

@@ -54,6 +54,12 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     if annotation is bool:
         if isinstance(value, bool):
             return value
+        # --set compile=true: the spellings people type on a command line, for boolean fields only
+        words = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+        if isinstance(value, str) and value.lower() in words:
+            return words[value.lower()]
+        if value in (0, 1) and isinstance(value, int):
+            return bool(value)
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -41,8 +41,16 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # contiguous: a transposed residual stream would make every LayerNorm and add copy or run strided
-        return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
+        # The conv with kernel = stride = p is one matrix product over non-overlapping patches; done as such
+        # it is a GEMM on every backend (CPU convolutions run at a fraction of GEMM speed), the token stream
+        # comes out contiguous, and inductor does not re-lay the input out for a convolution (its
+        # channels-last conv path mis-strides dynamic bucket heights). Weights keep the conv layout.
+        B, C, H, W = x.shape
+        p = self.patch_size
+        patches = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
+        patches = patches.reshape(B, (H // p) * (W // p), C * p * p)  # (B, N, C*p*p), row-major over the grid
+        weight = self.proj.weight.reshape(self.proj.out_channels, C * p * p)  # (D, C*p*p), (c, pi, pj) order
+        return F.linear(patches, weight, self.proj.bias)  # (B, N, D)
 
 
 class TimestepEmbedder(nn.Module):
