@@ -11,7 +11,7 @@ import torch
 from helpers import randomize_, varied_mask
 
 from pixart.model import TINY, TINY_MS, XL_2, XL_2_1024_MS, PixArt, PixArtConfig, count_parameters
-from pixart.model.layers import timestep_sinusoid
+from pixart.model.layers import PatchEmbed, timestep_sinusoid
 from pixart.model.pos_embed import position_embedding
 
 
@@ -151,3 +151,10 @@ def test_prepared_captions_give_the_same_output():
         direct = model(x, t, y, mask, **micro)
         cached = model(x, t, None, None, captions=model.prepare_captions(y, mask), **micro)
     torch.testing.assert_close(cached, direct, atol=0, rtol=0)
+
+
+def test_patch_embedding_as_a_matmul_equals_the_convolution():
+    torch.manual_seed(0)
+    embed = PatchEmbed(patch_size=2, in_channels=4, hidden_size=24)
+    x = torch.randn(3, 4, 6, 10)  # non-square: the token order is row-major over a 3 x 5 grid
+    torch.testing.assert_close(embed._as_matmul(x), embed(x), atol=1e-5, rtol=1e-5)

@@ -41,10 +41,19 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The conv with kernel = stride = p is one matrix product over non-overlapping patches; done as such
-        # it is a GEMM on every backend (CPU convolutions run at a fraction of GEMM speed), the token stream
-        # comes out contiguous, and inductor does not re-lay the input out for a convolution (its
-        # channels-last conv path mis-strides dynamic bucket heights). Weights keep the conv layout.
+        if torch.compiler.is_compiling():
+            return self._as_matmul(x)
+        # Eager: the convolution, whose result per image does not depend on the batch it is in (a GEMM over
+        # B*N rows may round differently as B changes), so an image is the same whatever --batch made it.
+        # contiguous: a transposed residual stream would make every LayerNorm and add copy or run strided.
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
+
+    def _as_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map as one matrix product over the non-overlapping patches (compiled graphs).
+
+        Inductor re-lays a convolution's input out channels-last and then mis-strides a dynamic bucket
+        height (a crash when training over several buckets); as a GEMM there is nothing to re-lay out.
+        """
         B, C, H, W = x.shape
         p = self.patch_size
         patches = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
