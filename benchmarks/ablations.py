@@ -19,21 +19,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from ablation_report import THRESHOLD, write_report
 
 from pixart import demo
 from pixart.data.shapes_features import build_shapes_features
 from pixart.diffusion.objective import DiffusionConfig
-from pixart.encoders.shapes_ae import cache_dir, load_or_train_shapes_codec
+from pixart.encoders.shapes_ae import load_or_train_shapes_codec
 from pixart.encoders.text import MiniLMEncoder
 from pixart.evaluate.probe import load_or_train_probe
 from pixart.evaluate.suite import shapes_suite
+from pixart.files import cache_dir
 from pixart.generate import TextToImage
 from pixart.model.pixart import PixArt
 from pixart.modelfolder import ModelSpec
@@ -178,11 +177,7 @@ def main() -> None:
         "wall_seconds": round(time.time() - started),
         "training_seconds": round(stage1_seconds + variant_seconds),
         "args": {k: str(v) for k, v in vars(args).items()},
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": demo.machine_info(),
     }
     write_report(summary, PAIRS, args.docs, quick=args.quick)
     print(f"ablations done in {summary['wall_seconds']}s; see {args.docs / 'ablations.md'}")

@@ -54,12 +54,6 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        # --set compile=true: the spellings people type on a command line, for boolean fields only
-        words = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-        if isinstance(value, str) and value.lower() in words:
-            return words[value.lower()]
-        if value in (0, 1) and isinstance(value, int):
-            return bool(value)
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -116,11 +110,22 @@ def set_value(config, key: str, value: Any, _prefix: str = ""):
         raise ConfigError(
             f"{key} is a group of settings; set one of its fields, e.g. {key}.{dataclasses.fields(current)[0].name}"
         )
-    checked = _check_type(value, _hints(type(config))[head], key)
+    hint = _hints(type(config))[head]
+    checked = _check_type(_command_line_bool(value) if hint is bool else value, hint, key)
     try:
         return dataclasses.replace(config, **{head: checked})
     except (ValueError, TypeError) as error:  # the dataclass's own validation
         raise ConfigError(f"{key}={value!r}: {error}") from error
+
+
+def _command_line_bool(value: Any) -> Any:
+    """--set compile=true: the spellings people type on a command line, for a boolean field (files stay strict)."""
+    words = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+    if isinstance(value, str) and value.lower() in words:
+        return words[value.lower()]
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
+    return value
 
 
 def _suggest(key: str, known: list[str]) -> str:

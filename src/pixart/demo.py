@@ -22,7 +22,7 @@ from pixart import config as config_io
 from pixart.data import synthetic
 from pixart.diffusion.objective import DiffusionConfig
 from pixart.model.dit import DiTConfig
-from pixart.model.pixart import PixArtConfig
+from pixart.model.pixart import PixArtConfig, count_parameters
 from pixart.train.config import DataConfig, OptimConfig, TrainConfig
 
 BASE = (36, 36)  # 3x3 cells of 12 px: one latent cell (token) per grid cell
@@ -42,7 +42,6 @@ SAMPLE_PROMPTS = [
 # tokens on its non-square canvases), measured on the 2-core machine; they let the demo keep its time
 # budget on a slower machine by shortening the later stages instead of overrunning.
 STEP_COST = {"stage2": 1.6, "stage3": 2.3}
-PROBE_KEYS = ("color", "shape", "size", "position", "binding", "relation")
 EVAL_SECONDS = 15  # sampling the evaluation prompts, the probe and the report
 WIDE_PROMPT = "a large blue circle on the left and a large red square on the right, on a white background"
 
@@ -159,9 +158,10 @@ def run_demo(
 ) -> dict:
     """Run every stage into `out` and return the report (also written as report.json / report.md)."""
     from pixart.data.shapes_features import build_shapes_features
-    from pixart.encoders.shapes_ae import cache_dir, load_or_train_shapes_codec
+    from pixart.encoders.shapes_ae import load_or_train_shapes_codec
     from pixart.encoders.text import MiniLMEncoder
     from pixart.evaluate.probe import load_or_train_probe
+    from pixart.files import cache_dir
     from pixart.train.loop import train
 
     started = time.time()
@@ -248,6 +248,16 @@ def fit_to_budget(
     return shortened, factor
 
 
+def machine_info() -> dict:
+    """What a reader needs to compare wall-clock figures: processor, threads, torch and Python versions."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def describe(stage: str) -> str:
     return {
         "stage1": "class-conditional DiT on shape x colour labels (pixel-dependency pretraining)",
@@ -291,7 +301,7 @@ def write_model_folder(out: Path, codec) -> Path:
 
 def evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings, started, progress) -> dict:
     from pixart.evaluate.probe import probe_accuracy
-    from pixart.evaluate.suite import shapes_suite
+    from pixart.evaluate.suite import SHAPES_KEYS, shapes_suite
     from pixart.generate import Settings, TextToImage
     from pixart.grids import image_grid
     from pixart.train.metrics import plot_loss, read_metrics
@@ -312,7 +322,7 @@ def evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings,
         title="pixart demo: loss per stage",
     )
     return {
-        "probe": {k: round(v, 4) for k, v in scores.items() if k in PROBE_KEYS},
+        "probe": {k: round(v, 4) for k, v in scores.items() if k in SHAPES_KEYS},
         "frechet": {
             "generated_vs_real": round(scores["frechet"], 2),
             "real_vs_real_baseline": round(scores["frechet_real_baseline"], 2),
@@ -331,16 +341,11 @@ def evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings,
         "timings": timings,
         "image_space": {"codec": "shapes-ae", "latent": "16 x (H/12) x (W/12)", "tokens_at_36px": 9},
         "model": {
-            "parameters": sum(p.numel() for p in pipe.transformer.parameters()),
+            "parameters": count_parameters(pipe.transformer),
             "config": pipe.transformer.config.to_dict(),
         },
         "plan": dataclasses.asdict(plan),
         "configs": {name: config_io.to_dict(cfg) for name, cfg in stages.items()},
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "artefacts": {"samples": "samples.png", "loss": "loss.png", "model": "model/"},
     }

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pixart.evaluate.suite import SHAPES_KEYS
+
 TARGETS = {"color": 0.90, "shape": 0.70, "position": 0.60, "binding": 0.30}
 
 
 def write_report_md(out: Path, report: dict) -> Path:
     probe = report["probe"]
     rows = []
-    for key in ("color", "shape", "size", "position", "binding", "relation"):
+    for key in SHAPES_KEYS:
         if key not in probe:  # reports written before a score existed
             continue
         target = TARGETS.get(key)

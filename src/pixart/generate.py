@@ -159,12 +159,9 @@ class TextToImage:
             self._text_encoder.free()
             self._text_encoder = None
 
-    def encode(self, prompts: list[str], negative: str | None):
-        """(cond, cond_mask, null, null_mask), each batch len(prompts), on the transformer's device."""
-        return self.encode_counting_dropped(prompts, negative)[0]
-
-    def encode_counting_dropped(self, prompts: list[str], negative: str | None) -> tuple[tuple, list[int]]:
-        """encode()'s tensors, and the tokens truncation dropped from each prompt (for callers that report it)."""
+    def encode(self, prompts: list[str], negative: str | None) -> tuple[tuple, list[int]]:
+        """(cond, cond_mask, null, null_mask), each batch len(prompts), on the transformer's device, and the
+        tokens truncation dropped from each prompt (for callers that report it)."""
         device = self.transformer.device
         encoded = self.text_encoder.encode(prompts)
         warn_truncated(prompts, encoded.dropped, self.text_encoder.max_length)
@@ -217,7 +214,7 @@ class TextToImage:
 
         jobs = [(p, k) for p in prompts for k in range(num_images)]  # prompt-major, like diffusers
         unique = list(dict.fromkeys(prompts))
-        (cond, cond_mask, null, null_mask), dropped = self.encode_counting_dropped(unique, settings.negative)
+        (cond, cond_mask, null, null_mask), dropped = self.encode(unique, settings.negative)
         if low_memory:
             self.free_text_encoder()
         row = {p: i for i, p in enumerate(unique)}

@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # pixart.generate imports torch: the CLI imports it only when
     from pixart.generate import Settings, TextToImage
 
 SUITES = ("shapes", "real")
-SHAPES_KEYS = ("color", "shape", "size", "position", "binding", "relation")
 SINGLE_ROWS = (("color", "colour"), ("shape", "shape"), ("size", "size"), ("position", "position"))
 # Options that belong to one suite: given with the other, they would be silently ignored, so they are refused.
 SUITE_OPTIONS = {
@@ -111,7 +110,7 @@ def run_shapes(
     args: argparse.Namespace, load_pipe: Callable[[], TextToImage], settings: Settings, device: str
 ) -> tuple[dict, str]:
     from pixart.evaluate.probe import DEFAULT_STEPS, load_or_train_probe
-    from pixart.evaluate.suite import shapes_suite
+    from pixart.evaluate.suite import SHAPES_KEYS, shapes_suite
 
     pipe = load_pipe()
     record = settings_record(pipe, settings)

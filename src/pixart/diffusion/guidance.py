@@ -81,16 +81,15 @@ class GuidedDenoiser:
         self.aspect_ratio = None if aspect_ratio is None else torch.as_tensor(aspect_ratio).reshape(-1).repeat(repeat)
 
         # The captions are the same at every step: models that can (PixArt) project them and compute
-        # each block's keys and values once, on the first call.
-        self.captions = None
+        # each block's keys and values once, here.
+        prepare = getattr(model, "prepare_captions", None)
+        self.captions = prepare(self.y, self.mask) if prepare is not None else None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         C = self.latent_channels
         batch = torch.cat([x, x]) if self.guided else x
         t = torch.as_tensor(t, device=x.device).reshape(-1)
         t = t.expand(batch.shape[0]) if t.numel() == 1 else torch.cat([t, t]) if self.guided else t
-        if self.captions is None and hasattr(self.model, "prepare_captions"):
-            self.captions = self.model.prepare_captions(self.y, self.mask)
         extra = {"captions": self.captions} if self.captions is not None else {}
         out = self.model(batch, t, self.y, self.mask, img_hw=self.img_hw, aspect_ratio=self.aspect_ratio, **extra)
         out = out.to(x.dtype)

@@ -13,7 +13,6 @@ tolerates the imperfect latents a diffusion model samples.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pixart.encoders.codecs import ImageCodec
+from pixart.files import atomic_write, cache_dir
 
 AE_VERSION = "shapes-ae-2"
 
@@ -88,8 +88,6 @@ class ShapesCodec(ImageCodec):
         return self.ae.decode(latents.float())
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         metadata = {
             "format": AE_VERSION,
             "latent_channels": str(self.latent_channels),
@@ -98,8 +96,8 @@ class ShapesCodec(ImageCodec):
             "scaling_factor": repr(self.scaling_factor),
             "shift_factor": repr(self.shift_factor),
         }
-        save_file({k: v.contiguous() for k, v in self.ae.state_dict().items()}, str(tmp), metadata=metadata)
-        tmp.replace(path)
+        state = {k: v.contiguous() for k, v in self.ae.state_dict().items()}
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
         self.folder = path
         return path
 
@@ -115,10 +113,6 @@ class ShapesCodec(ImageCodec):
         ae = ShapesAE(int(meta["latent_channels"]), int(meta["width"]), int(meta.get("downsample", 4)))
         ae.load_state_dict(load_file(path))
         return cls(ae, float(meta["scaling_factor"]), float(meta["shift_factor"]), path)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PIXART_CACHE", Path.home() / ".cache" / "pixart"))
 
 
 def object_weights(images: torch.Tensor, boost: float = 20.0) -> torch.Tensor:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from pixart.data.synthetic import (
     make_dataset,
     world_fingerprint,
 )
+from pixart.files import atomic_write
+from pixart.files import cache_dir as default_cache_dir
 
 PROBE_RESOLUTION = 36  # 3 cells of 12 pixels; the network below assumes it
 # Changes with the world's fingerprint, so a changed world never reuses a stale probe; bump the
@@ -198,12 +199,9 @@ class Probe:
 
     def save(self, path: Path) -> None:
         """Weights and resolution to a safetensors file, written atomically (others may be reading)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        save_file(state, partial, metadata={"version": self.version, "resolution": str(self.resolution)})
-        os.replace(partial, path)
+        metadata = {"version": self.version, "resolution": str(self.resolution)}
+        atomic_write(Path(path), lambda tmp: save_file(state, tmp, metadata=metadata))
 
     @classmethod
     def load(cls, path: Path, device: str | torch.device = "cpu") -> Probe:
@@ -367,11 +365,6 @@ def held_out_accuracy(probe: Probe, num_images: int = 3500, seed: int = 10_000) 
 
 
 # --- cache -------------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """$PIXART_CACHE, else ~/.cache/pixart."""
-    return Path(os.environ.get("PIXART_CACHE", "~/.cache/pixart")).expanduser()
 
 
 def load_or_train_probe(

@@ -18,6 +18,10 @@ def generate_arrays(
     return np.stack([np.asarray(r.image) for r in results])
 
 
+# What the suite scores, each a fraction: single-object attributes, then the two-object scores.
+SHAPES_KEYS = ("color", "shape", "size", "position", "binding", "relation")
+
+
 def shapes_suite(
     pipe: TextToImage,
     probe: Probe,
@@ -53,26 +57,14 @@ def shapes_suite(
     height, width = ones.shape[1:3]
     scenes = [s for s, _ in single_set] + [s for s, _ in pair_set]
     real = synthetic.render_batch(scenes, height, width)
-    generated_features = probe.features(np.concatenate([ones, twos])).double()
-    real_features = probe.features(real).double()
+    generated_features = probe.features(np.concatenate([ones, twos]))
+    real_features = probe.features(real)
     scores["frechet"] = frechet_distance(generated_features, real_features)
     rng = np.random.default_rng(seed + 7)
     other_scenes = [synthetic.random_scene(rng, 1, 1) for _ in single_set] + [
         synthetic.random_scene(rng, 2, 2) for _ in pair_set
     ]  # other scenes with the same object counts
     other = synthetic.render_batch(other_scenes, height, width)
-    scores["frechet_real_baseline"] = frechet_distance(probe.features(other).double(), real_features)
+    scores["frechet_real_baseline"] = frechet_distance(probe.features(other), real_features)
     scores["images"] = {"single": len(single_set), "pairs": len(pair_set), "size": [height, width]}
     return scores
-
-
-def shapes_examples(pipe: TextToImage, probe: Probe, count: int = 8) -> list[dict]:
-    """A few prompts with what the probe read back, for the report."""
-    examples = []
-    for _scene, caption in synthetic.two_object_prompts(count, seed=1):
-        image = np.asarray(pipe.generate([caption], seed=3, progress=False)[0].image)
-        found = probe.read(image[None])[0]
-        examples.append(
-            {"prompt": caption, "read": [f"{o.size} {o.color} {o.shape} at the {o.position}" for o in found]}
-        )
-    return examples

@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from pixart.files import atomic_write
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.model.pos_embed import sincos_2d
 from pixart.weights import keys
@@ -325,24 +326,20 @@ def save_transformer(
     state = _cpu(state)
     path = Path(path)
     if to == "pixart":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(
-            lambda tmp: save_file(state, tmp, metadata={"format": "pixart", "config": json.dumps(config.to_dict())}),
-            path,
-        )
+        metadata = {"format": "pixart", "config": json.dumps(config.to_dict())}
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     elif to == "official":
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"state_dict": {**state, "pos_embed": official_pos_embed(config)}}
         if ema_state is not None:
             payload["state_dict_ema"] = {**_cpu(ema_state), "pos_embed": official_pos_embed(config)}
-        _atomic_save(lambda tmp: torch.save(payload, tmp), path)
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
     elif to == "diffusers":
         diffusers_config = diffusers_config_from_ours(config)
         path.mkdir(parents=True, exist_ok=True)
         null = state.pop("y_embedder.y_embedding")
         theirs = keys.to_diffusers(state, config.depth, config.micro_conditions)
-        _atomic_save(lambda tmp: save_file(theirs, tmp, metadata={"format": "pt"}), path / DIFFUSERS_WEIGHTS)
-        _atomic_save(lambda tmp: save_file({"y_embedding": null}, tmp), path / NULL_CAPTION_FILE)
+        atomic_write(path / DIFFUSERS_WEIGHTS, lambda tmp: save_file(theirs, tmp, metadata={"format": "pt"}))
+        atomic_write(path / NULL_CAPTION_FILE, lambda tmp: save_file({"y_embedding": null}, tmp))
         (path / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
     else:
         raise ValueError(f"unknown weights layout {to!r}; choose one of {FORMATS}")
@@ -351,10 +348,3 @@ def save_transformer(
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items() if k != "pos_embed"}
-
-
-def _atomic_save(write, path: Path) -> None:
-    """Write to a temporary sibling then rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(str(tmp))
-    tmp.replace(path)
