@@ -78,14 +78,20 @@ class ShapesCodec(ImageCodec):
         self.shift_factor = float(shift_factor)
         self.folder = path  # recorded in dataset.json / model.json so others can load the same codec
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.ae.parameters()).device
+
+    # Inputs move to the codec's device (it stays where it was loaded, usually the CPU, while the
+    # transformer may be on a GPU), as the SD VAE wrapper does.
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.ae.encode(images.float())
+        mean = self.ae.encode(images.to(self.device, torch.float32))
         return mean, torch.zeros_like(mean)
 
     @torch.no_grad()
     def decode_raw(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.ae.decode(latents.float())
+        return self.ae.decode(latents.to(self.device, torch.float32))
 
     def save(self, path: Path) -> Path:
         metadata = {
