@@ -40,3 +40,16 @@ def test_bench_cpu_prints_its_table_and_the_ratio_line():
 def test_bench_gpu_runs_one_resolution():
     out = run("bench_gpu.py", "--resolutions", "256", "--cases", "forward", "--repeats", "1", "--warmup", "0")
     assert "| 256 | 64 |" in out
+
+
+def test_profile_gpu_imports_and_explains_its_variants():
+    """Without a GPU only the import and the command line can be checked: it reuses bench_gpu's pieces."""
+    out = run("profile_gpu.py", "--help")
+    assert "--variants" in out and "--resolution" in out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_profile_gpu_measures_a_step_and_splits_its_kernels():
+    out = run("profile_gpu.py", "--resolution", "256", "--kernel-batch", "0", "--variants", "eager:2")
+    assert '"gemm"' in out and '"mfu"' in out

@@ -158,3 +158,27 @@ def test_patch_embedding_as_a_matmul_equals_the_convolution():
     embed = PatchEmbed(patch_size=2, in_channels=4, hidden_size=24)
     x = torch.randn(3, 4, 6, 10)  # non-square: the token order is row-major over a 3 x 5 grid
     torch.testing.assert_close(embed._as_matmul(x), embed(x), atol=1e-5, rtol=1e-5)
+
+
+def test_compile_blocks_compiles_one_graph_shared_by_every_block():
+    from torch._dynamo.utils import counters
+
+    from pixart.model.regional import compile_blocks
+
+    torch._dynamo.reset()
+    model = randomize_(PixArt(dataclasses.replace(TINY, depth=3)))
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([5, 900]), torch.randn(2, 16, 48)
+    mask = varied_mask(2, 16, [16, 7])
+    eager = model(x, t, y, mask)
+    eager.square().mean().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compile_blocks(model)
+    counters.clear()
+    compiled = model(x, t, y, mask)
+    compiled.square().mean().backward()
+    assert counters["stats"]["unique_graphs"] == 1  # traced once, reused by the three blocks
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    for p, g in zip(model.parameters(), eager_grads, strict=True):
+        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
+    torch._dynamo.reset()

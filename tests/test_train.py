@@ -150,19 +150,18 @@ def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(shapes_data, tmp_pat
     assert_bitwise_equal(weights(tmp_path / "stopped"), weights(reference and tmp_path / "reference"))
 
 
-def test_two_processes_under_torchrun_equal_one_process(shapes_data, tmp_path):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_two_processes_under_torchrun_equal_one_process(shapes_data, tmp_path, compiled):
     """Global batch 8 as 1 x 8 and as 2 x 4 (gloo DDP): the same weights within 1e-6 after 6 steps.
 
     Adam scales every gradient to about lr, so the summation-order noise of near-zero gradients would
     be amplified to lr scale with eps 1e-10; the test uses eps 1e-6 and lr 1e-4 to compare the data flow.
+    Compiled: both runs with compile=true (each block compiled inside the DDP wrapper).
     """
     torchrun = Path(sys.executable).with_name("torchrun")
     common = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress"]
-    sets = [
-        a
-        for item in [*overrides(shapes_data, steps=6, every=100), "optim.eps=1e-6", "optim.lr=1e-4"]
-        for a in ("--set", item)
-    ]
+    items = [*overrides(shapes_data, steps=6, every=100), "optim.eps=1e-6", "optim.lr=1e-4"]
+    sets = [a for item in [*items, *(["compile=true"] if compiled else [])] for a in ("--set", item)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(
         [sys.executable, *common, "--run-dir", str(tmp_path / "one"), *sets, "--set", "data.batch_size=8"],
@@ -196,11 +195,16 @@ def test_two_processes_under_torchrun_equal_one_process(shapes_data, tmp_path):
         torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=0)
 
 
-def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data, tmp_path):
-    """FSDP2 over gloo, stopped after 3 steps (torch.distributed.checkpoint) and resumed to 6."""
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data, tmp_path, compiled):
+    """FSDP2 over gloo, stopped after 3 steps (torch.distributed.checkpoint) and resumed to 6.
+
+    Compiled: both runs with compile=true (each sharded block compiled, FSDP's hooks traced with it).
+    """
     torchrun = Path(sys.executable).with_name("torchrun")
     common = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress"]
     items = [*overrides(shapes_data, steps=6, every=3), "optim.eps=1e-6", "optim.lr=1e-4"]
+    items += ["compile=true"] if compiled else []
     sets = [a for item in items for a in ("--set", item)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(

@@ -79,7 +79,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast with fp32 master weights on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False
     parallel: str = "ddp"  # "ddp", or "fsdp" (FSDP2 fully_shard per block) for memory
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile each transformer block (pixart.model.regional)
     init_from: str = ""  # weights or a finished run folder to start from (DiT checkpoints are re-parameterised)
     init_new_keys: tuple[str, ...] = ()  # key prefixes allowed to be missing from init_from (new modules)
     max_nonfinite_steps: int = 5  # stop after this many non-finite steps in a row

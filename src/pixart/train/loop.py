@@ -24,6 +24,7 @@ from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.sampler import BucketBatchSampler
 from pixart.diffusion.objective import draw_timesteps, training_loss
 from pixart.model.dit import DiT
+from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
 from pixart.train.config import TrainConfig
 from pixart.train.data import LatentScaling, prepare_data
@@ -105,7 +106,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     wrapped = wrap_model(model, world, config.parallel, bf16)
     inner = unwrap(wrapped)
     if config.compile:
-        inner.compile()
+        compile_blocks(inner)
     params = [p for p in inner.parameters() if p.requires_grad]
     ema = {n: p.detach().clone().float() for n, p in inner.named_parameters()}
 

@@ -1,0 +1,212 @@
+"""Where a PixArt-XL/2 training step's GPU time goes, and what the attention kernels cost.
+
+1. The self- and cross-attention shapes of one block (512 px, batch B) through each SDPA backend,
+   forward + backward, in TFLOP/s; and the MLP's first matrix product as the GEMM ceiling.
+2. Training steps (bf16 autocast, fused AdamW) for each variant named in --variants:
+   `whole` compiles the whole model, `regional` compiles each block (one graph for all 28), `eager`
+   compiles nothing; a `cudnn-` prefix makes cuDNN the first SDPA backend, a `packed-` prefix projects
+   only the valid caption tokens (the CPU path) instead of all of them; `:B` sets the batch. Each prints samples/s
+   and MFU, and the first also a profile of its kernels by category (GEMM, attention, fused
+   elementwise, optimizer, other).
+
+    python benchmarks/profile_gpu.py --variants whole:16,regional:16,cudnn-regional:16,regional:32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from bench_gpu import TOKENS, inputs, training_step  # this folder: the script runs as benchmarks/profile_gpu.py
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from pixart.model.pixart import XL_2, PixArt
+from pixart.model.regional import compile_blocks
+from pixart.train.metrics import forward_flops, peak_flops
+
+BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+ORDER_CUDNN_FIRST = [
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+
+
+def timed(fn, warmup: int = 3, repeats: int = 10) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return statistics.median(times)
+
+
+def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -> dict:
+    """Forward + backward TFLOP/s of each SDPA backend on one block's attention shapes."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def make(*shape):
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+
+    q, k, v = make(batch, heads, n, d), make(batch, heads, n, d), make(batch, heads, n, d)
+    kc, vc = make(batch, heads, TOKENS, d), make(batch, heads, TOKENS, d)
+    lengths = torch.randint(8, TOKENS + 1, (batch,), device="cuda", generator=g)
+    mask = (torch.arange(TOKENS, device="cuda")[None] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, L)
+    result = {}
+    for label, (keys, values, attn_mask, m) in {
+        "self": (k, v, None, n),
+        "cross_masked": (kc, vc, mask, TOKENS),
+        "cross_unmasked": (kc, vc, None, TOKENS),
+    }.items():
+        flops = 3.5 * 4 * batch * heads * n * m * d  # forward 4*N*M*d per head; backward 2.5x
+        for name, backend in BACKENDS.items():
+            if name == "math" and label == "self":
+                continue
+
+            def step(backend=backend, keys=keys, values=values, attn_mask=attn_mask):
+                with sdpa_kernel(backend):
+                    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
+                out.backward(torch.ones_like(out))
+
+            try:
+                seconds = timed(step)
+                result[f"{label}_{name}_ms"] = round(seconds * 1e3, 3)
+                result[f"{label}_{name}_tflops"] = round(flops / seconds / 1e12, 1)
+            except RuntimeError as error:
+                result[f"{label}_{name}"] = f"unavailable: {str(error).splitlines()[0][:120]}"
+    x = torch.randn(batch * n, 1152, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(4608, 1152, device="cuda", dtype=torch.bfloat16)
+    seconds = timed(lambda: x @ w.t())
+    result["gemm_fc1_tflops"] = round(2 * batch * n * 1152 * 4608 / seconds / 1e12, 1)
+    return result
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    if any(key in lowered for key in ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "ampere_bf16", "splitk")):
+        return "gemm"
+    if any(key in lowered for key in ("flash", "fmha", "attention", "cudnn", "sdpa", "mha")):
+        return "attention"
+    if "adam" in lowered or "multi_tensor" in lowered:
+        return "optimizer"
+    if "triton" in lowered:
+        return "fused elementwise (triton)"
+    return "other"
+
+
+def profile_categories(fn, steps: int = 3) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = defaultdict(float)
+    kernels: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.device_type.name != "CUDA":
+            continue
+        us = event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
+        totals[category(event.name)] += us / steps
+        kernels[event.name[:90]] += us / steps
+    total = sum(totals.values())
+    top = sorted(kernels.items(), key=lambda item: -item[1])[:15]
+    return {
+        "step_ms_in_kernels": round(total / 1e3, 2),
+        "share": {k: f"{v / total:.1%} ({v / 1e3:.1f} ms)" for k, v in sorted(totals.items(), key=lambda i: -i[1])},
+        "top_kernels_ms": {k: round(v / 1e3, 2) for k, v in top},
+    }
+
+
+def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int) -> dict:
+    torch._dynamo.reset()
+    config = XL_2.at_resolution(resolution)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = PixArt(config)
+    batch_inputs = inputs(config, batch)  # the same inputs and step as bench_gpu.py
+    side = config.input_size
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    kind = variant.removeprefix("cudnn-").removeprefix("packed-")
+    if "packed-" in variant:
+        model.embed_captions = model._embed_valid_captions
+    if kind == "regional":
+        compile_blocks(model)
+    run = training_step(torch.compile(model) if kind == "whole" else model, optimizer, batch_inputs)
+
+    order = ORDER_CUDNN_FIRST if "cudnn-" in variant else None
+    started = time.time()
+    torch.cuda.reset_peak_memory_stats()
+    with sdpa_kernel(order, set_priority=True) if order else nullcontext():
+        run()
+        torch.cuda.synchronize()
+        compile_s = time.time() - started
+        seconds = timed(run, warmup=2, repeats=8)
+        flops = 3 * forward_flops(config.hidden_size, config.depth, (side // 2) ** 2, TOKENS, config.caption_channels)
+        result = {
+            "variant": variant,
+            "resolution": resolution,
+            "batch": batch,
+            "first_step_s": round(compile_s, 1),
+            "step_ms": round(seconds * 1e3, 2),
+            "samples_per_s": round(batch / seconds, 1),
+            "mfu": round(flops * batch / seconds / (peak_flops(torch.device("cuda")) or float("nan")), 4),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        }
+        if profile_it:
+            result["profile"] = profile_categories(run)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default="whole:16,regional:16,cudnn-regional:16,regional:32")
+    parser.add_argument("--resolution", type=int, default=512, help="image side in pixels (XL/2, PixArtMS at 1024)")
+    parser.add_argument("--kernel-batch", type=int, default=16, help="batch of the kernel timings; 0 skips them")
+    parser.add_argument("--budget-s", type=float, default=480, help="skip variants once this much time has passed")
+    parser.add_argument("--profile", default="first", help="first, all or none")
+    args = parser.parse_args()
+    started = time.time()
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    try:
+        from torch.nn.attention import list_flash_attention_impls
+
+        print("flash attention implementations:", list_flash_attention_impls(), flush=True)
+    except ImportError:
+        pass
+    if args.kernel_batch:
+        print(json.dumps({"kernels": attention_kernels(args.kernel_batch)}), flush=True)
+    for i, spec in enumerate(args.variants.split(",")):
+        if time.time() - started > args.budget_s:
+            print(json.dumps({"skipped": spec, "reason": "time budget"}), flush=True)
+            continue
+        variant, batch = spec.split(":")
+        profile_it = args.profile == "all" or (args.profile == "first" and i == 0)
+        try:
+            print(json.dumps(measure_variant(variant, int(batch), profile_it, args.resolution)), flush=True)
+        except Exception as error:  # noqa: BLE001 - one failed variant must not lose the others' figures
+            print(json.dumps({"variant": spec, "error": f"{type(error).__name__}: {str(error)[:400]}"}), flush=True)
+        torch.cuda.empty_cache()
+    print(f"total {time.time() - started:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
