@@ -71,6 +71,20 @@ def test_padded_caption_tokens_contribute_nothing():
     assert not torch.allclose(model(x, t, y).detach(), out, atol=1e-3)
 
 
+def test_caption_projection_of_all_tokens_equals_the_packed_one():
+    """The GPU path (project every token, zero the padded) against the CPU path (project valid tokens only)."""
+    model = randomize_(PixArt(TINY)).eval()
+    y = torch.randn(3, 12, 48)
+    mask = varied_mask(3, 12, [5, 1, 12])
+    y[mask == 0] = float("nan")  # whatever sits in the padding must not leak out
+    attn_mask = model.caption_attention_mask(mask, 3, 12, y.device)
+    with torch.no_grad():
+        packed = model._embed_valid_captions(y, attn_mask)
+        every = model._embed_all_captions(y, attn_mask)
+    assert torch.equal(every[mask == 0], torch.zeros(int((mask == 0).sum()), TINY.hidden_size))
+    torch.testing.assert_close(every, packed, atol=1e-6, rtol=1e-6)
+
+
 def test_mask_of_one_sample_is_tiled_for_guidance_batches():
     model = randomize_(PixArt(TINY)).eval()
     x, t, y = torch.randn(4, 4, 16, 16), torch.full((4,), 3.0), torch.randn(4, 6, 48)
