@@ -196,3 +196,22 @@ def test_compile_blocks_compiles_one_graph_shared_by_every_block():
     for p, g in zip(model.parameters(), eager_grads, strict=True):
         torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
     torch._dynamo.reset()
+
+
+def test_compiled_cpu_sampling_adds_the_bias_after_the_product():
+    """No grad, compiled, CPU: bare products (the add folds into the next kernel); with grad: addmm kept."""
+    from torch._inductor.utils import run_and_get_code
+
+    from pixart.model.layers import Mlp
+
+    torch._dynamo.reset()
+    mlp = Mlp(16, 64)
+    x = torch.randn(2, 32, 16)  # (B, N, D) tokens, as in the model
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(mlp), x)
+        torch.testing.assert_close(out, mlp(x), atol=1e-6, rtol=1e-6)
+    assert "addmm" not in "".join(code) and "mm(" in "".join(code)
+    torch._dynamo.reset()
+    _, code = run_and_get_code(torch.compile(mlp), x)
+    assert "addmm" in "".join(code)
+    torch._dynamo.reset()
