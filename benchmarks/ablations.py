@@ -35,7 +35,6 @@ from pixart.evaluate.suite import shapes_suite
 from pixart.files import cache_dir
 from pixart.generate import TextToImage
 from pixart.model.pixart import PixArt
-from pixart.modelfolder import ModelSpec
 from pixart.train.checkpoint import list_checkpoints, load_checkpoint
 from pixart.train.config import TrainConfig
 from pixart.train.loop import train
@@ -74,17 +73,7 @@ def variant_config(name: str, base: TrainConfig, stage1_dir: Path) -> TrainConfi
 
 def evaluate_run(run_dir: Path, config: TrainConfig, codec, encoder, probe, prompts: int) -> list[dict]:
     """Probe scores of the EMA weights at every checkpoint of a run."""
-    spec = ModelSpec(
-        text_encoder="minilm",
-        text_max_length=48,
-        clean_captions=False,
-        codec="shapes-ae",
-        objective=config.diffusion.objective,
-        sampler="flow-dpm-solver" if config.diffusion.objective == "flow" else "dpm-solver++",
-        steps=20,
-        cfg_scale=3.0,
-        buckets={"1.0": list(demo.BASE)},
-    )
+    spec = demo.shapes_model_spec(config.diffusion.objective, {"1.0": list(demo.BASE)})
     curve = []
     for step, path in list_checkpoints(run_dir):
         state = load_checkpoint(path)
@@ -132,7 +121,7 @@ def main() -> None:
     cache = args.out / ".cache" if args.quick else cache_dir()
     codec = load_or_train_shapes_codec(cache=cache, progress=False, **({"steps": 60} if args.quick else {}))
     probe = load_or_train_probe(cache_dir=cache, progress=False, **({"steps": 40} if args.quick else {}))
-    encoder = MiniLMEncoder(max_length=48)
+    encoder = MiniLMEncoder(max_length=demo.CAPTION_TOKENS)
     data = args.out / "data"
     if not (data / "dataset.json").is_file():
         build_shapes_features(

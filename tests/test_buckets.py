@@ -17,6 +17,7 @@ from pixart.data.buckets import (
     bucket_table,
     closest_bucket,
     parse_aspect,
+    parse_size,
     ratio_in_range,
     ratio_range,
     snap_size,
@@ -251,3 +252,14 @@ def test_snap_size_for_aspects_and_sizes():
     assert snap_size(3.75, 1, ASPECT_RATIO_1024) == (1920, 512)
     assert snap_size(3.75, 1, table) == (2048, 512)
     assert snap_size(1000, 768, bucket_table(64)) == (72, 56)
+
+
+@pytest.mark.parametrize(("text", "size"), [("512x768", (512, 768)), (" 24 X 44 ", (24, 44)), ("32×32", (32, 32))])
+def test_parse_size_reads_height_then_width(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["512", "512x", "x768", "512*768", "a x b", "512x768x3", ""])
+def test_parse_size_names_the_expected_form(text):
+    with pytest.raises(ValueError, match=r"must look like 512x768 \(height x width\)"):
+        parse_size(text)

@@ -17,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from pixart.data.buckets import closest_bucket
+from pixart.data.buckets import parse_size as parse_height_width
 from pixart.diffusion.schedulers import SAMPLERS
 from pixart.generate import GeneratedImage, GenerationError, Settings, TextToImage
 from pixart.outputs import write_images
@@ -64,10 +65,10 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
     """'HxW' -> (H, W); blank -> (None, None), i.e. use the aspect-ratio bucket."""
     if not text or not text.strip():
         return None, None
-    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
-    if not match:
-        raise GenerationError(f"size must look like 512x768 (height x width), got {text!r}")
-    height, width = int(match.group(1)), int(match.group(2))
+    try:
+        height, width = parse_height_width(text)
+    except ValueError as error:
+        raise GenerationError(str(error)) from None
     if not (8 <= height <= MAX_SIDE and 8 <= width <= MAX_SIDE):
         raise GenerationError(f"each side of the size must lie in 8..{MAX_SIDE} pixels, got {height}x{width}")
     return height, width

@@ -23,6 +23,7 @@ from pixart.data import synthetic
 from pixart.diffusion.objective import DiffusionConfig
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig, count_parameters
+from pixart.modelfolder import ModelSpec
 from pixart.train.config import DataConfig, OptimConfig, TrainConfig
 
 BASE = (36, 36)  # 3x3 cells of 12 px: one latent cell (token) per grid cell
@@ -43,6 +44,7 @@ SAMPLE_PROMPTS = [
 # budget on a slower machine by shortening the later stages instead of overrunning.
 STEP_COST = {"stage2": 1.6, "stage3": 2.3}
 EVAL_SECONDS = 15  # sampling the evaluation prompts, the probe and the report
+CAPTION_TOKENS = 48  # MiniLM tokens per caption: the longest two-object caption fits
 WIDE_PROMPT = "a large blue circle on the left and a large red square on the right, on a white background"
 
 
@@ -95,7 +97,7 @@ def model_config(micro_conditions: bool) -> PixArtConfig:
         depth=6,
         num_heads=4,
         caption_channels=384,
-        max_length=48,
+        max_length=CAPTION_TOKENS,
         caption_norm=True,
         learn_sigma=False,
         micro_conditions=micro_conditions,
@@ -153,9 +155,7 @@ def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) 
     }
 
 
-def run_demo(
-    out: str | Path = "runs/demo", *, minutes: float = 10.0, quick: bool = False, progress: bool = True
-) -> dict:
+def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, progress: bool = True) -> dict:
     """Run every stage into `out` and return the report (also written as report.json / report.md)."""
     from pixart.data.shapes_features import build_shapes_features
     from pixart.encoders.shapes_ae import load_or_train_shapes_codec
@@ -183,7 +183,7 @@ def run_demo(
     timed("probe (trained on the first run, then cached)", t)
 
     t = time.time()
-    encoder = MiniLMEncoder(max_length=48)
+    encoder = MiniLMEncoder(max_length=CAPTION_TOKENS)
     data_base, data_multi = out / "data" / "base", out / "data" / "buckets"
     for folder, sizes, count, seed in (
         (data_base, [BASE], plan.base_images, 1),
@@ -271,28 +271,37 @@ def say(text: str, progress: bool) -> None:
         print(f"[pixart demo] {text}", flush=True)
 
 
+def shapes_model_spec(objective: str, buckets: dict[str, list[int]], **fields) -> ModelSpec:
+    """How a shapes-world model runs: MiniLM captions, the shapes codec, 20 solver steps at guidance 3."""
+    return ModelSpec(
+        text_encoder="minilm",
+        text_max_length=CAPTION_TOKENS,
+        clean_captions=False,
+        codec="shapes-ae",
+        objective=objective,
+        sampler="flow-dpm-solver" if objective == "flow" else "dpm-solver++",
+        steps=20,
+        cfg_scale=3.0,
+        buckets=buckets,
+        **fields,
+    )
+
+
 def write_model_folder(out: Path, codec) -> Path:
     """out/model: the stage-3 EMA weights, the codec, and how to run them (generate and serve accept it)."""
     from pixart.data.shapes_features import bucket_key
-    from pixart.modelfolder import ModelSpec, save_model_folder
+    from pixart.modelfolder import save_model_folder
     from pixart.weights import load_transformer
 
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     codec.save(model_dir / "codec.safetensors")
     transformer = load_transformer(out / "stage3" / "final_ema.safetensors")
-    spec = ModelSpec(
-        text_encoder="minilm",
-        text_max_length=48,
-        clean_captions=False,
-        codec="shapes-ae",
+    spec = shapes_model_spec(
+        "flow",
+        {bucket_key(h, w): [h, w] for h, w in BUCKETS},
         codec_path="codec.safetensors",
         null_caption="learned",
-        objective="flow",
-        sampler="flow-dpm-solver",
-        steps=20,
-        cfg_scale=3.0,
-        buckets={bucket_key(h, w): [h, w] for h, w in BUCKETS},
         extra={"made_by": "pixart demo", "world": synthetic.WORLD_VERSION},
     )
     save_model_folder(model_dir, transformer, spec)

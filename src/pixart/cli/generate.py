@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -49,11 +48,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def parse_size(text: str) -> tuple[int, int]:
     from pixart.cli.main import UserError
+    from pixart.data.buckets import parse_size as parse
 
-    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
-    if not match:
-        raise UserError(f"--size must look like 512x768 (height x width), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise UserError(f"--size: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-DEMO_MODEL = Path("runs/demo/model")  # where `pixart demo` leaves its model
+from pixart.cli.demo import DEMO_DIR
+
+DEMO_MODEL = DEMO_DIR / "model"  # where `pixart demo` leaves its model
 DEMO_NOTICE = "no model given; training the embedded demo model first with `pixart demo` (about 10 minutes)..."
 
 

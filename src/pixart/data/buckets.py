@@ -8,6 +8,7 @@ tiny resolutions of the CPU demo) is derived from it, so the numbers cannot drif
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from types import MappingProxyType
@@ -197,3 +198,11 @@ def parse_aspect(text: str) -> tuple[float, float]:
 def snap_size(height: float, width: float, table: Mapping[str, tuple[int, int]]) -> tuple[int, int]:
     """The bucket (H, W) to generate at for a requested size or aspect (closest ratio, any scale)."""
     return closest_bucket(height, width, table)[1]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x768' (height x width; 'X' and '×' work too, spaces are ignored) -> (512, 768)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not match:
+        raise ValueError(f"a size must look like 512x768 (height x width), got {text!r}")
+    return int(match.group(1)), int(match.group(2))

@@ -25,11 +25,6 @@ def bucket_key(height: int, width: int) -> str:
     return f"{height / width:.2f}".rstrip("0").rstrip(".") if height != width else "1.0"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w)
-
-
 def encode_unique(encoder: TextEncoder, captions: list[str], batch_size: int = 256, progress: bool = True):
     """{caption: (L_valid, C) features} for every distinct caption, longest-padded batches sorted by length."""
     unique = sorted(set(captions), key=len)

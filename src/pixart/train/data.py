@@ -66,7 +66,8 @@ def prepare_data(config: TrainConfig, run_dir: Path, world: World, *, progress: 
 
 
 def build_shapes_for(config: TrainConfig, folder: Path, *, progress: bool = True) -> dict:
-    from pixart.data.shapes_features import build_shapes_features, parse_size
+    from pixart.data.buckets import parse_size
+    from pixart.data.shapes_features import build_shapes_features
     from pixart.encoders.codecs import PixelCodec
     from pixart.encoders.text import MiniLMEncoder
 
