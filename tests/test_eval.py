@@ -173,6 +173,12 @@ def test_read_prompts_from_text_and_jsonl(tmp_path):
     manifest.write_text("not json\n")
     with pytest.raises(RealDataError, match=r"captions.jsonl:1: not JSON"):
         read_prompts(manifest)
+    manifest.write_text('{"caption": "fine"}\n["a", "list"]\n')
+    with pytest.raises(RealDataError, match=r"captions.jsonl:2: not a JSON object"):
+        read_prompts(manifest)
+    manifest.write_bytes(b'{"caption": "fine"}\n{"caption": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(RealDataError, match=r"captions.jsonl:2: the 'caption' field is not valid UTF-8"):
+        read_prompts(manifest)
     with pytest.raises(FileNotFoundError, match="--prompts: no file at"):
         read_prompts(tmp_path / "missing.txt")
 

@@ -182,11 +182,18 @@ def _dedupe(named: list[tuple[str, Item]]) -> tuple[list[Item], list[Problem]]:
 # --- folders ---
 
 
+def image_files(root: Path) -> list[Path]:
+    """Image files under `root` (recursively, hidden ones left out), sorted."""
+    return [
+        path
+        for path in sorted(root.rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not _hidden(path, root)
+    ]
+
+
 def _list_folder(root: Path) -> Inputs:
     named = []
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file() or _hidden(path, root):
-            continue
+    for path in image_files(root):
         name = path.relative_to(root).as_posix()
         sidecars = tuple(Blob(s) for s in (path.with_suffix(".txt"), path.with_suffix(".json")) if s.is_file())
         named.append((name, Item(name, Blob(path), sidecars=sidecars)))

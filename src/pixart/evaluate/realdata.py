@@ -9,7 +9,6 @@ those of every readable image in the reference folder; CLIP score pairs each ima
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from pixart.data.images import ImageSkipped, load_rgb
-from pixart.data.sources import IMAGE_SUFFIXES
+from pixart.data.sources import Problem, image_files, is_utf8, manifest_rows
 from pixart.evaluate.clipscore import ClipScorer, clip_score
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.inception import inception_features
@@ -30,13 +29,13 @@ class RealDataError(ValueError):
     """Prompts or reference images that cannot be used as given."""
 
 
-def _prompt_from_row(row, field: str | None, where: str) -> str:
-    if not isinstance(row, dict):
-        raise RealDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+def _prompt_from_row(row: dict, field: str | None, where: str) -> str:
     names = [field] if field else [name for name in PROMPT_FIELDS if name in row]
     if not names or not isinstance(row.get(names[0]), str):
         wanted = repr(field) if field else f"one of {list(PROMPT_FIELDS)}"
         raise RealDataError(f"{where}: no text field {wanted} (fields: {sorted(row)}); name one with --field")
+    if not is_utf8(row[names[0]]):
+        raise RealDataError(f"{where}: the {names[0]!r} field is not valid UTF-8")
     return row[names[0]]
 
 
@@ -48,19 +47,14 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--prompts: no file at {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix.lower() == ".jsonl":
         prompts = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise RealDataError(f"{path}:{number}: not JSON ({error.msg})") from error
+        for number, row in manifest_rows(path):
+            if isinstance(row, Problem):
+                raise RealDataError(f"{path}:{number}: {row.message}")
             prompts.append(_prompt_from_row(row, field, f"{path}:{number}"))
     else:
-        prompts = lines
+        prompts = path.read_text(encoding="utf-8").splitlines()
     prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise RealDataError(f"--prompts {path} holds no prompts")
@@ -72,13 +66,7 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--real: no folder at {folder}")
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    return image_files(folder)
 
 
 def read_images(paths: Iterable[Path], skipped: list[dict]) -> Iterator[np.ndarray]:
