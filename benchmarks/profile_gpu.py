@@ -136,6 +136,21 @@ def profile_categories(fn, steps: int = 3) -> dict:
     }
 
 
+KINDS = ("whole", "regional", "eager")
+PREFIXES = ("cudnn-", "packed-")
+
+
+def variant_parts(variant: str) -> tuple[set[str], str]:
+    """'packed-cudnn-regional' -> ({'packed-', 'cudnn-'}, 'regional'); an unknown kind is an error."""
+    prefixes = set()
+    while prefix := next((p for p in PREFIXES if variant.startswith(p)), None):
+        prefixes.add(prefix)
+        variant = variant.removeprefix(prefix)
+    if variant not in KINDS:
+        raise SystemExit(f"unknown variant kind {variant!r}: use one of {KINDS}, prefixed by any of {PREFIXES}")
+    return prefixes, variant
+
+
 def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int) -> dict:
     torch._dynamo.reset()
     config = XL_2.at_resolution(resolution)
@@ -145,14 +160,14 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
     batch_inputs = inputs(config, batch)  # the same inputs and step as bench_gpu.py
     side = config.input_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
-    kind = variant.removeprefix("cudnn-").removeprefix("packed-")
-    if "packed-" in variant:
+    prefixes, kind = variant_parts(variant)
+    if "packed-" in prefixes:
         model.embed_captions = model._embed_valid_captions
     if kind == "regional":
         compile_blocks(model)
     run = training_step(torch.compile(model) if kind == "whole" else model, optimizer, batch_inputs)
 
-    order = ORDER_CUDNN_FIRST if "cudnn-" in variant else None
+    order = ORDER_CUDNN_FIRST if "cudnn-" in prefixes else None
     started = time.time()
     torch.cuda.reset_peak_memory_stats()
     with sdpa_kernel(order, set_priority=True) if order else nullcontext():
@@ -184,6 +199,12 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=480, help="skip variants once this much time has passed")
     parser.add_argument("--profile", default="first", help="first, all or none")
     args = parser.parse_args()
+    specs = args.variants.split(",")
+    for spec in specs:  # every variant checked before the first one takes minutes
+        variant, _, batch = spec.partition(":")
+        variant_parts(variant)
+        if not batch.isdigit():
+            raise SystemExit(f"variant {spec!r} needs a batch size, as in regional:16")
     started = time.time()
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     try:
@@ -194,7 +215,7 @@ def main() -> None:
         pass
     if args.kernel_batch:
         print(json.dumps({"kernels": attention_kernels(args.kernel_batch)}), flush=True)
-    for i, spec in enumerate(args.variants.split(",")):
+    for i, spec in enumerate(specs):
         if time.time() - started > args.budget_s:
             print(json.dumps({"skipped": spec, "reason": "time budget"}), flush=True)
             continue

@@ -53,3 +53,14 @@ def test_profile_gpu_imports_and_explains_its_variants():
 def test_profile_gpu_measures_a_step_and_splits_its_kernels():
     out = run("profile_gpu.py", "--resolution", "256", "--kernel-batch", "0", "--variants", "eager:2")
     assert '"gemm"' in out and '"mfu"' in out
+
+
+def test_profile_gpu_rejects_an_unknown_variant_before_touching_the_gpu():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_gpu.py"), "--variants", "regional:16,regionl:16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode != 0 and "unknown variant kind 'regionl'" in result.stderr

@@ -52,6 +52,7 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("compile=maybe", "compile: 'maybe' is not a bool"),
         ("compile=2", "compile: 2 is not a bool"),
         ("model.hidden_size=100", "not divisible by num_heads"),
+        ("data.synthetic_sizes=['32y32']", "synthetic_sizes: a size must look like 512x768"),
     ],
 )
 def test_bad_overrides_name_the_problem(override, message):

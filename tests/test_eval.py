@@ -179,6 +179,11 @@ def test_read_prompts_from_text_and_jsonl(tmp_path):
     manifest.write_bytes(b'{"caption": "fine"}\n{"caption": "caf\xe9"}\n')  # Latin-1, not UTF-8
     with pytest.raises(RealDataError, match=r"captions.jsonl:2: the 'caption' field is not valid UTF-8"):
         read_prompts(manifest)
+    manifest.write_bytes(b'\xef\xbb\xbf{"caption": "bom"}\r\n{"caption": "line\xe2\x80\xa8separator"}\r\n')
+    assert read_prompts(manifest) == ["bom", "line\u2028separator"]  # a BOM, CRLF and U+2028 in a string
+    text.write_bytes(b"caf\xe9\n")
+    with pytest.raises(RealDataError, match=r"prompts.txt is not UTF-8 text \(byte 3\)"):
+        read_prompts(text)
     with pytest.raises(FileNotFoundError, match="--prompts: no file at"):
         read_prompts(tmp_path / "missing.txt")
 

@@ -83,6 +83,15 @@ def test_caption_projection_of_all_tokens_equals_the_packed_one():
         every = model._embed_all_captions(y, attn_mask)
     assert torch.equal(every[mask == 0], torch.zeros(int((mask == 0).sum()), TINY.hidden_size))
     torch.testing.assert_close(every, packed, atol=1e-6, rtol=1e-6)
+    # Nor into the gradients: both paths give the projection the same finite weight gradients.
+    grads = []
+    for embed in (model._embed_valid_captions, model._embed_all_captions):
+        model.zero_grad()
+        embed(y, attn_mask).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.y_embedder.parameters()])
+    for valid_only, every_token in zip(*grads, strict=True):
+        assert torch.isfinite(every_token).all()
+        torch.testing.assert_close(every_token, valid_only, atol=1e-5, rtol=1e-5)
 
 
 def test_mask_of_one_sample_is_tiled_for_guidance_batches():
@@ -211,6 +220,8 @@ def test_compiled_cpu_sampling_adds_the_bias_after_the_product():
         out, code = run_and_get_code(torch.compile(mlp), x)
         torch.testing.assert_close(out, mlp(x), atol=1e-6, rtol=1e-6)
     assert "addmm" not in "".join(code) and "mm(" in "".join(code)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the dtype eager autocast gives
+        assert torch.compile(mlp)(x).dtype == mlp(x).dtype == torch.bfloat16
     torch._dynamo.reset()
     _, code = run_and_get_code(torch.compile(mlp), x)
     assert "addmm" in "".join(code)

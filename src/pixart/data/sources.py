@@ -285,7 +285,9 @@ def resolve_image(text: str, base: Path) -> Blob:
 def _rows_jsonl(path: Path) -> list[tuple[int, dict | Problem]]:
     rows = []
     # surrogateescape: a line with invalid UTF-8 still parses, and the caption check names the problem.
-    lines = path.read_bytes().decode("utf-8", errors="surrogateescape").splitlines()
+    # utf-8-sig drops a byte-order mark; rows split on "\n" only, since JSON strings may hold U+2028 or U+0085
+    # (str.splitlines would cut there) and json.loads takes a trailing "\r" as whitespace.
+    lines = path.read_bytes().decode("utf-8-sig", errors="surrogateescape").split("\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pixart.data.images import ImageSkipped, load_rgb
-from pixart.data.sources import Problem, image_files, is_utf8, manifest_rows
+from pixart.data.sources import InputError, Problem, image_files, is_utf8, manifest_rows
 from pixart.evaluate.clipscore import ClipScorer, clip_score
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.inception import inception_features
@@ -49,12 +49,19 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
         raise FileNotFoundError(f"--prompts: no file at {path}")
     if path.suffix.lower() == ".jsonl":
         prompts = []
-        for number, row in manifest_rows(path):
+        try:
+            rows = manifest_rows(path)
+        except InputError as error:
+            raise RealDataError(str(error)) from None
+        for number, row in rows:
             if isinstance(row, Problem):
                 raise RealDataError(f"{path}:{number}: {row.message}")
             prompts.append(_prompt_from_row(row, field, f"{path}:{number}"))
     else:
-        prompts = path.read_text(encoding="utf-8").splitlines()
+        try:
+            prompts = path.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as error:
+            raise RealDataError(f"--prompts {path} is not UTF-8 text (byte {error.start})") from None
     prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise RealDataError(f"--prompts {path} holds no prompts")

@@ -75,11 +75,11 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        compiled_cpu_inference = (
-            x.device.type == "cpu" and torch.compiler.is_compiling() and not torch.is_grad_enabled()
-        )
-        if compiled_cpu_inference and self.bias is not None:
-            return F.linear(x, self.weight) + self.bias
+        # is_compiling() first: in eager mode the test then costs one call
+        bias_after = torch.compiler.is_compiling() and x.device.type == "cpu" and not torch.is_grad_enabled()
+        if bias_after and self.bias is not None:
+            product = F.linear(x, self.weight)
+            return product + self.bias.to(product.dtype)  # bf16 under CPU autocast, as addmm would give
         return F.linear(x, self.weight, self.bias)
 
 

@@ -319,9 +319,13 @@ class PixArt(nn.Module):
         return self._embed_all_captions(y, attn_mask)
 
     def _embed_all_captions(self, y: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        """embed_captions projecting every token, then zeroing the padded ones: no data-dependent shape."""
+        """embed_captions projecting every token, then zeroing the padded ones: no data-dependent shape.
+
+        Padded features are zeroed before the projection too: whatever they hold (NaN included) would
+        otherwise reach the weight gradients through 0 * NaN.
+        """
         keep = attn_mask[:, 0, 0, :, None]  # (B, L, 1)
-        return torch.where(keep, self.y_embedder(y), 0)  # (B, L, D)
+        return torch.where(keep, self.y_embedder(torch.where(keep, y, 0)), 0)  # (B, L, D)
 
     @torch.compiler.disable  # data-dependent shapes: runs eagerly between compiled graphs
     def _embed_valid_captions(self, y: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:

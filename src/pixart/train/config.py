@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pixart.data.buckets import parse_size
 from pixart.diffusion.objective import DiffusionConfig
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig
@@ -32,6 +33,11 @@ class DataConfig:
                 raise ValueError(f"{name} must lie in [0, 1]")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        for size in self.synthetic_sizes:
+            try:
+                parse_size(size)
+            except ValueError as error:
+                raise ValueError(f"synthetic_sizes: {error}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
