@@ -5,11 +5,14 @@
 2. Training steps (bf16 autocast, fused AdamW) for each variant named in --variants:
    `whole` compiles the whole model, `regional` compiles each block (one graph for all 28), `eager`
    compiles nothing; a `cudnn-` prefix makes cuDNN the first SDPA backend, a `packed-` prefix projects
-   only the valid caption tokens (the CPU path) instead of all of them; `:B` sets the batch. Each prints samples/s
-   and MFU, and the first also a profile of its kernels by category (GEMM, attention, fused
-   elementwise, optimizer, other).
+   only the valid caption tokens (the CPU path) instead of all of them, a `trainer-` prefix adds what
+   `pixart train` does around the bare step (gradient clipping, the non-finite check that reads two
+   flags back to the host, the EMA update) and `nosync-` the same without the host read, so the two
+   price that read; `:B` sets the batch. Each prints samples/s and MFU, and the first also a profile
+   of its kernels by category (GEMM, attention, fused elementwise, optimizer, other).
 
     python benchmarks/profile_gpu.py --variants whole:16,regional:16,cudnn-regional:16,regional:32
+    python benchmarks/profile_gpu.py --kernel-batch 0 --variants trainer-regional:16,nosync-regional:16
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pixart.model.pixart import XL_2, PixArt
 from pixart.model.regional import compile_blocks
+from pixart.train.loop import update_ema
 from pixart.train.metrics import forward_flops, peak_flops
 
 BACKENDS = {
@@ -137,7 +141,7 @@ def profile_categories(fn, steps: int = 3) -> dict:
 
 
 KINDS = ("whole", "regional", "eager")
-PREFIXES = ("cudnn-", "packed-")
+PREFIXES = ("cudnn-", "packed-", "trainer-", "nosync-")
 
 
 def variant_parts(variant: str) -> tuple[set[str], str]:
@@ -149,6 +153,27 @@ def variant_parts(variant: str) -> tuple[set[str], str]:
     if variant not in KINDS:
         raise SystemExit(f"unknown variant kind {variant!r}: use one of {KINDS}, prefixed by any of {PREFIXES}")
     return prefixes, variant
+
+
+def trainer_step(forward, model, optimizer, batch, host_read: bool):
+    """The bare step plus pixart train's clipping, non-finite check and EMA (pixart.train.loop)."""
+    x, t, y, mask, hw, ar, target = batch
+    params = list(model.parameters())
+    ema = {n: p.detach().clone().float() for n, p in model.named_parameters()}
+
+    def run():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = forward(x, t, y, mask, img_hw=hw, aspect_ratio=ar)
+        loss = (out.float() - target).square().mean()
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 0.01)
+        flags = torch.stack([(~torch.isfinite(loss.detach())).float(), (~torch.isfinite(grad_norm)).float()])
+        if not (host_read and any(flags.tolist())):  # the trainer reads the flags once per step
+            optimizer.step()
+            update_ema(ema, model, 0.9999)
+        optimizer.zero_grad(set_to_none=True)
+
+    return run
 
 
 def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int) -> dict:
@@ -165,7 +190,11 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
         model.embed_captions = model._embed_valid_captions
     if kind == "regional":
         compile_blocks(model)
-    run = training_step(torch.compile(model) if kind == "whole" else model, optimizer, batch_inputs)
+    forward = torch.compile(model) if kind == "whole" else model
+    if prefixes & {"trainer-", "nosync-"}:
+        run = trainer_step(forward, model, optimizer, batch_inputs, host_read="trainer-" in prefixes)
+    else:
+        run = training_step(forward, optimizer, batch_inputs)
 
     order = ORDER_CUDNN_FIRST if "cudnn-" in prefixes else None
     started = time.time()
