@@ -217,6 +217,9 @@ def test_read_and_features(quick_probe):
     # uint8 and [-1, 1] float inputs read the same.
     as_float = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     torch.testing.assert_close(quick_probe.features(as_float), features, atol=0.1, rtol=0.05)
+    # One pass gives both, the same as the two calls.
+    found_too, features_too = quick_probe.read_with_features(images)
+    assert found_too == found and torch.equal(features_too, features)
 
 
 # --- caching -----------------------------------------------------------------------------------------

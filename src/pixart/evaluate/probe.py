@@ -167,35 +167,18 @@ class Probe:
 
     def predict(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-cell probabilities: occupancy (N, 9), color (N, 9, C), shape (N, 9, S), size (N, 9, Z)."""
-        occupancy, color, shape, size = _split(self._forward(images)[1])
-        return {
-            "occupancy": occupancy.sigmoid(),
-            "color": color.softmax(-1),
-            "shape": shape.softmax(-1),
-            "size": size.softmax(-1),
-        }
+        return _probabilities(self._forward(images)[1])
 
     def read(self, images: np.ndarray | torch.Tensor, threshold: float = 0.5) -> list[list[DetectedObject]]:
         """The objects found in each image: cells whose occupancy probability exceeds `threshold`."""
-        p = self.predict(images)
-        color, shape, size = (p[k].argmax(-1).tolist() for k in ("color", "shape", "size"))
-        found = []
-        for i, occupancy in enumerate(p["occupancy"].tolist()):
-            found.append(
-                [
-                    DetectedObject(
-                        POSITIONS[c],
-                        c,
-                        _COLOR_NAMES[color[i][c]],
-                        SHAPES[shape[i][c]],
-                        SIZES[size[i][c]],
-                        occupancy[c],
-                    )
-                    for c in range(_NUM_CELLS)
-                    if occupancy[c] > threshold
-                ]
-            )
-        return found
+        return _detections(self.predict(images), threshold)
+
+    def read_with_features(
+        self, images: np.ndarray | torch.Tensor, threshold: float = 0.5
+    ) -> tuple[list[list[DetectedObject]], torch.Tensor]:
+        """`read` and `features` from one pass over the images."""
+        features, logits = self._forward(images)
+        return _detections(_probabilities(logits), threshold), features
 
     def save(self, path: Path) -> None:
         """Weights and resolution to a safetensors file, written atomically (others may be reading)."""
@@ -387,6 +370,32 @@ def load_or_train_probe(
 
 
 # --- scoring generated images ------------------------------------------------------------------------
+
+
+def _probabilities(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    occupancy, color, shape, size = _split(logits)
+    return {
+        "occupancy": occupancy.sigmoid(),
+        "color": color.softmax(-1),
+        "shape": shape.softmax(-1),
+        "size": size.softmax(-1),
+    }
+
+
+def _detections(p: dict[str, torch.Tensor], threshold: float) -> list[list[DetectedObject]]:
+    color, shape, size = (p[k].argmax(-1).tolist() for k in ("color", "shape", "size"))
+    found = []
+    for i, occupancy in enumerate(p["occupancy"].tolist()):
+        found.append(
+            [
+                DetectedObject(
+                    POSITIONS[c], c, _COLOR_NAMES[color[i][c]], SHAPES[shape[i][c]], SIZES[size[i][c]], occupancy[c]
+                )
+                for c in range(_NUM_CELLS)
+                if occupancy[c] > threshold
+            ]
+        )
+    return found
 
 
 def score_single_detections(detections: list[list[DetectedObject]], scenes: list[Scene]) -> dict[str, float]:

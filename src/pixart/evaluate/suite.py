@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from pixart.data import synthetic
 from pixart.evaluate.frechet import frechet_distance
-from pixart.evaluate.probe import Probe, score_binding_detections, score_relation_detections, score_single
+from pixart.evaluate.probe import (
+    Probe,
+    score_binding_detections,
+    score_relation_detections,
+    score_single_detections,
+)
 from pixart.generate import Settings, TextToImage
 
 
@@ -50,14 +56,16 @@ def shapes_suite(
     twos = generate_arrays(
         pipe, [c for _, c in pair_set], settings, seed=seed + 100_000, batch_size=batch_size, progress=progress
     )
-    scores = score_single(probe, ones, [s for s, _ in single_set])
-    detections, pair_scenes = probe.read(twos), [s for s, _ in pair_set]
+    single_found, single_features = probe.read_with_features(ones)  # one probe pass per image set
+    scores = score_single_detections(single_found, [s for s, _ in single_set])
+    detections, pair_features = probe.read_with_features(twos)
+    pair_scenes = [s for s, _ in pair_set]
     scores["binding"] = score_binding_detections(detections, pair_scenes)
     scores["relation"] = score_relation_detections(detections, pair_scenes)
     height, width = ones.shape[1:3]
-    scenes = [s for s, _ in single_set] + [s for s, _ in pair_set]
+    scenes = [s for s, _ in single_set] + pair_scenes
     real = synthetic.render_batch(scenes, height, width)
-    generated_features = probe.features(np.concatenate([ones, twos]))
+    generated_features = torch.cat([single_features, pair_features])
     real_features = probe.features(real)
     scores["frechet"] = frechet_distance(generated_features, real_features)
     rng = np.random.default_rng(seed + 7)
