@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections import defaultdict
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from bench_gpu import TOKENS, inputs, training_step  # this folder: the script runs as benchmarks/profile_gpu.py
+from bench_gpu import TOKENS, alternate, inputs, training_step  # this folder (run as benchmarks/profile_gpu.py)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pixart.model.pixart import XL_2, PixArt
@@ -49,18 +48,8 @@ ORDER_CUDNN_FIRST = [
 
 
 def timed(fn, warmup: int = 3, repeats: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times)
+    """Median CUDA-event time of `fn` after a warm-up (bench_gpu's timing, one function)."""
+    return alternate([fn], warmup, repeats)[0]
 
 
 def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -> dict:
