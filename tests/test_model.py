@@ -226,3 +226,21 @@ def test_compiled_cpu_sampling_adds_the_bias_after_the_product():
     _, code = run_and_get_code(torch.compile(mlp), x)
     assert "addmm" in "".join(code)
     torch._dynamo.reset()
+
+
+def test_compiled_cpu_gelu_is_the_tanh_approximation_written_as_a_sigmoid():
+    """Same values and gradients as F.gelu(approximate="tanh"); the compiled CPU graph has no tanh."""
+    from torch._inductor.utils import run_and_get_code
+
+    from pixart.model.layers import gelu_tanh
+
+    torch._dynamo.reset()
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64).requires_grad_()  # both tails and the bend
+    out, code = run_and_get_code(torch.compile(gelu_tanh), x)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    reference = torch.nn.functional.gelu(x, approximate="tanh")
+    (reference_grad,) = torch.autograd.grad(reference.sum(), x)
+    torch.testing.assert_close(out, reference, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(grad, reference_grad, atol=1e-12, rtol=1e-12)
+    assert "tanh" not in "".join(code) and "exp" in "".join(code)
+    torch._dynamo.reset()
