@@ -317,6 +317,23 @@ def test_compiled_training_follows_eager_across_bucket_shapes(shapes_data, tmp_p
         torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_bf16_autocasts_on_a_cpu_over_fp32_weights(shapes_data, tmp_path, monkeypatch, precision):
+    """precision=bf16 runs the forward under CPU autocast (it used to be honoured on CUDA only)."""
+    seen = []
+
+    def recording(model, *args, **kwargs):
+        losses = training_loss(model, *args, **kwargs)
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return losses
+
+    monkeypatch.setattr(loop, "training_loss", recording)
+    summary = train(config_for(shapes_data, [f"precision={precision}"], steps=2, every=100), tmp_path / "run")
+    assert seen and set(seen) == {(precision == "bf16", torch.bfloat16)}
+    assert math.isfinite(summary["final_loss"])
+    assert all(v.dtype == torch.float32 for v in weights(tmp_path / "run").values())  # master weights stay fp32
+
+
 def test_repeated_non_finite_steps_stop_with_a_clear_error(shapes_data, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "compute_loss", lambda *a: torch.tensor(float("inf"), requires_grad=True))
     with pytest.raises(TrainingError, match="non-finite steps in a row"):

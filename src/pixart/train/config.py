@@ -82,7 +82,7 @@ class TrainConfig:
     sample_steps: int = 20
     sample_cfg: float = 4.5
     seed: int = 0
-    precision: str = "auto"  # auto: bf16 autocast with fp32 master weights on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast with fp32 master weights on CUDA, fp32 on CPU; bf16 on both
     gradient_checkpointing: bool = False
     parallel: str = "ddp"  # "ddp", or "fsdp" (FSDP2 fully_shard per block) for memory
     compile: bool = False  # torch.compile each transformer block (pixart.model.regional)

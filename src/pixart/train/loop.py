@@ -338,7 +338,8 @@ def compute_loss(wrapped, inner, batch, config, scaling, world: World, step: int
             "img_hw": batch["img_hw"].to(device),
             "aspect_ratio": batch["aspect_ratio"].to(device),
         }
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+    # bf16 autocast on any device: on a CPU with AMX (Xeon 4th gen on) its products run about 4x faster
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with autocast:
         losses = training_loss(wrapped, x0, cond, config.diffusion, t=t, noise=noise, patch_size=patch)
     return losses["loss"].mean()
