@@ -13,8 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from pixart import config as config_io
@@ -204,6 +206,7 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
     torchrun = Path(sys.executable).with_name("torchrun")
     common = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress"]
     items = [*overrides(shapes_data, steps=6, every=3), "optim.eps=1e-6", "optim.lr=1e-4"]
+    items += ["previews=true", "sample_every=3", "sample_steps=4"]  # FSDP gathers the shards for the main rank
     items += ["compile=true"] if compiled else []
     sets = [a for item in items for a in ("--set", item)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -243,6 +246,12 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
     one, two = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
     for key in one:
         torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=0)
+    for step in (3, 6):  # the same grids as one process draws (the weights agree to 1e-6)
+        grids = [
+            np.asarray(Image.open(run / "samples" / f"step-{step:07d}.png"))
+            for run in (tmp_path / "one", tmp_path / "fsdp")
+        ]
+        assert np.abs(grids[0].astype(int) - grids[1].astype(int)).max() <= 1
 
 
 def test_one_rank_dying_fails_the_job_clearly(shapes_data, tmp_path):
@@ -288,6 +297,29 @@ def test_a_non_finite_step_is_skipped_and_counted(shapes_data, tmp_path, monkeyp
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["skipped_steps"] == 1
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
+
+
+def test_previews_draw_ema_grids_without_touching_training(shapes_data, tmp_path):
+    """Grids every 2 steps and at the end, from the EMA weights; the weights equal a run without them."""
+    plain = train(config_for(shapes_data, steps=4, every=100), tmp_path / "plain", progress=False)
+    config = config_for(shapes_data, ["previews=true", "sample_every=2", "sample_steps=4"], steps=4, every=100)
+    summary = train(config, tmp_path / "run", progress=False)
+    assert_bitwise_equal(weights(tmp_path / "plain"), weights(tmp_path / "run"))
+    assert plain["final_loss"] == summary["final_loss"]
+    assert summary["preview"] == str(tmp_path / "run" / "samples" / "step-0000004.png")
+    early, late = (np.asarray(Image.open(tmp_path / "run" / "samples" / f"step-{s:07d}.png")) for s in (2, 4))
+    assert early.shape == late.shape and early.std() > 0
+    assert not np.array_equal(early, late)  # drawn from the weights of their step
+
+    # the grid is what the EMA weights sample: redraw step 4's from the saved EMA file
+    from pixart.data.dataset import FeatureDataset
+    from pixart.train.distributed import World
+    from pixart.train.previews import Previewer
+
+    dataset = FeatureDataset(shapes_data, config.data.caption_probs, seed=config.seed)
+    previewer = Previewer.for_run(config, dataset, tmp_path / "again", World())
+    redrawn = previewer.write(load_file(tmp_path / "run" / FINAL_EMA), 4)
+    assert np.array_equal(np.asarray(Image.open(redrawn)), late)
 
 
 def test_reopening_a_finished_run_trains_nothing_and_reports_its_last_loss(shapes_data, tmp_path):

@@ -91,6 +91,11 @@ def wrap_model(model: nn.Module, world: World, parallel: str, bf16: bool) -> nn.
     return DistributedDataParallel(model, device_ids=[world.local_rank] if world.device.type == "cuda" else None)
 
 
+def gather_full(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Whole tensors from a state dict that FSDP2 may have sharded: a collective, so every rank calls it."""
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in state.items()}
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 

@@ -28,7 +28,7 @@ from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
 from pixart.train.config import TrainConfig
 from pixart.train.data import LatentScaling, prepare_data
-from pixart.train.distributed import World, all_reduce_max, init_distributed, unwrap, wrap_model
+from pixart.train.distributed import World, all_reduce_max, gather_full, init_distributed, unwrap, wrap_model
 from pixart.train.init import FINAL, FINAL_EMA, build_model, initialize_from, save_weights
 from pixart.train.metrics import MetricsWriter, forward_flops, peak_flops, plot_loss, read_metrics
 from pixart.train.previews import Previewer
@@ -177,14 +177,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         init_note = f"resumed from {resume_from.name}"
 
     metrics = MetricsWriter(run_dir, world.is_main)
-    previewer = None
-    if world.is_main and config.previews:
-        captions = list(
-            dict.fromkeys(dataset.record(i)["captions"][dataset.fields[0]] for i in range(min(64, len(dataset))))
-        )
-        previewer = Previewer(
-            config, dataset.info, run_dir, world, latent_shape=tuple(dataset[0]["mean"].shape), prompts=captions[:8]
-        )
+    previewer = Previewer.for_run(config, dataset, run_dir, world) if world.is_main and config.previews else None
     peak = peak_flops(world.device)
     if world.is_main:
         print(
@@ -293,8 +286,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{row['lr']:.2e}")
                 loss_sum.zero_()
                 window_start, window_steps = time.time(), 0
-            if previewer is not None and config.sample_every and step % config.sample_every == 0:
-                previewer.write(inner, ema, step)
+            if config.previews and config.sample_every and step % config.sample_every == 0:
+                if sharded:  # every rank takes part in gathering the shards; the main rank samples
+                    weights = {**gather_full(inner.state_dict()), **gather_full(ema)}
+                else:
+                    weights = {**inner.state_dict(), **ema} if previewer is not None else {}
+                if previewer is not None:
+                    previewer.write(weights, step)
             if stop_now:
                 save(step)
                 status = "interrupted"
@@ -381,13 +379,12 @@ def finish(config, run_dir, world, inner, ema, previewer, status, step, skipped,
         if world.is_main:
             print(f"[pixart train] interrupted at step {step}; checkpoint saved. {summary['resume']}.")
         return summary
-    full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in inner.state_dict().items()}
-    ema_full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in ema.items()}
+    full, ema_full = gather_full(inner.state_dict()), gather_full(ema)
     if world.is_main:
         save_weights(inner, run_dir / FINAL, full)
         save_weights(inner, run_dir / FINAL_EMA, {**full, **ema_full})
         plot_loss({config.recipe: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "loss.png")
-        preview = previewer.write(inner, ema, step) if previewer is not None else None
+        preview = previewer.write({**full, **ema_full}, step) if previewer is not None else None
         if preview is not None:
             summary["preview"] = str(preview)
         summary.update(

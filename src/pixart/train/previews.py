@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from pixart.model.dit import DiT
 from pixart.sample import sample
 from pixart.train.config import TrainConfig
 from pixart.train.distributed import World
+from pixart.train.init import build_model
 
 
 class LabelsAsCaptions(nn.Module):
@@ -35,7 +35,11 @@ def preview_codec(info: dict) -> ImageCodec:
 
 
 class Previewer:
-    """Encodes the preview prompts once at start; `write` samples a grid and saves it as a PNG."""
+    """Encodes the preview prompts once at start; `write` samples a grid and saves it as a PNG.
+
+    It lives on the main rank. `write` takes whole (unsharded) weights: under FSDP every rank gathers
+    them first (`distributed.gather_full`), then the main rank samples from a plain copy of the model.
+    """
 
     def __init__(
         self,
@@ -50,13 +54,20 @@ class Previewer:
         self.info = info
         self.out = run_dir / "samples"
         self.world = world
-        self.enabled = not (world.distributed and config.parallel == "fsdp")
         self.latent_shape = latent_shape
         self.prompts = list(config.sample_prompts or prompts or [])
         self.codec: ImageCodec | None = None
         self.cond = self.mask = None
-        if config.stage == "t2i" and self.prompts and self.enabled:
+        if config.stage == "t2i" and self.prompts:
             self.cond, self.mask = self._encode(self.prompts)
+
+    @classmethod
+    def for_run(cls, config: TrainConfig, dataset, run_dir: Path, world: World) -> Previewer:
+        """A run's previewer: sample_prompts, else the first 8 distinct captions of the training data."""
+        first = range(min(64, len(dataset)))
+        captions = list(dict.fromkeys(dataset.record(i)["captions"][dataset.fields[0]] for i in first))
+        shape = tuple(dataset[0]["mean"].shape)
+        return cls(config, dataset.info, run_dir, world, latent_shape=shape, prompts=captions[:8])
 
     def _encode(self, prompts: list[str]):
         from pixart.encoders.text import load_text_encoder
@@ -68,12 +79,14 @@ class Previewer:
         return encoded.features, encoded.mask
 
     @torch.no_grad()
-    def write(self, inner: nn.Module, ema: dict[str, torch.Tensor], step: int) -> Path | None:
-        if not self.enabled or self.latent_shape is None:
+    def write(self, weights: dict[str, torch.Tensor], step: int) -> Path | None:
+        """Sample the grid with `weights` (the model's whole state dict, EMA parameters in it)."""
+        if self.latent_shape is None:
             return None
-        model = copy.deepcopy(inner).eval()
-        for name, param in model.named_parameters():
-            param.copy_(ema[name].to(param.dtype))
+        with torch.device("meta"):  # no initialisation work and no draw from the training RNG
+            model = build_model(self.config)
+        model.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, assign=True)
+        model.eval()
         device = next(model.parameters()).device
         if isinstance(model, DiT):
             count = min(8, model.config.num_classes)
