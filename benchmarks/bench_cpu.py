@@ -191,7 +191,7 @@ def main() -> None:
     print(
         f"CPU, {args.threads} threads, torch {torch.__version__}; depth 4, hidden 384, 6 heads, 256 tokens, batch 8, "
         f"120 caption tokens (valid {VALID}), {precision}; ours {mode}; "
-        f"max |ours - diffusers|: forward {parity:.2e}, sampler step {step_parity:.2e}; {args.repeats} pairs"
+        f"max |ours - diffusers| in fp32: forward {parity:.2e}, sampler step {step_parity:.2e}; {args.repeats} pairs"
     )
     print("| case | ours (s, median) | diffusers (s, median) | ratio (median of pairs) | quartiles |")
     print("|---|---|---|---|---|")

@@ -206,7 +206,7 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
     torchrun = Path(sys.executable).with_name("torchrun")
     common = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress"]
     items = [*overrides(shapes_data, steps=6, every=3), "optim.eps=1e-6", "optim.lr=1e-4"]
-    items += ["previews=true", "sample_every=3", "sample_steps=4"]  # FSDP gathers the shards for the main rank
+    items += ["previews=true", "sample_every=2", "sample_steps=4"]  # FSDP gathers the shards for the main rank
     items += ["compile=true"] if compiled else []
     sets = [a for item in items for a in ("--set", item)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -246,7 +246,7 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
     one, two = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
     for key in one:
         torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=0)
-    for step in (3, 6):  # the same grids as one process draws (the weights agree to 1e-6)
+    for step in (2, 4, 6):  # the same grids as one process draws (the weights agree to 1e-6); 2, 4 mid-run
         grids = [
             np.asarray(Image.open(run / "samples" / f"step-{step:07d}.png"))
             for run in (tmp_path / "one", tmp_path / "fsdp")
@@ -356,14 +356,15 @@ def test_precision_bf16_autocasts_on_a_cpu_over_fp32_weights(shapes_data, tmp_pa
 
     def recording(model, *args, **kwargs):
         losses = training_loss(model, *args, **kwargs)
-        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        seen.append((autocast, {p.dtype for p in model.parameters()}))
         return losses
 
     monkeypatch.setattr(loop, "training_loss", recording)
     summary = train(config_for(shapes_data, [f"precision={precision}"], steps=2, every=100), tmp_path / "run")
-    assert seen and set(seen) == {(precision == "bf16", torch.bfloat16)}
+    expected = torch.bfloat16 if precision == "bf16" else None
+    assert len(seen) == 2 and all(item == (expected, {torch.float32}) for item in seen)  # master weights fp32
     assert math.isfinite(summary["final_loss"])
-    assert all(v.dtype == torch.float32 for v in weights(tmp_path / "run").values())  # master weights stay fp32
 
 
 def test_repeated_non_finite_steps_stop_with_a_clear_error(shapes_data, tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ from pixart.train.data import LatentScaling, prepare_data
 from pixart.train.distributed import World, all_reduce_max, gather_full, init_distributed, unwrap, wrap_model
 from pixart.train.init import FINAL, FINAL_EMA, build_model, initialize_from, save_weights
 from pixart.train.metrics import MetricsWriter, forward_flops, peak_flops, plot_loss, read_metrics
-from pixart.train.previews import Previewer
+from pixart.train.previews import Previewer, preview_weights
 
 # Settings that may change between a run and its resumption; anything else must match config.json.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "data.num_workers"}
@@ -286,11 +286,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{row['lr']:.2e}")
                 loss_sum.zero_()
                 window_start, window_steps = time.time(), 0
-            if config.previews and config.sample_every and step % config.sample_every == 0:
-                if sharded:  # every rank takes part in gathering the shards; the main rank samples
-                    weights = {**gather_full(inner.state_dict()), **gather_full(ema)}
-                else:
-                    weights = {**inner.state_dict(), **ema} if previewer is not None else {}
+            preview_step = config.sample_every and step % config.sample_every == 0 and step < config.steps
+            if config.previews and preview_step and (sharded or previewer is not None):
+                weights = preview_weights(inner, ema, sharded)  # under FSDP every rank gathers
                 if previewer is not None:
                     previewer.write(weights, step)
             if stop_now:
@@ -384,6 +382,7 @@ def finish(config, run_dir, world, inner, ema, previewer, status, step, skipped,
         save_weights(inner, run_dir / FINAL, full)
         save_weights(inner, run_dir / FINAL_EMA, {**full, **ema_full})
         plot_loss({config.recipe: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "loss.png")
+        # the live tensors (a single process): nothing trains them any more
         preview = previewer.write({**full, **ema_full}, step) if previewer is not None else None
         if preview is not None:
             summary["preview"] = str(preview)

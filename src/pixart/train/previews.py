@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -13,8 +14,11 @@ from pixart.grids import image_grid
 from pixart.model.dit import DiT
 from pixart.sample import sample
 from pixart.train.config import TrainConfig
-from pixart.train.distributed import World
+from pixart.train.distributed import World, gather_full
 from pixart.train.init import build_model
+
+if TYPE_CHECKING:
+    from pixart.data.dataset import FeatureDataset
 
 
 class LabelsAsCaptions(nn.Module):
@@ -34,11 +38,23 @@ def preview_codec(info: dict) -> ImageCodec:
     return load_codec(codec.get("kind", "sd-vae"), codec.get("path"))
 
 
+def preview_weights(inner: nn.Module, ema: dict[str, torch.Tensor], sharded: bool) -> dict[str, torch.Tensor]:
+    """The whole state dict with the EMA parameters, in tensors training does not share.
+
+    Under FSDP it gathers the shards, a collective: every rank calls it. Only the EMA and the buffers are
+    gathered, not the training parameters the EMA replaces.
+    """
+    weights = {**{k: v for k, v in inner.state_dict().items() if k not in ema}, **ema}
+    if sharded:
+        return gather_full(weights)  # full_tensor() returns new tensors
+    return {k: v.detach().clone() for k, v in weights.items()}
+
+
 class Previewer:
     """Encodes the preview prompts once at start; `write` samples a grid and saves it as a PNG.
 
-    It lives on the main rank. `write` takes whole (unsharded) weights: under FSDP every rank gathers
-    them first (`distributed.gather_full`), then the main rank samples from a plain copy of the model.
+    It lives on the main rank. `write` takes whole (unsharded) weights, `preview_weights`: under FSDP
+    every rank gathers them first, then the main rank samples from a plain copy of the model.
     """
 
     def __init__(
@@ -62,7 +78,7 @@ class Previewer:
             self.cond, self.mask = self._encode(self.prompts)
 
     @classmethod
-    def for_run(cls, config: TrainConfig, dataset, run_dir: Path, world: World) -> Previewer:
+    def for_run(cls, config: TrainConfig, dataset: FeatureDataset, run_dir: Path, world: World) -> Previewer:
         """A run's previewer: sample_prompts, else the first 8 distinct captions of the training data."""
         first = range(min(64, len(dataset)))
         captions = list(dict.fromkeys(dataset.record(i)["captions"][dataset.fields[0]] for i in first))
@@ -80,12 +96,13 @@ class Previewer:
 
     @torch.no_grad()
     def write(self, weights: dict[str, torch.Tensor], step: int) -> Path | None:
-        """Sample the grid with `weights` (the model's whole state dict, EMA parameters in it)."""
+        """Sample the grid with `weights`, the model's whole state dict (EMA parameters in it), which the
+        preview model takes as its own tensors: the caller passes tensors training no longer changes."""
         if self.latent_shape is None:
             return None
         with torch.device("meta"):  # no initialisation work and no draw from the training RNG
             model = build_model(self.config)
-        model.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, assign=True)
+        model.load_state_dict(weights, assign=True)
         model.eval()
         device = next(model.parameters()).device
         if isinstance(model, DiT):
