@@ -41,6 +41,7 @@ from pixart.data.shards import DATASET_FILE, FeatureSample, shard_name, write_sh
 from pixart.data.sources import Inputs, Item
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
 from pixart.encoders.text import TextEncoder, encoder_info
+from pixart.files import atomic_write
 
 REPORT_FILE = "report.json"
 FORMAT = "pixart-features/1"
@@ -419,7 +420,6 @@ def _read_json(path: Path) -> dict | None:
 
 def _write_json(path: Path, value: dict) -> None:
     """Atomic, and safe with several processes writing the same file (each uses its own temporary)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # ASCII escapes: names of files that are not valid UTF-8 hold lone surrogates, which UTF-8 cannot write.
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(value, indent=1) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

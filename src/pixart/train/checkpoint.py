@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pixart.files import atomic_write
 from pixart.train.distributed import World, barrier
 
 NAME = re.compile(r"^step-(\d{7})\.(pt|dcp)$")
@@ -73,9 +74,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
     else:
         final = folder / f"step-{step:07d}.pt"
         if world.is_main:
-            tmp = folder / f".step-{step:07d}.pt.tmp"
-            torch.save({**state, "rng": rng_state()}, tmp)
-            os.replace(tmp, final)
+            atomic_write(final, lambda tmp: torch.save({**state, "rng": rng_state()}, tmp))
     barrier(world)
     if world.is_main:
         for _, old in list_checkpoints(run_dir)[:-keep]:

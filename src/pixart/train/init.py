@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pixart.files import atomic_write
 from pixart.model.dit import DiT
 from pixart.model.pixart import PixArt
 from pixart.train.config import TrainConfig
@@ -104,9 +105,8 @@ def save_weights(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | 
 
     state = {k: v.detach().float().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
     kind = "dit" if isinstance(model, DiT) else "pixart"
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": kind, "config": json.dumps(model.config.to_dict())})
-    tmp.replace(path)
+    metadata = {"format": kind, "config": json.dumps(model.config.to_dict())}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return path
 
 

@@ -377,13 +377,14 @@ def finish(config, run_dir, world, inner, ema, previewer, status, step, skipped,
         if world.is_main:
             print(f"[pixart train] interrupted at step {step}; checkpoint saved. {summary['resume']}.")
         return summary
-    full, ema_full = gather_full(inner.state_dict()), gather_full(ema)
+    full = gather_full(inner.state_dict())
+    with_ema = {**full, **gather_full(ema)}
     if world.is_main:
         save_weights(inner, run_dir / FINAL, full)
-        save_weights(inner, run_dir / FINAL_EMA, {**full, **ema_full})
+        save_weights(inner, run_dir / FINAL_EMA, with_ema)
         plot_loss({config.recipe: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "loss.png")
         # the live tensors (a single process): nothing trains them any more
-        preview = previewer.write({**full, **ema_full}, step) if previewer is not None else None
+        preview = previewer.write(with_ema, step) if previewer is not None else None
         if preview is not None:
             summary["preview"] = str(preview)
         summary.update(
