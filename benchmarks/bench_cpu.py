@@ -29,6 +29,8 @@ import torch
 
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.model.regional import compile_blocks
+from pixart.train.config import OptimConfig
+from pixart.train.loop import build_optimizer
 from pixart.weights import save_transformer
 
 CONFIG = PixArtConfig(
@@ -140,7 +142,7 @@ def main() -> None:
     if not args.no_compile:  # as users get it: training compiles each block, generation the whole model
         compile_blocks(ours_train)
         ours_sample = torch.compile(ours)
-    opt_ours = torch.optim.AdamW(ours_train.parameters(), lr=1e-5, fused=True)  # our trainer uses fused AdamW
+    opt_ours = build_optimizer(ours_train.parameters(), OptimConfig(), lr=1e-5)  # the trainer's (fused) AdamW
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-5, foreach=True)
     with torch.no_grad():
         captions = ours.prepare_captions(batch[2], batch[3])

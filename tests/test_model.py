@@ -71,6 +71,28 @@ def test_padded_caption_tokens_contribute_nothing():
     assert not torch.allclose(model(x, t, y).detach(), out, atol=1e-3)
 
 
+def test_training_gradients_with_padded_captions_equal_each_sample_alone_unpadded():
+    """On a CPU only valid caption tokens are projected to keys and values; the gradients must not notice.
+
+    The reference never pads: each sample runs alone on its truncated caption with no mask, and its
+    gradients add up to the batch's (the loss is a sum over samples).
+    """
+    model = randomize_(PixArt(TINY))
+    x, t, y = torch.randn(3, 4, 16, 16), torch.tensor([10.0, 400.0, 900.0]), torch.randn(3, 12, 48)
+    lengths = [5, 12, 1]
+    mask = varied_mask(3, 12, lengths)
+    y[mask == 0] = float("nan")  # padding must reach neither the output nor the gradients
+    model(x, t, y, mask).square().sum().backward()
+    padded = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    for i, n in enumerate(lengths):
+        model(x[i : i + 1], t[i : i + 1], y[i : i + 1, :n]).square().sum().backward()
+    for name, p in model.named_parameters():
+        assert torch.isfinite(padded[name]).all(), name
+        scale = p.grad.abs().max()  # random weights give gradients up to ~1e3: compare relative to it
+        torch.testing.assert_close(padded[name] / scale, p.grad / scale, atol=1e-5, rtol=0, msg=name)
+
+
 def test_caption_projection_of_all_tokens_equals_the_packed_one():
     """The GPU path (project every token, zero the padded) against the CPU path (project valid tokens only)."""
     model = randomize_(PixArt(TINY)).eval()
