@@ -216,7 +216,7 @@ def test_stopped_run_resumes_to_the_same_dataset_without_rewriting(tmp_path, mod
 KILLER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from pixart.data import shards
+from pixart import files
 from pixart.data.prepare import PrepareOptions, prepare
 from pixart.data.sources import list_inputs
 from pixart.encoders import SDVAE, T5Encoder
@@ -226,7 +226,7 @@ def replace(src, dst):
     if str(dst).endswith("shard-00002.safetensors"):  # shard 2 is fully written to its temporary file
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(src, dst)
-shards.os.replace = replace
+files.os.replace = replace
 options = PrepareOptions(resolution={resolution}, shard_size=4, batch_size=2, progress=False)
 prepare(list_inputs({inputs!r}), {out!r}, options, SDVAE({vae!r}), T5Encoder({t5!r}))
 """
@@ -249,10 +249,11 @@ def test_killed_process_resumes_to_the_same_dataset(tmp_path, models, model_dirs
     process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert process.returncode == -signal.SIGKILL, process.stderr
     assert finished_shards(tmp_path / "killed") == [0, 1]
-    assert (tmp_path / "killed" / ".shard-00002.safetensors.tmp").is_file()  # the half shard is invisible
+    assert len(list((tmp_path / "killed").glob(".shard-00002.safetensors.*.tmp"))) == 1  # the half shard: invisible
     assert len(FeatureDataset(tmp_path / "killed")) == 4
     prepare(inputs, tmp_path / "killed", options(), *models)
     assert visible_files(tmp_path / "whole") == visible_files(tmp_path / "killed")
+    assert not list((tmp_path / "killed").glob(".*.tmp"))  # rewriting shard 2 deleted the killed one's temporary
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path, models):

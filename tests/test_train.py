@@ -147,8 +147,11 @@ def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(shapes_data, tmp_pat
     assert process.returncode == 0, err
     assert "interrupted at step" in out
     assert not (tmp_path / "stopped" / FINAL).exists()
+    leftover = tmp_path / "stopped" / f".{FINAL}.999999.tmp"  # as a run killed while writing its weights leaves
+    leftover.write_bytes(b"half")
     resumed = cli(tmp_path / "stopped", shapes_data, steps=10)
     assert resumed.returncode == 0, resumed.stderr
+    assert not leftover.exists()
     assert_bitwise_equal(weights(tmp_path / "stopped"), weights(reference and tmp_path / "reference"))
 
 

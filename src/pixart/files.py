@@ -18,5 +18,23 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a write that failed (disk full, a bad value) leaves nothing behind
+        raise
+
+
+def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
+    """Delete the temporaries `atomic_write` left for files named like `pattern` (a glob) in `folder`.
+
+    A writer killed mid-write (SIGKILL, preemption, power loss) cannot clean up after itself, and its
+    temporary carries its pid, so no later write of the same file replaces it: for a checkpoint that is
+    gigabytes. Call this only where this process alone writes such files, or it takes another writer's
+    temporary from under it.
+    """
+    leftovers = sorted(Path(folder).glob(f".{pattern}.*.tmp"))
+    for tmp in leftovers:
+        tmp.unlink(missing_ok=True)
+    return leftovers

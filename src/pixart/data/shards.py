@@ -16,7 +16,6 @@ JSON lines: a killed writer leaves no half shard, and a rerun skips the shards t
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+
+from pixart.files import atomic_write, remove_leftovers
 
 DATASET_FILE = "dataset.json"
 
@@ -79,10 +80,10 @@ def write_shard(folder: str | Path, index: int, samples: list[FeatureSample], fi
         for i, s in enumerate(samples)
     ]
     (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    tmp = folder / f".{name}.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / f"{name}.safetensors")
-    return folder / f"{name}.safetensors"
+    path = folder / f"{name}.safetensors"
+    remove_leftovers(folder, path.name)  # of a run killed while writing this shard (only its writer gets here)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    return path
 
 
 def finished_shards(folder: str | Path) -> list[int]:
@@ -91,10 +92,7 @@ def finished_shards(folder: str | Path) -> list[int]:
 
 
 def write_dataset_info(folder: str | Path, info: dict) -> None:
-    folder = Path(folder)
-    tmp = folder / f".{DATASET_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, folder / DATASET_FILE)
+    atomic_write(Path(folder) / DATASET_FILE, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
 
 
 def read_dataset_info(folder: str | Path) -> dict:

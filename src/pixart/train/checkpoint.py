@@ -3,7 +3,8 @@
 Single process and DDP: rank 0 writes `checkpoints/step-0000123.pt` through a temporary file and a
 rename. FSDP: every rank writes its shards with torch.distributed.checkpoint into
 `step-0000123.dcp.tmp/`, renamed to `step-0000123.dcp/` once all ranks are done. A checkpoint that
-is not renamed into place does not exist, so a crash mid-write loses nothing but that checkpoint.
+is not renamed into place does not exist, so a crash mid-write loses nothing but that checkpoint; the
+next save deletes what it left.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pixart.files import atomic_write
+from pixart.files import atomic_write, remove_leftovers
 from pixart.train.distributed import World, barrier
 
 NAME = re.compile(r"^step-(\d{7})\.(pt|dcp)$")
@@ -58,6 +59,9 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
     folder = checkpoint_dir(run_dir)
     if world.is_main:
         folder.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(folder, "step-*.pt")  # a run killed while saving left these; nothing else writes here
+        for partial in folder.glob("step-*.dcp.tmp"):
+            shutil.rmtree(partial)
     barrier(world)
     if sharded:
         import torch.distributed.checkpoint as dcp

@@ -23,6 +23,7 @@ from pixart import config as config_io
 from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.sampler import BucketBatchSampler
 from pixart.diffusion.objective import draw_timesteps, training_loss
+from pixart.files import remove_leftovers
 from pixart.model.dit import DiT
 from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
@@ -389,6 +390,7 @@ def finish(config, run_dir, world, inner, ema, previewer, status, step, skipped,
     full = gather_full(inner.state_dict())
     with_ema = {**full, **gather_full(ema)}
     if world.is_main:
+        remove_leftovers(run_dir, "final*.safetensors")  # of a run killed while writing them
         save_weights(inner, run_dir / FINAL, full)
         save_weights(inner, run_dir / FINAL_EMA, with_ema)
         plot_loss({config.recipe: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "loss.png")
