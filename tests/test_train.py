@@ -117,6 +117,31 @@ def test_tiny_overfits_a_fixed_batch(shapes_data, tmp_path):
     assert after < before / 3, (before, after)
 
 
+@pytest.mark.parametrize("train_creates_it", [True, False], ids=["train-creates-the-group", "caller-created-it"])
+def test_train_destroys_the_process_group_only_if_it_created_it(shapes_data, tmp_path, monkeypatch, train_creates_it):
+    """torchrun's processes must not leave their group to interpreter exit; a library caller's group stays."""
+    import torch.distributed as dist
+
+    from pixart.train.distributed import World
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+
+    def one_rank_group(device=None) -> World:  # what init_distributed does under torchrun, with one rank
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        return World()
+
+    if not train_creates_it:
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    monkeypatch.setattr(loop, "init_distributed", one_rank_group)
+    try:
+        train(config_for(shapes_data, steps=1, every=1000), tmp_path / "run", progress=False)
+        assert dist.is_initialized() is not train_creates_it
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_sigkill_at_a_random_step_then_rerun_gives_identical_weights(shapes_data, tmp_path):
     reference = cli(tmp_path / "reference", shapes_data)
     assert reference.returncode == 0, reference.stderr

@@ -63,18 +63,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.run_dir is None:
         raise UserError("--run-dir is required (except with --dry-run)")
-    from pixart.train.distributed import shutdown
     from pixart.train.loop import TrainingError, train
 
     try:
         summary = train(config, args.run_dir, device=args.device, progress=not args.no_progress)
     except TrainingError as error:
         raise UserError(str(error)) from error
-    # Under torchrun the process group must go before the interpreter does: one CI run saw a rank abort
-    # (SIGABRT, "terminate called without an active exception"), and a group left to interpreter exit is
-    # a known cause (gloo's threads still holding work; pytorch/pytorch#179291). Only on success, as
-    # torchtitan does: tearing down while another rank is still in a collective would hang.
-    shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 0

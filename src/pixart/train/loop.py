@@ -29,7 +29,15 @@ from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
 from pixart.train.config import OptimConfig, TrainConfig
 from pixart.train.data import LatentScaling, prepare_data
-from pixart.train.distributed import World, all_reduce_max, gather_full, init_distributed, unwrap, wrap_model
+from pixart.train.distributed import (
+    World,
+    all_reduce_max,
+    gather_full,
+    init_distributed,
+    shutdown,
+    unwrap,
+    wrap_model,
+)
 from pixart.train.init import FINAL, FINAL_EMA, build_model, initialize_from, save_weights
 from pixart.train.metrics import MetricsWriter, forward_flops, peak_flops, plot_loss, read_metrics
 from pixart.train.previews import Previewer, preview_weights
@@ -84,6 +92,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     """Train (or resume) the run in `run_dir`; returns a summary dict."""
     started = time.time()
     run_dir = Path(run_dir)
+    creates_group = not torch.distributed.is_initialized()
     world = init_distributed(device)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -296,6 +305,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         save(step)
     summary = finish(config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started)
     metrics.close()
+    if creates_group:
+        # Under torchrun the process group must go before the interpreter does: one CI run saw a rank abort
+        # (SIGABRT, "terminate called without an active exception"), and a group left to interpreter exit
+        # is a known cause (gloo's threads still holding work; pytorch/pytorch#179291). Only on a normal
+        # return, as torchtitan does: tearing down while another rank is in a collective would hang. A
+        # group the caller made is the caller's to destroy.
+        shutdown()
     return summary
 
 
