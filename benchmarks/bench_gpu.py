@@ -2,7 +2,7 @@
 
 Per resolution (256, 512, 1024 px): a bf16-autocast training step (fp32 master weights, fused AdamW for
 both) and a no-grad bf16 forward, alternating the two implementations after a warm-up, median of the
-repeats, with samples/s, TFLOP/s and MFU from the formula in performance.md (training = 3 x forward,
+repeats, with samples/s, TFLOP/s and MFU from pixart.train.metrics.forward_flops (training = 3 x forward,
 120 caption tokens). Then 1024 px, 20 DPM-Solver++ steps with guidance at batch 1, through the same
 sampling loop, so the difference is the transformer. Runs in about three minutes on an H100.
 
