@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from pixart.files import atomic_write, remove_leftovers
+from pixart.files import atomic_write, remove_leftovers, temporary_path
 from pixart.train.checkpoint import list_checkpoints, save_checkpoint
 from pixart.train.distributed import World
 
@@ -26,20 +28,31 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.bin"]
 
 
-def test_remove_leftovers_takes_only_the_temporaries_of_matching_names(tmp_path):
-    names = [".step-0000002.pt.4242.tmp", ".step-0000004.pt.17.tmp", ".other.pt.4242.tmp", "step-0000002.pt"]
-    for name in names:
-        (tmp_path / name).write_text("x")
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been waited for)."""
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(process.stdout)
+
+
+def test_remove_leftovers_takes_killed_writers_temporaries_only(tmp_path):
+    dead = dead_pid()
+    killed = [temporary_path(tmp_path / "step-0000002.pt", dead), temporary_path(tmp_path / "step-0000004.pt", dead)]
+    older_version = tmp_path / ".step-0000006.pt.tmp"  # before temporaries carried the pid
+    running = temporary_path(tmp_path / "step-0000008.pt")  # this process is still writing it
+    other_file = temporary_path(tmp_path / "other.pt", dead)
+    finished = tmp_path / "step-0000002.pt"
+    for path in [*killed, older_version, running, other_file, finished]:
+        path.write_text("x")
     removed = remove_leftovers(tmp_path, "step-*.pt")
-    assert [p.name for p in removed] == names[:2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+    assert removed == sorted([*killed, older_version])
+    assert sorted(tmp_path.iterdir()) == sorted([running, other_file, finished])
 
 
 def test_a_checkpoint_save_deletes_what_a_killed_save_left(tmp_path):
     folder = tmp_path / "checkpoints"
     (folder / "step-0000004.dcp.tmp").mkdir(parents=True)  # FSDP ranks killed mid-save
     (folder / "step-0000004.dcp.tmp" / "__0_0.distcp").write_bytes(b"half")
-    (folder / ".step-0000004.pt.999999.tmp").write_bytes(b"half")  # one process killed mid-save
+    temporary_path(folder / "step-0000004.pt", dead_pid()).write_bytes(b"half")  # one process killed mid-save
     save_checkpoint(tmp_path, 6, {"model": {"w": torch.ones(2)}, "step": 6}, World(), sharded=False, keep=2)
     assert sorted(p.name for p in folder.iterdir()) == ["step-0000006.pt"]
     assert [step for step, _ in list_checkpoints(tmp_path)] == [6]

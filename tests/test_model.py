@@ -72,7 +72,7 @@ def test_padded_caption_tokens_contribute_nothing():
 
 
 def test_training_gradients_with_padded_captions_equal_each_sample_alone_unpadded():
-    """On a CPU only valid caption tokens are projected to keys and values; the gradients must not notice.
+    """On a CPU only the valid caption tokens go through the caption projection; the gradients must not notice.
 
     The reference never pads: each sample runs alone on its truncated caption with no mask, and its
     gradients add up to the batch's (the loss is a sum over samples).

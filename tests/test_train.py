@@ -25,6 +25,7 @@ from pixart.data.shapes_features import build_shapes_features
 from pixart.diffusion.objective import training_loss
 from pixart.encoders.codecs import PixelCodec
 from pixart.encoders.text import MiniLMEncoder
+from pixart.files import temporary_path
 from pixart.model.dit import DiTConfig
 from pixart.recipes import RECIPES, get_recipe
 from pixart.train import loop
@@ -172,7 +173,8 @@ def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(shapes_data, tmp_pat
     assert process.returncode == 0, err
     assert "interrupted at step" in out
     assert not (tmp_path / "stopped" / FINAL).exists()
-    leftover = tmp_path / "stopped" / f".{FINAL}.999999.tmp"  # as a run killed while writing its weights leaves
+    # as a run killed while writing its weights leaves (pid 2**22 + 1: above Linux's largest, never running)
+    leftover = temporary_path(tmp_path / "stopped" / FINAL, 2**22 + 1)
     leftover.write_bytes(b"half")
     resumed = cli(tmp_path / "stopped", shapes_data, steps=10)
     assert resumed.returncode == 0, resumed.stderr

@@ -12,12 +12,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PIXART_CACHE", "~/.cache/pixart")).expanduser()
 
 
+def temporary_path(path: Path, pid: int | None = None) -> Path:
+    """Where `atomic_write` writes `path` first: a hidden sibling named after the writer's pid."""
+    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.tmp")
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """`write(tmp)` to a sibling temporary file, then rename it over `path`: a crash or a concurrent reader
     never sees a half-written file (the pid keeps two writers of the same file apart)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     try:
         write(str(tmp))
         os.replace(tmp, path)
@@ -27,14 +32,31 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
-    """Delete the temporaries `atomic_write` left for files named like `pattern` (a glob) in `folder`.
+    """Delete the temporaries killed writers left for files named like `pattern` (a glob) in `folder`.
 
     A writer killed mid-write (SIGKILL, preemption, power loss) cannot clean up after itself, and its
     temporary carries its pid, so no later write of the same file replaces it: for a checkpoint that is
-    gigabytes. Call this only where this process alone writes such files, or it takes another writer's
-    temporary from under it.
+    gigabytes. A temporary whose writer is still running on this machine (this process included) is
+    left alone, so call this only where no other machine writes such files. Unnamed temporaries
+    (`.name.tmp`, from versions before the pid was added) go too.
     """
-    leftovers = sorted(Path(folder).glob(f".{pattern}.*.tmp"))
+    folder = Path(folder)
+    candidates = [*folder.glob(f".{pattern}.*.tmp"), *folder.glob(f".{pattern}.tmp")]
+    leftovers = sorted(tmp for tmp in set(candidates) if not _writer_alive(tmp))
     for tmp in leftovers:
         tmp.unlink(missing_ok=True)
     return leftovers
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the pid in a `.name.<pid>.tmp` temporary is a running process (no pid: not alive)."""
+    pid = tmp.name.rsplit(".", 2)[-2]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True

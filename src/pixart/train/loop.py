@@ -89,7 +89,11 @@ class StopFlag:
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> dict:
-    """Train (or resume) the run in `run_dir`; returns a summary dict."""
+    """Train (or resume) the run in `run_dir`; returns a summary dict.
+
+    Under torchrun, the process group this call creates is destroyed when it returns (finished or
+    interrupted), not when it raises; a group that existed before the call is left to its owner.
+    """
     started = time.time()
     run_dir = Path(run_dir)
     creates_group = not torch.distributed.is_initialized()
