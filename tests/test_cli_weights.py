@@ -68,6 +68,22 @@ def test_convert_dit_reparameterises(tmp_path, capsys):
     assert load_transformer(tmp_path / "init.safetensors").config.depth == 3
 
 
+def test_our_dit_weights_convert_with_their_stored_config(tmp_path):
+    """The trainer's stage-1 safetensors say their head count and input size; shapes alone would guess 2 and 32."""
+    from pixart.model.dit import DiT, DiTConfig
+    from pixart.train.init import save_weights
+
+    dit = DiTConfig(input_size=3, patch_size=1, in_channels=16, hidden_size=144, depth=2, num_heads=4, num_classes=10)
+    save_weights(randomize_(DiT(dit)), tmp_path / "dit.safetensors")
+    info = run_cli("info", str(tmp_path / "dit.safetensors"), "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["config"]["num_heads"] == 4
+    out = tmp_path / "init.safetensors"
+    assert main(["convert", str(tmp_path / "dit.safetensors"), "--to", "pixart", "--out", str(out)]) == 0
+    config = load_transformer(out).config
+    assert (config.num_heads, config.input_size) == (4, 3)
+
+
 def test_info_reports_format_config_and_parameters(tmp_path):
     model = PixArt(TINY)
     save_transformer(model, tmp_path / "m.safetensors")
@@ -94,6 +110,12 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     result = run_cli("convert", str(tmp_path / "m.safetensors"), "--to", "pixart", "--out", str(tmp_path / "x.pth"))
     assert result.returncode == 2
     assert "writes a .safetensors file" in result.stderr
+    odd = {k: v for k, v in dit_checkpoint().items() if k != "pos_embed"}  # width 96 is 3 heads or 96/...: unknown
+    odd = {k: torch.zeros(100, *v.shape[1:]) if k == "x_embedder.proj.weight" else v for k, v in odd.items()}
+    torch.save(odd, tmp_path / "odd.pt")
+    result = run_cli("info", str(tmp_path / "odd.pt"))
+    assert result.returncode == 2, result.stderr
+    assert "--num-heads" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_help_of_every_command():

@@ -172,3 +172,51 @@ def test_diffusers_folder_without_null_caption_gets_zeros(tmp_path):
     (tmp_path / "null_caption.safetensors").unlink()
     loaded = load_transformer(tmp_path)
     assert np.count_nonzero(loaded.y_embedder.y_embedding.numpy()) == 0
+
+
+def test_official_round_trip_keeps_what_shapes_cannot_say(tmp_path):
+    """Head count of a non-XL width, caption_norm: the .pth we write carries our config, and loading prefers it."""
+    config = dataclasses.replace(TINY_MS, hidden_size=144, num_heads=4, caption_norm=True)  # 4 heads of 36
+    model = randomize_(PixArt(config)).eval()
+    save_transformer(model, tmp_path / "ours.pth", to="official")
+    back = load_transformer(tmp_path / "ours.pth")
+    assert back.config == config
+    for key, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_interpolation_scale_is_read_from_pos_embed_and_a_contradicting_config_refused(tmp_path):
+    xl_heads = dataclasses.replace(TINY_MS, hidden_size=144, num_heads=2)  # 72 per head, as the official family
+    for config in (xl_heads, dataclasses.replace(xl_heads, input_size=128, interpolation_scale=1.0)):
+        torch.save({"state_dict": official_state(config)}, tmp_path / "o.pth")  # no stored config: shapes only
+        assert load_transformer(tmp_path / "o.pth").config.interpolation_scale == config.interpolation_scale
+    wrong = dataclasses.replace(config, input_size=64)
+    with pytest.raises(WeightsError, match="pos_embed .* is not the one the given config computes"):
+        load_transformer(tmp_path / "o.pth", config=wrong)
+
+
+def test_training_checkpoints_and_legacy_torch_files_load(tmp_path):
+    from pixart import config as config_io
+    from pixart.train.config import TrainConfig
+
+    model, ema = randomize_(PixArt(TINY), seed=1), randomize_(PixArt(TINY), seed=2)
+    step = {
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": {},
+        "step": 10,
+        "config": config_io.to_dict(TrainConfig(model=TINY)),
+    }
+    torch.save(step, tmp_path / "step-0000010.pt")
+    for use_ema, expected in ((False, model), (True, ema)):
+        loaded = load_transformer(tmp_path / "step-0000010.pt", use_ema=use_ema)
+        assert loaded.config == TINY
+        for key, value in expected.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+    torch.save({"state_dict": official_state(TINY)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert load_transformer(tmp_path / "legacy.pth", config=TINY).config == TINY
+
+
+def test_models_diffusers_cannot_hold_are_refused_at_save(tmp_path):
+    with pytest.raises(WeightsError, match="mlp_ratio 4"):
+        save_transformer(PixArt(dataclasses.replace(TINY, mlp_ratio=2.0)), tmp_path / "d", to="diffusers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -30,15 +31,20 @@ def run(args: argparse.Namespace) -> int:
 
     from pixart.cli.main import UserError
     from pixart.weights import detect_format, read_state, save_transformer
-    from pixart.weights.dit_init import dit_to_pixart
-    from pixart.weights.io import read_official_state
+    from pixart.weights.dit_init import dit_to_pixart, read_dit
 
     config = PixArtConfig.from_dict(json.loads(args.config.read_text())) if args.config else None
     fmt = detect_format(args.src)
     if fmt == "dit":
-        dit_state = read_official_state(args.src, use_ema=False)
+        dit_state, dit_config = read_dit(args.src)
+        if dit_config is not None and args.num_heads is not None:
+            dit_config = dataclasses.replace(dit_config, num_heads=args.num_heads)
         config, state = dit_to_pixart(
-            dit_state, caption_channels=args.caption_channels, max_length=args.max_length, num_heads=args.num_heads
+            dit_state,
+            caption_channels=args.caption_channels,
+            max_length=args.max_length,
+            num_heads=args.num_heads,
+            dit_config=dit_config,
         )
         note = "re-parameterised from DiT (adaLN-single tables matched at t=500; cross-attention fresh)"
     else:

@@ -14,13 +14,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pixart.weights import detect_format, read_state
-    from pixart.weights.dit_init import infer_dit_config
-    from pixart.weights.io import read_official_state
+    from pixart.weights.dit_init import infer_dit_config, read_dit
 
     fmt = detect_format(args.path)
     if fmt == "dit":
-        state = read_official_state(args.path, use_ema=False)
-        config = infer_dit_config(state).to_dict()
+        state, dit_config = read_dit(args.path)
+        config = (dit_config or infer_dit_config(state)).to_dict()
         architecture = "DiT (class-conditional)"
     else:
         pixart_config, state, fmt = read_state(args.path)

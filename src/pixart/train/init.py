@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from pixart.files import atomic_write
@@ -19,8 +19,7 @@ from pixart.model.dit import DiT
 from pixart.model.pixart import PixArt
 from pixart.train.config import TrainConfig
 from pixart.weights import WeightsError, detect_format, read_state
-from pixart.weights.dit_init import reparameterize_dit
-from pixart.weights.io import read_official_state
+from pixart.weights.dit_init import read_dit, reparameterize_dit
 
 FINAL = "final.safetensors"
 FINAL_EMA = "final_ema.safetensors"
@@ -44,7 +43,7 @@ def resolve_init_path(init_from: str) -> Path:
 
 
 def _dit_state(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(path) if path.suffix == ".safetensors" else dict(read_official_state(path, use_ema=False))
+    return read_dit(path)[0]
 
 
 def initialize_from(model: nn.Module, config: TrainConfig) -> str:

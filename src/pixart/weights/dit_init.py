@@ -12,14 +12,19 @@ for the unconditional branch of guidance.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from pixart.model.dit import DiT, DiTConfig
 from pixart.model.layers import timestep_sinusoid
 from pixart.model.pixart import PixArt, PixArtConfig
+from pixart.weights.io import WeightsError, is_training_checkpoint, load_checkpoint_file, read_official_state
 
 REPARAM_T = 500
 SHARED_PREFIXES = ("x_embedder.proj.", "t_embedder.mlp.", "final_layer.linear.")
@@ -38,7 +43,9 @@ def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
         input_size = 32
     if num_heads is None:
         if hidden % 72 and hidden % 64:
-            raise ValueError(f"cannot infer the head count of a width-{hidden} DiT; pass num_heads")
+            raise WeightsError(
+                f"cannot infer the head count of a width-{hidden} DiT; pass --num-heads (pixart convert) or num_heads="
+            )
         num_heads = hidden // 72 if hidden % 72 == 0 else hidden // 64
     return DiTConfig(
         input_size=input_size,
@@ -118,6 +125,22 @@ def reparameterize_dit(
     return state
 
 
+def read_dit(path: Path) -> tuple[dict[str, torch.Tensor], DiTConfig | None]:
+    """A DiT checkpoint's state dict, and its config where the file carries one.
+
+    Our trainer's stage-1 weights (.safetensors) keep it in the metadata and its checkpoints under
+    config.dit; official DiT .pt files carry none, so their architecture is read from the shapes.
+    """
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        stored = json.loads(metadata["config"]) if metadata.get("format") == "dit" and "config" in metadata else None
+        return load_file(path), DiTConfig(**stored) if stored else None
+    data = load_checkpoint_file(path)
+    state = dict(read_official_state(path, use_ema=False, data=data))
+    return state, DiTConfig(**data["config"]["dit"]) if is_training_checkpoint(data) else None
+
+
 def dit_to_pixart(
     dit_state: dict[str, torch.Tensor],
     *,
@@ -125,10 +148,12 @@ def dit_to_pixart(
     max_length: int = 120,
     num_heads: int | None = None,
     seed: int = 0,
+    dit_config: DiTConfig | None = None,
     **config_overrides,
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor]]:
-    """Infer the DiT's architecture, then re-parameterise it into a PixArt (config, state dict)."""
-    dit_config = infer_dit_config(dit_state, num_heads)
+    """Re-parameterise a DiT into a PixArt (config, state dict); its architecture is read from the
+    shapes unless `dit_config` gives it."""
+    dit_config = dit_config or infer_dit_config(dit_state, num_heads)
     config = pixart_config_for(dit_config, caption_channels=caption_channels, max_length=max_length, **config_overrides)
     return config, reparameterize_dit(dit_state, config, seed=seed)
 

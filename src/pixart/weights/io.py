@@ -96,11 +96,31 @@ def _diffusers_folder(path: Path) -> Path | None:
 # Reading each layout into (config, our state dict)
 
 
-def read_official_state(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
+def load_checkpoint_file(path: Path) -> object:
+    """torch.load of a .pth/.pt, tensors and plain containers only (never code)."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {error}") from error
     except Exception as error:  # noqa: BLE001 - report any unpickling refusal or corruption clearly
         raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {error}") from error
+    try:  # torch's legacy (pre-zip) format cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {error}") from error
+
+
+def is_training_checkpoint(data: object) -> bool:
+    """One of our trainer's checkpoints/step-*.pt: model, ema, optimizer... and the TrainConfig."""
+    return isinstance(data, dict) and {"model", "ema", "config"} <= set(data) and "stage" in data["config"]
+
+
+def read_official_state(path: Path, use_ema: bool, data: object = None) -> dict[str, torch.Tensor]:
+    """The state dict of an official checkpoint, a bare state dict, or one of our training checkpoints."""
+    data = load_checkpoint_file(path) if data is None else data
+    if is_training_checkpoint(data):
+        return data["ema"] if use_ema else data["model"]
     if isinstance(data, dict) and "state_dict" in data:
         if use_ema:
             if "state_dict_ema" not in data:
@@ -112,6 +132,15 @@ def read_official_state(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
     raise WeightsError(f"{path} is not a state dict nor a dict with a 'state_dict' entry")
 
 
+def stored_official_config(data: object) -> PixArtConfig | None:
+    """The config a .pth carries: ours written with to='official', or a t2i training checkpoint's model."""
+    if is_training_checkpoint(data):
+        return PixArtConfig.from_dict(data["config"]["model"]) if data["config"]["stage"] == "t2i" else None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        return PixArtConfig.from_dict(data["config"])
+    return None
+
+
 def infer_official_config(state: dict[str, torch.Tensor]) -> PixArtConfig:
     """An official checkpoint's architecture, read from its tensor shapes (spec section 8)."""
     proj = state["x_embedder.proj.weight"]  # (D, C_in, p, p)
@@ -119,11 +148,17 @@ def infer_official_config(state: dict[str, torch.Tensor]) -> PixArtConfig:
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     out = state["final_layer.linear.weight"].shape[0] // (patch * patch)
     if "pos_embed" not in state:
-        raise WeightsError("the checkpoint has no pos_embed to read its training resolution from; pass config=")
+        raise WeightsError(
+            "the checkpoint has no pos_embed to read its training resolution from; pass --config FILE (a JSON of "
+            "PixArtConfig fields) to pixart convert, or config= to load_transformer"
+        )
     grid = math.isqrt(state["pos_embed"].shape[1])
     input_size = grid * patch
     if hidden % 72:
-        raise WeightsError(f"cannot infer the head count of a width-{hidden} model (XL uses 72 per head); pass config=")
+        raise WeightsError(
+            f"cannot infer the head count of a width-{hidden} model (the official family uses 72 per head); pass "
+            "--config FILE (a JSON of PixArtConfig fields) to pixart convert, or config= to load_transformer"
+        )
     return PixArtConfig(
         input_size=input_size,
         patch_size=patch,
@@ -135,10 +170,37 @@ def infer_official_config(state: dict[str, torch.Tensor]) -> PixArtConfig:
         learn_sigma=out == 2 * in_channels,
         caption_channels=state["y_embedder.y_proj.fc1.weight"].shape[1],
         max_length=state["y_embedder.y_embedding"].shape[0],
-        interpolation_scale=2.0 if input_size >= 128 else 1.0,
+        interpolation_scale=pos_embed_scale(state["pos_embed"], hidden, grid),
         micro_conditions="csize_embedder.mlp.0.weight" in state,
         adaln="per_block" if "blocks.0.adaLN_modulation.1.weight" in state else "single",
     )
+
+
+SCALES = (1.0, 2.0, 0.5)  # interpolation scales (lewei_scale) in use: 1 up to 512 px, 2 at 1024
+
+
+def pos_embed_scale(pos_embed: torch.Tensor, hidden: int, grid: int) -> float:
+    """The interpolation scale a stored (1, grid*grid, D) pos_embed was built with."""
+    for scale in SCALES:
+        if torch.allclose(pos_embed.float()[0], sincos_2d(hidden, grid, grid, grid, scale).float(), atol=2e-3):
+            return scale
+    raise WeightsError(
+        f"the checkpoint's pos_embed matches no interpolation scale in {SCALES}; pass --config FILE (a JSON of "
+        "PixArtConfig fields) to pixart convert, or config= to load_transformer"
+    )
+
+
+def check_pos_embed(state: dict[str, torch.Tensor], config: PixArtConfig, path: Path) -> None:
+    """A stored pos_embed must be the one `config` computes: else the config describes another model."""
+    if "pos_embed" not in state:
+        return
+    stored, expected = state["pos_embed"].float(), official_pos_embed(config)
+    if stored.shape != expected.shape or not torch.allclose(stored, expected, atol=2e-3):
+        raise WeightsError(
+            f"{path}: the stored pos_embed {tuple(stored.shape)} is not the one the given config computes "
+            f"{tuple(expected.shape)} (input_size {config.input_size}, interpolation_scale "
+            f"{config.interpolation_scale}); fix the config's input_size or interpolation_scale"
+        )
 
 
 def diffusers_config_to_ours(data: dict) -> PixArtConfig:
@@ -167,9 +229,9 @@ def diffusers_config_to_ours(data: dict) -> PixArtConfig:
 
 
 def diffusers_config_from_ours(config: PixArtConfig) -> dict:
-    if config.adaln != "single" or config.caption_norm:
+    if config.adaln != "single" or config.caption_norm or config.mlp_ratio != 4.0:
         raise WeightsError(
-            "only adaLN-single models without caption_norm have a diffusers layout; "
+            "only adaLN-single models with mlp_ratio 4 and without caption_norm have a diffusers layout; "
             "save this model as pixart or official instead"
         )
     return {
@@ -222,7 +284,8 @@ def _read_diffusers(folder: Path) -> tuple[PixArtConfig, dict[str, torch.Tensor]
         ours["y_embedder.y_embedding"] = null
         config = dataclasses.replace(config, max_length=null.shape[0])
     else:  # diffusers weights guide with the encoded empty prompt, so no learned null caption exists
-        ours["y_embedder.y_embedding"] = torch.zeros(config.max_length, config.caption_channels)
+        dtype = ours["x_embedder.proj.weight"].dtype
+        ours["y_embedder.y_embedding"] = torch.zeros(config.max_length, config.caption_channels, dtype=dtype)
     return config, ours
 
 
@@ -245,11 +308,14 @@ def read_state(
             found_config = PixArtConfig.from_dict(json.loads(f.metadata()["config"]))
         state = load_file(file)
     else:
+        stored = None
         if path.suffix == ".safetensors":
             state = load_file(path)
         else:
-            state = dict(read_official_state(path, use_ema))
-        found_config = config or infer_official_config(state)
+            data = load_checkpoint_file(path)
+            state, stored = dict(read_official_state(path, use_ema, data)), stored_official_config(data)
+        found_config = config or stored or infer_official_config(state)
+        check_pos_embed(state, found_config, path)
     state.pop("pos_embed", None)
     return config or found_config, state, fmt
 
@@ -329,7 +395,9 @@ def save_transformer(
         metadata = {"format": "pixart", "config": json.dumps(config.to_dict())}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     elif to == "official":
-        payload = {"state_dict": {**state, "pos_embed": official_pos_embed(config)}}
+        # The config rides along (the official loader reads only the state dicts): shapes cannot say the
+        # head count of a non-XL model or caption_norm, so a round trip would otherwise change the model.
+        payload = {"state_dict": {**state, "pos_embed": official_pos_embed(config)}, "config": config.to_dict()}
         if ema_state is not None:
             payload["state_dict_ema"] = {**_cpu(ema_state), "pos_embed": official_pos_embed(config)}
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
