@@ -240,6 +240,34 @@ def test_choices_come_from_the_model(model_folder):
     assert sampler_choices(pipe) == ["dpm-solver++", "sa-solver", "ddim", "iddpm", "euler", "folder"]
 
 
+def test_a_restarted_server_continues_the_numbering(model_folder, tmp_path):
+    from pixart.app import Studio
+    from pixart.generate import TextToImage
+
+    pipe = TextToImage.from_path(model_folder)
+    out = tmp_path / "out"
+    (out / "00007").mkdir(parents=True)  # a request of the server's previous life
+    (out / "00007" / "0000-a-red-circle-seed5.png").write_bytes(b"earlier")
+    studio = Studio(pipe, out)  # what the restarted server makes
+    reply = studio.request("a dog", None, "1.0", None, None, 2, 4.5, 5, False, 1)
+    assert [Path(f).parent.name for f in reply.files] == ["00008"]
+    assert (out / "00007" / "0000-a-red-circle-seed5.png").read_bytes() == b"earlier"
+    (out / "00009").mkdir()  # another server on the same --out took the next number meanwhile
+    reply = studio.request("a dog", None, "1.0", None, None, 2, 4.5, 5, False, 1)
+    assert [Path(f).parent.name for f in reply.files] == ["00010"]
+
+
+def test_refusals_and_a_blank_negative_prompt_match_the_command(model_folder, tmp_path):
+    from pixart.app import Studio
+    from pixart.generate import TextToImage
+
+    studio = Studio(TextToImage.from_path(model_folder), tmp_path)
+    reply = studio.request("a dog", None, "1.0", None, "ddim", 1, 4.5, 5, False, 1)
+    assert "Cannot generate" in reply.notice and "needs at least 2 steps" in reply.notice and not reply.files
+    reply = studio.request("a dog", "   ", "1.0", None, None, 2, 4.5, 5, False, 1)
+    assert json.loads(Path(reply.files[0]).with_suffix(".json").read_text())["negative"] is None
+
+
 def test_no_model_trains_the_demo_model_first(tmp_path, monkeypatch, capsys):
     cli_main = importlib.import_module("pixart.cli.main")
     from pixart.cli import serve

@@ -263,3 +263,9 @@ def test_parse_size_reads_height_then_width(text, size):
 def test_parse_size_names_the_expected_form(text):
     with pytest.raises(ValueError, match=r"must look like 512x768 \(height x width\)"):
         parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["0x8", "8x0", "00x00"])
+def test_parse_size_refuses_a_zero_side(text):
+    with pytest.raises(ValueError, match="each side of a size must be positive"):
+        parse_size(text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from pixart.modelfolder import ModelSpec, save_model_folder
 from pixart.weights import save_transformer
 
 diffusers = pytest.importorskip("diffusers")
+main_module = importlib.import_module("pixart.cli.main")
 
 
 @pytest.fixture(scope="module")
@@ -125,19 +128,29 @@ def test_our_folder_and_official_weights_with_vae_and_text_encoder(tmp_path):
     assert b.image.size == (32, 32)
 
 
-def test_learned_null_and_empty_prompt_semantics_differ(tmp_path):
+def learned_null_folder(tmp_path, **spec):
+    """Our model folder (learned null caption, official semantics) with a tiny VAE; T5 at tmp_path/t5."""
     save_tiny_t5(tmp_path / "t5")
     model = randomize_(PixArt(TINY), std=0.05).eval()
     folder = tmp_path / "m"
     (folder / "vae").mkdir(parents=True)
     tiny_vae().save_pretrained(folder / "vae")
     save_model_folder(
-        folder, model, ModelSpec(text_encoder_path=str(tmp_path / "t5"), codec_path="vae", text_max_length=16)
+        folder, model, ModelSpec(**{"text_encoder_path": str(tmp_path / "t5"), "codec_path": "vae", **spec})
     )
-    pipe = TextToImage.from_path(folder)
+    return folder
+
+
+def test_learned_null_and_empty_prompt_semantics_differ(tmp_path):
+    pipe = TextToImage.from_path(learned_null_folder(tmp_path, text_max_length=16))
     learned = pipe.generate(["a dog"], Settings(steps=3), progress=False)[0]
-    empty = pipe.generate(["a dog"], Settings(steps=3, negative=""), progress=False)[0]
+    empty = pipe.with_spec(null_caption="empty-prompt").generate(["a dog"], Settings(steps=3), progress=False)[0]
     assert not np.array_equal(np.asarray(learned.image), np.asarray(empty.image))
+    # A blank negative prompt is no negative prompt: the learned null caption, as the app's blank box.
+    for blank in ("", "   "):
+        result = pipe.generate(["a dog"], Settings(steps=3, negative=blank), progress=False)[0]
+        assert np.array_equal(np.asarray(result.image), np.asarray(learned.image)), repr(blank)
+        assert result.settings["negative"] is None
 
 
 def test_sizes_aspects_and_their_errors(pipeline_folder):
@@ -254,3 +267,108 @@ def test_t5_in_8_bits_encodes_close_to_full_precision(pipeline_folder):
     assert 0 < error < 0.05, error  # measured 1.5% of the largest feature
     image = eight.generate(["a cat"], Settings(steps=2), progress=False)[0].image
     assert image.size == (32, 32)
+
+
+def test_samplers_that_cannot_denoise_in_one_step_refuse_it(pipeline_folder, tmp_path, capsys):
+    pipe = TextToImage.from_path(pipeline_folder)
+    with pytest.raises(GenerationError, match="sampler 'ddim' needs at least 2 steps, got 1"):
+        pipe.generate(["x"], Settings(sampler="ddim", steps=1), progress=False)
+    assert pipe.resolve_sampler(Settings(sampler="ddim", steps=2)) == ("ddim", 2)
+    assert pipe.resolve_sampler(Settings(sampler="dpm-solver++", steps=1)) == ("dpm-solver++", 1)
+    args = [
+        "generate",
+        "x",
+        "--model",
+        str(pipeline_folder),
+        "--out",
+        str(tmp_path),
+        "--sampler",
+        "euler",
+        "--steps",
+        "1",
+    ]
+    assert main(args) == 2
+    assert "sampler 'euler' needs at least 2 steps, got 1" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the command gets as far as loading the model."""
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(TextToImage, "from_path", load)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--num-images", "0", "the number of images per prompt must be at least 1, got 0"),
+        ("--batch", "0", "the batch size must be at least 1, got 0"),
+        ("--size", "0x8", "--size: each side of a size must be positive, got '0x8'"),
+        ("--size", "4x16", "each side of the size must be at least 8 pixels, got 4x16"),
+    ],
+)
+def test_bad_numbers_are_one_line_errors_before_the_model_loads(
+    tmp_path, capsys, no_model_load, option, value, message
+):
+    assert main(["generate", "x", "--model", str(tmp_path), "--out", str(tmp_path / "out"), option, value]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_library_refuses_counts_that_make_nothing(pipeline_folder):
+    pipe = TextToImage.from_path(pipeline_folder)
+    with pytest.raises(GenerationError, match="number of images per prompt must be at least 1"):
+        pipe.generate(["x"], Settings(steps=2), num_images=0, progress=False)
+    with pytest.raises(GenerationError, match="batch size must be at least 1"):
+        pipe.generate(["x"], Settings(steps=2), batch_size=0, progress=False)
+
+
+def test_out_that_is_a_file_is_refused_before_the_model_loads(tmp_path, capsys, no_model_load):
+    (tmp_path / "taken").write_text("")
+    assert main(["generate", "x", "--model", str(tmp_path), "--out", str(tmp_path / "taken")]) == 2
+    assert f"--out {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_new_run_does_not_mix_with_an_earlier_one(pipeline_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # a folder with other files is fine
+    args = ["generate", "a red circle", "--model", str(pipeline_folder), "--steps", "2", "--out", str(out)]
+    assert main([*args, "--num-images", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "contact_sheet.png" in before and len(before) == 6
+    capsys.readouterr()
+    assert main([*args, "--seed", "9"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} already holds 5 file(s) of an earlier run" in err and "choose another --out" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
+
+
+def test_a_t5_model_folder_without_its_t5_says_so_before_loading(tmp_path, capsys, monkeypatch):
+    from pixart import modelfolder
+
+    folder = learned_null_folder(tmp_path, text_encoder_path=None, text_max_length=16)
+    with monkeypatch.context() as patch:  # the spec alone decides: no weights are read
+        patch.setattr(modelfolder, "load_transformer", lambda *a, **k: pytest.fail("weights loaded"))
+        with pytest.raises(FileNotFoundError, match="no T5 is bundled\\): pass --text-encoder DIR"):
+            modelfolder.load_components(folder)
+    assert main(["generate", "x", "--model", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert "pass --text-encoder DIR" in capsys.readouterr().err
+    # --text-encoder fills the gap
+    pipe = TextToImage.from_path(folder, text_encoder=tmp_path / "t5")
+    assert pipe.generate(["a dog"], Settings(steps=2), progress=False)[0].image.size == (32, 32)
+
+
+def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
+    from pixart.cli.generate import read_prompts
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\n   \na dog\n", encoding="utf-8")
+    args = argparse.Namespace(prompts=["", "a cat"], prompts_file=prompts)
+    assert read_prompts(args) == ["", "a cat", "a red circle", "a dog"]  # "" given explicitly stays
+    assert f"skipped 2 blank line(s) of {prompts}" in capsys.readouterr().err
+    prompts.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(main_module.UserError, match="give at least one prompt"):
+        read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts))

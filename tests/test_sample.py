@@ -107,6 +107,40 @@ def test_every_sampler_reproduces_gaussian_data(name):
     assert ((values.std(1) / target_std) - 1).abs().max() < 0.04
 
 
+def oracle_sample(name: str, steps: int, n: int = 1024) -> torch.Tensor:
+    """(4, values) per channel: what sampler `name` draws from the Gaussian oracle in `steps` steps."""
+    oracle = GaussianOracle(SAMPLERS[name].objective == "flow")
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(n, 4, 2, 2, generator=generator)
+    y, mask = torch.zeros(n, 1, 8), torch.ones(n, 1)
+    out = sample(
+        oracle, noise, y, mask, y, mask, scheduler=name, steps=steps, cfg_scale=1.0, generator=generator, progress=False
+    )
+    return out.transpose(0, 1).reshape(4, -1).double()
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_min_steps_is_the_fewest_that_denoise(name):
+    """At min_steps every sampler lands near the data (mean within 0.1 of MU, spread well below the noise's
+    1: leading spacing still biases ddim's 2-step mean by 0.07); one step fewer would be timestep 0 alone."""
+    sampler = SAMPLERS[name]
+    values = oracle_sample(name, sampler.min_steps)
+    assert (values.mean(1) - MU).abs().max() < 0.1
+    assert values.std(1).max() < 0.6
+    if sampler.min_steps > 1:
+        scheduler = build_scheduler(name)
+        scheduler.set_timesteps(sampler.min_steps - 1)
+        assert scheduler.timesteps.tolist() == [0]
+
+
+@pytest.mark.parametrize("name", ["ddim", "iddpm", "euler"])
+def test_one_step_is_refused_where_it_would_not_denoise(name):
+    with pytest.raises(
+        ValueError, match=f"sampler '{name}' needs at least 2 steps, got 1.*: dpm-solver\\+\\+, sa-solver$"
+    ):
+        oracle_sample(name, 1)
+
+
 def test_unknown_sampler_lists_the_choices():
     with pytest.raises(ValueError, match="dpm-solver\\+\\+, sa-solver"):
         sample(

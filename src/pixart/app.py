@@ -19,7 +19,7 @@ import gradio as gr
 from pixart.data.buckets import closest_bucket
 from pixart.data.buckets import parse_size as parse_height_width
 from pixart.diffusion.schedulers import SAMPLERS
-from pixart.generate import GeneratedImage, GenerationError, Settings, TextToImage
+from pixart.generate import GeneratedImage, GenerationError, Settings, TextToImage, negative_prompt
 from pixart.outputs import write_images
 
 MAX_SIDE = 4096  # a custom size beyond this would only exhaust memory in the final resize
@@ -117,6 +117,13 @@ def notices(pipe: TextToImage, prompt: str, results: list[GeneratedImage]) -> li
     return found
 
 
+def last_request_number(out_dir: Path) -> int:
+    """The highest numbered request folder ('00042') in out_dir, 0 when there is none."""
+    if not out_dir.is_dir():
+        return 0
+    return max((int(p.name) for p in out_dir.iterdir() if p.is_dir() and p.name.isdigit()), default=0)
+
+
 class Studio:
     """Requests -> images for one loaded model; writes each request's PNGs in its own folder."""
 
@@ -124,7 +131,20 @@ class Studio:
         self.pipe = pipe
         self.out_dir = Path(out_dir)
         self.model_name = model_name
-        self.count = 0
+        # A server restarted on the same --out continues the numbering instead of writing into old folders.
+        self.count = last_request_number(self.out_dir)
+
+    def next_folder(self) -> Path:
+        """A new request folder, created here: one that exists already (another server sharing --out made
+        it) is skipped, so no request writes into another's folder."""
+        while True:
+            self.count += 1
+            folder = self.out_dir / f"{self.count:05d}"
+            try:
+                folder.mkdir(parents=True)
+            except FileExistsError:
+                continue
+            return folder
 
     def request(
         self,
@@ -154,7 +174,7 @@ class Studio:
                 raise GenerationError(f"the number of images must lie in 1..{MAX_IMAGES}, got {count}")
             height, width = parse_size(size)
             settings = Settings(
-                negative=negative or None,
+                negative=negative_prompt(negative),  # blank: the model's null caption, as in the CLI
                 height=height,
                 width=width,
                 aspect=None if height else aspect_ratio(aspect),
@@ -165,8 +185,7 @@ class Studio:
             results = self.pipe.generate([prompt], settings, seed=seed, num_images=count, progress=progress)
         except GenerationError as error:
             return Reply(notice=f"**Cannot generate:** {escape_markdown(str(error))}", seed=seed)
-        self.count += 1
-        paths = write_images(results, self.out_dir / f"{self.count:05d}", model=self.model_name)
+        paths = write_images(results, self.next_folder(), model=self.model_name)
         lines = [
             f"Generated {len(results)} image(s) in {time.time() - started:.1f}s.",
             *notices(self.pipe, prompt, results),

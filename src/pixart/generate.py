@@ -19,7 +19,7 @@ from PIL import Image
 
 from pixart.data.buckets import bucket_table, closest_bucket, parse_aspect
 from pixart.diffusion.guidance import learned_null_caption
-from pixart.diffusion.schedulers import SAMPLERS, get_sampler
+from pixart.diffusion.schedulers import SAMPLERS, check_steps, get_sampler
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
 from pixart.encoders.text import TextEncoder, load_text_encoder, warn_truncated
 from pixart.modelfolder import ModelSpec, load_components
@@ -57,11 +57,27 @@ def nearest_multiple(value: int, multiple: int) -> int:
 
 
 def check_size(height: int, width: int, multiple: int = 8) -> None:
+    if height < multiple or width < multiple:  # 0 would pass the divisibility test below
+        raise GenerationError(f"each side of the size must be at least {multiple} pixels, got {height}x{width}")
     if height % multiple or width % multiple:
         nearest = f"{nearest_multiple(height, multiple)}x{nearest_multiple(width, multiple)}"
         raise GenerationError(
             f"size {height}x{width} is not divisible by {multiple}; the nearest valid size is {nearest}"
         )
+
+
+def check_counts(num_images: int, batch_size: int) -> None:
+    """Refuse counts that would produce nothing (or loop forever) before any work is done."""
+    if num_images < 1:
+        raise GenerationError(f"the number of images per prompt must be at least 1, got {num_images}")
+    if batch_size < 1:
+        raise GenerationError(f"the batch size must be at least 1, got {batch_size}")
+
+
+def negative_prompt(text: str | None) -> str | None:
+    """A blank negative prompt means none: the model's own null caption, the same in the CLI and the app
+    (encoding "" would differ from the learned null caption of official models)."""
+    return text if text and text.strip() else None
 
 
 def resize_cover_crop_tensor(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -208,6 +224,8 @@ class TextToImage:
         low_memory: bool = False,
     ) -> list[GeneratedImage]:
         settings = settings or Settings()
+        settings = dataclasses.replace(settings, negative=negative_prompt(settings.negative))
+        check_counts(num_images, batch_size)
         sampler_name, steps = self.resolve_sampler(settings)
         cfg = self.spec.cfg_scale if settings.cfg_scale is None else settings.cfg_scale
         key, (gen_h, gen_w), (out_h, out_w) = self.resolve_size(settings)
@@ -285,6 +303,11 @@ class TextToImage:
             steps = settings.steps if settings.steps is not None else (own_default or sampler.default_steps)
         if not 1 <= steps <= 1000:
             raise GenerationError(f"steps must lie in 1..1000, got {steps}")
+        if name != "folder":
+            try:
+                check_steps(name, steps)
+            except ValueError as error:
+                raise GenerationError(str(error)) from error
         return name, steps
 
     def make_scheduler(self, name: str):

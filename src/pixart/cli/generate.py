@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", nargs="*", help="prompts (an empty string is allowed: unconditional)")
-    parser.add_argument("--prompts-file", type=Path, help="one prompt per line")
+    parser.add_argument("--prompts-file", type=Path, help="one prompt per line (blank lines are skipped)")
     parser.add_argument(
         "--model",
         required=True,
@@ -18,9 +19,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="a pixart model folder, a diffusers pipeline "
         "folder, or transformer weights (with --vae and --text-encoder)",
     )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder (new, or one without the images of an earlier run)"
+    )
     parser.add_argument("--vae", type=Path, help="SD VAE folder (for bare transformer weights)")
-    parser.add_argument("--text-encoder", type=Path, help="T5 folder with its tokenizer (for bare transformer weights)")
+    parser.add_argument(
+        "--text-encoder",
+        type=Path,
+        help="T5 folder with its tokenizer (for bare transformer weights, or a model folder that names none)",
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--size", help="HxW in pixels (divisible by 8); generated at the closest bucket, then cropped")
     size.add_argument("--aspect", help="H:W, snapped to the closest aspect-ratio bucket")
@@ -28,7 +35,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--cfg", type=float, help="guidance scale (default: the model's, 4.5 for PixArt)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed + k")
-    parser.add_argument("--negative", help="negative prompt (default: the model's null caption)")
+    parser.add_argument(
+        "--negative", help="negative prompt (default, or blank: none, i.e. the model's own null caption)"
+    )
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
     parser.add_argument("--batch", type=int, default=4, help="images per forward batch")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -56,19 +65,59 @@ def parse_size(text: str) -> tuple[int, int]:
         raise UserError(f"--size: {error}") from None
 
 
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The command line's prompts as given ("" is unconditional), then the file's non-blank lines: a blank
+    line is an editing accident far more often than a request for an unconditional image."""
+    from pixart.cli.main import UserError
+
+    prompts = list(args.prompts)
+    if args.prompts_file:
+        lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip()]
+        if len(kept) < len(lines):
+            print(f"skipped {len(lines) - len(kept)} blank line(s) of {args.prompts_file}", file=sys.stderr)
+        prompts += kept
+    if not prompts:
+        raise UserError('give at least one prompt ("" for an unconditional image) or --prompts-file')
+    return prompts
+
+
+def prepare_out(out: Path) -> None:
+    """Create the output folder now, before the model loads, so a bad --out fails in a second, not after
+    sampling; refuse one holding an earlier run's images, which this run would overwrite and mix with."""
+    from pixart.cli.main import UserError
+    from pixart.outputs import earlier_outputs
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: choose a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the output folder --out {out}: {error.strerror or error}") from error
+    earlier = earlier_outputs(out)
+    if earlier:
+        raise UserError(
+            f"--out {out} already holds {len(earlier)} file(s) of an earlier run (e.g. {earlier[0].name}); "
+            "this run would overwrite some and mix with the rest: choose another --out, or delete them first"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError
-    from pixart.generate import GenerationError, Settings, TextToImage
+    from pixart.generate import GenerationError, Settings, TextToImage, check_counts, check_size
     from pixart.outputs import write_images
 
-    prompts = list(args.prompts)
-    if args.prompts_file:
-        prompts += [line.rstrip("\n") for line in args.prompts_file.read_text(encoding="utf-8").splitlines()]
-    if not prompts:
-        raise UserError('give at least one prompt ("" for an unconditional image) or --prompts-file')
+    prompts = read_prompts(args)
     height, width = parse_size(args.size) if args.size else (None, None)
+    try:  # settings that need no model are checked before it loads (minutes for a large one)
+        check_counts(args.num_images, args.batch)
+        if height is not None:
+            check_size(height, width)
+    except GenerationError as error:
+        raise UserError(str(error)) from error
+    prepare_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else None
     started = time.time()

@@ -31,7 +31,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--out", type=Path, help="folder to keep the images in (default: a temporary one)")
     parser.add_argument("--vae", type=Path, help="SD VAE folder (for bare transformer weights)")
-    parser.add_argument("--text-encoder", type=Path, help="T5 folder with its tokenizer (for bare transformer weights)")
+    parser.add_argument(
+        "--text-encoder",
+        type=Path,
+        help="T5 folder with its tokenizer (for bare transformer weights, or a model folder that names none)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 

@@ -205,4 +205,7 @@ def parse_size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
     if not match:
         raise ValueError(f"a size must look like 512x768 (height x width), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+    height, width = int(match.group(1)), int(match.group(2))
+    if not (height > 0 and width > 0):  # the pattern lets 0 through; no bucket has a ratio for it
+        raise ValueError(f"each side of a size must be positive, got {text!r}")
+    return height, width

@@ -18,6 +18,11 @@ class Sampler:
     objective: str  # "iddpm" (eps models) or "flow" (velocity models)
     needs_variance: bool  # passes the learned-range variance channels to the scheduler
     description: str
+    # Fewest steps that denoise at all. ddim, iddpm and euler space their timesteps "leading" (as
+    # diffusers does, which parity needs): one step is timestep 0 alone, and they return the noise (ddim,
+    # iddpm) or nearly zeros (euler) instead of an image. From 2 steps they start at t >= 500 and end
+    # near the data (checked on the Gaussian oracle in test_sample).
+    min_steps: int = 1
 
 
 SAMPLERS = {
@@ -25,9 +30,11 @@ SAMPLERS = {
     for s in [
         Sampler("dpm-solver++", 20, "iddpm", False, "DPM-Solver++ multistep, order 2 (PixArt's default)"),
         Sampler("sa-solver", 25, "iddpm", False, "SA-Solver, predictor and corrector order 2, tau 1 in [200, 800]"),
-        Sampler("ddim", 50, "iddpm", False, "DDIM, deterministic (eta 0)"),
-        Sampler("iddpm", 100, "iddpm", True, "ancestral DDPM with the learned-range variance (official IDDPM)"),
-        Sampler("euler", 30, "iddpm", False, "Euler on the Karras sigma ODE of the eps model"),
+        Sampler("ddim", 50, "iddpm", False, "DDIM, deterministic (eta 0)", min_steps=2),
+        Sampler(
+            "iddpm", 100, "iddpm", True, "ancestral DDPM with the learned-range variance (official IDDPM)", min_steps=2
+        ),
+        Sampler("euler", 30, "iddpm", False, "Euler on the Karras sigma ODE of the eps model", min_steps=2),
         Sampler("flow-euler", 30, "flow", False, "Euler on the rectified-flow ODE (flow models)"),
         Sampler("flow-dpm-solver", 20, "flow", False, "DPM-Solver++ order 2 on flow sigmas (flow models)"),
     ]
@@ -38,6 +45,17 @@ def get_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def check_steps(name: str, steps: int) -> None:
+    """Refuse a step count the sampler cannot denoise with (see Sampler.min_steps)."""
+    sampler = get_sampler(name)
+    if steps < sampler.min_steps:
+        one_step = [n for n, s in SAMPLERS.items() if s.objective == sampler.objective and s.min_steps == 1]
+        raise ValueError(
+            f"sampler {name!r} needs at least {sampler.min_steps} steps, got {steps} (with fewer it does not "
+            f"denoise); use more steps, or a sampler that works in 1 step: {', '.join(one_step)}"
+        )
 
 
 def training_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> dict:
