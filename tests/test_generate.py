@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import subprocess
@@ -16,9 +17,9 @@ from PIL import Image
 from tiny_models import save_tiny_pipeline, save_tiny_t5, tiny_vae
 
 from pixart.cli import main
-from pixart.generate import GenerationError, Settings, TextToImage
-from pixart.model import TINY, PixArt
-from pixart.modelfolder import ModelSpec, save_model_folder
+from pixart.generate import GenerationError, Settings, TextToImage, micro_conditions
+from pixart.model import TINY, TINY_MS, PixArt
+from pixart.modelfolder import ModelSpec, read_spec, save_model_folder
 from pixart.weights import save_transformer
 
 diffusers = pytest.importorskip("diffusers")
@@ -93,6 +94,34 @@ def test_decoded_image_equals_diffusers_pipeline(pipeline_folder, negative):
     ).images
     for a, b in zip(ours, theirs, strict=True):
         assert np.abs(np.asarray(a.image).astype(int) - np.asarray(b).astype(int)).max() <= 1
+
+
+def test_aspect_ratio_condition_is_the_bucket_key_officially_and_height_over_width_for_diffusers(tmp_path):
+    """At a non-square size a PixArtMS diffusers folder must get what diffusers' pipeline sends (read here from
+    its transformer call), not the bucket key official inference sends: 0.57 against 768/1344 = 0.5714."""
+    folder = save_tiny_pipeline(tmp_path / "ms", config=dataclasses.replace(TINY_MS, input_size=128))
+    pipe = diffusers.PixArtAlphaPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    sent = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda _, args, kwargs: sent.append(kwargs["added_cond_kwargs"]), with_kwargs=True
+    )
+    pipe(
+        "a red circle",
+        height=24,
+        width=40,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        output_type="latent",
+        use_resolution_binning=False,
+        clean_caption=False,
+    )
+    ours = micro_conditions(read_spec(folder)[0], "0.57", 24, 40)
+    torch.testing.assert_close(ours["aspect_ratio"].reshape(-1), sent[0]["aspect_ratio"].reshape(-1).float())
+    torch.testing.assert_close(ours["img_hw"], sent[0]["resolution"].float())
+    official = micro_conditions(ModelSpec(), "0.57", 768, 1344)
+    assert official["aspect_ratio"].item() == pytest.approx(0.57)
+    assert official["img_hw"].tolist() == [[768.0, 1344.0]]
 
 
 def test_same_starting_noise_as_diffusers(pipeline_folder):

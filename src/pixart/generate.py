@@ -80,6 +80,16 @@ def negative_prompt(text: str | None) -> str | None:
     return text if text and text.strip() else None
 
 
+def micro_conditions(spec: ModelSpec, key: str, height: int, width: int) -> dict[str, torch.Tensor]:
+    """PixArtMS's size and aspect-ratio conditions for an image generated at `height` x `width` (bucket `key`).
+
+    The size is the bucket's in pixels (official inference and diffusers alike); the aspect ratio is the
+    bucket's key or the exact height / width, as `spec.aspect_condition` says.
+    """
+    aspect = float(key) if spec.aspect_condition == "bucket" else height / width
+    return {"img_hw": torch.tensor([[float(height), float(width)]]), "aspect_ratio": torch.tensor([aspect])}
+
+
 def resize_cover_crop_tensor(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, 3, h, w) -> (B, 3, height, width): scale to cover, centre crop (diffusers' binning does this)."""
     h, w = images.shape[-2:]
@@ -238,9 +248,7 @@ class TextToImage:
         row = {p: i for i, p in enumerate(unique)}
         f = self.codec.downsample
         shape = (self.codec.latent_channels, gen_h // f, gen_w // f)
-        micro = {}
-        if self.transformer.config.micro_conditions:  # official inference: bucket size and bucket key
-            micro = {"img_hw": torch.tensor([[float(gen_h), float(gen_w)]]), "aspect_ratio": torch.tensor([float(key)])}
+        micro = micro_conditions(self.spec, key, gen_h, gen_w) if self.transformer.config.micro_conditions else {}
         record = {
             "negative": settings.negative,
             "sampler": sampler_name,

@@ -38,6 +38,10 @@ class ModelSpec:
     codec: str = "sd-vae"  # "sd-vae" or "pixels"
     codec_path: str | None = None
     null_caption: str = "learned"  # "learned" (official y_embedding) or "empty-prompt" (diffusers)
+    # The aspect-ratio micro-condition of PixArtMS at generation: "bucket" sends the bucket's key (0.57 for
+    # 768x1344), as official inference does; "exact" sends height / width (0.5714), as diffusers' pipeline
+    # does, which a diffusers folder needs for its images to equal the pipeline's.
+    aspect_condition: str = "bucket"
     objective: str = "iddpm"  # "iddpm" (eps + learned variance) or "flow" (velocity)
     sampler: str = "dpm-solver++"
     steps: int | None = None  # None = the sampler's default
@@ -45,6 +49,10 @@ class ModelSpec:
     flow_shift: float = 1.0
     buckets: dict[str, list[int]] | None = None  # {key: [H, W]} the model was trained on (None: the official table)
     extra: dict = field(default_factory=dict)  # provenance, scores: informational only
+
+    def __post_init__(self) -> None:
+        if self.aspect_condition not in ("bucket", "exact"):
+            raise ValueError(f"aspect_condition must be 'bucket' or 'exact', got {self.aspect_condition!r}")
 
     def to_json(self) -> str:
         return json.dumps({"format": "pixart-model", "version": 1, **dataclasses.asdict(self)}, indent=2) + "\n"
@@ -105,7 +113,7 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
         codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
         return spec, path / OURS_IN_FOLDER, text_folder, None, codec_folder, None
     if kind == "diffusers":
-        spec = ModelSpec(null_caption="empty-prompt")
+        spec = ModelSpec(null_caption="empty-prompt", aspect_condition="exact")
         text_folder = Path(text_encoder) if text_encoder else path / "text_encoder"
         tokenizer = None if text_encoder else path / "tokenizer"
         scheduler = path / "scheduler" if (path / "scheduler" / "scheduler_config.json").is_file() else None
