@@ -65,15 +65,18 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise UserError(f"pixart serve needs gradio ({error}): pip install 'pixart[app]'") from error
 
-    model = args.model or demo_model()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = TextToImage.from_path(model, vae=args.vae, text_encoder=args.text_encoder, device=device)
-    pipe.text_encoder  # noqa: B018 -- load it now, so the first request is as fast as the others
     out = args.out
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="pixart-serve-"))
         atexit.register(shutil.rmtree, out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # before the model loads (or the demo trains): a bad --out fails in a second
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot keep images in --out {out}: {error.strerror or error}; choose a folder") from error
+    model = args.model or demo_model()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = TextToImage.from_path(model, vae=args.vae, text_encoder=args.text_encoder, device=device)
+    pipe.text_encoder  # noqa: B018 -- load it now, so the first request is as fast as the others
     page = build_app(pipe, out, model_name=str(model))
     page.queue(default_concurrency_limit=1)
     print(f"loaded {model}; starting the web server on {args.host}:{args.port} (Ctrl+C stops it)", flush=True)
