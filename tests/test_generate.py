@@ -346,6 +346,20 @@ def test_bad_numbers_are_one_line_errors_before_the_model_loads(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--sampler", "ddim", "--steps", "1"], "sampler 'ddim' needs at least 2 steps, got 1"),
+        (["--sampler", "dpm-solver"], "unknown sampler 'dpm-solver'"),
+    ],
+)
+def test_a_sampler_and_steps_that_cannot_work_are_refused_before_the_model_loads(
+    tmp_path, capsys, no_model_load, options, message
+):
+    assert main(["generate", "x", "--model", str(tmp_path), "--out", str(tmp_path / "out"), *options]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_library_refuses_counts_that_make_nothing(pipeline_folder):
     pipe = TextToImage.from_path(pipeline_folder)
     with pytest.raises(GenerationError, match="number of images per prompt must be at least 1"):

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError
+    from pixart.diffusion.schedulers import check_steps, get_sampler
     from pixart.generate import GenerationError, Settings, TextToImage, check_counts, check_size
     from pixart.outputs import write_images
 
@@ -115,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
         check_counts(args.num_images, args.batch)
         if height is not None:
             check_size(height, width)
-    except GenerationError as error:
+        if args.sampler and args.sampler != "folder":  # "folder": a diffusers folder's own scheduler
+            get_sampler(args.sampler)
+            if args.steps is not None:
+                check_steps(args.sampler, args.steps)
+    except (GenerationError, ValueError) as error:
         raise UserError(str(error)) from error
     prepare_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
