@@ -118,6 +118,17 @@ def test_tiny_overfits_a_fixed_batch(shapes_data, tmp_path):
     assert after < before / 3, (before, after)
 
 
+def test_a_changed_config_is_refused_only_where_there_is_a_checkpoint_to_resume(shapes_data, tmp_path):
+    config = config_for(shapes_data, steps=2, every=1)
+    changed = config_for(shapes_data, ["optim.lr=3e-4"], steps=2, every=1)
+    # A run that stopped before its first checkpoint (say, on a setting AdamW refused) left only its config:
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "config.json").write_text(config_io.to_json(changed))
+    assert train(config, tmp_path / "failed", progress=False)["status"] == "finished"
+    with pytest.raises(TrainingError, match=r"another config.*optim.lr"):
+        train(changed, tmp_path / "failed", progress=False)  # now it has checkpoints
+
+
 @pytest.mark.parametrize("train_creates_it", [True, False], ids=["train-creates-the-group", "caller-created-it"])
 def test_train_destroys_the_process_group_only_if_it_created_it(shapes_data, tmp_path, monkeypatch, train_creates_it):
     """torchrun's processes must not leave their group to interpreter exit; a library caller's group stays."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from pixart.data.buckets import parse_size
@@ -31,8 +32,16 @@ class DataConfig:
         for name in ("caption_dropout", "class_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if self.batch_size < 1 or self.synthetic_count < 1:
+            raise ValueError("batch_size and synthetic_count must be at least 1")
+        if self.num_workers < 0:
+            raise ValueError("num_workers must be >= 0 (0: load in the training process)")
+        probs = list(self.caption_probs.values())
+        if not probs or not all(math.isfinite(p) and p >= 0 for p in probs) or sum(probs) <= 0:
+            raise ValueError(
+                f"caption_probs must give each caption field a weight >= 0, not all 0 (e.g. {{'dense': 1.0}}), "
+                f"got {self.caption_probs}"
+            )
         for size in self.synthetic_sizes:
             try:
                 parse_size(size)
@@ -57,10 +66,18 @@ class OptimConfig:
     ema_warmup: bool = False  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs (officially off)
 
     def __post_init__(self) -> None:
-        if self.grad_accum < 1:
-            raise ValueError("grad_accum must be at least 1")
+        if self.grad_accum < 1 or self.warmup_steps < 0:
+            raise ValueError("grad_accum must be at least 1 and warmup_steps >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("ema_decay must lie in [0, 1)")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        for name in ("lr", "weight_decay"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not self.eps > 0 or not self.grad_clip > 0:  # grad_clip 0 would zero every gradient; inf: no clipping
+            raise ValueError(f"eps and grad_clip must be > 0, got {self.eps} and {self.grad_clip}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,5 +116,9 @@ class TrainConfig:
             raise ValueError(f"parallel must be one of {PARALLEL}")
         if self.steps < 0 or self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.log_every < 1:
             raise ValueError("steps must be >= 0; checkpoint_every, keep_checkpoints and log_every >= 1")
+        if self.sample_every < 0 or self.sample_steps < 1 or self.max_nonfinite_steps < 1:
+            raise ValueError("sample_every must be >= 0 (0: only at the end); sample_steps, max_nonfinite_steps >= 1")
+        if not (math.isfinite(self.sample_cfg) and self.sample_cfg >= 0):
+            raise ValueError(f"sample_cfg must be a finite number >= 0, got {self.sample_cfg}")
         if self.stage == "t2i" and self.diffusion.objective == "iddpm" and not self.model.learn_sigma:
             raise ValueError("the iddpm objective needs model.learn_sigma=True (or use diffusion.objective=flow)")

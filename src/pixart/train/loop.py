@@ -8,6 +8,7 @@ a run does not depend on how it was interrupted nor on how many processes share 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -56,10 +57,11 @@ def step_generator(seed: int, step: int, micro: int, device: torch.device) -> to
 
 
 def check_run_config(config: TrainConfig, run_dir: Path) -> None:
+    """Refuse to resume a run under another config; a run that never checkpointed has nothing to resume."""
     saved = run_dir / "config.json"
-    if not saved.is_file():
+    if not saved.is_file() or not ckpt.list_checkpoints(run_dir):
         return
-    previous = config_io.from_dict(TrainConfig, __import__("json").loads(saved.read_text()))
+    previous = config_io.from_dict(TrainConfig, json.loads(saved.read_text()))
     changes = [c for c in config_io.diff(previous, config) if c.split(":")[0] not in RESUMABLE_CHANGES]
     if changes:
         raise TrainingError(
