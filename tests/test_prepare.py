@@ -462,3 +462,21 @@ def test_cli_user_errors(tmp_path, model_dirs, capsys):
     assert "--vae" in capsys.readouterr().err
     assert main(["prepare", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--resolution", "256"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(cli_args(folder, tmp_path / "out", model_dirs, "--max-length", "0")) == 2
+    assert "--max-length must be at least 1" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("")
+    assert main(cli_args(folder, tmp_path / "taken", model_dirs)) == 2
+    assert "is a file" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(cli_args(tmp_path / "empty", tmp_path / "out", model_dirs)) == 2
+    assert "holds no inputs" in capsys.readouterr().err
+
+
+def test_sidecars_with_upper_case_suffixes_are_found(tmp_path):
+    noise(32, 32, 0).save(tmp_path / "a.PNG")
+    (tmp_path / "a.TXT").write_text("a red circle")
+    noise(32, 32, 1).save(tmp_path / "b.png")
+    (tmp_path / "b.JSON").write_text(json.dumps({"alt": "a blue square"}))
+    items = {item.name: item for item in list_inputs(tmp_path).items}
+    assert items["a.PNG"].captions(["alt"]) == {"alt": "a red circle"}
+    assert items["b.png"].captions(["alt"]) == {"alt": "a blue square"}

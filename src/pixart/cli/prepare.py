@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
 
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     part, parts = parse_shard(args.shard)
+    if args.max_length is not None and args.max_length < 1:  # 0 would mean "no limit" to a tokenizer
+        raise UserError(f"--max-length must be at least 1, got {args.max_length}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file; the feature dataset is a folder: choose another --out")
     try:
         part, parts = process_part(part, parts)
         options = PrepareOptions(

@@ -195,10 +195,18 @@ def _list_folder(root: Path) -> Inputs:
     named = []
     for path in image_files(root):
         name = path.relative_to(root).as_posix()
-        sidecars = tuple(Blob(s) for s in (path.with_suffix(".txt"), path.with_suffix(".json")) if s.is_file())
+        sidecars = tuple(Blob(s) for s in (_sidecar(path, ".txt"), _sidecar(path, ".json")) if s is not None)
         named.append((name, Item(name, Blob(path), sidecars=sidecars)))
     items, problems = _dedupe(named)
     return Inputs("folder", root, items, problems)
+
+
+def _sidecar(image: Path, suffix: str) -> Path | None:
+    """The caption file beside `image` with `suffix`, lower or upper case (x.txt, x.TXT), if there is one."""
+    for candidate in (image.with_suffix(suffix), image.with_suffix(suffix.upper())):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -376,9 +384,15 @@ def list_inputs(path: str | os.PathLike[str]) -> Inputs:
     path = Path(path)
     kind = input_kind(path)
     if kind == "manifest":
-        return _list_manifest(path)
-    if kind == "webdataset":
-        if path.is_file():
-            return _list_webdataset([path], path.parent)
-        return _list_webdataset(sorted(p for p in path.glob("*.tar") if p.is_file()), path)
-    return _list_folder(path)
+        inputs = _list_manifest(path)
+    elif kind == "webdataset":
+        tars = [path] if path.is_file() else sorted(p for p in path.glob("*.tar") if p.is_file())
+        inputs = _list_webdataset(tars, path.parent if path.is_file() else path)
+    else:
+        inputs = _list_folder(path)
+    if not inputs.items and not inputs.problems:
+        raise InputError(
+            f"{path} holds no inputs: expected images ({', '.join(sorted(IMAGE_SUFFIXES))}) with caption "
+            "sidecars, a .jsonl/.csv manifest, or WebDataset .tar shards"
+        )
+    return inputs
