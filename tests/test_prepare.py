@@ -34,7 +34,15 @@ from pixart.data.images import (
 from pixart.data.prepare import PrepareError, PrepareOptions, prepare, process_part
 from pixart.data.sampler import BucketBatchSampler
 from pixart.data.shards import finished_shards
-from pixart.data.sources import BAD_CAPTION, BAD_ROW, BAD_SIDECAR, DUPLICATE, MISSING_CAPTION, list_inputs
+from pixart.data.sources import (
+    BAD_CAPTION,
+    BAD_ROW,
+    BAD_SIDECAR,
+    DUPLICATE,
+    MISSING_CAPTION,
+    InputError,
+    list_inputs,
+)
 from pixart.encoders import SDVAE, T5Encoder
 from pixart.encoders.codecs import from_uint8
 
@@ -470,6 +478,21 @@ def test_cli_user_errors(tmp_path, model_dirs, capsys):
     (tmp_path / "empty").mkdir()
     assert main(cli_args(tmp_path / "empty", tmp_path / "out", model_dirs)) == 2
     assert "holds no inputs" in capsys.readouterr().err
+
+
+def test_a_folder_of_tars_with_images_beside_them_is_refused(tmp_path):
+    png = io.BytesIO()
+    noise(32, 32, 1).save(png, format="PNG")
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:
+        for name, data in (("0001.png", png.getvalue()), ("0001.txt", b"a red circle")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert list_inputs(tmp_path).kind == "webdataset"
+    (tmp_path / "previews").mkdir()
+    noise(32, 32, 0).save(tmp_path / "previews" / "preview.jpg")  # would have been read as the whole dataset
+    with pytest.raises(InputError, match="both WebDataset .tar shards and image files"):
+        list_inputs(tmp_path)
 
 
 def test_sidecars_with_upper_case_suffixes_are_found(tmp_path):

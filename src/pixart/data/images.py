@@ -87,7 +87,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         raise ImageSkipped(UNSUPPORTED, f"no conversion from mode {mode} to RGB") from e
 
 
-def load_rgb(source: str | os.PathLike[str] | bytes) -> Image.Image:
+def load_rgb(source: str | os.PathLike[str] | bytes, name: str | None = None) -> Image.Image:
     """Read and fully decode an image as 8-bit RGB, or raise ImageSkipped saying why not.
 
     - The whole file is decoded (img.load()), so truncation and corrupt data are found here, not later.
@@ -95,7 +95,8 @@ def load_rgb(source: str | os.PathLike[str] | bytes) -> Image.Image:
     - 16-bit greyscale is scaled to 8 bits; CMYK is converted; palette images with a transparent index,
       colour-keyed ('transparency') images and RGBA/LA images are composited over white.
     """
-    data, name = _read(source)
+    data, read_name = _read(source)
+    name = name or read_name  # bytes have no name of their own: the caller's (the input's) says which file
     if not data:
         raise ImageSkipped(EMPTY, f"{name} has 0 bytes")
     try:
@@ -155,5 +156,6 @@ def check_aspect(img: Image.Image, table: Mapping[str, tuple[int, int]]) -> None
         low, high = ratio_range(table)
         raise ImageSkipped(
             BAD_ASPECT,
-            f"height/width {img.height / img.width:.3g} is outside the table's [{float(low):g}, {float(high):g}]",
+            f"{img.height}x{img.width} (height/width {img.height / img.width:.4g}) is outside the table's "
+            f"[{float(low):g}, {float(high):g}]",
         )

@@ -192,7 +192,7 @@ def check_or_write_info(out: Path, info: dict) -> None:
 def load_item(item: Item, options: PrepareOptions) -> Loaded:
     """Captions, then pixels, then aspect and size checks, then the crop; ImageSkipped says why not."""
     captions = item.captions(options.fields)
-    img = load_rgb(item.image.read())
+    img = load_rgb(item.image.read(), name=item.name)
     table = options.table
     check_aspect(img, table)
     bucket, (height, width) = closest_bucket(img.height, img.width, table)

@@ -374,8 +374,14 @@ def input_kind(path: Path) -> str:
         raise InputError(f"{path}: a file input must be a .jsonl or .csv manifest or a .tar shard")
     if path.is_dir():
         has_tars = any(p.suffix.lower() == ".tar" and p.is_file() for p in path.iterdir())
-        has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
-        return "webdataset" if has_tars and not has_images else "folder"
+        if not has_tars:
+            return "folder"
+        if image_files(path):  # one stray image would otherwise turn the tars into a one-image folder
+            raise InputError(
+                f"{path} holds both WebDataset .tar shards and image files: keep them in separate folders, "
+                "or pass a single .tar"
+            )
+        return "webdataset"
     raise InputError(f"{path} does not exist")
 
 
