@@ -19,7 +19,7 @@ import gradio as gr
 from pixart.data.buckets import closest_bucket
 from pixart.data.buckets import parse_size as parse_height_width
 from pixart.diffusion.schedulers import SAMPLERS
-from pixart.generate import GeneratedImage, GenerationError, Settings, TextToImage, negative_prompt
+from pixart.generate import GeneratedImage, GenerationError, Settings, TextToImage
 from pixart.outputs import write_images
 
 MAX_SIDE = 4096  # a custom size beyond this would only exhaust memory in the final resize
@@ -174,7 +174,7 @@ class Studio:
                 raise GenerationError(f"the number of images must lie in 1..{MAX_IMAGES}, got {count}")
             height, width = parse_size(size)
             settings = Settings(
-                negative=negative_prompt(negative),  # blank: the model's null caption, as in the CLI
+                negative=negative,  # generate() reads a blank one as none (the null caption), as in the CLI
                 height=height,
                 width=width,
                 aspect=None if height else aspect_ratio(aspect),

@@ -85,15 +85,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 def prepare_out(out: Path) -> None:
     """Create the output folder now, before the model loads, so a bad --out fails in a second, not after
     sampling; refuse one holding an earlier run's images, which this run would overwrite and mix with."""
-    from pixart.cli.main import UserError
+    from pixart.cli.main import UserError, make_out_folder
     from pixart.outputs import earlier_outputs
 
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder: choose a folder (it is created if missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the output folder --out {out}: {error.strerror or error}") from error
+    make_out_folder(out)
     earlier = earlier_outputs(out)
     if earlier:
         raise UserError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 # Subcommand name -> module under pixart.cli; imported lazily so `pixart --help` stays fast.
 COMMANDS = {
@@ -27,6 +28,16 @@ COMMANDS = {
 
 class UserError(Exception):
     """An error caused by the user's input, printed without a traceback."""
+
+
+def make_out_folder(out: Path, what: str = "--out") -> None:
+    """Create an output folder before any model loads, so a bad path fails in a second with one line."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {out} is a file, not a folder: choose a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the folder {what} {out}: {error.strerror or error}") from error
 
 
 def build_parser() -> argparse.ArgumentParser:

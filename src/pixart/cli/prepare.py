@@ -65,7 +65,7 @@ def load_models(args: argparse.Namespace, device: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixart.cli.main import UserError
+    from pixart.cli.main import UserError, make_out_folder
     from pixart.data.prepare import (
         PrepareError,
         PrepareOptions,
@@ -82,8 +82,6 @@ def run(args: argparse.Namespace) -> int:
     part, parts = parse_shard(args.shard)
     if args.max_length is not None and args.max_length < 1:  # 0 would mean "no limit" to a tokenizer
         raise UserError(f"--max-length must be at least 1, got {args.max_length}")
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} is a file; the feature dataset is a folder: choose another --out")
     try:
         part, parts = process_part(part, parts)
         options = PrepareOptions(
@@ -100,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         inputs = list_inputs(args.input)
     except (PrepareError, InputError) as error:
         raise UserError(str(error)) from error
+    make_out_folder(args.out)  # the feature dataset's folder, before any model loads
     print(f"{args.input}: {len(inputs.items)} inputs ({inputs.kind}); this process: shard part {part}/{parts}")
 
     if not pending_shards(inputs, args.out, options) and (args.out / DATASET_FILE).is_file():

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import torch
 
-    from pixart.cli.main import UserError
+    from pixart.cli.main import UserError, make_out_folder
     from pixart.generate import TextToImage
 
     try:
@@ -69,10 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="pixart-serve-"))
         atexit.register(shutil.rmtree, out, ignore_errors=True)
-    try:  # before the model loads (or the demo trains): a bad --out fails in a second
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot keep images in --out {out}: {error.strerror or error}; choose a folder") from error
+    make_out_folder(out)  # before the model loads, or the demo trains
     model = args.model or demo_model()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = TextToImage.from_path(model, vae=args.vae, text_encoder=args.text_encoder, device=device)

@@ -99,15 +99,13 @@ def _diffusers_folder(path: Path) -> Path | None:
 def load_checkpoint_file(path: Path) -> object:
     """torch.load of a .pth/.pt, tensors and plain containers only (never code)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):
-            raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {error}") from error
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip): no mmap
     except Exception as error:  # noqa: BLE001 - report any unpickling refusal or corruption clearly
-        raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {error}") from error
-    try:  # torch's legacy (pre-zip) format cannot be memory-mapped
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
         raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {error}") from error
 
 
