@@ -8,8 +8,10 @@
    only the valid caption tokens (the CPU path) instead of all of them, a `trainer-` prefix adds what
    `pixart train` does around the bare step (gradient clipping, the non-finite check that reads two
    flags back to the host, the EMA update) and `nosync-` the same without the host read, so the two
-   price that read; `:B` sets the batch. Each prints samples/s and MFU, and the first also a profile
-   of its kernels by category (GEMM, attention, fused elementwise, optimizer, other).
+   price that read; a `tuned-` prefix turns on inductor's coordinate-descent tuning of the kernels it
+   generates; `:B` sets the batch. Each prints samples/s and MFU, and the first (or each, with
+   --profile all) also a profile of its kernels by category (GEMM, attention, fused elementwise,
+   optimizer, other).
 
     python benchmarks/profile_gpu.py --variants whole:16,regional:16,cudnn-regional:16,regional:32
     python benchmarks/profile_gpu.py --kernel-batch 0 --variants trainer-regional:16,nosync-regional:16
@@ -24,6 +26,7 @@ from collections import defaultdict
 from contextlib import nullcontext
 
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 from bench_gpu import TOKENS, alternate, inputs, training_step  # this folder (run as benchmarks/profile_gpu.py)
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -130,7 +133,7 @@ def profile_categories(fn, steps: int = 3) -> dict:
 
 
 KINDS = ("whole", "regional", "eager")
-PREFIXES = ("cudnn-", "packed-", "trainer-", "nosync-")
+PREFIXES = ("cudnn-", "packed-", "trainer-", "nosync-", "tuned-")
 
 
 def variant_parts(variant: str) -> tuple[set[str], str]:
@@ -177,6 +180,7 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
     prefixes, kind = variant_parts(variant)
     if "packed-" in prefixes:
         model.embed_captions = model._embed_valid_captions
+    torch._inductor.config.coordinate_descent_tuning = "tuned-" in prefixes
     if kind == "regional":
         compile_blocks(model)
     forward = torch.compile(model) if kind == "whole" else model

@@ -260,6 +260,23 @@ def test_compiled_transformer_draws_the_same_images(pipeline_folder):
         assert np.abs(pixels_of(a) - pixels_of(b)).max() <= 1  # rounding of fused kernels, at most one level
 
 
+@pytest.mark.slow
+def test_compiling_on_a_gpu_compiles_each_block_and_draws_the_same_images(pipeline_folder, monkeypatch):
+    """On CUDA, compile() compiles the blocks, not the whole model (measured faster there; BENCHMARKS.md).
+
+    No GPU here: the transformer only claims to be on one while compile() chooses, then draws on the CPU.
+    """
+    pipe = TextToImage.from_path(pipeline_folder)
+    eager = pipe.generate(["a red circle"], Settings(steps=3), seed=4, progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(type(pipe.transformer), "device", property(lambda self: torch.device("cuda")))
+        pipe.compile()
+    assert pipe.transformer._compiled_call_impl is None
+    assert all(block._compiled_call_impl is not None for block in pipe.transformer.blocks)
+    compiled = pipe.generate(["a red circle"], Settings(steps=3), seed=4, progress=False)
+    assert np.abs(pixels_of(eager[0]) - pixels_of(compiled[0])).max() <= 1
+
+
 def pixels_of(result) -> np.ndarray:
     return np.asarray(result.image.convert("RGB")).astype(np.int16)
 

@@ -266,3 +266,19 @@ def test_compiled_cpu_gelu_is_the_tanh_approximation_written_as_a_sigmoid():
     torch.testing.assert_close(grad, reference_grad, atol=1e-12, rtol=1e-12)
     assert "tanh" not in "".join(code) and "exp" in "".join(code)
     torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_cuda_gelu_keeps_the_tanh_form():
+    """The sigmoid rewrite is for CPUs only: a GPU graph computes F.gelu's tanh approximation."""
+    from torch._inductor.utils import run_and_get_code
+
+    from pixart.model.layers import gelu_tanh
+
+    torch._dynamo.reset()
+    x = torch.linspace(-8, 8, 4001, device="cuda")
+    out, code = run_and_get_code(torch.compile(gelu_tanh), x)
+    torch.testing.assert_close(out, torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-6, rtol=1e-6)
+    assert "tanh" in "".join(code)
+    torch._dynamo.reset()

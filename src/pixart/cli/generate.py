@@ -50,7 +50,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the transformer (CUDA graphs on GPU): slower first batch, faster after",
+        help="torch.compile the transformer (each block on a GPU): slower first batch, faster after",
     )
     parser.add_argument("--t5-8bit", action="store_true", help="load T5 in 8 bits (needs bitsandbytes)")
 
