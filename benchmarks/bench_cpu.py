@@ -30,7 +30,7 @@ import torch
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.model.regional import compile_blocks
 from pixart.train.config import OptimConfig
-from pixart.train.loop import build_optimizer
+from pixart.train.step import build_optimizer
 from pixart.weights import save_transformer
 
 CONFIG = PixArtConfig(

@@ -33,7 +33,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pixart.model.pixart import XL_2, PixArt
 from pixart.model.regional import compile_blocks
-from pixart.train.loop import update_ema
+from pixart.train.step import update_ema
 from pixart.train.metrics import forward_flops, peak_flops
 
 BACKENDS = {
@@ -148,7 +148,7 @@ def variant_parts(variant: str) -> tuple[set[str], str]:
 
 
 def trainer_step(forward, model, optimizer, batch, host_read: bool):
-    """The bare step plus pixart train's clipping, non-finite check and EMA (pixart.train.loop)."""
+    """The bare step plus pixart train's clipping, non-finite check and EMA (pixart.train.loop, pixart.train.step)."""
     x, t, y, mask, hw, ar, target = batch
     params = list(model.parameters())
     ema = {n: p.detach().clone().float() for n, p in model.named_parameters()}

@@ -29,6 +29,7 @@ from pixart.files import temporary_path
 from pixart.model.dit import DiTConfig
 from pixart.recipes import RECIPES, get_recipe
 from pixart.train import loop
+from pixart.train import step as train_step
 from pixart.train.init import FINAL, FINAL_EMA
 from pixart.train.loop import TrainingError, train
 from pixart.weights import load_transformer
@@ -401,7 +402,7 @@ def test_precision_bf16_autocasts_on_a_cpu_over_fp32_weights(shapes_data, tmp_pa
         seen.append((autocast, {p.dtype for p in model.parameters()}))
         return losses
 
-    monkeypatch.setattr(loop, "training_loss", recording)
+    monkeypatch.setattr(train_step, "training_loss", recording)
     summary = train(config_for(shapes_data, [f"precision={precision}"], steps=2, every=100), tmp_path / "run")
     expected = torch.bfloat16 if precision == "bf16" else None
     assert len(seen) == 2 and all(item == (expected, {torch.float32}) for item in seen)  # master weights fp32
