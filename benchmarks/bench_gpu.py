@@ -54,7 +54,7 @@ class DiffusersAsOurs(torch.nn.Module):
 def diffusers_twin(ours: PixArt):
     import diffusers
 
-    from pixart.weights.io import diffusers_config_from_ours
+    from pixart.weights.configs import diffusers_config_from_ours
 
     config = {k: v for k, v in diffusers_config_from_ours(ours.config).items() if not k.startswith("_")}
     with torch.device("cuda"):

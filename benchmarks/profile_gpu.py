@@ -33,8 +33,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pixart.model.pixart import XL_2, PixArt
 from pixart.model.regional import compile_blocks
-from pixart.train.step import update_ema
 from pixart.train.metrics import forward_flops, peak_flops
+from pixart.train.step import update_ema
 
 BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,

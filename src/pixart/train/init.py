@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -42,10 +41,6 @@ def resolve_init_path(init_from: str) -> Path:
     return path
 
 
-def _dit_state(path: Path) -> dict[str, torch.Tensor]:
-    return read_dit(path)[0]
-
-
 def initialize_from(model: nn.Module, config: TrainConfig) -> str:
     """Load `config.init_from` into `model`; returns a one-line description."""
     path = resolve_init_path(config.init_from)
@@ -53,11 +48,11 @@ def initialize_from(model: nn.Module, config: TrainConfig) -> str:
     if isinstance(model, DiT):
         if fmt != "dit":
             raise WeightsError(f"stage 'class' trains a DiT; {path} holds {fmt} weights")
-        state = {k: v for k, v in _dit_state(path).items() if k != "pos_embed"}
+        state = {k: v for k, v in read_dit(path)[0].items() if k != "pos_embed"}
         _load_checked(model, state, (), str(path))
         return f"DiT weights from {path}"
     if fmt == "dit":
-        state = reparameterize_dit(_dit_state(path), model.config, seed=config.seed)
+        state = reparameterize_dit(read_dit(path)[0], model.config, seed=config.seed)
         _load_checked(model, state, (), str(path))
         return f"re-parameterised from the class-conditional DiT {path} (adaLN-single tables matched at t=500)"
     _, state, fmt = read_state(path, config=model.config)
@@ -107,8 +102,3 @@ def save_weights(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | 
     metadata = {"format": kind, "config": json.dumps(model.config.to_dict())}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return path
-
-
-def saved_kind(path: Path) -> str:
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("format", "")

@@ -18,13 +18,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pixart.model.dit import DiT, DiTConfig
 from pixart.model.layers import timestep_sinusoid
 from pixart.model.pixart import PixArt, PixArtConfig
-from pixart.weights.io import WeightsError, is_training_checkpoint, load_checkpoint_file, read_official_state
+from pixart.weights.io import (
+    WeightsError,
+    is_training_checkpoint,
+    load_checkpoint_file,
+    read_official_state,
+    safetensors_metadata,
+)
 
 REPARAM_T = 500
 SHARED_PREFIXES = ("x_embedder.proj.", "t_embedder.mlp.", "final_layer.linear.")
@@ -132,8 +137,7 @@ def read_dit(path: Path) -> tuple[dict[str, torch.Tensor], DiTConfig | None]:
     config.dit; official DiT .pt files carry none, so their architecture is read from the shapes.
     """
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+        metadata = safetensors_metadata(path)
         stored = json.loads(metadata["config"]) if metadata.get("format") == "dit" and "config" in metadata else None
         return load_file(path), DiTConfig(**stored) if stored else None
     data = load_checkpoint_file(path)

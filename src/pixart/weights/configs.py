@@ -1,0 +1,141 @@
+"""The PixArtConfig that weights describe.
+
+Read from an official checkpoint's shapes (stored configs are read where the file is: pixart.weights.io),
+checked against a stored pos_embed, and translated to and from diffusers' config.json.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from pixart.model.pixart import PixArtConfig
+from pixart.model.pos_embed import sincos_2d
+from pixart.weights.errors import WeightsError
+
+
+def infer_official_config(state: dict[str, torch.Tensor]) -> PixArtConfig:
+    """An official checkpoint's architecture, read from its tensor shapes (spec section 8)."""
+    proj = state["x_embedder.proj.weight"]  # (D, C_in, p, p)
+    hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    out = state["final_layer.linear.weight"].shape[0] // (patch * patch)
+    if "pos_embed" not in state:
+        raise WeightsError(
+            "the checkpoint has no pos_embed to read its training resolution from; pass --config FILE (a JSON of "
+            "PixArtConfig fields) to pixart convert, or config= to load_transformer"
+        )
+    grid = math.isqrt(state["pos_embed"].shape[1])
+    input_size = grid * patch
+    if hidden % 72:
+        raise WeightsError(
+            f"cannot infer the head count of a width-{hidden} model (the official family uses 72 per head); pass "
+            "--config FILE (a JSON of PixArtConfig fields) to pixart convert, or config= to load_transformer"
+        )
+    return PixArtConfig(
+        input_size=input_size,
+        patch_size=patch,
+        in_channels=in_channels,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=hidden // 72,
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+        learn_sigma=out == 2 * in_channels,
+        caption_channels=state["y_embedder.y_proj.fc1.weight"].shape[1],
+        max_length=state["y_embedder.y_embedding"].shape[0],
+        interpolation_scale=pos_embed_scale(state["pos_embed"], hidden, grid),
+        micro_conditions="csize_embedder.mlp.0.weight" in state,
+        adaln="per_block" if "blocks.0.adaLN_modulation.1.weight" in state else "single",
+    )
+
+
+SCALES = (1.0, 2.0, 0.5)  # interpolation scales (lewei_scale) in use: 1 up to 512 px, 2 at 1024
+
+
+def pos_embed_scale(pos_embed: torch.Tensor, hidden: int, grid: int) -> float:
+    """The interpolation scale a stored (1, grid*grid, D) pos_embed was built with."""
+    for scale in SCALES:
+        if torch.allclose(pos_embed.float()[0], sincos_2d(hidden, grid, grid, grid, scale).float(), atol=2e-3):
+            return scale
+    raise WeightsError(
+        f"the checkpoint's pos_embed matches no interpolation scale in {SCALES}; pass --config FILE (a JSON of "
+        "PixArtConfig fields) to pixart convert, or config= to load_transformer"
+    )
+
+
+def check_pos_embed(state: dict[str, torch.Tensor], config: PixArtConfig, path: Path) -> None:
+    """A stored pos_embed must be the one `config` computes: else the config describes another model."""
+    if "pos_embed" not in state:
+        return
+    stored, expected = state["pos_embed"].float(), official_pos_embed(config)
+    if stored.shape != expected.shape or not torch.allclose(stored, expected, atol=2e-3):
+        raise WeightsError(
+            f"{path}: the stored pos_embed {tuple(stored.shape)} is not the one the given config computes "
+            f"{tuple(expected.shape)} (input_size {config.input_size}, interpolation_scale "
+            f"{config.interpolation_scale}); fix the config's input_size or interpolation_scale"
+        )
+
+
+def diffusers_config_to_ours(data: dict) -> PixArtConfig:
+    if data.get("norm_type", "ada_norm_single") != "ada_norm_single":
+        raise WeightsError(f"diffusers transformer with norm_type {data['norm_type']!r} is not PixArt")
+    if data.get("caption_channels") is None:
+        raise WeightsError("diffusers config has no caption_channels: not a PixArt text-to-image transformer")
+    sample_size = data.get("sample_size", 128)
+    micro = data.get("use_additional_conditions")
+    scale = data.get("interpolation_scale")
+    in_channels = data.get("in_channels", 4)
+    out_channels = data.get("out_channels") or in_channels
+    return PixArtConfig(
+        input_size=sample_size,
+        patch_size=data.get("patch_size", 2),
+        in_channels=in_channels,
+        hidden_size=data.get("num_attention_heads", 16) * data.get("attention_head_dim", 72),
+        depth=data.get("num_layers", 28),
+        num_heads=data.get("num_attention_heads", 16),
+        learn_sigma=out_channels == 2 * in_channels,
+        caption_channels=data["caption_channels"],
+        # diffusers derives these from sample_size when unset; we make them explicit.
+        interpolation_scale=float(scale if scale is not None else max(sample_size // 64, 1)),
+        micro_conditions=bool(micro if micro is not None else sample_size == 128),
+    )
+
+
+def diffusers_config_from_ours(config: PixArtConfig) -> dict:
+    if config.adaln != "single" or config.caption_norm or config.mlp_ratio != 4.0:
+        raise WeightsError(
+            "only adaLN-single models with mlp_ratio 4 and without caption_norm have a diffusers layout; "
+            "save this model as pixart or official instead"
+        )
+    return {
+        "_class_name": "PixArtTransformer2DModel",
+        "activation_fn": "gelu-approximate",
+        "attention_bias": True,
+        "attention_head_dim": config.hidden_size // config.num_heads,
+        "attention_type": "default",
+        "caption_channels": config.caption_channels,
+        "cross_attention_dim": config.hidden_size,
+        "dropout": 0.0,
+        "in_channels": config.in_channels,
+        "interpolation_scale": config.interpolation_scale,
+        "norm_elementwise_affine": False,
+        "norm_eps": 1e-6,
+        "norm_num_groups": 32,
+        "norm_type": "ada_norm_single",
+        "num_attention_heads": config.num_heads,
+        "num_embeds_ada_norm": 1000,
+        "num_layers": config.depth,
+        "out_channels": config.out_channels,
+        "patch_size": config.patch_size,
+        "sample_size": config.input_size,
+        "upcast_attention": False,
+        "use_additional_conditions": config.micro_conditions,
+    }
+
+
+def official_pos_embed(config: PixArtConfig) -> torch.Tensor:
+    """The (1, N0, D) pos_embed buffer official checkpoints carry for their square training grid."""
+    grid = config.base_size
+    return sincos_2d(config.hidden_size, grid, grid, grid, config.interpolation_scale).float()[None]
