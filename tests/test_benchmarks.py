@@ -64,3 +64,27 @@ def test_profile_gpu_rejects_an_unknown_variant_before_touching_the_gpu():
         cwd=ROOT,
     )
     assert result.returncode != 0 and "unknown variant kind 'regionl'" in result.stderr
+
+
+def test_bench_gpu_compiles_blocks_for_a_case_and_gives_the_eager_ones_back():
+    """bench_gpu's compiled cases swap compiled wrappers of the blocks in, and the eager blocks back after."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_gpu import blocks_compiled
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from pixart.model import TINY, PixArt
+
+    torch._dynamo.reset()
+    model = PixArt(TINY).eval()
+    eager_blocks = model.blocks
+    x, t, y, mask = torch.randn(2, 4, 16, 16), torch.tensor([3, 700]), torch.randn(2, 5, 48), torch.ones(2, 5)
+    with torch.no_grad():
+        expected = model(x, t, y, mask)
+        with blocks_compiled(model):
+            assert model.blocks is not eager_blocks
+            assert all(isinstance(block, torch._dynamo.eval_frame.OptimizedModule) for block in model.blocks)
+            compiled = model(x, t, y, mask)
+    assert model.blocks is eager_blocks
+    torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
