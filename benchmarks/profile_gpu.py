@@ -9,12 +9,14 @@
    `pixart train` does around the bare step (gradient clipping, the non-finite check that reads two
    flags back to the host, the EMA update) and `nosync-` the same without the host read, so the two
    price that read; a `tuned-` prefix turns on inductor's coordinate-descent tuning of the kernels it
-   generates; `:B` sets the batch. Each prints samples/s and MFU, and the first (or each, with
-   --profile all) also a profile of its kernels by category (GEMM, attention, fused elementwise,
-   optimizer, other).
+   generates, and `fa4-` routes SDPA's flash backend to FlashAttention-4 and puts it first (needs the
+   flash-attn-4 package; the kernel timings then add FA4 rows too); `:B` sets the batch. Each prints
+   samples/s and MFU, and the first (or each, with --profile all) also a profile of its kernels by
+   category (GEMM, attention, fused elementwise, optimizer, other).
 
     python benchmarks/profile_gpu.py --variants whole:16,regional:16,cudnn-regional:16,regional:32
     python benchmarks/profile_gpu.py --kernel-batch 0 --variants trainer-regional:16,nosync-regional:16
+    python benchmarks/profile_gpu.py --variants regional:16,fa4-regional:16     # with flash-attn-4 installed
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ import torch
 import torch._inductor.config
 import torch.nn.functional as F
 from bench_gpu import TOKENS, alternate, inputs, training_step  # this folder (run as benchmarks/profile_gpu.py)
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import (
+    SDPBackend,
+    activate_flash_attention_impl,
+    restore_flash_attention_impl,
+    sdpa_kernel,
+)
 
 from pixart.model.pixart import XL_2, PixArt
 from pixart.model.regional import compile_blocks
@@ -42,6 +49,12 @@ BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "math": SDPBackend.MATH,
 }
+ORDER_FLASH_FIRST = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
 ORDER_CUDNN_FIRST = [
     SDPBackend.CUDNN_ATTENTION,
     SDPBackend.FLASH_ATTENTION,
@@ -66,6 +79,12 @@ def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -
     kc, vc = make(batch, heads, TOKENS, d), make(batch, heads, TOKENS, d)
     lengths = torch.randint(8, TOKENS + 1, (batch,), device="cuda", generator=g)
     mask = (torch.arange(TOKENS, device="cuda")[None] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, L)
+
+    def attend_with(backend, keys, values, attn_mask=None):
+        with sdpa_kernel(backend):
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
+        out.backward(torch.ones_like(out))
+
     result = {}
     for label, (keys, values, attn_mask, m) in {
         "self": (k, v, None, n),
@@ -76,18 +95,26 @@ def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -
         for name, backend in BACKENDS.items():
             if name == "math" and label == "self":
                 continue
-
-            def step(backend=backend, keys=keys, values=values, attn_mask=attn_mask):
-                with sdpa_kernel(backend):
-                    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
-                out.backward(torch.ones_like(out))
-
             try:
-                seconds = timed(step)
+                seconds = timed(lambda b=backend, k_=keys, v_=values, m_=attn_mask: attend_with(b, k_, v_, m_))
                 result[f"{label}_{name}_ms"] = round(seconds * 1e3, 3)
                 result[f"{label}_{name}_tflops"] = round(flops / seconds / 1e12, 1)
             except RuntimeError as error:
                 result[f"{label}_{name}"] = f"unavailable: {str(error).splitlines()[0][:120]}"
+    try:  # FlashAttention-4 behind SDPA's flash backend, where the flash-attn-4 package is installed
+        activate_flash_attention_impl("FA4")
+    except Exception as error:  # noqa: BLE001 - not installed: say so and time the rest
+        result["fa4"] = f"unavailable: {str(error).splitlines()[0][:120]}"
+    else:
+        try:
+            for label, keys, values, m in (("self", k, v, n), ("cross_unmasked", kc, vc, TOKENS)):
+                seconds = timed(lambda keys=keys, values=values: attend_with(SDPBackend.FLASH_ATTENTION, keys, values))
+                result[f"{label}_fa4_ms"] = round(seconds * 1e3, 3)
+                result[f"{label}_fa4_tflops"] = round(3.5 * 4 * batch * heads * n * m * d / seconds / 1e12, 1)
+        except Exception as error:  # noqa: BLE001 - FA4 may refuse a shape (head dim 72): report it
+            result["fa4"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+        finally:
+            restore_flash_attention_impl()
     x = torch.randn(batch * n, 1152, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(4608, 1152, device="cuda", dtype=torch.bfloat16)
     seconds = timed(lambda: x @ w.t())
@@ -133,7 +160,7 @@ def profile_categories(fn, steps: int = 3) -> dict:
 
 
 KINDS = ("whole", "regional", "eager")
-PREFIXES = ("cudnn-", "packed-", "trainer-", "nosync-", "tuned-")
+PREFIXES = ("cudnn-", "packed-", "trainer-", "nosync-", "tuned-", "fa4-")
 
 
 def variant_parts(variant: str) -> tuple[set[str], str]:
@@ -190,26 +217,35 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
         run = training_step(forward, optimizer, batch_inputs)
 
     order = ORDER_CUDNN_FIRST if "cudnn-" in prefixes else None
-    started = time.time()
-    torch.cuda.reset_peak_memory_stats()
-    with sdpa_kernel(order, set_priority=True) if order else nullcontext():
-        run()
-        torch.cuda.synchronize()
-        compile_s = time.time() - started
-        seconds = timed(run, warmup=2, repeats=8)
-        flops = 3 * forward_flops(config.hidden_size, config.depth, (side // 2) ** 2, TOKENS, config.caption_channels)
-        result = {
-            "variant": variant,
-            "resolution": resolution,
-            "batch": batch,
-            "first_step_s": round(compile_s, 1),
-            "step_ms": round(seconds * 1e3, 2),
-            "samples_per_s": round(batch / seconds, 1),
-            "mfu": round(flops * batch / seconds / (peak_flops(torch.device("cuda")) or float("nan")), 4),
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
-        }
-        if profile_it:
-            result["profile"] = profile_categories(run)
+    fa4 = "fa4-" in prefixes
+    if fa4:
+        activate_flash_attention_impl("FA4")
+        order = ORDER_FLASH_FIRST
+    try:
+        started = time.time()
+        torch.cuda.reset_peak_memory_stats()
+        with sdpa_kernel(order, set_priority=True) if order else nullcontext():
+            run()
+            torch.cuda.synchronize()
+            compile_s = time.time() - started
+            seconds = timed(run, warmup=2, repeats=8)
+            tokens = (side // 2) ** 2
+            flops = 3 * forward_flops(config.hidden_size, config.depth, tokens, TOKENS, config.caption_channels)
+            result = {
+                "variant": variant,
+                "resolution": resolution,
+                "batch": batch,
+                "first_step_s": round(compile_s, 1),
+                "step_ms": round(seconds * 1e3, 2),
+                "samples_per_s": round(batch / seconds, 1),
+                "mfu": round(flops * batch / seconds / (peak_flops(torch.device("cuda")) or float("nan")), 4),
+                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+            }
+            if profile_it:
+                result["profile"] = profile_categories(run)
+    finally:
+        if fa4:
+            restore_flash_attention_impl()
     return result
 
 
