@@ -229,7 +229,13 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
 
 
 class _LatentBatcher:
-    """Crops queue per bucket and are encoded batch_size at a time, in input order (same bytes every run)."""
+    """Crops queue per bucket and are encoded batch_size at a time, in input order.
+
+    The same --batch-size gives the same bytes every run. Another one (a resume may change it) batches
+    the products differently, so values may differ in rounding: MiniLM caption features of 5 captions
+    encoded 1 and 4 at a time differed by at most 4.9e-4 on values up to 5.6 (one fp16 step). So
+    dataset.json does not record the batch size, and a resume is not refused for it.
+    """
 
     def __init__(self, codec: ImageCodec, batch_size: int):
         self.codec = codec
