@@ -73,3 +73,28 @@ def test_later_stages_shrink_to_fit_the_time_left(tmp_path):
     assert halved["stage1"] is stages["stage1"]
     # what is left now fits the time that was left
     assert sum(pace * STEP_COST[n] * halved[n].steps for n in STEP_COST) <= needed / 2
+
+
+def test_a_folder_holds_one_kind_of_demo_run(tmp_path):
+    """A full demo into a --quick run's folder (or the reverse) is refused, naming --out; the same kind continues."""
+    from pixart.demo import DemoError, check_or_record_kind
+
+    check_or_record_kind(tmp_path, quick=True)
+    check_or_record_kind(tmp_path, quick=True)  # the same kind again: a rerun continues it
+    with pytest.raises(DemoError, match=r"pixart demo --quick --out .*choose another --out"):
+        check_or_record_kind(tmp_path, quick=False)
+    other = tmp_path / "full"
+    check_or_record_kind(other, quick=False)
+    with pytest.raises(DemoError, match=r"\(full\); this one is quick"):
+        check_or_record_kind(other, quick=True)
+
+
+def test_demo_of_the_other_kind_stops_with_one_line_before_any_work(tmp_path, capsys):
+    from pixart.cli.main import main
+    from pixart.demo import check_or_record_kind
+
+    check_or_record_kind(tmp_path, quick=False)
+    started = time.time()
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "choose another --out" in capsys.readouterr().err
+    assert time.time() - started < 30 and not (tmp_path / "data").exists()  # nothing trained or rendered

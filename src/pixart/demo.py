@@ -21,6 +21,7 @@ import torch
 from pixart import config as config_io
 from pixart.data import synthetic
 from pixart.diffusion.objective import DiffusionConfig
+from pixart.files import atomic_write
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig, count_parameters
 from pixart.modelfolder import ModelSpec
@@ -45,6 +46,7 @@ SAMPLE_PROMPTS = [
 STEP_COST = {"stage2": 1.6, "stage3": 2.3}
 EVAL_SECONDS = 15  # sampling the evaluation prompts, the probe and the report
 CAPTION_TOKENS = 48  # MiniLM tokens per caption: the longest two-object caption fits
+DEMO_KIND_FILE = "demo-kind.json"  # {"kind": "quick" | "full"}: see check_or_record_kind
 WIDE_PROMPT = "a large blue circle on the left and a large red square on the right, on a white background"
 
 
@@ -155,6 +157,33 @@ def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) 
     }
 
 
+class DemoError(ValueError):
+    """The output folder cannot take this demo run; the message says which --out to choose instead."""
+
+
+def check_or_record_kind(out: Path, quick: bool) -> None:
+    """A folder holds one kind of demo run, --quick or full: they differ in data, batch size and codec.
+
+    Rerunning the same kind continues it (finished stages are kept, unfinished ones resume; --minutes may
+    change, as it changes only step counts). The other kind is refused before any work, rather than
+    failing at stage 1 on a checkpoint of another batch size, or training on the other kind's data.
+    """
+    path = out / DEMO_KIND_FILE
+    kind = "quick" if quick else "full"
+    if path.is_file():
+        recorded = json.loads(path.read_text()).get("kind")
+        if recorded != kind:
+            flag = "--quick " if recorded == "quick" else ""
+            raise DemoError(
+                f"{out} holds a `pixart demo {flag}--out {out}` run ({recorded}); this one is {kind}: choose "
+                f"another --out, or delete {out}"
+            )
+        return
+    # A folder from before the kind was recorded is taken as this kind; were it the other, stage 1 refuses
+    # its checkpoint (another batch size), and the command says which --out to choose.
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"kind": kind}) + "\n"))
+
+
 def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, progress: bool = True) -> dict:
     """Run every stage into `out` and return the report (also written as report.json / report.md)."""
     from pixart.data.shapes_features import build_shapes_features
@@ -167,6 +196,7 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    check_or_record_kind(out, quick)
     plan = DemoPlan.for_budget(minutes, quick)
     timings: dict[str, float] = {}
 
@@ -221,7 +251,7 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     report = evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings, started, progress)
     timed("evaluation and report", t)
     report["wall_seconds"] = round(time.time() - started, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     from pixart.demo_report import write_report_md
 
     write_report_md(out, report)

@@ -6,10 +6,13 @@ import argparse
 from pathlib import Path
 
 DEMO_DIR = Path("runs/demo")  # `pixart serve` without --model looks for the demo's model here too
+QUICK_DIR = Path("runs/demo-quick")  # a smoke run keeps out of the full run's folder
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=DEMO_DIR, help=f"output folder (default {DEMO_DIR})")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"output folder (default {DEMO_DIR}; {QUICK_DIR} with --quick)"
+    )
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget on a 2-core CPU (default 10)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of every step (well under two minutes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -18,11 +21,20 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pixart.demo import run_demo
+    from pixart.cli.main import UserError
+    from pixart.demo import DemoError, run_demo
+    from pixart.train.loop import TrainingError
 
+    if args.out is None:
+        args.out = QUICK_DIR if args.quick else DEMO_DIR
     if args.quick:  # the smoke run stays as light as on the 2-core machine it is sized for
         torch.set_num_threads(min(torch.get_num_threads(), 2))
-    report = run_demo(args.out, minutes=args.minutes, quick=args.quick, progress=not args.no_progress)
+    try:
+        report = run_demo(args.out, minutes=args.minutes, quick=args.quick, progress=not args.no_progress)
+    except DemoError as error:
+        raise UserError(str(error)) from error
+    except TrainingError as error:  # its advice names pixart train's --run-dir; here the folder is --out
+        raise UserError(f"{error} (pixart demo: choose another --out, or delete {args.out})") from error
     probe = report["probe"]
     print(
         f"\npixart demo finished in {report['wall_seconds']:.0f}s. Probe on generated images: colour "
