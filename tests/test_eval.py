@@ -181,6 +181,8 @@ def test_read_prompts_from_text_and_jsonl(tmp_path):
         read_prompts(manifest)
     manifest.write_bytes(b'\xef\xbb\xbf{"caption": "bom"}\r\n{"caption": "line\xe2\x80\xa8separator"}\r\n')
     assert read_prompts(manifest) == ["bom", "line\u2028separator"]  # a BOM, CRLF and U+2028 in a string
+    text.write_bytes("a red car\u2028by the sea\r\nsecond\x0cprompt\n".encode())
+    assert read_prompts(text) == ["a red car\u2028by the sea", "second\x0cprompt"]  # lines end at \n only
     text.write_bytes(b"caf\xe9\n")
     with pytest.raises(RealDataError, match=r"prompts.txt is not UTF-8 text \(byte 3\)"):
         read_prompts(text)
@@ -301,7 +303,7 @@ def run_eval(capsys, *args) -> tuple[int, str]:
 
 def test_missing_weight_files_are_reported_clearly(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red circle\n")
+    prompts.write_text("a red circle\na blue square\n")
     real = tmp_path / "real"
     real.mkdir()
     Image.new("RGB", (8, 8)).save(real / "0.png")
@@ -328,6 +330,29 @@ def test_missing_weight_files_are_reported_clearly(tmp_path, capsys):
     empty.mkdir()
     code, err = run_eval(capsys, *base, "--real", empty, "--inception", state_dict)
     assert code == 2 and "holds no images" in err
+
+
+def test_real_suite_options_that_cannot_work_are_refused_before_loading(tmp_path, capsys):
+    """Each of these used to be found after the long part, or to be ignored without a word."""
+    prompts, one = tmp_path / "prompts.txt", tmp_path / "one.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    one.write_text("a red circle\n")
+    real = tmp_path / "real"
+    real.mkdir()
+    Image.new("RGB", (8, 8)).save(real / "0.png")
+    inception = tmp_path / "inception.pt"
+    inception.write_bytes(b"not read: the options are refused first")
+    base = ("--model", tmp_path, "--suite", "real")
+    code, err = run_eval(capsys, *base, "--prompts", prompts, "--clip", tmp_path, "--out", tmp_path)
+    assert code == 2 and f"--out {tmp_path} is a folder: give the JSON file to write" in err
+    code, err = run_eval(capsys, *base, "--prompts", prompts, "--clip", tmp_path, "--real", real)
+    assert code == 2 and "--real DIR is for FID, which also needs --inception FILE" in err
+    code, err = run_eval(capsys, *base, "--prompts", prompts, "--clip", tmp_path, "--field", "dense")
+    assert code == 2 and "--field picks a field of a JSONL manifest" in err
+    code, err = run_eval(capsys, *base, "--prompts", one, "--real", real, "--inception", inception)
+    assert code == 2 and "FID needs at least 2 generated images (one per prompt); the prompts give 1" in err
+    code, err = run_eval(capsys, *base, "--prompts", prompts, "--real", real, "--inception", inception, "--num", "1")
+    assert code == 2 and "the prompts give 1" in err
 
 
 def test_missing_model_and_unknown_suite(tmp_path, capsys):

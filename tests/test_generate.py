@@ -429,6 +429,11 @@ def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
     args = argparse.Namespace(prompts=["", "a cat"], prompts_file=prompts)
     assert read_prompts(args) == ["", "a cat", "a red circle", "a dog"]  # "" given explicitly stays
     assert f"skipped 2 blank line(s) of {prompts}" in capsys.readouterr().err
+    prompts.write_bytes("a red car\u2028by the sea\r\nsecond\x0cprompt\n".encode())  # lines end at \n only
+    assert read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts)) == [
+        "a red car\u2028by the sea",
+        "second\x0cprompt",
+    ]
     prompts.write_text("\n\n", encoding="utf-8")
     with pytest.raises(main_module.UserError, match="give at least one prompt"):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts))

@@ -86,6 +86,8 @@ def check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.out is not None and args.out.is_dir():  # found now, not after the whole evaluation has run
+        raise UserError(f"--out {args.out} is a folder: give the JSON file to write, e.g. {args.out / 'eval.json'}")
 
 
 def settings_record(pipe: TextToImage, settings: Settings) -> dict:
@@ -178,6 +180,10 @@ def real_inputs(args: argparse.Namespace) -> tuple[list[str], list[Path] | None,
         raise UserError("--suite real needs --prompts FILE (one prompt a line, or a JSONL manifest)")
     if args.inception is not None and args.real is None:
         raise UserError("FID needs --real DIR, a folder of reference images")
+    if args.real is not None and args.inception is None:  # it would be ignored: FID is what reads it
+        raise UserError("--real DIR is for FID, which also needs --inception FILE: give both, or neither")
+    if args.field is not None and args.prompts.suffix.lower() != ".jsonl":
+        raise UserError(f"--field picks a field of a JSONL manifest; --prompts {args.prompts} is one prompt a line")
     try:
         prompts = read_prompts(args.prompts, args.field)[: args.num]
         real_images = list_images(args.real) if args.inception is not None else None
@@ -185,6 +191,8 @@ def real_inputs(args: argparse.Namespace) -> tuple[list[str], list[Path] | None,
         raise UserError(str(error)) from error
     if real_images is not None and not real_images:
         raise UserError(f"--real {args.real} holds no images")
+    if real_images is not None and len(prompts) < 2:  # found now, not after Inception read every reference image
+        raise UserError(f"FID needs at least 2 generated images (one per prompt); the prompts give {len(prompts)}")
     return prompts, real_images, missing
 
 
@@ -252,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError
+    from pixart.files import atomic_write
     from pixart.generate import GenerationError, Settings, TextToImage
     from pixart.modelfolder import folder_kind
 
@@ -270,9 +279,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     wall = time.time() - started
     out = args.out or Path("runs/eval") / f"{args.suite}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {"suite": args.suite, "model": str(args.model), "seed": args.seed, **report}
     record["wall_seconds"] = round(wall, 1)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))  # creates the folder
     print(f"pixart eval: {args.suite} suite on {args.model} in {wall:.0f}s: {summary}. Wrote {out}")
     return 0

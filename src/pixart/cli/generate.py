@@ -72,7 +72,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
     prompts = list(args.prompts)
     if args.prompts_file:
-        lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
+        # Lines end at "\n" (or "\r\n") only: str.splitlines would also cut a prompt at U+2028 or a form feed
+        lines = [line.removesuffix("\r") for line in args.prompts_file.read_text(encoding="utf-8").split("\n")]
+        if lines[-1] == "":  # the file's final newline ends the last line; it does not start a blank one
+            lines.pop()
         kept = [line for line in lines if line.strip()]
         if len(kept) < len(lines):
             print(f"skipped {len(lines) - len(kept)} blank line(s) of {args.prompts_file}", file=sys.stderr)

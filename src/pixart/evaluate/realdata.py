@@ -59,7 +59,8 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
             prompts.append(_prompt_from_row(row, field, f"{path}:{number}"))
     else:
         try:
-            prompts = path.read_text(encoding="utf-8-sig").splitlines()
+            # Lines end at "\n" only: str.splitlines would also cut a prompt at U+2028, U+0085 or a form feed
+            prompts = path.read_text(encoding="utf-8-sig").split("\n")
         except UnicodeDecodeError as error:
             raise RealDataError(f"--prompts {path} is not UTF-8 text (byte {error.start})") from None
     prompts = [p.strip() for p in prompts if p.strip()]
