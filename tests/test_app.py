@@ -308,3 +308,13 @@ def test_serve_refuses_a_bad_out_before_loading_anything(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "--out" in error and "no-such-model" not in error  # the out folder is checked first
     assert time.time() - started < 30
+
+
+def test_request_numbering_reads_ascii_digit_folders_only(tmp_path):
+    """A folder named with a digit int() refuses ("²") must not stop the server from starting."""
+    from pixart.app import last_request_number
+
+    for name in ("00003", "00012", "²", "①", "notes"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "00099").write_text("a file, not a request folder")
+    assert last_request_number(tmp_path) == 12

@@ -141,6 +141,12 @@ def test_one_step_is_refused_where_it_would_not_denoise(name):
         oracle_sample(name, 1)
 
 
+@pytest.mark.parametrize("name", ["dpm-solver++", "ddim"])
+def test_zero_steps_are_refused_not_read_as_the_default(name):
+    with pytest.raises(ValueError, match="got 0"):
+        oracle_sample(name, 0)
+
+
 def test_unknown_sampler_lists_the_choices():
     with pytest.raises(ValueError, match="dpm-solver\\+\\+, sa-solver"):
         sample(

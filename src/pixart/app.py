@@ -121,7 +121,9 @@ def last_request_number(out_dir: Path) -> int:
     """The highest numbered request folder ('00042') in out_dir, 0 when there is none."""
     if not out_dir.is_dir():
         return 0
-    return max((int(p.name) for p in out_dir.iterdir() if p.is_dir() and p.name.isdigit()), default=0)
+    # isascii as well: str.isdigit also accepts digits such as "²" that int() refuses
+    numbered = (p for p in out_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
+    return max((int(p.name) for p in numbered), default=0)
 
 
 class Studio:

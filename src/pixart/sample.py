@@ -42,12 +42,12 @@ def sample(
     """
     if isinstance(scheduler, str):
         sampler = get_sampler(scheduler)
-        steps = steps or sampler.default_steps
+        steps = sampler.default_steps if steps is None else steps  # 0 is refused below, not defaulted
         check_steps(sampler.name, steps)
         keep_variance = sampler.needs_variance
         scheduler = build_scheduler(sampler.name, flow_shift=flow_shift)
     else:
-        steps = steps or 20
+        steps = 20 if steps is None else steps
         keep_variance = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")

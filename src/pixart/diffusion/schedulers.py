@@ -18,10 +18,10 @@ class Sampler:
     objective: str  # "iddpm" (eps models) or "flow" (velocity models)
     needs_variance: bool  # passes the learned-range variance channels to the scheduler
     description: str
-    # Fewest steps that denoise at all. ddim, iddpm and euler space their timesteps "leading" (as
-    # diffusers does, which parity needs): one step is timestep 0 alone, and they return the noise (ddim,
-    # iddpm) or nearly zeros (euler) instead of an image. From 2 steps they start at t >= 500 and end
-    # near the data (checked on the Gaussian oracle in test_sample).
+    # Fewest steps that denoise at all. ddim and iddpm space their timesteps "leading" and euler
+    # "linspace" (diffusers' defaults, which parity needs): one step is timestep 0 alone for all three,
+    # and they return the noise (ddim, iddpm) or nearly zeros (euler) instead of an image. From 2 steps
+    # they start at t >= 500 and end near the data (checked on the Gaussian oracle in test_sample).
     min_steps: int = 1
 
 
