@@ -309,3 +309,7 @@ def test_stats_command(tmp_path, capsys):
     assert printed[2].split()[:5] == ["dense", "2", "1", "6.5", "12"]
     assert "tokens/cap (t5)" in printed[0]
     assert main(["caption", manifest]) == 2  # captioning needs --model
+    capsys.readouterr()
+    # Another suffix would be read back as CSV: a rerun would find nothing done and caption everything again.
+    assert main(["caption", manifest, "--model", str(tmp_path), "--out", str(tmp_path / "dense.csv")]) == 2
+    assert "the captions are written as a JSONL manifest; name it *.jsonl" in capsys.readouterr().err

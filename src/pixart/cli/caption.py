@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--model DIR is required to caption (or pass --stats for caption statistics)")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if args.out is not None and args.out.suffix.lower() != ".jsonl":  # rows are JSON lines: resume reads them so
+        raise UserError(f"--out {args.out}: the captions are written as a JSONL manifest; name it *.jsonl")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("float32" if device == "cpu" else "float16"))
     torch.manual_seed(args.seed)
