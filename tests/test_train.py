@@ -422,6 +422,10 @@ def test_bad_overrides_are_rejected_before_any_work(tmp_path, capsys):
     assert "steps: 'many' is not a int" in capsys.readouterr().err
     assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "data.caption_dropout=2"]) == 2
     assert "caption_dropout must lie in [0, 1]" in capsys.readouterr().err
+    # A schedule no sampler uses: the model would train, then sample wrongly everywhere.
+    schedule = ["--set", "diffusion.beta_end=0.012"]
+    assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "r"), *schedule]) == 2
+    assert "must stay 1000, 1e-4 and 0.02 (the official linear schedule" in capsys.readouterr().err
     assert main(["train", "--recipe", "nope", "--dry-run"]) == 2
     assert not (tmp_path / "r").exists()
 

@@ -43,6 +43,13 @@ class DiffusionConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not 0.0 <= self.high_noise_fraction <= 1.0:
             raise ValueError(f"high_noise_fraction must lie in [0, 1], got {self.high_noise_fraction}")
+        # Every sampler (ours, diffusers', the official code's) denoises on this schedule, and the released
+        # weights were trained on it: a model trained on another could be trained but not sampled.
+        if (self.num_timesteps, self.beta_start, self.beta_end) != (1000, 1e-4, 0.02):
+            raise ValueError(
+                "num_timesteps, beta_start and beta_end must stay 1000, 1e-4 and 0.02 (the official linear "
+                f"schedule that every sampler uses), got {self.num_timesteps}, {self.beta_start}, {self.beta_end}"
+            )
 
     def schedule(self) -> NoiseSchedule:
         return _schedule(self.num_timesteps, self.beta_start, self.beta_end)
