@@ -1,8 +1,11 @@
 """Caption cleaning before T5, as the official T5Embedder does it (DeepFloyd IF's cleaner, run twice).
 
 It lowercases; strips URLs, HTML, @handles, CJK characters, IP addresses, long digit runs, file names,
-ids and shop boilerplate ("free shipping", "download"...); normalises dashes and quotes; collapses
-punctuation and whitespace; then fixes mojibake with ftfy and unescapes HTML entities.
+product codes and ids, shop boilerplate ("free shipping", "download", "click for ..."), file-type words
+and sizes ("1200x800"); normalises dashes and quotes; collapses punctuation and whitespace and puts a
+space after a full stop or comma glued to the next word; fixes mojibake with ftfy and unescapes HTML
+entities. The result equals diffusers' PixArtAlphaPipeline cleaning (its default), quirks included
+(tests/test_captions.py checks it against diffusers), so the same prompt gives the same T5 features.
 
 ftfy and BeautifulSoup are optional (the `diffusers` extra installs both). Without them the
 fallback is documented and deterministic: HTML tags are removed by a regex and text is not re-encoded.
@@ -23,8 +26,10 @@ try:  # optional: repairs mojibake ("donâ€™t" -> "don't")
 except ImportError:  # pragma: no cover
     ftfy = None
 
-_URL = re.compile(r"\b(?:https?:|www\.)\S+", re.IGNORECASE)
-_BARE_DOMAIN = re.compile(r"\b\S+\.(?:com|net|org|co|ru|info|io|jpg|png|webp|gif|jpeg)(?:/\S*)?\b", re.IGNORECASE)
+# URLs: a scheme and what follows it, or a host name with one of these endings (and its path). Two passes,
+# "https:" then "www:", as the official cleaner: the first pass can expose a host name the second removes.
+_HOST = r"[a-zA-Z0-9.\-]+[.](?:com|co|ru|net|org|edu|gov|it)[\w/-]*\b/?(?!@)"
+_URLS = [re.compile(rf"\b((?:{scheme}:(?:/{{1,3}}|[a-zA-Z0-9%])|{_HOST}))") for scheme in ("https?", "www")]
 _HANDLE = re.compile(r"@[\w\d]+\b")
 _CJK = re.compile("[\u31c0-\u31ef\u31f0-\u31ff\u3200-\u32ff\u3300-\u33ff\u3400-\u4dbf\u4dc0-\u4dff\u4e00-\u9fff]+")
 _DASHES = re.compile(
@@ -44,25 +49,35 @@ _REPEATED_QUOTES = re.compile(r"[\"']{2,}")
 _REPEATED_DOTS = re.compile(r"[\.]{2,}")
 _BAD_PUNCTUATION = re.compile(r"[#®•©™&@·º½¾¿¡§~\)\(\]\[\}\{\|\\/\*]{1,}")
 _SPACED_DOT = re.compile(r"\s+\.\s+")
-_SHOP_WORDS = re.compile(
-    r"\b(?:free\s)?shipping\b|\bfull\s?download\b|\bfree\s?download\b|\bdownload\b|\bclick\b|\bfor\s?sale\b"
-    r"|\bworldwide\b",
-    re.IGNORECASE,
-)
-_IMAGE_WORDS = re.compile(r"\bpage\s+\d+\b|\b(?:image|photo|picture)\s+\d+\b", re.IGNORECASE)
-_ALNUM_IDS = re.compile(r"\b\d*[a-zA-Z]+\d+[a-zA-Z]+\d+\w*\b")
-_SIZES = re.compile(r"\b\d{3,4}\s?[x×]\s?\d{3,4}\b")
+# After unescaping, in this order: product codes and ids, shop and file-type boilerplate, sizes.
+_CODES = [
+    re.compile(r"\b[a-zA-Z]{1,3}\d{3,15}\b"),  # rtx4090, jc6640
+    re.compile(r"\b[a-zA-Z]+\d+[a-zA-Z]+\b"),  # ab12cd
+    re.compile(r"\b\d+[a-zA-Z]+\d+\b"),  # 12ab34
+]
+_BOILERPLATE = [
+    re.compile(r"(worldwide\s+)?(free\s+)?shipping"),
+    re.compile(r"(free\s)?download(\sfree)?"),
+    re.compile(r"\bclick\b\s(?:for|on)\s\w+"),  # "click for details"; a click beetle stays
+    re.compile(r"\b(?:png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4)(\simage[s]?)?"),
+    re.compile(r"\bpage\s+\d+\b"),
+]
+_ALNUM_IDS = re.compile(r"\b\d*[a-zA-Z]+\d+[a-zA-Z]+\d+[a-zA-Z\d]*\b")  # j2d1a2a...: becomes a space
+_SIZES = re.compile(r"\b\d+\.?\d*[x\u0445\u00d7]\d+\.?\d*\b")  # 1200x800, 3x3, 2.5x3.5 (Latin x, Cyrillic kha, times)
+_SPACED_COLON = re.compile(r"\b\s+:\s+")  # "time : 12" -> "time: 12"
+_GLUED_PUNCTUATION = re.compile(r"(\D[,./])\b")  # "sofa.the" -> "sofa. the"
 _SPACES = re.compile(r"\s+")
 _ENCLOSING_QUOTES = re.compile(r"^[\"']([\w\W]+)[\"']$")
-_LEADING_PUNCTUATION = re.compile(r"^['_,\-:;]+")
-_TRAILING_PUNCTUATION = re.compile(r"['_,\-:+]+$")
+_LEADING_PUNCTUATION = re.compile(r"^['_,\-:;]")  # one character, as the official cleaner
+_TRAILING_PUNCTUATION = re.compile(r"['_,\-:+]$")
+_DOT_WORD = re.compile(r"^\.\S+$")  # a caption that is only ".something"
 
 
 def _clean_once(text: str) -> str:
     text = urllib.parse.unquote_plus(str(text)).strip().lower()
     text = text.replace("<person>", "person")
-    text = _URL.sub("", text)
-    text = _BARE_DOMAIN.sub("", text)
+    for url in _URLS:
+        text = url.sub("", text)
     if BeautifulSoup is not None:
         text = BeautifulSoup(text, features="html.parser").get_text()
     else:
@@ -89,14 +104,17 @@ def _clean_once(text: str) -> str:
     if ftfy is not None:
         text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text))
-    text = _SHOP_WORDS.sub("", text)
-    text = _IMAGE_WORDS.sub("", text)
-    text = _ALNUM_IDS.sub("", text)
+    for pattern in (*_CODES, *_BOILERPLATE):
+        text = pattern.sub("", text)
+    text = _ALNUM_IDS.sub(" ", text)
     text = _SIZES.sub("", text)
-    text = _SPACES.sub(" ", text)
-    text = _ENCLOSING_QUOTES.sub(r"\1", text.strip())
+    text = _SPACED_COLON.sub(": ", text)
+    text = _GLUED_PUNCTUATION.sub(r"\1 ", text)
+    text = _SPACES.sub(" ", text)  # not stripped before the quote rule: the official cleaner's strip() is a no-op
+    text = _ENCLOSING_QUOTES.sub(r"\1", text)
     text = _LEADING_PUNCTUATION.sub("", text)
     text = _TRAILING_PUNCTUATION.sub("", text)
+    text = _DOT_WORD.sub("", text)
     return text.strip()
 
 
