@@ -67,6 +67,7 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("sample_every=-3", "sample_every must be >= 0"),
         ("max_nonfinite_steps=0", "max_nonfinite_steps >= 1"),
         ("model.depth=0", "depth, num_heads, hidden_size"),
+        ("seed=-1", "seed must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_problem(override, message):

@@ -237,6 +237,11 @@ def test_two_processes_under_torchrun_equal_one_process(shapes_data, tmp_path, c
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     for key in one:
         torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=0)
+    logged = [
+        [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("one", "two")
+    ]
+    assert logged[1] == pytest.approx(logged[0], rel=1e-5)  # both ranks' loss, not rank 0's half of the batch
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
@@ -465,3 +470,62 @@ def test_stage1_class_dit_then_stage2_by_reparameterisation(shapes_data, tmp_pat
     assert summary["status"] == "finished"
     log = (tmp_path / "stage2" / "config.json").read_text()
     assert "stage1" in log
+
+
+def test_a_run_is_resumed_only_by_as_many_processes_as_trained_it(tmp_path):
+    """data.batch_size is per rank: another process count changes the global batch, the lr and the data position."""
+    run_dir = tmp_path / "run"
+    config = get_recipe("tiny")
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.json").write_text(config_io.to_json(config))
+    (run_dir / "checkpoints" / "step-0000010.pt").write_bytes(b"")
+    (run_dir / loop.WORLD_FILE).write_text('{"world_size": 2}')
+    loop.check_run_config(config, run_dir, world_size=2)  # the same count resumes
+    with pytest.raises(TrainingError, match=r"trained by 2 process\(es\), and this is 1: resume it with 2"):
+        loop.check_run_config(config, run_dir, world_size=1)
+
+
+def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    from pixart.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, enabled=True)
+    for step in range(1, 6):
+        writer.write({"step": step, "loss": 1.0 / step})
+    writer.keep_until(3)  # the resumed run logs steps 4 and 5 again
+    writer.write({"step": 4, "loss": 0.3})
+    writer.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4] and rows[-1]["loss"] == 0.3
+
+
+def test_data_that_cannot_train_the_model_is_refused_before_any_step():
+    from pixart.model import TINY, PixArt
+    from pixart.train.data import LatentScaling, check_class_labels
+
+    scaling = LatentScaling.from_info({"codec": {"latent_channels": TINY.in_channels}})
+    info = {"text_encoder": {"width": TINY.caption_channels, "max_length": TINY.max_length + 8}}
+    with pytest.raises(TrainingError, match=f"captions are up to {TINY.max_length + 8} tokens"):
+        scaling.check_model(PixArt(TINY), info)
+    check_class_labels([0, 3, 9], num_classes=10)
+    with pytest.raises(TrainingError, match=r"stage 'class' needs a class label in \[0, 10\).*2 of 4"):
+        check_class_labels([0, -1, 3, 10], num_classes=10)
+
+
+def test_mfu_peak_of_an_h100_pcie_is_not_the_sxm_one(monkeypatch):
+    from pixart.train.metrics import peak_flops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    assert peak_flops(torch.device("cuda")) == 756e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert peak_flops(torch.device("cuda")) == 989.4e12
+
+
+def test_a_given_data_root_wins_over_the_recipes_synthetic_data(shapes_data, tmp_path):
+    """`--recipe tiny --set data.root=DIR` trains on DIR; it used to build the tiny recipe's shapes data instead."""
+    from pixart.train.data import prepare_data
+    from pixart.train.distributed import World
+
+    config = config_io.apply_overrides(get_recipe("tiny"), [f"data.root={shapes_data}"])
+    assert config.data.synthetic == "shapes"
+    assert prepare_data(config, tmp_path / "run", World(), progress=False) == shapes_data
+    assert not (tmp_path / "run" / "data").exists()

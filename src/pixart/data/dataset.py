@@ -26,6 +26,11 @@ from torch.utils.data import Dataset
 from pixart.data.shards import Shard, finished_shards, read_dataset_info
 
 
+def class_label(record: dict) -> int:
+    """A record's class label (the shapes world stores one under extra), or -1 when it has none."""
+    return int(record.get("extra", {}).get("label", -1))
+
+
 class FeatureDataset(Dataset):
     """Samples of a feature dataset folder written by `pixart prepare` (or the demo's own writer)."""
 
@@ -64,6 +69,10 @@ class FeatureDataset(Dataset):
         shard, i = self.locate(index)
         return shard.records[i]
 
+    def labels(self) -> list[int]:
+        """Every sample's class label, in index order; -1 where its record has none."""
+        return [class_label(r) for s in self.shards for r in s.records]
+
     @property
     def buckets(self) -> list[str]:
         """Bucket key of every sample, in index order (what the bucket batch sampler needs)."""
@@ -89,7 +98,7 @@ class FeatureDataset(Dataset):
             "bucket": record["bucket"],
             "img_hw": torch.tensor(record["original_hw"], dtype=torch.float32),
             "aspect_ratio": float(record["bucket"]),
-            "label": int(record.get("extra", {}).get("label", -1)),
+            "label": class_label(record),
             "index": index,
         }
         return item, shard.text_tensor(i, field)

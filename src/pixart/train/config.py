@@ -18,7 +18,7 @@ PARALLEL = ("ddp", "fsdp")
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     root: str = ""  # a feature dataset folder written by `pixart prepare`
-    synthetic: str = ""  # "shapes": build a shapes-world feature dataset inside the run folder instead
+    synthetic: str = ""  # "shapes": build a shapes-world feature dataset in the run folder (when root is unset)
     synthetic_count: int = 2048  # images per canvas size
     synthetic_sizes: tuple[str, ...] = ("32x32",)  # canvas sizes "HxW"; several give multi-aspect buckets
     synthetic_seed: int = 0
@@ -36,6 +36,8 @@ class DataConfig:
             raise ValueError("batch_size and synthetic_count must be at least 1")
         if self.num_workers < 0:
             raise ValueError("num_workers must be >= 0 (0: load in the training process)")
+        if self.synthetic_seed < 0:
+            raise ValueError(f"synthetic_seed must be >= 0, got {self.synthetic_seed}")
         probs = list(self.caption_probs.values())
         if not probs or not all(math.isfinite(p) and p >= 0 for p in probs) or sum(probs) <= 0:
             raise ValueError(
@@ -110,6 +112,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}")
+        if self.seed < 0:  # numpy's and the sampler's generators take no negative seed
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
         if self.parallel not in PARALLEL:

@@ -46,11 +46,40 @@ class LatentScaling:
                 f"the data's caption features are {width} wide but the model expects "
                 f"{caption_channels}; set model.caption_channels={width}"
             )
+        # Captions up to the data's max_length reach the model, whose null caption (y_embedding) is max_length
+        # tokens long: a longer caption would fail at the first batch holding one, maybe thousands of steps in.
+        tokens = info.get("text_encoder", {}).get("max_length")
+        max_length = getattr(model.config, "max_length", None)
+        if max_length is not None and tokens is not None and tokens > max_length:
+            raise TrainingError(
+                f"the data's captions are up to {tokens} tokens but the model takes {max_length}; "
+                f"set model.max_length={tokens}"
+            )
+
+
+def check_class_labels(labels: list[int], num_classes: int) -> None:
+    """Stage 1 trains on class labels: every sample needs one in [0, num_classes), checked before any step.
+
+    `pixart prepare` writes none (only the shapes world has classes); without this an unlabelled sample
+    failed at the first step with an index error, on CUDA a device-side assert.
+    """
+    from pixart.train.loop import TrainingError
+
+    bad = [label for label in labels if not 0 <= label < num_classes]
+    if bad:
+        raise TrainingError(
+            f"stage 'class' needs a class label in [0, {num_classes}) for every sample; {len(bad)} of "
+            f"{len(labels)} have none or one outside it (e.g. {bad[0]}). Train a labelled dataset (extra.label in "
+            "its records), or start from a DiT checkpoint with stage 't2i' and init_from"
+        )
 
 
 def prepare_data(config: TrainConfig, run_dir: Path, world: World, *, progress: bool = True) -> Path:
-    """The feature dataset folder of this run: `data.root`, or a synthetic one built once in the run folder."""
-    if config.data.synthetic:
+    """The feature dataset folder of this run: `data.root`, or else a synthetic one built once in the run folder.
+
+    A given data.root wins over the recipe's synthetic data (`--recipe tiny --set data.root=...` trains on it).
+    """
+    if config.data.synthetic and not config.data.root:
         if config.data.synthetic != "shapes":
             raise ValueError(f"unknown synthetic data {config.data.synthetic!r}; the only one is 'shapes'")
         folder = run_dir / "data"

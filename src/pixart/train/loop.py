@@ -28,9 +28,10 @@ from pixart.model.dit import DiT
 from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
 from pixart.train.config import TrainConfig
-from pixart.train.data import LatentScaling, prepare_data
+from pixart.train.data import LatentScaling, check_class_labels, prepare_data
 from pixart.train.distributed import (
     all_reduce_max,
+    all_reduce_mean,
     gather_full,
     init_distributed,
     shutdown,
@@ -44,6 +45,7 @@ from pixart.train.step import build_optimizer, compute_loss, mfu, update_ema
 
 # Settings that may change between a run and its resumption; anything else must match config.json.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "data.num_workers"}
+WORLD_FILE = "world.json"  # {"world_size": N}: the process count the run's checkpoints were written by
 FAULT_ENV = "PIXART_FAULT"  # testing hook: "exit:RANK:STEP" makes that rank die at that step
 
 
@@ -51,11 +53,21 @@ class TrainingError(RuntimeError):
     """The run cannot go on (e.g. repeated non-finite losses); the message says why and what to try."""
 
 
-def check_run_config(config: TrainConfig, run_dir: Path) -> None:
-    """Refuse to resume a run under another config; a run that never checkpointed has nothing to resume."""
+def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) -> None:
+    """Refuse to resume a run under another config or process count; a run that never checkpointed has
+    nothing to resume. The process count matters: data.batch_size is per rank, so the global batch (and
+    with auto_lr the learning rate) and the checkpoint's place in the data depend on it."""
     saved = run_dir / "config.json"
     if not saved.is_file() or not ckpt.list_checkpoints(run_dir):
         return
+    world_file = run_dir / WORLD_FILE
+    if world_file.is_file():  # runs from before it was recorded are not checked
+        trained_by = json.loads(world_file.read_text())["world_size"]
+        if trained_by != world_size:
+            raise TrainingError(
+                f"{run_dir} was trained by {trained_by} process(es), and this is {world_size}: resume it with "
+                f"{trained_by} (torchrun --nproc_per_node), or use a new --run-dir"
+            )
     previous = config_io.from_dict(TrainConfig, json.loads(saved.read_text()))
     changes = [c for c in config_io.diff(previous, config) if c.split(":")[0] not in RESUMABLE_CHANGES]
     if changes:
@@ -97,10 +109,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     world = init_distributed(device)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        check_run_config(config, run_dir)
+        check_run_config(config, run_dir, world.world_size)
         (run_dir / "config.json").write_text(config_io.to_json(config))
+        (run_dir / WORLD_FILE).write_text(json.dumps({"world_size": world.world_size}) + "\n")
     data_dir = prepare_data(config, run_dir, world, progress=progress)
     dataset = FeatureDataset(data_dir, config.data.caption_probs, seed=config.seed)
+    if config.stage == "class":
+        check_class_labels(dataset.labels(), config.dit.num_classes)
     scaling = LatentScaling.from_info(dataset.info)
     cuda = world.device.type == "cuda"
     bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
@@ -181,6 +196,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         init_note = f"resumed from {resume_from.name}"
 
     metrics = MetricsWriter(run_dir, world.is_main)
+    metrics.keep_until(step)  # a resumed run logs the steps after its checkpoint again
     previewer = Previewer.for_run(config, dataset, run_dir, world) if world.is_main and config.previews else None
     peak = peak_flops(world.device)
     if world.is_main:
@@ -222,6 +238,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         dynamic_ncols=True,
     )
     loss_sum = torch.zeros((), device=world.device)
+    step_lr = optimizer.param_groups[0]["lr"]
     window_start, window_steps, last_loss = time.time(), 0, float("nan")
     status = "finished"
     with StopFlag() as stop:
@@ -259,6 +276,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                         "optim.lr, raise optim.warmup_steps or check the data"
                     )
             else:
+                step_lr = optimizer.param_groups[0]["lr"]  # what this step trains with; scheduler.step() moves on
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -273,12 +291,16 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 elapsed = max(time.time() - window_start, 1e-9)
-                last_loss = (loss_sum / max(window_steps, 1)).item()
+                # Every rank's loss (rank 0's alone would change with the process count); NaN for a window
+                # whose steps were all skipped, which has no loss to report.
+                window = torch.stack([loss_sum, torch.tensor(float(window_steps), device=loss_sum.device)])
+                window_loss, counted = all_reduce_mean(window, world).tolist()
+                last_loss = window_loss / counted if counted else float("nan")
                 row = {
                     "step": step,
                     "loss": last_loss,
                     "grad_norm": grad_norm.item(),
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": step_lr,
                     "samples_per_s": window_steps * global_batch / elapsed,
                     "skipped_steps": skipped,
                     "epoch": epoch,

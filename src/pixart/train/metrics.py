@@ -10,8 +10,11 @@ from pathlib import Path
 
 import torch
 
+from pixart.files import atomic_write
+
 # Dense bf16 peaks (FLOP/s) of the GPUs we quote MFU on (performance.md section 0).
-PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+# The first key found in the device name wins: "H100 PCIe" before "H100" (the SXM part).
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 
 
 def forward_flops(hidden: int, depth: int, image_tokens: int, text_tokens: int, caption_channels: int) -> float:
@@ -43,6 +46,15 @@ class MetricsWriter:
                 self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:  # TensorBoard is optional
                 self.tensorboard = None
+
+    def keep_until(self, step: int) -> None:
+        """On resume: drop the rows of steps after the checkpoint, which the resumed run logs again."""
+        if not self.enabled or not self.path.is_file():
+            return
+        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+        if len(kept) < len(rows):
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
     def write(self, row: dict) -> None:
         if not self.enabled:
