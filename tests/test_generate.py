@@ -437,3 +437,32 @@ def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
     prompts.write_text("\n\n", encoding="utf-8")
     with pytest.raises(main_module.UserError, match="give at least one prompt"):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts))
+
+
+def test_resize_and_crop_equals_diffusers_binning():
+    """--size's final resize to the requested size: the same pixels as diffusers' resolution binning."""
+    from diffusers.image_processor import PixArtImageProcessor
+
+    from pixart.generate import resize_cover_crop_tensor
+
+    images = torch.rand(1, 3, 256, 304, generator=torch.Generator().manual_seed(0))
+    for height, width in [(448, 544), (300, 290), (256, 304), (512, 392), (1000, 40)]:
+        ours = resize_cover_crop_tensor(images, height, width)
+        theirs = PixArtImageProcessor.resize_and_crop_tensor(images, width, height)
+        assert ours.shape == theirs.shape == (1, 3, height, width)
+        torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
+    # 304 * (500 / 304) truncates to 499: diffusers' crop then keeps 1 column; ours keeps the full width.
+    assert PixArtImageProcessor.resize_and_crop_tensor(images, 500, 333).shape[-1] == 1
+    assert resize_cover_crop_tensor(images, 333, 500).shape == (1, 3, 333, 500)
+
+
+def test_samplers_the_model_cannot_drive_are_refused_before_sampling(pipeline_folder):
+    """Both used to fail inside the sampling loop, after the prompts were encoded, with a TypeError."""
+    pipe = TextToImage.from_path(pipeline_folder)
+    pipe.scheduler_folder = None  # as one of our model folders, or bare weights: no scheduler of its own
+    with pytest.raises(GenerationError, match="sampler 'folder' is a diffusers folder's own scheduler"):
+        pipe.resolve_sampler(Settings(sampler="folder"))
+    pipe.transformer.config = dataclasses.replace(pipe.transformer.config, learn_sigma=False)
+    with pytest.raises(GenerationError, match="needs the learned variance this model does not predict"):
+        pipe.resolve_sampler(Settings(sampler="iddpm"))
+    assert pipe.resolve_sampler(Settings(sampler="dpm-solver++"))[0] == "dpm-solver++"

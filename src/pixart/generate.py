@@ -95,7 +95,9 @@ def resize_cover_crop_tensor(images: torch.Tensor, height: int, width: int) -> t
     """(B, 3, h, w) -> (B, 3, height, width): scale to cover, centre crop (diffusers' binning does this)."""
     h, w = images.shape[-2:]
     scale = max(height / h, width / w)
-    new_h, new_w = int(round(h * scale)), int(round(w * scale))
+    # Truncated as diffusers does (rounding resampled to another size for 38% of the 512 px requests); never
+    # below the target, which float error could otherwise give on the covering side.
+    new_h, new_w = max(int(h * scale), height), max(int(w * scale), width)
     images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False)
     top, left = (new_h - height) // 2, (new_w - width) // 2
     return images[..., top : top + height, left : left + width]
@@ -302,6 +304,11 @@ class TextToImage:
         """(sampler name, steps): the user's choice, else the model's defaults, checked against its objective."""
         name = settings.sampler or self.default_sampler()
         if name == "folder":  # a diffusers folder's own scheduler
+            if self.scheduler_folder is None:
+                raise GenerationError(
+                    f"sampler 'folder' is a diffusers folder's own scheduler, and this model has none: choose one of "
+                    f"{[n for n, s in SAMPLERS.items() if s.objective == self.spec.objective]}"
+                )
             steps = settings.steps if settings.steps is not None else (self.spec.steps or 20)
         else:
             try:
@@ -313,6 +320,11 @@ class TextToImage:
                 raise GenerationError(
                     f"sampler {name!r} is for {sampler.objective} models; this model was trained "
                     f"with {self.spec.objective}: choose one of {choices}"
+                )
+            if sampler.needs_variance and not getattr(self.transformer.config, "learn_sigma", True):
+                raise GenerationError(
+                    f"sampler {name!r} needs the learned variance this model does not predict (learn_sigma is "
+                    "off): choose another, e.g. dpm-solver++"
                 )
             own_default = self.spec.steps if name == self.spec.sampler else None
             steps = settings.steps if settings.steps is not None else (own_default or sampler.default_steps)
