@@ -466,3 +466,23 @@ def test_samplers_the_model_cannot_drive_are_refused_before_sampling(pipeline_fo
     with pytest.raises(GenerationError, match="needs the learned variance this model does not predict"):
         pipe.resolve_sampler(Settings(sampler="iddpm"))
     assert pipe.resolve_sampler(Settings(sampler="dpm-solver++"))[0] == "dpm-solver++"
+
+
+def test_a_diffusers_transformer_as_bare_weights_draws_what_its_folder_draws(pipeline_folder, tmp_path):
+    """diffusers weights carry no learned null caption: guidance must use the empty prompt, as in the folder.
+
+    It used to guide against the all-zero y_embedding they load with (images off by up to 10 levels).
+    """
+    import shutil
+
+    shutil.copytree(pipeline_folder / "text_encoder", tmp_path / "t5")
+    for file in (pipeline_folder / "tokenizer").iterdir():  # a T5 folder for --text-encoder holds its tokenizer
+        shutil.copy(file, tmp_path / "t5" / file.name)
+    folder = TextToImage.from_path(pipeline_folder)
+    weights, vae = pipeline_folder / "transformer", pipeline_folder / "vae"
+    bare = TextToImage.from_path(weights, vae=vae, text_encoder=tmp_path / "t5")
+    assert (bare.spec.null_caption, bare.spec.aspect_condition) == ("empty-prompt", "exact")
+    settings = Settings(sampler="ddim", steps=4)
+    a = folder.generate(["a red circle"], settings, seed=3, progress=False)[0]
+    b = bare.generate(["a red circle"], settings, seed=3, progress=False)[0]
+    assert np.abs(pixels_of(a) - pixels_of(b)).max() == 0

@@ -166,6 +166,31 @@ def test_pipeline_folder_with_transformer_subfolder(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value)
 
 
+def test_a_diffusers_weights_file_is_read_with_the_config_beside_it(tmp_path):
+    """The file diffusers names diffusion_pytorch_model.safetensors, given alone; used to be a TypeError."""
+    import shutil
+
+    model = randomize_(PixArt(TINY)).eval()
+    save_transformer(model, tmp_path / "transformer", to="diffusers")
+    loaded = load_transformer(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors")
+    for key, value in model.state_dict().items():
+        if key != "y_embedder.y_embedding":  # diffusers has no slot for it; the sidecar is the folder's
+            assert torch.equal(loaded.state_dict()[key], value), key
+    (tmp_path / "alone").mkdir()
+    shutil.copy(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors", tmp_path / "alone" / "w.safetensors")
+    with pytest.raises(WeightsError, match="diffusers transformer weights without their config.json"):
+        load_transformer(tmp_path / "alone" / "w.safetensors")
+
+
+def test_diffusers_config_without_out_channels_means_8_as_in_diffusers():
+    from pixart.weights.configs import diffusers_config_to_ours
+
+    base = {"caption_channels": 48, "sample_size": 8, "num_attention_heads": 2, "attention_head_dim": 8}
+    assert diffusers_config_to_ours(base).learn_sigma  # 8 = 2 x 4 latent channels
+    assert not diffusers_config_to_ours({**base, "out_channels": None}).learn_sigma  # null: in_channels
+    assert diffusers.PixArtTransformer2DModel(**base, num_layers=1).out_channels == 8
+
+
 def test_diffusers_folder_without_null_caption_gets_zeros(tmp_path):
     model = randomize_(PixArt(TINY)).eval()
     save_transformer(model, tmp_path, to="diffusers")

@@ -135,4 +135,8 @@ def load_components(path: str | Path, *, vae=None, text_encoder=None, device="cp
     transformer = load_transformer(transformer_path, device=device, dtype=dtype)
     if folder_kind(path) == "weights":  # bare weights: captions as long as the model's null caption
         spec = dataclasses.replace(spec, text_max_length=transformer.config.max_length)
+        if not transformer.y_embedder.y_embedding.any():
+            # diffusers weights carry no learned null caption (it loads as zeros): guide against the encoded
+            # empty prompt and send the exact aspect ratio, as diffusers' pipeline does with these weights
+            spec = dataclasses.replace(spec, null_caption="empty-prompt", aspect_condition="exact")
     return spec, transformer, text_folder, tokenizer, codec_folder, scheduler

@@ -87,7 +87,9 @@ def diffusers_config_to_ours(data: dict) -> PixArtConfig:
     micro = data.get("use_additional_conditions")
     scale = data.get("interpolation_scale")
     in_channels = data.get("in_channels", 4)
-    out_channels = data.get("out_channels") or in_channels
+    # As diffusers' constructor: 8 when config.json leaves the key out, in_channels when it holds null.
+    out_channels = data.get("out_channels", 8)
+    out_channels = in_channels if out_channels is None else out_channels
     return PixArtConfig(
         input_size=sample_size,
         patch_size=data.get("patch_size", 2),

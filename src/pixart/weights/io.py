@@ -186,7 +186,14 @@ def read_state(
             f"initialisation with: pixart convert {path} --to pixart --out init.safetensors"
         )
     if fmt == "diffusers":
-        found_config, state = _read_diffusers(_diffusers_folder(path))
+        # A folder, or its weights file named as diffusers names it: the config.json beside it says the rest.
+        folder = _diffusers_folder(path if path.is_dir() or path.name != DIFFUSERS_WEIGHTS else path.parent)
+        if folder is None:
+            raise WeightsError(
+                f"{path} holds diffusers transformer weights without their config.json: pass the folder that "
+                f"holds both (config.json and {DIFFUSERS_WEIGHTS})"
+            )
+        found_config, state = _read_diffusers(folder)
     elif fmt == "pixart":
         file = path / OURS_IN_FOLDER if path.is_dir() else path
         found_config = PixArtConfig.from_dict(json.loads(safetensors_metadata(file)["config"]))
