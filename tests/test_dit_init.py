@@ -88,3 +88,39 @@ def test_loading_a_dit_as_pixart_points_to_convert(tmp_path):
     torch.save(dit_checkpoint(), tmp_path / "DiT-XL-2-256x256.pt")
     with pytest.raises(WeightsError, match="pixart convert"):
         load_transformer(tmp_path / "DiT-XL-2-256x256.pt")
+
+
+def test_convert_takes_a_dit_training_checkpoints_ema_with_ema_and_refuses_config(tmp_path, capsys):
+    """`pixart convert step-N.pt --ema` used to convert the raw weights of a stage-1 checkpoint."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from pixart.cli.main import main
+
+    model, ema = randomize_(DiT(DIT), seed=1), randomize_(DiT(DIT), seed=2)
+    checkpoint = tmp_path / "step-0000010.pt"
+    config = {"stage": "class", "dit": dataclasses.asdict(DIT)}
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "config": config}, checkpoint)
+    for flags, name in (([], "raw"), (["--ema"], "ema")):
+        assert (
+            main(["convert", str(checkpoint), "--to", "pixart", "--out", str(tmp_path / f"{name}.safetensors"), *flags])
+            == 0
+        )
+    raw, converted = load_file(tmp_path / "raw.safetensors"), load_file(tmp_path / "ema.safetensors")
+    key = "blocks.0.attn.qkv.weight"  # copied from the DiT as it is
+    assert torch.equal(converted[key], ema.state_dict()[key]) and torch.equal(raw[key], model.state_dict()[key])
+    (tmp_path / "config.json").write_text("{}")
+    code = main(
+        [
+            "convert",
+            str(checkpoint),
+            "--to",
+            "pixart",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+            "--config",
+            str(tmp_path / "config.json"),
+        ]
+    )
+    assert code == 2 and "--config is for PixArt weights" in capsys.readouterr().err

@@ -36,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
     config = PixArtConfig.from_dict(json.loads(args.config.read_text())) if args.config else None
     fmt = detect_format(args.src)
     if fmt == "dit":
-        dit_state, dit_config = read_dit(args.src)
+        if args.config is not None:  # it would be ignored: the PixArt config follows from the DiT's
+            raise UserError(
+                "--config is for PixArt weights; a DiT's PixArt takes --caption-channels, --max-length and --num-heads"
+            )
+        dit_state, dit_config = read_dit(args.src, use_ema=args.ema)
         if dit_config is not None and args.num_heads is not None:
             dit_config = dataclasses.replace(dit_config, num_heads=args.num_heads)
         config, state = dit_to_pixart(

@@ -130,8 +130,9 @@ def reparameterize_dit(
     return state
 
 
-def read_dit(path: Path) -> tuple[dict[str, torch.Tensor], DiTConfig | None]:
-    """A DiT checkpoint's state dict, and its config where the file carries one.
+def read_dit(path: Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], DiTConfig | None]:
+    """A DiT checkpoint's state dict (its EMA with use_ema, where a training checkpoint holds one), and its
+    config where the file carries one.
 
     Our trainer's stage-1 weights (.safetensors) keep it in the metadata and its checkpoints under
     config.dit; official DiT .pt files carry none, so their architecture is read from the shapes.
@@ -141,7 +142,7 @@ def read_dit(path: Path) -> tuple[dict[str, torch.Tensor], DiTConfig | None]:
         stored = json.loads(metadata["config"]) if metadata.get("format") == "dit" and "config" in metadata else None
         return load_file(path), DiTConfig(**stored) if stored else None
     data = load_checkpoint_file(path)
-    state = dict(read_official_state(path, use_ema=False, data=data))
+    state = dict(read_official_state(path, use_ema=use_ema, data=data))
     return state, DiTConfig(**data["config"]["dit"]) if is_training_checkpoint(data) else None
 
 
