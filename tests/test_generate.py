@@ -61,6 +61,7 @@ def test_generate_command_on_a_diffusers_folder_is_reproducible(pipeline_folder,
     image = sorted((tmp_path / "a").glob("0000-*.png"))[0]
     meta = json.loads(Image.open(image).text["parameters"])
     assert meta["prompt"] == "a red circle" and meta["seed"] == 7 and meta["steps"] == 4
+    assert meta["dtype"] == "float32"  # a bf16 transformer draws another image from the same seed
     sidecar = json.loads(image.with_suffix(".json").read_text())
     assert sidecar == meta
     assert main([*args, "--out", str(tmp_path / "b"), "--batch", "1"]) == 0  # other batching, same pixels
@@ -486,3 +487,23 @@ def test_a_diffusers_transformer_as_bare_weights_draws_what_its_folder_draws(pip
     a = folder.generate(["a red circle"], settings, seed=3, progress=False)[0]
     b = bare.generate(["a red circle"], settings, seed=3, progress=False)[0]
     assert np.abs(pixels_of(a) - pixels_of(b)).max() == 0
+
+
+def test_a_sidecar_records_the_inputs_beside_the_model(tmp_path):
+    """--vae, --text-encoder and --t5-8bit change the image: the PNG and its sidecar say them."""
+    from pixart.generate import GeneratedImage
+    from pixart.outputs import write_images
+
+    result = GeneratedImage(Image.new("RGB", (8, 8)), "a cat", 3, {"steps": 2, "dtype": "bfloat16"})
+    extra = {"vae": "/models/vae", "text_encoder": "/models/t5", "t5_8bit": True}
+    path = write_images([result], tmp_path, model="/models/weights.pth", extra=extra)[0]
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record == {
+        "prompt": "a cat",
+        "seed": 3,
+        "steps": 2,
+        "dtype": "bfloat16",
+        "model": "/models/weights.pth",
+        **extra,
+    }
+    assert json.loads(Image.open(path).text["parameters"]) == record

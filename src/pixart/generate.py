@@ -266,6 +266,7 @@ class TextToImage:
             "size": [out_h, out_w],
             "bucket": key,
             "generated_size": [gen_h, gen_w],
+            "dtype": str(self.transformer.dtype).removeprefix("torch."),  # bf16 and fp32 draw different images
         }
         results: list[GeneratedImage] = []
         for start in range(0, len(jobs), batch_size):

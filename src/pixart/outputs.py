@@ -21,8 +21,15 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
 
 
-def image_record(result: GeneratedImage, model: str | None = None) -> dict:
-    return {"prompt": result.prompt, "seed": result.seed, **result.settings, **({"model": model} if model else {})}
+def image_record(result: GeneratedImage, model: str | None = None, extra: dict | None = None) -> dict:
+    """What remakes the image: prompt, seed, settings, the model, and `extra` (the command's other inputs)."""
+    return {
+        "prompt": result.prompt,
+        "seed": result.seed,
+        **result.settings,
+        **({"model": model} if model else {}),
+        **(extra or {}),
+    }
 
 
 def earlier_outputs(folder: str | Path) -> list[Path]:
@@ -37,12 +44,14 @@ def earlier_outputs(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name == CONTACT_SHEET or OUTPUT_NAME.fullmatch(p.name))
 
 
-def write_images(results: list[GeneratedImage], out_dir: str | Path, *, model: str | None = None) -> list[Path]:
+def write_images(
+    results: list[GeneratedImage], out_dir: str | Path, *, model: str | None = None, extra: dict | None = None
+) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, result in enumerate(results):
-        record = image_record(result, model)
+        record = image_record(result, model, extra)
         info = PngInfo()
         info.add_text("parameters", json.dumps(record))
         info.add_text("prompt", result.prompt)

@@ -156,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except GenerationError as error:
         raise UserError(str(error)) from error
-    paths = write_images(results, args.out, model=str(args.model))
+    # The inputs beside --model that change the image, so a sidecar says how to make it again.
+    extra = {"vae": args.vae, "text_encoder": args.text_encoder, "t5_8bit": args.t5_8bit or None}
+    extra = {k: str(v) if isinstance(v, Path) else v for k, v in extra.items() if v is not None}
+    paths = write_images(results, args.out, model=str(args.model), extra=extra)
     first = results[0].settings
     print(
         f"wrote {len(paths)} image(s) to {args.out} in {time.time() - started:.1f}s "
