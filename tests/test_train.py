@@ -529,3 +529,20 @@ def test_a_given_data_root_wins_over_the_recipes_synthetic_data(shapes_data, tmp
     assert config.data.synthetic == "shapes"
     assert prepare_data(config, tmp_path / "run", World(), progress=False) == shapes_data
     assert not (tmp_path / "run" / "data").exists()
+
+
+def test_logged_lr_is_the_steps_own_and_a_window_of_skipped_steps_logs_nan(shapes_data, tmp_path, monkeypatch):
+    """Warmup over 4 steps: step 2 trains at half the lr, step 4 at all of it; steps 5 and 6 are all skipped."""
+    original = loop.compute_loss
+
+    def poisoned(wrapped, inner, batch, config, scaling, world, step, micro, bf16):
+        loss = original(wrapped, inner, batch, config, scaling, world, step, micro, bf16)
+        return loss * float("nan") if step >= 4 else loss  # steps count from 0: the 5th and 6th
+
+    monkeypatch.setattr(loop, "compute_loss", poisoned)
+    config = config_for(shapes_data, ["optim.warmup_steps=4"], steps=6, every=100)
+    train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 4, 6]
+    assert rows[0]["lr"] == pytest.approx(rows[1]["lr"] / 2)  # the lr step 2 used, not the one after it
+    assert math.isnan(rows[2]["loss"]) and rows[2]["skipped_steps"] == 2  # no step to average: not 0.0
