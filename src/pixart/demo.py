@@ -21,7 +21,7 @@ import torch
 from pixart import config as config_io
 from pixart.data import synthetic
 from pixart.diffusion.objective import DiffusionConfig
-from pixart.files import atomic_write
+from pixart.files import write_json
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig, count_parameters
 from pixart.modelfolder import ModelSpec
@@ -181,7 +181,7 @@ def check_or_record_kind(out: Path, quick: bool) -> None:
         return
     # A folder from before the kind was recorded is taken as this kind; were it the other, stage 1 refuses
     # its checkpoint (another batch size), and the command says which --out to choose.
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"kind": kind}) + "\n"))
+    write_json(path, {"kind": kind}, indent=None)
 
 
 def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, progress: bool = True) -> dict:
@@ -251,7 +251,7 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     report = evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings, started, progress)
     timed("evaluation and report", t)
     report["wall_seconds"] = round(time.time() - started, 1)
-    atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(out / "report.json", report)
     from pixart.demo_report import write_report_md
 
     write_report_md(out, report)

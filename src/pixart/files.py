@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,13 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # a write that failed (disk full, a bad value) leaves nothing behind
         raise
+
+
+def write_json(path: Path, value, indent: int | None = 2) -> None:
+    """`value` as JSON text in `path`, through atomic_write: no reader ever sees half of it. ASCII escapes
+    (json's default): names of files that are not valid UTF-8 hold lone surrogates, which UTF-8 cannot write."""
+    text = json.dumps(value, indent=indent) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def remove_leftovers(folder: Path, pattern: str) -> list[Path]:

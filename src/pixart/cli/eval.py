@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -260,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError
-    from pixart.files import atomic_write
+    from pixart.files import write_json
     from pixart.generate import GenerationError, Settings, TextToImage
     from pixart.modelfolder import folder_kind
 
@@ -281,6 +280,6 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs/eval") / f"{args.suite}.json"
     record = {"suite": args.suite, "model": str(args.model), "seed": args.seed, **report}
     record["wall_seconds"] = round(wall, 1)
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))  # creates the folder
+    write_json(out, record)  # creates the folder
     print(f"pixart eval: {args.suite} suite on {args.model} in {wall:.0f}s: {summary}. Wrote {out}")
     return 0

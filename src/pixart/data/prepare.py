@@ -41,7 +41,7 @@ from pixart.data.shards import DATASET_FILE, FeatureSample, shard_name, write_sh
 from pixart.data.sources import Inputs, Item
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
 from pixart.encoders.text import TextEncoder, encoder_info
-from pixart.files import atomic_write
+from pixart.files import write_json
 
 REPORT_FILE = "report.json"
 FORMAT = "pixart-features/1"
@@ -171,7 +171,7 @@ def check_or_write_info(out: Path, info: dict) -> None:
     """Write dataset.json, or check that the one there came from the same settings and inputs."""
     existing = _read_json(out / DATASET_FILE)
     if existing is None:
-        _write_json(out / DATASET_FILE, info)
+        write_json(out / DATASET_FILE, info, indent=1)
         return
     differences = [
         f"{key}: {existing.get(key)!r} there, {info[key]!r} now"
@@ -361,7 +361,7 @@ def prepare(
                 shard_items(inputs, options, index), options, codec, text_encoder, on_item=lambda: bar.update()
             )
             # The report first: a shard that exists always has one, and an empty shard is finished by it.
-            _write_json(report_path(out, index), {"shard": index, **report})
+            write_json(report_path(out, index), {"shard": index, **report}, indent=1)
             if samples:
                 write_shard(out, index, samples, options.fields)
             written.append(index)
@@ -395,7 +395,7 @@ def merge_reports(out: str | Path, inputs: Inputs, options: PrepareOptions) -> d
         "shards": {"done": shards_done, "total": total},
         "complete": shards_done == total,
     }
-    _write_json(out / REPORT_FILE, merged)
+    write_json(out / REPORT_FILE, merged, indent=1)
     return merged
 
 
@@ -425,10 +425,3 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _write_json(path: Path, value: dict) -> None:
-    """Atomic, and safe with several processes writing the same file (each uses its own temporary)."""
-    # ASCII escapes: names of files that are not valid UTF-8 hold lone surrogates, which UTF-8 cannot write.
-    text = json.dumps(value, indent=1) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

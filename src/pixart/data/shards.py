@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from pixart.files import atomic_write, remove_leftovers
+from pixart.files import atomic_write, remove_leftovers, write_json
 
 DATASET_FILE = "dataset.json"
 
@@ -92,7 +92,7 @@ def finished_shards(folder: str | Path) -> list[int]:
 
 
 def write_dataset_info(folder: str | Path, info: dict) -> None:
-    atomic_write(Path(folder) / DATASET_FILE, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
+    write_json(Path(folder) / DATASET_FILE, info)
 
 
 def read_dataset_info(folder: str | Path) -> dict:

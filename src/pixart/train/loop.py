@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from pixart import config as config_io
 from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.sampler import BucketBatchSampler
-from pixart.files import remove_leftovers
+from pixart.files import remove_leftovers, write_json
 from pixart.model.dit import DiT
 from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
@@ -111,7 +111,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         run_dir.mkdir(parents=True, exist_ok=True)
         check_run_config(config, run_dir, world.world_size)
         (run_dir / "config.json").write_text(config_io.to_json(config))
-        (run_dir / WORLD_FILE).write_text(json.dumps({"world_size": world.world_size}) + "\n")
+        write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
     data_dir = prepare_data(config, run_dir, world, progress=progress)
     dataset = FeatureDataset(data_dir, config.data.caption_probs, seed=config.seed)
     if config.stage == "class":
