@@ -39,6 +39,13 @@ def write_json(path: Path, value, indent: int | None = 2) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def text_lines(path: Path, encoding: str = "utf-8") -> list[str]:
+    """The lines of a text file, ended by "\n" or "\r\n" only (str.splitlines would also cut a line at
+    U+2028, U+0085 or a form feed); the file's final newline ends the last line, it starts no empty one."""
+    lines = [line.removesuffix("\r") for line in Path(path).read_text(encoding=encoding).split("\n")]
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
     """Delete the temporaries killed writers left for files named like `pattern` (a glob) in `folder`.
 

@@ -304,11 +304,12 @@ class TextToImage:
     def resolve_sampler(self, settings: Settings) -> tuple[str, int]:
         """(sampler name, steps): the user's choice, else the model's defaults, checked against its objective."""
         name = settings.sampler or self.default_sampler()
+        choices = [n for n, s in SAMPLERS.items() if s.objective == self.spec.objective]  # this model's samplers
         if name == "folder":  # a diffusers folder's own scheduler
             if self.scheduler_folder is None:
                 raise GenerationError(
                     f"sampler 'folder' is a diffusers folder's own scheduler, and this model has none: choose one of "
-                    f"{[n for n, s in SAMPLERS.items() if s.objective == self.spec.objective]}"
+                    f"{choices}"
                 )
             steps = settings.steps if settings.steps is not None else (self.spec.steps or 20)
         else:
@@ -317,7 +318,6 @@ class TextToImage:
             except ValueError as error:
                 raise GenerationError(str(error)) from error
             if sampler.objective != self.spec.objective:
-                choices = [n for n, s in SAMPLERS.items() if s.objective == self.spec.objective]
                 raise GenerationError(
                     f"sampler {name!r} is for {sampler.objective} models; this model was trained "
                     f"with {self.spec.objective}: choose one of {choices}"

@@ -97,6 +97,10 @@ def resolve(folder: Path, relative: str | None) -> Path | None:
     return path if path.is_absolute() else folder / path
 
 
+# How diffusers' pipeline guides and conditions weights that carry no learned null caption.
+AS_DIFFUSERS = {"null_caption": "empty-prompt", "aspect_condition": "exact"}
+
+
 def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: str | Path | None = None) -> tuple:
     """(ModelSpec, transformer path, text encoder folder, tokenizer folder, codec folder, scheduler folder)."""
     path = Path(path)
@@ -113,7 +117,7 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
         codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
         return spec, path / OURS_IN_FOLDER, text_folder, None, codec_folder, None
     if kind == "diffusers":
-        spec = ModelSpec(null_caption="empty-prompt", aspect_condition="exact")
+        spec = ModelSpec(**AS_DIFFUSERS)
         text_folder = Path(text_encoder) if text_encoder else path / "text_encoder"
         tokenizer = None if text_encoder else path / "tokenizer"
         scheduler = path / "scheduler" if (path / "scheduler" / "scheduler_config.json").is_file() else None
@@ -138,5 +142,5 @@ def load_components(path: str | Path, *, vae=None, text_encoder=None, device="cp
         if not transformer.y_embedder.y_embedding.any():
             # diffusers weights carry no learned null caption (it loads as zeros): guide against the encoded
             # empty prompt and send the exact aspect ratio, as diffusers' pipeline does with these weights
-            spec = dataclasses.replace(spec, null_caption="empty-prompt", aspect_condition="exact")
+            spec = dataclasses.replace(spec, **AS_DIFFUSERS)
     return spec, transformer, text_folder, tokenizer, codec_folder, scheduler

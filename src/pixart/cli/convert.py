@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -41,8 +40,6 @@ def run(args: argparse.Namespace) -> int:
                 "--config is for PixArt weights; a DiT's PixArt takes --caption-channels, --max-length and --num-heads"
             )
         dit_state, dit_config = read_dit(args.src, use_ema=args.ema)
-        if dit_config is not None and args.num_heads is not None:
-            dit_config = dataclasses.replace(dit_config, num_heads=args.num_heads)
         config, state = dit_to_pixart(
             dit_state,
             caption_channels=args.caption_channels,

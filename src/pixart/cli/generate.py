@@ -69,13 +69,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     """The command line's prompts as given ("" is unconditional), then the file's non-blank lines: a blank
     line is an editing accident far more often than a request for an unconditional image."""
     from pixart.cli.main import UserError
+    from pixart.files import text_lines
 
     prompts = list(args.prompts)
     if args.prompts_file:
-        # Lines end at "\n" (or "\r\n") only: str.splitlines would also cut a prompt at U+2028 or a form feed
-        lines = [line.removesuffix("\r") for line in args.prompts_file.read_text(encoding="utf-8").split("\n")]
-        if lines[-1] == "":  # the file's final newline ends the last line; it does not start a blank one
-            lines.pop()
+        lines = text_lines(args.prompts_file)
         kept = [line for line in lines if line.strip()]
         if len(kept) < len(lines):
             print(f"skipped {len(lines) - len(kept)} blank line(s) of {args.prompts_file}", file=sys.stderr)
@@ -106,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from pixart.cli.main import UserError
     from pixart.diffusion.schedulers import check_steps, get_sampler
     from pixart.generate import GenerationError, Settings, TextToImage, check_counts, check_size
-    from pixart.outputs import write_images
+    from pixart.outputs import CONTACT_SHEET, write_images
 
     prompts = read_prompts(args)
     height, width = parse_size(args.size) if args.size else (None, None)
@@ -168,6 +166,6 @@ def run(args: argparse.Namespace) -> int:
         f"seeds {results[0].seed}..{results[-1].seed})"
     )
     if len(paths) > 1:
-        print(f"contact sheet: {args.out / 'contact_sheet.png'}")
+        print(f"contact sheet: {args.out / CONTACT_SHEET}")
     print(json.dumps([str(p) for p in paths]) if len(paths) <= 4 else f"  {paths[0]} ... {paths[-1]}")
     return 0

@@ -20,6 +20,7 @@ from pixart.data.sources import InputError, Problem, image_files, is_utf8, manif
 from pixart.evaluate.clipscore import ClipScorer, clip_score
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.inception import inception_features
+from pixart.files import text_lines
 from pixart.generate import Settings, TextToImage
 
 PROMPT_FIELDS = ("caption", "prompt", "text", "alt")  # tried in this order when no field is named
@@ -59,8 +60,7 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
             prompts.append(_prompt_from_row(row, field, f"{path}:{number}"))
     else:
         try:
-            # Lines end at "\n" only: str.splitlines would also cut a prompt at U+2028, U+0085 or a form feed
-            prompts = path.read_text(encoding="utf-8-sig").split("\n")
+            prompts = text_lines(path, encoding="utf-8-sig")
         except UnicodeDecodeError as error:
             raise RealDataError(f"--prompts {path} is not UTF-8 text (byte {error.start})") from None
     prompts = [p.strip() for p in prompts if p.strip()]

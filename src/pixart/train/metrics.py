@@ -51,10 +51,10 @@ class MetricsWriter:
         """On resume: drop the rows of steps after the checkpoint, which the resumed run logs again."""
         if not self.enabled or not self.path.is_file():
             return
-        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
-        if len(kept) < len(rows):
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+        rows = read_metrics(self.path)
+        kept = [row for row in rows if row.get("step", 0) <= step]
+        if len(kept) < len(rows):  # the rows as write() lays them out
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in kept)))
 
     def write(self, row: dict) -> None:
         if not self.enabled:

@@ -12,6 +12,7 @@ for the unconditional branch of guidance.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -157,8 +158,11 @@ def dit_to_pixart(
     **config_overrides,
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor]]:
     """Re-parameterise a DiT into a PixArt (config, state dict); its architecture is read from the
-    shapes unless `dit_config` gives it."""
-    dit_config = dit_config or infer_dit_config(dit_state, num_heads)
+    shapes unless `dit_config` gives it (`num_heads`, when given, overrides either)."""
+    if dit_config is None:
+        dit_config = infer_dit_config(dit_state, num_heads)
+    elif num_heads is not None:
+        dit_config = dataclasses.replace(dit_config, num_heads=num_heads)
     config = pixart_config_for(dit_config, caption_channels=caption_channels, max_length=max_length, **config_overrides)
     return config, reparameterize_dit(dit_state, config, seed=seed)
 
