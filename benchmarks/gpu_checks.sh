@@ -17,6 +17,6 @@ mark "bench_gpu.py --compile"  # training, forward and sampling against diffuser
 timeout 240 "$PYTHON" benchmarks/bench_gpu.py --compile --out "$OUT/bench.json" 2>&1 |
     grep --line-buffered -v -i warning | tee "$OUT/bench.txt"
 mark "profile_gpu.py"  # where a 512 px step's time goes, and what pixart train adds around it
-timeout 150 "$PYTHON" benchmarks/profile_gpu.py --variants regional:16,trainer-regional:16,fa4-regional:16 2>&1 |
+timeout 150 "$PYTHON" benchmarks/profile_gpu.py --variants regional:16,trainer-regional:16,synced-regional:16,fa4-regional:16 2>&1 |
     grep --line-buffered -v -i warning | tee "$OUT/profile.txt"
 mark done

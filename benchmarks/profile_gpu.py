@@ -6,16 +6,17 @@
    `whole` compiles the whole model, `regional` compiles each block (one graph for all 28), `eager`
    compiles nothing; a `cudnn-` prefix makes cuDNN the first SDPA backend, a `packed-` prefix projects
    only the valid caption tokens (the CPU path) instead of all of them, a `trainer-` prefix adds what
-   `pixart train` does around the bare step (gradient clipping, the non-finite check that reads two
-   flags back to the host, the EMA update) and `nosync-` the same without the host read, so the two
-   price that read; a `tuned-` prefix turns on inductor's coordinate-descent tuning of the kernels it
-   generates, and `fa4-` routes SDPA's flash backend to FlashAttention-4 and puts it first (needs the
-   flash-attn-4 package; the kernel timings then add FA4 rows too); `:B` sets the batch. Each prints
-   samples/s and MFU, and the first (or each, with --profile all) also a profile of its kernels by
-   category (GEMM, attention, fused elementwise, optimizer, other).
+   `pixart train` does around the bare step (gradient clipping, the non-finite guard with its flags read
+   by the host one step late, the EMA update) and `synced-` the same with the flags read at the end of
+   each step (the trainer before 2026-11-27), so the two price that read; a `tuned-` prefix turns on
+   inductor's coordinate-descent tuning of the kernels it generates, and `fa4-` routes SDPA's flash
+   backend to FlashAttention-4 and puts it first (needs the flash-attn-4 package; the kernel timings
+   then add FA4 rows too); `:B` sets the batch. Each prints samples/s and MFU, and the first (or each,
+   with --profile all) also a profile of its kernels by category (GEMM, attention, fused elementwise,
+   optimizer, other).
 
     python benchmarks/profile_gpu.py --variants whole:16,regional:16,cudnn-regional:16,regional:32
-    python benchmarks/profile_gpu.py --kernel-batch 0 --variants trainer-regional:16,nosync-regional:16
+    python benchmarks/profile_gpu.py --kernel-batch 0 --variants trainer-regional:16,synced-regional:16
     python benchmarks/profile_gpu.py --variants regional:16,fa4-regional:16     # with flash-attn-4 installed
 """
 
@@ -40,6 +41,7 @@ from torch.nn.attention import (
 
 from pixart.model.pixart import XL_2, PixArt
 from pixart.model.regional import compile_blocks
+from pixart.train.flags import DeferredFlags, optimizer_step, skip_flag, step_flags
 from pixart.train.metrics import forward_flops, peak_flops
 from pixart.train.step import update_ema
 
@@ -160,7 +162,7 @@ def profile_categories(fn, steps: int = 3) -> dict:
 
 
 KINDS = ("whole", "regional", "eager")
-PREFIXES = ("cudnn-", "packed-", "trainer-", "nosync-", "tuned-", "fa4-")
+PREFIXES = ("cudnn-", "packed-", "trainer-", "synced-", "tuned-", "fa4-")
 
 
 def variant_parts(variant: str) -> tuple[set[str], str]:
@@ -175,22 +177,33 @@ def variant_parts(variant: str) -> tuple[set[str], str]:
 
 
 def trainer_step(forward, model, optimizer, batch, host_read: bool):
-    """The bare step plus pixart train's clipping, non-finite check and EMA (pixart.train.loop, pixart.train.step)."""
+    """The bare step plus pixart train's clipping, non-finite guard and EMA (pixart.train.loop, .flags, .step).
+
+    host_read=False is the trainer as it is: the device skips a bad step itself and the host reads the
+    flags one step late. host_read=True reads them back at the end of each step, as it used to.
+    """
     x, t, y, mask, hw, ar, target = batch
     params = list(model.parameters())
     ema = {n: p.detach().clone().float() for n, p in model.named_parameters()}
+    deferred = DeferredFlags()
+    step = 0
 
     def run():
+        nonlocal step
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = forward(x, t, y, mask, img_hw=hw, aspect_ratio=ar)
         loss = (out.float() - target).square().mean()
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 0.01)
-        flags = torch.stack([(~torch.isfinite(loss.detach())).float(), (~torch.isfinite(grad_norm)).float()])
-        if not (host_read and any(flags.tolist())):  # the trainer reads the flags once per step
-            optimizer.step()
-            update_ema(ema, model, 0.9999)
+        flags = step_flags(loss.detach(), grad_norm, stop_requested=False)
+        skip = skip_flag(flags)
+        optimizer_step(optimizer, skip)
+        update_ema(ema, model, 0.9999, skip)
         optimizer.zero_grad(set_to_none=True)
+        step += 1
+        deferred.push(step, flags)
+        if host_read:
+            deferred.settle()
 
     return run
 
@@ -211,8 +224,8 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
     if kind == "regional":
         compile_blocks(model)
     forward = torch.compile(model) if kind == "whole" else model
-    if prefixes & {"trainer-", "nosync-"}:
-        run = trainer_step(forward, model, optimizer, batch_inputs, host_read="trainer-" in prefixes)
+    if prefixes & {"trainer-", "synced-"}:
+        run = trainer_step(forward, model, optimizer, batch_inputs, host_read="synced-" in prefixes)
     else:
         run = training_step(forward, optimizer, batch_inputs)
 

@@ -51,8 +51,9 @@ def test_profile_gpu_imports_and_explains_its_variants():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_profile_gpu_measures_a_step_and_splits_its_kernels():
-    out = run("profile_gpu.py", "--resolution", "256", "--kernel-batch", "0", "--variants", "eager:2")
-    assert '"gemm"' in out and '"mfu"' in out
+    variants = "eager:2,trainer-eager:2,synced-eager:2"  # the bare step, and the trainer's guard both ways
+    out = run("profile_gpu.py", "--resolution", "256", "--kernel-batch", "0", "--variants", variants)
+    assert '"gemm"' in out and out.count('"mfu"') == 3 and '"error"' not in out
 
 
 def test_profile_gpu_rejects_an_unknown_variant_before_touching_the_gpu():

@@ -88,6 +88,17 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+def poison_steps(monkeypatch, bad) -> None:
+    """Make the loss NaN at the steps (counted from 0) for which bad(step) holds."""
+    original = loop.compute_loss
+
+    def poisoned(wrapped, inner, batch, config, scaling, world, step, micro, bf16):
+        loss = original(wrapped, inner, batch, config, scaling, world, step, micro, bf16)
+        return loss * float("nan") if bad(step) else loss
+
+    monkeypatch.setattr(loop, "compute_loss", poisoned)
+
+
 def test_tiny_overfits_a_fixed_batch(shapes_data, tmp_path):
     """One batch of 8 seen 80 times: the loss on fixed (t, noise) falls at least 3-fold."""
     config = config_for(
@@ -332,18 +343,49 @@ def test_one_rank_dying_fails_the_job_clearly(shapes_data, tmp_path):
 
 
 def test_a_non_finite_step_is_skipped_and_counted(shapes_data, tmp_path, monkeypatch):
-    original = loop.compute_loss
-
-    def poisoned(wrapped, inner, batch, config, scaling, world, step, micro, bf16):
-        loss = original(wrapped, inner, batch, config, scaling, world, step, micro, bf16)
-        return loss * float("nan") if step == 3 else loss
-
-    monkeypatch.setattr(loop, "compute_loss", poisoned)
+    poison_steps(monkeypatch, lambda s: s == 3)
     summary = train(config_for(shapes_data, steps=6, every=100), tmp_path / "run", progress=False)
     assert summary["skipped_steps"] == 1
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["skipped_steps"] == 1
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
+
+
+def test_skipped_steps_leave_weights_moments_and_ema_bit_for_bit(shapes_data, tmp_path, monkeypatch):
+    """The device skips a bad step itself (no host read in the step): steps 3 and 4 poisoned, so the
+    checkpoint after step 4 holds the weights, AdamW moments and step counts, and EMA of step 2's."""
+    poison_steps(monkeypatch, lambda s: s >= 2)  # steps count from 0: the 3rd and 4th
+    config = config_for(shapes_data, ["optim.warmup_steps=4"], steps=4, every=2)
+    summary = train(config, tmp_path / "run", progress=False)
+    assert summary["skipped_steps"] == 2
+    folder = tmp_path / "run" / "checkpoints"
+    before, after = (torch.load(folder / f"step-{s:07d}.pt", weights_only=True) for s in (2, 4))
+    assert_bitwise_equal(before["model"], after["model"])
+    assert_bitwise_equal(before["ema"], after["ema"])
+    moments = [(key, state) for key, state in before["optimizer"]["state"].items()]
+    assert moments and all(
+        torch.equal(state[name], after["optimizer"]["state"][key][name])
+        for key, state in moments
+        for name in ("step", "exp_avg", "exp_avg_sq")
+    )
+    assert int(before["optimizer"]["state"][0]["step"]) == 2
+    # the schedule follows the step count, skipped steps included (as with GradScaler's skipped steps)
+    assert after["scheduler"]["last_epoch"] == 4
+
+
+def test_deferred_flags_reach_the_host_one_step_late_and_all_on_settle():
+    from pixart.train.flags import DeferredFlags, skip_flag, step_flags
+
+    deferred = DeferredFlags()
+    good = step_flags(torch.tensor(0.5), torch.tensor(1.0), stop_requested=False)
+    bad_grad = step_flags(torch.tensor(0.5), torch.tensor(float("inf")), stop_requested=True)
+    assert float(skip_flag(good)) == 0.0 and float(skip_flag(bad_grad)) == 1.0
+    assert deferred.push(1, good) == []  # nothing is read in the step that made the flags
+    (first,) = deferred.push(2, bad_grad)
+    assert (first.step, first.skipped, first.stop_requested) == (1, False, False)
+    (second,) = deferred.settle()
+    assert (second.step, second.nonfinite_loss, second.nonfinite_grad, second.stop_requested) == (2, False, True, True)
+    assert second.skipped and deferred.settle() == []
 
 
 def test_previews_draw_ema_grids_without_touching_training(shapes_data, tmp_path):
@@ -533,13 +575,7 @@ def test_a_given_data_root_wins_over_the_recipes_synthetic_data(shapes_data, tmp
 
 def test_logged_lr_is_the_steps_own_and_a_window_of_skipped_steps_logs_nan(shapes_data, tmp_path, monkeypatch):
     """Warmup over 4 steps: step 2 trains at half the lr, step 4 at all of it; steps 5 and 6 are all skipped."""
-    original = loop.compute_loss
-
-    def poisoned(wrapped, inner, batch, config, scaling, world, step, micro, bf16):
-        loss = original(wrapped, inner, batch, config, scaling, world, step, micro, bf16)
-        return loss * float("nan") if step >= 4 else loss  # steps count from 0: the 5th and 6th
-
-    monkeypatch.setattr(loop, "compute_loss", poisoned)
+    poison_steps(monkeypatch, lambda s: s >= 4)  # steps count from 0: the 5th and 6th
     config = config_for(shapes_data, ["optim.warmup_steps=4"], steps=6, every=100)
     train(config, tmp_path / "run", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

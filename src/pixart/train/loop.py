@@ -38,6 +38,7 @@ from pixart.train.distributed import (
     unwrap,
     wrap_model,
 )
+from pixart.train.flags import DeferredFlags, StepRecord, optimizer_step, skip_flag, step_flags
 from pixart.train.init import FINAL, FINAL_EMA, build_model, initialize_from, save_weights
 from pixart.train.metrics import MetricsWriter, peak_flops, plot_loss, read_metrics
 from pixart.train.previews import Previewer, preview_weights
@@ -237,10 +238,30 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         disable=not (progress and world.is_main),
         dynamic_ncols=True,
     )
-    loss_sum = torch.zeros((), device=world.device)
+    loss_sum = torch.zeros((), device=world.device)  # over the window's applied steps
+    applied_steps = torch.zeros((), device=world.device)
     step_lr = optimizer.param_groups[0]["lr"]
     window_start, window_steps, last_loss = time.time(), 0, float("nan")
-    status = "finished"
+    status, stop_now = "finished", False
+    deferred = DeferredFlags()
+
+    def account(record: StepRecord) -> None:
+        """The host's bookkeeping of a step whose flags have arrived (a step or so after it ran)."""
+        nonlocal skipped, bad_in_a_row, stop_now
+        stop_now = stop_now or record.stop_requested
+        if not record.skipped:
+            bad_in_a_row = 0
+            return
+        skipped, bad_in_a_row = skipped + 1, bad_in_a_row + 1
+        if world.is_main:
+            what = "loss" if record.nonfinite_loss else "gradient"
+            tqdm.write(f"step {record.step}: non-finite {what}; step skipped")
+        if bad_in_a_row >= config.max_nonfinite_steps:
+            raise TrainingError(
+                f"{bad_in_a_row} non-finite steps in a row (last at step {record.step}); lower "
+                "optim.lr, raise optim.warmup_steps or check the data"
+            )
+
     with StopFlag() as stop:
         while step < config.steps:
             if fault.startswith("exit:") and [int(v) for v in fault.split(":")[1:]] == [world.rank, step]:
@@ -257,43 +278,31 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm is a DTensor over all shards
                 grad_norm = grad_norm.full_tensor()
-            flags = torch.stack(
-                [
-                    (~torch.isfinite(step_loss)).float(),
-                    (~torch.isfinite(grad_norm)).float(),
-                    torch.tensor(float(stop.requested), device=world.device),
-                ]
-            )
-            nonfinite_loss, nonfinite_grad, stop_now = all_reduce_max(flags, world).tolist()  # the one host sync
-            if nonfinite_loss or nonfinite_grad:
-                optimizer.zero_grad(set_to_none=True)
-                skipped, bad_in_a_row = skipped + 1, bad_in_a_row + 1
-                if world.is_main:
-                    tqdm.write(f"step {step}: non-finite {'loss' if nonfinite_loss else 'gradient'}; step skipped")
-                if bad_in_a_row >= config.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"{bad_in_a_row} non-finite steps in a row (last at step {step}); lower "
-                        "optim.lr, raise optim.warmup_steps or check the data"
-                    )
-            else:
-                step_lr = optimizer.param_groups[0]["lr"]  # what this step trains with; scheduler.step() moves on
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                decay = config.optim.ema_decay
-                if config.optim.ema_warmup:  # short runs: early weights must not linger in the average
-                    decay = min(decay, (1 + step) / (10 + step))
-                update_ema(ema, inner, decay)
-                bad_in_a_row = 0
-                loss_sum += step_loss
-                window_steps += 1
+            flags = all_reduce_max(step_flags(step_loss, grad_norm, stop.requested), world)  # no host read
+            skip = skip_flag(flags)  # the device leaves the weights, moments and EMA alone on a bad step
+            step_lr = optimizer.param_groups[0]["lr"]  # what this step trains with; scheduler.step() moves on
+            optimizer_step(optimizer, skip)
+            scheduler.step()  # the schedule follows the step count, skipped steps included
+            optimizer.zero_grad(set_to_none=True)
+            decay = config.optim.ema_decay
+            if config.optim.ema_warmup:  # short runs: early weights must not linger in the average
+                decay = min(decay, (1 + step) / (10 + step))
+            update_ema(ema, inner, decay, skip)
+            loss_sum += torch.where(skip > 0, 0.0, step_loss)  # a NaN times 0 would still be NaN
+            applied_steps += 1.0 - skip
             step += 1
+            window_steps += 1
             bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
+            log_now = step % config.log_every == 0 or step == config.steps
+            checkpoint_now = step % config.checkpoint_every == 0 or step == config.steps
+            pushed = deferred.push(step, flags)  # the steps before this one: read while this one runs
+            for record in pushed + (deferred.settle() if log_now or checkpoint_now else []):
+                account(record)
+            if log_now:
                 elapsed = max(time.time() - window_start, 1e-9)
                 # Every rank's loss (rank 0's alone would change with the process count); NaN for a window
                 # whose steps were all skipped, which has no loss to report.
-                window = torch.stack([loss_sum, torch.tensor(float(window_steps), device=loss_sum.device)])
+                window = torch.stack([loss_sum, applied_steps])
                 window_loss, counted = all_reduce_mean(window, world).tolist()
                 last_loss = window_loss / counted if counted else float("nan")
                 row = {
@@ -301,7 +310,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                     "loss": last_loss,
                     "grad_norm": grad_norm.item(),
                     "lr": step_lr,
-                    "samples_per_s": window_steps * global_batch / elapsed,
+                    "samples_per_s": window_steps * global_batch / elapsed,  # every step, skipped or not
                     "skipped_steps": skipped,
                     "epoch": epoch,
                     "time": time.time() - started,
@@ -311,6 +320,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                 metrics.write(row)
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{row['lr']:.2e}")
                 loss_sum.zero_()
+                applied_steps.zero_()
                 window_start, window_steps = time.time(), 0
             preview_step = config.sample_every and step % config.sample_every == 0 and step < config.steps
             if config.previews and preview_step and (sharded or previewer is not None):

@@ -45,6 +45,7 @@ def compute_loss(wrapped, inner, batch, config, scaling, world: World, step: int
     lo, hi = world.rank * B, (world.rank + 1) * B
     global_b = B * world.world_size
     g = step_generator(config.seed, step, micro, device)
+    # Every copy non-blocking: a blocking one from the loader's pinned memory waits for the device.
     mean, std = batch["mean"].to(device, non_blocking=True), batch["std"].to(device, non_blocking=True)
     shape = (global_b, *mean.shape[1:])
     latent_eps = torch.randn(shape, generator=g, device=device)[lo:hi]
@@ -55,7 +56,7 @@ def compute_loss(wrapped, inner, batch, config, scaling, world: World, step: int
     dropped = (torch.rand(global_b, generator=g, device=device) < _dropout(config))[lo:hi]
     x0 = scaling.to_model_space(mean, std, latent_eps)
     if isinstance(inner, DiT):
-        labels = torch.where(dropped, inner.config.null_class, batch["label"].to(device))
+        labels = torch.where(dropped, inner.config.null_class, batch["label"].to(device, non_blocking=True))
         cond = {"labels": labels}
     else:
         y, mask = batch["text"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
@@ -64,8 +65,8 @@ def compute_loss(wrapped, inner, batch, config, scaling, world: World, step: int
         cond = {
             "y": y,
             "mask": mask,
-            "img_hw": batch["img_hw"].to(device),
-            "aspect_ratio": batch["aspect_ratio"].to(device),
+            "img_hw": batch["img_hw"].to(device, non_blocking=True),
+            "aspect_ratio": batch["aspect_ratio"].to(device, non_blocking=True),
         }
     # bf16 autocast on any device: on a CPU with AMX (Xeon 4th gen on) its products run about 4x faster
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -79,10 +80,14 @@ def _dropout(config: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+def update_ema(
+    ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float, skip: torch.Tensor | None = None
+) -> None:
+    """ema <- ema + (1 - decay) (weights - ema); unchanged, bit for bit, where the () tensor `skip` is 1."""
     names = [n for n, _ in model.named_parameters()]
     current = [p.detach().float() for _, p in model.named_parameters()]
-    torch._foreach_lerp_([ema[n] for n in names], current, 1.0 - decay)
+    weight = 1.0 - decay if skip is None else (1.0 - decay) * (1.0 - skip)  # a tensor: no host read of skip
+    torch._foreach_lerp_([ema[n] for n in names], current, weight)
 
 
 def mfu(model, batch, samples_per_s_per_device: float, peak: float) -> float:
