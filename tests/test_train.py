@@ -573,6 +573,26 @@ def test_a_given_data_root_wins_over_the_recipes_synthetic_data(shapes_data, tmp
     assert not (tmp_path / "run" / "data").exists()
 
 
+def test_synthetic_data_of_an_attempt_with_other_settings_is_rebuilt(tmp_path):
+    """A run that died before its first checkpoint may be rerun with other data settings: its old data/ is
+    not reused (it used to be, silently); data of the same settings is."""
+    from pixart.data.shards import read_dataset_info
+    from pixart.train.data import build_shapes_for
+
+    folder = tmp_path / "run" / "data"
+    first = config_io.apply_overrides(get_recipe("tiny"), ["data.synthetic_count=4"])
+    assert build_shapes_for(first, folder, progress=False)["samples"] == 4
+    assert build_shapes_for(first, folder, progress=False) == {}  # complete and the same: reused
+    config = first
+    for change in "data.synthetic_count=6", "data.synthetic_seed=3":  # each rebuilds
+        config = config_io.apply_overrides(config, [change])
+        assert build_shapes_for(config, folder, progress=False)["samples"] == 6
+        assert read_dataset_info(folder)["source"].endswith(f"seed {config.data.synthetic_seed}, 6 images per size")
+    taller = config_io.apply_overrides(first, ['data.synthetic_sizes=["32x32","40x24"]'])
+    buckets = build_shapes_for(taller, folder, progress=False)["buckets"]
+    assert sorted(buckets.values()) == [[32, 32], [40, 24]]
+
+
 def test_logged_lr_is_the_steps_own_and_a_window_of_skipped_steps_logs_nan(shapes_data, tmp_path, monkeypatch):
     """Warmup over 4 steps: step 2 trains at half the lr, step 4 at all of it; steps 5 and 6 are all skipped."""
     poison_steps(monkeypatch, lambda s: s >= 4)  # steps count from 0: the 5th and 6th

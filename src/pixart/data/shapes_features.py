@@ -37,6 +37,11 @@ def encode_unique(encoder: TextEncoder, captions: list[str], batch_size: int = 2
     return table
 
 
+def shapes_source(seed: int, count: int) -> str:
+    """dataset.json's "source" of shapes data: what, besides the sizes, decides its images and captions."""
+    return f"shapes world {synthetic.WORLD_VERSION}, seed {seed}, {count} images per size"
+
+
 def build_shapes_features(
     folder,
     *,
@@ -83,7 +88,7 @@ def build_shapes_features(
         write_shard(folder, index, samples[start : start + shard_size], list(FIELDS))
     info = {
         "caption_fields": list(FIELDS),
-        "source": f"shapes world {synthetic.WORLD_VERSION}, seed {seed}, {count} images per size",
+        "source": shapes_source(seed, count),
         "resolution": max(max(s) for s in sizes),
         "buckets": {bucket_key(h, w): [h, w] for h, w in sizes},
         "codec": codec_info(codec),

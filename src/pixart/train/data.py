@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,15 +97,27 @@ def prepare_data(config: TrainConfig, run_dir: Path, world: World, *, progress: 
 
 def build_shapes_for(config: TrainConfig, folder: Path, *, progress: bool = True) -> dict:
     from pixart.data.buckets import parse_size
-    from pixart.data.shapes_features import build_shapes_features
+    from pixart.data.shapes_features import bucket_key, build_shapes_features, shapes_source
+    from pixart.data.shards import DATASET_FILE, read_dataset_info
     from pixart.encoders.codecs import PixelCodec
     from pixart.encoders.text import MiniLMEncoder
 
-    if (folder / "dataset.json").is_file():  # written last: the data of an earlier attempt is complete
-        return {}
+    sizes = [parse_size(s) for s in config.data.synthetic_sizes]
+    wanted = (
+        shapes_source(config.data.synthetic_seed, config.data.synthetic_count),
+        {bucket_key(h, w): [h, w] for h, w in sizes},
+        config.model.max_length,
+    )
+    if (folder / DATASET_FILE).is_file():  # written last: the data of an earlier attempt is complete
+        info = read_dataset_info(folder)
+        if (info["source"], info["buckets"], info["text_encoder"]["max_length"]) == wanted:
+            return {}
+        # An attempt that died before its first checkpoint may be rerun with other data settings (a run
+        # with a checkpoint refuses them): its data is not this run's.
+        shutil.rmtree(folder)
     return build_shapes_features(
         folder,
-        sizes=[parse_size(s) for s in config.data.synthetic_sizes],
+        sizes=sizes,
         count=config.data.synthetic_count,
         seed=config.data.synthetic_seed,
         encoder=MiniLMEncoder(max_length=config.model.max_length),
