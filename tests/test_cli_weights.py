@@ -13,6 +13,7 @@ from test_dit_init import dit_checkpoint
 from pixart.cli import main
 from pixart.model import TINY, PixArt
 from pixart.weights import load_transformer, save_transformer
+from pixart.weights.io import NULL_CAPTION_FILE
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -43,6 +44,17 @@ def test_convert_between_all_layouts(tmp_path):
     back = load_transformer(tmp_path / "b.safetensors")
     for key, value in model.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_converting_weights_without_a_null_caption_to_official_warns(tmp_path, capsys):
+    """A diffusers folder of diffusers' own (no null_caption sidecar) becomes a .pth whose null caption is zero."""
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "d", to="diffusers")
+    assert main(["convert", str(tmp_path / "d"), "--to", "official", "--out", str(tmp_path / "ours.pth")]) == 0
+    assert "warning" not in capsys.readouterr().err  # our folders keep the learned one beside the weights
+    (tmp_path / "d" / NULL_CAPTION_FILE).unlink()
+    assert main(["convert", str(tmp_path / "d"), "--to", "official", "--out", str(tmp_path / "theirs.pth")]) == 0
+    assert "no learned null caption" in capsys.readouterr().err
+    assert not torch.load(tmp_path / "theirs.pth", weights_only=True)["state_dict"]["y_embedder.y_embedding"].any()
 
 
 def test_convert_dit_reparameterises(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from pixart.model.pixart import PixArtConfig, count_parameters
@@ -56,6 +57,15 @@ def run(args: argparse.Namespace) -> int:
     if args.to == "official" and args.out.suffix not in (".pth", ".pt"):
         raise UserError(f"--to official writes a .pth file; got --out {args.out}")
     save_transformer(state, args.out, to=args.to, config=config)
+    if args.to == "official" and not state["y_embedder.y_embedding"].any():
+        # Weights from diffusers carry no learned null caption (diffusers guides with the encoded empty
+        # prompt); the official code would guide against the zeros that stand in for it.
+        print(
+            f"warning: {args.src} has no learned null caption, so {args.out} holds zeros in "
+            "y_embedder.y_embedding; the official code would guide against an all-zero caption. pixart "
+            "generate reads such weights as diffusers' and guides with the empty prompt instead.",
+            file=sys.stderr,
+        )
     with torch.device("meta"):
         from pixart.model import PixArt
 
