@@ -75,6 +75,53 @@ def check_counts(num_images: int, batch_size: int) -> None:
         raise GenerationError(f"the batch size must be at least 1, got {batch_size}")
 
 
+def requested_size(settings: Settings) -> tuple[int, int] | None:
+    """The exact (height, width) asked for, checked; None when the request names an aspect or nothing."""
+    if settings.height is None and settings.width is None:
+        return None
+    if settings.height is None or settings.width is None:
+        raise GenerationError("give both height and width (--size HxW)")
+    check_size(settings.height, settings.width)
+    return settings.height, settings.width
+
+
+def requested_aspect(settings: Settings) -> tuple[float, float] | None:
+    """The (height, width) ratio asked for, parsed; None when the request names none."""
+    if not settings.aspect:
+        return None
+    try:
+        return parse_aspect(settings.aspect)
+    except ValueError as error:
+        raise GenerationError(str(error)) from error
+
+
+def check_steps_for(name: str | None, steps: int) -> None:
+    """`steps` for sampler `name`; 'folder' (a diffusers folder's own scheduler) and None (not known yet,
+    the model's default) check the range only."""
+    if not 1 <= steps <= 1000:
+        raise GenerationError(f"steps must lie in 1..1000, got {steps}")
+    if name not in (None, "folder"):
+        try:
+            check_steps(name, steps)
+        except ValueError as error:
+            raise GenerationError(str(error)) from error
+
+
+def check_request(settings: Settings, num_images: int = 1, batch_size: int = 1) -> None:
+    """Refuse what no model could draw before one loads (minutes for a large one): counts, size, aspect, and
+    a named sampler with its steps. What depends on the model is checked by TextToImage.resolve_sampler."""
+    check_counts(num_images, batch_size)
+    requested_size(settings)
+    requested_aspect(settings)
+    if settings.sampler and settings.sampler != "folder":
+        try:
+            get_sampler(settings.sampler)
+        except ValueError as error:
+            raise GenerationError(str(error)) from error
+    if settings.steps is not None:
+        check_steps_for(settings.sampler, settings.steps)
+
+
 def negative_prompt(text: str | None) -> str | None:
     """A blank negative prompt means none: the model's own null caption, the same in the CLI and the app
     (encoding "" would differ from the learned null caption of official models)."""
@@ -213,18 +260,11 @@ class TextToImage:
 
     def resolve_size(self, settings: Settings) -> tuple[str, tuple[int, int], tuple[int, int]]:
         """(bucket key, generation size, output size) for the requested size or aspect."""
-        if settings.height is not None or settings.width is not None:
-            if settings.height is None or settings.width is None:
-                raise GenerationError("give both height and width (--size HxW)")
-            check_size(settings.height, settings.width)
-            key, bucket = closest_bucket(settings.height, settings.width, self.table)
-            return key, bucket, (settings.height, settings.width)
-        if settings.aspect:
-            try:
-                ratio_h, ratio_w = parse_aspect(settings.aspect)
-            except ValueError as error:
-                raise GenerationError(str(error)) from error
-            key, bucket = closest_bucket(ratio_h, ratio_w, self.table)
+        if size := requested_size(settings):
+            key, bucket = closest_bucket(*size, self.table)
+            return key, bucket, size
+        if aspect := requested_aspect(settings):
+            key, bucket = closest_bucket(*aspect, self.table)
             return key, bucket, bucket
         key, bucket = closest_bucket(1, 1, self.table)
         return key, bucket, bucket
@@ -244,7 +284,7 @@ class TextToImage:
     ) -> list[GeneratedImage]:
         settings = settings or Settings()
         settings = dataclasses.replace(settings, negative=negative_prompt(settings.negative))
-        check_counts(num_images, batch_size)
+        check_request(settings, num_images, batch_size)
         sampler_name, steps = self.resolve_sampler(settings)
         cfg = self.spec.cfg_scale if settings.cfg_scale is None else settings.cfg_scale
         key, (gen_h, gen_w), (out_h, out_w) = self.resolve_size(settings)
@@ -329,13 +369,7 @@ class TextToImage:
                 )
             own_default = self.spec.steps if name == self.spec.sampler else None
             steps = settings.steps if settings.steps is not None else (own_default or sampler.default_steps)
-        if not 1 <= steps <= 1000:
-            raise GenerationError(f"steps must lie in 1..1000, got {steps}")
-        if name != "folder":
-            try:
-                check_steps(name, steps)
-            except ValueError as error:
-                raise GenerationError(str(error)) from error
+        check_steps_for(name, steps)  # the model's defaults too
         return name, steps
 
     def make_scheduler(self, name: str):

@@ -102,21 +102,23 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError
-    from pixart.diffusion.schedulers import check_steps, get_sampler
-    from pixart.generate import GenerationError, Settings, TextToImage, check_counts, check_size
+    from pixart.generate import GenerationError, Settings, TextToImage, check_request
     from pixart.outputs import CONTACT_SHEET, write_images
 
     prompts = read_prompts(args)
     height, width = parse_size(args.size) if args.size else (None, None)
-    try:  # settings that need no model are checked before it loads (minutes for a large one)
-        check_counts(args.num_images, args.batch)
-        if height is not None:
-            check_size(height, width)
-        if args.sampler and args.sampler != "folder":  # "folder": a diffusers folder's own scheduler
-            get_sampler(args.sampler)
-            if args.steps is not None:
-                check_steps(args.sampler, args.steps)
-    except (GenerationError, ValueError) as error:
+    settings = Settings(
+        negative=args.negative,
+        height=height,
+        width=width,
+        aspect=args.aspect,
+        sampler=args.sampler,
+        steps=args.steps,
+        cfg_scale=args.cfg,
+    )
+    try:
+        check_request(settings, args.num_images, args.batch)
+    except GenerationError as error:
         raise UserError(str(error)) from error
     prepare_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,15 +137,6 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.compile:
             pipe.compile()
-        settings = Settings(
-            negative=args.negative,
-            height=height,
-            width=width,
-            aspect=args.aspect,
-            sampler=args.sampler,
-            steps=args.steps,
-            cfg_scale=args.cfg,
-        )
         results = pipe.generate(
             prompts,
             settings,
