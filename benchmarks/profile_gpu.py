@@ -179,8 +179,9 @@ def variant_parts(variant: str) -> tuple[set[str], str]:
 def trainer_step(forward, model, optimizer, batch, host_read: bool):
     """The bare step plus pixart train's clipping, non-finite guard and EMA (pixart.train.loop, .flags, .step).
 
-    host_read=False is the trainer as it is: the device skips a bad step itself and the host reads the
-    flags one step late. host_read=True reads them back at the end of each step, as it used to.
+    host_read=False is the trainer as it is: the device skips a bad update itself, and the host reads a
+    step's flags (then updates the EMA) once the next step's backward is queued. host_read=True reads them
+    at the end of each step, as the trainer used to.
     """
     x, t, y, mask, hw, ar, target = batch
     params = list(model.parameters())
@@ -188,22 +189,26 @@ def trainer_step(forward, model, optimizer, batch, host_read: bool):
     deferred = DeferredFlags()
     step = 0
 
+    def finish_steps():
+        for record in deferred.settle():
+            if not record.skipped:
+                update_ema(ema, model, 0.9999)
+
     def run():
         nonlocal step
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = forward(x, t, y, mask, img_hw=hw, aspect_ratio=ar)
         loss = (out.float() - target).square().mean()
         loss.backward()
+        finish_steps()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 0.01)
         flags = step_flags(loss.detach(), grad_norm, stop_requested=False)
-        skip = skip_flag(flags)
-        optimizer_step(optimizer, skip)
-        update_ema(ema, model, 0.9999, skip)
+        optimizer_step(optimizer, skip_flag(flags))
         optimizer.zero_grad(set_to_none=True)
         step += 1
         deferred.push(step, flags)
         if host_read:
-            deferred.settle()
+            finish_steps()
 
     return run
 

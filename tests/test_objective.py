@@ -124,3 +124,25 @@ def test_training_on_a_fixed_batch_lowers_the_loss(objective):
         optimizer.step()
     after = probe()
     assert after < 0.7 * before, (before, after)
+
+
+def test_schedule_tables_go_to_a_device_once():
+    """A table copied per call from host memory would make a GPU step wait on it a dozen times."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Copies(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and args[0].device.type == "cpu":  # host to device
+                Copies.count += 1
+            return func(*args, **(kwargs or {}))
+
+    schedule = NoiseSchedule()
+    x0 = noise = torch.empty(2, 4, 8, 8, device="meta")  # another device than the tables', shapes only
+    t = torch.tensor([3, 900], device="meta")
+    with Copies():
+        schedule.add_noise(x0, t, noise)
+        first = Copies.count
+        schedule.add_noise(x0, t, noise)
+    assert first == 2 and Copies.count == first  # two tables the first time; none after

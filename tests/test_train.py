@@ -373,19 +373,57 @@ def test_skipped_steps_leave_weights_moments_and_ema_bit_for_bit(shapes_data, tm
     assert after["scheduler"]["last_epoch"] == 4
 
 
-def test_deferred_flags_reach_the_host_one_step_late_and_all_on_settle():
+def test_deferred_flags_reach_the_host_when_settled():
     from pixart.train.flags import DeferredFlags, skip_flag, step_flags
 
     deferred = DeferredFlags()
     good = step_flags(torch.tensor(0.5), torch.tensor(1.0), stop_requested=False)
     bad_grad = step_flags(torch.tensor(0.5), torch.tensor(float("inf")), stop_requested=True)
     assert float(skip_flag(good)) == 0.0 and float(skip_flag(bad_grad)) == 1.0
-    assert deferred.push(1, good) == []  # nothing is read in the step that made the flags
-    (first,) = deferred.push(2, bad_grad)
+    deferred.push(1, good)
+    deferred.push(2, bad_grad)
+    first, second = deferred.settle()
     assert (first.step, first.skipped, first.stop_requested) == (1, False, False)
-    (second,) = deferred.settle()
     assert (second.step, second.nonfinite_loss, second.nonfinite_grad, second.stop_requested) == (2, False, True, True)
     assert second.skipped and deferred.settle() == []
+
+
+def test_a_training_step_reads_nothing_back_to_the_host(shapes_data, tmp_path):
+    """Loss (the default IDDPM objective), backward, clipping, the non-finite flags and the guarded AdamW
+    update run without one host read: each would stall a GPU until its queue drained."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pixart.data.dataset import FeatureDataset, collate
+    from pixart.train import step as train_step
+    from pixart.train.data import LatentScaling
+    from pixart.train.distributed import World
+    from pixart.train.flags import optimizer_step, skip_flag, step_flags
+    from pixart.train.init import build_model
+
+    class HostReads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.reads = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
+                self.reads.append(func)
+            return func(*args, **(kwargs or {}))
+
+    config = config_for(shapes_data)
+    dataset = FeatureDataset(shapes_data, config.data.caption_probs, seed=0)
+    batch = collate([dataset[i] for i in range(4)])
+    model = build_model(config)
+    optimizer = train_step.build_optimizer(list(model.parameters()), config.optim, 1e-4)
+    scaling, world = LatentScaling.from_info(dataset.info), World()
+    with HostReads() as watch:
+        loss = train_step.compute_loss(model, model, batch, config, scaling, world, 0, 0, False)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), config.optim.grad_clip)
+        flags = step_flags(loss.detach(), grad_norm, stop_requested=False)
+        optimizer_step(optimizer, skip_flag(flags))
+    assert watch.reads == []
+    assert int(optimizer.state[next(model.parameters())]["step"]) == 1  # the update did run
 
 
 def test_previews_draw_ema_grids_without_touching_training(shapes_data, tmp_path):

@@ -15,12 +15,6 @@ def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: 
     return torch.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64)
 
 
-def gather(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """table[t] as float32 on like's device, shaped (B, 1, 1, 1) to broadcast against like."""
-    values = table.to(t.device)[t].float()
-    return values.reshape(-1, *([1] * (like.ndim - 1))).to(like.device)
-
-
 class NoiseSchedule:
     """Precomputed float64 tables of the forward process and its posterior."""
 
@@ -42,25 +36,39 @@ class NoiseSchedule:
         )
         self.posterior_mean_coef1 = betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod)
+        self.log_betas = betas.log()
+        self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    def gather(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Table `name` at timesteps t as float32, shaped (B, 1, 1, 1) to broadcast against `like`.
+
+        Each table is copied to t's device once: a copy from pageable host memory to a GPU waits for the
+        stream, which at a dozen tables per training step would stall it a dozen times.
+        """
+        key = (name, t.device)
+        if key not in self._on_device:
+            self._on_device[key] = getattr(self, name).to(t.device)
+        values = self._on_device[key][t].float()
+        return values.reshape(-1, *([1] * (like.ndim - 1))).to(like.device)
 
     def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
-        return gather(self.sqrt_alphas_cumprod, t, x0) * x0 + gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        signal, spread = self.gather("sqrt_alphas_cumprod", t, x0), self.gather("sqrt_one_minus_alphas_cumprod", t, x0)
+        return signal * x0 + spread * noise
 
     def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return (
-            gather(self.sqrt_recip_alphas_cumprod, t, xt) * xt - gather(self.sqrt_recipm1_alphas_cumprod, t, xt) * eps
-        )
+        recip = self.gather("sqrt_recip_alphas_cumprod", t, xt)
+        return recip * xt - self.gather("sqrt_recipm1_alphas_cumprod", t, xt) * eps
 
     def posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and clipped log variance of q(x_{t-1} | x_t, x_0)."""
-        mean = gather(self.posterior_mean_coef1, t, xt) * x0 + gather(self.posterior_mean_coef2, t, xt) * xt
-        return mean, gather(self.posterior_log_variance_clipped, t, xt).expand_as(xt)
+        mean = self.gather("posterior_mean_coef1", t, xt) * x0 + self.gather("posterior_mean_coef2", t, xt) * xt
+        return mean, self.gather("posterior_log_variance_clipped", t, xt).expand_as(xt)
 
     def learned_range_log_variance(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """IDDPM learned-range variance: interpolate log beta_tilde_t (v = -1) and log beta_t (v = 1)."""
-        min_log = gather(self.posterior_log_variance_clipped, t, v)
-        max_log = gather(self.betas.log(), t, v)
+        min_log = self.gather("posterior_log_variance_clipped", t, v)
+        max_log = self.gather("log_betas", t, v)
         fraction = (v + 1) / 2
         return fraction * max_log + (1 - fraction) * min_log
 

@@ -2,11 +2,12 @@
 
 Reading a flag back as soon as the step is queued (`.tolist()`) makes the host wait for the GPU to
 finish the step, so the GPU idles while the host launches the next one: on an H100 that read cost 1.3%
-of a 512 px step (BENCHMARKS.md). Instead the device skips a bad step by itself (fused AdamW takes a
-`found_inf` flag, the EMA's weight is multiplied by its complement) and the host copies the flags
-without waiting, reading step n's while the GPU runs step n+1. The bookkeeping that needs the flags
-(the skipped-step count, the error after too many bad steps in a row, a stop asked for by a signal)
-happens one step late; `settle` reads everything outstanding before a log row or a checkpoint.
+of a 512 px step (BENCHMARKS.md). Instead the device skips a bad step's optimizer update by itself
+(fused AdamW takes a `found_inf` flag) and the host copies the flags without waiting. It reads step n's
+once step n+1's forward and backward are queued, so the device has work while the host waits; the rest
+of step n happens then, before step n+1's update changes the weights: its EMA update (skipped with the
+step), the skipped-step count, the error after too many bad steps in a row, a stop asked for by a
+signal. The trainer settles everything outstanding before a log row, a preview or a checkpoint.
 """
 
 from __future__ import annotations
@@ -58,13 +59,13 @@ def optimizer_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None
 
 
 class DeferredFlags:
-    """Hands each step's flags to the host one step later, without making the host wait for the device."""
+    """Step flags copied to the host without waiting, and read when the host asks (see the module doc)."""
 
     def __init__(self) -> None:
         self._pending: list[tuple[int, torch.Tensor, torch.cuda.Event | None]] = []
 
-    def push(self, step: int, flags: torch.Tensor) -> list[StepRecord]:
-        """Start copying step `step`'s flags to the host; returns the records of the steps before it."""
+    def push(self, step: int, flags: torch.Tensor) -> None:
+        """Start copying step `step`'s flags to the host."""
         if flags.device.type == "cuda":
             host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
             host.copy_(flags, non_blocking=True)
@@ -73,18 +74,14 @@ class DeferredFlags:
             self._pending.append((step, host, copied))
         else:  # a CPU tensor is already the host's
             self._pending.append((step, flags, None))
-        return self._read(keep=1)
 
     def settle(self) -> list[StepRecord]:
-        """The records of every step pushed and not yet read (waits for the device)."""
-        return self._read(keep=0)
-
-    def _read(self, keep: int) -> list[StepRecord]:
+        """The records of every step pushed and not yet read, oldest first (waits for their copies)."""
         records = []
-        while len(self._pending) > keep:
-            step, host, copied = self._pending.pop(0)
+        for step, host, copied in self._pending:
             if copied is not None:
-                copied.synchronize()  # step n-1's copy: done long ago when the device runs behind
+                copied.synchronize()
             loss, grad, stop = (bool(v) for v in host.tolist())
             records.append(StepRecord(step, loss, grad, stop))
+        self._pending.clear()
         return records

@@ -42,7 +42,7 @@ from pixart.train.flags import DeferredFlags, StepRecord, optimizer_step, skip_f
 from pixart.train.init import FINAL, FINAL_EMA, build_model, initialize_from, save_weights
 from pixart.train.metrics import MetricsWriter, peak_flops, plot_loss, read_metrics
 from pixart.train.previews import Previewer, preview_weights
-from pixart.train.step import build_optimizer, compute_loss, mfu, update_ema
+from pixart.train.step import build_optimizer, compute_loss, ema_decay, mfu, update_ema
 
 # Settings that may change between a run and its resumption; anything else must match config.json.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "data.num_workers"}
@@ -245,11 +245,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     status, stop_now = "finished", False
     deferred = DeferredFlags()
 
-    def account(record: StepRecord) -> None:
-        """The host's bookkeeping of a step whose flags have arrived (a step or so after it ran)."""
+    def finish_step(record: StepRecord) -> None:
+        """The host's part of a step whose flags have arrived: its EMA update (which must run before the next
+        optimizer update changes the weights) and the bookkeeping of skipped steps and stops."""
         nonlocal skipped, bad_in_a_row, stop_now
         stop_now = stop_now or record.stop_requested
         if not record.skipped:
+            update_ema(ema, inner, ema_decay(config.optim, record.step - 1))
             bad_in_a_row = 0
             return
         skipped, bad_in_a_row = skipped + 1, bad_in_a_row + 1
@@ -275,29 +277,29 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                     loss = compute_loss(wrapped, inner, batch, config, scaling, world, step, micro, bf16)
                     (loss / config.optim.grad_accum).backward()
                 step_loss += loss.detach() / config.optim.grad_accum
+            for record in deferred.settle():  # the step before: read while this one's backward runs
+                finish_step(record)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm is a DTensor over all shards
                 grad_norm = grad_norm.full_tensor()
             flags = all_reduce_max(step_flags(step_loss, grad_norm, stop.requested), world)  # no host read
-            skip = skip_flag(flags)  # the device leaves the weights, moments and EMA alone on a bad step
+            skip = skip_flag(flags)  # the device leaves weights and AdamW state alone on a bad step
             step_lr = optimizer.param_groups[0]["lr"]  # what this step trains with; scheduler.step() moves on
             optimizer_step(optimizer, skip)
             scheduler.step()  # the schedule follows the step count, skipped steps included
             optimizer.zero_grad(set_to_none=True)
-            decay = config.optim.ema_decay
-            if config.optim.ema_warmup:  # short runs: early weights must not linger in the average
-                decay = min(decay, (1 + step) / (10 + step))
-            update_ema(ema, inner, decay, skip)
             loss_sum += torch.where(skip > 0, 0.0, step_loss)  # a NaN times 0 would still be NaN
             applied_steps += 1.0 - skip
+            deferred.push(step + 1, flags)  # its EMA update and bookkeeping: in finish_step, a step later
             step += 1
             window_steps += 1
             bar.update(1)
             log_now = step % config.log_every == 0 or step == config.steps
             checkpoint_now = step % config.checkpoint_every == 0 or step == config.steps
-            pushed = deferred.push(step, flags)  # the steps before this one: read while this one runs
-            for record in pushed + (deferred.settle() if log_now or checkpoint_now else []):
-                account(record)
+            preview_now = config.previews and config.sample_every and step % config.sample_every == 0
+            if log_now or checkpoint_now or preview_now or stop_now:  # each needs this step finished
+                for record in deferred.settle():
+                    finish_step(record)
             if log_now:
                 elapsed = max(time.time() - window_start, 1e-9)
                 # Every rank's loss (rank 0's alone would change with the process count); NaN for a window
@@ -322,8 +324,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                 loss_sum.zero_()
                 applied_steps.zero_()
                 window_start, window_steps = time.time(), 0
-            preview_step = config.sample_every and step % config.sample_every == 0 and step < config.steps
-            if config.previews and preview_step and (sharded or previewer is not None):
+            if preview_now and step < config.steps and (sharded or previewer is not None):
                 weights = preview_weights(inner, ema, sharded)  # under FSDP every rank gathers
                 if previewer is not None:
                     previewer.write(weights, step)

@@ -79,15 +79,22 @@ def _dropout(config: TrainConfig) -> float:
     return config.data.class_dropout if config.stage == "class" else config.data.caption_dropout
 
 
+def ema_decay(optim: OptimConfig, index: int) -> float:
+    """The EMA decay after step `index` (from 0); with ema_warmup, early weights do not linger in short runs."""
+    if optim.ema_warmup:
+        return min(optim.ema_decay, (1 + index) / (10 + index))
+    return optim.ema_decay
+
+
 @torch.no_grad()
-def update_ema(
-    ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float, skip: torch.Tensor | None = None
-) -> None:
-    """ema <- ema + (1 - decay) (weights - ema); unchanged, bit for bit, where the () tensor `skip` is 1."""
+def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """ema <- ema + (1 - decay) (weights - ema), one fused kernel over every tensor.
+
+    `decay` is a Python number: a device tensor would make `_foreach_lerp_` read it back to the host.
+    """
     names = [n for n, _ in model.named_parameters()]
     current = [p.detach().float() for _, p in model.named_parameters()]
-    weight = 1.0 - decay if skip is None else (1.0 - decay) * (1.0 - skip)  # a tensor: no host read of skip
-    torch._foreach_lerp_([ema[n] for n in names], current, weight)
+    torch._foreach_lerp_([ema[n] for n in names], current, 1.0 - decay)
 
 
 def mfu(model, batch, samples_per_s_per_device: float, peak: float) -> float:
