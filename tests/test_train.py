@@ -373,6 +373,24 @@ def test_skipped_steps_leave_weights_moments_and_ema_bit_for_bit(shapes_data, tm
     assert after["scheduler"]["last_epoch"] == 4
 
 
+def test_a_stop_checkpoint_counts_a_skipped_last_step(shapes_data, tmp_path, monkeypatch):
+    """SIGTERM during step 3, step 4 non-finite: the run stops after step 4 (the flag reaches the host a
+    step late) and its checkpoint counts step 4 as skipped (the flags are settled before it is written)."""
+    poison_steps(monkeypatch, lambda s: s == 3)
+    poisoned = loop.compute_loss
+
+    def signalling(wrapped, inner, batch, config, scaling, world, step, micro, bf16):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return poisoned(wrapped, inner, batch, config, scaling, world, step, micro, bf16)
+
+    monkeypatch.setattr(loop, "compute_loss", signalling)
+    summary = train(config_for(shapes_data, ["log_every=100"], steps=10, every=100), tmp_path / "run", progress=False)
+    assert (summary["status"], summary["steps"], summary["skipped_steps"]) == ("interrupted", 4, 1)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-0000004.pt", weights_only=True)
+    assert state["skipped_steps"] == 1 and int(state["optimizer"]["state"][0]["step"]) == 3
+
+
 def test_deferred_flags_reach_the_host_when_settled():
     from pixart.train.flags import DeferredFlags, skip_flag, step_flags
 
