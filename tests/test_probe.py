@@ -17,12 +17,14 @@ from pixart.evaluate.probe import (
     default_cache_dir,
     load_or_train_probe,
     probe_accuracy,
+    to_probe_input,
+    train_probe,
+)
+from pixart.evaluate.probe_scores import (
     score_binding_detections,
     score_relation_detections,
     score_single,
     score_single_detections,
-    to_probe_input,
-    train_probe,
 )
 
 # --- Fréchet distance --------------------------------------------------------------------------------

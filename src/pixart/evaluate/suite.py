@@ -7,8 +7,8 @@ import torch
 
 from pixart.data import synthetic
 from pixart.evaluate.frechet import frechet_distance
-from pixart.evaluate.probe import (
-    Probe,
+from pixart.evaluate.probe import Probe
+from pixart.evaluate.probe_scores import (
     score_binding_detections,
     score_relation_detections,
     score_single_detections,
