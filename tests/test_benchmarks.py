@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import subprocess
 import sys
@@ -89,3 +91,19 @@ def test_bench_gpu_compiles_blocks_for_a_case_and_gives_the_eager_ones_back():
     assert model.blocks is eager_blocks
     torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
+
+
+def test_bench_trainer_times_the_real_trainer_on_random_features(tmp_path):
+    """The tiny recipe on CPU: three log windows of 4 steps, the first (warm-up) left out of the figure."""
+    out = run("bench_trainer.py", "--recipe", "tiny", "--batch", "4", "--steps", "12", "--log-every", "4")
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    assert result["samples_per_s"] > 0 and math.isfinite(result["final_loss"]) and result["mfu"] is None  # no peak
+    assert "| tiny | 4 | False |" in out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_trainer_reports_mfu_on_a_gpu():
+    out = run("bench_trainer.py", "--recipe", "tiny", "--batch", "4", "--steps", "8", "--log-every", "4")
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    assert result["mfu"] is not None and 0 < result["mfu"] < 1

@@ -1,0 +1,119 @@
+"""`pixart train` itself, end to end: samples/s and MFU of the real trainer on random features.
+
+bench_gpu.py and profile_gpu.py time a bare step with an MSE loss. This runs pixart.train.loop.train, with
+its data loader, IDDPM objective, non-finite guard, clipping and EMA, on a feature dataset of random
+latents and caption features (random valid lengths) written to a temporary folder, and reads samples/s
+and MFU from the run's metrics.jsonl. The first log window holds the compilation and is left out; the
+table gives the median of the others.
+
+    python benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --compile      # on a GPU
+    python benchmarks/bench_trainer.py --recipe tiny --batch 8 --steps 12 --log-every 4        # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pixart import config as config_io
+from pixart.data.shapes_features import bucket_key
+from pixart.data.shards import FeatureSample, write_dataset_info, write_shard
+from pixart.recipes import get_recipe
+from pixart.train.config import TrainConfig
+from pixart.train.loop import train
+from pixart.train.metrics import read_metrics
+
+
+def write_random_features(folder: Path, config: TrainConfig, samples: int, seed: int = 0) -> None:
+    """`samples` random square samples shaped for config.model: latents (C, h, w), captions (L, C_text)."""
+    model = config.model
+    side, pixels = model.input_size, model.input_size * 8  # an SD-VAE-like codec: 8x downsampling
+    key = bucket_key(pixels, pixels)
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(samples):
+        length = int(torch.randint(8, model.max_length + 1, (), generator=generator))
+        rows.append(
+            FeatureSample(
+                mean=torch.randn(model.in_channels, side, side, generator=generator),
+                std=0.1 * torch.rand(model.in_channels, side, side, generator=generator),
+                text={"dense": torch.randn(length, model.caption_channels, generator=generator)},
+                bucket=key,
+                original_hw=(pixels, pixels),
+                captions={"dense": f"random caption {i}"},
+            )
+        )
+    write_shard(folder, 0, rows, ["dense"])
+    codec = {"kind": "random", "latent_channels": model.in_channels, "downsample": 8, "scaling_factor": 0.18215}
+    text = {"kind": "random", "width": model.caption_channels, "max_length": model.max_length}
+    info = {"caption_fields": ["dense"], "resolution": pixels, "buckets": {key: [pixels, pixels]}}
+    write_dataset_info(folder, {**info, "codec": codec, "text_encoder": text, "samples": samples})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="stage3-aesthetic-512", help="a training recipe (its model and optimizer)")
+    parser.add_argument("--batch", type=int, default=16, help="data.batch_size")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--log-every", type=int, default=10, help="one throughput figure per this many steps")
+    parser.add_argument("--samples", type=int, default=64, help="distinct random samples written (epochs repeat)")
+    parser.add_argument("--compile", action="store_true", help="compile=true (each block compiled)")
+    parser.add_argument("--checkpointing", action="store_true", help="keep the recipe's activation checkpointing")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
+    parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    if args.steps < 2 * args.log_every:
+        parser.error("--steps must be at least twice --log-every: the first window (compilation) is left out")
+
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
+        data, run_dir = Path(tmp) / "data", Path(tmp) / "run"
+        data.mkdir()
+        overrides = [
+            f"data.root={data}",
+            "data.synthetic=''",
+            f"data.batch_size={args.batch}",
+            f"steps={args.steps}",
+            f"log_every={args.log_every}",
+            f"checkpoint_every={args.steps}",
+            "keep_checkpoints=1",
+            "previews=false",
+            "init_from=''",
+            f"compile={str(args.compile).lower()}",
+            *([] if args.checkpointing else ["gradient_checkpointing=false"]),
+            *args.set,
+        ]
+        config = config_io.apply_overrides(get_recipe(args.recipe), overrides)
+        write_random_features(data, config, args.samples)
+        started = time.time()
+        summary = train(config, run_dir, progress=False)
+        rows = read_metrics(run_dir / "metrics.jsonl")
+    timed = rows[1:]  # the first window holds the compilation and warm-up
+    result = {
+        "recipe": args.recipe,
+        "batch": args.batch,
+        "compile": args.compile,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "samples_per_s": statistics.median(r["samples_per_s"] for r in timed),
+        "mfu": statistics.median(r["mfu"] for r in timed) if all("mfu" in r for r in timed) else None,
+        "final_loss": summary["final_loss"],
+        "wall_s": time.time() - started,
+    }
+    print(json.dumps(result))
+    mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "-"
+    print("| recipe | batch | compile | samples/s | MFU |\n|---|---|---|---|---|")
+    print(f"| {args.recipe} | {args.batch} | {args.compile} | {result['samples_per_s']:.1f} | {mfu} |")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
