@@ -503,3 +503,37 @@ def test_sidecars_with_upper_case_suffixes_are_found(tmp_path):
     items = {item.name: item for item in list_inputs(tmp_path).items}
     assert items["a.PNG"].captions(["alt"]) == {"alt": "a red circle"}
     assert items["b.png"].captions(["alt"]) == {"alt": "a blue square"}
+
+
+def test_manifest_names_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    """Names (and so the digest a resumed prepare checks) were relative to the current directory for images
+    outside the manifest's folder, and an absolute path inside it was not recognised as a duplicate."""
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "cap").mkdir()
+    for name in ("x.png", "y.png"):
+        noise(32, 32, 0).save(tmp_path / "imgs" / name)
+    noise(32, 32, 1).save(tmp_path / "cap" / "z.png")
+    rows = [
+        {"path": "../imgs/x.png", "caption": "x"},
+        {"path": str(tmp_path / "imgs" / "y.png"), "caption": "y"},
+        {"path": "z.png", "caption": "z"},
+        {"path": str(tmp_path / "cap" / "z.png"), "caption": "z again"},  # the same image as the row above
+    ]
+    (tmp_path / "cap" / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    listings = []
+    for cwd, manifest in ((tmp_path, "cap/m.jsonl"), (tmp_path / "cap", "m.jsonl"), (tmp_path / "imgs", None)):
+        monkeypatch.chdir(cwd)
+        inputs = list_inputs(manifest or tmp_path / "cap" / "m.jsonl")
+        listings.append(([item.name for item in inputs.items], [p.reason for p in inputs.problems]))
+    assert listings[0] == listings[1] == listings[2]
+    names, problems = listings[0]
+    assert names == [str(tmp_path / "imgs" / "x.png"), str(tmp_path / "imgs" / "y.png"), "z.png"]
+    assert problems == [DUPLICATE]
+
+
+def test_a_folder_of_upper_case_tar_shards_is_read(tmp_path):
+    with tarfile.open(tmp_path / "00000.TAR", "w") as tar:
+        add_member(tar, "k1.png", png_bytes(noise(32, 32, 1)))
+        add_member(tar, "k1.txt", b"a green circle")
+    inputs = list_inputs(tmp_path)
+    assert inputs.kind == "webdataset" and [item.name for item in inputs.items] == ["00000.TAR/k1.png"]

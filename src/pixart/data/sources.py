@@ -333,7 +333,9 @@ def image_column(row: dict) -> str | None:
 
 
 def _list_manifest(path: Path) -> Inputs:
-    base = path.parent
+    # Absolute: item names (and so the inputs' digest a resumed prepare checks) must not depend on the
+    # directory the command runs in, nor on how the manifest's path was written.
+    base = Path(os.path.abspath(path.parent))
     named, problems = [], []
     for number, row in manifest_rows(path):
         if isinstance(row, Problem):
@@ -363,6 +365,11 @@ def _manifest_name(text: str, base: Path) -> str:
 # --- any input ---
 
 
+def is_tar(path: Path) -> bool:
+    """A WebDataset shard: a .tar file, whatever the case of its suffix (00000.TAR too)."""
+    return path.suffix.lower() == ".tar" and path.is_file()
+
+
 def input_kind(path: Path) -> str:
     """'manifest', 'webdataset' or 'folder', from what `path` is."""
     if path.is_file():
@@ -373,7 +380,7 @@ def input_kind(path: Path) -> str:
             return "webdataset"
         raise InputError(f"{path}: a file input must be a .jsonl or .csv manifest or a .tar shard")
     if path.is_dir():
-        has_tars = any(p.suffix.lower() == ".tar" and p.is_file() for p in path.iterdir())
+        has_tars = any(is_tar(p) for p in path.iterdir())
         if not has_tars:
             return "folder"
         if image_files(path):  # one stray image would otherwise turn the tars into a one-image folder
@@ -392,7 +399,7 @@ def list_inputs(path: str | os.PathLike[str]) -> Inputs:
     if kind == "manifest":
         inputs = _list_manifest(path)
     elif kind == "webdataset":
-        tars = [path] if path.is_file() else sorted(p for p in path.glob("*.tar") if p.is_file())
+        tars = [path] if path.is_file() else sorted(p for p in path.iterdir() if is_tar(p))
         inputs = _list_webdataset(tars, path.parent if path.is_file() else path)
     else:
         inputs = _list_folder(path)
