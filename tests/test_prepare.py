@@ -537,3 +537,22 @@ def test_a_folder_of_upper_case_tar_shards_is_read(tmp_path):
         add_member(tar, "k1.txt", b"a green circle")
     inputs = list_inputs(tmp_path)
     assert inputs.kind == "webdataset" and [item.name for item in inputs.items] == ["00000.TAR/k1.png"]
+
+
+def test_a_rerun_on_more_images_or_other_settings_is_refused_before_the_models_load(tmp_path, model_dirs, capsys):
+    """With every shard done, a rerun used to report the old dataset as complete: new images were dropped
+    and a changed setting accepted without a word."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        write_image(folder, f"{i}.png", noise(24, 24, i), caption=f"a red circle {i}")
+    assert main(cli_args(folder, tmp_path / "out", model_dirs)) == 0
+    capsys.readouterr()
+    no_models = ("--text-encoder", "/nonexistent")  # loading would fail otherwise: the check comes first
+    write_image(folder, "2.png", noise(24, 24, 2), caption="a blue square")
+    assert main(cli_args(folder, tmp_path / "out", model_dirs, *no_models)) == 2
+    assert "was prepared with other settings or inputs" in capsys.readouterr().err
+    (folder / "2.png").unlink()
+    assert main([*cli_args(folder, tmp_path / "out", model_dirs, *no_models), "--resolution", "512"]) == 2
+    assert "resolution: 256 there, 512 now" in capsys.readouterr().err
+    assert main(cli_args(folder, tmp_path / "out", model_dirs, *no_models)) == 0  # the same: nothing to do

@@ -69,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from pixart.data.prepare import (
         PrepareError,
         PrepareOptions,
+        check_info,
         format_summary,
         merge_reports,
         pending_shards,
         prepare,
         process_part,
+        settings_info,
     )
     from pixart.data.shards import DATASET_FILE
     from pixart.data.sources import InputError, list_inputs
@@ -100,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     make_out_folder(args.out)  # the feature dataset's folder, before any model loads
     print(f"{args.input}: {len(inputs.items)} inputs ({inputs.kind}); this process: shard part {part}/{parts}")
+    try:
+        check_info(args.out, settings_info(inputs, options))  # another input list or settings: refused now
+    except PrepareError as error:
+        raise UserError(str(error)) from error
 
     if not pending_shards(inputs, args.out, options) and (args.out / DATASET_FILE).is_file():
         report = merge_reports(args.out, inputs, options)  # nothing to compute: no need to load the models

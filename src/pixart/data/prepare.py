@@ -151,15 +151,13 @@ def inputs_digest(inputs: Inputs) -> str:
     return digest.hexdigest()
 
 
-def dataset_info(inputs: Inputs, options: PrepareOptions, codec: ImageCodec, text_encoder: TextEncoder) -> dict:
-    """What produced the dataset: everything a reader or a resumed run must agree with."""
+def settings_info(inputs: Inputs, options: PrepareOptions) -> dict:
+    """The part of dataset.json that needs no model: the settings and the inputs."""
     return {
         "format": FORMAT,
         "resolution": options.resolution,
         "buckets": {key: list(hw) for key, hw in options.table.items()},
         "upscale_small": options.upscale_small,
-        "codec": codec_info(codec),
-        "text_encoder": encoder_info(text_encoder),
         "caption_fields": list(options.fields),
         "shard_size": options.shard_size,
         "shards": shard_count(inputs, options),
@@ -167,11 +165,26 @@ def dataset_info(inputs: Inputs, options: PrepareOptions, codec: ImageCodec, tex
     }
 
 
+def dataset_info(inputs: Inputs, options: PrepareOptions, codec: ImageCodec, text_encoder: TextEncoder) -> dict:
+    """What produced the dataset: everything a reader or a resumed run must agree with."""
+    return {**settings_info(inputs, options), "codec": codec_info(codec), "text_encoder": encoder_info(text_encoder)}
+
+
 def check_or_write_info(out: Path, info: dict) -> None:
     """Write dataset.json, or check that the one there came from the same settings and inputs."""
+    if _read_json(out / DATASET_FILE) is None:  # none yet (or a torn one, which atomic writes never leave)
+        write_json(out / DATASET_FILE, info, indent=1)
+    else:
+        check_info(out, info)
+
+
+def check_info(out: Path, info: dict) -> None:
+    """Refuse an `out` whose dataset.json differs from `info` in any of info's keys (none there: fine).
+
+    With settings_info, before the models load: a rerun that adds images or changes a setting is refused
+    at once, even when every shard is done (it used to report the old dataset as complete)."""
     existing = _read_json(out / DATASET_FILE)
     if existing is None:
-        write_json(out / DATASET_FILE, info, indent=1)
         return
     differences = [
         f"{key}: {existing.get(key)!r} there, {info[key]!r} now"
