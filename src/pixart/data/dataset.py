@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pixart.data.shards import Shard, finished_shards, read_dataset_info
+from pixart.data.shards import Shard, finished_shards, read_dataset_info, shard_done
 
 
 def class_label(record: dict) -> int:
@@ -52,6 +52,13 @@ class FeatureDataset(Dataset):
         indices = finished_shards(self.folder)
         if not indices:
             raise FileNotFoundError(f"{self.folder} holds no finished shard")
+        expected = self.info.get("shards", 0)  # pixart prepare records it before its first shard
+        done = sum(shard_done(self.folder, i) for i in range(expected))
+        if done < expected:  # training on part would also shift a resume's place once the rest is written
+            raise FileNotFoundError(
+                f"{self.folder} is prepared in part: {done} of {expected} shards are finished; rerun the same "
+                "pixart prepare command (every --shard part of it) to finish it"
+            )
         self.shards = [Shard.open(self.folder, i) for i in indices]
         self.starts = np.cumsum([0] + [len(s.records) for s in self.shards]).tolist()
 

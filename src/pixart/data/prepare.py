@@ -37,7 +37,7 @@ import torch
 
 from pixart.data.buckets import bucket_table, closest_bucket
 from pixart.data.images import ImageSkipped, check_aspect, check_size, load_rgb, resize_cover_crop
-from pixart.data.shards import DATASET_FILE, FeatureSample, shard_name, write_shard
+from pixart.data.shards import DATASET_FILE, FeatureSample, report_path, shard_done, shard_name, write_shard
 from pixart.data.sources import Inputs, Item
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
 from pixart.encoders.text import TextEncoder, encoder_info
@@ -117,18 +117,6 @@ def shard_count(inputs: Inputs, options: PrepareOptions) -> int:
 
 def shard_items(inputs: Inputs, options: PrepareOptions, index: int) -> list[Item]:
     return inputs.items[index * options.shard_size : (index + 1) * options.shard_size]
-
-
-def report_path(out: Path, index: int) -> Path:
-    return out / f"{shard_name(index)}.report.json"
-
-
-def shard_done(out: Path, index: int) -> bool:
-    """Finished: its safetensors file exists, or its report says it has no samples (all inputs skipped)."""
-    if (out / f"{shard_name(index)}.safetensors").is_file():
-        return True
-    report = _read_json(report_path(out, index))
-    return report is not None and report.get("samples") == 0
 
 
 def my_shards(inputs: Inputs, options: PrepareOptions) -> list[int]:

@@ -86,6 +86,22 @@ def write_shard(folder: str | Path, index: int, samples: list[FeatureSample], fi
     return path
 
 
+def report_path(out: Path, index: int) -> Path:
+    """Where `pixart prepare` reports on shard `index` (written once the shard is finished)."""
+    return out / f"{shard_name(index)}.report.json"
+
+
+def shard_done(out: Path, index: int) -> bool:
+    """Finished: its safetensors file exists, or its report says it has no samples (all inputs skipped)."""
+    if (out / f"{shard_name(index)}.safetensors").is_file():
+        return True
+    try:
+        report = json.loads(report_path(out, index).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return report.get("samples") == 0
+
+
 def finished_shards(folder: str | Path) -> list[int]:
     """Indices of the shards whose safetensors file exists (i.e. completely written)."""
     return sorted(int(p.stem.split("-")[1]) for p in Path(folder).glob("shard-*.safetensors"))
