@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pixart import config as config_io
-from pixart.data.shapes_features import bucket_key
+from pixart.data.buckets import bucket_key
 from pixart.data.shards import FeatureSample, write_dataset_info, write_shard
 from pixart.recipes import get_recipe
 from pixart.train.config import TrainConfig

@@ -53,6 +53,10 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("compile=2", "compile: 2 is not a bool"),
         ("model.hidden_size=100", "not divisible by num_heads"),
         ("data.synthetic_sizes=['32y32']", "synthetic_sizes: a size must look like 512x768"),
+        (  # one bucket per aspect ratio: two canvas sizes in one would not stack into a batch
+            "data.synthetic_sizes=['32x48','64x96']",
+            "synthetic_sizes: 32x48 and 64x96 have the same aspect ratio (0.67); keep one of them",
+        ),
         ("optim.lr=-1", "lr must be a finite number >= 0"),
         ("optim.lr=1e400", "lr must be a finite number >= 0"),
         ("optim.beta2=1.5", "beta2 must lie in .0, 1., got 1.5"),

@@ -319,7 +319,7 @@ def shapes_model_spec(objective: str, buckets: dict[str, list[int]], **fields) -
 
 def write_model_folder(out: Path, codec) -> Path:
     """out/model: the stage-3 EMA weights, the codec, and how to run them (generate and serve accept it)."""
-    from pixart.data.shapes_features import bucket_key
+    from pixart.data.buckets import bucket_key
     from pixart.modelfolder import save_model_folder
     from pixart.weights import load_transformer
 

@@ -200,6 +200,11 @@ def snap_size(height: float, width: float, table: Mapping[str, tuple[int, int]])
     return closest_bucket(height, width, table)[1]
 
 
+def bucket_key(height: int, width: int) -> str:
+    """The bucket name of a canvas: its height / width to two decimals ("0.67"), as the official table names them."""
+    return f"{height / width:.2f}".rstrip("0").rstrip(".") if height != width else "1.0"
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'512x768' (height x width; 'X' and '×' work too, spaces are ignored) -> (512, 768)."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)

@@ -14,15 +14,12 @@ import torch
 from tqdm.auto import tqdm
 
 from pixart.data import synthetic
+from pixart.data.buckets import bucket_key
 from pixart.data.shards import FeatureSample, write_dataset_info, write_shard
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
 from pixart.encoders.text import TextEncoder, encoder_info
 
 FIELDS = ("alt", "dense")  # alt: one object, alt-text style; dense: every object, position and background
-
-
-def bucket_key(height: int, width: int) -> str:
-    return f"{height / width:.2f}".rstrip("0").rstrip(".") if height != width else "1.0"
 
 
 def encode_unique(encoder: TextEncoder, captions: list[str], batch_size: int = 256, progress: bool = True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pixart.data.buckets import parse_size
+from pixart.data.buckets import bucket_key, parse_size
 from pixart.diffusion.objective import DiffusionConfig
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig
@@ -44,11 +44,17 @@ class DataConfig:
                 f"caption_probs must give each caption field a weight >= 0, not all 0 (e.g. {{'dense': 1.0}}), "
                 f"got {self.caption_probs}"
             )
+        keys: dict[str, str] = {}
         for size in self.synthetic_sizes:
             try:
-                parse_size(size)
+                key = bucket_key(*parse_size(size))
             except ValueError as error:
                 raise ValueError(f"synthetic_sizes: {error}") from None
+            if key in keys:  # one bucket holds one canvas size: the batches would not stack
+                raise ValueError(
+                    f"synthetic_sizes: {keys[key]} and {size} have the same aspect ratio ({key}); keep one of them"
+                )
+            keys[key] = size
 
 
 @dataclass(frozen=True, kw_only=True)

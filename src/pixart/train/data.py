@@ -96,8 +96,8 @@ def prepare_data(config: TrainConfig, run_dir: Path, world: World, *, progress: 
 
 
 def build_shapes_for(config: TrainConfig, folder: Path, *, progress: bool = True) -> dict:
-    from pixart.data.buckets import parse_size
-    from pixart.data.shapes_features import bucket_key, build_shapes_features, shapes_source
+    from pixart.data.buckets import bucket_key, parse_size
+    from pixart.data.shapes_features import build_shapes_features, shapes_source
     from pixart.data.shards import DATASET_FILE, read_dataset_info
     from pixart.encoders.codecs import PixelCodec
     from pixart.encoders.text import MiniLMEncoder
