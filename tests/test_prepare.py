@@ -557,3 +557,17 @@ def test_a_rerun_on_more_images_or_other_settings_is_refused_before_the_models_l
     assert main([*cli_args(folder, tmp_path / "out", model_dirs, *no_models), "--resolution", "512"]) == 2
     assert "resolution: 256 there, 512 now" in capsys.readouterr().err
     assert main(cli_args(folder, tmp_path / "out", model_dirs, *no_models)) == 0  # the same: nothing to do
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_escaped(tmp_path, model_dirs):
+    """The summary names skipped files; under a strict UTF-8 stdout a name with byte 0xff crashed it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_image(folder, "good.png", noise(24, 24, 0), caption="a red circle")
+    (folder / os.fsdecode(b"bad\xff.png")).write_bytes(b"not an image")
+    (folder / os.fsdecode(b"bad\xff.txt")).write_text("a caption")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    args = [sys.executable, "-m", "pixart", *cli_args(folder, tmp_path / "out", model_dirs)]
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "bad\\udcff.png" in result.stdout and "1 samples from 2 inputs" in result.stdout
