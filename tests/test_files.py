@@ -48,6 +48,18 @@ def test_remove_leftovers_takes_killed_writers_temporaries_only(tmp_path):
     assert sorted(tmp_path.iterdir()) == sorted([running, other_file, finished])
 
 
+def test_temporaries_of_two_machines_differ_and_another_machines_are_left_alone(tmp_path):
+    """Containers on two machines sharing a disk often run writers with the same pid."""
+    dead = dead_pid()
+    here, there = temporary_path(tmp_path / "report.json", dead), temporary_path(tmp_path / "report.json", dead, "n2")
+    assert here != there
+    older_version = tmp_path / f".report.json.{dead}.tmp"  # a pid only: judged on this machine
+    for path in (here, there, older_version):
+        path.write_text("x")
+    assert remove_leftovers(tmp_path, "report.json") == sorted([here, older_version])
+    assert list(tmp_path.iterdir()) == [there]
+
+
 def test_a_checkpoint_save_deletes_what_a_killed_save_left(tmp_path):
     folder = tmp_path / "checkpoints"
     (folder / "step-0000004.dcp.tmp").mkdir(parents=True)  # FSDP ranks killed mid-save

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +15,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PIXART_CACHE", "~/.cache/pixart")).expanduser()
 
 
-def temporary_path(path: Path, pid: int | None = None) -> Path:
-    """Where `atomic_write` writes `path` first: a hidden sibling named after the writer's pid."""
-    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.tmp")
+def host_tag() -> str:
+    """This machine's name as it goes into a temporary's name (no dots or dashes, which delimit the name)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def temporary_path(path: Path, pid: int | None = None, host: str | None = None) -> Path:
+    """Where `atomic_write` writes `path` first: a hidden sibling named after the writer's machine and pid.
+
+    The machine too: processes on two machines sharing a disk (prepare's parts, say, each writing
+    dataset.json) often have the same pid in containers, and one would rename the other's temporary.
+    """
+    return path.with_name(f".{path.name}.{host or host_tag()}-{os.getpid() if pid is None else pid}.tmp")
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -50,10 +61,10 @@ def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
     """Delete the temporaries killed writers left for files named like `pattern` (a glob) in `folder`.
 
     A writer killed mid-write (SIGKILL, preemption, power loss) cannot clean up after itself, and its
-    temporary carries its pid, so no later write of the same file replaces it: for a checkpoint that is
-    gigabytes. A temporary whose writer is still running on this machine (this process included) is
-    left alone, so call this only where no other machine writes such files. Unnamed temporaries
-    (`.name.tmp`, from versions before the pid was added) go too.
+    temporary carries its machine and pid, so no later write of the same file replaces it: for a
+    checkpoint that is gigabytes. A temporary whose writer may still run is left alone: one of a running
+    process of this machine (this one included), and any of another machine, whose processes this one
+    cannot see. Unnamed temporaries (`.name.tmp`, from versions before the pid was added) go too.
     """
     folder = Path(folder)
     candidates = [*folder.glob(f".{pattern}.*.tmp"), *folder.glob(f".{pattern}.tmp")]
@@ -64,8 +75,13 @@ def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
 
 
 def _writer_alive(tmp: Path) -> bool:
-    """Whether the pid in a `.name.<pid>.tmp` temporary is a running process (no pid: not alive)."""
-    pid = tmp.name.rsplit(".", 2)[-2]
+    """Whether the writer of a `.name.<host>-<pid>.tmp` temporary may still run: another machine's is
+    assumed to (this one cannot see its processes); on this machine, whether the pid runs. Older names
+    carry a pid only (`.name.<pid>.tmp`) or nothing (`.name.tmp`, not alive)."""
+    tag = tmp.name.rsplit(".", 2)[-2]
+    host, _, pid = tag.rpartition("-")
+    if host and host != host_tag():
+        return True
     if not pid.isdigit():
         return False
     try:
