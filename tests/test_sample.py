@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -145,6 +146,25 @@ def test_one_step_is_refused_where_it_would_not_denoise(name):
 def test_zero_steps_are_refused_not_read_as_the_default(name):
     with pytest.raises(ValueError, match="got 0"):
         oracle_sample(name, 0)
+
+
+@pytest.mark.parametrize("name", ["dpm-solver++", "sa-solver"])
+def test_a_step_count_that_repeats_a_noise_level_is_refused(name):
+    """At 1000 steps diffusers' linspace spacing repeats t=500, and these solvers divide by the gap: NaN."""
+    scheduler = build_scheduler(name)
+    scheduler.set_timesteps(1000)
+    assert len(set(scheduler.timesteps.tolist())) == 999  # the repeat itself, not only our reading of it
+    with pytest.raises(ValueError, match=re.escape(f"sampler '{name}' cannot take 1000 steps") + ".*use at most 999$"):
+        oracle_sample(name, 1000, n=4)
+    assert torch.isfinite(oracle_sample(name, 999, n=4)).all()
+
+
+def test_a_folder_scheduler_that_repeats_a_noise_level_is_refused():
+    """A scheduler instance (a diffusers folder's own) is checked once set, in the loop."""
+    y, mask = torch.zeros(1, 1, 8), torch.ones(1, 1)
+    folder_scheduler = build_scheduler("dpm-solver++")
+    with pytest.raises(ValueError, match="repeats a noise level at 1000 steps"):
+        sample(GaussianOracle(False), torch.zeros(1, 4, 2, 2), y, mask, y, mask, scheduler=folder_scheduler, steps=1000)
 
 
 def test_unknown_sampler_lists_the_choices():

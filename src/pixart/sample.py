@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pixart.diffusion.guidance import GuidedDenoiser
-from pixart.diffusion.schedulers import build_scheduler, check_steps, get_sampler
+from pixart.diffusion.schedulers import build_scheduler, check_steps, get_sampler, repeats_a_level
 
 
 @torch.no_grad()
@@ -63,6 +63,10 @@ def sample(
         keep_variance=keep_variance,
     )
     scheduler.set_timesteps(steps, device=noise.device)
+    if repeats_a_level(scheduler):  # a named sampler was refused above; a folder's scheduler is caught here
+        raise ValueError(
+            f"the scheduler repeats a noise level at {steps} steps (its update would divide by zero); use fewer"
+        )
     step_kwargs = {}
     if "generator" in inspect.signature(scheduler.step).parameters:
         step_kwargs["generator"] = generator

@@ -56,6 +56,27 @@ def check_steps(name: str, steps: int) -> None:
             f"sampler {name!r} needs at least {sampler.min_steps} steps, got {steps} (with fewer it does not "
             f"denoise); use more steps, or a sampler that works in 1 step: {', '.join(one_step)}"
         )
+    scheduler = build_scheduler(name)
+    scheduler.set_timesteps(steps)
+    if repeats_a_level(scheduler):
+        fewer = next(n for n in range(steps - 1, 0, -1) if not repeats_a_level(_with_steps(scheduler, n)))
+        raise ValueError(
+            f"sampler {name!r} cannot take {steps} steps: its schedule then repeats a noise level, and its "
+            f"update divides by the step between the two (NaN images); use at most {fewer}"
+        )
+
+
+def repeats_a_level(scheduler) -> bool:
+    """Whether a scheduler set for sampling repeats a noise level, which multistep solvers divide by the gap
+    to: with 1000 training steps, diffusers' linspace spacing repeats t=500 at 1000 sampling steps."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    levels = sigmas[:-1] if sigmas is not None else scheduler.timesteps  # sigmas end with the final 0
+    return len(set(levels.tolist())) < len(levels)
+
+
+def _with_steps(scheduler, steps: int):
+    scheduler.set_timesteps(steps)
+    return scheduler
 
 
 def training_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> dict:
