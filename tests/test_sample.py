@@ -269,10 +269,16 @@ def test_guidance_formula_and_official_null_semantics():
     torch.testing.assert_close(out[:, 4:], c[:, 4:])  # the variance comes from the conditional branch
 
 
-def test_negative_prompt_of_other_length_is_padded():
+@pytest.mark.parametrize(
+    ("cond_valid", "null_length"),
+    [(6, 2), (0, 9)],  # a shorter negative prompt; a caption with no valid token beside a longer one
+)
+def test_negative_prompt_of_other_length_is_padded(cond_valid, null_length):
+    """Each branch equals its caption alone. A caption with no valid token attends to all of its own tokens;
+    padding for the other branch's length used to add the padded positions to them."""
     model = randomize_(PixArt(TINY), seed=2).eval()
-    cond, mask = torch.randn(1, 6, 48), torch.ones(1, 6)
-    null, null_mask = torch.randn(1, 2, 48), torch.ones(1, 2)
+    cond, mask = torch.randn(1, 6, 48), (torch.arange(6) < cond_valid).float()[None]
+    null, null_mask = torch.randn(1, null_length, 48), torch.ones(1, null_length)
     guided = GuidedDenoiser(model, cond, mask, null, null_mask, cfg_scale=3.0)
     x = torch.randn(1, 4, 8, 8)
     with torch.no_grad():

@@ -25,6 +25,16 @@ def learned_null_caption(model: nn.Module, cond_mask: torch.Tensor) -> tuple[tor
     return table[:L][None].expand(B, L, table.shape[1]), cond_mask
 
 
+def attend_all_when_empty(mask: torch.Tensor) -> torch.Tensor:
+    """A (B, L) mask whose rows without a valid token become all ones, as the model reads such a row.
+
+    Made explicit before padding: otherwise the padded positions would join that row's tokens, and its
+    output would depend on the length of the other captions it is batched with.
+    """
+    empty = ~mask.bool().any(dim=1, keepdim=True)  # (B, 1)
+    return torch.where(empty, torch.ones_like(mask), mask)
+
+
 def pad_tokens(y: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad (B, L, C) features and (B, L) mask with masked zeros to `length` tokens."""
     extra = length - y.shape[1]
@@ -67,6 +77,7 @@ class GuidedDenoiser:
         self.keep_variance = keep_variance
         self.latent_channels = model.config.in_channels
         self.guided = self.cfg_scale != 1.0
+        cond_mask, null_mask = attend_all_when_empty(cond_mask), attend_all_when_empty(null_mask)
         if self.guided:
             length = max(cond.shape[1], null.shape[1])
             null, null_mask = pad_tokens(null, null_mask, length)
