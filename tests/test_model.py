@@ -124,6 +124,16 @@ def test_mask_of_one_sample_is_tiled_for_guidance_batches():
         torch.testing.assert_close(model(x, t, y, mask), model(x, t, y, torch.cat([mask, mask])))
 
 
+def test_a_mask_of_another_length_than_the_captions_is_refused():
+    """An untrimmed (1, 8) mask beside 4-token captions was folded into two rows and tiled."""
+    model = randomize_(PixArt(TINY)).eval()
+    x, t, y = torch.randn(2, 4, 16, 16), torch.full((2,), 3.0), torch.randn(2, 4, 48)
+    with pytest.raises(ValueError, match="the caption mask covers 8 tokens but the captions have 4"):
+        model(x, t, y, torch.ones(1, 8))
+    official = varied_mask(2, 4, [2, 4])
+    torch.testing.assert_close(model(x, t, y, official[:, None, None, :]), model(x, t, y, official))
+
+
 def test_initialisation_follows_official():
     model = PixArt(TINY)
     assert torch.count_nonzero(model.final_layer.linear.weight) == 0

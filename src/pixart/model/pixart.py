@@ -349,7 +349,9 @@ class PixArt(nn.Module):
         """
         if mask is None:
             return None
-        mask = mask.to(device).reshape(-1, length) != 0  # (B_mask, L)
+        if mask.shape[-1] != length:  # reshaping would fold the surplus into other samples' masks
+            raise ValueError(f"the caption mask covers {mask.shape[-1]} tokens but the captions have {length}")
+        mask = mask.to(device).reshape(-1, length) != 0  # (B_mask, L): (B, L) or the official (B, 1, 1, L)
         if mask.shape[0] != batch_size:
             if batch_size % mask.shape[0]:
                 raise ValueError(f"mask batch {mask.shape[0]} does not divide the input batch {batch_size}")
