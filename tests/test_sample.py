@@ -14,7 +14,7 @@ from helpers import randomize_, varied_mask
 from pixart.diffusion import SAMPLERS, NoiseSchedule, build_scheduler
 from pixart.diffusion.guidance import GuidedDenoiser, learned_null_caption
 from pixart.model import TINY, TINY_MS, PixArt
-from pixart.sample import sample
+from pixart.sample import model_timesteps, sample
 from pixart.weights import save_transformer
 
 diffusers = pytest.importorskip("diffusers")
@@ -101,7 +101,7 @@ def test_every_sampler_reproduces_gaussian_data(name):
     if name not in STOCHASTIC:
         scheduler = build_scheduler(name)
         scheduler.set_timesteps(STEPS[name])
-        a, s = oracle.noise_level(scheduler.timesteps[-1:].double())
+        a, s = oracle.noise_level(model_timesteps(scheduler)[-1:].double())  # where the model was last asked
         a, s = a.flatten(), s.flatten()
         target_std = STD * (a**2 * STD**2 / (a**2 * STD**2 + s**2)).sqrt()
     assert (values.mean(1) - MU).abs().max() < 0.03
@@ -118,6 +118,28 @@ def oracle_sample(name: str, steps: int, n: int = 1024) -> torch.Tensor:
         oracle, noise, y, mask, y, mask, scheduler=name, steps=steps, cfg_scale=1.0, generator=generator, progress=False
     )
     return out.transpose(0, 1).reshape(4, -1).double()
+
+
+def test_flow_dpm_solver_asks_the_model_at_the_exact_sigmas():
+    """diffusers stores DPM-Solver's flow timesteps as integers (floor of 1000 sigma); a flow model trains
+    on t = 1000 s, so it is asked at the sigma the solver steps with."""
+    asked = []
+
+    class Recording(GaussianOracle):
+        def forward(self, x, t, *args, **kwargs):
+            asked.append(float(t[0]))
+            return super().forward(x, t, *args, **kwargs)
+
+    y, mask = torch.zeros(1, 1, 8), torch.ones(1, 1)
+    noise = torch.randn(1, 4, 2, 2)
+    sample(
+        Recording(True), noise, y, mask, y, mask, scheduler="flow-dpm-solver", steps=10, cfg_scale=1.0, progress=False
+    )
+    scheduler = build_scheduler("flow-dpm-solver")
+    scheduler.set_timesteps(10)
+    expected = (scheduler.sigmas[:-1] * 1000).tolist()
+    assert asked == pytest.approx(expected, rel=1e-6)
+    assert any(abs(a - round(a)) > 1e-3 for a in asked) and scheduler.timesteps.dtype == torch.int64
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

@@ -18,6 +18,18 @@ from pixart.diffusion.schedulers import build_scheduler, check_steps, get_sample
 
 
 @torch.no_grad()
+def model_timesteps(scheduler) -> torch.Tensor:
+    """The times the model is asked at, one per scheduler timestep.
+
+    The scheduler's own timesteps, except for DPM-Solver on flow sigmas, which rounds them down to
+    integers: a flow model trains on t = 1000 s with s in [0, 1], so it is asked at 1000 times the exact
+    sigma the solver steps with (flow-euler keeps float timesteps already).
+    """
+    if getattr(scheduler.config, "use_flow_sigmas", False):
+        return scheduler.sigmas[: len(scheduler.timesteps)] * scheduler.config.num_train_timesteps
+    return scheduler.timesteps
+
+
 def sample(
     model: nn.Module,
     noise: torch.Tensor,
@@ -72,8 +84,12 @@ def sample(
         step_kwargs["generator"] = generator
     latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at sigma 1
     scale_input = getattr(scheduler, "scale_model_input", lambda x, t: x)
-    for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
+    timesteps = scheduler.timesteps
+    model_times = model_timesteps(scheduler)
+    for t, model_t in tqdm(
+        zip(timesteps, model_times), total=len(timesteps), desc="sampling", disable=not progress, leave=False
+    ):
         model_input = scale_input(latents, t)
-        output = denoiser(model_input, t)
+        output = denoiser(model_input, model_t)
         latents = scheduler.step(output, t, latents, **step_kwargs, return_dict=False)[0]
     return latents
