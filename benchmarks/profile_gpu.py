@@ -26,7 +26,7 @@ import argparse
 import json
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch._inductor.config
@@ -70,6 +70,23 @@ def timed(fn, warmup: int = 3, repeats: int = 10) -> float:
     return alternate([fn], warmup, repeats)[0]
 
 
+def attention_flops(batch: int, heads: int, n: int, m: int, d: int) -> float:
+    """Useful FLOPs of attention forward + backward, N queries over M keys: 4 N M d per head forward (two
+    products), 2.5 times that backward."""
+    return 3.5 * 4 * batch * heads * n * m * d
+
+
+@contextmanager
+def fa4_behind_flash():
+    """FlashAttention-4 behind SDPA's flash backend inside the block, the default after it (needs the
+    flash-attn-4 package; activating it raises where it is missing)."""
+    activate_flash_attention_impl("FA4")
+    try:
+        yield
+    finally:
+        restore_flash_attention_impl()
+
+
 def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -> dict:
     """Forward + backward TFLOP/s of each SDPA backend on one block's attention shapes."""
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -93,7 +110,7 @@ def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -
         "cross_masked": (kc, vc, mask, TOKENS),
         "cross_unmasked": (kc, vc, None, TOKENS),
     }.items():
-        flops = 3.5 * 4 * batch * heads * n * m * d  # forward 4*N*M*d per head; backward 2.5x
+        flops = attention_flops(batch, heads, n, m, d)
         for name, backend in BACKENDS.items():
             if name == "math" and label == "self":
                 continue
@@ -104,19 +121,13 @@ def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -
             except RuntimeError as error:
                 result[f"{label}_{name}"] = f"unavailable: {str(error).splitlines()[0][:120]}"
     try:  # FlashAttention-4 behind SDPA's flash backend, where the flash-attn-4 package is installed
-        activate_flash_attention_impl("FA4")
-    except Exception as error:  # noqa: BLE001 - not installed: say so and time the rest
-        result["fa4"] = f"unavailable: {str(error).splitlines()[0][:120]}"
-    else:
-        try:
+        with fa4_behind_flash():
             for label, keys, values, m in (("self", k, v, n), ("cross_unmasked", kc, vc, TOKENS)):
                 seconds = timed(lambda keys=keys, values=values: attend_with(SDPBackend.FLASH_ATTENTION, keys, values))
                 result[f"{label}_fa4_ms"] = round(seconds * 1e3, 3)
-                result[f"{label}_fa4_tflops"] = round(3.5 * 4 * batch * heads * n * m * d / seconds / 1e12, 1)
-        except Exception as error:  # noqa: BLE001 - FA4 may refuse a shape (head dim 72): report it
-            result["fa4"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
-        finally:
-            restore_flash_attention_impl()
+                result[f"{label}_fa4_tflops"] = round(attention_flops(batch, heads, n, m, d) / seconds / 1e12, 1)
+    except Exception as error:  # noqa: BLE001 - not installed, or a shape FA4 refuses: say which, time the rest
+        result["fa4"] = f"unavailable: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
     x = torch.randn(batch * n, 1152, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(4608, 1152, device="cuda", dtype=torch.bfloat16)
     seconds = timed(lambda: x @ w.t())
@@ -234,12 +245,9 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
     else:
         run = training_step(forward, optimizer, batch_inputs)
 
-    order = ORDER_CUDNN_FIRST if "cudnn-" in prefixes else None
     fa4 = "fa4-" in prefixes
-    if fa4:
-        activate_flash_attention_impl("FA4")
-        order = ORDER_FLASH_FIRST
-    try:
+    order = ORDER_FLASH_FIRST if fa4 else ORDER_CUDNN_FIRST if "cudnn-" in prefixes else None
+    with fa4_behind_flash() if fa4 else nullcontext():
         started = time.time()
         torch.cuda.reset_peak_memory_stats()
         with sdpa_kernel(order, set_priority=True) if order else nullcontext():
@@ -261,9 +269,6 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
             }
             if profile_it:
                 result["profile"] = profile_categories(run)
-    finally:
-        if fa4:
-            restore_flash_attention_impl()
     return result
 
 
