@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from pixart.cli.main import main
-from pixart.data import synthetic
+from pixart.data.synthetic_dataset import make_dataset, two_object_prompts
 from pixart.evaluate.clipscore import CLIP_HINT, ClipScorer, clip_score
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.inception import INCEPTION_HINT, INCEPTION_URL, inception_features, load_inception
@@ -163,6 +163,8 @@ def test_read_prompts_from_text_and_jsonl(tmp_path):
     text = tmp_path / "prompts.txt"
     text.write_text("a red circle\n\n  a blue square  \n")
     assert read_prompts(text) == ["a red circle", "a blue square"]
+    with pytest.raises(RealDataError, match="--field picks a field of a JSONL manifest"):
+        read_prompts(text, field="dense")  # a text file has no fields: refused, not ignored
     manifest = tmp_path / "captions.jsonl"
     manifest.write_text('{"image": "a.png", "caption": "one"}\n\n{"image": "b.png", "text": "two"}\n')
     assert read_prompts(manifest) == ["one", "two"]  # caption, else prompt, text or alt
@@ -243,7 +245,7 @@ def reference_folder(root) -> tuple:
     """Shapes-world renders of assorted sizes, plus one file that is not an image."""
     root.mkdir()
     for k, (h, w) in enumerate([(36, 36), (48, 64), (64, 48), (36, 36), (72, 36)]):
-        Image.fromarray(synthetic.make_dataset(1, seed=50 + k, height=h, width=w).images[0]).save(root / f"{k}.png")
+        Image.fromarray(make_dataset(1, seed=50 + k, height=h, width=w).images[0]).save(root / f"{k}.png")
     (root / "broken.png").write_bytes(b"not a png")
     return root
 
@@ -251,7 +253,7 @@ def reference_folder(root) -> tuple:
 @pytest.mark.slow
 def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path, capsys):
     manifest = tmp_path / "prompts.jsonl"
-    captions = [caption for _, caption in synthetic.two_object_prompts(3, seed=9)]
+    captions = [caption for _, caption in two_object_prompts(3, seed=9)]
     manifest.write_text("".join(json.dumps({"image": f"{i}.png", "caption": c}) + "\n" for i, c in enumerate(captions)))
     real = reference_folder(tmp_path / "real")
     out = tmp_path / "real.json"

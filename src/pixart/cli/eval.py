@@ -181,8 +181,6 @@ def real_inputs(args: argparse.Namespace) -> tuple[list[str], list[Path] | None,
         raise UserError("FID needs --real DIR, a folder of reference images")
     if args.real is not None and args.inception is None:  # it would be ignored: FID is what reads it
         raise UserError("--real DIR is for FID, which also needs --inception FILE: give both, or neither")
-    if args.field is not None and args.prompts.suffix.lower() != ".jsonl":
-        raise UserError(f"--field picks a field of a JSONL manifest; --prompts {args.prompts} is one prompt a line")
     try:
         prompts = read_prompts(args.prompts, args.field)[: args.num]
         real_images = list_images(args.real) if args.inception is not None else None

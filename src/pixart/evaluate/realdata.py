@@ -48,6 +48,8 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--prompts: no file at {path}")
+    if field is not None and path.suffix.lower() != ".jsonl":  # it would be ignored
+        raise RealDataError(f"--field picks a field of a JSONL manifest; --prompts {path} is one prompt a line")
     if path.suffix.lower() == ".jsonl":
         prompts = []
         try:
