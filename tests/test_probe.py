@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pixart.data.synthetic import Scene, ShapeObject, make_dataset, render_batch
+from pixart.data.synthetic import Scene, ShapeObject
+from pixart.data.synthetic_dataset import make_dataset
+from pixart.data.synthetic_render import render_batch
 from pixart.evaluate import probe as probe_module
 from pixart.evaluate.frechet import frechet_distance, frechet_distance_from_statistics, gaussian_statistics
 from pixart.evaluate.probe import (

@@ -19,20 +19,21 @@ from pixart.data.synthetic import (
     Scene,
     ShapeObject,
     allowed_colors,
+    random_scene,
+    scene_from_dict,
+    scene_to_dict,
+)
+from pixart.data.synthetic_dataset import (
     class_label,
     class_name,
     dense_caption,
     make_dataset,
     parse_dense_caption,
-    random_scene,
-    render,
-    render_batch,
-    scene_from_dict,
-    scene_to_dict,
     short_caption,
     single_object_prompts,
     two_object_prompts,
 )
+from pixart.data.synthetic_render import render, render_batch
 
 CANVASES = [(32, 32), (48, 48), (48, 64), (64, 48)]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from pixart import config as config_io
-from pixart.data import synthetic
+from pixart.data import synthetic, synthetic_dataset
 from pixart.diffusion.objective import DiffusionConfig
 from pixart.files import write_json
 from pixart.model.dit import DiTConfig
@@ -345,7 +345,7 @@ def evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings,
     from pixart.grids import image_grid
     from pixart.train.metrics import plot_loss, read_metrics
 
-    real = synthetic.make_dataset(512, 424_242, *BASE)  # a seed no training set uses
+    real = synthetic_dataset.make_dataset(512, 424_242, *BASE)  # a seed no training set uses
     probe_on_real = probe_accuracy(probe, real.images, real.scenes)
     pipe = TextToImage.from_path(model_dir)
     scores = shapes_suite(pipe, probe, single=plan.eval_single, pairs=plan.eval_pairs, progress=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from pixart.data import synthetic
+from pixart.data import synthetic, synthetic_dataset
 from pixart.data.buckets import bucket_key
 from pixart.data.shards import FeatureSample, write_dataset_info, write_shard
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
@@ -56,7 +56,8 @@ def build_shapes_features(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     worlds = [
-        synthetic.make_dataset(count, seed + 7919 * i, h, w, min_objects, max_objects) for i, (h, w) in enumerate(sizes)
+        synthetic_dataset.make_dataset(count, seed + 7919 * i, h, w, min_objects, max_objects)
+        for i, (h, w) in enumerate(sizes)
     ]
     captions = [c for world in worlds for c in (*world.short_captions, *world.dense_captions)]
     features = encode_unique(encoder, captions, progress=progress)

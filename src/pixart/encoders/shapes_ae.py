@@ -147,7 +147,7 @@ def train_shapes_ae(
     """
     from tqdm.auto import tqdm
 
-    from pixart.data import synthetic
+    from pixart.data import synthetic_dataset
     from pixart.encoders.codecs import from_uint8
 
     generator = torch.Generator().manual_seed(seed)
@@ -157,7 +157,7 @@ def train_shapes_ae(
     optimizer = torch.optim.AdamW(ae.parameters(), lr=3e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     pools = [
-        from_uint8(torch.from_numpy(synthetic.make_dataset(4096 if i == 0 else 1024, seed + i, h, w).images))
+        from_uint8(torch.from_numpy(synthetic_dataset.make_dataset(4096 if i == 0 else 1024, seed + i, h, w).images))
         for i, (h, w) in enumerate(sizes)
     ]  # each (N, 3, h, w)
     started = time.time()

@@ -34,9 +34,9 @@ from pixart.data.synthetic import (
     SHAPES,
     SIZES,
     Scene,
-    make_dataset,
     world_fingerprint,
 )
+from pixart.data.synthetic_dataset import make_dataset
 from pixart.files import atomic_write
 from pixart.files import cache_dir as default_cache_dir
 

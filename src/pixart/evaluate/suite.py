@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pixart.data import synthetic
+from pixart.data import synthetic, synthetic_dataset, synthetic_render
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.probe import Probe
 from pixart.evaluate.probe_scores import (
@@ -42,14 +42,14 @@ def shapes_suite(
     """Per-attribute accuracy on held-out single-object prompts, two-object binding and relation (binding with
     each object in its prompted cell), and a Frechet distance.
 
-    The prompt sets come from their own seed streams (see synthetic.single_object_prompts), disjoint from
+    The prompt sets come from their own seed streams (see synthetic_dataset.single_object_prompts), disjoint from
     the training seeds. The Frechet distance compares probe features of the generated images with real
     renders of the same scenes; `frechet_real_baseline` is real-vs-real at the same sample size (the
     statistic is biased upwards at small N, so read it against that baseline).
     """
     settings = settings or Settings()
-    single_set = synthetic.single_object_prompts(single, seed=seed)
-    pair_set = synthetic.two_object_prompts(pairs, seed=seed)
+    single_set = synthetic_dataset.single_object_prompts(single, seed=seed)
+    pair_set = synthetic_dataset.two_object_prompts(pairs, seed=seed)
     ones = generate_arrays(
         pipe, [c for _, c in single_set], settings, seed=seed, batch_size=batch_size, progress=progress
     )
@@ -64,7 +64,7 @@ def shapes_suite(
     scores["relation"] = score_relation_detections(detections, pair_scenes)
     height, width = ones.shape[1:3]
     scenes = [s for s, _ in single_set] + pair_scenes
-    real = synthetic.render_batch(scenes, height, width)
+    real = synthetic_render.render_batch(scenes, height, width)
     generated_features = torch.cat([single_features, pair_features])
     real_features = probe.features(real)
     scores["frechet"] = frechet_distance(generated_features, real_features)
@@ -72,7 +72,7 @@ def shapes_suite(
     other_scenes = [synthetic.random_scene(rng, 1, 1) for _ in single_set] + [
         synthetic.random_scene(rng, 2, 2) for _ in pair_set
     ]  # other scenes with the same object counts
-    other = synthetic.render_batch(other_scenes, height, width)
+    other = synthetic_render.render_batch(other_scenes, height, width)
     scores["frechet_real_baseline"] = frechet_distance(probe.features(other), real_features)
     scores["images"] = {"single": len(single_set), "pairs": len(pair_set), "size": [height, width]}
     return scores
