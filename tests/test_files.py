@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,16 +49,18 @@ def test_remove_leftovers_takes_killed_writers_temporaries_only(tmp_path):
     assert sorted(tmp_path.iterdir()) == sorted([running, other_file, finished])
 
 
-def test_temporaries_of_two_machines_differ_and_another_machines_are_left_alone(tmp_path):
-    """Containers on two machines sharing a disk often run writers with the same pid."""
+def test_temporaries_of_two_machines_differ_and_a_sole_writer_removes_another_machines(tmp_path):
+    """Containers on two machines sharing a disk often run writers with the same pid: their temporaries
+    must not collide. A run resumed on another node, the files' only writer, removes what it left."""
     dead = dead_pid()
-    here, there = temporary_path(tmp_path / "report.json", dead), temporary_path(tmp_path / "report.json", dead, "n2")
+    here, there = temporary_path(tmp_path / "step-2.pt", dead), temporary_path(tmp_path / "step-2.pt", dead, "n2")
     assert here != there
-    older_version = tmp_path / f".report.json.{dead}.tmp"  # a pid only: judged on this machine
-    for path in (here, there, older_version):
+    running_elsewhere = temporary_path(tmp_path / "step-4.pt", os.getpid(), "n2")  # a live pid, but not ours
+    running_here = temporary_path(tmp_path / "step-6.pt")
+    for path in (here, there, running_elsewhere, running_here):
         path.write_text("x")
-    assert remove_leftovers(tmp_path, "report.json") == sorted([here, older_version])
-    assert list(tmp_path.iterdir()) == [there]
+    assert remove_leftovers(tmp_path, "step-*.pt") == sorted([here, there, running_elsewhere])
+    assert list(tmp_path.iterdir()) == [running_here]
 
 
 def test_a_checkpoint_save_deletes_what_a_killed_save_left(tmp_path):

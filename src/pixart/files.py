@@ -62,9 +62,11 @@ def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
 
     A writer killed mid-write (SIGKILL, preemption, power loss) cannot clean up after itself, and its
     temporary carries its machine and pid, so no later write of the same file replaces it: for a
-    checkpoint that is gigabytes. A temporary whose writer may still run is left alone: one of a running
-    process of this machine (this one included), and any of another machine, whose processes this one
-    cannot see. Unnamed temporaries (`.name.tmp`, from versions before the pid was added) go too.
+    checkpoint that is gigabytes. Call this only as those files' one writer (a run's main rank for its
+    checkpoints, a shard's part for the shard): then another machine's temporary is a dead writer's (a
+    run preempted and resumed on another node), and of this machine's only those of running processes
+    (this one included) are left alone. Unnamed temporaries (`.name.tmp`, from versions before the pid
+    was added) go too.
     """
     folder = Path(folder)
     candidates = [*folder.glob(f".{pattern}.*.tmp"), *folder.glob(f".{pattern}.tmp")]
@@ -75,13 +77,13 @@ def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
 
 
 def _writer_alive(tmp: Path) -> bool:
-    """Whether the writer of a `.name.<host>-<pid>.tmp` temporary may still run: another machine's is
-    assumed to (this one cannot see its processes); on this machine, whether the pid runs. Older names
-    carry a pid only (`.name.<pid>.tmp`) or nothing (`.name.tmp`, not alive)."""
+    """Whether the writer of a `.name.<host>-<pid>.tmp` temporary still runs on this machine (another
+    machine's: not alive, see remove_leftovers). Older names carry a pid only (`.name.<pid>.tmp`, judged
+    here) or nothing (`.name.tmp`, not alive)."""
     tag = tmp.name.rsplit(".", 2)[-2]
     host, _, pid = tag.rpartition("-")
     if host and host != host_tag():
-        return True
+        return False
     if not pid.isdigit():
         return False
     try:
