@@ -21,6 +21,7 @@ import torch
 from pixart import config as config_io
 from pixart.data import synthetic, synthetic_dataset
 from pixart.diffusion.objective import DiffusionConfig
+from pixart.diffusion.schedulers import default_sampler
 from pixart.files import write_json
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig, count_parameters
@@ -309,7 +310,7 @@ def shapes_model_spec(objective: str, buckets: dict[str, list[int]], **fields) -
         clean_captions=False,
         codec="shapes-ae",
         objective=objective,
-        sampler="flow-dpm-solver" if objective == "flow" else "dpm-solver++",
+        sampler=default_sampler(objective),
         steps=20,
         cfg_scale=3.0,
         buckets=buckets,

@@ -41,6 +41,11 @@ SAMPLERS = {
 }
 
 
+def default_sampler(objective: str) -> str:
+    """The sampler of a model trained with `objective` when none is named (previews, the demo's models)."""
+    return "flow-dpm-solver" if objective == "flow" else "dpm-solver++"
+
+
 def get_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")

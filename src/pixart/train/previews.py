@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pixart.diffusion.guidance import learned_null_caption
+from pixart.diffusion.schedulers import default_sampler
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
 from pixart.grids import image_grid
 from pixart.model.dit import DiT
@@ -125,7 +126,7 @@ class Previewer:
                 for k in range(len(labels))
             ]
         ).to(device)
-        sampler = "flow-dpm-solver" if self.config.diffusion.objective == "flow" else "dpm-solver++"
+        sampler = default_sampler(self.config.diffusion.objective)
         h, w = self.latent_shape[-2:]
         micro = {}
         if getattr(model.config, "micro_conditions", False):
