@@ -182,11 +182,21 @@ def test_a_step_count_that_repeats_a_noise_level_is_refused(name):
 
 
 def test_a_folder_scheduler_that_repeats_a_noise_level_is_refused():
-    """A scheduler instance (a diffusers folder's own) is checked once set, in the loop."""
+    """A scheduler instance (a diffusers folder's own) is checked once set, in the loop; schedulers that
+    repeat levels by design (Heun, KDPM2 as second-order methods, PNDM in its warm-up) sample as before."""
+    import diffusers
+
+    from pixart.diffusion.schedulers import training_schedule
+
     y, mask = torch.zeros(1, 1, 8), torch.ones(1, 1)
+    noise = torch.randn(1, 4, 2, 2)
     folder_scheduler = build_scheduler("dpm-solver++")
     with pytest.raises(ValueError, match="repeats a noise level at 1000 steps"):
-        sample(GaussianOracle(False), torch.zeros(1, 4, 2, 2), y, mask, y, mask, scheduler=folder_scheduler, steps=1000)
+        sample(GaussianOracle(False), noise, y, mask, y, mask, scheduler=folder_scheduler, steps=1000)
+    for name in ("HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "PNDMScheduler"):
+        scheduler = getattr(diffusers, name)(**training_schedule())
+        out = sample(GaussianOracle(False), noise, y, mask, y, mask, scheduler=scheduler, steps=20, cfg_scale=1.0)
+        assert torch.isfinite(out).all(), name
 
 
 def test_unknown_sampler_lists_the_choices():

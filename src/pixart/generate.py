@@ -19,7 +19,7 @@ from PIL import Image
 
 from pixart.data.buckets import bucket_table, closest_bucket, parse_aspect
 from pixart.diffusion.guidance import learned_null_caption
-from pixart.diffusion.schedulers import SAMPLERS, check_steps, get_sampler
+from pixart.diffusion.schedulers import SAMPLERS, check_steps, get_sampler, repeats_a_level
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
 from pixart.encoders.text import TextEncoder, load_text_encoder, warn_truncated
 from pixart.model.regional import compile_blocks
@@ -352,6 +352,13 @@ class TextToImage:
                     f"{choices}"
                 )
             steps = settings.steps if settings.steps is not None else (self.spec.steps or 20)
+            scheduler = self.make_scheduler("folder")
+            scheduler.set_timesteps(steps)
+            if repeats_a_level(scheduler):
+                raise GenerationError(
+                    f"this model's scheduler ({type(scheduler).__name__}) repeats a noise level at {steps} steps, "
+                    "and its update divides by the gap between the two (NaN images): use fewer steps"
+                )
         else:
             try:
                 sampler = get_sampler(name)

@@ -71,9 +71,16 @@ def check_steps(name: str, steps: int) -> None:
         )
 
 
+# Multistep solvers divide by the gap between consecutive noise levels, so a repeated level gives NaN.
+# Heun and KDPM2 repeat levels by design, and PNDM repeats timesteps in its warm-up: they sample fine.
+GAP_DIVIDING = ("DPMSolverMultistepScheduler", "SASolverScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler")
+
+
 def repeats_a_level(scheduler) -> bool:
-    """Whether a scheduler set for sampling repeats a noise level, which multistep solvers divide by the gap
-    to: with 1000 training steps, diffusers' linspace spacing repeats t=500 at 1000 sampling steps."""
+    """Whether a scheduler set for sampling is a multistep solver that repeats a noise level: with 1000
+    training steps, diffusers' linspace spacing repeats t=500 at 1000 sampling steps."""
+    if type(scheduler).__name__ not in GAP_DIVIDING:
+        return False
     sigmas = getattr(scheduler, "sigmas", None)
     levels = sigmas[:-1] if sigmas is not None else scheduler.timesteps  # sigmas end with the final 0
     return len(set(levels.tolist())) < len(levels)
