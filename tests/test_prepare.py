@@ -571,3 +571,8 @@ def test_a_file_name_that_is_not_utf8_is_printed_escaped(tmp_path, model_dirs):
     result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "bad\\udcff.png" in result.stdout and "1 samples from 2 inputs" in result.stdout
+    # Under a C locale Python writes the name back as its own bytes (surrogateescape): left as it is.
+    c_locale = {k: v for k, v in env.items() if k not in ("PYTHONIOENCODING", "LANG", "LC_CTYPE")} | {"LC_ALL": "C"}
+    args[args.index("--out") + 1] = str(tmp_path / "out-c")
+    result = subprocess.run(args, capture_output=True, env=c_locale, timeout=300)
+    assert result.returncode == 0 and b"bad\xff.png" in result.stdout

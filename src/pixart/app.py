@@ -220,7 +220,10 @@ def build_app(pipe: TextToImage, out_dir: str | Path, *, model_name: str | None 
                 size = gr.Textbox(label="Custom size HxW (optional, overrides the aspect ratio)", elem_id="size")
                 samplers = gr.Dropdown(sampler_choices(pipe), value=sampler, label="Sampler", elem_id="sampler")
                 steps = gr.Number(
-                    value=default_steps(pipe, sampler), precision=0, label="Steps (1..1000)", elem_id="steps"
+                    value=default_steps(pipe, sampler),
+                    precision=0,
+                    label="Steps (1..1000; 999 for dpm-solver++ and sa-solver)",
+                    elem_id="steps",
                 )
                 cfg = gr.Slider(0, 20, value=pipe.spec.cfg_scale, step=0.5, label="Guidance (cfg)", elem_id="cfg")
                 with gr.Row():

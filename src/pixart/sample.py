@@ -2,7 +2,8 @@
 
 The loop mirrors diffusers' PixArtAlphaPipeline step for step (scale_model_input, one batched guided
 forward, scheduler.step with the generator when the scheduler takes one), so the same noise, caption
-features and masks give the same latents as the pipeline.
+features and masks give the same latents as the pipeline. One deliberate difference: DPM-Solver on flow
+sigmas asks the model at the exact sigma, not diffusers' integer timestep (see model_timesteps).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def sample(
     latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at sigma 1
     scale_input = getattr(scheduler, "scale_model_input", lambda x, t: x)
     timesteps = scheduler.timesteps
-    model_times = model_timesteps(scheduler)
+    model_times = model_timesteps(scheduler).to(noise.device)  # once: diffusers keeps sigmas on the CPU
     for t, model_t in tqdm(
         zip(timesteps, model_times), total=len(timesteps), desc="sampling", disable=not progress, leave=False
     ):

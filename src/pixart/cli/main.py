@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         # A file name that is not valid UTF-8 holds lone surrogates, which a strict UTF-8 stream refuses:
-        # printing one in a summary crashed a command after all its work was done.
-        if hasattr(stream, "reconfigure"):
+        # printing one in a summary crashed a command after all its work was done. Only a strict stream:
+        # under a C locale Python already writes such a name back as its own bytes (surrogateescape).
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
