@@ -406,9 +406,10 @@ def test_deferred_flags_reach_the_host_when_settled():
     assert second.skipped and deferred.settle() == []
 
 
-def test_a_training_step_reads_nothing_back_to_the_host(shapes_data, tmp_path):
-    """Loss (the default IDDPM objective), backward, clipping, the non-finite flags and the guarded AdamW
-    update run without one host read: each would stall a GPU until its queue drained."""
+def test_a_training_step_reads_nothing_back_to_the_host(shapes_data, tmp_path, monkeypatch):
+    """Loss (the default IDDPM objective), backward, clipping, the non-finite flags, the guarded AdamW
+    update and the EMA run without one host read: each would stall a GPU until its queue drained. Reads
+    are watched at dispatch (.item(), bool()) and at Python level (.tolist(), which dispatches nothing)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from pixart.data.dataset import FeatureDataset, collate
@@ -434,13 +435,27 @@ def test_a_training_step_reads_nothing_back_to_the_host(shapes_data, tmp_path):
     model = build_model(config)
     optimizer = train_step.build_optimizer(list(model.parameters()), config.optim, 1e-4)
     scaling, world = LatentScaling.from_info(dataset.info), World()
+    ema = {n: p.detach().clone() for n, p in model.named_parameters()}
+    python_reads = []
+
+    def recording(name, original):
+        def read(tensor, *args):
+            python_reads.append(name)
+            return original(tensor, *args)
+
+        return read
+
+    for name in ("tolist", "item", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, recording(name, getattr(torch.Tensor, name)))
     with HostReads() as watch:
         loss = train_step.compute_loss(model, model, batch, config, scaling, world, 0, 0, False)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), config.optim.grad_clip)
         flags = step_flags(loss.detach(), grad_norm, stop_requested=False)
         optimizer_step(optimizer, skip_flag(flags))
-    assert watch.reads == []
+        train_step.update_ema(ema, model, 0.99)
+    monkeypatch.undo()
+    assert watch.reads == [] and python_reads == []
     assert int(optimizer.state[next(model.parameters())]["step"]) == 1  # the update did run
 
 
