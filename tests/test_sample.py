@@ -181,6 +181,7 @@ def test_a_step_count_that_repeats_a_noise_level_is_refused(name):
     assert torch.isfinite(oracle_sample(name, 999, n=4)).all()
 
 
+@pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")  # inside diffusers' Heun and KDPM2
 def test_a_folder_scheduler_that_repeats_a_noise_level_is_refused():
     """A scheduler instance (a diffusers folder's own) is checked once set, in the loop; schedulers that
     repeat levels by design (Heun, KDPM2 as second-order methods, PNDM in its warm-up) sample as before."""
