@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from pixart.files import atomic_write, remove_leftovers, temporary_path
+from pixart.files import OTHER_MACHINE_GRACE_S, atomic_write, remove_leftovers, temporary_path
 from pixart.train.checkpoint import list_checkpoints, save_checkpoint
 from pixart.train.distributed import World
 
@@ -57,10 +58,14 @@ def test_temporaries_of_two_machines_differ_and_a_sole_writer_removes_another_ma
     assert here != there
     running_elsewhere = temporary_path(tmp_path / "step-4.pt", os.getpid(), "n2")  # a live pid, but not ours
     running_here = temporary_path(tmp_path / "step-6.pt")
-    for path in (here, there, running_elsewhere, running_here):
+    recent_elsewhere = temporary_path(tmp_path / "step-8.pt", dead, "n3")  # maybe a requeued run's last save
+    for path in (here, there, running_elsewhere, running_here, recent_elsewhere):
         path.write_text("x")
+    old = time.time() - OTHER_MACHINE_GRACE_S - 60
+    for path in (here, there, running_elsewhere):
+        os.utime(path, (old, old))
     assert remove_leftovers(tmp_path, "step-*.pt") == sorted([here, there, running_elsewhere])
-    assert list(tmp_path.iterdir()) == [running_here]
+    assert sorted(tmp_path.iterdir()) == sorted([running_here, recent_elsewhere])
 
 
 def test_a_checkpoint_save_deletes_what_a_killed_save_left(tmp_path):

@@ -459,6 +459,19 @@ def test_resize_and_crop_equals_diffusers_binning():
     assert resize_cover_crop_tensor(images, 333, 500).shape == (1, 3, 333, 500)
 
 
+def test_a_folders_scheduler_gets_the_step_range_then_the_repeat_check(pipeline_folder):
+    """The diffusers folder's own DPM-Solver++: out of range is named as such (it was a numpy error from
+    setting the scheduler), and 1000 steps, which repeat a noise level, are refused before sampling."""
+    pipe = TextToImage.from_path(pipeline_folder)
+    assert pipe.default_sampler() == "folder"
+    for steps in (-3, 5000):
+        with pytest.raises(GenerationError, match=f"steps must lie in 1..1000, got {steps}"):
+            pipe.resolve_sampler(Settings(steps=steps))
+    with pytest.raises(GenerationError, match="repeats a noise level at 1000 steps"):
+        pipe.resolve_sampler(Settings(steps=1000))
+    assert pipe.resolve_sampler(Settings(steps=999)) == ("folder", 999)
+
+
 def test_samplers_the_model_cannot_drive_are_refused_before_sampling(pipeline_folder):
     """Both used to fail inside the sampling loop, after the prompts were encoded, with a TypeError."""
     pipe = TextToImage.from_path(pipeline_folder)

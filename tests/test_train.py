@@ -533,6 +533,15 @@ def test_repeated_non_finite_steps_stop_with_a_clear_error(shapes_data, tmp_path
         train(config_for(shapes_data, ["max_nonfinite_steps=3"], steps=6), tmp_path / "run", progress=False)
 
 
+def test_a_preview_step_count_the_sampler_cannot_take_is_refused_before_any_work(tmp_path):
+    """It used to stop the run at its first preview (dpm-solver++ repeats a noise level at 1000 steps)."""
+    config = config_io.apply_overrides(get_recipe("tiny"), ["previews=true", "sample_steps=1000"])
+    with pytest.raises(TrainingError, match="sample_steps=1000: sampler 'dpm-solver\\+\\+' cannot take 1000 steps"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    loop.check_preview_steps(config_io.apply_overrides(config, ["previews=false"]))  # no previews: unused
+
+
 def test_bad_overrides_are_rejected_before_any_work(tmp_path, capsys):
     assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "optim.lrate=1"]) == 2
     assert "unknown config key 'optim.lrate'; did you mean optim.lr" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from pathlib import Path
 def cache_dir() -> Path:
     """$PIXART_CACHE, else ~/.cache/pixart: trained-once helpers (the shapes codec, the probe) live here."""
     return Path(os.environ.get("PIXART_CACHE", "~/.cache/pixart")).expanduser()
+
+
+OTHER_MACHINE_GRACE_S = 600  # another machine's temporary younger than this may still be being written
 
 
 def host_tag() -> str:
@@ -64,9 +68,9 @@ def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
     temporary carries its machine and pid, so no later write of the same file replaces it: for a
     checkpoint that is gigabytes. Call this only as those files' one writer (a run's main rank for its
     checkpoints, a shard's part for the shard): then another machine's temporary is a dead writer's (a
-    run preempted and resumed on another node), and of this machine's only those of running processes
-    (this one included) are left alone. Unnamed temporaries (`.name.tmp`, from versions before the pid
-    was added) go too.
+    run preempted and resumed on another node) once it is 10 minutes old, and of this machine's only those
+    of running processes (this one included) are left alone. Unnamed temporaries (`.name.tmp`, from
+    versions before the pid was added) go too.
     """
     folder = Path(folder)
     candidates = [*folder.glob(f".{pattern}.*.tmp"), *folder.glob(f".{pattern}.tmp")]
@@ -77,13 +81,15 @@ def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
 
 
 def _writer_alive(tmp: Path) -> bool:
-    """Whether the writer of a `.name.<host>-<pid>.tmp` temporary still runs on this machine (another
-    machine's: not alive, see remove_leftovers). Older names carry a pid only (`.name.<pid>.tmp`, judged
-    here) or nothing (`.name.tmp`, not alive)."""
+    """Whether the writer of a `.name.<host>-<pid>.tmp` temporary may still run: on this machine, whether
+    its pid runs; on another, whether it was written in the last OTHER_MACHINE_GRACE_S (see
+    remove_leftovers). Older names carry a pid only (`.name.<pid>.tmp`, judged here) or nothing
+    (`.name.tmp`, not alive)."""
     tag = tmp.name.rsplit(".", 2)[-2]
     host, _, pid = tag.rpartition("-")
     if host and host != host_tag():
-        return False
+        # Spared while recent: a run requeued on another node may overlap the old one's last save.
+        return time.time() - tmp.stat().st_mtime < OTHER_MACHINE_GRACE_S
     if not pid.isdigit():
         return False
     try:

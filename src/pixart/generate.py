@@ -352,6 +352,7 @@ class TextToImage:
                     f"{choices}"
                 )
             steps = settings.steps if settings.steps is not None else (self.spec.steps or 20)
+            check_steps_for("folder", steps)  # the range first: the scheduler cannot be set outside it
             scheduler = self.make_scheduler("folder")
             scheduler.set_timesteps(steps)
             if repeats_a_level(scheduler):

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from pixart.data.buckets import bucket_key, parse_size
 from pixart.diffusion.objective import DiffusionConfig
-from pixart.diffusion.schedulers import check_steps, default_sampler
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig
 
@@ -129,8 +128,6 @@ class TrainConfig:
             raise ValueError("steps must be >= 0; checkpoint_every, keep_checkpoints and log_every >= 1")
         if self.sample_every < 0 or self.sample_steps < 1 or self.max_nonfinite_steps < 1:
             raise ValueError("sample_every must be >= 0 (0: only at the end); sample_steps, max_nonfinite_steps >= 1")
-        if self.previews:  # a count the preview sampler cannot take would stop the run at its first preview
-            check_steps(default_sampler(self.diffusion.objective), self.sample_steps)
         if not (math.isfinite(self.sample_cfg) and self.sample_cfg >= 0):
             raise ValueError(f"sample_cfg must be a finite number >= 0, got {self.sample_cfg}")
         if self.stage == "t2i" and self.diffusion.objective == "iddpm" and not self.model.learn_sigma:

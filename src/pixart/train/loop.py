@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from pixart import config as config_io
 from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.sampler import BucketBatchSampler
+from pixart.diffusion.schedulers import check_steps, default_sampler
 from pixart.files import remove_leftovers, write_json
 from pixart.model.dit import DiT
 from pixart.model.regional import compile_blocks
@@ -78,6 +79,18 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
         )
 
 
+def check_preview_steps(config: TrainConfig) -> None:
+    """Refuse a preview step count the preview sampler cannot take before any work: it would stop the run
+    at its first preview (dpm-solver++ at 1000 steps). Here, not in TrainConfig: it needs diffusers, and
+    the config's answer must not depend on the order of --set options."""
+    if not config.previews:
+        return
+    try:
+        check_steps(default_sampler(config.diffusion.objective), config.sample_steps)
+    except ValueError as error:
+        raise TrainingError(f"sample_steps={config.sample_steps}: {error}") from None
+
+
 class StopFlag:
     """SIGTERM / SIGINT ask the loop to checkpoint and exit at the end of the current step."""
 
@@ -106,6 +119,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     """
     started = time.time()
     run_dir = Path(run_dir)
+    check_preview_steps(config)
     creates_group = not torch.distributed.is_initialized()
     world = init_distributed(device)
     if world.is_main:
