@@ -594,6 +594,32 @@ def test_stage1_class_dit_then_stage2_by_reparameterisation(shapes_data, tmp_pat
     assert "stage1" in log
 
 
+def test_a_run_whose_data_changed_in_place_is_not_resumed(tmp_path):
+    """A checkpoint's place in the data (epoch, position) indexes the samples it trained on: the same
+    data.root rewritten with more samples would resume on others."""
+    import shutil
+
+    def shapes(count: int) -> None:
+        shutil.rmtree(tmp_path / "data", ignore_errors=True)
+        build_shapes_features(
+            tmp_path / "data",
+            sizes=[(32, 32)],
+            count=count,
+            seed=0,
+            encoder=MiniLMEncoder(max_length=48),
+            codec=PixelCodec(),
+            progress=False,
+        )
+
+    shapes(16)
+    train(config_for(tmp_path / "data", steps=2, every=2), tmp_path / "run", progress=False)
+    shapes(24)
+    with pytest.raises(TrainingError, match="was trained on 16 samples and its data now holds 24: resume it on"):
+        train(config_for(tmp_path / "data", steps=4, every=2), tmp_path / "run", progress=False)
+    shapes(16)  # the same data again: it resumes
+    assert train(config_for(tmp_path / "data", steps=4, every=2), tmp_path / "run", progress=False)["steps"] == 4
+
+
 def test_a_run_is_resumed_only_by_as_many_processes_as_trained_it(tmp_path):
     """data.batch_size is per rank: another process count changes the global batch, the lr and the data position."""
     run_dir = tmp_path / "run"

@@ -47,6 +47,7 @@ from pixart.train.step import build_optimizer, compute_loss, ema_decay, mfu, upd
 
 # Settings that may change between a run and its resumption; anything else must match config.json.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "data.num_workers"}
+DATA_FILE = "data.json"  # {"samples": N}: the dataset size the run's checkpoints index into
 WORLD_FILE = "world.json"  # {"world_size": N}: the process count the run's checkpoints were written by
 FAULT_ENV = "PIXART_FAULT"  # testing hook: "exit:RANK:STEP" makes that rank die at that step
 
@@ -77,6 +78,22 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
             f"{run_dir} holds a run with another config; use a new --run-dir or the same "
             f"settings. Differences: {'; '.join(changes)}"
         )
+
+
+def check_or_record_data(run_dir: Path, samples: int, *, resuming: bool, record: bool) -> None:
+    """Record how many samples the run trains on, or refuse to resume on another count: a checkpoint's
+    place in the data (epoch, position) would then point at other samples. (Changing data.root is refused
+    with the config; this catches the data changing in place.)"""
+    path = run_dir / DATA_FILE
+    if resuming and path.is_file():  # runs from before it was recorded are not checked
+        trained_on = json.loads(path.read_text())["samples"]
+        if trained_on != samples:
+            raise TrainingError(
+                f"{run_dir} was trained on {trained_on} samples and its data now holds {samples}: resume it on "
+                "the same data, or train the changed data in a new --run-dir"
+            )
+    elif not resuming and record:
+        write_json(path, {"samples": samples}, indent=None)
 
 
 def check_preview_steps(config: TrainConfig) -> None:
@@ -129,6 +146,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
     data_dir = prepare_data(config, run_dir, world, progress=progress)
     dataset = FeatureDataset(data_dir, config.data.caption_probs, seed=config.seed)
+    resume_from = ckpt.latest_checkpoint(run_dir)
+    check_or_record_data(run_dir, len(dataset), resuming=resume_from is not None, record=world.is_main)
     if config.stage == "class":
         check_class_labels(dataset.labels(), config.dit.num_classes)
     scaling = LatentScaling.from_info(dataset.info)
@@ -138,7 +157,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
     model = build_model(config)
     scaling.check_model(model, dataset.info)
-    resume_from = ckpt.latest_checkpoint(run_dir)
     init_note = "from scratch (official initialisation)"
     if config.init_from and resume_from is None:
         init_note = initialize_from(model, config)
