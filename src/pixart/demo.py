@@ -320,7 +320,7 @@ def shapes_model_spec(objective: str, buckets: dict[str, list[int]], **fields) -
 
 def write_model_folder(out: Path, codec) -> Path:
     """out/model: the stage-3 EMA weights, the codec, and how to run them (generate and serve accept it)."""
-    from pixart.data.buckets import bucket_key
+    from pixart.data.buckets import bucket_table_of
     from pixart.modelfolder import save_model_folder
     from pixart.weights import load_transformer
 
@@ -330,7 +330,7 @@ def write_model_folder(out: Path, codec) -> Path:
     transformer = load_transformer(out / "stage3" / "final_ema.safetensors")
     spec = shapes_model_spec(
         "flow",
-        {bucket_key(h, w): [h, w] for h, w in BUCKETS},
+        bucket_table_of(BUCKETS),
         codec_path="codec.safetensors",
         null_caption="learned",
         extra={"made_by": "pixart demo", "world": synthetic.WORLD_VERSION},

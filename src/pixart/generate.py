@@ -377,7 +377,7 @@ class TextToImage:
                 )
             own_default = self.spec.steps if name == self.spec.sampler else None
             steps = settings.steps if settings.steps is not None else (own_default or sampler.default_steps)
-        check_steps_for(name, steps)  # the model's defaults too
+            check_steps_for(name, steps)  # the model's defaults too
         return name, steps
 
     def make_scheduler(self, name: str):

@@ -205,6 +205,11 @@ def bucket_key(height: int, width: int) -> str:
     return f"{height / width:.2f}".rstrip("0").rstrip(".") if height != width else "1.0"
 
 
+def bucket_table_of(sizes: list[tuple[int, int]]) -> dict[str, list[int]]:
+    """{bucket_key: [height, width]} of canvas sizes, as dataset.json records its buckets."""
+    return {bucket_key(h, w): [h, w] for h, w in sizes}
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'512x768' (height x width; 'X' and '×' work too, spaces are ignored) -> (512, 768)."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)

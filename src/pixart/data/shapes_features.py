@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pixart.data import synthetic, synthetic_dataset
-from pixart.data.buckets import bucket_key
+from pixart.data.buckets import bucket_key, bucket_table_of
 from pixart.data.shards import FeatureSample, write_dataset_info, write_shard
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
 from pixart.encoders.text import TextEncoder, encoder_info
@@ -88,7 +88,7 @@ def build_shapes_features(
         "caption_fields": list(FIELDS),
         "source": shapes_source(seed, count),
         "resolution": max(max(s) for s in sizes),
-        "buckets": {bucket_key(h, w): [h, w] for h, w in sizes},
+        "buckets": bucket_table_of(sizes),
         "codec": codec_info(codec),
         "text_encoder": encoder_info(encoder),
         "samples": len(samples),

@@ -96,7 +96,7 @@ def prepare_data(config: TrainConfig, run_dir: Path, world: World, *, progress: 
 
 
 def build_shapes_for(config: TrainConfig, folder: Path, *, progress: bool = True) -> dict:
-    from pixart.data.buckets import bucket_key, parse_size
+    from pixart.data.buckets import bucket_table_of, parse_size
     from pixart.data.shapes_features import build_shapes_features, shapes_source
     from pixart.data.shards import DATASET_FILE, read_dataset_info
     from pixart.encoders.codecs import PixelCodec
@@ -105,7 +105,7 @@ def build_shapes_for(config: TrainConfig, folder: Path, *, progress: bool = True
     sizes = [parse_size(s) for s in config.data.synthetic_sizes]
     wanted = (
         shapes_source(config.data.synthetic_seed, config.data.synthetic_count),
-        {bucket_key(h, w): [h, w] for h, w in sizes},
+        bucket_table_of(sizes),
         config.model.max_length,
     )
     if (folder / DATASET_FILE).is_file():  # written last: the data of an earlier attempt is complete
