@@ -56,9 +56,9 @@ def detect_format(path: str | Path) -> str:
             f"transformer (config.json + {DIFFUSERS_WEIGHTS}, or model_index.json with transformer/)"
         )
     if path.suffix == ".safetensors":
-        if safetensors_metadata(path).get("format") == "pixart":
-            return "pixart"
         with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("format") == "pixart":
+                return "pixart"
             return _format_from_keys(list(f.keys()), path)
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         return _format_from_keys(list(read_official_state(path, use_ema=False)), path)
@@ -205,8 +205,11 @@ def read_state(
         else:
             data = load_checkpoint_file(path)
             state, stored = dict(read_official_state(path, use_ema, data)), stored_official_config(data)
-        found_config = config or stored or infer_official_config(state)
-        check_pos_embed(state, found_config, path)
+        if config or stored:  # a config given or carried must compute the stored pos_embed
+            found_config = config or stored
+            check_pos_embed(state, found_config, path)
+        else:  # inferred from the pos_embed itself, so it matches by construction
+            found_config = infer_official_config(state)
     state.pop("pos_embed", None)
     return config or found_config, state, fmt
 
