@@ -78,12 +78,13 @@ def inputs(config, batch: int, seed: int = 0):
     return x, t, y, mask, hw, ar, target
 
 
-def training_step(model, optimizer, batch):
-    """A step on `inputs(...)`: bf16-autocast forward, MSE, backward, AdamW; returns the callable."""
+def training_step(model, optimizer, batch, autocast: bool = True):
+    """A step on `inputs(...)`: bf16-autocast forward, MSE, backward, AdamW; returns the callable.
+    autocast=False runs the model in whatever dtype its parameters and inputs have."""
     x, t, y, mask, hw, ar, target = batch
 
     def run():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             out = model(x, t, y, mask, img_hw=hw, aspect_ratio=ar)
         loss = (out.float() - target).square().mean()
         optimizer.zero_grad(set_to_none=True)

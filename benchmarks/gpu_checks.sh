@@ -19,7 +19,10 @@ timeout 220 "$PYTHON" benchmarks/bench_gpu.py --compile --out "$OUT/bench.json" 
 mark "bench_trainer.py"  # pixart train itself (loader, IDDPM loss, guard, EMA) at 512 px, batch 16, compiled
 timeout 100 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 40 --compile \
     --out "$OUT/trainer.json" 2>&1 | grep --line-buffered -v -i warning | tail -8 | tee "$OUT/trainer.txt"
-mark "profile_gpu.py"  # where a 512 px step's time goes, and what pixart train adds around it
-timeout 150 "$PYTHON" benchmarks/profile_gpu.py --variants regional:16,trainer-regional:16,synced-regional:16,fa4-regional:16 2>&1 |
+# Where a 512 px step's time goes; what bf16 activations would save (pure-: the upper bound), what
+# pixart train adds around the step, and batch 32. --budget-s skips the variants left rather than lose them.
+mark "profile_gpu.py"
+timeout 150 "$PYTHON" benchmarks/profile_gpu.py --budget-s 115 --profile all \
+    --variants regional:16,pure-regional:16,trainer-regional:16,regional:32,fa4-regional:16 2>&1 |
     grep --line-buffered -v -i warning | tee "$OUT/profile.txt"
 mark done

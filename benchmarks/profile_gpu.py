@@ -11,13 +11,17 @@
    each step (the trainer before 2026-11-27), so the two price that read; a `tuned-` prefix turns on
    inductor's coordinate-descent tuning of the kernels it generates, and `fa4-` routes SDPA's flash
    backend to FlashAttention-4 and puts it first (needs the flash-attn-4 package; the kernel timings
-   then add FA4 rows too); `:B` sets the batch. Each prints samples/s and MFU, and the first (or each,
+   then add FA4 rows too); a `pure-` prefix runs the model in bf16 throughout, parameters and activations
+   (the residual stream included) with no autocast and AdamW on the bf16 parameters: not a way to train,
+   but the upper bound of keeping activations in bf16 (the fused elementwise kernels move fp32 residuals
+   under autocast); `:B` sets the batch. Each prints samples/s and MFU, and the first (or each,
    with --profile all) also a profile of its kernels by category (GEMM, attention, fused elementwise,
    optimizer, other).
 
     python benchmarks/profile_gpu.py --variants whole:16,regional:16,cudnn-regional:16,regional:32
     python benchmarks/profile_gpu.py --kernel-batch 0 --variants trainer-regional:16,synced-regional:16
     python benchmarks/profile_gpu.py --variants regional:16,fa4-regional:16     # with flash-attn-4 installed
+    python benchmarks/profile_gpu.py --kernel-batch 0 --variants regional:16,pure-regional:16,regional:32
 """
 
 from __future__ import annotations
@@ -173,7 +177,7 @@ def profile_categories(fn, steps: int = 3) -> dict:
 
 
 KINDS = ("whole", "regional", "eager")
-PREFIXES = ("cudnn-", "packed-", "trainer-", "synced-", "tuned-", "fa4-")
+PREFIXES = ("cudnn-", "packed-", "trainer-", "synced-", "tuned-", "fa4-", "pure-")
 
 
 def variant_parts(variant: str) -> tuple[set[str], str]:
@@ -184,6 +188,8 @@ def variant_parts(variant: str) -> tuple[set[str], str]:
         variant = variant.removeprefix(prefix)
     if variant not in KINDS:
         raise SystemExit(f"unknown variant kind {variant!r}: use one of {KINDS}, prefixed by any of {PREFIXES}")
+    if "pure-" in prefixes and prefixes & {"trainer-", "synced-"}:
+        raise SystemExit("pure- times the bare step: it does not combine with trainer- or synced-")
     return prefixes, variant
 
 
@@ -232,15 +238,22 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
         model = PixArt(config)
     batch_inputs = inputs(config, batch)  # the same inputs and step as bench_gpu.py
     side = config.input_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
     prefixes, kind = variant_parts(variant)
+    if "pure-" in prefixes:
+        model.bfloat16()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
     if "packed-" in prefixes:
         model.embed_captions = model._embed_valid_captions
     torch._inductor.config.coordinate_descent_tuning = "tuned-" in prefixes
     if kind == "regional":
         compile_blocks(model)
     forward = torch.compile(model) if kind == "whole" else model
-    if prefixes & {"trainer-", "synced-"}:
+    if "pure-" in prefixes:
+        # every activation in bf16: without autocast, which would run LayerNorm, and so the residual
+        # stream after it, in fp32
+        x, t, y, *rest = batch_inputs
+        run = training_step(forward, optimizer, (x.bfloat16(), t, y.bfloat16(), *rest), autocast=False)
+    elif prefixes & {"trainer-", "synced-"}:
         run = trainer_step(forward, model, optimizer, batch_inputs, host_read="synced-" in prefixes)
     else:
         run = training_step(forward, optimizer, batch_inputs)

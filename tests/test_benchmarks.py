@@ -53,20 +53,27 @@ def test_profile_gpu_imports_and_explains_its_variants():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_profile_gpu_measures_a_step_and_splits_its_kernels():
-    variants = "eager:2,trainer-eager:2,synced-eager:2"  # the bare step, and the trainer's guard both ways
+    variants = "eager:2,trainer-eager:2,synced-eager:2,pure-eager:2"  # bare, the trainer's guard both ways, bf16
     out = run("profile_gpu.py", "--resolution", "256", "--kernel-batch", "0", "--variants", variants)
-    assert '"gemm"' in out and out.count('"mfu"') == 3 and '"error"' not in out
+    assert '"gemm"' in out and out.count('"mfu"') == 4 and '"error"' not in out
 
 
-def test_profile_gpu_rejects_an_unknown_variant_before_touching_the_gpu():
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ("regional:16,regionl:16", "unknown variant kind 'regionl'"),
+        ("regional:16,pure-trainer-regional:16", "pure- times the bare step"),  # pure- has no trainer form
+    ],
+)
+def test_profile_gpu_rejects_a_bad_variant_before_touching_the_gpu(variants, message):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "profile_gpu.py"), "--variants", "regional:16,regionl:16"],
+        [sys.executable, str(ROOT / "benchmarks" / "profile_gpu.py"), "--variants", variants],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=ROOT,
     )
-    assert result.returncode != 0 and "unknown variant kind 'regionl'" in result.stderr
+    assert result.returncode != 0 and message in result.stderr
 
 
 def test_bench_gpu_compiles_blocks_for_a_case_and_gives_the_eager_ones_back():
