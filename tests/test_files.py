@@ -77,3 +77,46 @@ def test_a_checkpoint_save_deletes_what_a_killed_save_left(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["step-0000006.pt"]
     assert [step for step, _ in list_checkpoints(tmp_path)] == [6]
     assert torch.load(folder / "step-0000006.pt", weights_only=True)["step"] == 6
+
+
+def test_atomic_write_syncs_the_file_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """Else a power loss could leave the new name holding an empty file while a caller, trusting it, has
+    already deleted the older copies (the trainer prunes old checkpoints after each save)."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd)
+    )
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    target = tmp_path / "state.json"
+    atomic_write(target, lambda tmp: Path(tmp).write_text("{}"))
+    tmp = str(temporary_path(target))
+    assert events == [("fsync", tmp), ("replace", str(target)), ("fsync", str(tmp_path))]
+
+
+def test_a_checkpoint_folder_killed_while_being_pruned_no_longer_counts(tmp_path, monkeypatch):
+    """A sharded checkpoint leaves the checkpoint names before it is deleted: a kill halfway through the
+    deletion leaves a folder no resume picks, which the next save removes."""
+    import shutil
+
+    from pixart.train import checkpoint
+
+    folder = tmp_path / "checkpoints"
+    for step in (2, 4):
+        (folder / f"step-{step:07d}.dcp").mkdir(parents=True)
+        (folder / f"step-{step:07d}.dcp" / "__0_0.distcp").write_bytes(b"shard")
+
+    class Killed(BaseException):
+        pass
+
+    def killed(path, *args, **kwargs):
+        raise Killed  # the process dies before the folder is gone
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed)
+    with pytest.raises(Killed):
+        save_checkpoint(tmp_path, 6, {"step": 6}, World(), sharded=False, keep=1)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4, 6]  # step 2 is out of the names already
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+    save_checkpoint(tmp_path, 8, {"step": 8}, World(), sharded=False, keep=1)
+    assert sorted(p.name for p in folder.iterdir()) == ["step-0000008.pt"]

@@ -32,6 +32,7 @@ from pixart.train import loop
 from pixart.train import step as train_step
 from pixart.train.init import FINAL, FINAL_EMA
 from pixart.train.loop import TrainingError, train
+from pixart.train.metrics import read_metrics
 from pixart.weights import load_transformer
 
 
@@ -391,6 +392,51 @@ def test_a_stop_checkpoint_counts_a_skipped_last_step(shapes_data, tmp_path, mon
     assert state["skipped_steps"] == 1 and int(state["optimizer"]["state"][0]["step"]) == 3
 
 
+def stop_during(monkeypatch, step_index: int) -> None:
+    """SIGTERM while computing the loss of step `step_index` (from 0), once: the run stops and checkpoints
+    two steps later (the stop flag reaches the host with the next step's flags)."""
+    inner = loop.compute_loss
+    sent = []
+
+    def signalling(wrapped, model, batch, config, scaling, world, step, micro, bf16):
+        if step == step_index and not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return inner(wrapped, model, batch, config, scaling, world, step, micro, bf16)
+
+    monkeypatch.setattr(loop, "compute_loss", signalling)
+
+
+def test_a_resumed_run_logs_the_rows_an_uninterrupted_one_logs(shapes_data, tmp_path, monkeypatch):
+    """Log every 3 steps, stopped at step 5: the row of step 6 averages steps 4-6, two of them trained
+    before the stop (the log window is in the checkpoint); training time goes on from the stop."""
+    config = config_for(shapes_data, ["log_every=3"], steps=9, every=100)
+    train(config, tmp_path / "reference", progress=False)
+    stop_during(monkeypatch, 3)
+    stopped = train(config, tmp_path / "run", progress=False)
+    assert (stopped["status"], stopped["steps"]) == ("interrupted", 5)
+    monkeypatch.undo()
+    train(config, tmp_path / "run", progress=False)
+    rows, reference = (
+        read_metrics(tmp_path / "run" / "metrics.jsonl"),
+        read_metrics(tmp_path / "reference" / "metrics.jsonl"),
+    )
+    assert [r["step"] for r in rows] == [r["step"] for r in reference] == [3, 6, 9]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in reference], rel=1e-6)
+    assert rows[0]["time"] < rows[1]["time"] < rows[2]["time"]
+
+
+def test_a_resumed_run_counts_the_non_finite_steps_in_a_row_before_its_checkpoint(shapes_data, tmp_path, monkeypatch):
+    """Steps 4 on are NaN and 3 in a row stop a run: stopped at step 5 (two bad so far) and resumed, it
+    stops at step 6, as it would have uninterrupted."""
+    config = config_for(shapes_data, ["max_nonfinite_steps=3", "log_every=100"], steps=10, every=100)
+    poison_steps(monkeypatch, lambda s: s >= 3)
+    stop_during(monkeypatch, 3)
+    assert train(config, tmp_path / "run", progress=False)["steps"] == 5
+    with pytest.raises(TrainingError, match=r"3 non-finite steps in a row \(last at step 6\)"):
+        train(config, tmp_path / "run", progress=False)
+
+
 def test_deferred_flags_reach_the_host_when_settled():
     from pixart.train.flags import DeferredFlags, skip_flag, step_flags
 
@@ -486,7 +532,10 @@ def test_reopening_a_finished_run_trains_nothing_and_reports_its_last_loss(shape
     config = config_for(shapes_data, steps=4, every=2)
     first = train(config, tmp_path / "run", progress=False)
     before = weights(tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "step-0000004.pt"
+    written = last.stat().st_mtime_ns
     again = train(config, tmp_path / "run", progress=False)
+    assert last.stat().st_mtime_ns == written  # not written again (a sharded one would be replaced in place)
     assert again["status"] == "finished" and again["steps"] == 4
     assert math.isfinite(again["final_loss"]) and again["final_loss"] == pytest.approx(first["final_loss"], rel=1e-6)
     assert_bitwise_equal(before, weights(tmp_path / "run"))
@@ -634,16 +683,29 @@ def test_a_run_is_resumed_only_by_as_many_processes_as_trained_it(tmp_path):
 
 
 def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    """From metrics.jsonl and from TensorBoard; a last row a crash cut off mid-write goes too."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from pixart.train.metrics import MetricsWriter
 
     writer = MetricsWriter(tmp_path, enabled=True)
     for step in range(1, 6):
         writer.write({"step": step, "loss": 1.0 / step})
-    writer.keep_until(3)  # the resumed run logs steps 4 and 5 again
+    writer.close()
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "loss": 0.1')  # killed mid-write
+    assert [row["step"] for row in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    writer = MetricsWriter(tmp_path, enabled=True, resumed_at=3)  # the resumed run logs steps 4 and on again
     writer.write({"step": 4, "loss": 0.3})
     writer.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4] and rows[-1]["loss"] == 0.3
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, round(e.value, 3)) for e in events.Scalars("loss")] == [(1, 1.0), (2, 0.5), (3, 0.333), (4, 0.3)]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2: not a JSON row"):  # damage a crash cannot do is not hidden
+        read_metrics(tmp_path / "metrics.jsonl")
 
 
 def test_data_that_cannot_train_the_model_is_refused_before_any_step():

@@ -35,16 +35,32 @@ def temporary_path(path: Path, pid: int | None = None, host: str | None = None) 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """`write(tmp)` to a sibling temporary file, then rename it over `path`: a crash or a concurrent reader
-    never sees a half-written file (the pid keeps two writers of the same file apart)."""
+    never sees a half-written file (the pid keeps two writers of the same file apart).
+
+    The bytes reach the disk before the rename, and the rename before this returns (fsync of the file,
+    then of its folder): else after a power loss the new name could hold a zero-length file while a caller,
+    trusting it, has already deleted the older copies (the trainer prunes old checkpoints after a save).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
         write(str(tmp))
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a write that failed (disk full, a bad value) leaves nothing behind
         raise
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, value, indent: int | None = 2) -> None:

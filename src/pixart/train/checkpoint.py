@@ -4,7 +4,8 @@ Single process and DDP: rank 0 writes `checkpoints/step-0000123.pt` through a te
 rename. FSDP: every rank writes its shards with torch.distributed.checkpoint into
 `step-0000123.dcp.tmp/`, renamed to `step-0000123.dcp/` once all ranks are done. A checkpoint that
 is not renamed into place does not exist, so a crash mid-write loses nothing but that checkpoint; the
-next save deletes what it left.
+next save deletes what it left. Files reach the disk before older checkpoints are pruned (atomic_write
+syncs them), and a pruned folder leaves the checkpoint names before it is deleted.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
     if world.is_main:
         folder.mkdir(parents=True, exist_ok=True)
         remove_leftovers(folder, "step-*.pt")  # a run killed while saving left these; nothing else writes here
-        for partial in folder.glob("step-*.dcp.tmp"):
+        for partial in [*folder.glob("step-*.dcp.tmp"), *folder.glob(".step-*.dcp.deleted")]:
             shutil.rmtree(partial)
     barrier(world)
     if sharded:
@@ -72,9 +73,13 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
         barrier(world)
         if world.is_main:
             torch.save({"rng": rng_state()}, tmp / "extra.pt")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            if final.exists():  # the trainer saves a step once; a complete copy goes only once replaced
+                doomed = final.with_name(f".{final.name}.deleted")
+                os.replace(final, doomed)
+                os.replace(tmp, final)
+                shutil.rmtree(doomed)
+            else:
+                os.replace(tmp, final)
     else:
         final = folder / f"step-{step:07d}.pt"
         if world.is_main:
@@ -82,9 +87,20 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
     barrier(world)
     if world.is_main:
         for _, old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+            _delete(old)
     barrier(world)
     return final
+
+
+def _delete(checkpoint: Path) -> None:
+    """Remove a checkpoint. A sharded one is a folder: it is renamed out of the checkpoint names first, so
+    a kill halfway through deleting it never leaves a half-deleted folder that still counts as one."""
+    if checkpoint.is_dir():
+        doomed = checkpoint.with_name(f".{checkpoint.name}.deleted")
+        os.replace(checkpoint, doomed)
+        shutil.rmtree(doomed)
+    else:  # a file goes in one step
+        checkpoint.unlink()
 
 
 def load_checkpoint(path: Path, template: dict | None = None) -> dict:

@@ -24,7 +24,7 @@ from pixart import config as config_io
 from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.sampler import BucketBatchSampler
 from pixart.diffusion.schedulers import check_steps, default_sampler
-from pixart.files import remove_leftovers, write_json
+from pixart.files import atomic_write, remove_leftovers, write_json
 from pixart.model.dit import DiT
 from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
@@ -142,7 +142,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         check_run_config(config, run_dir, world.world_size)
-        (run_dir / "config.json").write_text(config_io.to_json(config))
+        text = config_io.to_json(config)  # atomically: every resume reads it back
+        atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
         write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
     data_dir = prepare_data(config, run_dir, world, progress=progress)
     dataset = FeatureDataset(data_dir, config.data.caption_probs, seed=config.seed)
@@ -184,10 +185,16 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         )
 
     step, epoch, position, skipped, bad_in_a_row = 0, 0, 0, 0, 0
+    # The log window in progress (its loss summed over applied steps, every rank's mean once saved) and
+    # the training time before this process: kept in checkpoints, so a resumed run logs what an
+    # uninterrupted one would have.
+    loss_sum = torch.zeros((), device=world.device)
+    applied_steps = torch.zeros((), device=world.device)
+    seconds_before = 0.0
 
     sharded = world.distributed and config.parallel == "fsdp"
 
-    def training_state(at_step: int) -> dict:
+    def training_state(at_step: int, window: list[float] | None = None) -> dict:
         if sharded:  # DCP's view: optimizer state keyed by parameter name, created if still empty
             from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -203,6 +210,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
             "epoch": epoch,
             "position": position,
             "skipped_steps": skipped,
+            "nonfinite_in_a_row": bad_in_a_row,
+            "log_window": window or [0.0, 0.0],  # [loss summed over applied steps, applied steps]
+            "train_seconds": seconds_before + time.time() - started,
             "config": config_io.to_dict(config),
         }
 
@@ -225,11 +235,15 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, position = state["step"], state["epoch"], state["position"]
         skipped = state.get("skipped_steps", 0)
+        bad_in_a_row = state.get("nonfinite_in_a_row", 0)
+        window_loss, window_applied = state.get("log_window", [0.0, 0.0])
+        loss_sum.fill_(window_loss)
+        applied_steps.fill_(window_applied)
+        seconds_before = state.get("train_seconds", 0.0)
         ckpt.restore_rng(state["rng"])
         init_note = f"resumed from {resume_from.name}"
 
-    metrics = MetricsWriter(run_dir, world.is_main)
-    metrics.keep_until(step)  # a resumed run logs the steps after its checkpoint again
+    metrics = MetricsWriter(run_dir, world.is_main, resumed_at=step)  # later steps are logged again
     previewer = Previewer.for_run(config, dataset, run_dir, world) if world.is_main and config.previews else None
     peak = peak_flops(world.device)
     if world.is_main:
@@ -238,10 +252,18 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
             f"{len(dataset):,} samples, global batch {global_batch}, lr {lr:.3g}; {world.describe()}; {init_note}"
         )
 
-    def save(at_step: int) -> Path:
-        return ckpt.save_checkpoint(
-            run_dir, at_step, training_state(at_step), world, sharded=sharded, keep=config.keep_checkpoints
-        )
+    saved_step = step if resume_from is not None else None
+
+    def save(at_step: int) -> None:
+        """Checkpoint `at_step` (every rank calls this), unless it is the checkpoint this run resumed from:
+        written again, a sharded one would be replaced in place, for nothing."""
+        nonlocal saved_step
+        if at_step == saved_step:
+            return
+        window = all_reduce_mean(torch.stack([loss_sum, applied_steps]), world).tolist()  # every rank's mean
+        state = training_state(at_step, window)
+        ckpt.save_checkpoint(run_dir, at_step, state, world, sharded=sharded, keep=config.keep_checkpoints)
+        saved_step = at_step
 
     def batches():
         nonlocal epoch, position
@@ -270,8 +292,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         disable=not (progress and world.is_main),
         dynamic_ncols=True,
     )
-    loss_sum = torch.zeros((), device=world.device)  # over the window's applied steps
-    applied_steps = torch.zeros((), device=world.device)
     step_lr = optimizer.param_groups[0]["lr"]
     window_start, window_steps, last_loss = time.time(), 0, float("nan")
     status, stop_now = "finished", False
@@ -347,7 +367,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                     "samples_per_s": window_steps * global_batch / elapsed,  # every step, skipped or not
                     "skipped_steps": skipped,
                     "epoch": epoch,
-                    "time": time.time() - started,
+                    "time": seconds_before + time.time() - started,
                 }
                 if peak and isinstance(inner, torch.nn.Module) and not isinstance(inner, DiT):
                     row["mfu"] = mfu(inner, batch, row["samples_per_s"] / world.world_size, peak)

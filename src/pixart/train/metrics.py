@@ -33,28 +33,36 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 class MetricsWriter:
-    """Appends rows to metrics.jsonl (and TensorBoard); only the main rank writes."""
+    """Appends rows to metrics.jsonl (and TensorBoard); only the main rank writes.
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    A run resumed from the checkpoint of step `resumed_at` logs the steps after it again, so their rows
+    go from both (TensorBoard's purge_step), and so does a last row cut off mid-write by a crash.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, resumed_at: int = 0):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tensorboard = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        if not enabled:
+            return
+        self.keep_until(resumed_at)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
 
-                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # TensorBoard is optional
-                self.tensorboard = None
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_at + 1)
+        except ImportError:  # TensorBoard is optional
+            self.tensorboard = None
 
     def keep_until(self, step: int) -> None:
-        """On resume: drop the rows of steps after the checkpoint, which the resumed run logs again."""
-        if not self.enabled or not self.path.is_file():
+        """Drop the rows of steps after `step`, and a last row a crash left half-written."""
+        if not self.path.is_file():
             return
+        text = self.path.read_text()
         rows = read_metrics(self.path)
         kept = [row for row in rows if row.get("step", 0) <= step]
-        if len(kept) < len(rows):  # the rows as write() lays them out
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in kept)))
+        laid_out = "".join(json.dumps(r) + "\n" for r in kept)  # the rows as write() lays them out
+        if len(kept) < len(rows) or (text and not text.endswith("\n")):
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(laid_out))
 
     def write(self, row: dict) -> None:
         if not self.enabled:
@@ -72,9 +80,23 @@ class MetricsWriter:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A last line without its newline that does not parse is a row a crash
+    cut off mid-write, and is left out; any other line that does not parse is an error naming it."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # no newline after it: the write never finished
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON row ({error}); remove or fix that line") from error
+    return rows
 
 
 def plot_loss(rows_by_stage: dict[str, list[dict]], out: Path, title: str = "training loss") -> Path:
