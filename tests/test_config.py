@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -92,3 +93,24 @@ def test_diff_lists_changes():
     a = get_recipe("tiny")
     b = config_io.apply_overrides(a, ["optim.lr=1", "steps=3"])
     assert config_io.diff(a, b) == ["optim.lr: 0.001 -> 1.0", "steps: 30 -> 3"]
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["as-written", "reversed"])
+def test_overrides_checked_across_fields_do_not_depend_on_their_order(order):
+    """learn_sigma=false alone is refused while the objective is iddpm; together with objective=flow it is
+    a valid config whichever comes first."""
+    iddpm = config_io.apply_overrides(get_recipe("tiny"), ["diffusion.objective=iddpm", "model.learn_sigma=true"])
+    config = config_io.apply_overrides(iddpm, ["model.learn_sigma=false", "diffusion.objective=flow"][::order])
+    assert (config.model.learn_sigma, config.diffusion.objective) == (False, "flow")
+    with pytest.raises(ConfigError, match="the iddpm objective needs model.learn_sigma=True"):
+        config_io.apply_overrides(iddpm, ["model.learn_sigma=false"])
+
+
+def test_a_key_set_twice_takes_its_last_value_and_floats_take_inf():
+    tiny = get_recipe("tiny")
+    assert config_io.apply_overrides(tiny, ["steps=-1", "steps=5"]).steps == 5
+    with pytest.raises(ConfigError, match="steps must be >= 0"):
+        config_io.apply_overrides(tiny, ["steps=5", "steps=-1"])
+    assert config_io.apply_overrides(tiny, ["optim.grad_clip=inf"]).optim.grad_clip == math.inf  # no clipping
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
+        config_io.apply_overrides(tiny, ["optim.lr=inf"])

@@ -60,6 +60,8 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and value.lower().lstrip("+-") in ("inf", "infinity"):
+            return float(value)  # --set optim.grad_clip=inf (literal_eval reads no inf)
     elif annotation is str:
         if isinstance(value, str):
             return value
@@ -104,7 +106,11 @@ def set_value(config, key: str, value: Any, _prefix: str = ""):
     if rest:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"unknown config key {full!r}: {_prefix}{head} has no fields")
-        return dataclasses.replace(config, **{head: set_value(current, rest, value, f"{_prefix}{head}.")})
+        inner = set_value(current, rest, value, f"{_prefix}{head}.")
+        try:
+            return dataclasses.replace(config, **{head: inner})
+        except (ValueError, TypeError) as error:  # a check of this level across its fields
+            raise _Refused(f"{full}={value!r}: {error}") from error
     key = full
     if dataclasses.is_dataclass(current):
         raise ConfigError(
@@ -115,7 +121,7 @@ def set_value(config, key: str, value: Any, _prefix: str = ""):
     try:
         return dataclasses.replace(config, **{head: checked})
     except (ValueError, TypeError) as error:  # the dataclass's own validation
-        raise ConfigError(f"{key}={value!r}: {error}") from error
+        raise _Refused(f"{key}={value!r}: {error}") from error
 
 
 def _command_line_bool(value: Any) -> Any:
@@ -133,13 +139,34 @@ def _suggest(key: str, known: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
 
 
+class _Refused(ConfigError):
+    """A value the config's own validation refused, which may pass once other overrides are in."""
+
+
 def apply_overrides(config, overrides: list[str]):
-    """Apply `a.b=value` strings in order; every one is checked before the result is returned."""
+    """Apply `a.b=value` strings; every one is checked before the result is returned.
+
+    A key set twice takes its last value. The result does not depend on the order of the overrides: one
+    the config refuses only in combination with another (model.learn_sigma=false while the objective is
+    still iddpm, before diffusion.objective=flow) is tried again once the others are in.
+    """
+    latest: dict[str, object] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
-        config = set_value(config, key.strip(), parse_value(text.strip()))
+        latest[key.strip()] = parse_value(text.strip())
+    pending = list(latest.items())
+    while pending:
+        refused = []
+        for key, value in pending:
+            try:
+                config = set_value(config, key, value)
+            except _Refused as error:
+                refused.append((key, value, error))
+        if len(refused) == len(pending):  # no progress: the first refusal stands
+            raise ConfigError(str(refused[0][2])) from refused[0][2]
+        pending = [(key, value) for key, value, _ in refused]
     return config
 
 
