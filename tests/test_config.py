@@ -73,6 +73,8 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("max_nonfinite_steps=0", "max_nonfinite_steps >= 1"),
         ("model.depth=0", "depth, num_heads, hidden_size"),
         ("seed=-1", "seed must be >= 0"),
+        ("data.synthetic_sizes=['30x32']", "30x32 is not a multiple of the patch size 4 on each side; use 32x32"),
+        ("data.caption_probs={'bogus': 1.0}", "the shapes data has the caption fields .'alt', 'dense'., not .'bogus'."),
     ],
 )
 def test_bad_overrides_name_the_problem(override, message):

@@ -708,6 +708,20 @@ def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path):
         read_metrics(tmp_path / "metrics.jsonl")
 
 
+def test_a_run_that_cannot_start_is_refused_before_it_writes_anything(shapes_data, tmp_path):
+    """A run past the steps asked for, an init_from that is not there, caption fields the data lacks."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-0000010.pt").write_bytes(b"")
+    with pytest.raises(TrainingError, match="already trained to step 10, past steps=4; give --steps 10 or more"):
+        train(config_for(shapes_data, steps=4), run_dir, progress=False)
+    with pytest.raises(TrainingError, match="missing.safetensors does not exist: train the previous stage"):
+        train(config_for(shapes_data, [f"init_from={tmp_path / 'missing.safetensors'}"]), tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(TrainingError, match=r"caption fields \['bogus'\] are not in .*fix data.caption_probs"):
+        train(config_for(shapes_data, ["data.caption_probs={'bogus': 1.0}"]), tmp_path / "other", progress=False)
+
+
 def test_data_that_cannot_train_the_model_is_refused_before_any_step():
     from pixart.model import TINY, PixArt
     from pixart.train.data import LatentScaling, check_class_labels

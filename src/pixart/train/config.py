@@ -132,3 +132,24 @@ class TrainConfig:
             raise ValueError(f"sample_cfg must be a finite number >= 0, got {self.sample_cfg}")
         if self.stage == "t2i" and self.diffusion.objective == "iddpm" and not self.model.learn_sigma:
             raise ValueError("the iddpm objective needs model.learn_sigma=True (or use diffusion.objective=flow)")
+        if self.data.synthetic == "shapes" and not self.data.root:
+            self._check_shapes_data()
+
+    def _check_shapes_data(self) -> None:
+        """What the synthetic shapes data must be for this model, known before it is built."""
+        from pixart.data.shapes_features import FIELDS
+
+        patch = self.dit.patch_size if self.stage == "class" else self.model.patch_size
+        for size in self.data.synthetic_sizes:
+            height, width = parse_size(size)
+            if height % patch or width % patch:  # the shapes data is in pixels: one latent cell a pixel
+                fit = f"{-(-height // patch) * patch}x{-(-width // patch) * patch}"
+                raise ValueError(
+                    f"data.synthetic_sizes: {size} is not a multiple of the patch size {patch} on each side; "
+                    f"use {fit}, say"
+                )
+        unknown = sorted(set(self.data.caption_probs) - set(FIELDS))
+        if unknown:
+            raise ValueError(
+                f"data.caption_probs: the shapes data has the caption fields {list(FIELDS)}, not {unknown}"
+            )

@@ -40,7 +40,7 @@ from pixart.train.distributed import (
     wrap_model,
 )
 from pixart.train.flags import DeferredFlags, StepRecord, optimizer_step, skip_flag, step_flags
-from pixart.train.init import FINAL, FINAL_EMA, build_model, initialize_from, save_weights
+from pixart.train.init import FINAL, FINAL_EMA, build_model, initialize_from, resolve_init_path, save_weights
 from pixart.train.metrics import MetricsWriter, peak_flops, plot_loss, read_metrics
 from pixart.train.previews import Previewer, preview_weights
 from pixart.train.step import build_optimizer, compute_loss, ema_decay, mfu, update_ema
@@ -108,6 +108,21 @@ def check_preview_steps(config: TrainConfig) -> None:
         raise TrainingError(f"sample_steps={config.sample_steps}: {error}") from None
 
 
+def check_start(config: TrainConfig, run_dir: Path) -> None:
+    """What the run folder and the file system must hold for this config, checked before any work."""
+    saved = ckpt.list_checkpoints(run_dir)
+    if saved and saved[-1][0] > config.steps:  # training cannot be undone: the run is past the goal
+        raise TrainingError(
+            f"{run_dir} already trained to step {saved[-1][0]}, past steps={config.steps}; give --steps "
+            f"{saved[-1][0]} or more to continue it, or use a new --run-dir"
+        )
+    if config.init_from and not saved:  # a resume does not read it
+        try:
+            resolve_init_path(config.init_from)
+        except FileNotFoundError as error:
+            raise TrainingError(str(error)) from None
+
+
 class StopFlag:
     """SIGTERM / SIGINT ask the loop to checkpoint and exit at the end of the current step."""
 
@@ -137,6 +152,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     started = time.time()
     run_dir = Path(run_dir)
     check_preview_steps(config)
+    check_start(config, run_dir)
     creates_group = not torch.distributed.is_initialized()
     world = init_distributed(device)
     if world.is_main:
@@ -146,7 +162,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
         write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
     data_dir = prepare_data(config, run_dir, world, progress=progress)
-    dataset = FeatureDataset(data_dir, config.data.caption_probs, seed=config.seed)
+    try:
+        dataset = FeatureDataset(data_dir, config.data.caption_probs, seed=config.seed)
+    except ValueError as error:  # caption_probs naming a field this data lacks, say
+        raise TrainingError(f"{error}; fix data.caption_probs or data.root") from None
     resume_from = ckpt.latest_checkpoint(run_dir)
     check_or_record_data(run_dir, len(dataset), resuming=resume_from is not None, record=world.is_main)
     if config.stage == "class":
