@@ -134,3 +134,27 @@ def test_help_of_every_command():
     result = run_cli("--help")
     assert result.returncode == 0
     assert "convert" in result.stdout
+
+
+def test_a_config_file_that_is_not_a_pixart_config_is_a_one_line_error(tmp_path, capsys):
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "a.safetensors")
+    cases = {
+        '{"depth": 2,': "Expecting property name",  # cut short
+        '{"depht": 2}': "unknown config keys ['depht']",
+        "[2]": "expected a JSON object of PixArtConfig fields, got list",
+        '{"depth": "two"}': "depth: 'two' is not a int",
+    }
+    for text, message in cases.items():
+        (tmp_path / "c.json").write_text(text)
+        out = ["convert", str(tmp_path / "a.safetensors"), "--to", "pixart", "--out", str(tmp_path / "b.safetensors")]
+        assert main([*out, "--config", str(tmp_path / "c.json")]) == 2
+        assert f"pixart convert: error: --config {tmp_path / 'c.json'}: {message}" in capsys.readouterr().err
+
+
+def test_the_command_line_answers_help_without_loading_torch():
+    """`pixart --help` used to take seconds: importing the package imported the model, and torch."""
+    code = "import sys; from pixart.cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+        == "False"
+    )

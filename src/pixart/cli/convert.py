@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from pixart.model.pixart import PixArtConfig, count_parameters
-
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", type=Path, help="official .pth, our .safetensors, a diffusers folder, or a DiT .pt")
@@ -30,10 +28,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError
+    from pixart.model.pixart import PixArtConfig, count_parameters
     from pixart.weights import detect_format, read_state, save_transformer
     from pixart.weights.dit_init import dit_to_pixart, read_dit
 
-    config = PixArtConfig.from_dict(json.loads(args.config.read_text())) if args.config else None
+    config = read_config(args.config, PixArtConfig) if args.config else None
     fmt = detect_format(args.src)
     if fmt == "dit":
         if args.config is not None:  # it would be ignored: the PixArt config follows from the DiT's
@@ -76,3 +75,17 @@ def run(args: argparse.Namespace) -> int:
         f"micro-conditions {config.micro_conditions}, {params:,} parameters"
     )
     return 0
+
+
+def read_config(path: Path, config_class):
+    """--config FILE: a JSON object of the class's fields; a file that is not one is a one-line error."""
+    from pixart import config as config_io
+    from pixart.cli.main import UserError
+
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object of {config_class.__name__} fields, got {type(data).__name__}")
+        return config_io.from_dict(config_class, data)  # each field's type checked
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as error:
+        raise UserError(f"--config {path}: {error}") from None
