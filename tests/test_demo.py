@@ -98,3 +98,11 @@ def test_demo_of_the_other_kind_stops_with_one_line_before_any_work(tmp_path, ca
     assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "choose another --out" in capsys.readouterr().err
     assert time.time() - started < 30 and not (tmp_path / "data").exists()  # nothing trained or rendered
+
+
+def test_minutes_with_quick_is_refused_not_ignored(tmp_path, capsys):
+    """--quick is a fixed smoke run: a budget given with it used to be dropped without a word."""
+    from pixart.cli.main import main
+
+    assert main(["demo", "--quick", "--minutes", "3", "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert "--quick is a fixed smoke run" in capsys.readouterr().err and not (tmp_path / "d").exists()

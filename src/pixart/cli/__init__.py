@@ -1,4 +1,5 @@
-"""The `pixart` command: one subcommand per module in this package, each ~20 lines of glue."""
+"""The `pixart` command: one subcommand per module in this package: its arguments, their checks,
+and the call into the library."""
 
 from pixart.cli.main import main
 

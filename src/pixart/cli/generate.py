@@ -29,9 +29,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="T5 folder with its tokenizer (for bare transformer weights, or a model folder that names none)",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--size", help="HxW in pixels (divisible by 8); generated at the closest bucket, then cropped")
+    size.add_argument(
+        "--size", help="HxW in pixels (divisible by 8); generated at the closest bucket, scaled to cover, then cropped"
+    )
     size.add_argument("--aspect", help="H:W, snapped to the closest aspect-ratio bucket")
-    parser.add_argument("--sampler", help="dpm-solver++, sa-solver, ddim, iddpm, euler, flow-euler, flow-dpm-solver")
+    parser.add_argument(
+        "--sampler",
+        help="dpm-solver++, sa-solver, ddim, iddpm, euler, flow-euler, flow-dpm-solver, or folder (a diffusers "
+        "pipeline folder's own scheduler); default: the model's",
+    )
     parser.add_argument("--steps", type=int)
     parser.add_argument("--cfg", type=float, help="guidance scale (default: the model's, 4.5 for PixArt)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed + k")
