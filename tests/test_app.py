@@ -302,12 +302,10 @@ def test_serve_refuses_a_bad_out_before_loading_anything(tmp_path, capsys):
     from pixart.cli import main
 
     (tmp_path / "taken").write_text("a file, not a folder")
-    started = time.time()
     code = main(["serve", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "taken")])
     assert code == 2
     error = capsys.readouterr().err
     assert "--out" in error and "no-such-model" not in error  # the out folder is checked first
-    assert time.time() - started < 30
 
 
 def test_request_numbering_reads_ascii_digit_folders_only(tmp_path):

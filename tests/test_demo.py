@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image
@@ -92,10 +91,9 @@ def test_demo_of_the_other_kind_stops_with_one_line_before_any_work(tmp_path, ca
     from pixart.demo import check_or_record_kind
 
     check_or_record_kind(tmp_path, quick=False)
-    started = time.time()
     assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "choose another --out" in capsys.readouterr().err
-    assert time.time() - started < 30 and not (tmp_path / "data").exists()  # nothing trained or rendered
+    assert not (tmp_path / "data").exists()  # nothing trained or rendered
 
 
 def test_minutes_with_quick_is_refused_not_ignored(tmp_path, capsys):
