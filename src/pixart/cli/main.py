@@ -1,8 +1,8 @@
 """Entry point: builds the argument parser from the subcommand modules and dispatches.
 
 Each subcommand module exposes `register(subparsers)`, which adds its parser and sets `run` as the
-handler. Errors a user can fix (missing files, bad formats, bad settings) are printed as one line and
-exit with status 2; anything else is a bug and keeps its traceback.
+handler. Errors a user can fix (missing files, bad formats, bad settings, a path the system refuses) are
+printed as one line and exit with status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -40,6 +40,25 @@ def make_out_folder(out: Path, what: str = "--out") -> None:
         raise UserError(f"cannot create the folder {what} {out}: {error.strerror or error}") from error
 
 
+def check_device(text: str | None, what: str = "--device") -> None:
+    """A --device value this machine can run on, checked before anything loads (None: the default)."""
+    if text is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"{what} {text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"{what} {text!r}: pixart runs on cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{what} {text}: this machine's torch sees no CUDA device; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"{what} {text}: there are {torch.cuda.device_count()} CUDA device(s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixart", description="PixArt-alpha: train, generate, convert.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -66,5 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         result = args.handler(args)
     except (UserError, FileNotFoundError, WeightsError) as error:
         print(f"pixart {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path the user gave: a folder where a file goes, no permission, a full disk
+        print(f"pixart {args.command}: error: {error.strerror or error}: {error.filename or ''}", file=sys.stderr)
         return 2
     return int(result or 0)
