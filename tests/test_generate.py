@@ -355,6 +355,12 @@ def no_model_load(monkeypatch):
         ("--batch", "0", "the batch size must be at least 1, got 0"),
         ("--size", "0x8", "--size: each side of a size must be positive, got '0x8'"),
         ("--size", "4x16", "each side of the size must be at least 8 pixels, got 4x16"),
+        ("--size", "8192x512", "each side of the size must be at most 4096 pixels, got 8192x512"),
+        ("--cfg", "nan", "the guidance scale must be a finite number >= 0, got nan"),  # black images
+        ("--cfg", "inf", "the guidance scale must be a finite number >= 0, got inf"),
+        ("--seed", "-1", f"the seed must lie in 0..{2**63 - 1}, got -1"),
+        ("--seed", str(2**63), f"the seed must lie in 0..{2**63 - 1}, got {2**63}"),  # overflowed after loading
+        ("--device", "bogus", "--device 'bogus' is not a device"),
     ],
 )
 def test_bad_numbers_are_one_line_errors_before_the_model_loads(
@@ -438,8 +444,22 @@ def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
         "second\x0cprompt",
     ]
     prompts.write_text("\n\n", encoding="utf-8")
-    with pytest.raises(main_module.UserError, match="give at least one prompt"):
+    with pytest.raises(main_module.UserError, match=f"--prompts-file {prompts} holds no prompt"):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts))
+    prompts.write_bytes(b"caf\xe9\n")  # Latin-1
+    with pytest.raises(main_module.UserError, match=f"--prompts-file {prompts}: not UTF-8 text"):
+        read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts))
+    with pytest.raises(main_module.UserError, match=f"--prompts-file {tmp_path}: Is a directory"):
+        read_prompts(argparse.Namespace(prompts=[], prompts_file=tmp_path))
+
+
+def test_a_text_encoder_that_does_not_fit_the_model_is_refused_before_sampling(tmp_path):
+    """MiniLM (384 wide) with a transformer reading 48-wide captions: once a shape error mid-sampling."""
+    folder = learned_null_folder(tmp_path, text_encoder="minilm", text_encoder_path=None)
+    with pytest.raises(GenerationError, match="8-bit loading is for T5; this model's text encoder is minilm"):
+        TextToImage.from_path(folder, load_in_8bit=True)  # it was ignored, yet recorded with the images
+    with pytest.raises(GenerationError, match="gives 384-wide features; this transformer reads 48-wide captions"):
+        TextToImage.from_path(folder).generate(["x"], Settings(steps=2), progress=False)
 
 
 def test_resize_and_crop_equals_diffusers_binning():

@@ -10,6 +10,7 @@ comparing the two starts from the same noise.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +58,15 @@ def nearest_multiple(value: int, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
+MAX_SIDE = 4096  # pixels: a larger output would only exhaust memory in the final resize, after sampling
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range (a signed 64-bit integer, here never negative)
+
+
 def check_size(height: int, width: int, multiple: int = 8) -> None:
     if height < multiple or width < multiple:  # 0 would pass the divisibility test below
         raise GenerationError(f"each side of the size must be at least {multiple} pixels, got {height}x{width}")
+    if height > MAX_SIDE or width > MAX_SIDE:
+        raise GenerationError(f"each side of the size must be at most {MAX_SIDE} pixels, got {height}x{width}")
     if height % multiple or width % multiple:
         nearest = f"{nearest_multiple(height, multiple)}x{nearest_multiple(width, multiple)}"
         raise GenerationError(
@@ -107,10 +114,18 @@ def check_steps_for(name: str | None, steps: int) -> None:
             raise GenerationError(str(error)) from error
 
 
-def check_request(settings: Settings, num_images: int = 1, batch_size: int = 1) -> None:
-    """Refuse what no model could draw before one loads (minutes for a large one): counts, size, aspect, and
-    a named sampler with its steps. What depends on the model is checked by TextToImage.resolve_sampler."""
+def check_request(
+    settings: Settings, num_images: int = 1, batch_size: int = 1, *, seed: int = 0, total_images: int = 1
+) -> None:
+    """Refuse what no model could draw before one loads (minutes for a large one): counts, size, aspect,
+    guidance, seeds, and a named sampler with its steps. What depends on the model is checked by
+    TextToImage.resolve_sampler. `total_images` is the run's count (prompts x num_images): image k takes
+    seed + k."""
     check_counts(num_images, batch_size)
+    if not 0 <= seed <= MAX_SEED - max(total_images - 1, 0):
+        raise GenerationError(f"the seed must lie in 0..{MAX_SEED - max(total_images - 1, 0)}, got {seed}")
+    if settings.cfg_scale is not None and not (math.isfinite(settings.cfg_scale) and settings.cfg_scale >= 0):
+        raise GenerationError(f"the guidance scale must be a finite number >= 0, got {settings.cfg_scale}")
     requested_size(settings)
     requested_aspect(settings)
     if settings.sampler and settings.sampler != "folder":
@@ -210,6 +225,8 @@ class TextToImage:
         spec, transformer, text_folder, tokenizer, codec_folder, scheduler = load_components(
             path, vae=vae, text_encoder=text_encoder, device=device, dtype=dtype
         )
+        if load_in_8bit and spec.text_encoder != "t5":  # it would be ignored, yet recorded with the images
+            raise GenerationError(f"8-bit loading is for T5; this model's text encoder is {spec.text_encoder}")
         codec = load_codec(
             spec.codec, codec_folder, **({"device": device, "tiling": vae_tiling} if spec.codec == "sd-vae" else {})
         )
@@ -233,7 +250,14 @@ class TextToImage:
     @property
     def text_encoder(self) -> TextEncoder:
         if self._text_encoder is None or self._text_encoder.model is None:
-            self._text_encoder = self._text_loader()
+            encoder = self._text_loader()
+            expected = self.transformer.config.caption_channels
+            if encoder.width != expected:  # else a shape error in the middle of sampling
+                raise GenerationError(
+                    f"the text encoder {encoder.folder} gives {encoder.width}-wide features; this transformer "
+                    f"reads {expected}-wide captions: give the text encoder it was trained with"
+                )
+            self._text_encoder = encoder
         return self._text_encoder
 
     def free_text_encoder(self) -> None:
@@ -284,7 +308,7 @@ class TextToImage:
     ) -> list[GeneratedImage]:
         settings = settings or Settings()
         settings = dataclasses.replace(settings, negative=negative_prompt(settings.negative))
-        check_request(settings, num_images, batch_size)
+        check_request(settings, num_images, batch_size, seed=seed, total_images=len(prompts) * num_images)
         sampler_name, steps = self.resolve_sampler(settings)
         cfg = self.spec.cfg_scale if settings.cfg_scale is None else settings.cfg_scale
         key, (gen_h, gen_w), (out_h, out_w) = self.resolve_size(settings)

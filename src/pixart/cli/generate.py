@@ -79,10 +79,16 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
     prompts = list(args.prompts)
     if args.prompts_file:
-        lines = text_lines(args.prompts_file)
+        try:
+            lines = text_lines(args.prompts_file)
+        except (OSError, UnicodeDecodeError) as error:
+            reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror or str(error)
+            raise UserError(f"--prompts-file {args.prompts_file}: {reason}") from None
         kept = [line for line in lines if line.strip()]
         if len(kept) < len(lines):
             print(f"skipped {len(lines) - len(kept)} blank line(s) of {args.prompts_file}", file=sys.stderr)
+        if not kept and not prompts:
+            raise UserError(f"--prompts-file {args.prompts_file} holds no prompt (every line is blank)")
         prompts += kept
     if not prompts:
         raise UserError('give at least one prompt ("" for an unconditional image) or --prompts-file')
@@ -107,7 +113,7 @@ def prepare_out(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pixart.cli.main import UserError
+    from pixart.cli.main import UserError, check_device
     from pixart.generate import GenerationError, Settings, TextToImage, check_request
     from pixart.outputs import CONTACT_SHEET, write_images
 
@@ -123,9 +129,13 @@ def run(args: argparse.Namespace) -> int:
         cfg_scale=args.cfg,
     )
     try:
-        check_request(settings, args.num_images, args.batch)
+        check_request(
+            settings, args.num_images, args.batch, seed=args.seed, total_images=len(prompts) * args.num_images
+        )
     except GenerationError as error:
         raise UserError(str(error)) from error
+    check_device(args.device)
+    check_device(args.text_device, "--text-device")
     prepare_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else None
