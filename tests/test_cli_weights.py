@@ -158,3 +158,34 @@ def test_the_command_line_answers_help_without_loading_torch():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
         == "False"
     )
+
+
+def test_convert_refuses_before_reading_what_would_replace_or_ignore_something(tmp_path, capsys):
+    """An existing --out (the source above all), options the source's format ignores, an unwritable folder."""
+    src = tmp_path / "a.safetensors"
+    save_transformer(randomize_(PixArt(TINY)), src)
+    (tmp_path / "taken.safetensors").write_text("my notes")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "config.json").write_text("mine")
+    torch.save(dit_checkpoint(), tmp_path / "dit.pt")
+    cases = [
+        (["--to", "pixart", "--out", str(src)], f"--out {src} is the source itself"),
+        (["--to", "pixart", "--out", str(tmp_path / "taken.safetensors")], "already exists; choose another --out"),
+        (["--to", "diffusers", "--out", str(tmp_path / "d")], f"--out {tmp_path / 'd'} already exists"),
+        (["--to", "pixart", "--out", str(tmp_path / "o.safetensors"), "--ema"], "--ema reads a .pth/.pt checkpoint"),
+        (
+            ["--to", "pixart", "--out", str(tmp_path / "o.safetensors"), "--num-heads", "7"],
+            "--num-heads apply to a DiT",
+        ),
+        (["--to", "pixart", "--out", "/proc/pixart-test.safetensors"], "cannot write in /proc"),
+    ]
+    for options, message in cases:
+        assert main(["convert", str(src), *options]) == 2, options
+        assert message in capsys.readouterr().err, options
+    assert (tmp_path / "taken.safetensors").read_text() == "my notes" and (
+        tmp_path / "d" / "config.json"
+    ).read_text() == "mine"
+    out = ["--to", "pixart", "--out", str(tmp_path / "init.safetensors")]
+    # a head count that does not divide the width
+    assert main(["convert", str(tmp_path / "dit.pt"), *out, "--num-heads", "5"]) == 2
+    assert "cannot build a PixArt from" in capsys.readouterr().err

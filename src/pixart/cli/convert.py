@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -12,15 +13,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", type=Path, help="official .pth, our .safetensors, a diffusers folder, or a DiT .pt")
     parser.add_argument("--to", required=True, choices=["pixart", "official", "diffusers"], help="output layout")
     parser.add_argument("--out", required=True, type=Path, help="output file (.safetensors/.pth) or folder")
-    parser.add_argument("--ema", action="store_true", help="take state_dict_ema from an official checkpoint")
+    parser.add_argument(
+        "--ema", action="store_true", help="take the EMA weights of a .pth/.pt checkpoint (official, DiT or training)"
+    )
     parser.add_argument(
         "--config",
         type=Path,
         help="JSON of PixArtConfig fields, for files whose shapes "
         "do not say everything (e.g. the head count of a non-XL model)",
     )
-    parser.add_argument("--caption-channels", type=int, default=4096, help="DiT input: caption width")
-    parser.add_argument("--max-length", type=int, default=120, help="DiT input: caption tokens")
+    parser.add_argument("--caption-channels", type=int, help="DiT input: caption width (default 4096, T5-XXL)")
+    parser.add_argument("--max-length", type=int, help="DiT input: caption tokens (default 120)")
     parser.add_argument("--num-heads", type=int, help="DiT input: head count when not XL (width 1152)")
 
 
@@ -32,29 +35,36 @@ def run(args: argparse.Namespace) -> int:
     from pixart.weights import detect_format, read_state, save_transformer
     from pixart.weights.dit_init import dit_to_pixart, read_dit
 
+    check_out(args)
     config = read_config(args.config, PixArtConfig) if args.config else None
     fmt = detect_format(args.src)
+    dit_options = {"--caption-channels": args.caption_channels, "--max-length": args.max_length}
+    dit_options["--num-heads"] = args.num_heads
+    if args.ema and (args.src.is_dir() or args.src.suffix == ".safetensors"):
+        raise UserError(f"--ema reads a .pth/.pt checkpoint's EMA weights; {args.src} holds one set of weights")
     if fmt == "dit":
         if args.config is not None:  # it would be ignored: the PixArt config follows from the DiT's
             raise UserError(
                 "--config is for PixArt weights; a DiT's PixArt takes --caption-channels, --max-length and --num-heads"
             )
         dit_state, dit_config = read_dit(args.src, use_ema=args.ema)
-        config, state = dit_to_pixart(
-            dit_state,
-            caption_channels=args.caption_channels,
-            max_length=args.max_length,
-            num_heads=args.num_heads,
-            dit_config=dit_config,
-        )
+        try:
+            config, state = dit_to_pixart(
+                dit_state,
+                caption_channels=args.caption_channels or 4096,
+                max_length=args.max_length or 120,
+                num_heads=args.num_heads,
+                dit_config=dit_config,
+            )
+        except ValueError as error:  # a head count that does not divide the width, a negative length...
+            raise UserError(f"cannot build a PixArt from {args.src} with these options: {error}") from None
         note = "re-parameterised from DiT (adaLN-single tables matched at t=500; cross-attention fresh)"
     else:
+        given = [name for name, value in dit_options.items() if value is not None]
+        if given:  # they would be ignored: the file says its architecture (or --config does)
+            raise UserError(f"{', '.join(given)} apply to a DiT checkpoint; {args.src} holds {fmt} weights")
         config, state, fmt = read_state(args.src, use_ema=args.ema, config=config)
         note = f"read {fmt} weights"
-    if args.to == "pixart" and args.out.suffix != ".safetensors":
-        raise UserError(f"--to pixart writes a .safetensors file; got --out {args.out}")
-    if args.to == "official" and args.out.suffix not in (".pth", ".pt"):
-        raise UserError(f"--to official writes a .pth file; got --out {args.out}")
     save_transformer(state, args.out, to=args.to, config=config)
     if args.to == "official" and not state["y_embedder.y_embedding"].any():
         # Weights from diffusers carry no learned null caption (diffusers guides with the encoded empty
@@ -87,5 +97,29 @@ def read_config(path: Path, config_class):
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object of {config_class.__name__} fields, got {type(data).__name__}")
         return config_io.from_dict(config_class, data)  # each field's type checked
+    except OSError as error:
+        raise UserError(f"--config {path}: {error.strerror or error}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as error:
         raise UserError(f"--config {path}: {error}") from None
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """--out before anything is read: its suffix fits --to, it is not there yet (a conversion never replaces
+    a file, the source least of all), and its folder takes files."""
+    from pixart.cli.main import UserError
+
+    out = args.out
+    if args.to == "pixart" and out.suffix != ".safetensors":
+        raise UserError(f"--to pixart writes a .safetensors file; got --out {out}")
+    if args.to == "official" and out.suffix not in (".pth", ".pt"):
+        raise UserError(f"--to official writes a .pth file; got --out {out}")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        same = out.resolve() == args.src.resolve()
+        what = "is the source itself" if same else "already exists"
+        raise UserError(f"--out {out} {what}; choose another --out (a conversion never replaces a file)")
+    folder = out if args.to == "diffusers" else out.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:  # a folder the system will not write to (read-only, /proc) fails now, not after the source is read
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot write in {folder} ({error.strerror or error})") from None
