@@ -73,6 +73,11 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("max_nonfinite_steps=0", "max_nonfinite_steps >= 1"),
         ("model.depth=0", "depth, num_heads, hidden_size"),
         ("seed=-1", "seed must be >= 0"),
+        ("optim.eps=inf", "eps must be finite, got inf"),  # AdamW would never move the weights
+        ("model.mlp_ratio=-1", "mlp_ratio must give the MLP at least one unit"),
+        ("dit.mlp_ratio=0", "mlp_ratio must give the MLP at least one unit"),
+        ("dit.depth=0", "depth, num_heads, hidden_size, patch_size, input_size and num_classes must be at least 1"),
+        ("data.synthetic=bogus", "synthetic must be 'shapes', or '' to train on data.root; got 'bogus'"),
         ("data.synthetic_sizes=['30x32']", "30x32 is not a multiple of the patch size 4 on each side; use 32x32"),
         ("data.caption_probs={'bogus': 1.0}", "the shapes data has the caption fields .'alt', 'dense'., not .'bogus'."),
     ],

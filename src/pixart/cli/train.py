@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from pixart import config as config_io
-    from pixart.cli.main import UserError
+    from pixart.cli.main import UserError, check_device
     from pixart.config import ConfigError
 
     try:
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.run_dir is None:
         raise UserError("--run-dir is required (except with --dry-run)")
+    check_device(args.device)
     from pixart.train.loop import TrainingError, train
 
     try:

@@ -7,6 +7,7 @@ become a PixArt initialisation by the re-parameterisation in `pixart.weights.rep
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +41,12 @@ class DiTConfig:
     num_classes: int = 1000  # the table has one more row: the null class used for guidance
 
     def __post_init__(self) -> None:
+        if min(self.depth, self.num_heads, self.hidden_size, self.patch_size, self.input_size, self.num_classes) < 1:
+            raise ValueError("depth, num_heads, hidden_size, patch_size, input_size and num_classes must be at least 1")
         if self.hidden_size % self.num_heads or self.hidden_size % 4:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads and by 4")
+        if not (math.isfinite(self.mlp_ratio) and int(self.hidden_size * self.mlp_ratio) >= 1):
+            raise ValueError(f"mlp_ratio must give the MLP at least one unit (4.0 officially), got {self.mlp_ratio}")
 
     @property
     def out_channels(self) -> int:

@@ -9,6 +9,7 @@ blocks.i.scale_shift_table (the per-block table E(i)), final_layer.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,8 @@ class PixArtConfig:
             raise ValueError(f"adaln must be one of {ADALN_MODES}, got {self.adaln!r}")
         if self.input_size % self.patch_size:
             raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
+        if not (math.isfinite(self.mlp_ratio) and int(self.hidden_size * self.mlp_ratio) >= 1):
+            raise ValueError(f"mlp_ratio must give the MLP at least one unit (4.0 officially), got {self.mlp_ratio}")
 
     @property
     def out_channels(self) -> int:

@@ -13,6 +13,7 @@ from pixart.model.pixart import PixArtConfig
 STAGES = ("class", "t2i")
 PRECISIONS = ("auto", "fp32", "bf16")
 PARALLEL = ("ddp", "fsdp")
+SYNTHETIC = ("", "shapes")  # data.synthetic: the datasets a run can build itself
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +30,8 @@ class DataConfig:
     class_dropout: float = 0.1  # stage 1: share of labels replaced by the null class
 
     def __post_init__(self) -> None:
+        if self.synthetic not in SYNTHETIC:
+            raise ValueError(f"synthetic must be 'shapes', or '' to train on data.root; got {self.synthetic!r}")
         for name in ("caption_dropout", "class_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]")
@@ -86,6 +89,8 @@ class OptimConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not self.eps > 0 or not self.grad_clip > 0:  # grad_clip 0 would zero every gradient; inf: no clipping
             raise ValueError(f"eps and grad_clip must be > 0, got {self.eps} and {self.grad_clip}")
+        if not math.isfinite(self.eps):  # AdamW's update would be 0: a run that never learns
+            raise ValueError(f"eps must be finite, got {self.eps}")
 
 
 @dataclass(frozen=True, kw_only=True)

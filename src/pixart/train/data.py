@@ -80,9 +80,7 @@ def prepare_data(config: TrainConfig, run_dir: Path, world: World, *, progress: 
 
     A given data.root wins over the recipe's synthetic data (`--recipe tiny --set data.root=...` trains on it).
     """
-    if config.data.synthetic and not config.data.root:
-        if config.data.synthetic != "shapes":
-            raise ValueError(f"unknown synthetic data {config.data.synthetic!r}; the only one is 'shapes'")
+    if config.data.synthetic and not config.data.root:  # "shapes", the one TrainConfig accepts
         folder = run_dir / "data"
         if world.is_main:
             build_shapes_for(config, folder, progress=progress)
