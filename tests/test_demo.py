@@ -102,3 +102,42 @@ def test_minutes_with_quick_is_refused_not_ignored(tmp_path, capsys):
 
     assert main(["demo", "--quick", "--minutes", "3", "--out", str(tmp_path / "d"), "--no-progress"]) == 2
     assert "--quick is a fixed smoke run" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("minutes", ["nan", "inf", "0", "-1", "4"])
+def test_a_budget_the_demo_cannot_keep_is_refused(tmp_path, capsys, minutes):
+    from pixart.cli.main import main
+
+    assert main(["demo", "--minutes", minutes, "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert "--minutes must be a finite number, at least 5" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_the_demo_keeps_out_of_a_folder_of_other_files(tmp_path):
+    from pixart.demo import DemoError, check_or_record_kind
+
+    (tmp_path / "photo.png").write_bytes(b"mine")
+    with pytest.raises(DemoError, match=r"holds files that are not a demo run's \(e.g. photo.png\)"):
+        check_or_record_kind(tmp_path, quick=True)
+    (tmp_path / "photo.png").unlink()
+    check_or_record_kind(tmp_path, quick=True)  # empty: taken, and recorded as a quick run's folder
+
+
+def test_a_stage_stopped_by_a_signal_stops_the_demo_with_how_to_continue(tmp_path, monkeypatch):
+    """Ctrl-C during a stage: the stage checkpoints and returns 'interrupted'; the demo used to go on to
+    the next stage and fail there on the missing weights."""
+    import pixart.data.shapes_features
+    import pixart.encoders.shapes_ae
+    import pixart.evaluate.probe
+    import pixart.train.loop
+    from pixart.demo import DemoInterrupted, run_demo
+
+    monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
+    ran = []
+    monkeypatch.setattr(
+        pixart.train.loop, "train", lambda config, run_dir, **kw: ran.append(run_dir) or {"status": "interrupted"}
+    )
+    with pytest.raises(DemoInterrupted, match="interrupted during stage1; rerun the same command to continue"):
+        run_demo(tmp_path / "d", quick=True, progress=False)
+    assert ran == [tmp_path / "d" / "stage1"]

@@ -158,8 +158,18 @@ def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) 
     }
 
 
+# What a demo run writes in its folder: another folder holding anything else is not one.
+DEMO_ENTRIES = frozenset(
+    {".cache", "data", "model", "stage1", "stage2", "stage3", "samples.png", "loss.png", "report.md", "report.json"}
+)
+
+
 class DemoError(ValueError):
     """The output folder cannot take this demo run; the message says which --out to choose instead."""
+
+
+class DemoInterrupted(DemoError):
+    """A stage stopped on a signal, after saving its checkpoint: the same command continues it."""
 
 
 def check_or_record_kind(out: Path, quick: bool) -> None:
@@ -180,6 +190,9 @@ def check_or_record_kind(out: Path, quick: bool) -> None:
                 f"another --out, or delete {out}"
             )
         return
+    others = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES) if out.is_dir() else []
+    if others:  # the user's own folder: the demo would write its data, models and reports among them
+        raise DemoError(f"{out} holds files that are not a demo run's (e.g. {others[0]}); choose an empty or new --out")
     # A folder from before the kind was recorded is taken as this kind; were it the other, stage 1 refuses
     # its checkpoint (another batch size), and the command says which --out to choose.
     write_json(path, {"kind": kind}, indent=None)
@@ -234,6 +247,8 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
         t = time.time()
         say(f"{name}: {describe(name)}", progress)
         summaries[name] = train(config, out / name, progress=progress)
+        if summaries[name]["status"] != "finished":  # Ctrl-C or SIGTERM: the stage saved a checkpoint
+            raise DemoInterrupted(f"interrupted during {name}; rerun the same command to continue from there")
         timed(f"{name} ({config.steps} steps)", t)
         if name == "stage1" and not quick:
             seconds_left = minutes * 60 - (time.time() - started) - EVAL_SECONDS
