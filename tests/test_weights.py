@@ -153,8 +153,29 @@ def test_code_in_a_pickle_is_refused(tmp_path):
             return (print, ("executed",))
 
     torch.save({"state_dict": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(WeightsError, match="cannot read"):
+    with pytest.raises(WeightsError, match="holds Python objects besides tensors, which pixart never unpickles"):
         load_transformer(tmp_path / "evil.pth")
+
+
+def test_corrupt_and_cut_short_files_are_one_error_naming_them(tmp_path):
+    """Each a WeightsError (the CLI prints it as one line) that names the file; the safetensors and JSON
+    parse errors used to escape as tracebacks, and torch's advice to set weights_only=False was passed on."""
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "whole.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "whole.safetensors").read_bytes()[:50])
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "corrupt.pth").write_bytes(b"PK\x03\x04" + bytes(range(100)))
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "d", to="diffusers")
+    (tmp_path / "d" / "config.json").write_text('{"num_layers": 2,')
+    cases = {
+        "cut.safetensors": "cut.safetensors: Error while deserializing header",
+        "empty.pth": "empty.pth as a tensor-only checkpoint: the file is empty",
+        "corrupt.pth": "corrupt.pth as a tensor-only checkpoint: RuntimeError: PytorchStreamReader failed",
+        "d": "d/config.json: Expecting property name",
+    }
+    for name, message in cases.items():
+        with pytest.raises(WeightsError, match=message) as caught:
+            load_transformer(tmp_path / name)
+        assert "weights_only=False" not in str(caught.value)
 
 
 def test_pipeline_folder_with_transformer_subfolder(tmp_path):

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pixart.files import atomic_write
@@ -43,7 +45,20 @@ FORMATS = ("pixart", "official", "diffusers")
 
 def detect_format(path: str | Path) -> str:
     """'pixart', 'official', 'diffusers' or 'dit' for a weights path; a clear error otherwise."""
-    path = Path(path)
+    with reading(path):
+        return _detect_format(Path(path))
+
+
+@contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """A corrupt, cut-short or mislabelled file's parse error, as one WeightsError naming the file."""
+    try:
+        yield
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise WeightsError(f"cannot read {path}: {error} (a corrupt or cut-short file, or not weights)") from None
+
+
+def _detect_format(path: Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.is_dir():
@@ -112,7 +127,20 @@ def load_checkpoint_file(path: Path) -> object:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip): no mmap
     except Exception as error:  # noqa: BLE001 - report any unpickling refusal or corruption clearly
-        raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {error}") from error
+        reason = unreadable_reason(path, error)
+        raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {reason}") from None
+
+
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """Why torch.load refused a file, in one line (torch's own text may advise weights_only=False, which
+    would run whatever code the file holds)."""
+    if path.stat().st_size == 0:
+        return "the file is empty (a copy or download cut short?)"
+    text = str(error).strip()
+    if "Weights only load failed" in text:
+        return "it holds Python objects besides tensors, which pixart never unpickles (they could run code)"
+    first = text.splitlines()[0].split(". ")[0] if text else ""
+    return f"{type(error).__name__}: {first} (a corrupt or cut-short file, or not a checkpoint)"
 
 
 def is_training_checkpoint(data: object) -> bool:
@@ -128,7 +156,7 @@ def read_official_state(path: Path, use_ema: bool, data: object = None) -> dict[
     if isinstance(data, dict) and "state_dict" in data:
         if use_ema:
             if "state_dict_ema" not in data:
-                raise WeightsError(f"{path} has no state_dict_ema; load it with use_ema=False")
+                raise WeightsError(f"{path} has no EMA weights (state_dict_ema): drop --ema (use_ema=False)")
             return data["state_dict_ema"]
         return data["state_dict"]
     if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -146,7 +174,8 @@ def stored_official_config(data: object) -> PixArtConfig | None:
 
 
 def _read_diffusers(folder: Path) -> tuple[PixArtConfig, dict[str, torch.Tensor]]:
-    config = diffusers_config_to_ours(json.loads((folder / "config.json").read_text()))
+    with reading(folder / "config.json"):
+        config = diffusers_config_to_ours(json.loads((folder / "config.json").read_text()))
     if config.mlp_ratio != 4.0:
         raise WeightsError("unexpected mlp ratio in a diffusers config")
     index = folder / f"{DIFFUSERS_WEIGHTS}.index.json"
@@ -178,8 +207,14 @@ def read_state(
     path: str | Path, *, use_ema: bool = False, config: PixArtConfig | None = None
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor], str]:
     """(config, state dict in our key names without pos_embed, format) for any supported path."""
-    path = Path(path)
-    fmt = detect_format(path)
+    with reading(path):
+        return _read_state(Path(path), use_ema, config)
+
+
+def _read_state(
+    path: Path, use_ema: bool, config: PixArtConfig | None
+) -> tuple[PixArtConfig, dict[str, torch.Tensor], str]:
+    fmt = _detect_format(path)
     if fmt == "dit":
         raise WeightsError(
             f"{path} is a class-conditional DiT checkpoint, not PixArt. Turn it into a PixArt "
