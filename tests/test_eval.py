@@ -199,6 +199,12 @@ def eval_args(*args) -> list[str]:
     return ["eval", *map(str, args)]
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Each test runs in its own folder: a run without --out makes runs/eval there, not in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """A `pixart demo --quick` run: its model folder, and its cached 40-step probe in .cache."""
@@ -232,7 +238,11 @@ def test_shapes_suite_through_the_cli(demo, tmp_path, capsys):
     assert report["frechet"]["generated_vs_real"] >= 0 and report["frechet"]["real_vs_real_baseline"] >= 0
     assert report["images"] == {"single": 4, "pairs": 4, "size": [36, 36]}
     assert report["settings"]["steps"] == 2
-    lines = capsys.readouterr().out.strip().splitlines()
+    printed = capsys.readouterr()
+    assert (
+        "not the shapes world's" not in printed.err
+    )  # the demo's folder records the shapes world's codec and text encoder
+    lines = printed.out.strip().splitlines()
     for row in ("colour (single object)", "shape (single object)", "size (single object)", "position (single object)"):
         assert any(line.strip().startswith(row) for line in lines), row
     assert any(line.strip().startswith("binding (two objects)") for line in lines)
@@ -373,3 +383,82 @@ def test_list_images_finds_images_recursively(tmp_path):
     for name in ("a/1.PNG", "2.jpg", "a/.hidden/3.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["2.jpg", "a/1.PNG"]
+
+
+def test_bad_seed_guidance_and_device_are_refused_before_loading(tmp_path, capsys):
+    """Each was found only after the model had loaded (nan or inf guidance scored black images)."""
+    base = ("--model", tmp_path, "--out", tmp_path / "e.json")  # an empty folder: loading it would fail
+    code, err = run_eval(capsys, *base, "--seed", "-5")
+    assert code == 2 and "--seed must be 0 or more, got -5" in err
+    for cfg in ("nan", "inf", "-1"):
+        code, err = run_eval(capsys, *base, "--cfg", cfg)
+        assert code == 2 and "--cfg must be a finite number >= 0 (the guidance scale)" in err, cfg
+    code, err = run_eval(capsys, *base, "--device", "nonsense")
+    assert code == 2 and "--device 'nonsense' is not a device" in err
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_unwritable_out_and_probe_cache_are_refused_before_loading(tmp_path, capsys, monkeypatch):
+    """Found after the whole evaluation, when the results were written (or the probe cached)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    cache = ("--probe-cache", tmp_path / "cache")
+    base = ("--model", tmp_path)  # an empty folder: what gets past the checks fails at loading
+    code, err = run_eval(capsys, *base, *cache, "--out", a_file / "e.json")
+    assert code == 2 and f"--out {a_file / 'e.json'}: {a_file} is a file, not a folder" in err
+    code, err = run_eval(capsys, *base, *cache, "--out", "/proc/nope/e.json")
+    assert code == 2 and "--out /proc/nope/e.json: cannot create /proc/nope" in err
+    code, err = run_eval(capsys, *base, *cache, "--out", "/proc/e.json")  # /proc exists; nobody writes there
+    assert code == 2 and "--out /proc/e.json: cannot write in /proc" in err
+    out = ("--out", tmp_path / "e.json")
+    code, err = run_eval(capsys, *base, *out, "--probe-cache", a_file)
+    assert code == 2 and f"--probe-cache {a_file} is a file, not a folder" in err
+    monkeypatch.setenv("PIXART_CACHE", str(a_file))
+    code, err = run_eval(capsys, *base, *out)
+    assert code == 2 and f"the probe cache ($PIXART_CACHE, else ~/.cache/pixart) {a_file} is a file" in err
+    assert "transformer weights only" not in err  # none of these got as far as loading
+
+
+def test_out_folder_is_made_and_earlier_results_are_announced_before_loading(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "e.json"
+    code, err = run_eval(capsys, "--model", tmp_path, "--probe-cache", tmp_path / "cache", "--out", out)
+    assert code == 2 and "transformer weights only" in err  # the empty model folder fails at loading...
+    assert out.parent.is_dir() and list(out.parent.iterdir()) == []  # ...after the folder was made, no scratch left
+    out.write_text("earlier results")
+    code, err = run_eval(capsys, "--model", tmp_path, "--probe-cache", tmp_path / "cache", "--out", out)
+    assert f"note: {out} holds earlier results; this run replaces them when it ends" in err
+    assert err.index("note:") < err.index("transformer weights only")  # said before anything loads
+    assert out.read_text() == "earlier results"  # a run that fails replaces nothing
+
+
+class LoadAttempted(Exception):
+    pass
+
+
+def test_shapes_suite_warns_about_a_model_not_from_the_shapes_world(tmp_path, capsys, monkeypatch):
+    from pixart.data.synthetic import WORLD_VERSION
+    from pixart.demo import shapes_model_spec
+    from pixart.generate import TextToImage
+
+    def no_loading(*args, **kwargs):
+        raise LoadAttempted
+
+    monkeypatch.setattr(TextToImage, "from_path", no_loading)
+
+    def warning_for(model) -> str:
+        with pytest.raises(LoadAttempted):  # the warning comes before the model loads
+            main(eval_args("--model", model, "--probe-cache", tmp_path / "cache", "--out", tmp_path / "e.json"))
+        return capsys.readouterr().err
+
+    pipeline = tmp_path / "diffusers"
+    pipeline.mkdir()
+    (pipeline / "model_index.json").write_text("{}")  # what marks a diffusers pipeline folder
+    err = warning_for(pipeline)
+    assert f"warning: {pipeline} runs with the sd-vae codec and the t5 text encoder, not the shapes world's" in err
+    assert "--suite real scores any model" in err
+    shapes = tmp_path / "shapes"
+    shapes.mkdir()
+    (shapes / "model.json").write_text(shapes_model_spec("flow", {}, extra={"world": WORLD_VERSION}).to_json())
+    assert "warning" not in warning_for(shapes)
+    (shapes / "model.json").write_text(shapes_model_spec("flow", {}, extra={"world": "shapes-0"}).to_json())
+    assert f"was trained on the shapes world shapes-0, and the probe reads {WORLD_VERSION}" in warning_for(shapes)

@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,14 +42,18 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="shapes (default: prompt following, probe-scored) or real (FID, CLIP score)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, metavar="S", help="seed of the first image; image k uses seed + k"
+        "--seed", type=int, default=0, metavar="S", help="seed of the first image (0 or more); image k uses seed + k"
     )
     parser.add_argument(
-        "--out", type=Path, metavar="FILE.json", help="JSON file for the numbers (default runs/eval/<suite>.json)"
+        "--out",
+        type=Path,
+        metavar="FILE.json",
+        help="JSON file for the numbers (default runs/eval/<suite>.json); an existing file is replaced once the "
+        "run has scored, and a note at the start says so",
     )
     parser.add_argument("--sampler", metavar="NAME", help="sampler (default: the model's)")
     parser.add_argument("--steps", type=int, metavar="N", help="sampling steps (default: the model's)")
-    parser.add_argument("--cfg", type=float, metavar="SCALE", help="guidance scale (default: the model's)")
+    parser.add_argument("--cfg", type=float, metavar="SCALE", help="guidance scale, >= 0 (default: the model's)")
     parser.add_argument("--batch", type=int, default=16, metavar="N", help="images per forward batch (default 16)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -72,7 +79,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Refuse an unknown suite, options of the other suite and non-positive counts, before any loading."""
+    """Refuse an unknown suite, options of the other suite, non-positive counts, a negative seed, a guidance
+    that is not a finite number >= 0 and an --out folder, before any loading."""
     from pixart.cli.main import UserError
 
     if args.suite not in SUITES:
@@ -85,8 +93,93 @@ def check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.out is not None and args.out.is_dir():  # found now, not after the whole evaluation has run
+    if args.seed < 0:  # numpy's and torch's generators refuse it, once the model has loaded
+        raise UserError(f"--seed must be 0 or more, got {args.seed}")
+    if args.cfg is not None and not (math.isfinite(args.cfg) and args.cfg >= 0):  # nan or inf: black images
+        raise UserError(f"--cfg must be a finite number >= 0 (the guidance scale), got {args.cfg}")
+    if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder: give the JSON file to write, e.g. {args.out / 'eval.json'}")
+
+
+def prepare_outputs(args: argparse.Namespace) -> Path:
+    """The results file, its folder created and written to once, and the probe's cache folder: a path that
+    cannot be written is found now, not after the whole evaluation (each is written last)."""
+    out = args.out or Path("runs/eval") / f"{args.suite}.json"
+    check_out_file(out)
+    if args.suite == "shapes":
+        check_cache_folder(args.probe_cache)
+    if out.exists():  # said before the long part: Ctrl+C keeps them
+        print(f"note: {out} holds earlier results; this run replaces them when it ends", file=sys.stderr)
+    return out
+
+
+def check_out_file(out: Path) -> None:
+    """Create the folder of the results file and write a scratch file in it."""
+    from pixart.cli.main import UserError
+
+    if out.exists() and not out.is_file():  # a device or a pipe: the results would replace it
+        raise UserError(f"--out {out} is not a regular file: give the JSON file to write")
+    folder = out.parent
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"--out {out}: cannot create {folder} ({error.strerror or error}); choose another --out"
+        ) from None
+    try:  # a read-only disk, no permission: only a write tells
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".check"):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"--out {out}: cannot write in {folder} ({error.strerror or error}); choose another --out"
+        ) from None
+
+
+def check_cache_folder(cache: Path | None) -> None:
+    """The probe's cache folder (a file there was found only once the probe had loaded or trained)."""
+    from pixart.cli.main import make_out_folder
+    from pixart.files import cache_dir
+
+    if cache is None:
+        make_out_folder(cache_dir(), "the probe cache ($PIXART_CACHE, else ~/.cache/pixart)")
+    else:
+        make_out_folder(cache, "--probe-cache")
+
+
+def shapes_world_warning(model: Path) -> str | None:
+    """Why the shapes suite would say little about this model, or None for a model of the shapes world.
+
+    The probe reads shapes-world renders only. A model folder records the codec and text encoder it runs
+    with (a diffusers pipeline is always T5 and an SD VAE), and `pixart demo` also the world's version.
+    Only a warning: the prompts are plain English, so scoring any model on them is not an error.
+    """
+    from pixart.data.synthetic import WORLD_VERSION
+    from pixart.demo import shapes_model_spec
+    from pixart.modelfolder import AS_DIFFUSERS, SPEC_FILE, ModelSpec, folder_kind
+
+    kind = folder_kind(model)
+    if kind == "weights":  # loading needs --vae and --text-encoder: that error comes first
+        return None
+    try:
+        spec = ModelSpec.from_json((model / SPEC_FILE).read_text()) if kind == "pixart" else ModelSpec(**AS_DIFFUSERS)
+    except (OSError, ValueError, TypeError):  # an unreadable model.json: loading reports it
+        return None
+    shapes = shapes_model_spec("flow", {})
+    if (spec.codec, spec.text_encoder) != (shapes.codec, shapes.text_encoder):
+        return (
+            f"warning: {model} runs with the {spec.codec} codec and the {spec.text_encoder} text encoder, not the "
+            f"shapes world's ({shapes.codec}, {shapes.text_encoder}): the probe reads shapes-world renders only, "
+            "so these scores say little about this model; --suite real scores any model"
+        )
+    world = spec.extra.get("world") if isinstance(spec.extra, dict) else None
+    if world is not None and world != WORLD_VERSION:  # the probe is trained on today's world
+        return (
+            f"warning: {model} was trained on the shapes world {world}, and the probe reads {WORLD_VERSION}: "
+            "the scores also measure how the world changed; retrain the model to score it alone"
+        )
+    return None
 
 
 def settings_record(pipe: TextToImage, settings: Settings) -> dict:
@@ -256,14 +349,18 @@ def run_real(
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pixart.cli.main import UserError
+    from pixart.cli.main import UserError, check_device
     from pixart.files import write_json
     from pixart.generate import GenerationError, Settings, TextToImage
     from pixart.modelfolder import folder_kind
 
     started = time.time()
     check_options(args)
+    check_device(args.device)
     folder_kind(args.model)  # a missing model: FileNotFoundError with the download hint, before anything loads
+    out = prepare_outputs(args)
+    if args.suite == "shapes" and (warning := shapes_world_warning(args.model)):
+        print(warning, file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = Settings(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg)
 
@@ -275,7 +372,6 @@ def run(args: argparse.Namespace) -> int:
     except GenerationError as error:
         raise UserError(str(error)) from error
     wall = time.time() - started
-    out = args.out or Path("runs/eval") / f"{args.suite}.json"
     record = {"suite": args.suite, "model": str(args.model), "seed": args.seed, **report}
     record["wall_seconds"] = round(wall, 1)
     write_json(out, record)  # creates the folder
