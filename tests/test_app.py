@@ -308,6 +308,53 @@ def test_serve_refuses_a_bad_out_before_loading_anything(tmp_path, capsys):
     assert "--out" in error and "no-such-model" not in error  # the out folder is checked first
 
 
+def demo_must_not_train():
+    raise AssertionError("the 10-minute demo would train before the bad option is reported")
+
+
+def test_serve_refuses_a_bad_port_host_or_device_before_loading(tmp_path, capsys, monkeypatch):
+    """A bad --port failed only after the model loaded (with no --model, after the demo had trained)."""
+    from pixart.cli import main, serve
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(serve, "demo_model", demo_must_not_train)
+    for port in ("99999", "-1", "0"):
+        assert main(["serve", "--port", port, "--out", str(tmp_path / "out")]) == 2
+        assert f"--port {port} is not a TCP port: choose one in 1-65535" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        model = ["--model", str(tmp_path / "no-such-model")]  # the model is looked at after the address
+        assert main(["serve", *model, "--port", str(port)]) == 2
+        assert f"port {port} on 127.0.0.1 is in use (another server?): choose another --port" in capsys.readouterr().err
+    assert main(["serve", *model, "--host", "192.0.2.1"]) == 2  # TEST-NET-1: no machine's own address
+    assert "--host 192.0.2.1 is not an address of this machine: use 127.0.0.1" in capsys.readouterr().err
+    assert main(["serve", *model, "--host", "no-such-host.invalid"]) == 2
+    assert "--host no-such-host.invalid is not an address or a name this machine can resolve" in capsys.readouterr().err
+    assert main(["serve", *model, "--device", "nonsense"]) == 2
+    assert "--device 'nonsense' is not a device" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before the out folder was made
+
+
+def test_a_port_taken_at_launch_names_the_option_to_change(model_folder, tmp_path, capsys, monkeypatch):
+    """Gradio's own message advised GRADIO_SERVER_PORT, which --port overrides."""
+    from pixart.cli import main, serve
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setattr(serve, "check_address", lambda host, port: None)  # taken after the check, as in a race
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["serve", "--model", str(model_folder), "--port", str(port), "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is in use (another server?): choose another --port" in err
+    assert "GRADIO_SERVER_PORT" not in err
+
+
 def test_request_numbering_reads_ascii_digit_folders_only(tmp_path):
     """A folder named with a digit int() refuses ("²") must not stop the server from starting."""
     from pixart.app import last_request_number

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 from pixart.cli.demo import DEMO_DIR
 
 DEMO_MODEL = DEMO_DIR / "model"  # where `pixart demo` leaves its model
+DEFAULT_PORT = 7860
 DEMO_NOTICE = "no model given; training the embedded demo model first with `pixart demo` (about 10 minutes)..."
 
 
@@ -28,7 +31,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         f"--text-encoder); default: the embedded demo model in {DEMO_MODEL}, trained first if missing",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves the whole network)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on, 1-65535 (default {DEFAULT_PORT})"
+    )
     parser.add_argument("--out", type=Path, help="folder to keep the images in (default: a temporary one)")
     parser.add_argument("--vae", type=Path, help="SD VAE folder (for bare transformer weights)")
     parser.add_argument(
@@ -52,13 +57,53 @@ def demo_model() -> Path:
     return DEMO_MODEL
 
 
+LOCAL_HOSTS = "use 127.0.0.1 (this machine only), 0.0.0.0 (every network) or one of this machine's addresses"
+
+
+def address_problem(host: str, port: int) -> str | None:
+    """What stops a server listening on host:port, found by binding a socket there as uvicorn will, or None."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError):
+        return f"--host {host} is not an address or a name this machine can resolve: {LOCAL_HOSTS}"
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+        try:
+            sock.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is in use (another server?): choose another --port"
+            if error.errno == errno.EADDRNOTAVAIL:
+                return f"--host {host} is not an address of this machine: {LOCAL_HOSTS}"
+            if error.errno == errno.EACCES:
+                return f"--port {port} needs administrator rights (a port below 1024): choose one above 1023"
+            return f"cannot listen on {host}:{port} ({error.strerror or error}): choose another --host or --port"
+    return None
+
+
+def check_address(host: str, port: int) -> None:
+    """--host and --port, checked before the model loads or the demo trains (a bad one failed after)."""
+    from pixart.cli.main import UserError
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is not a TCP port: choose one in 1-65535 (default {DEFAULT_PORT})")
+    problem = address_problem(host, port)
+    if problem:
+        raise UserError(problem)
+
+
 def run(args: argparse.Namespace) -> int:
     # No usage reports or version checks: the server may have no network, and the page must not wait on it.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import torch
 
-    from pixart.cli.main import UserError, make_out_folder
+    from pixart.cli.main import UserError, check_device, make_out_folder
     from pixart.generate import TextToImage
+
+    check_device(args.device)
+    check_address(args.host, args.port)
 
     try:
         from pixart.app import build_app
@@ -79,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"loaded {model}; starting the web server on {args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     try:
         page.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out.resolve())])
-    except OSError as error:  # the port is taken, or the host is not an address of this machine
-        raise UserError(f"cannot serve on {args.host}:{args.port}: {error}") from error
+    except OSError as error:  # taken since the check; gradio's message would advise GRADIO_SERVER_PORT
+        fallback = f"cannot serve on {args.host}:{args.port}: choose another --port, or check --host"
+        raise UserError(address_problem(args.host, args.port) or fallback) from error
     return 0
