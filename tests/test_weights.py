@@ -145,6 +145,9 @@ def test_errors_for_missing_unknown_and_foreign_files(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(WeightsError, match="neither"):
         load_transformer(tmp_path / "empty_dir")
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "run" / "final_ema.safetensors")  # a training run
+    with pytest.raises(WeightsError, match="is a training run: give its weights, .*final_ema.safetensors"):
+        load_transformer(tmp_path / "run")
 
 
 def test_code_in_a_pickle_is_refused(tmp_path):

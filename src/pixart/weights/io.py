@@ -66,6 +66,8 @@ def _detect_format(path: Path) -> str:
             return "pixart"
         if _diffusers_folder(path) is not None:
             return "diffusers"
+        if (path / "final_ema.safetensors").is_file():  # a finished `pixart train` run folder
+            raise WeightsError(f"{path} is a training run: give its weights, {path / 'final_ema.safetensors'}")
         raise WeightsError(
             f"{path} is a folder but holds neither {OURS_IN_FOLDER} (a pixart model folder) nor a diffusers "
             f"transformer (config.json + {DIFFUSERS_WEIGHTS}, or model_index.json with transformer/)"
