@@ -211,10 +211,11 @@ def test_empty_prompt_and_truncation_warning(pipeline_folder, tmp_path):
 
 
 def test_cli_errors_name_the_fix(pipeline_folder, tmp_path, capsys):
-    result = run_cli("generate", "x", "--model", str(tmp_path / "missing"), "--out", str(tmp_path))
+    result = run_cli("generate", "x", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "new"))
     assert result.returncode == 2
     assert "huggingface-cli download" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "new").exists()  # refused before --out was made
     assert main(["generate", "x", "--model", str(pipeline_folder), "--out", str(tmp_path), "--size", "1000x770"]) == 2
     assert "nearest valid size is 1000x768" in capsys.readouterr().err
     weights = tmp_path / "w.safetensors"

@@ -59,6 +59,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="torch.compile the transformer (each block on a GPU): slower first batch, faster after",
     )
     parser.add_argument("--t5-8bit", action="store_true", help="load T5 in 8 bits (needs bitsandbytes)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -136,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     check_device(args.device)
     check_device(args.text_device, "--text-device")
+    if not args.model.exists():  # before --out is made: a failed run leaves no empty folder behind
+        from pixart.modelfolder import DOWNLOAD_HINT
+
+        raise UserError(f"model not found: {args.model}. To get one, {DOWNLOAD_HINT}")
     prepare_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -160,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
             num_images=args.num_images,
             batch_size=args.batch,
             low_memory=args.low_memory,
+            progress=not args.no_progress,
         )
     except GenerationError as error:
         raise UserError(str(error)) from error
