@@ -389,7 +389,9 @@ def test_bad_seed_guidance_and_device_are_refused_before_loading(tmp_path, capsy
     """Each was found only after the model had loaded (nan or inf guidance scored black images)."""
     base = ("--model", tmp_path, "--out", tmp_path / "e.json")  # an empty folder: loading it would fail
     code, err = run_eval(capsys, *base, "--seed", "-5")
-    assert code == 2 and "--seed must be 0 or more, got -5" in err
+    assert code == 2 and f"--seed must lie in 0..{2**62}, got -5" in err
+    code, err = run_eval(capsys, *base, "--seed", str(2**63))  # torch's generator would overflow
+    assert code == 2 and f"--seed must lie in 0..{2**62}, got {2**63}" in err
     for cfg in ("nan", "inf", "-1"):
         code, err = run_eval(capsys, *base, "--cfg", cfg)
         assert code == 2 and "--cfg must be a finite number >= 0 (the guidance scale)" in err, cfg

@@ -78,6 +78,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     real.add_argument("--num", type=int, metavar="N", help="use the first N prompts (default: all)")
 
 
+MAX_EVAL_SEED = 2**62  # half torch's range: the suites offset their images' seeds (pairs by 100,000)
+
+
 def check_options(args: argparse.Namespace) -> None:
     """Refuse an unknown suite, options of the other suite, non-positive counts, a negative seed, a guidance
     that is not a finite number >= 0 and an --out folder, before any loading."""
@@ -93,8 +96,8 @@ def check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.seed < 0:  # numpy's and torch's generators refuse it, once the model has loaded
-        raise UserError(f"--seed must be 0 or more, got {args.seed}")
+    if not 0 <= args.seed <= MAX_EVAL_SEED:  # torch's generators refuse it, once the model has loaded
+        raise UserError(f"--seed must lie in 0..{MAX_EVAL_SEED}, got {args.seed}")
     if args.cfg is not None and not (math.isfinite(args.cfg) and args.cfg >= 0):  # nan or inf: black images
         raise UserError(f"--cfg must be a finite number >= 0 (the guidance scale), got {args.cfg}")
     if args.out is not None and args.out.is_dir():
