@@ -38,13 +38,15 @@ from pixart.data.sources import (
     BAD_CAPTION,
     BAD_ROW,
     BAD_SIDECAR,
+    BAD_TAR,
     DUPLICATE,
     MISSING_CAPTION,
     InputError,
     list_inputs,
 )
-from pixart.encoders import SDVAE, T5Encoder
+from pixart.encoders import SDVAE, MiniLMEncoder, T5Encoder
 from pixart.encoders.codecs import from_uint8
+from pixart.encoders.text import check_max_length
 
 RESOLUTION = 32  # the tiny VAE downsamples by 2: 32 px buckets give 16x16 latents
 
@@ -227,7 +229,7 @@ sys.path.insert(0, {tests!r})
 from pixart import files
 from pixart.data.prepare import PrepareOptions, prepare
 from pixart.data.sources import list_inputs
-from pixart.encoders import SDVAE, T5Encoder
+from pixart.encoders import SDVAE, MiniLMEncoder, T5Encoder
 
 real_replace = os.replace
 def replace(src, dst):
@@ -469,7 +471,7 @@ def test_cli_user_errors(tmp_path, model_dirs, capsys):
     args = ["prepare", str(folder), "--out", str(tmp_path / "o"), "--resolution", "256", "--text-encoder", str(t5)]
     assert main(args) == 2
     assert "--vae" in capsys.readouterr().err
-    assert main(["prepare", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--resolution", "256"]) == 2
+    assert main(cli_args(tmp_path / "nothing", tmp_path / "o", model_dirs)) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(cli_args(folder, tmp_path / "out", model_dirs, "--max-length", "0")) == 2
     assert "--max-length must be at least 1" in capsys.readouterr().err
@@ -576,3 +578,95 @@ def test_a_file_name_that_is_not_utf8_is_printed_escaped(tmp_path, model_dirs):
     args[args.index("--out") + 1] = str(tmp_path / "out-c")
     result = subprocess.run(args, capture_output=True, env=c_locale, timeout=300)
     assert result.returncode == 0 and b"bad\xff.png" in result.stdout
+
+
+# --- refused before any work; damaged inputs skipped, not fatal ---
+
+
+def test_bad_flags_are_refused_before_the_listing_and_the_out_folder(tmp_path, model_dirs, capsys):
+    """--vae was asked for only after the inputs were listed and --out made; --device and a MiniLM
+    --max-length beyond its 512 positions only when the models loaded or the first long caption came."""
+    missing = tmp_path / "no such input"  # listing it would fail: each flag's error must come first
+    out = tmp_path / "out"
+    t5, _ = model_dirs
+    assert main(["prepare", str(missing), "--out", str(out), "--resolution", "256", "--text-encoder", str(t5)]) == 2
+    assert "--vae DIR is required with --codec sd-vae" in capsys.readouterr().err
+    assert main(cli_args(missing, out, model_dirs, "--device", "tpu")) == 2
+    assert "--device 'tpu' is not a device" in capsys.readouterr().err
+    minilm = ["prepare", str(missing), "--out", str(out), "--resolution", "256", "--codec", "pixels"]
+    assert main([*minilm, "--text-encoder-kind", "minilm", "--max-length", "100000"]) == 2
+    assert "--max-length 100000: " in (error := capsys.readouterr().err) and "positions for (512)" in error
+    assert main(cli_args(missing, out, model_dirs, "--shard-size", "0")) == 2
+    assert "--shard-size must be at least 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_max_length_is_checked_against_the_encoders_positions(model_dirs):
+    with pytest.raises(ValueError, match=r"more than the minilm encoder in .* has positions for \(512\)"):
+        MiniLMEncoder(max_length=513)
+    assert MiniLMEncoder(max_length=512).max_length == 512
+    t5, _ = model_dirs
+    check_max_length(t5, 100_000, "t5")  # T5's positions are relative: no limit to check
+
+
+def test_every_input_bad_at_listing_writes_the_report_without_loading_models(tmp_path, model_dirs, capsys):
+    rows = ["{broken", json.dumps({"alt": "no path"})]
+    (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
+    no_models = ("--text-encoder", "/nonexistent")  # loading would fail: the run must stop before
+    assert main(cli_args(tmp_path / "m.jsonl", tmp_path / "out", model_dirs, *no_models)) == 0
+    printed = capsys.readouterr().out
+    assert "no input could be listed, so the models were not loaded" in printed
+    assert "0 samples from 2 inputs" in printed and "m.jsonl:1: bad manifest row" in printed
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["skip_reasons"] == {BAD_ROW: 2} and report["samples"] == 0
+
+
+def damaged_shards(folder: Path) -> Path:
+    """Two shards; the second cut inside k4.png, so k3 (before the damage) is readable and k4 is not."""
+    folder.mkdir()
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for key in ("k1", "k2"):
+            add_member(tar, f"{key}.png", png_bytes(noise(64, 64, int(key[1]))))
+            add_member(tar, f"{key}.txt", f"a circle {key}".encode())
+    with tarfile.open(folder / "00001.tar", "w") as tar:
+        for key in ("k3", "k4"):
+            add_member(tar, f"{key}.png", png_bytes(noise(64, 64, int(key[1]))))
+            add_member(tar, f"{key}.txt", f"a circle {key}".encode())
+    with tarfile.open(folder / "00001.tar") as tar:
+        cut = tar.getmember("k4.png").offset_data + 100
+    (folder / "00001.tar").write_bytes((folder / "00001.tar").read_bytes()[:cut])
+    return folder
+
+
+def test_a_damaged_tar_is_skipped_and_counted_and_a_resume_is_deterministic(tmp_path, models):
+    """One truncated .tar in a folder of shards aborted the whole run ("cannot read the tar ...")."""
+    inputs = list_inputs(damaged_shards(tmp_path / "shards"))
+    assert [item.name for item in inputs.items] == ["00000.tar/k1.png", "00000.tar/k2.png", "00001.tar/k3.png"]
+    report = prepare(inputs, tmp_path / "whole", options(shard_size=2), *models).report
+    assert report["samples"] == 3 and report["inputs"] == 4 and report["complete"]
+    assert [(s["path"], s["reason"]) for s in report["skipped"]] == [("00001.tar", BAD_TAR)]
+    assert "damaged after member k3.txt (k4.png is cut short)" in report["skipped"][0]["message"]
+    again = list_inputs(tmp_path / "shards")  # listed anew, as a rerun does
+    assert prepare(again, tmp_path / "resumed", options(shard_size=2, stop_after=1), *models).written == [0]
+    resumed = prepare(list_inputs(tmp_path / "shards"), tmp_path / "resumed", options(shard_size=2), *models)
+    assert resumed.written == [1] and resumed.report == report
+    assert visible_files(tmp_path / "whole") == visible_files(tmp_path / "resumed")
+    # A manifest naming a member lost to the damage: that row is skipped as unreadable, the rest lands.
+    rows = [{"path": f"shards/00001.tar/{key}.png", "alt": key} for key in ("k3", "k4")]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = prepare(list_inputs(tmp_path / "m.jsonl"), tmp_path / "m", options(), *models).report
+    assert report["samples"] == 1 and [s["reason"] for s in report["skipped"]] == [UNREADABLE]
+    # Cut at a member's header, tarfile just ends there: the missing end-of-archive block tells.
+    with tarfile.open(tmp_path / "shards" / "00000.tar") as tar:
+        cut = tar.getmember("k2.png").offset
+    data = (tmp_path / "shards" / "00000.tar").read_bytes()
+    (tmp_path / "shards" / "00000.tar").write_bytes(data[:cut])
+    problems = list_inputs(tmp_path / "shards").problems
+    assert [(p.path, p.message) for p in problems][0] == (
+        "00000.tar",
+        "damaged after member k1.txt (no end-of-archive block); the members up to it are kept",
+    )
+    # A tar with nothing readable, given alone, is still the input as a whole unreadable.
+    (tmp_path / "bad.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(InputError, match="cannot read the tar"):
+        list_inputs(tmp_path / "bad.tar")

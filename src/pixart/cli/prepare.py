@@ -51,14 +51,28 @@ def default_device() -> str:
     return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # under torchrun, each rank on its own GPU
 
 
-def load_models(args: argparse.Namespace, device: str):
-    from pixart.cli.main import UserError
-    from pixart.encoders import load_codec, load_text_encoder
+def check_model_flags(args: argparse.Namespace) -> None:
+    """The model flags, checked before the inputs are listed or --out is made (nothing loads here)."""
+    from pixart.cli.main import UserError, check_device
+    from pixart.encoders.text import check_max_length, minilm_folder
 
     if args.codec == "sd-vae" and args.vae is None:
         raise UserError("--vae DIR is required with --codec sd-vae (a local AutoencoderKL folder)")
     if args.text_encoder_kind == "t5" and args.text_encoder is None:
         raise UserError("--text-encoder DIR is required with --text-encoder-kind t5")
+    if args.max_length is not None:
+        if args.max_length < 1:  # 0 would mean "no limit" to a tokenizer
+            raise UserError(f"--max-length must be at least 1, got {args.max_length}")
+        try:
+            check_max_length(args.text_encoder or minilm_folder(), args.max_length, args.text_encoder_kind)
+        except (ValueError, RuntimeError) as error:
+            raise UserError(f"--max-length {args.max_length}: {error}") from error
+    check_device(args.device)
+
+
+def load_models(args: argparse.Namespace, device: str):
+    from pixart.encoders import load_codec, load_text_encoder
+
     kwargs = {"device": device} if args.max_length is None else {"device": device, "max_length": args.max_length}
     codec = load_codec(args.codec, args.vae, **({"device": device} if args.codec == "sd-vae" else {}))
     return codec, load_text_encoder(args.text_encoder_kind, args.text_encoder, **kwargs)
@@ -82,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     part, parts = parse_shard(args.shard)
-    if args.max_length is not None and args.max_length < 1:  # 0 would mean "no limit" to a tokenizer
-        raise UserError(f"--max-length must be at least 1, got {args.max_length}")
+    check_model_flags(args)
     try:
         part, parts = process_part(part, parts)
         options = PrepareOptions(
@@ -107,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
     except PrepareError as error:
         raise UserError(str(error)) from error
 
-    if not pending_shards(inputs, args.out, options) and (args.out / DATASET_FILE).is_file():
+    if not inputs.items:  # every input was left out while listing: there is nothing to encode
+        report = merge_reports(args.out, inputs, options)
+        print("no input could be listed, so the models were not loaded")
+    elif not pending_shards(inputs, args.out, options) and (args.out / DATASET_FILE).is_file():
         report = merge_reports(args.out, inputs, options)  # nothing to compute: no need to load the models
         print("every shard of this process is done already")
     else:

