@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 from tiny_models import save_tiny_t5, save_tiny_tokenizer, tiny_vae
 
+from pixart.cli.caption import prepare_fields
 from pixart.cli.main import main
 from pixart.data.caption import (
     FALLBACK_TEMPLATE,
     PROMPT,
     PROMPT_WITH_ALT,
+    CaptionError,
     CaptionOptions,
     LlavaCaptioner,
     caption_inputs,
@@ -144,11 +146,13 @@ def test_tiny_llava_end_to_end_then_prepare(tmp_path, llava_dir, capsys):
     assert main([*args, "--device", "cpu", "--no-progress"]) == 0
     out = folder / "dense.jsonl"
     assert default_output(folder) == out
-    assert "broken.png: not an image" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "broken.png: not an image (broken.png: no image format recognised)" in printed  # named, not <bytes>
     rows = read_rows(out)
     assert [row["path"] for row in rows] == ["0.png", "1.png", "2.png"]
     assert all(has_text(row["dense"]) for row in rows)  # gibberish, but words
     assert [row["alt"] for row in rows] == [f"a red circle {i}" for i in range(3)]  # the original caption kept
+    assert f"next: pixart prepare {out} --fields alt,dense ..." in printed
 
     assert main([*args, "--device", "cpu", "--no-progress"]) == 0  # a rerun: nothing left but the broken image
     assert "captioned 0 images now, 3 were done already" in capsys.readouterr().out
@@ -313,3 +317,131 @@ def test_stats_command(tmp_path, capsys):
     # Another suffix would be read back as CSV: a rerun would find nothing done and caption everything again.
     assert main(["caption", manifest, "--model", str(tmp_path), "--out", str(tmp_path / "dense.csv")]) == 2
     assert "the captions are written as a JSONL manifest; name it *.jsonl" in capsys.readouterr().err
+
+
+# --- refused before any work ---
+
+
+@pytest.fixture
+def unloadable_model(tmp_path) -> Path:
+    """A --model folder that passes the quick check but fails to load: a refusal must come before loading."""
+    folder = tmp_path / "unloadable"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def manifest(tmp_path: Path, field: str = "alt") -> Path:
+    (tmp_path / "img").mkdir(exist_ok=True)
+    rows = []
+    for i in range(2):
+        noise(32, 32, i).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"path": f"img/{i}.png", field: f"a red circle {i}"})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "m.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--field", "path"], "'path' is the image path column"),  # it overwrote every row's image path
+        (["--field", "image"], "'image' is the image path column"),
+        (["--field", ""], "--field is empty"),
+        (["--field", " "], "--field is empty"),
+        (["--field", "alt"], "'alt' holds each image's original caption"),  # the hint was --fields alt,alt
+        (["--field", "caption"], "'caption' holds each image's original caption"),
+        (["--field", "a,b"], "no commas"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+        (["--max-new-tokens", "-3"], "--max-new-tokens must be at least 1, got -3"),
+        (["--temperature", "-1"], "--temperature must be 0 (greedy) or a positive number, got -1.0"),
+        (["--temperature", "nan"], "--temperature must be 0 (greedy) or a positive number, got nan"),
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--device", "tpu"], "--device 'tpu' is not a device"),
+    ],
+)
+def test_bad_caption_flags_are_refused_before_the_model_loads(tmp_path, unloadable_model, capsys, flags, message):
+    source = manifest(tmp_path)
+    before = source.read_bytes()
+    out = tmp_path / "out.jsonl"
+    assert main(["caption", str(source), "--model", str(unloadable_model), "--out", str(out), *flags]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
+    assert not out.exists() and source.read_bytes() == before
+
+
+def test_reserved_fields_are_refused_by_the_options_too():
+    for name in ("path", "image", "", "alt", "text"):
+        with pytest.raises(CaptionError, match="--field"):
+            CaptionOptions(field=name)
+    assert CaptionOptions(field="long").field == "long"
+
+
+def test_another_field_into_an_existing_out_is_refused_the_same_field_resumes(tmp_path, unloadable_model, capsys):
+    """A second field captioned into the same --out added a second row per image; prepare then skipped every
+    image as a duplicate (0 samples)."""
+    source = manifest(tmp_path)
+    out = tmp_path / "out.jsonl"
+    inputs = list_inputs(source)
+    options = CaptionOptions(batch_size=1, progress=False)
+    first = caption_inputs(inputs, out, FakeCaptioner(), CaptionOptions(batch_size=1, progress=False, stop_after=1))
+    assert first.written == 1
+    before = out.read_bytes()
+    with pytest.raises(CaptionError, match=r"1 for 'dense'.*pass --field dense to resume it"):
+        caption_inputs(inputs, out, FakeCaptioner(), CaptionOptions(field="long", progress=False))
+    assert out.read_bytes() == before
+    args = ["caption", str(source), "--model", str(unloadable_model), "--out", str(out), "--field", "long"]
+    assert main(args) == 2  # refused before the model loads: this one would not
+    assert f"--out {out} holds rows written for another field than 'long'" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+    resumed = caption_inputs(inputs, out, FakeCaptioner(), options)  # the same field resumes
+    assert (resumed.already_done, resumed.written) == (1, 1)
+    assert [row["path"] for row in read_rows(out)] == ["img/0.png", "img/1.png"]
+    # A row written for 'long' from an input that has a 'dense' column carries 'dense' too: still refused.
+    long_options = CaptionOptions(field="long", progress=False)
+    assert caption_inputs(list_inputs(out), tmp_path / "long.jsonl", FakeCaptioner(), long_options).written == 2
+    with pytest.raises(CaptionError, match="2 for 'long'"):
+        caption_inputs(list_inputs(out), tmp_path / "long.jsonl", FakeCaptioner(), options)
+
+
+def test_the_prepare_hint_names_alt_only_when_every_row_has_it(tmp_path):
+    out = tmp_path / "out.jsonl"
+    caption_inputs(list_inputs(manifest(tmp_path)), out, FakeCaptioner(), CaptionOptions(progress=False))
+    assert prepare_fields(out, "dense") == "alt,dense"
+    (tmp_path / "bare").mkdir()
+    noise(32, 32, 0).save(tmp_path / "bare" / "a.png")  # no alt-text: prepare --fields alt,dense would skip it
+    bare = list_inputs(tmp_path / "bare")
+    caption_inputs(bare, tmp_path / "bare.jsonl", FakeCaptioner(), CaptionOptions(progress=False))
+    assert prepare_fields(tmp_path / "bare.jsonl", "dense") == "dense"
+
+
+def test_bad_stats_flags_are_refused_before_the_listing(tmp_path, capsys):
+    missing = str(tmp_path / "no such input")  # listing it would fail: the flag's error must come first
+    assert main(["caption", missing, "--stats", "--fields", ","]) == 2
+    assert "--fields ',' names no field" in capsys.readouterr().err
+    assert main(["caption", missing, "--stats", "--tokenizer", str(tmp_path / "nothing")]) == 2
+    error = capsys.readouterr().err
+    assert f"--tokenizer {tmp_path / 'nothing'}: no folder" in error and "internet" not in error
+    (tmp_path / "empty").mkdir()
+    assert main(["caption", missing, "--stats", "--tokenizer", str(tmp_path / "empty")]) == 2
+    assert "no tokenizer files in" in capsys.readouterr().err
+
+
+def test_a_damaged_tar_is_reported_in_the_skip_list(tmp_path, llava_dir, capsys):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for index in range(2):
+        with tarfile.open(shards / f"0000{index}.tar", "w") as tar:
+            for key in ("a", "b"):
+                noise(32, 32, index).save(tmp_path / f"{key}.png")
+                tar.add(tmp_path / f"{key}.png", arcname=f"{key}.png")
+    with tarfile.open(shards / "00001.tar") as tar:
+        cut = tar.getmember("a.png").offset_data + 10
+    data = (shards / "00001.tar").read_bytes()
+    (shards / "00001.tar").write_bytes(data[:cut])  # cut inside a.png: nothing of this tar is readable
+    args = ["caption", str(shards), "--model", str(llava_dir), "--max-new-tokens", "2", "--no-progress"]
+    assert main([*args, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "captioned 2 images now, 0 were done already, 1 skipped" in printed
+    assert "00001.tar: damaged tar (unreadable (a.png is cut short))" in printed
+    assert "--fields dense ..." in printed  # no alt-text in these shards

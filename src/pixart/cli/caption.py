@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -17,7 +18,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     caption = parser.add_argument_group("captioning")
     caption.add_argument("--model", type=Path, help="local LLaVA folder (LlavaForConditionalGeneration + processor)")
     caption.add_argument("--out", type=Path, help="output JSONL manifest (default: beside INPUT, e.g. x.dense.jsonl)")
-    caption.add_argument("--field", default="dense", help="the field the new captions go to (default: dense)")
+    caption.add_argument(
+        "--field", default="dense", help="the field the new captions go to (default: dense; not alt, path or image)"
+    )
     caption.add_argument("--with-alt", action="store_true", help="quote each image's alt-text in the prompt")
     caption.add_argument("--batch-size", type=int, default=8, help="images per generate call (default: 8)")
     caption.add_argument("--max-new-tokens", type=int, default=300, help="caption length limit in tokens")
@@ -40,17 +43,30 @@ def register(parser: argparse.ArgumentParser) -> None:
     stats.add_argument("--spacy-model", default="en_core_web_sm", help="spaCy model for nouns, if installed")
 
 
-def run_stats(args: argparse.Namespace, inputs) -> int:
+def list_or_refuse(path: Path):
+    from pixart.cli.main import UserError
+    from pixart.data.sources import InputError, list_inputs
+
+    try:
+        return list_inputs(path)
+    except InputError as error:
+        raise UserError(str(error)) from error
+
+
+def run_stats(args: argparse.Namespace) -> int:
     from pixart.cli.main import UserError
     from pixart.data.caption_stats import collect, field_stats, format_table, load_spacy, load_tokenizer
 
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
+    if not fields:
+        raise UserError(f"--fields {args.fields!r} names no field: pass caption fields, e.g. --fields alt,dense")
     tokenizers = {}
-    for source in args.tokenizer:
+    for source in args.tokenizer:  # before the listing: a wrong folder is named at once
         try:
             tokenizers[Path(source).name] = load_tokenizer(source)
         except (OSError, ValueError) as error:
-            raise UserError(f"no tokenizer in {source}: {error}") from error
+            raise UserError(f"--tokenizer {source}: {' '.join(str(error).split())}") from error
+    inputs = list_or_refuse(args.input)
     nlp, note = load_spacy(args.spacy_model)
     found = collect(inputs, fields)
     stats = [field_stats(name, *found[name], tokenizers, args.max_length, nlp) for name in fields]
@@ -58,41 +74,71 @@ def run_stats(args: argparse.Namespace, inputs) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def caption_options(args: argparse.Namespace):
+    """The captioning flags as CaptionOptions, checked before the inputs are listed or the model loads."""
+    from pixart.cli.main import UserError, check_device
+    from pixart.data.caption import CaptionError, CaptionOptions, check_model_folder
 
-    from pixart.cli.main import UserError
-    from pixart.data.caption import CaptionOptions, LlavaCaptioner, caption_inputs, default_output
-    from pixart.data.sources import InputError, list_inputs
-
-    try:
-        inputs = list_inputs(args.input)
-    except InputError as error:
-        raise UserError(str(error)) from error
-    if args.stats:
-        return run_stats(args, inputs)
     if args.model is None:
         raise UserError("--model DIR is required to caption (or pass --stats for caption statistics)")
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
+    if args.max_new_tokens < 1:  # transformers refuses it only after the model has loaded
+        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:  # nan or -1 would quietly be greedy
+        raise UserError(f"--temperature must be 0 (greedy) or a positive number, got {args.temperature}")
     if args.out is not None and args.out.suffix.lower() != ".jsonl":  # rows are JSON lines: resume reads them so
         raise UserError(f"--out {args.out}: the captions are written as a JSONL manifest; name it *.jsonl")
+    try:
+        options = CaptionOptions(
+            field=args.field, with_alt=args.with_alt, batch_size=args.batch_size, progress=not args.no_progress
+        )
+    except CaptionError as error:
+        raise UserError(str(error)) from error
+    check_device(args.device)
+    check_model_folder(args.model)
+    return options
+
+
+def prepare_fields(out: Path, field_name: str) -> str:
+    """The --fields to suggest for prepare: alt too only if every row kept an original caption (else it skips)."""
+    from pixart.data.sources import DEFAULT_FIELD, has_text, manifest_rows
+
+    rows = [row for _, row in manifest_rows(out) if isinstance(row, dict)]
+    with_alt = bool(rows) and all(has_text(row.get(DEFAULT_FIELD)) for row in rows)
+    return f"{DEFAULT_FIELD},{field_name}" if with_alt else field_name
+
+
+def run(args: argparse.Namespace) -> int:
+    from pixart.cli.main import UserError
+
+    if args.stats:
+        return run_stats(args)
+    options = caption_options(args)
+
+    import torch
+
+    from pixart.data.caption import CaptionError, LlavaCaptioner, caption_inputs, captioned, default_output
+    from pixart.data.sources import InputError
+
+    out = args.out or default_output(args.input, args.field)
+    try:
+        captioned(out, args.field)  # rows of another field there: refused before the listing and the model
+    except (CaptionError, InputError) as error:
+        raise UserError(str(error)) from error
+    inputs = list_or_refuse(args.input)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("float32" if device == "cpu" else "float16"))
     torch.manual_seed(args.seed)
     captioner = LlavaCaptioner(
         args.model, device=device, dtype=dtype, max_new_tokens=args.max_new_tokens, temperature=args.temperature
     )
-    out = args.out or default_output(args.input, args.field)
-    options = CaptionOptions(
-        field=args.field, with_alt=args.with_alt, batch_size=args.batch_size, progress=not args.no_progress
-    )
     result = caption_inputs(inputs, out, captioner, options)
+    # What listing left out (a damaged tar, duplicates, bad rows) is skipped too, and said so.
+    skipped = [{"path": p.path, "reason": p.reason, "message": p.message} for p in inputs.problems]
+    skipped += result.skipped
     print(
-        f"{out}: captioned {result.written} images now, {result.already_done} were done already, "
-        f"{len(result.skipped)} skipped"
+        f"{out}: captioned {result.written} images now, {result.already_done} were done already, {len(skipped)} skipped"
     )
-    for skipped in result.skipped:
-        print(f"  {skipped['path']}: {skipped['reason']} ({skipped['message']})")
-    print(f"next: pixart prepare {out} --fields alt,{args.field} ...")
+    for entry in skipped:
+        print(f"  {entry['path']}: {entry['reason']} ({entry['message']})")
+    print(f"next: pixart prepare {out} --fields {prepare_fields(out, args.field)} ...")
     return 0

@@ -4,7 +4,8 @@ A LLaVA-family model (transformers' LlavaForConditionalGeneration + AutoProcesso
 folder) describes each image with the paper's prompt, or with the variant that passes the original
 alt-text. The output is a JSONL manifest that `pixart prepare` reads: one row per image with the
 input's fields (the original caption kept as `alt`), `path` relative to the manifest's folder, and the
-new caption in `dense`. Rows are appended a batch at a time, so a rerun skips what is captioned already.
+new caption in `dense`. Rows are appended a batch at a time, so a rerun skips what is captioned already;
+an output whose rows were written for another field is refused (the images would be listed twice).
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ import torch
 from PIL import Image
 
 from pixart.data.images import ImageSkipped, load_rgb
-from pixart.data.sources import DEFAULT_FIELD, IMAGE_COLUMNS, Inputs, has_text, image_column, is_utf8, manifest_rows
+from pixart.data.sources import (
+    ALIASES,
+    DEFAULT_FIELD,
+    IMAGE_COLUMNS,
+    Inputs,
+    has_text,
+    image_column,
+    is_utf8,
+    manifest_rows,
+)
 
 PROMPT = "Describe this image and its style in a very detailed manner"
 PROMPT_WITH_ALT = 'Given the caption of this image "{alt}", describe this image and its style in a very detailed manner'
@@ -28,6 +38,34 @@ FALLBACK_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 
 # (images, prompts) -> one caption per image; LlavaCaptioner is one, tests pass a plain function.
 Captioner = Callable[[list[Image.Image], list[str]], list[str]]
+
+
+class CaptionError(ValueError):
+    """Settings that cannot work (a reserved field name) or an output that holds another field's rows."""
+
+
+def check_field(name: str) -> None:
+    """CaptionError unless `name` can hold new captions beside the columns every output row keeps."""
+    if not name.strip():
+        raise CaptionError("--field is empty: name the field the new captions go to, e.g. --field dense")
+    if name != name.strip() or "," in name:
+        raise CaptionError(f"--field {name!r}: no commas or surrounding spaces (pixart prepare --fields splits there)")
+    if name in IMAGE_COLUMNS:  # the captions would overwrite every row's image path
+        raise CaptionError(f"--field {name}: {name!r} is the image path column; name another field, e.g. --field dense")
+    if name == DEFAULT_FIELD or name in ALIASES:  # the output keeps the original caption in `alt`
+        raise CaptionError(
+            f"--field {name}: {name!r} holds each image's original caption, which the output keeps; "
+            "name the new captions another field, e.g. --field dense"
+        )
+
+
+def check_model_folder(folder: Path) -> None:
+    """FileNotFoundError unless `folder` looks like a saved LLaVA model (checked before listing, then loading)."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no LLaVA model in {folder} (expected config.json, weights and processor files written by "
+            "save_pretrained, e.g. a local copy of llava-hf/llava-1.5-7b-hf); point --model at it"
+        )
 
 
 def caption_prompt(alt: str | None = None) -> str:
@@ -52,11 +90,7 @@ class LlavaCaptioner:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no LLaVA model in {folder} (expected config.json, weights and processor files written by "
-                "save_pretrained, e.g. a local copy of llava-hf/llava-1.5-7b-hf); point --model at it"
-            )
+        check_model_folder(folder)
         self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         self.processor.tokenizer.padding_side = "left"  # generation continues every row on the right
         self.model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True)
@@ -101,6 +135,11 @@ class CaptionOptions:
     progress: bool = True
     stop_after: int | None = None  # caption at most this many batches, then return as if killed (tests)
 
+    def __post_init__(self) -> None:
+        check_field(self.field)
+        if self.batch_size < 1:
+            raise CaptionError(f"--batch-size must be at least 1, got {self.batch_size}")
+
 
 @dataclass
 class CaptionResult:
@@ -128,13 +167,30 @@ def _repair_tail(out: Path) -> None:
 
 
 def captioned(out: Path, field_name: str) -> set[str]:
-    """Image paths (as written, relative to the manifest's folder) that already have a `field_name` caption."""
+    """Image paths (as written, relative to the manifest's folder) that already have a `field_name` caption.
+
+    CaptionError if `out` holds rows written for another field: they would stay beside the new rows, each
+    image listed twice, and `pixart prepare` would skip the second listing of every image as a duplicate.
+    A row was written for the field that comes last in it (see output_row); other columns are copied.
+    """
     if not out.is_file():
         return set()
-    done = set()
+    done, others = set(), {}
     for _, row in manifest_rows(out):
-        if isinstance(row, dict) and isinstance(row.get(field_name), str) and image_column(row):
+        if not isinstance(row, dict) or image_column(row) is None:
+            continue
+        written_for = list(row)[-1]
+        if written_for == field_name:
             done.add(os.path.normpath(row[image_column(row)]))
+        else:
+            others[written_for] = others.get(written_for, 0) + 1
+    if others:
+        found = ", ".join(f"{count} for {name!r}" for name, count in others.items())
+        resume = f"--field {next(iter(others))}" if len(others) == 1 else "the --field they were written for"
+        raise CaptionError(
+            f"--out {out} holds rows written for another field than {field_name!r} ({found}); "
+            f"caption {field_name!r} into another --out, or pass {resume} to resume it"
+        )
     return done
 
 
@@ -172,7 +228,7 @@ def caption_inputs(inputs: Inputs, out: str | Path, captioner: Captioner, option
                     # An alt-text that is missing or not valid UTF-8 is no use to quote: the plain prompt then.
                     quote = options.with_alt and has_text(alt) and is_utf8(alt)
                     prompt = caption_prompt(alt if quote else None)
-                    ready.append((fields, location, load_rgb(item.image.read()), prompt))
+                    ready.append((fields, location, load_rgb(item.image.read(), name=item.name), prompt))
                 except ImageSkipped as e:
                     result.skipped.append({"path": item.name, "reason": e.reason, "message": e.message})
             if ready:

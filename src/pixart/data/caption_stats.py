@@ -20,6 +20,7 @@ from pixart.data.sources import Inputs, has_text, is_utf8
 # A word: letters or digits, with inner apostrophes ("don't", "cat's"); punctuation and "_" split words.
 WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 SPACY_MODEL = "en_core_web_sm"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.txt")
 NOUN_TAGS = frozenset({"NOUN"})  # common nouns: the concepts; proper nouns (PROPN) are mostly names
 
 
@@ -59,6 +60,11 @@ def load_tokenizer(source: str | Path):
     from pixart.encoders import minilm_folder
 
     folder = minilm_folder() if str(source) == "minilm" else Path(source)
+    # Checked here: transformers takes a path that is not a folder for a hub name (and blames the network).
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder}: pass a local encoder folder (T5, MiniLM) or 'minilm'")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer files in {folder} (one of {', '.join(TOKENIZER_FILES)})")
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
