@@ -77,6 +77,7 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("model.mlp_ratio=-1", "mlp_ratio must give the MLP at least one unit"),
         ("dit.mlp_ratio=0", "mlp_ratio must give the MLP at least one unit"),
         ("dit.depth=0", "depth, num_heads, hidden_size, patch_size, input_size and num_classes must be at least 1"),
+        ("model.max_length=600", "more than the shapes data's MiniLM encoder in .* has positions for .512."),
         ("data.synthetic=bogus", "synthetic must be 'shapes', or '' to train on data.root; got 'bogus'"),
         ("data.synthetic_sizes=['30x32']", "30x32 is not a multiple of the patch size 4 on each side; use 32x32"),
         ("data.caption_probs={'bogus': 1.0}", "the shapes data has the caption fields .'alt', 'dense'., not .'bogus'."),

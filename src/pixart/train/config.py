@@ -143,6 +143,7 @@ class TrainConfig:
     def _check_shapes_data(self) -> None:
         """What the synthetic shapes data must be for this model, known before it is built."""
         from pixart.data.shapes_features import FIELDS
+        from pixart.encoders.text import check_max_length, minilm_folder
 
         patch = self.dit.patch_size if self.stage == "class" else self.model.patch_size
         for size in self.data.synthetic_sizes:
@@ -153,6 +154,8 @@ class TrainConfig:
                     f"data.synthetic_sizes: {size} is not a multiple of the patch size {patch} on each side; "
                     f"use {fit}, say"
                 )
+        if self.stage == "t2i":  # its captions are MiniLM's (512 positions): else a crash while building it
+            check_max_length(minilm_folder(), self.model.max_length, kind="shapes data's MiniLM")
         unknown = sorted(set(self.data.caption_probs) - set(FIELDS))
         if unknown:
             raise ValueError(
