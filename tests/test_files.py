@@ -120,3 +120,20 @@ def test_a_checkpoint_folder_killed_while_being_pruned_no_longer_counts(tmp_path
     monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
     save_checkpoint(tmp_path, 8, {"step": 8}, World(), sharded=False, keep=1)
     assert sorted(p.name for p in folder.iterdir()) == ["step-0000008.pt"]
+
+
+def test_a_sharded_checkpoint_from_before_newer_state_entries_still_loads(tmp_path):
+    """DCP refuses a template key the checkpoint lacks: the entries added since (non-finite steps in a row,
+    the log window, the training time) take their defaults; a missing entry that matters is still an error."""
+    import torch.distributed.checkpoint as dcp
+
+    from pixart.train.checkpoint import load_checkpoint, rng_state
+
+    path = tmp_path / "step-0000004.dcp"
+    dcp.save({"model": {"w": torch.ones(2)}, "step": 4}, checkpoint_id=str(path))
+    torch.save({"rng": rng_state()}, path / "extra.pt")
+    template = {"model": {"w": torch.zeros(2)}, "step": 0, "log_window": [0.0, 0.0], "nonfinite_in_a_row": 0}
+    state = load_checkpoint(path, template)
+    assert state["step"] == 4 and torch.equal(state["model"]["w"], torch.ones(2)) and "log_window" not in state
+    with pytest.raises(BaseException, match="Missing key in checkpoint state_dict: ema"):  # DCP wraps it
+        load_checkpoint(path, {**template, "ema": {"w": torch.zeros(2)}})

@@ -22,6 +22,14 @@ from pixart.files import atomic_write, remove_leftovers
 from pixart.train.distributed import World, barrier
 
 NAME = re.compile(r"^step-(\d{7})\.(pt|dcp)$")
+# Entries of the training state added after the first checkpoints were written: older ones lack them, and a
+# resume takes their defaults (the loop reads them with .get).
+OPTIONAL = frozenset({"skipped_steps", "nonfinite_in_a_row", "log_window", "train_seconds"})
+
+
+def _under(stored: str, key: str) -> bool:
+    """Whether DCP's flattened name `stored` belongs to the top-level entry `key`."""
+    return stored == key or stored.startswith(f"{key}.")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -108,6 +116,9 @@ def load_checkpoint(path: Path, template: dict | None = None) -> dict:
     if path.suffix == ".dcp":
         import torch.distributed.checkpoint as dcp
 
+        stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        # DCP refuses a template key the checkpoint lacks: those added since (OPTIONAL) keep their defaults
+        template = {k: v for k, v in template.items() if k not in OPTIONAL or any(_under(s, k) for s in stored)}
         dcp.load(template, checkpoint_id=str(path))
         extra = torch.load(path / "extra.pt", weights_only=True)
         return {**template, **extra}
