@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from pixart.cli.main import UserError
     from pixart.model.pixart import PixArtConfig, count_parameters
     from pixart.weights import detect_format, read_state, save_transformer
-    from pixart.weights.dit_init import dit_to_pixart, read_dit
+    from pixart.weights.dit_init import dit_to_pixart
+    from pixart.weights.io import read_dit
 
     check_out(args)
     config = read_config(args.config, PixArtConfig) if args.config else None

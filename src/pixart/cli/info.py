@@ -14,7 +14,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pixart.weights import detect_format, read_state
-    from pixart.weights.dit_init import infer_dit_config, read_dit
+    from pixart.weights.dit_init import infer_dit_config
+    from pixart.weights.io import read_dit
 
     fmt = detect_format(args.path)
     if fmt == "dit":

@@ -18,7 +18,8 @@ from pixart.model.dit import DiT
 from pixart.model.pixart import PixArt
 from pixart.train.config import TrainConfig
 from pixart.weights import WeightsError, detect_format, read_state
-from pixart.weights.dit_init import read_dit, reparameterize_dit
+from pixart.weights.dit_init import reparameterize_dit
+from pixart.weights.io import read_dit
 
 FINAL = "final.safetensors"
 FINAL_EMA = "final_ema.safetensors"

@@ -13,24 +13,15 @@ for the unconditional branch of guidance.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from pixart.model.dit import DiT, DiTConfig
 from pixart.model.layers import timestep_sinusoid
 from pixart.model.pixart import PixArt, PixArtConfig
-from pixart.weights.io import (
-    WeightsError,
-    is_training_checkpoint,
-    load_checkpoint_file,
-    read_official_state,
-    safetensors_metadata,
-)
+from pixart.weights.io import WeightsError
 
 REPARAM_T = 500
 SHARED_PREFIXES = ("x_embedder.proj.", "t_embedder.mlp.", "final_layer.linear.")
@@ -129,22 +120,6 @@ def reparameterize_dit(
     final_target = _linear(F.silu(c_star), dit_state, "final_layer.adaLN_modulation.1.")  # (1, 2D)
     state["final_layer.scale_shift_table"] = (final_target.reshape(2, D) - temb).float()
     return state
-
-
-def read_dit(path: Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], DiTConfig | None]:
-    """A DiT checkpoint's state dict (its EMA with use_ema, where a training checkpoint holds one), and its
-    config where the file carries one.
-
-    Our trainer's stage-1 weights (.safetensors) keep it in the metadata and its checkpoints under
-    config.dit; official DiT .pt files carry none, so their architecture is read from the shapes.
-    """
-    if path.suffix == ".safetensors":
-        metadata = safetensors_metadata(path)
-        stored = json.loads(metadata["config"]) if metadata.get("format") == "dit" and "config" in metadata else None
-        return load_file(path), DiTConfig(**stored) if stored else None
-    data = load_checkpoint_file(path)
-    state = dict(read_official_state(path, use_ema=use_ema, data=data))
-    return state, DiTConfig(**data["config"]["dit"]) if is_training_checkpoint(data) else None
 
 
 def dit_to_pixart(

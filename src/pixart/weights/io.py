@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pixart.files import atomic_write
+from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import keys
 from pixart.weights.configs import (
@@ -173,6 +174,22 @@ def stored_official_config(data: object) -> PixArtConfig | None:
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         return PixArtConfig.from_dict(data["config"])
     return None
+
+
+def read_dit(path: Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], DiTConfig | None]:
+    """A DiT checkpoint's state dict (its EMA with use_ema, where a training checkpoint holds one), and its
+    config where the file carries one.
+
+    Our trainer's stage-1 weights (.safetensors) keep it in the metadata and its checkpoints under
+    config.dit; official DiT .pt files carry none, so their architecture is read from the shapes.
+    """
+    if path.suffix == ".safetensors":
+        metadata = safetensors_metadata(path)
+        stored = json.loads(metadata["config"]) if metadata.get("format") == "dit" and "config" in metadata else None
+        return load_file(path), DiTConfig(**stored) if stored else None
+    data = load_checkpoint_file(path)
+    state = dict(read_official_state(path, use_ema=use_ema, data=data))
+    return state, DiTConfig(**data["config"]["dit"]) if is_training_checkpoint(data) else None
 
 
 def _read_diffusers(folder: Path) -> tuple[PixArtConfig, dict[str, torch.Tensor]]:
