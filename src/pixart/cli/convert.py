@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -107,7 +106,7 @@ def read_config(path: Path, config_class):
 def check_out(args: argparse.Namespace) -> None:
     """--out before anything is read: its suffix fits --to, it is not there yet (a conversion never replaces
     a file, the source least of all), and its folder takes files."""
-    from pixart.cli.main import UserError
+    from pixart.cli.main import UserError, check_writable_folder
 
     out = args.out
     if args.to == "pixart" and out.suffix != ".safetensors":
@@ -118,9 +117,4 @@ def check_out(args: argparse.Namespace) -> None:
         same = out.resolve() == args.src.resolve()
         what = "is the source itself" if same else "already exists"
         raise UserError(f"--out {out} {what}; choose another --out (a conversion never replaces a file)")
-    folder = out if args.to == "diffusers" else out.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    try:  # a folder the system will not write to (read-only, /proc) fails now, not after the source is read
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        raise UserError(f"--out {out}: cannot write in {folder} ({error.strerror or error})") from None
+    check_writable_folder(out if args.to == "diffusers" else out.parent, "--out", out)

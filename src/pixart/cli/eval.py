@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,27 +116,12 @@ def prepare_outputs(args: argparse.Namespace) -> Path:
 
 
 def check_out_file(out: Path) -> None:
-    """Create the folder of the results file and write a scratch file in it."""
-    from pixart.cli.main import UserError
+    """A regular file (or none yet) in a folder that takes files."""
+    from pixart.cli.main import UserError, check_writable_folder
 
     if out.exists() and not out.is_file():  # a device or a pipe: the results would replace it
         raise UserError(f"--out {out} is not a regular file: give the JSON file to write")
-    folder = out.parent
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(
-            f"--out {out}: cannot create {folder} ({error.strerror or error}); choose another --out"
-        ) from None
-    try:  # a read-only disk, no permission: only a write tells
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".check"):
-            pass
-    except OSError as error:
-        raise UserError(
-            f"--out {out}: cannot write in {folder} ({error.strerror or error}); choose another --out"
-        ) from None
+    check_writable_folder(out.parent, "--out", out)
 
 
 def check_cache_folder(cache: Path | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import tempfile
 from pathlib import Path
 
 # Subcommand name -> module under pixart.cli; imported lazily so `pixart --help` stays fast.
@@ -38,6 +39,24 @@ def make_out_folder(out: Path, what: str = "--out") -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the folder {what} {out}: {error.strerror or error}") from error
+
+
+def check_writable_folder(folder: Path, flag: str, value: Path) -> None:
+    """Create `folder`, where `flag value` writes, and write a scratch file in it: a path the system refuses
+    (a file on the way, a read-only disk, /proc) fails now, not after the work whose result goes there."""
+    said = f"{flag} {value}"
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{said}: {folder} is a file, not a folder; choose another {flag}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{said}: cannot create {folder} ({error.strerror or error}); choose another {flag}") from None
+    try:  # a read-only disk, no permission: only a write tells
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise UserError(
+            f"{said}: cannot write in {folder} ({error.strerror or error}); choose another {flag}"
+        ) from None
 
 
 def check_device(text: str | None, what: str = "--device") -> None:
@@ -87,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pixart {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a path the user gave: a folder where a file goes, no permission, a full disk
-        print(f"pixart {args.command}: error: {error.strerror or error}: {error.filename or ''}", file=sys.stderr)
+        where = f": {error.filename}" if error.filename else ""
+        print(f"pixart {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     return int(result or 0)
