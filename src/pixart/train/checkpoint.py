@@ -81,13 +81,10 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
         barrier(world)
         if world.is_main:
             torch.save({"rng": rng_state()}, tmp / "extra.pt")
-            if final.exists():  # the trainer saves a step once; a complete copy goes only once replaced
-                doomed = final.with_name(f".{final.name}.deleted")
-                os.replace(final, doomed)
-                os.replace(tmp, final)
+            doomed = _set_aside(final) if final.exists() else None  # the trainer saves a step once
+            os.replace(tmp, final)
+            if doomed is not None:  # a complete copy goes only once it is replaced
                 shutil.rmtree(doomed)
-            else:
-                os.replace(tmp, final)
     else:
         final = folder / f"step-{step:07d}.pt"
         if world.is_main:
@@ -104,11 +101,16 @@ def _delete(checkpoint: Path) -> None:
     """Remove a checkpoint. A sharded one is a folder: it is renamed out of the checkpoint names first, so
     a kill halfway through deleting it never leaves a half-deleted folder that still counts as one."""
     if checkpoint.is_dir():
-        doomed = checkpoint.with_name(f".{checkpoint.name}.deleted")
-        os.replace(checkpoint, doomed)
-        shutil.rmtree(doomed)
+        shutil.rmtree(_set_aside(checkpoint))
     else:  # a file goes in one step
         checkpoint.unlink()
+
+
+def _set_aside(folder: Path) -> Path:
+    """Rename a sharded checkpoint out of the checkpoint names (the next save deletes what a kill leaves)."""
+    doomed = folder.with_name(f".{folder.name}.deleted")
+    os.replace(folder, doomed)
+    return doomed
 
 
 def load_checkpoint(path: Path, template: dict | None = None) -> dict:

@@ -24,7 +24,7 @@ from pixart import config as config_io
 from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.sampler import BucketBatchSampler
 from pixart.diffusion.schedulers import check_steps, default_sampler
-from pixart.files import atomic_write, remove_leftovers, write_json
+from pixart.files import remove_leftovers, write_json
 from pixart.model.dit import DiT
 from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
@@ -158,8 +158,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         check_run_config(config, run_dir, world.world_size)
-        text = config_io.to_json(config)  # atomically: every resume reads it back
-        atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
+        write_json(run_dir / "config.json", config_io.to_dict(config))  # atomically: every resume reads it back
         write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
     data_dir = prepare_data(config, run_dir, world, progress=progress)
     try:

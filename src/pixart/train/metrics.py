@@ -58,10 +58,9 @@ class MetricsWriter:
         if not self.path.is_file():
             return
         text = self.path.read_text()
-        rows = read_metrics(self.path)
-        kept = [row for row in rows if row.get("step", 0) <= step]
+        kept = [row for row in parse_rows(text, self.path) if row.get("step", 0) <= step]
         laid_out = "".join(json.dumps(r) + "\n" for r in kept)  # the rows as write() lays them out
-        if len(kept) < len(rows) or (text and not text.endswith("\n")):
+        if laid_out != text:
             atomic_write(self.path, lambda tmp: Path(tmp).write_text(laid_out))
 
     def write(self, row: dict) -> None:
@@ -82,9 +81,11 @@ class MetricsWriter:
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl. A last line without its newline that does not parse is a row a crash
     cut off mid-write, and is left out; any other line that does not parse is an error naming it."""
-    if not path.is_file():
-        return []
-    text = path.read_text()
+    return parse_rows(path.read_text(), path) if path.is_file() else []
+
+
+def parse_rows(text: str, path: Path) -> list[dict]:
+    """read_metrics on the text of `path`."""
     lines = text.split("\n")
     rows = []
     for number, line in enumerate(lines, 1):
