@@ -137,3 +137,5 @@ def test_a_sharded_checkpoint_from_before_newer_state_entries_still_loads(tmp_pa
     assert state["step"] == 4 and torch.equal(state["model"]["w"], torch.ones(2)) and "log_window" not in state
     with pytest.raises(BaseException, match="Missing key in checkpoint state_dict: ema"):  # DCP wraps it
         load_checkpoint(path, {**template, "ema": {"w": torch.zeros(2)}})
+    with pytest.raises(ValueError, match="is sharded: it loads into the live state dicts"):
+        load_checkpoint(path)

@@ -11,7 +11,7 @@ import torch
 from helpers import randomize_, varied_mask
 
 from pixart.model import TINY, TINY_MS, XL_2, XL_2_1024_MS, PixArt, PixArtConfig, count_parameters
-from pixart.model.layers import PatchEmbed, timestep_sinusoid
+from pixart.model.layers import PatchEmbed, linear_at, timestep_sinusoid
 from pixart.model.pos_embed import position_embedding
 
 
@@ -179,6 +179,10 @@ def test_bad_inputs_are_named():
         model(torch.randn(2, 4, 16, 16), torch.tensor([1, 2, 3]), torch.randn(2, 3, 48))
     with pytest.raises(ValueError, match="y must be"):
         model(torch.randn(1, 4, 16, 16), torch.tensor([1]), torch.randn(1, 3, 47))
+    with pytest.raises(ValueError, match="pass caption features y .* or captions from prepare_captions"):
+        model(torch.randn(1, 4, 16, 16), torch.tensor([1]), None)
+    with pytest.raises(TypeError, match="expected an nn.Linear at index 0 of Sequential"):
+        linear_at(model.t_block, 0)  # [SiLU, Linear]
 
 
 def test_config_validation():

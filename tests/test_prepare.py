@@ -670,3 +670,12 @@ def test_a_damaged_tar_is_skipped_and_counted_and_a_resume_is_deterministic(tmp_
     (tmp_path / "bad.tar").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(InputError, match="cannot read the tar"):
         list_inputs(tmp_path / "bad.tar")
+
+
+def test_a_shapes_codec_without_its_file_is_a_clear_error():
+    # load_codec("shapes-ae", None) (a model.json or dataset.json without the codec's path) used to reach
+    # Path(None) and fail with a TypeError that named nothing.
+    from pixart.encoders.codecs import load_codec
+
+    with pytest.raises(ValueError, match="shapes codec needs its weights file"):
+        load_codec("shapes-ae", None)

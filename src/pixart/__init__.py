@@ -4,7 +4,7 @@ __all__ = ["PixArt", "PixArtConfig"]
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     """`pixart.PixArt` and `pixart.PixArtConfig`, imported on first use: importing the package (as
     `pixart --help` does) must not load torch."""
     if name in __all__:

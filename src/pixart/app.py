@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -243,7 +244,7 @@ def build_app(pipe: TextToImage, out_dir: str | Path, *, model_name: str | None 
                 )
 
         # Gradio finds the progress bar by this default; tracking tqdm shows the sampler's steps in the page.
-        def on_generate(*values, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        def on_generate(*values: Any, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:  # noqa: B008
             reply = studio.request(*values, progress=True)
             return reply.gallery, reply.files or None, reply.notice, reply.details, reply.seed
 

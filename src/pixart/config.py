@@ -12,22 +12,27 @@ import difflib
 import json
 import types
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Config = TypeVar("Config", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
     """A bad override or config file, reported before any work starts."""
 
 
-def _hints(cls) -> dict[str, Any]:
+def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _all_keys(config, prefix: str = "") -> list[str]:
+def _all_keys(config: DataclassInstance, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
             keys += _all_keys(value, f"{prefix}{f.name}.")
         else:
             keys.append(prefix + f.name)
@@ -78,7 +83,7 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
         (item_type,) = typing.get_args(annotation) or (Any,)
         if isinstance(value, list | tuple):
             return [_check_type(v, item_type, key) for v in value]
-    elif dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+    elif isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and isinstance(value, dict):
         return from_dict(annotation, value, prefix=f"{key}.")
     raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}")
 
@@ -94,7 +99,7 @@ def parse_value(text: str) -> Any:
         return text  # a bare word: a string
 
 
-def set_value(config, key: str, value: Any, _prefix: str = ""):
+def set_value(config: Config, key: str, value: Any, _prefix: str = "") -> Config:
     """A copy of `config` with the dotted `key` replaced (type-checked)."""
     head, _, rest = key.partition(".")
     names = {f.name for f in dataclasses.fields(config)}
@@ -104,7 +109,7 @@ def set_value(config, key: str, value: Any, _prefix: str = ""):
         raise ConfigError(f"unknown config key {full!r}{_suggest(full, known)}")
     current = getattr(config, head)
     if rest:
-        if not dataclasses.is_dataclass(current):
+        if not dataclasses.is_dataclass(current) or isinstance(current, type):
             raise ConfigError(f"unknown config key {full!r}: {_prefix}{head} has no fields")
         inner = set_value(current, rest, value, f"{_prefix}{head}.")
         try:
@@ -143,7 +148,7 @@ class _Refused(ConfigError):
     """A value the config's own validation refused, which may pass once other overrides are in."""
 
 
-def apply_overrides(config, overrides: list[str]):
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """Apply `a.b=value` strings; every one is checked before the result is returned.
 
     A key set twice takes its last value. The result does not depend on the order of the overrides: one
@@ -170,15 +175,15 @@ def apply_overrides(config, overrides: list[str]):
     return config
 
 
-def to_dict(config) -> dict:
+def to_dict(config: DataclassInstance) -> dict:
     return dataclasses.asdict(config)
 
 
-def to_json(config) -> str:
+def to_json(config: DataclassInstance) -> str:
     return json.dumps(to_dict(config), indent=2, sort_keys=False) + "\n"
 
 
-def from_dict(cls, data: dict, prefix: str = ""):
+def from_dict(cls: type[Config], data: dict, prefix: str = "") -> Config:
     """Build `cls` from a dict (nested dataclasses from nested dicts), rejecting unknown keys."""
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -189,12 +194,12 @@ def from_dict(cls, data: dict, prefix: str = ""):
     return cls(**values)
 
 
-def diff(old, new, prefix: str = "") -> list[str]:
+def diff(old: DataclassInstance, new: DataclassInstance, prefix: str = "") -> list[str]:
     """Human-readable differences between two configs of the same class."""
     changes = []
     for f in dataclasses.fields(old):
         a, b = getattr(old, f.name), getattr(new, f.name)
-        if dataclasses.is_dataclass(a):
+        if dataclasses.is_dataclass(a) and not isinstance(a, type):
             changes += diff(a, b, f"{prefix}{f.name}.")
         elif a != b:
             changes.append(f"{prefix}{f.name}: {a!r} -> {b!r}")

@@ -15,6 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +28,10 @@ from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig, count_parameters
 from pixart.modelfolder import ModelSpec
 from pixart.train.config import DataConfig, OptimConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from pixart.encoders.shapes_ae import ShapesCodec
+    from pixart.evaluate.probe import Probe
 
 BASE = (36, 36)  # 3x3 cells of 12 px: one latent cell (token) per grid cell
 BUCKETS = [(36, 36), (36, 72), (72, 36)]  # stage 3: larger, non-square canvases, same object scale
@@ -112,7 +117,7 @@ def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) 
     diffusion = DiffusionConfig(objective="flow", high_noise_fraction=0.5)  # layout is decided at high noise
     optim = OptimConfig(lr=1e-3, auto_lr=False, warmup_steps=50, grad_clip=1.0, ema_decay=0.995, ema_warmup=True)
     data = DataConfig(root=str(data_base), batch_size=plan.batch_size, num_workers=0, caption_probs={"dense": 1.0})
-    common = dict(diffusion=diffusion, optim=optim, previews=False, log_every=25)
+    common = TrainConfig(diffusion=diffusion, optim=optim, data=data, previews=False, log_every=25)
     backbone = model_config(False)  # stage 1 is the same backbone with a label embedder and per-block adaLN
     shared = (
         "input_size",
@@ -126,25 +131,24 @@ def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) 
     )
     dit = DiTConfig(**{name: getattr(backbone, name) for name in shared}, num_classes=synthetic.NUM_CLASSES)
     return {
-        "stage1": TrainConfig(
+        "stage1": dataclasses.replace(
+            common,
             recipe="demo-stage1",
             stage="class",
             dit=dit,
-            data=data,
             steps=plan.stage1_steps,
             checkpoint_every=max(1, plan.stage1_steps),
-            **common,
         ),
-        "stage2": TrainConfig(
+        "stage2": dataclasses.replace(
+            common,
             recipe="demo-stage2",
             model=model_config(False),
-            data=data,
             steps=plan.stage2_steps,
             checkpoint_every=max(1, plan.stage2_steps // 2),
             init_from=str(out / "stage1"),
-            **common,
         ),
-        "stage3": TrainConfig(
+        "stage3": dataclasses.replace(
+            common,
             recipe="demo-stage3",
             model=model_config(True),
             data=dataclasses.replace(data, root=str(data_multi)),
@@ -153,7 +157,6 @@ def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) 
             init_from=str(out / "stage2"),
             init_new_keys=("csize_embedder.", "ar_embedder."),
             optim=dataclasses.replace(optim, lr=3e-4, warmup_steps=10),
-            **{k: v for k, v in common.items() if k != "optim"},
         ),
     }
 
@@ -317,7 +320,7 @@ def say(text: str, progress: bool) -> None:
         print(f"[pixart demo] {text}", flush=True)
 
 
-def shapes_model_spec(objective: str, buckets: dict[str, list[int]], **fields) -> ModelSpec:
+def shapes_model_spec(objective: str, buckets: dict[str, list[int]], **fields: Any) -> ModelSpec:
     """How a shapes-world model runs: MiniLM captions, the shapes codec, 20 solver steps at guidance 3."""
     return ModelSpec(
         text_encoder="minilm",
@@ -333,7 +336,7 @@ def shapes_model_spec(objective: str, buckets: dict[str, list[int]], **fields) -
     )
 
 
-def write_model_folder(out: Path, codec) -> Path:
+def write_model_folder(out: Path, codec: ShapesCodec) -> Path:
     """out/model: the stage-3 EMA weights, the codec, and how to run them (generate and serve accept it)."""
     from pixart.data.buckets import bucket_table_of
     from pixart.modelfolder import save_model_folder
@@ -354,7 +357,17 @@ def write_model_folder(out: Path, codec) -> Path:
     return model_dir
 
 
-def evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings, started, progress) -> dict:
+def evaluate_and_report(
+    out: Path,
+    model_dir: Path,
+    probe: Probe,
+    plan: DemoPlan,
+    stages: dict[str, TrainConfig],
+    summaries: dict[str, dict],
+    timings: dict[str, float],
+    started: float,
+    progress: bool,
+) -> dict:
     from pixart.evaluate.probe import probe_accuracy
     from pixart.evaluate.suite import SHAPES_KEYS, shapes_suite
     from pixart.generate import Settings, TextToImage

@@ -33,9 +33,10 @@ def temporary_path(path: Path, pid: int | None = None, host: str | None = None) 
     return path.with_name(f".{path.name}.{host or host_tag()}-{os.getpid() if pid is None else pid}.tmp")
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """`write(tmp)` to a sibling temporary file, then rename it over `path`: a crash or a concurrent reader
-    never sees a half-written file (the pid keeps two writers of the same file apart).
+    never sees a half-written file (the pid keeps two writers of the same file apart). What `write` returns
+    (a count of bytes, say) is ignored.
 
     The bytes reach the disk before the rename, and the rename before this returns (fsync of the file,
     then of its folder): else after a power loss the new name could hold a zero-length file while a caller,
@@ -63,7 +64,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, value, indent: int | None = 2) -> None:
+def write_json(path: Path, value: object, indent: int | None = 2) -> None:
     """`value` as JSON text in `path`, through atomic_write: no reader ever sees half of it. ASCII escapes
     (json's default): names of files that are not valid UTF-8 hold lone surrogates, which UTF-8 cannot write."""
     text = json.dumps(value, indent=indent) + "\n"

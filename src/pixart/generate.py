@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from pixart.diffusion.guidance import learned_null_caption
 from pixart.diffusion.schedulers import SAMPLERS, check_steps, get_sampler, repeats_a_level
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
 from pixart.encoders.text import TextEncoder, load_text_encoder, warn_truncated
+from pixart.model.pixart import PixArt
 from pixart.model.regional import compile_blocks
 from pixart.modelfolder import ModelSpec, load_components
 from pixart.sample import sample
@@ -170,14 +173,14 @@ class TextToImage:
 
     def __init__(
         self,
-        transformer,
+        transformer: PixArt,
         text_encoder: TextEncoder | None,
         codec: ImageCodec,
         spec: ModelSpec,
         *,
         scheduler_folder: Path | None = None,
-        text_loader=None,
-    ):
+        text_loader: Callable[[], TextEncoder] | None = None,
+    ) -> None:
         self.transformer = transformer
         self._text_encoder = text_encoder
         self._text_loader = text_loader
@@ -213,15 +216,15 @@ class TextToImage:
         cls,
         path: str | Path,
         *,
-        vae=None,
-        text_encoder=None,
-        device="cpu",
-        dtype=None,
-        text_device=None,
-        text_dtype=None,
+        vae: str | Path | None = None,
+        text_encoder: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        text_device: torch.device | str | None = None,
+        text_dtype: torch.dtype | None = None,
         vae_tiling: bool = False,
         load_in_8bit: bool = False,
-    ):
+    ) -> TextToImage:
         spec, transformer, text_folder, tokenizer, codec_folder, scheduler = load_components(
             path, vae=vae, text_encoder=text_encoder, device=device, dtype=dtype
         )
@@ -250,6 +253,8 @@ class TextToImage:
     @property
     def text_encoder(self) -> TextEncoder:
         if self._text_encoder is None or self._text_encoder.model is None:
+            if self._text_loader is None:
+                raise GenerationError("the text encoder was freed and this pipeline has no way to load it again")
             encoder = self._text_loader()
             expected = self.transformer.config.caption_channels
             if encoder.width != expected:  # else a shape error in the middle of sampling
@@ -404,10 +409,12 @@ class TextToImage:
             check_steps_for(name, steps)  # the model's defaults too
         return name, steps
 
-    def make_scheduler(self, name: str):
+    def make_scheduler(self, name: str) -> Any:  # a sampler name, or a diffusers scheduler
         """A sampler name, or the diffusers folder's own scheduler ('folder')."""
         if name != "folder":
             return name
+        if self.scheduler_folder is None:  # resolve_sampler refuses "folder" without one first
+            raise ValueError("sampler 'folder' needs a model folder with a scheduler/ folder (diffusers layout)")
         import json
 
         import diffusers
@@ -415,7 +422,7 @@ class TextToImage:
         class_name = json.loads((self.scheduler_folder / "scheduler_config.json").read_text())["_class_name"]
         return getattr(diffusers, class_name).from_pretrained(self.scheduler_folder)
 
-    def with_spec(self, **changes) -> TextToImage:
+    def with_spec(self, **changes: Any) -> TextToImage:
         clone = TextToImage(
             self.transformer,
             self._text_encoder,

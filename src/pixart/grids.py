@@ -34,7 +34,9 @@ def image_grid(
         r, c = divmod(i, columns)
         x0, y0 = pad + c * (cell + pad), pad + r * (cell + label_height + pad)
         scale = cell / max(image.size)
-        shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.NEAREST)
+        shown = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.NEAREST
+        )
         sheet.paste(shown, (x0 + (cell - shown.width) // 2, y0 + (cell - shown.height) // 2))
         if labels:
             lines = textwrap.wrap(labels[i], chars)[:label_lines]

@@ -13,7 +13,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
+import torch
+
+from pixart.model.pixart import PixArt
 from pixart.weights import load_transformer, save_transformer
 from pixart.weights.io import OURS_IN_FOLDER
 
@@ -69,7 +73,7 @@ class ModelSpec:
         return cls(**data)
 
 
-def save_model_folder(folder: str | Path, transformer, spec: ModelSpec) -> Path:
+def save_model_folder(folder: str | Path, transformer: PixArt | dict[str, torch.Tensor], spec: ModelSpec) -> Path:
     """Write model.json and transformer.safetensors (our layout, config in its metadata)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,11 +101,22 @@ def resolve(folder: Path, relative: str | None) -> Path | None:
     return path if path.is_absolute() else folder / path
 
 
+class DiffusersGuidance(TypedDict):
+    """ModelSpec fields, by name and type, so that `ModelSpec(**AS_DIFFUSERS)` is checked like a call."""
+
+    null_caption: str
+    aspect_condition: str
+
+
 # How diffusers' pipeline guides and conditions weights that carry no learned null caption.
-AS_DIFFUSERS = {"null_caption": "empty-prompt", "aspect_condition": "exact"}
+AS_DIFFUSERS: DiffusersGuidance = {"null_caption": "empty-prompt", "aspect_condition": "exact"}
+
+# What read_spec finds: the spec, the transformer's path, and the text encoder, tokenizer, codec and scheduler
+# folders (None: the spec's default, or for the tokenizer the text encoder's folder).
+Components = tuple[ModelSpec, Path, Path | None, Path | None, Path | None, Path | None]
 
 
-def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: str | Path | None = None) -> tuple:
+def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: str | Path | None = None) -> Components:
     """(ModelSpec, transformer path, text encoder folder, tokenizer folder, codec folder, scheduler folder)."""
     path = Path(path)
     kind = folder_kind(path)
@@ -130,7 +145,14 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
     return ModelSpec(), path, Path(text_encoder), None, Path(vae), None
 
 
-def load_components(path: str | Path, *, vae=None, text_encoder=None, device="cpu", dtype=None):
+def load_components(
+    path: str | Path,
+    *,
+    vae: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> tuple[ModelSpec, PixArt, Path | None, Path | None, Path | None, Path | None]:
     """(spec, transformer, text folder, tokenizer folder, codec folder, scheduler folder); text and codec
     are loaded by the caller so that --low-memory can order and free them."""
     spec, transformer_path, text_folder, tokenizer, codec_folder, scheduler = read_spec(

@@ -9,17 +9,17 @@ sigmas asks the model at the exact sigma, not diffusers' integer timestep (see m
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from pixart.diffusion.guidance import GuidedDenoiser
+from pixart.diffusion.guidance import CaptionConditioned, GuidedDenoiser
 from pixart.diffusion.schedulers import build_scheduler, check_steps, get_sampler, repeats_a_level
 
 
 @torch.no_grad()
-def model_timesteps(scheduler) -> torch.Tensor:
+def model_timesteps(scheduler: Any) -> torch.Tensor:
     """The times the model is asked at, one per scheduler timestep.
 
     The scheduler's own timesteps, except for DPM-Solver on flow sigmas, which rounds them down to
@@ -32,19 +32,19 @@ def model_timesteps(scheduler) -> torch.Tensor:
 
 
 def sample(
-    model: nn.Module,
+    model: CaptionConditioned,
     noise: torch.Tensor,
     cond: torch.Tensor,
     cond_mask: torch.Tensor,
     null: torch.Tensor,
     null_mask: torch.Tensor,
     *,
-    scheduler: str | object = "dpm-solver++",
+    scheduler: str | Any = "dpm-solver++",  # or a diffusers scheduler instance (their classes share no type)
     steps: int | None = None,
     cfg_scale: float = 4.5,
     img_hw: torch.Tensor | None = None,
     aspect_ratio: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,  # a list: one per sample
     progress: bool = True,
     flow_shift: float = 1.0,
 ) -> torch.Tensor:

@@ -9,6 +9,11 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pixart.data.caption import CaptionOptions
+    from pixart.data.sources import Inputs
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -43,7 +48,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     stats.add_argument("--spacy-model", default="en_core_web_sm", help="spaCy model for nouns, if installed")
 
 
-def list_or_refuse(path: Path):
+def list_or_refuse(path: Path) -> Inputs:
     from pixart.cli.main import UserError
     from pixart.data.sources import InputError, list_inputs
 
@@ -74,7 +79,7 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def caption_options(args: argparse.Namespace):
+def caption_options(args: argparse.Namespace) -> CaptionOptions:
     """The captioning flags as CaptionOptions, checked before the inputs are listed or the model loads."""
     from pixart.cli.main import UserError, check_device
     from pixart.data.caption import CaptionError, CaptionOptions, check_model_folder

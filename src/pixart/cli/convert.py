@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pixart.config import Config
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_config(path: Path, config_class):
+def read_config(path: Path, config_class: type[Config]) -> Config:
     """--config FILE: a JSON object of the class's fields; a file that is not one is a one-line error."""
     from pixart import config as config_io
     from pixart.cli.main import UserError

@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pixart.encoders import ImageCodec, TextEncoder
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +74,7 @@ def check_model_flags(args: argparse.Namespace) -> None:
     check_device(args.device)
 
 
-def load_models(args: argparse.Namespace, device: str):
+def load_models(args: argparse.Namespace, device: str) -> tuple[ImageCodec, TextEncoder]:
     from pixart.encoders import load_codec, load_text_encoder
 
     kwargs = {"device": device} if args.max_length is None else {"device": device, "max_length": args.max_length}

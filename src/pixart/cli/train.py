@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pixart.train.config import TrainConfig
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +33,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
-def resolve(args: argparse.Namespace):
+def resolve(args: argparse.Namespace) -> TrainConfig:
     from pixart import config as config_io
     from pixart.recipes import get_recipe
 

@@ -94,7 +94,9 @@ class LlavaCaptioner:
         self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         self.processor.tokenizer.padding_side = "left"  # generation continues every row on the right
         self.model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True)
-        self.model = self.model.to(device).eval()
+        # transformers wraps PreTrainedModel.to in functools.wraps, which mypy does not bind as a method
+        # (typeshed#10653): it takes `device` for `self`.
+        self.model = self.model.to(device).eval()  # type: ignore[arg-type]
         self.device = torch.device(device)
         self.dtype = dtype
         self.max_new_tokens = max_new_tokens
@@ -175,7 +177,8 @@ def captioned(out: Path, field_name: str) -> set[str]:
     """
     if not out.is_file():
         return set()
-    done, others = set(), {}
+    done: set[str] = set()
+    others: dict[str, int] = {}  # rows per field they were written for
     for _, row in manifest_rows(out):
         if not isinstance(row, dict) or image_column(row) is None:
             continue

@@ -9,19 +9,26 @@ say so instead of guessing.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pixart.data.images import ImageSkipped
 from pixart.data.sources import Inputs, has_text, is_utf8
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # A word: letters or digits, with inner apostrophes ("don't", "cat's"); punctuation and "_" split words.
 WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 SPACY_MODEL = "en_core_web_sm"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.txt")
 NOUN_TAGS = frozenset({"NOUN"})  # common nouns: the concepts; proper nouns (PROPN) are mostly names
+# A transformers tokenizer, as field_stats calls it: captions -> a mapping holding "input_ids" (one list per caption).
+Tokenizer = Callable[..., Mapping[str, Any]]
 
 
 @dataclass
@@ -31,8 +38,9 @@ class FieldStats:
     missing: int  # inputs without a usable caption in this field
     words_per_caption: float  # whitespace tokens
     vocabulary: int  # distinct lowercased words
-    tokens_per_caption: dict[str, float] = field(default_factory=dict)  # tokenizer name -> mean tokens
-    over_max_length: dict[str, float] = field(default_factory=dict)  # tokenizer name -> share cut by max_length
+    # dataclasses.field in full: in this class body the name `field` is the attribute above.
+    tokens_per_caption: dict[str, float] = dataclasses.field(default_factory=dict)  # tokenizer name -> mean tokens
+    over_max_length: dict[str, float] = dataclasses.field(default_factory=dict)  # name -> share cut by max_length
     nouns_per_caption: float | None = None
     distinct_nouns: int | None = None
 
@@ -41,7 +49,7 @@ def words(text: str) -> list[str]:
     return [w.lower() for w in WORD.findall(text)]
 
 
-def load_spacy(model: str = SPACY_MODEL):
+def load_spacy(model: str = SPACY_MODEL) -> tuple[Any, str | None]:
     """(nlp, None) if spaCy and the English model load, else (None, a note saying what is missing)."""
     try:
         import spacy
@@ -53,7 +61,7 @@ def load_spacy(model: str = SPACY_MODEL):
         return None, f"nouns: spaCy has no model {model!r} (python -m spacy download {model})"
 
 
-def load_tokenizer(source: str | Path):
+def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
     """A tokenizer from a local encoder folder (T5, MiniLM...), or 'minilm' for the bundled MiniLM."""
     from transformers import AutoTokenizer
 
@@ -72,11 +80,12 @@ def field_stats(
     name: str,
     captions: list[str],
     missing: int = 0,
-    tokenizers: Mapping[str, object] | None = None,
+    tokenizers: Mapping[str, Tokenizer] | None = None,
     max_length: int = 120,
-    nlp=None,
+    nlp: Any = None,
 ) -> FieldStats:
-    """Statistics of one field's captions; `tokenizers` maps a column name to a transformers tokenizer."""
+    """Statistics of one field's captions; `tokenizers` maps a column name to a transformers tokenizer, and
+    `nlp` is a spaCy pipeline (see load_spacy) or None."""
     n = len(captions)
     vocabulary = set()
     total_words = 0

@@ -100,7 +100,7 @@ def load_rgb(source: str | os.PathLike[str] | bytes, name: str | None = None) ->
     if not data:
         raise ImageSkipped(EMPTY, f"{name} has 0 bytes")
     try:
-        img = Image.open(BytesIO(data))
+        img: Image.Image = Image.open(BytesIO(data))  # an ImageFile; exif_transpose below gives a plain Image
     except Image.DecompressionBombError as e:
         raise ImageSkipped(TOO_LARGE, f"{name}: {e}") from e
     except UnidentifiedImageError as e:

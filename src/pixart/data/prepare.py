@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -106,7 +106,7 @@ class PrepareResult:
 # --- process and shard assignment ---
 
 
-def process_part(part: int = 0, parts: int = 1, env: dict[str, str] | None = None) -> tuple[int, int]:
+def process_part(part: int = 0, parts: int = 1, env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """(part, parts) of this process: `--shard part/parts`, subdivided by RANK/WORLD_SIZE under torchrun."""
     env = os.environ if env is None else env
     world = int(env.get("WORLD_SIZE", "1"))
@@ -302,6 +302,8 @@ def prepare_shard(
         if isinstance(result, dict):
             skipped.append(result)
         else:
+            if result.crop is None:  # a fresh load always has its crop; only the line below takes it
+                raise RuntimeError(f"{item.name}: its crop was handed to the latent batcher already")
             batcher.add(len(loaded), result.bucket, result.crop)
             result.crop = None
             loaded.append((item, result))

@@ -104,7 +104,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         grouped = order[np.argsort(self._codes[order], kind="stable")]
         starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
         size = self.chunk_size
-        chunks = []
+        chunks: list[np.ndarray] = []
         for start, count, n_chunks in zip(starts, self._counts, self._chunks_per_bucket()):
             members = grouped[start : start + count]
             if n_chunks * size > count:  # drop_last=False: top the last chunk up by cycling

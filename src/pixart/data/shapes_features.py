@@ -22,7 +22,9 @@ from pixart.encoders.text import TextEncoder, encoder_info
 FIELDS = ("alt", "dense")  # alt: one object, alt-text style; dense: every object, position and background
 
 
-def encode_unique(encoder: TextEncoder, captions: list[str], batch_size: int = 256, progress: bool = True):
+def encode_unique(
+    encoder: TextEncoder, captions: list[str], batch_size: int = 256, progress: bool = True
+) -> dict[str, torch.Tensor]:
     """{caption: (L_valid, C) features} for every distinct caption, longest-padded batches sorted by length."""
     unique = sorted(set(captions), key=len)
     table: dict[str, torch.Tensor] = {}
@@ -40,7 +42,7 @@ def shapes_source(seed: int, count: int) -> str:
 
 
 def build_shapes_features(
-    folder,
+    folder: str | Path,
     *,
     sizes: list[tuple[int, int]],
     count: int,

@@ -30,6 +30,7 @@ import tarfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import TypeGuard
 
 from pixart.data.images import UNREADABLE, ImageSkipped
 
@@ -138,7 +139,8 @@ class Inputs:
     problems: list[Problem]
 
 
-def has_text(value) -> bool:
+def has_text(value: object) -> TypeGuard[str]:
+    """Whether `value` is a string with something besides whitespace (a caption that can be used)."""
     return isinstance(value, str) and bool(value.strip())
 
 
@@ -275,7 +277,7 @@ def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], str]:
     for member, infos in members.items():
         key, suffix = _split_key(member)
         by_key.setdefault(key, {}).setdefault(suffix, []).extend(infos)
-    named = []
+    named: list[tuple[str, Item]] = []
     for key, parts in by_key.items():
         sidecars = tuple(_member_blob(tar, parts[s][0]) for s in ("txt", "json") if s in parts)
         for suffix, infos in parts.items():
@@ -322,7 +324,7 @@ def resolve_image(text: str, base: Path) -> Blob:
 
 
 def _rows_jsonl(path: Path) -> list[tuple[int, dict | Problem]]:
-    rows = []
+    rows: list[tuple[int, dict | Problem]] = []
     # surrogateescape: a line with invalid UTF-8 still parses, and the caption check names the problem.
     # utf-8-sig drops a byte-order mark; rows split on "\n" only, since JSON strings may hold U+2028 or U+0085
     # (str.splitlines would cut there) and json.loads takes a trailing "\r" as whitespace.

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sheet = make_dataset(32, 1, 48, 64)
         grid = sheet.images.reshape(4, 8, 48, 64, 3).transpose(0, 2, 1, 3, 4).reshape(4 * 48, 8 * 64, 3)
-        Image.fromarray(grid).resize((8 * 64 * 3, 4 * 48 * 3), Image.NEAREST).save(args.sheet)
+        Image.fromarray(grid).resize((8 * 64 * 3, 4 * 48 * 3), Image.Resampling.NEAREST).save(args.sheet)
         print("\n".join(sheet.dense_captions[:8]))
 
 

@@ -11,12 +11,29 @@ The null caption is an argument, because two conventions exist:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Protocol
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+if TYPE_CHECKING:
+    from pixart.model.pixart import PixArt
 
 
-def learned_null_caption(model: nn.Module, cond_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class CaptionConditioned(Protocol):
+    """What the guided sampler needs of a model: PixArt, or a DiT behind train.previews.LabelsAsCaptions.
+
+    Called as model(x (B, C, H, W), t (B,), y (B, L, C_cap), mask (B, L), img_hw=..., aspect_ratio=...);
+    `config.in_channels` names the latent channels; a `prepare_captions` method, where there is one, is
+    used to compute the caption side once.
+    """
+
+    config: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def learned_null_caption(model: PixArt, cond_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Official semantics: (B, L, C) learned null caption and the prompt's own (B, L) mask."""
     table = model.y_embedder.y_embedding  # (max_length, C)
     B, L = cond_mask.shape
@@ -61,7 +78,7 @@ class GuidedDenoiser:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: CaptionConditioned,
         cond: torch.Tensor,
         cond_mask: torch.Tensor,
         null: torch.Tensor,

@@ -97,7 +97,9 @@ def vlb_terms(
     return torch.where(t == 0, decoder_nll, kl)
 
 
-def sample_unit_times(config: DiffusionConfig, batch: int, device, generator: torch.Generator | None) -> torch.Tensor:
+def sample_unit_times(
+    config: DiffusionConfig, batch: int, device: torch.device | str | None, generator: torch.Generator | None
+) -> torch.Tensor:
     """(B,) times in [0, 1): uniform (iddpm) or logit-normal (flow), with the optional high-noise share."""
     if config.objective == "flow":
         u = torch.randn(batch, generator=generator, device=device) * config.logit_std + config.logit_mean
@@ -124,7 +126,12 @@ def flow_shift_for(config: DiffusionConfig, num_tokens: int) -> float:
 
 
 def draw_timesteps(
-    config: DiffusionConfig, batch: int, generator: torch.Generator | None, device=None, *, num_tokens: int = 256
+    config: DiffusionConfig,
+    batch: int,
+    generator: torch.Generator | None,
+    device: torch.device | str | None = None,
+    *,
+    num_tokens: int = 256,
 ) -> torch.Tensor:
     """(B,) model timesteps: ints in [0, T) for iddpm; for flow, floats T * s with s the (shifted) noise level."""
     times = sample_unit_times(config, batch, device, generator)

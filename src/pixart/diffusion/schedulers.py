@@ -76,7 +76,7 @@ def check_steps(name: str, steps: int) -> None:
 GAP_DIVIDING = ("DPMSolverMultistepScheduler", "SASolverScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler")
 
 
-def repeats_a_level(scheduler) -> bool:
+def repeats_a_level(scheduler: Any) -> bool:
     """Whether a scheduler set for sampling is a multistep solver that repeats a noise level: with 1000
     training steps, diffusers' linspace spacing repeats t=500 at 1000 sampling steps."""
     if type(scheduler).__name__ not in GAP_DIVIDING:
@@ -86,7 +86,7 @@ def repeats_a_level(scheduler) -> bool:
     return len(set(levels.tolist())) < len(levels)
 
 
-def _with_steps(scheduler, steps: int):
+def _with_steps(scheduler: Any, steps: int) -> Any:
     scheduler.set_timesteps(steps)
     return scheduler
 
@@ -97,7 +97,7 @@ def training_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
     )
 
 
-def build_scheduler(name: str, *, flow_shift: float = 1.0, **schedule: Any):
+def build_scheduler(name: str, *, flow_shift: float = 1.0, **schedule: Any) -> Any:  # a diffusers scheduler
     """A fresh diffusers scheduler for sampler `name` (diffusers is imported here, lazily)."""
     import diffusers
 

@@ -17,14 +17,19 @@ import html
 import re
 import urllib.parse
 
+# A flag per optional package (not None in the imported name's place, which would not be the name's type).
 try:  # optional: better HTML stripping
     from bs4 import BeautifulSoup
+
+    _HAVE_BS4 = True
 except ImportError:  # pragma: no cover - exercised only without the extra
-    BeautifulSoup = None
+    _HAVE_BS4 = False
 try:  # optional: repairs mojibake ("donâ€™t" -> "don't")
     import ftfy
+
+    _HAVE_FTFY = True
 except ImportError:  # pragma: no cover
-    ftfy = None
+    _HAVE_FTFY = False
 
 # URLs: a scheme and what follows it, or a host name with one of these endings (and its path). Two passes,
 # "https:" then "www:", as the official cleaner: the first pass can expose a host name the second removes.
@@ -78,7 +83,7 @@ def _clean_once(text: str) -> str:
     text = text.replace("<person>", "person")
     for url in _URLS:
         text = url.sub("", text)
-    if BeautifulSoup is not None:
+    if _HAVE_BS4:
         text = BeautifulSoup(text, features="html.parser").get_text()
     else:
         text = re.sub(r"<[^>]+>", " ", text)
@@ -101,7 +106,7 @@ def _clean_once(text: str) -> str:
     # Words glued by dashes or underscores (tags such as "red-dress_summer") become separate words.
     if len(re.findall(r"[-_]", text)) > 3:
         text = re.sub(r"[-_]", " ", text)
-    if ftfy is not None:
+    if _HAVE_FTFY:
         text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text))
     for pattern in (*_CODES, *_BOILERPLATE):

@@ -12,6 +12,7 @@ every load (EDM2's raw/final split); `to_model_space` turns them into what the m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -105,7 +106,9 @@ class SDVAE(ImageCodec):
         return self.vae.decode(latents.to(self.vae.device, self.vae.dtype)).sample.float()
 
 
-def load_codec(kind: str, folder: str | Path | None = None, **kwargs) -> ImageCodec:
+def load_codec(kind: str, folder: str | Path | None = None, **kwargs: Any) -> ImageCodec:
+    """The codec `kind` names; `folder` holds its weights (the SD VAE's folder, the shapes codec's file), and
+    `kwargs` go to SDVAE (device, dtype, tiling)."""
     if kind == "pixels":
         return PixelCodec()
     if kind == "sd-vae":
@@ -115,6 +118,8 @@ def load_codec(kind: str, folder: str | Path | None = None, **kwargs) -> ImageCo
     if kind == "shapes-ae":
         from pixart.encoders.shapes_ae import ShapesCodec
 
+        if folder is None:  # else Path(None) fails with a TypeError that names no file
+            raise ValueError("the shapes codec needs its weights file (a shapes-codec-*.safetensors)")
         return ShapesCodec.load(folder)
     raise ValueError(f"unknown image codec {kind!r}; choose one of ['pixels', 'sd-vae', 'shapes-ae']")
 

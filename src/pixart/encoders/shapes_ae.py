@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -77,6 +78,7 @@ class ShapesCodec(ImageCodec):
         self.scaling_factor = float(scaling_factor)
         self.shift_factor = float(shift_factor)
         self.folder = path  # recorded in dataset.json / model.json so others can load the same codec
+        self.train_seconds: float | None = None  # how long train_shapes_ae took; None when loaded from a file
 
     @property
     def device(self) -> torch.device:
@@ -185,7 +187,7 @@ def train_shapes_ae(
     return codec
 
 
-def load_or_train_shapes_codec(cache: Path | None = None, progress: bool = True, **kwargs) -> ShapesCodec:
+def load_or_train_shapes_codec(cache: Path | None = None, progress: bool = True, **kwargs: Any) -> ShapesCodec:
     """The cached codec for this world and these settings (defaults filled in), trained on first use."""
     import inspect
 

@@ -11,6 +11,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -59,12 +60,12 @@ class TextEncoder:
         config = self.model.config
         self.width: int = getattr(config, "d_model", None) or config.hidden_size
 
-    def _load_tokenizer(self, folder: Path):
+    def _load_tokenizer(self, folder: Path) -> Any:  # a transformers tokenizer
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
-    def _load_model(self, load_in_8bit: bool):
+    def _load_model(self, load_in_8bit: bool) -> Any:  # a transformers model
         raise NotImplementedError
 
     def prepare(self, text: str) -> str:
@@ -107,7 +108,7 @@ class T5Encoder(TextEncoder):
 
     kind = "t5"
 
-    def _load_model(self, load_in_8bit: bool):
+    def _load_model(self, load_in_8bit: bool) -> Any:  # a transformers model
         from transformers import T5EncoderModel
 
         if load_in_8bit:
@@ -124,7 +125,9 @@ class T5Encoder(TextEncoder):
             )
         else:
             model = T5EncoderModel.from_pretrained(self.folder, dtype=self.dtype, local_files_only=True)
-            model = model.to(self.device)
+            # transformers wraps PreTrainedModel.to in functools.wraps, which mypy does not bind as a method
+            # (typeshed#10653): it takes the device for `self`.
+            model = model.to(self.device)  # type: ignore[arg-type]
         return model.eval()
 
 
@@ -133,10 +136,10 @@ class MiniLMEncoder(TextEncoder):
 
     kind = "minilm"
 
-    def __init__(self, folder: str | Path | None = None, *, max_length: int = 48, **kwargs):
+    def __init__(self, folder: str | Path | None = None, *, max_length: int = 48, **kwargs: Any):
         super().__init__(folder or minilm_folder(), max_length=max_length, clean=False, **kwargs)
 
-    def _load_model(self, load_in_8bit: bool):
+    def _load_model(self, load_in_8bit: bool) -> Any:  # a transformers model
         from transformers import AutoModel
 
         return AutoModel.from_pretrained(self.folder, dtype=self.dtype, local_files_only=True).to(self.device).eval()
@@ -184,7 +187,7 @@ def encoder_info(encoder: TextEncoder) -> dict:
 ENCODERS = {"t5": T5Encoder, "minilm": MiniLMEncoder}
 
 
-def load_text_encoder(kind: str, folder: str | Path | None = None, **kwargs) -> TextEncoder:
+def load_text_encoder(kind: str, folder: str | Path | None = None, **kwargs: Any) -> TextEncoder:
     """Build an encoder by kind ('t5' needs a folder; 'minilm' defaults to the bundled model)."""
     if kind not in ENCODERS:
         raise ValueError(f"unknown text encoder {kind!r}; choose one of {sorted(ENCODERS)}")

@@ -12,11 +12,15 @@ Nothing is downloaded: the folder is loaded with local_files_only=True.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
 from pixart.weights import WeightsError
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel, ProcessorMixin
 
 CLIP_HINT = (
     "--clip DIR is required for the CLIP score; download a transformers CLIP folder on a connected machine, e.g. "
@@ -25,7 +29,7 @@ CLIP_HINT = (
 )
 
 
-def _embedding(output) -> torch.Tensor:
+def _embedding(output: Any) -> torch.Tensor:
     """get_*_features returns the embedding (transformers 4) or an output whose pooler_output is it (5)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
@@ -33,7 +37,7 @@ def _embedding(output) -> torch.Tensor:
 class ClipScorer:
     """A CLIPModel and its processor that score (image, caption) pairs."""
 
-    def __init__(self, model, processor, device: str | torch.device = "cpu"):
+    def __init__(self, model: CLIPModel, processor: ProcessorMixin, device: str | torch.device = "cpu") -> None:
         self.model = model.eval().to(device)
         self.processor = processor
         self.device = torch.device(device)

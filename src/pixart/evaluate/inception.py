@@ -81,7 +81,8 @@ def inception_features(
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """(N, F) float64 pool features (F = 2048 for the real network) of uint8 (H, W, 3) images of any sizes."""
-    chunks, batch = [], []
+    chunks: list[torch.Tensor] = []  # (B, F) float64 features per flushed batch
+    batch: list[torch.Tensor] = []  # (3, 299, 299) float32 images waiting
 
     def flush() -> None:
         x = torch.stack(batch).to(device)  # (B, 3, 299, 299) float32 in [0, 255]

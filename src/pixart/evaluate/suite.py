@@ -57,7 +57,8 @@ def shapes_suite(
         pipe, [c for _, c in pair_set], settings, seed=seed + 100_000, batch_size=batch_size, progress=progress
     )
     single_found, single_features = probe.read_with_features(ones)  # one probe pass per image set
-    scores = score_single_detections(single_found, [s for s, _ in single_set])
+    # Fractions and distances (floats), then the image counts (a dict) at the end.
+    scores: dict[str, object] = {**score_single_detections(single_found, [s for s, _ in single_set])}
     detections, pair_features = probe.read_with_features(twos)
     pair_scenes = [s for s, _ in pair_set]
     scores["binding"] = score_binding_detections(detections, pair_scenes)

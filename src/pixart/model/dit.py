@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -20,6 +22,7 @@ from pixart.model.layers import (
     PatchEmbed,
     SelfAttention,
     TimestepEmbedder,
+    linear_at,
     modulate,
     unpatchify,
 )
@@ -102,7 +105,11 @@ class DiT(nn.Module):
         self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, D)
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = LabelEmbedder(config.num_classes, D)
-        self.blocks = nn.ModuleList(DiTBlock(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
+        # Typed as what it holds: to a type checker an nn.ModuleList yields plain Modules.
+        self.blocks = cast(
+            Sequence[DiTBlock],
+            nn.ModuleList(DiTBlock(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth)),
+        )
         self.final_layer = FinalLayer(D, config.patch_size, config.out_channels, per_block_adaln=True)
         self.initialize_weights()
 
@@ -114,13 +121,14 @@ class DiT(nn.Module):
                 nn.init.zeros_(module.bias)
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        assert self.x_embedder.proj.bias is not None  # PatchEmbed's convolution is built with a bias
         nn.init.zeros_(self.x_embedder.proj.bias)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for linear in self.t_embedder.mlp_linears():
+            nn.init.normal_(linear.weight, std=0.02)
         for module in [*(b.adaLN_modulation for b in self.blocks), self.final_layer.adaLN_modulation]:
-            nn.init.zeros_(module[1].weight)
-            nn.init.zeros_(module[1].bias)
+            nn.init.zeros_(linear_at(module, 1).weight)
+            nn.init.zeros_(linear_at(module, 1).bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 

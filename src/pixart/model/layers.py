@@ -99,21 +99,40 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-class TimestepEmbedder(nn.Module):
-    """Scalar -> 256-dim [cos | sin] sinusoid -> Linear, SiLU, Linear. Also the size embedder."""
+def linear_at(sequential: nn.Module, index: int) -> nn.Linear:
+    """The nn.Linear at `index` of a Sequential (such as adaLN_modulation's [SiLU, Linear]), checked."""
+    module = sequential[index]  # type: ignore[index]  # nn.Module has no __getitem__; Sequential has
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"expected an nn.Linear at index {index} of {type(sequential).__name__}, got {module}")
+    return module
+
+
+class SinusoidMlp(nn.Module):
+    """Scalar -> 256-dim [cos | sin] sinusoid -> Linear, SiLU, Linear: the timestep and size embedders."""
 
     def __init__(self, hidden_size: int, frequency_dim: int = 256):
         super().__init__()
         self.frequency_dim = frequency_dim
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
+    def embed(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) scalars -> (B, D)."""
         # The sinusoid is computed in fp32 and cast, as the official AMP path does.
-        freq = timestep_sinusoid(t, self.frequency_dim).to(self.mlp[0].weight.dtype)  # (B, 256)
+        freq = timestep_sinusoid(t, self.frequency_dim).to(linear_at(self.mlp, 0).weight.dtype)  # (B, 256)
         return self.mlp(freq)  # (B, D)
 
+    def mlp_linears(self) -> tuple[nn.Linear, nn.Linear]:
+        return linear_at(self.mlp, 0), linear_at(self.mlp, 2)
 
-class SizeEmbedder(TimestepEmbedder):
+
+class TimestepEmbedder(SinusoidMlp):
+    """(B,) timesteps -> (B, D)."""
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.embed(t)
+
+
+class SizeEmbedder(SinusoidMlp):
     """Micro-condition embedder: each scalar of a (B, k) input embedded alone, concatenated to (B, k*D)."""
 
     def forward(self, values: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -122,7 +141,7 @@ class SizeEmbedder(TimestepEmbedder):
         if values.shape[0] != batch_size:  # a single condition shared by the batch (or by CFG halves)
             values = values.repeat(batch_size // values.shape[0], 1)
         k = values.shape[1]
-        embedded = super().forward(values.reshape(-1))  # (B*k, D)
+        embedded = self.embed(values.reshape(-1))  # (B*k, D)
         return embedded.reshape(batch_size, k * embedded.shape[-1])  # (B, k*D)
 
 
@@ -143,6 +162,8 @@ class CaptionEmbedder(nn.Module):
 
     `y_embedding` is a buffer, as officially: the optimiser never sees it, it travels in the state dict.
     """
+
+    y_embedding: torch.Tensor  # (max_length, C_cap); declared for type checkers, which cannot see buffers
 
     def __init__(self, caption_channels: int, hidden_size: int, max_length: int, normalize: bool = False):
         super().__init__()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -25,6 +27,7 @@ from pixart.model.layers import (
     SelfAttention,
     SizeEmbedder,
     TimestepEmbedder,
+    linear_at,
     modulate,
     unpatchify,
 )
@@ -151,7 +154,7 @@ class PixArtBlock(nn.Module):
         attn_mask: torch.Tensor | None,
         c: torch.Tensor,
         kv: torch.Tensor | None = None,
-    ):
+    ) -> torch.Tensor:
         # Chunk order (official): shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=1)
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
@@ -179,8 +182,12 @@ class PixArt(nn.Module):
         if config.micro_conditions:
             self.csize_embedder = SizeEmbedder(D // 3)
             self.ar_embedder = SizeEmbedder(D // 3)
-        self.blocks = nn.ModuleList(
-            PixArtBlock(D, config.num_heads, config.mlp_ratio, config.adaln) for _ in range(config.depth)
+        # Typed as what it holds: to a type checker an nn.ModuleList yields plain Modules.
+        self.blocks = cast(
+            Sequence[PixArtBlock],
+            nn.ModuleList(
+                PixArtBlock(D, config.num_heads, config.mlp_ratio, config.adaln) for _ in range(config.depth)
+            ),
         )
         self.final_layer = FinalLayer(D, config.patch_size, config.out_channels, config.adaln == "per_block")
         self.initialize_weights()
@@ -196,28 +203,27 @@ class PixArt(nn.Module):
         self.apply(basic_init)
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for linear in (
-            self.t_embedder.mlp[0],
-            self.t_embedder.mlp[2],
+        normal: list[nn.Linear] = [
+            *self.t_embedder.mlp_linears(),
             self.y_embedder.y_proj.fc1,
             self.y_embedder.y_proj.fc2,
-        ):
-            nn.init.normal_(linear.weight, std=0.02)
+        ]
         if self.config.adaln == "single":
-            nn.init.normal_(self.t_block[1].weight, std=0.02)
+            normal.append(linear_at(self.t_block, 1))
         if self.config.micro_conditions:
-            for embedder in (self.csize_embedder, self.ar_embedder):
-                nn.init.normal_(embedder.mlp[0].weight, std=0.02)
-                nn.init.normal_(embedder.mlp[2].weight, std=0.02)
+            normal += [*self.csize_embedder.mlp_linears(), *self.ar_embedder.mlp_linears()]
+        for linear in normal:
+            nn.init.normal_(linear.weight, std=0.02)
+        zeroed: list[nn.Linear] = []
         for block in self.blocks:
-            nn.init.zeros_(block.cross_attn.proj.weight)  # cross-attention is a no-op at init
-            nn.init.zeros_(block.cross_attn.proj.bias)
+            zeroed.append(block.cross_attn.proj)  # cross-attention is a no-op at init
             if self.config.adaln == "per_block":
-                nn.init.zeros_(block.adaLN_modulation[1].weight)
-                nn.init.zeros_(block.adaLN_modulation[1].bias)
+                zeroed.append(linear_at(block.adaLN_modulation, 1))
         if self.config.adaln == "per_block":
-            nn.init.zeros_(self.final_layer.adaLN_modulation[1].weight)
-            nn.init.zeros_(self.final_layer.adaLN_modulation[1].bias)
+            zeroed.append(linear_at(self.final_layer.adaLN_modulation, 1))
+        for linear in zeroed:
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
@@ -281,6 +287,8 @@ class PixArt(nn.Module):
         if t.shape[0] != B:
             raise ValueError(f"t must hold one timestep per sample ({B}), got shape {tuple(t.shape)}")
         if captions is None:
+            if y is None:
+                raise ValueError("pass caption features y (B, L, C_cap), or captions from prepare_captions")
             if y.ndim == 4:  # official layout (B, 1, L, C)
                 y = y.squeeze(1)
             if y.ndim != 3 or y.shape[0] != B or y.shape[2] != cfg.caption_channels:
@@ -294,7 +302,9 @@ class PixArt(nn.Module):
         tokens = self.x_embedder(x.to(dtype)) + pos  # (B, N, D)
         temb = self.embed_conditions(t, B, img_hw, aspect_ratio).to(dtype)  # (B, D)
         c = self.t_block(temb) if cfg.adaln == "single" else temb  # (B, 6D) or (B, D)
+        kvs: Sequence[torch.Tensor | None]
         if captions is None:
+            assert y is not None  # checked above
             attn_mask = self.caption_attention_mask(mask, B, y.shape[1], x.device)
             y = self.embed_captions(y.to(dtype), attn_mask)  # (B, L, D)
             kvs = [None] * len(self.blocks)

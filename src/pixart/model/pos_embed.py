@@ -39,7 +39,7 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, base_size: int, interpolation_
 
 
 @functools.lru_cache(maxsize=64)
-def _cached(dim: int, grid_h: int, grid_w: int, base_size: int, scale: float, device: str, dtype: str):
+def _cached(dim: int, grid_h: int, grid_w: int, base_size: int, scale: float, device: str, dtype: str) -> torch.Tensor:
     table = sincos_2d(dim, grid_h, grid_w, base_size, scale).to(torch.float32)
     return table.to(device=torch.device(device), dtype=getattr(torch, dtype))
 

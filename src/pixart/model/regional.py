@@ -9,10 +9,14 @@ stay eager: they are a few small kernels per step. This is how the trainer compi
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pixart.model.dit import DiT
+    from pixart.model.pixart import PixArt
 
 
-def compile_blocks(model: nn.Module, **compile_options) -> None:
+def compile_blocks(model: PixArt | DiT, **compile_options: Any) -> None:
     """torch.compile each of `model.blocks` in place (PixArt or DiT); `compile_options` go to torch.compile."""
     for block in model.blocks:
         block.compile(**compile_options)

@@ -118,6 +118,8 @@ def load_checkpoint(path: Path, template: dict | None = None) -> dict:
     if path.suffix == ".dcp":
         import torch.distributed.checkpoint as dcp
 
+        if template is None:
+            raise ValueError(f"{path} is sharded: it loads into the live state dicts, so pass them as template")
         stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
         # DCP refuses a template key the checkpoint lacks: those added since (OPTIONAL) keep their defaults
         template = {k: v for k, v in template.items() if k not in OPTIONAL or any(_under(s, k) for s in stored)}

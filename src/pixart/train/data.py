@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from pixart.model.dit import DiT
+from pixart.model.pixart import PixArt
 from pixart.train.config import TrainConfig
 from pixart.train.distributed import World, barrier
 
@@ -32,7 +34,7 @@ class LatentScaling:
     def to_model_space(self, mean: torch.Tensor, std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return (mean + std * eps - self.shift_factor) * self.scaling_factor
 
-    def check_model(self, model, info: dict) -> None:
+    def check_model(self, model: PixArt | DiT, info: dict) -> None:
         from pixart.train.loop import TrainingError
 
         if model.config.in_channels != self.latent_channels:

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import datetime
 import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from pixart.model.dit import DiT
+    from pixart.model.pixart import PixArt
 
 
 @dataclass
@@ -50,7 +56,7 @@ def init_distributed(device: str | None = None) -> World:
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
             timeout=datetime.timedelta(minutes=30),
-            **({"device_id": torch_device} if use_cuda else {}),
+            device_id=torch_device if use_cuda else None,
         )
     return World(rank, world_size, local_rank, torch_device)
 
@@ -73,18 +79,19 @@ def all_reduce_mean(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
-def wrap_model(model: nn.Module, world: World, parallel: str, bf16: bool) -> nn.Module:
+def wrap_model(model: PixArt | DiT, world: World, parallel: str, bf16: bool) -> nn.Module:
     """DDP (gradients all-reduced) or FSDP2 (parameters sharded per block); the same module single-process."""
     if not world.distributed:
         return model
     if parallel == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-        kwargs = {"mp_policy": policy} if policy else {}
+        policy = MixedPrecisionPolicy()  # fully_shard's default: it casts nothing, so fp32 runs stay fp32
+        if bf16:
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for block in model.blocks:
-            fully_shard(block, **kwargs)
-        fully_shard(model, **kwargs)
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -96,8 +103,16 @@ def gather_full(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in state.items()}
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+def unwrap(model: nn.Module) -> PixArt | DiT:
+    """The model inside a DDP wrapper (FSDP2 shards in place: its model is its own)."""
+    return cast("PixArt | DiT", getattr(model, "module", model))
+
+
+def gradient_sync(wrapped: nn.Module, sync: bool) -> AbstractContextManager:
+    """DDP's no_sync() for the micro-batches before an accumulated step's last; a no-op where nothing is
+    reduced during backward (one process) or where the reduction has no such switch (FSDP2)."""
+    no_sync = getattr(wrapped, "no_sync", None)
+    return nullcontext() if sync or no_sync is None else no_sync()
 
 
 def shutdown() -> None:

@@ -51,11 +51,11 @@ def optimizer_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None
 
     `found_inf` is the attribute GradScaler hands fused Adam(W) for the same purpose.
     """
-    optimizer.found_inf = skip
+    optimizer.found_inf = skip  # type: ignore[attr-defined]  # read by name, not declared by Optimizer
     try:
         optimizer.step()
     finally:
-        del optimizer.found_inf
+        del optimizer.found_inf  # type: ignore[attr-defined]
 
 
 class DeferredFlags:

@@ -25,7 +25,7 @@ FINAL = "final.safetensors"
 FINAL_EMA = "final_ema.safetensors"
 
 
-def build_model(config: TrainConfig) -> nn.Module:
+def build_model(config: TrainConfig) -> PixArt | DiT:
     return DiT(config.dit) if config.stage == "class" else PixArt(config.model)
 
 
@@ -42,7 +42,7 @@ def resolve_init_path(init_from: str) -> Path:
     return path
 
 
-def initialize_from(model: nn.Module, config: TrainConfig) -> str:
+def initialize_from(model: PixArt | DiT, config: TrainConfig) -> str:
     """Load `config.init_from` into `model`; returns a one-line description."""
     path = resolve_init_path(config.init_from)
     fmt = detect_format(path)
@@ -84,17 +84,17 @@ def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], allowed_new:
     return missing
 
 
-def _quiet_new_embedders(model: nn.Module, missing: list[str]) -> None:
+def _quiet_new_embedders(model: PixArt, missing: list[str]) -> None:
     """New micro-condition embedders start with a zero output layer, so the model is unchanged at step 0
     (the official code starts them at random; this avoids a jolt when 1024-MS training starts from 512)."""
     for name in ("csize_embedder", "ar_embedder"):
         if any(k.startswith(name + ".") for k in missing):
-            layer = getattr(model, name).mlp[2]
+            _, layer = getattr(model, name).mlp_linears()
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
 
-def save_weights(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+def save_weights(model: PixArt | DiT, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
     """Our safetensors layout (config in the metadata) for PixArt and for the stage-1 DiT."""
     import json
 

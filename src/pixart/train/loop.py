@@ -13,8 +13,10 @@ import math
 import os
 import signal
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -26,14 +28,17 @@ from pixart.data.sampler import BucketBatchSampler
 from pixart.diffusion.schedulers import check_steps, default_sampler
 from pixart.files import remove_leftovers, write_json
 from pixart.model.dit import DiT
+from pixart.model.pixart import PixArt
 from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
 from pixart.train.config import TrainConfig
 from pixart.train.data import LatentScaling, check_class_labels, prepare_data
 from pixart.train.distributed import (
+    World,
     all_reduce_max,
     all_reduce_mean,
     gather_full,
+    gradient_sync,
     init_distributed,
     shutdown,
     unwrap,
@@ -126,19 +131,19 @@ def check_start(config: TrainConfig, run_dir: Path) -> None:
 class StopFlag:
     """SIGTERM / SIGINT ask the loop to checkpoint and exit at the end of the current step."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False
-        self.previous = {}
+        self.previous: dict[int, Any] = {}  # signal -> the handler it had
 
-    def __enter__(self):
+    def __enter__(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.previous[sig] = signal.signal(sig, self.handle)
         return self
 
-    def handle(self, signum, frame) -> None:
+    def handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
@@ -283,7 +288,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         ckpt.save_checkpoint(run_dir, at_step, state, world, sharded=sharded, keep=config.keep_checkpoints)
         saved_step = at_step
 
-    def batches():
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
         nonlocal epoch, position
         while True:
             sampler.load_state_dict({"epoch": epoch, "position": position})
@@ -342,8 +347,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
             step_loss = torch.zeros((), device=world.device)
             for micro in range(config.optim.grad_accum):
                 batch = next(stream)
-                sync = micro == config.optim.grad_accum - 1 or not hasattr(wrapped, "no_sync")
-                with nullcontext() if sync else wrapped.no_sync():
+                with gradient_sync(wrapped, sync=micro == config.optim.grad_accum - 1):
                     loss = compute_loss(wrapped, inner, batch, config, scaling, world, step, micro, bf16)
                     (loss / config.optim.grad_accum).backward()
                 step_loss += loss.detach() / config.optim.grad_accum
@@ -419,7 +423,19 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     return summary
 
 
-def finish(config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started) -> dict:
+def finish(
+    config: TrainConfig,
+    run_dir: Path,
+    world: World,
+    inner: PixArt | DiT,
+    ema: dict[str, torch.Tensor],
+    previewer: Previewer | None,
+    status: str,
+    step: int,
+    skipped: int,
+    last_loss: float,
+    started: float,
+) -> dict:
     if math.isnan(last_loss):  # no step ran in this call (a finished run reopened): its last logged loss
         logged = [row["loss"] for row in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in row]
         last_loss = logged[-1] if logged else last_loss

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pixart.diffusion.guidance import learned_null_caption
+from pixart.diffusion.guidance import CaptionConditioned, learned_null_caption
 from pixart.diffusion.schedulers import default_sampler
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
 from pixart.grids import image_grid
@@ -30,7 +30,15 @@ class LabelsAsCaptions(nn.Module):
         self.dit = dit
         self.config = dit.config
 
-    def forward(self, x, t, y, mask=None, img_hw=None, aspect_ratio=None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        img_hw: torch.Tensor | None = None,
+        aspect_ratio: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.dit(x, t, y[:, 0, 0].long())
 
 
@@ -74,9 +82,9 @@ class Previewer:
         self.latent_shape = latent_shape
         self.prompts = list(config.sample_prompts or prompts or [])
         self.codec: ImageCodec | None = None
-        self.cond = self.mask = None
+        self.captions: tuple[torch.Tensor, torch.Tensor] | None = None  # (P, L, C_cap) features, (P, L) mask
         if config.stage == "t2i" and self.prompts:
-            self.cond, self.mask = self._encode(self.prompts)
+            self.captions = self._encode(self.prompts)
 
     @classmethod
     def for_run(cls, config: TrainConfig, dataset: FeatureDataset, run_dir: Path, world: World) -> Previewer:
@@ -86,7 +94,7 @@ class Previewer:
         shape = tuple(dataset[0]["mean"].shape)
         return cls(config, dataset.info, run_dir, world, latent_shape=shape, prompts=captions[:8])
 
-    def _encode(self, prompts: list[str]):
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         from pixart.encoders.text import load_text_encoder
 
         text = self.info.get("text_encoder", {})
@@ -106,6 +114,7 @@ class Previewer:
         model.load_state_dict(weights, assign=True)
         model.eval()
         device = next(model.parameters()).device
+        denoiser: CaptionConditioned = model
         if isinstance(model, DiT):
             count = min(8, model.config.num_classes)
             labels = [str(i) for i in range(count)]
@@ -113,12 +122,12 @@ class Previewer:
             mask = torch.ones(count, 1, device=device)
             null = torch.full_like(cond, float(model.config.null_class))
             null_mask = mask
-            model = LabelsAsCaptions(model)
+            denoiser = LabelsAsCaptions(model)
         else:
-            if self.cond is None:
+            if self.captions is None:
                 return None
             labels = self.prompts
-            cond, mask = self.cond.to(device), self.mask.to(device)
+            cond, mask = (tensor.to(device) for tensor in self.captions)
             null, null_mask = learned_null_caption(model, mask)
         noise = torch.cat(
             [
@@ -128,12 +137,12 @@ class Previewer:
         ).to(device)
         sampler = default_sampler(self.config.diffusion.objective)
         h, w = self.latent_shape[-2:]
-        micro = {}
+        img_hw = aspect_ratio = None
         if getattr(model.config, "micro_conditions", False):
             f = int(self.info.get("codec", {}).get("downsample", 1))
-            micro = {"img_hw": torch.tensor([[float(h * f), float(w * f)]]), "aspect_ratio": torch.tensor([h / w])}
+            img_hw, aspect_ratio = torch.tensor([[float(h * f), float(w * f)]]), torch.tensor([h / w])
         latents = sample(
-            model,
+            denoiser,
             noise,
             cond,
             mask,
@@ -143,7 +152,8 @@ class Previewer:
             steps=self.config.sample_steps,
             cfg_scale=self.config.sample_cfg,
             progress=False,
-            **micro,
+            img_hw=img_hw,
+            aspect_ratio=aspect_ratio,
         )
         if self.codec is None:
             self.codec = preview_codec(self.info)

@@ -6,15 +6,21 @@ builds its optimiser with build_optimizer, profile_gpu.py updates an EMA with up
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 
 from pixart.diffusion.objective import draw_timesteps, training_loss
 from pixart.model.dit import DiT
+from pixart.model.pixart import PixArt
 from pixart.train.config import OptimConfig, TrainConfig
 from pixart.train.distributed import World
 from pixart.train.metrics import forward_flops
+
+if TYPE_CHECKING:
+    from pixart.train.data import LatentScaling
 
 
 def step_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
@@ -22,7 +28,7 @@ def step_generator(seed: int, step: int, micro: int, device: torch.device) -> to
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step * 1_009 + micro) % (2**63))
 
 
-def build_optimizer(params, optim: OptimConfig, lr: float) -> torch.optim.AdamW:
+def build_optimizer(params: Iterable[torch.nn.Parameter], optim: OptimConfig, lr: float) -> torch.optim.AdamW:
     """AdamW as the trainer runs it (benchmarks/bench_cpu.py times this one).
 
     Fused on CPUs too, not only on CUDA: one kernel over every tensor. On this project's 2-core CPU a
@@ -38,7 +44,17 @@ def build_optimizer(params, optim: OptimConfig, lr: float) -> torch.optim.AdamW:
     )
 
 
-def compute_loss(wrapped, inner, batch, config, scaling, world: World, step: int, micro: int, bf16: bool):
+def compute_loss(
+    wrapped: torch.nn.Module,
+    inner: PixArt | DiT,
+    batch: dict[str, torch.Tensor],
+    config: TrainConfig,
+    scaling: LatentScaling,
+    world: World,
+    step: int,
+    micro: int,
+    bf16: bool,
+) -> torch.Tensor:
     """One micro-batch's mean loss, with every random draw made for the global batch and sliced."""
     device = world.device
     B = batch["mean"].shape[0]
@@ -97,7 +113,7 @@ def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
     torch._foreach_lerp_([ema[n] for n in names], current, 1.0 - decay)
 
 
-def mfu(model, batch, samples_per_s_per_device: float, peak: float) -> float:
+def mfu(model: PixArt, batch: dict[str, torch.Tensor], samples_per_s_per_device: float, peak: float) -> float:
     cfg = model.config
     tokens = (batch["mean"].shape[-2] // cfg.patch_size) * (batch["mean"].shape[-1] // cfg.patch_size)
     text = float(batch["mask"].sum(1).float().mean())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,9 +58,10 @@ def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
     )
 
 
-def pixart_config_for(dit: DiTConfig, **overrides) -> PixArtConfig:
+def pixart_config_for(dit: DiTConfig, **overrides: Any) -> PixArtConfig:
     """The PixArt that shares `dit`'s backbone (adaLN-single, no micro-conditions)."""
-    fields = dict(
+    # Values of several types, any of which `overrides` (PixArtConfig's field names) may replace.
+    fields: dict[str, Any] = dict(
         input_size=dit.input_size,
         patch_size=dit.patch_size,
         in_channels=dit.in_channels,
@@ -130,7 +132,7 @@ def dit_to_pixart(
     num_heads: int | None = None,
     seed: int = 0,
     dit_config: DiTConfig | None = None,
-    **config_overrides,
+    **config_overrides: Any,
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor]]:
     """Re-parameterise a DiT into a PixArt (config, state dict); its architecture is read from the
     shapes unless `dit_config` gives it (`num_heads`, when given, overrides either)."""

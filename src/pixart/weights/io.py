@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -146,7 +147,7 @@ def unreadable_reason(path: Path, error: Exception) -> str:
     return f"{type(error).__name__}: {first} (a corrupt or cut-short file, or not a checkpoint)"
 
 
-def is_training_checkpoint(data: object) -> bool:
+def is_training_checkpoint(data: object) -> TypeGuard[dict[str, Any]]:
     """One of our trainer's checkpoints/step-*.pt: model, ema, optimizer... and the TrainConfig."""
     return isinstance(data, dict) and {"model", "ema", "config"} <= set(data) and "stage" in data["config"]
 
@@ -259,9 +260,10 @@ def _read_state(
         else:
             data = load_checkpoint_file(path)
             state, stored = dict(read_official_state(path, use_ema, data)), stored_official_config(data)
-        if config or stored:  # a config given or carried must compute the stored pos_embed
-            found_config = config or stored
-            check_pos_embed(state, found_config, path)
+        carried = config or stored
+        if carried is not None:  # a config given or carried must compute the stored pos_embed
+            check_pos_embed(state, carried, path)
+            found_config = carried
         else:  # inferred from the pos_embed itself, so it matches by construction
             found_config = infer_official_config(state)
     state.pop("pos_embed", None)

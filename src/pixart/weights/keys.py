@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+Names = str | tuple[str, ...]  # one diffusers key, or the keys a fused tensor splits into
+
 # (ours, diffusers) module prefixes outside the blocks; each carries .weight and .bias.
 TOP_LEVEL = [
     ("x_embedder.proj", "pos_embed.proj"),
@@ -26,7 +28,7 @@ MICRO_CONDITIONS = [
     ("ar_embedder.mlp.2", "adaln_single.emb.aspect_ratio_embedder.linear_2"),
 ]
 # Inside block i: ours under "blocks.{i}.", diffusers under "transformer_blocks.{i}.". A tuple is a split.
-PER_BLOCK = [
+PER_BLOCK: list[tuple[str, Names]] = [
     ("attn.qkv", ("attn1.to_q", "attn1.to_k", "attn1.to_v")),
     ("attn.proj", "attn1.to_out.0"),
     ("cross_attn.q_linear", "attn2.to_q"),
@@ -43,10 +45,10 @@ BLOCK_TABLE = ("scale_shift_table", "scale_shift_table")
 NOT_IN_DIFFUSERS = ("y_embedder.y_embedding",)
 
 
-def key_pairs(depth: int, micro_conditions: bool) -> list[tuple[str, str | tuple[str, ...]]]:
+def key_pairs(depth: int, micro_conditions: bool) -> list[tuple[str, Names]]:
     """Every (our key, diffusers key or keys) pair of a model with `depth` blocks."""
-    pairs: list[tuple[str, str | tuple[str, ...]]] = []
-    modules = TOP_LEVEL + (MICRO_CONDITIONS if micro_conditions else [])
+    pairs: list[tuple[str, Names]] = []
+    modules: list[tuple[str, Names]] = [*TOP_LEVEL, *(MICRO_CONDITIONS if micro_conditions else [])]
     for i in range(depth):
         modules += [(f"blocks.{i}.{ours}", _prefix(f"transformer_blocks.{i}.", theirs)) for ours, theirs in PER_BLOCK]
     for ours, theirs in modules:
@@ -57,11 +59,11 @@ def key_pairs(depth: int, micro_conditions: bool) -> list[tuple[str, str | tuple
     return pairs
 
 
-def _prefix(prefix: str, name: str | tuple[str, ...]) -> str | tuple[str, ...]:
+def _prefix(prefix: str, name: Names) -> Names:
     return prefix + name if isinstance(name, str) else tuple(prefix + n for n in name)
 
 
-def _suffix(name: str | tuple[str, ...], suffix: str) -> str | tuple[str, ...]:
+def _suffix(name: Names, suffix: str) -> Names:
     return name + suffix if isinstance(name, str) else tuple(n + suffix for n in name)
 
 
