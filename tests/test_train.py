@@ -206,21 +206,34 @@ def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(shapes_data, tmp_pat
     assert_bitwise_equal(weights(tmp_path / "stopped"), weights(reference and tmp_path / "reference"))
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_two_processes_under_torchrun_equal_one_process(shapes_data, tmp_path, compiled):
+@pytest.mark.parametrize(
+    ("compiled", "accumulate"), [(False, 1), (True, 1), (False, 2)], ids=["eager", "compiled", "accumulated"]
+)
+def test_two_processes_under_torchrun_equal_one_process(shapes_data, tmp_path, compiled, accumulate):
     """Global batch 8 as 1 x 8 and as 2 x 4 (gloo DDP): the same weights within 1e-6 after 6 steps.
 
     Adam scales every gradient to about lr, so the summation-order noise of near-zero gradients would
     be amplified to lr scale with eps 1e-10; the test uses eps 1e-6 and lr 1e-4 to compare the data flow.
-    Compiled: both runs with compile=true (each block compiled inside the DDP wrapper).
+    Compiled: both runs with compile=true (each block compiled inside the DDP wrapper). Accumulated:
+    each step two micro-batches, 1 x 4 and 2 x 2: DDP skips the all-reduce of the first (no_sync), and a
+    rank that skipped it on the last too would step on its own gradients alone.
     """
     torchrun = Path(sys.executable).with_name("torchrun")
     common = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress"]
     items = [*overrides(shapes_data, steps=6, every=100), "optim.eps=1e-6", "optim.lr=1e-4"]
+    items.append(f"optim.grad_accum={accumulate}")
     sets = [a for item in [*items, *(["compile=true"] if compiled else [])] for a in ("--set", item)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(
-        [sys.executable, *common, "--run-dir", str(tmp_path / "one"), *sets, "--set", "data.batch_size=8"],
+        [
+            sys.executable,
+            *common,
+            "--run-dir",
+            str(tmp_path / "one"),
+            *sets,
+            "--set",
+            f"data.batch_size={8 // accumulate}",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -237,7 +250,7 @@ def test_two_processes_under_torchrun_equal_one_process(shapes_data, tmp_path, c
             str(tmp_path / "two"),
             *sets,
             "--set",
-            "data.batch_size=4",
+            f"data.batch_size={4 // accumulate}",
         ],
         capture_output=True,
         text=True,
