@@ -464,3 +464,25 @@ def test_shapes_suite_warns_about_a_model_not_from_the_shapes_world(tmp_path, ca
     assert "warning" not in warning_for(shapes)
     (shapes / "model.json").write_text(shapes_model_spec("flow", {}, extra={"world": "shapes-0"}).to_json())
     assert f"was trained on the shapes world shapes-0, and the probe reads {WORLD_VERSION}" in warning_for(shapes)
+
+
+def test_bare_weights_take_vae_and_text_encoder_as_in_generate(tmp_path, capsys, monkeypatch):
+    from pixart.generate import TextToImage
+    from pixart.model import TINY, PixArt
+    from pixart.weights import save_transformer
+
+    weights = tmp_path / "w.safetensors"
+    save_transformer(PixArt(TINY), weights)
+    common = ("--probe-cache", tmp_path / "cache", "--out", tmp_path / "e.json")
+    code, err = run_eval(capsys, "--model", weights, *common)
+    assert code == 2 and "also pass --vae DIR" in err and "--text-encoder DIR" in err  # flags eval has
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise LoadAttempted
+
+    monkeypatch.setattr(TextToImage, "from_path", record)
+    with pytest.raises(LoadAttempted):
+        main(eval_args("--model", weights, "--vae", tmp_path / "vae", "--text-encoder", tmp_path / "t5", *common))
+    assert seen["vae"] == tmp_path / "vae" and seen["text_encoder"] == tmp_path / "t5"

@@ -32,7 +32,18 @@ SUITE_OPTIONS = {
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, type=Path, metavar="DIR", help="a pixart model folder or a diffusers pipeline"
+        "--model",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="a pixart model folder, a diffusers pipeline, or transformer weights (with --vae and --text-encoder)",
+    )
+    parser.add_argument("--vae", type=Path, metavar="DIR", help="SD VAE folder (for bare transformer weights)")
+    parser.add_argument(
+        "--text-encoder",
+        type=Path,
+        metavar="DIR",
+        help="T5 folder with its tokenizer (for bare transformer weights, or a model folder that names none)",
     )
     parser.add_argument(
         "--suite",
@@ -352,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg)
 
     def load_pipe() -> TextToImage:  # called by the suite once its own inputs are checked: their errors come first
-        return TextToImage.from_path(args.model, device=device)
+        return TextToImage.from_path(args.model, vae=args.vae, text_encoder=args.text_encoder, device=device)
 
     try:
         report, summary = (run_shapes if args.suite == "shapes" else run_real)(args, load_pipe, settings, device)
