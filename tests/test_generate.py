@@ -242,6 +242,16 @@ def test_minilm_loads_offline_with_token_features():
     assert related > unrelated + 0.1
 
 
+def test_a_prompt_beyond_the_encoders_positions_is_counted_without_transformers_indexing_warning(capfd):
+    """MiniLM has 512 positions; the untruncated count of a longer prompt is ours to report, not an error."""
+    from pixart.encoders import MiniLMEncoder
+
+    capfd.readouterr()
+    out = MiniLMEncoder(max_length=12).encode(["word " * 600])
+    assert out.dropped == [602 - 12]  # [CLS] + 600 words + [SEP], 12 kept
+    assert "indexing errors" not in capfd.readouterr().err
+
+
 def test_low_memory_frees_the_text_encoder_and_changes_nothing(pipeline_folder):
     pipe = TextToImage.from_path(pipeline_folder)
     normal = pipe.generate(["a red circle"], Settings(steps=3), seed=2, progress=False)[0]

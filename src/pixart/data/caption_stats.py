@@ -94,7 +94,9 @@ def field_stats(
         vocabulary.update(words(caption))
     stats = FieldStats(name, n, missing, total_words / n if n else 0.0, len(vocabulary))
     for label, tokenizer in (tokenizers or {}).items():
-        lengths = [len(ids) for ids in tokenizer(captions, add_special_tokens=True)["input_ids"]] if n else []
+        # verbose=False: counting past the model's length is the point, not a mistake to warn of
+        ids = tokenizer(captions, add_special_tokens=True, verbose=False)["input_ids"] if n else []
+        lengths = [len(row) for row in ids]
         stats.tokens_per_caption[label] = sum(lengths) / n if n else 0.0
         stats.over_max_length[label] = sum(1 for x in lengths if x > max_length) / n if n else 0.0
     if nlp is not None:

@@ -88,7 +88,10 @@ class TextEncoder:
             add_special_tokens=True,
             return_tensors="pt",
         )
-        full_lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        # Counted untruncated, so lengths beyond the model's may show: verbose=False keeps transformers from
+        # warning of "indexing errors" that the truncated tokens above never meet (the caller says what was cut).
+        untruncated = self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        full_lengths = [len(ids) for ids in untruncated]
         dropped = [max(0, n - self.max_length) for n in full_lengths]
         ids = tokens["input_ids"].to(self.device)
         mask = tokens["attention_mask"].to(self.device)
