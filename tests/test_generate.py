@@ -224,6 +224,11 @@ def test_cli_errors_name_the_fix(pipeline_folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--vae" in err
     assert "--text-encoder" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()  # neither a model folder nor weights: said as such, not "pass --vae"
+    assert main(["generate", "x", "--model", str(empty), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty} is a folder but holds neither transformer.safetensors" in err and "--vae" not in err
 
 
 def test_minilm_loads_offline_with_token_features():

@@ -18,7 +18,7 @@ from typing import TypedDict
 import torch
 
 from pixart.model.pixart import PixArt
-from pixart.weights import load_transformer, save_transformer
+from pixart.weights import detect_format, load_transformer, save_transformer
 from pixart.weights.io import OURS_IN_FOLDER
 
 SPEC_FILE = "model.json"
@@ -137,6 +137,8 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
         tokenizer = None if text_encoder else path / "tokenizer"
         scheduler = path / "scheduler" if (path / "scheduler" / "scheduler_config.json").is_file() else None
         return spec, path / "transformer", text_folder, tokenizer, Path(vae) if vae else path / "vae", scheduler
+    if path.is_dir():  # a folder that holds no transformer (or a training run) is named as such first
+        detect_format(path)
     if vae is None or text_encoder is None:
         raise FileNotFoundError(
             f"{path} holds transformer weights only: also pass --vae DIR (an SD VAE folder, e.g. the vae/ of "
