@@ -394,7 +394,11 @@ def test_bad_seed_guidance_and_device_are_refused_before_loading(tmp_path, capsy
     assert code == 2 and f"--seed must lie in 0..{2**62}, got {2**63}" in err
     for cfg in ("nan", "inf", "-1"):
         code, err = run_eval(capsys, *base, "--cfg", cfg)
-        assert code == 2 and "--cfg must be a finite number >= 0 (the guidance scale)" in err, cfg
+        assert code == 2 and "the guidance scale must be a finite number >= 0" in err, cfg
+    code, err = run_eval(capsys, *base, "--sampler", "bogus")  # found only at loading before
+    assert code == 2 and "unknown sampler 'bogus'" in err
+    code, err = run_eval(capsys, *base, "--steps", "5000")
+    assert code == 2 and "steps must lie in 1..1000, got 5000" in err
     code, err = run_eval(capsys, *base, "--device", "nonsense")
     assert code == 2 and "--device 'nonsense' is not a device" in err
     assert not (tmp_path / "e.json").exists()
@@ -418,18 +422,18 @@ def test_unwritable_out_and_probe_cache_are_refused_before_loading(tmp_path, cap
     monkeypatch.setenv("PIXART_CACHE", str(a_file))
     code, err = run_eval(capsys, *base, *out)
     assert code == 2 and f"the probe cache ($PIXART_CACHE, else ~/.cache/pixart) {a_file} is a file" in err
-    assert "transformer weights only" not in err  # none of these got as far as loading
+    assert "is a folder but holds neither" not in err  # none of these got as far as loading
 
 
 def test_out_folder_is_made_and_earlier_results_are_announced_before_loading(tmp_path, capsys):
     out = tmp_path / "new" / "deeper" / "e.json"
     code, err = run_eval(capsys, "--model", tmp_path, "--probe-cache", tmp_path / "cache", "--out", out)
-    assert code == 2 and "transformer weights only" in err  # the empty model folder fails at loading...
+    assert code == 2 and "is a folder but holds neither" in err  # the empty model folder fails at loading...
     assert out.parent.is_dir() and list(out.parent.iterdir()) == []  # ...after the folder was made, no scratch left
     out.write_text("earlier results")
     code, err = run_eval(capsys, "--model", tmp_path, "--probe-cache", tmp_path / "cache", "--out", out)
     assert f"note: {out} holds earlier results; this run replaces them when it ends" in err
-    assert err.index("note:") < err.index("transformer weights only")  # said before anything loads
+    assert err.index("note:") < err.index("is a folder but holds neither")  # said before anything loads
     assert out.read_text() == "earlier results"  # a run that fails replaces nothing
 
 

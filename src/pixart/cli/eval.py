@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -92,8 +91,8 @@ MAX_EVAL_SEED = 2**62  # half torch's range: the suites offset their images' see
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Refuse an unknown suite, options of the other suite, non-positive counts, a negative seed, a guidance
-    that is not a finite number >= 0 and an --out folder, before any loading."""
+    """Refuse an unknown suite, options of the other suite, non-positive counts, a seed out of range and an
+    --out folder, before any loading (run() then applies generate's checks of guidance, sampler and steps)."""
     from pixart.cli.main import UserError
 
     if args.suite not in SUITES:
@@ -108,8 +107,6 @@ def check_options(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if not 0 <= args.seed <= MAX_EVAL_SEED:  # torch's generators refuse it, once the model has loaded
         raise UserError(f"--seed must lie in 0..{MAX_EVAL_SEED}, got {args.seed}")
-    if args.cfg is not None and not (math.isfinite(args.cfg) and args.cfg >= 0):  # nan or inf: black images
-        raise UserError(f"--cfg must be a finite number >= 0 (the guidance scale), got {args.cfg}")
     if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder: give the JSON file to write, e.g. {args.out / 'eval.json'}")
 
@@ -349,18 +346,22 @@ def run(args: argparse.Namespace) -> int:
 
     from pixart.cli.main import UserError, check_device
     from pixart.files import write_json
-    from pixart.generate import GenerationError, Settings, TextToImage
+    from pixart.generate import GenerationError, Settings, TextToImage, check_request
     from pixart.modelfolder import folder_kind
 
     started = time.time()
     check_options(args)
     check_device(args.device)
+    settings = Settings(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg)
+    try:  # generate's own checks of guidance (nan or inf would score black images), sampler and steps
+        check_request(settings, batch_size=args.batch)
+    except GenerationError as error:
+        raise UserError(str(error)) from None
     folder_kind(args.model)  # a missing model: FileNotFoundError with the download hint, before anything loads
     out = prepare_outputs(args)
     if args.suite == "shapes" and (warning := shapes_world_warning(args.model)):
         print(warning, file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    settings = Settings(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg)
 
     def load_pipe() -> TextToImage:  # called by the suite once its own inputs are checked: their errors come first
         return TextToImage.from_path(args.model, vae=args.vae, text_encoder=args.text_encoder, device=device)
