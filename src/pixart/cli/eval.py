@@ -30,6 +30,8 @@ SUITE_OPTIONS = {
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    from pixart.cli.main import add_component_folders
+
     parser.add_argument(
         "--model",
         required=True,
@@ -37,13 +39,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="a pixart model folder, a diffusers pipeline, or transformer weights (with --vae and --text-encoder)",
     )
-    parser.add_argument("--vae", type=Path, metavar="DIR", help="SD VAE folder (for bare transformer weights)")
-    parser.add_argument(
-        "--text-encoder",
-        type=Path,
-        metavar="DIR",
-        help="T5 folder with its tokenizer (for bare transformer weights, or a model folder that names none)",
-    )
+    add_component_folders(parser)
     parser.add_argument(
         "--suite",
         default="shapes",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    from pixart.cli.main import add_component_folders
+
     parser.add_argument("prompts", nargs="*", help="prompts (an empty string is allowed: unconditional)")
     parser.add_argument("--prompts-file", type=Path, help="one prompt per line (blank lines are skipped)")
     parser.add_argument(
@@ -22,12 +24,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, type=Path, help="output folder (new, or one without the images of an earlier run)"
     )
-    parser.add_argument("--vae", type=Path, help="SD VAE folder (for bare transformer weights)")
-    parser.add_argument(
-        "--text-encoder",
-        type=Path,
-        help="T5 folder with its tokenizer (for bare transformer weights, or a model folder that names none)",
-    )
+    add_component_folders(parser)
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
         "--size", help="HxW in pixels (divisible by 8); generated at the closest bucket, scaled to cover, then cropped"

@@ -59,6 +59,17 @@ def check_writable_folder(folder: Path, flag: str, value: Path) -> None:
         ) from None
 
 
+def add_component_folders(parser: argparse.ArgumentParser) -> None:
+    """--vae and --text-encoder: the folders that bare transformer weights need (generate, eval, serve)."""
+    parser.add_argument("--vae", type=Path, metavar="DIR", help="SD VAE folder (for bare transformer weights)")
+    parser.add_argument(
+        "--text-encoder",
+        type=Path,
+        metavar="DIR",
+        help="T5 folder with its tokenizer (for bare transformer weights, or a model folder that names none)",
+    )
+
+
 def check_device(text: str | None, what: str = "--device") -> None:
     """A --device value this machine can run on, checked before anything loads (None: the default)."""
     if text is None:

@@ -24,6 +24,8 @@ DEMO_NOTICE = "no model given; training the embedded demo model first with `pixa
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    from pixart.cli.main import add_component_folders
+
     parser.add_argument(
         "--model",
         type=Path,
@@ -35,12 +37,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on, 1-65535 (default {DEFAULT_PORT})"
     )
     parser.add_argument("--out", type=Path, help="folder to keep the images in (default: a temporary one)")
-    parser.add_argument("--vae", type=Path, help="SD VAE folder (for bare transformer weights)")
-    parser.add_argument(
-        "--text-encoder",
-        type=Path,
-        help="T5 folder with its tokenizer (for bare transformer weights, or a model folder that names none)",
-    )
+    add_component_folders(parser)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
