@@ -30,10 +30,10 @@ from pixart.model.dit import DiTConfig
 from pixart.recipes import RECIPES, get_recipe
 from pixart.train import loop
 from pixart.train import step as train_step
-from pixart.train.init import FINAL, FINAL_EMA
 from pixart.train.loop import TrainingError, train
 from pixart.train.metrics import read_metrics
 from pixart.weights import load_transformer
+from pixart.weights.io import FINAL, FINAL_EMA
 
 
 @pytest.fixture(scope="module")

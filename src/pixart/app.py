@@ -20,10 +20,9 @@ import gradio as gr
 from pixart.data.buckets import closest_bucket
 from pixart.data.buckets import parse_size as parse_height_width
 from pixart.diffusion.schedulers import SAMPLERS
-from pixart.generate import GeneratedImage, GenerationError, Settings, TextToImage
+from pixart.generate import MAX_SIDE, GeneratedImage, GenerationError, Settings, TextToImage
 from pixart.outputs import write_images
 
-MAX_SIDE = 4096  # a custom size beyond this would only exhaust memory in the final resize
 MAX_IMAGES = 8
 SEED_RANGE = 2**31  # what fits every seed field downstream (diffusers, numpy)
 

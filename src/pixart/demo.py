@@ -28,6 +28,7 @@ from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig, count_parameters
 from pixart.modelfolder import ModelSpec
 from pixart.train.config import DataConfig, OptimConfig, TrainConfig
+from pixart.weights.io import FINAL_EMA
 
 if TYPE_CHECKING:
     from pixart.encoders.shapes_ae import ShapesCodec
@@ -345,7 +346,7 @@ def write_model_folder(out: Path, codec: ShapesCodec) -> Path:
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     codec.save(model_dir / "codec.safetensors")
-    transformer = load_transformer(out / "stage3" / "final_ema.safetensors")
+    transformer = load_transformer(out / "stage3" / FINAL_EMA)
     spec = shapes_model_spec(
         "flow",
         bucket_table_of(BUCKETS),

@@ -116,12 +116,17 @@ AS_DIFFUSERS: DiffusersGuidance = {"null_caption": "empty-prompt", "aspect_condi
 Components = tuple[ModelSpec, Path, Path | None, Path | None, Path | None, Path | None]
 
 
+def spec_of(path: Path, kind: str) -> ModelSpec:
+    """How a 'pixart' folder (its model.json) or a 'diffusers' pipeline folder (as diffusers does) runs."""
+    return ModelSpec.from_json((path / SPEC_FILE).read_text()) if kind == "pixart" else ModelSpec(**AS_DIFFUSERS)
+
+
 def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: str | Path | None = None) -> Components:
     """(ModelSpec, transformer path, text encoder folder, tokenizer folder, codec folder, scheduler folder)."""
     path = Path(path)
     kind = folder_kind(path)
     if kind == "pixart":
-        spec = ModelSpec.from_json((path / SPEC_FILE).read_text())
+        spec = spec_of(path, kind)
         text_folder = Path(text_encoder) if text_encoder else resolve(path, spec.text_encoder_path)
         if spec.text_encoder == "t5" and text_folder is None:  # said now, not after the weights have loaded
             raise FileNotFoundError(
@@ -132,7 +137,7 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
         codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
         return spec, path / OURS_IN_FOLDER, text_folder, None, codec_folder, None
     if kind == "diffusers":
-        spec = ModelSpec(**AS_DIFFUSERS)
+        spec = spec_of(path, kind)
         text_folder = Path(text_encoder) if text_encoder else path / "text_encoder"
         tokenizer = None if text_encoder else path / "tokenizer"
         scheduler = path / "scheduler" if (path / "scheduler" / "scheduler_config.json").is_file() else None

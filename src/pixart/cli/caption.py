@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result = caption_inputs(inputs, out, captioner, options)
     # What listing left out (a damaged tar, duplicates, bad rows) is skipped too, and said so.
-    skipped = [{"path": p.path, "reason": p.reason, "message": p.message} for p in inputs.problems]
+    skipped = inputs.problem_entries()
     skipped += result.skipped
     print(
         f"{out}: captioned {result.written} images now, {result.already_done} were done already, {len(skipped)} skipped"

@@ -97,7 +97,7 @@ def check_options(args: argparse.Namespace) -> None:
         given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
         if suite != args.suite and given:
             raise UserError(f"{', '.join(given)}: only for --suite {suite}, not {args.suite}")
-    for name in ("single", "pairs", "num", "batch", "probe_steps"):
+    for name in ("single", "pairs", "num", "probe_steps"):  # --batch: check_request, in run()
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -148,13 +148,13 @@ def shapes_world_warning(model: Path) -> str | None:
     """
     from pixart.data.synthetic import WORLD_VERSION
     from pixart.demo import shapes_model_spec
-    from pixart.modelfolder import AS_DIFFUSERS, SPEC_FILE, ModelSpec, folder_kind
+    from pixart.modelfolder import folder_kind, spec_of
 
     kind = folder_kind(model)
     if kind == "weights":  # loading needs --vae and --text-encoder: that error comes first
         return None
     try:
-        spec = ModelSpec.from_json((model / SPEC_FILE).read_text()) if kind == "pixart" else ModelSpec(**AS_DIFFUSERS)
+        spec = spec_of(model, kind)
     except (OSError, ValueError, TypeError):  # an unreadable model.json: loading reports it
         return None
     shapes = shapes_model_spec("flow", {})

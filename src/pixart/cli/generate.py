@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pixart.cli.main import UserError, check_device
     from pixart.generate import GenerationError, Settings, TextToImage, check_request
+    from pixart.modelfolder import folder_kind
     from pixart.outputs import CONTACT_SHEET, write_images
 
     prompts = read_prompts(args)
@@ -134,10 +135,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     check_device(args.device)
     check_device(args.text_device, "--text-device")
-    if not args.model.exists():  # before --out is made: a failed run leaves no empty folder behind
-        from pixart.modelfolder import DOWNLOAD_HINT
-
-        raise UserError(f"model not found: {args.model}. To get one, {DOWNLOAD_HINT}")
+    folder_kind(args.model)  # a missing model, before --out is made: a failed run leaves no empty folder behind
     prepare_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else None

@@ -383,7 +383,7 @@ def merge_reports(out: str | Path, inputs: Inputs, options: PrepareOptions) -> d
     samples, shards_done = 0, 0
     buckets: Counter[str] = Counter()
     truncated: Counter[str] = Counter()
-    skipped = [{"path": p.path, "reason": p.reason, "message": p.message} for p in inputs.problems]
+    skipped = inputs.problem_entries()
     for index in range(total):
         report = _read_json(report_path(out, index)) if shard_done(out, index) else None
         if report is None:

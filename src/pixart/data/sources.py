@@ -27,7 +27,7 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TypeGuard
@@ -137,6 +137,10 @@ class Inputs:
     root: Path  # names are relative to this folder
     items: list[Item]
     problems: list[Problem]
+
+    def problem_entries(self) -> list[dict[str, str]]:
+        """What listing left out, as the skip entries reports list: {"path", "reason", "message"}."""
+        return [asdict(problem) for problem in self.problems]
 
 
 def has_text(value: object) -> TypeGuard[str]:

@@ -7,7 +7,6 @@ become a PixArt initialisation by the re-parameterisation in `pixart.weights.rep
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -23,6 +22,7 @@ from pixart.model.layers import (
     SelfAttention,
     TimestepEmbedder,
     linear_at,
+    mlp_width,
     modulate,
     unpatchify,
 )
@@ -48,8 +48,7 @@ class DiTConfig:
             raise ValueError("depth, num_heads, hidden_size, patch_size, input_size and num_classes must be at least 1")
         if self.hidden_size % self.num_heads or self.hidden_size % 4:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads and by 4")
-        if not (math.isfinite(self.mlp_ratio) and int(self.hidden_size * self.mlp_ratio) >= 1):
-            raise ValueError(f"mlp_ratio must give the MLP at least one unit (4.0 officially), got {self.mlp_ratio}")
+        mlp_width(self.hidden_size, self.mlp_ratio)  # refuses a ratio that leaves the MLP no unit
 
     @property
     def out_channels(self) -> int:
@@ -82,7 +81,7 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(hidden_size, num_heads)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.mlp = Mlp(hidden_size, mlp_width(hidden_size, mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

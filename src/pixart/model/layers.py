@@ -145,6 +145,13 @@ class SizeEmbedder(SinusoidMlp):
         return embedded.reshape(batch_size, k * embedded.shape[-1])  # (B, k*D)
 
 
+def mlp_width(hidden_size: int, mlp_ratio: float) -> int:
+    """The MLP's hidden width, int(hidden_size * mlp_ratio) as officially; a ratio that leaves no unit is refused."""
+    if not (math.isfinite(mlp_ratio) and int(hidden_size * mlp_ratio) >= 1):
+        raise ValueError(f"mlp_ratio must give the MLP at least one unit (4.0 officially), got {mlp_ratio}")
+    return int(hidden_size * mlp_ratio)
+
+
 class Mlp(nn.Module):
     """fc1, tanh-GELU, fc2 (timm's Mlp with the official activation)."""
 

@@ -9,7 +9,6 @@ blocks.i.scale_shift_table (the per-block table E(i)), final_layer.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -28,6 +27,7 @@ from pixart.model.layers import (
     SizeEmbedder,
     TimestepEmbedder,
     linear_at,
+    mlp_width,
     modulate,
     unpatchify,
 )
@@ -85,8 +85,7 @@ class PixArtConfig:
             raise ValueError(f"adaln must be one of {ADALN_MODES}, got {self.adaln!r}")
         if self.input_size % self.patch_size:
             raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
-        if not (math.isfinite(self.mlp_ratio) and int(self.hidden_size * self.mlp_ratio) >= 1):
-            raise ValueError(f"mlp_ratio must give the MLP at least one unit (4.0 officially), got {self.mlp_ratio}")
+        mlp_width(self.hidden_size, self.mlp_ratio)  # refuses a ratio that leaves the MLP no unit
 
     @property
     def out_channels(self) -> int:
@@ -135,7 +134,7 @@ class PixArtBlock(nn.Module):
         self.attn = SelfAttention(hidden_size, num_heads)
         self.cross_attn = CrossAttention(hidden_size, num_heads)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.mlp = Mlp(hidden_size, mlp_width(hidden_size, mlp_ratio))
         if adaln == "single":
             self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
         else:  # DiT's per-block adaLN-Zero, kept for the ablation against adaLN-single

@@ -19,10 +19,7 @@ from pixart.model.pixart import PixArt
 from pixart.train.config import TrainConfig
 from pixart.weights import WeightsError, detect_format, read_state
 from pixart.weights.dit_init import reparameterize_dit
-from pixart.weights.io import read_dit
-
-FINAL = "final.safetensors"
-FINAL_EMA = "final_ema.safetensors"
+from pixart.weights.io import FINAL_EMA, read_dit
 
 
 def build_model(config: TrainConfig) -> PixArt | DiT:

@@ -45,10 +45,11 @@ from pixart.train.distributed import (
     wrap_model,
 )
 from pixart.train.flags import DeferredFlags, StepRecord, optimizer_step, skip_flag, step_flags
-from pixart.train.init import FINAL, FINAL_EMA, build_model, initialize_from, resolve_init_path, save_weights
+from pixart.train.init import build_model, initialize_from, resolve_init_path, save_weights
 from pixart.train.metrics import MetricsWriter, peak_flops, plot_loss, read_metrics
 from pixart.train.previews import Previewer, preview_weights
 from pixart.train.step import build_optimizer, compute_loss, ema_decay, mfu, update_ema
+from pixart.weights.io import FINAL, FINAL_EMA
 
 # Settings that may change between a run and its resumption; anything else must match config.json.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "data.num_workers"}

@@ -38,6 +38,8 @@ from pixart.weights.errors import WeightsError
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 NULL_CAPTION_FILE = "null_caption.safetensors"  # our sidecar: diffusers has no slot for y_embedding
 OURS_IN_FOLDER = "transformer.safetensors"  # inside a model folder of ours (see pixart.modelfolder)
+FINAL = "final.safetensors"  # what a finished `pixart train` run leaves in its folder
+FINAL_EMA = "final_ema.safetensors"  # ... and its EMA weights, what the next stage and generate take
 FORMATS = ("pixart", "official", "diffusers")
 
 
@@ -68,8 +70,8 @@ def _detect_format(path: Path) -> str:
             return "pixart"
         if _diffusers_folder(path) is not None:
             return "diffusers"
-        if (path / "final_ema.safetensors").is_file():  # a finished `pixart train` run folder
-            raise WeightsError(f"{path} is a training run: give its weights, {path / 'final_ema.safetensors'}")
+        if (path / FINAL_EMA).is_file():  # a finished `pixart train` run folder
+            raise WeightsError(f"{path} is a training run: give its weights, {path / FINAL_EMA}")
         raise WeightsError(
             f"{path} is a folder but holds neither {OURS_IN_FOLDER} (a pixart model folder) nor a diffusers "
             f"transformer (config.json + {DIFFUSERS_WEIGHTS}, or model_index.json with transformer/)"
