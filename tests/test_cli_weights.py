@@ -189,3 +189,7 @@ def test_convert_refuses_before_reading_what_would_replace_or_ignore_something(t
     # a head count that does not divide the width
     assert main(["convert", str(tmp_path / "dit.pt"), *out, "--num-heads", "5"]) == 2
     assert "cannot build a PixArt from" in capsys.readouterr().err
+    for zero in (["--max-length", "0"], ["--caption-channels", "0"]):  # 0 became the default 120 or 4096
+        assert main(["convert", str(tmp_path / "dit.pt"), *out, "--num-heads", "3", *zero]) == 2, zero
+        assert "must be at least 1" in capsys.readouterr().err, zero
+    assert not (tmp_path / "init.safetensors").exists()

@@ -112,6 +112,15 @@ def test_a_budget_the_demo_cannot_keep_is_refused(tmp_path, capsys, minutes):
     assert "--minutes must be a finite number, at least 5" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
+def test_run_demo_itself_refuses_a_budget_it_cannot_keep(tmp_path):
+    """Checked in the library, not only in the command line: a caller's minutes=inf used to crash mid-plan."""
+    from pixart.demo import DemoError, run_demo
+
+    with pytest.raises(DemoError, match="--minutes must be a finite number, at least 5"):
+        run_demo(tmp_path / "d", minutes=float("inf"), progress=False)
+    assert not (tmp_path / "d").exists()
+
+
 def test_the_demo_keeps_out_of_a_folder_of_other_files(tmp_path):
     from pixart.demo import DemoError, check_or_record_kind
 

@@ -269,3 +269,16 @@ def test_training_checkpoints_and_legacy_torch_files_load(tmp_path):
 def test_models_diffusers_cannot_hold_are_refused_at_save(tmp_path):
     with pytest.raises(WeightsError, match="mlp_ratio 4"):
         save_transformer(PixArt(dataclasses.replace(TINY, mlp_ratio=2.0)), tmp_path / "d", to="diffusers")
+
+
+def test_use_ema_on_a_single_set_of_weights_is_refused_not_ignored(tmp_path):
+    """A .safetensors file or a folder holds one set: the library used to hand back the raw weights silently."""
+    from pixart.weights.io import read_dit
+
+    path = tmp_path / "w.safetensors"
+    save_transformer(PixArt(TINY), path)
+    assert set(load_transformer(path).state_dict()) == set(PixArt(TINY).state_dict())
+    with pytest.raises(WeightsError, match="holds one set of weights"):
+        load_transformer(path, use_ema=True)
+    with pytest.raises(WeightsError, match="holds one set of weights"):
+        read_dit(path, use_ema=True)

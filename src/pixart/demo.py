@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import shutil
 import time
@@ -57,6 +58,10 @@ DEMO_KIND_FILE = "demo-kind.json"  # {"kind": "quick" | "full"}: see check_or_re
 WIDE_PROMPT = "a large blue circle on the left and a large red square on the right, on a white background"
 
 
+FIXED_MINUTES = 4.0  # rendering, encoders and evaluation on the 2-core machine, cold cache; stages scale with the rest
+MIN_MINUTES = 5  # a budget below leaves the stages almost nothing
+
+
 @dataclass(frozen=True)
 class DemoPlan:
     """Steps and data per stage; `quick` shrinks everything to a smoke run of the same path."""
@@ -87,7 +92,7 @@ class DemoPlan:
                 codec_steps=60,
                 probe_steps=40,
             )
-        scale = max(0.2, (minutes - 4.0) / 6.0)  # about four minutes of fixed costs on a cold cache
+        scale = max(0.2, (minutes - FIXED_MINUTES) / 6.0)
         plan = cls()
         return dataclasses.replace(
             plan,
@@ -211,6 +216,11 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     from pixart.files import cache_dir
     from pixart.train.loop import train
 
+    if not quick and not (math.isfinite(minutes) and minutes >= MIN_MINUTES):  # before anything is made
+        raise DemoError(
+            f"--minutes must be a finite number, at least {MIN_MINUTES} (about {FIXED_MINUTES:g} go to rendering, "
+            f"encoders and evaluation), got {minutes}"
+        )
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -44,21 +44,20 @@ def run(args: argparse.Namespace) -> int:
     fmt = detect_format(args.src)
     dit_options = {"--caption-channels": args.caption_channels, "--max-length": args.max_length}
     dit_options["--num-heads"] = args.num_heads
-    if args.ema and (args.src.is_dir() or args.src.suffix == ".safetensors"):
-        raise UserError(f"--ema reads a .pth/.pt checkpoint's EMA weights; {args.src} holds one set of weights")
     if fmt == "dit":
         if args.config is not None:  # it would be ignored: the PixArt config follows from the DiT's
             raise UserError(
                 "--config is for PixArt weights; a DiT's PixArt takes --caption-channels, --max-length and --num-heads"
             )
         dit_state, dit_config = read_dit(args.src, use_ema=args.ema)
+        # Only the options given: dit_to_pixart's defaults are the rest (0 is checked, not replaced by them).
+        widths = {"caption_channels": args.caption_channels, "max_length": args.max_length}
         try:
             config, state = dit_to_pixart(
                 dit_state,
-                caption_channels=args.caption_channels or 4096,
-                max_length=args.max_length or 120,
                 num_heads=args.num_heads,
                 dit_config=dit_config,
+                **{name: value for name, value in widths.items() if value is not None},
             )
         except ValueError as error:  # a head count that does not divide the width, a negative length...
             raise UserError(f"cannot build a PixArt from {args.src} with these options: {error}") from None

@@ -68,8 +68,12 @@ class PixArtConfig:
     caption_norm: bool = False  # parameter-free LayerNorm on caption features (small encoders)
 
     def __post_init__(self) -> None:
-        if min(self.depth, self.num_heads, self.hidden_size, self.patch_size, self.input_size, self.max_length) < 1:
-            raise ValueError("depth, num_heads, hidden_size, patch_size, input_size and max_length must be at least 1")
+        sizes = (self.depth, self.num_heads, self.hidden_size, self.patch_size, self.input_size, self.max_length)
+        if min(*sizes, self.caption_channels) < 1:
+            raise ValueError(
+                "depth, num_heads, hidden_size, patch_size, input_size, max_length and caption_channels must be at "
+                "least 1"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.hidden_size % 4:

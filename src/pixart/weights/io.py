@@ -179,6 +179,14 @@ def stored_official_config(data: object) -> PixArtConfig | None:
     return None
 
 
+def refuse_ema_of_one_set(path: Path, use_ema: bool) -> None:
+    """A folder or a .safetensors file holds one set of weights: use_ema would be ignored there, silently."""
+    if use_ema and (path.is_dir() or path.suffix == ".safetensors"):
+        raise WeightsError(
+            f"--ema reads a .pth/.pt checkpoint's EMA weights (use_ema=True); {path} holds one set of weights"
+        )
+
+
 def read_dit(path: Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], DiTConfig | None]:
     """A DiT checkpoint's state dict (its EMA with use_ema, where a training checkpoint holds one), and its
     config where the file carries one.
@@ -186,6 +194,7 @@ def read_dit(path: Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor]
     Our trainer's stage-1 weights (.safetensors) keep it in the metadata and its checkpoints under
     config.dit; official DiT .pt files carry none, so their architecture is read from the shapes.
     """
+    refuse_ema_of_one_set(path, use_ema)
     if path.suffix == ".safetensors":
         metadata = safetensors_metadata(path)
         stored = json.loads(metadata["config"]) if metadata.get("format") == "dit" and "config" in metadata else None
@@ -236,6 +245,7 @@ def read_state(
 def _read_state(
     path: Path, use_ema: bool, config: PixArtConfig | None
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor], str]:
+    refuse_ema_of_one_set(path, use_ema)
     fmt = _detect_format(path)
     if fmt == "dit":
         raise WeightsError(
