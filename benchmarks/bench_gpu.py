@@ -223,8 +223,11 @@ def sampling_latency(ours, theirs, config, y, mask, compiled: bool) -> dict:
             **micro,
         )
 
+    torch.cuda.reset_peak_memory_stats()
     ours_s, theirs_s = alternate([run(ours), run(theirs)], 1, 3)
     result = {"sample_1024_20steps_cfg_ours_s": ours_s, "sample_1024_20steps_cfg_diffusers_s": theirs_s}
+    # Both models' bf16 weights and one step's activations: tens of GiB here means a graph is being kept
+    result["sample_1024_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(json.dumps(result), flush=True)
     if compiled:
         with blocks_compiled(ours):  # as `pixart generate --compile` on a GPU
@@ -307,7 +310,8 @@ def main() -> None:
             )
             print(
                 f"1024 px, 20 steps with guidance, batch 1: ours {r['sample_1024_20steps_cfg_ours_s']:.3f}s, "
-                f"diffusers {r['sample_1024_20steps_cfg_diffusers_s']:.3f}s{extra}"
+                f"diffusers {r['sample_1024_20steps_cfg_diffusers_s']:.3f}s{extra}; "
+                f"peak memory {r['sample_1024_peak_gib']:.1f} GiB"
             )
     sys.stdout.flush()
 

@@ -18,7 +18,6 @@ from pixart.diffusion.guidance import CaptionConditioned, GuidedDenoiser
 from pixart.diffusion.schedulers import build_scheduler, check_steps, get_sampler, repeats_a_level
 
 
-@torch.no_grad()
 def model_timesteps(scheduler: Any) -> torch.Tensor:
     """The times the model is asked at, one per scheduler timestep.
 
@@ -31,6 +30,7 @@ def model_timesteps(scheduler: Any) -> torch.Tensor:
     return scheduler.timesteps
 
 
+@torch.no_grad()  # a sampling run never needs gradients: recording them kept every step's activations
 def sample(
     model: CaptionConditioned,
     noise: torch.Tensor,
