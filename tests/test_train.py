@@ -797,3 +797,29 @@ def test_logged_lr_is_the_steps_own_and_a_window_of_skipped_steps_logs_nan(shape
     assert [row["step"] for row in rows] == [2, 4, 6]
     assert rows[0]["lr"] == pytest.approx(rows[1]["lr"] / 2)  # the lr step 2 used, not the one after it
     assert math.isnan(rows[2]["loss"]) and rows[2]["skipped_steps"] == 2  # no step to average: not 0.0
+
+
+def test_one_loader_serves_every_epoch_and_workers_train_as_the_main_process(shapes_data, tmp_path, monkeypatch):
+    """Loader workers start once a run, not once an epoch (each start stalled the epoch's first step), and
+    reading in them gives the batches, caption draws included, that reading in the training process does."""
+    from pixart.data.dataset import FeatureDataset
+    from pixart.data.sampler import BucketBatchSampler
+
+    per_epoch = len(BucketBatchSampler(FeatureDataset(shapes_data).buckets, 16))
+    assert 3 * per_epoch <= 12  # the runs below cross at least two epoch boundaries
+    made = []
+
+    class CountingLoader(loop.DataLoader):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs["num_workers"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "DataLoader", CountingLoader)
+    for workers in (0, 2):
+        train(
+            config_for(shapes_data, [f"data.num_workers={workers}", "data.batch_size=16"], every=100),
+            tmp_path / f"w{workers}",
+            progress=False,
+        )
+    assert made == [0, 2]
+    assert_bitwise_equal(weights(tmp_path / "w0"), weights(tmp_path / "w2"))

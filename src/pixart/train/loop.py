@@ -13,7 +13,8 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
+from contextlib import closing
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from pixart import config as config_io
 from pixart.data.dataset import FeatureDataset, collate
+from pixart.data.epochs import EpochStream, EpochTagged
 from pixart.data.sampler import BucketBatchSampler
 from pixart.diffusion.schedulers import check_steps, default_sampler
 from pixart.files import remove_leftovers, write_json
@@ -289,26 +291,24 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         ckpt.save_checkpoint(run_dir, at_step, state, world, sharded=sharded, keep=config.keep_checkpoints)
         saved_step = at_step
 
-    def batches() -> Iterator[dict[str, torch.Tensor]]:
+    def batches() -> Generator[dict[str, torch.Tensor], None, None]:
+        """The run's batches from (epoch, position) on, through one DataLoader: its workers start once and
+        read ahead across epoch boundaries (one loader per epoch stalled the first step of every epoch)."""
         nonlocal epoch, position
-        while True:
-            sampler.load_state_dict({"epoch": epoch, "position": position})
-            dataset.set_epoch(epoch)
-            loader = DataLoader(
-                dataset,
-                batch_sampler=sampler,
-                collate_fn=collate,
-                num_workers=config.data.num_workers,
-                pin_memory=cuda,
-                persistent_workers=False,
-            )
-            for batch in loader:
-                position += 1
-                yield batch
-            epoch, position = epoch + 1, 0
+        loader = DataLoader(
+            EpochTagged(dataset),
+            batch_sampler=EpochStream(sampler, epoch, position),
+            collate_fn=collate,
+            num_workers=config.data.num_workers,
+            pin_memory=cuda,
+        )
+        for batch in loader:
+            if position == len(sampler):  # the epoch ran out: this batch is the next one's first
+                epoch, position = epoch + 1, 0
+            position += 1
+            yield batch
 
     fault = os.environ.get(FAULT_ENV, "")
-    stream = batches()
     bar = tqdm(
         total=config.steps,
         initial=step,
@@ -340,7 +340,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                 "optim.lr, raise optim.warmup_steps or check the data"
             )
 
-    with StopFlag() as stop:
+    with StopFlag() as stop, closing(batches()) as stream:  # closing it ends the loader's workers
         while step < config.steps:
             if fault.startswith("exit:") and [int(v) for v in fault.split(":")[1:]] == [world.rank, step]:
                 os._exit(3)
