@@ -30,7 +30,7 @@ def modulation_gap(pixart: PixArt, dit: DiT, t: float = 500.0) -> float:
         t0 = pixart.t_block(temb)
         gaps = []
         for ours, theirs in zip(pixart.blocks, dit.blocks, strict=True):
-            gaps.append((ours.modulation(t0)[0] - theirs.adaLN_modulation(c).reshape(6, -1)).abs().max())
+            gaps.append((ours.modulation(t0, t0.dtype)[0] - theirs.adaLN_modulation(c).reshape(6, -1)).abs().max())
         final_ours = pixart.final_layer.scale_shift_table + temb
         final_theirs = dit.final_layer.adaLN_modulation(c).reshape(2, -1)
         gaps.append((final_ours - final_theirs).abs().max())

@@ -296,3 +296,32 @@ def test_compiled_cuda_gelu_keeps_the_tanh_form():
     torch.testing.assert_close(out, torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-6, rtol=1e-6)
     assert "tanh" in "".join(code)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_MS], ids=["pixart", "pixart-ms"])
+def test_under_autocast_bf16_parameters_train_as_fp32_master_weights(config):
+    """FSDP's bf16 policy hands the forward bf16 parameters; one process autocasts fp32 ones. Under
+    autocast both must run the same model: an fp32 residual stream, every product in bf16. The stream
+    used to follow the parameters, so FSDP trained with a bf16 one and one process with fp32."""
+    master = randomize_(PixArt(config), seed=3)
+    with torch.no_grad():
+        for p in master.parameters():
+            p.copy_(p.bfloat16().float())  # fp32 weights that bf16 holds exactly, as FSDP would cast them
+    half = PixArt(config)
+    half.load_state_dict(master.state_dict())
+    half.to(torch.bfloat16)
+    streams = []
+    for model in (master, half):
+        model.blocks[0].register_forward_pre_hook(lambda module, args: streams.append(args[0].dtype))
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 700])
+    y, mask = torch.randn(2, 6, config.caption_channels), varied_mask(2, 6, [6, 3])
+    micro = (
+        {"img_hw": torch.tensor([[64.0, 64.0]] * 2), "aspect_ratio": torch.ones(2)} if config.micro_conditions else {}
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [model(x, t, y, mask, **micro) for model in (master, half)]
+    assert streams == [torch.float32, torch.float32]
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+    with torch.no_grad():  # without autocast (a bf16 model sampling) the stream is the parameters' dtype
+        half(x, t, y, mask, **micro)
+    assert streams[-1] == torch.bfloat16

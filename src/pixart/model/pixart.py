@@ -144,10 +144,14 @@ class PixArtBlock(nn.Module):
         else:  # DiT's per-block adaLN-Zero, kept for the ablation against adaLN-single
             self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def modulation(self, c: torch.Tensor) -> torch.Tensor:
-        """(B, 6D) shared t_block output (or (B, D) embedding for per-block) -> (B, 6, D)."""
+    def modulation(self, c: torch.Tensor, stream_dtype: torch.dtype) -> torch.Tensor:
+        """(B, 6D) shared t_block output (or (B, D) embedding for per-block) -> (B, 6, D).
+
+        The table is added in the residual stream's dtype: under autocast c is bf16, and FSDP's bf16 table
+        would otherwise make a bf16 sum where one process's fp32 table makes an fp32 one."""
         if hasattr(self, "scale_shift_table"):
-            return self.scale_shift_table[None] + c.reshape(c.shape[0], 6, -1)  # S(i) = S_bar + E(i)
+            table = self.scale_shift_table[None].to(stream_dtype)  # (1, 6, D)
+            return table + c.reshape(c.shape[0], 6, -1)  # S(i) = S_bar + E(i)
         return self.adaLN_modulation(c).reshape(c.shape[0], 6, -1)
 
     def forward(
@@ -159,7 +163,7 @@ class PixArtBlock(nn.Module):
         kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # Chunk order (official): shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c, x.dtype).chunk(6, dim=1)
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
         x = x + self.cross_attn(x, y, attn_mask, kv)
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
@@ -297,7 +301,11 @@ class PixArt(nn.Module):
             if y.ndim != 3 or y.shape[0] != B or y.shape[2] != cfg.caption_channels:
                 raise ValueError(f"y must be (B={B}, L, {cfg.caption_channels}), got {tuple(y.shape)}")
 
-        dtype = self.dtype
+        # The residual stream: fp32 under autocast, whose products run in bf16 while the sums stay exact (as
+        # one process trains, and the official code and diffusers). FSDP's bf16 policy hands this forward
+        # bf16 parameters: following them, it trained with a bf16 stream instead. Without autocast (a bf16
+        # model sampling) the parameters' dtype.
+        dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else self.dtype
         grid_h, grid_w = H // p, W // p
         pos = position_embedding(
             cfg.hidden_size, grid_h, grid_w, cfg.base_size, cfg.interpolation_scale, device=x.device, dtype=dtype
