@@ -823,3 +823,24 @@ def test_one_loader_serves_every_epoch_and_workers_train_as_the_main_process(sha
         )
     assert made == [0, 2]
     assert_bitwise_equal(weights(tmp_path / "w0"), weights(tmp_path / "w2"))
+
+
+def test_fsdp_bf16_runs_the_model_one_process_autocasts():
+    """FSDP2's bf16 policy used to cast every block's input (the residual stream) and the root's timesteps
+    to bf16; one process keeps both in fp32. Now the sharded model's output equals one process's exactly."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    worker = Path(__file__).with_name("fsdp_autocast_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(worker.parent)}
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", str(worker)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(row["rank"] for row in rows) == [0, 1]
+    for row in rows:
+        assert row["one"] == row["fsdp"] == "torch.float32", row
+        assert row["difference"] == 0.0, row

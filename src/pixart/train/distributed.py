@@ -88,7 +88,12 @@ def wrap_model(model: PixArt | DiT, world: World, parallel: str, bf16: bool) -> 
 
         policy = MixedPrecisionPolicy()  # fully_shard's default: it casts nothing, so fp32 runs stay fp32
         if bf16:
-            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            # bf16 copies of the weights for the products, as autocast makes them in one process; the inputs
+            # left alone: cast, every block's input would be bf16 (the residual stream) and so would the
+            # root's timesteps (t = 999 is 1000 in bf16) and micro-conditions.
+            policy = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False
+            )
         for block in model.blocks:
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
