@@ -35,3 +35,33 @@ def test_a_path_the_system_refuses_is_one_line_not_a_traceback(tmp_path, capsys)
     assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "file" / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pixart train: error: ") and "Traceback" not in err and str(tmp_path / "file") in err
+
+
+def test_no_progress_silences_the_bars_transformers_draws(tmp_path):
+    """The tiny recipe encodes its synthetic captions with MiniLM: transformers drew "Loading weights"."""
+    import subprocess
+    import sys
+
+    overrides = ["data.synthetic_count=8", "data.batch_size=4", "previews=false"]
+    command = [sys.executable, "-m", "pixart", "train", "--recipe", "tiny", "--steps", "1", "--no-progress"]
+    command += ["--run-dir", str(tmp_path / "run"), *(a for item in overrides for a in ("--set", item))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "done: 1 steps" in result.stdout
+    assert "Loading weights" not in result.stderr and "it/s" not in result.stderr, result.stderr
+
+
+def test_no_progress_reaches_a_transformers_imported_before(monkeypatch):
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    from pixart.cli.main import silence_library_progress_bars
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)  # restored after the test
+    assert transformers_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+    try:
+        silence_library_progress_bars()
+        assert not transformers_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+    finally:  # the rest of this test process draws its bars again
+        transformers_logging.enable_progress_bar()
+        enable_progress_bars()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -100,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def silence_library_progress_bars() -> None:
+    """`--no-progress` reaches the bars transformers and huggingface_hub draw themselves ("Loading weights"
+    as a text encoder loads). The environment variable covers a first import; the calls, an earlier one."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         # A file name that is not valid UTF-8 holds lone surrogates, which a strict UTF-8 stream refuses:
@@ -109,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "no_progress", False):
+        silence_library_progress_bars()
     from pixart.weights import WeightsError
 
     try:
