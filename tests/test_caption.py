@@ -29,7 +29,7 @@ from pixart.data.caption import (
 from pixart.data.caption_stats import collect, field_stats, format_table, load_spacy, words
 from pixart.data.dataset import FeatureDataset
 from pixart.data.prepare import PrepareOptions, prepare
-from pixart.data.sources import has_text, list_inputs
+from pixart.data.sources import has_text, list_inputs, manifest_rows
 from pixart.encoders import SDVAE, T5Encoder
 
 LLAVA_WORDS = ["a", "an", "the", "image", "photo", "of", "in", "on", "with", "red", "blue", "green", "cat", "dog"]
@@ -140,7 +140,7 @@ def read_rows(path: Path) -> list[dict]:
 # --- the real model path ---
 
 
-def test_tiny_llava_end_to_end_then_prepare(tmp_path, llava_dir, capsys):
+def test_tiny_llava_end_to_end_then_prepare(tmp_path, llava_dir, capsys, monkeypatch):
     folder = image_folder(tmp_path / "in")
     args = ["caption", str(folder), "--model", str(llava_dir), "--batch-size", "2", "--max-new-tokens", "6"]
     assert main([*args, "--device", "cpu", "--no-progress"]) == 0
@@ -154,8 +154,13 @@ def test_tiny_llava_end_to_end_then_prepare(tmp_path, llava_dir, capsys):
     assert [row["alt"] for row in rows] == [f"a red circle {i}" for i in range(3)]  # the original caption kept
     assert f"next: pixart prepare {out} --fields alt,dense ..." in printed
 
+    import pixart.data.caption as caption_module
+
+    reads = []  # the manifest, read to find where to resume: once a run (a large one takes a while)
+    monkeypatch.setattr(caption_module, "manifest_rows", lambda path: reads.append(path) or manifest_rows(path))
     assert main([*args, "--device", "cpu", "--no-progress"]) == 0  # a rerun: nothing left but the broken image
     assert "captioned 0 images now, 3 were done already" in capsys.readouterr().out
+    assert reads == [out]
     assert read_rows(out) == rows
 
     save_tiny_t5(tmp_path / "t5")

@@ -121,12 +121,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pixart.data.caption import CaptionError, LlavaCaptioner, caption_inputs, captioned, default_output
+    from pixart.data.caption import CaptionError, LlavaCaptioner, caption_inputs, default_output, resume_point
     from pixart.data.sources import InputError
 
-    out = args.out or default_output(args.input, args.field)
+    out = Path(args.out or default_output(args.input, args.field))
     try:
-        captioned(out, args.field)  # rows of another field there: refused before the listing and the model
+        done = resume_point(out, args.field)  # rows of another field there: refused before the listing and the model
     except (CaptionError, InputError) as error:
         raise UserError(str(error)) from error
     inputs = list_or_refuse(args.input)
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     captioner = LlavaCaptioner(
         args.model, device=device, dtype=dtype, max_new_tokens=args.max_new_tokens, temperature=args.temperature
     )
-    result = caption_inputs(inputs, out, captioner, options)
+    result = caption_inputs(inputs, out, captioner, options, done)
     # What listing left out (a damaged tar, duplicates, bad rows) is skipped too, and said so.
     skipped = inputs.problem_entries()
     skipped += result.skipped

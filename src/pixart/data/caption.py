@@ -197,20 +197,38 @@ def captioned(out: Path, field_name: str) -> set[str]:
     return done
 
 
+def resume_point(out: Path, field_name: str) -> set[str]:
+    """Where captioning into `out` resumes: its half-written last line cut, the images it has for the field.
+
+    CaptionError as `captioned` says. The command line calls this before listing the inputs and loading
+    the model, and hands the set to `caption_inputs`, so a long manifest is read once for both.
+    """
+    _repair_tail(out)
+    return captioned(out, field_name)
+
+
 def output_row(fields: dict, location: str, field_name: str, caption: str) -> dict:
     """The input's fields (original caption as `alt`), the image path for the new manifest, the caption."""
     row = {k: v for k, v in fields.items() if k not in IMAGE_COLUMNS and k != field_name}
     return {"path": location, **row, field_name: caption}
 
 
-def caption_inputs(inputs: Inputs, out: str | Path, captioner: Captioner, options: CaptionOptions) -> CaptionResult:
-    """Caption every input not yet in `out`, in input order, appending rows a batch at a time."""
+def caption_inputs(
+    inputs: Inputs,
+    out: str | Path,
+    captioner: Captioner,
+    options: CaptionOptions,
+    done: set[str] | None = None,
+) -> CaptionResult:
+    """Caption every input not yet in `out`, in input order, appending rows a batch at a time.
+
+    `done` is `resume_point(out, options.field)` where the caller already has it."""
     from tqdm import tqdm
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _repair_tail(out)
-    done = captioned(out, options.field)
+    if done is None:
+        done = resume_point(out, options.field)
     base = out.parent.resolve()
     todo = []
     for item in inputs.items:
