@@ -469,11 +469,19 @@ def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=tmp_path))
 
 
-def test_a_text_encoder_that_does_not_fit_the_model_is_refused_before_sampling(tmp_path):
+def test_a_text_encoder_that_does_not_fit_the_model_is_refused_before_sampling(tmp_path, monkeypatch):
     """MiniLM (384 wide) with a transformer reading 48-wide captions: once a shape error mid-sampling."""
     folder = learned_null_folder(tmp_path, text_encoder="minilm", text_encoder_path=None)
+    import pixart.generate as generate_module
+
+    loaded = []
+    original = generate_module.load_components
+    monkeypatch.setattr(generate_module, "load_components", lambda *a, **k: loaded.append(a) or original(*a, **k))
     with pytest.raises(GenerationError, match="8-bit loading is for T5; this model's text encoder is minilm"):
         TextToImage.from_path(folder, load_in_8bit=True)  # it was ignored, yet recorded with the images
+    assert loaded == []  # refused before the weights load
+    TextToImage.from_path(folder)
+    assert len(loaded) == 1  # (the count is of real loads)
     with pytest.raises(GenerationError, match="gives 384-wide features; this transformer reads 48-wide captions"):
         TextToImage.from_path(folder).generate(["x"], Settings(steps=2), progress=False)
 

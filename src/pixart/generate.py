@@ -27,7 +27,7 @@ from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
 from pixart.encoders.text import TextEncoder, load_text_encoder, warn_truncated
 from pixart.model.pixart import PixArt
 from pixart.model.regional import compile_blocks
-from pixart.modelfolder import ModelSpec, load_components
+from pixart.modelfolder import ModelSpec, load_components, read_spec
 from pixart.sample import sample
 
 
@@ -225,11 +225,13 @@ class TextToImage:
         vae_tiling: bool = False,
         load_in_8bit: bool = False,
     ) -> TextToImage:
+        if load_in_8bit:  # it would be ignored, yet recorded with the images: refused before the weights load
+            kind = read_spec(path, vae=vae, text_encoder=text_encoder)[0].text_encoder
+            if kind != "t5":
+                raise GenerationError(f"8-bit loading is for T5; this model's text encoder is {kind}")
         spec, transformer, text_folder, tokenizer, codec_folder, scheduler = load_components(
             path, vae=vae, text_encoder=text_encoder, device=device, dtype=dtype
         )
-        if load_in_8bit and spec.text_encoder != "t5":  # it would be ignored, yet recorded with the images
-            raise GenerationError(f"8-bit loading is for T5; this model's text encoder is {spec.text_encoder}")
         codec = load_codec(
             spec.codec, codec_folder, **({"device": device, "tiling": vae_tiling} if spec.codec == "sd-vae" else {})
         )
