@@ -282,3 +282,17 @@ def test_use_ema_on_a_single_set_of_weights_is_refused_not_ignored(tmp_path):
         load_transformer(path, use_ema=True)
     with pytest.raises(WeightsError, match="holds one set of weights"):
         read_dit(path, use_ema=True)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut"])
+def test_a_corrupt_dit_safetensors_file_is_one_error_naming_it(tmp_path, damage):
+    """A DiT's .safetensors (stage 2's init_from) is read by read_dit: a raw SafetensorError named no file."""
+    from pixart.model.dit import DiT, DiTConfig
+    from pixart.weights.io import read_dit
+
+    path = tmp_path / "dit.safetensors"
+    save_file(DiT(DiTConfig(input_size=8, depth=1, hidden_size=32, num_heads=2)).state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(b"not weights at all" if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=f"cannot read {path}: .*corrupt or cut-short"):
+        read_dit(path)

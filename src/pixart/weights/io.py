@@ -196,9 +196,12 @@ def read_dit(path: Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor]
     """
     refuse_ema_of_one_set(path, use_ema)
     if path.suffix == ".safetensors":
-        metadata = safetensors_metadata(path)
-        stored = json.loads(metadata["config"]) if metadata.get("format") == "dit" and "config" in metadata else None
-        return load_file(path), DiTConfig(**stored) if stored else None
+        with reading(path):  # a corrupt file: one line naming it (stage 2's init_from reads it here first)
+            metadata = safetensors_metadata(path)
+            stored = (
+                json.loads(metadata["config"]) if metadata.get("format") == "dit" and "config" in metadata else None
+            )
+            return load_file(path), DiTConfig(**stored) if stored else None
     data = load_checkpoint_file(path)
     state = dict(read_official_state(path, use_ema=use_ema, data=data))
     return state, DiTConfig(**data["config"]["dit"]) if is_training_checkpoint(data) else None
