@@ -1,12 +1,13 @@
-"""Run under torchrun by test_train: an FSDP2 bf16 PixArt under CPU autocast against one process's model.
+"""Run under torchrun by test_train: FSDP2 bf16 models under CPU autocast against one process's.
 
-Prints one JSON line per rank: the dtype of block 0's input in each model, and the largest difference of
-their outputs. The one-process model holds fp32 weights that bf16 represents exactly, as the bf16 copies
-FSDP's policy makes of them; timesteps are floats (a flow objective's), which bf16 would round.
+Prints one JSON line per rank and model kind: the dtype of block 0's input in each model, and the largest
+difference of their outputs. The one-process model holds fp32 weights that bf16 represents exactly, as the
+bf16 copies FSDP's policy makes of them; timesteps are floats (a flow objective's), which bf16 would round.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
@@ -14,25 +15,32 @@ import torch.distributed as dist
 from helpers import randomize_, varied_mask
 
 from pixart.model import TINY_MS, PixArt
+from pixart.model.dit import DiT, DiTConfig
 from pixart.train.distributed import init_distributed, wrap_model
 
 world = init_distributed("cpu")
-master = randomize_(PixArt(TINY_MS), seed=3)
-with torch.no_grad():
-    for p in master.parameters():
-        p.copy_(p.bfloat16().float())
-sharded = PixArt(TINY_MS)
-sharded.load_state_dict(master.state_dict())
-sharded = wrap_model(sharded, world, "fsdp", bf16=True)
-streams: dict[str, str] = {}
-for name, model in (("one", master), ("fsdp", sharded)):
-    model.blocks[0].register_forward_pre_hook(
-        lambda module, args, name=name: streams.update({name: str(args[0].dtype)})
-    )
 x, t = torch.randn(2, 4, 8, 8), torch.tensor([999.25, 10.5])
 y, mask = torch.randn(2, 6, TINY_MS.caption_channels), varied_mask(2, 6, [6, 3])
 micro = {"img_hw": torch.tensor([[64.0, 48.0]] * 2), "aspect_ratio": torch.tensor([0.57, 0.57])}
-with torch.autocast("cpu", dtype=torch.bfloat16):
-    difference = (master(x, t, y, mask, **micro) - sharded(x, t, y, mask, **micro)).abs().max().item()
-print(json.dumps({"rank": world.rank, **streams, "difference": difference}), flush=True)
+cases = {
+    "pixart-ms": (PixArt(TINY_MS), lambda model: model(x, t, y, mask, **micro)),
+    "dit": (
+        DiT(DiTConfig(input_size=8, depth=2, hidden_size=32, num_heads=2, num_classes=5)),
+        lambda model: model(x, t, torch.tensor([1, 5])),
+    ),
+}
+for kind, (model, call) in cases.items():
+    master = randomize_(model, seed=3)
+    with torch.no_grad():
+        for p in master.parameters():
+            p.copy_(p.bfloat16().float())
+    sharded = wrap_model(copy.deepcopy(master), world, "fsdp", bf16=True)
+    streams: dict[str, str] = {}
+    for name, module in (("one", master), ("fsdp", sharded)):
+        module.blocks[0].register_forward_pre_hook(
+            lambda module, args, name=name, streams=streams: streams.update({name: str(args[0].dtype)})
+        )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        difference = (call(master) - call(sharded)).abs().max().item()
+    print(json.dumps({"rank": world.rank, "kind": kind, **streams, "difference": difference}), flush=True)
 dist.destroy_process_group()

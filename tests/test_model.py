@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from helpers import randomize_, varied_mask
 
 from pixart.model import TINY, TINY_MS, XL_2, XL_2_1024_MS, PixArt, PixArtConfig, count_parameters
+from pixart.model.dit import DiT, DiTConfig
 from pixart.model.layers import PatchEmbed, linear_at, timestep_sinusoid
 from pixart.model.pos_embed import position_embedding
 
@@ -298,30 +301,37 @@ def test_compiled_cuda_gelu_keeps_the_tanh_form():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_MS], ids=["pixart", "pixart-ms"])
-def test_under_autocast_bf16_parameters_train_as_fp32_master_weights(config):
-    """FSDP's bf16 policy hands the forward bf16 parameters; one process autocasts fp32 ones. Under
-    autocast both must run the same model: an fp32 residual stream, every product in bf16. The stream
-    used to follow the parameters, so FSDP trained with a bf16 one and one process with fp32."""
-    master = randomize_(PixArt(config), seed=3)
-    with torch.no_grad():
-        for p in master.parameters():
-            p.copy_(p.bfloat16().float())  # fp32 weights that bf16 holds exactly, as FSDP would cast them
-    half = PixArt(config)
-    half.load_state_dict(master.state_dict())
-    half.to(torch.bfloat16)
-    streams = []
-    for model in (master, half):
-        model.blocks[0].register_forward_pre_hook(lambda module, args: streams.append(args[0].dtype))
+def model_and_call(kind: str) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]:
+    """A small model of each kind FSDP wraps, randomised, and a forward on fixed inputs."""
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 700])
+    if kind == "dit":
+        dit = DiT(DiTConfig(input_size=8, depth=2, hidden_size=32, num_heads=2, num_classes=5))
+        return randomize_(dit, seed=3), lambda model: model(x, t, torch.tensor([1, 5]))
+    config = TINY_MS if kind == "pixart-ms" else TINY
     y, mask = torch.randn(2, 6, config.caption_channels), varied_mask(2, 6, [6, 3])
     micro = (
         {"img_hw": torch.tensor([[64.0, 64.0]] * 2), "aspect_ratio": torch.ones(2)} if config.micro_conditions else {}
     )
+    return randomize_(PixArt(config), seed=3), lambda model: model(x, t, y, mask, **micro)
+
+
+@pytest.mark.parametrize("kind", ["pixart", "pixart-ms", "dit"])
+def test_under_autocast_bf16_parameters_train_as_fp32_master_weights(kind):
+    """FSDP's bf16 policy hands the forward bf16 parameters; one process autocasts fp32 ones. Under
+    autocast both must run the same model: an fp32 residual stream, every product in bf16. The stream
+    used to follow the parameters, so FSDP trained with a bf16 one and one process with fp32."""
+    master, call = model_and_call(kind)
+    with torch.no_grad():
+        for p in master.parameters():
+            p.copy_(p.bfloat16().float())  # fp32 weights that bf16 holds exactly, as FSDP would cast them
+    half = copy.deepcopy(master).to(torch.bfloat16)
+    streams = []
+    for model in (master, half):
+        model.blocks[0].register_forward_pre_hook(lambda module, args: streams.append(args[0].dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        outs = [model(x, t, y, mask, **micro) for model in (master, half)]
+        outs = [call(model) for model in (master, half)]
     assert streams == [torch.float32, torch.float32]
     torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
     with torch.no_grad():  # without autocast (a bf16 model sampling) the stream is the parameters' dtype
-        half(x, t, y, mask, **micro)
+        call(half)
     assert streams[-1] == torch.bfloat16

@@ -24,6 +24,7 @@ from pixart.model.layers import (
     linear_at,
     mlp_width,
     modulate,
+    residual_dtype,
     unpatchify,
 )
 from pixart.model.pos_embed import position_embedding
@@ -145,12 +146,13 @@ class DiT(nn.Module):
         t = torch.as_tensor(t, device=x.device)
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t
         grid_h, grid_w = H // p, W // p
+        dtype = residual_dtype(x.device, self.dtype)
         # At its training size DiT's table spans [0, grid) per axis: base size = that grid, scale 1.
         pos = position_embedding(
-            cfg.hidden_size, grid_h, grid_w, cfg.input_size // p, 1.0, device=x.device, dtype=self.dtype
+            cfg.hidden_size, grid_h, grid_w, cfg.input_size // p, 1.0, device=x.device, dtype=dtype
         )
-        tokens = self.x_embedder(x.to(self.dtype)) + pos  # (B, N, D)
-        c = self.t_embedder(t) + self.y_embedder(labels)  # (B, D)
+        tokens = self.x_embedder(x.to(dtype)) + pos  # (B, N, D)
+        c = self.t_embedder(t).to(dtype) + self.y_embedder(labels).to(dtype)  # (B, D)
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens = checkpoint(block, tokens, c, use_reentrant=False)

@@ -99,6 +99,14 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+def residual_dtype(device: torch.device, parameters: torch.dtype) -> torch.dtype:
+    """The residual stream's dtype: fp32 under autocast, whose products run in bf16 while the sums stay
+    exact (as one process trains, and as the official code and diffusers do), else the parameters' dtype
+    (a bf16 model sampling). FSDP's bf16 policy hands a forward bf16 parameters: following them, it
+    trained with a bf16 stream where one process had an fp32 one."""
+    return torch.float32 if torch.is_autocast_enabled(device.type) else parameters
+
+
 def linear_at(sequential: nn.Module, index: int) -> nn.Linear:
     """The nn.Linear at `index` of a Sequential (such as adaLN_modulation's [SiLU, Linear]), checked."""
     module = sequential[index]  # type: ignore[index]  # nn.Module has no __getitem__; Sequential has

@@ -29,6 +29,7 @@ from pixart.model.layers import (
     linear_at,
     mlp_width,
     modulate,
+    residual_dtype,
     unpatchify,
 )
 from pixart.model.pos_embed import position_embedding
@@ -301,11 +302,7 @@ class PixArt(nn.Module):
             if y.ndim != 3 or y.shape[0] != B or y.shape[2] != cfg.caption_channels:
                 raise ValueError(f"y must be (B={B}, L, {cfg.caption_channels}), got {tuple(y.shape)}")
 
-        # The residual stream: fp32 under autocast, whose products run in bf16 while the sums stay exact (as
-        # one process trains, and the official code and diffusers). FSDP's bf16 policy hands this forward
-        # bf16 parameters: following them, it trained with a bf16 stream instead. Without autocast (a bf16
-        # model sampling) the parameters' dtype.
-        dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else self.dtype
+        dtype = residual_dtype(x.device, self.dtype)
         grid_h, grid_w = H // p, W // p
         pos = position_embedding(
             cfg.hidden_size, grid_h, grid_w, cfg.base_size, cfg.interpolation_scale, device=x.device, dtype=dtype
