@@ -51,17 +51,23 @@ def test_no_progress_silences_the_bars_transformers_draws(tmp_path):
     assert "Loading weights" not in result.stderr and "it/s" not in result.stderr, result.stderr
 
 
-def test_no_progress_reaches_a_transformers_imported_before(monkeypatch):
-    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+def test_no_progress_reaches_a_transformers_imported_before_and_leaves_it_as_it_was(monkeypatch):
+    """main() runs in-process in tests and notebooks: the bars come back once the command is done."""
+    import os
+
+    from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging as transformers_logging
 
-    from pixart.cli.main import silence_library_progress_bars
+    from pixart.cli.main import silenced_library_progress_bars
 
-    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)  # restored after the test
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     assert transformers_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
-    try:
-        silence_library_progress_bars()
+    with silenced_library_progress_bars():
         assert not transformers_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
-    finally:  # the rest of this test process draws its bars again
-        transformers_logging.enable_progress_bar()
-        enable_progress_bars()
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # for a library imported during the command
+    assert transformers_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the user's own choice stays
+    with silenced_library_progress_bars():
+        pass
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"

@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 # Subcommand name -> module under pixart.cli; imported lazily so `pixart --help` stays fast.
@@ -101,18 +103,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def silence_library_progress_bars() -> None:
-    """`--no-progress` reaches the bars transformers and huggingface_hub draw themselves ("Loading weights"
-    as a text encoder loads). The environment variable covers a first import; the calls, an earlier one."""
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import disable_progress_bars
+@contextmanager
+def silenced_library_progress_bars() -> Iterator[None]:
+    """`--no-progress` reaching the bars transformers and huggingface_hub draw themselves ("Loading weights"
+    as a text encoder loads), for one command: the environment variable covers a first import, the calls
+    an earlier one. Afterwards all is as before, so a caller of main() in the same process keeps its bars."""
+    variable = "HF_HUB_DISABLE_PROGRESS_BARS"
+    before = os.environ.get(variable)
+    os.environ[variable] = "1"
+    for _, disable in _progress_switches():
+        disable()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[variable]
+        else:
+            os.environ[variable] = before
+        if before is None or before.lower() in ("", "0", "false", "no"):
+            for enable, _ in _progress_switches():  # those imported meanwhile too
+                enable()
 
-        disable_progress_bars()
+
+def _progress_switches() -> list[tuple[Callable[[], object], Callable[[], object]]]:
+    """(enable, disable) for each of huggingface_hub and transformers already imported (importing one
+    here would cost every command its start-up time)."""
+    switches: list[tuple[Callable[[], object], Callable[[], object]]] = []
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        switches.append((lambda: enable_progress_bars(), lambda: disable_progress_bars()))
     if "transformers" in sys.modules:
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()
+        switches.append((transformers_logging.enable_progress_bar, transformers_logging.disable_progress_bar))
+    return switches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "no_progress", False):
-        silence_library_progress_bars()
     from pixart.weights import WeightsError
 
+    quiet = silenced_library_progress_bars() if getattr(args, "no_progress", False) else nullcontext()
     try:
-        result = args.handler(args)
+        with quiet:
+            result = args.handler(args)
     except (UserError, FileNotFoundError, WeightsError) as error:
         print(f"pixart {args.command}: error: {error}", file=sys.stderr)
         return 2
