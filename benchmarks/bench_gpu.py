@@ -115,16 +115,30 @@ def alternate(fns, warmup: int, repeats: int) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
+class ClonedOutput(torch.nn.Module):
+    """A block whose output is copied out of its CUDA graph. The 28 blocks share one graph, so without
+    the copy block i + 1's replay overwrites block i's output while it is still block i + 1's input
+    (ninth session: "accessing tensor output of CUDAGraphs that has been overwritten")."""
+
+    def __init__(self, block: torch.nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args):
+        return self.block(*args).clone()
+
+
 @contextmanager
-def blocks_compiled(model: PixArt, **compile_options):
+def blocks_compiled(model: PixArt, clone_outputs: bool = False, **compile_options):
     """Run `model` with each block compiled (one graph serves all 28), then give it its eager blocks back.
 
     torch.compile wrappers of the same blocks: `compile=true` in the trainer compiles them in place
     (pixart.model.regional), which has no undo. Compiling per block takes seconds where the whole model
-    takes minutes, at the same step time.
+    takes minutes, at the same step time. clone_outputs wraps each compiled block in ClonedOutput.
     """
     eager_blocks = model.blocks
-    model.blocks = torch.nn.ModuleList(torch.compile(block, **compile_options) for block in eager_blocks)
+    compiled = [torch.compile(block, **compile_options) for block in eager_blocks]
+    model.blocks = torch.nn.ModuleList(ClonedOutput(block) if clone_outputs else block for block in compiled)
     try:
         yield
     finally:
@@ -241,7 +255,7 @@ def sampling_latency(ours, theirs, config, y, mask, compiled: bool) -> dict:
         print(json.dumps(result), flush=True)
         try:  # each block compiled with its own CUDA graph: the eager parts stay eager between them
             torch._dynamo.reset()
-            with blocks_compiled(ours, mode="reduce-overhead"):
+            with blocks_compiled(ours, clone_outputs=True, mode="reduce-overhead"):
                 result["sample_1024_20steps_cfg_ours_block_graphs_s"] = alternate([run(ours)], 3, 3)[0]
         except Exception as error:  # noqa: BLE001 - as above
             result["block_graphs_error"] = f"{type(error).__name__}: {str(error)[:300]}"

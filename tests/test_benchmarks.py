@@ -96,8 +96,12 @@ def test_bench_gpu_compiles_blocks_for_a_case_and_gives_the_eager_ones_back():
             assert model.blocks is not eager_blocks
             assert all(isinstance(block, torch._dynamo.eval_frame.OptimizedModule) for block in model.blocks)
             compiled = model(x, t, y, mask)
+        with blocks_compiled(model, clone_outputs=True):  # the form the CUDA-graph case runs
+            assert all(isinstance(block.block, torch._dynamo.eval_frame.OptimizedModule) for block in model.blocks)
+            cloned = model(x, t, y, mask)
     assert model.blocks is eager_blocks
     torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cloned, compiled, atol=0, rtol=0)
     torch._dynamo.reset()
 
 
