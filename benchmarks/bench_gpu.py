@@ -6,7 +6,7 @@ repeats, with samples/s, TFLOP/s and MFU from pixart.train.metrics.forward_flops
 120 caption tokens). Then 1024 px, 20 DPM-Solver++ steps with guidance at batch 1, through the same
 sampling loop, so the difference is the transformer. With --compile, ours also compiled per block (as
 the trainer's compile=true and `pixart generate --compile` on a GPU), and in sampling the whole model
-with CUDA graphs too; all of it took 130 s on an H100.
+with CUDA graphs too; all of it takes about 215 s on an H200 (the ninth session timed it in two parts).
 
     python benchmarks/bench_gpu.py [--out results.json]
 """

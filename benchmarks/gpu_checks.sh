@@ -13,7 +13,7 @@ mark() { echo "=== $1 at $(($(date +%s) - started)) s"; }
 mark "GPU tests"  # the tests marked gpu: CUDA smoke runs of both benchmarks, GELU's tanh form when compiled
 timeout 120 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py tests/test_benchmarks.py 2>&1 |
     tail -15 | tee "$OUT/tests.txt"
-mark "bench_gpu.py --compile"  # training, forward and sampling against diffusers: about 210 s on an H200
+mark "bench_gpu.py --compile"  # training, forward and sampling against diffusers: about 215 s on an H200, timed in two parts
 timeout 270 "$PYTHON" benchmarks/bench_gpu.py --compile --out "$OUT/bench.json" 2>&1 |
     grep --line-buffered -v -i warning | tee "$OUT/bench.txt"
 mark "bench_trainer.py"  # pixart train itself (loader, IDDPM loss, guard, EMA) at 512 px, batch 16, compiled
