@@ -416,6 +416,13 @@ def test_out_that_is_a_file_is_refused_before_the_model_loads(tmp_path, capsys, 
     assert f"--out {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
 
 
+def test_out_that_takes_no_files_is_refused_before_the_model_loads(tmp_path, capsys, no_model_load):
+    """A folder that exists but takes no file (/proc here; a read-only disk alike) used to pass the early
+    check, so the images were made and only their saving failed."""
+    assert main(["generate", "x", "--model", str(tmp_path), "--out", "/proc"]) == 2
+    assert "cannot write in the folder --out /proc" in capsys.readouterr().err
+
+
 def test_a_new_run_does_not_mix_with_an_earlier_one(pipeline_folder, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -35,13 +35,25 @@ class UserError(Exception):
 
 
 def make_out_folder(out: Path, what: str = "--out") -> None:
-    """Create an output folder before any model loads, so a bad path fails in a second with one line."""
+    """Create an output folder and write a scratch file in it before any model loads, so a bad path (a file
+    on the way, a read-only disk, /proc) fails in a second with one line, not once the images are made."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{what} {out} is a file, not a folder: choose a folder (it is created if missing)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the folder {what} {out}: {error.strerror or error}") from error
+    if (problem := unwritable(out)) is not None:
+        raise UserError(f"cannot write in the folder {what} {out}: {problem}")
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why nothing can be written in `folder` (a read-only disk, no permission: only a write tells), or None."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        return str(error.strerror or error)
+    return None
 
 
 def check_writable_folder(folder: Path, flag: str, value: Path) -> None:
@@ -54,12 +66,8 @@ def check_writable_folder(folder: Path, flag: str, value: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"{said}: cannot create {folder} ({error.strerror or error}); choose another {flag}") from None
-    try:  # a read-only disk, no permission: only a write tells
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        raise UserError(
-            f"{said}: cannot write in {folder} ({error.strerror or error}); choose another {flag}"
-        ) from None
+    if (problem := unwritable(folder)) is not None:
+        raise UserError(f"{said}: cannot write in {folder} ({problem}); choose another {flag}")
 
 
 def add_component_folders(parser: argparse.ArgumentParser) -> None:
