@@ -1,7 +1,7 @@
 """One DataLoader for a whole run: its workers start once and read ahead across epoch boundaries.
 
 A DataLoader made per epoch starts its workers again at every epoch, and nothing is prefetched for the
-new epoch's first batch: on a small dataset (the demo's, a fine-tuning set) the step waits for that every
+new epoch's first batch: on a small dataset (a fine-tuning set, say) the step waits for that every
 few steps. Here the batch sampler runs on through the epochs, and each index travels with its epoch, so
 a worker's own copy of the dataset draws that epoch's caption choice (`set_epoch`) itself.
 """
