@@ -37,37 +37,43 @@ class UserError(Exception):
 def make_out_folder(out: Path, what: str = "--out") -> None:
     """Create an output folder and write a scratch file in it before any model loads, so a bad path (a file
     on the way, a read-only disk, /proc) fails in a second with one line, not once the images are made."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{what} {out} is a file, not a folder: choose a folder (it is created if missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the folder {what} {out}: {error.strerror or error}") from error
-    if (problem := unwritable(out)) is not None:
-        raise UserError(f"cannot write in the folder {what} {out}: {problem}")
-
-
-def unwritable(folder: Path) -> str | None:
-    """Why nothing can be written in `folder` (a read-only disk, no permission: only a write tells), or None."""
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        return str(error.strerror or error)
-    return None
+    if (problem := folder_problem(out)) is not None:
+        kind, reason = problem
+        raise UserError(
+            {
+                "file": f"{what} {out} is a file, not a folder: choose a folder (it is created if missing)",
+                "create": f"cannot create the folder {what} {out}: {reason}",
+                "write": f"cannot write in the folder {what} {out}: {reason}",
+            }[kind]
+        )
 
 
 def check_writable_folder(folder: Path, flag: str, value: Path) -> None:
     """Create `folder`, where `flag value` writes, and write a scratch file in it: a path the system refuses
     (a file on the way, a read-only disk, /proc) fails now, not after the work whose result goes there."""
-    said = f"{flag} {value}"
+    if (problem := folder_problem(folder)) is not None:
+        kind, reason = problem
+        said = f"{flag} {value}"
+        raise UserError(
+            {
+                "file": f"{said}: {folder} is a file, not a folder; choose another {flag}",
+                "create": f"{said}: cannot create {folder} ({reason}); choose another {flag}",
+                "write": f"{said}: cannot write in {folder} ({reason}); choose another {flag}",
+            }[kind]
+        )
+
+
+def folder_problem(folder: Path) -> tuple[str, str] | None:
+    """Create `folder` and write a scratch file in it (a read-only disk, no permission: only a write tells).
+    What stopped it, as (kind, the system's reason): kind "file" (a file on the way), "create" or "write"."""
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{said}: {folder} is a file, not a folder; choose another {flag}")
+        return "file", ""
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
-        raise UserError(f"{said}: cannot create {folder} ({error.strerror or error}); choose another {flag}") from None
-    if (problem := unwritable(folder)) is not None:
-        raise UserError(f"{said}: cannot write in {folder} ({problem}); choose another {flag}")
+        return ("write" if folder.is_dir() else "create"), str(error.strerror or error)
+    return None
 
 
 def add_component_folders(parser: argparse.ArgumentParser) -> None:
