@@ -27,9 +27,8 @@ class EpochDataset(Protocol):
 class EpochStream(Sampler[list[Key]]):
     """Every batch of `sampler` from batch `position` of `epoch` on, without end; each index as (epoch, index).
 
-    The batches are `sampler.epoch_batches(e)` for e = epoch, epoch + 1, ...: the same as iterating the
-    sampler epoch after epoch. A position equal to the epoch's length (a state saved after its last batch)
-    starts with the next epoch.
+    The sampler iterated pass after pass (each pass ends its epoch and moves it on to the next). A
+    position equal to the epoch's length (a state saved after its last batch) starts with the next epoch.
     """
 
     def __init__(self, sampler: BucketBatchSampler, epoch: int, position: int):
@@ -39,11 +38,11 @@ class EpochStream(Sampler[list[Key]]):
         self.sampler, self.epoch, self.position = sampler, epoch, position
 
     def __iter__(self) -> Iterator[list[Key]]:
-        epoch, position = self.epoch, self.position
+        self.sampler.load_state_dict({"epoch": self.epoch, "position": self.position})
         while True:
-            for batch in self.sampler.epoch_batches(epoch)[position:]:
+            epoch = self.sampler.epoch
+            for batch in self.sampler:
                 yield [(epoch, index) for index in batch]
-            epoch, position = epoch + 1, 0
 
 
 class EpochTagged(Dataset):
