@@ -225,12 +225,12 @@ class TextToImage:
         vae_tiling: bool = False,
         load_in_8bit: bool = False,
     ) -> TextToImage:
-        if load_in_8bit:  # it would be ignored, yet recorded with the images: refused before the weights load
-            kind = read_spec(path, vae=vae, text_encoder=text_encoder)[0].text_encoder
-            if kind != "t5":
-                raise GenerationError(f"8-bit loading is for T5; this model's text encoder is {kind}")
+        components = read_spec(path, vae=vae, text_encoder=text_encoder)
+        kind = components[0].text_encoder
+        if load_in_8bit and kind != "t5":  # it would be ignored, yet recorded with the images: said before loading
+            raise GenerationError(f"8-bit loading is for T5; this model's text encoder is {kind}")
         spec, transformer, text_folder, tokenizer, codec_folder, scheduler = load_components(
-            path, vae=vae, text_encoder=text_encoder, device=device, dtype=dtype
+            path, device=device, dtype=dtype, components=components
         )
         codec = load_codec(
             spec.codec, codec_folder, **({"device": device, "tiling": vae_tiling} if spec.codec == "sd-vae" else {})

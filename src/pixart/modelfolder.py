@@ -159,10 +159,12 @@ def load_components(
     text_encoder: str | Path | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    components: Components | None = None,
 ) -> tuple[ModelSpec, PixArt, Path | None, Path | None, Path | None, Path | None]:
     """(spec, transformer, text folder, tokenizer folder, codec folder, scheduler folder); text and codec
-    are loaded by the caller so that --low-memory can order and free them."""
-    spec, transformer_path, text_folder, tokenizer, codec_folder, scheduler = read_spec(
+    are loaded by the caller so that --low-memory can order and free them. `components` is read_spec's
+    answer for the same path and folders, where the caller has read it already."""
+    spec, transformer_path, text_folder, tokenizer, codec_folder, scheduler = components or read_spec(
         path, vae=vae, text_encoder=text_encoder
     )
     transformer = load_transformer(transformer_path, device=device, dtype=dtype)
