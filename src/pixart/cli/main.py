@@ -146,6 +146,7 @@ def _progress_switches() -> list[tuple[Callable[[], object], Callable[[], object
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
+        # wrapped: their stubs type an optional argument as required, which a bare reference would not fit
         switches.append((lambda: enable_progress_bars(), lambda: disable_progress_bars()))
     if "transformers" in sys.modules:
         from transformers.utils import logging as transformers_logging
