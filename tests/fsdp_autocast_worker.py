@@ -1,7 +1,8 @@
 """Run under torchrun by test_train: FSDP2 bf16 models under CPU autocast against one process's.
 
-Prints one JSON line per rank and model kind: the dtype of block 0's input in each model, and the largest
-difference of their outputs. The one-process model holds fp32 weights that bf16 represents exactly, as the
+Writes one JSON line per model kind to rank-<r>.jsonl in the folder given as its argument (two ranks
+printing to one stdout can interleave within a line): the dtype of block 0's input in each model, and the
+largest difference of their outputs. The one-process model holds fp32 weights that bf16 represents exactly, as the
 bf16 copies FSDP's policy makes of them; timesteps are floats (a flow objective's), which bf16 would round.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -19,6 +22,7 @@ from pixart.model.dit import DiT, DiTConfig
 from pixart.train.distributed import init_distributed, wrap_model
 
 world = init_distributed("cpu")
+results = Path(sys.argv[1]) / f"rank-{world.rank}.jsonl"
 x, t = torch.randn(2, 4, 8, 8), torch.tensor([999.25, 10.5])
 y, mask = torch.randn(2, 6, TINY_MS.caption_channels), varied_mask(2, 6, [6, 3])
 micro = {"img_hw": torch.tensor([[64.0, 48.0]] * 2), "aspect_ratio": torch.tensor([0.57, 0.57])}
@@ -42,5 +46,7 @@ for kind, (model, call) in cases.items():
         )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         difference = (call(master) - call(sharded)).abs().max().item()
-    print(json.dumps({"rank": world.rank, "kind": kind, **streams, "difference": difference}), flush=True)
+    with open(results, "a") as f:
+        f.write(json.dumps({"rank": world.rank, "kind": kind, **streams, "difference": difference}) + "\n")
+dist.barrier()  # both ranks done with every collective before the group goes (gloo aborted otherwise)
 dist.destroy_process_group()

@@ -25,7 +25,7 @@ from pixart.data.shapes_features import build_shapes_features
 from pixart.diffusion.objective import training_loss
 from pixart.encoders.codecs import PixelCodec
 from pixart.encoders.text import MiniLMEncoder
-from pixart.files import temporary_path
+from pixart.files import temporary_path, text_lines
 from pixart.model.dit import DiTConfig
 from pixart.recipes import RECIPES, get_recipe
 from pixart.train import loop
@@ -825,7 +825,7 @@ def test_one_loader_serves_every_epoch_and_workers_train_as_the_main_process(sha
     assert_bitwise_equal(weights(tmp_path / "w0"), weights(tmp_path / "w2"))
 
 
-def test_fsdp_bf16_runs_the_model_one_process_autocasts():
+def test_fsdp_bf16_runs_the_model_one_process_autocasts(tmp_path):
     """FSDP2's bf16 policy used to cast every block's input (the residual stream) and the root's timesteps
     to bf16; one process keeps both in fp32. Now a sharded PixArt's or DiT's output equals one process's
     exactly (for weights that bf16 holds exactly; else FSDP also rounds the adaLN tables and embeddings)."""
@@ -833,14 +833,14 @@ def test_fsdp_bf16_runs_the_model_one_process_autocasts():
     worker = Path(__file__).with_name("fsdp_autocast_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(worker.parent)}
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", str(worker)],
+        [str(torchrun), "--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    rows = [json.loads(line) for rank in (0, 1) for line in text_lines(tmp_path / f"rank-{rank}.jsonl")]
     assert sorted((row["kind"], row["rank"]) for row in rows) == [
         ("dit", 0),
         ("dit", 1),
