@@ -13,6 +13,7 @@ from helpers import randomize_, varied_mask
 
 from pixart.diffusion import SAMPLERS, NoiseSchedule, build_scheduler
 from pixart.diffusion.guidance import GuidedDenoiser, learned_null_caption
+from pixart.diffusion.schedulers import set_steps
 from pixart.model import TINY, TINY_MS, PixArt
 from pixart.sample import model_timesteps, sample
 from pixart.weights import save_transformer
@@ -152,8 +153,74 @@ def test_min_steps_is_the_fewest_that_denoise(name):
     assert values.std(1).max() < 0.6
     if sampler.min_steps > 1:
         scheduler = build_scheduler(name)
-        scheduler.set_timesteps(sampler.min_steps - 1)
+        set_steps(scheduler, name, sampler.min_steps - 1)
         assert scheduler.timesteps.tolist() == [0]
+
+
+class ConstantVariance(torch.nn.Module):
+    """eps = 0.3 x and a learned-range variance output v = 0.2 everywhere; records where it is asked."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(in_channels=4)
+        self.asked: list[tuple[torch.Tensor, int]] = []
+
+    def forward(self, x, t, *args, **kwargs):
+        self.asked.append((x.double(), int(t[0])))
+        return torch.cat([0.3 * x, torch.full_like(x, 0.2)], 1)
+
+
+@pytest.mark.parametrize("steps", [3, 100, 251])
+def test_iddpm_steps_through_the_official_respaced_schedule(steps):
+    """The official IDDPM (space_timesteps(1000, str(steps))) asks the model from t=999 down to 0 at a
+    stride of 999 / (steps - 1), rounded, and moves x_t to x_prev by the respaced posterior: beta =
+    1 - abar_t / abar_prev, mean from the predicted x0, log variance f log(beta) + (1 - f) log(beta~),
+    f = (v + 1) / 2. diffusers' leading spacing would start at 990 for 100 steps and at 750 for 251."""
+    model = ConstantVariance()
+    noise = torch.randn(4096, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    y, mask = torch.zeros(4096, 1, 8), torch.ones(4096, 1)
+    generator = torch.Generator().manual_seed(1)
+    sample(
+        model,
+        noise,
+        y,
+        mask,
+        y,
+        mask,
+        scheduler="iddpm",
+        steps=steps,
+        cfg_scale=1.0,
+        generator=generator,
+        progress=False,
+    )
+    asked = [t for _, t in model.asked]
+    exact = [i * 999 / (steps - 1) for i in reversed(range(steps))]  # rounded by an accumulated sum, officially
+    assert len(asked) == steps and all(abs(t - e) <= 0.5 + 1e-9 for t, e in zip(asked, exact))
+    assert asked[:2] == ([999, 500] if steps == 3 else [999, 989] if steps == 100 else [999, 995])
+    abar = NoiseSchedule().alphas_cumprod.double()
+    for (x, t), (x_prev, prev) in zip(model.asked, model.asked[1:]):
+        a_t, a_prev = abar[t], abar[prev]
+        beta = 1 - a_t / a_prev
+        x0 = (x - (1 - a_t).sqrt() * 0.3 * x) / a_t.sqrt()
+        mean = (beta * a_prev.sqrt() * x0 + (1 - a_prev) * (1 - beta).sqrt() * x) / (1 - a_t)
+        f = (0.2 + 1) / 2
+        log_variance = f * beta.log() + (1 - f) * (beta * (1 - a_prev) / (1 - a_t)).log()
+        z = (x_prev - mean) / (0.5 * log_variance).exp()  # the step's own noise, if the step is the official one
+        assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02, (t, prev)
+
+
+def test_ddim_refuses_step_counts_whose_leading_spacing_starts_low():
+    """diffusers' DDIM spaces timesteps by 1000 // steps from 0: 251 steps start at t=750, a quarter of
+    the schedule below pure noise. Such counts are refused, naming the nearest that start high."""
+    scheduler = build_scheduler("ddim")
+    scheduler.set_timesteps(251)
+    assert int(scheduler.timesteps[0]) == 750  # diffusers' own schedule, not only our reading of it
+    with pytest.raises(ValueError, match=r"'ddim' cannot take 251 steps: .* start at t=750 .*use 250 or 300 steps"):
+        oracle_sample("ddim", 251, n=4)
+    for steps in (250, 300, 111):
+        scheduler.set_timesteps(steps)
+        assert int(scheduler.timesteps[0]) >= 888  # what they start at: within a tenth and a stride of the top
+        assert torch.isfinite(oracle_sample("ddim", steps, n=4)).all()
 
 
 @pytest.mark.parametrize("name", ["ddim", "iddpm", "euler"])

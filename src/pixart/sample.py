@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pixart.diffusion.guidance import CaptionConditioned, GuidedDenoiser
-from pixart.diffusion.schedulers import build_scheduler, check_steps, get_sampler, repeats_a_level
+from pixart.diffusion.schedulers import build_scheduler, check_steps, get_sampler, repeats_a_level, set_steps
 
 
 def model_timesteps(scheduler: Any) -> torch.Tensor:
@@ -59,11 +59,13 @@ def sample(
         check_steps(sampler.name, steps)
         keep_variance = sampler.needs_variance
         scheduler = build_scheduler(sampler.name, flow_shift=flow_shift)
+        set_steps(scheduler, sampler.name, steps, device=noise.device)
     else:
         steps = 20 if steps is None else steps
         keep_variance = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        scheduler.set_timesteps(steps, device=noise.device)
     denoiser = GuidedDenoiser(
         model,
         cond,
@@ -75,7 +77,6 @@ def sample(
         aspect_ratio=aspect_ratio,
         keep_variance=keep_variance,
     )
-    scheduler.set_timesteps(steps, device=noise.device)
     if repeats_a_level(scheduler):  # a named sampler was refused above; a folder's scheduler is caught here
         raise ValueError(
             f"the scheduler repeats a noise level at {steps} steps (its update would divide by zero); use fewer"

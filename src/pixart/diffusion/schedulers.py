@@ -18,10 +18,11 @@ class Sampler:
     objective: str  # "iddpm" (eps models) or "flow" (velocity models)
     needs_variance: bool  # passes the learned-range variance channels to the scheduler
     description: str
-    # Fewest steps that denoise at all. ddim and iddpm space their timesteps "leading" and euler
-    # "linspace" (diffusers' defaults, which parity needs): one step is timestep 0 alone for all three,
-    # and they return the noise (ddim, iddpm) or nearly zeros (euler) instead of an image. From 2 steps
-    # they start at t >= 500 and end near the data (checked on the Gaussian oracle in test_sample).
+    # Fewest steps that denoise at all. ddim spaces its timesteps "leading" and euler "linspace"
+    # (diffusers' defaults, which parity needs), iddpm as the official IDDPM (evenly strided from 0 to
+    # 999): one step is timestep 0 alone for all three, and they return the noise (ddim, iddpm) or nearly
+    # zeros (euler) instead of an image. From 2 steps they start at t >= 500 and end near the data
+    # (checked on the Gaussian oracle in test_sample).
     min_steps: int = 1
 
 
@@ -62,13 +63,61 @@ def check_steps(name: str, steps: int) -> None:
             f"denoise); use more steps, or a sampler that works in 1 step: {', '.join(one_step)}"
         )
     scheduler = build_scheduler(name)
-    scheduler.set_timesteps(steps)
+    set_steps(scheduler, name, steps)
     if repeats_a_level(scheduler):
-        fewer = next(n for n in range(steps - 1, 0, -1) if not repeats_a_level(_with_steps(scheduler, n)))
+        fewer = next(n for n in range(steps - 1, 0, -1) if not repeats_a_level(_with_steps(scheduler, name, n)))
         raise ValueError(
             f"sampler {name!r} cannot take {steps} steps: its schedule then repeats a noise level, and its "
             f"update divides by the step between the two (NaN images); use at most {fewer}"
         )
+    if name == "ddim" and starts_low(steps):
+        below = next(n for n in range(steps - 1, 0, -1) if not starts_low(n))
+        above = next((n for n in range(steps + 1, TRAIN_STEPS + 1) if not starts_low(n)), None)
+        choices = f"{below} or {above}" if above is not None else str(below)
+        raise ValueError(
+            f"sampler 'ddim' cannot take {steps} steps: diffusers' leading spacing (a stride of "
+            f"{TRAIN_STEPS // steps}) would start at t={leading_start(steps)} instead of near {TRAIN_STEPS - 1}, "
+            f"treating pure noise as a partly noised image; use {choices} steps, or the iddpm sampler, "
+            "which starts at every step count from t=999"
+        )
+
+
+TRAIN_STEPS = 1000  # the training schedule's length, which every named sampler is built with
+
+
+def leading_start(steps: int, total: int = TRAIN_STEPS) -> int:
+    """The first timestep of diffusers' "leading" spacing: multiples of total // steps from 0 up."""
+    return (total // steps) * (steps - 1)
+
+
+def starts_low(steps: int, total: int = TRAIN_STEPS) -> bool:
+    """Whether leading spacing skips more than a tenth of the schedule's top beyond its stride. Counts
+    that divide `total` start one stride below it (50 steps: t=980); the others fall short by the
+    remainder too, which can reach half the schedule (251 steps start at t=750, 501 at t=500). Every count
+    below 112 passes."""
+    return total % steps > total // 10
+
+
+def evenly_strided(total: int, count: int) -> list[int]:
+    """The official IDDPM's respacing, space_timesteps(total, str(count)): `count` timesteps from 0 to
+    total - 1 at a fractional stride, each rounded (one step is timestep 0 alone); ascending."""
+    stride = (total - 1) / (count - 1) if count > 1 else 1.0
+    taken, position = [], 0.0
+    for _ in range(count):
+        taken.append(round(position))
+        position += stride  # accumulated, not multiplied, as the official loop does: the same roundings
+    return taken
+
+
+def set_steps(scheduler: Any, name: str, steps: int, device: Any = None) -> None:
+    """Set named sampler `name`'s scheduler for `steps` sampling steps. iddpm takes the official IDDPM's
+    timesteps (from t=999 at every count; diffusers' leading spacing starts at 990 for 100 steps and at
+    750 for 251); the others keep diffusers' spacing, which their parity tests pin."""
+    if name == "iddpm":
+        timesteps = evenly_strided(scheduler.config.num_train_timesteps, steps)[::-1]  # descending, as diffusers asks
+        scheduler.set_timesteps(timesteps=timesteps, device=device)
+    else:
+        scheduler.set_timesteps(steps, device=device)
 
 
 # Multistep solvers divide by the gap between consecutive noise levels, so a repeated level gives NaN.
@@ -86,8 +135,8 @@ def repeats_a_level(scheduler: Any) -> bool:
     return len(set(levels.tolist())) < len(levels)
 
 
-def _with_steps(scheduler: Any, steps: int) -> Any:
-    scheduler.set_timesteps(steps)
+def _with_steps(scheduler: Any, name: str, steps: int) -> Any:
+    set_steps(scheduler, name, steps)
     return scheduler
 
 
