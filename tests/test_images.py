@@ -240,6 +240,19 @@ def test_resize_cover_crop_matches_resize_then_centre_crop():
     assert np.array_equal(pixels(same), pixels(img))
 
 
+def test_resize_cover_crop_truncates_the_scaled_side_as_the_official_transform():
+    """Official: the side with the larger scale takes the target, the other int(side * scale). A 1000x999
+    (WxH) image at 512x512: 999 takes 512, 1000 becomes int(512.51) = 512, so no crop at all (rounding
+    made it 513 and cropped a column); a 628x600 at height 512, width 491: 600 -> 512 is the larger scale
+    (0.8533 against 0.7818), 628 -> int(535.89) = 535 (rounding: 536), cropped 22 px from the left."""
+    img = noise_image(1000, 999)
+    expected = img.resize((512, 512), Image.Resampling.BICUBIC)
+    assert np.array_equal(pixels(resize_cover_crop(img, 512, 512)), pixels(expected))
+    img = noise_image(628, 600)
+    expected = img.resize((535, 512), Image.Resampling.BICUBIC).crop((22, 0, 513, 512))
+    assert np.array_equal(pixels(resize_cover_crop(img, 512, 491)), pixels(expected))
+
+
 def test_resize_cover_crop_keeps_the_centre():
     data = np.zeros((30, 90, 3), np.uint8)
     data[:, 30:60] = (0, 255, 0)  # the middle third is green

@@ -123,14 +123,18 @@ def load_rgb(source: str | os.PathLike[str] | bytes, name: str | None = None) ->
 def resize_cover_crop(img: Image.Image, height: int, width: int) -> Image.Image:
     """Bicubic resize so the image covers height x width, then centre crop to exactly that size.
 
-    This is PixArt's multi-aspect transform (Resize to cover the bucket, then CenterCrop); the resized
-    sides are rounded and never fall below the target, so the crop never has to pad.
+    This is PixArt's multi-aspect transform (Resize to cover the bucket, then CenterCrop) to the pixel:
+    the side whose scale is larger is set to the target and the other is scaled by it and truncated, in
+    the official expression's order (InternalData_ms: int(w * H / h)); rounding instead made half of all
+    images one pixel larger and shifted their crop. The guard keeps a side from falling below the target
+    when the two scales tie in floating point, so the crop never has to pad.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"target size must be positive, got {height}x{width}")
-    scale = max(height / img.height, width / img.width)
-    new_w = max(width, round(img.width * scale))
-    new_h = max(height, round(img.height * scale))
+    if height / img.height > width / img.width:
+        new_h, new_w = height, max(width, int(img.width * height / img.height))
+    else:
+        new_h, new_w = max(height, int(img.height * width / img.width)), width
     if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     top = int(round((new_h - height) / 2.0))
