@@ -68,14 +68,21 @@ def config_for(data: Path, extra: list[str] = (), **kw):
     return config_io.apply_overrides(get_recipe("tiny"), [*overrides(data, **kw), *extra])
 
 
-def cli(run_dir: Path, data: Path, *extra: str, env=None, wait=True, steps=12):
+def cli(run_dir: Path, data: Path, *extra: str, env=None, wait=True, steps=12, new_session=False):
     args = [sys.executable, "-m", "pixart", "train", "--recipe", "tiny", "--run-dir", str(run_dir), "--no-progress"]
     for item in overrides(data, steps=steps):
         args += ["--set", item]
     args += list(extra)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if not wait:
-        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+        return subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+            start_new_session=new_session,  # its own process group, to signal it as torchrun and SLURM do
+        )
     return subprocess.run(args, capture_output=True, text=True, timeout=600, env=environment)
 
 
@@ -186,13 +193,20 @@ def test_sigkill_at_a_random_step_then_rerun_gives_identical_weights(shapes_data
     assert_bitwise_equal(load_file(tmp_path / "killed" / FINAL_EMA), load_file(tmp_path / "reference" / FINAL_EMA))
 
 
-def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(shapes_data, tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["to-the-process", "to-its-group-with-workers"])
+def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(shapes_data, tmp_path, to_group):
+    """SIGTERM to the trainer, or (as torchrun, scancel and systemd send it) to its whole process group with
+    two loader workers in it: the workers used to die of it first, and the run ended without a checkpoint."""
+    workers = ("--set", "data.num_workers=2") if to_group else ()
     reference = cli(tmp_path / "reference", shapes_data, steps=10)
-    process = cli(tmp_path / "stopped", shapes_data, wait=False, steps=10)
+    process = cli(tmp_path / "stopped", shapes_data, *workers, wait=False, steps=10, new_session=to_group)
     first = tmp_path / "stopped" / "checkpoints" / "step-0000002.pt"
     while not first.exists() and process.poll() is None:
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     assert "interrupted at step" in out

@@ -151,6 +151,14 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGTERM and SIGINT: the main process checkpoints, then ends its workers.
+    torchrun, SLURM's scancel and systemd signal the whole process group, and a worker's default SIGTERM
+    action killed it first: the loader's error then ended the run without its checkpoint."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> dict:
     """Train (or resume) the run in `run_dir`; returns a summary dict.
 
@@ -301,6 +309,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
             collate_fn=collate,
             num_workers=config.data.num_workers,
             pin_memory=cuda,
+            worker_init_fn=leave_stop_signals_to_the_trainer,
         )
         for batch in loader:
             if position == len(sampler):  # the epoch ran out: this batch is the next one's first
