@@ -114,6 +114,15 @@ def test_overrides_checked_across_fields_do_not_depend_on_their_order(order):
         config_io.apply_overrides(iddpm, ["model.learn_sigma=false"])
 
 
+def test_the_class_stage_checks_its_dit_for_the_iddpm_objective():
+    """Stage 1 trains config.dit, not config.model: without a learned sigma the iddpm objective crashed at
+    the first step, after the run folder and data were made, naming learn_sigma without its section."""
+    stage1 = config_io.apply_overrides(get_recipe("tiny"), ["stage=class", "diffusion.objective=iddpm"])
+    with pytest.raises(ConfigError, match=r"the iddpm objective needs dit\.learn_sigma=True"):
+        config_io.apply_overrides(stage1, ["dit.learn_sigma=false"])
+    assert not config_io.apply_overrides(stage1, ["model.learn_sigma=false"]).model.learn_sigma  # not trained
+
+
 def test_a_key_set_twice_takes_its_last_value_and_floats_take_inf():
     tiny = get_recipe("tiny")
     assert config_io.apply_overrides(tiny, ["steps=-1", "steps=5"]).steps == 5

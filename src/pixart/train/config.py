@@ -135,8 +135,11 @@ class TrainConfig:
             raise ValueError("sample_every must be >= 0 (0: only at the end); sample_steps, max_nonfinite_steps >= 1")
         if not (math.isfinite(self.sample_cfg) and self.sample_cfg >= 0):
             raise ValueError(f"sample_cfg must be a finite number >= 0, got {self.sample_cfg}")
-        if self.stage == "t2i" and self.diffusion.objective == "iddpm" and not self.model.learn_sigma:
-            raise ValueError("the iddpm objective needs model.learn_sigma=True (or use diffusion.objective=flow)")
+        model_key = "dit" if self.stage == "class" else "model"  # the model each stage trains
+        if self.diffusion.objective == "iddpm" and not getattr(self, model_key).learn_sigma:
+            raise ValueError(
+                f"the iddpm objective needs {model_key}.learn_sigma=True (or use diffusion.objective=flow)"
+            )
         if self.data.synthetic == "shapes" and not self.data.root:
             self._check_shapes_data()
 
