@@ -30,6 +30,7 @@ from pixart.model.dit import DiTConfig
 from pixart.recipes import RECIPES, get_recipe
 from pixart.train import loop
 from pixart.train import step as train_step
+from pixart.train.init import build_model
 from pixart.train.loop import TrainingError, train
 from pixart.train.metrics import read_metrics
 from pixart.weights import load_transformer
@@ -553,6 +554,36 @@ def test_previews_draw_ema_grids_without_touching_training(shapes_data, tmp_path
     previewer = Previewer.for_run(config, dataset, tmp_path / "again", World())
     redrawn = previewer.write(load_file(tmp_path / "run" / FINAL_EMA), 4)
     assert np.array_equal(np.asarray(Image.open(redrawn)), late)
+
+
+@pytest.mark.parametrize(("shift", "base_share", "expected"), [(3.0, 0, 3.0), (2.0, 4, 4.0)])
+def test_previews_of_a_flow_model_sample_with_its_training_shift(
+    shapes_data, tmp_path, monkeypatch, shift, base_share, expected
+):
+    """A flow model trained on shifted noise levels is previewed on the same levels: the shift itself, or
+    with shift_base_tokens the shift grown by sqrt(tokens / base) (base a quarter of the grid here: x2)."""
+    from pixart.data.dataset import FeatureDataset
+    from pixart.train import previews
+    from pixart.train.distributed import World
+
+    config = config_for(shapes_data, ["previews=true", "sample_steps=2", "diffusion.objective=flow"])
+    dataset = FeatureDataset(shapes_data, config.data.caption_probs, seed=config.seed)
+    previewer = previews.Previewer.for_run(config, dataset, tmp_path / "samples", World())
+    h, w = previewer.latent_shape[-2:]
+    tokens = (h // config.model.patch_size) * (w // config.model.patch_size)
+    base = tokens // base_share if base_share else 0
+    config = config_io.apply_overrides(config, [f"diffusion.flow_shift={shift}", f"diffusion.shift_base_tokens={base}"])
+    previewer.config = config
+    asked = []
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["flow_shift"])
+        return previews_sample(*args, **kwargs)
+
+    previews_sample = previews.sample
+    monkeypatch.setattr(previews, "sample", recording)
+    assert previewer.write(build_model(config).state_dict(), 1) is not None
+    assert asked == [pytest.approx(expected)]
 
 
 def test_reopening_a_finished_run_trains_nothing_and_reports_its_last_loss(shapes_data, tmp_path):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pixart.diffusion.guidance import CaptionConditioned, learned_null_caption
+from pixart.diffusion.objective import flow_shift_for
 from pixart.diffusion.schedulers import default_sampler
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
 from pixart.grids import image_grid
@@ -137,6 +138,9 @@ class Previewer:
         ).to(device)
         sampler = default_sampler(self.config.diffusion.objective)
         h, w = self.latent_shape[-2:]
+        patch = model.config.patch_size
+        # a flow model samples on the noise levels it trained on: the training's shift at this grid
+        flow_shift = flow_shift_for(self.config.diffusion, (h // patch) * (w // patch))
         img_hw = aspect_ratio = None
         if getattr(model.config, "micro_conditions", False):
             f = int(self.info.get("codec", {}).get("downsample", 1))
@@ -154,6 +158,7 @@ class Previewer:
             progress=False,
             img_hw=img_hw,
             aspect_ratio=aspect_ratio,
+            flow_shift=flow_shift,
         )
         if self.codec is None:
             self.codec = preview_codec(self.info)
