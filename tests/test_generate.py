@@ -573,3 +573,29 @@ def test_a_sidecar_records_the_inputs_beside_the_model(tmp_path):
         **extra,
     }
     assert json.loads(Image.open(path).text["parameters"]) == record
+
+
+def test_trainer_weights_say_how_they_sample(tmp_path):
+    """Our trainer's final weights record the objective and flow shift they trained with: bare, a flow
+    model's weights sampled as an eps model (and refused the flow samplers). Other weights keep the defaults."""
+    from pixart.diffusion.objective import DiffusionConfig
+    from pixart.generate import sampling_shift
+    from pixart.modelfolder import load_components
+    from pixart.train.init import save_weights
+
+    model = PixArt(TINY)
+    flow = DiffusionConfig(objective="flow", flow_shift=2.0, shift_base_tokens=64)
+    save_weights(model, tmp_path / "flow.safetensors", diffusion=flow)
+    save_weights(model, tmp_path / "plain.safetensors")
+    folders = {"vae": tmp_path, "text_encoder": tmp_path}  # read later by the caller; not opened here
+    spec = load_components(tmp_path / "flow.safetensors", **folders)[0]
+    assert (spec.objective, spec.sampler, spec.flow_shift, spec.shift_base_tokens) == (
+        "flow",
+        "flow-dpm-solver",
+        2.0,
+        64,
+    )
+    assert sampling_shift(spec, tokens=256) == pytest.approx(4.0)  # 2 * sqrt(256 / 64), as training shifts
+    assert sampling_shift(dataclasses.replace(spec, shift_base_tokens=0), tokens=256) == 2.0
+    plain = load_components(tmp_path / "plain.safetensors", **folders)[0]
+    assert (plain.objective, plain.sampler, plain.flow_shift) == ("iddpm", "dpm-solver++", 1.0)

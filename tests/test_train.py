@@ -592,6 +592,9 @@ def test_reopening_a_finished_run_trains_nothing_and_reports_its_last_loss(shape
     before = weights(tmp_path / "run")
     last = tmp_path / "run" / "checkpoints" / "step-0000004.pt"
     written = last.stat().st_mtime_ns
+    from pixart.modelfolder import sampling_of
+
+    assert sampling_of(tmp_path / "run" / FINAL_EMA)["objective"] == config.diffusion.objective  # how it samples
     again = train(config, tmp_path / "run", progress=False)
     assert last.stat().st_mtime_ns == written  # not written again (a sharded one would be replaced in place)
     assert again["status"] == "finished" and again["steps"] == 4

@@ -146,6 +146,14 @@ def negative_prompt(text: str | None) -> str | None:
     return text if text and text.strip() else None
 
 
+def sampling_shift(spec: ModelSpec, tokens: int) -> float:
+    """The flow shift at an image of `tokens` tokens: the spec's, grown by sqrt(tokens / base) as in
+    training when the model was trained with shift_base_tokens (a larger image is shifted more)."""
+    if spec.shift_base_tokens > 0:
+        return spec.flow_shift * math.sqrt(tokens / spec.shift_base_tokens)
+    return spec.flow_shift
+
+
 def micro_conditions(spec: ModelSpec, key: str, height: int, width: int) -> dict[str, torch.Tensor]:
     """PixArtMS's size and aspect-ratio conditions for an image generated at `height` x `width` (bucket `key`).
 
@@ -328,6 +336,7 @@ class TextToImage:
         row = {p: i for i, p in enumerate(unique)}
         f = self.codec.downsample
         shape = (self.codec.latent_channels, gen_h // f, gen_w // f)
+        patch = self.transformer.config.patch_size
         micro = micro_conditions(self.spec, key, gen_h, gen_w) if self.transformer.config.micro_conditions else {}
         record = {
             "negative": settings.negative,
@@ -358,7 +367,7 @@ class TextToImage:
                 cfg_scale=cfg,
                 generator=generators if len(generators) > 1 else generators[0],
                 progress=progress,
-                flow_shift=self.spec.flow_shift,
+                flow_shift=sampling_shift(self.spec, tokens=(shape[-2] // patch) * (shape[-1] // patch)),
                 **micro,
             )
             images = self.codec.decode(latents.float())

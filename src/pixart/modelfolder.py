@@ -17,9 +17,10 @@ from typing import TypedDict
 
 import torch
 
+from pixart.diffusion.schedulers import default_sampler
 from pixart.model.pixart import PixArt
 from pixart.weights import detect_format, load_transformer, save_transformer
-from pixart.weights.io import OURS_IN_FOLDER
+from pixart.weights.io import OURS_IN_FOLDER, SAMPLING_METADATA, safetensors_metadata
 
 SPEC_FILE = "model.json"
 DOWNLOAD_HINT = (
@@ -51,6 +52,8 @@ class ModelSpec:
     steps: int | None = None  # None = the sampler's default
     cfg_scale: float = 4.5
     flow_shift: float = 1.0
+    # > 0: the flow shift grows as flow_shift * sqrt(tokens / shift_base_tokens) with the image (as trained)
+    shift_base_tokens: int = 0
     buckets: dict[str, list[int]] | None = None  # {key: [H, W]} the model was trained on (None: the official table)
     extra: dict = field(default_factory=dict)  # provenance, scores: informational only
 
@@ -152,6 +155,18 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
     return ModelSpec(), path, Path(text_encoder), None, Path(vae), None
 
 
+def sampling_of(weights: Path) -> dict:
+    """ModelSpec fields our trainer records in its final weights (objective, default sampler, flow shift):
+    a flow model's weights alone otherwise sampled as an eps model. {} for any other weights."""
+    if weights.suffix != ".safetensors":
+        return {}
+    recorded = safetensors_metadata(weights).get(SAMPLING_METADATA)
+    if recorded is None:
+        return {}
+    fields = json.loads(recorded)
+    return {**fields, "sampler": default_sampler(fields["objective"])}
+
+
 def load_components(
     path: str | Path,
     *,
@@ -169,7 +184,7 @@ def load_components(
     )
     transformer = load_transformer(transformer_path, device=device, dtype=dtype)
     if folder_kind(path) == "weights":  # bare weights: captions as long as the model's null caption
-        spec = dataclasses.replace(spec, text_max_length=transformer.config.max_length)
+        spec = dataclasses.replace(spec, text_max_length=transformer.config.max_length, **sampling_of(Path(path)))
         if not transformer.y_embedder.y_embedding.any():
             # diffusers weights carry no learned null caption (it loads as zeros): guide against the encoded
             # empty prompt and send the exact aspect ratio, as diffusers' pipeline does with these weights

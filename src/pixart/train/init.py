@@ -13,13 +13,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from pixart.diffusion.objective import DiffusionConfig
 from pixart.files import atomic_write
 from pixart.model.dit import DiT
 from pixart.model.pixart import PixArt
 from pixart.train.config import TrainConfig
 from pixart.weights import WeightsError, detect_format, read_state
 from pixart.weights.dit_init import reparameterize_dit
-from pixart.weights.io import FINAL_EMA, read_dit
+from pixart.weights.io import FINAL_EMA, SAMPLING_METADATA, read_dit
 
 
 def build_model(config: TrainConfig) -> PixArt | DiT:
@@ -91,12 +92,26 @@ def _quiet_new_embedders(model: PixArt, missing: list[str]) -> None:
             nn.init.zeros_(layer.bias)
 
 
-def save_weights(model: PixArt | DiT, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Our safetensors layout (config in the metadata) for PixArt and for the stage-1 DiT."""
+def save_weights(
+    model: PixArt | DiT,
+    path: Path,
+    state: dict[str, torch.Tensor] | None = None,
+    diffusion: DiffusionConfig | None = None,
+) -> Path:
+    """Our safetensors layout (config in the metadata) for PixArt and for the stage-1 DiT. `diffusion`
+    records how the weights sample (objective and flow shift), which bare weights otherwise cannot say."""
     import json
 
     state = {k: v.detach().float().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
     kind = "dit" if isinstance(model, DiT) else "pixart"
     metadata = {"format": kind, "config": json.dumps(model.config.to_dict())}
+    if diffusion is not None:
+        metadata[SAMPLING_METADATA] = json.dumps(
+            {
+                "objective": diffusion.objective,
+                "flow_shift": diffusion.flow_shift,
+                "shift_base_tokens": diffusion.shift_base_tokens,
+            }
+        )
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return path

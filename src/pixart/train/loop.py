@@ -466,8 +466,8 @@ def finish(
     with_ema = {**full, **gather_full(ema)}
     if world.is_main:
         remove_leftovers(run_dir, "final*.safetensors")  # of a run killed while writing them
-        save_weights(inner, run_dir / FINAL, full)
-        save_weights(inner, run_dir / FINAL_EMA, with_ema)
+        save_weights(inner, run_dir / FINAL, full, config.diffusion)
+        save_weights(inner, run_dir / FINAL_EMA, with_ema, config.diffusion)
         plot_loss({config.recipe: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "loss.png")
         # the live tensors (a single process): nothing trains them any more
         preview = previewer.write(with_ema, step) if previewer is not None else None

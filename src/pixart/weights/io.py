@@ -88,6 +88,10 @@ def _detect_format(path: Path) -> str:
     )
 
 
+# Metadata key of our trainer's final weights: {"objective", "flow_shift", "shift_base_tokens"} as JSON.
+SAMPLING_METADATA = "sampling"
+
+
 def safetensors_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a .safetensors file (ours keeps "format" and "config" there); {} if none."""
     with safe_open(str(path), framework="pt") as f:
