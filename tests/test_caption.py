@@ -29,7 +29,7 @@ from pixart.data.caption import (
 from pixart.data.caption_stats import collect, field_stats, format_table, load_spacy, words
 from pixart.data.dataset import FeatureDataset
 from pixart.data.prepare import PrepareOptions, prepare
-from pixart.data.sources import has_text, list_inputs, manifest_rows
+from pixart.data.sources import BAD_CAPTION, BAD_SIDECAR, has_text, list_inputs, manifest_rows
 from pixart.encoders import SDVAE, T5Encoder
 
 LLAVA_WORDS = ["a", "an", "the", "image", "photo", "of", "in", "on", "with", "red", "blue", "green", "cat", "dog"]
@@ -211,6 +211,43 @@ def test_with_alt_quotes_the_original_caption(tmp_path):
     assert fake.prompts == [caption_prompt("a red circle 0"), caption_prompt("a red circle 1"), PROMPT]
     rows = read_rows(tmp_path / "out.jsonl")
     assert rows[2] == {"path": "in/nocaption.png", "dense": "an image of 64 by 64"}  # paths relative to the manifest
+
+
+def unreadable_sidecars(folder: Path) -> Path:
+    """a.png with a Latin-1 .txt, b.png with a .json that is not JSON, c.png with no caption file at all."""
+    folder.mkdir()
+    for i, key in enumerate("abc"):
+        noise(32, 32, i).save(folder / f"{key}.png")
+    (folder / "a.txt").write_bytes(b"caf\xe9")
+    (folder / "b.json").write_text("{not json")
+    return folder
+
+
+def test_unreadable_old_captions_skip_an_image_only_with_alt(tmp_path, unloadable_model, monkeypatch, capsys):
+    """Without --with-alt an image whose old caption file could not be read was skipped, never re-captioned,
+    while one with no caption file at all was captioned; re-captioning is for exactly the bad alt-texts."""
+    inputs = list_inputs(unreadable_sidecars(tmp_path / "in"))
+    plain = caption_inputs(inputs, tmp_path / "plain.jsonl", FakeCaptioner(), CaptionOptions(progress=False))
+    assert plain.written == 3 and not plain.skipped
+    assert [(w["path"], w["reason"]) for w in plain.warnings] == [("a.png", BAD_CAPTION), ("b.png", BAD_SIDECAR)]
+    assert [row["path"] for row in read_rows(tmp_path / "plain.jsonl")] == ["in/a.png", "in/b.png", "in/c.png"]
+
+    with_alt = CaptionOptions(with_alt=True, progress=False)
+    quoted = caption_inputs(inputs, tmp_path / "alt.jsonl", FakeCaptioner(), with_alt)
+    assert quoted.written == 1 and not quoted.warnings
+    assert [(s["path"], s["reason"]) for s in quoted.skipped] == [("a.png", BAD_CAPTION), ("b.png", BAD_SIDECAR)]
+    assert quoted.skipped[0]["message"] == "a.txt: unexpected end of data at byte 3"
+    assert quoted.skipped[1]["message"].startswith("b.json: not JSON")
+
+    import pixart.data.caption as caption_module
+
+    monkeypatch.setattr(caption_module, "LlavaCaptioner", lambda *args, **kwargs: FakeCaptioner())
+    args = ["caption", str(tmp_path / "in"), "--model", str(unloadable_model), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "captioned 3 images now, 0 were done already, 0 skipped, 2 without their old captions" in printed
+    assert "    a.png: caption not UTF-8 (a.txt: unexpected end of data at byte 3)" in printed
+    assert "    b.png: unreadable caption file (b.json: not JSON" in printed
 
 
 def test_resume_after_a_kill_mid_write(tmp_path):

@@ -8,7 +8,8 @@ import torch
 
 from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.sampler import BucketBatchSampler
-from pixart.data.shards import FeatureSample, finished_shards, write_dataset_info, write_shard
+from pixart.data.shards import FeatureSample, finished_shards, report_path, write_dataset_info, write_shard
+from pixart.files import write_json
 
 
 def fake_samples(n: int, seed: int = 0) -> list[FeatureSample]:
@@ -88,3 +89,17 @@ def test_collate_pads_captions_and_refuses_mixed_buckets(tmp_path):
         assert np.count_nonzero(batch["text"][row, n:].numpy()) == 0
     with pytest.raises(ValueError, match="mixes buckets"):
         collate([data[0], data[1]])
+
+
+def test_an_empty_dataset_says_whether_prepare_finished(tmp_path):
+    """A dataset of shards that all kept no sample was reported as holding "no finished shard"."""
+    write_dataset_info(tmp_path, {"caption_fields": ["alt"], "resolution": 32, "shards": 2})
+    with pytest.raises(FileNotFoundError, match="prepared in part: 0 of 2 shards are finished"):
+        FeatureDataset(tmp_path)  # killed before its first shard
+    for index in range(2):
+        write_json(report_path(tmp_path, index), {"shard": index, "inputs": 1, "samples": 0, "skipped": []})
+    with pytest.raises(FileNotFoundError, match="prepare finished but kept no sample: all its inputs were skipped"):
+        FeatureDataset(tmp_path)  # no report.json to count them from
+    write_json(tmp_path / "report.json", {"inputs": 2, "skip_reasons": {"empty file": 2}})
+    with pytest.raises(FileNotFoundError, match=r"all 2 inputs were skipped \(empty file: 2; see .*report.json for"):
+        FeatureDataset(tmp_path)

@@ -31,7 +31,7 @@ from pixart.data.images import (
     load_rgb,
     resize_cover_crop,
 )
-from pixart.data.prepare import PrepareError, PrepareOptions, prepare, process_part
+from pixart.data.prepare import PrepareError, PrepareOptions, format_summary, prepare, process_part
 from pixart.data.sampler import BucketBatchSampler
 from pixart.data.shards import finished_shards
 from pixart.data.sources import (
@@ -186,6 +186,26 @@ def test_small_images_are_upscaled_on_request(tmp_path, models):
     assert [(s["path"], s["reason"]) for s in skipped] == [("small.png", TOO_SMALL)]
     report = prepare(list_inputs(folder), tmp_path / "b", options(upscale_small=True), *models).report
     assert report["samples"] == 2 and not report["skipped"]
+
+
+def test_a_dataset_with_every_input_skipped_says_so(tmp_path, models):
+    """Every image too small: prepare reported a complete dataset of 0 samples, and FeatureDataset then said the
+    folder "holds no finished shard", as if prepare had not finished."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        write_image(folder, f"{i}.png", noise(20, 20, i))
+    report = prepare(list_inputs(folder), tmp_path / "out", options(), *models).report
+    assert report["complete"] and report["samples"] == 0 and report["skip_reasons"] == {TOO_SMALL: 3}
+    assert "--upscale-small" in report["skip_hints"][TOO_SMALL]
+    assert f"    {TOO_SMALL}: 3 (rerun pixart prepare with --upscale-small" in format_summary(report, tmp_path / "out")
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError) as error:
+        FeatureDataset(out)
+    assert str(error.value).startswith(
+        f"{out}: prepare finished but kept no sample: all 3 inputs were skipped "
+        f"({TOO_SMALL}: 3; see {out / 'report.json'} for the reasons); rerun pixart prepare with --upscale-small"
+    )
 
 
 # --- determinism: processes, interruptions, reruns ---
@@ -542,6 +562,26 @@ def test_a_folder_of_upper_case_tar_shards_is_read(tmp_path):
     assert inputs.kind == "webdataset" and [item.name for item in inputs.items] == ["00000.TAR/k1.png"]
 
 
+def test_a_manifest_into_upper_case_tar_shards_is_read_back(tmp_path, models):
+    """A manifest path into '00000.TAR' was split on the literal '.tar/' only: pixart caption wrote such rows
+    for a folder of .TAR shards, and prepare then skipped every one of them ("k1.png: Not a directory")."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "00000.TAR", "w") as tar:
+        add_member(tar, "k1.png", png_bytes(noise(64, 64, 1)))
+        add_member(tar, "k1.txt", b"a green circle")
+    (item,) = list_inputs(shards).items
+    location = item.image.location(tmp_path)  # what pixart caption writes into a manifest beside the shards
+    assert location == "shards/00000.TAR/k1.png"
+    rows = [{"path": location, "alt": "a green circle"}, {"path": "shards/00000.TAR/k2.png", "alt": "gone"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = prepare(list_inputs(tmp_path / "m.jsonl"), tmp_path / "out", options(), *models).report
+    assert report["samples"] == 1
+    assert [(s["path"], s["reason"]) for s in report["skipped"]] == [("shards/00000.TAR/k2.png", UNREADABLE)]
+    assert report["skipped"][0]["message"] == f"tar member k2.png not found in {shards / '00000.TAR'}"
+    assert FeatureDataset(tmp_path / "out").record(0)["source"] == "shards/00000.TAR/k1.png"
+
+
 def test_a_rerun_on_more_images_or_other_settings_is_refused_before_the_models_load(tmp_path, model_dirs, capsys):
     """With every shard done, a rerun used to report the old dataset as complete: new images were dropped
     and a changed setting accepted without a word."""
@@ -656,6 +696,8 @@ def test_a_damaged_tar_is_skipped_and_counted_and_a_resume_is_deterministic(tmp_
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = prepare(list_inputs(tmp_path / "m.jsonl"), tmp_path / "m", options(), *models).report
     assert report["samples"] == 1 and [s["reason"] for s in report["skipped"]] == [UNREADABLE]
+    assert report["skipped"][0]["message"].startswith("tar member k4.png not found in ")
+    assert "; the tar is damaged after member k3.txt" in report["skipped"][0]["message"]
     # Cut at a member's header, tarfile just ends there: the missing end-of-archive block tells.
     with tarfile.open(tmp_path / "shards" / "00000.tar") as tar:
         cut = tar.getmember("k2.png").offset

@@ -140,10 +140,16 @@ def run(args: argparse.Namespace) -> int:
     # What listing left out (a damaged tar, duplicates, bad rows) is skipped too, and said so.
     skipped = inputs.problem_entries()
     skipped += result.skipped
+    kept = f", {len(result.warnings)} without their old captions" if result.warnings else ""
     print(
-        f"{out}: captioned {result.written} images now, {result.already_done} were done already, {len(skipped)} skipped"
+        f"{out}: captioned {result.written} images now, {result.already_done} were done already, "
+        f"{len(skipped)} skipped{kept}"
     )
     for entry in skipped:
         print(f"  {entry['path']}: {entry['reason']} ({entry['message']})")
+    if result.warnings:  # captioned from the pixels alone; --with-alt would skip them
+        print("  captioned, but a caption file could not be read (its captions are not in the row):")
+    for entry in result.warnings:
+        print(f"    {entry['path']}: {entry['reason']} ({entry['message']})")
     print(f"next: pixart prepare {out} --fields {prepare_fields(out, args.field)} ...")
     return 0

@@ -25,6 +25,7 @@ from pixart.data.sources import (
     DEFAULT_FIELD,
     IMAGE_COLUMNS,
     Inputs,
+    Item,
     has_text,
     image_column,
     is_utf8,
@@ -148,6 +149,8 @@ class CaptionResult:
     written: int = 0
     already_done: int = 0
     skipped: list[dict] = field(default_factory=list)
+    # Captioned, but a caption file of theirs could not be read: their rows lack what it held.
+    warnings: list[dict] = field(default_factory=list)
 
 
 def default_output(input_path: str | Path, field_name: str = "dense") -> Path:
@@ -213,6 +216,18 @@ def output_row(fields: dict, location: str, field_name: str, caption: str) -> di
     return {"path": location, **row, field_name: caption}
 
 
+def old_fields(item: Item, with_alt: bool) -> tuple[dict, list[dict]]:
+    """The item's caption fields to copy into its row, and a warning entry per caption file that cannot be read.
+
+    With --with-alt the alt-text goes into the prompt, so an unreadable caption file skips the image
+    (ImageSkipped). Without, the old captions are only copied along, and the image is captioned anyway:
+    re-captioning is for exactly the images whose alt-text is bad."""
+    fields, problems = item.readable_fields()
+    if problems and with_alt:
+        raise problems[0]
+    return fields, [{"path": item.name, "reason": e.reason, "message": e.message} for e in problems]
+
+
 def caption_inputs(
     inputs: Inputs,
     out: str | Path,
@@ -244,12 +259,13 @@ def caption_inputs(
             ready = []  # (fields, location, image, prompt)
             for item, location in todo[start : start + options.batch_size]:
                 try:
-                    fields = item.fields()
+                    fields, warnings = old_fields(item, options.with_alt)
                     alt = fields.get(DEFAULT_FIELD)
                     # An alt-text that is missing or not valid UTF-8 is no use to quote: the plain prompt then.
                     quote = options.with_alt and has_text(alt) and is_utf8(alt)
                     prompt = caption_prompt(alt if quote else None)
                     ready.append((fields, location, load_rgb(item.image.read(), name=item.name), prompt))
+                    result.warnings += warnings  # an image skipped for its pixels is reported as skipped only
                 except ImageSkipped as e:
                     result.skipped.append({"path": item.name, "reason": e.reason, "message": e.message})
             if ready:

@@ -14,6 +14,7 @@ costs more in page faults than filling it.
 from __future__ import annotations
 
 import bisect
+import json
 import sys
 import weakref
 from collections.abc import Mapping
@@ -24,6 +25,29 @@ import torch
 from torch.utils.data import Dataset
 
 from pixart.data.shards import Shard, finished_shards, read_dataset_info, shard_done
+
+# pixart.data.prepare.REPORT_FILE; importing that module would load the text encoders' dependencies.
+PREPARE_REPORT = "report.json"
+
+
+def no_sample_message(folder: Path) -> str:
+    """Why a dataset that pixart prepare finished holds no sample, from its report.json: what was skipped, why."""
+    report = _read_report(folder)
+    count = report.get("inputs", "its")
+    reasons = "".join(f"{reason}: {n}; " for reason, n in report.get("skip_reasons", {}).items())
+    hints = "".join(f"; {hint}" for hint in report.get("skip_hints", {}).values())  # e.g. --upscale-small
+    return (
+        f"{folder}: prepare finished but kept no sample: all {count} inputs were skipped "
+        f"({reasons}see {folder / PREPARE_REPORT} for the reasons){hints}"
+    )
+
+
+def _read_report(folder: Path) -> dict:
+    try:
+        report = json.loads((folder / PREPARE_REPORT).read_text())
+    except (OSError, json.JSONDecodeError):  # the message does without it
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def class_label(record: dict) -> int:
@@ -49,15 +73,19 @@ class FeatureDataset(Dataset):
         self.probs = np.array([caption_probs[f] / total for f in self.fields])
         self.seed = seed
         self.epoch = 0
-        indices = finished_shards(self.folder)
-        if not indices:
-            raise FileNotFoundError(f"{self.folder} holds no finished shard")
         expected = self.info.get("shards", 0)  # pixart prepare records it before its first shard
         done = sum(shard_done(self.folder, i) for i in range(expected))
         if done < expected:  # training on part would also shift a resume's place once the rest is written
             raise FileNotFoundError(
                 f"{self.folder} is prepared in part: {done} of {expected} shards are finished; rerun the same "
                 "pixart prepare command (every --shard part of it) to finish it"
+            )
+        indices = finished_shards(self.folder)
+        if not indices:
+            # Finished by prepare (its shard count recorded, every shard done) yet empty: every input was skipped.
+            finished = "shards" in self.info
+            raise FileNotFoundError(
+                no_sample_message(self.folder) if finished else f"{self.folder} holds no finished shard"
             )
         self.shards = [Shard.open(self.folder, i) for i in indices]
         self.starts = np.cumsum([0] + [len(s.records) for s in self.shards]).tolist()

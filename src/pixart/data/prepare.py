@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from pixart.data.buckets import bucket_table, closest_bucket
-from pixart.data.images import ImageSkipped, check_aspect, check_size, load_rgb, resize_cover_crop
+from pixart.data.images import TOO_SMALL, ImageSkipped, check_aspect, check_size, load_rgb, resize_cover_crop
 from pixart.data.shards import DATASET_FILE, FeatureSample, report_path, shard_done, shard_name, write_shard
 from pixart.data.sources import Inputs, Item
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
@@ -46,6 +46,11 @@ from pixart.files import write_json
 REPORT_FILE = "report.json"
 FORMAT = "pixart-features/1"
 UNEXPECTED = "unexpected error"  # a failure no check foresaw: reported, so one odd file cannot stop a run
+# What can be done about a skip reason, where something can: reported beside its count. upscale_small is
+# in dataset.json, so a rerun with it into the same --out is refused.
+SKIP_HINTS = {
+    TOO_SMALL: "rerun pixart prepare with --upscale-small, into another --out, to enlarge them instead",
+}
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -393,11 +398,13 @@ def merge_reports(out: str | Path, inputs: Inputs, options: PrepareOptions) -> d
         buckets.update(report["buckets"])
         truncated.update(report.get("truncated", {}))
         skipped.extend(report["skipped"])
+    reasons = dict(sorted(Counter(s["reason"] for s in skipped).items()))
     merged = {
         "samples": samples,
         "buckets": dict(sorted(buckets.items(), key=lambda kv: float(kv[0]))),
         "skipped": sorted(skipped, key=lambda s: (s["path"], s["reason"])),
-        "skip_reasons": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "skip_reasons": reasons,
+        "skip_hints": {reason: SKIP_HINTS[reason] for reason in reasons if reason in SKIP_HINTS},
         "truncated_captions": {name: truncated.get(name, 0) for name in options.fields},
         "inputs": len(inputs.items) + len(inputs.problems),
         "shards": {"done": shards_done, "total": total},
@@ -419,8 +426,9 @@ def format_summary(report: dict, out: Path | str) -> str:
         if count:
             lines.append(f"  {count} {name!r} captions were longer than the text encoder's max length (cut)")
     lines.append(f"  skipped {len(report['skipped'])} inputs" + (":" if report["skipped"] else ""))
+    hints = report.get("skip_hints", {})
     for reason, count in report["skip_reasons"].items():
-        lines.append(f"    {reason}: {count}")
+        lines.append(f"    {reason}: {count}" + (f" ({hints[reason]})" if reason in hints else ""))
     lines += [f"  {s['path']}: {s['reason']} ({s['message']})" for s in report["skipped"]]
     return "\n".join(lines)
 

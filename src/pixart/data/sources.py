@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import os
+import re
 import tarfile
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -39,6 +40,7 @@ ALIASES = ("caption", "text")  # stand-ins for DEFAULT_FIELD in rows that lack i
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 IMAGE_COLUMNS = ("path", "image")
 MANIFEST_SUFFIXES = frozenset({".jsonl", ".csv"})
+TAR_SPLIT = re.compile(r"\.tar/", re.IGNORECASE | re.ASCII)  # where a manifest path enters a tar, any case
 
 # Reasons for skipping an input that are about its captions or its listing, not its pixels.
 MISSING_CAPTION = "missing caption"
@@ -62,6 +64,7 @@ class Blob:
     offset: int = 0
     size: int = -1
     member: str = ""
+    missing: str = ""  # why there are no such bytes, found while listing (a tar member not in its tar)
 
     @property
     def name(self) -> str:
@@ -73,6 +76,8 @@ class Blob:
         return f"{relative}/{self.member}" if self.member else relative
 
     def read(self) -> bytes:
+        if self.missing:
+            raise ImageSkipped(UNREADABLE, self.missing)
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
@@ -95,16 +100,31 @@ class Item:
     sidecars: tuple[Blob, ...] = ()
 
     def fields(self) -> dict:
-        """All caption fields of this item (values as found: strings, or anything a row holds)."""
+        """All caption fields of this item (values as found: strings, or anything a row holds).
+
+        ImageSkipped if a caption file cannot be read (not UTF-8, not a JSON object, unreadable)."""
+        row, problems = self.readable_fields()
+        if problems:
+            raise problems[0]
+        return row
+
+    def readable_fields(self) -> tuple[dict, list[ImageSkipped]]:
+        """The caption fields of the row and of every caption file that can be read, and why the others cannot.
+
+        For a caller that can do without the old captions (re-captioning from the pixels alone)."""
         row = dict(self.row)
+        problems = []
         for blob in self.sidecars:
-            row.update(_read_sidecar(blob))
+            try:
+                row.update(_read_sidecar(blob))
+            except ImageSkipped as e:
+                problems.append(e)
         if not has_text(row.get(DEFAULT_FIELD)):  # absent, or an empty CSV cell
             for alias in ALIASES:
                 if has_text(row.get(alias)):
                     row[DEFAULT_FIELD] = row[alias]
                     break
-        return row
+        return row, problems
 
     def captions(self, fields: list[str]) -> dict[str, str]:
         """The named caption fields, stripped; ImageSkipped if one is missing, empty or not valid UTF-8."""
@@ -313,18 +333,34 @@ def _list_webdataset(paths: list[Path], root: Path) -> Inputs:
 def resolve_image(text: str, base: Path) -> Blob:
     """A manifest's image path -> a Blob: a file, or a member of a tar ('shards/0.tar/cat.jpg').
 
-    A path that names nothing still gives a Blob of the file, whose read reports it as unreadable.
+    A path that names nothing still gives a Blob, whose read reports it as unreadable: a file as the
+    system names the problem, a member of a tar that exists as a tar member not found.
     """
     path = Path(text) if os.path.isabs(text) else base / text
-    if not path.exists():
-        head, sep, member = text.partition(".tar/")
-        if sep:
-            tar = Path(head + ".tar") if os.path.isabs(head) else base / (head + ".tar")
-            if tar.is_file():
-                infos = _members(tar)[0].get(member)  # a member lost to damage: unreadable when read
-                if infos:
-                    return _member_blob(tar, infos[0])
-    return Blob(path)
+    if path.exists():
+        return Blob(path)
+    split = _tar_split(text, base)
+    if split is None:
+        return Blob(path)
+    tar, member = split
+    members, damage = _members(tar)
+    if member in members:
+        return _member_blob(tar, members[member][0])
+    lost = f"; the tar is {damage}" if damage else ""  # the member may have been lost to the damage
+    return Blob(tar, member=member, missing=f"tar member {member} not found in {tar}{lost}")
+
+
+def _tar_split(text: str, base: Path) -> tuple[Path, str] | None:
+    """(tar file, member) where `text` names a member of a tar that exists, else None.
+
+    The suffix matches in any case, as listing finds shards (00000.TAR too), and the path keeps its own
+    spelling. Each '.tar/' is tried in turn: a folder may be named 'x.tar' too."""
+    for match in TAR_SPLIT.finditer(text):
+        head, member = text[: match.end() - 1], text[match.end() :]
+        tar = Path(head) if os.path.isabs(head) else base / head
+        if member and tar.is_file():
+            return tar, member
+    return None
 
 
 def _rows_jsonl(path: Path) -> list[tuple[int, dict | Problem]]:
