@@ -898,3 +898,22 @@ def test_fsdp_bf16_runs_the_model_one_process_autocasts(tmp_path):
     for row in rows:
         assert row["one"] == row["fsdp"] == "torch.float32", row
         assert row["difference"] == 0.0, row
+
+
+def test_a_device_index_is_trained_on_in_one_process_and_refused_under_torchrun(monkeypatch):
+    """--device cuda:1 in one process trains on cuda:1 (it ran on cuda:0, LOCAL_RANK's default); under
+    torchrun each process takes cuda:LOCAL_RANK, so an index is refused before any group starts."""
+    from pixart.train import distributed
+
+    chosen = []
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", chosen.append)
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.init_distributed("cuda:1").device == torch.device("cuda", 1)
+    assert distributed.init_distributed("cuda").device == torch.device("cuda", 0)
+    assert chosen == [1, 0]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="device cuda:1 under torchrun: .*pass cuda, and choose the GPUs with"):
+        distributed.init_distributed("cuda:1")
+    assert chosen == [1, 0] and not torch.distributed.is_initialized()

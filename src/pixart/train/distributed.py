@@ -48,8 +48,15 @@ def init_distributed(device: str | None = None) -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        torch_device = torch.device("cuda", local_rank)
+        index = torch.device(device).index if device else None
+        if index is not None and world_size > 1:  # torchrun gives each process its own GPU
+            raise ValueError(
+                f"device {device} under torchrun: each process trains on cuda:LOCAL_RANK; pass cuda, and choose "
+                "the GPUs with CUDA_VISIBLE_DEVICES"
+            )
+        index = local_rank if index is None else index  # one process: the GPU asked for (it ran on cuda:0)
+        torch.cuda.set_device(index)
+        torch_device = torch.device("cuda", index)
     else:
         torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():

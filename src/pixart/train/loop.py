@@ -170,7 +170,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     check_preview_steps(config)
     check_start(config, run_dir)
     creates_group = not torch.distributed.is_initialized()
-    world = init_distributed(device)
+    try:
+        world = init_distributed(device)
+    except ValueError as error:  # a device index under torchrun
+        raise TrainingError(str(error)) from None
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         check_run_config(config, run_dir, world.world_size)
