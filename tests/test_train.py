@@ -917,3 +917,14 @@ def test_a_device_index_is_trained_on_in_one_process_and_refused_under_torchrun(
     with pytest.raises(ValueError, match="device cuda:1 under torchrun: .*pass cuda, and choose the GPUs with"):
         distributed.init_distributed("cuda:1")
     assert chosen == [1, 0] and not torch.distributed.is_initialized()
+
+
+def test_a_patch_size_that_does_not_divide_a_bucket_is_refused_before_the_first_step(shapes_data, tmp_path):
+    """The data's 24x32 bucket does not divide into 16x16 patches (32x32 does): refused at the start,
+    naming the bucket, where it failed in the patch embedding at the first batch from that bucket."""
+    config = config_for(shapes_data, ["model.patch_size=8"], steps=2)
+    train(config, tmp_path / "fits", progress=False)  # 8 divides both grids
+    config = config_for(shapes_data, ["model.patch_size=16"], steps=2)
+    with pytest.raises(TrainingError, match=r"buckets 0.75 \(24x32 latents\) do not divide into 16x16 patches"):
+        train(config, tmp_path / "odd", progress=False)
+    assert not (tmp_path / "odd" / "checkpoints").exists()

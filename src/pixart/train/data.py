@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,9 @@ class LatentScaling:
     def to_model_space(self, mean: torch.Tensor, std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return (mean + std * eps - self.shift_factor) * self.scaling_factor
 
-    def check_model(self, model: PixArt | DiT, info: dict) -> None:
+    def check_model(self, model: PixArt | DiT, info: dict, buckets: Iterable[str] = ()) -> None:
+        """What the data must be for this model, known before the first step: latent channels, caption
+        width and length, and a latent grid the patch size divides for each bucket the data uses."""
         from pixart.train.loop import TrainingError
 
         if model.config.in_channels != self.latent_channels:
@@ -57,6 +60,22 @@ class LatentScaling:
             raise TrainingError(
                 f"the data's captions are up to {tokens} tokens but the model takes {max_length}; "
                 f"set model.max_length={tokens}"
+            )
+        # Else the first batch of such a bucket fails in the patch embedding, maybe thousands of steps in.
+        table, f, patch = (
+            info.get("buckets", {}),
+            int(info.get("codec", {}).get("downsample", 1)),
+            model.config.patch_size,
+        )
+        odd = [
+            f"{key} ({table[key][0] // f}x{table[key][1] // f} latents)"
+            for key in sorted(set(buckets), key=float)
+            if key in table and ((table[key][0] // f) % patch or (table[key][1] // f) % patch)
+        ]
+        if odd:
+            raise TrainingError(
+                f"the data's buckets {', '.join(odd)} do not divide into {patch}x{patch} patches; use a patch "
+                "size that divides them, or prepare the data at sizes that fit"
             )
 
 
