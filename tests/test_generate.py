@@ -535,6 +535,22 @@ def test_samplers_the_model_cannot_drive_are_refused_before_sampling(pipeline_fo
     assert pipe.resolve_sampler(Settings(sampler="dpm-solver++"))[0] == "dpm-solver++"
 
 
+def test_a_folder_scheduler_that_needs_a_learned_variance_is_refused_without_one(pipeline_folder, tmp_path):
+    """A folder's DDPM scheduler with learned_range variance over a transformer that predicts none failed
+    inside diffusers' step (None + 1, a TypeError) after the prompts were encoded."""
+    import diffusers
+
+    from pixart.diffusion.schedulers import training_schedule
+
+    pipe = TextToImage.from_path(pipeline_folder)
+    diffusers.DDPMScheduler(**training_schedule(), variance_type="learned_range").save_pretrained(tmp_path)
+    pipe.scheduler_folder = tmp_path
+    assert pipe.resolve_sampler(Settings(sampler="folder", steps=10)) == ("folder", 10)  # it predicts one
+    pipe.transformer.config = dataclasses.replace(pipe.transformer.config, learn_sigma=False)
+    with pytest.raises(GenerationError, match=r"variance_type learned_range\) needs the learned variance"):
+        pipe.resolve_sampler(Settings(sampler="folder", steps=10))
+
+
 def test_a_diffusers_transformer_as_bare_weights_draws_what_its_folder_draws(pipeline_folder, tmp_path):
     """diffusers weights carry no learned null caption: guidance must use the empty prompt, as in the folder.
 

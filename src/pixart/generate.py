@@ -400,6 +400,12 @@ class TextToImage:
                     f"this model's scheduler ({type(scheduler).__name__}) repeats a noise level at {steps} steps, "
                     "and its update divides by the gap between the two (NaN images): use fewer steps"
                 )
+            variance = getattr(scheduler.config, "variance_type", None)
+            if variance in ("learned", "learned_range") and not getattr(self.transformer.config, "learn_sigma", True):
+                raise GenerationError(  # diffusers would fail inside its step on the missing variance
+                    f"this model's scheduler ({type(scheduler).__name__}, variance_type {variance}) needs the "
+                    f"learned variance this transformer does not predict (learn_sigma is off): choose one of {choices}"
+                )
         else:
             try:
                 sampler = get_sampler(name)
