@@ -94,6 +94,31 @@ def test_atomic_write_syncs_the_file_before_its_rename_and_the_folder_after(tmp_
     assert events == [("fsync", tmp), ("replace", str(target)), ("fsync", str(tmp_path))]
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # dcp in one process, as it says
+def test_a_sharded_checkpoint_reaches_the_disk_before_older_ones_are_pruned(tmp_path, monkeypatch):
+    """What the docstring of pixart.train.checkpoint promises for the FSDP layout too: its extra.pt (the RNG
+    states) is synced inside the folder, and the folder's new name before the oldest checkpoint goes."""
+    import shutil
+
+    from pixart.train import checkpoint
+
+    events = []
+    real_fsync, real_rmtree = os.fsync, shutil.rmtree
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd)
+    )
+    monkeypatch.setattr(shutil, "rmtree", lambda path, **kw: events.append(("prune", str(path))) or real_rmtree(path))
+    for step in (2, 4):
+        save_checkpoint(tmp_path, step, {"model": {"w": torch.ones(2) * step}}, World(), sharded=True, keep=1)
+    folder = checkpoint.checkpoint_dir(tmp_path)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4]
+    synced = [path for kind, path in events if kind == "fsync"]
+    assert any("step-0000004.dcp.tmp/.extra.pt." in path for path in synced)  # atomic_write's temporary
+    prune = next(i for i, (kind, _) in enumerate(events) if kind == "prune")
+    written = max(i for i, (_, path) in enumerate(events) if "0000004.dcp.tmp" in path)
+    assert ("fsync", str(folder)) in events[written:prune]  # after step 4's rename, before step 2's deletion
+
+
 def test_a_checkpoint_folder_killed_while_being_pruned_no_longer_counts(tmp_path, monkeypatch):
     """A sharded checkpoint leaves the checkpoint names before it is deleted: a kill halfway through the
     deletion leaves a folder no resume picks, which the next save removes."""

@@ -47,15 +47,15 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     tmp = temporary_path(path)
     try:
         write(str(tmp))
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a write that failed (disk full, a bad value) leaves nothing behind
         raise
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush a file's (or a folder's entries') data to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:

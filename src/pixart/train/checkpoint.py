@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pixart.files import atomic_write, remove_leftovers
+from pixart.files import atomic_write, fsync_path, remove_leftovers
 from pixart.train.distributed import World, barrier
 
 NAME = re.compile(r"^step-(\d{7})\.(pt|dcp)$")
@@ -80,9 +80,10 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
         dcp.save(state, checkpoint_id=str(tmp))
         barrier(world)
         if world.is_main:
-            torch.save({"rng": rng_state()}, tmp / "extra.pt")
+            atomic_write(tmp / "extra.pt", lambda path: torch.save({"rng": rng_state()}, path))  # dcp syncs its own
             doomed = _set_aside(final) if final.exists() else None  # the trainer saves a step once
             os.replace(tmp, final)
+            fsync_path(folder)  # the new name reaches the disk before older checkpoints are pruned
             if doomed is not None:  # a complete copy goes only once it is replaced
                 shutil.rmtree(doomed)
     else:
