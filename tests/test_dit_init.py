@@ -124,3 +124,18 @@ def test_convert_takes_a_dit_training_checkpoints_ema_with_ema_and_refuses_confi
         ]
     )
     assert code == 2 and "--config is for PixArt weights" in capsys.readouterr().err
+
+
+def test_a_dit_state_dict_without_pos_embed_or_config_is_refused(tmp_path, capsys):
+    """Its sample size was guessed as 32 (this DiT's is 16): the PixArt then differed from the DiT's null
+    class at t=500 by about half its output. Now refused, naming what would tell the size."""
+    from pixart.cli.main import main
+
+    bare = {k: v for k, v in dit_checkpoint().items() if k != "pos_embed"}  # what torch.save(dit.state_dict()) holds
+    with pytest.raises(WeightsError, match="holds no pos_embed, so its sample size is unknown"):
+        dit_to_pixart(bare, caption_channels=48, max_length=8, num_heads=3)
+    torch.save(bare, tmp_path / "dit_bare.pt")
+    out = tmp_path / "x.safetensors"
+    code = main(["convert", str(tmp_path / "dit_bare.pt"), "--to", "pixart", "--out", str(out), "--num-heads", "3"])
+    assert code == 2 and "holds no pos_embed" in capsys.readouterr().err
+    assert not out.exists()

@@ -35,16 +35,19 @@ def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
     hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     out = state["final_layer.linear.weight"].shape[0] // (patch * patch)
-    if "pos_embed" in state:
-        input_size = math.isqrt(state["pos_embed"].shape[1]) * patch
-    else:
-        input_size = 32
     if num_heads is None:
         if hidden % 72 and hidden % 64:
             raise WeightsError(
                 f"cannot infer the head count of a width-{hidden} DiT; pass --num-heads (pixart convert) or num_heads="
             )
         num_heads = hidden // 72 if hidden % 72 == 0 else hidden // 64
+    if "pos_embed" not in state:  # the official DiT saves it; a bare state dict of ours does not
+        raise WeightsError(
+            "this DiT checkpoint holds no pos_embed, so its sample size is unknown (a guess would break the "
+            "re-parameterisation); save it with its pos_embed, as the official DiT does, or as pixart's trainer "
+            "does (.safetensors with the config in its metadata)"
+        )
+    input_size = math.isqrt(state["pos_embed"].shape[1]) * patch
     return DiTConfig(
         input_size=input_size,
         patch_size=patch,
