@@ -193,3 +193,37 @@ def test_convert_refuses_before_reading_what_would_replace_or_ignore_something(t
         assert main(["convert", str(tmp_path / "dit.pt"), *out, "--num-heads", "3", *zero]) == 2, zero
         assert "must be at least 1" in capsys.readouterr().err, zero
     assert not (tmp_path / "init.safetensors").exists()
+
+
+def test_a_config_the_tensors_contradict_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--config overrides what a file says of its architecture; one its tensors contradict (a depth the
+    blocks do not have, learn_sigma off over a learned-sigma output) wrote weights no loader could read, or
+    (to diffusers) left an empty folder behind a traceback."""
+    import dataclasses
+
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "a.safetensors")
+    contradictions = {"depth": 1, "learn_sigma": False}
+    for field, value in contradictions.items():
+        (tmp_path / "c.json").write_text(json.dumps({**dataclasses.asdict(TINY), field: value}))
+        for to, out in (("pixart", tmp_path / "b.safetensors"), ("diffusers", tmp_path / "d")):
+            args = ["convert", str(tmp_path / "a.safetensors"), "--to", to, "--out", str(out)]
+            assert main([*args, "--config", str(tmp_path / "c.json")]) == 2
+            err = capsys.readouterr().err
+            assert f"with the architecture of {tmp_path / 'c.json'}" in err and "keys" in err, err
+            assert not out.exists() or not any(out.iterdir())  # at most the empty folder --out's check made
+    (tmp_path / "c.json").write_text(json.dumps(dataclasses.asdict(TINY)))  # the file's own: converts
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "a.safetensors"),
+                "--to",
+                "diffusers",
+                "--out",
+                str(tmp_path / "d"),
+                "--config",
+                str(tmp_path / "c.json"),
+            ]
+        )
+        == 0
+    )

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from pixart.model.pixart import PixArtConfig, count_parameters
     from pixart.weights import detect_format, read_state, save_transformer
     from pixart.weights.dit_init import dit_to_pixart
-    from pixart.weights.io import read_dit
+    from pixart.weights.io import check_state_matches, read_dit
 
     check_out(args)
     config = read_config(args.config, PixArtConfig) if args.config else None
@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         if given:  # they would be ignored: the file says its architecture (or --config does)
             raise UserError(f"{', '.join(given)} apply to a DiT checkpoint; {args.src} holds {fmt} weights")
         config, state, fmt = read_state(args.src, use_ema=args.ema, config=config)
+        with torch.device("meta"):  # a --config that the tensors contradict wrote weights nothing could load
+            from pixart.model import PixArt
+
+            override = f" with the architecture of {args.config}" if args.config else ""
+            check_state_matches(PixArt(config), state, f"{fmt} checkpoint {args.src}{override}")
         note = f"read {fmt} weights"
     save_transformer(state, args.out, to=args.to, config=config)
     if args.to == "official" and not state["y_embedder.y_embedding"].any():

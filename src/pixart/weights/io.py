@@ -366,9 +366,9 @@ def save_transformer(
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
     elif to == "diffusers":
         diffusers_config = diffusers_config_from_ours(config)
-        path.mkdir(parents=True, exist_ok=True)
         null = state.pop("y_embedder.y_embedding")
-        theirs = keys.to_diffusers(state, config.depth, config.micro_conditions)
+        theirs = keys.to_diffusers(state, config.depth, config.micro_conditions)  # before the folder: it may refuse
+        path.mkdir(parents=True, exist_ok=True)
         atomic_write(path / DIFFUSERS_WEIGHTS, lambda tmp: save_file(theirs, tmp, metadata={"format": "pt"}))
         atomic_write(path / NULL_CAPTION_FILE, lambda tmp: save_file({"y_embedding": null}, tmp))
         (path / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
