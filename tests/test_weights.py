@@ -200,8 +200,12 @@ def test_a_diffusers_weights_file_is_read_with_the_config_beside_it(tmp_path):
     for key, value in model.state_dict().items():
         if key != "y_embedder.y_embedding":  # diffusers has no slot for it; the sidecar is the folder's
             assert torch.equal(loaded.state_dict()[key], value), key
+    # a variant's file under its own name reads with the config.json beside it (it was "without their config")
+    variant = tmp_path / "transformer" / "diffusion_pytorch_model.fp16.safetensors"
+    (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").rename(variant)
+    assert torch.equal(load_transformer(variant).state_dict()[key], loaded.state_dict()[key])
     (tmp_path / "alone").mkdir()
-    shutil.copy(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors", tmp_path / "alone" / "w.safetensors")
+    shutil.copy(variant, tmp_path / "alone" / "w.safetensors")
     with pytest.raises(WeightsError, match="diffusers transformer weights without their config.json"):
         load_transformer(tmp_path / "alone" / "w.safetensors")
 

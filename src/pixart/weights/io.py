@@ -211,14 +211,17 @@ def read_dit(path: Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor]
     return state, DiTConfig(**data["config"]["dit"]) if is_training_checkpoint(data) else None
 
 
-def _read_diffusers(folder: Path) -> tuple[PixArtConfig, dict[str, torch.Tensor]]:
+def _read_diffusers(folder: Path, weights: Path | None = None) -> tuple[PixArtConfig, dict[str, torch.Tensor]]:
+    """The transformer in `folder` (its config.json; `weights`, else the weights file or shards diffusers names)."""
     with reading(folder / "config.json"):
         config = diffusers_config_to_ours(json.loads((folder / "config.json").read_text()))
     if config.mlp_ratio != 4.0:
         raise WeightsError("unexpected mlp ratio in a diffusers config")
     index = folder / f"{DIFFUSERS_WEIGHTS}.index.json"
-    if index.is_file():
-        state: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    if weights is not None:
+        state = load_file(weights)
+    elif index.is_file():
         for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
             state.update(load_file(folder / shard))
     else:
@@ -260,14 +263,18 @@ def _read_state(
             f"initialisation with: pixart convert {path} --to pixart --out init.safetensors"
         )
     if fmt == "diffusers":
-        # A folder, or its weights file named as diffusers names it: the config.json beside it says the rest.
-        folder = _diffusers_folder(path if path.is_dir() or path.name != DIFFUSERS_WEIGHTS else path.parent)
-        if folder is None:
-            raise WeightsError(
-                f"{path} holds diffusers transformer weights without their config.json: pass the folder that "
-                f"holds both (config.json and {DIFFUSERS_WEIGHTS})"
-            )
-        found_config, state = _read_diffusers(folder)
+        # A folder, or a weights file (diffusers' name, or another: a variant's .fp16.safetensors) whose
+        # folder holds the config.json that says the rest.
+        if path.is_file() and (path.parent / "config.json").is_file():
+            found_config, state = _read_diffusers(path.parent, weights=path)
+        else:
+            folder = _diffusers_folder(path)
+            if folder is None:
+                raise WeightsError(
+                    f"{path} holds diffusers transformer weights without their config.json: pass the folder that "
+                    f"holds both (config.json and {DIFFUSERS_WEIGHTS}), or the weights file beside its config.json"
+                )
+            found_config, state = _read_diffusers(folder)
     elif fmt == "pixart":
         file = path / OURS_IN_FOLDER if path.is_dir() else path
         found_config = PixArtConfig.from_dict(json.loads(safetensors_metadata(file)["config"]))
