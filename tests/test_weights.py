@@ -300,3 +300,26 @@ def test_a_corrupt_dit_safetensors_file_is_one_error_naming_it(tmp_path, damage)
     path.write_bytes(b"not weights at all" if damage == "garbage" else data[: len(data) // 2])
     with pytest.raises(WeightsError, match=f"cannot read {path}: .*corrupt or cut-short"):
         read_dit(path)
+
+
+def test_files_that_lack_what_their_format_holds_are_weights_errors(tmp_path):
+    """A pixart file without its stored config or with another tool's fields, an official-looking file
+    missing a tensor: KeyError and ValueError tracebacks before, now one WeightsError naming the file."""
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(1)}, tmp_path / "p.safetensors", metadata={"format": "pixart"})
+    save_file(
+        {"a": torch.zeros(1)}, tmp_path / "q.safetensors", metadata={"format": "pixart", "config": '{"depthx": 1}'}
+    )
+    torch.save(
+        {"x_embedder.proj.weight": torch.zeros(8, 4, 2, 2), "blocks.0.attn.qkv.weight": torch.zeros(24, 8)},
+        tmp_path / "o.pth",
+    )
+    cases = {
+        "p.safetensors": "it has no 'config'",
+        "q.safetensors": "its stored config is not a PixArtConfig: unknown PixArtConfig fields \\['depthx'\\]",
+        "o.pth": "it has no 'final_layer.linear.weight'",
+    }
+    for name, message in cases.items():
+        with pytest.raises(WeightsError, match=f"{tmp_path / name}.*{message}"):
+            load_transformer(tmp_path / name)

@@ -60,6 +60,10 @@ def reading(path: str | Path) -> Iterator[None]:
         yield
     except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WeightsError(f"cannot read {path}: {error} (a corrupt or cut-short file, or not weights)") from None
+    except KeyError as error:  # an entry every checkpoint of its format holds (a tensor, the stored config)
+        raise WeightsError(
+            f"cannot read {path}: it has no {error} (an incomplete file, or not PixArt weights)"
+        ) from None
 
 
 def _detect_format(path: Path) -> str:
@@ -277,7 +281,10 @@ def _read_state(
             found_config, state = _read_diffusers(folder)
     elif fmt == "pixart":
         file = path / OURS_IN_FOLDER if path.is_dir() else path
-        found_config = PixArtConfig.from_dict(json.loads(safetensors_metadata(file)["config"]))
+        try:
+            found_config = PixArtConfig.from_dict(json.loads(safetensors_metadata(file)["config"]))
+        except ValueError as error:  # fields of another version or tool
+            raise WeightsError(f"{file}: its stored config is not a PixArtConfig: {error}") from None
         state = load_file(file)
     else:
         stored = None
