@@ -64,10 +64,32 @@ def test_no_progress_reaches_a_transformers_imported_before_and_leaves_it_as_it_
     assert transformers_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
     with silenced_library_progress_bars():
         assert not transformers_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
-        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # for a library imported during the command
+        assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ  # which would freeze a later import's bars
     assert transformers_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
-    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the user's own choice stays
+    transformers_logging.disable_progress_bar()  # a caller's own choice stays (transformers' switch is the hub's too)
     with silenced_library_progress_bars():
         pass
-    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert not transformers_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+    transformers_logging.enable_progress_bar()
+    assert not are_progress_bars_disabled()
+
+
+def test_no_progress_in_a_fresh_process_gives_the_bars_back_without_a_warning():
+    """huggingface_hub and transformers first imported during the command: the hub read the environment
+    variable the old switch set, kept its bars off for good and warned when they were given back."""
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings; warnings.simplefilter('error')\n"
+        "from pixart.cli.main import silenced_library_progress_bars\n"
+        "with silenced_library_progress_bars():\n"
+        "    import transformers.utils.logging as tl\n"
+        "    assert not tl.is_progress_bar_enabled()\n"
+        "from huggingface_hub.utils import are_progress_bars_disabled\n"
+        "assert not are_progress_bars_disabled() and tl.is_progress_bar_enabled()\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -120,39 +119,35 @@ def build_parser() -> argparse.ArgumentParser:
 @contextmanager
 def silenced_library_progress_bars() -> Iterator[None]:
     """`--no-progress` reaching the bars transformers and huggingface_hub draw themselves ("Loading weights"
-    as a text encoder loads), for one command: the environment variable covers a first import, the calls
-    an earlier one. Afterwards all is as before, so a caller of main() in the same process keeps its bars."""
-    variable = "HF_HUB_DISABLE_PROGRESS_BARS"
-    before = os.environ.get(variable)
-    os.environ[variable] = "1"
-    for _, disable in _progress_switches():
-        disable()
+    as a text encoder loads), for one command; afterwards each is as it was, so a caller of main() in the
+    same process keeps its bars. huggingface_hub's switch is imported here (15 ms): transformers, imported
+    later, reads it at import. Setting HF_HUB_DISABLE_PROGRESS_BARS instead, as before, froze the hub's bars
+    off for good in a process that first imported it during the command, and warned at every restore."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    hub_was_on = not are_progress_bars_disabled()
+    transformers_was_on = _transformers_bars() if "transformers" in sys.modules else None
+    disable_progress_bars()
+    if transformers_was_on is not None:
+        _transformers_bars(False)
     try:
         yield
     finally:
-        if before is None:
-            del os.environ[variable]
-        else:
-            os.environ[variable] = before
-        if before is None or before.lower() in ("", "0", "false", "no"):
-            for enable, _ in _progress_switches():  # those imported meanwhile too
-                enable()
+        if hub_was_on:  # off before: the user's HF_HUB_DISABLE_PROGRESS_BARS, say, which stays in force
+            enable_progress_bars()
+        if "transformers" in sys.modules:  # imported meanwhile: its bars follow the hub's again
+            _transformers_bars(hub_was_on if transformers_was_on is None else transformers_was_on)
 
 
-def _progress_switches() -> list[tuple[Callable[[], object], Callable[[], object]]]:
-    """(enable, disable) for each of huggingface_hub and transformers already imported (importing one
-    here would cost every command its start-up time)."""
-    switches: list[tuple[Callable[[], object], Callable[[], object]]] = []
-    if "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+def _transformers_bars(on: bool | None = None) -> bool:
+    """Whether transformers draws its own bars; `on` switches them first (transformers must be imported)."""
+    from transformers.utils import logging as transformers_logging
 
-        # wrapped: their stubs type an optional argument as required, which a bare reference would not fit
-        switches.append((lambda: enable_progress_bars(), lambda: disable_progress_bars()))
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as transformers_logging
-
-        switches.append((transformers_logging.enable_progress_bar, transformers_logging.disable_progress_bar))
-    return switches
+    if on is True:
+        transformers_logging.enable_progress_bar()
+    elif on is False:
+        transformers_logging.disable_progress_bar()
+    return transformers_logging.is_progress_bar_enabled()
 
 
 def main(argv: list[str] | None = None) -> int:
