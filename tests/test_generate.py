@@ -615,3 +615,20 @@ def test_trainer_weights_say_how_they_sample(tmp_path):
     assert sampling_shift(dataclasses.replace(spec, shift_base_tokens=0), tokens=256) == 2.0
     plain = load_components(tmp_path / "plain.safetensors", **folders)[0]
     assert (plain.objective, plain.sampler, plain.flow_shift) == ("iddpm", "dpm-solver++", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"sampler": "ddim"', "Expecting ',' delimiter"),  # the closing brace left off
+        ('{"text_encoder_dir": "t5"}', "unknown fields in model.json: ['text_encoder_dir']"),
+        ("[]", "expected a JSON object of ModelSpec fields, got list"),
+    ],
+)
+def test_a_model_json_edited_wrong_is_a_one_line_error(tmp_path, capsys, text, message):
+    """README tells users to set text_encoder_path in model.json: a mistake there was a traceback."""
+    save_model_folder(tmp_path / "ours", PixArt(TINY), ModelSpec(text_encoder="minilm"))
+    (tmp_path / "ours" / "model.json").write_text(text)
+    assert main(["generate", "x", "--model", str(tmp_path / "ours"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'ours' / 'model.json'}: " in err and message in err and "Traceback" not in err, err

@@ -19,7 +19,7 @@ import torch
 
 from pixart.diffusion.schedulers import default_sampler
 from pixart.model.pixart import PixArt
-from pixart.weights import detect_format, load_transformer, save_transformer
+from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
 from pixart.weights.io import OURS_IN_FOLDER, SAMPLING_METADATA, safetensors_metadata
 
 SPEC_FILE = "model.json"
@@ -67,6 +67,8 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object of ModelSpec fields, got {type(data).__name__}")
         data.pop("format", None)
         data.pop("version", None)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -121,7 +123,13 @@ Components = tuple[ModelSpec, Path, Path | None, Path | None, Path | None, Path 
 
 def spec_of(path: Path, kind: str) -> ModelSpec:
     """How a 'pixart' folder (its model.json) or a 'diffusers' pipeline folder (as diffusers does) runs."""
-    return ModelSpec.from_json((path / SPEC_FILE).read_text()) if kind == "pixart" else ModelSpec(**AS_DIFFUSERS)
+    if kind != "pixart":
+        return ModelSpec(**AS_DIFFUSERS)
+    try:
+        return ModelSpec.from_json((path / SPEC_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as error:  # a hand edit gone wrong: one line naming the file
+        known = ", ".join(f.name for f in dataclasses.fields(ModelSpec))
+        raise WeightsError(f"{path / SPEC_FILE}: {error} (its fields: {known})") from None
 
 
 def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: str | Path | None = None) -> Components:
