@@ -355,6 +355,21 @@ def test_a_port_taken_at_launch_names_the_option_to_change(model_folder, tmp_pat
     assert "GRADIO_SERVER_PORT" not in err
 
 
+def test_a_model_generate_refuses_is_a_one_line_error_of_serve_too(model_folder, tmp_path, capsys, monkeypatch):
+    """GenerationError while loading (a text encoder of the wrong width, say) was a traceback under serve."""
+    from pixart import generate
+    from pixart.cli import main, serve
+
+    def refused(*args, **kwargs):
+        raise generate.GenerationError("the text encoder t5_32 gives 32-wide features; this transformer reads 48")
+
+    monkeypatch.setattr(serve, "check_address", lambda host, port: None)
+    monkeypatch.setattr(generate.TextToImage, "from_path", refused)
+    assert main(["serve", "--model", str(model_folder), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pixart serve: error: the text encoder t5_32 gives 32-wide features" in err and "Traceback" not in err
+
+
 def test_request_numbering_reads_ascii_digit_folders_only(tmp_path):
     """A folder named with a digit int() refuses ("²") must not stop the server from starting."""
     from pixart.app import last_request_number

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError, check_device, make_out_folder
-    from pixart.generate import TextToImage
+    from pixart.generate import GenerationError, TextToImage
 
     check_device(args.device)
     check_address(args.host, args.port)
@@ -114,9 +114,12 @@ def run(args: argparse.Namespace) -> int:
     make_out_folder(out)  # before the model loads, or the demo trains
     model = args.model or demo_model()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = TextToImage.from_path(model, vae=args.vae, text_encoder=args.text_encoder, device=device)
-    pipe.text_encoder  # noqa: B018 -- load it now, so the first request is as fast as the others
-    page = build_app(pipe, out, model_name=str(model))
+    try:  # what generate says in one line (a text encoder of the wrong width, say) is said so here too
+        pipe = TextToImage.from_path(model, vae=args.vae, text_encoder=args.text_encoder, device=device)
+        pipe.text_encoder  # noqa: B018 -- load it now, so the first request is as fast as the others
+        page = build_app(pipe, out, model_name=str(model))
+    except GenerationError as error:
+        raise UserError(str(error)) from error
     page.queue(default_concurrency_limit=1)
     print(f"loaded {model}; starting the web server on {args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     try:
