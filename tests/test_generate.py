@@ -474,6 +474,9 @@ def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts))
     with pytest.raises(main_module.UserError, match=f"--prompts-file {tmp_path}: Is a directory"):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=tmp_path))
+    latin1 = b"caf\xe9 red circle".decode("utf-8", "surrogateescape")  # as Python hands over a shell's Latin-1
+    with pytest.raises(main_module.UserError, match=r"the prompt 'caf\\udce9 red circle' is not UTF-8 text"):
+        read_prompts(argparse.Namespace(prompts=["a cat", latin1], prompts_file=None))
 
 
 def test_a_text_encoder_that_does_not_fit_the_model_is_refused_before_sampling(tmp_path, monkeypatch):

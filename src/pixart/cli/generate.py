@@ -73,9 +73,13 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     """The command line's prompts as given ("" is unconditional), then the file's non-blank lines: a blank
     line is an editing accident far more often than a request for an unconditional image."""
     from pixart.cli.main import UserError
+    from pixart.data.sources import is_utf8
     from pixart.files import text_lines
 
     prompts = list(args.prompts)
+    for prompt in prompts:  # bytes of another encoding arrive as lone surrogates: the tokenizer's TypeError
+        if not is_utf8(prompt):
+            raise UserError(f"the prompt {prompt!a} is not UTF-8 text (another encoding?): give it in UTF-8")
     if args.prompts_file:
         try:
             lines = text_lines(args.prompts_file)
