@@ -5,6 +5,7 @@ The score targets are checked by running the real demo (see README), not here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -44,6 +45,16 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     assert "new: ['ar_embedder.mlp', 'csize_embedder.mlp']" in result.stdout  # stage 3 adds micro-conditions
     assert Image.open(out / "samples.png").size[0] > 400
     assert "pixart demo finished" in result.stdout
+    # the commands report.md suggests are ones the command line takes (generate's lacked its required --out)
+    import re
+    import shlex
+
+    from pixart.cli.main import build_parser
+
+    suggested = re.findall(r"`(pixart (?:generate|serve) [^`]*)`", (out / "report.md").read_text())
+    assert len(suggested) == 2
+    for command in suggested:
+        build_parser().parse_args(shlex.split(command)[1:])  # argparse exits on a missing or unknown option
     # The model folder is what `pixart generate` and `pixart serve` accept, non-square buckets included.
     pipe = TextToImage.from_path(out / "model")
     assert pipe.transformer.config.micro_conditions
@@ -150,3 +161,21 @@ def test_a_stage_stopped_by_a_signal_stops_the_demo_with_how_to_continue(tmp_pat
     with pytest.raises(DemoInterrupted, match="interrupted during stage1; rerun the same command to continue"):
         run_demo(tmp_path / "d", quick=True, progress=False)
     assert ran == [tmp_path / "d" / "stage1"]
+
+
+def test_a_rerun_keeps_what_each_stage_has_trained(tmp_path):
+    """A smaller --minutes on a rerun planned stage 1 below its saved step 300 and was refused (advising
+    --steps and --run-dir, which the demo lacks); a finished stage kept training towards a longer plan."""
+    from pixart.demo import DemoPlan, keep_saved_progress, stage_configs
+    from pixart.weights.io import FINAL_EMA
+
+    stage1 = stage_configs(DemoPlan(), tmp_path, tmp_path, tmp_path)["stage1"]
+    stage1 = dataclasses.replace(stage1, steps=200)
+    run = tmp_path / "stage1"
+    assert keep_saved_progress(stage1, run) == stage1  # nothing saved: the plan
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000300.pt").write_bytes(b"")
+    assert keep_saved_progress(stage1, run).steps == 300  # unfinished: on to at least its saved step
+    assert keep_saved_progress(dataclasses.replace(stage1, steps=400), run).steps == 400
+    (run / FINAL_EMA).write_bytes(b"")
+    assert keep_saved_progress(dataclasses.replace(stage1, steps=400), run).steps == 300  # finished: kept

@@ -257,7 +257,7 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     stages = stage_configs(plan, data_base, data_multi, out)
     summaries = {}
     for name in list(stages):
-        config = stages[name]
+        config = keep_saved_progress(stages[name], out / name)
         t = time.time()
         say(f"{name}: {describe(name)}", progress)
         summaries[name] = train(config, out / name, progress=progress)
@@ -286,6 +286,21 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
 
     write_report_md(out, report)
     return report
+
+
+def keep_saved_progress(config: TrainConfig, run_dir: Path) -> TrainConfig:
+    """A rerun's stage, as far as its folder has got: a finished stage keeps the steps it finished with (a
+    new --minutes, or the first run's shortening, changes the plan, not what was trained, and a later stage
+    starts from it); an unfinished one trains on to at least its saved step (training cannot be undone:
+    a smaller --minutes was refused with advice about options the demo does not have)."""
+    from pixart.train.checkpoint import list_checkpoints
+
+    saved = list_checkpoints(run_dir)
+    if not saved:
+        return config
+    step = saved[-1][0]
+    steps = step if (run_dir / FINAL_EMA).is_file() else max(config.steps, step)
+    return dataclasses.replace(config, steps=steps)
 
 
 def fit_to_budget(

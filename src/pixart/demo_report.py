@@ -71,7 +71,8 @@ sees about 7 times fewer tokens (so it sees about 7 times more images in the sam
 decoder, trained on the world with object-weighted L1+L2 and latent noise, draws clean edges (its own
 reconstructions are read at shape >= 0.97). The codec and the probe are trained once and cached.
 
-The trained model is in `model/` (`pixart generate --model {out}/model "a red circle"`, `pixart serve`).
+The trained model is in `model/`: `pixart generate "a red circle" --model {out}/model --out {out}/generated`,
+or `pixart serve --model {out}/model`.
 """
     path = out / "report.md"
     path.write_text(text)
