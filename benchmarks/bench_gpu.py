@@ -127,6 +127,13 @@ class ClonedOutput(torch.nn.Module):
     def forward(self, *args):
         return self.block(*args).clone()
 
+    def __getattr__(self, name: str):
+        """The block's own parts (prepare_captions reads each block's cross_attn) reach through the wrapper."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.block, name)
+
 
 @contextmanager
 def blocks_compiled(model: PixArt, clone_outputs: bool = False, **compile_options):
@@ -145,7 +152,11 @@ def blocks_compiled(model: PixArt, clone_outputs: bool = False, **compile_option
         model.blocks = eager_blocks
 
 
-def bench_resolution(resolution: int, warmup: int, repeats: int, cases: set[str], compiled: bool) -> dict:
+def bench_resolution(
+    resolution: int, warmup: int, repeats: int, cases: set[str], compiled: bool, save=lambda result: None
+) -> dict:
+    """Every case at one resolution; `save(result)` after each, so a run cut short keeps what it measured."""
+    torch._dynamo.reset()  # else this resolution's compiled blocks recompile as dynamic-shape graphs
     config = XL_2.at_resolution(resolution)
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -185,6 +196,7 @@ def bench_resolution(resolution: int, warmup: int, repeats: int, cases: set[str]
             result[f"train_{name}_mfu"] = 3 * flops * batch / seconds / peak
         del opt_ours, opt_theirs
         print(json.dumps(result), flush=True)
+        save(result)
     ours.to(torch.bfloat16)
     theirs.to(torch.bfloat16)
 
@@ -203,15 +215,17 @@ def bench_resolution(resolution: int, warmup: int, repeats: int, cases: set[str]
             with blocks_compiled(ours):
                 result["forward_ours_compiled_s"] = alternate([forward(ours)], warmup + 1, repeats)[0]
         print(json.dumps(result), flush=True)
+        save(result)
     if "sample" in cases and resolution == 1024:
-        result.update(sampling_latency(ours, theirs, config, y, mask, compiled))
+        sampling_latency(ours, theirs, config, y, mask, compiled, result, save)
     del ours, theirs
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     return result
 
 
-def sampling_latency(ours, theirs, config, y, mask, compiled: bool) -> dict:
+def sampling_latency(ours, theirs, config, y, mask, compiled: bool, result: dict, save) -> None:
+    """1024 px sampling figures, added to `result` and saved after each."""
     from pixart.sample import sample
 
     noise = torch.randn(1, 4, config.input_size, config.input_size, device="cuda", dtype=torch.bfloat16)
@@ -239,20 +253,23 @@ def sampling_latency(ours, theirs, config, y, mask, compiled: bool) -> dict:
 
     torch.cuda.reset_peak_memory_stats()
     ours_s, theirs_s = alternate([run(ours), run(theirs)], 1, 3)
-    result = {"sample_1024_20steps_cfg_ours_s": ours_s, "sample_1024_20steps_cfg_diffusers_s": theirs_s}
+    result.update({"sample_1024_20steps_cfg_ours_s": ours_s, "sample_1024_20steps_cfg_diffusers_s": theirs_s})
     # Both models' bf16 weights and one step's activations: tens of GiB here means a graph is being kept
     result["sample_1024_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(json.dumps(result), flush=True)
+    save(result)
     if compiled:
         with blocks_compiled(ours):  # as `pixart generate --compile` on a GPU
             result["sample_1024_20steps_cfg_ours_compiled_s"] = alternate([run(ours)], 2, 3)[0]
         print(json.dumps(result), flush=True)
+        save(result)
         try:  # the whole model with CUDA graphs (generate --compile's earlier choice): one launch per step
             graphs = torch.compile(ours, mode="reduce-overhead")
             result["sample_1024_20steps_cfg_ours_cudagraphs_s"] = alternate([run(graphs)], 3, 3)[0]
         except Exception as error:  # noqa: BLE001 - reported, not fatal: the other figures stand
             result["cudagraphs_error"] = f"{type(error).__name__}: {str(error)[:300]}"
         print(json.dumps(result), flush=True)
+        save(result)
         try:  # each block compiled with its own CUDA graph: the eager parts stay eager between them
             torch._dynamo.reset()
             with blocks_compiled(ours, clone_outputs=True, mode="reduce-overhead"):
@@ -260,7 +277,7 @@ def sampling_latency(ours, theirs, config, y, mask, compiled: bool) -> dict:
         except Exception as error:  # noqa: BLE001 - as above
             result["block_graphs_error"] = f"{type(error).__name__}: {str(error)[:300]}"
         print(json.dumps(result), flush=True)
-    return result
+        save(result)
 
 
 def main() -> None:
@@ -281,14 +298,19 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     started = time.time()
     name = torch.cuda.get_device_name()
-    results = []
-    for resolution in [int(r) for r in args.resolutions.split(",")]:
-        results.append(bench_resolution(resolution, args.warmup, args.repeats, cases, args.compile))
-        results[-1]["elapsed_s"] = round(time.time() - started, 1)  # since the start, for the run's timings
-        print(json.dumps(results[-1]), flush=True)
-        if args.out:  # after every resolution, so a run cut short still leaves its figures
+    results: list[dict] = []
+
+    def save(partial: dict) -> None:  # after every case, so a run cut short still leaves its figures
+        partial["elapsed_s"] = round(time.time() - started, 1)  # since the start, for the run's timings
+        if args.out:
             with open(args.out, "w") as f:
-                json.dump({"device": name, "torch": torch.__version__, "results": results}, f, indent=1)
+                json.dump({"device": name, "torch": torch.__version__, "results": [*results, partial]}, f, indent=1)
+
+    for resolution in [int(r) for r in args.resolutions.split(",")]:
+        result = bench_resolution(resolution, args.warmup, args.repeats, cases, args.compile, save)
+        save(result)
+        results.append(result)
+        print(json.dumps(result), flush=True)
     print(f"\n{name}, torch {torch.__version__}, bf16 autocast, fused AdamW; {time.time() - started:.0f}s")
     print(
         "| px | batch | ours samples/s | diffusers samples/s | ours TFLOP/s | ours MFU | diffusers MFU "

@@ -94,22 +94,27 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         summary = train(config, run_dir, progress=False)
         rows = read_metrics(run_dir / "metrics.jsonl")
-    timed = rows[1:]  # the first window holds the compilation and warm-up
+    # The first window holds the compilation and warm-up; a run stopped early (timeout's SIGTERM makes the
+    # trainer checkpoint and stop) may have logged only that one, or none.
+    timed = rows[1:] or rows
     result = {
         "recipe": args.recipe,
         "batch": args.batch,
         "compile": args.compile,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
-        "samples_per_s": statistics.median(r["samples_per_s"] for r in timed),
-        "mfu": statistics.median(r["mfu"] for r in timed) if all("mfu" in r for r in timed) else None,
-        "final_loss": summary["final_loss"],
+        "samples_per_s": statistics.median(r["samples_per_s"] for r in timed) if timed else None,
+        "mfu": statistics.median(r["mfu"] for r in timed) if timed and all("mfu" in r for r in timed) else None,
+        "status": summary["status"],
+        "windows_timed": len(timed),
+        "final_loss": summary.get("final_loss"),
         "wall_s": time.time() - started,
     }
     print(json.dumps(result))
     mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "-"
     print("| recipe | batch | compile | samples/s | MFU |\n|---|---|---|---|---|")
-    print(f"| {args.recipe} | {args.batch} | {args.compile} | {result['samples_per_s']:.1f} | {mfu} |")
+    speed = f"{result['samples_per_s']:.1f}" if result["samples_per_s"] is not None else "-"
+    print(f"| {args.recipe} | {args.batch} | {args.compile} | {speed} | {mfu} |")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return 0

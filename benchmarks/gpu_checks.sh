@@ -1,28 +1,40 @@
 #!/usr/bin/env bash
-# Every GPU check of one short lease, most important first, each under its own time cap (about 6 minutes
-# in all on an H100, at most 590 s). Results go to $OUT (default gpu-results/). Needs diffusers importable;
-# run from the repository root:   PYTHON=python3 bash benchmarks/gpu_checks.sh
+# Every GPU check of one short lease, most important first, each under its own time cap (at most 570 s
+# with the kill margins, in a 600 s call). Results go to $OUT (default gpu-results/), each step's as it
+# ends. Run from the repository root:   bash benchmarks/gpu_checks.sh
+# The lent machines have python3 with torch but neither diffusers nor this package installed: wheels that
+# benchmarks/fetch_gpu_wheels.sh saved in .whl/ (carried with the call) are installed first, and src/ is
+# put on the path. A preflight stops the script in seconds when something is still missing.
 set -o pipefail
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
+        exit 1
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+"$PYTHON" -c "import torch, diffusers, pixart; assert torch.cuda.is_available(), 'no CUDA device'" ||
+    { echo "preflight failed: see above (carry .whl from benchmarks/fetch_gpu_wheels.sh?)" | tee "$OUT/preflight.txt"; exit 1; }
 started=$(date +%s)
 mark() { echo "=== $1 at $(($(date +%s) - started)) s"; }
 
+# timeout -k: the trainer answers SIGTERM by finishing its step and checkpointing; KILL if that overruns.
 mark "GPU tests"  # the tests marked gpu: CUDA smoke runs of both benchmarks, GELU's tanh form when compiled
-timeout 120 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py tests/test_benchmarks.py 2>&1 |
+timeout -k 10 100 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py tests/test_benchmarks.py 2>&1 |
     tail -15 | tee "$OUT/tests.txt"
-mark "bench_gpu.py --compile"  # training, forward and sampling against diffusers: about 215 s on an H200, timed in two parts
-timeout 270 "$PYTHON" benchmarks/bench_gpu.py --compile --out "$OUT/bench.json" 2>&1 |
+mark "bench_gpu.py --compile"  # training, forward and sampling against diffusers: about 215-270 s on an H200
+timeout -k 10 260 "$PYTHON" benchmarks/bench_gpu.py --compile --out "$OUT/bench.json" 2>&1 |
     grep --line-buffered -v -i warning | tee "$OUT/bench.txt"
 mark "bench_trainer.py"  # pixart train itself (loader, IDDPM loss, guard, EMA) at 512 px, batch 16, compiled
-timeout 100 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 40 --compile \
+timeout -k 10 90 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 40 --compile \
     --out "$OUT/trainer.json" 2>&1 | grep --line-buffered -v -i warning | tail -8 | tee "$OUT/trainer.txt"
 # Where a 512 px step's time goes, what pixart train adds around the step, and batch 32 (pure-, the bound
 # of a bf16 stream, was priced in the ninth session). --budget-s skips the variants left rather than lose them.
 mark "profile_gpu.py"
-timeout 100 "$PYTHON" benchmarks/profile_gpu.py --budget-s 75 --profile all \
-    --variants regional:16,trainer-regional:16,regional:32,fa4-regional:16 2>&1 |
+timeout -k 10 80 "$PYTHON" benchmarks/profile_gpu.py --budget-s 50 --profile all \
+    --variants regional:16,fa4-regional:16,trainer-regional:16,regional:32 2>&1 |
     grep --line-buffered -v -i warning | tee "$OUT/profile.txt"
 mark done

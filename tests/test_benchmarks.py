@@ -40,9 +40,12 @@ def test_bench_cpu_prints_its_table_and_the_ratio_line():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_bench_gpu_runs_one_resolution():
-    out = run("bench_gpu.py", "--resolutions", "256", "--cases", "forward", "--repeats", "1", "--warmup", "0")
+def test_bench_gpu_runs_one_resolution(tmp_path):
+    args = ["--resolutions", "256", "--cases", "forward", "--repeats", "1", "--warmup", "0"]
+    out = run("bench_gpu.py", *args, "--out", str(tmp_path / "bench.json"))
     assert "| 256 | 64 |" in out
+    saved = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert [r["resolution"] for r in saved] == [256] and "forward_ours_s" in saved[0]
 
 
 def test_profile_gpu_imports_and_explains_its_variants():
@@ -77,13 +80,19 @@ def test_profile_gpu_rejects_a_bad_variant_before_touching_the_gpu(variants, mes
     assert result.returncode != 0 and message in result.stderr
 
 
-def test_bench_gpu_compiles_blocks_for_a_case_and_gives_the_eager_ones_back():
-    """bench_gpu's compiled cases swap compiled wrappers of the blocks in, and the eager blocks back after."""
+def bench_gpu_blocks_compiled():
+    """bench_gpu.blocks_compiled, imported from the benchmarks folder (not a package)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from bench_gpu import blocks_compiled
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return blocks_compiled
+
+
+def test_bench_gpu_compiles_blocks_for_a_case_and_gives_the_eager_ones_back():
+    """bench_gpu's compiled cases swap compiled wrappers of the blocks in, and the eager blocks back after."""
+    blocks_compiled = bench_gpu_blocks_compiled()
     from pixart.model import TINY, PixArt
 
     torch._dynamo.reset()
@@ -102,6 +111,51 @@ def test_bench_gpu_compiles_blocks_for_a_case_and_gives_the_eager_ones_back():
     assert model.blocks is eager_blocks
     torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cloned, compiled, atol=0, rtol=0)
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine it would run every check")
+@pytest.mark.parametrize("script", ["gpu_checks.sh", "gpu_fa4.sh"])
+def test_the_lease_scripts_stop_in_seconds_when_they_cannot_run(tmp_path, script):
+    """A lease's call is 600 s at most: a script that cannot work (no GPU here; on the lent machine a
+    package or a wheel part not carried) must say so at once, not fail step after step."""
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path if script == "gpu_fa4.sh" else ROOT,
+        env=env,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    if script == "gpu_checks.sh":
+        assert "no CUDA device" in result.stderr and "preflight failed" in (tmp_path / "preflight.txt").read_text()
+    else:  # run where no part was carried
+        assert "a part is missing" in result.stdout
+
+
+def test_bench_gpus_graphed_blocks_sample_as_the_eager_model_does():
+    """The sampler prepares captions through each block's cross_attn: the wrapper that copies a graphed
+    block's output out hid it (an AttributeError, which cost the ninth session's lease that figure)."""
+    blocks_compiled = bench_gpu_blocks_compiled()
+    from pixart.model import TINY, PixArt
+    from pixart.sample import sample
+
+    torch._dynamo.reset()
+    model = PixArt(TINY).eval()
+    noise, y, mask = torch.randn(1, 4, 16, 16), torch.randn(2, 5, 48), torch.ones(2, 5)
+
+    def draw():
+        generator = torch.Generator().manual_seed(0)
+        return sample(model, noise, y[:1], mask[:1], y[1:], mask[1:], steps=3, progress=False, generator=generator)
+
+    expected = draw()
+    with blocks_compiled(model, clone_outputs=True, backend="eager"):
+        graphed = draw()
+    torch.testing.assert_close(graphed, expected, atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
 
 
