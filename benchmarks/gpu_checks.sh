@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check of one short lease, most important first, each under its own time cap (at most 570 s
-# with the kill margins, in a 600 s call). Results go to $OUT (default gpu-results/), each step's as it
+# Every GPU check of one short lease, most important first, each under its own time cap (at most 550 s
+# with the kill margins; with the install and preflight, about 575 s of a 600 s call). Results go to $OUT (default gpu-results/), each step's as it
 # ends. Run from the repository root:   bash benchmarks/gpu_checks.sh
 # The lent machines have python3 with torch but neither diffusers nor this package installed: wheels that
 # benchmarks/fetch_gpu_wheels.sh saved in .whl/ (carried with the call) are installed first, and src/ is
@@ -11,10 +11,11 @@ OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+SITE=${SITE:-/tmp/site}  # where the carried wheels go (gpu_fa4.sh adds FlashAttention-4 there in call 2)
 if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl ||
         exit 1
-    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    export PYTHONPATH="$PYTHONPATH:$SITE"
 fi
 "$PYTHON" -c "import torch, diffusers, pixart; assert torch.cuda.is_available(), 'no CUDA device'" ||
     { echo "preflight failed: see above (carry .whl from benchmarks/fetch_gpu_wheels.sh?)" | tee "$OUT/preflight.txt"; exit 1; }
@@ -23,10 +24,10 @@ mark() { echo "=== $1 at $(($(date +%s) - started)) s"; }
 
 # timeout -k: the trainer answers SIGTERM by finishing its step and checkpointing; KILL if that overruns.
 mark "GPU tests"  # the tests marked gpu: CUDA smoke runs of both benchmarks, GELU's tanh form when compiled
-timeout -k 10 100 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py tests/test_benchmarks.py 2>&1 |
+timeout -k 10 90 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py tests/test_benchmarks.py 2>&1 |
     tail -15 | tee "$OUT/tests.txt"
 mark "bench_gpu.py --compile"  # training, forward and sampling against diffusers: about 215-270 s on an H200
-timeout -k 10 260 "$PYTHON" benchmarks/bench_gpu.py --compile --out "$OUT/bench.json" 2>&1 |
+timeout -k 10 250 "$PYTHON" benchmarks/bench_gpu.py --compile --out "$OUT/bench.json" 2>&1 |
     grep --line-buffered -v -i warning | tee "$OUT/bench.txt"
 mark "bench_trainer.py"  # pixart train itself (loader, IDDPM loss, guard, EMA) at 512 px, batch 16, compiled
 timeout -k 10 90 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 40 --compile \

@@ -121,7 +121,7 @@ def test_the_lease_scripts_stop_in_seconds_when_they_cannot_run(tmp_path, script
     package or a wheel part not carried) must say so at once, not fail step after step."""
     import os
 
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "SITE": str(tmp_path / "site")}
     result = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / script)],
         capture_output=True,

@@ -477,6 +477,10 @@ def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
     latin1 = b"caf\xe9 red circle".decode("utf-8", "surrogateescape")  # as Python hands over a shell's Latin-1
     with pytest.raises(main_module.UserError, match=r"the prompt 'caf\\udce9 red circle' is not UTF-8 text"):
         read_prompts(argparse.Namespace(prompts=["a cat", latin1], prompts_file=None))
+    from pixart.generate import check_request
+
+    with pytest.raises(GenerationError, match=r"the negative prompt 'caf\\udce9 red circle' is not UTF-8 text"):
+        check_request(Settings(negative=latin1))  # before loading: the tokenizer failed on it after
 
 
 def test_a_text_encoder_that_does_not_fit_the_model_is_refused_before_sampling(tmp_path, monkeypatch):
@@ -618,6 +622,14 @@ def test_trainer_weights_say_how_they_sample(tmp_path):
     assert sampling_shift(dataclasses.replace(spec, shift_base_tokens=0), tokens=256) == 2.0
     plain = load_components(tmp_path / "plain.safetensors", **folders)[0]
     assert (plain.objective, plain.sampler, plain.flow_shift) == ("iddpm", "dpm-solver++", 1.0)
+    # pixart convert to our layout keeps the record (it wrote the config alone)
+    assert (
+        main(
+            ["convert", str(tmp_path / "flow.safetensors"), "--to", "pixart", "--out", str(tmp_path / "c.safetensors")]
+        )
+        == 0
+    )
+    assert load_components(tmp_path / "c.safetensors", **folders)[0].objective == "flow"
 
 
 @pytest.mark.parametrize(

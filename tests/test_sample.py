@@ -209,6 +209,13 @@ def test_iddpm_steps_through_the_official_respaced_schedule(steps):
         assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02, (t, prev)
 
 
+@pytest.mark.parametrize("name", ["iddpm", "flow-euler"])
+def test_more_steps_than_the_schedule_has_are_refused_by_name(name):
+    """iddpm's custom timesteps failed inside diffusers ("must be in descending order") at 1001 steps."""
+    with pytest.raises(ValueError, match=f"sampler '{name}' takes at most 1000 steps, got 1001"):
+        oracle_sample(name, 1001, n=4)
+
+
 def test_ddim_refuses_step_counts_whose_leading_spacing_starts_low():
     """diffusers' DDIM spaces timesteps by 1000 // steps from 0: 251 steps start at t=750, a quarter of
     the schedule below pure noise. Such counts are refused, naming the nearest that start high."""

@@ -928,3 +928,14 @@ def test_a_patch_size_that_does_not_divide_a_bucket_is_refused_before_the_first_
     with pytest.raises(TrainingError, match=r"buckets 0.75 \(24x32 latents\) do not divide into 16x16 patches"):
         train(config, tmp_path / "odd", progress=False)
     assert not (tmp_path / "odd" / "checkpoints").exists()
+
+    # a bucket with less than a global batch is never read (the sampler drops partial batches): not checked
+    from pixart.data.dataset import FeatureDataset
+    from pixart.train.data import LatentScaling
+
+    info = FeatureDataset(shapes_data).info
+    model = build_model(config)
+    buckets = ["1.0"] * 64 + ["0.75"]
+    LatentScaling.from_info(info).check_model(model, info, buckets, min_samples=8)
+    with pytest.raises(TrainingError, match=r"0.75 \(24x32 latents\)"):
+        LatentScaling.from_info(info).check_model(model, info, buckets, min_samples=1)

@@ -257,7 +257,7 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     stages = stage_configs(plan, data_base, data_multi, out)
     summaries = {}
     for name in list(stages):
-        config = keep_saved_progress(stages[name], out / name)
+        config = stages[name] = keep_saved_progress(stages[name], out / name)  # the report tells what trained
         t = time.time()
         say(f"{name}: {describe(name)}", progress)
         summaries[name] = train(config, out / name, progress=progress)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pixart.data.buckets import bucket_table, closest_bucket, parse_aspect
+from pixart.data.sources import is_utf8
 from pixart.diffusion.guidance import learned_null_caption
 from pixart.diffusion.schedulers import SAMPLERS, check_steps, get_sampler, repeats_a_level
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
@@ -131,6 +132,8 @@ def check_request(
         raise GenerationError(f"the guidance scale must be a finite number >= 0, got {settings.cfg_scale}")
     requested_size(settings)
     requested_aspect(settings)
+    if settings.negative is not None and not is_utf8(settings.negative):  # else the tokenizer fails, after loading
+        raise GenerationError(f"the negative prompt {settings.negative!a} is not UTF-8 text (another encoding?)")
     if settings.sampler and settings.sampler != "folder":
         try:
             get_sampler(settings.sampler)

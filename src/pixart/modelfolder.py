@@ -20,7 +20,7 @@ import torch
 from pixart.diffusion.schedulers import default_sampler
 from pixart.model.pixart import PixArt
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
-from pixart.weights.io import OURS_IN_FOLDER, SAMPLING_METADATA, safetensors_metadata
+from pixart.weights.io import OURS_IN_FOLDER, SAMPLING_METADATA, sampling_metadata
 
 SPEC_FILE = "model.json"
 DOWNLOAD_HINT = (
@@ -166,9 +166,7 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
 def sampling_of(weights: Path) -> dict:
     """ModelSpec fields our trainer records in its final weights (objective, default sampler, flow shift):
     a flow model's weights alone otherwise sampled as an eps model. {} for any other weights."""
-    if weights.suffix != ".safetensors":
-        return {}
-    recorded = safetensors_metadata(weights).get(SAMPLING_METADATA)
+    recorded = sampling_metadata(weights).get(SAMPLING_METADATA)
     if recorded is None:
         return {}
     fields = json.loads(recorded)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from pixart.model.pixart import PixArtConfig, count_parameters
     from pixart.weights import detect_format, read_state, save_transformer
     from pixart.weights.dit_init import dit_to_pixart
-    from pixart.weights.io import check_state_matches, read_dit
+    from pixart.weights.io import check_state_matches, read_dit, sampling_metadata
 
     check_out(args)
     config = read_config(args.config, PixArtConfig) if args.config else None
@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             override = f" with the architecture of {args.config}" if args.config else ""
             check_state_matches(PixArt(config), state, f"{fmt} checkpoint {args.src}{override}")
         note = f"read {fmt} weights"
-    save_transformer(state, args.out, to=args.to, config=config)
+    kept = sampling_metadata(args.src) if args.to == "pixart" else {}  # how trainer weights sample, kept
+    save_transformer(state, args.out, to=args.to, config=config, metadata=kept)
     if args.to == "official" and not state["y_embedder.y_embedding"].any():
         # Weights from diffusers carry no learned null caption (diffusers guides with the encoded empty
         # prompt); the official code would guide against the zeros that stand in for it.

@@ -62,6 +62,8 @@ def check_steps(name: str, steps: int) -> None:
             f"sampler {name!r} needs at least {sampler.min_steps} steps, got {steps} (with fewer it does not "
             f"denoise); use more steps, or a sampler that works in 1 step: {', '.join(one_step)}"
         )
+    if steps > TRAIN_STEPS:  # more sampling steps than the schedule has timesteps
+        raise ValueError(f"sampler {name!r} takes at most {TRAIN_STEPS} steps, got {steps}")
     scheduler = build_scheduler(name)
     set_steps(scheduler, name, steps)
     if repeats_a_level(scheduler):

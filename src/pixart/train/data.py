@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,10 @@ class LatentScaling:
     def to_model_space(self, mean: torch.Tensor, std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return (mean + std * eps - self.shift_factor) * self.scaling_factor
 
-    def check_model(self, model: PixArt | DiT, info: dict, buckets: Iterable[str] = ()) -> None:
+    def check_model(self, model: PixArt | DiT, info: dict, buckets: Iterable[str] = (), min_samples: int = 1) -> None:
         """What the data must be for this model, known before the first step: latent channels, caption
-        width and length, and a latent grid the patch size divides for each bucket the data uses."""
+        width and length, and a latent grid the patch size divides for each bucket training reads: those
+        with `min_samples` (a global batch) or more, as the bucket sampler drops the others' partial batches."""
         from pixart.train.loop import TrainingError
 
         if model.config.in_channels != self.latent_channels:
@@ -69,7 +71,8 @@ class LatentScaling:
         )
         odd = [
             f"{key} ({table[key][0] // f}x{table[key][1] // f} latents)"
-            for key in sorted(set(buckets), key=float)
+            for key, count in sorted(Counter(buckets).items(), key=lambda kv: float(kv[0]))
+            if count >= min_samples
             if key in table and ((table[key][0] // f) % patch or (table[key][1] // f) % patch)
         ]
         if odd:

@@ -194,7 +194,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
     model = build_model(config)
-    scaling.check_model(model, dataset.info, dataset.buckets)
+    scaling.check_model(model, dataset.info, dataset.buckets, config.data.batch_size * world.world_size)
     init_note = "from scratch (official initialisation)"
     if config.init_from and resume_from is None:
         init_note = initialize_from(model, config)

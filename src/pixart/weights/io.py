@@ -96,6 +96,15 @@ def _detect_format(path: Path) -> str:
 SAMPLING_METADATA = "sampling"
 
 
+def sampling_metadata(path: str | Path) -> dict[str, str]:
+    """{SAMPLING_METADATA: its JSON} where `path` is our .safetensors file that records it, else {}."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    recorded = safetensors_metadata(path).get(SAMPLING_METADATA)
+    return {SAMPLING_METADATA: recorded} if recorded is not None else {}
+
+
 def safetensors_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a .safetensors file (ours keeps "format" and "config" there); {} if none."""
     with safe_open(str(path), framework="pt") as f:
@@ -357,8 +366,10 @@ def save_transformer(
     to: str = "pixart",
     config: PixArtConfig | None = None,
     ema_state: dict[str, torch.Tensor] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write weights as 'pixart' (.safetensors), 'official' (.pth) or 'diffusers' (a folder)."""
+    """Write weights as 'pixart' (.safetensors), 'official' (.pth) or 'diffusers' (a folder). `metadata`
+    joins the 'pixart' file's own (the trainer's sampling record, say); the other layouts have no place."""
     if isinstance(model_or_state, PixArt):
         config = config or model_or_state.config
         state = model_or_state.state_dict()
@@ -369,8 +380,8 @@ def save_transformer(
     state = _cpu(state)
     path = Path(path)
     if to == "pixart":
-        metadata = {"format": "pixart", "config": json.dumps(config.to_dict())}
-        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+        ours = {**(metadata or {}), "format": "pixart", "config": json.dumps(config.to_dict())}
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=ours))
     elif to == "official":
         # The config rides along (the official loader reads only the state dicts): shapes cannot say the
         # head count of a non-XL model or caption_norm, so a round trip would otherwise change the model.
