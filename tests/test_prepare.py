@@ -721,3 +721,30 @@ def test_a_shapes_codec_without_its_file_is_a_clear_error():
 
     with pytest.raises(ValueError, match="shapes codec needs its weights file"):
         load_codec("shapes-ae", None)
+
+
+def test_a_merge_that_raced_another_parts_last_shard_is_redone(tmp_path, model_dirs, monkeypatch, capsys):
+    """Two `--shard` processes: one read the reports before the other's last shard was done and wrote its
+    incomplete merge over the complete one (a rerun fixed it). Here the other part's shard finishes while
+    this part writes report.json: the merge is redone and says complete."""
+    from pixart.data import prepare as prepare_module
+    from pixart.data.shards import report_path
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        write_image(folder, f"{i}.png", noise(24, 24, i), caption=f"a red circle {i}")
+    out = tmp_path / "out"
+    real_write = prepare_module.write_json
+    raced = []
+
+    def write_while_part_two_ends(path, value, indent=2):
+        if path.name == "report.json" and not raced:  # part 2/2 ends between this part's read and its write
+            raced.append(True)
+            real_write(report_path(out, 1), {"shard": 1, "samples": 0, "buckets": {}, "skipped": []}, indent=1)
+        real_write(path, value, indent)
+
+    monkeypatch.setattr(prepare_module, "write_json", write_while_part_two_ends)
+    assert main(cli_args(folder, out, model_dirs, "--shard-size", "2", "--shard", "0/2")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert raced and report["complete"] and report["shards"] == {"done": 2, "total": 2}, report

@@ -382,15 +382,29 @@ def prepare(
 
 
 def merge_reports(out: str | Path, inputs: Inputs, options: PrepareOptions) -> dict:
-    """Merge every finished shard's report and the listing problems into out/report.json, and return it."""
+    """Merge every finished shard's report and the listing problems into out/report.json, and return it.
+
+    Several `--shard` processes merge as each ends: one that read the reports before another's last shard
+    was done could write its older, incomplete merge over the other's complete one. So the merge is
+    written, then redone while the set of finished shards has changed meanwhile: the last writer always
+    read every shard finished before its write."""
     out = Path(out)
     total = shard_count(inputs, options)
+    while True:
+        done = {index for index in range(total) if shard_done(out, index)}
+        merged = _merged_reports(out, inputs, options, total, done)
+        write_json(out / REPORT_FILE, merged, indent=1)
+        if {index for index in range(total) if shard_done(out, index)} == done:
+            return merged
+
+
+def _merged_reports(out: Path, inputs: Inputs, options: PrepareOptions, total: int, done: set[int]) -> dict:
     samples, shards_done = 0, 0
     buckets: Counter[str] = Counter()
     truncated: Counter[str] = Counter()
     skipped = inputs.problem_entries()
-    for index in range(total):
-        report = _read_json(report_path(out, index)) if shard_done(out, index) else None
+    for index in sorted(done):
+        report = _read_json(report_path(out, index))
         if report is None:
             continue
         shards_done += 1
@@ -399,7 +413,7 @@ def merge_reports(out: str | Path, inputs: Inputs, options: PrepareOptions) -> d
         truncated.update(report.get("truncated", {}))
         skipped.extend(report["skipped"])
     reasons = dict(sorted(Counter(s["reason"] for s in skipped).items()))
-    merged = {
+    return {
         "samples": samples,
         "buckets": dict(sorted(buckets.items(), key=lambda kv: float(kv[0]))),
         "skipped": sorted(skipped, key=lambda s: (s["path"], s["reason"])),
@@ -410,8 +424,6 @@ def merge_reports(out: str | Path, inputs: Inputs, options: PrepareOptions) -> d
         "shards": {"done": shards_done, "total": total},
         "complete": shards_done == total,
     }
-    write_json(out / REPORT_FILE, merged, indent=1)
-    return merged
 
 
 def format_summary(report: dict, out: Path | str) -> str:
