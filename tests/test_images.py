@@ -172,6 +172,16 @@ def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
     assert abs(out.mean() - 127.5) < 1  # Pillow's own convert('L') would leave nearly all of it at 255
 
 
+def test_16_bit_greyscale_with_a_colour_key_is_composited_over_white(tmp_path):
+    """Its transparent value (a 16-bit key) came out grey, where every other transparent image is white."""
+    values = np.full((4, 6), 30000, np.uint16)
+    values[0] = 1234  # the key: 5 grey levels once scaled, were it opaque
+    path = saved(Image.fromarray(values), tmp_path / "keyed16.png", transparency=1234)
+    assert Image.open(path).info["transparency"] == 1234
+    out = pixels(load_rgb(path))
+    assert (out[0] == 255).all() and (out[1:] == round(30000 / 257)).all()
+
+
 def test_32_bit_integer_greyscale_uses_the_16_bit_range():
     values = np.array([[0, 257, 32896, 65535, 70000, -5]], dtype=np.int32)
     out = pixels(to_rgb(Image.fromarray(values)))

@@ -71,7 +71,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Any decoded Pillow image as 8-bit RGB (see load_rgb for the rules)."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
-        return _sixteen_bit_to_l(img).convert("RGB")
+        grey = _sixteen_bit_to_l(img)
+        key = img.info.get("transparency")
+        if isinstance(key, int):  # a colour key among the 16-bit values: those pixels are transparent
+            pixels = np.asarray(grey).copy()  # (H, W) uint8
+            pixels[np.asarray(img) == key] = WHITE[0]
+            grey = Image.fromarray(pixels)
+        return grey.convert("RGB")
     if mode == "F":
         # Float images have no agreed range (0..1? 0..255?); guessing would produce black or white images.
         raise ImageSkipped(UNSUPPORTED, "32-bit float pixels have no agreed range")
