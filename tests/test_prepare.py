@@ -562,6 +562,22 @@ def test_a_folder_of_upper_case_tar_shards_is_read(tmp_path):
     assert inputs.kind == "webdataset" and [item.name for item in inputs.items] == ["00000.TAR/k1.png"]
 
 
+def test_tar_members_keep_the_spelling_of_their_suffix(tmp_path):
+    """Items were named with the suffix lower-cased: cat.JPG and cat.jpg, two images, became one name (the
+    second reported as a duplicate), and IMG_1.JPG was named IMG_1.jpg, which names no member."""
+    from pixart.data.sources import resolve_image
+
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        add_member(tar, "cat.JPG", png_bytes(noise(32, 32, 1)))
+        add_member(tar, "cat.jpg", png_bytes(noise(32, 32, 2)))
+        add_member(tar, "cat.txt", b"a cat")
+    inputs = list_inputs(tmp_path)
+    assert sorted(item.name for item in inputs.items) == ["00000.tar/cat.JPG", "00000.tar/cat.jpg"]
+    assert not inputs.problems and all(item.fields() == {"alt": "a cat"} for item in inputs.items)
+    for item in inputs.items:  # each name is a path that finds its own member again
+        assert resolve_image(item.name, tmp_path).read() == item.image.read()
+
+
 def test_a_manifest_into_upper_case_tar_shards_is_read_back(tmp_path, models):
     """A manifest path into '00000.TAR' was split on the literal '.tar/' only: pixart caption wrote such rows
     for a folder of .TAR shards, and prepare then skipped every one of them ("k1.png: Not a directory")."""

@@ -302,14 +302,18 @@ def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], str]:
         key, suffix = _split_key(member)
         by_key.setdefault(key, {}).setdefault(suffix, []).extend(infos)
     named: list[tuple[str, Item]] = []
-    for key, parts in by_key.items():
+    for parts in by_key.values():
         sidecars = tuple(_member_blob(tar, parts[s][0]) for s in ("txt", "json") if s in parts)
         for suffix, infos in parts.items():
             if f".{suffix.rpartition('.')[2]}" not in IMAGE_SUFFIXES:
                 continue
-            name = f"{prefix}{key}.{suffix}"
-            # A name stored twice in one tar: every copy is listed, so the later ones are reported as duplicates.
-            named.extend((name, Item(name, _member_blob(tar, info), sidecars=sidecars)) for info in infos)
+            # Each under its member's own spelling (IMG_1.JPG, not IMG_1.jpg): a manifest row written from the
+            # name (pixart caption) must find the member again, and cat.JPG and cat.jpg are two images. A name
+            # stored twice in one tar: every copy is listed, so the later ones are reported as duplicates.
+            named.extend(
+                (f"{prefix}{info.name}", Item(f"{prefix}{info.name}", _member_blob(tar, info), sidecars=sidecars))
+                for info in infos
+            )
     return named, damage
 
 
