@@ -601,8 +601,7 @@ def test_a_sidecar_records_the_inputs_beside_the_model(tmp_path):
 def test_trainer_weights_say_how_they_sample(tmp_path):
     """Our trainer's final weights record the objective and flow shift they trained with: bare, a flow
     model's weights sampled as an eps model (and refused the flow samplers). Other weights keep the defaults."""
-    from pixart.diffusion.objective import DiffusionConfig
-    from pixart.generate import sampling_shift
+    from pixart.diffusion.objective import DiffusionConfig, shift_at
     from pixart.modelfolder import load_components
     from pixart.train.init import save_weights
 
@@ -618,8 +617,10 @@ def test_trainer_weights_say_how_they_sample(tmp_path):
         2.0,
         64,
     )
-    assert sampling_shift(spec, tokens=256) == pytest.approx(4.0)  # 2 * sqrt(256 / 64), as training shifts
-    assert sampling_shift(dataclasses.replace(spec, shift_base_tokens=0), tokens=256) == 2.0
+    assert shift_at(spec.flow_shift, spec.shift_base_tokens, 256) == pytest.approx(
+        4.0
+    )  # 2 * sqrt(256 / 64), as training shifts
+    assert shift_at(spec.flow_shift, 0, 256) == 2.0
     plain = load_components(tmp_path / "plain.safetensors", **folders)[0]
     assert (plain.objective, plain.sampler, plain.flow_shift) == ("iddpm", "dpm-solver++", 1.0)
     # pixart convert to our layout keeps the record (it wrote the config alone)

@@ -23,6 +23,7 @@ from PIL import Image
 from pixart.data.buckets import bucket_table, closest_bucket, parse_aspect
 from pixart.data.sources import is_utf8
 from pixart.diffusion.guidance import learned_null_caption
+from pixart.diffusion.objective import shift_at
 from pixart.diffusion.schedulers import SAMPLERS, check_steps, get_sampler, repeats_a_level
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
 from pixart.encoders.text import TextEncoder, load_text_encoder, warn_truncated
@@ -147,14 +148,6 @@ def negative_prompt(text: str | None) -> str | None:
     """A blank negative prompt means none: the model's own null caption, the same in the CLI and the app
     (encoding "" would differ from the learned null caption of official models)."""
     return text if text and text.strip() else None
-
-
-def sampling_shift(spec: ModelSpec, tokens: int) -> float:
-    """The flow shift at an image of `tokens` tokens: the spec's, grown by sqrt(tokens / base) as in
-    training when the model was trained with shift_base_tokens (a larger image is shifted more)."""
-    if spec.shift_base_tokens > 0:
-        return spec.flow_shift * math.sqrt(tokens / spec.shift_base_tokens)
-    return spec.flow_shift
 
 
 def micro_conditions(spec: ModelSpec, key: str, height: int, width: int) -> dict[str, torch.Tensor]:
@@ -340,6 +333,7 @@ class TextToImage:
         f = self.codec.downsample
         shape = (self.codec.latent_channels, gen_h // f, gen_w // f)
         patch = self.transformer.config.patch_size
+        tokens = (shape[-2] // patch) * (shape[-1] // patch)
         micro = micro_conditions(self.spec, key, gen_h, gen_w) if self.transformer.config.micro_conditions else {}
         record = {
             "negative": settings.negative,
@@ -370,7 +364,8 @@ class TextToImage:
                 cfg_scale=cfg,
                 generator=generators if len(generators) > 1 else generators[0],
                 progress=progress,
-                flow_shift=sampling_shift(self.spec, tokens=(shape[-2] // patch) * (shape[-1] // patch)),
+                # as trained: the shift grows with the image where the model trained with shift_base_tokens
+                flow_shift=shift_at(self.spec.flow_shift, self.spec.shift_base_tokens, tokens),
                 **micro,
             )
             images = self.codec.decode(latents.float())

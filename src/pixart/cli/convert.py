@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
     from pixart.cli.main import UserError
     from pixart.model.pixart import PixArtConfig, count_parameters
-    from pixart.weights import detect_format, read_state, save_transformer
+    from pixart.weights import detect_format, save_transformer
     from pixart.weights.dit_init import dit_to_pixart
-    from pixart.weights.io import check_state_matches, read_dit, sampling_metadata
+    from pixart.weights.io import read_checked_state, read_dit, sampling_metadata
 
     check_out(args)
     config = read_config(args.config, PixArtConfig) if args.config else None
@@ -66,12 +66,9 @@ def run(args: argparse.Namespace) -> int:
         given = [name for name, value in dit_options.items() if value is not None]
         if given:  # they would be ignored: the file says its architecture (or --config does)
             raise UserError(f"{', '.join(given)} apply to a DiT checkpoint; {args.src} holds {fmt} weights")
-        config, state, fmt = read_state(args.src, use_ema=args.ema, config=config)
-        with torch.device("meta"):  # a --config that the tensors contradict wrote weights nothing could load
-            from pixart.model import PixArt
-
-            override = f" with the architecture of {args.config}" if args.config else ""
-            check_state_matches(PixArt(config), state, f"{fmt} checkpoint {args.src}{override}")
+        # checked: a --config that the tensors contradict wrote weights nothing could load
+        source = str(args.config) if args.config else ""
+        config, state, fmt = read_checked_state(args.src, use_ema=args.ema, config=config, config_source=source)
         note = f"read {fmt} weights"
     kept = sampling_metadata(args.src) if args.to == "pixart" else {}  # how trainer weights sample, kept
     save_transformer(state, args.out, to=args.to, config=config, metadata=kept)

@@ -24,10 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pixart.data.shards import Shard, finished_shards, read_dataset_info, shard_done
-
-# pixart.data.prepare.REPORT_FILE; importing that module would load the text encoders' dependencies.
-PREPARE_REPORT = "report.json"
+from pixart.data.shards import REPORT_FILE, Shard, finished_shards, read_dataset_info, shard_done
 
 
 def no_sample_message(folder: Path) -> str:
@@ -38,13 +35,13 @@ def no_sample_message(folder: Path) -> str:
     hints = "".join(f"; {hint}" for hint in report.get("skip_hints", {}).values())  # e.g. --upscale-small
     return (
         f"{folder}: prepare finished but kept no sample: all {count} inputs were skipped "
-        f"({reasons}see {folder / PREPARE_REPORT} for the reasons){hints}"
+        f"({reasons}see {folder / REPORT_FILE} for the reasons){hints}"
     )
 
 
 def _read_report(folder: Path) -> dict:
     try:
-        report = json.loads((folder / PREPARE_REPORT).read_text())
+        report = json.loads((folder / REPORT_FILE).read_text())
     except (OSError, json.JSONDecodeError):  # the message does without it
         return {}
     return report if isinstance(report, dict) else {}

@@ -37,13 +37,20 @@ import torch
 
 from pixart.data.buckets import bucket_table, closest_bucket
 from pixart.data.images import TOO_SMALL, ImageSkipped, check_aspect, check_size, load_rgb, resize_cover_crop
-from pixart.data.shards import DATASET_FILE, FeatureSample, report_path, shard_done, shard_name, write_shard
+from pixart.data.shards import (
+    DATASET_FILE,
+    REPORT_FILE,
+    FeatureSample,
+    report_path,
+    shard_done,
+    shard_name,
+    write_shard,
+)
 from pixart.data.sources import Inputs, Item
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
 from pixart.encoders.text import TextEncoder, encoder_info
 from pixart.files import write_json
 
-REPORT_FILE = "report.json"
 FORMAT = "pixart-features/1"
 UNEXPECTED = "unexpected error"  # a failure no check foresaw: reported, so one odd file cannot stop a run
 # What can be done about a skip reason, where something can: reported beside its count. upscale_small is

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from pixart.files import atomic_write, remove_leftovers, write_json
 
 DATASET_FILE = "dataset.json"
+REPORT_FILE = "report.json"  # what pixart prepare kept and skipped, merged over its shards
 
 
 def shard_name(index: int) -> str:

@@ -120,9 +120,14 @@ def time_shift(s: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def flow_shift_for(config: DiffusionConfig, num_tokens: int) -> float:
-    if config.shift_base_tokens > 0:
-        return config.flow_shift * math.sqrt(num_tokens / config.shift_base_tokens)
-    return config.flow_shift
+    return shift_at(config.flow_shift, config.shift_base_tokens, num_tokens)
+
+
+def shift_at(flow_shift: float, shift_base_tokens: int, num_tokens: int) -> float:
+    """The flow shift at `num_tokens` tokens: grown by sqrt(tokens / base) when a base is set (> 0)."""
+    if shift_base_tokens > 0:
+        return flow_shift * math.sqrt(num_tokens / shift_base_tokens)
+    return flow_shift
 
 
 def draw_timesteps(

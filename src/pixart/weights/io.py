@@ -337,6 +337,19 @@ def check_state_matches(model: PixArt, state: dict[str, torch.Tensor], what: str
     _check_key_sets(set(expected), set(state), what, shapes)
 
 
+def read_checked_state(
+    path: str | Path, *, use_ema: bool = False, config: PixArtConfig | None = None, config_source: str = ""
+) -> tuple[PixArtConfig, dict[str, torch.Tensor], str]:
+    """read_state, with the tensors checked against the architecture they are read with: a WeightsError
+    naming missing, unexpected and mis-shaped keys (and `config_source`, where `config` came from)."""
+    config, state, fmt = read_state(path, use_ema=use_ema, config=config)
+    with torch.device("meta"):
+        model = PixArt(config)
+    given = f" with the architecture of {config_source}" if config_source else ""
+    check_state_matches(model, state, f"{fmt} checkpoint {path}{given}")
+    return config, state, fmt
+
+
 def load_transformer(
     path: str | Path,
     *,
@@ -346,10 +359,9 @@ def load_transformer(
     use_ema: bool = False,
 ) -> PixArt:
     """Build the PixArt a checkpoint describes and load it strictly (format detected from `path`)."""
-    config, state, fmt = read_state(path, use_ema=use_ema, config=config)
+    config, state, _ = read_checked_state(path, use_ema=use_ema, config=config)
     with torch.device("meta"):
         model = PixArt(config)
-    check_state_matches(model, state, f"{fmt} checkpoint {path}")
     model.load_state_dict(state, strict=True, assign=True)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
     return model.eval()
