@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+TRAIN_STEPS = 1000  # the training schedule's length, which every named sampler is built with
+
 
 @dataclass(frozen=True)
 class Sampler:
@@ -84,9 +86,6 @@ def check_steps(name: str, steps: int) -> None:
         )
 
 
-TRAIN_STEPS = 1000  # the training schedule's length, which every named sampler is built with
-
-
 def leading_start(steps: int, total: int = TRAIN_STEPS) -> int:
     """The first timestep of diffusers' "leading" spacing: multiples of total // steps from 0 up."""
     return (total // steps) * (steps - 1)
@@ -142,7 +141,7 @@ def _with_steps(scheduler: Any, name: str, steps: int) -> Any:
     return scheduler
 
 
-def training_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> dict:
+def training_schedule(num_train_timesteps: int = TRAIN_STEPS, beta_start: float = 1e-4, beta_end: float = 0.02) -> dict:
     return dict(
         num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end, beta_schedule="linear"
     )
