@@ -397,11 +397,15 @@ def merge_reports(out: str | Path, inputs: Inputs, options: PrepareOptions) -> d
     read every shard finished before its write."""
     out = Path(out)
     total = shard_count(inputs, options)
+
+    def finished() -> set[int]:
+        return {index for index in range(total) if shard_done(out, index)}
+
     while True:
-        done = {index for index in range(total) if shard_done(out, index)}
+        done = finished()
         merged = _merged_reports(out, inputs, options, total, done)
         write_json(out / REPORT_FILE, merged, indent=1)
-        if {index for index in range(total) if shard_done(out, index)} == done:
+        if finished() == done:
             return merged
 
 
