@@ -2,7 +2,7 @@
 # Run HERE, where PyPI is reachable, before a lease (no device time): saves the wheels the lent machine
 # cannot fetch (it reaches nothing). Both folders are git-ignored, so each session fetches them again.
 #   .whl/             diffusers and importlib_metadata, 6.4 MB: gpu_checks.sh installs them (carry .whl)
-#   .fa4/part-1, -2   with --fa4: FlashAttention-4 and its CuTe DSL, 107 MB, over one call's 64 MiB, so its
+#   .fa4/part-1, -2   with --fa4: FlashAttention-4 and its CuTe DSL, 109 MB, over one call's 64 MiB, so its
 #                     92 MB libs wheel is cut in two: call 1 carries .whl and part-1, call 2 part-2, and
 #                     gpu_fa4.sh joins them (BENCHMARKS.md, "A lease, step by step").
 # Versions are pinned to what was read for the lent image (Python 3.12, torch 2.11.0+cu130).
@@ -23,6 +23,7 @@ if [[ ${1:-} == --fa4 ]]; then
     rm -rf .fa4 && mkdir -p .fa4/download .fa4/part-1 .fa4/part-2
     "$PYTHON" -m pip download -q "${TARGET[@]}" --pre -d .fa4/download flash-attn-4==4.0.0b36 \
         nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 \
+        nvidia-cutlass-dsl-libs-core==4.8.1 \
         apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5 quack-kernels==0.6.5
     big=$(ls .fa4/download/nvidia_cutlass_dsl_libs_cu13-*.whl)
     (cd .fa4/download && sha256sum "$(basename "$big")") >.fa4/part-2/checksum.sha256

@@ -2,25 +2,22 @@
 
 1. The self- and cross-attention shapes of one block (512 px, batch B) through each SDPA backend,
    forward + backward, in TFLOP/s; and the MLP's first matrix product as the GEMM ceiling.
-2. Training steps (bf16 autocast, fused AdamW) for each variant named in --variants:
-   `whole` compiles the whole model, `regional` compiles each block (one graph for all 28), `eager`
-   compiles nothing; a `cudnn-` prefix makes cuDNN the first SDPA backend, a `packed-` prefix projects
-   only the valid caption tokens (the CPU path) instead of all of them, a `trainer-` prefix adds what
-   `pixart train` does around the bare step (gradient clipping, the non-finite guard with its flags read
-   by the host one step late, the EMA update) and `synced-` the same with the flags read at the end of
-   each step (the trainer before 2026-11-27), so the two price that read; a `tuned-` prefix turns on
-   inductor's coordinate-descent tuning of the kernels it generates, and `fa4-` routes SDPA's flash
-   backend to FlashAttention-4 and puts it first (needs the flash-attn-4 package; the kernel timings
-   then add FA4 rows too); a `pure-` prefix runs the model in bf16 throughout, parameters and activations
-   (the residual stream included) with no autocast and AdamW on the bf16 parameters: not a way to train,
-   but the upper bound of keeping activations in bf16 (the fused elementwise kernels move fp32 residuals
-   under autocast); `:B` sets the batch. Each prints samples/s and MFU, and the first (or each,
-   with --profile all) also a profile of its kernels by category (GEMM, attention, fused elementwise,
-   optimizer, other).
+2. Training steps (bf16 autocast, fused AdamW) for each variant named in --variants: `whole` compiles the
+   whole model, `regional` compiles each block (one graph for all 28), `eager` compiles nothing; a `cudnn-`
+   prefix makes cuDNN the first SDPA backend, a `packed-` prefix projects only the valid caption tokens (the
+   CPU path) instead of all of them, a `trainer-` prefix adds what `pixart train` does around the bare step
+   (gradient clipping, the non-finite guard with its flags read by the host one step late, the EMA update)
+   and `synced-` the same with the flags read at the end of each step (the trainer before 2026-11-27), so
+   the two price that read; a `tuned-` prefix turns on inductor's coordinate-descent tuning of the kernels
+   it generates; a `pure-` prefix runs the model in bf16 throughout, parameters and activations (the
+   residual stream included) with no autocast and AdamW on the bf16 parameters: not a way to train, but the
+   upper bound of keeping activations in bf16 (the fused elementwise kernels move fp32 residuals under
+   autocast); `:B` sets the batch. Each prints samples/s and MFU, and the first (or each, with --profile
+   all) also a profile of its kernels by category (GEMM, attention, fused elementwise, optimizer, other).
 
     python benchmarks/profile_gpu.py --variants whole:16,regional:16,cudnn-regional:16,regional:32
     python benchmarks/profile_gpu.py --kernel-batch 0 --variants trainer-regional:16,synced-regional:16
-    python benchmarks/profile_gpu.py --variants regional:16,fa4-regional:16     # with flash-attn-4 installed
+    python benchmarks/profile_gpu.py --variants regional:16     # with flash-attn-4 installed: FA4 kernel rows too
     python benchmarks/profile_gpu.py --kernel-batch 0 --variants regional:16,pure-regional:16,regional:32
 """
 
@@ -30,18 +27,13 @@ import argparse
 import json
 import time
 from collections import defaultdict
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch._inductor.config
 import torch.nn.functional as F
 from bench_gpu import TOKENS, alternate, inputs, training_step  # this folder (run as benchmarks/profile_gpu.py)
-from torch.nn.attention import (
-    SDPBackend,
-    activate_flash_attention_impl,
-    restore_flash_attention_impl,
-    sdpa_kernel,
-)
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pixart.model.pixart import XL_2, PixArt
 from pixart.model.regional import compile_blocks
@@ -55,12 +47,6 @@ BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "math": SDPBackend.MATH,
 }
-ORDER_FLASH_FIRST = [
-    SDPBackend.FLASH_ATTENTION,
-    SDPBackend.CUDNN_ATTENTION,
-    SDPBackend.EFFICIENT_ATTENTION,
-    SDPBackend.MATH,
-]
 ORDER_CUDNN_FIRST = [
     SDPBackend.CUDNN_ATTENTION,
     SDPBackend.FLASH_ATTENTION,
@@ -78,17 +64,6 @@ def attention_flops(batch: int, heads: int, n: int, m: int, d: int) -> float:
     """Useful FLOPs of attention forward + backward, N queries over M keys: 4 N M d per head forward (two
     products), 2.5 times that backward."""
     return 3.5 * 4 * batch * heads * n * m * d
-
-
-@contextmanager
-def fa4_behind_flash():
-    """FlashAttention-4 behind SDPA's flash backend inside the block, the default after it (needs the
-    flash-attn-4 package; activating it raises where it is missing)."""
-    activate_flash_attention_impl("FA4")
-    try:
-        yield
-    finally:
-        restore_flash_attention_impl()
 
 
 def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -> dict:
@@ -127,18 +102,52 @@ def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -
                 result[f"{label}_{name}_tflops"] = round(flops / seconds / 1e12, 1)
             except RuntimeError as error:
                 result[f"{label}_{name}"] = f"unavailable: {str(error).splitlines()[0][:120]}"
-    try:  # FlashAttention-4 behind SDPA's flash backend, where the flash-attn-4 package is installed
-        with fa4_behind_flash():
-            for label, keys, values, m in (("self", k, v, n), ("cross_unmasked", kc, vc, TOKENS)):
-                seconds = timed(lambda keys=keys, values=values: attend_with(SDPBackend.FLASH_ATTENTION, keys, values))
-                result[f"{label}_fa4_ms"] = round(seconds * 1e3, 3)
-                result[f"{label}_fa4_tflops"] = round(attention_flops(batch, heads, n, m, d) / seconds / 1e12, 1)
+    try:  # FlashAttention-4 called directly, where the flash-attn-4 package is installed
+        result.update(fa4_kernels(q, k, v, kc, vc, grad_out))
     except Exception as error:  # noqa: BLE001 - not installed, or a shape FA4 refuses: say which, time the rest
         result["fa4"] = f"unavailable: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
     x = torch.randn(batch * n, 1152, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(4608, 1152, device="cuda", dtype=torch.bfloat16)
     seconds = timed(lambda: x @ w.t())
     result["gemm_fc1_tflops"] = round(2 * batch * n * 1152 * 4608 / seconds / 1e12, 1)
+    return result
+
+
+def fa4_kernels(q, k, v, kc, vc, grad_out) -> dict:
+    """FlashAttention-4 on the self and unmasked cross shapes, forward + backward, and the self forward
+    alone (FA4 takes no padding mask). Called directly: torch 2.11's SDPA route to FA4
+    (`activate_flash_attention_impl("FA4")`) unpacks two values where flash-attn-4 4.0.0b36 returns five."""
+    from flash_attn.cute import flash_attn_func
+
+    batch, heads, n, d = q.shape
+
+    def tokens_first(t):  # FA4 reads (B, N, H, d)
+        return t.detach().transpose(1, 2).contiguous().requires_grad_()
+
+    def attend(q_, k_, v_, grad_tokens_first):
+        out = flash_attn_func(q_, k_, v_)
+        out = out[0] if isinstance(out, tuple) else out  # some versions return (out, lse)
+        torch.autograd.grad(out, (q_, k_, v_), grad_tokens_first)
+
+    result = {}
+    grad_tokens_first = grad_out.transpose(1, 2).contiguous()
+    fq = tokens_first(q)
+    for label, keys, values, m in (("self", k, v, n), ("cross_unmasked", kc, vc, kc.shape[2])):
+        fk, fv = tokens_first(keys), tokens_first(values)
+        seconds = timed(lambda fk=fk, fv=fv: attend(fq, fk, fv, grad_tokens_first))
+        result[f"{label}_fa4_ms"] = round(seconds * 1e3, 3)
+        result[f"{label}_fa4_tflops"] = round(attention_flops(batch, heads, n, m, d) / seconds / 1e12, 1)
+    fk, fv = tokens_first(k), tokens_first(v)
+    with torch.no_grad():
+        seconds = timed(lambda: flash_attn_func(fq, fk, fv))
+        result["self_forward_fa4_ms"] = round(seconds * 1e3, 3)
+        reference = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        out = flash_attn_func(fq, fk, fv)
+        out = out[0] if isinstance(out, tuple) else out
+        result["self_fa4_max_abs_diff"] = (out.float() - reference.float()).abs().max().item()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        seconds = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+        result["self_forward_cudnn_ms"] = round(seconds * 1e3, 3)
     return result
 
 
@@ -180,7 +189,7 @@ def profile_categories(fn, steps: int = 3) -> dict:
 
 
 KINDS = ("whole", "regional", "eager")
-PREFIXES = ("cudnn-", "packed-", "trainer-", "synced-", "tuned-", "fa4-", "pure-")
+PREFIXES = ("cudnn-", "packed-", "trainer-", "synced-", "tuned-", "pure-")
 
 
 def variant_parts(variant: str) -> tuple[set[str], str]:
@@ -261,30 +270,28 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
     else:
         run = training_step(forward, optimizer, batch_inputs)
 
-    fa4 = "fa4-" in prefixes
-    order = ORDER_FLASH_FIRST if fa4 else ORDER_CUDNN_FIRST if "cudnn-" in prefixes else None
-    with fa4_behind_flash() if fa4 else nullcontext():
-        started = time.time()
-        torch.cuda.reset_peak_memory_stats()
-        with sdpa_kernel(order, set_priority=True) if order else nullcontext():
-            run()
-            torch.cuda.synchronize()
-            compile_s = time.time() - started
-            seconds = timed(run, warmup=2, repeats=8)
-            tokens = (side // 2) ** 2
-            flops = 3 * forward_flops(config.hidden_size, config.depth, tokens, TOKENS, config.caption_channels)
-            result = {
-                "variant": variant,
-                "resolution": resolution,
-                "batch": batch,
-                "first_step_s": round(compile_s, 1),
-                "step_ms": round(seconds * 1e3, 2),
-                "samples_per_s": round(batch / seconds, 1),
-                "mfu": round(flops * batch / seconds / (peak_flops(torch.device("cuda")) or float("nan")), 4),
-                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
-            }
-            if profile_it:
-                result["profile"] = profile_categories(run)
+    order = ORDER_CUDNN_FIRST if "cudnn-" in prefixes else None
+    started = time.time()
+    torch.cuda.reset_peak_memory_stats()
+    with sdpa_kernel(order, set_priority=True) if order else nullcontext():
+        run()
+        torch.cuda.synchronize()
+        compile_s = time.time() - started
+        seconds = timed(run, warmup=2, repeats=8)
+        tokens = (side // 2) ** 2
+        flops = 3 * forward_flops(config.hidden_size, config.depth, tokens, TOKENS, config.caption_channels)
+        result = {
+            "variant": variant,
+            "resolution": resolution,
+            "batch": batch,
+            "first_step_s": round(compile_s, 1),
+            "step_ms": round(seconds * 1e3, 2),
+            "samples_per_s": round(batch / seconds, 1),
+            "mfu": round(flops * batch / seconds / (peak_flops(torch.device("cuda")) or float("nan")), 4),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        }
+        if profile_it:
+            result["profile"] = profile_categories(run)
     return result
 
 

@@ -121,7 +121,13 @@ def test_the_lease_scripts_stop_in_seconds_when_they_cannot_run(tmp_path, script
     package or a wheel part not carried) must say so at once, not fail step after step."""
     import os
 
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "SITE": str(tmp_path / "site")}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "OUT": str(tmp_path),
+        "SITE": str(tmp_path / "site"),
+        "FA4_PART1": str(tmp_path / "fa4-part-1"),  # where call 1 would have copied the first part: nothing
+    }
     result = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / script)],
         capture_output=True,
@@ -135,6 +141,39 @@ def test_the_lease_scripts_stop_in_seconds_when_they_cannot_run(tmp_path, script
         assert "no CUDA device" in result.stderr and "preflight failed" in (tmp_path / "preflight.txt").read_text()
     else:  # run where no part was carried
         assert "a part is missing" in result.stdout
+
+
+def test_the_fa4_call_joins_the_first_part_that_call_1_copied_out_of_the_tree(tmp_path):
+    """On the lent machine a call's carry removed .fa4/part-1, which call 1 had carried: gpu_checks.sh
+    copies the part to $FA4_PART1 and gpu_fa4.sh joins it from there with the part carried now."""
+    import hashlib
+    import os
+
+    wheel = os.urandom(3000)  # stands for the libs wheel, cut in two as fetch_gpu_wheels.sh cuts it
+    name = "nvidia_cutlass_dsl_libs_cu13-0-py3-none-any.whl"
+    (tmp_path / "copied").mkdir()
+    (tmp_path / "copied" / "libs.00").write_bytes(wheel[:1000])
+    part2 = tmp_path / "tree" / ".fa4" / "part-2"
+    part2.mkdir(parents=True)
+    (part2 / "libs.01").write_bytes(wheel[1000:])
+    (part2 / "checksum.sha256").write_text(f"{hashlib.sha256(wheel).hexdigest()}  {name}\n")
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "OUT": str(tmp_path / "out"),
+        "SITE": str(tmp_path / "site"),
+        "FA4_PART1": str(tmp_path / "copied"),
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_fa4.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path / "tree",
+        env=env,
+    )
+    assert f"{name}: OK" in result.stdout, result.stdout + result.stderr  # joined whole, checksum passed
+    assert result.returncode == 1  # then pip refuses the stand-in wheel: the script stops there
 
 
 def test_bench_gpus_graphed_blocks_sample_as_the_eager_model_does():
