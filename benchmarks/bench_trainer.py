@@ -8,6 +8,12 @@ table gives the median of the others.
 
     python benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --compile      # on a GPU
     python benchmarks/bench_trainer.py --recipe tiny --batch 8 --steps 12 --log-every 4        # CPU smoke run
+
+With --profile, torch.profiler records a few steps after the first window and prints where a step's wall
+time goes: the kernels by category, the GPU's idle remainder, the copies, and the host calls that took
+longest (a wait for the device shows there as cudaStreamSynchronize, cudaMemcpyAsync or aten::item). On
+an H100 the real trainer ran 10% below the bare step with the same extras (`profile_gpu.py`'s
+`trainer-regional`), against 4% on an H200: this is the tool to find where.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -57,6 +65,60 @@ def write_random_features(folder: Path, config: TrainConfig, samples: int, seed:
     write_dataset_info(folder, {**info, "codec": codec, "text_encoder": text, "samples": samples})
 
 
+@contextmanager
+def profiled_steps(first: int, count: int):
+    """torch.profiler over training steps first .. first + count - 1 (counted from 1; first >= 1), told
+    apart by the loop's calls to compute_loss (one per step at grad_accum 1): the trainer is not changed."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    import pixart.train.loop as loop
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    original = loop.compute_loss
+    # Profiler step k runs from the k-th call to the next: training step k (step 0 is the time before
+    # the first). Steps before `first` - 1 wait, that one warms the profiler up.
+    plan = schedule(wait=first - 1, warmup=1, active=count, repeat=1)
+    with profile(activities=activities, schedule=plan) as prof:
+
+        def counted(*args, **kwargs):
+            prof.step()
+            return original(*args, **kwargs)
+
+        loop.compute_loss = counted
+        try:
+            yield prof
+        finally:
+            loop.compute_loss = original
+
+
+def step_breakdown(prof) -> dict:
+    """Per profiled step: wall time (the profiler's step spans), kernel time by category, the copies, and
+    the host calls with the most self time."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from profile_gpu import category
+
+    events = prof.events()
+    spans = [e for e in events if e.name.startswith("ProfilerStep")]
+    steps = max(len(spans), 1)
+    wall_us = sum(e.cpu_time_total for e in spans) / steps
+    kernels: dict[str, float] = defaultdict(float)
+    host: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.device_type.name == "CUDA":
+            name = "copies (memcpy, memset)" if e.name.startswith(("Memcpy", "Memset")) else category(e.name)
+            kernels[name] += e.device_time_total / steps
+        elif not e.name.startswith("ProfilerStep"):
+            host[e.name] += e.self_cpu_time_total / steps
+    device_us = sum(kernels.values())
+    return {
+        "steps_profiled": len(spans),
+        "wall_ms_per_step": round(wall_us / 1e3, 2),
+        "device_ms_per_step": {k: round(v / 1e3, 2) for k, v in sorted(kernels.items(), key=lambda i: -i[1])},
+        "device_idle_ms_per_step": round((wall_us - device_us) / 1e3, 2) if device_us else None,
+        "host_self_ms_per_step": {k[:80]: round(v / 1e3, 2) for k, v in sorted(host.items(), key=lambda i: -i[1])[:12]},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="stage3-aesthetic-512", help="a training recipe (its model and optimizer)")
@@ -68,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpointing", action="store_true", help="keep the recipe's activation checkpointing")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="profile N steps after the first window (see above)"
+    )
     args = parser.parse_args(argv)
     if args.steps < 2 * args.log_every:
         parser.error("--steps must be at least twice --log-every: the first window (compilation) is left out")
+    if args.profile and args.log_every + 2 + args.profile > args.steps:
+        parser.error(f"--profile {args.profile} needs --steps of at least {args.log_every + 2 + args.profile}")
 
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         data, run_dir = Path(tmp) / "data", Path(tmp) / "run"
@@ -92,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         config = config_io.apply_overrides(get_recipe(args.recipe), overrides)
         write_random_features(data, config, args.samples)
         started = time.time()
-        summary = train(config, run_dir, progress=False)
+        # Profiled from the second step after the first window, which holds the compilation.
+        with profiled_steps(args.log_every + 2, args.profile) if args.profile else nullcontext() as prof:
+            summary = train(config, run_dir, progress=False)
         rows = read_metrics(run_dir / "metrics.jsonl")
     # The first window holds the compilation and warm-up; a run stopped early (timeout's SIGTERM makes the
     # trainer checkpoint and stop) may have logged only that one, or none.
@@ -110,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": summary.get("final_loss"),
         "wall_s": time.time() - started,
     }
+    if args.profile:
+        result["profile"] = step_breakdown(prof)
     print(json.dumps(result))
     mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "-"
     print("| recipe | batch | compile | samples/s | MFU |\n|---|---|---|---|---|")

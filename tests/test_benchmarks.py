@@ -206,6 +206,33 @@ def test_bench_trainer_times_the_real_trainer_on_random_features(tmp_path):
     assert "| tiny | 4 | False |" in out
 
 
+def test_bench_trainer_profiles_the_steps_asked_for():
+    """--profile N records N steps after the first window: each step's wall time and the host's busiest
+    calls (on a CPU the products themselves; on a GPU the kernels by category besides)."""
+    out = run(
+        "bench_trainer.py", "--recipe", "tiny", "--batch", "4", "--steps", "12", "--log-every", "4", "--profile", "3"
+    )
+    profile = json.loads(next(line for line in out.splitlines() if line.startswith("{")))["profile"]
+    assert profile["steps_profiled"] == 3 and profile["wall_ms_per_step"] > 0
+    assert "aten::mm" in profile["host_self_ms_per_step"] or "aten::addmm" in profile["host_self_ms_per_step"]
+    refused = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_trainer.py"),
+            "--steps",
+            "8",
+            "--log-every",
+            "4",
+            "--profile",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert refused.returncode == 2 and "needs --steps of at least 9" in refused.stderr
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.skipif(  # the tiny recipe's captions come from it; the lent GPU machines lack it (88 MB to carry)
