@@ -4,7 +4,7 @@
 #   .whl/             diffusers and importlib_metadata, 6.4 MB: gpu_checks.sh installs them (carry .whl)
 #   .fa4/part-1, -2   with --fa4: FlashAttention-4 and its CuTe DSL, 109 MB, over one call's 64 MiB, so its
 #                     92 MB libs wheel is cut in two: call 1 carries .whl and part-1, call 2 part-2, and
-#                     gpu_fa4.sh joins them (BENCHMARKS.md, "A lease, step by step").
+#                     gpu_second_call.sh joins them (BENCHMARKS.md, "A lease, step by step").
 # Versions are pinned to what was read for the lent image (Python 3.12, torch 2.11.0+cu130).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -12,7 +12,7 @@ OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-SITE=${SITE:-/tmp/site}  # where the carried wheels go (gpu_fa4.sh adds FlashAttention-4 there in call 2)
+SITE=${SITE:-/tmp/site}  # where the carried wheels go (gpu_second_call.sh adds FlashAttention-4 there in call 2)
 if compgen -G ".whl/*.whl" >/dev/null; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl ||
         exit 1
@@ -20,7 +20,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 "$PYTHON" -c "import torch, diffusers, pixart; assert torch.cuda.is_available(), 'no CUDA device'" ||
     { echo "preflight failed: see above (carry .whl from benchmarks/fetch_gpu_wheels.sh?)" | tee "$OUT/preflight.txt"; exit 1; }
-# FlashAttention-4's first part, carried now, is kept out of the tree for gpu_fa4.sh in call 2: a call's
+# FlashAttention-4's first part, carried now, is kept out of the tree for gpu_second_call.sh: a call's
 # carry removes the ignored paths it does not name (seen in the eleventh session's lease).
 if compgen -G ".fa4/part-1/libs.*" >/dev/null; then
     mkdir -p "${FA4_PART1:-/tmp/fa4-part-1}" && cp .fa4/part-1/libs.* "${FA4_PART1:-/tmp/fa4-part-1}/"

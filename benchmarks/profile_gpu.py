@@ -9,16 +9,20 @@
    (gradient clipping, the non-finite guard with its flags read by the host one step late, the EMA update)
    and `synced-` the same with the flags read at the end of each step (the trainer before 2026-11-27), so
    the two price that read; a `tuned-` prefix turns on inductor's coordinate-descent tuning of the kernels
-   it generates; a `pure-` prefix runs the model in bf16 throughout, parameters and activations (the
-   residual stream included) with no autocast and AdamW on the bf16 parameters: not a way to train, but the
-   upper bound of keeping activations in bf16 (the fused elementwise kernels move fp32 residuals under
-   autocast); `:B` sets the batch. Each prints samples/s and MFU, and the first (or each, with --profile
-   all) also a profile of its kernels by category (GEMM, attention, fused elementwise, optimizer, other).
+   it generates, an `autotune-` prefix compiles with mode max-autotune-no-cudagraphs (inductor's Triton
+   matrix products timed against cuBLAS, which can take a product's elementwise neighbours into its
+   epilogue; minutes of tuning); a `pure-` prefix runs the model in bf16 throughout, parameters and
+   activations (the residual stream included) with no autocast and AdamW on the bf16 parameters: not a way
+   to train, but the upper bound of keeping activations in bf16 (the fused elementwise kernels move fp32
+   residuals under autocast); `:B` sets the batch. Each prints samples/s and MFU, and the first (or each,
+   with --profile all) also a profile of its kernels by category (GEMM, attention, fused elementwise,
+   optimizer, other).
 
     python benchmarks/profile_gpu.py --variants whole:16,regional:16,cudnn-regional:16,regional:32
     python benchmarks/profile_gpu.py --kernel-batch 0 --variants trainer-regional:16,synced-regional:16
     python benchmarks/profile_gpu.py --variants regional:16     # with flash-attn-4 installed: FA4 kernel rows too
     python benchmarks/profile_gpu.py --kernel-batch 0 --variants regional:16,pure-regional:16,regional:32
+    python benchmarks/profile_gpu.py --kernel-batch 0 --profile all --variants regional:16,autotune-regional:16
 """
 
 from __future__ import annotations
@@ -153,6 +157,8 @@ def fa4_kernels(q, k, v, kc, vc, grad_out) -> dict:
 
 def category(name: str) -> str:
     lowered = name.lower()
+    if lowered.startswith("triton_tem"):  # inductor's matrix-product templates (max-autotune), epilogues included
+        return "gemm"
     if any(key in lowered for key in ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "ampere_bf16", "splitk")):
         return "gemm"
     if any(key in lowered for key in ("flash", "fmha", "attention", "cudnn", "sdpa", "mha")):
@@ -189,7 +195,7 @@ def profile_categories(fn, steps: int = 3) -> dict:
 
 
 KINDS = ("whole", "regional", "eager")
-PREFIXES = ("cudnn-", "packed-", "trainer-", "synced-", "tuned-", "pure-")
+PREFIXES = ("cudnn-", "packed-", "trainer-", "synced-", "tuned-", "autotune-", "pure-")
 
 
 def variant_parts(variant: str) -> tuple[set[str], str]:
@@ -257,9 +263,12 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
     if "packed-" in prefixes:
         model.embed_captions = model._embed_valid_captions
     torch._inductor.config.coordinate_descent_tuning = "tuned-" in prefixes
+    # max-autotune: inductor times its own Triton matrix-product templates against cuBLAS and can then fuse
+    # a product's elementwise neighbours (bias + GELU, gate + residual) into it. Minutes of tuning.
+    options = {"mode": "max-autotune-no-cudagraphs"} if "autotune-" in prefixes else {}
     if kind == "regional":
-        compile_blocks(model)
-    forward = torch.compile(model) if kind == "whole" else model
+        compile_blocks(model, **options)
+    forward = torch.compile(model, **options) if kind == "whole" else model
     if "pure-" in prefixes:
         # every activation in bf16: without autocast, which would run LayerNorm, and so the residual
         # stream after it, in fp32

@@ -115,7 +115,7 @@ def test_bench_gpu_compiles_blocks_for_a_case_and_gives_the_eager_ones_back():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine it would run every check")
-@pytest.mark.parametrize("script", ["gpu_checks.sh", "gpu_fa4.sh"])
+@pytest.mark.parametrize("script", ["gpu_checks.sh", "gpu_second_call.sh"])
 def test_the_lease_scripts_stop_in_seconds_when_they_cannot_run(tmp_path, script):
     """A lease's call is 600 s at most: a script that cannot work (no GPU here; on the lent machine a
     package or a wheel part not carried) must say so at once, not fail step after step."""
@@ -133,19 +133,19 @@ def test_the_lease_scripts_stop_in_seconds_when_they_cannot_run(tmp_path, script
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path if script == "gpu_fa4.sh" else ROOT,
+        cwd=tmp_path if script == "gpu_second_call.sh" else ROOT,
         env=env,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     if script == "gpu_checks.sh":
         assert "no CUDA device" in result.stderr and "preflight failed" in (tmp_path / "preflight.txt").read_text()
-    else:  # run where no part was carried
-        assert "a part is missing" in result.stdout
+    else:  # run where nothing was carried: no FA4 part to join, so straight to the GPU check
+        assert "no CUDA device" in result.stderr and "a part is missing" not in result.stdout
 
 
 def test_the_fa4_call_joins_the_first_part_that_call_1_copied_out_of_the_tree(tmp_path):
     """On the lent machine a call's carry removed .fa4/part-1, which call 1 had carried: gpu_checks.sh
-    copies the part to $FA4_PART1 and gpu_fa4.sh joins it from there with the part carried now."""
+    copies the part to $FA4_PART1 and gpu_second_call.sh joins it from there with the part carried now."""
     import hashlib
     import os
 
@@ -165,7 +165,7 @@ def test_the_fa4_call_joins_the_first_part_that_call_1_copied_out_of_the_tree(tm
         "FA4_PART1": str(tmp_path / "copied"),
     }
     result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_fa4.sh")],
+        ["bash", str(ROOT / "benchmarks" / "gpu_second_call.sh")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -242,3 +242,21 @@ def test_bench_trainer_reports_mfu_on_a_gpu():
     out = run("bench_trainer.py", "--recipe", "tiny", "--batch", "4", "--steps", "8", "--log-every", "4")
     result = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     assert result["mfu"] is not None and 0 < result["mfu"] < 1
+
+
+def test_profile_gpu_sorts_the_kernels_an_h100_profile_named():
+    """Kernel names from the eleventh session's H100 profile, and inductor's matrix-product templates
+    (max-autotune), each in its category: a template counted as elementwise would hide what it replaced."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from profile_gpu import category, variant_parts
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert category("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "gemm"
+    assert category("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x128") == "attention"
+    assert category("triton_poi_fused_gelu_gelu_backward_view_4") == "fused elementwise (triton)"
+    assert category("triton_tem_fused_addmm_gelu_view_3") == "gemm"
+    assert category("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::") == "optimizer"
+    assert variant_parts("autotune-trainer-regional") == ({"autotune-", "trainer-"}, "regional")
+    with pytest.raises(SystemExit, match="unknown variant kind 'fa4-regional'"):
+        variant_parts("fa4-regional")
