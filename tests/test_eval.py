@@ -159,11 +159,19 @@ def test_clip_score_lies_in_0_100(clip_folder):
 # --- prompt files -------------------------------------------------------------------------------------
 
 
+def test_read_prompts_from_a_csv_manifest_as_prepare_reads_it(tmp_path):
+    """A CSV manifest was read as one prompt a line: its header and each row's image path became prompts."""
+    manifest = tmp_path / "captions.csv"
+    manifest.write_text('image,caption,dense\n0.png,a red circle,"a red circle, centred"\n1.png,a blue square,x\n')
+    assert read_prompts(manifest) == ["a red circle", "a blue square"]
+    assert read_prompts(manifest, field="dense") == ["a red circle, centred", "x"]
+
+
 def test_read_prompts_from_text_and_jsonl(tmp_path):
     text = tmp_path / "prompts.txt"
     text.write_text("a red circle\n\n  a blue square  \n")
     assert read_prompts(text) == ["a red circle", "a blue square"]
-    with pytest.raises(RealDataError, match="--field picks a field of a JSONL manifest"):
+    with pytest.raises(RealDataError, match="--field picks a field of a JSONL or CSV manifest"):
         read_prompts(text, field="dense")  # a text file has no fields: refused, not ignored
     manifest = tmp_path / "captions.jsonl"
     manifest.write_text('{"image": "a.png", "caption": "one"}\n\n{"image": "b.png", "text": "two"}\n')
@@ -237,6 +245,7 @@ def test_shapes_suite_through_the_cli(demo, tmp_path, capsys):
     assert all(0.0 <= value <= 1.0 for value in report["scores"].values())
     assert report["frechet"]["generated_vs_real"] >= 0 and report["frechet"]["real_vs_real_baseline"] >= 0
     assert report["images"] == {"single": 4, "pairs": 4, "size": [36, 36]}
+    assert report["seeds"] == {"single": 5, "pairs": 100_005}  # what generate --seed needs to make one again
     assert report["settings"]["steps"] == 2
     printed = capsys.readouterr()
     assert (

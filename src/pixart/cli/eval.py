@@ -47,7 +47,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="shapes (default: prompt following, probe-scored) or real (FID, CLIP score)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, metavar="S", help="seed of the first image (0 or more); image k uses seed + k"
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of the first image (0 or more); image k uses seed + k (the shapes suite's two-object images: "
+        "seed + 100000 + k)",
     )
     parser.add_argument(
         "--out",
@@ -73,9 +78,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     shapes.add_argument("--probe-steps", type=int, metavar="N", help="training steps of the probe to use (default 600)")
     real = parser.add_argument_group("--suite real")
-    real.add_argument("--prompts", type=Path, metavar="FILE", help="text file (one prompt a line) or JSONL manifest")
     real.add_argument(
-        "--field", metavar="NAME", help="JSONL field holding the prompt (default: caption, prompt, text or alt)"
+        "--prompts", type=Path, metavar="FILE", help="text file (one prompt a line), or a JSONL or CSV manifest"
+    )
+    real.add_argument(
+        "--field", metavar="NAME", help="manifest field holding the prompt (default: caption, prompt, text or alt)"
     )
     real.add_argument("--real", type=Path, metavar="DIR", help="folder of reference images for FID (any sizes)")
     real.add_argument("--inception", type=Path, metavar="FILE", help="inception-2015-12-05.pt (TorchScript), for FID")
@@ -195,7 +202,7 @@ def run_shapes(
     args: argparse.Namespace, load_pipe: Callable[[], TextToImage], settings: Settings, device: str
 ) -> tuple[dict, str]:
     from pixart.evaluate.probe import DEFAULT_STEPS, load_or_train_probe
-    from pixart.evaluate.suite import SHAPES_KEYS, shapes_suite
+    from pixart.evaluate.suite import PAIR_SEED_OFFSET, SHAPES_KEYS, shapes_suite
 
     pipe = load_pipe()
     record = settings_record(pipe, settings)
@@ -221,6 +228,8 @@ def run_shapes(
             "features": f"shapes probe {probe.version}",
         },
         "images": images,
+        # the first seed of each image set: image k of a set was made with its seed + k
+        "seeds": {"single": args.seed, "pairs": args.seed + PAIR_SEED_OFFSET},
         "settings": record,
     }
     print(f"shapes suite: {images['single']} single-object + {images['pairs']} two-object prompts, {describe(record)}")
@@ -260,7 +269,7 @@ def real_inputs(args: argparse.Namespace) -> tuple[list[str], list[Path] | None,
     if len(missing) == 2:
         raise UserError(f"nothing to compute. {INCEPTION_HINT}. {CLIP_HINT}")
     if args.prompts is None:
-        raise UserError("--suite real needs --prompts FILE (one prompt a line, or a JSONL manifest)")
+        raise UserError("--suite real needs --prompts FILE (one prompt a line, or a JSONL or CSV manifest)")
     if args.inception is not None and args.real is None:
         raise UserError("FID needs --real DIR, a folder of reference images")
     if args.real is not None and args.inception is None:  # it would be ignored: FID is what reads it

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pixart.data.images import ImageSkipped, load_rgb
-from pixart.data.sources import InputError, Problem, image_files, is_utf8, manifest_rows
+from pixart.data.sources import MANIFEST_SUFFIXES, InputError, Problem, image_files, is_utf8, manifest_rows
 from pixart.evaluate.clipscore import ClipScorer, clip_score
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.inception import inception_features
@@ -41,16 +41,18 @@ def _prompt_from_row(row: dict, field: str | None, where: str) -> str:
 
 
 def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
-    """Prompts from a .jsonl manifest (`field`, else the first of PROMPT_FIELDS) or a text file (one a line).
+    """Prompts from a .jsonl or .csv manifest (`field`, else the first of PROMPT_FIELDS) or a text file (one
+    a line).
 
     Blank prompts are left out: neither metric means anything for an empty caption.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--prompts: no file at {path}")
-    if field is not None and path.suffix.lower() != ".jsonl":  # it would be ignored
-        raise RealDataError(f"--field picks a field of a JSONL manifest; --prompts {path} is one prompt a line")
-    if path.suffix.lower() == ".jsonl":
+    manifest = path.suffix.lower() in MANIFEST_SUFFIXES  # as `pixart prepare` reads them
+    if field is not None and not manifest:  # it would be ignored
+        raise RealDataError(f"--field picks a field of a JSONL or CSV manifest; --prompts {path} is one prompt a line")
+    if manifest:
         prompts = []
         try:
             rows = manifest_rows(path)

@@ -28,6 +28,10 @@ def generate_arrays(
 SHAPES_KEYS = ("color", "shape", "size", "position", "binding", "relation")
 
 
+# The two-object images' seeds start here past the single-object ones', so the two sets never share noise.
+PAIR_SEED_OFFSET = 100_000
+
+
 def shapes_suite(
     pipe: TextToImage,
     probe: Probe,
@@ -54,7 +58,7 @@ def shapes_suite(
         pipe, [c for _, c in single_set], settings, seed=seed, batch_size=batch_size, progress=progress
     )
     twos = generate_arrays(
-        pipe, [c for _, c in pair_set], settings, seed=seed + 100_000, batch_size=batch_size, progress=progress
+        pipe, [c for _, c in pair_set], settings, seed=seed + PAIR_SEED_OFFSET, batch_size=batch_size, progress=progress
     )
     single_found, single_features = probe.read_with_features(ones)  # one probe pass per image set
     # Fractions and distances (floats), then the image counts (a dict) at the end.
