@@ -33,6 +33,13 @@ def test_overrides_are_typed_and_nested():
     assert isinstance(config.optim.ema_decay, float)
 
 
+def test_a_text_setting_takes_number_like_words_as_typed():
+    """data.root=2024 was refused ("2024 is not a str"): a folder may be named like a number."""
+    config = config_io.apply_overrides(get_recipe("tiny"), ["data.root=2024", "init_from=1.50", "data.synthetic=''"])
+    assert (config.data.root, config.init_from, config.data.synthetic) == ("2024", "1.50", "")
+    assert config_io.apply_overrides(get_recipe("tiny"), ["steps=12"]).steps == 12  # numbers stay numbers
+
+
 @pytest.mark.parametrize(
     ("text", "expected"), [("true", True), ("True", True), ("yes", True), ("1", True), ("false", False), ("OFF", False)]
 )
@@ -79,8 +86,19 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("dit.depth=0", "depth, num_heads, hidden_size, patch_size, input_size and num_classes must be at least 1"),
         ("model.max_length=600", "more than the shapes data's MiniLM encoder in .* has positions for .512."),
         ("data.synthetic=bogus", "synthetic must be 'shapes', or '' to train on data.root; got 'bogus'"),
+        ("data.synthetic_sizes=[]", "synthetic_sizes must name at least one canvas size, e.g. .'32x32'."),
         ("data.synthetic_sizes=['30x32']", "30x32 is not a multiple of the patch size 4 on each side; use 32x32"),
         ("data.caption_probs={'bogus': 1.0}", "the shapes data has the caption fields .'alt', 'dense'., not .'bogus'."),
+        # each of these trained on timesteps off the schedule (negative, or all 0) without a word, or (the
+        # position scale) stopped after 5 non-finite steps with advice about the learning rate
+        ("diffusion.high_noise_start=-1.0", "high_noise_start must lie in .0, 1), got -1.0"),
+        ("diffusion.high_noise_start=1", "high_noise_start must lie in .0, 1), got 1"),
+        ("diffusion.flow_shift=0", "flow_shift must be a positive number (1 shifts nothing), got 0"),
+        ("diffusion.flow_shift=-1", "flow_shift must be a positive number"),
+        ("diffusion.logit_std=-1", "logit_std finite and 0 or more, got 0.0, -1"),
+        ("diffusion.shift_base_tokens=-4", "shift_base_tokens must be 0 (a fixed shift) or more, got -4"),
+        ("model.interpolation_scale=0", "interpolation_scale must be a positive number, got 0"),
+        ("model.interpolation_scale=inf", "interpolation_scale must be a positive number, got inf"),
     ],
 )
 def test_bad_overrides_name_the_problem(override, message):
@@ -112,6 +130,17 @@ def test_overrides_checked_across_fields_do_not_depend_on_their_order(order):
     assert (config.model.learn_sigma, config.diffusion.objective) == (False, "flow")
     with pytest.raises(ConfigError, match="the iddpm objective needs model.learn_sigma=True"):
         config_io.apply_overrides(iddpm, ["model.learn_sigma=false"])
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["as-written", "reversed"])
+def test_overrides_valid_only_together_are_set_together(order):
+    """hidden 96 with 3 heads (tiny) to hidden 160 with 5: each override alone breaks divisibility with the
+    other's old value, so both were refused whatever their order, though the config asked for is valid."""
+    asked = ["model.hidden_size=160", "model.num_heads=5", "optim.lr=0.002"][::order]
+    config = config_io.apply_overrides(get_recipe("tiny"), asked)
+    assert (config.model.hidden_size, config.model.num_heads, config.optim.lr) == (160, 5, 0.002)
+    with pytest.raises(ConfigError, match="hidden_size 160 is not divisible by num_heads 7"):
+        config_io.apply_overrides(get_recipe("tiny"), ["model.hidden_size=160", "model.num_heads=7"][::order])
 
 
 def test_the_class_stage_checks_its_dit_for_the_iddpm_objective():

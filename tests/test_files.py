@@ -79,6 +79,14 @@ def test_a_checkpoint_save_deletes_what_a_killed_save_left(tmp_path):
     assert torch.load(folder / "step-0000006.pt", weights_only=True)["step"] == 6
 
 
+def test_checkpoints_past_step_ten_million_are_found_and_pruned(tmp_path):
+    """Names are zero-padded to 7 digits; step 10,000,000 has 8, and the 7-digit pattern never resumed
+    from it nor pruned it."""
+    for step in (9_999_999, 10_000_000, 10_000_001):
+        save_checkpoint(tmp_path, step, {"step": step}, World(), sharded=False, keep=2)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [10_000_000, 10_000_001]
+
+
 def test_atomic_write_syncs_the_file_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
     """Else a power loss could leave the new name holding an empty file while a caller, trusting it, has
     already deleted the older copies (the trainer prunes old checkpoints after each save)."""

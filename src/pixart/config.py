@@ -153,14 +153,18 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
     A key set twice takes its last value. The result does not depend on the order of the overrides: one
     the config refuses only in combination with another (model.learn_sigma=false while the objective is
-    still iddpm, before diffusion.objective=flow) is tried again once the others are in.
+    still iddpm, before diffusion.objective=flow) is tried again once the others are in, and those that
+    pass only together (model.hidden_size with model.num_heads) are set together.
     """
     latest: dict[str, object] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
-        latest[key.strip()] = parse_value(text.strip())
+        key, text = key.strip(), text.strip()
+        value = parse_value(text)
+        # A text field takes what parses as another type as typed: data.root=2024 names a folder, not 2024.
+        latest[key] = text if _leaf_hint(config, key) is str and not isinstance(value, str) else value
     pending = list(latest.items())
     while pending:
         refused = []
@@ -169,10 +173,38 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
                 config = set_value(config, key, value)
             except _Refused as error:
                 refused.append((key, value, error))
-        if len(refused) == len(pending):  # no progress: the first refusal stands
-            raise ConfigError(str(refused[0][2])) from refused[0][2]
+        if len(refused) == len(pending):  # none passes alone: maybe they pass together
+            return _set_together(config, [(key, value) for key, value, _ in refused])
         pending = [(key, value) for key, value, _ in refused]
     return config
+
+
+def _leaf_hint(config: Config, key: str) -> Any:
+    """The annotation of the dotted `key`'s field, or None where the key names no field."""
+    cls: Any = type(config)
+    for name in key.split("."):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)) or name not in _hints(cls):
+            return None
+        cls = _hints(cls)[name]
+    return cls
+
+
+def _set_together(config: Config, pending: list[tuple[str, Any]]) -> Config:
+    """`config` with every (key, value) set at once, checked once: model.hidden_size=160 with
+    model.num_heads=5 over 96 and 3, where each alone breaks the divisibility check with the other's old
+    value. Every key was type-checked by set_value already."""
+    data = to_dict(config)
+    for key, value in pending:
+        node, cls = data, type(config)
+        *path, leaf = key.split(".")
+        for name in path:
+            node, cls = node[name], _hints(cls)[name]
+        node[leaf] = _command_line_bool(value) if _hints(cls)[leaf] is bool else value
+    try:
+        return from_dict(type(config), data)
+    except (ValueError, TypeError) as error:  # the combination itself is refused: say what was asked
+        asked = " ".join(f"{key}={value!r}" for key, value in pending)
+        raise ConfigError(f"{asked}: {error}") from error
 
 
 def to_dict(config: DataclassInstance) -> dict:

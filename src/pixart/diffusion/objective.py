@@ -43,6 +43,17 @@ class DiffusionConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not 0.0 <= self.high_noise_fraction <= 1.0:
             raise ValueError(f"high_noise_fraction must lie in [0, 1], got {self.high_noise_fraction}")
+        # Outside these the draws leave the schedule (negative timesteps, or all at 0) and train silently.
+        if not 0.0 <= self.high_noise_start < 1.0:
+            raise ValueError(f"high_noise_start must lie in [0, 1), got {self.high_noise_start}")
+        if not (math.isfinite(self.flow_shift) and self.flow_shift > 0):
+            raise ValueError(f"flow_shift must be a positive number (1 shifts nothing), got {self.flow_shift}")
+        if not (math.isfinite(self.logit_mean) and math.isfinite(self.logit_std) and self.logit_std >= 0):
+            raise ValueError(
+                f"logit_mean must be finite and logit_std finite and 0 or more, got {self.logit_mean}, {self.logit_std}"
+            )
+        if self.shift_base_tokens < 0:
+            raise ValueError(f"shift_base_tokens must be 0 (a fixed shift) or more, got {self.shift_base_tokens}")
         # Every sampler (ours, diffusers', the official code's) denoises on this schedule, and the released
         # weights were trained on it: a model trained on another could be trained but not sampled.
         if (self.num_timesteps, self.beta_start, self.beta_end) != (1000, 1e-4, 0.02):

@@ -9,6 +9,7 @@ blocks.i.scale_shift_table (the per-block table E(i)), final_layer.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -91,6 +92,8 @@ class PixArtConfig:
         if self.input_size % self.patch_size:
             raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
         mlp_width(self.hidden_size, self.mlp_ratio)  # refuses a ratio that leaves the MLP no unit
+        if not (math.isfinite(self.interpolation_scale) and self.interpolation_scale > 0):  # it divides positions
+            raise ValueError(f"interpolation_scale must be a positive number, got {self.interpolation_scale}")
 
     @property
     def out_channels(self) -> int:

@@ -47,6 +47,8 @@ class DataConfig:
                 f"caption_probs must give each caption field a weight >= 0, not all 0 (e.g. {{'dense': 1.0}}), "
                 f"got {self.caption_probs}"
             )
+        if self.synthetic and not self.synthetic_sizes:  # found now, not as a traceback once the run folder is made
+            raise ValueError("synthetic_sizes must name at least one canvas size, e.g. ['32x32']")
         keys: dict[str, str] = {}
         for size in self.synthetic_sizes:
             try:
