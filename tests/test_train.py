@@ -664,6 +664,9 @@ def test_bad_overrides_are_rejected_before_any_work(tmp_path, capsys):
     assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "r"), *schedule]) == 2
     assert "must stay 1000, 1e-4 and 0.02 (the official linear schedule" in capsys.readouterr().err
     assert main(["train", "--recipe", "nope", "--dry-run"]) == 2
+    # a dry run makes the checks a real run makes before its folder (it passed this one, the run did not)
+    assert main(["train", "--recipe", "tiny", "--set", "sample_steps=1000", "--dry-run"]) == 2
+    assert "sample_steps=1000: sampler 'dpm-solver++' cannot take 1000 steps" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -834,6 +837,25 @@ def test_synthetic_data_of_an_attempt_with_other_settings_is_rebuilt(tmp_path):
     taller = config_io.apply_overrides(first, ['data.synthetic_sizes=["32x32","40x24"]'])
     buckets = build_shapes_for(taller, folder, progress=False)["buckets"]
     assert sorted(buckets.values()) == [[32, 32], [40, 24]]
+
+
+def test_synthetic_data_never_replaces_a_dataset_training_did_not_build(shapes_data, tmp_path):
+    """`pixart prepare --out RUN/data`, then training with the recipe's synthetic data and no data.root:
+    RUN/data, not matching the shapes settings, was deleted with everything in it."""
+    import shutil
+
+    from pixart.data.shards import read_dataset_info, write_dataset_info
+    from pixart.train.data import build_shapes_for
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(shapes_data, run_dir / "data")
+    write_dataset_info(run_dir / "data", {**read_dataset_info(run_dir / "data"), "source": "images in /photos"})
+    (run_dir / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match=r"holds a dataset that training did not build .* data.root="):
+        train(config_io.apply_overrides(get_recipe("tiny"), ["steps=1"]), run_dir, progress=False)
+    with pytest.raises(FileExistsError, match="holds a dataset that training did not build"):
+        build_shapes_for(get_recipe("tiny"), run_dir / "data", progress=False)  # its own guard, for any caller
+    assert (run_dir / "data" / "notes.txt").read_text() == "mine" and not (run_dir / "config.json").exists()
 
 
 def test_logged_lr_is_the_steps_own_and_a_window_of_skipped_steps_logs_nan(shapes_data, tmp_path, monkeypatch):

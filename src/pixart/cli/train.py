@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as error:
         raise UserError(str(error)) from error
     if args.dry_run:
+        from pixart.train.loop import TrainingError, check_preview_steps
+
+        try:  # the check a real run makes before its folder: a dry run that passes must start
+            check_preview_steps(config)
+        except TrainingError as error:
+            raise UserError(str(error)) from error
         world = int(os.environ.get("WORLD_SIZE", "1"))
         per_rank = config.data.batch_size * config.optim.grad_accum
         print(config_io.to_json(config), end="")

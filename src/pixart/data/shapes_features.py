@@ -36,9 +36,12 @@ def encode_unique(
     return table
 
 
+SHAPES_SOURCE_PREFIX = "shapes world "  # how every shapes dataset's "source" begins
+
+
 def shapes_source(seed: int, count: int) -> str:
     """dataset.json's "source" of shapes data: what, besides the sizes, decides its images and captions."""
-    return f"shapes world {synthetic.WORLD_VERSION}, seed {seed}, {count} images per size"
+    return f"{SHAPES_SOURCE_PREFIX}{synthetic.WORLD_VERSION}, seed {seed}, {count} images per size"
 
 
 def build_shapes_features(

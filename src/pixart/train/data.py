@@ -117,9 +117,27 @@ def prepare_data(config: TrainConfig, run_dir: Path, world: World, *, progress: 
     return Path(config.data.root)
 
 
+def check_built_data_folder(config: TrainConfig, run_dir: Path) -> None:
+    """Synthetic data is built in RUN_DIR/data, and an earlier attempt's with other settings is replaced
+    there: refuse a dataset in that place that training did not build (`pixart prepare --out RUN_DIR/data`,
+    say), which would otherwise be deleted."""
+    from pixart.data.shapes_features import SHAPES_SOURCE_PREFIX
+    from pixart.data.shards import DATASET_FILE, read_dataset_info
+
+    folder = run_dir / "data"
+    if not config.data.synthetic or config.data.root or not (folder / DATASET_FILE).is_file():
+        return
+    source = str(read_dataset_info(folder).get("source", ""))
+    if not source.startswith(SHAPES_SOURCE_PREFIX):
+        raise FileExistsError(
+            f"{folder} holds a dataset that training did not build (source: {source or 'not recorded'}); to train "
+            f"on it give --set data.root={folder}, else move it away: synthetic data would replace it"
+        )
+
+
 def build_shapes_for(config: TrainConfig, folder: Path, *, progress: bool = True) -> dict:
     from pixart.data.buckets import bucket_table_of, parse_size
-    from pixart.data.shapes_features import build_shapes_features, shapes_source
+    from pixart.data.shapes_features import SHAPES_SOURCE_PREFIX, build_shapes_features, shapes_source
     from pixart.data.shards import DATASET_FILE, read_dataset_info
     from pixart.encoders.codecs import PixelCodec
     from pixart.encoders.text import MiniLMEncoder
@@ -135,7 +153,9 @@ def build_shapes_for(config: TrainConfig, folder: Path, *, progress: bool = True
         if (info["source"], info["buckets"], info["text_encoder"]["max_length"]) == wanted:
             return {}
         # An attempt that died before its first checkpoint may be rerun with other data settings (a run
-        # with a checkpoint refuses them): its data is not this run's.
+        # with a checkpoint refuses them): its data is not this run's. Only shapes data goes this way.
+        if not str(info.get("source", "")).startswith(SHAPES_SOURCE_PREFIX):
+            raise FileExistsError(f"{folder} holds a dataset that training did not build; move it away")
         shutil.rmtree(folder)
     return build_shapes_features(
         folder,

@@ -34,7 +34,7 @@ from pixart.model.pixart import PixArt
 from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
 from pixart.train.config import TrainConfig
-from pixart.train.data import LatentScaling, check_class_labels, prepare_data
+from pixart.train.data import LatentScaling, check_built_data_folder, check_class_labels, prepare_data
 from pixart.train.distributed import (
     World,
     all_reduce_max,
@@ -129,6 +129,10 @@ def check_start(config: TrainConfig, run_dir: Path) -> None:
             resolve_init_path(config.init_from)
         except FileNotFoundError as error:
             raise TrainingError(str(error)) from None
+    try:
+        check_built_data_folder(config, run_dir)
+    except FileExistsError as error:
+        raise TrainingError(str(error)) from None
 
 
 class StopFlag:
