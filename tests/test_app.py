@@ -378,3 +378,51 @@ def test_request_numbering_reads_ascii_digit_folders_only(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "00099").write_text("a file, not a request folder")
     assert last_request_number(tmp_path) == 12
+
+
+def test_the_api_gets_a_notice_for_what_the_page_cannot_send(model_folder, tmp_path):
+    """Gradio's API passes NaN through its sliders' bounds and any text through the prompt box: a prompt
+    that is not UTF-8 reached the tokenizer and NaN reached int(), each a bare "Error" and a traceback."""
+    from pixart.app import SEED_RANGE, Studio
+    from pixart.generate import TextToImage
+
+    studio = Studio(TextToImage.from_path(model_folder), tmp_path)
+    for args, message in (
+        (("a \ud800 cat", None, "1.0", None, None, 2, 4.5, 5, False, 1), "is not UTF-8 text"),
+        (("a cat", None, "1.0", None, None, 2, 4.5, 5, False, float("nan")), "number of images must be a whole"),
+        (("a cat", None, "1.0", None, None, 2, 4.5, float("inf"), False, 1), "the seed must be a whole number"),
+        (("a cat", None, "1.0", None, None, float("nan"), 4.5, 5, False, 1), "steps must be a whole number"),
+        (("a cat", None, "1.0", None, None, 2, 4.5, 5, False, 1.9), "number of images must be a whole number"),
+        # image k takes seed + k: the last image's seed would be one the page refuses
+        (("a cat", None, "1.0", None, None, 2, 4.5, SEED_RANGE - 2, False, 3), f"0..{SEED_RANGE - 3} for 3 image"),
+    ):
+        reply = studio.request(*args)
+        plain = reply.notice.replace("\\", "")  # the notice is Markdown, its punctuation escaped
+        assert "Cannot generate" in plain and message in plain and not reply.files, (args, plain)
+
+
+def test_serve_records_its_vae_and_text_encoder_with_each_image(model_folder, tmp_path, monkeypatch):
+    """pixart generate writes --vae and --text-encoder into each image's metadata; serve wrote the model alone."""
+    import pixart.app
+    from pixart.cli import main, serve
+
+    made = {}
+
+    class Page:
+        def queue(self, **kwargs):
+            return self
+
+        def launch(self, **kwargs):
+            return None
+
+    def build_app(pipe, out, **kwargs):
+        made["studio"] = pixart.app.Studio(pipe, out, model_name=kwargs["model_name"], extra=kwargs.get("extra"))
+        return Page()
+
+    monkeypatch.setattr(serve, "check_address", lambda host, port: None)
+    monkeypatch.setattr(pixart.app, "build_app", build_app)
+    vae = model_folder / "vae"
+    assert main(["serve", "--model", str(model_folder), "--vae", str(vae), "--out", str(tmp_path / "out")]) == 0
+    reply = made["studio"].request("a dog", None, "1.0", None, None, 2, 4.5, 5, False, 1)
+    record = json.loads(Path(reply.files[0]).with_suffix(".json").read_text())
+    assert record["vae"] == str(vae) and record["model"] == str(model_folder) and "text_encoder" not in record

@@ -475,9 +475,10 @@ def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
     with pytest.raises(main_module.UserError, match=f"--prompts-file {tmp_path}: Is a directory"):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=tmp_path))
     latin1 = b"caf\xe9 red circle".decode("utf-8", "surrogateescape")  # as Python hands over a shell's Latin-1
-    with pytest.raises(main_module.UserError, match=r"the prompt 'caf\\udce9 red circle' is not UTF-8 text"):
-        read_prompts(argparse.Namespace(prompts=["a cat", latin1], prompts_file=None))
     from pixart.generate import check_request
+
+    with pytest.raises(GenerationError, match=r"the prompt 'caf\\udce9 red circle' is not UTF-8 text"):
+        check_request(Settings(), prompts=["a cat", latin1])  # the CLI, the app and generate() all call it
 
     with pytest.raises(GenerationError, match=r"the negative prompt 'caf\\udce9 red circle' is not UTF-8 text"):
         check_request(Settings(negative=latin1))  # before loading: the tokenizer failed on it after

@@ -8,6 +8,7 @@ fix are answered in the page's notice, never as a traceback. Images are written 
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import time
@@ -25,6 +26,13 @@ from pixart.outputs import write_images
 
 MAX_IMAGES = 8
 SEED_RANGE = 2**31  # what fits every seed field downstream (diffusers, numpy)
+
+
+def whole_number(value: float | int, what: str) -> int:
+    """A count, seed or step number from the page or its API (which sends floats, NaN included)."""
+    if not (math.isfinite(value) and value == int(value)):
+        raise GenerationError(f"{what} must be a whole number, got {value}")
+    return int(value)
 
 
 @dataclass
@@ -129,10 +137,13 @@ def last_request_number(out_dir: Path) -> int:
 class Studio:
     """Requests -> images for one loaded model; writes each request's PNGs in its own folder."""
 
-    def __init__(self, pipe: TextToImage, out_dir: str | Path, *, model_name: str | None = None):
+    def __init__(
+        self, pipe: TextToImage, out_dir: str | Path, *, model_name: str | None = None, extra: dict | None = None
+    ):
         self.pipe = pipe
         self.out_dir = Path(out_dir)
         self.model_name = model_name
+        self.extra = extra  # more of what remakes an image (--vae, --text-encoder), saved with each one
         # A server restarted on the same --out continues the numbering instead of writing into old folders.
         self.count = last_request_number(self.out_dir)
 
@@ -164,16 +175,18 @@ class Studio:
         progress: bool = False,
     ) -> Reply:
         prompt = prompt or ""
-        if random_seed or seed is None:
-            seed = random.randrange(SEED_RANGE)
-        seed = int(seed)
         started = time.time()
+        used_seed = None
         try:
-            if not 0 <= seed < SEED_RANGE:
-                raise GenerationError(f"the seed must lie in 0..{SEED_RANGE - 1}, got {seed}")
-            count = int(num_images or 1)
+            count = 1 if num_images is None else whole_number(num_images, "the number of images")
             if not 1 <= count <= MAX_IMAGES:
                 raise GenerationError(f"the number of images must lie in 1..{MAX_IMAGES}, got {count}")
+            # image k takes seed + k, and every seed written must be one this page takes back
+            last = SEED_RANGE - count
+            seed = random.randint(0, last) if random_seed or seed is None else whole_number(seed, "the seed")
+            if not 0 <= seed <= last:
+                raise GenerationError(f"the seed must lie in 0..{last} for {count} image(s) (image k takes seed + k)")
+            used_seed = seed
             height, width = parse_size(size)
             settings = Settings(
                 negative=negative,  # generate() reads a blank one as none (the null caption), as in the CLI
@@ -181,13 +194,13 @@ class Studio:
                 width=width,
                 aspect=None if height else aspect_ratio(aspect),
                 sampler=sampler or None,
-                steps=None if steps is None else int(steps),
+                steps=None if steps is None else whole_number(steps, "steps"),
                 cfg_scale=None if cfg is None else float(cfg),
             )
             results = self.pipe.generate([prompt], settings, seed=seed, num_images=count, progress=progress)
         except GenerationError as error:
-            return Reply(notice=f"**Cannot generate:** {escape_markdown(str(error))}", seed=seed)
-        paths = write_images(results, self.next_folder(), model=self.model_name)
+            return Reply(notice=f"**Cannot generate:** {escape_markdown(str(error))}", seed=used_seed)
+        paths = write_images(results, self.next_folder(), model=self.model_name, extra=self.extra)
         lines = [
             f"Generated {len(results)} image(s) in {time.time() - started:.1f}s.",
             *notices(self.pipe, prompt, results),
@@ -202,9 +215,12 @@ class Studio:
         )
 
 
-def build_app(pipe: TextToImage, out_dir: str | Path, *, model_name: str | None = None) -> gr.Blocks:
-    """The page; call `.queue(...)` and `.launch(...)` on it (see pixart.cli.serve)."""
-    studio = Studio(pipe, out_dir, model_name=model_name)
+def build_app(
+    pipe: TextToImage, out_dir: str | Path, *, model_name: str | None = None, extra: dict | None = None
+) -> gr.Blocks:
+    """The page; call `.queue(...)` and `.launch(...)` on it (see pixart.cli.serve). `extra` goes into each
+    image's metadata beside the model's name, as `pixart generate` writes it."""
+    studio = Studio(pipe, out_dir, model_name=model_name, extra=extra)
     square, _ = closest_bucket(1, 1, pipe.table)
     sampler = pipe.default_sampler()
     # Gradio copies every image it shows into its cache: drop copies older than a day, hourly.

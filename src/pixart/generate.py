@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,12 +120,21 @@ def check_steps_for(name: str | None, steps: int) -> None:
 
 
 def check_request(
-    settings: Settings, num_images: int = 1, batch_size: int = 1, *, seed: int = 0, total_images: int = 1
+    settings: Settings,
+    num_images: int = 1,
+    batch_size: int = 1,
+    *,
+    seed: int = 0,
+    total_images: int = 1,
+    prompts: Sequence[str] = (),
 ) -> None:
     """Refuse what no model could draw before one loads (minutes for a large one): counts, size, aspect,
-    guidance, seeds, and a named sampler with its steps. What depends on the model is checked by
-    TextToImage.resolve_sampler. `total_images` is the run's count (prompts x num_images): image k takes
-    seed + k."""
+    guidance, seeds, prompts that are not UTF-8, and a named sampler with its steps. What depends on the
+    model is checked by TextToImage.resolve_sampler. `total_images` is the run's count (prompts x
+    num_images): image k takes seed + k."""
+    for prompt in prompts:  # bytes of another encoding arrive as lone surrogates: the tokenizer's error
+        if not is_utf8(prompt):
+            raise GenerationError(f"the prompt {prompt!a} is not UTF-8 text (another encoding?): give it in UTF-8")
     check_counts(num_images, batch_size)
     if not 0 <= seed <= MAX_SEED - max(total_images - 1, 0):
         raise GenerationError(f"the seed must lie in 0..{MAX_SEED - max(total_images - 1, 0)}, got {seed}")
@@ -320,7 +329,9 @@ class TextToImage:
     ) -> list[GeneratedImage]:
         settings = settings or Settings()
         settings = dataclasses.replace(settings, negative=negative_prompt(settings.negative))
-        check_request(settings, num_images, batch_size, seed=seed, total_images=len(prompts) * num_images)
+        check_request(
+            settings, num_images, batch_size, seed=seed, total_images=len(prompts) * num_images, prompts=prompts
+        )
         sampler_name, steps = self.resolve_sampler(settings)
         cfg = self.spec.cfg_scale if settings.cfg_scale is None else settings.cfg_scale
         key, (gen_h, gen_w), (out_h, out_w) = self.resolve_size(settings)

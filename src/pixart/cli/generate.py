@@ -73,13 +73,9 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     """The command line's prompts as given ("" is unconditional), then the file's non-blank lines: a blank
     line is an editing accident far more often than a request for an unconditional image."""
     from pixart.cli.main import UserError
-    from pixart.data.sources import is_utf8
     from pixart.files import text_lines
 
-    prompts = list(args.prompts)
-    for prompt in prompts:  # bytes of another encoding arrive as lone surrogates: the tokenizer's TypeError
-        if not is_utf8(prompt):
-            raise UserError(f"the prompt {prompt!a} is not UTF-8 text (another encoding?): give it in UTF-8")
+    prompts = list(args.prompts)  # checked for UTF-8 with the rest of the request (generate.check_request)
     if args.prompts_file:
         try:
             lines = text_lines(args.prompts_file)
@@ -133,7 +129,12 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         check_request(
-            settings, args.num_images, args.batch, seed=args.seed, total_images=len(prompts) * args.num_images
+            settings,
+            args.num_images,
+            args.batch,
+            seed=args.seed,
+            total_images=len(prompts) * args.num_images,
+            prompts=prompts,
         )
     except GenerationError as error:
         raise UserError(str(error)) from error

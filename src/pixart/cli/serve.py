@@ -117,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     try:  # what generate says in one line (a text encoder of the wrong width, say) is said so here too
         pipe = TextToImage.from_path(model, vae=args.vae, text_encoder=args.text_encoder, device=device)
         pipe.text_encoder  # noqa: B018 -- load it now, so the first request is as fast as the others
-        page = build_app(pipe, out, model_name=str(model))
+        # what pixart generate records besides the model, so an image from the page can be made again
+        extra = {key: str(path) for key, path in (("vae", args.vae), ("text_encoder", args.text_encoder)) if path}
+        page = build_app(pipe, out, model_name=str(model), extra=extra or None)
     except GenerationError as error:
         raise UserError(str(error)) from error
     page.queue(default_concurrency_limit=1)
