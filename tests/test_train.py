@@ -707,6 +707,33 @@ def test_stage1_class_dit_then_stage2_by_reparameterisation(shapes_data, tmp_pat
     assert "stage1" in log
 
 
+def test_a_run_folder_serves_as_init_from_only_once_it_has_finished(tmp_path):
+    """A finished run extended (--steps 4 -> 8) and stopped at step 6 keeps step 4's finals until it ends:
+    a next stage given the folder started from those silently."""
+    from pixart.train.init import resolve_init_path
+    from pixart.weights.io import FINAL_EMA
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000004.pt").write_bytes(b"")
+    (run / FINAL_EMA).write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"steps": 4}))
+    assert resolve_init_path(str(run)) == run / FINAL_EMA  # finished
+    (run / "config.json").write_text(json.dumps({"steps": 8}))  # extended ...
+    (run / "checkpoints" / "step-0000006.pt").write_bytes(b"")  # ... and stopped at step 6
+    with pytest.raises(FileNotFoundError, match=r"is a run at step 6 of 8: finish it first"):
+        resolve_init_path(str(run))
+    assert resolve_init_path(str(run / FINAL_EMA)) == run / FINAL_EMA  # named outright, it is the user's call
+    (run / FINAL_EMA).unlink()
+    (run / "config.json").write_text(json.dumps({"steps": 6}))
+    with pytest.raises(FileNotFoundError, match=f"is a run folder without {FINAL_EMA}: has it finished"):
+        resolve_init_path(str(run))  # it failed later, after the new run's folder was written
+    model = tmp_path / "model"  # a diffusers transformer folder: config.json, no checkpoints
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"_class_name": "PixArtTransformer2DModel"}))
+    assert resolve_init_path(str(model)) == model
+
+
 def test_a_run_whose_data_changed_in_place_is_not_resumed(tmp_path):
     """A checkpoint's place in the data (epoch, position) indexes the samples it trained on: the same
     data.root rewritten with more samples would resume on others."""

@@ -7,6 +7,7 @@ A class-conditional DiT checkpoint given to a text-to-image run is re-parameteri
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from pixart.diffusion.objective import DiffusionConfig
 from pixart.files import atomic_write
 from pixart.model.dit import DiT
 from pixart.model.pixart import PixArt
+from pixart.train.checkpoint import list_checkpoints
 from pixart.train.config import TrainConfig
 from pixart.weights import WeightsError, detect_format, read_state
 from pixart.weights.dit_init import reparameterize_dit
@@ -30,14 +32,38 @@ def build_model(config: TrainConfig) -> PixArt | DiT:
 def resolve_init_path(init_from: str) -> Path:
     """A weights path, or a finished run folder (its final EMA weights)."""
     path = Path(init_from)
-    if path.is_dir() and (path / FINAL_EMA).is_file():
-        return path / FINAL_EMA
+    if path.is_dir():
+        # A run extended past its end (--steps raised) keeps its old finals until it ends again: while it
+        # is unfinished they are not the run's weights, and a next stage would start from them unawares.
+        unfinished = unfinished_run_step(path)
+        if unfinished is not None:
+            done, goal = unfinished
+            raise FileNotFoundError(
+                f"init_from {init_from} is a run at step {done} of {goal}: finish it first (its final weights, "
+                f"if any, are from an earlier end), or name a weights file in it"
+            )
+        if (path / FINAL_EMA).is_file():
+            return path / FINAL_EMA
+        if (path / "checkpoints").is_dir():  # a run folder (a model folder has config.json too, but no checkpoints)
+            raise FileNotFoundError(f"init_from {init_from} is a run folder without {FINAL_EMA}: has it finished?")
     if not path.exists():
         raise FileNotFoundError(
             f"init_from {init_from} does not exist: train the previous stage first, or point "
             "init_from at its run folder or weights"
         )
     return path
+
+
+def unfinished_run_step(run_dir: Path) -> tuple[int, int] | None:
+    """(step reached, steps asked) of a run folder whose latest checkpoint is short of its config's steps."""
+    saved = list_checkpoints(run_dir)
+    try:
+        goal = json.loads((run_dir / "config.json").read_text())["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if saved and isinstance(goal, int) and saved[-1][0] < goal:
+        return saved[-1][0], goal
+    return None
 
 
 def initialize_from(model: PixArt | DiT, config: TrainConfig) -> str:
