@@ -435,16 +435,18 @@ def stop_during(monkeypatch, step_index: int) -> None:
     monkeypatch.setattr(loop, "compute_loss", signalling)
 
 
-def test_a_resumed_run_logs_the_rows_an_uninterrupted_one_logs(shapes_data, tmp_path, monkeypatch):
+def test_a_resumed_run_logs_the_rows_an_uninterrupted_one_logs(shapes_data, tmp_path, monkeypatch, capsys):
     """Log every 3 steps, stopped at step 5: the row of step 6 averages steps 4-6, two of them trained
     before the stop (the log window is in the checkpoint); training time goes on from the stop."""
     config = config_for(shapes_data, ["log_every=3"], steps=9, every=100)
     train(config, tmp_path / "reference", progress=False)
+    assert "done: 9 steps in " in capsys.readouterr().out
     stop_during(monkeypatch, 3)
     stopped = train(config, tmp_path / "run", progress=False)
     assert (stopped["status"], stopped["steps"]) == ("interrupted", 5)
     monkeypatch.undo()
     train(config, tmp_path / "run", progress=False)
+    assert "done: 9 steps (4 in this run) in " in capsys.readouterr().out  # the time printed is this run's
     rows, reference = (
         read_metrics(tmp_path / "run" / "metrics.jsonl"),
         read_metrics(tmp_path / "reference" / "metrics.jsonl"),

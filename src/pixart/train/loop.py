@@ -284,6 +284,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         ckpt.restore_rng(state["rng"])
         init_note = f"resumed from {resume_from.name}"
 
+    resumed_at = step
     metrics = MetricsWriter(run_dir, world.is_main, resumed_at=step)  # later steps are logged again
     previewer = Previewer.for_run(config, dataset, run_dir, world) if world.is_main and config.previews else None
     peak = peak_flops(world.device)
@@ -428,7 +429,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     bar.close()
     if status == "finished":
         save(step)
-    summary = finish(config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started)
+    summary = finish(
+        config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started, resumed_at
+    )
     metrics.close()
     if creates_group:
         # Under torchrun the process group must go before the interpreter does: one CI run saw a rank abort
@@ -452,6 +455,7 @@ def finish(
     skipped: int,
     last_loss: float,
     started: float,
+    resumed_at: int = 0,
 ) -> dict:
     if math.isnan(last_loss):  # no step ran in this call (a finished run reopened): its last logged loss
         logged = [row["loss"] for row in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in row]
@@ -484,7 +488,9 @@ def finish(
             final=str(run_dir / FINAL), final_ema=str(run_dir / FINAL_EMA), loss_curve=str(run_dir / "loss.png")
         )
         print(
-            f"[pixart train] done: {step} steps in {summary['wall_seconds']}s, final loss {last_loss:.4f}, "
+            # the time is this call's: after a resume, say how many of the steps it ran
+            f"[pixart train] done: {step} steps{f' ({step - resumed_at} in this run)' if resumed_at else ''} in "
+            f"{summary['wall_seconds']}s, final loss {last_loss:.4f}, "
             f"{skipped} skipped step(s); weights {run_dir / FINAL_EMA} (EMA) and {run_dir / FINAL}; "
             f"loss curve {run_dir / 'loss.png'}"
         )
