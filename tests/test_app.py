@@ -7,15 +7,18 @@ setup.sh installs): without it, or without playwright, the browser tests skip an
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -426,3 +429,43 @@ def test_serve_records_its_vae_and_text_encoder_with_each_image(model_folder, tm
     reply = made["studio"].request("a dog", None, "1.0", None, None, 2, 4.5, 5, False, 1)
     record = json.loads(Path(reply.files[0]).with_suffix(".json").read_text())
     assert record["vae"] == str(vae) and record["model"] == str(model_folder) and "text_encoder" not in record
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "mid-request"])
+def test_sigterm_stops_the_server_as_ctrl_c_does(model_folder, tmp_path, busy):
+    """kill, systemd and docker stop send SIGTERM: it ended the process at once, and the temporary --out
+    (every image made) stayed behind in $TMPDIR. Stopped in the middle of a request, the interpreter's exit
+    tore torch down under the worker thread: SIGABRT ("terminate called without an active exception")."""
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "pixart", "serve", "--model", str(model_folder), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                with NO_PROXY.open(f"http://127.0.0.1:{port}/", timeout=5):
+                    break
+            except OSError:
+                assert time.time() < deadline, "the server did not answer in 180 s"
+                time.sleep(0.5)
+        assert len(list(tmp_path.glob("pixart-serve-*"))) == 1  # the temporary --out, while it serves
+        if busy:  # a long request through the page's API, then the signal while it runs
+            body = json.dumps({"data": ["a cat", None, "1.0", "", "ddim", 1000, 4.5, 3, False, 8]}).encode()
+            call = f"http://127.0.0.1:{port}/gradio_api/call/on_generate"
+            headers = {"Content-Type": "application/json"}
+            event = json.loads(NO_PROXY.open(urllib.request.Request(call, data=body, headers=headers)).read())
+
+            def listen():  # the answer stream, which the server cuts when it stops
+                with contextlib.suppress(Exception):  # IncompleteRead, a reset connection...
+                    NO_PROXY.open(f"{call}/{event['event_id']}").read()
+
+            threading.Thread(target=listen, daemon=True).start()
+            time.sleep(3)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not list(tmp_path.glob("pixart-serve-*"))

@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 import random
 import re
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,26 @@ from pixart.generate import MAX_SIDE, GeneratedImage, GenerationError, Settings,
 from pixart.outputs import write_images
 
 MAX_IMAGES = 8
+_in_flight = [0]  # requests being made now, in gradio's worker threads
+_in_flight_lock = threading.Lock()
+
+
+@contextmanager
+def _making() -> Iterator[None]:
+    with _in_flight_lock:
+        _in_flight[0] += 1
+    try:
+        yield
+    finally:
+        with _in_flight_lock:
+            _in_flight[0] -= 1
+
+
+def generating() -> bool:
+    """Whether a request is being made now: a stopping server must not wait for it (pixart.cli.serve)."""
+    return _in_flight[0] > 0
+
+
 SEED_RANGE = 2**31  # what fits every seed field downstream (diffusers, numpy)
 
 
@@ -160,6 +183,27 @@ class Studio:
             return folder
 
     def request(
+        self,
+        prompt: str | None,
+        negative: str | None,
+        aspect: str | None,
+        size: str | None,
+        sampler: str | None,
+        steps: float | None,
+        cfg: float | None,
+        seed: float | None,
+        random_seed: bool,
+        num_images: float | None,
+        *,
+        progress: bool = False,
+    ) -> Reply:
+        """One request from the page or its API; counted while it runs (generating())."""
+        with _making():
+            return self._request(
+                prompt, negative, aspect, size, sampler, steps, cfg, seed, random_seed, num_images, progress=progress
+            )
+
+    def _request(
         self,
         prompt: str | None,
         negative: str | None,

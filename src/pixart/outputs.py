@@ -7,8 +7,10 @@ import json
 import re
 from pathlib import Path
 
+from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from pixart.files import atomic_write, write_json
 from pixart.generate import GeneratedImage
 from pixart.grids import image_grid
 
@@ -44,6 +46,11 @@ def earlier_outputs(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name == CONTACT_SHEET or OUTPUT_NAME.fullmatch(p.name))
 
 
+def save_png(image: Image.Image, path: Path, info: PngInfo | None = None) -> None:
+    """`image` as a PNG at `path`, whole or not at all (through a temporary file)."""
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+
+
 def write_images(
     results: list[GeneratedImage], out_dir: str | Path, *, model: str | None = None, extra: dict | None = None
 ) -> list[Path]:
@@ -57,10 +64,11 @@ def write_images(
         info.add_text("prompt", result.prompt)
         info.add_text("seed", str(result.seed))
         path = out_dir / f"{index:04d}-{slug(result.prompt)}-seed{result.seed}.png"
-        result.image.save(path, pnginfo=info)
-        path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+        # each file whole or absent: a process stopped mid-write (a server's Ctrl+C) leaves no torn image
+        save_png(result.image, path, info)
+        write_json(path.with_suffix(".json"), record)
         paths.append(path)
     if len(results) > 1:
         sheet = image_grid([r.image for r in results], labels=[f"{r.prompt} (seed {r.seed})" for r in results])
-        sheet.save(out_dir / CONTACT_SHEET)
+        save_png(sheet, out_dir / CONTACT_SHEET)
     return paths

@@ -12,7 +12,9 @@ import atexit
 import errno
 import os
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -123,10 +125,24 @@ def run(args: argparse.Namespace) -> int:
     except GenerationError as error:
         raise UserError(str(error)) from error
     page.queue(default_concurrency_limit=1)
+    # SIGTERM (kill, systemd, docker stop) takes Ctrl+C's way out: gradio closes the server and the exit
+    # handlers run, removing the temporary --out; by default it ended the process on the spot.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"loaded {model}; starting the web server on {args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     try:
         page.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out.resolve())])
     except OSError as error:  # taken since the check; gradio's message would advise GRADIO_SERVER_PORT
         fallback = f"cannot serve on {args.host}:{args.port}: choose another --port, or check --host"
         raise UserError(address_problem(args.host, args.port) or fallback) from error
+    from pixart.app import generating
+
+    if generating():
+        # Stopped while a request is being made: the interpreter's exit would tear torch down under the
+        # worker thread (SIGABRT, "terminate called without an active exception"). Its images are not
+        # written yet (each file is written whole or not at all), so it is abandoned.
+        print("stopped during a request; it is abandoned", flush=True)
+        if args.out is None:
+            shutil.rmtree(out, ignore_errors=True)
+        sys.stderr.flush()
+        os._exit(0)
     return 0
