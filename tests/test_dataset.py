@@ -67,6 +67,10 @@ def test_caption_field_draws_are_seeded_and_follow_probabilities(tmp_path):
     assert all(only_alt[i]["caption"].startswith("alt") for i in range(12))
     with pytest.raises(ValueError, match="not in"):
         FeatureDataset(tmp_path, {"short": 1.0})
+    # the same config written in another order (config diffs compare mappings, so a resume allows it) drew
+    # the other field for every sample
+    reordered = FeatureDataset(tmp_path, {"dense": 0.5, "alt": 0.5}, seed=3)
+    assert [reordered[i]["caption"].split()[0] for i in range(12)] == first
 
 
 def test_half_written_shard_is_invisible(tmp_path):
@@ -89,6 +93,11 @@ def test_collate_pads_captions_and_refuses_mixed_buckets(tmp_path):
         assert np.count_nonzero(batch["text"][row, n:].numpy()) == 0
     with pytest.raises(ValueError, match="mixes buckets"):
         collate([data[0], data[1]])
+    # the first item of a batch __getitems__ padded, collated alone: its "caption" spanned every row
+    items = data.__getitems__(next(iter(sampler)))
+    alone = collate(items[:1])
+    n = data[int(alone["index"][0])]["text"].shape[0]
+    assert alone["text"].shape == (1, n, 8) and torch.equal(alone["text"][0], items[0]["text"])
 
 
 def test_an_empty_dataset_says_whether_prepare_finished(tmp_path):

@@ -709,6 +709,19 @@ def test_stage1_class_dit_then_stage2_by_reparameterisation(shapes_data, tmp_pat
     assert "stage1" in log
 
 
+def test_buckets_smaller_than_a_steps_batch_are_said_to_train_never(capsys):
+    """A step's batch comes from one bucket across all ranks and partial batches are dropped: a bucket of
+    3 samples under batch 2 x 2 ranks never trained, while the start line counted its samples."""
+    from pixart.train.loop import warn_of_untrained_buckets
+
+    buckets = ["1.0"] * 12 + ["0.5"] * 3 + ["2.0"] * 1
+    warn_of_untrained_buckets(buckets, step_batch=4)
+    out = capsys.readouterr().out
+    assert "4 of 16 samples are never trained: the bucket(s) 0.5 (3), 2.0 (1) hold fewer than a step's batch (4" in out
+    warn_of_untrained_buckets(buckets, step_batch=1)
+    assert capsys.readouterr().out == ""
+
+
 def test_a_run_folder_serves_as_init_from_only_once_it_has_finished(tmp_path):
     """A finished run extended (--steps 4 -> 8) and stopped at step 6 keeps step 4's finals until it ends:
     a next stage given the folder started from those silently."""

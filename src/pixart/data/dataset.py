@@ -66,7 +66,9 @@ class FeatureDataset(Dataset):
         total = sum(caption_probs.values())
         if total <= 0 or any(p < 0 for p in caption_probs.values()):
             raise ValueError(f"caption probabilities must be non-negative and not all zero, got {caption_probs}")
-        self.fields = list(caption_probs)
+        # In the dataset's order, not the mapping's: {"alt": .5, "dense": .5} and {"dense": .5, "alt": .5}
+        # are one config (a resume may reorder them) and must draw the same field for each sample.
+        self.fields = [f for f in fields if f in caption_probs]
         self.probs = np.array([caption_probs[f] / total for f in self.fields])
         self.seed = seed
         self.epoch = 0
@@ -219,7 +221,9 @@ def _prepadded(texts: list[torch.Tensor]) -> torch.Tensor | None:
         return None
     width = texts[0].shape[1]
     length = root.numel() // (len(texts) * width)
-    if length * len(texts) * width != root.numel() or length < max(1, max(t.shape[0] for t in texts)):
+    # __getitems__ pads to the longest caption of the batch: any other length means `texts` are not that
+    # whole batch (the first of its items alone, say, whose "length" would span every row)
+    if length * len(texts) * width != root.numel() or length != max(1, max(t.shape[0] for t in texts)):
         return None
     stride = length * width * root.element_size()
     for row, text in enumerate(texts):

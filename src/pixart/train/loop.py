@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Generator
 from contextlib import closing
 from pathlib import Path
@@ -135,6 +136,20 @@ def check_start(config: TrainConfig, run_dir: Path) -> None:
         raise TrainingError(str(error)) from None
 
 
+def warn_of_untrained_buckets(buckets: list[str], step_batch: int) -> None:
+    """Every rank draws a step's batch from one bucket and a partial batch is dropped (as officially), so a
+    bucket with fewer samples than a step's batch across ranks never trains: said, not done silently."""
+    small = {key: n for key, n in sorted(Counter(buckets).items()) if n < step_batch}
+    if small:
+        listed = ", ".join(f"{key} ({n})" for key, n in small.items())
+        print(
+            f"[pixart train] warning: {sum(small.values())} of {len(buckets)} samples are never trained: the "
+            f"bucket(s) {listed} hold fewer than a step's batch ({step_batch} across ranks); lower "
+            "data.batch_size, or add images of those shapes",
+            flush=True,
+        )
+
+
 class StopFlag:
     """SIGTERM / SIGINT ask the loop to checkpoint and exit at the end of the current step."""
 
@@ -224,6 +239,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
             f"no complete batch: {len(dataset)} samples, batch {config.data.batch_size} x "
             f"{world.world_size} ranks per bucket; lower data.batch_size or add data"
         )
+    if world.is_main:
+        warn_of_untrained_buckets(dataset.buckets, config.data.batch_size * world.world_size)
 
     step, epoch, position, skipped, bad_in_a_row = 0, 0, 0, 0, 0
     # The log window in progress (its loss summed over applied steps, every rank's mean once saved) and
