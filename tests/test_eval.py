@@ -369,7 +369,7 @@ def test_real_suite_options_that_cannot_work_are_refused_before_loading(tmp_path
     code, err = run_eval(capsys, *base, "--prompts", prompts, "--clip", tmp_path, "--real", real)
     assert code == 2 and "--real DIR is for FID, which also needs --inception FILE" in err
     code, err = run_eval(capsys, *base, "--prompts", prompts, "--clip", tmp_path, "--field", "dense")
-    assert code == 2 and "--field picks a field of a JSONL manifest" in err
+    assert code == 2 and "--field picks a field of a JSONL or CSV manifest" in err
     code, err = run_eval(capsys, *base, "--prompts", one, "--real", real, "--inception", inception)
     assert code == 2 and "FID needs at least 2 generated images (one per prompt); the prompts give 1" in err
     code, err = run_eval(capsys, *base, "--prompts", prompts, "--real", real, "--inception", inception, "--num", "1")
