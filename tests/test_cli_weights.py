@@ -106,6 +106,15 @@ def test_info_reports_format_config_and_parameters(tmp_path):
     assert info["config"]["hidden_size"] == 96
     expected = sum(p.numel() for p in model.parameters())
     assert info["parameters"] == expected
+    # a file missing a block's tensors was summarised as a healthy model of the config it stores
+    from safetensors.torch import load_file, save_file
+
+    from pixart.weights.io import safetensors_metadata
+
+    state = {k: v for k, v in load_file(tmp_path / "m.safetensors").items() if not k.startswith("blocks.1.")}
+    save_file(state, tmp_path / "cut.safetensors", metadata=safetensors_metadata(tmp_path / "m.safetensors"))
+    result = run_cli("info", str(tmp_path / "cut.safetensors"))
+    assert result.returncode == 2 and "blocks.1." in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):

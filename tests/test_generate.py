@@ -599,7 +599,7 @@ def test_a_sidecar_records_the_inputs_beside_the_model(tmp_path):
     assert json.loads(Image.open(path).text["parameters"]) == record
 
 
-def test_trainer_weights_say_how_they_sample(tmp_path):
+def test_trainer_weights_say_how_they_sample(tmp_path, capsys):
     """Our trainer's final weights record the objective and flow shift they trained with: bare, a flow
     model's weights sampled as an eps model (and refused the flow samplers). Other weights keep the defaults."""
     from pixart.diffusion.objective import DiffusionConfig, shift_at
@@ -632,6 +632,14 @@ def test_trainer_weights_say_how_they_sample(tmp_path):
         == 0
     )
     assert load_components(tmp_path / "c.safetensors", **folders)[0].objective == "flow"
+    # the official layout has no room for it: said, not dropped silently (it sampled as an eps model)
+    capsys.readouterr()
+    assert (
+        main(["convert", str(tmp_path / "flow.safetensors"), "--to", "official", "--out", str(tmp_path / "o.pth")]) == 0
+    )
+    assert "trained with the flow objective (flow shift 2.0), which the official layout has no place" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(

@@ -181,6 +181,20 @@ def test_corrupt_and_cut_short_files_are_one_error_naming_them(tmp_path):
         assert "weights_only=False" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("norm_eps", 0.01), ("activation_fn", "gelu"), ("upcast_attention", True)]
+)
+def test_a_diffusers_config_computing_another_model_is_refused(tmp_path, field, value):
+    """These fields were not read: such a folder loaded as a PixArt that computes otherwise (norm_eps 1e-2
+    moved the output by 1.25 against diffusers' own model of the folder)."""
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "d", to="diffusers")
+    load_transformer(tmp_path / "d")  # as written: loads
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    (tmp_path / "d" / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(WeightsError, match=f"diffusers config has {field}={value!r}; PixArt computes with"):
+        load_transformer(tmp_path / "d")
+
+
 def test_pipeline_folder_with_transformer_subfolder(tmp_path):
     model = randomize_(PixArt(TINY)).eval()
     save_transformer(model, tmp_path / "transformer", to="diffusers")
@@ -253,9 +267,10 @@ def test_training_checkpoints_and_legacy_torch_files_load(tmp_path):
     from pixart.train.config import TrainConfig
 
     model, ema = randomize_(PixArt(TINY), seed=1), randomize_(PixArt(TINY), seed=2)
+    ema.y_embedder.y_embedding.copy_(model.y_embedder.y_embedding)  # a buffer: the EMA's is the model's
     step = {
         "model": model.state_dict(),
-        "ema": ema.state_dict(),
+        "ema": {n: p.detach().clone() for n, p in ema.named_parameters()},  # as the trainer keeps it
         "optimizer": {},
         "step": 10,
         "config": config_io.to_dict(TrainConfig(model=TINY)),
@@ -268,6 +283,23 @@ def test_training_checkpoints_and_legacy_torch_files_load(tmp_path):
             assert torch.equal(loaded.state_dict()[key], value), key
     torch.save({"state_dict": official_state(TINY)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     assert load_transformer(tmp_path / "legacy.pth", config=TINY).config == TINY
+
+
+def test_a_stage_at_a_higher_resolution_starts_from_an_official_file_of_a_lower_one(tmp_path):
+    """stage3-aesthetic-1024 from the released 512 px .pth: its stored pos_embed was checked against the
+    new stage's grid and refused, though the pos_embed is computed, not loaded."""
+    from pixart.train.config import TrainConfig
+    from pixart.train.init import initialize_from
+
+    torch.save({"state_dict": official_state(TINY, seed=3)}, tmp_path / "low.pth")
+    higher = dataclasses.replace(TINY, input_size=2 * TINY.input_size)
+    model = PixArt(higher)
+    note = initialize_from(model, TrainConfig(model=higher, init_from=str(tmp_path / "low.pth")))
+    assert note.startswith("official weights from")
+    expected = official_state(TINY, seed=3)
+    for key, value in model.state_dict().items():
+        if key != "pos_embed":
+            assert torch.equal(value, expected[key]), key
 
 
 def test_models_diffusers_cannot_hold_are_refused_at_save(tmp_path):

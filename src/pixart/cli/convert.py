@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from pixart.model.pixart import PixArtConfig, count_parameters
     from pixart.weights import detect_format, save_transformer
     from pixart.weights.dit_init import dit_to_pixart
-    from pixart.weights.io import read_checked_state, read_dit, sampling_metadata
+    from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit, sampling_metadata
 
     check_out(args)
     config = read_config(args.config, PixArtConfig) if args.config else None
@@ -70,8 +70,17 @@ def run(args: argparse.Namespace) -> int:
         source = str(args.config) if args.config else ""
         config, state, fmt = read_checked_state(args.src, use_ema=args.ema, config=config, config_source=source)
         note = f"read {fmt} weights"
-    kept = sampling_metadata(args.src) if args.to == "pixart" else {}  # how trainer weights sample, kept
-    save_transformer(state, args.out, to=args.to, config=config, metadata=kept)
+    recorded = sampling_metadata(args.src)  # how trainer weights sample: kept where the layout has room
+    save_transformer(state, args.out, to=args.to, config=config, metadata=recorded if args.to == "pixart" else {})
+    sampling = json.loads(recorded[SAMPLING_METADATA]) if recorded else {}
+    if args.to != "pixart" and sampling.get("objective", "iddpm") != "iddpm":
+        print(
+            f"warning: {args.src} was trained with the {sampling['objective']} objective (flow shift "
+            f"{sampling.get('flow_shift')}), which the {args.to} layout has no place for: pixart generate would "
+            f"sample {args.out} as an eps (IDDPM) model. Keep --to pixart, or give it a model folder whose "
+            "model.json records objective and flow_shift.",
+            file=sys.stderr,
+        )
     if args.to == "official" and not state["y_embedder.y_embedding"].any():
         # Weights from diffusers carry no learned null caption (diffusers guides with the encoded empty
         # prompt); the official code would guide against the zeros that stand in for it.

@@ -13,9 +13,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixart.weights import detect_format, read_state
+    from pixart.weights import detect_format
     from pixart.weights.dit_init import infer_dit_config
-    from pixart.weights.io import read_dit
+    from pixart.weights.io import read_checked_state, read_dit
 
     fmt = detect_format(args.path)
     if fmt == "dit":
@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
         config = (dit_config or infer_dit_config(state)).to_dict()
         architecture = "DiT (class-conditional)"
     else:
-        pixart_config, state, fmt = read_state(args.path)
+        # checked against the architecture it reports: a file missing a block was summarised as healthy
+        pixart_config, state, fmt = read_checked_state(args.path)
         config = pixart_config.to_dict()
         architecture = "PixArtMS" if pixart_config.micro_conditions else "PixArt"
     params = sum(v.numel() for k, v in state.items() if k not in ("pos_embed", "y_embedder.y_embedding"))

@@ -80,7 +80,9 @@ def initialize_from(model: PixArt | DiT, config: TrainConfig) -> str:
         state = reparameterize_dit(read_dit(path)[0], model.config, seed=config.seed)
         _load_checked(model, state, (), str(path))
         return f"re-parameterised from the class-conditional DiT {path} (adaLN-single tables matched at t=500)"
-    _, state, fmt = read_state(path, config=model.config)
+    # A stage at a higher resolution starts from a lower one's weights, whose stored pos_embed (dropped: it
+    # is computed) is not this stage's grid: the shapes that matter are checked by _load_checked.
+    _, state, fmt = read_state(path, config=model.config, check_grid=False)
     missing = _load_checked(model, state, config.init_new_keys, str(path))
     if missing:
         _quiet_new_embedders(model, missing)

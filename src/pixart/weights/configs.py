@@ -78,9 +78,25 @@ def check_pos_embed(state: dict[str, torch.Tensor], config: PixArtConfig, path: 
         )
 
 
+# config.json fields that change the maths and that PixArt (ours, official, the released configs) keeps at
+# diffusers' defaults: a folder setting another would load without them and compute another model.
+FIXED_DIFFUSERS_FIELDS = {
+    "norm_eps": 1e-6,
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "upcast_attention": False,
+    "norm_elementwise_affine": False,
+    "num_embeds_ada_norm": 1000,
+    "attention_type": "default",
+}
+
+
 def diffusers_config_to_ours(data: dict) -> PixArtConfig:
     if data.get("norm_type", "ada_norm_single") != "ada_norm_single":
         raise WeightsError(f"diffusers transformer with norm_type {data['norm_type']!r} is not PixArt")
+    for key, value in FIXED_DIFFUSERS_FIELDS.items():
+        if data.get(key, value) not in (value, None):
+            raise WeightsError(f"diffusers config has {key}={data[key]!r}; PixArt computes with {value!r} only")
     if data.get("caption_channels") is None:
         raise WeightsError("diffusers config has no caption_channels: not a PixArt text-to-image transformer")
     sample_size = data.get("sample_size", 128)

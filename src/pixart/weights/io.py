@@ -175,7 +175,8 @@ def read_official_state(path: Path, use_ema: bool, data: object = None) -> dict[
     """The state dict of an official checkpoint, a bare state dict, or one of our training checkpoints."""
     data = load_checkpoint_file(path) if data is None else data
     if is_training_checkpoint(data):
-        return data["ema"] if use_ema else data["model"]
+        # the trainer's EMA averages the parameters only: the buffers (the null caption) are the model's
+        return {**data["model"], **data["ema"]} if use_ema else data["model"]
     if isinstance(data, dict) and "state_dict" in data:
         if use_ema:
             if "state_dict_ema" not in data:
@@ -258,15 +259,18 @@ def _read_diffusers(folder: Path, weights: Path | None = None) -> tuple[PixArtCo
 
 
 def read_state(
-    path: str | Path, *, use_ema: bool = False, config: PixArtConfig | None = None
+    path: str | Path, *, use_ema: bool = False, config: PixArtConfig | None = None, check_grid: bool = True
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor], str]:
-    """(config, state dict in our key names without pos_embed, format) for any supported path."""
+    """(config, state dict in our key names without pos_embed, format) for any supported path.
+
+    With check_grid=False an official file's stored pos_embed need not be `config`'s: a training stage at
+    another resolution starts from it (the pos_embed is computed, never loaded)."""
     with reading(path):
-        return _read_state(Path(path), use_ema, config)
+        return _read_state(Path(path), use_ema, config, check_grid)
 
 
 def _read_state(
-    path: Path, use_ema: bool, config: PixArtConfig | None
+    path: Path, use_ema: bool, config: PixArtConfig | None, check_grid: bool = True
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor], str]:
     refuse_ema_of_one_set(path, use_ema)
     fmt = _detect_format(path)
@@ -304,7 +308,8 @@ def _read_state(
             state, stored = dict(read_official_state(path, use_ema, data)), stored_official_config(data)
         carried = config or stored
         if carried is not None:  # a config given or carried must compute the stored pos_embed
-            check_pos_embed(state, carried, path)
+            if check_grid:
+                check_pos_embed(state, carried, path)
             found_config = carried
         else:  # inferred from the pos_embed itself, so it matches by construction
             found_config = infer_official_config(state)
