@@ -456,6 +456,19 @@ def test_a_resumed_run_logs_the_rows_an_uninterrupted_one_logs(shapes_data, tmp_
     assert rows[0]["time"] < rows[1]["time"] < rows[2]["time"]
 
 
+def test_an_extended_run_logs_the_rows_an_uninterrupted_one_logs(shapes_data, tmp_path):
+    """Finished at step 7 (log every 3: a last row off the grid), then extended to 9: it kept a row at 7
+    and logged steps 8-9 alone at step 9, where an uninterrupted run logs steps 7-9. Weights were equal."""
+    reference = config_for(shapes_data, ["log_every=3"], steps=9, every=100)
+    train(reference, tmp_path / "reference", progress=False)
+    train(dataclasses.replace(reference, steps=7), tmp_path / "run", progress=False)
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [3, 6, 7]
+    train(reference, tmp_path / "run", progress=False)
+    rows, expected = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("run", "reference"))
+    assert [r["step"] for r in rows] == [r["step"] for r in expected] == [3, 6, 9]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in expected], rel=1e-6)
+
+
 def test_a_resumed_run_counts_the_non_finite_steps_in_a_row_before_its_checkpoint(shapes_data, tmp_path, monkeypatch):
     """Steps 4 on are NaN and 3 in a row stop a run: stopped at step 5 (two bad so far) and resumed, it
     stops at step 6, as it would have uninterrupted."""

@@ -302,7 +302,12 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         init_note = f"resumed from {resume_from.name}"
 
     resumed_at = step
-    metrics = MetricsWriter(run_dir, world.is_main, resumed_at=step)  # later steps are logged again
+    # A finished run's last row, off the log grid (step 7 of log_every 4), is dropped when the run is
+    # extended: its window went on in the checkpoint (below), and the row at step 8 logs steps 5-8 as an
+    # uninterrupted run would. Checkpoints from before that kept no window, and keep their row.
+    extended_off_grid = 0 < step < config.steps and step % config.log_every != 0 and float(applied_steps) > 0
+    # later steps are logged again
+    metrics = MetricsWriter(run_dir, world.is_main, resumed_at=step - 1 if extended_off_grid else step)
     previewer = Previewer.for_run(config, dataset, run_dir, world) if world.is_main and config.previews else None
     peak = peak_flops(world.device)
     if world.is_main:
@@ -430,8 +435,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                     row["mfu"] = mfu(inner, batch, row["samples_per_s"] / world.world_size, peak)
                 metrics.write(row)
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{row['lr']:.2e}")
-                loss_sum.zero_()
-                applied_steps.zero_()
+                if step % config.log_every == 0:  # a last row off the grid leaves the window to an extension
+                    loss_sum.zero_()
+                    applied_steps.zero_()
                 window_start, window_steps = time.time(), 0
             if preview_now and step < config.steps and (sharded or previewer is not None):
                 weights = preview_weights(inner, ema, sharded)  # under FSDP every rank gathers
