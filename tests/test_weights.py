@@ -195,6 +195,24 @@ def test_a_diffusers_config_computing_another_model_is_refused(tmp_path, field, 
         load_transformer(tmp_path / "d")
 
 
+def test_a_diffusers_folder_with_pickled_weights_loads(tmp_path):
+    """diffusion_pytorch_model.bin (save_pretrained without safetensors): the file was read as safetensors
+    ("header too large, a corrupt file") and the folder was "neither" format."""
+    from safetensors.torch import load_file
+
+    model = randomize_(PixArt(TINY), seed=4)
+    save_transformer(model, tmp_path / "d", to="diffusers")
+    torch.save(
+        load_file(tmp_path / "d" / "diffusion_pytorch_model.safetensors"),
+        tmp_path / "d" / "diffusion_pytorch_model.bin",
+    )
+    (tmp_path / "d" / "diffusion_pytorch_model.safetensors").unlink()
+    for path in (tmp_path / "d", tmp_path / "d" / "diffusion_pytorch_model.bin"):
+        loaded = load_transformer(path)
+        for key, value in model.state_dict().items():  # the null caption from null_caption.safetensors
+            assert torch.equal(loaded.state_dict()[key], value), (path, key)
+
+
 def test_pipeline_folder_with_transformer_subfolder(tmp_path):
     model = randomize_(PixArt(TINY)).eval()
     save_transformer(model, tmp_path / "transformer", to="diffusers")

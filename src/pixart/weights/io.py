@@ -36,6 +36,7 @@ from pixart.weights.configs import (
 from pixart.weights.errors import WeightsError
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_PICKLED_WEIGHTS = "diffusion_pytorch_model.bin"  # older folders (save_pretrained without safetensors)
 NULL_CAPTION_FILE = "null_caption.safetensors"  # our sidecar: diffusers has no slot for y_embedding
 OURS_IN_FOLDER = "transformer.safetensors"  # inside a model folder of ours (see pixart.modelfolder)
 FINAL = "final.safetensors"  # what a finished `pixart train` run leaves in its folder
@@ -130,7 +131,9 @@ def _diffusers_folder(path: Path) -> Path | None:
     """The folder that holds the transformer's config.json and weights, or None."""
     for candidate in (path, path / "transformer"):
         if (candidate / "config.json").is_file() and (
-            (candidate / DIFFUSERS_WEIGHTS).is_file() or (candidate / f"{DIFFUSERS_WEIGHTS}.index.json").is_file()
+            (candidate / DIFFUSERS_WEIGHTS).is_file()
+            or (candidate / f"{DIFFUSERS_WEIGHTS}.index.json").is_file()
+            or (candidate / DIFFUSERS_PICKLED_WEIGHTS).is_file()
         ):
             return candidate
     return None
@@ -225,6 +228,16 @@ def read_dit(path: Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor]
     return state, DiTConfig(**data["config"]["dit"]) if is_training_checkpoint(data) else None
 
 
+def _tensor_file(path: Path) -> dict[str, torch.Tensor]:
+    """A .safetensors file, or a pickled one of tensors only (diffusers' .bin: read without running code)."""
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    data = load_checkpoint_file(path)
+    if not (isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values())):
+        raise WeightsError(f"{path} holds no flat dict of tensors")
+    return data
+
+
 def _read_diffusers(folder: Path, weights: Path | None = None) -> tuple[PixArtConfig, dict[str, torch.Tensor]]:
     """The transformer in `folder` (its config.json; `weights`, else the weights file or shards diffusers names)."""
     with reading(folder / "config.json"):
@@ -234,12 +247,14 @@ def _read_diffusers(folder: Path, weights: Path | None = None) -> tuple[PixArtCo
     index = folder / f"{DIFFUSERS_WEIGHTS}.index.json"
     state: dict[str, torch.Tensor] = {}
     if weights is not None:
-        state = load_file(weights)
+        state = _tensor_file(weights)
     elif index.is_file():
         for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
             state.update(load_file(folder / shard))
-    else:
+    elif (folder / DIFFUSERS_WEIGHTS).is_file():
         state = load_file(folder / DIFFUSERS_WEIGHTS)
+    else:
+        state = _tensor_file(folder / DIFFUSERS_PICKLED_WEIGHTS)
     expected = {
         k
         for _, theirs in keys.key_pairs(config.depth, config.micro_conditions)
