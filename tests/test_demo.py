@@ -179,3 +179,82 @@ def test_a_rerun_keeps_what_each_stage_has_trained(tmp_path):
     assert keep_saved_progress(dataclasses.replace(stage1, steps=400), run).steps == 400
     (run / FINAL_EMA).write_bytes(b"")
     assert keep_saved_progress(dataclasses.replace(stage1, steps=400), run).steps == 300  # finished: kept
+
+
+def test_a_rerun_plans_the_later_stages_from_stage_1s_real_pace(tmp_path, monkeypatch):
+    """A rerun finds stage 1 finished: reopening it took a fraction of a second, which read as a machine
+    20 times faster, so stages 2 and 3 went back to their full plan and the budget was not kept."""
+    import pixart.data.shapes_features
+    import pixart.demo
+    import pixart.encoders.shapes_ae
+    import pixart.evaluate.probe
+    import pixart.train.loop
+    from pixart.demo import DemoPlan, run_demo
+
+    monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
+    monkeypatch.setattr(pixart.train.loop, "train", lambda config, run_dir, **kw: {"status": "finished"})
+    steps = DemoPlan.for_budget(10.0, False).stage1_steps
+    (tmp_path / "d" / "stage1").mkdir(parents=True)  # what the first call trained: 2 s a step
+    (tmp_path / "d" / "stage1" / "metrics.jsonl").write_text(json.dumps({"step": steps, "time": 2.0 * steps}) + "\n")
+    (tmp_path / "d" / "stage1" / "config.json").write_text(json.dumps({"recipe": "demo-stage1"}))
+    seen = {}
+
+    def fit(stages, seconds_left, pace, done=None):
+        seen.update(pace=pace, done=done)
+        raise KeyboardInterrupt  # enough: the plan is what is checked
+
+    monkeypatch.setattr(pixart.demo, "fit_to_budget", fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "d", progress=False)
+    assert seen == {"pace": pytest.approx(2.0), "done": {"stage2": 0, "stage3": 0}}
+
+
+def test_later_stages_are_projected_on_the_steps_they_have_left(tmp_path):
+    from pixart.demo import STEP_COST, DemoPlan, fit_to_budget, stage_configs
+
+    stages = stage_configs(DemoPlan(), tmp_path, tmp_path, tmp_path)
+    pace, done = 0.1, {"stage2": stages["stage2"].steps // 2, "stage3": 0}
+    left = sum(pace * STEP_COST[n] * (stages[n].steps - done[n]) for n in STEP_COST)
+    kept, factor = fit_to_budget(stages, left + 1, pace, done)  # fits once the trained half is left out
+    assert factor == 1.0 and kept["stage2"].steps == stages["stage2"].steps
+    halved, factor = fit_to_budget(stages, left / 2, pace, done)
+    assert factor == pytest.approx(0.5)
+    assert halved["stage2"].steps == done["stage2"] + int((stages["stage2"].steps - done["stage2"]) * 0.5)
+
+
+def test_a_folder_named_like_a_demo_run_is_not_taken_for_one(tmp_path):
+    """Entries all named like a demo's (data/, model/) but no demo run in them: it was taken as a run from
+    before the kind was recorded, and its data/base deleted to be rebuilt."""
+    from pixart.demo import DemoError, check_or_record_kind
+
+    (tmp_path / "data" / "base").mkdir(parents=True)
+    (tmp_path / "data" / "base" / "my-image.png").write_bytes(b"mine")
+    with pytest.raises(DemoError, match="holds data but no demo run"):
+        check_or_record_kind(tmp_path, quick=False)
+    (tmp_path / "stage1").mkdir()
+    (tmp_path / "stage1" / "config.json").write_text(json.dumps({"recipe": "demo-stage1"}))
+    check_or_record_kind(tmp_path, quick=False)  # a demo's run from before the kind was recorded
+
+
+def test_the_demos_stages_record_its_folder_whole(tmp_path, monkeypatch):
+    """--out as typed went into each stage's config (data.root, init_from): rerun as ./d and /abs/d (or from
+    another folder), every stage refused its own checkpoint as "a run with another config"."""
+    import pixart.data.shapes_features
+    import pixart.encoders.shapes_ae
+    import pixart.evaluate.probe
+    import pixart.train.loop
+    from pixart.demo import DemoInterrupted, run_demo
+
+    monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
+    roots = []
+    monkeypatch.setattr(
+        pixart.train.loop, "train", lambda config, run_dir, **kw: roots.append(config.data.root) or {"status": "x"}
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DemoInterrupted):
+        run_demo("d", quick=True, progress=False)
+    assert roots == [str(tmp_path / "d" / "data" / "base")]

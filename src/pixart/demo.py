@@ -199,12 +199,23 @@ def check_or_record_kind(out: Path, quick: bool) -> None:
                 f"another --out, or delete {out}"
             )
         return
-    others = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES) if out.is_dir() else []
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    others = [name for name in entries if name not in DEMO_ENTRIES]
     if others:  # the user's own folder: the demo would write its data, models and reports among them
         raise DemoError(f"{out} holds files that are not a demo run's (e.g. {others[0]}); choose an empty or new --out")
+    if entries and not is_demo_stage(out / "stage1"):  # named like a demo's entries, yet not its run
+        raise DemoError(f"{out} holds {entries[0]} but no demo run (no stage 1 of one); choose an empty or new --out")
     # A folder from before the kind was recorded is taken as this kind; were it the other, stage 1 refuses
     # its checkpoint (another batch size), and the command says which --out to choose.
     write_json(path, {"kind": kind}, indent=None)
+
+
+def is_demo_stage(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a demo stage's run (its config names a demo recipe)."""
+    try:
+        return str(json.loads((run_dir / "config.json").read_text()).get("recipe", "")).startswith("demo-")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, progress: bool = True) -> dict:
@@ -222,7 +233,7 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
             f"encoders and evaluation), got {minutes}"
         )
     started = time.time()
-    out = Path(out)
+    out = Path(out).resolve()  # the stages record paths in it: ./x and /abs/x must be one run on a rerun
     out.mkdir(parents=True, exist_ok=True)
     check_or_record_kind(out, quick)
     plan = DemoPlan.for_budget(minutes, quick)
@@ -266,8 +277,11 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
         timed(f"{name} ({config.steps} steps)", t)
         if name == "stage1" and not quick:
             seconds_left = minutes * 60 - (time.time() - started) - EVAL_SECONDS
-            pace = (time.time() - t) / config.steps  # seconds per stage-1 step, start-up included
-            stages, factor = fit_to_budget(stages, seconds_left, pace)
+            # from the steps stage 1 trained, in whichever call: a rerun that only reopened it took a
+            # fraction of a second, which read as a machine 20 times faster than it is
+            pace = stage_seconds(out / name) / config.steps or (time.time() - t) / config.steps
+            done = {later: saved_step(out / later) for later in STEP_COST}
+            stages, factor = fit_to_budget(stages, seconds_left, pace, done)
             if factor < 1.0:
                 later = f"{stages['stage2'].steps} and {stages['stage3'].steps} steps"
                 say(
@@ -304,23 +318,46 @@ def keep_saved_progress(config: TrainConfig, run_dir: Path) -> TrainConfig:
 
 
 def fit_to_budget(
-    stages: dict[str, TrainConfig], seconds_left: float, stage1_seconds_per_step: float
+    stages: dict[str, TrainConfig],
+    seconds_left: float,
+    stage1_seconds_per_step: float,
+    done: dict[str, int] | None = None,
 ) -> tuple[dict[str, TrainConfig], float]:
-    """Shorten stages 2 and 3 alike when, at stage 1's measured pace, they would overrun the time left.
+    """Shorten stages 2 and 3 alike when, at stage 1's measured pace, the steps they have left (`done`: the
+    steps a rerun finds trained) would overrun the time left.
 
-    Returns the (possibly) shortened stages and the factor applied (1.0 when they fit).
+    Returns the (possibly) shortened stages and the factor applied to the steps left (1.0 when they fit).
     """
-    projected = sum(stage1_seconds_per_step * STEP_COST[name] * stages[name].steps for name in STEP_COST)
+    done = done or {}
+    left = {name: max(stages[name].steps - done.get(name, 0), 0) for name in STEP_COST}
+    projected = sum(stage1_seconds_per_step * STEP_COST[name] * left[name] for name in STEP_COST)
     factor = min(1.0, max(seconds_left, 0.0) / max(projected, 1e-9))
     if factor >= 1.0:
         return stages, 1.0
     shortened = dict(stages)
     for name in STEP_COST:
-        steps = max(1, int(stages[name].steps * factor))
+        steps = max(1, done.get(name, 0) + int(left[name] * factor))
         shortened[name] = dataclasses.replace(
             stages[name], steps=steps, checkpoint_every=max(1, min(stages[name].checkpoint_every, steps))
         )
     return shortened, factor
+
+
+def saved_step(run_dir: Path) -> int:
+    """The step of a stage's latest checkpoint (0 before its first)."""
+    from pixart.train.checkpoint import list_checkpoints
+
+    saved = list_checkpoints(run_dir)
+    return saved[-1][0] if saved else 0
+
+
+def stage_seconds(run_dir: Path) -> float:
+    """A stage's training time over all the calls that trained it (its last metrics row; 0 without one)."""
+    from pixart.train.metrics import read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    rows = read_metrics(path) if path.is_file() else []
+    return float(rows[-1].get("time", 0.0)) if rows else 0.0
 
 
 def machine_info() -> dict:
@@ -427,7 +464,7 @@ def evaluate_and_report(
             name: {
                 "steps": cfg.steps,
                 "final_loss": summaries[name]["final_loss"],
-                "seconds": summaries[name]["wall_seconds"],
+                "seconds": round(stage_seconds(out / name), 1),  # every call's training, a rerun's too
                 "what": describe(name),
             }
             for name, cfg in stages.items()
