@@ -396,6 +396,8 @@ def test_the_api_gets_a_notice_for_what_the_page_cannot_send(model_folder, tmp_p
         (("a cat", None, "1.0", None, None, 2, 4.5, float("inf"), False, 1), "the seed must be a whole number"),
         (("a cat", None, "1.0", None, None, float("nan"), 4.5, 5, False, 1), "steps must be a whole number"),
         (("a cat", None, "1.0", None, None, 2, 4.5, 5, False, 1.9), "number of images must be a whole number"),
+        (("a cat " * 2000, None, "1.0", None, None, 2, 4.5, 5, False, 1), "the prompt holds 12,000 characters"),
+        (("a cat", "no " * 4000, "1.0", None, None, 2, 4.5, 5, False, 1), "the negative prompt holds 12,000"),
         # image k takes seed + k: the last image's seed would be one the page refuses
         (("a cat", None, "1.0", None, None, 2, 4.5, SEED_RANGE - 2, False, 3), f"0..{SEED_RANGE - 3} for 3 image"),
     ):

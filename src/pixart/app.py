@@ -28,6 +28,9 @@ from pixart.generate import MAX_SIDE, GeneratedImage, GenerationError, Settings,
 from pixart.outputs import write_images
 
 MAX_IMAGES = 8
+# Far past what any text encoder reads (T5: 120 tokens, a few hundred characters): a page open to others
+# must not let one request hold the only slot and write megabytes of metadata with every image.
+MAX_PROMPT_CHARS = 10_000
 _in_flight = [0]  # requests being made now, in gradio's worker threads
 _in_flight_lock = threading.Lock()
 
@@ -222,6 +225,12 @@ class Studio:
         started = time.time()
         used_seed = None
         try:
+            for what, text in (("prompt", prompt), ("negative prompt", negative or "")):
+                if len(text) > MAX_PROMPT_CHARS:
+                    raise GenerationError(
+                        f"the {what} holds {len(text):,} characters; this page takes {MAX_PROMPT_CHARS:,} at most "
+                        "(the text encoder reads the first few hundred)"
+                    )
             count = 1 if num_images is None else whole_number(num_images, "the number of images")
             if not 1 <= count <= MAX_IMAGES:
                 raise GenerationError(f"the number of images must lie in 1..{MAX_IMAGES}, got {count}")
