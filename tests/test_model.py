@@ -335,3 +335,18 @@ def test_under_autocast_bf16_parameters_train_as_fp32_master_weights(kind):
     with torch.no_grad():  # without autocast (a bf16 model sampling) the stream is the parameters' dtype
         call(half)
     assert streams[-1] == torch.bfloat16
+
+
+@pytest.mark.parametrize("kind", ["pixart", "dit"])
+def test_timesteps_in_any_per_sample_shape_give_the_same_output(kind):
+    """(B,), (B, 1) and one number for the batch; a wrong count is refused by name. DiT read a (B, 1)
+    timestep as a shape error deep in its embedder, where PixArt flattened it."""
+    model, call = model_and_call(kind)
+    x = torch.randn(2, 4, 8, 8)
+    extra = (torch.tensor([1, 5]),) if kind == "dit" else (torch.randn(2, 6, TINY.caption_channels), None)
+    with torch.no_grad():
+        flat = model(x, torch.tensor([10, 10]), *extra)
+        assert torch.equal(model(x, torch.tensor([[10], [10]]), *extra), flat)
+        assert torch.equal(model(x, torch.tensor(10), *extra), flat)
+        with pytest.raises(ValueError, match=r"t must hold one timestep per sample \(2\), got shape \(3,\)"):
+            model(x, torch.tensor([10, 10, 10]), *extra)

@@ -24,6 +24,7 @@ from pixart.model.layers import (
     linear_at,
     mlp_width,
     modulate,
+    per_sample_timesteps,
     residual_dtype,
     unpatchify,
 )
@@ -143,8 +144,7 @@ class DiT(nn.Module):
         p = cfg.patch_size
         if H % p or W % p:
             raise ValueError(f"latent height and width must be multiples of the patch size {p}, got {H}x{W}")
-        t = torch.as_tensor(t, device=x.device)
-        t = t.reshape(-1).expand(B) if t.numel() == 1 else t
+        t = per_sample_timesteps(t, B, x.device)  # a (B, 1) timestep was a shape error deep in the embedder
         grid_h, grid_w = H // p, W // p
         dtype = residual_dtype(x.device, self.dtype)
         # At its training size DiT's table spans [0, grid) per axis: base size = that grid, scale 1.

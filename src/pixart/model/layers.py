@@ -107,6 +107,15 @@ def residual_dtype(device: torch.device, parameters: torch.dtype) -> torch.dtype
     return torch.float32 if torch.is_autocast_enabled(device.type) else parameters
 
 
+def per_sample_timesteps(t: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+    """t as (B,): one number for the whole batch, or one per sample in any shape ((B,), (B, 1)), checked."""
+    t = torch.as_tensor(t, device=device)
+    t = t.reshape(-1).expand(batch) if t.numel() == 1 else t.reshape(-1)
+    if t.shape[0] != batch:
+        raise ValueError(f"t must hold one timestep per sample ({batch}), got shape {tuple(t.shape)}")
+    return t
+
+
 def linear_at(sequential: nn.Module, index: int) -> nn.Linear:
     """The nn.Linear at `index` of a Sequential (such as adaLN_modulation's [SiLU, Linear]), checked."""
     module = sequential[index]  # type: ignore[index]  # nn.Module has no __getitem__; Sequential has

@@ -30,6 +30,7 @@ from pixart.model.layers import (
     linear_at,
     mlp_width,
     modulate,
+    per_sample_timesteps,
     residual_dtype,
     unpatchify,
 )
@@ -293,10 +294,7 @@ class PixArt(nn.Module):
         B, _, H, W = x.shape
         if H % p or W % p:
             raise ValueError(f"latent height and width must be multiples of the patch size {p}, got {H}x{W}")
-        t = torch.as_tensor(t, device=x.device)
-        t = t.reshape(-1).expand(B) if t.numel() == 1 else t.reshape(-1)
-        if t.shape[0] != B:
-            raise ValueError(f"t must hold one timestep per sample ({B}), got shape {tuple(t.shape)}")
+        t = per_sample_timesteps(t, B, x.device)
         if captions is None:
             if y is None:
                 raise ValueError("pass caption features y (B, L, C_cap), or captions from prepare_captions")
