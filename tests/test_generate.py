@@ -657,3 +657,36 @@ def test_a_model_json_edited_wrong_is_a_one_line_error(tmp_path, capsys, text, m
     assert main(["generate", "x", "--model", str(tmp_path / "ours"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'ours' / 'model.json'}: " in err and message in err and "Traceback" not in err, err
+
+
+def test_a_model_without_recorded_buckets_offers_only_buckets_it_can_draw(tmp_path):
+    """128 px (an 8x codec, patch 2) with no recorded buckets: the fallback table rounded sides to 4, so
+    --aspect 1:3 chose 64x232 (a 8x29 latent, which patch 2 does not divide) and failed after encoding."""
+    import diffusers
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    scratch, folder = tmp_path / "parts", tmp_path / "f8"
+    save_tiny_t5(scratch / "t5")
+    save_transformer(
+        randomize_(PixArt(dataclasses.replace(TINY, input_size=16)), std=0.05), scratch / "tr", to="diffusers"
+    )
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),  # four levels: an 8x codec, as SD's
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    diffusers.PixArtAlphaPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(scratch / "t5"),
+        text_encoder=T5EncoderModel.from_pretrained(scratch / "t5"),
+        vae=vae,
+        transformer=diffusers.PixArtTransformer2DModel.from_pretrained(scratch / "tr"),
+        scheduler=diffusers.DPMSolverMultistepScheduler(),
+    ).save_pretrained(folder)
+    pipe = TextToImage.from_path(folder)
+    assert pipe.resolution == 128
+    assert all(h % 16 == 0 and w % 16 == 0 for h, w in pipe.table.values()), pipe.table
+    image = pipe.generate(["a cat"], Settings(steps=2, aspect="1:3"), progress=False)[0]
+    assert image.image.size[0] > 2 * image.image.size[1]  # drawn, wide

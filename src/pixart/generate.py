@@ -205,7 +205,10 @@ class TextToImage:
             ordered = sorted(spec.buckets.items(), key=lambda kv: float(kv[0]))
             self.table = {key: (int(h), int(w)) for key, (h, w) in ordered}
         else:
-            self.table = bucket_table(self.resolution, inference=True)
+            # sides the codec and the patches both divide: a 128 px model with an 8x codec got 64x232
+            # (latent 8x29, which patch 2 does not divide) and failed once the prompts were encoded
+            multiple = codec.downsample * transformer.config.patch_size
+            self.table = bucket_table(self.resolution, inference=True, multiple=multiple)
 
     def compile(self) -> None:
         """torch.compile the transformer in place: each block on a GPU, the whole model on a CPU.
