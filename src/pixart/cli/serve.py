@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"loaded {model}; starting the web server on {args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     try:
         page.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out.resolve())])
+    except KeyboardInterrupt:  # a stop during gradio's start-up checks, before its own loop catches it
+        page.close()
     except OSError as error:  # taken since the check; gradio's message would advise GRADIO_SERVER_PORT
         fallback = f"cannot serve on {args.host}:{args.port}: choose another --port, or check --host"
         raise UserError(address_problem(args.host, args.port) or fallback) from error
