@@ -8,12 +8,13 @@ fix are answered in the page's notice, never as a traceback. Images are written 
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,17 @@ def _making() -> Iterator[None]:
     finally:
         with _in_flight_lock:
             _in_flight[0] -= 1
+
+
+def _counted(method: Callable[..., Reply]) -> Callable[..., Reply]:
+    """A request method counted while it runs (generating())."""
+
+    @functools.wraps(method)
+    def counted(*args: Any, **kwargs: Any) -> Reply:
+        with _making():
+            return method(*args, **kwargs)
+
+    return counted
 
 
 def generating() -> bool:
@@ -185,28 +197,8 @@ class Studio:
                 continue
             return folder
 
+    @_counted
     def request(
-        self,
-        prompt: str | None,
-        negative: str | None,
-        aspect: str | None,
-        size: str | None,
-        sampler: str | None,
-        steps: float | None,
-        cfg: float | None,
-        seed: float | None,
-        random_seed: bool,
-        num_images: float | None,
-        *,
-        progress: bool = False,
-    ) -> Reply:
-        """One request from the page or its API; counted while it runs (generating())."""
-        with _making():
-            return self._request(
-                prompt, negative, aspect, size, sampler, steps, cfg, seed, random_seed, num_images, progress=progress
-            )
-
-    def _request(
         self,
         prompt: str | None,
         negative: str | None,
