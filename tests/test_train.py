@@ -1016,3 +1016,24 @@ def test_a_patch_size_that_does_not_divide_a_bucket_is_refused_before_the_first_
     LatentScaling.from_info(info).check_model(model, info, buckets, min_samples=8)
     with pytest.raises(TrainingError, match=r"0.75 \(24x32 latents\)"):
         LatentScaling.from_info(info).check_model(model, info, buckets, min_samples=1)
+
+
+def test_a_stop_during_the_last_checkpoint_lets_it_finish(shapes_data, tmp_path, monkeypatch):
+    """Ctrl+C (or SIGTERM) while a finished run writes its last checkpoint is taken as a stop request,
+    like one during any other checkpoint: the save completes and the run finishes."""
+    config = config_for(shapes_data, steps=4, every=2)
+    real_save = loop.ckpt.save_checkpoint
+
+    def save_with_a_stop_at_the_end(run_dir, at_step, *args, **kwargs):
+        if at_step == config.steps:
+            signal.raise_signal(signal.SIGINT)  # without a handler: KeyboardInterrupt out of train
+        return real_save(run_dir, at_step, *args, **kwargs)
+
+    monkeypatch.setattr(loop.ckpt, "save_checkpoint", save_with_a_stop_at_the_end)
+    try:
+        summary = train(config, tmp_path / "run", progress=False)
+    except KeyboardInterrupt:  # caught here: out of the test it would end the whole pytest session
+        pytest.fail("the stop interrupted the last checkpoint")
+    assert summary["status"] == "finished"
+    assert (tmp_path / "run" / "checkpoints" / "step-0000004.pt").is_file()
+    assert (tmp_path / "run" / FINAL).is_file()

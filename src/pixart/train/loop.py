@@ -449,9 +449,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                 break
             if step % config.checkpoint_every == 0 and step < config.steps:
                 save(step)
+        if status == "finished":  # under StopFlag too: a stop during this save must not cut it short
+            save(step)
     bar.close()
-    if status == "finished":
-        save(step)
     summary = finish(
         config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started, resumed_at
     )
