@@ -25,7 +25,7 @@ from pixart.evaluate.clipscore import CLIP_HINT, ClipScorer, clip_score
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.inception import INCEPTION_HINT, INCEPTION_URL, inception_features, load_inception
 from pixart.evaluate.inception import resize_for_inception as resize
-from pixart.evaluate.realdata import RealDataError, list_images, read_prompts
+from pixart.evaluate.realdata import RealDataError, list_images, read_prompts, small_sample_warning
 
 # --- stand-ins for the real networks ------------------------------------------------------------------
 
@@ -270,6 +270,12 @@ def reference_folder(root) -> tuple:
 
 
 @pytest.mark.slow
+def test_fid_from_fewer_images_than_feature_dimensions_is_warned_about():
+    assert small_sample_warning(2048, 5000, 2048) is None
+    assert "2047 generated" in small_sample_warning(2047, 5000, 2048)
+    assert "100 reference" in small_sample_warning(5000, 100, 2048)
+
+
 def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path, capsys):
     manifest = tmp_path / "prompts.jsonl"
     captions = [caption for _, caption in two_object_prompts(3, seed=9)]
@@ -286,11 +292,14 @@ def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path,
     assert code == 0
     report = json.loads(out.read_text())
     assert report["fid"] > 0  # generated against real renders
+    assert "FID from 3 generated and 5 reference images, fewer than the" in report["fid_warning"]
     assert 0.0 <= report["clip_score"] <= 100.0
     assert report["missing"] == {}
     assert report["images"]["generated"] == 3 and report["images"]["real"] == 5
     assert [s["reason"] for s in report["images"]["real_skipped"]] == ["not an image"]
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "warning: FID from 3 generated and 5 reference images" in captured.err
+    printed = captured.out
     assert "FID" in printed and "CLIP score" in printed and "3 generated vs 5 reference images" in printed
     assert "1 unreadable reference image(s) left out" in printed
     assert printed.strip().splitlines()[-1].startswith("pixart eval: real suite on")

@@ -317,6 +317,7 @@ def run_real(
     images = result["images"]
     report = {
         "fid": result["fid"],
+        "fid_warning": result.get("fid_warning"),
         "clip_score": result["clip_score"],
         "missing": missing,
         "images": images,
@@ -338,6 +339,8 @@ def run_real(
         note = f"{len(prompts)} image-prompt pairs ({args.clip.name})"
         rows.append(("CLIP score", f"{result['clip_score']:.2f}", note))
     print_rows(rows)
+    if result.get("fid_warning"):
+        print(f"warning: {result['fid_warning']}", file=sys.stderr)
     if images.get("real_skipped"):
         print(f"  {len(images['real_skipped'])} unreadable reference image(s) left out (listed in the JSON)")
     fid = "FID skipped (no --inception)" if result["fid"] is None else f"FID {result['fid']:.2f}"

@@ -90,6 +90,18 @@ def read_images(paths: Iterable[Path], skipped: list[dict]) -> Iterator[np.ndarr
             skipped.append({"path": str(path), "reason": error.reason, "message": error.message})
 
 
+def small_sample_warning(generated: int, real: int, dims: int) -> str | None:
+    """FID from fewer images than feature dimensions (2048 for Inception) is biased upward, and by an amount
+    that depends on the count: such a figure compares only with FIDs from as many images."""
+    if min(generated, real) >= dims:
+        return None
+    return (
+        f"FID from {generated} generated and {real} reference images, fewer than the {dims} feature dimensions: "
+        f"it is biased upward and comparable only with FIDs from the same numbers of images (use {dims} or more, "
+        "as papers do with 10,000 to 30,000)"
+    )
+
+
 def real_suite(
     pipe: TextToImage,
     prompts: list[str],
@@ -137,6 +149,7 @@ def real_suite(
             pair_scores.append(scorer.pair_scores([r.image for r in results], chunk))
     if detector is not None:
         result["fid"] = frechet_distance(torch.cat(generated_features), real_features)
+        result["fid_warning"] = small_sample_warning(len(prompts), len(real_features), real_features.shape[1])
     if scorer is not None:
         result["clip_score"] = clip_score(torch.cat(pair_scores))
     return result
