@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -69,16 +70,17 @@ def test_generate_command_on_a_diffusers_folder_is_reproducible(pipeline_folder,
         assert np.array_equal(pixels(a), pixels(tmp_path / "b" / a.name)), a.name
 
 
-@pytest.mark.parametrize("negative", ["", "a blurry photo"])
-def test_decoded_image_equals_diffusers_pipeline(pipeline_folder, negative):
-    """Same folder, seed and negative prompt: identical uint8 pixels.
+@pytest.mark.parametrize(("negative", "cfg"), [("", 4.5), ("a blurry photo", 4.5), ("", 0.5)])
+def test_decoded_image_equals_diffusers_pipeline(pipeline_folder, negative, cfg):
+    """Same folder, seed, negative prompt and guidance scale: identical uint8 pixels. Below 1 diffusers
+    does not guide (the conditional branch alone), and neither do we on its models.
 
     Tolerance: 1 grey level. The transformer matches diffusers to ~1e-6 and the rest of the path is the
     same diffusers VAE and scheduler, so only a rounding flip at a .5 boundary could differ.
     """
     prompts = ["a red circle at the top left", "a green triangle"]
     ours = TextToImage.from_path(pipeline_folder).generate(
-        prompts, Settings(steps=6, negative=negative or None, cfg_scale=4.5), seed=11, progress=False
+        prompts, Settings(steps=6, negative=negative or None, cfg_scale=cfg), seed=11, progress=False
     )
     pipe = diffusers.PixArtAlphaPipeline.from_pretrained(pipeline_folder)
     pipe.set_progress_bar_config(disable=True)
@@ -86,7 +88,7 @@ def test_decoded_image_equals_diffusers_pipeline(pipeline_folder, negative):
         prompts,
         negative_prompt=negative,
         num_inference_steps=6,
-        guidance_scale=4.5,
+        guidance_scale=cfg,
         height=32,
         width=32,
         generator=[torch.Generator().manual_seed(11 + k) for k in range(2)],
@@ -599,6 +601,19 @@ def test_a_sidecar_records_the_inputs_beside_the_model(tmp_path):
     assert json.loads(Image.open(path).text["parameters"]) == record
 
 
+def test_every_option_that_changes_the_pixels_goes_into_the_sidecar():
+    from pixart.cli.generate import register, remake_inputs
+
+    parser = argparse.ArgumentParser()
+    register(parser)
+    plain = parser.parse_args(["a cat", "--model", "m", "--out", "o"])
+    assert remake_inputs(plain) == {}
+    given = parser.parse_args(["a cat", "--model", "m", "--out", "o", "--vae", "v", "--text-encoder", "t", "--t5-8bit"])
+    assert remake_inputs(given) == {"vae": "v", "text_encoder": "t", "t5_8bit": True}
+    tiled = parser.parse_args(["a cat", "--model", "m", "--out", "o", "--vae-tiling"])
+    assert remake_inputs(tiled) == {"vae_tiling": True}
+
+
 def test_trainer_weights_say_how_they_sample(tmp_path, capsys):
     """Our trainer's final weights record the objective and flow shift they trained with: bare, a flow
     model's weights sampled as an eps model (and refused the flow samplers). Other weights keep the defaults."""
@@ -690,3 +705,22 @@ def test_a_model_without_recorded_buckets_offers_only_buckets_it_can_draw(tmp_pa
     assert all(h % 16 == 0 and w % 16 == 0 for h, w in pipe.table.values()), pipe.table
     image = pipe.generate(["a cat"], Settings(steps=2, aspect="1:3"), progress=False)[0]
     assert image.image.size[0] > 2 * image.image.size[1]  # drawn, wide
+
+
+def test_a_pipelines_text_encoder_folder_takes_the_tokenizer_beside_it(pipeline_folder, tmp_path):
+    """--text-encoder PIPELINE/text_encoder holds no tokenizer: transformers would build an untrained one from
+    the encoder's config alone and read most words as unknown. The pipeline's tokenizer/ is used instead;
+    an encoder folder alone is refused, as is a folder holding another diffusers component."""
+    from pixart.encoders.text import T5Encoder
+
+    beside = T5Encoder(pipeline_folder / "text_encoder", max_length=8)
+    given = T5Encoder(pipeline_folder / "text_encoder", tokenizer_folder=pipeline_folder / "tokenizer", max_length=8)
+    prompt = "a red cat on a blue square"
+    assert beside.tokenizer(prompt)["input_ids"] == given.tokenizer(prompt)["input_ids"]
+    assert given.tokenizer.unk_token_id not in given.tokenizer(prompt)["input_ids"]  # the words are known
+    alone = tmp_path / "encoder"
+    shutil.copytree(pipeline_folder / "text_encoder", alone)
+    with pytest.raises(FileNotFoundError, match="no tokenizer in"):
+        T5Encoder(alone, max_length=8)
+    with pytest.raises(FileNotFoundError, match="describes a diffusers AutoencoderKL"):
+        T5Encoder(pipeline_folder / "vae", max_length=8)

@@ -337,6 +337,9 @@ class TextToImage:
         )
         sampler_name, steps = self.resolve_sampler(settings)
         cfg = self.spec.cfg_scale if settings.cfg_scale is None else settings.cfg_scale
+        # diffusers guides only above 1 (below, the conditional branch alone); the official sampler mixes the
+        # two branches at any scale but 1 (0 is the unconditional model). Each model family as its own code.
+        guidance = cfg if cfg > 1 or self.spec.null_caption == "learned" else 1.0
         key, (gen_h, gen_w), (out_h, out_w) = self.resolve_size(settings)
 
         jobs = [(p, k) for p in prompts for k in range(num_images)]  # prompt-major, like diffusers
@@ -376,7 +379,7 @@ class TextToImage:
                 null_mask[idx],
                 scheduler=self.make_scheduler(sampler_name),
                 steps=steps,
-                cfg_scale=cfg,
+                cfg_scale=guidance,
                 generator=generators if len(generators) > 1 else generators[0],
                 progress=progress,
                 # as trained: the shift grows with the image where the model trained with shift_base_tokens

@@ -36,7 +36,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "pipeline folder's own scheduler); default: the model's",
     )
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--cfg", type=float, help="guidance scale (default: the model's, 4.5 for PixArt)")
+    parser.add_argument(
+        "--cfg",
+        type=float,
+        help="guidance scale (default: the model's, 4.5 for PixArt); below 1, a diffusers model is not guided "
+        "(as in diffusers) and other models mix the two branches (as the official sampler: 0 is unconditional)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed + k")
     parser.add_argument(
         "--negative", help="negative prompt (default, or blank: none, i.e. the model's own null caption)"
@@ -108,6 +113,18 @@ def prepare_out(out: Path) -> None:
         )
 
 
+def remake_inputs(args: argparse.Namespace) -> dict:
+    """The options beside --model that change the image, so that a sidecar says how to make it again
+    (tiled decoding changes pixels near the tiles' seams)."""
+    given = {
+        "vae": args.vae,
+        "text_encoder": args.text_encoder,
+        "t5_8bit": args.t5_8bit or None,
+        "vae_tiling": args.vae_tiling or None,
+    }
+    return {key: str(value) if isinstance(value, Path) else value for key, value in given.items() if value is not None}
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -169,10 +186,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except GenerationError as error:
         raise UserError(str(error)) from error
-    # The inputs beside --model that change the image, so a sidecar says how to make it again.
-    extra = {"vae": args.vae, "text_encoder": args.text_encoder, "t5_8bit": args.t5_8bit or None}
-    extra = {k: str(v) if isinstance(v, Path) else v for k, v in extra.items() if v is not None}
-    paths = write_images(results, args.out, model=str(args.model), extra=extra)
+    paths = write_images(results, args.out, model=str(args.model), extra=remake_inputs(args))
     first = results[0].settings
     print(
         f"wrote {len(paths)} image(s) to {args.out} in {time.time() - started:.1f}s "

@@ -27,6 +27,29 @@ class EncodedText:
     dropped: list[int]
 
 
+# Files a saved tokenizer leaves (fast, sentencepiece, WordPiece, BPE). Without one, transformers builds an
+# untrained tokenizer from the encoder's config alone, and every prompt becomes mostly unknown tokens.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.txt", "vocab.json")
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def find_tokenizer(encoder_folder: Path) -> Path:
+    """The tokenizer of a text encoder saved in `encoder_folder`: in it, or, for a diffusers pipeline's
+    `text_encoder/`, in the `tokenizer/` beside it."""
+    beside = encoder_folder.parent / "tokenizer"
+    for folder in (encoder_folder, beside):
+        if has_tokenizer(folder):
+            return folder
+    raise FileNotFoundError(
+        f"no tokenizer in {encoder_folder} (none of {', '.join(TOKENIZER_FILES)}) nor in {beside}: give the text "
+        "encoder's folder saved with its tokenizer (save_pretrained of both), or a diffusers pipeline's "
+        "text_encoder/ with its tokenizer/ beside it"
+    )
+
+
 class TextEncoder:
     """A tokenizer + encoder pair. Subclasses set `kind` and may change how captions are cleaned."""
 
@@ -44,12 +67,20 @@ class TextEncoder:
         load_in_8bit: bool = False,
     ):
         self.folder = Path(folder)
-        tokenizer_folder = Path(tokenizer_folder) if tokenizer_folder else self.folder
         if not (self.folder / "config.json").is_file():
             raise FileNotFoundError(
                 f"no text encoder in {self.folder} (expected config.json and weights written by "
                 "save_pretrained); point --text-encoder at a local folder"
             )
+        described = json.loads((self.folder / "config.json").read_text()).get("_class_name")
+        if described is not None:  # diffusers' configs name their class; transformers' do not
+            raise FileNotFoundError(
+                f"no text encoder in {self.folder}: its config.json describes a diffusers {described}; point "
+                "--text-encoder at the text encoder's folder (text_encoder/ in a diffusers pipeline)"
+            )
+        tokenizer_folder = Path(tokenizer_folder) if tokenizer_folder else find_tokenizer(self.folder)
+        if not has_tokenizer(tokenizer_folder):
+            raise FileNotFoundError(f"no tokenizer in {tokenizer_folder} (none of {', '.join(TOKENIZER_FILES)})")
         check_max_length(self.folder, max_length, self.kind)  # before the weights load, not mid-run
         self.max_length = max_length
         self.clean = clean
