@@ -232,7 +232,7 @@ def encoder_info(encoder: TextEncoder) -> dict:
     return {"kind": encoder.kind, "path": path, "width": encoder.width, "max_length": encoder.max_length}
 
 
-ENCODERS = {"t5": T5Encoder, "minilm": MiniLMEncoder}
+ENCODERS: dict[str, type[TextEncoder]] = {"t5": T5Encoder, "minilm": MiniLMEncoder}
 
 
 def load_text_encoder(kind: str, folder: str | Path | None = None, **kwargs: Any) -> TextEncoder:
