@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tiny_models import save_tiny_t5, tiny_vae
 
+from pixart.cli import prepare as cli_prepare
 from pixart.cli.main import main
 from pixart.data.buckets import closest_bucket
 from pixart.data.dataset import FeatureDataset, collate
@@ -458,7 +459,7 @@ def cli_args(folder: Path, out: Path, model_dirs, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_cli_two_concurrent_processes_and_a_rerun(tmp_path, model_dirs, capsys):
+def test_cli_two_concurrent_processes_and_a_rerun(tmp_path, model_dirs, capsys, monkeypatch):
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(4):
@@ -475,8 +476,9 @@ def test_cli_two_concurrent_processes_and_a_rerun(tmp_path, model_dirs, capsys):
         for i in range(2)
     ]
     assert [p.wait(timeout=300) for p in processes] == [0, 0]
-    merge = main(cli_args(folder, tmp_path / "two", model_dirs, "--text-encoder", "/nonexistent"))
-    assert merge == 0  # nothing left to compute: the models are not even loaded, report.json is rewritten
+    monkeypatch.setattr(cli_prepare, "load_models", None)  # nothing left to compute: the models are not loaded
+    merge = main(cli_args(folder, tmp_path / "two", model_dirs))
+    assert merge == 0  # report.json is rewritten
     assert "every shard of this process is done already" in capsys.readouterr().out
     assert visible_files(tmp_path / "one") == visible_files(tmp_path / "two")
 
@@ -598,9 +600,11 @@ def test_a_manifest_into_upper_case_tar_shards_is_read_back(tmp_path, models):
     assert FeatureDataset(tmp_path / "out").record(0)["source"] == "shards/00000.TAR/k1.png"
 
 
-def test_a_rerun_on_more_images_or_other_settings_is_refused_before_the_models_load(tmp_path, model_dirs, capsys):
+def test_a_rerun_on_more_images_or_other_settings_is_refused_before_the_models_load(
+    tmp_path, model_dirs, capsys, monkeypatch
+):
     """With every shard done, a rerun used to report the old dataset as complete: new images were dropped
-    and a changed setting accepted without a word."""
+    and a changed setting, text encoder or codec accepted without a word."""
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(2):
@@ -614,7 +618,17 @@ def test_a_rerun_on_more_images_or_other_settings_is_refused_before_the_models_l
     (folder / "2.png").unlink()
     assert main([*cli_args(folder, tmp_path / "out", model_dirs, *no_models), "--resolution", "512"]) == 2
     assert "resolution: 256 there, 512 now" in capsys.readouterr().err
-    assert main(cli_args(folder, tmp_path / "out", model_dirs, *no_models)) == 0  # the same: nothing to do
+
+    def no_loading(*args):
+        raise AssertionError("the models were loaded")
+
+    monkeypatch.setattr(cli_prepare, "load_models", no_loading)
+    for other in (["--text-encoder-kind", "minilm"], ["--max-length", "5"], ["--codec", "pixels"]):
+        assert main([*cli_args(folder, tmp_path / "out", model_dirs), *other]) == 2, other
+        assert "was prepared with other models" in capsys.readouterr().err
+    t5, _ = model_dirs
+    assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--text-encoder", str(t5 / ".")]) == 0  # the same
+    assert "every shard of this process is done already" in capsys.readouterr().out
 
 
 def test_a_file_name_that_is_not_utf8_is_printed_escaped(tmp_path, model_dirs):

@@ -82,12 +82,30 @@ def load_models(args: argparse.Namespace, device: str) -> tuple[ImageCodec, Text
     return codec, load_text_encoder(args.text_encoder_kind, args.text_encoder, **kwargs)
 
 
+def models_as_given(args: argparse.Namespace) -> dict:
+    """The codec and text-encoder fields of dataset.json that the flags decide, known without loading them."""
+    from pixart.encoders.codecs import vae_folder
+    from pixart.encoders.text import DEFAULT_MAX_LENGTH
+
+    kind = args.text_encoder_kind
+    codec: dict = {"kind": args.codec}
+    if args.codec == "sd-vae":
+        codec["path"] = str(vae_folder(args.vae).resolve())
+    text = {
+        "kind": kind,
+        "path": None if kind == "minilm" else str(Path(args.text_encoder).resolve()),
+        "max_length": args.max_length or DEFAULT_MAX_LENGTH[kind],
+    }
+    return {"codec": codec, "text_encoder": text}
+
+
 def run(args: argparse.Namespace) -> int:
     from pixart.cli.main import UserError, make_out_folder
     from pixart.data.prepare import (
         PrepareError,
         PrepareOptions,
         check_info,
+        check_models_info,
         format_summary,
         merge_reports,
         pending_shards,
@@ -128,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
         report = merge_reports(args.out, inputs, options)
         print("no input could be listed, so the models were not loaded")
     elif not pending_shards(inputs, args.out, options) and (args.out / DATASET_FILE).is_file():
+        try:
+            check_models_info(args.out, models_as_given(args))  # a rerun with other models is refused here too
+        except PrepareError as error:
+            raise UserError(str(error)) from error
         report = merge_reports(args.out, inputs, options)  # nothing to compute: no need to load the models
         print("every shard of this process is done already")
     else:

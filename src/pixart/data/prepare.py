@@ -204,6 +204,24 @@ def check_info(out: Path, info: dict) -> None:
         )
 
 
+def check_models_info(out: Path, given: dict) -> None:
+    """Refuse an `out` whose dataset.json records another codec or text encoder than the flags `given`
+    ({"codec": {...}, "text_encoder": {...}}, the fields known without loading the models): checked when
+    every shard is done, where the models are not loaded and dataset_info is never compared."""
+    existing = _read_json(out / DATASET_FILE) or {}
+    differences = [
+        f"{part}.{key}: {existing[part].get(key)!r} there, {value!r} now"
+        for part, fields in given.items()
+        if part in existing
+        for key, value in fields.items()
+        if existing[part].get(key) != value
+    ]
+    if differences:
+        raise PrepareError(
+            f"{out} was prepared with other models; use another --out or the same ones ({'; '.join(differences)})"
+        )
+
+
 # --- reading inputs ---
 
 

@@ -58,6 +58,12 @@ class PixelCodec(ImageCodec):
         return latents.clamp(-1, 1)
 
 
+def vae_folder(folder: str | Path) -> Path:
+    """The VAE's own folder: `folder`, or the vae/ inside a pipeline folder."""
+    folder = Path(folder)
+    return folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
+
+
 class SDVAE(ImageCodec):
     """diffusers AutoencoderKL from a local folder (a vae/ folder, or a pipeline folder holding vae/)."""
 
@@ -73,9 +79,7 @@ class SDVAE(ImageCodec):
     ):
         from diffusers import AutoencoderKL
 
-        folder = Path(folder)
-        if (folder / "vae" / "config.json").is_file():
-            folder = folder / "vae"
+        folder = vae_folder(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(
                 f"no VAE in {folder} (expected config.json + diffusion_pytorch_model.safetensors, "

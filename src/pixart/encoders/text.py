@@ -52,6 +52,7 @@ def find_tokenizer(encoder_folder: Path) -> Path:
 
 # The transformers model_type values in config.json that each encoder kind loads.
 MODEL_TYPES = {"t5": ("t5", "umt5", "mt5"), "minilm": ("bert",)}
+DEFAULT_MAX_LENGTH = {"t5": 120, "minilm": 48}  # tokens: PixArt's T5 length; MiniLM's for the shapes world
 
 
 class TextEncoder:
@@ -65,7 +66,7 @@ class TextEncoder:
         folder: str | Path,
         *,
         tokenizer_folder: str | Path | None = None,
-        max_length: int = 120,
+        max_length: int = DEFAULT_MAX_LENGTH["t5"],
         clean: bool = True,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -188,7 +189,9 @@ class MiniLMEncoder(TextEncoder):
     kind = "minilm"
     model_types = MODEL_TYPES[kind]
 
-    def __init__(self, folder: str | Path | None = None, *, max_length: int = 48, **kwargs: Any):
+    def __init__(
+        self, folder: str | Path | None = None, *, max_length: int = DEFAULT_MAX_LENGTH["minilm"], **kwargs: Any
+    ):
         super().__init__(folder or minilm_folder(), max_length=max_length, clean=False, **kwargs)
 
     def _load_model(self, load_in_8bit: bool) -> Any:  # a transformers model
