@@ -778,3 +778,14 @@ def test_a_merge_that_raced_another_parts_last_shard_is_redone(tmp_path, model_d
     assert main(cli_args(folder, out, model_dirs, "--shard-size", "2", "--shard", "0/2")) == 0
     report = json.loads((out / "report.json").read_text())
     assert raced and report["complete"] and report["shards"] == {"done": 2, "total": 2}, report
+
+
+def test_a_folder_listing_enters_linked_folders_once_and_leaves_hidden_ones_out(tmp_path):
+    """Path.rglob on Python 3.11 does not enter a linked folder: its images were dropped without a word."""
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for folder, name in ((root, "a.png"), (elsewhere, "b.png"), (root / ".cache", "c.png"), (root, ".d.png")):
+        folder.mkdir(exist_ok=True)
+        write_image(folder, name, noise(8, 8, 0))
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "back").symlink_to(root, target_is_directory=True)  # a cycle: read once, not forever
+    assert [item.name for item in list_inputs(root).items] == ["a.png", "linked/b.png"]

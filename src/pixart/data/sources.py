@@ -211,12 +211,24 @@ def _dedupe(named: list[tuple[str, Item]]) -> tuple[list[Item], list[Problem]]:
 
 
 def image_files(root: Path) -> list[Path]:
-    """Image files under `root` (recursively, hidden ones left out), sorted."""
-    return [
-        path
-        for path in sorted(root.rglob("*"))
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not _hidden(path, root)
-    ]
+    """Image files under `root` (recursively, through linked folders too; hidden ones left out), sorted.
+
+    os.walk rather than Path.rglob, which on Python 3.11 and 3.12 does not enter a linked folder: its images
+    were left out without a word. A folder reached twice (a link back up the tree) is read once.
+    """
+    found, visited = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
+        if identity in visited:
+            subfolders.clear()
+            continue
+        visited.add(identity)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]  # hidden: not entered
+        for name in files:
+            path = Path(folder) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".") and path.is_file():
+                found.append(path)
+    return sorted(found)
 
 
 def _list_folder(root: Path) -> Inputs:
@@ -235,10 +247,6 @@ def _sidecar(image: Path, suffix: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 # --- WebDataset tars ---
