@@ -369,8 +369,30 @@ def unloadable_model(tmp_path) -> Path:
     """A --model folder that passes the quick check but fails to load: a refusal must come before loading."""
     folder = tmp_path / "unloadable"
     folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text('{"model_type": "llava"}')
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        (folder / name).write_text("{}")
     return folder
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"config.json": '{"model_type": "t5"}'}, "its config.json describes t5"),
+        ({"config.json": '{"_class_name": "AutoencoderKL"}'}, "its config.json describes AutoencoderKL"),
+        ({"config.json": '{"model_type": "llava"}', "tokenizer.json": "{}"}, "no LLaVA processor"),
+        ({"config.json": '{"model_type": "llava"}', "processor_config.json": "{}"}, "no LLaVA processor"),
+    ],
+)
+def test_a_folder_of_another_model_is_refused_as_llava_before_loading(tmp_path, capsys, files, message):
+    """Another model's folder (a T5, a VAE) failed inside transformers with a traceback."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    assert main(["caption", str(manifest(tmp_path)), "--model", str(folder), "--out", str(tmp_path / "o.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
 
 
 def manifest(tmp_path: Path, field: str = "alt") -> Path:

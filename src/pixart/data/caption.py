@@ -31,6 +31,7 @@ from pixart.data.sources import (
     is_utf8,
     manifest_rows,
 )
+from pixart.encoders.text import has_tokenizer
 
 PROMPT = "Describe this image and its style in a very detailed manner"
 PROMPT_WITH_ALT = 'Given the caption of this image "{alt}", describe this image and its style in a very detailed manner'
@@ -61,12 +62,21 @@ def check_field(name: str) -> None:
 
 
 def check_model_folder(folder: Path) -> None:
-    """FileNotFoundError unless `folder` looks like a saved LLaVA model (checked before listing, then loading)."""
+    """FileNotFoundError unless `folder` holds a saved LLaVA model and its processor (checked before listing,
+    then loading: another model's folder failed in transformers with a traceback)."""
+    expected = (
+        "expected config.json, weights and processor files written by save_pretrained, e.g. a local copy of "
+        "llava-hf/llava-1.5-7b-hf; point --model at it"
+    )
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no LLaVA model in {folder} (expected config.json, weights and processor files written by "
-            "save_pretrained, e.g. a local copy of llava-hf/llava-1.5-7b-hf); point --model at it"
-        )
+        raise FileNotFoundError(f"no LLaVA model in {folder} ({expected})")
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") != "llava":
+        what = config.get("model_type") or config.get("_class_name") or "no model_type"
+        raise FileNotFoundError(f"no LLaVA model in {folder}: its config.json describes {what} ({expected})")
+    processor = ("processor_config.json", "preprocessor_config.json")
+    if not has_tokenizer(folder) or not any((folder / name).is_file() for name in processor):
+        raise FileNotFoundError(f"no LLaVA processor (tokenizer and image processor files) in {folder} ({expected})")
 
 
 def caption_prompt(alt: str | None = None) -> str:
