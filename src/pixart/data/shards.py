@@ -80,9 +80,12 @@ def write_shard(folder: str | Path, index: int, samples: list[FeatureSample], fi
         )
         for i, s in enumerate(samples)
     ]
-    (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    path = folder / f"{name}.safetensors"
-    remove_leftovers(folder, path.name)  # of a run killed while writing this shard (only its writer gets here)
+    records, path = folder / f"{name}.jsonl", folder / f"{name}.safetensors"
+    for done in (records, path):  # of a run killed while writing this shard (only its writer gets here)
+        remove_leftovers(folder, done.name)
+    # Synced to the disk before the tensors that mark the shard finished: after a power loss a finished
+    # shard could otherwise hold an empty records file.
+    atomic_write(records, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
     return path
 
