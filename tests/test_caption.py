@@ -354,6 +354,12 @@ def test_stats_command(tmp_path, capsys):
     assert printed[1].split()[:5] == ["alt", "3", "0", "2.7", "5"]  # a cat dog only alt
     assert printed[2].split()[:5] == ["dense", "2", "1", "6.5", "12"]
     assert "tokens/cap (t5)" in printed[0]
+    for pipeline in ("pipe", "llava"):  # pipelines' tokenizer folders share a name: one column hid the other
+        save_tiny_tokenizer(tmp_path / pipeline / "tokenizer")
+    both = [arg for pipeline in ("pipe", "llava") for arg in ("--tokenizer", str(tmp_path / pipeline / "tokenizer"))]
+    assert main(["caption", manifest, "--stats", *both]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "tokens/cap (pipe/tokenizer)" in header and "tokens/cap (llava/tokenizer)" in header
     assert main(["caption", manifest]) == 2  # captioning needs --model
     capsys.readouterr()
     # Another suffix would be read back as CSV: a rerun would find nothing done and caption everything again.

@@ -58,6 +58,28 @@ def list_or_refuse(path: Path) -> Inputs:
         raise UserError(str(error)) from error
 
 
+def tokenizer_labels(sources: list[str]) -> list[str]:
+    """Column names for the --tokenizer folders: their names, with as many parent folders as tell them apart
+    (pipelines' tokenizer folders are all called `tokenizer`: one column hid the other's numbers)."""
+    from pixart.cli.main import UserError
+
+    paths = [Path(source).resolve() for source in sources]
+    if len(set(paths)) < len(paths):
+        raise UserError(f"--tokenizer: a folder is given twice ({' '.join(sources)})")
+
+    def suffix(path: Path, depth: int) -> str:
+        return "/".join(path.parts[-depth:])
+
+    labels = []
+    for path in paths:
+        others = [other for other in paths if other != path]
+        depth = 1
+        while depth < len(path.parts) and any(suffix(other, depth) == suffix(path, depth) for other in others):
+            depth += 1
+        labels.append(suffix(path, depth))
+    return labels
+
+
 def run_stats(args: argparse.Namespace) -> int:
     from pixart.cli.main import UserError
     from pixart.data.caption_stats import collect, field_stats, format_table, load_spacy, load_tokenizer
@@ -66,9 +88,9 @@ def run_stats(args: argparse.Namespace) -> int:
     if not fields:
         raise UserError(f"--fields {args.fields!r} names no field: pass caption fields, e.g. --fields alt,dense")
     tokenizers = {}
-    for source in args.tokenizer:  # before the listing: a wrong folder is named at once
+    for label, source in zip(tokenizer_labels(args.tokenizer), args.tokenizer, strict=True):  # before the listing
         try:
-            tokenizers[Path(source).name] = load_tokenizer(source)
+            tokenizers[label] = load_tokenizer(source)
         except (OSError, ValueError) as error:
             raise UserError(f"--tokenizer {source}: {' '.join(str(error).split())}") from error
     inputs = list_or_refuse(args.input)
