@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixart.files import OTHER_MACHINE_GRACE_S, atomic_write, remove_leftovers, temporary_path
+from pixart.files import OTHER_MACHINE_GRACE_S, atomic_write, process_umask, remove_leftovers, temporary_path
 from pixart.train.checkpoint import list_checkpoints, save_checkpoint
 from pixart.train.distributed import World
 
@@ -172,3 +172,14 @@ def test_a_sharded_checkpoint_from_before_newer_state_entries_still_loads(tmp_pa
         load_checkpoint(path, {**template, "ema": {"w": torch.zeros(2)}})
     with pytest.raises(ValueError, match="is sharded: it loads into the live state dicts"):
         load_checkpoint(path)
+
+
+def test_atomic_writes_get_the_permissions_of_ordinary_files(tmp_path):
+    """safetensors creates its files 0600: features and weights written for a team were unreadable to it."""
+    from safetensors.torch import save_file
+
+    atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"x": torch.zeros(2)}, tmp))
+    (tmp_path / "plain.txt").write_text("x")
+    mode = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert mode == 0o666 & ~process_umask()
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == mode

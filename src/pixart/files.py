@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -33,6 +34,20 @@ def temporary_path(path: Path, pid: int | None = None, host: str | None = None) 
     return path.with_name(f".{path.name}.{host or host_tag()}-{os.getpid() if pid is None else pid}.tmp")
 
 
+@functools.cache
+def process_umask() -> int:
+    """The process's umask, read once (setting it to read it back is not safe while other threads make files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """`write(tmp)` to a sibling temporary file, then rename it over `path`: a crash or a concurrent reader
     never sees a half-written file (the pid keeps two writers of the same file apart). What `write` returns
@@ -47,6 +62,7 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     tmp = temporary_path(path)
     try:
         write(str(tmp))
+        os.chmod(tmp, 0o666 & ~process_umask())  # as open() makes files: safetensors' are 0600 otherwise
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
