@@ -236,3 +236,20 @@ def test_a_config_the_tensors_contradict_is_refused_before_anything_is_written(t
         )
         == 0
     )
+
+
+def test_info_names_a_training_checkpoint_as_one(tmp_path, capsys):
+    """Its keys are in the official layout, and it was reported as "official weights"."""
+    model = PixArt(TINY)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    config = {"stage": "t2i", "recipe": "tiny", "model": TINY.to_dict()}
+    torch.save({"model": model.state_dict(), "ema": params, "config": config, "step": 14}, tmp_path / "step.pt")
+    assert main(["info", str(tmp_path / "step.pt")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "a pixart train checkpoint (step 14, recipe tiny) in the official layout" in first
+    assert main(["info", str(tmp_path / "step.pt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["training_checkpoint"] == {"step": 14, "recipe": "tiny", "stage": "t2i"}
+    save_transformer(model, tmp_path / "official.pth", to="official")
+    assert main(["info", str(tmp_path / "official.pth")]) == 0
+    assert "official weights" in capsys.readouterr().out  # a file of the official code's kind stays so

@@ -29,10 +29,30 @@ def run(args: argparse.Namespace) -> int:
         architecture = "PixArtMS" if pixart_config.micro_conditions else "PixArt"
     params = sum(v.numel() for k, v in state.items() if k not in ("pos_embed", "y_embedder.y_embedding"))
     info = {"path": str(args.path), "format": fmt, "architecture": architecture, "parameters": params, "config": config}
+    checkpoint = training_checkpoint(args.path)
+    if checkpoint is not None:
+        info["training_checkpoint"] = checkpoint
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{args.path}: {fmt} weights, {architecture}, {params:,} parameters")
+    what = f"{fmt} weights"
+    if checkpoint is not None:  # its keys are the official layout, but it is not an official file
+        what = (
+            f"a pixart train checkpoint (step {checkpoint['step']}, recipe {checkpoint['recipe']}) in the {fmt} layout"
+        )
+    print(f"{args.path}: {what}, {architecture}, {params:,} parameters")
     for key, value in config.items():
         print(f"  {key}: {value}")
     return 0
+
+
+def training_checkpoint(path: Path) -> dict | None:
+    """Step, recipe and stage of one of our trainer's checkpoints (checkpoints/step-*.pt), else None."""
+    from pixart.weights.io import is_training_checkpoint, load_checkpoint_file
+
+    if path.suffix not in (".pt", ".pth") or not path.is_file():
+        return None
+    data = load_checkpoint_file(path)
+    if not is_training_checkpoint(data):
+        return None
+    return {"step": data.get("step"), "recipe": data["config"].get("recipe"), "stage": data["config"]["stage"]}
