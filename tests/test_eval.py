@@ -469,10 +469,13 @@ def test_shapes_suite_warns_about_a_model_not_from_the_shapes_world(tmp_path, ca
 
     monkeypatch.setattr(TextToImage, "from_path", no_loading)
 
-    def warning_for(model) -> str:
+    def warning_for_args(*args) -> str:
         with pytest.raises(LoadAttempted):  # the warning comes before the model loads
-            main(eval_args("--model", model, "--probe-cache", tmp_path / "cache", "--out", tmp_path / "e.json"))
+            main(eval_args(*args, "--probe-cache", tmp_path / "cache", "--out", tmp_path / "e.json"))
         return capsys.readouterr().err
+
+    def warning_for(model) -> str:
+        return warning_for_args("--model", model)
 
     pipeline = tmp_path / "diffusers"
     pipeline.mkdir()
@@ -486,6 +489,13 @@ def test_shapes_suite_warns_about_a_model_not_from_the_shapes_world(tmp_path, ca
     assert "warning" not in warning_for(shapes)
     (shapes / "model.json").write_text(shapes_model_spec("flow", {}, extra={"world": "shapes-0"}).to_json())
     assert f"was trained on the shapes world shapes-0, and the probe reads {WORLD_VERSION}" in warning_for(shapes)
+    # bare weights run with the folders beside them: a T5 and an SD VAE (folders) are not the shapes world's
+    weights, t5, vae = tmp_path / "w.safetensors", tmp_path / "t5", tmp_path / "vae"
+    for path in (weights, t5, vae):
+        path.touch() if path.suffix else path.mkdir()
+    (t5 / "config.json").write_text('{"model_type": "t5"}')
+    err = warning_for_args("--model", weights, "--vae", vae, "--text-encoder", t5)
+    assert f"warning: {weights} runs with the sd-vae codec and the t5 text encoder" in err
 
 
 def test_bare_weights_take_vae_and_text_encoder_as_in_generate(tmp_path, capsys, monkeypatch):

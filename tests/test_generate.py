@@ -739,3 +739,18 @@ def test_a_folder_of_another_model_is_refused_before_it_loads(pipeline_folder):
     with pytest.raises(FileNotFoundError, match="describes a PixArtTransformer2DModel"):
         SDVAE(pipeline_folder / "transformer")
     assert SDVAE(pipeline_folder).latent_channels == SDVAE(pipeline_folder / "vae").latent_channels  # both accepted
+
+
+def test_bare_weights_of_a_minilm_model_run_with_the_minilm_folder_given(tmp_path):
+    """`pixart prepare --text-encoder-kind minilm` then train gave weights generate could not run: bare weights
+    were always taken as T5's, and the MiniLM folder was refused as a BERT."""
+    from pixart.encoders.text import minilm_folder
+
+    model = randomize_(PixArt(dataclasses.replace(TINY, caption_channels=384)), std=0.05).eval()
+    save_transformer(model, tmp_path / "w.safetensors")
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    pipe = TextToImage.from_path(tmp_path / "w.safetensors", vae=tmp_path / "vae", text_encoder=minilm_folder())
+    assert (pipe.spec.text_encoder, pipe.spec.clean_captions, pipe.spec.codec) == ("minilm", False, "sd-vae")
+    settings = Settings(steps=2)
+    red, blue = (pipe.generate([p], settings, seed=1, progress=False)[0] for p in ("a red circle", "a blue square"))
+    assert red.image.size == (32, 32) and not np.array_equal(pixels_of(red), pixels_of(blue))  # the prompt counts

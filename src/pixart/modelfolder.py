@@ -18,6 +18,7 @@ from typing import TypedDict
 import torch
 
 from pixart.diffusion.schedulers import default_sampler
+from pixart.encoders.text import text_encoder_kind
 from pixart.model.pixart import PixArt
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
 from pixart.weights.io import OURS_IN_FOLDER, SAMPLING_METADATA, sampling_metadata
@@ -158,9 +159,18 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
     if vae is None or text_encoder is None:
         raise FileNotFoundError(
             f"{path} holds transformer weights only: also pass --vae DIR (an SD VAE folder, e.g. the vae/ of "
-            "PixArt-alpha/PixArt-XL-2-512x512) and --text-encoder DIR (the t5-v1_1-xxl folder with its tokenizer)"
+            "PixArt-alpha/PixArt-XL-2-512x512) and --text-encoder DIR (the t5-v1_1-xxl folder with its tokenizer, "
+            "or the MiniLM folder of a model trained on MiniLM features)"
         )
-    return ModelSpec(), path, Path(text_encoder), None, Path(vae), None
+    return bare_weights_spec(Path(vae), Path(text_encoder)), path, Path(text_encoder), None, Path(vae), None
+
+
+def bare_weights_spec(vae: Path, text_encoder: Path) -> ModelSpec:
+    """What bare weights run with, read off the folders given beside them: the text encoder its config.json
+    names (MiniLM for a BERT, as `pixart prepare --text-encoder-kind minilm` encodes; T5 otherwise), and the
+    shapes codec for a file (an SD VAE is a folder)."""
+    kind = text_encoder_kind(text_encoder)
+    return ModelSpec(text_encoder=kind, clean_captions=kind == "t5", codec="shapes-ae" if vae.is_file() else "sd-vae")
 
 
 def sampling_of(weights: Path) -> dict:

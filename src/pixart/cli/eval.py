@@ -146,7 +146,7 @@ def check_cache_folder(cache: Path | None) -> None:
         make_out_folder(cache, "--probe-cache")
 
 
-def shapes_world_warning(model: Path) -> str | None:
+def shapes_world_warning(model: Path, vae: Path | None = None, text_encoder: Path | None = None) -> str | None:
     """Why the shapes suite would say little about this model, or None for a model of the shapes world.
 
     The probe reads shapes-world renders only. A model folder records the codec and text encoder it runs
@@ -155,13 +155,16 @@ def shapes_world_warning(model: Path) -> str | None:
     """
     from pixart.data.synthetic import WORLD_VERSION
     from pixart.demo import shapes_model_spec
-    from pixart.modelfolder import folder_kind, spec_of
+    from pixart.modelfolder import bare_weights_spec, folder_kind, spec_of
 
     kind = folder_kind(model)
-    if kind == "weights":  # loading needs --vae and --text-encoder: that error comes first
+    if kind == "weights" and (vae is None or text_encoder is None):  # loading's error about them comes first
         return None
     try:
-        spec = spec_of(model, kind)
+        # bare weights run with the folders given beside them
+        spec = (
+            bare_weights_spec(vae, text_encoder) if vae and text_encoder and kind == "weights" else spec_of(model, kind)
+        )
     except (OSError, ValueError, TypeError):  # an unreadable model.json: loading reports it
         return None
     shapes = shapes_model_spec("flow", {})
@@ -367,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from None
     folder_kind(args.model)  # a missing model: FileNotFoundError with the download hint, before anything loads
     out = prepare_outputs(args)
-    if args.suite == "shapes" and (warning := shapes_world_warning(args.model)):
+    if args.suite == "shapes" and (warning := shapes_world_warning(args.model, args.vae, args.text_encoder)):
         print(warning, file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 

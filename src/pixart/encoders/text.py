@@ -233,6 +233,16 @@ def check_max_length(folder: str | Path, max_length: int, kind: str = "text") ->
         )
 
 
+def text_encoder_kind(folder: str | Path) -> str:
+    """The encoder kind a saved text encoder's config.json names ("minilm" for a BERT); "t5" where it names
+    none of them, for T5Encoder's own check to explain."""
+    try:
+        found = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return "t5"
+    return next((kind for kind, types in MODEL_TYPES.items() if found in types), "t5")
+
+
 def encoder_info(encoder: TextEncoder) -> dict:
     """What dataset.json and model.json record so others can load the same text encoder."""
     path = None if encoder.kind == "minilm" else str(encoder.folder.resolve())
