@@ -222,10 +222,15 @@ def test_cli_errors_name_the_fix(pipeline_folder, tmp_path, capsys):
     assert "nearest valid size is 1000x768" in capsys.readouterr().err
     weights = tmp_path / "w.safetensors"
     save_transformer(PixArt(TINY), weights)
-    assert main(["generate", "x", "--model", str(weights), "--out", str(tmp_path)]) == 2
+    assert main(["generate", "x", "--model", str(weights), "--out", str(tmp_path / "new" / "images")]) == 2
     err = capsys.readouterr().err
     assert "--vae" in err
     assert "--text-encoder" in err
+    assert not (tmp_path / "new").exists()  # made, then removed again with its parent: the run failed
+    (tmp_path / "kept").mkdir()
+    assert main(["generate", "x", "--model", str(weights), "--out", str(tmp_path / "kept")]) == 2
+    assert (tmp_path / "kept").is_dir()  # a folder that was there before stays
+    capsys.readouterr()
     empty = tmp_path / "empty"
     empty.mkdir()  # neither a model folder nor weights: said as such, not "pass --vae"
     assert main(["generate", "x", "--model", str(empty), "--out", str(tmp_path)]) == 2

@@ -503,6 +503,9 @@ def test_cli_user_errors(tmp_path, model_dirs, capsys):
     (tmp_path / "empty").mkdir()
     assert main(cli_args(tmp_path / "empty", tmp_path / "out", model_dirs)) == 2
     assert "holds no inputs" in capsys.readouterr().err
+    _, vae = model_dirs  # models that fail to load, after --out was made: it is removed again
+    assert main([*cli_args(folder, tmp_path / "made", model_dirs), "--text-encoder", str(vae)]) == 2
+    assert "no t5 text encoder" in capsys.readouterr().err and not (tmp_path / "made").exists()
 
 
 def test_a_folder_of_tars_with_images_beside_them_is_refused(tmp_path):

@@ -128,7 +128,7 @@ def remake_inputs(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pixart.cli.main import UserError, check_device
+    from pixart.cli.main import UserError, check_device, removed_if_left_empty
     from pixart.generate import GenerationError, Settings, TextToImage, check_request
     from pixart.modelfolder import folder_kind
     from pixart.outputs import CONTACT_SHEET, write_images
@@ -157,44 +157,45 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     check_device(args.device)
     check_device(args.text_device, "--text-device")
-    folder_kind(args.model)  # a missing model, before --out is made: a failed run leaves no empty folder behind
-    prepare_out(args.out)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    started = time.time()
-    try:
-        pipe = TextToImage.from_path(
-            args.model,
-            vae=args.vae,
-            text_encoder=args.text_encoder,
-            device=device,
-            dtype=dtype,
-            text_device=args.text_device,
-            vae_tiling=args.vae_tiling,
-            load_in_8bit=args.t5_8bit,
+    folder_kind(args.model)  # a missing model, before --out is made
+    with removed_if_left_empty(args.out):  # a run that fails leaves no empty --out behind
+        prepare_out(args.out)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        started = time.time()
+        try:
+            pipe = TextToImage.from_path(
+                args.model,
+                vae=args.vae,
+                text_encoder=args.text_encoder,
+                device=device,
+                dtype=dtype,
+                text_device=args.text_device,
+                vae_tiling=args.vae_tiling,
+                load_in_8bit=args.t5_8bit,
+            )
+            if args.compile:
+                pipe.compile()
+            results = pipe.generate(
+                prompts,
+                settings,
+                seed=args.seed,
+                num_images=args.num_images,
+                batch_size=args.batch,
+                low_memory=args.low_memory,
+                progress=not args.no_progress,
+            )
+        except GenerationError as error:
+            raise UserError(str(error)) from error
+        paths = write_images(results, args.out, model=str(args.model), extra=remake_inputs(args))
+        first = results[0].settings
+        print(
+            f"wrote {len(paths)} image(s) to {args.out} in {time.time() - started:.1f}s "
+            f"({first['sampler']}, {first['steps']} steps, cfg {first['cfg_scale']}, "
+            f"{first['size'][0]}x{first['size'][1]}, "
+            f"seeds {results[0].seed}..{results[-1].seed})"
         )
-        if args.compile:
-            pipe.compile()
-        results = pipe.generate(
-            prompts,
-            settings,
-            seed=args.seed,
-            num_images=args.num_images,
-            batch_size=args.batch,
-            low_memory=args.low_memory,
-            progress=not args.no_progress,
-        )
-    except GenerationError as error:
-        raise UserError(str(error)) from error
-    paths = write_images(results, args.out, model=str(args.model), extra=remake_inputs(args))
-    first = results[0].settings
-    print(
-        f"wrote {len(paths)} image(s) to {args.out} in {time.time() - started:.1f}s "
-        f"({first['sampler']}, {first['steps']} steps, cfg {first['cfg_scale']}, "
-        f"{first['size'][0]}x{first['size'][1]}, "
-        f"seeds {results[0].seed}..{results[-1].seed})"
-    )
-    if len(paths) > 1:
-        print(f"contact sheet: {args.out / CONTACT_SHEET}")
-    print(json.dumps([str(p) for p in paths]) if len(paths) <= 4 else f"  {paths[0]} ... {paths[-1]}")
-    return 0
+        if len(paths) > 1:
+            print(f"contact sheet: {args.out / CONTACT_SHEET}")
+        print(json.dumps([str(p) for p in paths]) if len(paths) <= 4 else f"  {paths[0]} ... {paths[-1]}")
+        return 0

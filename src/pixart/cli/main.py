@@ -117,6 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
+def removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """Made early so that a bad path fails at once (make_out_folder), `folder` is removed again when the
+    block fails before anything was written in it, unless it existed before: no empty folder is left behind."""
+    made = [] if folder.exists() else [folder, *(p for p in folder.parents if not p.exists())]  # leaf first
+    try:
+        yield
+    except BaseException:
+        for path in made:  # the folders this call may make, as long as they hold nothing
+            if not path.is_dir() or any(path.iterdir()):
+                break
+            path.rmdir()
+        raise
+
+
+@contextmanager
 def silenced_library_progress_bars() -> Iterator[None]:
     """`--no-progress` reaching the bars transformers and huggingface_hub draw themselves ("Loading weights"
     as a text encoder loads), for one command; afterwards each is as it was, so a caller of main() in the

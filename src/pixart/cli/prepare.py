@@ -100,7 +100,7 @@ def models_as_given(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixart.cli.main import UserError, make_out_folder
+    from pixart.cli.main import UserError, make_out_folder, removed_if_left_empty
     from pixart.data.prepare import (
         PrepareError,
         PrepareOptions,
@@ -135,30 +135,31 @@ def run(args: argparse.Namespace) -> int:
         inputs = list_inputs(args.input)
     except (PrepareError, InputError) as error:
         raise UserError(str(error)) from error
-    make_out_folder(args.out)  # the feature dataset's folder, before any model loads
-    print(f"{args.input}: {len(inputs.items)} inputs ({inputs.kind}); this process: shard part {part}/{parts}")
-    try:
-        check_info(args.out, settings_info(inputs, options))  # another input list or settings: refused now
-    except PrepareError as error:
-        raise UserError(str(error)) from error
+    with removed_if_left_empty(args.out):  # a run that fails before writing leaves no empty --out behind
+        make_out_folder(args.out)  # the feature dataset's folder, before any model loads
+        print(f"{args.input}: {len(inputs.items)} inputs ({inputs.kind}); this process: shard part {part}/{parts}")
+        try:
+            check_info(args.out, settings_info(inputs, options))  # another input list or settings: refused now
+        except PrepareError as error:
+            raise UserError(str(error)) from error
 
-    if not inputs.items:  # every input was left out while listing: there is nothing to encode
-        report = merge_reports(args.out, inputs, options)
-        print("no input could be listed, so the models were not loaded")
-    elif not pending_shards(inputs, args.out, options) and (args.out / DATASET_FILE).is_file():
-        try:
-            check_models_info(args.out, models_as_given(args))  # a rerun with other models is refused here too
-        except PrepareError as error:
-            raise UserError(str(error)) from error
-        report = merge_reports(args.out, inputs, options)  # nothing to compute: no need to load the models
-        print("every shard of this process is done already")
-    else:
-        codec, text_encoder = load_models(args, args.device or default_device())
-        try:
-            result = prepare(inputs, args.out, options, codec, text_encoder)
-        except PrepareError as error:
-            raise UserError(str(error)) from error
-        report = result.report
-        print(f"wrote {len(result.written)} shards; {len(result.already_done)} were done already")
-    print(format_summary(report, args.out))
-    return 0
+        if not inputs.items:  # every input was left out while listing: there is nothing to encode
+            report = merge_reports(args.out, inputs, options)
+            print("no input could be listed, so the models were not loaded")
+        elif not pending_shards(inputs, args.out, options) and (args.out / DATASET_FILE).is_file():
+            try:
+                check_models_info(args.out, models_as_given(args))  # a rerun with other models is refused here too
+            except PrepareError as error:
+                raise UserError(str(error)) from error
+            report = merge_reports(args.out, inputs, options)  # nothing to compute: no need to load the models
+            print("every shard of this process is done already")
+        else:
+            codec, text_encoder = load_models(args, args.device or default_device())
+            try:
+                result = prepare(inputs, args.out, options, codec, text_encoder)
+            except PrepareError as error:
+                raise UserError(str(error)) from error
+            report = result.report
+            print(f"wrote {len(result.written)} shards; {len(result.already_done)} were done already")
+        print(format_summary(report, args.out))
+        return 0
