@@ -792,3 +792,27 @@ def test_a_folder_listing_enters_linked_folders_once_and_leaves_hidden_ones_out(
     (root / "linked").symlink_to(elsewhere, target_is_directory=True)
     (elsewhere / "back").symlink_to(root, target_is_directory=True)  # a cycle: read once, not forever
     assert [item.name for item in list_inputs(root).items] == ["a.png", "linked/b.png"]
+
+
+def test_class_labels_of_a_manifest_or_sidecar_are_kept_for_stage_1(tmp_path, models):
+    """Stage 1 trains on class labels and prepare kept none: the class recipe could not train on a user's data.
+    A whole-number `label` (a number or its digits) is kept; a word is a field of the user's, not a class."""
+    (tmp_path / "img").mkdir()
+    for i in range(4):
+        noise(64, 64, i).save(tmp_path / "img" / f"{i}.png")
+    rows = [{"path": f"img/{i}.png", "alt": "x", "label": label} for i, label in enumerate([3, " 7 ", "cat", -1])]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    prepare(list_inputs(tmp_path / "data.jsonl"), tmp_path / "out", options(), *models)
+    data = FeatureDataset(tmp_path / "out")
+    assert {data.record(i)["source"]: label for i, label in enumerate(data.labels())} == {
+        "img/0.png": 3,
+        "img/1.png": 7,
+        "img/2.png": -1,  # none
+        "img/3.png": -1,
+    }
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_image(folder, "a.png", noise(64, 64, 0), caption=None)
+    (folder / "a.json").write_text(json.dumps({"alt": "a red circle", "label": 2}))
+    prepare(list_inputs(folder), tmp_path / "out2", options(), *models)
+    assert FeatureDataset(tmp_path / "out2").labels() == [2]

@@ -46,7 +46,7 @@ from pixart.data.shards import (
     shard_name,
     write_shard,
 )
-from pixart.data.sources import Inputs, Item
+from pixart.data.sources import Inputs, Item, class_label_of
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
 from pixart.encoders.text import TextEncoder, encoder_info
 from pixart.files import write_json
@@ -106,6 +106,7 @@ class Loaded:
     bucket: str
     original_hw: tuple[int, int]
     captions: dict[str, str]
+    label: int | None = None  # the class label stage 1 trains on, where the input gives one
 
 
 @dataclass
@@ -234,7 +235,7 @@ def load_item(item: Item, options: PrepareOptions) -> Loaded:
     bucket, (height, width) = closest_bucket(img.height, img.width, table)
     check_size(img, height, width, options.upscale_small)
     crop = resize_cover_crop(img, height, width)
-    return Loaded(np.asarray(crop), bucket, (img.height, img.width), captions)
+    return Loaded(np.asarray(crop), bucket, (img.height, img.width), captions, class_label_of(item.fields()))
 
 
 def _load_or_skip(item: Item, options: PrepareOptions) -> Loaded | dict:
@@ -354,6 +355,7 @@ def prepare_shard(
             original_hw=result.original_hw,
             captions=result.captions,
             source=item.name,
+            extra={} if result.label is None else {"label": result.label},
         )
         for position, (item, result) in enumerate(loaded)
     ]

@@ -140,6 +140,19 @@ class Item:
         return captions
 
 
+def class_label_of(row: dict) -> int | None:
+    """A row's class label for stage 1 (its `label` field, a whole number >= 0 or such a string), else None:
+    a label of another kind (a word, say) is a caption-like field of the user's, not a class."""
+    value = row.get("label")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdecimal():
+        return int(value.strip())
+    return None
+
+
 @dataclass
 class Problem:
     """An input left out while listing: `path` names it (or a manifest line), `reason` says why."""

@@ -85,8 +85,9 @@ class LatentScaling:
 def check_class_labels(labels: list[int], num_classes: int) -> None:
     """Stage 1 trains on class labels: every sample needs one in [0, num_classes), checked before any step.
 
-    `pixart prepare` writes none (only the shapes world has classes); without this an unlabelled sample
-    failed at the first step with an index error, on CUDA a device-side assert.
+    `pixart prepare` stores an input's `label` field (a manifest column, a JSON sidecar's key) where it is a
+    whole number; without this check an unlabelled sample failed at the first step with an index error, on
+    CUDA a device-side assert.
     """
     from pixart.train.loop import TrainingError
 
@@ -94,8 +95,9 @@ def check_class_labels(labels: list[int], num_classes: int) -> None:
     if bad:
         raise TrainingError(
             f"stage 'class' needs a class label in [0, {num_classes}) for every sample; {len(bad)} of "
-            f"{len(labels)} have none or one outside it (e.g. {bad[0]}). Train a labelled dataset (extra.label in "
-            "its records), or start from a DiT checkpoint with stage 't2i' and init_from"
+            f"{len(labels)} have none or one outside it (e.g. {bad[0]}). Give each image a whole-number `label` (a "
+            "manifest column or a JSON sidecar's key) and prepare it again, set dit.num_classes, or start from a "
+            "DiT checkpoint with stage 't2i' and init_from"
         )
 
 

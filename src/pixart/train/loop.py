@@ -200,7 +200,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
     data_dir = prepare_data(config, run_dir, world, progress=progress)
     try:
-        dataset = FeatureDataset(data_dir, config.data.caption_probs, seed=config.seed)
+        # stage 1 is class-conditional: any caption field does (none is trained on), the recipe's may be absent
+        captions = None if config.stage == "class" else config.data.caption_probs
+        dataset = FeatureDataset(data_dir, captions, seed=config.seed)
     except ValueError as error:  # caption_probs naming a field this data lacks, say
         raise TrainingError(f"{error}; fix data.caption_probs or data.root") from None
     resume_from = ckpt.latest_checkpoint(run_dir)
