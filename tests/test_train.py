@@ -1039,3 +1039,26 @@ def test_a_stop_during_the_last_checkpoint_lets_it_finish(shapes_data, tmp_path,
     assert summary["status"] == "finished"
     assert (tmp_path / "run" / "checkpoints" / "step-0000004.pt").is_file()
     assert (tmp_path / "run" / FINAL).is_file()
+
+
+def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_with(shapes_data, tmp_path):
+    """`pixart train` leaves no model folder: a run was given to generate as its weights plus --vae and
+    --text-encoder, which its data's dataset.json already names."""
+    from pixart.generate import Settings, TextToImage
+    from pixart.modelfolder import folder_kind
+
+    config = config_for(shapes_data, steps=2, every=2)
+    train(config, tmp_path / "run", progress=False)
+    assert folder_kind(tmp_path / "run") == "run"
+    pipe = TextToImage.from_path(tmp_path / "run")
+    info = json.loads((shapes_data / "dataset.json").read_text())
+    assert (pipe.spec.codec, pipe.spec.text_encoder) == (info["codec"]["kind"], info["text_encoder"]["kind"])
+    assert pipe.spec.buckets == info["buckets"] and pipe.spec.objective == config.diffusion.objective
+    image = pipe.generate(["a red circle"], Settings(steps=2), seed=0, progress=False)[0].image
+    assert list(image.size)[::-1] in info["buckets"].values()
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    config_file = moved / "config.json"
+    config_file.write_text(config_file.read_text().replace(str(shapes_data), str(tmp_path / "gone")))
+    with pytest.raises(FileNotFoundError, match="pass --vae DIR and --text-encoder DIR"):
+        TextToImage.from_path(moved)

@@ -4,7 +4,9 @@ Three inputs are accepted:
 - a folder of ours: `model.json` (the `ModelSpec` below) + `transformer.safetensors` (+ codec weights);
 - a diffusers pipeline folder as distributed (`model_index.json`, transformer/, vae/, text_encoder/,
   tokenizer/, scheduler/);
-- an official `.pth` (or any transformer weights) with `--vae` and `--text-encoder` folders beside.
+- an official `.pth` (or any transformer weights) with `--vae` and `--text-encoder` folders beside;
+- a finished `pixart train` run folder: its EMA weights, with the codec and text encoder its data was
+  prepared with (the data's dataset.json says which).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pixart.diffusion.schedulers import default_sampler
 from pixart.encoders.text import text_encoder_kind
 from pixart.model.pixart import PixArt
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
-from pixart.weights.io import OURS_IN_FOLDER, SAMPLING_METADATA, sampling_metadata
+from pixart.weights.io import FINAL_EMA, OURS_IN_FOLDER, SAMPLING_METADATA, sampling_metadata
 
 SPEC_FILE = "model.json"
 DOWNLOAD_HINT = (
@@ -89,7 +91,8 @@ def save_model_folder(folder: str | Path, transformer: PixArt | dict[str, torch.
 
 
 def folder_kind(path: str | Path) -> str:
-    """'pixart' (ours), 'diffusers' (pipeline folder) or 'weights' (a transformer file or folder alone)."""
+    """'pixart' (ours), 'diffusers' (pipeline folder), 'run' (a finished training run) or 'weights' (a
+    transformer file or folder alone)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}. To get one, {DOWNLOAD_HINT}")
@@ -97,7 +100,37 @@ def folder_kind(path: str | Path) -> str:
         return "pixart"
     if path.is_dir() and (path / "model_index.json").is_file():
         return "diffusers"
+    if path.is_dir() and (path / FINAL_EMA).is_file() and (path / RUN_CONFIG).is_file():
+        return "run"
     return "weights"
+
+
+RUN_CONFIG = "config.json"  # a training run's TrainConfig
+
+
+def run_spec(run: Path) -> ModelSpec:
+    """How a finished training run's weights run: with the codec, text encoder and buckets of the data it
+    trained on (that data's dataset.json), as `pixart train` leaves no model folder of its own."""
+    from pixart.data.shards import DATASET_FILE
+
+    data = json.loads((run / RUN_CONFIG).read_text()).get("data", {})
+    root = Path(data["root"]) if data.get("root") else run / "data"  # data.root as given, or built in the run
+    if not (root / DATASET_FILE).is_file():
+        raise FileNotFoundError(
+            f"{run} is a training run whose data ({root}) is not there to say which codec and text encoder it "
+            f"ran with: pass --vae DIR and --text-encoder DIR, or run from where it was trained"
+        )
+    info = json.loads((root / DATASET_FILE).read_text())
+    text, codec = info["text_encoder"], info["codec"]
+    return ModelSpec(
+        text_encoder=text["kind"],
+        text_encoder_path=text.get("path"),
+        text_max_length=text["max_length"],
+        clean_captions=text["kind"] == "t5",
+        codec=codec["kind"],
+        codec_path=codec.get("path"),
+        buckets=info.get("buckets"),
+    )
 
 
 def resolve(folder: Path, relative: str | None) -> Path | None:
@@ -123,7 +156,10 @@ Components = tuple[ModelSpec, Path, Path | None, Path | None, Path | None, Path 
 
 
 def spec_of(path: Path, kind: str) -> ModelSpec:
-    """How a 'pixart' folder (its model.json) or a 'diffusers' pipeline folder (as diffusers does) runs."""
+    """How a 'pixart' folder (its model.json), a 'diffusers' pipeline folder (as diffusers does) or a 'run'
+    (as its data was prepared) runs."""
+    if kind == "run":
+        return run_spec(path)
     if kind != "pixart":
         return ModelSpec(**AS_DIFFUSERS)
     try:
@@ -154,7 +190,15 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
         tokenizer = None if text_encoder else path / "tokenizer"
         scheduler = path / "scheduler" if (path / "scheduler" / "scheduler_config.json").is_file() else None
         return spec, path / "transformer", text_folder, tokenizer, Path(vae) if vae else path / "vae", scheduler
-    if path.is_dir():  # a folder that holds no transformer (or a training run) is named as such first
+    if kind == "run":
+        if vae is not None and text_encoder is not None:  # both given: its data need not be there
+            spec = dataclasses.replace(bare_weights_spec(Path(vae), Path(text_encoder)), buckets=None)
+        else:
+            spec = spec_of(path, kind)
+        text_folder = Path(text_encoder) if text_encoder else resolve(path, spec.text_encoder_path)
+        codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
+        return spec, path / FINAL_EMA, text_folder, None, codec_folder, None
+    if path.is_dir():  # a folder that holds no transformer (or an unfinished training run) is named as such first
         detect_format(path)
     if vae is None or text_encoder is None:
         raise FileNotFoundError(
@@ -199,9 +243,12 @@ def load_components(
         path, vae=vae, text_encoder=text_encoder
     )
     transformer = load_transformer(transformer_path, device=device, dtype=dtype)
-    if folder_kind(path) == "weights":  # bare weights: captions as long as the model's null caption
-        spec = dataclasses.replace(spec, text_max_length=transformer.config.max_length, **sampling_of(Path(path)))
-        if not transformer.y_embedder.y_embedding.any():
+    kind = folder_kind(path)
+    if kind in ("weights", "run"):  # bare weights: captions as long as the model's null caption
+        spec = dataclasses.replace(
+            spec, text_max_length=transformer.config.max_length, **sampling_of(Path(transformer_path))
+        )
+        if kind == "weights" and not transformer.y_embedder.y_embedding.any():
             # diffusers weights carry no learned null caption (it loads as zeros): guide against the encoded
             # empty prompt and send the exact aspect ratio, as diffusers' pipeline does with these weights
             spec = dataclasses.replace(spec, **AS_DIFFUSERS)
