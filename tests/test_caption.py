@@ -360,6 +360,9 @@ def test_stats_command(tmp_path, capsys):
     assert main(["caption", manifest, "--stats", *both]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert "tokens/cap (pipe/tokenizer)" in header and "tokens/cap (llava/tokenizer)" in header
+    (tmp_path / "mine").symlink_to(tmp_path / "t5", target_is_directory=True)  # a link keeps its own name
+    assert main(["caption", manifest, "--stats", "--tokenizer", str(tmp_path / "mine")]) == 0
+    assert "tokens/cap (mine)" in capsys.readouterr().out.splitlines()[0]
     assert main(["caption", manifest]) == 2  # captioning needs --model
     capsys.readouterr()
     # Another suffix would be read back as CSV: a rerun would find nothing done and caption everything again.

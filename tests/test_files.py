@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixart.files import OTHER_MACHINE_GRACE_S, atomic_write, process_umask, remove_leftovers, temporary_path
+from pixart.files import OTHER_MACHINE_GRACE_S, atomic_write, remove_leftovers, temporary_path
 from pixart.train.checkpoint import list_checkpoints, save_checkpoint
 from pixart.train.distributed import World
 
@@ -180,6 +180,9 @@ def test_atomic_writes_get_the_permissions_of_ordinary_files(tmp_path):
 
     atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"x": torch.zeros(2)}, tmp))
     (tmp_path / "plain.txt").write_text("x")
+    mask = os.umask(0o022)
+    os.umask(mask)
     mode = (tmp_path / "plain.txt").stat().st_mode & 0o777
-    assert mode == 0o666 & ~process_umask()
+    assert mode == 0o666 & ~mask
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "w.safetensors"]  # no probe left

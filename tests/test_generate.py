@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -731,7 +732,14 @@ def test_a_pipelines_text_encoder_folder_takes_the_tokenizer_beside_it(pipeline_
         T5Encoder(pipeline_folder / "vae", max_length=8)
 
 
-def test_a_folder_of_another_model_is_refused_before_it_loads(pipeline_folder):
+def test_the_tokenizer_beside_is_found_from_a_relative_encoder_path(pipeline_folder, monkeypatch):
+    from pixart.encoders.text import find_tokenizer
+
+    monkeypatch.chdir(pipeline_folder / "text_encoder")
+    assert find_tokenizer(Path(".")) == (pipeline_folder / "tokenizer").resolve()
+
+
+def test_a_folder_of_another_model_is_refused_before_it_loads(pipeline_folder, tmp_path):
     """transformers loads a T5 from a BERT folder with fresh random weights (a dataset of noise features, exit
     0), and a BERT from a T5 folder fails at the first prompt; diffusers' VAE loader takes any component."""
     from pixart.encoders.codecs import SDVAE
@@ -743,6 +751,17 @@ def test_a_folder_of_another_model_is_refused_before_it_loads(pipeline_folder):
         MiniLMEncoder(pipeline_folder / "text_encoder", max_length=8)
     with pytest.raises(FileNotFoundError, match="describes a PixArtTransformer2DModel"):
         SDVAE(pipeline_folder / "transformer")
+    umt5 = tmp_path / "umt5"  # T5EncoderModel would load it without complaint, and wrongly
+    shutil.copytree(pipeline_folder / "text_encoder", umt5)
+    config = json.loads((umt5 / "config.json").read_text())
+    (umt5 / "config.json").write_text(json.dumps({**config, "model_type": "umt5"}))
+    with pytest.raises(FileNotFoundError, match="describes a umt5 model"):
+        T5Encoder(umt5, tokenizer_folder=pipeline_folder / "tokenizer", max_length=8)
+    from pixart.encoders.codecs import load_codec
+
+    weights_file = next((pipeline_folder / "vae").glob("*.safetensors"))  # an SD VAE is its folder, not a file
+    with pytest.raises(FileNotFoundError, match="is not a shapes codec file"):
+        load_codec("shapes-ae", weights_file)
     assert SDVAE(pipeline_folder).latent_channels == SDVAE(pipeline_folder / "vae").latent_channels  # both accepted
 
 

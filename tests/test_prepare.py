@@ -792,6 +792,8 @@ def test_a_folder_listing_enters_linked_folders_once_and_leaves_hidden_ones_out(
     (root / "linked").symlink_to(elsewhere, target_is_directory=True)
     (elsewhere / "back").symlink_to(root, target_is_directory=True)  # a cycle: read once, not forever
     assert [item.name for item in list_inputs(root).items] == ["a.png", "linked/b.png"]
+    (root / "0link").symlink_to(elsewhere, target_is_directory=True)  # made last, first in sorted order
+    assert [item.name for item in list_inputs(root).items] == ["0link/b.png", "a.png"]  # not the disk's order
 
 
 def test_class_labels_of_a_manifest_or_sidecar_are_kept_for_stage_1(tmp_path, models):

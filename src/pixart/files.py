@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
 import os
 import re
@@ -34,18 +34,16 @@ def temporary_path(path: Path, pid: int | None = None, host: str | None = None) 
     return path.with_name(f".{path.name}.{host or host_tag()}-{os.getpid() if pid is None else pid}.tmp")
 
 
-@functools.cache
-def process_umask() -> int:
-    """The process's umask, read once (setting it to read it back is not safe while other threads make files)."""
+def ordinary_mode(folder: Path) -> int:
+    """The permission bits open() gives a new file in `folder` (the umask, or the folder's default ACL),
+    read off a probe file made and removed at once."""
+    probe = folder / f".mode-probe.{host_tag()}-{os.getpid()}.tmp"
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        return os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+        probe.unlink()
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
@@ -62,13 +60,22 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     tmp = temporary_path(path)
     try:
         write(str(tmp))
-        os.chmod(tmp, 0o666 & ~process_umask())  # as open() makes files: safetensors' are 0600 otherwise
+        set_ordinary_mode(tmp)  # safetensors makes its files 0600: unreadable to the rest of a team
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a write that failed (disk full, a bad value) leaves nothing behind
         raise
     fsync_path(path.parent)
+
+
+def set_ordinary_mode(path: Path) -> None:
+    """Give `path` the permissions open() would have given it, where its writer chose others."""
+    wanted = ordinary_mode(path.parent)
+    if path.stat().st_mode & 0o777 != wanted:
+        # a file system without permission bits refuses: the file stays as its writer made it
+        with contextlib.suppress(OSError):
+            os.chmod(path, wanted)
 
 
 def fsync_path(path: Path) -> None:

@@ -63,9 +63,9 @@ def tokenizer_labels(sources: list[str]) -> list[str]:
     (pipelines' tokenizer folders are all called `tokenizer`: one column hid the other's numbers)."""
     from pixart.cli.main import UserError
 
-    paths = [Path(source).resolve() for source in sources]
-    if len(set(paths)) < len(paths):
+    if len({Path(source).resolve() for source in sources}) < len(sources):
         raise UserError(f"--tokenizer: a folder is given twice ({' '.join(sources)})")
+    paths = [Path(source).absolute() for source in sources]  # names as given: a link keeps its own
 
     def suffix(path: Path, depth: int) -> str:
         return "/".join(path.parts[-depth:])

@@ -236,7 +236,8 @@ def image_files(root: Path) -> list[Path]:
             subfolders.clear()
             continue
         visited.add(identity)
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]  # hidden: not entered
+        # sorted: a folder reached twice is kept under the first name in sorted order, whatever the disk's
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))  # hidden: not entered
         for name in files:
             path = Path(folder) / name
             if path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".") and path.is_file():

@@ -117,7 +117,12 @@ class ShapesCodec(ImageCodec):
         if not path.is_file():
             raise FileNotFoundError(f"no shapes codec at {path}; `pixart demo` trains and caches one")
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
+            meta = f.metadata() or {}
+        if meta.get("format") != AE_VERSION:  # an SD VAE's weights file, say: its folder is what loads
+            raise FileNotFoundError(
+                f"{path} is not a shapes codec file ({AE_VERSION}; its format: {meta.get('format')}); an SD VAE is "
+                "given as its folder (config.json and weights)"
+            )
         ae = ShapesAE(int(meta["latent_channels"]), int(meta["width"]), int(meta.get("downsample", 4)))
         ae.load_state_dict(load_file(path))
         return cls(ae, float(meta["scaling_factor"]), float(meta["shift_factor"]), path)

@@ -39,7 +39,7 @@ def has_tokenizer(folder: Path) -> bool:
 def find_tokenizer(encoder_folder: Path) -> Path:
     """The tokenizer of a text encoder saved in `encoder_folder`: in it, or, for a diffusers pipeline's
     `text_encoder/`, in the `tokenizer/` beside it."""
-    beside = encoder_folder.parent / "tokenizer"
+    beside = encoder_folder.resolve().parent / "tokenizer"  # resolved: `--text-encoder .` has a parent too
     for folder in (encoder_folder, beside):
         if has_tokenizer(folder):
             return folder
@@ -51,7 +51,7 @@ def find_tokenizer(encoder_folder: Path) -> Path:
 
 
 # The transformers model_type values in config.json that each encoder kind loads.
-MODEL_TYPES = {"t5": ("t5", "umt5", "mt5"), "minilm": ("bert",)}
+MODEL_TYPES = {"t5": ("t5", "mt5"), "minilm": ("bert",)}  # not umt5: T5EncoderModel would load it wrongly
 DEFAULT_MAX_LENGTH = {"t5": 120, "minilm": 48}  # tokens: PixArt's T5 length; MiniLM's for the shapes world
 
 
