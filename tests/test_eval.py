@@ -269,13 +269,13 @@ def reference_folder(root) -> tuple:
     return root
 
 
-@pytest.mark.slow
 def test_fid_from_fewer_images_than_feature_dimensions_is_warned_about():
     assert small_sample_warning(2048, 5000, 2048) is None
     assert "2047 generated" in small_sample_warning(2047, 5000, 2048)
     assert "100 reference" in small_sample_warning(5000, 100, 2048)
 
 
+@pytest.mark.slow
 def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path, capsys):
     manifest = tmp_path / "prompts.jsonl"
     captions = [caption for _, caption in two_object_prompts(3, seed=9)]

@@ -765,6 +765,15 @@ def test_a_folder_of_another_model_is_refused_before_it_loads(pipeline_folder, t
     assert SDVAE(pipeline_folder).latent_channels == SDVAE(pipeline_folder / "vae").latent_channels  # both accepted
 
 
+def test_a_minilm_folder_of_ones_own_is_recorded_the_bundled_one_is_not(tmp_path):
+    """Every MiniLM folder was recorded as the bundled one: a run on another BERT generated with the bundled."""
+    from pixart.encoders.text import minilm_folder, recorded_path
+
+    assert recorded_path("minilm", None) is None and recorded_path("minilm", minilm_folder()) is None
+    assert recorded_path("minilm", tmp_path) == str(tmp_path.resolve())
+    assert recorded_path("t5", tmp_path) == str(tmp_path.resolve())
+
+
 def test_bare_weights_of_a_minilm_model_run_with_the_minilm_folder_given(tmp_path):
     """`pixart prepare --text-encoder-kind minilm` then train gave weights generate could not run: bare weights
     were always taken as T5's, and the MiniLM folder was refused as a BERT."""

@@ -506,6 +506,9 @@ def test_cli_user_errors(tmp_path, model_dirs, capsys):
     _, vae = model_dirs  # models that fail to load, after --out was made: it is removed again
     assert main([*cli_args(folder, tmp_path / "made", model_dirs), "--text-encoder", str(vae)]) == 2
     assert "no t5 text encoder" in capsys.readouterr().err and not (tmp_path / "made").exists()
+    parted = [*cli_args(folder, tmp_path / "parted", model_dirs, "--shard", "0/2"), "--text-encoder", str(vae)]
+    assert main(parted) == 2  # one of several parts: the folder may be another part's by now, so it stays
+    assert (tmp_path / "parted").is_dir()
 
 
 def test_a_folder_of_tars_with_images_beside_them_is_refused(tmp_path):
@@ -630,7 +633,8 @@ def test_a_rerun_on_more_images_or_other_settings_is_refused_before_the_models_l
         assert main([*cli_args(folder, tmp_path / "out", model_dirs), *other]) == 2, other
         assert "was prepared with other models" in capsys.readouterr().err
     t5, _ = model_dirs
-    assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--text-encoder", str(t5 / ".")]) == 0  # the same
+    (tmp_path / "t5link").symlink_to(t5, target_is_directory=True)  # another spelling of the same folder
+    assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--text-encoder", str(tmp_path / "t5link")]) == 0
     assert "every shard of this process is done already" in capsys.readouterr().out
 
 

@@ -1056,6 +1056,21 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     assert pipe.spec.buckets == info["buckets"] and pipe.spec.objective == config.diffusion.objective
     image = pipe.generate(["a red circle"], Settings(steps=2), seed=0, progress=False)[0].image
     assert list(image.size)[::-1] in info["buckets"].values()
+    from tiny_models import tiny_vae
+
+    from pixart.encoders.text import minilm_folder
+    from pixart.generate import GenerationError
+
+    tiny_vae().save_pretrained(tmp_path / "vae")  # 4-channel latents; the run trained on 3-channel pixels
+    with pytest.raises(GenerationError, match="makes 4-channel latents and the model takes 3"):
+        TextToImage.from_path(tmp_path / "run", vae=tmp_path / "vae", text_encoder=minilm_folder())
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**saved, "steps": 4}))  # extended, then stopped
+    (tmp_path / "run" / "checkpoints" / "step-0000003.pt").touch()
+    with pytest.raises(FileNotFoundError, match="is training further .checkpoint at step 3 of 4."):
+        TextToImage.from_path(tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "step-0000003.pt").unlink()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
     moved = tmp_path / "moved"
     (tmp_path / "run").rename(moved)
     config_file = moved / "config.json"

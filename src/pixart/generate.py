@@ -252,6 +252,11 @@ class TextToImage:
         codec = load_codec(
             spec.codec, codec_folder, **({"device": device, "tiling": vae_tiling} if spec.codec == "sd-vae" else {})
         )
+        if codec.latent_channels != transformer.config.in_channels:  # else a shape error deep in the first step
+            raise GenerationError(
+                f"the {spec.codec} codec makes {codec.latent_channels}-channel latents and the model takes "
+                f"{transformer.config.in_channels}: give the codec it was trained with (--vae)"
+            )
 
         def text_loader() -> TextEncoder:
             return load_text_encoder(

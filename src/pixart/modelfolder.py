@@ -118,7 +118,8 @@ def run_spec(run: Path) -> ModelSpec:
     if not (root / DATASET_FILE).is_file():
         raise FileNotFoundError(
             f"{run} is a training run whose data ({root}) is not there to say which codec and text encoder it "
-            f"ran with: pass --vae DIR and --text-encoder DIR, or run from where it was trained"
+            "ran with: run from where it was trained (a relative data.root), or pass --vae DIR and --text-encoder "
+            "DIR (an SD VAE: a run on pixels or shapes-codec latents needs its data)"
         )
     info = json.loads((root / DATASET_FILE).read_text())
     text, codec = info["text_encoder"], info["codec"]
@@ -191,6 +192,14 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
         scheduler = path / "scheduler" if (path / "scheduler" / "scheduler_config.json").is_file() else None
         return spec, path / "transformer", text_folder, tokenizer, Path(vae) if vae else path / "vae", scheduler
     if kind == "run":
+        from pixart.train.init import unfinished_run_step
+
+        if (unfinished := unfinished_run_step(path)) is not None:  # extended, or training now
+            reached, goal = unfinished
+            raise FileNotFoundError(
+                f"{path} is training further (checkpoint at step {reached} of {goal}): its final weights are from "
+                f"an earlier finish; wait for it to finish, or give {path / FINAL_EMA} to use those"
+            )
         if vae is not None and text_encoder is not None:  # both given: its data need not be there
             spec = dataclasses.replace(bare_weights_spec(Path(vae), Path(text_encoder)), buckets=None)
         else:

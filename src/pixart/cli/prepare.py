@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,7 +86,7 @@ def load_models(args: argparse.Namespace, device: str) -> tuple[ImageCodec, Text
 def models_as_given(args: argparse.Namespace) -> dict:
     """The codec and text-encoder fields of dataset.json that the flags decide, known without loading them."""
     from pixart.encoders.codecs import vae_folder
-    from pixart.encoders.text import DEFAULT_MAX_LENGTH
+    from pixart.encoders.text import DEFAULT_MAX_LENGTH, recorded_path
 
     kind = args.text_encoder_kind
     codec: dict = {"kind": args.codec}
@@ -93,7 +94,7 @@ def models_as_given(args: argparse.Namespace) -> dict:
         codec["path"] = str(vae_folder(args.vae).resolve())
     text = {
         "kind": kind,
-        "path": None if kind == "minilm" else str(Path(args.text_encoder).resolve()),
+        "path": recorded_path(kind, args.text_encoder),
         "max_length": args.max_length or DEFAULT_MAX_LENGTH[kind],
     }
     return {"codec": codec, "text_encoder": text}
@@ -135,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         inputs = list_inputs(args.input)
     except (PrepareError, InputError) as error:
         raise UserError(str(error)) from error
-    with removed_if_left_empty(args.out):  # a run that fails before writing leaves no empty --out behind
+    # A run that fails before writing leaves no empty --out behind; not with parts: another part's --out too.
+    with removed_if_left_empty(args.out) if parts == 1 else nullcontext():
         make_out_folder(args.out)  # the feature dataset's folder, before any model loads
         print(f"{args.input}: {len(inputs.items)} inputs ({inputs.kind}); this process: shard part {part}/{parts}")
         try:

@@ -243,9 +243,17 @@ def text_encoder_kind(folder: str | Path) -> str:
     return next((kind for kind, types in MODEL_TYPES.items() if found in types), "t5")
 
 
+def recorded_path(kind: str, folder: str | Path | None) -> str | None:
+    """A text encoder's folder as dataset.json records it: resolved, or None for the bundled MiniLM (found
+    again wherever the package is installed)."""
+    if kind == "minilm" and (folder is None or Path(folder).resolve() == minilm_folder().resolve()):
+        return None
+    return None if folder is None else str(Path(folder).resolve())
+
+
 def encoder_info(encoder: TextEncoder) -> dict:
     """What dataset.json and model.json record so others can load the same text encoder."""
-    path = None if encoder.kind == "minilm" else str(encoder.folder.resolve())
+    path = recorded_path(encoder.kind, encoder.folder)
     return {"kind": encoder.kind, "path": path, "width": encoder.width, "max_length": encoder.max_length}
 
 
