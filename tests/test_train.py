@@ -1062,8 +1062,10 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     from pixart.generate import GenerationError
 
     tiny_vae().save_pretrained(tmp_path / "vae")  # 4-channel latents; the run trained on 3-channel pixels
-    with pytest.raises(GenerationError, match="makes 4-channel latents and the model takes 3"):
-        TextToImage.from_path(tmp_path / "run", vae=tmp_path / "vae", text_encoder=minilm_folder())
+    with pytest.raises(FileNotFoundError, match="was trained on pixels, with no codec: it takes no --vae"):
+        TextToImage.from_path(tmp_path / "run", vae=tmp_path / "vae")  # it was ignored, yet recorded
+    replaced = TextToImage.from_path(tmp_path / "run", text_encoder=minilm_folder())  # a folder, not the kinds
+    assert replaced.spec.buckets == info["buckets"] and replaced.spec.codec == "pixels"
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     (tmp_path / "run" / "config.json").write_text(json.dumps({**saved, "steps": 4}))  # extended, then stopped
     (tmp_path / "run" / "checkpoints" / "step-0000003.pt").touch()
@@ -1077,3 +1079,6 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     config_file.write_text(config_file.read_text().replace(str(shapes_data), str(tmp_path / "gone")))
     with pytest.raises(FileNotFoundError, match="pass --vae DIR and --text-encoder DIR"):
         TextToImage.from_path(moved)
+    # its data gone, both folders name the kinds: an SD VAE's 4-channel latents do not fit this pixel model
+    with pytest.raises(GenerationError, match="makes 4-channel latents and the model takes 3"):
+        TextToImage.from_path(moved, vae=tmp_path / "vae", text_encoder=minilm_folder())

@@ -200,10 +200,14 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
                 f"{path} is training further (checkpoint at step {reached} of {goal}): its final weights are from "
                 f"an earlier finish; wait for it to finish, or give {path / FINAL_EMA} to use those"
             )
-        if vae is not None and text_encoder is not None:  # both given: its data need not be there
-            spec = dataclasses.replace(bare_weights_spec(Path(vae), Path(text_encoder)), buckets=None)
-        else:
-            spec = spec_of(path, kind)
+        try:
+            spec = spec_of(path, kind)  # the kinds and buckets of its data; --vae/--text-encoder replace folders
+        except FileNotFoundError:
+            if vae is None or text_encoder is None:
+                raise
+            spec = bare_weights_spec(Path(vae), Path(text_encoder))  # its data is gone: read off the folders
+        if vae is not None and spec.codec == "pixels":  # else ignored, yet recorded with the images
+            raise FileNotFoundError(f"{path} was trained on pixels, with no codec: it takes no --vae")
         text_folder = Path(text_encoder) if text_encoder else resolve(path, spec.text_encoder_path)
         codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
         return spec, path / FINAL_EMA, text_folder, None, codec_folder, None

@@ -37,7 +37,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         required=True,
         type=Path,
         metavar="PATH",
-        help="a pixart model folder, a diffusers pipeline, or transformer weights (with --vae and --text-encoder)",
+        help="a pixart model folder, a diffusers pipeline, a finished pixart train run folder, or transformer "
+        "weights (with --vae and --text-encoder)",
     )
     add_component_folders(parser)
     parser.add_argument(

@@ -18,8 +18,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         type=Path,
-        help="a pixart model folder, a diffusers pipeline "
-        "folder, or transformer weights (with --vae and --text-encoder)",
+        help="a pixart model folder, a diffusers pipeline folder, a finished pixart train run folder, or "
+        "transformer weights (with --vae and --text-encoder)",
     )
     parser.add_argument(
         "--out", required=True, type=Path, help="output folder (new, or one without the images of an earlier run)"

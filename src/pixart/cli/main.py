@@ -77,12 +77,18 @@ def folder_problem(folder: Path) -> tuple[str, str] | None:
 
 def add_component_folders(parser: argparse.ArgumentParser) -> None:
     """--vae and --text-encoder: the folders that bare transformer weights need (generate, eval, serve)."""
-    parser.add_argument("--vae", type=Path, metavar="DIR", help="SD VAE folder (for bare transformer weights)")
+    parser.add_argument(
+        "--vae",
+        type=Path,
+        metavar="DIR",
+        help="SD VAE folder, or the shapes codec's file (for bare transformer weights; replaces a run's)",
+    )
     parser.add_argument(
         "--text-encoder",
         type=Path,
         metavar="DIR",
-        help="T5 folder with its tokenizer (for bare transformer weights, or a model folder that names none)",
+        help="T5 or MiniLM folder with its tokenizer, or a pipeline's text_encoder/ (for bare transformer "
+        "weights or a model folder that names none; replaces a run's)",
     )
 
 
