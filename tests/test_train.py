@@ -1082,3 +1082,18 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     # its data gone, both folders name the kinds: an SD VAE's 4-channel latents do not fit this pixel model
     with pytest.raises(GenerationError, match="makes 4-channel latents and the model takes 3"):
         TextToImage.from_path(moved, vae=tmp_path / "vae", text_encoder=minilm_folder())
+
+
+def test_a_short_run_says_when_its_ema_still_holds_mostly_its_start(shapes_data, tmp_path, capsys):
+    """With the paper's EMA decay (0.9999) a short run's final_ema barely depends on what it learned (a user
+    saw the same image for every prompt); the end of the run says so, and what to use instead."""
+    from pixart.train.step import ema_start_share
+
+    paper = ["optim.ema_decay=0.9999"]
+    train(config_for(shapes_data, paper, steps=4, every=4), tmp_path / "paper", progress=False)
+    assert "final_ema.safetensors still holds 100% of the weights this run started from" in capsys.readouterr().out
+    warm = config_for(shapes_data, [*paper, "optim.ema_warmup=true"], steps=4, every=4)
+    train(warm, tmp_path / "warm", progress=False)
+    assert "still holds" not in capsys.readouterr().out
+    assert ema_start_share(warm.optim, 4) == pytest.approx(1 / 10 * 2 / 11 * 3 / 12 * 4 / 13)  # by hand
+    assert ema_start_share(config_for(shapes_data, paper).optim, 3) == pytest.approx(0.9999**3)

@@ -51,7 +51,7 @@ from pixart.train.flags import DeferredFlags, StepRecord, optimizer_step, skip_f
 from pixart.train.init import build_model, initialize_from, resolve_init_path, save_weights
 from pixart.train.metrics import MetricsWriter, peak_flops, plot_loss, read_metrics
 from pixart.train.previews import Previewer, preview_weights
-from pixart.train.step import build_optimizer, compute_loss, ema_decay, mfu, update_ema
+from pixart.train.step import build_optimizer, compute_loss, ema_decay, ema_start_share, mfu, update_ema
 from pixart.weights.io import FINAL, FINAL_EMA
 
 # Settings that may change between a run and its resumption; anything else must match config.json.
@@ -519,4 +519,10 @@ def finish(
             f"{skipped} skipped step(s); weights {run_dir / FINAL_EMA} (EMA) and {run_dir / FINAL}; "
             f"loss curve {run_dir / 'loss.png'}"
         )
+        if (share := ema_start_share(config.optim, step - skipped)) > 0.5:  # the paper's 0.9999 on a short run
+            print(
+                f"[pixart train] note: {FINAL_EMA} still holds {share:.0%} of the weights this run started from "
+                f"(EMA decay {config.optim.ema_decay} over {step - skipped} updates): use {FINAL} for what it "
+                "learned, or train with --set optim.ema_warmup=true, whose EMA follows short runs"
+            )
     return summary

@@ -102,6 +102,16 @@ def ema_decay(optim: OptimConfig, index: int) -> float:
     return optim.ema_decay
 
 
+def ema_start_share(optim: OptimConfig, steps: int) -> float:
+    """How much of the starting weights the EMA still holds after `steps` updates: the product of the decays."""
+    share = 1.0
+    for index in range(steps):
+        share *= ema_decay(optim, index)
+        if share < 1e-6:  # nothing left to say; long runs stop early
+            break
+    return share
+
+
 @torch.no_grad()
 def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
     """ema <- ema + (1 - decay) (weights - ema), one fused kernel over every tensor.
