@@ -841,6 +841,7 @@ def test_a_run_that_cannot_start_is_refused_before_it_writes_anything(shapes_dat
     assert not (tmp_path / "new").exists()
     with pytest.raises(TrainingError, match=r"caption fields \['bogus'\] are not in .*fix data.caption_probs"):
         train(config_for(shapes_data, ["data.caption_probs={'bogus': 1.0}"]), tmp_path / "other", progress=False)
+    assert not any((tmp_path / "other").iterdir())  # no config.json to stand for a run that never started
 
 
 def test_data_that_cannot_train_the_model_is_refused_before_any_step():

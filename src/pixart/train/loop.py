@@ -196,8 +196,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         check_run_config(config, run_dir, world.world_size)
-        write_json(run_dir / "config.json", config_io.to_dict(config))  # atomically: every resume reads it back
-        write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
     data_dir = prepare_data(config, run_dir, world, progress=progress)
     try:
         # stage 1 is class-conditional: any caption field does (none is trained on), the recipe's may be absent
@@ -206,7 +204,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     except ValueError as error:  # caption_probs naming a field this data lacks, say
         raise TrainingError(f"{error}; fix data.caption_probs or data.root") from None
     resume_from = ckpt.latest_checkpoint(run_dir)
-    check_or_record_data(run_dir, len(dataset), resuming=resume_from is not None, record=world.is_main)
     if config.stage == "class":
         check_class_labels(dataset.labels(), config.dit.num_classes)
     scaling = LatentScaling.from_info(dataset.info)
@@ -216,6 +213,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
     model = build_model(config)
     scaling.check_model(model, dataset.info, dataset.buckets, config.data.batch_size * world.world_size)
+    check_or_record_data(run_dir, len(dataset), resuming=resume_from is not None, record=world.is_main)
+    if world.is_main:  # once the data is known to train this model: a run refused for it leaves no config behind
+        write_json(run_dir / "config.json", config_io.to_dict(config))  # atomically: every resume reads it back
+        write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
     init_note = "from scratch (official initialisation)"
     if config.init_from and resume_from is None:
         init_note = initialize_from(model, config)
