@@ -371,6 +371,7 @@ def test_a_model_generate_refuses_is_a_one_line_error_of_serve_too(model_folder,
     assert main(["serve", "--model", str(model_folder), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "pixart serve: error: the text encoder t5_32 gives 32-wide features" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # made before loading, removed again: nothing was served
 
 
 def test_request_numbering_reads_ascii_digit_folders_only(tmp_path):

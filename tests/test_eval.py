@@ -496,6 +496,17 @@ def test_shapes_suite_warns_about_a_model_not_from_the_shapes_world(tmp_path, ca
     (t5 / "config.json").write_text('{"model_type": "t5"}')
     err = warning_for_args("--model", weights, "--vae", vae, "--text-encoder", t5)
     assert f"warning: {weights} runs with the sd-vae codec and the t5 text encoder" in err
+    run, data = tmp_path / "run", tmp_path / "run" / "data"  # a run on shapes data (on pixels): no warning
+    data.mkdir(parents=True)
+    (run / "final_ema.safetensors").touch()
+    (run / "config.json").write_text(json.dumps({"steps": 2, "data": {"root": ""}}))
+    info = {
+        "source": f"shapes world {WORLD_VERSION}, seed 0, 8 images per size",
+        "codec": {"kind": "pixels"},
+        "text_encoder": {"kind": "minilm", "max_length": 16},
+    }
+    (data / "dataset.json").write_text(json.dumps(info))
+    assert "warning" not in warning_for(run)
 
 
 def test_bare_weights_take_vae_and_text_encoder_as_in_generate(tmp_path, capsys, monkeypatch):

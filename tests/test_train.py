@@ -1055,6 +1055,9 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     info = json.loads((shapes_data / "dataset.json").read_text())
     assert (pipe.spec.codec, pipe.spec.text_encoder) == (info["codec"]["kind"], info["text_encoder"]["kind"])
     assert pipe.spec.buckets == info["buckets"] and pipe.spec.objective == config.diffusion.objective
+    from pixart.data.synthetic import WORLD_VERSION
+
+    assert pipe.spec.extra == {"world": WORLD_VERSION}  # eval's shapes suite knows it for one of its world
     image = pipe.generate(["a red circle"], Settings(steps=2), seed=0, progress=False)[0].image
     assert list(image.size)[::-1] in info["buckets"].values()
     from tiny_models import tiny_vae
@@ -1083,6 +1086,11 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     # its data gone, both folders name the kinds: an SD VAE's 4-channel latents do not fit this pixel model
     with pytest.raises(GenerationError, match="makes 4-channel latents and the model takes 3"):
         TextToImage.from_path(moved, vae=tmp_path / "vae", text_encoder=minilm_folder())
+    for final in moved.glob("final*.safetensors"):  # a run that has not finished yet: said as such
+        final.unlink()
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "steps": 4}))
+    with pytest.raises(FileNotFoundError, match="is a training run that has not finished .checkpoint at step 2 of 4"):
+        TextToImage.from_path(moved)
 
 
 def test_a_short_run_says_when_its_ema_still_holds_mostly_its_start(shapes_data, tmp_path, capsys):

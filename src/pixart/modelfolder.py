@@ -111,6 +111,7 @@ RUN_CONFIG = "config.json"  # a training run's TrainConfig
 def run_spec(run: Path) -> ModelSpec:
     """How a finished training run's weights run: with the codec, text encoder and buckets of the data it
     trained on (that data's dataset.json), as `pixart train` leaves no model folder of its own."""
+    from pixart.data.shapes_features import SHAPES_SOURCE_PREFIX
     from pixart.data.shards import DATASET_FILE
 
     data = json.loads((run / RUN_CONFIG).read_text()).get("data", {})
@@ -123,6 +124,8 @@ def run_spec(run: Path) -> ModelSpec:
         )
     info = json.loads((root / DATASET_FILE).read_text())
     text, codec = info["text_encoder"], info["codec"]
+    source = str(info.get("source", ""))
+    world = source.removeprefix(SHAPES_SOURCE_PREFIX).split(",")[0] if source.startswith(SHAPES_SOURCE_PREFIX) else None
     return ModelSpec(
         text_encoder=text["kind"],
         text_encoder_path=text.get("path"),
@@ -131,6 +134,7 @@ def run_spec(run: Path) -> ModelSpec:
         codec=codec["kind"],
         codec_path=codec.get("path"),
         buckets=info.get("buckets"),
+        extra={"world": world} if world else {},  # the shapes world it trained on, as the demo's model records
     )
 
 
@@ -172,6 +176,8 @@ def spec_of(path: Path, kind: str) -> ModelSpec:
 
 def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: str | Path | None = None) -> Components:
     """(ModelSpec, transformer path, text encoder folder, tokenizer folder, codec folder, scheduler folder)."""
+    from pixart.train.init import unfinished_run_step
+
     path = Path(path)
     kind = folder_kind(path)
     if kind == "pixart":
@@ -192,8 +198,6 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
         scheduler = path / "scheduler" if (path / "scheduler" / "scheduler_config.json").is_file() else None
         return spec, path / "transformer", text_folder, tokenizer, Path(vae) if vae else path / "vae", scheduler
     if kind == "run":
-        from pixart.train.init import unfinished_run_step
-
         if (unfinished := unfinished_run_step(path)) is not None:  # extended, or training now
             reached, goal = unfinished
             raise FileNotFoundError(
@@ -211,7 +215,12 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
         text_folder = Path(text_encoder) if text_encoder else resolve(path, spec.text_encoder_path)
         codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
         return spec, path / FINAL_EMA, text_folder, None, codec_folder, None
-    if path.is_dir():  # a folder that holds no transformer (or an unfinished training run) is named as such first
+    if path.is_dir() and (path / RUN_CONFIG).is_file() and (unfinished := unfinished_run_step(path)) is not None:
+        raise FileNotFoundError(
+            f"{path} is a training run that has not finished (checkpoint at step {unfinished[0]} of "
+            f"{unfinished[1]}, no final weights yet): rerun its pixart train command to finish it"
+        )
+    if path.is_dir():  # a folder that holds no transformer is named as such first
         detect_format(path)
     if vae is None or text_encoder is None:
         raise FileNotFoundError(

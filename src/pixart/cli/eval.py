@@ -169,13 +169,14 @@ def shapes_world_warning(model: Path, vae: Path | None = None, text_encoder: Pat
     except (OSError, ValueError, TypeError):  # an unreadable model.json: loading reports it
         return None
     shapes = shapes_model_spec("flow", {})
-    if (spec.codec, spec.text_encoder) != (shapes.codec, shapes.text_encoder):
+    world = spec.extra.get("world") if isinstance(spec.extra, dict) else None
+    # a model known to be of the shapes world (a run on its data, on pixels say) needs no codec check
+    if world is None and (spec.codec, spec.text_encoder) != (shapes.codec, shapes.text_encoder):
         return (
             f"warning: {model} runs with the {spec.codec} codec and the {spec.text_encoder} text encoder, not the "
             f"shapes world's ({shapes.codec}, {shapes.text_encoder}): the probe reads shapes-world renders only, "
             "so these scores say little about this model; --suite real scores any model"
         )
-    world = spec.extra.get("world") if isinstance(spec.extra, dict) else None
     if world is not None and world != WORLD_VERSION:  # the probe is trained on today's world
         return (
             f"warning: {model} was trained on the shapes world {world}, and the probe reads {WORLD_VERSION}: "

@@ -31,8 +31,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        help=f"a pixart model folder, a diffusers pipeline folder, or transformer weights (with --vae and "
-        f"--text-encoder); default: the embedded demo model in {DEMO_MODEL}, trained first if missing",
+        help=f"a pixart model folder, a diffusers pipeline folder, a finished pixart train run folder, or "
+        f"transformer weights (with --vae and --text-encoder); default: the embedded demo model in {DEMO_MODEL}, "
+        "trained first if missing",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves the whole network)")
     parser.add_argument(
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import torch
 
-    from pixart.cli.main import UserError, check_device, make_out_folder
+    from pixart.cli.main import UserError, check_device, make_out_folder, removed_if_left_empty
     from pixart.generate import GenerationError, TextToImage
 
     check_device(args.device)
@@ -113,17 +114,19 @@ def run(args: argparse.Namespace) -> int:
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="pixart-serve-"))
         atexit.register(shutil.rmtree, out, ignore_errors=True)
-    make_out_folder(out)  # before the model loads, or the demo trains
-    model = args.model or demo_model()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:  # what generate says in one line (a text encoder of the wrong width, say) is said so here too
-        pipe = TextToImage.from_path(model, vae=args.vae, text_encoder=args.text_encoder, device=device)
-        pipe.text_encoder  # noqa: B018 -- load it now, so the first request is as fast as the others
-        # what pixart generate records besides the model, so an image from the page can be made again
-        extra = {key: str(path) for key, path in (("vae", args.vae), ("text_encoder", args.text_encoder)) if path}
-        page = build_app(pipe, out, model_name=str(model), extra=extra or None)
-    except GenerationError as error:
-        raise UserError(str(error)) from error
+    with removed_if_left_empty(out):  # a model that fails to load leaves no empty --out behind
+        make_out_folder(out)  # before the model loads, or the demo trains
+        model = args.model or demo_model()
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:  # what generate says in one line (a text encoder of the wrong width, say) is said so here too
+            pipe = TextToImage.from_path(model, vae=args.vae, text_encoder=args.text_encoder, device=device)
+            pipe.text_encoder  # noqa: B018 -- load it now, so the first request is as fast as the others
+            # what pixart generate records besides the model, so an image from the page can be made again
+            given = (("vae", args.vae), ("text_encoder", args.text_encoder))
+            extra = {key: str(path) for key, path in given if path}
+            page = build_app(pipe, out, model_name=str(model), extra=extra or None)
+        except GenerationError as error:
+            raise UserError(str(error)) from error
     page.queue(default_concurrency_limit=1)
     # SIGTERM (kill, systemd, docker stop) takes Ctrl+C's way out: gradio closes the server and the exit
     # handlers run, removing the temporary --out; by default it ended the process on the spot.
