@@ -291,8 +291,8 @@ def _read_state(
     fmt = _detect_format(path)
     if fmt == "dit":
         raise WeightsError(
-            f"{path} is a class-conditional DiT checkpoint, not PixArt. Turn it into a PixArt "
-            f"initialisation with: pixart convert {path} --to pixart --out init.safetensors"
+            f"{path} is a class-conditional DiT checkpoint (stage 1), not PixArt: it draws no image from text. "
+            f"Turn it into a PixArt initialisation with: pixart convert {path} --to pixart --out init.safetensors"
         )
     if fmt == "diffusers":
         # A folder, or a weights file (diffusers' name, or another: a variant's .fp16.safetensors) whose
