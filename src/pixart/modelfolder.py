@@ -111,7 +111,7 @@ RUN_CONFIG = "config.json"  # a training run's TrainConfig
 def run_spec(run: Path) -> ModelSpec:
     """How a finished training run's weights run: with the codec, text encoder and buckets of the data it
     trained on (that data's dataset.json), as `pixart train` leaves no model folder of its own."""
-    from pixart.data.shapes_features import SHAPES_SOURCE_PREFIX
+    from pixart.data.shapes_features import shapes_world_of
     from pixart.data.shards import DATASET_FILE
 
     data = json.loads((run / RUN_CONFIG).read_text()).get("data", {})
@@ -124,8 +124,7 @@ def run_spec(run: Path) -> ModelSpec:
         )
     info = json.loads((root / DATASET_FILE).read_text())
     text, codec = info["text_encoder"], info["codec"]
-    source = str(info.get("source", ""))
-    world = source.removeprefix(SHAPES_SOURCE_PREFIX).split(",")[0] if source.startswith(SHAPES_SOURCE_PREFIX) else None
+    world = shapes_world_of(str(info.get("source", "")))
     return ModelSpec(
         text_encoder=text["kind"],
         text_encoder_path=text.get("path"),

@@ -156,17 +156,11 @@ def shapes_world_warning(model: Path, vae: Path | None = None, text_encoder: Pat
     """
     from pixart.data.synthetic import WORLD_VERSION
     from pixart.demo import shapes_model_spec
-    from pixart.modelfolder import bare_weights_spec, folder_kind, spec_of
+    from pixart.modelfolder import read_spec
 
-    kind = folder_kind(model)
-    if kind == "weights" and (vae is None or text_encoder is None):  # loading's error about them comes first
-        return None
-    try:
-        # bare weights run with the folders given beside them
-        spec = (
-            bare_weights_spec(vae, text_encoder) if vae and text_encoder and kind == "weights" else spec_of(model, kind)
-        )
-    except (OSError, ValueError, TypeError):  # an unreadable model.json: loading reports it
+    try:  # the spec generation runs with (bare weights: read off --vae and --text-encoder)
+        spec = read_spec(model, vae=vae, text_encoder=text_encoder)[0]
+    except (OSError, ValueError, TypeError):  # missing folders, an unreadable model.json: loading reports it
         return None
     shapes = shapes_model_spec("flow", {})
     world = spec.extra.get("world") if isinstance(spec.extra, dict) else None

@@ -228,14 +228,15 @@ def check_models_info(out: Path, given: dict) -> None:
 
 def load_item(item: Item, options: PrepareOptions) -> Loaded:
     """Captions, then pixels, then aspect and size checks, then the crop; ImageSkipped says why not."""
-    captions = item.captions(options.fields)
+    row = item.fields()  # its caption files read once, for the captions and the class label
+    captions = item.captions(options.fields, row)
     img = load_rgb(item.image.read(), name=item.name)
     table = options.table
     check_aspect(img, table)
     bucket, (height, width) = closest_bucket(img.height, img.width, table)
     check_size(img, height, width, options.upscale_small)
     crop = resize_cover_crop(img, height, width)
-    return Loaded(np.asarray(crop), bucket, (img.height, img.width), captions, class_label_of(item.fields()))
+    return Loaded(np.asarray(crop), bucket, (img.height, img.width), captions, class_label_of(row))
 
 
 def _load_or_skip(item: Item, options: PrepareOptions) -> Loaded | dict:

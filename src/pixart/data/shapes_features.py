@@ -44,6 +44,13 @@ def shapes_source(seed: int, count: int) -> str:
     return f"{SHAPES_SOURCE_PREFIX}{synthetic.WORLD_VERSION}, seed {seed}, {count} images per size"
 
 
+def shapes_world_of(source: str) -> str | None:
+    """The world version a shapes_source() names ("shapes-1"), or None for data of another source."""
+    if not source.startswith(SHAPES_SOURCE_PREFIX):
+        return None
+    return source.removeprefix(SHAPES_SOURCE_PREFIX).split(",")[0]
+
+
 def build_shapes_features(
     folder: str | Path,
     *,

@@ -126,9 +126,10 @@ class Item:
                     break
         return row, problems
 
-    def captions(self, fields: list[str]) -> dict[str, str]:
-        """The named caption fields, stripped; ImageSkipped if one is missing, empty or not valid UTF-8."""
-        row = self.fields()
+    def captions(self, fields: list[str], row: dict | None = None) -> dict[str, str]:
+        """The named caption fields, stripped; ImageSkipped if one is missing, empty or not valid UTF-8.
+        `row`: this item's fields() where the caller has read them already."""
+        row = self.fields() if row is None else row
         captions = {}
         for name in fields:
             value = row.get(name)
