@@ -288,17 +288,20 @@ def test_two_processes_under_torchrun_equal_one_process(shapes_data, tmp_path, c
 def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data, tmp_path, compiled):
     """FSDP2 over gloo, stopped after 3 steps (torch.distributed.checkpoint) and resumed to 6.
 
-    Compiled: both runs with compile=true (each sharded block compiled, FSDP's hooks traced with it).
+    Compiled: both runs with compile=true (each sharded block compiled, FSDP's hooks traced with it). Each
+    rank's gloo threads have ended when the command returns: left to the interpreter's exit, they aborted a
+    rank there in two CI runs (FSDP's device mesh and parameter groups held the group past its destruction).
     """
     torchrun = Path(sys.executable).with_name("torchrun")
-    common = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress"]
+    worker = Path(__file__).with_name("train_then_list_threads.py")
+    common = ["train", "--recipe", "tiny", "--no-progress"]
     items = [*overrides(shapes_data, steps=6, every=3), "optim.eps=1e-6", "optim.lr=1e-4"]
     items += ["previews=true", "sample_every=2", "sample_steps=4"]  # FSDP gathers the shards for the main rank
     items += ["compile=true"] if compiled else []
     sets = [a for item in items for a in ("--set", item)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # an abort shows each thread's stack
     single = subprocess.run(
-        [sys.executable, *common, "--run-dir", str(tmp_path / "one"), *sets],
+        [sys.executable, "-m", "pixart", *common, "--run-dir", str(tmp_path / "one"), *sets],
         capture_output=True,
         text=True,
         env=env,
@@ -311,6 +314,8 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
                 str(torchrun),
                 "--standalone",
                 "--nproc_per_node=2",
+                str(worker),
+                str(tmp_path),
                 *common,
                 "--run-dir",
                 str(tmp_path / "fsdp"),
@@ -327,7 +332,10 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
             env=env,
             timeout=600,
         )
-        assert sharded.returncode == 0, sharded.stderr
+        assert sharded.returncode == 0, sharded.stdout + sharded.stderr
+        for rank in (0, 1):
+            threads = json.loads((tmp_path / f"threads-rank-{rank}.json").read_text())
+            assert not [name for name in threads if "gloo" in name], (steps, rank, threads)
     assert (tmp_path / "fsdp" / "checkpoints" / "step-0000003.dcp").is_dir()
     assert "resumed from step-0000003.dcp" in sharded.stdout
     one, two = weights(tmp_path / "one"), weights(tmp_path / "fsdp")

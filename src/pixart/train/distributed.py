@@ -7,6 +7,7 @@ The model is written for one device; data parallelism is applied from outside: D
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import torch.distributed as dist
 from torch import nn
 
 if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
     from pixart.model.dit import DiT
     from pixart.model.pixart import PixArt
 
@@ -27,6 +30,7 @@ class World:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    mesh: DeviceMesh | None = None  # FSDP's, once wrap_model made one (let_go_of_the_group clears it)
 
     @property
     def distributed(self) -> bool:
@@ -60,6 +64,10 @@ def init_distributed(device: str | None = None) -> World:
     else:
         torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
+        # Imported before the group exists: its functions default to `group=group.WORLD`, evaluated at import,
+        # and imported after, they would hold the group past destroy_process_group (see let_go_of_the_group).
+        import torch.distributed.nn as _group_world_defaults  # noqa: F401
+
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
             timeout=datetime.timedelta(minutes=30),
@@ -101,9 +109,12 @@ def wrap_model(model: PixArt | DiT, world: World, parallel: str, bf16: bool) -> 
             policy = MixedPrecisionPolicy(
                 param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False
             )
+        from torch.distributed.device_mesh import init_device_mesh
+
+        world.mesh = init_device_mesh(world.device.type, (world.world_size,))  # one for all, so one to release
         for block in model.blocks:
-            fully_shard(block, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
+            fully_shard(block, mesh=world.mesh, mp_policy=policy)
+        fully_shard(model, mesh=world.mesh, mp_policy=policy)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -127,6 +138,25 @@ def gradient_sync(wrapped: nn.Module, sync: bool) -> AbstractContextManager:
     return nullcontext() if sync or no_sync is None else no_sync()
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
+def let_go_of_the_group(world: World, *, destroy: bool) -> None:
+    """Drop this process's hold on the process group (and destroy it if `destroy`), so that its threads end
+    while the interpreter is still alive.
+
+    gloo's threads left to the interpreter's exit aborted a rank there now and then (SIGABRT, "terminate
+    called without an active exception": a thread freeing a tensor after Python had gone;
+    pytorch/pytorch#190489). destroy_process_group() ends them only once nothing else holds the group, and
+    under FSDP more did: its device mesh (`_pg_registry`, read when torch.compile traces through it), which
+    DTensor's caches keep for the life of the process; the parameter groups inside the model's reference
+    cycles, which wait for the collector; and torch.distributed.nn's default arguments where it was imported
+    after the group was made (init_distributed imports it first). A group the caller made stays in
+    torch.distributed's tables until the caller destroys it.
+    """
+    registry = getattr(world.mesh, "_pg_registry", None)  # private: torch 2.13 has no public way to let go
+    if isinstance(registry, dict):
+        registry.clear()
+    world.mesh = None
+    if destroy and dist.is_initialized():
         dist.destroy_process_group()
+    for _ in range(10):  # freeing one cycle can leave another unreachable: the main rank's took two passes
+        if not gc.collect():
+            break

@@ -43,7 +43,7 @@ from pixart.train.distributed import (
     gather_full,
     gradient_sync,
     init_distributed,
-    shutdown,
+    let_go_of_the_group,
     unwrap,
     wrap_model,
 )
@@ -184,11 +184,19 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     Under torchrun, the process group this call creates is destroyed when it returns (finished or
     interrupted), not when it raises; a group that existed before the call is left to its owner.
     """
+    creates_group = not torch.distributed.is_initialized()
+    summary, world = train_in_world(config, Path(run_dir), device, progress)
+    if torch.distributed.is_initialized():
+        # on a normal return only, as torchtitan does: tearing down while another rank is in a collective hangs
+        let_go_of_the_group(world, destroy=creates_group)
+    return summary
+
+
+def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progress: bool) -> tuple[dict, World]:
+    """train()'s work: the summary, and the world it ran in (for train() to tear down)."""
     started = time.time()
-    run_dir = Path(run_dir)
     check_preview_steps(config)
     check_start(config, run_dir)
-    creates_group = not torch.distributed.is_initialized()
     try:
         world = init_distributed(device)
     except ValueError as error:  # a device index under torchrun
@@ -459,14 +467,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started, resumed_at
     )
     metrics.close()
-    if creates_group:
-        # Under torchrun the process group must go before the interpreter does: one CI run saw a rank abort
-        # (SIGABRT, "terminate called without an active exception"), and a group left to interpreter exit
-        # is a known cause (gloo's threads still holding work; pytorch/pytorch#179291). Only on a normal
-        # return, as torchtitan does: tearing down while another rank is in a collective would hang. A
-        # group the caller made is the caller's to destroy.
-        shutdown()
-    return summary
+    return summary, world
 
 
 def finish(
