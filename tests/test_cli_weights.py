@@ -219,7 +219,7 @@ def test_a_config_the_tensors_contradict_is_refused_before_anything_is_written(t
             assert main([*args, "--config", str(tmp_path / "c.json")]) == 2
             err = capsys.readouterr().err
             assert f"with the architecture of {tmp_path / 'c.json'}" in err and "keys" in err, err
-            assert not out.exists() or not any(out.iterdir())  # at most the empty folder --out's check made
+            assert not out.exists()  # nor the folder --out's check made
     (tmp_path / "c.json").write_text(json.dumps(dataclasses.asdict(TINY)))  # the file's own: converts
     assert (
         main(
@@ -253,3 +253,91 @@ def test_info_names_a_training_checkpoint_as_one(tmp_path, capsys):
     save_transformer(model, tmp_path / "official.pth", to="official")
     assert main(["info", str(tmp_path / "official.pth")]) == 0
     assert "official weights" in capsys.readouterr().out  # a file of the official code's kind stays so
+
+
+def test_a_flow_model_folder_converts_with_its_objective(tmp_path, capsys):
+    """A model folder keeps its objective in model.json (the demo's is a flow model): converting it to a
+    file dropped it, and the file then sampled as an eps model; to official it now warns, as from a file."""
+    from pixart.modelfolder import ModelSpec, sampling_of, save_model_folder
+
+    spec = ModelSpec(text_encoder="minilm", objective="flow", flow_shift=3.0, sampler="flow-dpm-solver")
+    save_model_folder(tmp_path / "folder", randomize_(PixArt(TINY)), spec)
+    assert main(["convert", str(tmp_path / "folder"), "--to", "pixart", "--out", str(tmp_path / "x.safetensors")]) == 0
+    recorded = sampling_of(tmp_path / "x.safetensors")
+    assert (recorded["objective"], recorded["flow_shift"], recorded["sampler"]) == ("flow", 3.0, "flow-dpm-solver")
+    assert main(["convert", str(tmp_path / "folder"), "--to", "official", "--out", str(tmp_path / "x.pth")]) == 0
+    assert "trained with the flow objective" in capsys.readouterr().err
+
+
+def test_a_stored_config_of_another_tool_or_type_is_one_line_naming_the_file(tmp_path, capsys):
+    """A .pth whose "config" is another tool's, a number stored as text, a config.json that is a list: each
+    ended in a traceback. --config replaces a .pth's stored config, so a foreign one is no obstacle then."""
+    model = randomize_(PixArt(TINY))
+    save_transformer(model, tmp_path / "ours.safetensors")
+    save_transformer(model, tmp_path / "d", to="diffusers")
+    official = {k: v for k, v in torch.load(_official(model, tmp_path), weights_only=True)["state_dict"].items()}
+    torch.save({"state_dict": official, "config": {"lr": 1e-4, "model": "something"}}, tmp_path / "foreign.pth")
+    from safetensors.torch import load_file, save_file
+
+    bad = {**TINY.to_dict(), "hidden_size": "96"}
+    save_file(
+        load_file(tmp_path / "ours.safetensors"),
+        tmp_path / "text.safetensors",
+        {"format": "pixart", "config": json.dumps(bad)},
+    )
+    diffusers_config = json.loads((tmp_path / "d" / "config.json").read_text())
+    for name, written in {"as_text": {**diffusers_config, "num_layers": "2"}, "a_list": [diffusers_config]}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(written))
+        (tmp_path / name / "diffusion_pytorch_model.safetensors").write_bytes(
+            (tmp_path / "d" / "diffusion_pytorch_model.safetensors").read_bytes()
+        )
+    cases = {
+        "foreign.pth": "its stored config is not a PixArtConfig (unknown PixArtConfig fields",
+        "text.safetensors": "hidden_size must be int, got '96'",
+        "as_text": "config.json is not a PixArt transformer's config: depth must be int, got '2'",
+        "a_list": "config.json is not a PixArt transformer's config: expected a JSON object",
+    }
+    for name, message in cases.items():
+        assert main(["info", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and str(tmp_path / name) in err and "Traceback" not in err, err
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY.to_dict()))
+    args = ["--to", "pixart", "--out", str(tmp_path / "back.safetensors"), "--config", str(tmp_path / "tiny.json")]
+    assert main(["convert", str(tmp_path / "foreign.pth"), *args]) == 0
+    assert torch.equal(
+        load_transformer(tmp_path / "back.safetensors").blocks[0].mlp.fc1.weight, model.blocks[0].mlp.fc1.weight
+    )
+
+
+def _official(model: PixArt, folder) -> object:
+    save_transformer(model, folder / "official.pth", to="official")
+    return folder / "official.pth"
+
+
+def test_a_failed_conversion_leaves_no_folder_behind_and_out_is_a_file_not_a_folder(tmp_path, capsys):
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04 not a whole zip")
+    for to, out in (("pixart", tmp_path / "a" / "b" / "x.safetensors"), ("diffusers", tmp_path / "d")):
+        assert main(["convert", str(tmp_path / "cut.pth"), "--to", to, "--out", str(out)]) == 2, to
+        assert "cannot read" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pth"]  # --out's check made a, a/b and d
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "w.safetensors")
+    (tmp_path / "taken.pth").mkdir()  # an empty folder: the diffusers layout may fill one, a file cannot
+    assert (
+        main(["convert", str(tmp_path / "w.safetensors"), "--to", "official", "--out", str(tmp_path / "taken.pth")])
+        == 2
+    )
+    assert f"--out {tmp_path / 'taken.pth'} is a folder; --to official writes a file" in capsys.readouterr().err
+
+
+def test_ema_of_a_bare_state_dict_is_refused_not_ignored(tmp_path, capsys):
+    """A bare state dict holds one set of weights, as a .safetensors file does: --ema converted it silently."""
+    official = torch.load(_official(randomize_(PixArt(TINY)), tmp_path), weights_only=True)["state_dict"]
+    torch.save(official, tmp_path / "bare.pth")
+    torch.save(dit_checkpoint(), tmp_path / "dit.pt")
+    out = ["--to", "pixart", "--out", str(tmp_path / "x.safetensors"), "--ema"]
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY.to_dict()))
+    for source, extra in (("bare.pth", ["--config", str(tmp_path / "tiny.json")]), ("dit.pt", ["--num-heads", "3"])):
+        assert main(["convert", str(tmp_path / source), *out, *extra]) == 2, source
+        assert "is a bare state dict, one set of weights (no state_dict_ema): drop --ema" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()

@@ -461,6 +461,21 @@ def test_a_t5_model_folder_without_its_t5_says_so_before_loading(tmp_path, capsy
     assert pipe.generate(["a dog"], Settings(steps=2), progress=False)[0].image.size == (32, 32)
 
 
+def test_a_model_folder_without_its_codec_says_so_before_loading(tmp_path, capsys, monkeypatch):
+    """codec_path null (ModelSpec's default) with the SD VAE: a traceback once the transformer had loaded."""
+    from pixart import modelfolder
+
+    folder = learned_null_folder(tmp_path, codec_path=None, text_max_length=16)
+    with monkeypatch.context() as patch:  # the spec alone decides: no weights are read
+        patch.setattr(modelfolder, "load_transformer", lambda *a, **k: pytest.fail("weights loaded"))
+        with pytest.raises(FileNotFoundError, match="names the sd-vae codec but no folder or file for it"):
+            modelfolder.load_components(folder)
+    assert main(["generate", "x", "--model", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert "pass --vae PATH" in capsys.readouterr().err
+    pipe = TextToImage.from_path(folder, vae=folder / "vae")  # --vae fills the gap
+    assert pipe.generate(["a dog"], Settings(steps=2), progress=False)[0].image.size == (32, 32)
+
+
 def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
     from pixart.cli.generate import read_prompts
 

@@ -373,3 +373,39 @@ def test_files_that_lack_what_their_format_holds_are_weights_errors(tmp_path):
     for name, message in cases.items():
         with pytest.raises(WeightsError, match=f"{tmp_path / name}.*{message}"):
             load_transformer(tmp_path / name)
+
+
+def test_a_diffusers_variant_folder_loads_as_diffusers_loads_it(tmp_path):
+    """save_pretrained(variant="fp16") names its files diffusion_pytorch_model.fp16.safetensors, or shards
+    listed by diffusion_pytorch_model.safetensors.index.fp16.json: such folders were "neither" a model."""
+    import diffusers
+
+    model = randomize_(PixArt(TINY_MS)).eval()
+    save_transformer(model, tmp_path / "d", to="diffusers")
+    theirs = diffusers.PixArtTransformer2DModel.from_pretrained(tmp_path / "d")
+    theirs.save_pretrained(tmp_path / "single", variant="fp16")  # the name only: the weights stay fp32
+    theirs.save_pretrained(tmp_path / "sharded", variant="fp16", max_shard_size="200KB")
+    shards = sorted((tmp_path / "sharded").glob("*-of-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.fp16.json").is_file()
+    for folder in ("single", "sharded"):
+        assert detect_format(tmp_path / folder) == "diffusers", folder
+        loaded = load_transformer(tmp_path / folder).state_dict()
+        for key, value in model.state_dict().items():
+            if key != "y_embedder.y_embedding":  # diffusers' folders carry no learned null caption
+                assert torch.equal(loaded[key], value), (folder, key)
+    with pytest.raises(WeightsError, match="is one shard of several: pass the folder"):
+        load_transformer(shards[0])
+    theirs.save_pretrained(tmp_path / "single", variant="bf16")
+    with pytest.raises(WeightsError, match="several variants"):
+        load_transformer(tmp_path / "single")
+
+
+def test_a_config_field_of_the_wrong_type_is_refused_by_name():
+    """A stored config of another tool (a number written as text) built a model that failed far away."""
+    with pytest.raises(ValueError, match="hidden_size must be int, got '96'"):
+        dataclasses.replace(TINY, hidden_size="96")
+    with pytest.raises(ValueError, match="micro_conditions must be bool, got 1"):
+        dataclasses.replace(TINY, micro_conditions=1)
+    with pytest.raises(ValueError, match="depth must be int, got 2.0"):
+        dataclasses.replace(TINY, depth=2.0)
+    assert dataclasses.replace(TINY, interpolation_scale=2).interpolation_scale == 2  # a whole number is a number

@@ -189,6 +189,11 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
                 "or set text_encoder_path in model.json"
             )
         codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
+        if spec.codec in ("sd-vae", "shapes-ae") and codec_folder is None:  # as for T5: now, not after loading
+            raise FileNotFoundError(
+                f"{path / SPEC_FILE} names the {spec.codec} codec but no folder or file for it (codec_path is "
+                "null): pass --vae PATH (an SD VAE folder, or the shapes codec's file), or set codec_path in model.json"
+            )
         return spec, path / OURS_IN_FOLDER, text_folder, None, codec_folder, None
     if kind == "diffusers":
         spec = spec_of(path, kind)
@@ -236,6 +241,20 @@ def bare_weights_spec(vae: Path, text_encoder: Path) -> ModelSpec:
     shapes codec for a file (an SD VAE is a folder)."""
     kind = text_encoder_kind(text_encoder)
     return ModelSpec(text_encoder=kind, clean_captions=kind == "t5", codec="shapes-ae" if vae.is_file() else "sd-vae")
+
+
+def sampling_record(path: Path) -> dict[str, str]:
+    """{SAMPLING_METADATA: its JSON} of how the weights at `path` sample, where something says: a model
+    folder's model.json, or our trainer's record in its weights file. {} for any other weights."""
+    if path.is_dir() and folder_kind(path) == "pixart":
+        spec = spec_of(path, "pixart")
+        fields = {
+            "objective": spec.objective,
+            "flow_shift": spec.flow_shift,
+            "shift_base_tokens": spec.shift_base_tokens,
+        }
+        return {SAMPLING_METADATA: json.dumps(fields)}
+    return sampling_metadata(path)
 
 
 def sampling_of(weights: Path) -> dict:

@@ -31,15 +31,25 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pixart.cli.main import check_writable_folder, removed_if_left_empty
+
+    check_out(args)
+    folder = args.out if args.to == "diffusers" else args.out.parent
+    with removed_if_left_empty(folder):  # a conversion that fails leaves no empty folder behind
+        check_writable_folder(folder, "--out", args.out)
+        return convert(args)
+
+
+def convert(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError
     from pixart.model.pixart import PixArtConfig, count_parameters
+    from pixart.modelfolder import sampling_record
     from pixart.weights import detect_format, save_transformer
     from pixart.weights.dit_init import dit_to_pixart
-    from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit, sampling_metadata
+    from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit
 
-    check_out(args)
     config = read_config(args.config, PixArtConfig) if args.config else None
     fmt = detect_format(args.src)
     dit_options = {"--caption-channels": args.caption_channels, "--max-length": args.max_length}
@@ -70,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         source = str(args.config) if args.config else ""
         config, state, fmt = read_checked_state(args.src, use_ema=args.ema, config=config, config_source=source)
         note = f"read {fmt} weights"
-    recorded = sampling_metadata(args.src)  # how trainer weights sample: kept where the layout has room
+    recorded = sampling_record(args.src)  # how the weights sample: kept where the layout has room
     save_transformer(state, args.out, to=args.to, config=config, metadata=recorded if args.to == "pixart" else {})
     sampling = json.loads(recorded[SAMPLING_METADATA]) if recorded else {}
     if args.to != "pixart" and sampling.get("objective", "iddpm") != "iddpm":
@@ -119,17 +129,18 @@ def read_config(path: Path, config_class: type[Config]) -> Config:
 
 
 def check_out(args: argparse.Namespace) -> None:
-    """--out before anything is read: its suffix fits --to, it is not there yet (a conversion never replaces
-    a file, the source least of all), and its folder takes files."""
-    from pixart.cli.main import UserError, check_writable_folder
+    """--out before anything is read: its suffix fits --to, and it is not there yet (a conversion never
+    replaces a file, the source least of all; a diffusers folder may be an empty one)."""
+    from pixart.cli.main import UserError
 
     out = args.out
     if args.to == "pixart" and out.suffix != ".safetensors":
         raise UserError(f"--to pixart writes a .safetensors file; got --out {out}")
     if args.to == "official" and out.suffix not in (".pth", ".pt"):
         raise UserError(f"--to official writes a .pth file; got --out {out}")
+    if out.is_dir() and args.to != "diffusers":
+        raise UserError(f"--out {out} is a folder; --to {args.to} writes a file: choose another --out")
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         same = out.resolve() == args.src.resolve()
         what = "is the source itself" if same else "already exists"
         raise UserError(f"--out {out} {what}; choose another --out (a conversion never replaces a file)")
-    check_writable_folder(out if args.to == "diffusers" else out.parent, "--out", out)

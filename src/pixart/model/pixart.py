@@ -71,6 +71,11 @@ class PixArtConfig:
     caption_norm: bool = False  # parameter-free LayerNorm on caption features (small encoders)
 
     def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):  # a stored config of another tool, or a hand-edited one
+            value, kind = getattr(self, spec.name), type(spec.default)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number if kind is float else type(value) is kind):
+                raise ValueError(f"{spec.name} must be {'a number' if kind is float else kind.__name__}, got {value!r}")
         sizes = (self.depth, self.num_heads, self.hidden_size, self.patch_size, self.input_size, self.max_length)
         if min(*sizes, self.caption_channels) < 1:
             raise ValueError(
@@ -119,6 +124,8 @@ class PixArtConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PixArtConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object of PixArtConfig fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -92,6 +92,8 @@ FIXED_DIFFUSERS_FIELDS = {
 
 
 def diffusers_config_to_ours(data: dict) -> PixArtConfig:
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object of diffusers config fields, got {type(data).__name__}")
     if data.get("norm_type", "ada_norm_single") != "ada_norm_single":
         raise WeightsError(f"diffusers transformer with norm_type {data['norm_type']!r} is not PixArt")
     for key, value in FIXED_DIFFUSERS_FIELDS.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,13 +131,33 @@ def _format_from_keys(names: list[str], path: Path) -> str:
 def _diffusers_folder(path: Path) -> Path | None:
     """The folder that holds the transformer's config.json and weights, or None."""
     for candidate in (path, path / "transformer"):
-        if (candidate / "config.json").is_file() and (
-            (candidate / DIFFUSERS_WEIGHTS).is_file()
-            or (candidate / f"{DIFFUSERS_WEIGHTS}.index.json").is_file()
-            or (candidate / DIFFUSERS_PICKLED_WEIGHTS).is_file()
-        ):
+        if (candidate / "config.json").is_file() and diffusers_weight_files(candidate):
             return candidate
     return None
+
+
+def diffusers_weight_files(folder: Path) -> list[Path]:
+    """The files holding a diffusers folder's weights: diffusers' default names (one file, shards listed by
+    an index, or the pickled .bin), else one variant's (save_pretrained(variant="fp16") writes
+    diffusion_pytorch_model.fp16.safetensors, or shards with diffusion_pytorch_model.safetensors.index.fp16.json).
+    [] if there are none; two variants and no default is an error naming them."""
+    stem = DIFFUSERS_WEIGHTS.removesuffix(".safetensors")
+    for default in (folder / DIFFUSERS_WEIGHTS, folder / DIFFUSERS_PICKLED_WEIGHTS):
+        if default.is_file():
+            return [default]
+    variants = [f for f in sorted(folder.glob(f"{stem}.*.safetensors")) if not re.search(r"-\d+-of-\d+\.", f.name)]
+    indexes = [folder / f"{DIFFUSERS_WEIGHTS}.index.json", *sorted(folder.glob(f"{DIFFUSERS_WEIGHTS}.index.*.json"))]
+    indexes = [index for index in indexes if index.is_file()]
+    if indexes and indexes[0].name == f"{DIFFUSERS_WEIGHTS}.index.json":
+        indexes = indexes[:1]  # the default shards
+    elif len(variants) + len(indexes) > 1:
+        names = ", ".join(f.name for f in [*variants, *indexes])
+        raise WeightsError(f"{folder} holds the weights of several variants ({names}): pass the file of the one to use")
+    if indexes:
+        with reading(indexes[0]):
+            shards = sorted(set(json.loads(indexes[0].read_text())["weight_map"].values()))
+        return [folder / shard for shard in shards]
+    return variants
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -187,16 +208,23 @@ def read_official_state(path: Path, use_ema: bool, data: object = None) -> dict[
             return data["state_dict_ema"]
         return data["state_dict"]
     if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        if use_ema:  # else ignored, silently: the one set there is converted either way
+            raise WeightsError(f"{path} is a bare state dict, one set of weights (no state_dict_ema): drop --ema")
         return data
     raise WeightsError(f"{path} is not a state dict nor a dict with a 'state_dict' entry")
 
 
-def stored_official_config(data: object) -> PixArtConfig | None:
+def stored_official_config(data: object, path: Path) -> PixArtConfig | None:
     """The config a .pth carries: ours written with to='official', or a t2i training checkpoint's model."""
-    if is_training_checkpoint(data):
-        return PixArtConfig.from_dict(data["config"]["model"]) if data["config"]["stage"] == "t2i" else None
-    if isinstance(data, dict) and isinstance(data.get("config"), dict):
-        return PixArtConfig.from_dict(data["config"])
+    try:
+        if is_training_checkpoint(data):
+            return PixArtConfig.from_dict(data["config"]["model"]) if data["config"]["stage"] == "t2i" else None
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            return PixArtConfig.from_dict(data["config"])
+    except (ValueError, TypeError) as error:  # another tool's "config", or a hand-edited one
+        raise WeightsError(
+            f"{path}: its stored config is not a PixArtConfig ({error}); pass --config FILE with the model's fields"
+        ) from None
     return None
 
 
@@ -241,20 +269,18 @@ def _tensor_file(path: Path) -> dict[str, torch.Tensor]:
 def _read_diffusers(folder: Path, weights: Path | None = None) -> tuple[PixArtConfig, dict[str, torch.Tensor]]:
     """The transformer in `folder` (its config.json; `weights`, else the weights file or shards diffusers names)."""
     with reading(folder / "config.json"):
-        config = diffusers_config_to_ours(json.loads((folder / "config.json").read_text()))
+        data = json.loads((folder / "config.json").read_text())
+    try:
+        config = diffusers_config_to_ours(data)
+    except WeightsError:
+        raise
+    except (ValueError, TypeError, AttributeError) as error:  # a list, a number written as a string...
+        raise WeightsError(f"{folder / 'config.json'} is not a PixArt transformer's config: {error}") from None
     if config.mlp_ratio != 4.0:
         raise WeightsError("unexpected mlp ratio in a diffusers config")
-    index = folder / f"{DIFFUSERS_WEIGHTS}.index.json"
     state: dict[str, torch.Tensor] = {}
-    if weights is not None:
-        state = _tensor_file(weights)
-    elif index.is_file():
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state.update(load_file(folder / shard))
-    elif (folder / DIFFUSERS_WEIGHTS).is_file():
-        state = load_file(folder / DIFFUSERS_WEIGHTS)
-    else:
-        state = _tensor_file(folder / DIFFUSERS_PICKLED_WEIGHTS)
+    for file in [weights] if weights is not None else diffusers_weight_files(folder):
+        state.update(_tensor_file(file))
     expected = {
         k
         for _, theirs in keys.key_pairs(config.depth, config.micro_conditions)
@@ -297,6 +323,8 @@ def _read_state(
     if fmt == "diffusers":
         # A folder, or a weights file (diffusers' name, or another: a variant's .fp16.safetensors) whose
         # folder holds the config.json that says the rest.
+        if path.is_file() and re.search(r"-\d+-of-\d+\.", path.name):
+            raise WeightsError(f"{path} is one shard of several: pass the folder that holds them all, {path.parent}")
         if path.is_file() and (path.parent / "config.json").is_file():
             found_config, state = _read_diffusers(path.parent, weights=path)
         else:
@@ -311,7 +339,7 @@ def _read_state(
         file = path / OURS_IN_FOLDER if path.is_dir() else path
         try:
             found_config = PixArtConfig.from_dict(json.loads(safetensors_metadata(file)["config"]))
-        except ValueError as error:  # fields of another version or tool
+        except (ValueError, TypeError) as error:  # fields of another version or tool
             raise WeightsError(f"{file}: its stored config is not a PixArtConfig: {error}") from None
         state = load_file(file)
     else:
@@ -320,7 +348,8 @@ def _read_state(
             state = load_file(path)
         else:
             data = load_checkpoint_file(path)
-            state, stored = dict(read_official_state(path, use_ema, data)), stored_official_config(data)
+            state = dict(read_official_state(path, use_ema, data))
+            stored = None if config is not None else stored_official_config(data, path)  # --config replaces it
         carried = config or stored
         if carried is not None:  # a config given or carried must compute the stored pos_embed
             if check_grid:
