@@ -24,7 +24,7 @@ from pixart.train.distributed import World, barrier
 NAME = re.compile(r"^step-(\d{7,})\.(pt|dcp)$")  # zero-padded to 7 digits, more from step 10,000,000
 # Entries of the training state added after the first checkpoints were written: older ones lack them, and a
 # resume takes their defaults (the loop reads them with .get).
-OPTIONAL = frozenset({"skipped_steps", "nonfinite_in_a_row", "log_window", "train_seconds"})
+OPTIONAL = frozenset({"skipped_steps", "nonfinite_in_a_row", "log_window", "train_seconds", "optimizer_started"})
 
 
 def _under(stored: str, key: str) -> bool:

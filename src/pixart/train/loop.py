@@ -264,6 +264,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
     sharded = world.distributed and config.parallel == "fsdp"
 
     def training_state(at_step: int, window: list[float] | None = None) -> dict:
+        optimizer_started = bool(optimizer.state)  # asked first: get_state_dict gives an empty one a zero step
         if sharded:  # DCP's view: optimizer state keyed by parameter name, created if still empty
             from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -274,6 +275,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
             "model": model_state,
             "ema": ema,
             "optimizer": optimizer_state,
+            "optimizer_started": optimizer_started,
             "scheduler": scheduler.state_dict(),
             "step": at_step,
             "epoch": epoch,
@@ -299,6 +301,10 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
         else:
             inner.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+        if not state.get("optimizer_started", True):
+            # Saved before any optimizer step (--steps 0, a stop before step 1): under FSDP, get_state_dict had
+            # filled the empty state with a zero step whose count (1) put every later bias correction one off.
+            optimizer.state.clear()
         for name, value in state["ema"].items():
             ema[name].copy_(value)
         scheduler.load_state_dict(state["scheduler"])
