@@ -352,6 +352,21 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
         assert np.abs(grids[0].astype(int) - grids[1].astype(int)).max() <= 1
 
 
+def test_a_resume_refused_under_torchrun_is_one_line_on_every_rank(shapes_data, tmp_path):
+    """A run resumed by another process count: the main rank refused, the other died in a gloo traceback."""
+    sets = [a for item in overrides(shapes_data, steps=1, every=1) for a in ("--set", item)]
+    common = ["train", "--recipe", "tiny", "--no-progress", "--run-dir", str(tmp_path / "run"), *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "pixart", *common], capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2", "-m", "pixart"]
+    result = subprocess.run([*torchrun, *common], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode != 0
+    refusal = f"error: {tmp_path / 'run'} was trained by 1 process(es), and this is 2"
+    assert result.stderr.count(refusal) == 2, result.stderr  # each rank says it, in one line
+    assert "[rank1]" not in result.stderr and "Traceback" not in result.stderr.split("torchrun")[0], result.stderr
+
+
 def test_one_rank_dying_fails_the_job_clearly(shapes_data, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     sets = [a for item in overrides(shapes_data, steps=6, every=100) for a in ("--set", item)]

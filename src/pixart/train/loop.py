@@ -203,7 +203,9 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
         raise TrainingError(str(error)) from None
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        check_run_config(config, run_dir, world.world_size)
+    # Every rank (it only reads): checked on the main rank alone, the others learned of a refusal from gloo's
+    # "Connection closed by peer" traceback. It checks only runs with checkpoints, which no rank writes yet.
+    check_run_config(config, run_dir, world.world_size)
     data_dir = prepare_data(config, run_dir, world, progress=progress)
     try:
         # stage 1 is class-conditional: any caption field does (none is trained on), the recipe's may be absent
