@@ -892,6 +892,14 @@ def test_mfu_peak_of_an_h100_pcie_is_not_the_sxm_one(monkeypatch):
     assert peak_flops(torch.device("cuda")) == 989.4e12
 
 
+def test_a_run_refused_before_it_starts_leaves_no_empty_run_folder(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "first"
+    sets = ["--set", f"data.root={tmp_path / 'missing'}", "--set", "data.synthetic=''"]
+    assert main(["train", "--recipe", "tiny", "--no-progress", "--run-dir", str(run_dir), *sets]) == 2
+    assert "is not a feature dataset" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nor the parent it made
+
+
 def test_a_given_data_root_wins_over_the_recipes_synthetic_data(shapes_data, tmp_path):
     """`--recipe tiny --set data.root=DIR` trains on DIR; it used to build the tiny recipe's shapes data instead."""
     from pixart.train.data import prepare_data

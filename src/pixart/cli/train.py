@@ -74,10 +74,15 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir is None:
         raise UserError("--run-dir is required (except with --dry-run)")
     check_device(args.device)
+    from contextlib import nullcontext
+
+    from pixart.cli.main import removed_if_left_empty
     from pixart.train.loop import TrainingError, train
 
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # which makes the folder (two removing it would race)
     try:
-        summary = train(config, args.run_dir, device=args.device, progress=not args.no_progress)
+        with removed_if_left_empty(args.run_dir) if main_rank else nullcontext():  # a refused run leaves none
+            summary = train(config, args.run_dir, device=args.device, progress=not args.no_progress)
     except TrainingError as error:
         raise UserError(str(error)) from error
     if int(os.environ.get("RANK", "0")) == 0:
