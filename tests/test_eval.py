@@ -485,9 +485,13 @@ def test_shapes_suite_warns_about_a_model_not_from_the_shapes_world(tmp_path, ca
     assert "--suite real scores any model" in err
     shapes = tmp_path / "shapes"
     shapes.mkdir()
-    (shapes / "model.json").write_text(shapes_model_spec("flow", {}, extra={"world": WORLD_VERSION}).to_json())
+    (shapes / "model.json").write_text(
+        shapes_model_spec("flow", {}, codec_path="codec.safetensors", extra={"world": WORLD_VERSION}).to_json()
+    )
     assert "warning" not in warning_for(shapes)
-    (shapes / "model.json").write_text(shapes_model_spec("flow", {}, extra={"world": "shapes-0"}).to_json())
+    (shapes / "model.json").write_text(
+        shapes_model_spec("flow", {}, codec_path="codec.safetensors", extra={"world": "shapes-0"}).to_json()
+    )
     assert f"was trained on the shapes world shapes-0, and the probe reads {WORLD_VERSION}" in warning_for(shapes)
     # bare weights run with the folders beside them: a T5 and an SD VAE (folders) are not the shapes world's
     weights, t5, vae = tmp_path / "w.safetensors", tmp_path / "t5", tmp_path / "vae"
