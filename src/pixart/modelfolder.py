@@ -23,7 +23,7 @@ from pixart.diffusion.schedulers import default_sampler
 from pixart.encoders.text import text_encoder_kind
 from pixart.model.pixart import PixArt
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
-from pixart.weights.io import FINAL_EMA, OURS_IN_FOLDER, SAMPLING_METADATA, sampling_metadata
+from pixart.weights.io import FINAL_EMA, OURS_IN_FOLDER, SAMPLING_METADATA, sampling_entry, sampling_metadata
 
 SPEC_FILE = "model.json"
 DOWNLOAD_HINT = (
@@ -248,12 +248,7 @@ def sampling_record(path: Path) -> dict[str, str]:
     folder's model.json, or our trainer's record in its weights file. {} for any other weights."""
     if path.is_dir() and folder_kind(path) == "pixart":
         spec = spec_of(path, "pixart")
-        fields = {
-            "objective": spec.objective,
-            "flow_shift": spec.flow_shift,
-            "shift_base_tokens": spec.shift_base_tokens,
-        }
-        return {SAMPLING_METADATA: json.dumps(fields)}
+        return sampling_entry(spec.objective, spec.flow_shift, spec.shift_base_tokens)
     return sampling_metadata(path)
 
 

@@ -85,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
             summary = train(config, args.run_dir, device=args.device, progress=not args.no_progress)
     except TrainingError as error:
         raise UserError(str(error)) from error
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         print(json.dumps(summary))
     return 0

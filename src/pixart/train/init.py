@@ -22,7 +22,7 @@ from pixart.train.checkpoint import list_checkpoints
 from pixart.train.config import TrainConfig
 from pixart.weights import WeightsError, detect_format, read_state
 from pixart.weights.dit_init import reparameterize_dit
-from pixart.weights.io import FINAL_EMA, SAMPLING_METADATA, read_dit
+from pixart.weights.io import FINAL_EMA, read_dit, sampling_entry
 
 
 def build_model(config: TrainConfig) -> PixArt | DiT:
@@ -134,12 +134,6 @@ def save_weights(
     kind = "dit" if isinstance(model, DiT) else "pixart"
     metadata = {"format": kind, "config": json.dumps(model.config.to_dict())}
     if diffusion is not None:
-        metadata[SAMPLING_METADATA] = json.dumps(
-            {
-                "objective": diffusion.objective,
-                "flow_shift": diffusion.flow_shift,
-                "shift_base_tokens": diffusion.shift_base_tokens,
-            }
-        )
+        metadata.update(sampling_entry(diffusion.objective, diffusion.flow_shift, diffusion.shift_base_tokens))
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return path

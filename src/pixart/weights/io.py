@@ -38,6 +38,7 @@ from pixart.weights.errors import WeightsError
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_PICKLED_WEIGHTS = "diffusion_pytorch_model.bin"  # older folders (save_pretrained without safetensors)
+SHARD_NAME = re.compile(r"-\d+-of-\d+\.")  # diffusion_pytorch_model-00001-of-00002.safetensors
 NULL_CAPTION_FILE = "null_caption.safetensors"  # our sidecar: diffusers has no slot for y_embedding
 OURS_IN_FOLDER = "transformer.safetensors"  # inside a model folder of ours (see pixart.modelfolder)
 FINAL = "final.safetensors"  # what a finished `pixart train` run leaves in its folder
@@ -98,6 +99,12 @@ def _detect_format(path: Path) -> str:
 SAMPLING_METADATA = "sampling"
 
 
+def sampling_entry(objective: str, flow_shift: float, shift_base_tokens: int) -> dict[str, str]:
+    """{SAMPLING_METADATA: its JSON}: how weights sample, which their tensors cannot say."""
+    fields = {"objective": objective, "flow_shift": flow_shift, "shift_base_tokens": shift_base_tokens}
+    return {SAMPLING_METADATA: json.dumps(fields)}
+
+
 def sampling_metadata(path: str | Path) -> dict[str, str]:
     """{SAMPLING_METADATA: its JSON} where `path` is our .safetensors file that records it, else {}."""
     path = Path(path)
@@ -141,23 +148,25 @@ def diffusers_weight_files(folder: Path) -> list[Path]:
     an index, or the pickled .bin), else one variant's (save_pretrained(variant="fp16") writes
     diffusion_pytorch_model.fp16.safetensors, or shards with diffusion_pytorch_model.safetensors.index.fp16.json).
     [] if there are none; two variants and no default is an error naming them."""
+    if (folder / DIFFUSERS_WEIGHTS).is_file():
+        return [folder / DIFFUSERS_WEIGHTS]
+    if (folder / f"{DIFFUSERS_WEIGHTS}.index.json").is_file():
+        return _shards(folder / f"{DIFFUSERS_WEIGHTS}.index.json")
+    if (folder / DIFFUSERS_PICKLED_WEIGHTS).is_file():
+        return [folder / DIFFUSERS_PICKLED_WEIGHTS]
     stem = DIFFUSERS_WEIGHTS.removesuffix(".safetensors")
-    for default in (folder / DIFFUSERS_WEIGHTS, folder / DIFFUSERS_PICKLED_WEIGHTS):
-        if default.is_file():
-            return [default]
-    variants = [f for f in sorted(folder.glob(f"{stem}.*.safetensors")) if not re.search(r"-\d+-of-\d+\.", f.name)]
-    indexes = [folder / f"{DIFFUSERS_WEIGHTS}.index.json", *sorted(folder.glob(f"{DIFFUSERS_WEIGHTS}.index.*.json"))]
-    indexes = [index for index in indexes if index.is_file()]
-    if indexes and indexes[0].name == f"{DIFFUSERS_WEIGHTS}.index.json":
-        indexes = indexes[:1]  # the default shards
-    elif len(variants) + len(indexes) > 1:
-        names = ", ".join(f.name for f in [*variants, *indexes])
+    variants = [f for f in sorted(folder.glob(f"{stem}.*.safetensors")) if not SHARD_NAME.search(f.name)]
+    variant_indexes = sorted(folder.glob(f"{DIFFUSERS_WEIGHTS}.index.*.json"))
+    if len(variants) + len(variant_indexes) > 1:
+        names = ", ".join(f.name for f in [*variants, *variant_indexes])
         raise WeightsError(f"{folder} holds the weights of several variants ({names}): pass the file of the one to use")
-    if indexes:
-        with reading(indexes[0]):
-            shards = sorted(set(json.loads(indexes[0].read_text())["weight_map"].values()))
-        return [folder / shard for shard in shards]
-    return variants
+    return _shards(variant_indexes[0]) if variant_indexes else variants
+
+
+def _shards(index: Path) -> list[Path]:
+    """The shard files a diffusers index names."""
+    with reading(index):
+        return [index.parent / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,7 +332,7 @@ def _read_state(
     if fmt == "diffusers":
         # A folder, or a weights file (diffusers' name, or another: a variant's .fp16.safetensors) whose
         # folder holds the config.json that says the rest.
-        if path.is_file() and re.search(r"-\d+-of-\d+\.", path.name):
+        if path.is_file() and SHARD_NAME.search(path.name):
             raise WeightsError(f"{path} is one shard of several: pass the folder that holds them all, {path.parent}")
         if path.is_file() and (path.parent / "config.json").is_file():
             found_config, state = _read_diffusers(path.parent, weights=path)
