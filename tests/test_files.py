@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixart.files import OTHER_MACHINE_GRACE_S, atomic_write, remove_leftovers, temporary_path
+from pixart.files import (
+    OTHER_MACHINE_GRACE_S,
+    atomic_folder,
+    atomic_write,
+    ordinary_mode,
+    remove_leftovers,
+    temporary_path,
+)
 from pixart.train.checkpoint import list_checkpoints, save_checkpoint
 from pixart.train.distributed import World
 
@@ -186,3 +193,28 @@ def test_atomic_writes_get_the_permissions_of_ordinary_files(tmp_path):
     assert mode == 0o666 & ~mask
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "w.safetensors"]  # no probe left
+
+
+def test_atomic_folder_appears_whole_or_not_at_all_and_clears_dead_writers_folders(tmp_path):
+    out = tmp_path / "model"
+    dead_writers = temporary_path(out, dead_pid())
+    dead_writers.mkdir()
+    (dead_writers / "weights.bin").write_text("half")
+    running = temporary_path(tmp_path / "other")  # another folder's temporary, of a live writer
+    running.mkdir()
+
+    def two_files_then_fail(folder: Path) -> None:
+        (folder / "a.json").write_text("{}")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_folder(out, two_files_then_fail)
+    assert sorted(tmp_path.iterdir()) == [running]  # the dead writer's temporary went, and this one's
+    out.mkdir()  # an empty folder (made by a check of --out) is replaced
+    atomic_folder(out, lambda folder: (folder / "a.json").write_text("{}"))
+    assert sorted(p.name for p in out.iterdir()) == ["a.json"]
+    assert oct((out / "a.json").stat().st_mode & 0o777) == oct(ordinary_mode(tmp_path))
+    with pytest.raises(OSError):  # a folder with files in it is never replaced
+        atomic_folder(out, lambda folder: (folder / "b.json").write_text("{}"))
+    assert sorted(p.name for p in out.iterdir()) == ["a.json"]
+    assert sorted(tmp_path.iterdir()) == sorted([out, running])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -69,6 +71,29 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     fsync_path(path.parent)
 
 
+def atomic_folder(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` fills a sibling temporary folder, renamed onto `path` (absent, or an empty folder) once
+    every file in it is on the disk: a killed writer leaves `path` as it was, never a folder of some of
+    the files that a rerun would refuse as taken. The temporaries dead writers left beside it go first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path.parent, glob.escape(path.name))
+    tmp = temporary_path(path)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        for item in tmp.rglob("*"):
+            if item.is_file():
+                set_ordinary_mode(item)
+                fsync_path(item)
+        fsync_path(tmp)
+        os.replace(tmp, path)  # rename(2) replaces an empty folder, and refuses one with files in it
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_path(path.parent)
+
+
 def set_ordinary_mode(path: Path) -> None:
     """Give `path` the permissions open() would have given it, where its writer chose others."""
     wanted = ordinary_mode(path.parent)
@@ -116,7 +141,10 @@ def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
     candidates = [*folder.glob(f".{pattern}.*.tmp"), *folder.glob(f".{pattern}.tmp")]
     leftovers = sorted(tmp for tmp in set(candidates) if not _writer_alive(tmp))
     for tmp in leftovers:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():  # an atomic_folder's
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
     return leftovers
 
 

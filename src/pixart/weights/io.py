@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from pixart.files import atomic_write
+from pixart.files import atomic_folder, atomic_write
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import keys
@@ -463,10 +463,13 @@ def save_transformer(
         diffusers_config = diffusers_config_from_ours(config)
         null = state.pop("y_embedder.y_embedding")
         theirs = keys.to_diffusers(state, config.depth, config.micro_conditions)  # before the folder: it may refuse
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write(path / DIFFUSERS_WEIGHTS, lambda tmp: save_file(theirs, tmp, metadata={"format": "pt"}))
-        atomic_write(path / NULL_CAPTION_FILE, lambda tmp: save_file({"y_embedding": null}, tmp))
-        (path / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
+
+        def write_folder(folder: Path) -> None:
+            save_file(theirs, str(folder / DIFFUSERS_WEIGHTS), metadata={"format": "pt"})
+            save_file({"y_embedding": null}, str(folder / NULL_CAPTION_FILE))
+            (folder / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
+
+        atomic_folder(path, write_folder)
     else:
         raise ValueError(f"unknown weights layout {to!r}; choose one of {FORMATS}")
     return path
