@@ -636,7 +636,15 @@ def test_reopening_a_finished_run_trains_nothing_and_reports_its_last_loss(shape
     from pixart.modelfolder import sampling_of
 
     assert sampling_of(tmp_path / "run" / FINAL_EMA)["objective"] == config.diffusion.objective  # how it samples
+    # What a kill during the last save or prune of a run leaves: a finished run saves no more, so its
+    # reopening is the one chance to delete them
+    killed = [last.with_name(".step-0000002.dcp.deleted"), last.with_name("step-0000006.dcp.tmp")]
+    for folder in killed:
+        (folder / "shard").mkdir(parents=True)
+    dead_writer = temporary_path(last.with_name("step-0000006.pt"), pid=2**22 + 1)  # above Linux's pid_max
+    dead_writer.write_bytes(b"half")
     again = train(config, tmp_path / "run", progress=False)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["step-0000002.pt", "step-0000004.pt"]
     assert last.stat().st_mtime_ns == written  # not written again (a sharded one would be replaced in place)
     assert again["status"] == "finished" and again["steps"] == 4
     assert math.isfinite(again["final_loss"]) and again["final_loss"] == pytest.approx(first["final_loss"], rel=1e-6)

@@ -68,9 +68,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
     folder = checkpoint_dir(run_dir)
     if world.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(folder, "step-*.pt")  # a run killed while saving left these; nothing else writes here
-        for partial in [*folder.glob("step-*.dcp.tmp"), *folder.glob(".step-*.dcp.deleted")]:
-            shutil.rmtree(partial)
+        remove_partial_checkpoints(run_dir)
     barrier(world)
     if sharded:
         import torch.distributed.checkpoint as dcp
@@ -96,6 +94,17 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
             _delete(old)
     barrier(world)
     return final
+
+
+def remove_partial_checkpoints(run_dir: Path) -> None:
+    """Delete what a run killed while saving or pruning left (gigabytes, for a model's optimizer state):
+    called by the checkpoints' one writer, the main rank, at each save and when a run (re)opens."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return
+    remove_leftovers(folder, "step-*.pt")
+    for partial in [*folder.glob("step-*.dcp.tmp"), *folder.glob(".step-*.dcp.deleted")]:
+        shutil.rmtree(partial)
 
 
 def _delete(checkpoint: Path) -> None:

@@ -213,6 +213,8 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
         dataset = FeatureDataset(data_dir, captions, seed=config.seed)
     except ValueError as error:  # caption_probs naming a field this data lacks, say
         raise TrainingError(f"{error}; fix data.caption_probs or data.root") from None
+    if world.is_main:  # a finished run reopened saves nothing more, so would keep them for good
+        ckpt.remove_partial_checkpoints(run_dir)
     resume_from = ckpt.latest_checkpoint(run_dir)
     if config.stage == "class":
         check_class_labels(dataset.labels(), config.dit.num_classes)
