@@ -370,3 +370,79 @@ def test_a_diffusers_conversion_cut_short_leaves_no_partial_folder_and_a_rerun_w
     torch.testing.assert_close(
         load_transformer(tmp_path / "d").state_dict(), load_transformer(tmp_path / "w.safetensors").state_dict()
     )
+
+
+def _training_state(model: PixArt, objective: str = "flow") -> dict:
+    """What the trainer's checkpoints hold: weights, EMA (parameters only), optimizer state, step, config."""
+    params = {name: p.detach() + 1.0 for name, p in model.named_parameters()}  # an EMA unlike the weights
+    moments = {name: {"exp_avg": torch.randn_like(p)} for name, p in params.items()}
+    diffusion = {"objective": objective, "flow_shift": 3.0, "shift_base_tokens": 256}
+    config = {"stage": "t2i", "recipe": "tiny", "model": TINY.to_dict(), "diffusion": diffusion}
+    return {"model": model.state_dict(), "ema": params, "optimizer": {"state": moments}, "config": config, "step": 9}
+
+
+def test_a_sharded_training_checkpoint_reads_as_its_pt_twin_does(tmp_path, capsys):
+    """parallel=fsdp checkpoints (step-N.dcp folders) were "a folder but holds neither..." to info, convert
+    and load_transformer; and a training checkpoint converted to a file lost its flow objective."""
+    import torch.distributed.checkpoint as dcp
+
+    from pixart.modelfolder import sampling_of
+
+    model = randomize_(PixArt(TINY))
+    state = _training_state(model)
+    torch.save(state, tmp_path / "step-0000009.pt")
+    dcp.save(state, checkpoint_id=str(tmp_path / "step-0000009.dcp"))  # one process: no group needed
+    expected_ema = {**model.state_dict(), **state["ema"]}
+    for name in ("step-0000009.pt", "step-0000009.dcp"):
+        path = tmp_path / name
+        assert main(["info", str(path), "--json"]) == 0, name
+        info = json.loads(capsys.readouterr().out)
+        assert info["training_checkpoint"] == {"step": 9, "recipe": "tiny", "stage": "t2i"}, name
+        assert info["ema"] is True and info["dtype"] == "float32", name
+        assert info["sampling"] == {"objective": "flow", "flow_shift": 3.0, "shift_base_tokens": 256}, name
+        ema = load_transformer(path, use_ema=True).state_dict()
+        for key, value in expected_ema.items():
+            assert torch.equal(ema[key], value), (name, key)
+        out = tmp_path / f"{path.suffix[1:]}.safetensors"
+        assert main(["convert", str(path), "--ema", "--to", "pixart", "--out", str(out)]) == 0, name
+        capsys.readouterr()
+        assert sampling_of(out)["objective"] == "flow" and sampling_of(out)["flow_shift"] == 3.0, name
+        assert torch.equal(
+            load_transformer(out).state_dict()["blocks.0.attn.qkv.weight"], ema["blocks.0.attn.qkv.weight"]
+        )
+    capsys.readouterr()
+    (tmp_path / "step-0000009.dcp" / "__0_0.distcp").write_bytes(b"cut")  # a shard cut short
+    assert main(["info", str(tmp_path / "step-0000009.dcp")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_info_says_dtype_ema_and_null_caption_and_takes_a_config(tmp_path, capsys):
+    model = randomize_(PixArt(TINY))
+    save_transformer(model.to(torch.bfloat16), tmp_path / "half.safetensors")
+    assert main(["info", str(tmp_path / "half.safetensors"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["dtype"], info["ema"], "sampling" in info, "null_caption" in info) == ("bfloat16", False, False, False)
+    model = randomize_(PixArt(TINY))
+    save_transformer(model, tmp_path / "two.pth", to="official", ema_state=dict(model.named_parameters()))
+    assert main(["info", str(tmp_path / "two.pth"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ema"] is True
+    save_transformer(model, tmp_path / "d", to="diffusers")
+    (tmp_path / "d" / NULL_CAPTION_FILE).unlink()  # as diffusers' own weights are
+    assert main(["info", str(tmp_path / "d")]) == 0
+    assert "null_caption: none learned (all zeros)" in capsys.readouterr().out
+    # A bare state dict of a model whose head dim is not 72: only --config says its head count
+    bare = {**torch.load(tmp_path / "two.pth", weights_only=True)["state_dict"]}
+    torch.save(bare, tmp_path / "bare.pth")
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY.to_dict()))
+    assert main(["info", str(tmp_path / "bare.pth"), "--config", str(tmp_path / "tiny.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["num_heads"] == TINY.num_heads
+
+
+def test_info_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
+    """`pixart info X | head -3` ended in "pixart info: error: Broken pipe" (rc 2), as a failure would."""
+    save_transformer(PixArt(TINY), tmp_path / "m.safetensors")
+    # `true` reads nothing and is gone long before Python has started: every write meets a closed pipe
+    command = f"{sys.executable} -m pixart info {tmp_path / 'm.safetensors'} | true; echo ${{PIPESTATUS[0]}}"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.stderr == "", result.stderr
+    assert result.stdout == "1\n"  # not 0: the output was not all read, as for any tool whose reader left

@@ -344,6 +344,11 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
     one, two = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
     for key in one:
         torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=0)
+    # The last sharded checkpoint, read whole in this one process (pixart info/convert), holds the final EMA
+    from pixart.weights import load_transformer
+
+    last = load_transformer(tmp_path / "fsdp" / "checkpoints" / "step-0000006.dcp", use_ema=True).state_dict()
+    assert_bitwise_equal({k: v for k, v in last.items() if k != "pos_embed"}, load_file(tmp_path / "fsdp" / FINAL_EMA))
     for step in (2, 4, 6):  # the same grids as one process draws (the weights agree to 1e-6); 2, 4 mid-run
         grids = [
             np.asarray(Image.open(run / "samples" / f"step-{step:07d}.png"))

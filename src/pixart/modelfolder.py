@@ -23,7 +23,16 @@ from pixart.diffusion.schedulers import default_sampler
 from pixart.encoders.text import text_encoder_kind
 from pixart.model.pixart import PixArt
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
-from pixart.weights.io import FINAL_EMA, OURS_IN_FOLDER, SAMPLING_METADATA, sampling_entry, sampling_metadata
+from pixart.weights.io import (
+    FINAL_EMA,
+    OURS_IN_FOLDER,
+    SAMPLING_METADATA,
+    sampling_entry,
+    sampling_metadata,
+    training_checkpoint_settings,
+    training_sampling_entry,
+)
+from pixart.weights.sharded import is_sharded_checkpoint
 
 SPEC_FILE = "model.json"
 DOWNLOAD_HINT = (
@@ -245,7 +254,11 @@ def bare_weights_spec(vae: Path, text_encoder: Path) -> ModelSpec:
 
 def sampling_record(path: Path) -> dict[str, str]:
     """{SAMPLING_METADATA: its JSON} of how the weights at `path` sample, where something says: a model
-    folder's model.json, or our trainer's record in its weights file. {} for any other weights."""
+    folder's model.json, our trainer's record in its weights file, or a training checkpoint's config.
+    {} for any other weights."""
+    if is_sharded_checkpoint(path) or path.suffix in (".pt", ".pth"):
+        settings = training_checkpoint_settings(path)
+        return training_sampling_entry(settings) if settings is not None else {}
     if path.is_dir() and folder_kind(path) == "pixart":
         spec = spec_of(path, "pixart")
         return sampling_entry(spec.objective, spec.flow_shift, spec.shift_base_tokens)

@@ -13,11 +13,17 @@ if TYPE_CHECKING:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", type=Path, help="official .pth, our .safetensors, a diffusers folder, or a DiT .pt")
+    parser.add_argument(
+        "src",
+        type=Path,
+        help="official .pth, our .safetensors, a diffusers folder, a DiT .pt, or a training checkpoint",
+    )
     parser.add_argument("--to", required=True, choices=["pixart", "official", "diffusers"], help="output layout")
     parser.add_argument("--out", required=True, type=Path, help="output file (.safetensors/.pth) or folder")
     parser.add_argument(
-        "--ema", action="store_true", help="take the EMA weights of a .pth/.pt checkpoint (official, DiT or training)"
+        "--ema",
+        action="store_true",
+        help="take the EMA weights of a .pth/.pt checkpoint (official, DiT or training) or a training .dcp folder",
     )
     parser.add_argument(
         "--config",

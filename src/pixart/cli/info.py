@@ -1,58 +1,110 @@
-"""`pixart info PATH`: format found, config, parameter count."""
+"""`pixart info PATH`: format found, config, parameter count, how the weights sample."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, help="weights file or model folder")
+    parser.add_argument(
+        "path", type=Path, help="weights file, model folder, or training checkpoint (step-N.pt or step-N.dcp)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="JSON of PixArtConfig fields, for files whose shapes do not say everything "
+        "(the head count of a non-XL official file), as pixart convert takes",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pixart.cli.convert import read_config
+    from pixart.cli.main import UserError
+    from pixart.model.pixart import PixArtConfig
+    from pixart.modelfolder import sampling_record
     from pixart.weights import detect_format
     from pixart.weights.dit_init import infer_dit_config
-    from pixart.weights.io import read_checked_state, read_dit
+    from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit, training_checkpoint_settings
 
+    given = read_config(args.config, PixArtConfig) if args.config else None
     fmt = detect_format(args.path)
     if fmt == "dit":
+        if given is not None:
+            raise UserError(f"--config is for PixArt weights; {args.path} is a DiT checkpoint, which says its own")
         state, dit_config = read_dit(args.path)
         config = (dit_config or infer_dit_config(state)).to_dict()
         architecture = "DiT (class-conditional)"
     else:
         # checked against the architecture it reports: a file missing a block was summarised as healthy
-        pixart_config, state, fmt = read_checked_state(args.path)
+        source = str(args.config) if args.config else ""
+        pixart_config, state, fmt = read_checked_state(args.path, config=given, config_source=source)
         config = pixart_config.to_dict()
         architecture = "PixArtMS" if pixart_config.micro_conditions else "PixArt"
     params = sum(v.numel() for k, v in state.items() if k not in ("pos_embed", "y_embedder.y_embedding"))
-    info = {"path": str(args.path), "format": fmt, "architecture": architecture, "parameters": params, "config": config}
-    checkpoint = training_checkpoint(args.path)
-    if checkpoint is not None:
-        info["training_checkpoint"] = checkpoint
+    info: dict[str, Any] = {
+        "path": str(args.path),
+        "format": fmt,
+        "architecture": architecture,
+        "parameters": params,
+        "dtype": stored_dtypes(state),
+        "ema": holds_ema(args.path),
+    }
+    recorded = sampling_record(args.path)
+    if recorded:  # where nothing records it, generate samples the weights as the eps (IDDPM) model they are
+        info["sampling"] = json.loads(recorded[SAMPLING_METADATA])
+    if fmt != "dit" and not state["y_embedder.y_embedding"].any():  # diffusers' weights, or converted from them
+        info["null_caption"] = "none learned (all zeros): pixart generate guides with the encoded empty prompt"
+    info["config"] = config
+    settings = training_checkpoint_settings(args.path)
+    if settings is not None:
+        stored = settings["config"]
+        info["training_checkpoint"] = {
+            "step": settings.get("step"),
+            "recipe": stored.get("recipe"),
+            "stage": stored["stage"],
+        }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     what = f"{fmt} weights"
-    if checkpoint is not None:  # its keys are the official layout, but it is not an official file
+    if settings is not None:  # its keys are the official layout, but it is not an official file
+        checkpoint = info["training_checkpoint"]
         what = (
             f"a pixart train checkpoint (step {checkpoint['step']}, recipe {checkpoint['recipe']}) in the {fmt} layout"
         )
     print(f"{args.path}: {what}, {architecture}, {params:,} parameters")
+    for key in ("dtype", "ema", "sampling", "null_caption"):
+        if key in info:
+            print(f"  {key}: {describe(info[key])}")
     for key, value in config.items():
         print(f"  {key}: {value}")
     return 0
 
 
-def training_checkpoint(path: Path) -> dict | None:
-    """Step, recipe and stage of one of our trainer's checkpoints (checkpoints/step-*.pt), else None."""
-    from pixart.weights.io import is_training_checkpoint, load_checkpoint_file
+def stored_dtypes(state: dict) -> str:
+    """The tensors' dtypes as stored ("float32", or "float16, float32" for a mixed file)."""
+    return ", ".join(sorted({str(tensor.dtype).removeprefix("torch.") for tensor in state.values()}))
 
-    if path.suffix not in (".pt", ".pth") or not path.is_file():
-        return None
-    data = load_checkpoint_file(path)
-    if not is_training_checkpoint(data):
-        return None
-    return {"step": data.get("step"), "recipe": data["config"].get("recipe"), "stage": data["config"]["stage"]}
+
+def holds_ema(path: Path) -> bool:
+    """Whether --ema (use_ema=True) has a second set of weights to read: an official .pth's state_dict_ema,
+    or the EMA of one of our training checkpoints."""
+    from pixart.weights.io import is_training_checkpoint, load_checkpoint_file
+    from pixart.weights.sharded import is_sharded_checkpoint, sharded_entries
+
+    if is_sharded_checkpoint(path):
+        return "ema" in sharded_entries(path)
+    if path.suffix not in (".pt", ".pth", ".bin", ".ckpt") or not path.is_file():
+        return False
+    data = load_checkpoint_file(path)  # memory-mapped, and already read once: the page cache has it
+    return is_training_checkpoint(data) or (isinstance(data, dict) and "state_dict_ema" in data)
+
+
+def describe(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {item}" for key, item in value.items())
+    return str(value)

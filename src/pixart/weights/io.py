@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from pixart.diffusion.objective import DiffusionConfig
 from pixart.files import atomic_folder, atomic_write
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArt, PixArtConfig
@@ -35,6 +36,7 @@ from pixart.weights.configs import (
     official_pos_embed,
 )
 from pixart.weights.errors import WeightsError
+from pixart.weights.sharded import is_sharded_checkpoint, read_sharded
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_PICKLED_WEIGHTS = "diffusion_pytorch_model.bin"  # older folders (save_pretrained without safetensors)
@@ -72,6 +74,8 @@ def reading(path: str | Path) -> Iterator[None]:
 def _detect_format(path: Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
+    if is_sharded_checkpoint(path):  # a training checkpoint, read as the .pt files are
+        return _format_from_keys(list(read_official_state(path, use_ema=False)), path)
     if path.is_dir():
         if (path / OURS_IN_FOLDER).is_file():
             return "pixart"
@@ -174,7 +178,10 @@ def _shards(index: Path) -> list[Path]:
 
 
 def load_checkpoint_file(path: Path) -> object:
-    """torch.load of a .pth/.pt, tensors and plain containers only (never code)."""
+    """torch.load of a .pth/.pt, tensors and plain containers only (never code); of a sharded training
+    checkpoint (a .dcp folder), the same entries as a .pt's bar the optimizer state."""
+    if is_sharded_checkpoint(path):
+        return read_sharded(path)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -202,6 +209,27 @@ def unreadable_reason(path: Path, error: Exception) -> str:
 def is_training_checkpoint(data: object) -> TypeGuard[dict[str, Any]]:
     """One of our trainer's checkpoints/step-*.pt: model, ema, optimizer... and the TrainConfig."""
     return isinstance(data, dict) and {"model", "ema", "config"} <= set(data) and "stage" in data["config"]
+
+
+def training_checkpoint_settings(path: Path) -> dict[str, Any] | None:
+    """The entries of one of our trainer's checkpoints (checkpoints/step-N.pt, or a sharded step-N.dcp
+    folder) but its weights and optimizer state: step, config, epoch...; None for any other path."""
+    if is_sharded_checkpoint(path):
+        entries = read_sharded(path, skip=("model", "ema", "optimizer"))  # kilobytes of a checkpoint's gigabytes
+        stored = entries.get("config")
+        return entries if isinstance(stored, dict) and "stage" in stored else None
+    if path.suffix not in (".pt", ".pth") or not path.is_file():
+        return None
+    data = load_checkpoint_file(path)  # memory-mapped: the tensors are not read
+    if not is_training_checkpoint(data):
+        return None
+    return {key: value for key, value in data.items() if key not in ("model", "ema", "optimizer")}
+
+
+def training_sampling_entry(settings: dict[str, Any]) -> dict[str, str]:
+    """sampling_entry of a training checkpoint's diffusion settings (their defaults where it predates one)."""
+    diffusion = {**dataclasses.asdict(DiffusionConfig()), **settings["config"].get("diffusion", {})}
+    return sampling_entry(diffusion["objective"], diffusion["flow_shift"], diffusion["shift_base_tokens"])
 
 
 def read_official_state(path: Path, use_ema: bool, data: object = None) -> dict[str, torch.Tensor]:
@@ -239,7 +267,7 @@ def stored_official_config(data: object, path: Path) -> PixArtConfig | None:
 
 def refuse_ema_of_one_set(path: Path, use_ema: bool) -> None:
     """A folder or a .safetensors file holds one set of weights: use_ema would be ignored there, silently."""
-    if use_ema and (path.is_dir() or path.suffix == ".safetensors"):
+    if use_ema and ((path.is_dir() and not is_sharded_checkpoint(path)) or path.suffix == ".safetensors"):
         raise WeightsError(
             f"--ema reads a .pth/.pt checkpoint's EMA weights (use_ema=True); {path} holds one set of weights"
         )

@@ -1,0 +1,64 @@
+"""Our trainer's sharded checkpoints (parallel=fsdp: a torch.distributed.checkpoint folder, step-N.dcp),
+read whole in one process, without the process group or the model that wrote them."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pixart.weights.errors import WeightsError
+
+SHARDED_METADATA = ".metadata"  # what torch.distributed.checkpoint writes first in a checkpoint folder
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A torch.distributed.checkpoint folder: what `pixart train` writes under parallel=fsdp (step-N.dcp)."""
+    return path.is_dir() and (path / SHARDED_METADATA).is_file()
+
+
+def sharded_entries(path: Path) -> set[str]:
+    """The top-level names a sharded checkpoint holds (model, ema, optimizer, step, config...), from its
+    metadata alone."""
+    import torch.distributed.checkpoint as dcp
+
+    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    return {(metadata.planner_data or {}).get(flat, (flat,))[0] for flat in metadata.state_dict_metadata}
+
+
+def read_sharded(path: Path, skip: tuple[str, ...] = ("optimizer",)) -> dict[str, Any]:
+    """The entries of a torch.distributed.checkpoint folder but `skip`'s (the optimizer state, twice the
+    model), gathered whole in this one process: a template of empty tensors and placeholders, nested as the
+    checkpoint's own record says (planner_data: each flat key's path), is filled in place by dcp.load."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+        template: dict[str, Any] = {}
+        for flat, entry in metadata.state_dict_metadata.items():
+            where = (metadata.planner_data or {}).get(flat, (flat,))
+            if where[0] in skip:
+                continue
+            if isinstance(entry, TensorStorageMetadata):
+                value: object = torch.empty(entry.size, dtype=entry.properties.dtype)
+            else:
+                value = None  # bytes (a number, a string, the config's fields): replaced by what was saved
+            parent = template
+            for name in where[:-1]:
+                parent = parent.setdefault(name, {})
+            parent[where[-1]] = value
+        with warnings.catch_warnings():  # "assuming the intent is to save/load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(template, checkpoint_id=str(path))
+    except (Exception, CheckpointException) as error:  # noqa: BLE001 - a shard missing or cut short
+        # CheckpointException, a BaseException, wraps each rank's error (here one rank's)
+        cause: BaseException = (
+            next(iter(error.failures.values()))[0] if isinstance(error, CheckpointException) else error
+        )
+        first = str(cause).splitlines()[0] if str(cause) else ""
+        raise WeightsError(f"cannot read {path} as a sharded checkpoint: {type(cause).__name__}: {first}") from None
+    return template
