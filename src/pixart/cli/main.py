@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -189,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError, WeightsError) as error:
         print(f"pixart {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left first (`pixart info X | head -3`): quiet, as other tools are
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush would fail again
+        return 1
     except OSError as error:  # a path the user gave: a folder where a file goes, no permission, a full disk
         where = f": {error.filename}" if error.filename else ""
         print(f"pixart {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
