@@ -6,13 +6,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from helpers import randomize_
 from test_dit_init import dit_checkpoint
 
 from pixart.cli import main
 from pixart.model import TINY, PixArt
-from pixart.weights import load_transformer, save_transformer
+from pixart.weights import WeightsError, load_transformer, save_transformer
 from pixart.weights.io import NULL_CAPTION_FILE
 
 
@@ -210,12 +211,14 @@ def test_a_config_the_tensors_contradict_is_refused_before_anything_is_written(t
     (to diffusers) left an empty folder behind a traceback."""
     import dataclasses
 
-    save_transformer(randomize_(PixArt(TINY)), tmp_path / "a.safetensors")
+    # A file that stores no config (a bare state dict): one that does refuses any other (test below)
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "o.pth", to="official")
+    torch.save(torch.load(tmp_path / "o.pth", weights_only=True)["state_dict"], tmp_path / "a.pth")
     contradictions = {"depth": 1, "learn_sigma": False}
     for field, value in contradictions.items():
         (tmp_path / "c.json").write_text(json.dumps({**dataclasses.asdict(TINY), field: value}))
         for to, out in (("pixart", tmp_path / "b.safetensors"), ("diffusers", tmp_path / "d")):
-            args = ["convert", str(tmp_path / "a.safetensors"), "--to", to, "--out", str(out)]
+            args = ["convert", str(tmp_path / "a.pth"), "--to", to, "--out", str(out)]
             assert main([*args, "--config", str(tmp_path / "c.json")]) == 2
             err = capsys.readouterr().err
             assert f"with the architecture of {tmp_path / 'c.json'}" in err and "keys" in err, err
@@ -225,7 +228,7 @@ def test_a_config_the_tensors_contradict_is_refused_before_anything_is_written(t
         main(
             [
                 "convert",
-                str(tmp_path / "a.safetensors"),
+                str(tmp_path / "a.pth"),
                 "--to",
                 "diffusers",
                 "--out",
@@ -446,3 +449,26 @@ def test_info_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert result.stderr == "", result.stderr
     assert result.stdout == "1\n"  # not 0: the output was not all read, as for any tool whose reader left
+
+
+def test_a_config_other_than_the_one_a_file_stores_is_refused(tmp_path, capsys):
+    """The tensors cannot tell a head count: --config 8 heads over a file that stores 4 silently made
+    another model (and wrote it out as such)."""
+    import dataclasses
+
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "m.safetensors")
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "m.pth", to="official")
+    other = dataclasses.replace(TINY, num_heads=TINY.num_heads * 2)
+    (tmp_path / "other.json").write_text(json.dumps(other.to_dict()))
+    (tmp_path / "same.json").write_text(json.dumps(TINY.to_dict()))
+    for source in ("m.safetensors", "m.pth"):
+        command = ["convert", str(tmp_path / source), "--to", "pixart", "--out", str(tmp_path / "x.safetensors")]
+        assert main([*command, "--config", str(tmp_path / "other.json")]) == 2, source
+        error = capsys.readouterr().err
+        assert f"num_heads {other.num_heads} vs {TINY.num_heads}" in error and "drop --config" in error, error
+        assert main(["info", str(tmp_path / source), "--config", str(tmp_path / "other.json")]) == 2, source
+        assert "drop --config" in capsys.readouterr().err
+        assert main(["info", str(tmp_path / source), "--config", str(tmp_path / "same.json")]) == 0, source
+    assert not (tmp_path / "x.safetensors").exists()
+    with pytest.raises(WeightsError, match="config= differs from the architecture"):
+        load_transformer(tmp_path / "m.safetensors", config=other)

@@ -344,12 +344,15 @@ def read_state(
     With check_grid=False an official file's stored pos_embed need not be `config`'s: a training stage at
     another resolution starts from it (the pos_embed is computed, never loaded)."""
     with reading(path):
-        return _read_state(Path(path), use_ema, config, check_grid)
+        config, state, fmt, _ = _read_state(Path(path), use_ema, config, check_grid)
+        return config, state, fmt
 
 
 def _read_state(
     path: Path, use_ema: bool, config: PixArtConfig | None, check_grid: bool = True
-) -> tuple[PixArtConfig, dict[str, torch.Tensor], str]:
+) -> tuple[PixArtConfig, dict[str, torch.Tensor], str, PixArtConfig | None]:
+    """read_state's answer, and the config the file stores (None where it stores none, or `config` is given
+    and what it stores is not a PixArtConfig: another tool's)."""
     refuse_ema_of_one_set(path, use_ema)
     fmt = _detect_format(path)
     if fmt == "dit":
@@ -372,12 +375,15 @@ def _read_state(
                     f"holds both (config.json and {DIFFUSERS_WEIGHTS}), or the weights file beside its config.json"
                 )
             found_config, state = _read_diffusers(folder)
+        stored: PixArtConfig | None = found_config
     elif fmt == "pixart":
         file = path / OURS_IN_FOLDER if path.is_dir() else path
         try:
-            found_config = PixArtConfig.from_dict(json.loads(safetensors_metadata(file)["config"]))
+            stored = found_config = PixArtConfig.from_dict(json.loads(safetensors_metadata(file)["config"]))
         except (ValueError, TypeError) as error:  # fields of another version or tool
-            raise WeightsError(f"{file}: its stored config is not a PixArtConfig: {error}") from None
+            if config is None:
+                raise WeightsError(f"{file}: its stored config is not a PixArtConfig: {error}") from None
+            stored = found_config = None  # config= replaces it
         state = load_file(file)
     else:
         stored = None
@@ -386,7 +392,11 @@ def _read_state(
         else:
             data = load_checkpoint_file(path)
             state = dict(read_official_state(path, use_ema, data))
-            stored = None if config is not None else stored_official_config(data, path)  # --config replaces it
+            try:
+                stored = stored_official_config(data, path)
+            except WeightsError:  # another tool's "config": config= replaces it, else the error says to give one
+                if config is None:
+                    raise
         carried = config or stored
         if carried is not None:  # a config given or carried must compute the stored pos_embed
             if check_grid:
@@ -395,7 +405,9 @@ def _read_state(
         else:  # inferred from the pos_embed itself, so it matches by construction
             found_config = infer_official_config(state)
     state.pop("pos_embed", None)
-    return config or found_config, state, fmt
+    used = config or found_config
+    assert used is not None  # found_config is None only where config was given
+    return used, state, fmt, stored
 
 
 def _check_key_sets(expected: set[str], found: set[str], what: str, shapes: str = "") -> None:
@@ -427,8 +439,19 @@ def read_checked_state(
     path: str | Path, *, use_ema: bool = False, config: PixArtConfig | None = None, config_source: str = ""
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor], str]:
     """read_state, with the tensors checked against the architecture they are read with: a WeightsError
-    naming missing, unexpected and mis-shaped keys (and `config_source`, where `config` came from)."""
-    config, state, fmt = read_state(path, use_ema=use_ema, config=config)
+    naming missing, unexpected and mis-shaped keys (and `config_source`, where `config` came from).
+
+    A `config` other than the one the file stores is refused: the tensors cannot tell a head count (or
+    caption_norm), so the weights would silently become another model; init_from (read_state) may differ."""
+    with reading(path):
+        config, state, fmt, stored = _read_state(Path(path), use_ema, config, True)
+    if stored is not None and config != stored:
+        theirs, ours = stored.to_dict(), config.to_dict()
+        differs = ", ".join(f"{key} {ours[key]} vs {theirs[key]}" for key in ours if ours[key] != theirs.get(key))
+        raise WeightsError(
+            f"{config_source or 'config='} differs from the architecture {path} stores ({differs}): "
+            f"drop {'--config' if config_source else 'config='}, the file says its own"
+        )
     with torch.device("meta"):
         model = PixArt(config)
     given = f" with the architecture of {config_source}" if config_source else ""
