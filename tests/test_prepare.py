@@ -687,11 +687,13 @@ def test_max_length_is_checked_against_the_encoders_positions(model_dirs):
 
 
 def test_every_input_bad_at_listing_writes_the_report_without_loading_models(tmp_path, model_dirs, capsys):
-    rows = ["{broken", json.dumps({"alt": "no path"})]
+    rows = ["{broken", json.dumps({"path": " ", "alt": "an empty path"})]
     (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
     no_models = ("--text-encoder", "/nonexistent")  # loading would fail: the run must stop before
-    assert main(cli_args(tmp_path / "m.jsonl", tmp_path / "out", model_dirs, *no_models)) == 0
-    printed = capsys.readouterr().out
+    # not 0: no dataset was written, and a script going on to pixart train would fail there
+    assert main(cli_args(tmp_path / "m.jsonl", tmp_path / "out", model_dirs, *no_models)) == 1
+    printed, error = capsys.readouterr()
+    assert f"no dataset was written; {tmp_path / 'out' / 'report.json'} says why" in error
     assert "no input could be listed, so the models were not loaded" in printed
     assert "0 samples from 2 inputs" in printed and "m.jsonl:1: bad manifest row" in printed
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -822,3 +824,41 @@ def test_class_labels_of_a_manifest_or_sidecar_are_kept_for_stage_1(tmp_path, mo
     (folder / "a.json").write_text(json.dumps({"alt": "a red circle", "label": 2}))
     prepare(list_inputs(folder), tmp_path / "out2", options(), *models)
     assert FeatureDataset(tmp_path / "out2").labels() == [2]
+
+
+def test_a_manifest_whose_rows_name_no_image_column_is_refused_naming_its_columns(tmp_path, model_dirs, capsys):
+    """Another tool's columns ("img"): prepare ran, said "complete", exited 0 and wrote no dataset. Hugging
+    Face imagefolder's metadata.jsonl (file_name, text) is read as it is."""
+    write_image(tmp_path, "a.png", noise(64, 64, 0), caption=None)
+    rows = [json.dumps({"img": "a.png", "text": "a red square"})]
+    (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
+    assert main(cli_args(tmp_path / "m.jsonl", tmp_path / "out", model_dirs)) == 2
+    error = capsys.readouterr().err
+    assert "no row has an image column (path, image, file_name); its columns are img, text" in error, error
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "hf.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "a red square"}) + "\n")
+    assert main(cli_args(tmp_path / "hf.jsonl", tmp_path / "out", model_dirs)) == 0
+    assert len(FeatureDataset(tmp_path / "out")) == 1
+
+
+def test_whole_number_labels_written_as_floats_are_kept_and_others_are_not():
+    """pandas writes an integer column holding a gap as 3.0: such labels were dropped as not whole."""
+    from pixart.data.sources import class_label_of
+
+    kept = [(3, 3), (3.0, 3), ("3.0", 3), (" 12 ", 12), ("0", 0)]  # pairs: 3 and 3.0 are one dict key
+    for value, label in kept:
+        assert class_label_of({"label": value}) == label and isinstance(class_label_of({"label": value}), int), value
+    for value in (2.5, "2.5", -1, -1.0, "-1", True, "cat", "", None, float("nan"), "3.00"):
+        assert class_label_of({"label": value}) is None, value
+
+
+def test_a_broken_link_named_as_an_image_is_reported_not_left_out(tmp_path, models):
+    """The folder listing kept regular files only: a link whose target is gone vanished without a word."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_image(folder, "a.png", noise(64, 64, 0))
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "gone.txt").write_text("a caption of the lost image")
+    report = prepare(list_inputs(folder), tmp_path / "out", options(), *models).report
+    assert report["samples"] == 1 and report["skip_reasons"] == {UNREADABLE: 1}
+    assert [entry["path"] for entry in report["skipped"]] == ["gone.png"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,4 +165,9 @@ def run(args: argparse.Namespace) -> int:
             report = result.report
             print(f"wrote {len(result.written)} shards; {len(result.already_done)} were done already")
         print(format_summary(report, args.out))
+        if report.get("complete") and not report["samples"]:  # train refuses it: a script must not go on
+            print(
+                f"pixart prepare: error: no dataset was written; {args.out / 'report.json'} says why", file=sys.stderr
+            )
+            return 1
         return 0

@@ -38,7 +38,7 @@ from pixart.data.images import UNREADABLE, ImageSkipped
 DEFAULT_FIELD = "alt"
 ALIASES = ("caption", "text")  # stand-ins for DEFAULT_FIELD in rows that lack it
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-IMAGE_COLUMNS = ("path", "image")
+IMAGE_COLUMNS = ("path", "image", "file_name")  # file_name: Hugging Face imagefolder's metadata.jsonl
 MANIFEST_SUFFIXES = frozenset({".jsonl", ".csv"})
 TAR_SPLIT = re.compile(r"\.tar/", re.IGNORECASE | re.ASCII)  # where a manifest path enters a tar, any case
 
@@ -149,8 +149,11 @@ def class_label_of(row: dict) -> int | None:
         return None
     if isinstance(value, int) and value >= 0:
         return value
-    if isinstance(value, str) and value.strip().isdecimal():
-        return int(value.strip())
+    if isinstance(value, float) and value.is_integer() and value >= 0:  # 3.0: pandas writes an int column so
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().removesuffix(".0")  # "3.0" in a CSV pandas wrote
+        return int(text) if text.isdecimal() else None
     return None
 
 
@@ -241,7 +244,12 @@ def image_files(root: Path) -> list[Path]:
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))  # hidden: not entered
         for name in files:
             path = Path(folder) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".") and path.is_file():
+            # a broken link too: reading it reports it as unreadable, where leaving it out said nothing
+            if (
+                path.suffix.lower() in IMAGE_SUFFIXES
+                and not name.startswith(".")
+                and (path.is_file() or path.is_symlink())
+            ):
                 found.append(path)
     return sorted(found)
 
@@ -437,18 +445,27 @@ def _list_manifest(path: Path) -> Inputs:
     # directory the command runs in, nor on how the manifest's path was written.
     base = Path(os.path.abspath(path.parent))
     named, problems = [], []
+    columns_seen: set[str] = set()  # of the rows that name no image
     for number, row in manifest_rows(path):
         if isinstance(row, Problem):
             problems.append(row)
             continue
         column = image_column(row)
         if column is None:
+            if not any(name in row for name in IMAGE_COLUMNS):  # (one there but empty: a broken row)
+                columns_seen.update(str(name) for name in row)
             columns = " or ".join(IMAGE_COLUMNS)
             problems.append(Problem(f"{path.name}:{number}", BAD_ROW, f"no image column ({columns})"))
             continue
         text = row[column].strip()
         name = _manifest_name(text, base)
         named.append((name, Item(name, resolve_image(text, base), row=row)))
+    if not named and columns_seen:  # no row has an image column: another tool's columns, not broken rows
+        found = sorted(columns_seen)
+        raise InputError(
+            f"{path}: no row has an image column ({', '.join(IMAGE_COLUMNS)}); its columns are "
+            f"{', '.join(found)}: rename the one holding each image's path"
+        )
     items, duplicates = _dedupe(named)
     return Inputs("manifest", base, items, problems + duplicates)
 
