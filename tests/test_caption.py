@@ -518,3 +518,52 @@ def test_a_damaged_tar_is_reported_in_the_skip_list(tmp_path, llava_dir, capsys)
     assert "captioned 2 images now, 0 were done already, 1 skipped" in printed
     assert "00001.tar: damaged tar (unreadable (a.png is cut short))" in printed
     assert "--fields dense ..." in printed  # no alt-text in these shards
+
+
+def test_a_whole_last_row_without_its_newline_is_kept_on_resume(tmp_path):
+    """An editor that saves without a final newline: resume cut the hand-edited last row and captioned its
+    image again; only a row cut mid-line (a killed run) is cut."""
+    folder = image_folder(tmp_path / "in", n=3)
+    out = tmp_path / "dense.jsonl"
+    inputs = list_inputs(folder)
+    caption_inputs(inputs, out, FakeCaptioner(), CaptionOptions(batch_size=2, progress=False, stop_after=1))
+    rows = read_rows(out)
+    rows[-1]["dense"] = "HAND EDITED"
+    out.write_text("\n".join(json.dumps(row) for row in rows))  # no newline after the last row
+    fake = FakeCaptioner()
+    again = caption_inputs(inputs, out, fake, CaptionOptions(batch_size=2, progress=False))
+    assert (again.already_done, again.written, fake.batches) == (2, 1, [1])
+    assert [row["dense"] for row in read_rows(out)][1] == "HAND EDITED"
+    assert [row["path"] for row in read_rows(out)] == [f"in/{i}.png" for i in range(3)]
+
+
+def test_out_is_checked_and_a_finished_or_empty_input_loads_no_model(tmp_path, unloadable_model, capsys):
+    """--out was checked only once the model had loaded (minutes, for a 7B model); a rerun with nothing left
+    to caption loaded it too; an --out that another tool wrote was answered with a --field itself refused."""
+    source = manifest(tmp_path)
+    (tmp_path / "taken").write_text("a file where --out's folder goes")
+    command = ["caption", str(source), "--model", str(unloadable_model)]
+    for out, message in (
+        (
+            tmp_path / "taken" / "dense.jsonl",
+            f"--out {tmp_path / 'taken' / 'dense.jsonl'}: {tmp_path / 'taken'} is a file",
+        ),
+        (tmp_path / "folder.jsonl", f"--out {tmp_path / 'folder.jsonl'} is a folder"),
+    ):
+        (tmp_path / "folder.jsonl").mkdir(exist_ok=True)
+        assert main([*command, "--out", str(out)]) == 2, out
+        error = capsys.readouterr().err
+        assert message in error and len(error.strip().splitlines()) == 1, error
+    # Everything captioned already (by a fake here): the unloadable model is never loaded
+    out = tmp_path / "dense.jsonl"
+    caption_inputs(list_inputs(source), out, FakeCaptioner(), CaptionOptions(progress=False))
+    assert main([*command, "--out", str(out)]) == 0
+    assert "every one of the 2 images is captioned already; the model was not loaded" in capsys.readouterr().out
+    # An img2dataset manifest as --out: its rows end in 'caption', which no caption run writes
+    assert main([*command, "--out", str(source)]) == 2
+    error = capsys.readouterr().err
+    assert "it is not a pixart caption output: choose another --out" in error and "--field alt" not in error
+    # A manifest none of whose rows can be listed: one line, no model
+    (tmp_path / "bad.jsonl").write_text('{"path": " "}\n')
+    assert main(["caption", str(tmp_path / "bad.jsonl"), "--model", str(unloadable_model)]) == 2
+    assert "no input can be captioned (1 left out; the first, bad.jsonl:1: bad manifest row" in capsys.readouterr().err

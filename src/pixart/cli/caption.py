@@ -135,7 +135,7 @@ def prepare_fields(out: Path, field_name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixart.cli.main import UserError
+    from pixart.cli.main import UserError, check_writable_folder
 
     if args.stats:
         return run_stats(args)
@@ -143,15 +143,35 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pixart.data.caption import CaptionError, LlavaCaptioner, caption_inputs, default_output, resume_point
+    from pixart.data.caption import (
+        CaptionError,
+        LlavaCaptioner,
+        caption_inputs,
+        default_output,
+        pending,
+        resume_point,
+    )
     from pixart.data.sources import InputError
 
     out = Path(args.out or default_output(args.input, args.field))
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; the captions go to a .jsonl file: name one")
+    check_writable_folder(out.parent, "--out", out)  # a file in the way, a read-only disk: before the model loads
     try:
         done = resume_point(out, args.field)  # rows of another field there: refused before the listing and the model
     except (CaptionError, InputError) as error:
         raise UserError(str(error)) from error
     inputs = list_or_refuse(args.input)
+    if not inputs.items:  # each one left out while listing (bad rows, duplicates, a damaged tar)
+        first = inputs.problem_entries()[0]
+        raise UserError(
+            f"{args.input}: no input can be captioned ({len(inputs.problem_entries())} left out; the first, "
+            f"{first['path']}: {first['reason']}, {first['message']})"
+        )
+    if not pending(inputs, out, done):  # a rerun of a finished run, say: no need to load a 7B model
+        print(f"{out}: every one of the {len(inputs.items)} images is captioned already; the model was not loaded")
+        print(f"next: pixart prepare {out} --fields {prepare_fields(out, args.field)} ...")
+        return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("float32" if device == "cpu" else "float16"))
     torch.manual_seed(args.seed)

@@ -172,13 +172,24 @@ def default_output(input_path: str | Path, field_name: str = "dense") -> Path:
 
 
 def _repair_tail(out: Path) -> None:
-    """Cut a half-written last line (a killed run), so appended rows start on a line of their own."""
+    """Cut a half-written last line (a killed run), so appended rows start on a line of their own; a whole
+    last row without its newline (a hand edit saved by an editor that leaves it off) is ended instead."""
     if not out.is_file() or out.stat().st_size == 0:
         return
     data = out.read_bytes()
-    if not data.endswith(b"\n"):
-        with open(out, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
+    if data.endswith(b"\n"):
+        return
+    tail = data[data.rfind(b"\n") + 1 :]
+    try:
+        whole = isinstance(json.loads(tail), dict)
+    except ValueError:  # cut mid-row (or mid-character)
+        whole = False
+    with open(out, "r+b") as f:
+        if whole:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(len(data) - len(tail))
 
 
 def captioned(out: Path, field_name: str) -> set[str]:
@@ -202,12 +213,29 @@ def captioned(out: Path, field_name: str) -> set[str]:
             others[written_for] = others.get(written_for, 0) + 1
     if others:
         found = ", ".join(f"{count} for {name!r}" for name, count in others.items())
-        resume = f"--field {next(iter(others))}" if len(others) == 1 else "the --field they were written for"
-        raise CaptionError(
-            f"--out {out} holds rows written for another field than {field_name!r} ({found}); "
-            f"caption {field_name!r} into another --out, or pass {resume} to resume it"
-        )
+        if len(others) == 1 and _can_hold_captions(written_for := next(iter(others))):
+            advice = f"caption {field_name!r} into another --out, or pass --field {written_for} to resume it"
+        elif len(others) == 1:  # its rows end in a field no caption run writes: another tool's manifest
+            advice = "it is not a pixart caption output: choose another --out"
+        else:
+            advice = f"caption {field_name!r} into another --out, or pass the --field they were written for"
+        raise CaptionError(f"--out {out} holds rows written for another field than {field_name!r} ({found}); {advice}")
     return done
+
+
+def _can_hold_captions(name: str) -> bool:
+    try:
+        check_field(name)
+    except CaptionError:
+        return False
+    return True
+
+
+def pending(inputs: Inputs, out: Path, done: set[str]) -> list[tuple[Item, str]]:
+    """(item, its path as the new manifest writes it) of each input `done` (resume_point's) lacks, in order."""
+    base = out.parent.resolve()
+    located = [(item, item.image.location(base)) for item in inputs.items]
+    return [(item, location) for item, location in located if os.path.normpath(location) not in done]
 
 
 def resume_point(out: Path, field_name: str) -> set[str]:
@@ -254,12 +282,7 @@ def caption_inputs(
     out.parent.mkdir(parents=True, exist_ok=True)
     if done is None:
         done = resume_point(out, options.field)
-    base = out.parent.resolve()
-    todo = []
-    for item in inputs.items:
-        location = item.image.location(base)
-        if os.path.normpath(location) not in done:
-            todo.append((item, location))
+    todo = pending(inputs, out, done)
     result = CaptionResult(already_done=len(inputs.items) - len(todo))
     batches = 0
     with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), unit="img", disable=not options.progress) as bar:
