@@ -93,3 +93,23 @@ def test_no_progress_in_a_fresh_process_gives_the_bars_back_without_a_warning():
     env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [("prepare", "; rerun the same command to continue (finished shards are kept)"), ("generate", "")],
+)
+def test_ctrl_c_is_one_line_saying_what_a_rerun_does(monkeypatch, capsys, command, hint):
+    """Ctrl-C in prepare printed a traceback though its shards were safe and a rerun resumes."""
+    import importlib
+
+    module = importlib.import_module(f"pixart.cli.{command}")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "run", interrupted)
+    given = ["x", "--out", "o", "--resolution", "256"] if command == "prepare" else ["--model", "m", "--out", "o"]
+    assert main([command, *given]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == f"pixart {command}: interrupted{hint}", err

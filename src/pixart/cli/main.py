@@ -172,6 +172,15 @@ def _transformers_bars(on: bool | None = None) -> bool:
     return transformers_logging.is_progress_bar_enabled()
 
 
+# What a rerun does after Ctrl-C, for the commands that keep their work as they go
+AFTER_AN_INTERRUPT = {
+    "prepare": "; rerun the same command to continue (finished shards are kept)",
+    "caption": "; rerun the same command to continue (the captions written are kept)",
+    "train": "; rerun the same command to continue from the last checkpoint",
+    "demo": "; rerun the same command to continue",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         # A file name that is not valid UTF-8 holds lone surrogates, which a strict UTF-8 stream refuses:
@@ -190,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError, WeightsError) as error:
         print(f"pixart {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C where a command does not catch it itself: one line, not a traceback
+        print(f"\npixart {args.command}: interrupted{AFTER_AN_INTERRUPT.get(args.command, '')}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
     except BrokenPipeError:  # the reader left first (`pixart info X | head -3`): quiet, as other tools are
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush would fail again
         return 1
