@@ -802,3 +802,14 @@ def test_bare_weights_of_a_minilm_model_run_with_the_minilm_folder_given(tmp_pat
     settings = Settings(steps=2)
     red, blue = (pipe.generate([p], settings, seed=1, progress=False)[0] for p in ("a red circle", "a blue square"))
     assert red.image.size == (32, 32) and not np.array_equal(pixels_of(red), pixels_of(blue))  # the prompt counts
+
+
+def test_a_model_json_allowing_longer_prompts_than_the_null_caption_cuts_them_with_a_warning(tmp_path, capsys):
+    """text_max_length 120 (model.json's default) over a model whose learned null caption has 16 tokens: a
+    prompt of more than 16 tokens failed mid-generation ("longer than the learned null caption")."""
+    pipe = TextToImage.from_path(learned_null_folder(tmp_path))  # TINY: a 16-token null caption
+    assert pipe.spec.text_max_length == TINY.max_length
+    prompt = "a small red circle on the left and a large blue square on the right of a green field at dusk"
+    image = pipe.generate([prompt], Settings(steps=2), progress=False)[0].image
+    assert image.size[0] > 0
+    assert "tokens were dropped" in capsys.readouterr().err

@@ -300,4 +300,8 @@ def load_components(
             # diffusers weights carry no learned null caption (it loads as zeros): guide against the encoded
             # empty prompt and send the exact aspect ratio, as diffusers' pipeline does with these weights
             spec = dataclasses.replace(spec, **AS_DIFFUSERS)
+    elif spec.null_caption == "learned" and spec.text_max_length > transformer.config.max_length:
+        # A model.json written by hand: guidance cuts the learned null caption to each prompt's length, so a
+        # longer prompt failed mid-generation. Cut to the null caption, each cut prompt is warned about.
+        spec = dataclasses.replace(spec, text_max_length=transformer.config.max_length)
     return spec, transformer, text_folder, tokenizer, codec_folder, scheduler
