@@ -28,10 +28,11 @@ from pixart.encoders.text import MiniLMEncoder
 from pixart.files import temporary_path, text_lines
 from pixart.model.dit import DiTConfig
 from pixart.recipes import RECIPES, get_recipe
-from pixart.train import loop
+from pixart.train import checks, loop
 from pixart.train import step as train_step
+from pixart.train.errors import TrainingError
 from pixart.train.init import build_model
-from pixart.train.loop import TrainingError, train
+from pixart.train.loop import train
 from pixart.train.metrics import read_metrics
 from pixart.weights import load_transformer
 from pixart.weights.io import FINAL, FINAL_EMA
@@ -703,7 +704,7 @@ def test_a_preview_step_count_the_sampler_cannot_take_is_refused_before_any_work
     with pytest.raises(TrainingError, match="sample_steps=1000: sampler 'dpm-solver\\+\\+' cannot take 1000 steps"):
         train(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
-    loop.check_preview_steps(config_io.apply_overrides(config, ["previews=false"]))  # no previews: unused
+    checks.check_preview_steps(config_io.apply_overrides(config, ["previews=false"]))  # no previews: unused
 
 
 def test_bad_overrides_are_rejected_before_any_work(tmp_path, capsys):
@@ -733,7 +734,11 @@ def test_every_recipe_passes_dry_run(recipe, capsys):
 
 
 def test_paper_stages_use_official_hyper_parameters():
-    for name in ("stage1-class-256", "stage2-t2i-256", "stage3-aesthetic-512", "stage3-aesthetic-1024"):
+    """The text-to-image stages PixArt's; stage 1 (the paper's released DiT) DiT's train.py's."""
+    dit = get_recipe("stage1-class-256").optim
+    assert (dit.lr, dit.auto_lr, dit.weight_decay, dit.eps, dit.warmup_steps) == (1e-4, False, 0.0, 1e-8, 0)
+    assert (dit.grad_clip, dit.ema_decay, dit.beta1, dit.beta2) == (math.inf, 0.9999, 0.9, 0.999)
+    for name in ("stage2-t2i-256", "stage3-aesthetic-512", "stage3-aesthetic-1024"):
         c = get_recipe(name)
         assert (c.optim.lr, c.optim.weight_decay, c.optim.eps, c.optim.warmup_steps) == (2e-5, 0.03, 1e-10, 1000)
         assert (c.optim.grad_clip, c.optim.ema_decay, c.optim.auto_lr, c.gradient_checkpointing) == (
@@ -766,7 +771,7 @@ def test_stage1_class_dit_then_stage2_by_reparameterisation(shapes_data, tmp_pat
 def test_buckets_smaller_than_a_steps_batch_are_said_to_train_never(capsys):
     """A step's batch comes from one bucket across all ranks and partial batches are dropped: a bucket of
     3 samples under batch 2 x 2 ranks never trained, while the start line counted its samples."""
-    from pixart.train.loop import warn_of_untrained_buckets
+    from pixart.train.checks import warn_of_untrained_buckets
 
     buckets = ["1.0"] * 12 + ["0.5"] * 3 + ["2.0"] * 1
     warn_of_untrained_buckets(buckets, step_batch=4)
@@ -836,10 +841,10 @@ def test_a_run_is_resumed_only_by_as_many_processes_as_trained_it(tmp_path):
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "config.json").write_text(config_io.to_json(config))
     (run_dir / "checkpoints" / "step-0000010.pt").write_bytes(b"")
-    (run_dir / loop.WORLD_FILE).write_text('{"world_size": 2}')
-    loop.check_run_config(config, run_dir, world_size=2)  # the same count resumes
+    (run_dir / checks.WORLD_FILE).write_text('{"world_size": 2}')
+    checks.check_run_config(config, run_dir, world_size=2)  # the same count resumes
     with pytest.raises(TrainingError, match=r"trained by 2 process\(es\), and this is 1: resume it with 2"):
-        loop.check_run_config(config, run_dir, world_size=1)
+        checks.check_run_config(config, run_dir, world_size=1)
 
 
 def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path):

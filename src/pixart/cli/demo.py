@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pixart.cli.main import UserError
     from pixart.demo import DemoError, run_demo
-    from pixart.train.loop import TrainingError
+    from pixart.train.errors import TrainingError
 
     if args.quick and args.minutes is not None:
         raise UserError("--minutes sets the full demo's budget; --quick is a fixed smoke run: give one of them")

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as error:
         raise UserError(str(error)) from error
     if args.dry_run:
-        from pixart.train.loop import TrainingError, check_preview_steps
+        from pixart.train.checks import check_preview_steps
+        from pixart.train.errors import TrainingError
 
         try:  # the check a real run makes before its folder: a dry run that passes must start
             check_preview_steps(config)
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
     from pixart.cli.main import removed_if_left_empty
-    from pixart.train.loop import TrainingError, train
+    from pixart.train.errors import TrainingError
+    from pixart.train.loop import train
 
     main_rank = int(os.environ.get("RANK", "0")) == 0  # which makes the folder (two removing it would race)
     try:

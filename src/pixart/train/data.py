@@ -14,6 +14,7 @@ from pixart.model.dit import DiT
 from pixart.model.pixart import PixArt
 from pixart.train.config import TrainConfig
 from pixart.train.distributed import World, barrier
+from pixart.train.errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,6 @@ class LatentScaling:
         """What the data must be for this model, known before the first step: latent channels, caption
         width and length, and a latent grid the patch size divides for each bucket training reads: those
         with `min_samples` (a global batch) or more, as the bucket sampler drops the others' partial batches."""
-        from pixart.train.loop import TrainingError
-
         if model.config.in_channels != self.latent_channels:
             raise TrainingError(
                 f"the data has {self.latent_channels} latent channels but the model takes "
@@ -89,8 +88,6 @@ def check_class_labels(labels: list[int], num_classes: int) -> None:
     whole number; without this check an unlabelled sample failed at the first step with an index error, on
     CUDA a device-side assert.
     """
-    from pixart.train.loop import TrainingError
-
     bad = [label for label in labels if not 0 <= label < num_classes]
     if bad:
         raise TrainingError(

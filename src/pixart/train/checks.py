@@ -1,0 +1,108 @@
+"""What a run checks before it trains: that a resume continues the same run (config, process count,
+data), that the run folder and the file system hold what the config needs, and which buckets never train.
+Each refusal is a TrainingError whose message says what to do."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from pixart import config as config_io
+from pixart.diffusion.schedulers import check_steps, default_sampler
+from pixart.files import write_json
+from pixart.train import checkpoint as ckpt
+from pixart.train.config import TrainConfig
+from pixart.train.data import check_built_data_folder
+from pixart.train.errors import TrainingError
+from pixart.train.init import resolve_init_path
+
+# Settings that may change between a run and its resumption; anything else must match config.json.
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "data.num_workers"}
+DATA_FILE = "data.json"  # {"samples": N}: the dataset size the run's checkpoints index into
+WORLD_FILE = "world.json"  # {"world_size": N}: the process count the run's checkpoints were written by
+
+
+def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) -> None:
+    """Refuse to resume a run under another config or process count; a run that never checkpointed has
+    nothing to resume. The process count matters: data.batch_size is per rank, so the global batch (and
+    with auto_lr the learning rate) and the checkpoint's place in the data depend on it."""
+    saved = run_dir / "config.json"
+    if not saved.is_file() or not ckpt.list_checkpoints(run_dir):
+        return
+    world_file = run_dir / WORLD_FILE
+    if world_file.is_file():  # runs from before it was recorded are not checked
+        trained_by = json.loads(world_file.read_text())["world_size"]
+        if trained_by != world_size:
+            raise TrainingError(
+                f"{run_dir} was trained by {trained_by} process(es), and this is {world_size}: resume it with "
+                f"{trained_by} (torchrun --nproc_per_node), or use a new --run-dir"
+            )
+    previous = config_io.from_dict(TrainConfig, json.loads(saved.read_text()))
+    changes = [c for c in config_io.diff(previous, config) if c.split(":")[0] not in RESUMABLE_CHANGES]
+    if changes:
+        raise TrainingError(
+            f"{run_dir} holds a run with another config; use a new --run-dir or the same "
+            f"settings. Differences: {'; '.join(changes)}"
+        )
+
+
+def check_or_record_data(run_dir: Path, samples: int, *, resuming: bool, record: bool) -> None:
+    """Record how many samples the run trains on, or refuse to resume on another count: a checkpoint's
+    place in the data (epoch, position) would then point at other samples. (Changing data.root is refused
+    with the config; this catches the data changing in place.)"""
+    path = run_dir / DATA_FILE
+    if resuming and path.is_file():  # runs from before it was recorded are not checked
+        trained_on = json.loads(path.read_text())["samples"]
+        if trained_on != samples:
+            raise TrainingError(
+                f"{run_dir} was trained on {trained_on} samples and its data now holds {samples}: resume it on "
+                "the same data, or train the changed data in a new --run-dir"
+            )
+    elif not resuming and record:
+        write_json(path, {"samples": samples}, indent=None)
+
+
+def check_preview_steps(config: TrainConfig) -> None:
+    """Refuse a preview step count the preview sampler cannot take before any work: it would stop the run
+    at its first preview (dpm-solver++ at 1000 steps). Here, not in TrainConfig: it needs diffusers, and
+    the config's answer must not depend on the order of --set options."""
+    if not config.previews:
+        return
+    try:
+        check_steps(default_sampler(config.diffusion.objective), config.sample_steps)
+    except ValueError as error:
+        raise TrainingError(f"sample_steps={config.sample_steps}: {error}") from None
+
+
+def check_start(config: TrainConfig, run_dir: Path) -> None:
+    """What the run folder and the file system must hold for this config, checked before any work."""
+    saved = ckpt.list_checkpoints(run_dir)
+    if saved and saved[-1][0] > config.steps:  # training cannot be undone: the run is past the goal
+        raise TrainingError(
+            f"{run_dir} already trained to step {saved[-1][0]}, past steps={config.steps}; give --steps "
+            f"{saved[-1][0]} or more to continue it, or use a new --run-dir"
+        )
+    if config.init_from and not saved:  # a resume does not read it
+        try:
+            resolve_init_path(config.init_from)
+        except FileNotFoundError as error:
+            raise TrainingError(str(error)) from None
+    try:
+        check_built_data_folder(config, run_dir)
+    except FileExistsError as error:
+        raise TrainingError(str(error)) from None
+
+
+def warn_of_untrained_buckets(buckets: list[str], step_batch: int) -> None:
+    """Every rank draws a step's batch from one bucket and a partial batch is dropped (as officially), so a
+    bucket with fewer samples than a step's batch across ranks never trains: said, not done silently."""
+    small = {key: n for key, n in sorted(Counter(buckets).items()) if n < step_batch}
+    if small:
+        listed = ", ".join(f"{key} ({n})" for key, n in small.items())
+        print(
+            f"[pixart train] warning: {sum(small.values())} of {len(buckets)} samples are never trained: the "
+            f"bucket(s) {listed} hold fewer than a step's batch ({step_batch} across ranks); lower "
+            "data.batch_size, or add images of those shapes",
+            flush=True,
+        )
