@@ -862,3 +862,18 @@ def test_a_broken_link_named_as_an_image_is_reported_not_left_out(tmp_path, mode
     report = prepare(list_inputs(folder), tmp_path / "out", options(), *models).report
     assert report["samples"] == 1 and report["skip_reasons"] == {UNREADABLE: 1}
     assert [entry["path"] for entry in report["skipped"]] == ["gone.png"]
+
+
+def test_a_tar_member_stored_as_a_hard_link_is_read_as_its_target(tmp_path):
+    """tar stores a second name of the same file as a link with no data: such images were left out silently."""
+    image = png_bytes(noise(64, 64, 0))
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        add_member(tar, "a.png", image)
+        add_member(tar, "a.txt", b"a first caption")
+        link = tarfile.TarInfo("b.png")
+        link.type, link.linkname = tarfile.LNKTYPE, "a.png"
+        tar.addfile(link)
+        add_member(tar, "b.txt", b"a second caption")
+    inputs = list_inputs(tmp_path / "shard.tar")
+    assert [item.name for item in inputs.items] == ["shard.tar/a.png", "shard.tar/b.png"] and not inputs.problems
+    assert [item.image.read() for item in inputs.items] == [image, image]

@@ -295,6 +295,9 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[dict[str, list[tar
                     return index, _damage(info.name, last)
                 if info.isfile():
                     index.setdefault(info.name, []).append(info)
+                elif info.islnk() and info.linkname in index:  # tar stores a file's second name as a link
+                    target = index[info.linkname][-1]  # an earlier member: the link has no data of its own
+                    index.setdefault(info.name, []).append(target.replace(name=info.name, deep=False))
                 last = info.name
             # tarfile ends quietly at a cut or broken header after the first: a whole tar ends in a zero block.
             with open(path, "rb") as f:
