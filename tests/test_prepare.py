@@ -877,3 +877,41 @@ def test_a_tar_member_stored_as_a_hard_link_is_read_as_its_target(tmp_path):
     inputs = list_inputs(tmp_path / "shard.tar")
     assert [item.name for item in inputs.items] == ["shard.tar/a.png", "shard.tar/b.png"] and not inputs.problems
     assert [item.image.read() for item in inputs.items] == [image, image]
+
+
+def test_a_rerun_redoes_the_shards_whose_captions_were_edited_and_only_those(tmp_path, models, monkeypatch):
+    """A rerun after editing captions said "every shard is done" and kept the old captions' features."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(8):  # two shards of four
+        write_image(folder, f"{i}.png", noise(64, 64, i), caption=f"a red circle number {i}")
+    out = tmp_path / "out"
+    assert prepare(list_inputs(folder), out, options(), *models).written == [0, 1]
+    untouched = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-00000*")}
+    (folder / "6.txt").write_text("a blue square, edited")  # shard 1
+    rerun = prepare(list_inputs(folder), out, options(), *models)
+    assert (rerun.written, rerun.already_done) == ([1], [0])
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-00000*")} == untouched
+    data = FeatureDataset(out)
+    captions = {data.record(i)["source"]: data.record(i)["captions"]["alt"] for i in range(len(data))}
+    assert captions["6.png"] == "a blue square, edited" and captions["5.png"] == "a red circle number 5"
+    # the redone shard equals a fresh prepare of the edited inputs
+    prepare(list_inputs(folder), tmp_path / "fresh", options(), *models)
+    assert visible_files(out) == visible_files(tmp_path / "fresh")
+    assert prepare(list_inputs(folder), out, options(), *models).written == []  # and nothing more to do
+
+    # Killed while redoing a shard (after its old files left, before the new ones came): never the old one
+    (folder / "1.txt").write_text("a green triangle, edited")
+    import pixart.data.prepare as prepare_module
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "prepare_shard", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(list_inputs(folder), out, options(), *models)
+    monkeypatch.undo()
+    assert not (out / "shard-00000.safetensors").exists()
+    assert prepare(list_inputs(folder), out, options(), *models).written == [0]
+    data = FeatureDataset(out)
+    assert {data.record(i)["captions"]["alt"] for i in range(len(data))} >= {"a green triangle, edited"}

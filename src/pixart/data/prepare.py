@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from pixart.data.buckets import bucket_table, closest_bucket
+from pixart.data.fingerprint import REPORT_KEY as FINGERPRINT_KEY
+from pixart.data.fingerprint import captions_fingerprint
 from pixart.data.images import TOO_SMALL, ImageSkipped, check_aspect, check_size, load_rgb, resize_cover_crop
 from pixart.data.shards import (
     DATASET_FILE,
@@ -142,8 +144,27 @@ def my_shards(inputs: Inputs, options: PrepareOptions) -> list[int]:
 
 
 def pending_shards(inputs: Inputs, out: str | Path, options: PrepareOptions) -> list[int]:
-    """This process's shards that are not finished yet (what `prepare` would compute)."""
-    return [i for i in my_shards(inputs, options) if not shard_done(Path(out), i)]
+    """This process's shards that are not finished yet, or whose inputs' captions or labels were edited
+    since they were (what `prepare` computes)."""
+    out = Path(out)
+    return [
+        i
+        for i in my_shards(inputs, options)
+        if not (shard_done(out, i) and _captions_unchanged(out, inputs, options, i))
+    ]
+
+
+def _captions_unchanged(out: Path, inputs: Inputs, options: PrepareOptions, index: int) -> bool:
+    recorded = (_read_json(report_path(out, index)) or {}).get(FINGERPRINT_KEY)
+    # a shard from before the fingerprint was kept is taken as it is: it cannot tell
+    return recorded is None or recorded == captions_fingerprint(shard_items(inputs, options, index))
+
+
+def _set_aside_for_a_redo(out: Path, index: int) -> None:
+    """A finished shard whose captions changed leaves the finished ones first (tensors, then records and
+    report), so that a kill before its redo is written leaves it pending, never the old one as current."""
+    for path in (out / f"{shard_name(index)}.safetensors", out / f"{shard_name(index)}.jsonl", report_path(out, index)):
+        path.unlink(missing_ok=True)
 
 
 # --- dataset.json ---
@@ -390,7 +411,7 @@ def prepare(
         raise PrepareError(f"the {options.resolution} px buckets are not multiples of the codec's {codec.downsample}")
     check_or_write_info(out, dataset_info(inputs, options, codec, text_encoder))
     mine = my_shards(inputs, options)
-    pending = [i for i in mine if not shard_done(out, i)]
+    pending = pending_shards(inputs, out, options)
     total = sum(len(shard_items(inputs, options, i)) for i in pending)
     written: list[int] = []
     with tqdm(total=total, unit="img", desc=f"prepare {out.name}", disable=not options.progress) as bar:
@@ -398,11 +419,12 @@ def prepare(
             if options.stop_after is not None and len(written) >= options.stop_after:
                 return PrepareResult(written, [i for i in mine if i not in pending], {})
             bar.set_postfix_str(shard_name(index))
-            samples, report = prepare_shard(
-                shard_items(inputs, options, index), options, codec, text_encoder, on_item=lambda: bar.update()
-            )
+            items = shard_items(inputs, options, index)
+            fingerprint = captions_fingerprint(items)
+            _set_aside_for_a_redo(out, index)  # nothing there, unless its captions were edited
+            samples, report = prepare_shard(items, options, codec, text_encoder, on_item=lambda: bar.update())
             # The report first: a shard that exists always has one, and an empty shard is finished by it.
-            write_json(report_path(out, index), {"shard": index, **report}, indent=1)
+            write_json(report_path(out, index), {"shard": index, FINGERPRINT_KEY: fingerprint, **report}, indent=1)
             if samples:
                 write_shard(out, index, samples, options.fields)
             written.append(index)

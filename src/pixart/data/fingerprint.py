@@ -1,0 +1,24 @@
+"""What a shard's captions and labels were made from, as one hash: a rerun of `pixart prepare` redoes the
+shards whose inputs' captions or labels were edited since (their images are not re-read for it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pixart.data.sources import Item
+
+REPORT_KEY = "captions_fingerprint"  # where a shard's report keeps it
+
+
+def captions_fingerprint(items: list[Item]) -> str:
+    """A hash of each item's name and every caption field and label it has now (a manifest row's, its
+    caption files'), and of which caption files cannot be read. Caption files are small: reading them all
+    on a rerun costs little next to encoding one shard."""
+    digest = hashlib.sha256()
+    for item in items:
+        fields, problems = item.readable_fields()
+        record = [item.name, fields, sorted(problem.reason for problem in problems)]
+        # ASCII escapes: names and captions that are not valid UTF-8 hold lone surrogates
+        digest.update(json.dumps(record, sort_keys=True, default=repr).encode("ascii") + b"\n")
+    return digest.hexdigest()
