@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
 
 
-def test_generate_command_on_a_diffusers_folder_is_reproducible(pipeline_folder, tmp_path):
+def test_generate_command_on_a_diffusers_folder_is_reproducible(pipeline_folder, tmp_path, monkeypatch):
     args = [
         "generate",
         "a red circle",
@@ -66,9 +67,12 @@ def test_generate_command_on_a_diffusers_folder_is_reproducible(pipeline_folder,
     assert meta["dtype"] == "float32"  # a bf16 transformer draws another image from the same seed
     sidecar = json.loads(image.with_suffix(".json").read_text())
     assert sidecar == meta
-    assert main([*args, "--out", str(tmp_path / "b"), "--batch", "1"]) == 0  # other batching, same pixels
+    monkeypatch.chdir(pipeline_folder.parent)  # --model as typed relative to here: recorded absolute
+    relative = [pipeline_folder.name if arg == str(pipeline_folder) else arg for arg in args]
+    assert main([*relative, "--out", str(tmp_path / "b"), "--batch", "1"]) == 0  # other batching, same pixels
     for a in (tmp_path / "a").glob("0*.png"):
         assert np.array_equal(pixels(a), pixels(tmp_path / "b" / a.name)), a.name
+    assert json.loads((tmp_path / "b" / image.name).with_suffix(".json").read_text())["model"] == str(pipeline_folder)
 
 
 @pytest.mark.parametrize(("negative", "cfg"), [("", 4.5), ("a blurry photo", 4.5), ("", 0.5)])
@@ -630,7 +634,8 @@ def test_every_option_that_changes_the_pixels_goes_into_the_sidecar():
     plain = parser.parse_args(["a cat", "--model", "m", "--out", "o"])
     assert remake_inputs(plain) == {}
     given = parser.parse_args(["a cat", "--model", "m", "--out", "o", "--vae", "v", "--text-encoder", "t", "--t5-8bit"])
-    assert remake_inputs(given) == {"vae": "v", "text_encoder": "t", "t5_8bit": True}
+    absolute = {"vae": os.path.abspath("v"), "text_encoder": os.path.abspath("t")}  # sidecars outlive the cwd
+    assert remake_inputs(given) == {**absolute, "t5_8bit": True}
     tiled = parser.parse_args(["a cat", "--model", "m", "--out", "o", "--vae-tiling"])
     assert remake_inputs(tiled) == {"vae_tiling": True}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -122,7 +123,12 @@ def remake_inputs(args: argparse.Namespace) -> dict:
         "t5_8bit": args.t5_8bit or None,
         "vae_tiling": args.vae_tiling or None,
     }
-    return {key: str(value) if isinstance(value, Path) else value for key, value in given.items() if value is not None}
+    # absolute: a sidecar read from another folder (or the image moved) must still name the same files
+    return {
+        key: os.path.abspath(value) if isinstance(value, Path) else value
+        for key, value in given.items()
+        if value is not None
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
             )
         except GenerationError as error:
             raise UserError(str(error)) from error
-        paths = write_images(results, args.out, model=str(args.model), extra=remake_inputs(args))
+        paths = write_images(results, args.out, model=os.path.abspath(args.model), extra=remake_inputs(args))
         first = results[0].settings
         print(
             f"wrote {len(paths)} image(s) to {args.out} in {time.time() - started:.1f}s "

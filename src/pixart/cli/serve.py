@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
             pipe.text_encoder  # noqa: B018 -- load it now, so the first request is as fast as the others
             # what pixart generate records besides the model, so an image from the page can be made again
             given = (("vae", args.vae), ("text_encoder", args.text_encoder))
-            extra = {key: str(path) for key, path in given if path}
-            page = build_app(pipe, out, model_name=str(model), extra=extra or None)
+            extra = {key: os.path.abspath(path) for key, path in given if path}  # as pixart generate records them
+            page = build_app(pipe, out, model_name=os.path.abspath(model), extra=extra or None)
         except GenerationError as error:
             raise UserError(str(error)) from error
     page.queue(default_concurrency_limit=1)
