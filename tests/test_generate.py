@@ -673,14 +673,24 @@ def test_trainer_weights_say_how_they_sample(tmp_path, capsys):
         == 0
     )
     assert load_components(tmp_path / "c.safetensors", **folders)[0].objective == "flow"
-    # the official layout has no room for it: said, not dropped silently (it sampled as an eps model)
-    capsys.readouterr()
-    assert (
-        main(["convert", str(tmp_path / "flow.safetensors"), "--to", "official", "--out", str(tmp_path / "o.pth")]) == 0
-    )
-    assert "trained with the flow objective (flow shift 2.0), which the official layout has no place" in (
-        capsys.readouterr().err
-    )
+    # the official and diffusers layouts keep it where their own readers never look (they sampled as eps
+    # models), and the warning says those readers would still sample an eps model
+    for to, out, where in (("official", "o.pth", "its 'sampling' entry"), ("diffusers", "d", "pixart_sampling.json")):
+        capsys.readouterr()
+        assert main(["convert", str(tmp_path / "flow.safetensors"), "--to", to, "--out", str(tmp_path / out)]) == 0
+        assert f"trained with the flow objective (flow shift 2.0): pixart generate reads that from {where}" in (
+            capsys.readouterr().err
+        )
+        spec = load_components(tmp_path / out, **folders)[0]
+        assert (spec.objective, spec.sampler, spec.flow_shift, spec.shift_base_tokens) == (
+            "flow",
+            "flow-dpm-solver",
+            2.0,
+            64,
+        )
+    # and converted back to our layout, it still says so
+    assert main(["convert", str(tmp_path / "d"), "--to", "pixart", "--out", str(tmp_path / "back.safetensors")]) == 0
+    assert load_components(tmp_path / "back.safetensors", **folders)[0].objective == "flow"
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def convert(args: argparse.Namespace) -> int:
     from pixart.modelfolder import sampling_record
     from pixart.weights import detect_format, save_transformer
     from pixart.weights.dit_init import dit_to_pixart
-    from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit
+    from pixart.weights.io import SAMPLING_FILE, SAMPLING_METADATA, read_checked_state, read_dit
 
     config = read_config(args.config, PixArtConfig) if args.config else None
     fmt = detect_format(args.src)
@@ -86,15 +86,16 @@ def convert(args: argparse.Namespace) -> int:
         source = str(args.config) if args.config else ""
         config, state, fmt = read_checked_state(args.src, use_ema=args.ema, config=config, config_source=source)
         note = f"read {fmt} weights"
-    recorded = sampling_record(args.src)  # how the weights sample: kept where the layout has room
-    save_transformer(state, args.out, to=args.to, config=config, metadata=recorded if args.to == "pixart" else {})
+    recorded = sampling_record(args.src)  # how the weights sample: kept in every layout, for pixart
+    save_transformer(state, args.out, to=args.to, config=config, metadata=recorded)
     sampling = json.loads(recorded[SAMPLING_METADATA]) if recorded else {}
     if args.to != "pixart" and sampling.get("objective", "iddpm") != "iddpm":
+        where = {"official": "its 'sampling' entry", "diffusers": f"{SAMPLING_FILE} in it"}[args.to]
+        reader = {"official": "the official code", "diffusers": "diffusers' pipeline"}[args.to]
         print(
             f"warning: {args.src} was trained with the {sampling['objective']} objective (flow shift "
-            f"{sampling.get('flow_shift')}), which the {args.to} layout has no place for: pixart generate would "
-            f"sample {args.out} as an eps (IDDPM) model. Keep --to pixart, or give it a model folder whose "
-            "model.json records objective and flow_shift.",
+            f"{sampling.get('flow_shift')}): pixart generate reads that from {where}, but {reader} knows only "
+            "eps models and would sample it as one",
             file=sys.stderr,
         )
     if args.to == "official" and not state["y_embedder.y_embedding"].any():

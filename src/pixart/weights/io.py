@@ -42,6 +42,7 @@ DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_PICKLED_WEIGHTS = "diffusion_pytorch_model.bin"  # older folders (save_pretrained without safetensors)
 SHARD_NAME = re.compile(r"-\d+-of-\d+\.")  # diffusion_pytorch_model-00001-of-00002.safetensors
 NULL_CAPTION_FILE = "null_caption.safetensors"  # our sidecar: diffusers has no slot for y_embedding
+SAMPLING_FILE = "pixart_sampling.json"  # our sidecar: how the weights sample (a flow model's objective)
 OURS_IN_FOLDER = "transformer.safetensors"  # inside a model folder of ours (see pixart.modelfolder)
 FINAL = "final.safetensors"  # what a finished `pixart train` run leaves in its folder
 FINAL_EMA = "final_ema.safetensors"  # ... and its EMA weights, what the next stage and generate take
@@ -110,12 +111,18 @@ def sampling_entry(objective: str, flow_shift: float, shift_base_tokens: int) ->
 
 
 def sampling_metadata(path: str | Path) -> dict[str, str]:
-    """{SAMPLING_METADATA: its JSON} where `path` is our .safetensors file that records it, else {}."""
+    """{SAMPLING_METADATA: its JSON} where the weights at `path` record it (save_transformer's `metadata`):
+    our .safetensors file's metadata, a .pth's "sampling" entry, a diffusers folder's SAMPLING_FILE; else {}."""
     path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        return {}
-    recorded = safetensors_metadata(path).get(SAMPLING_METADATA)
-    return {SAMPLING_METADATA: recorded} if recorded is not None else {}
+    recorded: object = None
+    if path.suffix == ".safetensors" and path.is_file():
+        recorded = safetensors_metadata(path).get(SAMPLING_METADATA)
+    elif path.suffix in (".pth", ".pt") and path.is_file():
+        data = load_checkpoint_file(path)  # memory-mapped: its tensors are not read
+        recorded = data.get(SAMPLING_METADATA) if isinstance(data, dict) else None
+    elif path.is_dir() and (folder := _diffusers_folder(path)) is not None and (folder / SAMPLING_FILE).is_file():
+        recorded = (folder / SAMPLING_FILE).read_text()
+    return {SAMPLING_METADATA: recorded} if isinstance(recorded, str) else {}
 
 
 def safetensors_metadata(path: Path) -> dict[str, str]:
@@ -490,7 +497,9 @@ def save_transformer(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write weights as 'pixart' (.safetensors), 'official' (.pth) or 'diffusers' (a folder). `metadata`
-    joins the 'pixart' file's own (the trainer's sampling record, say); the other layouts have no place."""
+    joins the 'pixart' file's own; its sampling record (SAMPLING_METADATA) goes into the other layouts too,
+    as a .pth's "sampling" entry or a diffusers folder's SAMPLING_FILE, where the official code and
+    diffusers never look but pixart does."""
     if isinstance(model_or_state, PixArt):
         config = config or model_or_state.config
         state = model_or_state.state_dict()
@@ -500,13 +509,19 @@ def save_transformer(
             raise ValueError("save_transformer needs config= when given a bare state dict")
     state = _cpu(state)
     path = Path(path)
+    sampling = (metadata or {}).get(SAMPLING_METADATA)
     if to == "pixart":
         ours = {**(metadata or {}), "format": "pixart", "config": json.dumps(config.to_dict())}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=ours))
     elif to == "official":
         # The config rides along (the official loader reads only the state dicts): shapes cannot say the
         # head count of a non-XL model or caption_norm, so a round trip would otherwise change the model.
-        payload = {"state_dict": {**state, "pos_embed": official_pos_embed(config)}, "config": config.to_dict()}
+        payload: dict[str, object] = {
+            "state_dict": {**state, "pos_embed": official_pos_embed(config)},
+            "config": config.to_dict(),
+        }
+        if sampling is not None:
+            payload[SAMPLING_METADATA] = sampling
         if ema_state is not None:
             payload["state_dict_ema"] = {**_cpu(ema_state), "pos_embed": official_pos_embed(config)}
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -519,6 +534,8 @@ def save_transformer(
             save_file(theirs, str(folder / DIFFUSERS_WEIGHTS), metadata={"format": "pt"})
             save_file({"y_embedding": null}, str(folder / NULL_CAPTION_FILE))
             (folder / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
+            if sampling is not None:
+                (folder / SAMPLING_FILE).write_text(sampling + "\n")
 
         atomic_folder(path, write_folder)
     else:
