@@ -403,6 +403,7 @@ def test_a_sharded_training_checkpoint_reads_as_its_pt_twin_does(tmp_path, capsy
         assert info["training_checkpoint"] == {"step": 9, "recipe": "tiny", "stage": "t2i"}, name
         assert info["ema"] is True and info["dtype"] == "float32", name
         assert info["sampling"] == {"objective": "flow", "flow_shift": 3.0, "shift_base_tokens": 256}, name
+        assert sampling_of(path)["sampler"] == "flow-dpm-solver", name  # generate, given it as bare weights
         ema = load_transformer(path, use_ema=True).state_dict()
         for key, value in expected_ema.items():
             assert torch.equal(ema[key], value), (name, key)

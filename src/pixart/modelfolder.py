@@ -266,9 +266,10 @@ def sampling_record(path: Path) -> dict[str, str]:
 
 
 def sampling_of(weights: Path) -> dict:
-    """ModelSpec fields our trainer records in its final weights (objective, default sampler, flow shift):
-    a flow model's weights alone otherwise sampled as an eps model. {} for any other weights."""
-    recorded = sampling_metadata(weights).get(SAMPLING_METADATA)
+    """ModelSpec fields (objective, default sampler, flow shift) where the weights record them (see
+    sampling_record; a training checkpoint's config too): a flow model's weights alone otherwise sampled as
+    an eps model. {} for any other weights."""
+    recorded = sampling_record(weights).get(SAMPLING_METADATA)
     if recorded is None:
         return {}
     fields = json.loads(recorded)
