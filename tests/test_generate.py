@@ -688,9 +688,14 @@ def test_trainer_weights_say_how_they_sample(tmp_path, capsys):
             2.0,
             64,
         )
-    # and converted back to our layout, it still says so
-    assert main(["convert", str(tmp_path / "d"), "--to", "pixart", "--out", str(tmp_path / "back.safetensors")]) == 0
-    assert load_components(tmp_path / "back.safetensors", **folders)[0].objective == "flow"
+    # and converted back to our layout, it still says so (and pixart info says it)
+    for source in ("o.pth", "d"):
+        back = tmp_path / f"back-{source}.safetensors"
+        assert main(["convert", str(tmp_path / source), "--to", "pixart", "--out", str(back)]) == 0
+        assert load_components(back, **folders)[0].objective == "flow", source
+        capsys.readouterr()
+        assert main(["info", str(tmp_path / source), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["sampling"]["objective"] == "flow", source
 
 
 @pytest.mark.parametrize(

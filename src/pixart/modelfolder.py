@@ -254,11 +254,12 @@ def bare_weights_spec(vae: Path, text_encoder: Path) -> ModelSpec:
 
 def sampling_record(path: Path) -> dict[str, str]:
     """{SAMPLING_METADATA: its JSON} of how the weights at `path` sample, where something says: a model
-    folder's model.json, our trainer's record in its weights file, or a training checkpoint's config.
-    {} for any other weights."""
+    folder's model.json, a training checkpoint's config, or the record save_transformer keeps in each
+    layout (our file's metadata, a .pth's entry, a diffusers folder's file). {} for any other weights."""
     if is_sharded_checkpoint(path) or path.suffix in (".pt", ".pth"):
         settings = training_checkpoint_settings(path)
-        return training_sampling_entry(settings) if settings is not None else {}
+        if settings is not None:
+            return training_sampling_entry(settings)
     if path.is_dir() and folder_kind(path) == "pixart":
         spec = spec_of(path, "pixart")
         return sampling_entry(spec.objective, spec.flow_shift, spec.shift_base_tokens)
