@@ -218,3 +218,68 @@ def test_atomic_folder_appears_whole_or_not_at_all_and_clears_dead_writers_folde
         atomic_folder(out, lambda folder: (folder / "b.json").write_text("{}"))
     assert sorted(p.name for p in out.iterdir()) == ["a.json"]
     assert sorted(tmp_path.iterdir()) == sorted([out, running])
+
+
+def test_atomic_folder_writes_through_a_link_into_the_working_folder_and_onto_a_mount_point(tmp_path, monkeypatch):
+    """Renaming onto --out failed where writing into it had worked: a link to an empty folder ("Not a
+    directory"), "." ("has an empty name") and a mount point ("Device or resource busy")."""
+    import errno
+
+    def two_files(folder: Path) -> None:
+        (folder / "weights.bin").write_text("w")
+        (folder / "config.json").write_text("{}")  # the marker, last
+
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    atomic_folder(tmp_path / "link", two_files)
+    assert (tmp_path / "link").is_symlink() and sorted(p.name for p in target.iterdir()) == [
+        "config.json",
+        "weights.bin",
+    ]
+
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    inode = os.stat(".").st_ino
+    atomic_folder(Path("."), two_files)
+    assert os.stat(".").st_ino == inode == here.stat().st_ino  # the shell's folder, not a replaced one
+    assert sorted(p.name for p in here.iterdir()) == ["config.json", "weights.bin"]
+
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    real_replace = os.replace
+
+    def busy(src, dst):
+        if Path(dst) == mount:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", busy)
+
+    calls = []
+
+    def fails_after_one_file(folder: Path) -> None:  # in the temporary, then in place: there it fails
+        calls.append(folder)
+        (folder / "weights.bin").write_text("w")
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_folder(mount, fails_after_one_file)
+    assert calls[1] == mount and list(mount.iterdir()) == []  # emptied again, and no temporary beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "link", "mount", "target"]
+    atomic_folder(mount, two_files)
+    assert sorted(p.name for p in mount.iterdir()) == ["config.json", "weights.bin"]
+
+
+def test_remove_leftovers_of_one_name_leaves_another_files_temporaries(tmp_path):
+    """ ".model.*.tmp" also matched ".model.safetensors.<host>-<pid>.tmp": the cleanup before a "model"
+    folder's conversion deleted the temporary of a file written beside it."""
+    dead = dead_pid()
+    mine = temporary_path(tmp_path / "model", dead)
+    other = temporary_path(tmp_path / "model.safetensors", dead)
+    for path in (mine, other):
+        path.write_text("x")
+    assert remove_leftovers(tmp_path, "model") == [mine]
+    assert list(tmp_path.iterdir()) == [other]

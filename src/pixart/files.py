@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import json
 import os
@@ -74,24 +75,56 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
 def atomic_folder(path: Path, write: Callable[[Path], object]) -> None:
     """`write(tmp)` fills a sibling temporary folder, renamed onto `path` (absent, or an empty folder) once
     every file in it is on the disk: a killed writer leaves `path` as it was, never a folder of some of
-    the files that a rerun would refuse as taken. The temporaries dead writers left beside it go first."""
-    path = Path(path)
+    the files that a rerun would refuse as taken. The temporaries dead writers left beside it go first.
+
+    An empty folder that cannot be renamed over (a mount point, a volume; the working directory, whose
+    shell would be left in the replaced one) is written in place instead, in the order `write` writes
+    (so it should write its marker file last), and emptied again if the writing fails."""
+    path = Path(os.path.realpath(path))  # "." and a link to a folder: the folder they name
+    if path.is_dir() and path == Path(os.getcwd()).resolve():
+        _write_in_place(path, write)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path.parent, glob.escape(path.name))
     tmp = temporary_path(path)
     try:
         tmp.mkdir()
         write(tmp)
-        for item in tmp.rglob("*"):
-            if item.is_file():
-                set_ordinary_mode(item)
-                fsync_path(item)
-        fsync_path(tmp)
-        os.replace(tmp, path)  # rename(2) replaces an empty folder, and refuses one with files in it
+        _sync_files(tmp)
+        try:
+            os.replace(tmp, path)  # rename(2) replaces an empty folder, and refuses one with files in it
+        except OSError:
+            if not path.is_dir() or any(path.iterdir()):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            _write_in_place(path, write)
+            return
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_path(path.parent)
+
+
+def _write_in_place(folder: Path, write: Callable[[Path], object]) -> None:
+    """`write(folder)` into an empty folder, whose entries go again if it fails."""
+    try:
+        write(folder)
+        _sync_files(folder)
+    except BaseException:
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        raise
+
+
+def _sync_files(folder: Path) -> None:
+    for item in folder.rglob("*"):
+        if item.is_file():
+            set_ordinary_mode(item)
+            fsync_path(item)
+    fsync_path(folder)
 
 
 def set_ordinary_mode(path: Path) -> None:
@@ -138,7 +171,10 @@ def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
     versions before the pid was added) go too.
     """
     folder = Path(folder)
-    candidates = [*folder.glob(f".{pattern}.*.tmp"), *folder.glob(f".{pattern}.tmp")]
+    # ".{pattern}.*.tmp" alone would take another file's too: the temporaries of "model.safetensors" for
+    # those of "model". The part before the writer's tag (which holds no dot) must match `pattern`.
+    tagged = [tmp for tmp in folder.glob(f".{pattern}.*.tmp") if fnmatch.fnmatchcase(_tagged_name(tmp), pattern)]
+    candidates = [*tagged, *folder.glob(f".{pattern}.tmp")]
     leftovers = sorted(tmp for tmp in set(candidates) if not _writer_alive(tmp))
     for tmp in leftovers:
         if tmp.is_dir():  # an atomic_folder's
@@ -146,6 +182,11 @@ def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
         else:
             tmp.unlink(missing_ok=True)
     return leftovers
+
+
+def _tagged_name(tmp: Path) -> str:
+    """The file a `.name.<tag>.tmp` temporary stands for: `name`."""
+    return tmp.name[1:].rsplit(".", 2)[0]
 
 
 def _writer_alive(tmp: Path) -> bool:

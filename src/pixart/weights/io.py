@@ -36,7 +36,7 @@ from pixart.weights.configs import (
     official_pos_embed,
 )
 from pixart.weights.errors import WeightsError
-from pixart.weights.sharded import is_sharded_checkpoint, read_sharded
+from pixart.weights.sharded import is_sharded_checkpoint, read_sharded, sharded_model_keys
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_PICKLED_WEIGHTS = "diffusion_pytorch_model.bin"  # older folders (save_pretrained without safetensors)
@@ -75,8 +75,8 @@ def reading(path: str | Path) -> Iterator[None]:
 def _detect_format(path: Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
-    if is_sharded_checkpoint(path):  # a training checkpoint, read as the .pt files are
-        return _format_from_keys(list(read_official_state(path, use_ema=False)), path)
+    if is_sharded_checkpoint(path):  # a training checkpoint: its keys say which, without reading a tensor
+        return _format_from_keys(sharded_model_keys(path), path)
     if path.is_dir():
         if (path / OURS_IN_FOLDER).is_file():
             return "pixart"
@@ -533,9 +533,10 @@ def save_transformer(
         def write_folder(folder: Path) -> None:
             save_file(theirs, str(folder / DIFFUSERS_WEIGHTS), metadata={"format": "pt"})
             save_file({"y_embedding": null}, str(folder / NULL_CAPTION_FILE))
-            (folder / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
             if sampling is not None:
                 (folder / SAMPLING_FILE).write_text(sampling + "\n")
+            # last: a folder written in place (see atomic_folder) is no diffusers folder until it is there
+            (folder / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
 
         atomic_folder(path, write_folder)
     else:
