@@ -4,8 +4,9 @@ The sorted, de-duplicated input list (pixart.data.sources) is cut into shards of
 input i belongs to shard i // shard_size, whether or not it is skipped, so a shard may hold fewer
 samples than inputs and the assignment never depends on what happened to other inputs. A process
 takes the shards with index % parts == part (`--shard part/parts`, times RANK/WORLD_SIZE under
-torchrun), and skips shards already done, never rewriting them. Every shard is computed alone, from
-its own inputs in order, so the bytes of a shard do not depend on which process made it or when.
+torchrun), and skips shards already done, never rewriting them unless their inputs' captions or labels
+were edited since (pixart.data.fingerprint). Every shard is computed alone, from its own inputs in order,
+so the bytes of a shard do not depend on which process made it or when.
 
 For each image: decode to RGB (images.load_rgb), pick the bucket of the closest aspect ratio, resize to
 cover it and centre crop, encode with the codec (raw posterior mean and std, fp16), and encode each

@@ -227,8 +227,9 @@ def _dedupe(named: list[tuple[str, Item]]) -> tuple[list[Item], list[Problem]]:
 # --- folders ---
 
 
-def image_files(root: Path) -> list[Path]:
-    """Image files under `root` (recursively, through linked folders too; hidden ones left out), sorted.
+def image_files(root: Path, broken_links: list[Path] | None = None) -> list[Path]:
+    """Image files under `root` (recursively, through linked folders too; hidden ones left out), sorted;
+    links named as images whose target is gone are added to `broken_links` where it is given.
 
     os.walk rather than Path.rglob, which on Python 3.11 and 3.12 does not enter a linked folder: its images
     were left out without a word. A folder reached twice (a link back up the tree) is read once.
@@ -244,24 +245,30 @@ def image_files(root: Path) -> list[Path]:
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))  # hidden: not entered
         for name in files:
             path = Path(folder) / name
-            # a broken link too: reading it reports it as unreadable, where leaving it out said nothing
-            if (
-                path.suffix.lower() in IMAGE_SUFFIXES
-                and not name.startswith(".")
-                and (path.is_file() or path.is_symlink())
-            ):
-                found.append(path)
+            if path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                if path.is_file():
+                    found.append(path)
+                elif broken_links is not None and path.is_symlink() and not path.exists():
+                    broken_links.append(path)
+    if broken_links is not None:
+        broken_links.sort()
     return sorted(found)
 
 
 def _list_folder(root: Path) -> Inputs:
-    named = []
-    for path in image_files(root):
+    named: list[tuple[str, Item]] = []
+    broken: list[Path] = []
+    for path in image_files(root, broken):
         name = path.relative_to(root).as_posix()
         sidecars = tuple(Blob(s) for s in (_sidecar(path, ".txt"), _sidecar(path, ".json")) if s is not None)
         named.append((name, Item(name, Blob(path), sidecars=sidecars)))
     items, problems = _dedupe(named)
-    return Inputs("folder", root, items, problems)
+    # left out while listing (not inputs), so a dataset prepared before they were reported keeps its digest
+    gone = [
+        Problem(link.relative_to(root).as_posix(), UNREADABLE, f"a link to {os.readlink(link)}, which does not exist")
+        for link in broken
+    ]
+    return Inputs("folder", root, items, problems + gone)
 
 
 def _sidecar(image: Path, suffix: str) -> Path | None:
