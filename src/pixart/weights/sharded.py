@@ -19,13 +19,23 @@ def is_sharded_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / SHARDED_METADATA).is_file()
 
 
-def sharded_entries(path: Path) -> set[str]:
-    """The top-level names a sharded checkpoint holds (model, ema, optimizer, step, config...), from its
-    metadata alone."""
+def _entry_paths(path: Path) -> list[tuple[str, ...]]:
+    """Each stored value's path of names (("model", "blocks.0.attn.qkv.weight"), ("step",)...), from the
+    checkpoint's metadata alone."""
     import torch.distributed.checkpoint as dcp
 
     metadata = dcp.FileSystemReader(str(path)).read_metadata()
-    return {(metadata.planner_data or {}).get(flat, (flat,))[0] for flat in metadata.state_dict_metadata}
+    return [tuple((metadata.planner_data or {}).get(flat, (flat,))) for flat in metadata.state_dict_metadata]
+
+
+def sharded_entries(path: Path) -> set[str]:
+    """The top-level names a sharded checkpoint holds (model, ema, optimizer, step, config...)."""
+    return {where[0] for where in _entry_paths(path)}
+
+
+def sharded_model_keys(path: Path) -> list[str]:
+    """The state-dict keys of the model a sharded checkpoint holds, without reading any tensor."""
+    return [where[1] for where in _entry_paths(path) if where[0] == "model" and len(where) == 2]
 
 
 def read_sharded(path: Path, skip: tuple[str, ...] = ("optimizer",)) -> dict[str, Any]:
