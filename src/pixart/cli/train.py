@@ -47,6 +47,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     import os
+    import signal
 
     from pixart import config as config_io
     from pixart.cli.main import UserError, check_device
@@ -89,4 +90,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     if main_rank:
         print(json.dumps(summary))
+    if summary["status"] == "interrupted":  # not 0: a script's next step (convert its final weights) must not run
+        return 128 + signal.Signals[summary["signal"]].value  # as a shell reports a command a signal ended
     return 0

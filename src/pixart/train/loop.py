@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from collections.abc import Generator
 from contextlib import closing
@@ -359,6 +360,8 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
     summary = finish(
         config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started, resumed_at
     )
+    if status == "interrupted":  # another rank's signal reaches this one as a flag: SIGTERM, as torchrun sends
+        summary["signal"] = signal.Signals(stop.signum or signal.SIGTERM).name
     metrics.close()
     return summary, world
 

@@ -13,6 +13,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the first signal that asked
         self.previous: dict[int, Any] = {}  # signal -> the handler it had
 
     def __enter__(self) -> StopFlag:
@@ -22,6 +23,7 @@ class StopFlag:
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
+        self.signum = self.signum or signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
