@@ -163,6 +163,33 @@ def test_a_stage_stopped_by_a_signal_stops_the_demo_with_how_to_continue(tmp_pat
     assert ran == [tmp_path / "d" / "stage1"]
 
 
+def test_the_command_exits_130_when_stopped_and_tells_its_stages_without_progress_bars(tmp_path, monkeypatch, capsys):
+    """It exited 2 (an error) on Ctrl-C, and --no-progress hid the demo's own lines (a shortened plan too)."""
+    import pixart.data.shapes_features
+    import pixart.encoders.shapes_ae
+    import pixart.evaluate.probe
+    import pixart.train.loop
+    from pixart.cli.main import main
+
+    monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
+    monkeypatch.setattr(pixart.train.loop, "train", lambda config, run_dir, **kw: {"status": "interrupted"})
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--no-progress"]) == 130
+    out, err = capsys.readouterr()
+    assert "[pixart demo] stage1: class-conditional DiT" in out
+    assert err.strip() == "pixart demo: interrupted during stage1; rerun the same command to continue from there"
+
+
+def test_an_out_that_is_a_file_is_one_line_naming_out(tmp_path, capsys):
+    from pixart.cli.main import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "--quick", "--out", str(tmp_path / "notes.txt"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'notes.txt'} is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_rerun_keeps_what_each_stage_has_trained(tmp_path):
     """A smaller --minutes on a rerun planned stage 1 below its saved step 300 and was refused (advising
     --steps and --run-dir, which the demo lacks); a finished stage kept training towards a longer plan."""

@@ -241,7 +241,7 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
 
     def timed(name: str, start: float) -> None:
         timings[name] = round(time.time() - start, 1)
-        say(f"{name}: {timings[name]:.0f}s", progress)
+        say(f"{name}: {timings[name]:.0f}s")
 
     cache = out / ".cache" if quick else cache_dir()
     t = time.time()
@@ -270,7 +270,7 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     for name in list(stages):
         config = stages[name] = keep_saved_progress(stages[name], out / name)  # the report tells what trained
         t = time.time()
-        say(f"{name}: {describe(name)}", progress)
+        say(f"{name}: {describe(name)}")
         summaries[name] = train(config, out / name, progress=progress)
         if summaries[name]["status"] != "finished":  # Ctrl-C or SIGTERM: the stage saved a checkpoint
             raise DemoInterrupted(f"interrupted during {name}; rerun the same command to continue from there")
@@ -286,8 +286,7 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
                 later = f"{stages['stage2'].steps} and {stages['stage3'].steps} steps"
                 say(
                     f"this machine is slower than planned: stages 2 and 3 shortened to {later} to finish within "
-                    f"{minutes:g} minutes (--minutes raises the budget)",
-                    progress,
+                    f"{minutes:g} minutes (--minutes raises the budget)"
                 )
 
     t = time.time()
@@ -374,13 +373,13 @@ def describe(stage: str) -> str:
     return {
         "stage1": "class-conditional DiT on shape x colour labels (pixel-dependency pretraining)",
         "stage2": "re-parameterised into PixArt; text-image alignment on dense captions",
-        "stage3": "36x72 and 72x36 canvases with micro-conditions (size and aspect ratio)",
+        "stage3": "36x36, 36x72 and 72x36 canvases with micro-conditions (size and aspect ratio)",
     }[stage]
 
 
-def say(text: str, progress: bool) -> None:
-    if progress:
-        print(f"[pixart demo] {text}", flush=True)
+def say(text: str) -> None:
+    """A line of the demo's story (stages, a shortened plan): said with or without progress bars."""
+    print(f"[pixart demo] {text}", flush=True)
 
 
 def shapes_model_spec(objective: str, buckets: dict[str, list[int]], **fields: Any) -> ModelSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 DEMO_DIR = Path("runs/demo")  # `pixart serve` without --model looks for the demo's model here too
@@ -23,8 +24,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pixart.cli.main import UserError
-    from pixart.demo import DemoError, run_demo
+    from pixart.cli.main import UserError, make_out_folder, removed_if_left_empty
+    from pixart.demo import DemoError, DemoInterrupted, run_demo
     from pixart.train.errors import TrainingError
 
     if args.quick and args.minutes is not None:
@@ -35,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(min(torch.get_num_threads(), 2))
     try:
         minutes = 10.0 if args.minutes is None else args.minutes
-        report = run_demo(args.out, minutes=minutes, quick=args.quick, progress=not args.no_progress)
+        with removed_if_left_empty(args.out):  # a demo refused before it starts leaves no folder behind
+            make_out_folder(args.out)  # a file in the way: one line naming --out
+            report = run_demo(args.out, minutes=minutes, quick=args.quick, progress=not args.no_progress)
+    except DemoInterrupted as error:  # Ctrl-C or SIGTERM, after the stage saved its checkpoint
+        print(f"pixart demo: {error}", file=sys.stderr)
+        return 130
     except DemoError as error:
         raise UserError(str(error)) from error
     except TrainingError as error:  # its advice names pixart train's --run-dir; here the folder is --out
