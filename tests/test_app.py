@@ -210,7 +210,7 @@ def test_empty_prompt_generates_unconditionally_and_says_so(page):
     [
         ("0", None, "steps must lie in 1..1000, got 0"),
         ("5000", None, "steps must lie in 1..1000, got 5000"),
-        ("2", "1000x770", "the nearest valid size is 1000x768"),
+        ("2", "4x770", "each side of the size must lie in 8..4096"),
         ("2", "9000x9000", "each side of the size must lie in 8..4096"),
     ],
 )

@@ -25,7 +25,7 @@ import gradio as gr
 from pixart.data.buckets import closest_bucket
 from pixart.data.buckets import parse_size as parse_height_width
 from pixart.diffusion.schedulers import SAMPLERS
-from pixart.generate import MAX_SIDE, GeneratedImage, GenerationError, Settings, TextToImage
+from pixart.generate import GeneratedImage, GenerationError, Settings, TextToImage, check_size
 from pixart.outputs import write_images
 
 MAX_IMAGES = 8
@@ -115,8 +115,7 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
         height, width = parse_height_width(text)
     except ValueError as error:
         raise GenerationError(str(error)) from None
-    if not (8 <= height <= MAX_SIDE and 8 <= width <= MAX_SIDE):
-        raise GenerationError(f"each side of the size must lie in 8..{MAX_SIDE} pixels, got {height}x{width}")
+    check_size(height, width)
     return height, width
 
 

@@ -28,7 +28,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_component_folders(parser)
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
-        "--size", help="HxW in pixels (divisible by 8); generated at the closest bucket, scaled to cover, then cropped"
+        "--size",
+        help="HxW in pixels (8 to 4096 a side); generated at the closest bucket, scaled to cover, then cropped",
     )
     size.add_argument("--aspect", help="H:W, snapped to the closest aspect-ratio bucket")
     parser.add_argument(
