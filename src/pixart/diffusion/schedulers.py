@@ -59,10 +59,15 @@ def check_steps(name: str, steps: int) -> None:
     """Refuse a step count the sampler cannot denoise with (see Sampler.min_steps)."""
     sampler = get_sampler(name)
     if steps < sampler.min_steps:
-        one_step = [n for n, s in SAMPLERS.items() if s.objective == sampler.objective and s.min_steps == 1]
+        # by objective: this check runs before the model is known, and a sampler of the other kind is refused
+        one_step = {
+            kind: ", ".join(n for n, s in SAMPLERS.items() if s.objective == objective and s.min_steps == 1)
+            for kind, objective in (("eps (iddpm) models", "iddpm"), ("flow models", "flow"))
+        }
         raise ValueError(
             f"sampler {name!r} needs at least {sampler.min_steps} steps, got {steps} (with fewer it does not "
-            f"denoise); use more steps, or a sampler that works in 1 step: {', '.join(one_step)}"
+            "denoise); use more steps, or a sampler that works in 1 step: "
+            + "; ".join(f"for {kind}, {names}" for kind, names in one_step.items())
         )
     if steps > TRAIN_STEPS:  # more sampling steps than the schedule has timesteps
         raise ValueError(f"sampler {name!r} takes at most {TRAIN_STEPS} steps, got {steps}")
