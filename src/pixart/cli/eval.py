@@ -115,10 +115,14 @@ def check_options(args: argparse.Namespace) -> None:
         raise UserError(f"--out {args.out} is a folder: give the JSON file to write, e.g. {args.out / 'eval.json'}")
 
 
+def results_path(args: argparse.Namespace) -> Path:
+    return args.out or Path("runs/eval") / f"{args.suite}.json"
+
+
 def prepare_outputs(args: argparse.Namespace) -> Path:
     """The results file, its folder created and written to once, and the probe's cache folder: a path that
     cannot be written is found now, not after the whole evaluation (each is written last)."""
-    out = args.out or Path("runs/eval") / f"{args.suite}.json"
+    out = results_path(args)
     check_out_file(out)
     if args.suite == "shapes":
         check_cache_folder(args.probe_cache)
@@ -351,7 +355,7 @@ def run_real(
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pixart.cli.main import UserError, check_device
+    from pixart.cli.main import UserError, check_device, removed_if_left_empty
     from pixart.files import write_json
     from pixart.generate import GenerationError, Settings, TextToImage, check_request
     from pixart.modelfolder import folder_kind
@@ -365,21 +369,22 @@ def run(args: argparse.Namespace) -> int:
     except GenerationError as error:
         raise UserError(str(error)) from None
     folder_kind(args.model)  # a missing model: FileNotFoundError with the download hint, before anything loads
-    out = prepare_outputs(args)
-    if args.suite == "shapes" and (warning := shapes_world_warning(args.model, args.vae, args.text_encoder)):
-        print(warning, file=sys.stderr)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with removed_if_left_empty(results_path(args).parent):  # an evaluation that fails leaves no empty folder
+        out = prepare_outputs(args)
+        if args.suite == "shapes" and (warning := shapes_world_warning(args.model, args.vae, args.text_encoder)):
+            print(warning, file=sys.stderr)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    def load_pipe() -> TextToImage:  # called by the suite once its own inputs are checked: their errors come first
-        return TextToImage.from_path(args.model, vae=args.vae, text_encoder=args.text_encoder, device=device)
+        def load_pipe() -> TextToImage:  # called by the suite once its own inputs are checked: theirs come first
+            return TextToImage.from_path(args.model, vae=args.vae, text_encoder=args.text_encoder, device=device)
 
-    try:
-        report, summary = (run_shapes if args.suite == "shapes" else run_real)(args, load_pipe, settings, device)
-    except GenerationError as error:
-        raise UserError(str(error)) from error
-    wall = time.time() - started
-    record = {"suite": args.suite, "model": str(args.model), "seed": args.seed, **report}
-    record["wall_seconds"] = round(wall, 1)
-    write_json(out, record)  # creates the folder
+        try:
+            report, summary = (run_shapes if args.suite == "shapes" else run_real)(args, load_pipe, settings, device)
+        except GenerationError as error:
+            raise UserError(str(error)) from error
+        wall = time.time() - started
+        record = {"suite": args.suite, "model": str(args.model), "seed": args.seed, **report}
+        record["wall_seconds"] = round(wall, 1)
+        write_json(out, record)
     print(f"pixart eval: {args.suite} suite on {args.model} in {wall:.0f}s: {summary}. Wrote {out}")
     return 0
