@@ -265,6 +265,8 @@ def test_a_flow_model_folder_converts_with_its_objective(tmp_path, capsys):
 
     spec = ModelSpec(text_encoder="minilm", objective="flow", flow_shift=3.0, sampler="flow-dpm-solver")
     save_model_folder(tmp_path / "folder", randomize_(PixArt(TINY)), spec)
+    # its transformer file alone, given as bare weights, samples as the folder does (it sampled as eps)
+    assert sampling_of(tmp_path / "folder" / "transformer.safetensors")["objective"] == "flow"
     assert main(["convert", str(tmp_path / "folder"), "--to", "pixart", "--out", str(tmp_path / "x.safetensors")]) == 0
     recorded = sampling_of(tmp_path / "x.safetensors")
     assert (recorded["objective"], recorded["flow_shift"], recorded["sampler"]) == ("flow", 3.0, "flow-dpm-solver")

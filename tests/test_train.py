@@ -1159,3 +1159,15 @@ def test_a_short_run_says_when_its_ema_still_holds_mostly_its_start(shapes_data,
     assert "still holds" not in capsys.readouterr().out
     assert ema_start_share(warm.optim, 4) == pytest.approx(1 / 10 * 2 / 11 * 3 / 12 * 4 / 13)  # by hand
     assert ema_start_share(config_for(shapes_data, paper).optim, 3) == pytest.approx(0.9999**3)
+
+
+def test_the_summary_of_a_run_that_trained_no_step_is_strict_json(shapes_data, tmp_path, capsys):
+    """--steps 0 printed "final_loss": NaN, which strict JSON readers (jq, JavaScript) refuse."""
+
+    def no_constants(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    sets = [a for item in overrides(shapes_data, steps=0) for a in ("--set", item)]
+    assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "r"), "--no-progress", *sets]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1], parse_constant=no_constants)
+    assert summary["status"] == "finished" and summary["steps"] == 0 and summary["final_loss"] is None

@@ -91,10 +91,12 @@ class ModelSpec:
 
 
 def save_model_folder(folder: str | Path, transformer: PixArt | dict[str, torch.Tensor], spec: ModelSpec) -> Path:
-    """Write model.json and transformer.safetensors (our layout, config in its metadata)."""
+    """Write model.json and transformer.safetensors (our layout, config in its metadata, and how it samples,
+    so that the file alone, given as bare weights, samples as the folder does)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_transformer(transformer, folder / OURS_IN_FOLDER, to="pixart")
+    sampling = sampling_entry(spec.objective, spec.flow_shift, spec.shift_base_tokens)
+    save_transformer(transformer, folder / OURS_IN_FOLDER, to="pixart", metadata=sampling)
     (folder / SPEC_FILE).write_text(spec.to_json())
     return folder
 

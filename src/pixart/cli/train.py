@@ -46,6 +46,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
     import os
     import signal
 
@@ -88,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
             summary = train(config, args.run_dir, device=args.device, progress=not args.no_progress)
     except TrainingError as error:
         raise UserError(str(error)) from error
-    if main_rank:
-        print(json.dumps(summary))
+    if main_rank:  # strict JSON: a run that trained no step has no loss (NaN), said as null
+        print(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}))
     if summary["status"] == "interrupted":  # not 0: a script's next step (convert its final weights) must not run
         return 128 + signal.Signals[summary["signal"]].value  # as a shell reports a command a signal ended
     return 0
