@@ -403,7 +403,7 @@ def test_a_sharded_training_checkpoint_reads_as_its_pt_twin_does(tmp_path, capsy
         assert main(["info", str(path), "--json"]) == 0, name
         info = json.loads(capsys.readouterr().out)
         assert info["training_checkpoint"] == {"step": 9, "recipe": "tiny", "stage": "t2i"}, name
-        assert info["ema"] is True and info["dtype"] == "float32", name
+        assert info["ema_set"] is True and info["dtype"] == "float32", name
         assert info["sampling"] == {"objective": "flow", "flow_shift": 3.0, "shift_base_tokens": 256}, name
         assert sampling_of(path)["sampler"] == "flow-dpm-solver", name  # generate, given it as bare weights
         ema = load_transformer(path, use_ema=True).state_dict()
@@ -427,11 +427,20 @@ def test_info_says_dtype_ema_and_null_caption_and_takes_a_config(tmp_path, capsy
     save_transformer(model.to(torch.bfloat16), tmp_path / "half.safetensors")
     assert main(["info", str(tmp_path / "half.safetensors"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert (info["dtype"], info["ema"], "sampling" in info, "null_caption" in info) == ("bfloat16", False, False, False)
+    assert (info["dtype"], info["ema_set"], "sampling" in info, "null_caption" in info) == (
+        "bfloat16",
+        False,
+        False,
+        False,
+    )
     model = randomize_(PixArt(TINY))
     save_transformer(model, tmp_path / "two.pth", to="official", ema_state=dict(model.named_parameters()))
     assert main(["info", str(tmp_path / "two.pth"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["ema"] is True
+    assert json.loads(capsys.readouterr().out)["ema_set"] is True
+    assert main(["info", str(tmp_path / "two.pth")]) == 0
+    assert "  --ema: reads its EMA weights" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "half.safetensors")]) == 0
+    assert "  --ema: nothing to read (one set of weights)" in capsys.readouterr().out
     save_transformer(model, tmp_path / "d", to="diffusers")
     (tmp_path / "d" / NULL_CAPTION_FILE).unlink()  # as diffusers' own weights are
     assert main(["info", str(tmp_path / "d")]) == 0

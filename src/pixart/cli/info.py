@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         "architecture": architecture,
         "parameters": params,
         "dtype": stored_dtypes(state),
-        "ema": holds_ema(args.path),
+        "ema_set": holds_ema(args.path),  # a second set of weights --ema reads (not: "these are EMA weights")
     }
     recorded = sampling_record(args.path)
     if recorded:  # where nothing records it, generate samples the weights as the eps (IDDPM) model they are
@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
             f"a pixart train checkpoint (step {checkpoint['step']}, recipe {checkpoint['recipe']}) in the {fmt} layout"
         )
     print(f"{args.path}: {what}, {architecture}, {params:,} parameters")
-    for key in ("dtype", "ema", "sampling", "null_caption"):
+    print(f"  dtype: {info['dtype']}")
+    print("  --ema: " + ("reads its EMA weights" if info["ema_set"] else "nothing to read (one set of weights)"))
+    for key in ("sampling", "null_caption"):
         if key in info:
             print(f"  {key}: {describe(info[key])}")
     for key, value in config.items():
