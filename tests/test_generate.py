@@ -840,3 +840,14 @@ def test_a_model_json_allowing_longer_prompts_than_the_null_caption_cuts_them_wi
     image = pipe.generate([prompt], Settings(steps=2), progress=False)[0].image
     assert image.size[0] > 0
     assert "tokens were dropped" in capsys.readouterr().err
+
+
+def test_the_transformer_file_of_a_model_folder_is_pointed_to_its_folder(tmp_path, capsys):
+    """Given alone, it was asked for --vae (an SD VAE) and --text-encoder (T5), advice that cannot work for a
+    model of pixels or MiniLM: its folder knows both."""
+    folder = learned_null_folder(tmp_path)
+    weights = folder / "transformer.safetensors"
+    assert main(["generate", "x", "--model", str(weights), "--out", str(tmp_path / "o"), "--steps", "2"]) == 2
+    error = capsys.readouterr().err
+    assert f"{weights} holds transformer weights only, and its folder holds the rest: pass --model {folder}" in error
+    assert not (tmp_path / "o").exists()
