@@ -410,6 +410,7 @@ def test_bad_numbers_are_one_line_errors_before_the_model_loads(
     [
         (["--sampler", "ddim", "--steps", "1"], "sampler 'ddim' needs at least 2 steps, got 1"),
         (["--sampler", "dpm-solver"], "unknown sampler 'dpm-solver'"),
+        (["--sampler", "dpmpp"], "flow-dpm-solver (or folder: a diffusers pipeline folder's own scheduler)"),
         (["--steps", "5000"], "steps must lie in 1..1000, got 5000"),  # the model's default sampler
         (["--aspect", "wide"], "aspect must look like H:W (e.g. 3:4), got 'wide'"),
     ],

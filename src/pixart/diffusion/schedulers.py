@@ -51,7 +51,10 @@ def default_sampler(objective: str) -> str:
 
 def get_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+        raise ValueError(
+            f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)} (or folder: a diffusers pipeline "
+            "folder's own scheduler)"
+        )
     return SAMPLERS[name]
 
 
