@@ -363,6 +363,12 @@ def test_stats_command(tmp_path, capsys):
     (tmp_path / "mine").symlink_to(tmp_path / "t5", target_is_directory=True)  # a link keeps its own name
     assert main(["caption", manifest, "--stats", "--tokenizer", str(tmp_path / "mine")]) == 0
     assert "tokens/cap (mine)" in capsys.readouterr().out.splitlines()[0]
+    # each encoder's cut where prepare makes it (MiniLM keeps 48 tokens, T5 120), unless --max-length says
+    assert main(["caption", manifest, "--stats", "--tokenizer", "minilm", "--tokenizer", str(tmp_path / "t5")]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert ">48 tok (minilm)" in header and ">120 tok (t5)" in header
+    assert main(["caption", manifest, "--stats", "--tokenizer", "minilm", "--max-length", "7"]) == 0
+    assert ">7 tok (minilm)" in capsys.readouterr().out.splitlines()[0]
     assert main(["caption", manifest]) == 2  # captioning needs --model
     capsys.readouterr()
     # Another suffix would be read back as CSV: a rerun would find nothing done and caption everything again.
@@ -492,6 +498,8 @@ def test_bad_stats_flags_are_refused_before_the_listing(tmp_path, capsys):
     missing = str(tmp_path / "no such input")  # listing it would fail: the flag's error must come first
     assert main(["caption", missing, "--stats", "--fields", ","]) == 2
     assert "--fields ',' names no field" in capsys.readouterr().err
+    assert main(["caption", missing, "--stats", "--max-length", "0"]) == 2
+    assert "--max-length must be at least 1, got 0" in capsys.readouterr().err
     assert main(["caption", missing, "--stats", "--tokenizer", str(tmp_path / "nothing")]) == 2
     error = capsys.readouterr().err
     assert f"--tokenizer {tmp_path / 'nothing'}: no folder" in error and "internet" not in error

@@ -44,7 +44,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also count tokens of this encoder folder (T5, MiniLM; 'minilm' for the bundled one); repeatable",
     )
-    stats.add_argument("--max-length", type=int, default=120, help="report captions longer than this (T5: 120)")
+    stats.add_argument(
+        "--max-length",
+        type=int,
+        help="report captions longer than this (default: what prepare keeps for each encoder, T5 120, MiniLM 48)",
+    )
     stats.add_argument("--spacy-model", default="en_core_web_sm", help="spaCy model for nouns, if installed")
 
 
@@ -87,17 +91,24 @@ def run_stats(args: argparse.Namespace) -> int:
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     if not fields:
         raise UserError(f"--fields {args.fields!r} names no field: pass caption fields, e.g. --fields alt,dense")
-    tokenizers = {}
+    from pixart.encoders.text import DEFAULT_MAX_LENGTH, minilm_folder, text_encoder_kind
+
+    if args.max_length is not None and args.max_length < 1:
+        raise UserError(f"--max-length must be at least 1, got {args.max_length}")
+    tokenizers, limits = {}, {}
     for label, source in zip(tokenizer_labels(args.tokenizer), args.tokenizer, strict=True):  # before the listing
         try:
             tokenizers[label] = load_tokenizer(source)
         except (OSError, ValueError) as error:
             raise UserError(f"--tokenizer {source}: {' '.join(str(error).split())}") from error
+        # what prepare keeps of each encoder's captions unless told otherwise
+        folder = minilm_folder() if source == "minilm" else Path(source)
+        limits[label] = args.max_length or DEFAULT_MAX_LENGTH[text_encoder_kind(folder)]
     inputs = list_or_refuse(args.input)
     nlp, note = load_spacy(args.spacy_model)
     found = collect(inputs, fields)
-    stats = [field_stats(name, *found[name], tokenizers, args.max_length, nlp) for name in fields]
-    print(format_table(stats, args.max_length, note))
+    stats = [field_stats(name, *found[name], tokenizers, limits, nlp) for name in fields]
+    print(format_table(stats, limits, note))
     return 0
 
 

@@ -81,11 +81,12 @@ def field_stats(
     captions: list[str],
     missing: int = 0,
     tokenizers: Mapping[str, Tokenizer] | None = None,
-    max_length: int = 120,
+    max_length: int | Mapping[str, int] = 120,
     nlp: Any = None,
 ) -> FieldStats:
-    """Statistics of one field's captions; `tokenizers` maps a column name to a transformers tokenizer, and
-    `nlp` is a spaCy pipeline (see load_spacy) or None."""
+    """Statistics of one field's captions; `tokenizers` maps a column name to a transformers tokenizer,
+    `max_length` is the token count past which a caption is cut (one for all, or per column), and `nlp` is
+    a spaCy pipeline (see load_spacy) or None."""
     n = len(captions)
     vocabulary = set()
     total_words = 0
@@ -98,7 +99,8 @@ def field_stats(
         ids = tokenizer(captions, add_special_tokens=True, verbose=False)["input_ids"] if n else []
         lengths = [len(row) for row in ids]
         stats.tokens_per_caption[label] = sum(lengths) / n if n else 0.0
-        stats.over_max_length[label] = sum(1 for x in lengths if x > max_length) / n if n else 0.0
+        limit = max_length if isinstance(max_length, int) else max_length[label]
+        stats.over_max_length[label] = sum(1 for x in lengths if x > limit) / n if n else 0.0
     if nlp is not None:
         nouns = [[t.text.lower() for t in doc if t.pos_ in NOUN_TAGS] for doc in nlp.pipe(captions)]
         stats.nouns_per_caption = sum(map(len, nouns)) / n if n else 0.0
@@ -122,12 +124,13 @@ def collect(inputs: Inputs, fields: Iterable[str]) -> dict[str, tuple[list[str],
     return {name: (found[name], len(inputs.items) - len(found[name])) for name in fields}
 
 
-def format_table(stats: list[FieldStats], max_length: int, note: str | None = None) -> str:
+def format_table(stats: list[FieldStats], max_length: int | Mapping[str, int], note: str | None = None) -> str:
     """A plain-text table, one row per field."""
     labels = sorted({label for s in stats for label in s.tokens_per_caption})
     header = ["field", "captions", "missing", "words/cap", "vocabulary"]
     for label in labels:
-        header += [f"tokens/cap ({label})", f">{max_length} tok ({label})"]
+        limit = max_length if isinstance(max_length, int) else max_length[label]
+        header += [f"tokens/cap ({label})", f">{limit} tok ({label})"]
     header += ["nouns/cap", "distinct nouns"]
     rows = []
     for s in stats:
