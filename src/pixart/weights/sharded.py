@@ -61,9 +61,11 @@ def read_sharded(path: Path, skip: tuple[str, ...] = ("optimizer",)) -> dict[str
             for name in where[:-1]:
                 parent = parent.setdefault(name, {})
             parent[where[-1]] = value
-        with warnings.catch_warnings():  # "assuming the intent is to save/load in a single process": it is
+        # no_dist: this process alone reads it all, also under torchrun (init_from on every rank), where a
+        # collective load would have the ranks plan and read together
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(template, checkpoint_id=str(path))
+            dcp.load(template, checkpoint_id=str(path), no_dist=True)
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - a shard missing or cut short
         # CheckpointException, a BaseException, wraps each rank's error (here one rank's)
         cause: BaseException = (
