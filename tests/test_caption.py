@@ -575,3 +575,16 @@ def test_out_is_checked_and_a_finished_or_empty_input_loads_no_model(tmp_path, u
     (tmp_path / "bad.jsonl").write_text('{"path": " "}\n')
     assert main(["caption", str(tmp_path / "bad.jsonl"), "--model", str(unloadable_model)]) == 2
     assert "no input can be captioned (1 left out; the first, bad.jsonl:1: bad manifest row" in capsys.readouterr().err
+
+
+def test_a_flag_of_the_other_mode_is_refused_not_ignored(tmp_path, unloadable_model, capsys):
+    """--fields dense (for --field dense) captioned into 'dense' anyway; --stats ignored --model and --out."""
+    source = str(manifest(tmp_path))
+    assert main(["caption", source, "--model", str(unloadable_model), "--fields", "long"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "pixart caption: error: --fields: for --stats, not for captioning (did you mean --field, the one field "
+        "the new captions go to?)"
+    )
+    assert main(["caption", source, "--stats", "--model", str(unloadable_model), "--out", "x.jsonl"]) == 2
+    assert "--model, --out: for captioning, not for --stats" in capsys.readouterr().err
+    assert main(["caption", source, "--stats", "--fields", "alt"]) == 0  # each mode's own flags still work

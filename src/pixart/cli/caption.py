@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from pixart.data.sources import Inputs
 
 DTYPES = ("bfloat16", "float16", "float32")
+# Each mode's own flags: given to the other mode they would be ignored (--fields dense for --field dense)
+CAPTIONING_FLAGS = ("model", "out", "field", "with_alt", "batch_size", "max_new_tokens", "temperature", "seed", "dtype")
+STATS_FLAGS = ("fields", "tokenizer", "max_length", "spacy_model")
+DEFAULTS: dict[str, object] = {}  # what register gave each of them
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +54,22 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="report captions longer than this (default: what prepare keeps for each encoder, T5 120, MiniLM 48)",
     )
     stats.add_argument("--spacy-model", default="en_core_web_sm", help="spaCy model for nouns, if installed")
+    DEFAULTS.update({dest: parser.get_default(dest) for dest in CAPTIONING_FLAGS + STATS_FLAGS})
+
+
+def refuse_the_other_modes_flags(args: argparse.Namespace) -> None:
+    """One line for a flag the chosen mode would ignore, naming the likely meant one where there is one."""
+    from pixart.cli.main import UserError
+
+    foreign = CAPTIONING_FLAGS if args.stats else STATS_FLAGS
+    given = [dest for dest in foreign if getattr(args, dest) != DEFAULTS.get(dest)]
+    if not given:
+        return
+    flags = ", ".join("--" + dest.replace("_", "-") for dest in given)
+    if args.stats:
+        raise UserError(f"{flags}: for captioning, not for --stats (which reads the captions INPUT holds)")
+    meant = " (did you mean --field, the one field the new captions go to?)" if "fields" in given else ""
+    raise UserError(f"{flags}: for --stats, not for captioning{meant}")
 
 
 def list_or_refuse(path: Path) -> Inputs:
@@ -148,6 +168,7 @@ def prepare_fields(out: Path, field_name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from pixart.cli.main import UserError, check_writable_folder
 
+    refuse_the_other_modes_flags(args)
     if args.stats:
         return run_stats(args)
     options = caption_options(args)
