@@ -468,6 +468,8 @@ def test_sigterm_stops_the_server_as_ctrl_c_does(model_folder, tmp_path, busy):
             time.sleep(3)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, process.stdout.read()
+        said = process.stdout.read()
+        assert f"serving on http://127.0.0.1:{port}/ (Ctrl+C stops it)" in said and "share=True" not in said, said
     finally:
         if process.poll() is None:
             process.kill()

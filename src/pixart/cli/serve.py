@@ -131,9 +131,13 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM (kill, systemd, docker stop) takes Ctrl+C's way out: gradio closes the server and the exit
     # handlers run, removing the temporary --out; by default it ended the process on the spot.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"loaded {model}; starting the web server on {args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    # The address to open, said here: gradio's own lines (quiet) add a share=True hint that a command line user
+    # cannot act on
+    shown = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
+    shown = f"[{shown}]" if ":" in shown else shown
+    print(f"loaded {model}; serving on http://{shown}:{args.port}/ (Ctrl+C stops it)", flush=True)
     try:
-        page.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out.resolve())])
+        page.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out.resolve())], quiet=True)
     except KeyboardInterrupt:  # a stop during gradio's start-up checks, before its own loop catches it
         page.close()
     except OSError as error:  # taken since the check; gradio's message would advise GRADIO_SERVER_PORT
