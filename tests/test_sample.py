@@ -233,7 +233,9 @@ def test_ddim_refuses_step_counts_whose_leading_spacing_starts_low():
 @pytest.mark.parametrize("name", ["ddim", "iddpm", "euler"])
 def test_one_step_is_refused_where_it_would_not_denoise(name):
     with pytest.raises(
-        ValueError, match=f"sampler '{name}' needs at least 2 steps, got 1.*: dpm-solver\\+\\+, sa-solver$"
+        ValueError,
+        match=f"sampler '{name}' needs at least 2 steps, got 1.*: for eps \\(iddpm\\) models, dpm-solver\\+\\+, "
+        "sa-solver; for flow models, flow-euler, flow-dpm-solver$",
     ):
         oracle_sample(name, 1)
 
