@@ -458,33 +458,29 @@ def test_a_new_run_does_not_mix_with_an_earlier_one(pipeline_folder, tmp_path, c
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
 
 
-def test_a_t5_model_folder_without_its_t5_says_so_before_loading(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    ("missing", "library", "cli", "given"),
+    [
+        ("text_encoder_path", "no T5 is bundled\\): pass --text-encoder DIR", "pass --text-encoder DIR", "t5"),
+        # codec_path null (ModelSpec's default) with the SD VAE: a traceback once the transformer had loaded
+        ("codec_path", "names the sd-vae codec but no folder or file for it", "pass --vae PATH", "vae"),
+    ],
+)
+def test_a_model_folder_without_its_t5_or_codec_says_so_before_loading(
+    tmp_path, capsys, monkeypatch, missing, library, cli, given
+):
     from pixart import modelfolder
 
-    folder = learned_null_folder(tmp_path, text_encoder_path=None, text_max_length=16)
+    folder = learned_null_folder(tmp_path, **{missing: None}, text_max_length=16)
     with monkeypatch.context() as patch:  # the spec alone decides: no weights are read
         patch.setattr(modelfolder, "load_transformer", lambda *a, **k: pytest.fail("weights loaded"))
-        with pytest.raises(FileNotFoundError, match="no T5 is bundled\\): pass --text-encoder DIR"):
+        with pytest.raises(FileNotFoundError, match=library):
             modelfolder.load_components(folder)
     assert main(["generate", "x", "--model", str(folder), "--out", str(tmp_path / "out")]) == 2
-    assert "pass --text-encoder DIR" in capsys.readouterr().err
-    # --text-encoder fills the gap
-    pipe = TextToImage.from_path(folder, text_encoder=tmp_path / "t5")
-    assert pipe.generate(["a dog"], Settings(steps=2), progress=False)[0].image.size == (32, 32)
-
-
-def test_a_model_folder_without_its_codec_says_so_before_loading(tmp_path, capsys, monkeypatch):
-    """codec_path null (ModelSpec's default) with the SD VAE: a traceback once the transformer had loaded."""
-    from pixart import modelfolder
-
-    folder = learned_null_folder(tmp_path, codec_path=None, text_max_length=16)
-    with monkeypatch.context() as patch:  # the spec alone decides: no weights are read
-        patch.setattr(modelfolder, "load_transformer", lambda *a, **k: pytest.fail("weights loaded"))
-        with pytest.raises(FileNotFoundError, match="names the sd-vae codec but no folder or file for it"):
-            modelfolder.load_components(folder)
-    assert main(["generate", "x", "--model", str(folder), "--out", str(tmp_path / "out")]) == 2
-    assert "pass --vae PATH" in capsys.readouterr().err
-    pipe = TextToImage.from_path(folder, vae=folder / "vae")  # --vae fills the gap
+    assert cli in capsys.readouterr().err
+    # --text-encoder / --vae fills the gap
+    folders = {"t5": {"text_encoder": tmp_path / "t5"}, "vae": {"vae": folder / "vae"}}[given]
+    pipe = TextToImage.from_path(folder, **folders)
     assert pipe.generate(["a dog"], Settings(steps=2), progress=False)[0].image.size == (32, 32)
 
 

@@ -29,10 +29,7 @@ from pixart.weights.io import (
     SAMPLING_METADATA,
     sampling_entry,
     sampling_metadata,
-    training_checkpoint_settings,
-    training_sampling_entry,
 )
-from pixart.weights.sharded import is_sharded_checkpoint
 
 SPEC_FILE = "model.json"
 DOWNLOAD_HINT = (
@@ -261,12 +258,7 @@ def bare_weights_spec(vae: Path, text_encoder: Path) -> ModelSpec:
 
 def sampling_record(path: Path) -> dict[str, str]:
     """{SAMPLING_METADATA: its JSON} of how the weights at `path` sample, where something says: a model
-    folder's model.json, a training checkpoint's config, or the record save_transformer keeps in each
-    layout (our file's metadata, a .pth's entry, a diffusers folder's file). {} for any other weights."""
-    if is_sharded_checkpoint(path) or path.suffix in (".pt", ".pth"):
-        settings = training_checkpoint_settings(path)
-        if settings is not None:
-            return training_sampling_entry(settings)
+    folder's model.json, or what the weights record themselves (see sampling_metadata). {} for any other."""
     if path.is_dir() and folder_kind(path) == "pixart":
         spec = spec_of(path, "pixart")
         return sampling_entry(spec.objective, spec.flow_shift, spec.shift_base_tokens)

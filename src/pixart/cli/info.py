@@ -51,15 +51,16 @@ def run(args: argparse.Namespace) -> int:
         "architecture": architecture,
         "parameters": params,
         "dtype": stored_dtypes(state),
-        "ema_set": holds_ema(args.path),  # a second set of weights --ema reads (not: "these are EMA weights")
     }
+    settings = training_checkpoint_settings(args.path)
+    # a second set of weights --ema reads (not: "these are EMA weights"); our checkpoints always hold one
+    info["ema_set"] = settings is not None or official_ema_set(args.path)
     recorded = sampling_record(args.path)
     if recorded:  # where nothing records it, generate samples the weights as the eps (IDDPM) model they are
         info["sampling"] = json.loads(recorded[SAMPLING_METADATA])
     if fmt != "dit" and not state["y_embedder.y_embedding"].any():  # diffusers' weights, or converted from them
         info["null_caption"] = "none learned (all zeros): pixart generate guides with the encoded empty prompt"
     info["config"] = config
-    settings = training_checkpoint_settings(args.path)
     if settings is not None:
         stored = settings["config"]
         info["training_checkpoint"] = {
@@ -92,18 +93,14 @@ def stored_dtypes(state: dict) -> str:
     return ", ".join(sorted({str(tensor.dtype).removeprefix("torch.") for tensor in state.values()}))
 
 
-def holds_ema(path: Path) -> bool:
-    """Whether --ema (use_ema=True) has a second set of weights to read: an official .pth's state_dict_ema,
-    or the EMA of one of our training checkpoints."""
-    from pixart.weights.io import is_training_checkpoint, load_checkpoint_file
-    from pixart.weights.sharded import is_sharded_checkpoint, sharded_entries
+def official_ema_set(path: Path) -> bool:
+    """Whether an official .pth holds EMA weights (state_dict_ema) beside its state_dict."""
+    from pixart.weights.io import load_checkpoint_file
 
-    if is_sharded_checkpoint(path):
-        return "ema" in sharded_entries(path)
     if path.suffix not in (".pt", ".pth", ".bin", ".ckpt") or not path.is_file():
         return False
     data = load_checkpoint_file(path)  # memory-mapped, and already read once: the page cache has it
-    return is_training_checkpoint(data) or (isinstance(data, dict) and "state_dict_ema" in data)
+    return isinstance(data, dict) and "state_dict_ema" in data
 
 
 def describe(value: object) -> str:

@@ -112,13 +112,18 @@ def sampling_entry(objective: str, flow_shift: float, shift_base_tokens: int) ->
 
 def sampling_metadata(path: str | Path) -> dict[str, str]:
     """{SAMPLING_METADATA: its JSON} where the weights at `path` record it (save_transformer's `metadata`):
-    our .safetensors file's metadata, a .pth's "sampling" entry, a diffusers folder's SAMPLING_FILE; else {}."""
+    our .safetensors file's metadata, a .pth's "sampling" entry, a diffusers folder's SAMPLING_FILE, a
+    training checkpoint's config (step-N.pt, step-N.dcp); else {}."""
     path = Path(path)
     recorded: object = None
+    if is_sharded_checkpoint(path) and (settings := training_checkpoint_settings(path)) is not None:
+        return _training_sampling_entry(settings)
     if path.suffix == ".safetensors" and path.is_file():
         recorded = safetensors_metadata(path).get(SAMPLING_METADATA)
     elif path.suffix in (".pth", ".pt") and path.is_file():
         data = load_checkpoint_file(path)  # memory-mapped: its tensors are not read
+        if is_training_checkpoint(data):  # the config it trained with says it
+            return _training_sampling_entry(data)
         recorded = data.get(SAMPLING_METADATA) if isinstance(data, dict) else None
     elif path.is_dir() and (folder := _diffusers_folder(path)) is not None and (folder / SAMPLING_FILE).is_file():
         recorded = (folder / SAMPLING_FILE).read_text()
@@ -233,7 +238,7 @@ def training_checkpoint_settings(path: Path) -> dict[str, Any] | None:
     return {key: value for key, value in data.items() if key not in ("model", "ema", "optimizer")}
 
 
-def training_sampling_entry(settings: dict[str, Any]) -> dict[str, str]:
+def _training_sampling_entry(settings: dict[str, Any]) -> dict[str, str]:
     """sampling_entry of a training checkpoint's diffusion settings (their defaults where it predates one)."""
     diffusion = {**dataclasses.asdict(DiffusionConfig()), **settings["config"].get("diffusion", {})}
     return sampling_entry(diffusion["objective"], diffusion["flow_shift"], diffusion["shift_base_tokens"])

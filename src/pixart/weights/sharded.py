@@ -28,11 +28,6 @@ def _entry_paths(path: Path) -> list[tuple[str, ...]]:
     return [tuple((metadata.planner_data or {}).get(flat, (flat,))) for flat in metadata.state_dict_metadata]
 
 
-def sharded_entries(path: Path) -> set[str]:
-    """The top-level names a sharded checkpoint holds (model, ema, optimizer, step, config...)."""
-    return {where[0] for where in _entry_paths(path)}
-
-
 def sharded_model_keys(path: Path) -> list[str]:
     """The state-dict keys of the model a sharded checkpoint holds, without reading any tensor."""
     return [where[1] for where in _entry_paths(path) if where[0] == "model" and len(where) == 2]
