@@ -28,8 +28,11 @@ from pixart.data.caption import (
 )
 from pixart.data.caption_stats import collect, field_stats, format_table, load_spacy, words
 from pixart.data.dataset import FeatureDataset
-from pixart.data.prepare import PrepareOptions, prepare
-from pixart.data.sources import BAD_CAPTION, BAD_SIDECAR, has_text, list_inputs, manifest_rows
+from pixart.data.items import BAD_CAPTION, BAD_SIDECAR, has_text
+from pixart.data.manifests import manifest_rows
+from pixart.data.prepare import prepare
+from pixart.data.prepare_options import PrepareOptions
+from pixart.data.sources import list_inputs
 from pixart.encoders import SDVAE, T5Encoder
 
 LLAVA_WORDS = ["a", "an", "the", "image", "photo", "of", "in", "on", "with", "red", "blue", "green", "cat", "dog"]

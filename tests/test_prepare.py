@@ -32,19 +32,13 @@ from pixart.data.images import (
     load_rgb,
     resize_cover_crop,
 )
-from pixart.data.prepare import PrepareError, PrepareOptions, format_summary, prepare, process_part
+from pixart.data.items import BAD_CAPTION, BAD_ROW, BAD_SIDECAR, BAD_TAR, DUPLICATE, MISSING_CAPTION, InputError
+from pixart.data.prepare import prepare
+from pixart.data.prepare_options import PrepareError, PrepareOptions, process_part
+from pixart.data.prepare_report import format_summary
 from pixart.data.sampler import BucketBatchSampler
 from pixart.data.shards import finished_shards
-from pixart.data.sources import (
-    BAD_CAPTION,
-    BAD_ROW,
-    BAD_SIDECAR,
-    BAD_TAR,
-    DUPLICATE,
-    MISSING_CAPTION,
-    InputError,
-    list_inputs,
-)
+from pixart.data.sources import list_inputs
 from pixart.encoders import SDVAE, MiniLMEncoder, T5Encoder
 from pixart.encoders.codecs import from_uint8
 from pixart.encoders.text import check_max_length
@@ -248,7 +242,8 @@ KILLER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from pixart import files
-from pixart.data.prepare import PrepareOptions, prepare
+from pixart.data.prepare import prepare
+from pixart.data.prepare_options import PrepareOptions
 from pixart.data.sources import list_inputs
 from pixart.encoders import SDVAE, MiniLMEncoder, T5Encoder
 
@@ -573,7 +568,7 @@ def test_a_folder_of_upper_case_tar_shards_is_read(tmp_path):
 def test_tar_members_keep_the_spelling_of_their_suffix(tmp_path):
     """Items were named with the suffix lower-cased: cat.JPG and cat.jpg, two images, became one name (the
     second reported as a duplicate), and IMG_1.JPG was named IMG_1.jpg, which names no member."""
-    from pixart.data.sources import resolve_image
+    from pixart.data.manifests import resolve_image
 
     with tarfile.open(tmp_path / "00000.tar", "w") as tar:
         add_member(tar, "cat.JPG", png_bytes(noise(32, 32, 1)))
@@ -766,7 +761,7 @@ def test_a_merge_that_raced_another_parts_last_shard_is_redone(tmp_path, model_d
     """Two `--shard` processes: one read the reports before the other's last shard was done and wrote its
     incomplete merge over the complete one (a rerun fixed it). Here the other part's shard finishes while
     this part writes report.json: the merge is redone and says complete."""
-    from pixart.data import prepare as prepare_module
+    from pixart.data import prepare_report
     from pixart.data.shards import report_path
 
     folder = tmp_path / "in"
@@ -774,7 +769,7 @@ def test_a_merge_that_raced_another_parts_last_shard_is_redone(tmp_path, model_d
     for i in range(4):
         write_image(folder, f"{i}.png", noise(24, 24, i), caption=f"a red circle {i}")
     out = tmp_path / "out"
-    real_write = prepare_module.write_json
+    real_write = prepare_report.write_json
     raced = []
 
     def write_while_part_two_ends(path, value, indent=2):
@@ -783,7 +778,7 @@ def test_a_merge_that_raced_another_parts_last_shard_is_redone(tmp_path, model_d
             real_write(report_path(out, 1), {"shard": 1, "samples": 0, "buckets": {}, "skipped": []}, indent=1)
         real_write(path, value, indent)
 
-    monkeypatch.setattr(prepare_module, "write_json", write_while_part_two_ends)
+    monkeypatch.setattr(prepare_report, "write_json", write_while_part_two_ends)
     assert main(cli_args(folder, out, model_dirs, "--shard-size", "2", "--shard", "0/2")) == 0
     report = json.loads((out / "report.json").read_text())
     assert raced and report["complete"] and report["shards"] == {"done": 2, "total": 2}, report
@@ -843,7 +838,7 @@ def test_a_manifest_whose_rows_name_no_image_column_is_refused_naming_its_column
 
 def test_whole_number_labels_written_as_floats_are_kept_and_others_are_not():
     """pandas writes an integer column holding a gap as 3.0: such labels were dropped as not whole."""
-    from pixart.data.sources import class_label_of
+    from pixart.data.items import class_label_of
 
     kept = [(3, 3), (3.0, 3), ("3.0", 3), (" 12 ", 12), ("0", 0)]  # pairs: 3 and 3.0 are one dict key
     for value, label in kept:

@@ -152,6 +152,15 @@ def write_json(path: Path, value: object, indent: int | None = 2) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None where there is none: no such file, unreadable, or not JSON."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, and bytes that are not UTF-8
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def text_lines(path: Path, encoding: str = "utf-8") -> list[str]:
     """The lines of a text file, ended by "\n" or "\r\n" only (str.splitlines would also cut a line at
     U+2028, U+0085 or a form feed); the file's final newline ends the last line, it starts no empty one."""

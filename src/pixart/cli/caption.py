@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pixart.data.caption import CaptionOptions
-    from pixart.data.sources import Inputs
+    from pixart.data.items import Inputs
 
 DTYPES = ("bfloat16", "float16", "float32")
 # Each mode's own flags: given to the other mode they would be ignored (--fields dense for --field dense)
@@ -74,7 +74,8 @@ def refuse_the_other_modes_flags(args: argparse.Namespace) -> None:
 
 def list_or_refuse(path: Path) -> Inputs:
     from pixart.cli.main import UserError
-    from pixart.data.sources import InputError, list_inputs
+    from pixart.data.items import InputError
+    from pixart.data.sources import list_inputs
 
     try:
         return list_inputs(path)
@@ -158,7 +159,8 @@ def caption_options(args: argparse.Namespace) -> CaptionOptions:
 
 def prepare_fields(out: Path, field_name: str) -> str:
     """The --fields to suggest for prepare: alt too only if every row kept an original caption (else it skips)."""
-    from pixart.data.sources import DEFAULT_FIELD, has_text, manifest_rows
+    from pixart.data.items import DEFAULT_FIELD, has_text
+    from pixart.data.manifests import manifest_rows
 
     rows = [row for _, row in manifest_rows(out) if isinstance(row, dict)]
     with_alt = bool(rows) and all(has_text(row.get(DEFAULT_FIELD)) for row in rows)
@@ -183,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         pending,
         resume_point,
     )
-    from pixart.data.sources import InputError
+    from pixart.data.items import InputError
 
     out = Path(args.out or default_output(args.input, args.field))
     if out.is_dir():

@@ -103,20 +103,12 @@ def models_as_given(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from pixart.cli.main import UserError, make_out_folder, removed_if_left_empty
-    from pixart.data.prepare import (
-        PrepareError,
-        PrepareOptions,
-        check_info,
-        check_models_info,
-        format_summary,
-        merge_reports,
-        pending_shards,
-        prepare,
-        process_part,
-        settings_info,
-    )
+    from pixart.data.items import InputError
+    from pixart.data.prepare import check_info, check_models_info, pending_shards, prepare, settings_info
+    from pixart.data.prepare_options import PrepareError, PrepareOptions, process_part
+    from pixart.data.prepare_report import format_summary, merge_reports
     from pixart.data.shards import DATASET_FILE
-    from pixart.data.sources import InputError, list_inputs
+    from pixart.data.sources import list_inputs
 
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     part, parts = parse_shard(args.shard)

@@ -20,17 +20,8 @@ import torch
 from PIL import Image
 
 from pixart.data.images import ImageSkipped, load_rgb
-from pixart.data.sources import (
-    ALIASES,
-    DEFAULT_FIELD,
-    IMAGE_COLUMNS,
-    Inputs,
-    Item,
-    has_text,
-    image_column,
-    is_utf8,
-    manifest_rows,
-)
+from pixart.data.items import ALIASES, DEFAULT_FIELD, Inputs, Item, has_text, is_utf8
+from pixart.data.manifests import IMAGE_COLUMNS, image_column, manifest_rows
 from pixart.encoders.text import has_tokenizer
 
 PROMPT = "Describe this image and its style in a very detailed manner"

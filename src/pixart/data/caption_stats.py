@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pixart.data.images import ImageSkipped
-from pixart.data.sources import Inputs, has_text, is_utf8
+from pixart.data.items import Inputs, has_text, is_utf8
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

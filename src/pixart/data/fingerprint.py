@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pixart.data.sources import Item
+from pixart.data.items import Item
 
 REPORT_KEY = "captions_fingerprint"  # where a shard's report keeps it
 

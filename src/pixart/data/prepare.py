@@ -24,81 +24,40 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-from pixart.data.buckets import bucket_table, closest_bucket
+from pixart.data.buckets import closest_bucket
 from pixart.data.fingerprint import REPORT_KEY as FINGERPRINT_KEY
 from pixart.data.fingerprint import captions_fingerprint
-from pixart.data.images import TOO_SMALL, ImageSkipped, check_aspect, check_size, load_rgb, resize_cover_crop
+from pixart.data.images import ImageSkipped, check_aspect, check_size, load_rgb, resize_cover_crop
+from pixart.data.items import Inputs, Item, class_label_of
+from pixart.data.prepare_options import PrepareError, PrepareOptions, my_shards, shard_count, shard_items
+from pixart.data.prepare_report import merge_reports
 from pixart.data.shards import (
     DATASET_FILE,
-    REPORT_FILE,
     FeatureSample,
     report_path,
     shard_done,
     shard_name,
     write_shard,
 )
-from pixart.data.sources import Inputs, Item, class_label_of
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
 from pixart.encoders.text import TextEncoder, encoder_info
-from pixart.files import write_json
+from pixart.files import read_json, write_json
 
 FORMAT = "pixart-features/1"
 UNEXPECTED = "unexpected error"  # a failure no check foresaw: reported, so one odd file cannot stop a run
-# What can be done about a skip reason, where something can: reported beside its count. upscale_small is
-# in dataset.json, so a rerun with it into the same --out is refused.
-SKIP_HINTS = {
-    TOO_SMALL: "rerun pixart prepare with --upscale-small, into another --out, to enlarge them instead",
-}
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class PrepareError(ValueError):
-    """The output folder does not match this run (other settings, other inputs) or the settings are invalid."""
-
-
-@dataclass
-class PrepareOptions:
-    resolution: int
-    fields: list[str] = field(default_factory=lambda: ["alt"])
-    shard_size: int = 1000
-    upscale_small: bool = False
-    batch_size: int = 16
-    part: int = 0  # this process takes the shards with index % parts == part
-    parts: int = 1
-    workers: int = 0  # threads that decode and crop images (0: in the calling thread)
-    progress: bool = True
-    stop_after: int | None = None  # write at most this many shards, then return as if killed (tests)
-
-    def __post_init__(self) -> None:
-        for flag, value, least in (
-            ("--shard-size", self.shard_size, 1),
-            ("--batch-size", self.batch_size, 1),
-            ("--workers", self.workers, 0),
-        ):
-            if value < least:
-                raise PrepareError(f"{flag} must be at least {least}, got {value}")
-        if not 0 <= self.part < self.parts:
-            raise PrepareError(f"shard part must be in [0, {self.parts}), got {self.part}")
-        if not self.fields or len(set(self.fields)) != len(self.fields):
-            raise PrepareError(f"caption fields must be distinct and at least one, got {self.fields}")
-
-    @cached_property
-    def table(self) -> dict[str, tuple[int, int]]:
-        return bucket_table(self.resolution)
 
 
 @dataclass
@@ -119,31 +78,6 @@ class PrepareResult:
     report: dict  # the merged report of the whole dataset (empty if stopped early)
 
 
-# --- process and shard assignment ---
-
-
-def process_part(part: int = 0, parts: int = 1, env: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """(part, parts) of this process: `--shard part/parts`, subdivided by RANK/WORLD_SIZE under torchrun."""
-    env = os.environ if env is None else env
-    world = int(env.get("WORLD_SIZE", "1"))
-    rank = int(env.get("RANK", "0"))
-    if world < 1 or not 0 <= rank < world:
-        raise PrepareError(f"bad RANK/WORLD_SIZE: {rank}/{world}")
-    return part * world + rank, parts * world
-
-
-def shard_count(inputs: Inputs, options: PrepareOptions) -> int:
-    return -(-len(inputs.items) // options.shard_size)
-
-
-def shard_items(inputs: Inputs, options: PrepareOptions, index: int) -> list[Item]:
-    return inputs.items[index * options.shard_size : (index + 1) * options.shard_size]
-
-
-def my_shards(inputs: Inputs, options: PrepareOptions) -> list[int]:
-    return [i for i in range(shard_count(inputs, options)) if i % options.parts == options.part]
-
-
 def pending_shards(inputs: Inputs, out: str | Path, options: PrepareOptions) -> list[int]:
     """This process's shards that are not finished yet, or whose inputs' captions or labels were edited
     since they were (what `prepare` computes)."""
@@ -156,7 +90,7 @@ def pending_shards(inputs: Inputs, out: str | Path, options: PrepareOptions) -> 
 
 
 def _captions_unchanged(out: Path, inputs: Inputs, options: PrepareOptions, index: int) -> bool:
-    recorded = (_read_json(report_path(out, index)) or {}).get(FINGERPRINT_KEY)
+    recorded = (read_json(report_path(out, index)) or {}).get(FINGERPRINT_KEY)
     # a shard from before the fingerprint was kept is taken as it is: it cannot tell
     return recorded is None or recorded == captions_fingerprint(shard_items(inputs, options, index))
 
@@ -200,7 +134,7 @@ def dataset_info(inputs: Inputs, options: PrepareOptions, codec: ImageCodec, tex
 
 def check_or_write_info(out: Path, info: dict) -> None:
     """Write dataset.json, or check that the one there came from the same settings and inputs."""
-    if _read_json(out / DATASET_FILE) is None:  # none yet (or a torn one, which atomic writes never leave)
+    if read_json(out / DATASET_FILE) is None:  # none yet (or a torn one, which atomic writes never leave)
         write_json(out / DATASET_FILE, info, indent=1)
     else:
         check_info(out, info)
@@ -211,7 +145,7 @@ def check_info(out: Path, info: dict) -> None:
 
     With settings_info, before the models load: a rerun that adds images or changes a setting is refused
     at once, even when every shard is done (it used to report the old dataset as complete)."""
-    existing = _read_json(out / DATASET_FILE)
+    existing = read_json(out / DATASET_FILE)
     if existing is None:
         return
     differences = [
@@ -231,7 +165,7 @@ def check_models_info(out: Path, given: dict) -> None:
     """Refuse an `out` whose dataset.json records another codec or text encoder than the flags `given`
     ({"codec": {...}, "text_encoder": {...}}, the fields known without loading the models): checked when
     every shard is done, where the models are not loaded and dataset_info is never compared."""
-    existing = _read_json(out / DATASET_FILE) or {}
+    existing = read_json(out / DATASET_FILE) or {}
     differences = [
         f"{part}.{key}: {existing[part].get(key)!r} there, {value!r} now"
         for part, fields in given.items()
@@ -430,81 +364,3 @@ def prepare(
                 write_shard(out, index, samples, options.fields)
             written.append(index)
     return PrepareResult(written, [i for i in mine if i not in pending], merge_reports(out, inputs, options))
-
-
-def merge_reports(out: str | Path, inputs: Inputs, options: PrepareOptions) -> dict:
-    """Merge every finished shard's report and the listing problems into out/report.json, and return it.
-
-    Several `--shard` processes merge as each ends: one that read the reports before another's last shard
-    was done could write its older, incomplete merge over the other's complete one. So the merge is
-    written, then redone while the set of finished shards has changed meanwhile: the last writer always
-    read every shard finished before its write."""
-    out = Path(out)
-    total = shard_count(inputs, options)
-
-    def finished() -> set[int]:
-        return {index for index in range(total) if shard_done(out, index)}
-
-    while True:
-        done = finished()
-        merged = _merged_reports(out, inputs, options, total, done)
-        write_json(out / REPORT_FILE, merged, indent=1)
-        if finished() == done:
-            return merged
-
-
-def _merged_reports(out: Path, inputs: Inputs, options: PrepareOptions, total: int, done: set[int]) -> dict:
-    samples, shards_done = 0, 0
-    buckets: Counter[str] = Counter()
-    truncated: Counter[str] = Counter()
-    skipped = inputs.problem_entries()
-    for index in sorted(done):
-        report = _read_json(report_path(out, index))
-        if report is None:
-            continue
-        shards_done += 1
-        samples += report["samples"]
-        buckets.update(report["buckets"])
-        truncated.update(report.get("truncated", {}))
-        skipped.extend(report["skipped"])
-    reasons = dict(sorted(Counter(s["reason"] for s in skipped).items()))
-    return {
-        "samples": samples,
-        "buckets": dict(sorted(buckets.items(), key=lambda kv: float(kv[0]))),
-        "skipped": sorted(skipped, key=lambda s: (s["path"], s["reason"])),
-        "skip_reasons": reasons,
-        "skip_hints": {reason: SKIP_HINTS[reason] for reason in reasons if reason in SKIP_HINTS},
-        "truncated_captions": {name: truncated.get(name, 0) for name in options.fields},
-        "inputs": len(inputs.items) + len(inputs.problems),
-        "shards": {"done": shards_done, "total": total},
-        "complete": shards_done == total,
-    }
-
-
-def format_summary(report: dict, out: Path | str) -> str:
-    """The report for people: samples, samples per bucket, every skipped input with its reason."""
-    shards = report["shards"]
-    state = "complete" if report["complete"] else f"{shards['done']} of {shards['total']} shards done so far"
-    lines = [f"{out}: {report['samples']} samples from {report['inputs']} inputs ({state})"]
-    if report["buckets"]:
-        lines.append("  bucket   samples")
-        lines += [f"  {key:<8} {count:>7}" for key, count in report["buckets"].items()]
-    for name, count in report["truncated_captions"].items():
-        if count:
-            lines.append(f"  {count} {name!r} captions were longer than the text encoder's max length (cut)")
-    lines.append(f"  skipped {len(report['skipped'])} inputs" + (":" if report["skipped"] else ""))
-    hints = report.get("skip_hints", {})
-    for reason, count in report["skip_reasons"].items():
-        lines.append(f"    {reason}: {count}" + (f" ({hints[reason]})" if reason in hints else ""))
-    lines += [f"  {s['path']}: {s['reason']} ({s['message']})" for s in report["skipped"]]
-    return "\n".join(lines)
-
-
-# --- small file helpers ---
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

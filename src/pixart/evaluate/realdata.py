@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from pixart.data.images import ImageSkipped, load_rgb
-from pixart.data.sources import MANIFEST_SUFFIXES, InputError, Problem, image_files, is_utf8, manifest_rows
+from pixart.data.items import InputError, Problem, is_utf8
+from pixart.data.manifests import MANIFEST_SUFFIXES, manifest_rows
+from pixart.data.sources import image_files
 from pixart.evaluate.clipscore import ClipScorer, clip_score
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.inception import inception_features

@@ -1,0 +1,72 @@
+"""What `pixart prepare` is asked to do (PrepareOptions) and which shards are whose.
+
+Input i belongs to shard i // shard_size, whether or not it is skipped; a process takes the shards with
+index % parts == part (`--shard part/parts`, times RANK/WORLD_SIZE under torchrun).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from pixart.data.buckets import bucket_table
+from pixart.data.items import Inputs, Item
+
+
+class PrepareError(ValueError):
+    """The output folder does not match this run (other settings, other inputs) or the settings are invalid."""
+
+
+@dataclass
+class PrepareOptions:
+    resolution: int
+    fields: list[str] = field(default_factory=lambda: ["alt"])
+    shard_size: int = 1000
+    upscale_small: bool = False
+    batch_size: int = 16
+    part: int = 0  # this process takes the shards with index % parts == part
+    parts: int = 1
+    workers: int = 0  # threads that decode and crop images (0: in the calling thread)
+    progress: bool = True
+    stop_after: int | None = None  # write at most this many shards, then return as if killed (tests)
+
+    def __post_init__(self) -> None:
+        for flag, value, least in (
+            ("--shard-size", self.shard_size, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--workers", self.workers, 0),
+        ):
+            if value < least:
+                raise PrepareError(f"{flag} must be at least {least}, got {value}")
+        if not 0 <= self.part < self.parts:
+            raise PrepareError(f"shard part must be in [0, {self.parts}), got {self.part}")
+        if not self.fields or len(set(self.fields)) != len(self.fields):
+            raise PrepareError(f"caption fields must be distinct and at least one, got {self.fields}")
+
+    @cached_property
+    def table(self) -> dict[str, tuple[int, int]]:
+        return bucket_table(self.resolution)
+
+
+def process_part(part: int = 0, parts: int = 1, env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(part, parts) of this process: `--shard part/parts`, subdivided by RANK/WORLD_SIZE under torchrun."""
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", "1"))
+    rank = int(env.get("RANK", "0"))
+    if world < 1 or not 0 <= rank < world:
+        raise PrepareError(f"bad RANK/WORLD_SIZE: {rank}/{world}")
+    return part * world + rank, parts * world
+
+
+def shard_count(inputs: Inputs, options: PrepareOptions) -> int:
+    return -(-len(inputs.items) // options.shard_size)
+
+
+def shard_items(inputs: Inputs, options: PrepareOptions, index: int) -> list[Item]:
+    return inputs.items[index * options.shard_size : (index + 1) * options.shard_size]
+
+
+def my_shards(inputs: Inputs, options: PrepareOptions) -> list[int]:
+    return [i for i in range(shard_count(inputs, options)) if i % options.parts == options.part]
