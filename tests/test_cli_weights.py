@@ -351,10 +351,10 @@ def test_ema_of_a_bare_state_dict_is_refused_not_ignored(tmp_path, capsys):
 def test_a_diffusers_conversion_cut_short_leaves_no_partial_folder_and_a_rerun_works(tmp_path, monkeypatch, capsys):
     """The folder's files are written beside it and renamed into place together: a conversion that stops
     after the weights (a full disk, a kill) left --out holding them, and a rerun refused that --out."""
-    import pixart.weights.io as weights_io
+    import pixart.weights.save as weights_save
 
     save_transformer(randomize_(PixArt(TINY)), tmp_path / "w.safetensors")
-    real_save_file, calls = weights_io.save_file, []
+    real_save_file, calls = weights_save.save_file, []
 
     def full_disk_on_the_second_file(*args, **kwargs):
         calls.append(args[1])
@@ -362,12 +362,12 @@ def test_a_diffusers_conversion_cut_short_leaves_no_partial_folder_and_a_rerun_w
             raise OSError(28, "No space left on device")
         return real_save_file(*args, **kwargs)
 
-    monkeypatch.setattr(weights_io, "save_file", full_disk_on_the_second_file)
+    monkeypatch.setattr(weights_save, "save_file", full_disk_on_the_second_file)
     command = ["convert", str(tmp_path / "w.safetensors"), "--to", "diffusers", "--out", str(tmp_path / "d")]
     assert main(command) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no --out, no temporary
-    monkeypatch.setattr(weights_io, "save_file", real_save_file)
+    monkeypatch.setattr(weights_save, "save_file", real_save_file)
     assert main(command) == 0
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(
         ["config.json", "diffusion_pytorch_model.safetensors", NULL_CAPTION_FILE]

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from pixart.modelfolder import sampling_record
     from pixart.weights import detect_format
     from pixart.weights.dit_init import infer_dit_config
-    from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit, training_checkpoint_settings
+    from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit
+    from pixart.weights.pth import training_checkpoint_settings
 
     given = read_config(args.config, PixArtConfig) if args.config else None
     fmt = detect_format(args.path)
@@ -95,7 +96,7 @@ def stored_dtypes(state: dict) -> str:
 
 def official_ema_set(path: Path) -> bool:
     """Whether an official .pth holds EMA weights (state_dict_ema) beside its state_dict."""
-    from pixart.weights.io import load_checkpoint_file
+    from pixart.weights.pth import load_checkpoint_file
 
     if path.suffix not in (".pt", ".pth", ".bin", ".ckpt") or not path.is_file():
         return False

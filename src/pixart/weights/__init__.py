@@ -7,8 +7,8 @@ from pixart.weights.io import (
     detect_format,
     load_transformer,
     read_state,
-    save_transformer,
 )
+from pixart.weights.save import save_transformer
 
 __all__ = [
     "FORMATS",

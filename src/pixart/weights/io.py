@@ -1,4 +1,4 @@
-"""Read and write PixArt transformer weights in three layouts, detected from the path.
+"""Read PixArt transformer weights in three layouts, detected from the path (writing: pixart.weights.save).
 
 - official: a `.pth` holding {"state_dict": ..., "state_dict_ema": ...} or a bare state dict;
 - ours: a `.safetensors` file whose metadata carries the config (official key names, no pos_embed);
@@ -17,26 +17,30 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from pixart.diffusion.objective import DiffusionConfig
-from pixart.files import atomic_folder, atomic_write
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import keys
 from pixart.weights.configs import (
     check_pos_embed,
-    diffusers_config_from_ours,
     diffusers_config_to_ours,
     infer_official_config,
-    official_pos_embed,
 )
 from pixart.weights.errors import WeightsError
-from pixart.weights.sharded import is_sharded_checkpoint, read_sharded, sharded_model_keys
+from pixart.weights.pth import (
+    is_training_checkpoint,
+    load_checkpoint_file,
+    read_official_state,
+    stored_official_config,
+    training_checkpoint_settings,
+)
+from pixart.weights.sharded import is_sharded_checkpoint, sharded_model_keys
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_PICKLED_WEIGHTS = "diffusion_pytorch_model.bin"  # older folders (save_pretrained without safetensors)
@@ -189,92 +193,10 @@ def _shards(index: Path) -> list[Path]:
 # Reading each layout into (config, our state dict)
 
 
-def load_checkpoint_file(path: Path) -> object:
-    """torch.load of a .pth/.pt, tensors and plain containers only (never code); of a sharded training
-    checkpoint (a .dcp folder), the same entries as a .pt's bar the optimizer state."""
-    if is_sharded_checkpoint(path):
-        return read_sharded(path)
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip): no mmap
-    except Exception as error:  # noqa: BLE001 - report any unpickling refusal or corruption clearly
-        reason = unreadable_reason(path, error)
-        raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {reason}") from None
-
-
-def unreadable_reason(path: Path, error: Exception) -> str:
-    """Why torch.load refused a file, in one line (torch's own text may advise weights_only=False, which
-    would run whatever code the file holds)."""
-    if path.stat().st_size == 0:
-        return "the file is empty (a copy or download cut short?)"
-    text = str(error).strip()
-    if "Weights only load failed" in text:
-        return "it holds Python objects besides tensors, which pixart never unpickles (they could run code)"
-    first = text.splitlines()[0].split(". ")[0] if text else ""
-    return f"{type(error).__name__}: {first} (a corrupt or cut-short file, or not a checkpoint)"
-
-
-def is_training_checkpoint(data: object) -> TypeGuard[dict[str, Any]]:
-    """One of our trainer's checkpoints/step-*.pt: model, ema, optimizer... and the TrainConfig."""
-    return isinstance(data, dict) and {"model", "ema", "config"} <= set(data) and "stage" in data["config"]
-
-
-def training_checkpoint_settings(path: Path) -> dict[str, Any] | None:
-    """The entries of one of our trainer's checkpoints (checkpoints/step-N.pt, or a sharded step-N.dcp
-    folder) but its weights and optimizer state: step, config, epoch...; None for any other path."""
-    if is_sharded_checkpoint(path):
-        entries = read_sharded(path, skip=("model", "ema", "optimizer"))  # kilobytes of a checkpoint's gigabytes
-        stored = entries.get("config")
-        return entries if isinstance(stored, dict) and "stage" in stored else None
-    if path.suffix not in (".pt", ".pth") or not path.is_file():
-        return None
-    data = load_checkpoint_file(path)  # memory-mapped: the tensors are not read
-    if not is_training_checkpoint(data):
-        return None
-    return {key: value for key, value in data.items() if key not in ("model", "ema", "optimizer")}
-
-
 def _training_sampling_entry(settings: dict[str, Any]) -> dict[str, str]:
     """sampling_entry of a training checkpoint's diffusion settings (their defaults where it predates one)."""
     diffusion = {**dataclasses.asdict(DiffusionConfig()), **settings["config"].get("diffusion", {})}
     return sampling_entry(diffusion["objective"], diffusion["flow_shift"], diffusion["shift_base_tokens"])
-
-
-def read_official_state(path: Path, use_ema: bool, data: object = None) -> dict[str, torch.Tensor]:
-    """The state dict of an official checkpoint, a bare state dict, or one of our training checkpoints."""
-    data = load_checkpoint_file(path) if data is None else data
-    if is_training_checkpoint(data):
-        # the trainer's EMA averages the parameters only: the buffers (the null caption) are the model's
-        return {**data["model"], **data["ema"]} if use_ema else data["model"]
-    if isinstance(data, dict) and "state_dict" in data:
-        if use_ema:
-            if "state_dict_ema" not in data:
-                raise WeightsError(f"{path} has no EMA weights (state_dict_ema): drop --ema (use_ema=False)")
-            return data["state_dict_ema"]
-        return data["state_dict"]
-    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
-        if use_ema:  # else ignored, silently: the one set there is converted either way
-            raise WeightsError(f"{path} is a bare state dict, one set of weights (no state_dict_ema): drop --ema")
-        return data
-    raise WeightsError(f"{path} is not a state dict nor a dict with a 'state_dict' entry")
-
-
-def stored_official_config(data: object, path: Path) -> PixArtConfig | None:
-    """The config a .pth carries: ours written with to='official', or a t2i training checkpoint's model."""
-    try:
-        if is_training_checkpoint(data):
-            return PixArtConfig.from_dict(data["config"]["model"]) if data["config"]["stage"] == "t2i" else None
-        if isinstance(data, dict) and isinstance(data.get("config"), dict):
-            return PixArtConfig.from_dict(data["config"])
-    except (ValueError, TypeError) as error:  # another tool's "config", or a hand-edited one
-        raise WeightsError(
-            f"{path}: its stored config is not a PixArtConfig ({error}); pass --config FILE with the model's fields"
-        ) from None
-    return None
 
 
 def refuse_ema_of_one_set(path: Path, use_ema: bool) -> None:
@@ -486,68 +408,3 @@ def load_transformer(
     model.load_state_dict(state, strict=True, assign=True)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
     return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------------
-# Writing
-
-
-def save_transformer(
-    model_or_state: PixArt | dict[str, torch.Tensor],
-    path: str | Path,
-    *,
-    to: str = "pixart",
-    config: PixArtConfig | None = None,
-    ema_state: dict[str, torch.Tensor] | None = None,
-    metadata: dict[str, str] | None = None,
-) -> Path:
-    """Write weights as 'pixart' (.safetensors), 'official' (.pth) or 'diffusers' (a folder). `metadata`
-    joins the 'pixart' file's own; its sampling record (SAMPLING_METADATA) goes into the other layouts too,
-    as a .pth's "sampling" entry or a diffusers folder's SAMPLING_FILE, where the official code and
-    diffusers never look but pixart does."""
-    if isinstance(model_or_state, PixArt):
-        config = config or model_or_state.config
-        state = model_or_state.state_dict()
-    else:
-        state = model_or_state
-        if config is None:
-            raise ValueError("save_transformer needs config= when given a bare state dict")
-    state = _cpu(state)
-    path = Path(path)
-    sampling = (metadata or {}).get(SAMPLING_METADATA)
-    if to == "pixart":
-        ours = {**(metadata or {}), "format": "pixart", "config": json.dumps(config.to_dict())}
-        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=ours))
-    elif to == "official":
-        # The config rides along (the official loader reads only the state dicts): shapes cannot say the
-        # head count of a non-XL model or caption_norm, so a round trip would otherwise change the model.
-        payload: dict[str, object] = {
-            "state_dict": {**state, "pos_embed": official_pos_embed(config)},
-            "config": config.to_dict(),
-        }
-        if sampling is not None:
-            payload[SAMPLING_METADATA] = sampling
-        if ema_state is not None:
-            payload["state_dict_ema"] = {**_cpu(ema_state), "pos_embed": official_pos_embed(config)}
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    elif to == "diffusers":
-        diffusers_config = diffusers_config_from_ours(config)
-        null = state.pop("y_embedder.y_embedding")
-        theirs = keys.to_diffusers(state, config.depth, config.micro_conditions)  # before the folder: it may refuse
-
-        def write_folder(folder: Path) -> None:
-            save_file(theirs, str(folder / DIFFUSERS_WEIGHTS), metadata={"format": "pt"})
-            save_file({"y_embedding": null}, str(folder / NULL_CAPTION_FILE))
-            if sampling is not None:
-                (folder / SAMPLING_FILE).write_text(sampling + "\n")
-            # last: a folder written in place (see atomic_folder) is no diffusers folder until it is there
-            (folder / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
-
-        atomic_folder(path, write_folder)
-    else:
-        raise ValueError(f"unknown weights layout {to!r}; choose one of {FORMATS}")
-    return path
-
-
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in state.items() if k != "pos_embed"}

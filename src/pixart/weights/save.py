@@ -1,0 +1,76 @@
+"""Write PixArt weights in each layout: ours (.safetensors), official (.pth), diffusers (a folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from pixart.files import atomic_folder, atomic_write
+from pixart.model.pixart import PixArt, PixArtConfig
+from pixart.weights import keys
+from pixart.weights.configs import diffusers_config_from_ours, official_pos_embed
+from pixart.weights.io import DIFFUSERS_WEIGHTS, FORMATS, NULL_CAPTION_FILE, SAMPLING_FILE, SAMPLING_METADATA
+
+
+def save_transformer(
+    model_or_state: PixArt | dict[str, torch.Tensor],
+    path: str | Path,
+    *,
+    to: str = "pixart",
+    config: PixArtConfig | None = None,
+    ema_state: dict[str, torch.Tensor] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write weights as 'pixart' (.safetensors), 'official' (.pth) or 'diffusers' (a folder). `metadata`
+    joins the 'pixart' file's own; its sampling record (SAMPLING_METADATA) goes into the other layouts too,
+    as a .pth's "sampling" entry or a diffusers folder's SAMPLING_FILE, where the official code and
+    diffusers never look but pixart does."""
+    if isinstance(model_or_state, PixArt):
+        config = config or model_or_state.config
+        state = model_or_state.state_dict()
+    else:
+        state = model_or_state
+        if config is None:
+            raise ValueError("save_transformer needs config= when given a bare state dict")
+    state = _cpu(state)
+    path = Path(path)
+    sampling = (metadata or {}).get(SAMPLING_METADATA)
+    if to == "pixart":
+        ours = {**(metadata or {}), "format": "pixart", "config": json.dumps(config.to_dict())}
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=ours))
+    elif to == "official":
+        # The config rides along (the official loader reads only the state dicts): shapes cannot say the
+        # head count of a non-XL model or caption_norm, so a round trip would otherwise change the model.
+        payload: dict[str, object] = {
+            "state_dict": {**state, "pos_embed": official_pos_embed(config)},
+            "config": config.to_dict(),
+        }
+        if sampling is not None:
+            payload[SAMPLING_METADATA] = sampling
+        if ema_state is not None:
+            payload["state_dict_ema"] = {**_cpu(ema_state), "pos_embed": official_pos_embed(config)}
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    elif to == "diffusers":
+        diffusers_config = diffusers_config_from_ours(config)
+        null = state.pop("y_embedder.y_embedding")
+        theirs = keys.to_diffusers(state, config.depth, config.micro_conditions)  # before the folder: it may refuse
+
+        def write_folder(folder: Path) -> None:
+            save_file(theirs, str(folder / DIFFUSERS_WEIGHTS), metadata={"format": "pt"})
+            save_file({"y_embedding": null}, str(folder / NULL_CAPTION_FILE))
+            if sampling is not None:
+                (folder / SAMPLING_FILE).write_text(sampling + "\n")
+            # last: a folder written in place (see atomic_folder) is no diffusers folder until it is there
+            (folder / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
+
+        atomic_folder(path, write_folder)
+    else:
+        raise ValueError(f"unknown weights layout {to!r}; choose one of {FORMATS}")
+    return path
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items() if k != "pos_embed"}
