@@ -20,7 +20,8 @@ from PIL import Image
 from tiny_models import save_tiny_pipeline, save_tiny_t5, tiny_vae
 
 from pixart.cli import main
-from pixart.generate import GenerationError, Settings, TextToImage, micro_conditions
+from pixart.generate import TextToImage, micro_conditions
+from pixart.generation_settings import GenerationError, Settings
 from pixart.model import TINY, TINY_MS, PixArt
 from pixart.modelfolder import ModelSpec, read_spec, save_model_folder
 from pixart.weights import save_transformer
@@ -506,7 +507,7 @@ def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
     with pytest.raises(main_module.UserError, match=f"--prompts-file {tmp_path}: Is a directory"):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=tmp_path))
     latin1 = b"caf\xe9 red circle".decode("utf-8", "surrogateescape")  # as Python hands over a shell's Latin-1
-    from pixart.generate import check_request
+    from pixart.generation_settings import check_request
 
     with pytest.raises(GenerationError, match=r"the prompt 'caf\\udce9 red circle' is not UTF-8 text"):
         check_request(Settings(), prompts=["a cat", latin1])  # the CLI, the app and generate() all call it
@@ -612,7 +613,7 @@ def test_a_diffusers_transformer_as_bare_weights_draws_what_its_folder_draws(pip
 
 def test_a_sidecar_records_the_inputs_beside_the_model(tmp_path):
     """--vae, --text-encoder and --t5-8bit change the image: the PNG and its sidecar say them."""
-    from pixart.generate import GeneratedImage
+    from pixart.generation_settings import GeneratedImage
     from pixart.outputs import write_images
 
     result = GeneratedImage(Image.new("RGB", (8, 8)), "a cat", 3, {"steps": 2, "dtype": "bfloat16"})

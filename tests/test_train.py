@@ -1098,7 +1098,8 @@ def test_a_stop_during_the_last_checkpoint_lets_it_finish(shapes_data, tmp_path,
 def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_with(shapes_data, tmp_path):
     """`pixart train` leaves no model folder: a run was given to generate as its weights plus --vae and
     --text-encoder, which its data's dataset.json already names."""
-    from pixart.generate import Settings, TextToImage
+    from pixart.generate import TextToImage
+    from pixart.generation_settings import Settings
     from pixart.modelfolder import folder_kind
 
     config = config_for(shapes_data, steps=2, every=2)
@@ -1116,7 +1117,7 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     from tiny_models import tiny_vae
 
     from pixart.encoders.text import minilm_folder
-    from pixart.generate import GenerationError
+    from pixart.generation_settings import GenerationError
 
     tiny_vae().save_pretrained(tmp_path / "vae")  # 4-channel latents; the run trained on 3-channel pixels
     with pytest.raises(FileNotFoundError, match="was trained on pixels, with no codec: it takes no --vae"):

@@ -25,7 +25,8 @@ import gradio as gr
 from pixart.data.buckets import closest_bucket
 from pixart.data.buckets import parse_size as parse_height_width
 from pixart.diffusion.schedulers import SAMPLERS
-from pixart.generate import GeneratedImage, GenerationError, Settings, TextToImage, check_size
+from pixart.generate import TextToImage
+from pixart.generation_settings import GeneratedImage, GenerationError, Settings, check_size
 from pixart.outputs import write_images
 
 MAX_IMAGES = 8

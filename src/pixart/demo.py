@@ -432,7 +432,8 @@ def evaluate_and_report(
 ) -> dict:
     from pixart.evaluate.probe import probe_accuracy
     from pixart.evaluate.suite import SHAPES_KEYS, shapes_suite
-    from pixart.generate import Settings, TextToImage
+    from pixart.generate import TextToImage
+    from pixart.generation_settings import Settings
     from pixart.grids import image_grid
     from pixart.train.metrics import plot_loss, read_metrics
 

@@ -11,7 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from pixart.files import atomic_write, write_json
-from pixart.generate import GeneratedImage
+from pixart.generation_settings import GeneratedImage
 from pixart.grids import image_grid
 
 CONTACT_SHEET = "contact_sheet.png"

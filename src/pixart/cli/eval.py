@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pixart.generate imports torch: the CLI imports it only when a command runs
-    from pixart.generate import Settings, TextToImage
+    from pixart.generate import TextToImage
+    from pixart.generation_settings import Settings
 
 SUITES = ("shapes", "real")
 SINGLE_ROWS = (("color", "colour"), ("shape", "shape"), ("size", "size"), ("position", "position"))
@@ -357,7 +358,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pixart.cli.main import UserError, check_device, removed_if_left_empty
     from pixart.files import write_json
-    from pixart.generate import GenerationError, Settings, TextToImage, check_request
+    from pixart.generate import TextToImage
+    from pixart.generation_settings import GenerationError, Settings, check_request
     from pixart.modelfolder import folder_kind
 
     started = time.time()

@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError, check_device, removed_if_left_empty
-    from pixart.generate import GenerationError, Settings, TextToImage, check_request
+    from pixart.generate import TextToImage
+    from pixart.generation_settings import GenerationError, Settings, check_request
     from pixart.modelfolder import folder_kind
     from pixart.outputs import CONTACT_SHEET, write_images
 

@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError, check_device, make_out_folder, removed_if_left_empty
-    from pixart.generate import GenerationError, TextToImage
+    from pixart.generate import TextToImage
+    from pixart.generation_settings import GenerationError
 
     check_device(args.device)
     check_address(args.host, args.port)

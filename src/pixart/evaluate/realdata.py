@@ -23,7 +23,8 @@ from pixart.evaluate.clipscore import ClipScorer, clip_score
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.inception import inception_features
 from pixart.files import text_lines
-from pixart.generate import Settings, TextToImage
+from pixart.generate import TextToImage
+from pixart.generation_settings import Settings
 
 PROMPT_FIELDS = ("caption", "prompt", "text", "alt")  # tried in this order when no field is named
 

@@ -13,7 +13,8 @@ from pixart.evaluate.probe_scores import (
     score_relation_detections,
     score_single_detections,
 )
-from pixart.generate import Settings, TextToImage
+from pixart.generate import TextToImage
+from pixart.generation_settings import Settings
 
 
 def generate_arrays(
