@@ -404,6 +404,18 @@ def test_list_images_finds_images_recursively(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["2.jpg", "a/1.PNG"]
 
 
+def test_a_broken_link_among_the_reference_images_is_counted_as_skipped(tmp_path):
+    """A link to an image on a drive no longer mounted vanished from the reference set without a count."""
+    from pixart.evaluate.realdata import read_images
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "0.png")
+    (tmp_path / "1.png").symlink_to(tmp_path / "gone" / "1.png")
+    skipped: list[dict] = []
+    arrays = list(read_images(list_images(tmp_path), skipped))
+    assert len(arrays) == 1
+    assert [(s["path"], s["reason"]) for s in skipped] == [(str(tmp_path / "1.png"), "unreadable")], skipped
+
+
 def test_bad_seed_guidance_and_device_are_refused_before_loading(tmp_path, capsys):
     """Each was found only after the model had loaded (nan or inf guidance scored black images)."""
     base = ("--model", tmp_path, "--out", tmp_path / "e.json")  # an empty folder: loading it would fail
@@ -450,11 +462,25 @@ def test_out_folder_is_made_and_earlier_results_are_announced_before_loading(tmp
     assert code == 2 and "is a folder but holds neither" in err  # the empty model folder fails at loading...
     assert not (tmp_path / "new").exists()  # ...and the folders made for --out went again (an empty one was left)
     out.parent.mkdir(parents=True)
-    out.write_text("earlier results")
+    earlier = '{"suite": "shapes", "model": "runs/demo/model", "seed": 0}\n'
+    out.write_text(earlier)
     code, err = run_eval(capsys, "--model", tmp_path, "--probe-cache", tmp_path / "cache", "--out", out)
     assert f"note: {out} holds earlier results; this run replaces them when it ends" in err
     assert err.index("note:") < err.index("is a folder but holds neither")  # said before anything loads
-    assert out.read_text() == "earlier results"  # a run that fails replaces nothing
+    assert out.read_text() == earlier  # a run that fails replaces nothing
+
+
+def test_an_out_file_that_is_not_an_eval_result_is_refused(tmp_path, capsys):
+    """--out named one of the run's own inputs (the prompts, the Inception file, the weights) and the
+    results replaced it, with a note calling it earlier results."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    for text in ("a red circle\n", '{"fid": 1.0}\n', "[1, 2]\n"):  # not JSON; JSON of another tool; not an object
+        prompts.write_text(text)
+        code, err = run_eval(capsys, "--model", tmp_path, "--probe-cache", tmp_path / "cache", "--out", prompts)
+        assert code == 2 and f"--out {prompts} exists and is not a pixart eval result" in err, err
+        assert "is a folder but holds neither" not in err  # refused before loading
+        assert prompts.read_text() == text
 
 
 class LoadAttempted(Exception):

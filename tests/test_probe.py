@@ -68,6 +68,10 @@ def test_frechet_distance_on_samples():
     assert sigma.shape == (4, 4)
     with pytest.raises(ValueError, match="N >= 2"):
         frechet_distance(a[:1], b)
+    broken = a.copy()
+    broken[3, 1] = np.nan  # numpy's error was "Eigenvalues did not converge", which names nothing
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        frechet_distance(broken, b)
 
 
 # --- scoring logic -----------------------------------------------------------------------------------
@@ -229,7 +233,7 @@ def test_read_and_features(quick_probe):
 # --- caching -----------------------------------------------------------------------------------------
 
 
-def test_cache_round_trip_and_version_key(tmp_path, monkeypatch):
+def test_cache_round_trip_and_version_key(tmp_path, monkeypatch, capsys):
     calls = []
 
     def fake_train(seed=0, steps=1, device="cpu", progress=False):
@@ -253,6 +257,16 @@ def test_cache_round_trip_and_version_key(tmp_path, monkeypatch):
     assert calls == [(0, 5), (0, 5)]  # a changed version retrains
     load_or_train_probe(tmp_path, steps=5, seed=1, version="v-test")
     assert calls[-1] == (1, 5)
+
+    # A cache file cut short (an interrupted copy, a full disk) is trained again and replaced, with a note
+    # naming it: it was a traceback, on this and every later run.
+    cached = next(tmp_path.glob("*v-test-seed1*.safetensors"))
+    cached.write_bytes(cached.read_bytes()[:100])
+    load_or_train_probe(tmp_path, steps=5, seed=1, version="v-test")
+    assert calls[-1] == (1, 5) and len(calls) == 4
+    assert f"note: the cached probe {cached} cannot be read" in capsys.readouterr().err
+    assert load_or_train_probe(tmp_path, steps=5, seed=1, version="v-test").version == "v-test"
+    assert len(calls) == 4  # the replacement is read back
 
 
 def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):

@@ -133,11 +133,15 @@ def prepare_outputs(args: argparse.Namespace) -> Path:
 
 
 def check_out_file(out: Path) -> None:
-    """A regular file (or none yet) in a folder that takes files."""
+    """A regular file (or none yet) in a folder that takes files; an existing one must hold earlier results
+    of `pixart eval`, which are what the run replaces."""
     from pixart.cli.main import UserError, check_writable_folder
+    from pixart.files import read_json
 
     if out.exists() and not out.is_file():  # a device or a pipe: the results would replace it
         raise UserError(f"--out {out} is not a regular file: give the JSON file to write")
+    if out.is_file() and "suite" not in (read_json(out) or {}):  # --out prompts.txt replaced the prompts
+        raise UserError(f"--out {out} exists and is not a pixart eval result: choose another --out, or remove it")
     check_writable_folder(out.parent, "--out", out)
 
 

@@ -20,6 +20,8 @@ def _as_float64(features: np.ndarray | torch.Tensor) -> np.ndarray:
     array = np.asarray(features, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] < 2:
         raise ValueError(f"features must be (N, F) with N >= 2, got shape {array.shape}")
+    if not np.isfinite(array).all():  # else numpy's "Eigenvalues did not converge", which names nothing
+        raise ValueError("the features hold NaN or infinite values: the feature network gave them (a broken detector?)")
     return array
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -361,7 +363,11 @@ def load_or_train_probe(
     """The cached probe for (version, seed, steps), training and caching it first if there is none."""
     path = Path(cache_dir or default_cache_dir()) / f"shapes-{version}-seed{seed}-steps{steps}.safetensors"
     if path.exists():
-        return Probe.load(path, device)
+        try:
+            return Probe.load(path, device)
+        except (SafetensorError, RuntimeError, OSError, ValueError) as error:  # cut short, corrupt, another net
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"note: the cached probe {path} cannot be read ({reason}); training it again", file=sys.stderr)
     probe = train_probe(seed=seed, steps=steps, device=device, progress=progress)
     probe.version = version
     probe.save(path)

@@ -1,8 +1,8 @@
 """The real-data suite: FID and CLIP score of a model's images for a prompt file, against reference images.
 
 Prompts come from a text file (one a line) or a JSONL manifest (a caption field per row). Image k is made
-with seed + k, one per prompt, in chunks, and each chunk is scored and dropped, so memory stays flat for
-30k-image runs. FID compares the Inception features (pixart.evaluate.inception) of the generated images with
+with seed + k, one per prompt, in chunks, and each chunk is scored and dropped: only the features stay in
+memory (2048 float64 numbers an image, about 0.5 GB a side for 30k images). FID compares the Inception features (pixart.evaluate.inception) of the generated images with
 those of every readable image in the reference folder; CLIP score pairs each image with its own prompt
 (pixart.evaluate.clipscore). Either metric is skipped when its network is not given.
 """
@@ -77,11 +77,13 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files under `folder` (recursively, hidden ones left out), sorted."""
+    """Image files under `folder` (recursively, hidden ones left out), sorted, and links named as images whose
+    target is gone: reading them reports them as skipped (left out here, they vanished without a count)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--real: no folder at {folder}")
-    return image_files(folder)
+    broken_links: list[Path] = []
+    return sorted(image_files(folder, broken_links) + broken_links)
 
 
 def read_images(paths: Iterable[Path], skipped: list[dict]) -> Iterator[np.ndarray]:
