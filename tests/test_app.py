@@ -266,7 +266,7 @@ def test_refusals_and_a_blank_negative_prompt_match_the_command(model_folder, tm
 
     studio = Studio(TextToImage.from_path(model_folder), tmp_path)
     reply = studio.request("a dog", None, "1.0", None, "ddim", 1, 4.5, 5, False, 1)
-    assert "Cannot generate" in reply.notice and "needs at least 2 steps" in reply.notice and not reply.files
+    assert "Cannot generate" in reply.notice and "needs at least 10 steps" in reply.notice and not reply.files
     reply = studio.request("a dog", "   ", "1.0", None, None, 2, 4.5, 5, False, 1)
     assert json.loads(Path(reply.files[0]).with_suffix(".json").read_text())["negative"] is None
 

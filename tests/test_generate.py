@@ -350,9 +350,9 @@ def test_t5_in_8_bits_encodes_close_to_full_precision(pipeline_folder):
 
 def test_samplers_that_cannot_denoise_in_one_step_refuse_it(pipeline_folder, tmp_path, capsys):
     pipe = TextToImage.from_path(pipeline_folder)
-    with pytest.raises(GenerationError, match="sampler 'ddim' needs at least 2 steps, got 1"):
+    with pytest.raises(GenerationError, match="sampler 'ddim' needs at least 10 steps, got 1"):
         pipe.generate(["x"], Settings(sampler="ddim", steps=1), progress=False)
-    assert pipe.resolve_sampler(Settings(sampler="ddim", steps=2)) == ("ddim", 2)
+    assert pipe.resolve_sampler(Settings(sampler="ddim", steps=10)) == ("ddim", 10)
     assert pipe.resolve_sampler(Settings(sampler="dpm-solver++", steps=1)) == ("dpm-solver++", 1)
     args = [
         "generate",
@@ -372,6 +372,23 @@ def test_samplers_that_cannot_denoise_in_one_step_refuse_it(pipeline_folder, tmp
     # checked before the model is known: a one-step sampler for each kind of model (a flow model's user was
     # sent to dpm-solver++, which the model then refused)
     assert "for eps (iddpm) models, dpm-solver++, sa-solver; for flow models, flow-euler, flow-dpm-solver" in error
+
+
+def test_a_folders_own_scheduler_is_refused_a_step_count_that_samples_only_timestep_0(pipeline_folder, tmp_path):
+    """A folder shipping DDIM took --steps 1 (its schedule [0]: the image was the starting noise), where
+    --sampler ddim --steps 1 is refused."""
+    import diffusers
+
+    from pixart.diffusion.schedulers import training_schedule
+
+    folder = tmp_path / "ddim-folder"
+    shutil.copytree(pipeline_folder, folder)
+    shutil.rmtree(folder / "scheduler")
+    diffusers.DDIMScheduler(**training_schedule()).save_pretrained(folder / "scheduler")
+    pipe = TextToImage.from_path(folder)
+    with pytest.raises(GenerationError, match="samples only at timestep 0 at 1 steps, which does not denoise"):
+        pipe.resolve_sampler(Settings(steps=1))
+    assert pipe.resolve_sampler(Settings(steps=2)) == ("folder", 2)
 
 
 @pytest.fixture
@@ -409,7 +426,7 @@ def test_bad_numbers_are_one_line_errors_before_the_model_loads(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--sampler", "ddim", "--steps", "1"], "sampler 'ddim' needs at least 2 steps, got 1"),
+        (["--sampler", "ddim", "--steps", "1"], "sampler 'ddim' needs at least 10 steps, got 1"),
         (["--sampler", "dpm-solver"], "unknown sampler 'dpm-solver'"),
         (["--sampler", "dpmpp"], "flow-dpm-solver (or folder: a diffusers pipeline folder's own scheduler)"),
         (["--steps", "5000"], "steps must lie in 1..1000, got 5000"),  # the model's default sampler
@@ -605,7 +622,7 @@ def test_a_diffusers_transformer_as_bare_weights_draws_what_its_folder_draws(pip
     weights, vae = pipeline_folder / "transformer", pipeline_folder / "vae"
     bare = TextToImage.from_path(weights, vae=vae, text_encoder=tmp_path / "t5")
     assert (bare.spec.null_caption, bare.spec.aspect_condition) == ("empty-prompt", "exact")
-    settings = Settings(sampler="ddim", steps=4)
+    settings = Settings(sampler="ddim", steps=10)
     a = folder.generate(["a red circle"], settings, seed=3, progress=False)[0]
     b = bare.generate(["a red circle"], settings, seed=3, progress=False)[0]
     assert np.abs(pixels_of(a) - pixels_of(b)).max() == 0
@@ -709,6 +726,17 @@ def test_trainer_weights_say_how_they_sample(tmp_path, capsys):
         ('{"sampler": "ddim"', "Expecting ',' delimiter"),  # the closing brace left off
         ('{"text_encoder_dir": "t5"}', "unknown fields in model.json: ['text_encoder_dir']"),
         ("[]", "expected a JSON object of ModelSpec fields, got list"),
+        # sampling settings read as they were: black images with exit 0, a traceback, or another step count
+        ('{"cfg_scale": NaN}', "cfg_scale must be a finite number >= 0 (1: no guidance), got nan"),
+        ('{"cfg_scale": -3}', "cfg_scale must be a finite number >= 0"),
+        ('{"flow_shift": -1}', "flow_shift must be a positive number (1 shifts nothing), got -1"),
+        ('{"flow_shift": 0}', "flow_shift must be a positive number"),
+        ('{"steps": 0}', "steps must be a whole number in 1..1000, or null for the sampler's own"),
+        ('{"steps": 2.5}', "steps must be a whole number in 1..1000"),
+        ('{"sampler": "dpm"}', "unknown sampler 'dpm'"),
+        ('{"objective": "v"}', "objective must be one of iddpm, flow, got 'v'"),
+        ('{"shift_base_tokens": -4}', "shift_base_tokens must be 0 (a fixed shift) or more"),
+        ('{"text_max_length": 0}', "text_max_length must be a whole number of tokens"),
     ],
 )
 def test_a_model_json_edited_wrong_is_a_one_line_error(tmp_path, capsys, text, message):

@@ -302,6 +302,11 @@ class TextToImage:
                     f"this model's scheduler ({type(scheduler).__name__}) repeats a noise level at {steps} steps, "
                     "and its update divides by the gap between the two (NaN images): use fewer steps"
                 )
+            if float(scheduler.timesteps.max()) == 0:  # DDIM's leading spacing at 1 step: the noise comes back
+                raise GenerationError(
+                    f"this model's scheduler ({type(scheduler).__name__}) samples only at timestep 0 at {steps} "
+                    "steps, which does not denoise: use more steps"
+                )
             variance = getattr(scheduler.config, "variance_type", None)
             if variance in ("learned", "learned_range") and not getattr(self.transformer.config, "learn_sigma", True):
                 raise GenerationError(  # diffusers would fail inside its step on the missing variance

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
 import torch
 
-from pixart.diffusion.schedulers import default_sampler
+from pixart.diffusion.objective import OBJECTIVES
+from pixart.diffusion.schedulers import TRAIN_STEPS, default_sampler, get_sampler
 from pixart.encoders.text import text_encoder_kind
 from pixart.model.pixart import PixArt
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
@@ -37,6 +39,15 @@ DOWNLOAD_HINT = (
     "(`huggingface-cli download PixArt-alpha/PixArt-XL-2-512x512 --local-dir PixArt-XL-2-512x512`), copy it "
     "here and pass --model PixArt-XL-2-512x512; or run `pixart demo` to train the embedded CPU model"
 )
+
+
+def is_whole(value: object) -> bool:
+    """An int read from JSON (not a bool, which JSON's true would give)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(kw_only=True)
@@ -67,8 +78,24 @@ class ModelSpec:
     extra: dict = field(default_factory=dict)  # provenance, scores: informational only
 
     def __post_init__(self) -> None:
+        """The sampling settings a hand-edited model.json may get wrong: read as they were, a NaN guidance
+        scale or a negative flow shift gave black images and exit 0, and steps 0 became the default."""
         if self.aspect_condition not in ("bucket", "exact"):
             raise ValueError(f"aspect_condition must be 'bucket' or 'exact', got {self.aspect_condition!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.sampler != "folder":
+            get_sampler(self.sampler)  # unknown: names the samplers there are
+        if self.steps is not None and not (is_whole(self.steps) and 1 <= self.steps <= TRAIN_STEPS):
+            raise ValueError(f"steps must be a whole number in 1..{TRAIN_STEPS}, or null for the sampler's own")
+        if not (is_number(self.cfg_scale) and math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
+            raise ValueError(f"cfg_scale must be a finite number >= 0 (1: no guidance), got {self.cfg_scale!r}")
+        if not (is_number(self.flow_shift) and math.isfinite(self.flow_shift) and self.flow_shift > 0):
+            raise ValueError(f"flow_shift must be a positive number (1 shifts nothing), got {self.flow_shift!r}")
+        if not (is_whole(self.shift_base_tokens) and self.shift_base_tokens >= 0):
+            raise ValueError(f"shift_base_tokens must be 0 (a fixed shift) or more, got {self.shift_base_tokens!r}")
+        if not (is_whole(self.text_max_length) and self.text_max_length >= 1):
+            raise ValueError(f"text_max_length must be a whole number of tokens, got {self.text_max_length!r}")
 
     def to_json(self) -> str:
         return json.dumps({"format": "pixart-model", "version": 1, **dataclasses.asdict(self)}, indent=2) + "\n"

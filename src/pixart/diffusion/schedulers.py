@@ -20,11 +20,12 @@ class Sampler:
     objective: str  # "iddpm" (eps models) or "flow" (velocity models)
     needs_variance: bool  # passes the learned-range variance channels to the scheduler
     description: str
-    # Fewest steps that denoise at all. ddim spaces its timesteps "leading" and euler "linspace"
-    # (diffusers' defaults, which parity needs), iddpm as the official IDDPM (evenly strided from 0 to
-    # 999): one step is timestep 0 alone for all three, and they return the noise (ddim, iddpm) or nearly
-    # zeros (euler) instead of an image. From 2 steps they start at t >= 500 and end near the data
-    # (checked on the Gaussian oracle in test_sample).
+    # Fewest steps that denoise. euler spaces its timesteps "linspace" (diffusers' default, which parity
+    # needs) and iddpm as the official IDDPM (evenly strided from 0 to 999): one step is timestep 0 alone
+    # for both, and they return nearly zeros (euler) or the noise (iddpm) instead of an image; from 2
+    # steps they start at t=999 and end near the data (checked on the Gaussian oracle in test_sample).
+    # ddim spaces them "leading", by 1000 // steps from 0: below 10 steps it starts more than a tenth of
+    # the schedule below t=999 (5 steps at t=800), reading pure noise as a partly noised image (starts_low).
     min_steps: int = 1
 
 
@@ -33,7 +34,7 @@ SAMPLERS = {
     for s in [
         Sampler("dpm-solver++", 20, "iddpm", False, "DPM-Solver++ multistep, order 2 (PixArt's default)"),
         Sampler("sa-solver", 25, "iddpm", False, "SA-Solver, predictor and corrector order 2, tau 1 in [200, 800]"),
-        Sampler("ddim", 50, "iddpm", False, "DDIM, deterministic (eta 0)", min_steps=2),
+        Sampler("ddim", 50, "iddpm", False, "DDIM, deterministic (eta 0)", min_steps=10),
         Sampler(
             "iddpm", 100, "iddpm", True, "ancestral DDPM with the learned-range variance (official IDDPM)", min_steps=2
         ),
@@ -83,7 +84,7 @@ def check_steps(name: str, steps: int) -> None:
             f"update divides by the step between the two (NaN images); use at most {fewer}"
         )
     if name == "ddim" and starts_low(steps):
-        below = next(n for n in range(steps - 1, 0, -1) if not starts_low(n))
+        below = next(n for n in range(steps - 1, 0, -1) if not starts_low(n))  # min_steps (10) starts high
         above = next((n for n in range(steps + 1, TRAIN_STEPS + 1) if not starts_low(n)), None)
         choices = f"{below} or {above}" if above is not None else str(below)
         raise ValueError(
@@ -100,11 +101,11 @@ def leading_start(steps: int, total: int = TRAIN_STEPS) -> int:
 
 
 def starts_low(steps: int, total: int = TRAIN_STEPS) -> bool:
-    """Whether leading spacing skips more than a tenth of the schedule's top beyond its stride. Counts
-    that divide `total` start one stride below it (50 steps: t=980); the others fall short by the
-    remainder too, which can reach half the schedule (251 steps start at t=750, 501 at t=500). Every count
-    below 112 passes."""
-    return total % steps > total // 10
+    """Whether leading spacing starts lower than a tenth of the schedule below its top, beyond one stride
+    (counts that divide `total` start a stride below it: 50 steps at t=980), or has a stride of more than a
+    tenth itself. The remainder can reach half the schedule (251 steps start at t=750, 501 at t=500), and
+    fewer than 10 steps start lower than t=900 by their stride alone (5 steps at t=800)."""
+    return total % steps > total // 10 or total // steps > total // 10
 
 
 def evenly_strided(total: int, count: int) -> list[int]:
