@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def same_draws_in_every_run() -> None:
+    """Each test draws the same numbers whatever ran before it and in every run: unseeded draws made a
+    tolerance check fail about one run in 40 (test_guidance_formula_and_official_null_semantics)."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture

@@ -368,6 +368,7 @@ def test_cfg_scale_one_is_the_conditional_branch_alone():
 
 
 def test_guidance_formula_and_official_null_semantics():
+    torch.manual_seed(0)  # unseeded, 1 draw in 40 missed the tolerance below (1e-5), at 1.4e-5 on outputs of 10
     model = randomize_(PixArt(TINY), seed=2).eval()
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 10])
     cond, mask = torch.randn(2, 6, 48), varied_mask(2, 6, [6, 2])
@@ -379,7 +380,8 @@ def test_guidance_formula_and_official_null_semantics():
         c = model(x, t, cond, mask)
         u = model(x, t, null, mask)
         out = guided(x, torch.tensor(10))
-    torch.testing.assert_close(out[:, :4], u[:, :4] + 4.5 * (c[:, :4] - u[:, :4]), atol=1e-5, rtol=1e-5)
+    # one batched forward of both branches against two: rounding of products over another batch, times 4.5
+    torch.testing.assert_close(out[:, :4], u[:, :4] + 4.5 * (c[:, :4] - u[:, :4]), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(out[:, 4:], c[:, 4:])  # the variance comes from the conditional branch
 
 
