@@ -2,9 +2,10 @@
 
 Prompts come from a text file (one a line) or a JSONL manifest (a caption field per row). Image k is made
 with seed + k, one per prompt, in chunks, and each chunk is scored and dropped: only the features stay in
-memory (2048 float64 numbers an image, about 0.5 GB a side for 30k images). FID compares the Inception features (pixart.evaluate.inception) of the generated images with
-those of every readable image in the reference folder; CLIP score pairs each image with its own prompt
-(pixart.evaluate.clipscore). Either metric is skipped when its network is not given.
+memory (2048 float64 numbers an image, about 0.5 GB a side for 30k images). FID compares the Inception
+features (pixart.evaluate.inception) of the generated images with those of every readable image in the
+reference folder; CLIP score pairs each image with its own prompt (pixart.evaluate.clipscore). Either
+metric is skipped when its network is not given.
 """
 
 from __future__ import annotations
