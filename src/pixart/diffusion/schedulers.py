@@ -36,9 +36,14 @@ SAMPLERS = {
         Sampler("sa-solver", 25, "iddpm", False, "SA-Solver, predictor and corrector order 2, tau 1 in [200, 800]"),
         Sampler("ddim", 50, "iddpm", False, "DDIM, deterministic (eta 0)", min_steps=10),
         Sampler(
-            "iddpm", 100, "iddpm", True, "ancestral DDPM with the learned-range variance (official IDDPM)", min_steps=2
+            "iddpm",
+            100,
+            "iddpm",
+            True,
+            "ancestral DDPM with the learned-range variance (official IDDPM; guidance on all 4 channels)",
+            min_steps=2,
         ),
-        Sampler("euler", 30, "iddpm", False, "Euler on the Karras sigma ODE of the eps model", min_steps=2),
+        Sampler("euler", 30, "iddpm", False, "Euler on the sigma ODE of the eps model (linspace sigmas)", min_steps=2),
         Sampler("flow-euler", 30, "flow", False, "Euler on the rectified-flow ODE (flow models)"),
         Sampler("flow-dpm-solver", 20, "flow", False, "DPM-Solver++ order 2 on flow sigmas (flow models)"),
     ]
