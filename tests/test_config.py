@@ -65,8 +65,15 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
             "data.synthetic_sizes=['32x48','64x96']",
             "synthetic_sizes: 32x48 and 64x96 have the same aspect ratio (0.67); keep one of them",
         ),
-        ("optim.lr=-1", "lr must be a finite number >= 0"),
-        ("optim.lr=1e400", "lr must be a finite number >= 0"),
+        ("optim.lr=-1", "lr must be a finite number > 0"),
+        ("optim.lr=1e400", "lr must be a finite number > 0"),
+        ("optim.lr=0", "lr must be a finite number > 0, got 0"),  # a run that never learns
+        (
+            "model.in_channels=0",
+            "caption_channels and in_channels must be at least 1",
+        ),  # refused after the data was built
+        ("dit.in_channels=-3", "num_classes and in_channels must be at least 1"),
+        ("dit.input_size=33", "input_size 33 is not divisible by patch_size 2"),  # trained and saved so
         ("optim.beta2=1.5", "beta2 must lie in .0, 1., got 1.5"),
         ("optim.weight_decay=-1", "weight_decay must be a finite number >= 0"),
         ("optim.grad_clip=0", "eps and grad_clip must be > 0"),
@@ -83,7 +90,7 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("optim.eps=inf", "eps must be finite, got inf"),  # AdamW would never move the weights
         ("model.mlp_ratio=-1", "mlp_ratio must give the MLP at least one unit"),
         ("dit.mlp_ratio=0", "mlp_ratio must give the MLP at least one unit"),
-        ("dit.depth=0", "depth, num_heads, hidden_size, patch_size, input_size and num_classes must be at least 1"),
+        ("dit.depth=0", "depth, num_heads, hidden_size, patch_size, input_size, num_classes and in_channels must be"),
         ("model.max_length=600", "more than the shapes data's MiniLM encoder in .* has positions for .512."),
         ("data.synthetic=bogus", "synthetic must be 'shapes', or '' to train on data.root; got 'bogus'"),
         ("data.synthetic_sizes=[]", "synthetic_sizes must name at least one canvas size, e.g. .'32x32'."),
@@ -99,6 +106,7 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("diffusion.shift_base_tokens=-4", "shift_base_tokens must be 0 (a fixed shift) or more, got -4"),
         ("model.interpolation_scale=0", "interpolation_scale must be a positive number, got 0"),
         ("model.interpolation_scale=inf", "interpolation_scale must be a positive number, got inf"),
+        ("model.in_channels=4", "the shapes data is RGB pixels (3 channels): set model.in_channels=3, not 4"),
     ],
 )
 def test_bad_overrides_name_the_problem(override, message):
@@ -146,10 +154,21 @@ def test_overrides_valid_only_together_are_set_together(order):
 def test_the_class_stage_checks_its_dit_for_the_iddpm_objective():
     """Stage 1 trains config.dit, not config.model: without a learned sigma the iddpm objective crashed at
     the first step, after the run folder and data were made, naming learn_sigma without its section."""
-    stage1 = config_io.apply_overrides(get_recipe("tiny"), ["stage=class", "diffusion.objective=iddpm"])
+    stage1 = config_io.apply_overrides(
+        get_recipe("tiny"), ["stage=class", "dit.in_channels=3", "diffusion.objective=iddpm"]
+    )
     with pytest.raises(ConfigError, match=r"the iddpm objective needs dit\.learn_sigma=True"):
         config_io.apply_overrides(stage1, ["dit.learn_sigma=false"])
     assert not config_io.apply_overrides(stage1, ["model.learn_sigma=false"]).model.learn_sigma  # not trained
+
+
+def test_the_class_stage_names_its_dit_for_the_channels_of_the_shapes_data():
+    """Stage 1 on shapes data with its recipe's 4-channel DiT was refused once the data was built (a minute
+    in), naming model.in_channels, which stage 1 does not train."""
+    with pytest.raises(ConfigError, match=r"RGB pixels \(3 channels\): set dit\.in_channels=3, not 4"):
+        config_io.apply_overrides(get_recipe("stage1-class-256"), ["data.synthetic=shapes"])
+    with pytest.raises(ConfigError, match=r"set dit\.in_channels=3, not 4"):
+        config_io.apply_overrides(get_recipe("tiny"), ["stage=class"])
 
 
 def test_a_key_set_twice_takes_its_last_value_and_floats_take_inf():

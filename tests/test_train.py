@@ -897,6 +897,13 @@ def test_data_that_cannot_train_the_model_is_refused_before_any_step():
     info = {"text_encoder": {"width": TINY.caption_channels, "max_length": TINY.max_length + 8}}
     with pytest.raises(TrainingError, match=f"captions are up to {TINY.max_length + 8} tokens"):
         scaling.check_model(PixArt(TINY), info)
+    # the key of the model the stage trains: stage 1's DiT was told to set model.in_channels
+    from pixart.model.dit import DiT, DiTConfig
+
+    with pytest.raises(TrainingError, match=f"takes 3; set dit.in_channels={TINY.in_channels}$"):
+        scaling.check_model(DiT(DiTConfig(input_size=8, hidden_size=48, depth=1, num_heads=3, in_channels=3)), {})
+    with pytest.raises(TrainingError, match=f"set model.in_channels={TINY.in_channels}$"):
+        scaling.check_model(PixArt(dataclasses.replace(TINY, in_channels=3)), {})
     check_class_labels([0, 3, 9], num_classes=10)
     with pytest.raises(TrainingError, match=r"stage 'class' needs a class label in \[0, 10\).*2 of 4"):
         check_class_labels([0, -1, 3, 10], num_classes=10)

@@ -46,8 +46,13 @@ class DiTConfig:
     num_classes: int = 1000  # the table has one more row: the null class used for guidance
 
     def __post_init__(self) -> None:
-        if min(self.depth, self.num_heads, self.hidden_size, self.patch_size, self.input_size, self.num_classes) < 1:
-            raise ValueError("depth, num_heads, hidden_size, patch_size, input_size and num_classes must be at least 1")
+        sizes = (self.depth, self.num_heads, self.hidden_size, self.patch_size, self.input_size, self.num_classes)
+        if min(*sizes, self.in_channels) < 1:
+            raise ValueError(
+                "depth, num_heads, hidden_size, patch_size, input_size, num_classes and in_channels must be at least 1"
+            )
+        if self.input_size % self.patch_size:  # the position table is built for input_size // patch_size a side
+            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads or self.hidden_size % 4:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads and by 4")
         mlp_width(self.hidden_size, self.mlp_ratio)  # refuses a ratio that leaves the MLP no unit

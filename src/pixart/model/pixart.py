@@ -77,10 +77,10 @@ class PixArtConfig:
             if not (number if kind is float else type(value) is kind):
                 raise ValueError(f"{spec.name} must be {'a number' if kind is float else kind.__name__}, got {value!r}")
         sizes = (self.depth, self.num_heads, self.hidden_size, self.patch_size, self.input_size, self.max_length)
-        if min(*sizes, self.caption_channels) < 1:
+        if min(*sizes, self.caption_channels, self.in_channels) < 1:
             raise ValueError(
-                "depth, num_heads, hidden_size, patch_size, input_size, max_length and caption_channels must be at "
-                "least 1"
+                "depth, num_heads, hidden_size, patch_size, input_size, max_length, caption_channels and in_channels "
+                "must be at least 1"
             )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")

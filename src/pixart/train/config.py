@@ -86,9 +86,10 @@ class OptimConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        for name in ("lr", "weight_decay"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):  # 0: a run that never learns
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if not self.eps > 0 or not self.grad_clip > 0:  # grad_clip 0 would zero every gradient; inf: no clipping
             raise ValueError(f"eps and grad_clip must be > 0, got {self.eps} and {self.grad_clip}")
         if not math.isfinite(self.eps):  # AdamW's update would be 0: a run that never learns
@@ -148,9 +149,16 @@ class TrainConfig:
     def _check_shapes_data(self) -> None:
         """What the synthetic shapes data must be for this model, known before it is built."""
         from pixart.data.shapes_features import FIELDS
+        from pixart.encoders.codecs import PixelCodec
         from pixart.encoders.text import check_max_length, minilm_folder
 
-        patch = self.dit.patch_size if self.stage == "class" else self.model.patch_size
+        key, model = ("dit", self.dit) if self.stage == "class" else ("model", self.model)
+        if model.in_channels != PixelCodec.latent_channels:  # found once the data was built, with another key named
+            raise ValueError(
+                f"the shapes data is RGB pixels ({PixelCodec.latent_channels} channels): set "
+                f"{key}.in_channels={PixelCodec.latent_channels}, not {model.in_channels}"
+            )
+        patch = model.patch_size
         for size in self.data.synthetic_sizes:
             height, width = parse_size(size)
             if height % patch or width % patch:  # the shapes data is in pixels: one latent cell a pixel

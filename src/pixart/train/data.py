@@ -42,9 +42,10 @@ class LatentScaling:
         width and length, and a latent grid the patch size divides for each bucket training reads: those
         with `min_samples` (a global batch) or more, as the bucket sampler drops the others' partial batches."""
         if model.config.in_channels != self.latent_channels:
+            key = "model" if isinstance(model, PixArt) else "dit"  # stage 1 trains config.dit
             raise TrainingError(
                 f"the data has {self.latent_channels} latent channels but the model takes "
-                f"{model.config.in_channels}; set model.in_channels={self.latent_channels}"
+                f"{model.config.in_channels}; set {key}.in_channels={self.latent_channels}"
             )
         width = info.get("text_encoder", {}).get("width")
         caption_channels = getattr(model.config, "caption_channels", None)
