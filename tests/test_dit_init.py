@@ -70,6 +70,28 @@ def test_whole_model_at_t500_is_dit_null_class():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
+def test_a_micro_conditioned_pixart_at_t500_is_dit_null_class_too():
+    """PixArtMS's size and aspect embedders are new: at random they moved the output at t* (6e-2 here)."""
+    dit_state = dit_checkpoint()
+    dit = DiT(DIT)
+    dit.load_state_dict({k: v for k, v in dit_state.items() if k != "pos_embed"})
+    config, state = dit_to_pixart(dit_state, caption_channels=48, max_length=8, num_heads=3, micro_conditions=True)
+    pixart = PixArt(config)
+    pixart.load_state_dict(state, strict=True)
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        theirs = dit.eval()(x, torch.tensor([500, 500]), torch.tensor([DIT.null_class] * 2))
+        ours = pixart.eval()(
+            x,
+            torch.tensor([500, 500]),
+            torch.randn(2, 5, 48),
+            torch.ones(2, 5),
+            img_hw=torch.tensor([[128.0, 256.0]] * 2),
+            aspect_ratio=torch.tensor([0.5, 0.5]),
+        )
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
 def test_shared_weights_are_copied_and_new_ones_fresh():
     dit_state = dit_checkpoint()
     _, state = dit_to_pixart(dit_state, caption_channels=48, max_length=8, num_heads=3)

@@ -34,7 +34,7 @@ from pixart.train.errors import TrainingError
 from pixart.train.init import build_model
 from pixart.train.loop import train
 from pixart.train.metrics import read_metrics
-from pixart.weights import load_transformer
+from pixart.weights import WeightsError, load_transformer
 from pixart.weights.io import FINAL, FINAL_EMA
 
 
@@ -149,6 +149,18 @@ def test_a_changed_config_is_refused_only_where_there_is_a_checkpoint_to_resume(
     assert train(config, tmp_path / "failed", progress=False)["status"] == "finished"
     with pytest.raises(TrainingError, match=r"another config.*optim.lr"):
         train(changed, tmp_path / "failed", progress=False)  # now it has checkpoints
+    # What changes neither the weights nor the place in the data may change: a run out of memory resumes with
+    # gradient checkpointing on (it was refused), and the previews may be asked otherwise
+    resumable = ["gradient_checkpointing=true", "sample_steps=4", "max_nonfinite_steps=9", "previews=false"]
+    resumed = train(config_for(shapes_data, resumable, steps=3, every=1), tmp_path / "failed", progress=False)
+    assert resumed["steps"] == 3
+    # a config.json edited by hand (or of another version) was a ConfigError traceback
+    saved = json.loads((tmp_path / "failed" / "config.json").read_text())
+    (tmp_path / "failed" / "config.json").write_text(json.dumps({**saved, "log_every": "5"}))
+    with pytest.raises(
+        TrainingError, match=r"config.json cannot be read as this version's training config \(log_every"
+    ):
+        train(config_for(shapes_data, steps=3, every=1), tmp_path / "failed", progress=False)
 
 
 @pytest.mark.parametrize("train_creates_it", [True, False], ids=["train-creates-the-group", "caller-created-it"])
@@ -767,6 +779,24 @@ def test_stage1_class_dit_then_stage2_by_reparameterisation(shapes_data, tmp_pat
     assert summary["status"] == "finished"
     log = (tmp_path / "stage2" / "config.json").read_text()
     assert "stage1" in log
+
+    # Refused before any data is built: an architecture the weights do not fit, named by the key to set.
+    # A head count changes no tensor's shape: it loaded, and the model was not the one trained.
+    refusals = [
+        (stage2, ["model.num_heads=4"], r"trained with model\.num_heads=3 \(this stage's model has 4\).*set model"),
+        (stage2, ["model.patch_size=2"], r"the DiT's .* does not fit this PixArt's .*: its patch_size"),
+        (stage2, ["model.adaln=per_block"], r"adaln='per_block': set model\.adaln=single"),
+        (stage1, ["dit.num_heads=4"], r"trained with dit\.num_heads=3 \(this stage's model has 4\)"),
+    ]
+    stage3 = config_for(shapes_data, [f"init_from={tmp_path / 'stage2'}"], steps=2, every=100)
+    refusals.append((stage3, ["model.num_heads=4"], r"trained with model\.num_heads=3"))
+    for k, (base, extra, message) in enumerate(refusals):
+        config = config_io.apply_overrides(base, extra)
+        if base is stage1:
+            config = dataclasses.replace(config, init_from=str(tmp_path / "stage1" / "final_ema.safetensors"))
+        with pytest.raises(WeightsError, match=message):
+            train(config, tmp_path / f"refused-{k}", progress=False)
+        assert not (tmp_path / f"refused-{k}" / "config.json").exists()  # it was written before the weights loaded
 
 
 def test_buckets_smaller_than_a_steps_batch_are_said_to_train_never(capsys):

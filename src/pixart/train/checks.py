@@ -18,7 +18,23 @@ from pixart.train.errors import TrainingError
 from pixart.train.init import resolve_init_path
 
 # Settings that may change between a run and its resumption; anything else must match config.json.
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "data.num_workers"}
+# Neither what the weights become nor where the data stands depends on these.
+RESUMABLE_CHANGES = {
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "data.num_workers",
+    "previews",
+    "sample_every",
+    "sample_prompts",
+    "sample_steps",
+    "sample_cfg",
+    "max_nonfinite_steps",
+    "gradient_checkpointing",  # recomputes the same activations: a run out of memory resumes with it on
+    "init_from",  # read when a run starts, never on a resume
+    "init_new_keys",
+}
 DATA_FILE = "data.json"  # {"samples": N}: the dataset size the run's checkpoints index into
 WORLD_FILE = "world.json"  # {"world_size": N}: the process count the run's checkpoints were written by
 
@@ -38,7 +54,12 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
                 f"{run_dir} was trained by {trained_by} process(es), and this is {world_size}: resume it with "
                 f"{trained_by} (torchrun --nproc_per_node), or use a new --run-dir"
             )
-    previous = config_io.from_dict(TrainConfig, json.loads(saved.read_text()))
+    try:
+        previous = config_io.from_dict(TrainConfig, json.loads(saved.read_text()))
+    except ValueError as error:  # a hand edit, or a field of another version (ConfigError and JSON's errors)
+        raise TrainingError(
+            f"{saved} cannot be read as this version's training config ({error}): fix it, or use a new --run-dir"
+        ) from None
     changes = [c for c in config_io.diff(previous, config) if c.split(":")[0] not in RESUMABLE_CHANGES]
     if changes:
         raise TrainingError(

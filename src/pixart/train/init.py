@@ -16,13 +16,13 @@ from torch import nn
 
 from pixart.diffusion.objective import DiffusionConfig
 from pixart.files import atomic_write
-from pixart.model.dit import DiT
-from pixart.model.pixart import PixArt
+from pixart.model.dit import DiT, DiTConfig
+from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.train.checkpoint import list_checkpoints
 from pixart.train.config import TrainConfig
-from pixart.weights import WeightsError, detect_format, read_state
+from pixart.weights import WeightsError, detect_format
 from pixart.weights.dit_init import reparameterize_dit
-from pixart.weights.io import FINAL_EMA, read_dit, sampling_entry
+from pixart.weights.io import FINAL_EMA, read_dit, read_state_and_stored, sampling_entry
 
 
 def build_model(config: TrainConfig) -> PixArt | DiT:
@@ -73,22 +73,50 @@ def initialize_from(model: PixArt | DiT, config: TrainConfig) -> str:
     if isinstance(model, DiT):
         if fmt != "dit":
             raise WeightsError(f"stage 'class' trains a DiT; {path} holds {fmt} weights")
-        state = {k: v for k, v in read_dit(path)[0].items() if k != "pos_embed"}
-        _load_checked(model, state, (), str(path))
+        dit_state, stored_dit = read_dit(path)
+        _refuse_unseen_differences(model.config, stored_dit, path, "dit")
+        _load_checked(model, {k: v for k, v in dit_state.items() if k != "pos_embed"}, (), str(path))
         return f"DiT weights from {path}"
     if fmt == "dit":
-        state = reparameterize_dit(read_dit(path)[0], model.config, seed=config.seed)
+        dit_state, stored_dit = read_dit(path)
+        _refuse_unseen_differences(model.config, stored_dit, path, "model")
+        state = reparameterize_dit(dit_state, model.config, seed=config.seed)
         _load_checked(model, state, (), str(path))
         return f"re-parameterised from the class-conditional DiT {path} (adaLN-single tables matched at t=500)"
     # A stage at a higher resolution starts from a lower one's weights, whose stored pos_embed (dropped: it
     # is computed) is not this stage's grid: the shapes that matter are checked by _load_checked.
-    _, state, fmt = read_state(path, config=model.config, check_grid=False)
+    _, state, fmt, stored = read_state_and_stored(path, config=model.config, check_grid=False)
+    _refuse_unseen_differences(model.config, stored, path, "model")
     missing = _load_checked(model, state, config.init_new_keys, str(path))
     if missing:
         _quiet_new_embedders(model, missing)
     return f"{fmt} weights from {path}" + (
         f"; new: {sorted({m.rsplit('.', 2)[0] for m in missing})}" if missing else ""
     )
+
+
+UNSEEN_FIELDS = ("num_heads", "caption_norm")  # architecture that no tensor's shape shows
+
+
+def _refuse_unseen_differences(
+    ours: PixArtConfig | DiTConfig, stored: PixArtConfig | DiTConfig | None, path: Path, section: str
+) -> None:
+    """A head count (or caption_norm) other than the one init_from was trained with loads, shapes and all,
+    into another model: refused, where the file records its config (official DiT and PixArt files do not)."""
+    if stored is None:
+        return
+    differs = [
+        name
+        for name in UNSEEN_FIELDS
+        if hasattr(ours, name) and hasattr(stored, name) and getattr(ours, name) != getattr(stored, name)
+    ]
+    if differs:
+        theirs = ", ".join(f"{section}.{name}={getattr(stored, name)}" for name in differs)
+        here = ", ".join(f"{getattr(ours, name)}" for name in differs)
+        raise WeightsError(
+            f"init_from {path} was trained with {theirs} (this stage's model has {here}), which its tensors' "
+            f"shapes cannot show: set {theirs}"
+        )
 
 
 def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], allowed_new: tuple[str, ...], what: str) -> list:

@@ -90,6 +90,14 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
     # Every rank (it only reads): checked on the main rank alone, the others learned of a refusal from gloo's
     # "Connection closed by peer" traceback. It checks only runs with checkpoints, which no rank writes yet.
     check_run_config(config, run_dir, world.world_size)
+    if world.is_main:  # a finished run reopened saves nothing more, so would keep them for good
+        ckpt.remove_partial_checkpoints(run_dir)
+    resume_from = ckpt.latest_checkpoint(run_dir)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
+    model = build_model(config)
+    init_note = "from scratch (official initialisation)"
+    if config.init_from and resume_from is None:  # before the data is built: a model it does not fit is refused
+        init_note = initialize_from(model, config)
     data_dir = prepare_data(config, run_dir, world, progress=progress)
     try:
         # stage 1 is class-conditional: any caption field does (none is trained on), the recipe's may be absent
@@ -97,25 +105,17 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
         dataset = FeatureDataset(data_dir, captions, seed=config.seed)
     except ValueError as error:  # caption_probs naming a field this data lacks, say
         raise TrainingError(f"{error}; fix data.caption_probs or data.root") from None
-    if world.is_main:  # a finished run reopened saves nothing more, so would keep them for good
-        ckpt.remove_partial_checkpoints(run_dir)
-    resume_from = ckpt.latest_checkpoint(run_dir)
     if config.stage == "class":
         check_class_labels(dataset.labels(), config.dit.num_classes)
     scaling = LatentScaling.from_info(dataset.info)
     cuda = world.device.type == "cuda"
     bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
 
-    torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
-    model = build_model(config)
     scaling.check_model(model, dataset.info, dataset.buckets, config.data.batch_size * world.world_size)
     check_or_record_data(run_dir, len(dataset), resuming=resume_from is not None, record=world.is_main)
     if world.is_main:  # once the data is known to train this model: a run refused for it leaves no config behind
         write_json(run_dir / "config.json", config_io.to_dict(config))  # atomically: every resume reads it back
         write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
-    init_note = "from scratch (official initialisation)"
-    if config.init_from and resume_from is None:
-        init_note = initialize_from(model, config)
     model.gradient_checkpointing = config.gradient_checkpointing
     model.to(world.device)
     wrapped = wrap_model(model, world, config.parallel, bf16)

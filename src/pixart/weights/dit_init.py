@@ -98,8 +98,21 @@ def reparameterize_dit(
     t: float = REPARAM_T,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """A PixArt state dict (our keys) initialised from a DiT state dict by re-parameterisation."""
+    """A PixArt state dict (our keys) initialised from a DiT state dict by re-parameterisation.
+
+    New micro-condition embedders (PixArtMS) start with a zero output layer, so that PixArt at t* still
+    equals DiT's null class (at random they moved the output by 6e-2 on a tiny model)."""
+    if pixart_config.adaln != "single":
+        raise WeightsError(
+            "a DiT is re-parameterised into adaLN-single tables, and this PixArt has adaln="
+            f"{pixart_config.adaln!r}: set model.adaln=single (per_block trains from scratch)"
+        )
     dit_state = {k: v for k, v in dit_state.items() if k != "pos_embed"}
+    dit_depth = len({k.split(".")[1] for k in dit_state if k.startswith("blocks.")})
+    if dit_depth != pixart_config.depth:
+        raise WeightsError(
+            f"the DiT has {dit_depth} blocks and this PixArt {pixart_config.depth}: set model.depth={dit_depth}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         pixart = PixArt(pixart_config)  # official init for everything not taken from DiT
@@ -111,8 +124,15 @@ def reparameterize_dit(
         )
         if shared:
             if state[key].shape != value.shape:
-                raise ValueError(f"DiT {key} {tuple(value.shape)} does not fit PixArt {tuple(state[key].shape)}")
+                raise WeightsError(
+                    f"the DiT's {key} {tuple(value.shape)} does not fit this PixArt's {tuple(state[key].shape)}: "
+                    "its patch_size, in_channels, hidden_size, depth, mlp_ratio and learn_sigma must be the DiT's"
+                )
             state[key] = value.to(state[key].dtype).clone()
+    for name in ("csize_embedder", "ar_embedder"):
+        if f"{name}.mlp.2.weight" in state:
+            state[f"{name}.mlp.2.weight"].zero_()
+            state[f"{name}.mlp.2.bias"].zero_()
 
     D = pixart_config.hidden_size
     temb = _timestep_embedding(dit_state, t)  # (1, D): identical in both models, t_embedder is shared

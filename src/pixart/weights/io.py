@@ -282,6 +282,15 @@ def read_state(
         return config, state, fmt
 
 
+def read_state_and_stored(
+    path: str | Path, *, config: PixArtConfig | None = None, check_grid: bool = True
+) -> tuple[PixArtConfig, dict[str, torch.Tensor], str, PixArtConfig | None]:
+    """read_state's answer and the config the file stores, where it stores one: what the tensors' shapes
+    cannot say (the head count, caption_norm) can be compared with a `config` given."""
+    with reading(path):
+        return _read_state(Path(path), False, config, check_grid)
+
+
 def _read_state(
     path: Path, use_ema: bool, config: PixArtConfig | None, check_grid: bool = True
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor], str, PixArtConfig | None]:
