@@ -828,6 +828,11 @@ def test_a_run_folder_serves_as_init_from_only_once_it_has_finished(tmp_path):
     (run / "checkpoints" / "step-0000006.pt").write_bytes(b"")  # ... and stopped at step 6
     with pytest.raises(FileNotFoundError, match=r"is a run at step 6 of 8: finish it first"):
         resolve_init_path(str(run))
+    stopped = tmp_path / "stopped"  # before its first checkpoint: "neither transformer.safetensors nor diffusers..."
+    stopped.mkdir()
+    (stopped / "config.json").write_text(config_io.to_json(get_recipe("tiny")))
+    with pytest.raises(FileNotFoundError, match=f"is a run folder without {FINAL_EMA}: has it finished"):
+        resolve_init_path(str(stopped))
     assert resolve_init_path(str(run / FINAL_EMA)) == run / FINAL_EMA  # named outright, it is the user's call
     (run / FINAL_EMA).unlink()
     (run / "config.json").write_text(json.dumps({"steps": 6}))

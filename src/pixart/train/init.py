@@ -44,7 +44,7 @@ def resolve_init_path(init_from: str) -> Path:
             )
         if (path / FINAL_EMA).is_file():
             return path / FINAL_EMA
-        if (path / "checkpoints").is_dir():  # a run folder (a model folder has config.json too, but no checkpoints)
+        if (path / "checkpoints").is_dir() or is_run_config(path / "config.json"):  # (diffusers' has no "stage")
             raise FileNotFoundError(f"init_from {init_from} is a run folder without {FINAL_EMA}: has it finished?")
     if not path.exists():
         raise FileNotFoundError(
@@ -52,6 +52,15 @@ def resolve_init_path(init_from: str) -> Path:
             "init_from at its run folder or weights"
         )
     return path
+
+
+def is_run_config(path: Path) -> bool:
+    """Whether `path` is a training run's config.json (a run stopped before its first checkpoint has one)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and "stage" in saved and "steps" in saved
 
 
 def unfinished_run_step(run_dir: Path) -> tuple[int, int] | None:
