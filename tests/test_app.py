@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -223,6 +224,15 @@ def test_bad_settings_are_answered_in_the_page(page, steps, size, message):
 
 
 @browser_test
+def test_a_refused_request_keeps_the_seed_it_was_given(page):
+    """A request refused before its seed was drawn emptied the seed box, and the next click drew a random
+    seed unasked."""
+    notice = fill_and_generate(page, "a cat", seed="-5")
+    assert "Cannot generate" in notice and "the seed must lie in 0.." in notice
+    assert page.locator("#seed input").input_value() == "-5"
+
+
+@browser_test
 def test_long_prompt_is_truncated_and_the_dropped_tokens_are_counted(page, model_folder):
     from pixart.generate import TextToImage
 
@@ -337,7 +347,29 @@ def test_serve_refuses_a_bad_port_host_or_device_before_loading(tmp_path, capsys
     assert "--host no-such-host.invalid is not an address or a name this machine can resolve" in capsys.readouterr().err
     assert main(["serve", *model, "--device", "nonsense"]) == 2
     assert "--device 'nonsense' is not a device" in capsys.readouterr().err
+    for host in ("::1", "::"):  # gradio's URL has no brackets: an httpx traceback once the model had loaded
+        assert main(["serve", *model, "--host", host]) == 2
+        assert f"--host {host}: IPv6 addresses are not served; use 127.0.0.1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before the out folder was made
+
+
+def test_serve_refuses_an_out_holding_files_it_would_serve(tmp_path, capsys, monkeypatch):
+    """Gradio serves everything under --out: `--out ~` published a home folder, keys and all."""
+    from pixart.cli import main, serve
+
+    monkeypatch.setattr(serve, "demo_model", demo_must_not_train)
+    out = tmp_path / "home"
+    (out / ".ssh").mkdir(parents=True)
+    (out / "secret.txt").write_text("AWS_SECRET=hunter2")
+    (out / "00001").mkdir()  # a request folder of an earlier server is fine
+    assert main(["serve", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"--out {out} holds .ssh, secret.txt, which the page would serve to whoever reaches it" in error
+    (out / ".ssh").rmdir()
+    (out / "secret.txt").unlink()
+    monkeypatch.setattr(serve, "demo_model", lambda: tmp_path / "no-such-model")  # past the check: the model fails
+    assert main(["serve", "--out", str(out)]) == 2
+    assert "which the page would serve" not in capsys.readouterr().err
 
 
 def test_a_port_taken_at_launch_names_the_option_to_change(model_folder, tmp_path, capsys, monkeypatch):
@@ -401,10 +433,44 @@ def test_the_api_gets_a_notice_for_what_the_page_cannot_send(model_folder, tmp_p
         (("a cat", "no " * 4000, "1.0", None, None, 2, 4.5, 5, False, 1), "the negative prompt holds 12,000"),
         # image k takes seed + k: the last image's seed would be one the page refuses
         (("a cat", None, "1.0", None, None, 2, 4.5, SEED_RANGE - 2, False, 3), f"0..{SEED_RANGE - 3} for 3 image"),
+        (("a cat", None, "1.0", None, None, 2, 4.5, None, False, 1), "give a seed, or tick Random seed"),  # was random
     ):
         reply = studio.request(*args)
         plain = reply.notice.replace("\\", "")  # the notice is Markdown, its punctuation escaped
         assert "Cannot generate" in plain and message in plain and not reply.files, (args, plain)
+
+
+def test_the_page_leaves_steps_and_seed_unrounded_for_the_checks(model_folder, tmp_path):
+    """gradio's Number(precision=0) rounded what the API sent (2.5 steps ran as 2, seed 3.7 as 4) and failed
+    on NaN with a bare "Error" before the request's checks saw it."""
+    import gradio as gr
+
+    from pixart.app import build_app
+    from pixart.generate import TextToImage
+
+    page = build_app(TextToImage.from_path(model_folder), tmp_path)
+    numbers = {block.elem_id: block for block in page.blocks.values() if isinstance(block, gr.Number)}
+    assert set(numbers) == {"steps", "seed"}
+    for number in numbers.values():
+        assert number.preprocess(2.5) == 2.5
+        assert math.isnan(number.preprocess(float("nan")))
+
+
+def test_images_that_cannot_be_saved_are_a_notice_and_leave_no_empty_folder(model_folder, tmp_path, monkeypatch):
+    """A full disk was a bare "Error" in the page, and left an empty request folder."""
+    import pixart.app
+    from pixart.app import Studio
+    from pixart.generate import TextToImage
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pixart.app, "write_images", full_disk)
+    reply = Studio(TextToImage.from_path(model_folder), tmp_path).request(
+        "a cat", None, "1.0", None, None, 2, 4.5, 5, False, 1
+    )
+    assert "Cannot save the images" in reply.notice and "No space left on device" in reply.notice and not reply.files
+    assert reply.seed == 5 and list(tmp_path.iterdir()) == []
 
 
 def test_serve_records_its_vae_and_text_encoder_with_each_image(model_folder, tmp_path, monkeypatch):

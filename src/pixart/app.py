@@ -228,7 +228,12 @@ class Studio:
                 raise GenerationError(f"the number of images must lie in 1..{MAX_IMAGES}, got {count}")
             # image k takes seed + k, and every seed written must be one this page takes back
             last = SEED_RANGE - count
-            seed = random.randint(0, last) if random_seed or seed is None else whole_number(seed, "the seed")
+            if random_seed:
+                seed = random.randint(0, last)
+            elif seed is None:  # a cleared seed box: it drew a random seed unasked
+                raise GenerationError("give a seed, or tick Random seed")
+            else:
+                seed = whole_number(seed, "the seed")
             if not 0 <= seed <= last:
                 raise GenerationError(f"the seed must lie in 0..{last} for {count} image(s) (image k takes seed + k)")
             used_seed = seed
@@ -245,7 +250,17 @@ class Studio:
             results = self.pipe.generate([prompt], settings, seed=seed, num_images=count, progress=progress)
         except GenerationError as error:
             return Reply(notice=f"**Cannot generate:** {escape_markdown(str(error))}", seed=used_seed)
-        paths = write_images(results, self.next_folder(), model=self.model_name, extra=self.extra)
+        folder = None
+        try:
+            folder = self.next_folder()
+            paths = write_images(results, folder, model=self.model_name, extra=self.extra)
+        except OSError as error:  # a full disk, an --out made read-only: said in the page (it said "Error")
+            if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+            reason = escape_markdown(f"{error.strerror or error}")
+            return Reply(
+                notice=f"**Cannot save the images** in {escape_markdown(str(self.out_dir))}: {reason}", seed=seed
+            )
         lines = [
             f"Generated {len(results)} image(s) in {time.time() - started:.1f}s.",
             *notices(self.pipe, prompt, results),
@@ -280,15 +295,17 @@ def build_app(
                 aspect = gr.Dropdown(aspect_choices(pipe), value=square, label="Aspect ratio (H/W)", elem_id="aspect")
                 size = gr.Textbox(label="Custom size HxW (optional, overrides the aspect ratio)", elem_id="size")
                 samplers = gr.Dropdown(sampler_choices(pipe), value=sampler, label="Sampler", elem_id="sampler")
+                # No precision: gradio rounded the value first (2.5 steps ran as 2) and failed on NaN with a
+                # bare "Error"; whole_number refuses both with a notice.
                 steps = gr.Number(
                     value=default_steps(pipe, sampler),
-                    precision=0,
+                    step=1,
                     label="Steps (1..1000; 999 for dpm-solver++ and sa-solver)",
                     elem_id="steps",
                 )
                 cfg = gr.Slider(0, 20, value=pipe.spec.cfg_scale, step=0.5, label="Guidance (cfg)", elem_id="cfg")
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, label="Seed (image k uses seed + k)", elem_id="seed")
+                    seed = gr.Number(value=0, step=1, label="Seed (image k uses seed + k)", elem_id="seed")
                     random_seed = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")
                 num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Number of images", elem_id="num-images")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -306,7 +323,9 @@ def build_app(
         # Gradio finds the progress bar by this default; tracking tqdm shows the sampler's steps in the page.
         def on_generate(*values: Any, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:  # noqa: B008
             reply = studio.request(*values, progress=True)
-            return reply.gallery, reply.files or None, reply.notice, reply.details, reply.seed
+            # a request refused before its seed was drawn keeps the seed box as it was (None emptied it)
+            seed = reply.seed if reply.seed is not None else gr.update()
+            return reply.gallery, reply.files or None, reply.notice, reply.details, seed
 
         inputs = [prompt, negative, aspect, size, samplers, steps, cfg, seed, random_seed, num_images]
         outputs = [gallery, files, notice, details, seed]

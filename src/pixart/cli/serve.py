@@ -83,12 +83,30 @@ def address_problem(host: str, port: int) -> str | None:
     return None
 
 
+def check_out_holds_only_requests(out: Path) -> None:
+    """The page serves every file under --out to whoever reaches it: a folder holding anything besides the
+    numbered request folders it writes (a home folder, a project with its keys) is refused."""
+    from pixart.cli.main import UserError
+
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not (p.is_dir() and p.name.isascii() and p.name.isdigit()))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(
+            f"--out {out} holds {shown}, which the page would serve to whoever reaches it: give an empty folder "
+            "(or a new one), or one only pixart serve writes to"
+        )
+
+
 def check_address(host: str, port: int) -> None:
     """--host and --port, checked before the model loads or the demo trains (a bad one failed after)."""
     from pixart.cli.main import UserError
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port} is not a TCP port: choose one in 1-65535 (default {DEFAULT_PORT})")
+    if ":" in host:  # gradio builds http://{host}:{port} without brackets and fails once the model has loaded
+        raise UserError(f"--host {host}: IPv6 addresses are not served; {LOCAL_HOSTS}")
     problem = address_problem(host, port)
     if problem:
         raise UserError(problem)
@@ -105,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     check_address(args.host, args.port)
+    if args.out is not None:
+        check_out_holds_only_requests(args.out)
 
     try:
         from pixart.app import build_app
@@ -134,9 +154,16 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     # The address to open, said here: gradio's own lines (quiet) add a share=True hint that a command line user
     # cannot act on
-    shown = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
-    shown = f"[{shown}]" if ":" in shown else shown
-    print(f"loaded {model}; serving on http://{shown}:{args.port}/ (Ctrl+C stops it)", flush=True)
+    everywhere = args.host in ("0.0.0.0", "")
+    shown = "localhost" if everywhere else args.host
+    kept = "" if args.out else " (removed when it stops: --out DIR keeps them)"
+    print(
+        f"loaded {model}; serving on http://{shown}:{args.port}/ (Ctrl+C stops it); images in {out}{kept}", flush=True
+    )
+    if everywhere:
+        print(
+            "note: --host 0.0.0.0 serves every network, with no password: anyone who reaches it can use it", flush=True
+        )
     try:
         page.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out.resolve())], quiet=True)
     except KeyboardInterrupt:  # a stop during gradio's start-up checks, before its own loop catches it
