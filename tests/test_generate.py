@@ -648,6 +648,17 @@ def test_a_sidecar_records_the_inputs_beside_the_model(tmp_path):
     assert json.loads(Image.open(path).text["parameters"]) == record
 
 
+def test_file_names_call_only_an_empty_prompt_unconditional(tmp_path):
+    """A prompt in another script (no ASCII letter) was named "...-unconditional-seedN.png"."""
+    from pixart.generation_settings import GeneratedImage
+    from pixart.outputs import OUTPUT_NAME, write_images
+
+    results = [GeneratedImage(Image.new("RGB", (8, 8)), prompt, 3, {}) for prompt in ("一只猫", " ", "A red cat!")]
+    names = [path.name for path in write_images(results, tmp_path)]
+    assert names == ["0000-prompt-seed3.png", "0001-unconditional-seed3.png", "0002-a-red-cat-seed3.png"]
+    assert all(OUTPUT_NAME.fullmatch(name) for name in names)
+
+
 def test_every_option_that_changes_the_pixels_goes_into_the_sidecar():
     from pixart.cli.generate import register, remake_inputs
 

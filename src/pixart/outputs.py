@@ -20,7 +20,11 @@ OUTPUT_NAME = re.compile(r"\d{4,}-[a-z0-9-]+-seed-?\d+\.(png|json)")
 
 
 def slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
+    """The prompt's ASCII letters and digits for a file name; "unconditional" for an empty prompt only (a
+    prompt in another script, 一只猫, was named as if it had none)."""
+    if not text.strip():
+        return "unconditional"
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
 
 
 def image_record(result: GeneratedImage, model: str | None = None, extra: dict | None = None) -> dict:
