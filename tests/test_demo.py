@@ -39,8 +39,13 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     report = json.loads((out / "report.json").read_text())
     for key in ("color", "shape", "size", "position", "binding", "relation"):
         assert 0.0 <= report["probe"][key] <= 1.0
-    assert report["wall_seconds"] > 0
+    assert report["wall_seconds"] > 0 and report["kind"] == "quick" and report["calls"] == 1
     assert set(report["stages"]) == {"stage1", "stage2", "stage3"}
+    # a smoke run says so, and judges no target (its report marked every one "missed", which read as a failure)
+    text = (out / "report.md").read_text()
+    assert "A `--quick` smoke run" in text and "missed" not in text and " met " not in text
+    assert "A quick smoke run: every part ran, too briefly trained to score" in result.stdout
+    assert "Probe on generated images" not in result.stdout
     assert "re-parameterised from the class-conditional DiT" in result.stdout  # stage 1 -> stage 2
     assert "new: ['ar_embedder.mlp', 'csize_embedder.mlp']" in result.stdout  # stage 3 adds micro-conditions
     assert Image.open(out / "samples.png").size[0] > 400
@@ -61,6 +66,29 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     images = pipe.generate(["a large red circle in the centre, on a grey background"], seed=1, progress=False)
     assert images[0].image.size == (36, 36)
     assert sorted(pipe.table.values()) == [(36, 36), (36, 72), (72, 36)]
+
+
+def test_the_wall_clock_counts_every_call(tmp_path):
+    """A rerun (or a resume after Ctrl-C) reported its own seconds as the demo's: 33 s for a 124 s demo."""
+    from pixart.demo import DEMO_KIND_FILE, add_call_seconds, check_or_record_kind
+
+    check_or_record_kind(tmp_path, quick=True)
+    assert add_call_seconds(tmp_path, 124.0) == (124.0, 1)
+    assert add_call_seconds(tmp_path, 33.0) == (157.0, 2)
+    assert json.loads((tmp_path / DEMO_KIND_FILE).read_text())["kind"] == "quick"
+    check_or_record_kind(tmp_path, quick=True)  # the kind is still read
+
+
+def test_a_loss_curve_of_one_logged_step_is_drawn(tmp_path):
+    """A --quick stage logs one row; a line through one point drew nothing, leaving loss.png empty."""
+    import numpy as np
+
+    from pixart.train.metrics import plot_loss
+
+    plot_loss({"stage1": [{"step": 4, "loss": 1.2}], "stage2": [{"step": 8, "loss": 0.9}]}, tmp_path / "loss.png")
+    pixels = np.asarray(Image.open(tmp_path / "loss.png").convert("RGB")).reshape(-1, 3).astype(int)
+    first_colour = np.array([0x1F, 0x77, 0xB4])  # matplotlib's first line colour, C0
+    assert (np.abs(pixels - first_colour).sum(axis=1) < 30).sum() > 10
 
 
 def test_later_stages_shrink_to_fit_the_time_left(tmp_path):

@@ -54,7 +54,7 @@ SAMPLE_PROMPTS = [
 STEP_COST = {"stage2": 1.6, "stage3": 2.3}
 EVAL_SECONDS = 15  # sampling the evaluation prompts, the probe and the report
 CAPTION_TOKENS = 48  # MiniLM tokens per caption: the longest two-object caption fits
-DEMO_KIND_FILE = "demo-kind.json"  # {"kind": "quick" | "full"}: see check_or_record_kind
+DEMO_KIND_FILE = "demo-kind.json"  # {"kind": "quick" | "full", "seconds": every call's}: check_or_record_kind
 WIDE_PROMPT = "a large blue circle on the left and a large red square on the right, on a white background"
 
 
@@ -210,6 +210,17 @@ def check_or_record_kind(out: Path, quick: bool) -> None:
     write_json(path, {"kind": kind}, indent=None)
 
 
+def add_call_seconds(out: Path, seconds: float) -> tuple[float, int]:
+    """Count a call's wall-clock in the kind file: (seconds over every call so far, number of calls). A
+    rerun or a resume after Ctrl-C reported only its own minutes as the demo's."""
+    path = out / DEMO_KIND_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    total = round(float(recorded.get("seconds", 0.0)) + seconds, 1)
+    calls = int(recorded.get("calls", 0)) + 1
+    write_json(path, {**recorded, "seconds": total, "calls": calls}, indent=None)
+    return total, calls
+
+
 def is_demo_stage(run_dir: Path) -> bool:
     """Whether `run_dir` holds a demo stage's run (its config names a demo recipe)."""
     try:
@@ -220,12 +231,7 @@ def is_demo_stage(run_dir: Path) -> bool:
 
 def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, progress: bool = True) -> dict:
     """Run every stage into `out` and return the report (also written as report.json / report.md)."""
-    from pixart.data.shapes_features import build_shapes_features
-    from pixart.encoders.shapes_ae import load_or_train_shapes_codec
-    from pixart.encoders.text import MiniLMEncoder
-    from pixart.evaluate.probe import load_or_train_probe
-    from pixart.files import cache_dir
-    from pixart.train.loop import train
+    from pixart.demo_report import write_report_md
 
     if not quick and not (math.isfinite(minutes) and minutes >= MIN_MINUTES):  # before anything is made
         raise DemoError(
@@ -236,6 +242,28 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     out = Path(out).resolve()  # the stages record paths in it: ./x and /abs/x must be one run on a rerun
     out.mkdir(parents=True, exist_ok=True)
     check_or_record_kind(out, quick)
+    try:
+        report = run_stages(out, minutes, quick, progress, started)
+    except BaseException:  # Ctrl-C, a stage stopped on a signal, a failure: its minutes count all the same
+        add_call_seconds(out, time.time() - started)
+        raise
+    report["wall_seconds"] = round(time.time() - started, 1)  # this call's
+    report["total_seconds"], report["calls"] = add_call_seconds(out, report["wall_seconds"])
+    report["kind"] = "quick" if quick else "full"
+    write_json(out / "report.json", report)
+    write_report_md(out, report)
+    return report
+
+
+def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: float) -> dict:
+    """run_demo's work in `out`: codec, probe, data, the three stages, the model folder, the evaluation."""
+    from pixart.data.shapes_features import build_shapes_features
+    from pixart.encoders.shapes_ae import load_or_train_shapes_codec
+    from pixart.encoders.text import MiniLMEncoder
+    from pixart.evaluate.probe import load_or_train_probe
+    from pixart.files import cache_dir
+    from pixart.train.loop import train
+
     plan = DemoPlan.for_budget(minutes, quick)
     timings: dict[str, float] = {}
 
@@ -293,11 +321,6 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     model_dir = write_model_folder(out, codec)
     report = evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings, started, progress)
     timed("evaluation and report", t)
-    report["wall_seconds"] = round(time.time() - started, 1)
-    write_json(out / "report.json", report)
-    from pixart.demo_report import write_report_md
-
-    write_report_md(out, report)
     return report
 
 

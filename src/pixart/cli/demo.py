@@ -47,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
     except TrainingError as error:  # its advice names pixart train's --run-dir; here the folder is --out
         raise UserError(f"{error} (pixart demo: choose another --out, or delete {args.out})") from error
     probe = report["probe"]
-    print(
-        f"\npixart demo finished in {report['wall_seconds']:.0f}s. Probe on generated images: colour "
-        f"{probe['color']:.2f}, shape {probe['shape']:.2f}, size {probe['size']:.2f}, position "
-        f"{probe['position']:.2f}, two-object binding {probe['binding']:.2f}."
+    scores = (
+        "A quick smoke run: every part ran, too briefly trained to score (pixart demo trains it in full)."
+        if args.quick
+        else f"Probe on generated images: colour {probe['color']:.2f}, shape {probe['shape']:.2f}, size "
+        f"{probe['size']:.2f}, position {probe['position']:.2f}, two-object binding {probe['binding']:.2f}."
     )
+    print(f"\npixart demo finished in {report['wall_seconds']:.0f}s. {scores}")
     print(f"  {args.out}/samples.png  {args.out}/loss.png  {args.out}/report.md  {args.out}/report.json")
     print(
         f'  try: pixart generate "a large red circle in the centre, on a grey background" --model {args.out}/model '

@@ -114,7 +114,8 @@ def plot_loss(rows_by_stage: dict[str, list[dict]], out: Path, title: str = "tra
         if not rows:
             continue
         steps = [offset + r["step"] for r in rows]
-        ax.plot(steps, [r["loss"] for r in rows], label=stage, linewidth=1.2)
+        marker = "o" if len(rows) < 3 else None  # a line through one point draws nothing (a short run logs once)
+        ax.plot(steps, [r["loss"] for r in rows], label=stage, linewidth=1.2, marker=marker)
         offset = steps[-1]
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
