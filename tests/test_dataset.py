@@ -112,3 +112,48 @@ def test_an_empty_dataset_says_whether_prepare_finished(tmp_path):
     write_json(tmp_path / "report.json", {"inputs": 2, "skip_reasons": {"empty file": 2}})
     with pytest.raises(FileNotFoundError, match=r"all 2 inputs were skipped \(empty file: 2; see .*report.json for"):
         FeatureDataset(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        # a shard cut short failed on a reshape (or read as fewer samples), with advice about caption_probs
+        (lambda d: _cut(d / "shard-00001.safetensors", 40), r"00001.safetensors is damaged \(cut short or edited\)"),
+        (lambda d: _cut(d / "shard-00001.safetensors", 2000), "shard-00001.safetensors is damaged"),
+        (
+            lambda d: _keep_lines(d / "shard-00001.jsonl", 2),
+            "shard-00001.jsonl holds 2 samples and .* 4 'alt' captions",
+        ),
+        (lambda d: _cut(d / "shard-00001.jsonl", 30), r"shard-00001.jsonl is damaged \(.*\): rerun pixart prepare"),
+        # another version's layout was read as this one's, or failed with a KeyError
+        (
+            lambda d: _set_info(d, format="pixart-features/2"),
+            "records the format 'pixart-features/2'; this version reads",
+        ),
+        (lambda d: (d / "dataset.json").write_text('{"fields": ["alt"]}'), "is not a pixart feature dataset's"),
+        (lambda d: (d / "dataset.json").write_text("{"), r"dataset.json cannot be read \(Expecting"),
+    ],
+)
+def test_a_damaged_dataset_names_the_file_and_what_to_do(tmp_path, damage, message):
+    from pixart.data.shards import DamagedData
+
+    make_dataset(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(DamagedData, match=message):
+        FeatureDataset(tmp_path)
+
+
+def _cut(path, count):
+    data = path.read_bytes()
+    path.write_bytes(data[:-count])
+
+
+def _keep_lines(path, count):
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:count]))
+
+
+def _set_info(folder, **fields):
+    import json
+
+    info = json.loads((folder / "dataset.json").read_text())
+    write_dataset_info(folder, {**info, **fields})

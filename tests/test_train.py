@@ -924,6 +924,53 @@ def test_a_run_that_cannot_start_is_refused_before_it_writes_anything(shapes_dat
     assert not any((tmp_path / "other").iterdir())  # no config.json to stand for a run that never started
 
 
+def test_damaged_data_is_named_without_advice_about_captions(shapes_data, tmp_path):
+    """A shard cut short was "cannot reshape array of size 32 into shape (7,4,4,4); fix data.caption_probs
+    or data.root"; a shard deleted from the shapes writer's data was skipped without a word."""
+    import shutil
+
+    from pixart.data.shards import DATASET_FILE
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data, data)
+    assert json.loads((data / DATASET_FILE).read_text())["shards"] == 1  # the shapes writer records its shards
+    shard = data / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(TrainingError, match="shard-00000.safetensors is damaged") as refused:
+        train(config_for(data, steps=1), tmp_path / "run", progress=False)
+    assert "caption_probs" not in str(refused.value)
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match="prepared in part: 0 of 1 shards are finished"):
+        train(config_for(data, steps=1), tmp_path / "run", progress=False)
+
+
+def test_a_stuck_loader_worker_stops_the_run_with_advice_not_a_hang(shapes_data, tmp_path, monkeypatch):
+    """A read that never returns (a hung network file system) hung training for good, and its worker, deaf to
+    SIGTERM, outlived the trainer."""
+    import multiprocessing
+
+    from pixart.data.dataset import FeatureDataset
+    from pixart.train.checkpoint import list_checkpoints
+
+    real = FeatureDataset.__getitems__
+
+    def stuck_in_epoch_1(self, indices):
+        if torch.utils.data.get_worker_info() is not None and self.epoch == 1:
+            time.sleep(10**6)
+        return real(self, indices)
+
+    monkeypatch.setattr(FeatureDataset, "__getitems__", stuck_in_epoch_1)  # the forked worker inherits it
+    config = config_for(shapes_data, ["data.num_workers=1", "data.loader_timeout=3"], steps=40, every=4)
+    started = time.time()
+    with pytest.raises(
+        TrainingError, match=r"no batch from the data loader's workers in 3 s .*raise data.loader_timeout"
+    ):
+        train(config, tmp_path / "run", progress=False)
+    assert time.time() - started < 120
+    assert not multiprocessing.active_children()  # the stuck worker was killed, not left behind
+    assert list_checkpoints(tmp_path / "run")  # the checkpoints before it stand, for the rerun
+
+
 def test_data_that_cannot_train_the_model_is_refused_before_any_step():
     from pixart.model import TINY, PixArt
     from pixart.train.data import LatentScaling, check_class_labels

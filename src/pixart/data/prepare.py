@@ -43,6 +43,7 @@ from pixart.data.prepare_options import PrepareError, PrepareOptions, my_shards,
 from pixart.data.prepare_report import merge_reports
 from pixart.data.shards import (
     DATASET_FILE,
+    FEATURES_FORMAT,
     FeatureSample,
     report_path,
     shard_done,
@@ -53,7 +54,6 @@ from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
 from pixart.encoders.text import TextEncoder, encoder_info
 from pixart.files import read_json, write_json
 
-FORMAT = "pixart-features/1"
 UNEXPECTED = "unexpected error"  # a failure no check foresaw: reported, so one odd file cannot stop a run
 
 T = TypeVar("T")
@@ -116,7 +116,7 @@ def inputs_digest(inputs: Inputs) -> str:
 def settings_info(inputs: Inputs, options: PrepareOptions) -> dict:
     """The part of dataset.json that needs no model: the settings and the inputs."""
     return {
-        "format": FORMAT,
+        "format": FEATURES_FORMAT,
         "resolution": options.resolution,
         "buckets": {key: list(hw) for key, hw in options.table.items()},
         "upscale_small": options.upscale_small,

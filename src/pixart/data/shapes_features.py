@@ -104,6 +104,7 @@ def build_shapes_features(
         "codec": codec_info(codec),
         "text_encoder": encoder_info(encoder),
         "samples": len(samples),
+        "shards": -(-len(samples) // shard_size),  # a shard deleted later is then named, not skipped silently
     }
     write_dataset_info(folder, info)
     return info

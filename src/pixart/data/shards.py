@@ -115,11 +115,29 @@ def write_dataset_info(folder: str | Path, info: dict) -> None:
     write_json(Path(folder) / DATASET_FILE, info)
 
 
+FEATURES_FORMAT = "pixart-features/1"  # what pixart prepare records in dataset.json (the shapes writers record none)
+
+
+class DamagedData(ValueError):
+    """A prepared dataset's file that cannot be what its writer left: cut short, edited, or of another format."""
+
+
 def read_dataset_info(folder: str | Path) -> dict:
     path = Path(folder) / DATASET_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a feature dataset (no {DATASET_FILE}); make one with pixart prepare")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, OSError) as error:  # JSONDecodeError and bytes that are not UTF-8 are ValueErrors
+        raise DamagedData(f"{path} cannot be read ({error}): rerun pixart prepare into a new --out") from None
+    if not isinstance(info, dict) or not isinstance(info.get("caption_fields"), list):
+        raise DamagedData(f"{path} is not a pixart feature dataset's (no caption_fields): make one with pixart prepare")
+    if info.get("format", FEATURES_FORMAT) != FEATURES_FORMAT:  # another version's layout, read as this one's
+        raise DamagedData(
+            f"{path} records the format {info['format']!r}; this version reads {FEATURES_FORMAT!r}: prepare the "
+            "data again with this version's pixart prepare"
+        )
+    return info
 
 
 _DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64, "BF16": None}
@@ -128,9 +146,16 @@ _DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64, "BF16": None}
 def memmap_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """Every tensor of a safetensors file as a read-only numpy memmap (no copy, no parse per access)."""
     path = Path(path)
+    damaged = f"{path} is damaged (cut short or edited): rerun pixart prepare into a new --out"
+    size = path.stat().st_size
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
+        if not 0 < header_len <= size - 8:
+            raise DamagedData(damaged)
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:
+            raise DamagedData(damaged) from None
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     base = 8 + header_len
     arrays = {}
@@ -141,6 +166,8 @@ def memmap_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         if dtype is None:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {spec['dtype']}")
         start, end = spec["data_offsets"]
+        if base + end > size or end - start != int(np.prod(spec["shape"])) * np.dtype(dtype).itemsize:
+            raise DamagedData(damaged)
         arrays[name] = raw[base + start : base + end].view(dtype).reshape(spec["shape"])
     return arrays
 
@@ -178,9 +205,22 @@ class Shard:
 
     @classmethod
     def open(cls, folder: Path, index: int) -> Shard:
+        """A shard whose records and tensors agree; DamagedData, naming the file, where they cannot (a file
+        cut short read as fewer samples, or failed on a reshape with advice about caption_probs)."""
         name = shard_name(index)
-        records = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines() if line]
-        return cls(memmap_safetensors(folder / f"{name}.safetensors"), records)
+        path = folder / f"{name}.jsonl"
+        try:
+            records = [json.loads(line) for line in path.read_text().splitlines() if line]
+        except ValueError as error:
+            raise DamagedData(f"{path} is damaged ({error}): rerun pixart prepare into a new --out") from None
+        shard = cls(memmap_safetensors(folder / f"{name}.safetensors"), records)
+        for field_name, offsets in shard.offsets.items():
+            if len(offsets) != len(records) + 1:
+                raise DamagedData(
+                    f"{path} holds {len(records)} samples and {folder / name}.safetensors {len(offsets) - 1} "
+                    f"{field_name!r} captions: one is damaged; rerun pixart prepare into a new --out"
+                )
+        return shard
 
     def latent(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         record = self.records[i]

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from pixart import config as config_io
+from pixart.data.shards import DamagedData
 from pixart.diffusion.schedulers import check_steps, default_sampler
 from pixart.files import write_json
 from pixart.train import checkpoint as ckpt
@@ -25,6 +26,7 @@ RESUMABLE_CHANGES = {
     "keep_checkpoints",
     "log_every",
     "data.num_workers",
+    "data.loader_timeout",
     "previews",
     "sample_every",
     "sample_prompts",
@@ -111,7 +113,7 @@ def check_start(config: TrainConfig, run_dir: Path) -> None:
             raise TrainingError(str(error)) from None
     try:
         check_built_data_folder(config, run_dir)
-    except FileExistsError as error:
+    except (FileExistsError, DamagedData) as error:
         raise TrainingError(str(error)) from None
 
 

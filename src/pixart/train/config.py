@@ -26,6 +26,9 @@ class DataConfig:
     caption_probs: dict[str, float] = field(default_factory=lambda: {"dense": 1.0})  # caption field draws
     batch_size: int = 32  # per rank and micro-step
     num_workers: int = 2
+    # Seconds a loader worker may take for a batch before the run stops with an error (0: wait for ever): a read
+    # stuck on a network file system hung training for good, its worker deaf to SIGTERM.
+    loader_timeout: float = 600.0
     caption_dropout: float = 0.1  # share of captions replaced by the null caption (keeping their mask)
     class_dropout: float = 0.1  # stage 1: share of labels replaced by the null class
 
@@ -39,6 +42,10 @@ class DataConfig:
             raise ValueError("batch_size and synthetic_count must be at least 1")
         if self.num_workers < 0:
             raise ValueError("num_workers must be >= 0 (0: load in the training process)")
+        if not (math.isfinite(self.loader_timeout) and self.loader_timeout >= 0):
+            raise ValueError(
+                f"loader_timeout must be a number of seconds >= 0 (0: no limit), got {self.loader_timeout}"
+            )
         if self.synthetic_seed < 0:
             raise ValueError(f"synthetic_seed must be >= 0, got {self.synthetic_seed}")
         probs = list(self.caption_probs.values())

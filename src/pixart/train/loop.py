@@ -24,6 +24,7 @@ from pixart import config as config_io
 from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.epochs import EpochStream, EpochTagged
 from pixart.data.sampler import BucketBatchSampler
+from pixart.data.shards import DamagedData
 from pixart.files import remove_leftovers, write_json
 from pixart.model.dit import DiT
 from pixart.model.pixart import PixArt
@@ -103,6 +104,8 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
         # stage 1 is class-conditional: any caption field does (none is trained on), the recipe's may be absent
         captions = None if config.stage == "class" else config.data.caption_probs
         dataset = FeatureDataset(data_dir, captions, seed=config.seed)
+    except DamagedData as error:  # a file cut short or of another format: its own advice
+        raise TrainingError(str(error)) from None
     except ValueError as error:  # caption_probs naming a field this data lacks, say
         raise TrainingError(f"{error}; fix data.caption_probs or data.root") from None
     if config.stage == "class":
@@ -238,6 +241,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
         """The run's batches from (epoch, position) on, through one DataLoader: its workers start once and
         read ahead across epoch boundaries (one loader per epoch stalled the first step of every epoch)."""
         nonlocal epoch, position
+        timeout = config.data.loader_timeout if config.data.num_workers else 0  # no worker: nothing to wait on
         loader = DataLoader(
             EpochTagged(dataset),
             batch_sampler=EpochStream(sampler, epoch, position),
@@ -245,8 +249,31 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
             num_workers=config.data.num_workers,
             pin_memory=cuda,
             worker_init_fn=leave_stop_signals_to_the_trainer,
+            timeout=timeout,
         )
-        for batch in loader:
+        iterator = iter(loader)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as error:
+                if "DataLoader timed out" not in str(error):
+                    raise
+                # torch's shutdown joins each worker for a while, then sends a SIGTERM it ignores (signals): one
+                # stuck in a read outlived the trainer. Killed once torch no longer watches it (its SIGCHLD
+                # handler raised "worker killed" then).
+                workers = list(getattr(iterator, "_workers", ()))
+                getattr(iterator, "_shutdown_workers", lambda: None)()
+                for worker in workers:
+                    if worker.is_alive():
+                        worker.kill()
+                        worker.join(5)
+                raise TrainingError(
+                    f"no batch from the data loader's workers in {timeout:g} s (a read stuck on a network or failing "
+                    "disk?): the run stops here; rerun the same command to resume from its last checkpoint, or "
+                    "raise data.loader_timeout"
+                ) from None
             if position == len(sampler):  # the epoch ran out: this batch is the next one's first
                 epoch, position = epoch + 1, 0
             position += 1
