@@ -14,7 +14,6 @@ costs more in page faults than filling it.
 from __future__ import annotations
 
 import bisect
-import json
 import sys
 import weakref
 from collections.abc import Mapping
@@ -25,11 +24,12 @@ import torch
 from torch.utils.data import Dataset
 
 from pixart.data.shards import REPORT_FILE, Shard, finished_shards, read_dataset_info, shard_done
+from pixart.files import read_json
 
 
 def no_sample_message(folder: Path) -> str:
     """Why a dataset that pixart prepare finished holds no sample, from its report.json: what was skipped, why."""
-    report = _read_report(folder)
+    report = read_json(folder / REPORT_FILE) or {}  # none, or unreadable: the message does without it
     count = report.get("inputs", "its")
     reasons = "".join(f"{reason}: {n}; " for reason, n in report.get("skip_reasons", {}).items())
     hints = "".join(f"; {hint}" for hint in report.get("skip_hints", {}).values())  # e.g. --upscale-small
@@ -37,14 +37,6 @@ def no_sample_message(folder: Path) -> str:
         f"{folder}: prepare finished but kept no sample: all {count} inputs were skipped "
         f"({reasons}see {folder / REPORT_FILE} for the reasons){hints}"
     )
-
-
-def _read_report(folder: Path) -> dict:
-    try:
-        report = json.loads((folder / REPORT_FILE).read_text())
-    except (OSError, json.JSONDecodeError):  # the message does without it
-        return {}
-    return report if isinstance(report, dict) else {}
 
 
 def class_label(record: dict) -> int:
