@@ -7,13 +7,18 @@ cache: this measures the reader, not the disk). Target: at least 2,000 samples/s
 
     .venv/bin/python benchmarks/bench_loader.py                 # 5,000 samples, batch 64
     .venv/bin/python benchmarks/bench_loader.py --samples 2000 --passes 2 --keep /tmp/bench-data
+
+It also prints the memory an opened dataset holds per sample (tracemalloc): what every trainer and
+worker process keeps for the records of the paper's 10M+ samples.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import torch
@@ -29,8 +34,12 @@ WEIGHTS = torch.tensor([0.55, 0.2, 0.15, 0.1])
 TARGET = 2000.0
 
 
-def build(folder: Path, samples: int, shard_size: int, width: int, tokens: int, seed: int) -> None:
-    """Random fp16 features written with write_shard; token counts vary around `tokens` (+-50%)."""
+WORDS = ("a", "small", "red", "cube", "left", "of", "a", "blue", "sphere", "on", "a", "table", "in", "warm", "light")
+
+
+def build(folder: Path, samples: int, shard_size: int, width: int, tokens: int, words: int, seed: int) -> None:
+    """Random fp16 features written with write_shard; token counts vary around `tokens` (+-50%); captions
+    of `words` words, a dense caption's length."""
     g = torch.Generator().manual_seed(seed)
     keys = list(BUCKETS)
     write_dataset_info(folder, {"resolution": 256, "caption_fields": ["alt"], "synthetic": True})
@@ -47,7 +56,7 @@ def build(folder: Path, samples: int, shard_size: int, width: int, tokens: int, 
                     text={"alt": torch.randn(length, width, generator=g).half()},
                     bucket=bucket,
                     original_hw=(h * 8, w * 8),
-                    captions={"alt": f"synthetic caption {i}"},
+                    captions={"alt": f"image {i}: " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(words))},
                     source=f"img{i:06d}.jpg",
                 )
             )
@@ -69,6 +78,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=4096, help="text feature width (T5-XXL: 4096)")
     parser.add_argument("--tokens", type=int, default=60, help="mean valid tokens per caption")
+    parser.add_argument("--words", type=int, default=100, help="words per caption (LLaVA's run to about 100)")
     parser.add_argument("--passes", type=int, default=3, help="timed passes after one warm-up pass")
     parser.add_argument("--keep", type=Path, help="build (or reuse) the dataset here instead of a temp folder")
     args = parser.parse_args()
@@ -79,7 +89,7 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         if not finished_shards(folder):
             start = time.perf_counter()
-            build(folder, args.samples, args.shard_size, args.width, args.tokens, seed=0)
+            build(folder, args.samples, args.shard_size, args.width, args.tokens, args.words, seed=0)
             print(f"built {args.samples} samples in {time.perf_counter() - start:.1f} s at {folder}")
         size = sum(p.stat().st_size for p in folder.glob("shard-*.safetensors"))
 
@@ -87,6 +97,13 @@ def main() -> None:
         data = FeatureDataset(folder)
         sampler = BucketBatchSampler(data.buckets, args.batch_size, seed=0, drop_last=True)
         open_s = time.perf_counter() - start
+        gc.collect()
+        tracemalloc.start()  # what opening the dataset leaves in this process's heap, per sample
+        held = FeatureDataset(folder)
+        gc.collect()
+        per_sample = tracemalloc.get_traced_memory()[0] / len(held)
+        tracemalloc.stop()
+        del held
         loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=0)
         one_pass(loader)  # warm-up: page cache, allocator
         rates = []
@@ -95,6 +112,7 @@ def main() -> None:
             rates.append(count / seconds)
 
     print(f"\n{'dataset':<22}{len(data)} samples, {size / 2**20:.0f} MiB, opened in {open_s * 1000:.0f} ms")
+    print(f"{'held in memory':<22}{per_sample:,.0f} bytes a sample (Python heap; the files are mapped, not read)")
     print(f"{'batch':<22}{args.batch_size}, {len(sampler)} batches per pass, num_workers 0")
     print(f"{'text':<22}~{args.tokens} tokens x {args.width}, fp16 on disk, fp32 in batches")
     for i, rate in enumerate(rates):

@@ -71,6 +71,62 @@ def test_caption_field_draws_are_seeded_and_follow_probabilities(tmp_path):
     # the other field for every sample
     reordered = FeatureDataset(tmp_path, {"dense": 0.5, "alt": 0.5}, seed=3)
     assert [reordered[i]["caption"].split()[0] for i in range(12)] == first
+    # frequencies, and each epoch's draw independent of the last (a field kept across epochs 0.9^2 + 0.1^2)
+    skewed, n = FeatureDataset(tmp_path, {"alt": 0.9, "dense": 0.1}, seed=1), 20000
+    epoch0 = [skewed.caption_field(i) for i in range(n)]
+    skewed.set_epoch(1)
+    epoch1 = [skewed.caption_field(i) for i in range(n)]
+    assert abs(epoch0.count("dense") / n - 0.1) < 0.01 and abs(epoch1.count("dense") / n - 0.1) < 0.01
+    assert abs(sum(a != b for a, b in zip(epoch0, epoch1)) / n - 0.18) < 0.015
+    other_seed = FeatureDataset(tmp_path, {"alt": 0.9, "dense": 0.1}, seed=2)
+    assert [other_seed.caption_field(i) for i in range(n)] != epoch0
+
+
+def test_records_are_held_in_arrays_not_a_dict_per_sample(tmp_path):
+    """A dict per record cost ~2 KB a sample with a dense caption, in every process that opened the data: 20 GB
+    per trainer at the paper's 10M+ samples. The records' lines are parsed from the file when asked for."""
+    import gc
+    import tracemalloc
+
+    samples = fake_samples(1200)
+    for i, sample in enumerate(samples):  # a LLaVA-length caption, ~100 words
+        sample.captions["dense"] = f"image {i}: " + " ".join(["a red cube left of a blue sphere"] * 14)
+    write_dataset_info(tmp_path, {"caption_fields": ["alt", "dense"], "resolution": 32})
+    for s in range(0, 1200, 400):
+        write_shard(tmp_path, s // 400, samples[s : s + 400], ["alt", "dense"])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        data = FeatureDataset(tmp_path, {"dense": 1.0})
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert retained / len(data) < 200, f"{retained / len(data):.0f} bytes a sample"
+    assert data.record(777)["captions"]["dense"] == samples[777].captions["dense"]
+    assert data.record(777)["source"] == "img777.png" and data[777]["caption"].startswith("image 777: ")
+    assert data.labels()[:7] == [0, 1, 2, 3, 4, 0, 1] and data.buckets[:3] == ["0.5", "1.0", "1.0"]
+
+
+def test_a_pickled_dataset_maps_its_files_again(tmp_path):
+    """A DataLoader worker started by spawn (macOS) gets the dataset pickled: the memory maps went with it as
+    copies of every shard's data, in every worker."""
+    import pickle
+
+    samples = fake_samples(6)
+    for sample in samples:
+        sample.text["alt"] = torch.randn(64, 512)  # 64 KB a sample in fp16: the data dwarfs what describes it
+    write_dataset_info(tmp_path, {"caption_fields": ["alt", "dense"], "resolution": 32})
+    write_shard(tmp_path, 0, samples[:3], ["alt", "dense"])
+    write_shard(tmp_path, 1, samples[3:], ["alt", "dense"])
+    data = FeatureDataset(tmp_path, {"alt": 1.0})
+    blob = pickle.dumps(data)
+    assert len(blob) < 64 * 1024, f"{len(blob)} bytes pickled"
+    copy = pickle.loads(blob)
+    for i in range(6):
+        ours, theirs = data[i], copy[i]
+        assert torch.equal(ours["text"], theirs["text"]) and torch.equal(ours["mean"], theirs["mean"])
+        assert ours["caption"] == theirs["caption"] and copy.record(i) == data.record(i)
 
 
 def test_half_written_shard_is_invisible(tmp_path):
@@ -124,7 +180,10 @@ def test_an_empty_dataset_says_whether_prepare_finished(tmp_path):
             lambda d: _keep_lines(d / "shard-00001.jsonl", 2),
             "shard-00001.jsonl holds 2 samples and .* 4 'alt' captions",
         ),
-        (lambda d: _cut(d / "shard-00001.jsonl", 30), r"shard-00001.jsonl is damaged \(.*\): rerun pixart prepare"),
+        (
+            lambda d: _cut(d / "shard-00001.jsonl", 30),
+            r"shard-00001.jsonl is damaged at line 4 \(.*\): rerun pixart prepare",
+        ),
         # another version's layout was read as this one's, or failed with a KeyError
         (
             lambda d: _set_info(d, format="pixart-features/2"),
@@ -135,7 +194,7 @@ def test_an_empty_dataset_says_whether_prepare_finished(tmp_path):
     ],
 )
 def test_a_damaged_dataset_names_the_file_and_what_to_do(tmp_path, damage, message):
-    from pixart.data.shards import DamagedData
+    from pixart.data.records import DamagedData
 
     make_dataset(tmp_path)
     damage(tmp_path)

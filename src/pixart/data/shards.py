@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from pixart.data.records import DamagedData, ShardRecords
 from pixart.files import atomic_write, remove_leftovers, write_json
 
 DATASET_FILE = "dataset.json"
@@ -118,10 +119,6 @@ def write_dataset_info(folder: str | Path, info: dict) -> None:
 FEATURES_FORMAT = "pixart-features/1"  # what pixart prepare records in dataset.json (the shapes writers record none)
 
 
-class DamagedData(ValueError):
-    """A prepared dataset's file that cannot be what its writer left: cut short, edited, or of another format."""
-
-
 def read_dataset_info(folder: str | Path) -> dict:
     path = Path(folder) / DATASET_FILE
     if not path.is_file():
@@ -185,23 +182,26 @@ def _torch_views(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Shard:
-    """An opened shard: memmapped arrays and its per-sample records.
+    """An opened shard: memmapped arrays and its per-sample records (parsed from its JSON lines when asked for).
 
     `tensors` holds the same memory as `arrays` as torch tensors (read-only in practice: the file is
-    mapped read-only, so writing to them would crash); `offsets` are the text offsets as plain lists.
+    mapped read-only, so writing to them would crash); `offsets` are the text offsets, views of the file.
     """
 
     arrays: dict[str, np.ndarray]
-    records: list[dict]
+    records: ShardRecords
+    path: Path | None = None  # the safetensors file `arrays` map, where the shard was opened from one
     tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    offsets: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    offsets: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.tensors:
             self.tensors = _torch_views(self.arrays)
         if not self.offsets:
             prefix = "text_offsets."
-            self.offsets = {k[len(prefix) :]: v.tolist() for k, v in self.arrays.items() if k.startswith(prefix)}
+            # views of the file, not lists: a Python int a sample and field would cost 36 bytes in every process
+            offsets = {k[len(prefix) :]: v for k, v in self.arrays.items() if k.startswith(prefix)}
+            self.offsets = {k: v.view(np.ndarray) for k, v in offsets.items()}  # a memmap's [i] is slow Python
 
     @classmethod
     def open(cls, folder: Path, index: int) -> Shard:
@@ -209,11 +209,9 @@ class Shard:
         cut short read as fewer samples, or failed on a reshape with advice about caption_probs)."""
         name = shard_name(index)
         path = folder / f"{name}.jsonl"
-        try:
-            records = [json.loads(line) for line in path.read_text().splitlines() if line]
-        except ValueError as error:
-            raise DamagedData(f"{path} is damaged ({error}): rerun pixart prepare into a new --out") from None
-        shard = cls(memmap_safetensors(folder / f"{name}.safetensors"), records)
+        records = ShardRecords(path)
+        tensors = folder / f"{name}.safetensors"
+        shard = cls(memmap_safetensors(tensors), records, tensors)
         for field_name, offsets in shard.offsets.items():
             if len(offsets) != len(records) + 1:
                 raise DamagedData(
@@ -222,12 +220,21 @@ class Shard:
                 )
         return shard
 
+    def __getstate__(self) -> dict:
+        """Pickled (for a DataLoader worker started by spawn, as on macOS) as its file's path, mapped again
+        when unpickled: pickling a memory map copies all of its data into every worker."""
+        if self.path is None:
+            return dict(self.__dict__)
+        return {"path": self.path, "records": self.records}
+
+    def __setstate__(self, state: dict) -> None:
+        if "arrays" not in state:
+            state = Shard(memmap_safetensors(state["path"]), state["records"], state["path"]).__dict__
+        self.__dict__.update(state)
+
     def latent(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        record = self.records[i]
-        return (
-            self.arrays[f"latent_mean.{record['bucket']}"][record["row"]],
-            self.arrays[f"latent_std.{record['bucket']}"][record["row"]],
-        )
+        bucket, row = self.records.bucket(i), self.records.rows[i]
+        return self.arrays[f"latent_mean.{bucket}"][row], self.arrays[f"latent_std.{bucket}"][row]
 
     def text(self, i: int, field_name: str) -> np.ndarray:
         offsets = self.arrays[f"text_offsets.{field_name}"]
@@ -235,11 +242,10 @@ class Shard:
 
     def latent_tensors(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `latent`, as torch views of the file (fp16; copy before changing them)."""
-        record = self.records[i]
-        bucket, row = record["bucket"], record["row"]
+        bucket, row = self.records.bucket(i), int(self.records.rows[i])
         return self.tensors[f"latent_mean.{bucket}"][row], self.tensors[f"latent_std.{bucket}"][row]
 
     def text_tensor(self, i: int, field_name: str) -> torch.Tensor:
         """Like `text`, as a torch view of the file (fp16; copy before changing it)."""
         offsets = self.offsets[field_name]
-        return self.tensors[f"text.{field_name}"][offsets[i] : offsets[i + 1]]
+        return self.tensors[f"text.{field_name}"][int(offsets[i]) : int(offsets[i + 1])]

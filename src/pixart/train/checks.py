@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from pixart import config as config_io
-from pixart.data.shards import DamagedData
+from pixart.data.records import DamagedData
 from pixart.diffusion.schedulers import check_steps, default_sampler
 from pixart.files import write_json
 from pixart.train import checkpoint as ckpt

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from pixart import config as config_io
 from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.epochs import EpochStream, EpochTagged
+from pixart.data.records import DamagedData
 from pixart.data.sampler import BucketBatchSampler
-from pixart.data.shards import DamagedData
 from pixart.files import remove_leftovers, write_json
 from pixart.model.dit import DiT
 from pixart.model.pixart import PixArt
