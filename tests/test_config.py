@@ -85,6 +85,7 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("sample_steps=0", "sample_steps, max_nonfinite_steps >= 1"),
         ("sample_every=-3", "sample_every must be >= 0"),
         ("max_nonfinite_steps=0", "max_nonfinite_steps >= 1"),
+        ("init_new_keys=['']", r"init_new_keys: \[''\] holds an empty prefix, which would let init_from miss"),
         ("model.depth=0", "depth, num_heads, hidden_size"),
         ("seed=-1", "seed must be >= 0"),
         ("optim.eps=inf", "eps must be finite, got inf"),  # AdamW would never move the weights

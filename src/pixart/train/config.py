@@ -145,6 +145,11 @@ class TrainConfig:
             raise ValueError("sample_every must be >= 0 (0: only at the end); sample_steps, max_nonfinite_steps >= 1")
         if not (math.isfinite(self.sample_cfg) and self.sample_cfg >= 0):
             raise ValueError(f"sample_cfg must be a finite number >= 0, got {self.sample_cfg}")
+        if any(not prefix.strip() for prefix in self.init_new_keys):  # "" starts every key: nothing would be checked
+            raise ValueError(
+                f"init_new_keys: {list(self.init_new_keys)} holds an empty prefix, which would let init_from miss "
+                "every weight; name the new modules' key prefixes, e.g. ['csize_embedder.', 'ar_embedder.']"
+            )
         model_key = "dit" if self.stage == "class" else "model"  # the model each stage trains
         if self.diffusion.objective == "iddpm" and not getattr(self, model_key).learn_sigma:
             raise ValueError(
