@@ -453,6 +453,49 @@ def test_info_says_dtype_ema_and_null_caption_and_takes_a_config(tmp_path, capsy
     assert json.loads(capsys.readouterr().out)["config"]["num_heads"] == TINY.num_heads
 
 
+def test_info_on_a_folder_says_how_generate_runs_it(tmp_path, capsys):
+    """A model folder's info showed its transformer alone: not the text encoder, codec, sampler defaults and
+    buckets its model.json gives generate (a diffusers pipeline's: its subfolders and diffusers' guidance)."""
+    from pixart.modelfolder import ModelSpec, save_model_folder
+
+    spec = ModelSpec(
+        text_encoder="minilm",
+        text_max_length=48,
+        codec="pixels",
+        objective="flow",
+        sampler="flow-euler",
+        steps=12,
+        cfg_scale=3.0,
+        buckets={"1.0": [32, 32], "0.5": [32, 64]},
+    )
+    model = randomize_(PixArt(TINY))
+    save_model_folder(tmp_path / "folder", model, spec)
+    assert main(["info", str(tmp_path / "folder"), "--json"]) == 0
+    generation = json.loads(capsys.readouterr().out)["generation"]
+    assert generation == {
+        "folder": "a pixart model folder",
+        "text_encoder": "minilm (the bundled MiniLM), 48 tokens",
+        "codec": "pixels",
+        "defaults": {"sampler": "flow-euler", "steps": 12, "cfg": 3.0, "null caption": "learned"},
+        "buckets": "1.0 (32x32), 0.5 (32x64)",
+    }
+    assert main(["info", str(tmp_path / "folder")]) == 0
+    assert "  defaults: sampler flow-euler, steps 12, cfg 3.0, null caption learned" in capsys.readouterr().out
+    save_transformer(model, tmp_path / "pipe" / "transformer", to="diffusers")
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))
+    assert main(["info", str(tmp_path / "pipe"), "--json"]) == 0
+    generation = json.loads(capsys.readouterr().out)["generation"]
+    assert (generation["folder"], generation["text_encoder"], generation["codec"]) == (
+        "a diffusers pipeline",
+        "t5 (its text_encoder/), 120 tokens",
+        "sd-vae (its vae/)",
+    )
+    assert generation["defaults"]["null caption"] == "empty-prompt" and generation["buckets"] == "the official table"
+    save_transformer(model, tmp_path / "bare.safetensors")  # bare weights: nothing more to say
+    assert main(["info", str(tmp_path / "bare.safetensors"), "--json"]) == 0
+    assert "generation" not in json.loads(capsys.readouterr().out)
+
+
 def test_info_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
     """`pixart info X | head -3` ended in "pixart info: error: Broken pipe" (rc 2), as a failure would."""
     save_transformer(PixArt(TINY), tmp_path / "m.safetensors")

@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         info["sampling"] = json.loads(recorded[SAMPLING_METADATA])
     if fmt != "dit" and not state["y_embedder.y_embedding"].any():  # diffusers' weights, or converted from them
         info["null_caption"] = "none learned (all zeros): pixart generate guides with the encoded empty prompt"
+    generation = generation_settings(args.path)
+    if generation:  # a model folder, pipeline folder or finished run: what else generate uses
+        info["generation"] = generation
     info["config"] = config
     if settings is not None:
         stored = settings["config"]
@@ -84,9 +87,47 @@ def run(args: argparse.Namespace) -> int:
     for key in ("sampling", "null_caption"):
         if key in info:
             print(f"  {key}: {describe(info[key])}")
+    for key, value in info.get("generation", {}).items():
+        print(f"  {key}: {describe(value)}")
     for key, value in config.items():
         print(f"  {key}: {value}")
     return 0
+
+
+def generation_settings(path: Path) -> dict[str, Any]:
+    """What `pixart generate` takes from a folder besides the transformer: text encoder, codec, sampler, guidance,
+    buckets (model.json, a diffusers pipeline's defaults, or a run's data). Empty for bare weights; a note when
+    the folder cannot say (a run whose data is gone, a model.json gone wrong)."""
+    from pixart.modelfolder import folder_kind, spec_of
+    from pixart.weights import WeightsError
+
+    kind = folder_kind(path)
+    if kind == "weights":
+        return {}
+    try:
+        spec = spec_of(path, kind)
+    except (FileNotFoundError, WeightsError, ValueError, KeyError) as error:
+        return {"folder": f"cannot say how it generates: {error}"}
+    if kind == "diffusers":  # as diffusers' pipeline runs: its own subfolders
+        text, codec = "its text_encoder/", f"{spec.codec} (its vae/)"
+    else:
+        bundled = "the bundled MiniLM" if spec.text_encoder == "minilm" else "none recorded: give --text-encoder"
+        text = spec.text_encoder_path or bundled
+        codec = spec.codec + (f" ({spec.codec_path})" if spec.codec_path else "")
+    buckets = spec.buckets or {}
+    folders = {"pixart": "a pixart model folder", "diffusers": "a diffusers pipeline", "run": "a training run"}
+    return {
+        "folder": folders[kind],
+        "text_encoder": f"{spec.text_encoder} ({text}), {spec.text_max_length} tokens",
+        "codec": codec,
+        "defaults": {
+            "sampler": spec.sampler,
+            "steps": spec.steps or "the sampler's own",
+            "cfg": spec.cfg_scale,
+            "null caption": spec.null_caption,
+        },
+        "buckets": ", ".join(f"{key} ({h}x{w})" for key, (h, w) in buckets.items()) or "the official table",
+    }
 
 
 def stored_dtypes(state: dict) -> str:
