@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 
@@ -25,3 +29,10 @@ def varied_mask(batch: int, length: int, lengths: list[int]) -> torch.Tensor:
     for i, n in enumerate(lengths):
         mask[i, :n] = 1
     return mask
+
+
+def run_quick_demo(out: Path) -> subprocess.CompletedProcess:
+    """`pixart demo --quick --out OUT --no-progress` in a fresh process; its duration is not asserted (a test
+    timed on a shared machine fails by chance)."""
+    command = [sys.executable, "-m", "pixart", "demo", "--quick", "--out", str(out), "--no-progress"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)

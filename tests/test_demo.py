@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
+from helpers import run_quick_demo
 from PIL import Image
 
 from pixart.generate import TextToImage
@@ -19,12 +18,7 @@ from pixart.generate import TextToImage
 @pytest.mark.slow
 def test_demo_quick_writes_every_artefact(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run(  # its duration is not asserted: a test timed on a shared machine fails by chance
-        [sys.executable, "-m", "pixart", "demo", "--quick", "--out", str(out), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_quick_demo(out)
     assert result.returncode == 0, result.stderr
     for name in (
         "samples.png",
@@ -66,11 +60,45 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     images = pipe.generate(["a large red circle in the centre, on a grey background"], seed=1, progress=False)
     assert images[0].image.size == (36, 36)
     assert sorted(pipe.table.values()) == [(36, 36), (36, 72), (72, 36)]
+    # A rerun of the finished demo trains nothing: its evaluation stands (it sampled and scored it all again)
+    first, drawn = json.loads((out / "report.json").read_text()), (out / "samples.png").stat().st_mtime_ns
+    result = run_quick_demo(out)
+    assert result.returncode == 0, result.stderr
+    assert f"nothing trained in this call: the evaluation in {out.resolve() / 'report.json'} stands" in result.stdout
+    again = json.loads((out / "report.json").read_text())
+    assert (again["probe"], again["frechet"], again["calls"]) == (first["probe"], first["frechet"], 2)
+    assert (out / "samples.png").stat().st_mtime_ns == drawn
+
+
+def test_a_report_stands_only_while_it_describes_the_folder(tmp_path):
+    """What lets a rerun keep the last evaluation: nothing trained, the same evaluation size, every file there."""
+    from pixart.demo_folder import REPORTED, standing_report
+
+    sizes = {"eval_single": 16, "eval_pairs": 16}
+    stages = {"stage1": {"steps": 4}, "stage2": {"steps": 8}}
+    summaries = {name: {"steps": stage["steps"], "trained_steps": 0} for name, stage in stages.items()}
+    for name in REPORTED:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    report = {"plan": sizes, "stages": stages, "probe": {"color": 0.5}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert standing_report(tmp_path, sizes, summaries) == report
+    trained = {**summaries, "stage2": {"steps": 8, "trained_steps": 3}}  # a stage deleted and trained again
+    assert standing_report(tmp_path, sizes, trained) is None
+    assert standing_report(tmp_path, {"eval_single": 128, "eval_pairs": 128}, summaries) is None  # a full-size eval
+    other = {**summaries, "stage1": {"steps": 6, "trained_steps": 0}}  # a stage of another run put in its place
+    assert standing_report(tmp_path, sizes, other) is None
+    assert standing_report(tmp_path, sizes, {"stage1": {"status": "finished"}}) is None  # no trained_steps: trained
+    (tmp_path / "samples.png").unlink()  # drawn again when deleted
+    assert standing_report(tmp_path, sizes, summaries) is None
+    (tmp_path / "samples.png").write_text("x")
+    (tmp_path / "report.json").write_text(json.dumps({"probe": {}}))  # an older version's report
+    assert standing_report(tmp_path, sizes, summaries) is None
 
 
 def test_the_wall_clock_counts_every_call(tmp_path):
     """A rerun (or a resume after Ctrl-C) reported its own seconds as the demo's: 33 s for a 124 s demo."""
-    from pixart.demo import DEMO_KIND_FILE, add_call_seconds, check_or_record_kind
+    from pixart.demo_folder import DEMO_KIND_FILE, add_call_seconds, check_or_record_kind
 
     check_or_record_kind(tmp_path, quick=True)
     assert add_call_seconds(tmp_path, 124.0) == (124.0, 1)
@@ -113,7 +141,7 @@ def test_later_stages_shrink_to_fit_the_time_left(tmp_path):
 
 def test_a_folder_holds_one_kind_of_demo_run(tmp_path):
     """A full demo into a --quick run's folder (or the reverse) is refused, naming --out; the same kind continues."""
-    from pixart.demo import DemoError, check_or_record_kind
+    from pixart.demo_folder import DemoError, check_or_record_kind
 
     check_or_record_kind(tmp_path, quick=True)
     check_or_record_kind(tmp_path, quick=True)  # the same kind again: a rerun continues it
@@ -127,7 +155,7 @@ def test_a_folder_holds_one_kind_of_demo_run(tmp_path):
 
 def test_demo_of_the_other_kind_stops_with_one_line_before_any_work(tmp_path, capsys):
     from pixart.cli.main import main
-    from pixart.demo import check_or_record_kind
+    from pixart.demo_folder import check_or_record_kind
 
     check_or_record_kind(tmp_path, quick=False)
     assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
@@ -153,7 +181,8 @@ def test_a_budget_the_demo_cannot_keep_is_refused(tmp_path, capsys, minutes):
 
 def test_run_demo_itself_refuses_a_budget_it_cannot_keep(tmp_path):
     """Checked in the library, not only in the command line: a caller's minutes=inf used to crash mid-plan."""
-    from pixart.demo import DemoError, run_demo
+    from pixart.demo import run_demo
+    from pixart.demo_folder import DemoError
 
     with pytest.raises(DemoError, match="--minutes must be a finite number, at least 5"):
         run_demo(tmp_path / "d", minutes=float("inf"), progress=False)
@@ -161,7 +190,7 @@ def test_run_demo_itself_refuses_a_budget_it_cannot_keep(tmp_path):
 
 
 def test_the_demo_keeps_out_of_a_folder_of_other_files(tmp_path):
-    from pixart.demo import DemoError, check_or_record_kind
+    from pixart.demo_folder import DemoError, check_or_record_kind
 
     (tmp_path / "photo.png").write_bytes(b"mine")
     with pytest.raises(DemoError, match=r"holds files that are not a demo run's \(e.g. photo.png\)"):
@@ -177,7 +206,8 @@ def test_a_stage_stopped_by_a_signal_stops_the_demo_with_how_to_continue(tmp_pat
     import pixart.encoders.shapes_ae
     import pixart.evaluate.probe
     import pixart.train.loop
-    from pixart.demo import DemoInterrupted, run_demo
+    from pixart.demo import run_demo
+    from pixart.demo_folder import DemoInterrupted
 
     monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
     monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
@@ -282,7 +312,7 @@ def test_later_stages_are_projected_on_the_steps_they_have_left(tmp_path):
 def test_a_folder_named_like_a_demo_run_is_not_taken_for_one(tmp_path):
     """Entries all named like a demo's (data/, model/) but no demo run in them: it was taken as a run from
     before the kind was recorded, and its data/base deleted to be rebuilt."""
-    from pixart.demo import DemoError, check_or_record_kind
+    from pixart.demo_folder import DemoError, check_or_record_kind
 
     (tmp_path / "data" / "base").mkdir(parents=True)
     (tmp_path / "data" / "base" / "my-image.png").write_bytes(b"mine")
@@ -300,7 +330,8 @@ def test_the_demos_stages_record_its_folder_whole(tmp_path, monkeypatch):
     import pixart.encoders.shapes_ae
     import pixart.evaluate.probe
     import pixart.train.loop
-    from pixart.demo import DemoInterrupted, run_demo
+    from pixart.demo import run_demo
+    from pixart.demo_folder import DemoInterrupted
 
     monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
     monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)

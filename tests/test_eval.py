@@ -8,14 +8,13 @@ pixart.evaluate.inception and pixart.evaluate.clipscore), which is what these te
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_quick_demo
 from PIL import Image
 from torch import nn
 
@@ -217,12 +216,7 @@ def in_tmp_path(tmp_path, monkeypatch):
 def demo(tmp_path_factory):
     """A `pixart demo --quick` run: its model folder, and its cached 40-step probe in .cache."""
     out = tmp_path_factory.mktemp("demo")
-    result = subprocess.run(
-        [sys.executable, "-m", "pixart", "demo", "--quick", "--out", str(out), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_quick_demo(out)
     assert result.returncode == 0, result.stderr
     return out
 

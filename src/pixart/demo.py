@@ -9,7 +9,6 @@ MiniLM, the trainer, the sampler, the probe); this file only plans the stages an
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import platform
 import shutil
@@ -22,6 +21,7 @@ import torch
 
 from pixart import config as config_io
 from pixart.data import synthetic, synthetic_dataset
+from pixart.demo_folder import DemoError, DemoInterrupted, add_call_seconds, check_or_record_kind, standing_report
 from pixart.diffusion.objective import DiffusionConfig
 from pixart.diffusion.schedulers import default_sampler
 from pixart.files import write_json
@@ -54,7 +54,6 @@ SAMPLE_PROMPTS = [
 STEP_COST = {"stage2": 1.6, "stage3": 2.3}
 EVAL_SECONDS = 15  # sampling the evaluation prompts, the probe and the report
 CAPTION_TOKENS = 48  # MiniLM tokens per caption: the longest two-object caption fits
-DEMO_KIND_FILE = "demo-kind.json"  # {"kind": "quick" | "full", "seconds": every call's}: check_or_record_kind
 WIDE_PROMPT = "a large blue circle on the left and a large red square on the right, on a white background"
 
 
@@ -167,68 +166,6 @@ def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) 
     }
 
 
-# What a demo run writes in its folder: another folder holding anything else is not one.
-DEMO_ENTRIES = frozenset(
-    {".cache", "data", "model", "stage1", "stage2", "stage3", "samples.png", "loss.png", "report.md", "report.json"}
-)
-
-
-class DemoError(ValueError):
-    """The output folder cannot take this demo run; the message says which --out to choose instead."""
-
-
-class DemoInterrupted(DemoError):
-    """A stage stopped on a signal, after saving its checkpoint: the same command continues it."""
-
-
-def check_or_record_kind(out: Path, quick: bool) -> None:
-    """A folder holds one kind of demo run, --quick or full: they differ in data, batch size and codec.
-
-    Rerunning the same kind continues it (finished stages are kept, unfinished ones resume; --minutes may
-    change, as it changes only step counts). The other kind is refused before any work, rather than
-    failing at stage 1 on a checkpoint of another batch size, or training on the other kind's data.
-    """
-    path = out / DEMO_KIND_FILE
-    kind = "quick" if quick else "full"
-    if path.is_file():
-        recorded = json.loads(path.read_text()).get("kind")
-        if recorded != kind:
-            flag = "--quick " if recorded == "quick" else ""
-            raise DemoError(
-                f"{out} holds a `pixart demo {flag}--out {out}` run ({recorded}); this one is {kind}: choose "
-                f"another --out, or delete {out}"
-            )
-        return
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    others = [name for name in entries if name not in DEMO_ENTRIES]
-    if others:  # the user's own folder: the demo would write its data, models and reports among them
-        raise DemoError(f"{out} holds files that are not a demo run's (e.g. {others[0]}); choose an empty or new --out")
-    if entries and not is_demo_stage(out / "stage1"):  # named like a demo's entries, yet not its run
-        raise DemoError(f"{out} holds {entries[0]} but no demo run (no stage 1 of one); choose an empty or new --out")
-    # A folder from before the kind was recorded is taken as this kind; were it the other, stage 1 refuses
-    # its checkpoint (another batch size), and the command says which --out to choose.
-    write_json(path, {"kind": kind}, indent=None)
-
-
-def add_call_seconds(out: Path, seconds: float) -> tuple[float, int]:
-    """Count a call's wall-clock in the kind file: (seconds over every call so far, number of calls). A
-    rerun or a resume after Ctrl-C reported only its own minutes as the demo's."""
-    path = out / DEMO_KIND_FILE
-    recorded = json.loads(path.read_text()) if path.is_file() else {}
-    total = round(float(recorded.get("seconds", 0.0)) + seconds, 1)
-    calls = int(recorded.get("calls", 0)) + 1
-    write_json(path, {**recorded, "seconds": total, "calls": calls}, indent=None)
-    return total, calls
-
-
-def is_demo_stage(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a demo stage's run (its config names a demo recipe)."""
-    try:
-        return str(json.loads((run_dir / "config.json").read_text()).get("recipe", "")).startswith("demo-")
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, progress: bool = True) -> dict:
     """Run every stage into `out` and return the report (also written as report.json / report.md)."""
     from pixart.demo_report import write_report_md
@@ -317,6 +254,10 @@ def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: 
                     f"{minutes:g} minutes (--minutes raises the budget)"
                 )
 
+    standing = standing_report(out, {"eval_single": plan.eval_single, "eval_pairs": plan.eval_pairs}, summaries)
+    if standing is not None:
+        say(f"nothing trained in this call: the evaluation in {out / 'report.json'} stands (delete it to redo it)")
+        return standing
     t = time.time()
     model_dir = write_model_folder(out, codec)
     report = evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings, started, progress)

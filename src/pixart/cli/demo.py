@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pixart.cli.main import UserError, make_out_folder, removed_if_left_empty
-    from pixart.demo import DemoError, DemoInterrupted, run_demo
+    from pixart.demo import run_demo
+    from pixart.demo_folder import DemoError, DemoInterrupted
     from pixart.train.errors import TrainingError
 
     if args.quick and args.minutes is not None:

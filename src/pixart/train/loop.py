@@ -413,6 +413,7 @@ def finish(
     summary = {
         "status": status,
         "steps": step,
+        "trained_steps": step - resumed_at,  # in this call: 0 for a finished run reopened
         "skipped_steps": skipped,
         "final_loss": last_loss,
         "wall_seconds": round(time.time() - started, 1),
