@@ -543,6 +543,9 @@ def test_a_text_encoder_that_does_not_fit_the_model_is_refused_before_sampling(t
     monkeypatch.setattr(generate_module, "load_components", lambda *a, **k: loaded.append(a) or original(*a, **k))
     with pytest.raises(GenerationError, match="8-bit loading is for T5; this model's text encoder is minilm"):
         TextToImage.from_path(folder, load_in_8bit=True)  # it was ignored, yet recorded with the images
+    pixels = learned_null_folder(tmp_path / "pixels", text_encoder="minilm", text_encoder_path=None, codec="pixels")
+    with pytest.raises(GenerationError, match="tiled decoding is for the SD VAE; this model's codec is pixels"):
+        TextToImage.from_path(pixels, vae_tiling=True)  # the same: the shapes codec and pixels decode whole
     assert loaded == []  # refused before the weights load
     TextToImage.from_path(folder)
     assert len(loaded) == 1  # (the count is of real loads)

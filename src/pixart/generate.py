@@ -127,6 +127,8 @@ class TextToImage:
         kind = components[0].text_encoder
         if load_in_8bit and kind != "t5":  # it would be ignored, yet recorded with the images: said before loading
             raise GenerationError(f"8-bit loading is for T5; this model's text encoder is {kind}")
+        if vae_tiling and components[0].codec != "sd-vae":  # as for 8-bit: ignored, yet recorded with the images
+            raise GenerationError(f"tiled decoding is for the SD VAE; this model's codec is {components[0].codec}")
         spec, transformer, text_folder, tokenizer, codec_folder, scheduler = load_components(
             path, device=device, dtype=dtype, components=components
         )
