@@ -25,9 +25,8 @@ from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.epochs import EpochStream, EpochTagged
 from pixart.data.records import DamagedData
 from pixart.data.sampler import BucketBatchSampler
-from pixart.files import remove_leftovers, write_json
+from pixart.files import write_json
 from pixart.model.dit import DiT
-from pixart.model.pixart import PixArt
 from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
 from pixart.train.checks import (
@@ -44,7 +43,6 @@ from pixart.train.distributed import (
     World,
     all_reduce_max,
     all_reduce_mean,
-    gather_full,
     gradient_sync,
     init_distributed,
     let_go_of_the_group,
@@ -52,13 +50,13 @@ from pixart.train.distributed import (
     wrap_model,
 )
 from pixart.train.errors import TrainingError
+from pixart.train.finish import finish_run
 from pixart.train.flags import DeferredFlags, StepRecord, optimizer_step, skip_flag, step_flags
-from pixart.train.init import build_model, initialize_from, save_weights
-from pixart.train.metrics import MetricsWriter, peak_flops, plot_loss, read_metrics
+from pixart.train.init import build_model, initialize_from
+from pixart.train.metrics import MetricsWriter, peak_flops
 from pixart.train.previews import Previewer, preview_weights
 from pixart.train.signals import StopFlag, leave_stop_signals_to_the_trainer
-from pixart.train.step import build_optimizer, compute_loss, ema_decay, ema_start_share, mfu, update_ema
-from pixart.weights.io import FINAL, FINAL_EMA
+from pixart.train.step import build_optimizer, compute_loss, ema_decay, mfu, update_ema
 
 FAULT_ENV = "PIXART_FAULT"  # testing hook: "exit:RANK:STEP" makes that rank die at that step
 
@@ -384,71 +382,10 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
         if status == "finished":  # under StopFlag too: a stop during this save must not cut it short
             save(step)
     bar.close()
-    summary = finish(
+    summary = finish_run(
         config, run_dir, world, inner, ema, previewer, status, step, skipped, last_loss, started, resumed_at
     )
     if status == "interrupted":  # another rank's signal reaches this one as a flag: SIGTERM, as torchrun sends
         summary["signal"] = signal.Signals(stop.signum or signal.SIGTERM).name
     metrics.close()
     return summary, world
-
-
-def finish(
-    config: TrainConfig,
-    run_dir: Path,
-    world: World,
-    inner: PixArt | DiT,
-    ema: dict[str, torch.Tensor],
-    previewer: Previewer | None,
-    status: str,
-    step: int,
-    skipped: int,
-    last_loss: float,
-    started: float,
-    resumed_at: int = 0,
-) -> dict:
-    if math.isnan(last_loss):  # no step ran in this call (a finished run reopened): its last logged loss
-        logged = [row["loss"] for row in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in row]
-        last_loss = logged[-1] if logged else last_loss
-    summary = {
-        "status": status,
-        "steps": step,
-        "trained_steps": step - resumed_at,  # in this call: 0 for a finished run reopened
-        "skipped_steps": skipped,
-        "final_loss": last_loss,
-        "wall_seconds": round(time.time() - started, 1),
-        "run_dir": str(run_dir),
-    }
-    if status != "finished":
-        summary["resume"] = "rerun the same command to continue from the last checkpoint"
-        if world.is_main:
-            print(f"[pixart train] interrupted at step {step}; checkpoint saved. {summary['resume']}.")
-        return summary
-    full = gather_full(inner.state_dict())
-    with_ema = {**full, **gather_full(ema)}
-    if world.is_main:
-        remove_leftovers(run_dir, "final*.safetensors")  # of a run killed while writing them
-        save_weights(inner, run_dir / FINAL, full, config.diffusion)
-        save_weights(inner, run_dir / FINAL_EMA, with_ema, config.diffusion)
-        plot_loss({config.recipe: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "loss.png")
-        # the live tensors (a single process): nothing trains them any more
-        preview = previewer.write(with_ema, step) if previewer is not None else None
-        if preview is not None:
-            summary["preview"] = str(preview)
-        summary.update(
-            final=str(run_dir / FINAL), final_ema=str(run_dir / FINAL_EMA), loss_curve=str(run_dir / "loss.png")
-        )
-        print(
-            # the time is this call's: after a resume, say how many of the steps it ran
-            f"[pixart train] done: {step} steps{f' ({step - resumed_at} in this run)' if resumed_at else ''} in "
-            f"{summary['wall_seconds']}s, final loss {last_loss:.4f}, "
-            f"{skipped} skipped step(s); weights {run_dir / FINAL_EMA} (EMA) and {run_dir / FINAL}; "
-            f"loss curve {run_dir / 'loss.png'}"
-        )
-        if (share := ema_start_share(config.optim, step - skipped)) > 0.5:  # the paper's 0.9999 on a short run
-            print(
-                f"[pixart train] note: {FINAL_EMA} still holds {share:.0%} of the weights this run started from "
-                f"(EMA decay {config.optim.ema_decay} over {step - skipped} updates): use {FINAL} for what it "
-                "learned, or train with --set optim.ema_warmup=true, whose EMA follows short runs"
-            )
-    return summary
