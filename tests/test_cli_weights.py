@@ -411,7 +411,8 @@ def test_a_sharded_training_checkpoint_reads_as_its_pt_twin_does(tmp_path, capsy
             assert torch.equal(ema[key], value), (name, key)
         out = tmp_path / f"{path.suffix[1:]}.safetensors"
         assert main(["convert", str(path), "--ema", "--to", "pixart", "--out", str(out)]) == 0, name
-        capsys.readouterr()
+        said = capsys.readouterr().out  # it was "read official weights"
+        assert said.startswith("read the EMA weights of a pixart train checkpoint (step 9); wrote pixart"), said
         assert sampling_of(out)["objective"] == "flow" and sampling_of(out)["flow_shift"] == 3.0, name
         assert torch.equal(
             load_transformer(out).state_dict()["blocks.0.attn.qkv.weight"], ema["blocks.0.attn.qkv.weight"]

@@ -55,6 +55,7 @@ def convert(args: argparse.Namespace) -> int:
     from pixart.weights import detect_format, save_transformer
     from pixart.weights.dit_init import dit_to_pixart
     from pixart.weights.io import SAMPLING_FILE, SAMPLING_METADATA, read_checked_state, read_dit
+    from pixart.weights.pth import training_checkpoint_settings
 
     config = read_config(args.config, PixArtConfig) if args.config else None
     fmt = detect_format(args.src)
@@ -85,7 +86,11 @@ def convert(args: argparse.Namespace) -> int:
         # checked: a --config that the tensors contradict wrote weights nothing could load
         source = str(args.config) if args.config else ""
         config, state, fmt = read_checked_state(args.src, use_ema=args.ema, config=config, config_source=source)
+        settings = training_checkpoint_settings(args.src)
         note = f"read {fmt} weights"
+        if settings is not None:  # its keys are the official layout, but it is no official file
+            which = "EMA" if args.ema else "raw (--ema for the EMA)"
+            note = f"read the {which} weights of a pixart train checkpoint (step {settings.get('step')})"
     recorded = sampling_record(args.src)  # how the weights sample: kept in every layout, for pixart
     save_transformer(state, args.out, to=args.to, config=config, metadata=recorded)
     sampling = json.loads(recorded[SAMPLING_METADATA]) if recorded else {}
