@@ -386,6 +386,44 @@ def test_a_resume_refused_under_torchrun_is_one_line_on_every_rank(shapes_data, 
     assert "[rank1]" not in result.stderr and "Traceback" not in result.stderr.split("torchrun")[0], result.stderr
 
 
+def test_a_run_folder_trains_one_job_at_a_time(shapes_data, tmp_path):
+    """A rerun started while a killed torchrun's orphaned workers still trained resumed beside them: both saved
+    checkpoints and appended to one metrics.jsonl. The main rank holds a lock on RUN_DIR/.lock as it trains."""
+    import fcntl
+
+    config, run_dir = config_for(shapes_data, steps=2), tmp_path / "run"
+    train(config, run_dir, progress=False)
+    partial = run_dir / "checkpoints" / "step-0000004.dcp.tmp"  # the other job's save in progress
+    partial.mkdir()
+    with open(run_dir / ".lock", "a+") as other:  # the other job's hold on the folder
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.seek(0)
+        other.truncate()
+        other.write("process 4242 on node7\n12345\n")
+        other.flush()
+        refused = r"run is being trained by another job \(process 4242 on node7\): wait for it"
+        with pytest.raises(TrainingError, match=refused):
+            train(dataclasses.replace(config, steps=4), run_dir, progress=False)
+        assert partial.is_dir() and len(text_lines(run_dir / "metrics.jsonl")) == 1  # nothing touched
+    summary = train(dataclasses.replace(config, steps=4), run_dir, progress=False)  # once it has let go
+    assert summary["steps"] == 4 and not partial.exists()
+
+
+def test_processes_that_see_different_checkpoints_are_refused(shapes_data, tmp_path, monkeypatch):
+    """Nodes with a run folder each (not shared): rank 0 resumed from its checkpoint, the others from scratch,
+    trained on and reported success. Here the other process is simulated: it sees no checkpoint."""
+    config, run_dir = config_for(shapes_data, steps=2), tmp_path / "run"
+    train(config, run_dir, progress=False)
+    another_sees_none = torch.tensor([-1.0, 1.0], dtype=torch.float64)  # (newest, -oldest) of a rank with none
+    monkeypatch.setattr(checks, "all_reduce_max", lambda tensor, world: torch.maximum(tensor, another_sees_none))
+    with pytest.raises(
+        TrainingError,
+        match=r"see different checkpoints in .*run \(newest: step 2 on one, none on another\): under torchrun the "
+        "run folder must be one folder that every node shares",
+    ):
+        train(dataclasses.replace(config, steps=4), run_dir, progress=False)
+
+
 def test_one_rank_dying_fails_the_job_clearly(shapes_data, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     sets = [a for item in overrides(shapes_data, steps=6, every=100) for a in ("--set", item)]

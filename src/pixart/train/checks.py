@@ -8,6 +8,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 from pixart import config as config_io
 from pixart.data.records import DamagedData
 from pixart.diffusion.schedulers import check_steps, default_sampler
@@ -15,6 +17,7 @@ from pixart.files import write_json
 from pixart.train import checkpoint as ckpt
 from pixart.train.config import TrainConfig
 from pixart.train.data import check_built_data_folder
+from pixart.train.distributed import World, all_reduce_max
 from pixart.train.errors import TrainingError
 from pixart.train.init import resolve_init_path
 
@@ -67,6 +70,23 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
         raise TrainingError(
             f"{run_dir} holds a run with another config; use a new --run-dir or the same "
             f"settings. Differences: {'; '.join(changes)}"
+        )
+
+
+def check_one_checkpoint_view(run_dir: Path, world: World) -> None:
+    """Refuse to go on when the ranks see different checkpoints in the run folder: a folder local to each node
+    (not shared) resumed rank 0 from its checkpoint and the others from scratch, which trained on, reported
+    success and ended in a gloo traceback. Every rank takes part and raises alike."""
+    saved = ckpt.list_checkpoints(run_dir)
+    step = float(saved[-1][0]) if saved else -1.0
+    seen = all_reduce_max(torch.tensor([step, -step], dtype=torch.float64, device=world.device), world).tolist()
+    newest, oldest = int(seen[0]), -int(seen[1])
+    if newest != oldest:
+        oldest_text = f"step {oldest}" if oldest >= 0 else "none"
+        raise TrainingError(
+            f"the processes see different checkpoints in {run_dir} (newest: step {newest} on one, {oldest_text} on "
+            "another): under torchrun the run folder must be one folder that every node shares (a network file "
+            "system); give such a --run-dir"
         )
 
 

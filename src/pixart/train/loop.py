@@ -31,6 +31,7 @@ from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
 from pixart.train.checks import (
     WORLD_FILE,
+    check_one_checkpoint_view,
     check_or_record_data,
     check_preview_steps,
     check_run_config,
@@ -50,6 +51,7 @@ from pixart.train.distributed import (
     wrap_model,
 )
 from pixart.train.errors import TrainingError
+from pixart.train.exclusive import exclusive_run, forget_run_lock
 from pixart.train.finish import finish_run
 from pixart.train.flags import DeferredFlags, StepRecord, optimizer_step, skip_flag, step_flags
 from pixart.train.init import build_model, initialize_from
@@ -68,15 +70,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     interrupted), not when it raises; a group that existed before the call is left to its owner.
     """
     creates_group = not torch.distributed.is_initialized()
-    summary, world = train_in_world(config, Path(run_dir), device, progress)
-    if torch.distributed.is_initialized():
-        # on a normal return only, as torchtitan does: tearing down while another rank is in a collective hangs
-        let_go_of_the_group(world, destroy=creates_group)
-    return summary
-
-
-def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progress: bool) -> tuple[dict, World]:
-    """train()'s work: the summary, and the world it ran in (for train() to tear down)."""
+    run_dir = Path(run_dir)
     started = time.time()
     check_preview_steps(config)
     check_start(config, run_dir)
@@ -86,11 +80,28 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
         raise TrainingError(str(error)) from None
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_run(run_dir, world):  # one job at a time in a run folder
+        summary = train_in_world(config, run_dir, world, progress, started)
+    if torch.distributed.is_initialized():
+        # on a normal return only, as torchtitan does: tearing down while another rank is in a collective hangs
+        let_go_of_the_group(world, destroy=creates_group)
+    return summary
+
+
+def init_worker(worker_id: int) -> None:
+    """A data loader worker, forked from the trainer: it leaves stop signals and the run folder's lock to it."""
+    leave_stop_signals_to_the_trainer(worker_id)
+    forget_run_lock()
+
+
+def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: bool, started: float) -> dict:
+    """train()'s work in a run folder this job holds: the summary."""
     # Every rank (it only reads): checked on the main rank alone, the others learned of a refusal from gloo's
     # "Connection closed by peer" traceback. It checks only runs with checkpoints, which no rank writes yet.
     check_run_config(config, run_dir, world.world_size)
     if world.is_main:  # a finished run reopened saves nothing more, so would keep them for good
         ckpt.remove_partial_checkpoints(run_dir)
+    check_one_checkpoint_view(run_dir, world)  # a folder local to each node resumed rank 0 alone
     resume_from = ckpt.latest_checkpoint(run_dir)
     torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
     model = build_model(config)
@@ -246,7 +257,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
             collate_fn=collate,
             num_workers=config.data.num_workers,
             pin_memory=cuda,
-            worker_init_fn=leave_stop_signals_to_the_trainer,
+            worker_init_fn=init_worker,
             timeout=timeout,
         )
         iterator = iter(loader)
@@ -388,4 +399,4 @@ def train_in_world(config: TrainConfig, run_dir: Path, device: str | None, progr
     if status == "interrupted":  # another rank's signal reaches this one as a flag: SIGTERM, as torchrun sends
         summary["signal"] = signal.Signals(stop.signum or signal.SIGTERM).name
     metrics.close()
-    return summary, world
+    return summary
