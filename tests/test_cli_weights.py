@@ -475,7 +475,7 @@ def test_info_on_a_folder_says_how_generate_runs_it(tmp_path, capsys):
     generation = json.loads(capsys.readouterr().out)["generation"]
     assert generation == {
         "folder": "a pixart model folder",
-        "text_encoder": "minilm (the bundled MiniLM), 48 tokens",
+        "text_encoder": "minilm (the bundled MiniLM), 16 tokens",  # cut to the model's null caption, as generate does
         "codec": "pixels",
         "defaults": {"sampler": "flow-euler", "steps": 12, "cfg": 3.0, "null caption": "learned"},
         "buckets": "1.0 (32x32), 0.5 (32x64)",
@@ -488,10 +488,21 @@ def test_info_on_a_folder_says_how_generate_runs_it(tmp_path, capsys):
     generation = json.loads(capsys.readouterr().out)["generation"]
     assert (generation["folder"], generation["text_encoder"], generation["codec"]) == (
         "a diffusers pipeline",
-        "t5 (its text_encoder/), 120 tokens",
-        "sd-vae (its vae/)",
+        f"t5 ({tmp_path / 'pipe' / 'text_encoder'}), 120 tokens",
+        f"sd-vae ({tmp_path / 'pipe' / 'vae'})",
     )
-    assert generation["defaults"]["null caption"] == "empty-prompt" and generation["buckets"] == "the official table"
+    assert generation["defaults"] == {
+        "sampler": "dpm-solver++",
+        "steps": 20,
+        "cfg": 4.5,
+        "null caption": "empty-prompt",
+    }
+    assert generation["buckets"] == "the official table"
+    (tmp_path / "pipe" / "scheduler").mkdir()  # its own scheduler: what generate then samples with, 20 steps
+    (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text("{}")
+    assert main(["info", str(tmp_path / "pipe"), "--json"]) == 0
+    defaults = json.loads(capsys.readouterr().out)["generation"]["defaults"]
+    assert (defaults["sampler"], defaults["steps"]) == ("folder (its scheduler/)", 20)
     save_transformer(model, tmp_path / "bare.safetensors")  # bare weights: nothing more to say
     assert main(["info", str(tmp_path / "bare.safetensors"), "--json"]) == 0
     assert "generation" not in json.loads(capsys.readouterr().out)

@@ -23,7 +23,7 @@ import torch
 from pixart.diffusion.objective import OBJECTIVES
 from pixart.diffusion.schedulers import TRAIN_STEPS, default_sampler, get_sampler
 from pixart.encoders.text import text_encoder_kind
-from pixart.model.pixart import PixArt
+from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
 from pixart.weights.io import (
     FINAL_EMA,
@@ -303,6 +303,24 @@ def sampling_of(weights: Path) -> dict:
     return {**fields, "sampler": default_sampler(fields["objective"])}
 
 
+def spec_for_weights(
+    path: str | Path, spec: ModelSpec, transformer_path: Path, config: PixArtConfig, *, learned_null_caption: bool
+) -> ModelSpec:
+    """read_spec's answer made to fit the transformer it names: what generation runs with."""
+    kind = folder_kind(path)
+    if kind in ("weights", "run"):  # bare weights: captions as long as the model's null caption
+        spec = dataclasses.replace(spec, text_max_length=config.max_length, **sampling_of(Path(transformer_path)))
+        if kind == "weights" and not learned_null_caption:
+            # diffusers weights carry no learned null caption (it loads as zeros): guide against the encoded
+            # empty prompt and send the exact aspect ratio, as diffusers' pipeline does with these weights
+            spec = dataclasses.replace(spec, **AS_DIFFUSERS)
+    elif spec.null_caption == "learned" and spec.text_max_length > config.max_length:
+        # A model.json written by hand: guidance cuts the learned null caption to each prompt's length, so a
+        # longer prompt failed mid-generation. Cut to the null caption, each cut prompt is warned about.
+        spec = dataclasses.replace(spec, text_max_length=config.max_length)
+    return spec
+
+
 def load_components(
     path: str | Path,
     *,
@@ -319,17 +337,6 @@ def load_components(
         path, vae=vae, text_encoder=text_encoder
     )
     transformer = load_transformer(transformer_path, device=device, dtype=dtype)
-    kind = folder_kind(path)
-    if kind in ("weights", "run"):  # bare weights: captions as long as the model's null caption
-        spec = dataclasses.replace(
-            spec, text_max_length=transformer.config.max_length, **sampling_of(Path(transformer_path))
-        )
-        if kind == "weights" and not transformer.y_embedder.y_embedding.any():
-            # diffusers weights carry no learned null caption (it loads as zeros): guide against the encoded
-            # empty prompt and send the exact aspect ratio, as diffusers' pipeline does with these weights
-            spec = dataclasses.replace(spec, **AS_DIFFUSERS)
-    elif spec.null_caption == "learned" and spec.text_max_length > transformer.config.max_length:
-        # A model.json written by hand: guidance cuts the learned null caption to each prompt's length, so a
-        # longer prompt failed mid-generation. Cut to the null caption, each cut prompt is warned about.
-        spec = dataclasses.replace(spec, text_max_length=transformer.config.max_length)
+    learned = bool(transformer.y_embedder.y_embedding.any())
+    spec = spec_for_weights(path, spec, transformer_path, transformer.config, learned_null_caption=learned)
     return spec, transformer, text_folder, tokenizer, codec_folder, scheduler

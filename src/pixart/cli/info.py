@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pixart.model.pixart import PixArtConfig
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -59,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
     recorded = sampling_record(args.path)
     if recorded:  # where nothing records it, generate samples the weights as the eps (IDDPM) model they are
         info["sampling"] = json.loads(recorded[SAMPLING_METADATA])
-    if fmt != "dit" and not state["y_embedder.y_embedding"].any():  # diffusers' weights, or converted from them
+    learned = fmt != "dit" and bool(state["y_embedder.y_embedding"].any())
+    if fmt != "dit" and not learned:  # diffusers' weights, or converted from them
         info["null_caption"] = "none learned (all zeros): pixart generate guides with the encoded empty prompt"
-    generation = generation_settings(args.path)
+    generation = {} if fmt == "dit" else generation_settings(args.path, pixart_config, learned_null_caption=learned)
     if generation:  # a model folder, pipeline folder or finished run: what else generate uses
         info["generation"] = generation
     info["config"] = config
@@ -94,38 +98,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def generation_settings(path: Path) -> dict[str, Any]:
-    """What `pixart generate` takes from a folder besides the transformer: text encoder, codec, sampler, guidance,
-    buckets (model.json, a diffusers pipeline's defaults, or a run's data). Empty for bare weights; a note when
-    the folder cannot say (a run whose data is gone, a model.json gone wrong)."""
-    from pixart.modelfolder import folder_kind, spec_of
+def generation_settings(path: Path, config: PixArtConfig, learned_null_caption: bool) -> dict[str, Any]:
+    """What `pixart generate` takes from a folder besides the transformer, as it resolves them: text encoder,
+    codec, sampler and its steps, guidance, buckets. Empty for bare weights; a note when the folder cannot say."""
+    from pixart.diffusion.schedulers import get_sampler
+    from pixart.modelfolder import folder_kind, read_spec, spec_for_weights
     from pixart.weights import WeightsError
 
     kind = folder_kind(path)
     if kind == "weights":
         return {}
     try:
-        spec = spec_of(path, kind)
+        spec, transformer_path, text_folder, _, codec_folder, scheduler = read_spec(path)
     except (FileNotFoundError, WeightsError, ValueError, KeyError) as error:
         return {"folder": f"cannot say how it generates: {error}"}
-    if kind == "diffusers":  # as diffusers' pipeline runs: its own subfolders
-        text, codec = "its text_encoder/", f"{spec.codec} (its vae/)"
+    spec = spec_for_weights(path, spec, transformer_path, config, learned_null_caption=learned_null_caption)
+    if scheduler is not None:  # a diffusers folder's own scheduler, as generate picks it
+        sampler, steps = "folder (its scheduler/)", spec.steps or 20
     else:
-        bundled = "the bundled MiniLM" if spec.text_encoder == "minilm" else "none recorded: give --text-encoder"
-        text = spec.text_encoder_path or bundled
-        codec = spec.codec + (f" ({spec.codec_path})" if spec.codec_path else "")
+        sampler, steps = spec.sampler, spec.steps or get_sampler(spec.sampler).default_steps
+    text = str(text_folder) if text_folder is not None else "the bundled MiniLM"
+    codec = spec.codec + (f" ({codec_folder})" if codec_folder is not None else "")
     buckets = spec.buckets or {}
     folders = {"pixart": "a pixart model folder", "diffusers": "a diffusers pipeline", "run": "a training run"}
     return {
         "folder": folders[kind],
         "text_encoder": f"{spec.text_encoder} ({text}), {spec.text_max_length} tokens",
         "codec": codec,
-        "defaults": {
-            "sampler": spec.sampler,
-            "steps": spec.steps or "the sampler's own",
-            "cfg": spec.cfg_scale,
-            "null caption": spec.null_caption,
-        },
+        "defaults": {"sampler": sampler, "steps": steps, "cfg": spec.cfg_scale, "null caption": spec.null_caption},
         "buckets": ", ".join(f"{key} ({h}x{w})" for key, (h, w) in buckets.items()) or "the official table",
     }
 
