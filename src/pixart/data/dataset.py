@@ -14,6 +14,9 @@ costs more in page faults than filling it.
 from __future__ import annotations
 
 import bisect
+import errno
+import math
+import resource
 import sys
 import weakref
 from collections.abc import Mapping
@@ -53,8 +56,28 @@ def uniform(*keys: int) -> float:
     """A number in [0, 1) that is a fixed function of the integers `keys`, spread like a uniform draw."""
     state = 0
     for key in keys:
-        state = _mix64((state + 0x9E3779B97F4A7C15 + key) & _MASK64)  # the golden-ratio step of SplitMix64
+        # int(): a numpy integer would overflow in the sum instead of growing
+        state = _mix64((state + 0x9E3779B97F4A7C15 + int(key)) & _MASK64)  # the golden-ratio step of SplitMix64
     return (state >> 11) / 2.0**53  # the top 53 bits: every double in [0, 1) this can give is exact
+
+
+FILES_PER_SHARD = 2  # each mapped file (tensors, records) keeps a file descriptor (Python's mmap duplicates it)
+SPARE_FILES = 512  # for everything else a trainer opens: libraries, sockets, checkpoints, the data workers' pipes
+
+
+def allow_open_files(count: int, what: str) -> None:
+    """Raise this process's open-file limit to `count` where the hard limit allows: at the common soft limit of
+    1024, a dataset of 10M samples in shards of 1000 failed with "Too many open files" as it opened."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= count:
+        return
+    if hard != resource.RLIM_INFINITY and hard < count:
+        raise OSError(
+            errno.EMFILE,
+            f"{what} need about {count} open files and this process may open {hard}: raise the limit (ulimit -n "
+            f"{count}) or prepare the data again with a larger --shard-size",
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
 
 
 class FeatureDataset(Dataset):
@@ -69,8 +92,8 @@ class FeatureDataset(Dataset):
         if unknown:
             raise ValueError(f"caption fields {unknown} are not in {self.folder} (it has {fields})")
         total = sum(caption_probs.values())
-        if total <= 0 or any(p < 0 for p in caption_probs.values()):
-            raise ValueError(f"caption probabilities must be non-negative and not all zero, got {caption_probs}")
+        if not math.isfinite(total) or total <= 0 or any(p < 0 for p in caption_probs.values()):
+            raise ValueError(f"caption probabilities must be finite, non-negative, not all zero; got {caption_probs}")
         # In the dataset's order, not the mapping's: {"alt": .5, "dense": .5} and {"dense": .5, "alt": .5}
         # are one config (a resume may reorder them) and must draw the same field for each sample.
         self.fields = [f for f in fields if f in caption_probs]
@@ -94,6 +117,7 @@ class FeatureDataset(Dataset):
             raise FileNotFoundError(
                 no_sample_message(self.folder) if finished else f"{self.folder} holds no finished shard"
             )
+        allow_open_files(FILES_PER_SHARD * len(indices) + SPARE_FILES, f"{self.folder}'s {len(indices)} shards")
         self.shards = [Shard.open(self.folder, i) for i in indices]
         self.starts = np.cumsum([0] + [len(s.records) for s in self.shards]).tolist()
 

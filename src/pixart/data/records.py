@@ -3,8 +3,10 @@
 A dict per record costs about 2 KB a sample with a dense caption, in every process that opens the
 dataset: 20 GB per trainer at the paper's 10M+ samples, and a DataLoader worker's copy grows as it
 touches the dicts' reference counts. Here what the loader needs for every sample (bucket, row, original
-size, class label) sits in numpy arrays, 40 bytes a sample, and a record's line is parsed from the
-memory-mapped file when asked for: the page cache holds the file once for every process.
+size, class label) sits in numpy arrays (40 bytes a sample; about 50 held in all, measured), and a
+record's line is parsed from the memory-mapped file when asked for: the page cache holds the file once
+for every process. (A file cut short in place while mapped ends the process with SIGBUS, as the shard's
+tensors always could: pixart prepare replaces files, never rewrites them.)
 """
 
 from __future__ import annotations
