@@ -221,6 +221,35 @@ def test_a_stage_stopped_by_a_signal_stops_the_demo_with_how_to_continue(tmp_pat
     assert ran == [tmp_path / "d" / "stage1"]
 
 
+def test_an_evaluation_cut_short_leaves_no_report_to_stand_for_new_weights(tmp_path, monkeypatch):
+    """The last report was rewritten only at the end: a stage retrained, then the evaluation stopped, and the
+    next call (training nothing) kept the report of the weights before."""
+    import pixart.data.shapes_features
+    import pixart.demo
+    import pixart.encoders.shapes_ae
+    import pixart.evaluate.probe
+    import pixart.train.loop
+    from pixart.demo import run_demo
+
+    monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
+    trained = {"status": "finished", "steps": 4, "trained_steps": 4}  # a stage trained in this call
+    monkeypatch.setattr(pixart.train.loop, "train", lambda config, run_dir, **kw: trained)
+    monkeypatch.setattr(pixart.demo, "write_model_folder", lambda out, codec: out / "model")
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pixart.demo, "evaluate_and_report", stopped)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "demo-kind.json").write_text(json.dumps({"kind": "quick"}))  # a demo run's folder
+    (tmp_path / "d" / "report.json").write_text(json.dumps({"probe": {"color": 0.9}}))  # of the weights before
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "d", quick=True, progress=False)
+    assert not (tmp_path / "d" / "report.json").exists()
+
+
 def test_the_command_exits_130_when_stopped_and_tells_its_stages_without_progress_bars(tmp_path, monkeypatch, capsys):
     """It exited 2 (an error) on Ctrl-C, and --no-progress hid the demo's own lines (a shortened plan too)."""
     import pixart.data.shapes_features

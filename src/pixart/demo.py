@@ -259,6 +259,7 @@ def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: 
         say(f"nothing trained in this call: the evaluation in {out / 'report.json'} stands (delete it to redo it)")
         return standing
     t = time.time()
+    (out / "report.json").unlink(missing_ok=True)  # it stands for weights this call replaces: gone till rewritten
     model_dir = write_model_folder(out, codec)
     report = evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings, started, progress)
     timed("evaluation and report", t)
