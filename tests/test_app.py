@@ -482,6 +482,7 @@ def test_serve_records_its_vae_and_text_encoder_with_each_image(model_folder, tm
 
     class Page:
         def queue(self, **kwargs):
+            made["queue"] = kwargs
             return self
 
         def launch(self, **kwargs):
@@ -498,6 +499,8 @@ def test_serve_records_its_vae_and_text_encoder_with_each_image(model_folder, tm
     reply = made["studio"].request("a dog", None, "1.0", None, None, 2, 4.5, 5, False, 1)
     record = json.loads(Path(reply.files[0]).with_suffix(".json").read_text())
     assert record["vae"] == str(vae) and record["model"] == str(model_folder) and "text_encoder" not in record
+    # one generation at a time, and a bounded wait: an open page could queue requests without end
+    assert made["queue"] == {"default_concurrency_limit": 1, "max_size": serve.QUEUE_SIZE}
 
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "mid-request"])

@@ -1,7 +1,8 @@
 """`pixart serve [--model DIR]`: the web app (pixart.app) over one model loaded at startup.
 
 It binds to 127.0.0.1 unless --host says otherwise, and runs one request at a time (gradio's
-queue, concurrency 1): a second user waits instead of doubling the memory. Without --model it serves
+queue, concurrency 1): a second user waits instead of doubling the memory, and past QUEUE_SIZE waiting
+requests a new one is told the queue is full (an open page could queue requests without end). Without --model it serves
 the embedded demo model, training it first with `pixart demo` when it is not there yet.
 """
 
@@ -23,6 +24,8 @@ from pixart.cli.demo import DEMO_DIR
 DEMO_MODEL = DEMO_DIR / "model"  # where `pixart demo` leaves its model
 DEFAULT_PORT = 7860
 DEMO_NOTICE = "no model given; training the embedded demo model first with `pixart demo` (about 10 minutes)..."
+
+QUEUE_SIZE = 16  # requests waiting behind the one generating; gradio turns the next away
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             page = build_app(pipe, out, model_name=os.path.abspath(model), extra=extra or None)
         except GenerationError as error:
             raise UserError(str(error)) from error
-    page.queue(default_concurrency_limit=1)
+    page.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     # SIGTERM (kill, systemd, docker stop) takes Ctrl+C's way out: gradio closes the server and the exit
     # handlers run, removing the temporary --out; by default it ended the process on the spot.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
