@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import mmap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +79,6 @@ class ShardRecords:
         if not -len(self) <= i < len(self):
             raise IndexError(f"record {i} of {len(self)} in {self.path}")
         return json.loads(self._map[int(self.starts[i]) : int(self.ends[i])])
-
-    def __iter__(self) -> Iterator[dict]:
-        return (self[i] for i in range(len(self)))
 
     def bucket(self, i: int) -> str:
         return self.bucket_keys[self.bucket_codes[i]]

@@ -232,20 +232,12 @@ class Shard:
             state = Shard(memmap_safetensors(state["path"]), state["records"], state["path"]).__dict__
         self.__dict__.update(state)
 
-    def latent(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        bucket, row = self.records.bucket(i), self.records.rows[i]
-        return self.arrays[f"latent_mean.{bucket}"][row], self.arrays[f"latent_std.{bucket}"][row]
-
-    def text(self, i: int, field_name: str) -> np.ndarray:
-        offsets = self.arrays[f"text_offsets.{field_name}"]
-        return self.arrays[f"text.{field_name}"][offsets[i] : offsets[i + 1]]
-
     def latent_tensors(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like `latent`, as torch views of the file (fp16; copy before changing them)."""
+        """Sample i's latent mean and std, torch views of the file (fp16; copy before changing them)."""
         bucket, row = self.records.bucket(i), int(self.records.rows[i])
         return self.tensors[f"latent_mean.{bucket}"][row], self.tensors[f"latent_std.{bucket}"][row]
 
     def text_tensor(self, i: int, field_name: str) -> torch.Tensor:
-        """Like `text`, as a torch view of the file (fp16; copy before changing it)."""
+        """Sample i's text features of `field_name`, a torch view of the file (fp16; copy before changing it)."""
         offsets = self.offsets[field_name]
         return self.tensors[f"text.{field_name}"][int(offsets[i]) : int(offsets[i + 1])]
