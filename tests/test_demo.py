@@ -44,6 +44,7 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     assert "new: ['ar_embedder.mlp', 'csize_embedder.mlp']" in result.stdout  # stage 3 adds micro-conditions
     assert Image.open(out / "samples.png").size[0] > 400
     assert "pixart demo finished" in result.stdout
+    assert "warning" not in result.stdout  # e.g. a warm-up longer than a stage: the demo's own settings to mend
     # the commands report.md suggests are ones the command line takes (generate's lacked its required --out)
     import re
     import shlex

@@ -850,6 +850,22 @@ def test_buckets_smaller_than_a_steps_batch_are_said_to_train_never(capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_a_warmup_longer_than_the_run_is_said(capsys):
+    """The paper's 1000 warm-up steps on a 200-step run: the rate never passes 20% of optim.lr."""
+    import dataclasses
+
+    from pixart.train.checks import warn_of_long_warmup
+    from pixart.train.config import OptimConfig, TrainConfig
+
+    warn_of_long_warmup(TrainConfig(steps=200, optim=OptimConfig(warmup_steps=1000)))
+    out = capsys.readouterr().out
+    assert "optim.warmup_steps=1000 is more than the run's 200 steps" in out
+    assert "never goes past 20% of optim.lr" in out and "--set optim.warmup_steps=20" in out
+    for steps in (1000, 5000, 0):  # reached at the last step, passed, or a run that trains nothing
+        warn_of_long_warmup(dataclasses.replace(TrainConfig(optim=OptimConfig(warmup_steps=1000)), steps=steps))
+        assert capsys.readouterr().out == ""
+
+
 def test_a_run_folder_serves_as_init_from_only_once_it_has_finished(tmp_path):
     """A finished run extended (--steps 4 -> 8) and stopped at step 6 keeps step 4's finals until it ends:
     a next stage given the folder started from those silently."""

@@ -75,6 +75,8 @@ class DemoPlan:
     eval_pairs: int = 128
     codec_steps: int = 4000
     probe_steps: int = 600
+    warmup_steps: int = 50  # stages 1 and 2; stage 3 fine-tunes from stage 2 after a shorter one
+    stage3_warmup_steps: int = 10
 
     @classmethod
     def for_budget(cls, minutes: float, quick: bool) -> DemoPlan:
@@ -90,6 +92,8 @@ class DemoPlan:
                 eval_pairs=16,
                 codec_steps=60,
                 probe_steps=40,
+                warmup_steps=2,  # within each stage's few steps: the trainer warns of a warm-up the run never ends
+                stage3_warmup_steps=2,
             )
         scale = max(0.2, (minutes - FIXED_MINUTES) / 6.0)
         plan = cls()
@@ -120,7 +124,9 @@ def model_config(micro_conditions: bool) -> PixArtConfig:
 def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) -> dict[str, TrainConfig]:
     """The three stages, sharing one objective and optimiser; only what the stage is about changes."""
     diffusion = DiffusionConfig(objective="flow", high_noise_fraction=0.5)  # layout is decided at high noise
-    optim = OptimConfig(lr=1e-3, auto_lr=False, warmup_steps=50, grad_clip=1.0, ema_decay=0.995, ema_warmup=True)
+    optim = OptimConfig(
+        lr=1e-3, auto_lr=False, warmup_steps=plan.warmup_steps, grad_clip=1.0, ema_decay=0.995, ema_warmup=True
+    )
     data = DataConfig(root=str(data_base), batch_size=plan.batch_size, num_workers=0, caption_probs={"dense": 1.0})
     common = TrainConfig(diffusion=diffusion, optim=optim, data=data, previews=False, log_every=25)
     backbone = model_config(False)  # stage 1 is the same backbone with a label embedder and per-block adaLN
@@ -161,7 +167,7 @@ def stage_configs(plan: DemoPlan, data_base: Path, data_multi: Path, out: Path) 
             checkpoint_every=max(1, plan.stage3_steps),
             init_from=str(out / "stage2"),
             init_new_keys=("csize_embedder.", "ar_embedder."),
-            optim=dataclasses.replace(optim, lr=3e-4, warmup_steps=10),
+            optim=dataclasses.replace(optim, lr=3e-4, warmup_steps=plan.stage3_warmup_steps),
         ),
     }
 

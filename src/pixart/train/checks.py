@@ -149,3 +149,16 @@ def warn_of_untrained_buckets(buckets: list[str], step_batch: int) -> None:
             "data.batch_size, or add images of those shapes",
             flush=True,
         )
+
+
+def warn_of_long_warmup(config: TrainConfig) -> None:
+    """A warm-up longer than the run (the paper's 1000 steps on a short one) keeps the learning rate below
+    optim.lr to the end: said, since such a run learns less than its config reads."""
+    warmup, steps = config.optim.warmup_steps, config.steps
+    if steps > 0 and warmup > steps:  # the rate at step s (from 0) is lr * (s + 1) / warmup
+        print(
+            f"[pixart train] warning: optim.warmup_steps={warmup} is more than the run's {steps} steps, so the "
+            f"learning rate never goes past {steps / warmup:.0%} of optim.lr; lower optim.warmup_steps "
+            f"(e.g. --set optim.warmup_steps={max(1, steps // 10)})",
+            flush=True,
+        )

@@ -36,6 +36,7 @@ from pixart.train.checks import (
     check_preview_steps,
     check_run_config,
     check_start,
+    warn_of_long_warmup,
     warn_of_untrained_buckets,
 )
 from pixart.train.config import TrainConfig
@@ -152,6 +153,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
         )
     if world.is_main:
         warn_of_untrained_buckets(dataset.buckets, config.data.batch_size * world.world_size)
+        warn_of_long_warmup(config)
 
     step, epoch, position, skipped, bad_in_a_row = 0, 0, 0, 0, 0
     # The log window in progress (its loss summed over applied steps, every rank's mean once saved) and
