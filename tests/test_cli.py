@@ -117,3 +117,14 @@ def test_ctrl_c_is_one_line_saying_what_a_rerun_does(monkeypatch, capsys, comman
     assert code == 130
     err = capsys.readouterr().err
     assert err.strip() == f"pixart {command}: interrupted{hint}", err
+
+
+def test_an_abbreviated_option_is_not_taken_for_a_longer_one(capsys):
+    """`--prompt "a cat"` was argparse's abbreviation of --prompts-file: generate failed on a file named
+    "a cat". Options are taken whole (every command), so an unknown one is named as such."""
+    from pixart.cli.main import build_parser
+
+    for argv in (["generate", "--prompt", "a cat", "--model", "m", "--out", "o"], ["demo", "--min", "5"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        assert f"unrecognized arguments: {argv[1]}" in capsys.readouterr().err

@@ -113,11 +113,14 @@ def check_device(text: str | None, what: str = "--device") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pixart", description="PixArt-alpha: train, generate, convert.")
+    # No abbreviated options: `--prompt "a cat"` was taken as --prompts-file and failed on a file named "a cat"
+    parser = argparse.ArgumentParser(
+        prog="pixart", description="PixArt-alpha: train, generate, convert.", allow_abbrev=False
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"pixart.cli.{name}")
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         module.register(sub)
         sub.set_defaults(handler=module.run)
     return parser
