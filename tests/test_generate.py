@@ -891,3 +891,14 @@ def test_the_transformer_file_of_a_model_folder_is_pointed_to_its_folder(tmp_pat
     error = capsys.readouterr().err
     assert f"{weights} holds transformer weights only, and its folder holds the rest: pass --model {folder}" in error
     assert not (tmp_path / "o").exists()
+
+
+def test_a_models_default_steps_are_its_own_for_its_own_sampler_only():
+    """One rule, shared by generate, serve and info: the count model.json records belongs to its sampler
+    (and to a diffusers folder's scheduler); another sampler runs at its own default."""
+    spec = ModelSpec(sampler="dpm-solver++", steps=14)
+    assert spec.default_steps("dpm-solver++") == 14
+    assert spec.default_steps("ddim") == 50 and spec.default_steps("sa-solver") == 25  # not the model's 14
+    assert spec.default_steps("folder") == 14
+    unset = ModelSpec(sampler="ddim")
+    assert unset.default_steps("ddim") == 50 and unset.default_steps("folder") == 20

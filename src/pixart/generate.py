@@ -295,7 +295,7 @@ class TextToImage:
                     f"sampler 'folder' is a diffusers folder's own scheduler, and this model has none: choose one of "
                     f"{choices}"
                 )
-            steps = settings.steps if settings.steps is not None else (self.spec.steps or 20)
+            steps = settings.steps if settings.steps is not None else self.spec.default_steps("folder")
             check_steps_for("folder", steps)  # the range first: the scheduler cannot be set outside it
             scheduler = self.make_scheduler("folder")
             scheduler.set_timesteps(steps)
@@ -330,8 +330,7 @@ class TextToImage:
                     f"sampler {name!r} needs the learned variance this model does not predict (learn_sigma is "
                     "off): choose another, e.g. dpm-solver++"
                 )
-            own_default = self.spec.steps if name == self.spec.sampler else None
-            steps = settings.steps if settings.steps is not None else (own_default or sampler.default_steps)
+            steps = settings.steps if settings.steps is not None else self.spec.default_steps(name)
             check_steps_for(name, steps)  # the model's defaults too
         return name, steps
 

@@ -97,6 +97,14 @@ class ModelSpec:
         if not (is_whole(self.text_max_length) and self.text_max_length >= 1):
             raise ValueError(f"text_max_length must be a whole number of tokens, got {self.text_max_length!r}")
 
+    def default_steps(self, sampler: str) -> int:
+        """The steps generate runs `sampler` at when none are given: the model's own count for its own sampler
+        (any count for a diffusers folder's scheduler, 'folder', else 20), else the sampler's default."""
+        if sampler == "folder":
+            return self.steps or 20
+        own = self.steps if sampler == self.sampler else None
+        return own or get_sampler(sampler).default_steps
+
     def to_json(self) -> str:
         return json.dumps({"format": "pixart-model", "version": 1, **dataclasses.asdict(self)}, indent=2) + "\n"
 

@@ -101,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
 def generation_settings(path: Path, config: PixArtConfig, learned_null_caption: bool) -> dict[str, Any]:
     """What `pixart generate` takes from a folder besides the transformer, as it resolves them: text encoder,
     codec, sampler and its steps, guidance, buckets. Empty for bare weights; a note when the folder cannot say."""
-    from pixart.diffusion.schedulers import get_sampler
     from pixart.modelfolder import folder_kind, read_spec, spec_for_weights
     from pixart.weights import WeightsError
 
@@ -113,10 +112,10 @@ def generation_settings(path: Path, config: PixArtConfig, learned_null_caption: 
     except (FileNotFoundError, WeightsError, ValueError, KeyError) as error:
         return {"folder": f"cannot say how it generates: {error}"}
     spec = spec_for_weights(path, spec, transformer_path, config, learned_null_caption=learned_null_caption)
-    if scheduler is not None:  # a diffusers folder's own scheduler, as generate picks it
-        sampler, steps = "folder (its scheduler/)", spec.steps or 20
-    else:
-        sampler, steps = spec.sampler, spec.steps or get_sampler(spec.sampler).default_steps
+    sampler = "folder" if scheduler is not None else spec.sampler  # a diffusers folder's own scheduler first
+    steps = spec.default_steps(sampler)
+    if sampler == "folder":
+        sampler = "folder (its scheduler/)"
     text = str(text_folder) if text_folder is not None else "the bundled MiniLM"
     codec = spec.codec + (f" ({codec_folder})" if codec_folder is not None else "")
     buckets = spec.buckets or {}
