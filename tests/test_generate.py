@@ -902,3 +902,20 @@ def test_a_models_default_steps_are_its_own_for_its_own_sampler_only():
     assert spec.default_steps("folder") == 14
     unset = ModelSpec(sampler="ddim")
     assert unset.default_steps("ddim") == 50 and unset.default_steps("folder") == 20
+
+
+def test_a_flow_model_exported_into_a_pipeline_samples_as_flow(tmp_path, capsys):
+    """`convert --to diffusers` of a flow model, placed as a pipeline's transformer/: generate ran it as an
+    eps model through the pipeline's eps scheduler (noise out), while info said flow."""
+    from pixart.modelfolder import load_components
+    from pixart.weights.io import sampling_entry
+
+    pipeline = save_tiny_pipeline(tmp_path / "pipe")
+    shutil.rmtree(pipeline / "transformer")
+    model = randomize_(PixArt(TINY))
+    save_transformer(model, pipeline / "transformer", to="diffusers", metadata=sampling_entry("flow", 3.0, 0))
+    spec, _, _, _, _, scheduler = load_components(pipeline)
+    assert (spec.objective, spec.flow_shift, spec.sampler, scheduler) == ("flow", 3.0, "flow-dpm-solver", None)
+    assert TextToImage.from_path(pipeline).resolve_sampler(Settings()) == ("flow-dpm-solver", 20)
+    assert main(["info", str(pipeline), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["generation"]["defaults"]["sampler"] == "flow-dpm-solver"

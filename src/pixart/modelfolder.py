@@ -239,10 +239,15 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
             )
         return spec, path / OURS_IN_FOLDER, text_folder, None, codec_folder, None
     if kind == "diffusers":
-        spec = spec_of(path, kind)
+        # A transformer/ exported by `pixart convert` records how it samples: a flow model placed in a
+        # pipeline ran as an eps model through the pipeline's (eps) scheduler, while info said flow
+        sampling = sampling_of(path / "transformer")
+        spec = dataclasses.replace(spec_of(path, kind), **sampling)
         text_folder = Path(text_encoder) if text_encoder else path / "text_encoder"
         tokenizer = None if text_encoder else path / "tokenizer"
         scheduler = path / "scheduler" if (path / "scheduler" / "scheduler_config.json").is_file() else None
+        if spec.objective != "iddpm":  # a PixArt pipeline's scheduler takes eps and the learned variance
+            scheduler = None
         return spec, path / "transformer", text_folder, tokenizer, Path(vae) if vae else path / "vae", scheduler
     if kind == "run":
         if (unfinished := unfinished_run_step(path)) is not None:  # extended, or training now
