@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -409,3 +410,23 @@ def test_a_config_field_of_the_wrong_type_is_refused_by_name():
     with pytest.raises(ValueError, match="depth must be int, got 2.0"):
         dataclasses.replace(TINY, depth=2.0)
     assert dataclasses.replace(TINY, interpolation_scale=2).interpolation_scale == 2  # a whole number is a number
+
+
+def test_a_folder_with_shards_and_a_single_file_loads_the_shards_as_diffusers_does(tmp_path):
+    """diffusers takes the index (and its shards) over a diffusion_pytorch_model.safetensors beside it; we
+    read the single file, so the two loaded different weights from one folder without a word."""
+    import diffusers
+
+    single, sharded = randomize_(PixArt(TINY), seed=1).eval(), randomize_(PixArt(TINY), seed=2).eval()
+    save_transformer(single, tmp_path / "both", to="diffusers")
+    save_transformer(sharded, tmp_path / "d", to="diffusers")
+    diffusers.PixArtTransformer2DModel.from_pretrained(tmp_path / "d").save_pretrained(
+        tmp_path / "sharded", max_shard_size="100KB"
+    )
+    for part in (tmp_path / "sharded").iterdir():  # the shards and their index join the single file
+        if part.name != "config.json":
+            shutil.copy(part, tmp_path / "both" / part.name)
+    theirs = diffusers.PixArtTransformer2DModel.from_pretrained(tmp_path / "both").state_dict()
+    ours = load_transformer(tmp_path / "both").state_dict()
+    assert torch.equal(theirs["proj_out.bias"], sharded.state_dict()["final_layer.linear.bias"])  # what diffusers takes
+    assert torch.equal(ours["final_layer.linear.bias"], sharded.state_dict()["final_layer.linear.bias"])

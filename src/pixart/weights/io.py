@@ -167,11 +167,12 @@ def diffusers_weight_files(folder: Path) -> list[Path]:
     """The files holding a diffusers folder's weights: diffusers' default names (one file, shards listed by
     an index, or the pickled .bin), else one variant's (save_pretrained(variant="fp16") writes
     diffusion_pytorch_model.fp16.safetensors, or shards with diffusion_pytorch_model.safetensors.index.fp16.json).
-    [] if there are none; two variants and no default is an error naming them."""
-    if (folder / DIFFUSERS_WEIGHTS).is_file():
-        return [folder / DIFFUSERS_WEIGHTS]
+    [] if there are none; two variants and no default is an error naming them. An index comes before a single
+    file beside it, as diffusers loads them."""
     if (folder / f"{DIFFUSERS_WEIGHTS}.index.json").is_file():
         return _shards(folder / f"{DIFFUSERS_WEIGHTS}.index.json")
+    if (folder / DIFFUSERS_WEIGHTS).is_file():
+        return [folder / DIFFUSERS_WEIGHTS]
     if (folder / DIFFUSERS_PICKLED_WEIGHTS).is_file():
         return [folder / DIFFUSERS_PICKLED_WEIGHTS]
     stem = DIFFUSERS_WEIGHTS.removesuffix(".safetensors")
