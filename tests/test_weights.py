@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import numpy as np
@@ -430,3 +431,42 @@ def test_a_folder_with_shards_and_a_single_file_loads_the_shards_as_diffusers_do
     ours = load_transformer(tmp_path / "both").state_dict()
     assert torch.equal(theirs["proj_out.bias"], sharded.state_dict()["final_layer.linear.bias"])  # what diffusers takes
     assert torch.equal(ours["final_layer.linear.bias"], sharded.state_dict()["final_layer.linear.bias"])
+
+
+def test_official_files_wrapped_otherwise_are_read_or_named_with_their_fix(tmp_path):
+    """A None entry was a TypeError traceback; EMA weights alone were refused even with --ema; a {'model': ...}
+    wrapper or DDP's 'module.' keys were 'not a state dict' with no way out named."""
+    model = randomize_(PixArt(TINY)).eval()
+    save_transformer(model, tmp_path / "o.pth", to="official")
+    state = torch.load(tmp_path / "o.pth", weights_only=True)["state_dict"]
+    torch.save({"state_dict_ema": state}, tmp_path / "ema-only.pth")
+    for use_ema in (False, True):  # its one set, either way (as a bare state dict's)
+        loaded = load_transformer(tmp_path / "ema-only.pth", use_ema=use_ema, config=TINY).state_dict()
+        assert all(torch.equal(loaded[key], value) for key, value in model.state_dict().items())
+    cases = {
+        "none.pth": ({"state_dict": None}, False, "its 'state_dict' entry is NoneType, not a state dict of tensors"),
+        "ema-none.pth": ({"state_dict": state, "state_dict_ema": None}, True, "'state_dict_ema' entry is NoneType"),
+        "wrapped.pth": (
+            {"model": state, "step": 3},
+            False,
+            r"\(its entries: 'model', 'step'\); its 'model' entry holds tensors: save that entry alone",
+        ),
+        "ddp.pth": ({f"module.{k}": v for k, v in state.items()}, False, "every key starts with 'module.'"),
+    }
+    for name, (data, use_ema, message) in cases.items():
+        torch.save(data, tmp_path / name)
+        with pytest.raises(WeightsError, match=message):
+            load_transformer(tmp_path / name, use_ema=use_ema, config=TINY)
+
+
+def test_a_bare_official_state_dict_with_an_odd_pos_embed_is_one_error():
+    """The training resolution is read off pos_embed: a non-square grid or another width was a RuntimeError
+    traceback from inside the scale's comparison."""
+    from pixart.weights.configs import infer_official_config, official_pos_embed
+
+    config = dataclasses.replace(TINY, hidden_size=144, num_heads=2)  # 72 per head: the count is inferred
+    state = {**PixArt(config).state_dict(), "pos_embed": official_pos_embed(config)}  # as official files hold it
+    assert infer_official_config(state).input_size == config.input_size
+    for shape in ((1, 50, 144), (64, 144), (1, 64, 96)):
+        with pytest.raises(WeightsError, match=rf"pos_embed {re.escape(str(shape))} is not \(1, grid \* grid, 144\)"):
+            infer_official_config({**state, "pos_embed": torch.zeros(shape)})

@@ -136,12 +136,12 @@ def stored_dtypes(state: dict) -> str:
 
 def official_ema_set(path: Path) -> bool:
     """Whether an official .pth holds EMA weights (state_dict_ema) beside its state_dict."""
-    from pixart.weights.pth import load_checkpoint_file
+    from pixart.weights.pth import is_state_dict, load_checkpoint_file
 
     if path.suffix not in (".pt", ".pth", ".bin", ".ckpt") or not path.is_file():
         return False
     data = load_checkpoint_file(path)  # memory-mapped, and already read once: the page cache has it
-    return isinstance(data, dict) and "state_dict_ema" in data
+    return isinstance(data, dict) and is_state_dict(data.get("state_dict_ema"))
 
 
 def describe(value: object) -> str:

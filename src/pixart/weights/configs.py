@@ -27,7 +27,19 @@ def infer_official_config(state: dict[str, torch.Tensor]) -> PixArtConfig:
             "the checkpoint has no pos_embed to read its training resolution from; pass --config FILE (a JSON of "
             "PixArtConfig fields) to pixart convert, or config= to load_transformer"
         )
-    grid = math.isqrt(state["pos_embed"].shape[1])
+    pos_embed = state["pos_embed"]  # (1, grid * grid, D) on a square grid
+    grid = math.isqrt(pos_embed.shape[1]) if pos_embed.ndim == 3 else 0
+    if (
+        pos_embed.ndim != 3
+        or pos_embed.shape[0] != 1
+        or grid * grid != pos_embed.shape[1]
+        or pos_embed.shape[2] != hidden
+    ):
+        raise WeightsError(
+            f"the checkpoint's pos_embed {tuple(pos_embed.shape)} is not (1, grid * grid, {hidden}) on a square grid, "
+            "so its training resolution cannot be read from it; pass --config FILE (a JSON of PixArtConfig fields) "
+            "to pixart convert, or config= to load_transformer"
+        )
     input_size = grid * patch
     if hidden % 72:
         raise WeightsError(

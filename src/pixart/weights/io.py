@@ -149,9 +149,11 @@ def _format_from_keys(names: list[str], path: Path) -> str:
     if "pos_embed.proj.weight" in names_set and any(n.startswith("transformer_blocks.") for n in names):
         return "diffusers"
     sample = ", ".join(sorted(names)[:5])
+    wrapped = " (every key starts with 'module.', as DDP names them: save the state dict without that prefix)"
     raise WeightsError(
         f"{path} does not hold a PixArt transformer (keys start with: {sample}); expected official PixArt "
         "keys (x_embedder, blocks.N...), diffusers PixArtTransformer2DModel keys, or a DiT checkpoint"
+        + (wrapped if names and all(name.startswith("module.") for name in names) else "")
     )
 
 

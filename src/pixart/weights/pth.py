@@ -69,17 +69,32 @@ def read_official_state(path: Path, use_ema: bool, data: object = None) -> dict[
     if is_training_checkpoint(data):
         # the trainer's EMA averages the parameters only: the buffers (the null caption) are the model's
         return {**data["model"], **data["ema"]} if use_ema else data["model"]
-    if isinstance(data, dict) and "state_dict" in data:
-        if use_ema:
-            if "state_dict_ema" not in data:
-                raise WeightsError(f"{path} has no EMA weights (state_dict_ema): drop --ema (use_ema=False)")
-            return data["state_dict_ema"]
-        return data["state_dict"]
-    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+    if isinstance(data, dict) and ("state_dict" in data or "state_dict_ema" in data):
+        # EMA weights alone (state_dict dropped to halve a file) are its one set, read with or without --ema
+        key = "state_dict_ema" if use_ema or "state_dict" not in data else "state_dict"
+        if key not in data:
+            raise WeightsError(f"{path} has no EMA weights (state_dict_ema): drop --ema (use_ema=False)")
+        if not is_state_dict(data[key]):
+            raise WeightsError(f"{path}: its {key!r} entry is {type(data[key]).__name__}, not a state dict of tensors")
+        return data[key]
+    if is_state_dict(data):
         if use_ema:  # else ignored, silently: the one set there is converted either way
             raise WeightsError(f"{path} is a bare state dict, one set of weights (no state_dict_ema): drop --ema")
         return data
-    raise WeightsError(f"{path} is not a state dict nor a dict with a 'state_dict' entry")
+    found = f" (its entries: {', '.join(map(repr, list(data)[:8]))})" if isinstance(data, dict) and data else ""
+    nested = [key for key, value in data.items() if is_state_dict(value)] if isinstance(data, dict) else []
+    hint = (
+        f"; its {nested[0]!r} entry holds tensors: save that entry alone, torch.save(checkpoint[{nested[0]!r}], "
+        "'weights.pth'), and pass that file"
+        if nested
+        else ""
+    )
+    raise WeightsError(f"{path} is not a state dict nor a dict with a 'state_dict' entry{found}{hint}")
+
+
+def is_state_dict(data: object) -> TypeGuard[dict[str, torch.Tensor]]:
+    """A non-empty dict of tensors."""
+    return isinstance(data, dict) and bool(data) and all(isinstance(v, torch.Tensor) for v in data.values())
 
 
 def stored_official_config(data: object, path: Path) -> PixArtConfig | None:
