@@ -57,6 +57,30 @@ def test_remove_leftovers_takes_killed_writers_temporaries_only(tmp_path):
     assert sorted(tmp_path.iterdir()) == sorted([running, other_file, finished])
 
 
+@pytest.mark.parametrize("links", [True, False])
+def test_a_write_that_must_be_new_keeps_a_file_written_meanwhile_and_clears_killed_writers(
+    tmp_path, monkeypatch, links
+):
+    """Two `pixart convert` to one --out both passed the "already exists" check and the slower silently
+    replaced the other's file; a killed conversion's temporary (a checkpoint's size) stayed for good."""
+    path = tmp_path / "out.safetensors"
+    killed = temporary_path(path, dead_pid())
+    killed.write_text("half")
+    if not links:  # a file system without hard links: checked just before the rename
+        monkeypatch.setattr(os, "link", lambda *_: (_ for _ in ()).throw(PermissionError("no links here")))
+
+    def another_job_finishes_first(tmp: str) -> None:
+        Path(tmp).write_text("ours")
+        path.write_text("theirs")
+
+    with pytest.raises(FileExistsError, match="was written by another process meanwhile"):
+        atomic_write(path, another_job_finishes_first, replace=False)
+    assert path.read_text() == "theirs" and sorted(tmp_path.iterdir()) == [path]  # the killed writer's went too
+    path.unlink()
+    atomic_write(path, lambda tmp: Path(tmp).write_text("ours"), replace=False)
+    assert path.read_text() == "ours" and sorted(tmp_path.iterdir()) == [path]
+
+
 def test_temporaries_of_two_machines_differ_and_a_sole_writer_removes_another_machines(tmp_path):
     """Containers on two machines sharing a disk often run writers with the same pid: their temporaries
     must not collide. A run resumed on another node, the files' only writer, removes what it left."""

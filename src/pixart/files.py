@@ -49,10 +49,12 @@ def ordinary_mode(folder: Path) -> int:
         probe.unlink()
 
 
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+def atomic_write(path: Path, write: Callable[[str], object], *, replace: bool = True) -> None:
     """`write(tmp)` to a sibling temporary file, then rename it over `path`: a crash or a concurrent reader
     never sees a half-written file (the pid keeps two writers of the same file apart). What `write` returns
-    (a count of bytes, say) is ignored.
+    (a count of bytes, say) is ignored. With replace=False the file must be new: a `path` there by then (a
+    second job writing the same output) is FileExistsError and left as it was, and the temporaries killed
+    writers of `path` left behind go first (this call is the file's one writer).
 
     The bytes reach the disk before the rename, and the rename before this returns (fsync of the file,
     then of its folder): else after a power loss the new name could hold a zero-length file while a caller,
@@ -60,16 +62,36 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not replace:
+        remove_leftovers(path.parent, glob.escape(path.name))
     tmp = temporary_path(path)
     try:
         write(str(tmp))
         set_ordinary_mode(tmp)  # safetensors makes its files 0600: unreadable to the rest of a team
         fsync_path(tmp)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _rename_if_new(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a write that failed (disk full, a bad value) leaves nothing behind
         raise
     fsync_path(path.parent)
+
+
+def _rename_if_new(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path` unless `path` exists, atomically where the file system links files (a link
+    fails on an existing name, where rename would replace it), else checked just before."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} was written by another process meanwhile: it was kept") from None
+    except OSError:  # no hard links here (some network and FAT file systems): a narrow window remains
+        if path.exists():
+            raise FileExistsError(f"{path} was written by another process meanwhile: it was kept") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def atomic_folder(path: Path, write: Callable[[Path], object]) -> None:

@@ -92,7 +92,8 @@ def convert(args: argparse.Namespace) -> int:
             which = "EMA" if args.ema else "raw (--ema for the EMA)"
             note = f"read the {which} weights of a pixart train checkpoint (step {settings.get('step')})"
     recorded = sampling_record(args.src)  # how the weights sample: kept in every layout, for pixart
-    save_transformer(state, args.out, to=args.to, config=config, metadata=recorded)
+    # never replacing: check_out refused an existing --out, and another job may have written it since
+    save_transformer(state, args.out, to=args.to, config=config, metadata=recorded, replace=False)
     sampling = json.loads(recorded[SAMPLING_METADATA]) if recorded else {}
     if args.to != "pixart" and sampling.get("objective", "iddpm") != "iddpm":
         where = {"official": "its 'sampling' entry", "diffusers": f"{SAMPLING_FILE} in it"}[args.to]

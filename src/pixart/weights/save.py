@@ -23,11 +23,13 @@ def save_transformer(
     config: PixArtConfig | None = None,
     ema_state: dict[str, torch.Tensor] | None = None,
     metadata: dict[str, str] | None = None,
+    replace: bool = True,
 ) -> Path:
     """Write weights as 'pixart' (.safetensors), 'official' (.pth) or 'diffusers' (a folder). `metadata`
     joins the 'pixart' file's own; its sampling record (SAMPLING_METADATA) goes into the other layouts too,
     as a .pth's "sampling" entry or a diffusers folder's SAMPLING_FILE, where the official code and
-    diffusers never look but pixart does."""
+    diffusers never look but pixart does. replace=False: a file there by the time it is written is
+    FileExistsError (a folder always is, unless empty)."""
     if isinstance(model_or_state, PixArt):
         config = config or model_or_state.config
         state = model_or_state.state_dict()
@@ -40,7 +42,7 @@ def save_transformer(
     sampling = (metadata or {}).get(SAMPLING_METADATA)
     if to == "pixart":
         ours = {**(metadata or {}), "format": "pixart", "config": json.dumps(config.to_dict())}
-        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=ours))
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=ours), replace=replace)
     elif to == "official":
         # The config rides along (the official loader reads only the state dicts): shapes cannot say the
         # head count of a non-XL model or caption_norm, so a round trip would otherwise change the model.
@@ -52,7 +54,7 @@ def save_transformer(
             payload[SAMPLING_METADATA] = sampling
         if ema_state is not None:
             payload["state_dict_ema"] = {**_cpu(ema_state), "pos_embed": official_pos_embed(config)}
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        atomic_write(path, lambda tmp: torch.save(payload, tmp), replace=replace)
     elif to == "diffusers":
         diffusers_config = diffusers_config_from_ours(config)
         null = state.pop("y_embedder.y_embedding")
