@@ -889,8 +889,20 @@ def test_the_transformer_file_of_a_model_folder_is_pointed_to_its_folder(tmp_pat
     weights = folder / "transformer.safetensors"
     assert main(["generate", "x", "--model", str(weights), "--out", str(tmp_path / "o"), "--steps", "2"]) == 2
     error = capsys.readouterr().err
-    assert f"{weights} holds transformer weights only, and its folder holds the rest: pass --model {folder}" in error
+    assert f"{weights} holds transformer weights only, and {folder} holds the rest: pass --model {folder}" in error
     assert not (tmp_path / "o").exists()
+
+
+def test_a_pipelines_transformer_is_pointed_to_its_pipeline(tmp_path, pipeline_folder):
+    """PIPE/transformer (or its weights file) was asked for --vae and --text-encoder, which PIPE holds."""
+    from pixart.modelfolder import read_spec
+
+    for weights in (
+        pipeline_folder / "transformer",
+        pipeline_folder / "transformer" / "diffusion_pytorch_model.safetensors",
+    ):
+        with pytest.raises(FileNotFoundError, match=f"and {pipeline_folder} holds the rest: pass --model"):
+            read_spec(weights)
 
 
 def test_a_models_default_steps_are_its_own_for_its_own_sampler_only():

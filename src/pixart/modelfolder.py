@@ -275,11 +275,14 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
     if path.is_dir():  # a folder that holds no transformer is named as such first
         detect_format(path)
     if vae is None or text_encoder is None:
-        parent = path.parent
-        if path.is_file() and (folder_kind(parent) in ("pixart", "run")):  # the folder knows the rest
-            raise FileNotFoundError(
-                f"{path} holds transformer weights only, and its folder holds the rest: pass --model {parent}"
-            )
+        # the folder that knows the rest: a model or run folder around a file, a pipeline around transformer/
+        around = [path.parent] if path.is_file() else []
+        around += [folder.parent for folder in (path, path.parent) if folder.name == "transformer"]
+        for parent in around:
+            if folder_kind(parent) in ("pixart", "run", "diffusers"):
+                raise FileNotFoundError(
+                    f"{path} holds transformer weights only, and {parent} holds the rest: pass --model {parent}"
+                )
         raise FileNotFoundError(
             f"{path} holds transformer weights only: also pass --vae DIR (an SD VAE folder, e.g. the vae/ of "
             "PixArt-alpha/PixArt-XL-2-512x512) and --text-encoder DIR (the t5-v1_1-xxl folder with its tokenizer, "
