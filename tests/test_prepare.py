@@ -581,6 +581,33 @@ def test_tar_members_keep_the_spelling_of_their_suffix(tmp_path):
         assert resolve_image(item.name, tmp_path).read() == item.image.read()
 
 
+def test_a_tar_samples_mask_is_left_out_and_a_dotted_name_keeps_its_caption(tmp_path):
+    """WebDataset keys end at the first dot: 2.seg.png beside 2.jpg (a mask) was trained on as a photo with
+    the sample's caption, and photo.v2.jpg lost photo.v2.txt (skipped as missing its caption)."""
+    from pixart.data.items import EXTRA_IMAGE
+
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for name, data in [
+            ("1.jpg", png_bytes(noise(32, 32, 1))),
+            ("1.txt", b"a cat"),
+            ("2.jpg", png_bytes(noise(32, 32, 2))),
+            ("2.seg.png", png_bytes(noise(32, 32, 3))),
+            ("2.txt", b"a dog"),
+            ("photo.v2.jpg", png_bytes(noise(32, 32, 4))),
+            ("photo.v2.txt", b"a dotted name"),
+        ]:
+            add_member(tar, name, data)
+    inputs = list_inputs(tmp_path)
+    captions = {item.name: item.fields() for item in inputs.items}
+    assert captions == {
+        "00000.tar/1.jpg": {"alt": "a cat"},
+        "00000.tar/2.jpg": {"alt": "a dog"},
+        "00000.tar/photo.v2.jpg": {"alt": "a dotted name"},
+    }
+    assert [(p.path, p.reason) for p in inputs.problems] == [("00000.tar/2.seg.png", EXTRA_IMAGE)]
+    assert "the sample's image is 00000.tar/2.jpg" in inputs.problems[0].message
+
+
 def test_a_manifest_into_upper_case_tar_shards_is_read_back(tmp_path, models):
     """A manifest path into '00000.TAR' was split on the literal '.tar/' only: pixart caption wrote such rows
     for a folder of .TAR shards, and prepare then skipped every one of them ("k1.png: Not a directory")."""

@@ -9,7 +9,7 @@ import tarfile
 from functools import cache
 from pathlib import Path
 
-from pixart.data.items import BAD_TAR, IMAGE_SUFFIXES, Blob, InputError, Inputs, Item, Problem, dedupe
+from pixart.data.items import BAD_TAR, EXTRA_IMAGE, IMAGE_SUFFIXES, Blob, InputError, Inputs, Item, Problem, dedupe
 
 
 def _split_key(member: str) -> tuple[str, str]:
@@ -66,18 +66,34 @@ def member_blob(tar: Path, info: tarfile.TarInfo) -> Blob:
     return Blob(tar, info.offset_data, info.size, info.name)
 
 
-def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], str]:
+def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], list[Problem], str]:
+    """(name, item) of each image, the images left out, and what is wrong with the tar ("" if nothing).
+
+    A sample's image is its member with a plain image suffix (cat.jpg); other images under its key (cat.seg.png,
+    cat.depth.png: masks and maps) are left out and counted. A key with only dotted ones (photo.v2.jpg, a name
+    with a dot in it) lists each, with photo.v2.txt as its caption where there is one, as a folder would."""
     members, damage = readable_members(tar)
     by_key: dict[str, dict[str, list[tarfile.TarInfo]]] = {}
     for member, infos in members.items():
         key, suffix = _split_key(member)
         by_key.setdefault(key, {}).setdefault(suffix, []).extend(infos)
     named: list[tuple[str, Item]] = []
-    for parts in by_key.values():
-        sidecars = tuple(member_blob(tar, parts[s][0]) for s in ("txt", "json") if s in parts)
-        for suffix, infos in parts.items():
-            if f".{suffix.rpartition('.')[2]}" not in IMAGE_SUFFIXES:
+    extra: list[Problem] = []
+    for key, parts in by_key.items():
+        images = [suffix for suffix in parts if f".{suffix.rpartition('.')[2]}" in IMAGE_SUFFIXES]
+        plain = [suffix for suffix in images if "." not in suffix]
+        for suffix in images:
+            infos = parts[suffix]
+            if plain and suffix not in plain:
+                sample = ", ".join(f"{prefix}{key}.{image}" for image in plain)
+                extra.extend(
+                    Problem(f"{prefix}{info.name}", EXTRA_IMAGE, f"the sample's image is {sample}") for info in infos
+                )
                 continue
+            inner = suffix.rpartition(".")[0]  # "v2" of photo.v2.jpg: its captions are photo.v2.txt/.json
+            sides = [f"{inner}.{side}" for side in ("txt", "json")] if inner else []
+            sides = [side for side in sides if side in parts] or [side for side in ("txt", "json") if side in parts]
+            sidecars = tuple(member_blob(tar, parts[side][0]) for side in sides)
             # Each under its member's own spelling (IMG_1.JPG, not IMG_1.jpg): a manifest row written from the
             # name (pixart caption) must find the member again, and cat.JPG and cat.jpg are two images. A name
             # stored twice in one tar: every copy is listed, so the later ones are reported as duplicates.
@@ -85,18 +101,19 @@ def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], str]:
                 (f"{prefix}{info.name}", Item(f"{prefix}{info.name}", member_blob(tar, info), sidecars=sidecars))
                 for info in infos
             )
-    return named, damage
+    return named, extra, damage
 
 
 def list_webdataset(paths: list[Path], root: Path) -> Inputs:
     named, damaged = [], []
     for tar in paths:
         name = tar.relative_to(root).as_posix()
-        listed, damage = _list_tar(tar, f"{name}/")
+        listed, extra, damage = _list_tar(tar, f"{name}/")
         named.extend(listed)
+        damaged.extend(extra)
         if damage:  # one bad shard of many: its readable members go on, the damage is counted
             damaged.append(Problem(name, BAD_TAR, damage))
-    if not named and len(damaged) == len(paths):
+    if not named and all(problem.reason == BAD_TAR for problem in damaged) and len(damaged) == len(paths):
         raise InputError(f"cannot read the tar {paths[0]}: {damaged[0].message}")
     items, problems = dedupe(named)
     return Inputs("webdataset", root, items, damaged + problems)
