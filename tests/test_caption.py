@@ -591,3 +591,21 @@ def test_a_flag_of_the_other_mode_is_refused_not_ignored(tmp_path, unloadable_mo
     assert main(["caption", source, "--stats", "--model", str(unloadable_model), "--out", "x.jsonl"]) == 2
     assert "--model, --out: for captioning, not for --stats" in capsys.readouterr().err
     assert main(["caption", source, "--stats", "--fields", "alt"]) == 0  # each mode's own flags still work
+
+
+def test_the_captioner_sees_the_whole_of_a_wide_image(llava_dir):
+    """Padded to a square as LLaVA is (official captioning too): the CLIP processor's centre crop showed the
+    model only the blue middle third of this red | blue | green image."""
+    from pixart.data.caption import LlavaCaptioner
+
+    pixels = np.zeros((32, 96, 3), np.uint8)
+    pixels[:, :32, 0] = pixels[:, 32:64, 2] = pixels[:, 64:, 1] = 255  # red | blue | green
+    captioner = LlavaCaptioner(llava_dir)
+    seen = captioner.model_inputs([Image.fromarray(pixels)], ["describe"])["pixel_values"][0]  # (3, 32, 32)
+    mean = torch.tensor(captioner.processor.image_processor.image_mean)[:, None]
+    std = torch.tensor(captioner.processor.image_processor.image_std)[:, None]
+    colours = (seen.flatten(1) * std + mean).T  # (pixels, 3) back in 0..1
+    for colour in ([1, 0, 0], [0, 0, 1], [0, 1, 0]):  # each third is in view
+        assert ((colours - torch.tensor(colour)).abs().amax(1) < 0.1).any(), colour
+    fill = (colours - mean.T).abs().amax(1) < 0.02  # the padding, in the processor's mean colour
+    assert 0.3 < fill.float().mean() < 0.8

@@ -77,6 +77,17 @@ def caption_prompt(alt: str | None = None) -> str:
     return PROMPT_WITH_ALT.format(alt=" ".join(alt.split()))  # one line, whatever the alt-text held
 
 
+def pad_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
+    """`image` centred on a square of colour `fill` as wide as its longer side (LLaVA's expand2square)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), fill)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
+
+
 class LlavaCaptioner:
     """A LLaVA model and its processor from a local folder, captioning batches of images."""
 
@@ -111,12 +122,21 @@ class LlavaCaptioner:
             return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
         return FALLBACK_TEMPLATE.format(prompt=prompt)
 
-    @torch.no_grad()
-    def __call__(self, images: list[Image.Image], prompts: list[str]) -> list[str]:
+    def model_inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The processor's tensors for a batch, each image padded to a square first as LLaVA (and the official
+        captioning) does: the CLIP processor's resize and centre crop showed the model only the middle of
+        a wide or tall image, which its dense caption then described as the whole."""
+        fill = tuple(round(255 * c) for c in getattr(self.processor.image_processor, "image_mean", (0.5,) * 3))
+        squares = [pad_to_square(image.convert("RGB"), fill) for image in images]
         texts = [self.chat(prompt) for prompt in prompts]
-        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        inputs = self.processor(images=squares, text=texts, return_tensors="pt", padding=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return inputs
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image], prompts: list[str]) -> list[str]:
+        inputs = self.model_inputs(images, prompts)
         # Greedy by default (reproducible); a low temperature samples, seeded by the caller's torch seed.
         sampling = (
             {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
