@@ -162,9 +162,15 @@ def test_tiny_llava_end_to_end_then_prepare(tmp_path, llava_dir, capsys, monkeyp
     reads = []  # the manifest, read to find where to resume: once a run (a large one takes a while)
     monkeypatch.setattr(caption_module, "manifest_rows", lambda path: reads.append(path) or manifest_rows(path))
     assert main([*args, "--device", "cpu", "--no-progress"]) == 0  # a rerun: nothing left but the broken image
-    assert "captioned 0 images now, 3 were done already" in capsys.readouterr().out
+    # ... which is skipped again, without loading the model for it (a 7B model, on every rerun)
+    assert "captioned 0 images now, 3 were done already, 1 skipped; the model was not loaded" in capsys.readouterr().out
     assert reads == [out]
     assert read_rows(out) == rows
+    # resumed with another model or prompt, its rows would mix two kinds of captions
+    for other, named in (("--max-new-tokens=7", "max_new_tokens 6 there, 7 now"), ("--with-alt", "with_alt False")):
+        error = main_error([*args[:-2], other], capsys)
+        assert f"--out {out} holds captions made with other settings ({named}" in error
+        assert "dense.jsonl.settings.json beside it records" in error
 
     save_tiny_t5(tmp_path / "t5")
     tiny_vae().save_pretrained(tmp_path / "vae")
@@ -174,6 +180,11 @@ def test_tiny_llava_end_to_end_then_prepare(tmp_path, llava_dir, capsys, monkeyp
     assert report["samples"] == 3 and not report["skipped"]
     data = FeatureDataset(tmp_path / "features", {"dense": 1.0})
     assert [data[i]["caption"] for i in range(3)] == [row["dense"] for row in rows]
+
+
+def main_error(args: list[str], capsys) -> str:
+    assert main([*args, "--device", "cpu", "--no-progress"]) == 2
+    return capsys.readouterr().err
 
 
 def test_prompts_and_chat_template(llava_dir):

@@ -181,8 +181,10 @@ def run(args: argparse.Namespace) -> int:
         CaptionError,
         LlavaCaptioner,
         caption_inputs,
+        check_settings,
         default_output,
         pending,
+        record_settings,
         resume_point,
     )
     from pixart.data.items import InputError
@@ -191,8 +193,18 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; the captions go to a .jsonl file: name one")
     check_writable_folder(out.parent, "--out", out)  # a file in the way, a read-only disk: before the model loads
+    settings = {  # what decides the captions: a resumed run must write them as the rows before did
+        "model": str(args.model.resolve()),
+        "field": args.field,
+        "with_alt": args.with_alt,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "seed": args.seed if args.temperature > 0 else None,
+    }
     try:
         done = resume_point(out, args.field)  # rows of another field there: refused before the listing and the model
+        if done:
+            check_settings(out, settings)
     except (CaptionError, InputError) as error:
         raise UserError(str(error)) from error
     inputs = list_or_refuse(args.input)
@@ -209,9 +221,24 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("float32" if device == "cpu" else "float16"))
     torch.manual_seed(args.seed)
-    captioner = LlavaCaptioner(
-        args.model, device=device, dtype=dtype, max_new_tokens=args.max_new_tokens, temperature=args.temperature
-    )
+    record_settings(out, settings)
+    loaded: list[LlavaCaptioner] = []
+
+    def captioner(images: list, prompts: list[str]) -> list[str]:
+        # Loaded for the first image that opens: a rerun whose pending images are all unreadable (skipped
+        # again) loaded a 7B model for nothing, on every rerun.
+        if not loaded:
+            loaded.append(
+                LlavaCaptioner(
+                    args.model,
+                    device=device,
+                    dtype=dtype,
+                    max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature,
+                )
+            )
+        return loaded[0](images, prompts)
+
     result = caption_inputs(inputs, out, captioner, options, done)
     # What listing left out (a damaged tar, duplicates, bad rows) is skipped too, and said so.
     skipped = inputs.problem_entries()
@@ -219,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     kept = f", {len(result.warnings)} without their old captions" if result.warnings else ""
     print(
         f"{out}: captioned {result.written} images now, {result.already_done} were done already, "
-        f"{len(skipped)} skipped{kept}"
+        f"{len(skipped)} skipped{kept}{'' if loaded else '; the model was not loaded'}"
     )
     for entry in skipped:
         print(f"  {entry['path']}: {entry['reason']} ({entry['message']})")

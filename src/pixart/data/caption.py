@@ -23,6 +23,7 @@ from pixart.data.images import ImageSkipped, load_rgb
 from pixart.data.items import ALIASES, DEFAULT_FIELD, Inputs, Item, has_text, is_utf8
 from pixart.data.manifests import IMAGE_COLUMNS, image_column, manifest_rows
 from pixart.encoders.text import has_tokenizer
+from pixart.files import read_json, write_json
 
 PROMPT = "Describe this image and its style in a very detailed manner"
 PROMPT_WITH_ALT = 'Given the caption of this image "{alt}", describe this image and its style in a very detailed manner'
@@ -247,6 +248,35 @@ def pending(inputs: Inputs, out: Path, done: set[str]) -> list[tuple[Item, str]]
     base = out.parent.resolve()
     located = [(item, item.image.location(base)) for item in inputs.items]
     return [(item, location) for item, location in located if os.path.normpath(location) not in done]
+
+
+SETTINGS_SUFFIX = ".settings.json"  # beside the output: what wrote its captions (dense.jsonl.settings.json)
+
+
+def settings_file(out: Path) -> Path:
+    return out.with_name(out.name + SETTINGS_SUFFIX)
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """A run resumed into `out` with other settings (model, prompt, generation) than its record says is
+    CaptionError naming them: its rows would have mixed two models' or prompts' captions. Rows written
+    before any record (another tool, an older version) are taken as they are."""
+    path = settings_file(out)
+    recorded = read_json(path) if path.is_file() else None
+    differ = {
+        key: (recorded.get(key), value) for key, value in settings.items() if recorded and recorded.get(key) != value
+    }
+    if differ:
+        listed = "; ".join(f"{key} {old!r} there, {new!r} now" for key, (old, new) in differ.items())
+        raise CaptionError(
+            f"--out {out} holds captions made with other settings ({listed}, as {path.name} beside it records): "
+            "rerun with the same flags to finish it, or choose another --out"
+        )
+
+
+def record_settings(out: Path, settings: dict) -> None:
+    """What writes the captions into `out`, beside it (checked by check_settings when a run resumes)."""
+    write_json(settings_file(out), {"format": "pixart-captions", **settings})
 
 
 def resume_point(out: Path, field_name: str) -> set[str]:
