@@ -658,6 +658,13 @@ def test_a_rerun_on_more_images_or_other_settings_is_refused_before_the_models_l
     (tmp_path / "t5link").symlink_to(t5, target_is_directory=True)  # another spelling of the same folder
     assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--text-encoder", str(tmp_path / "t5link")]) == 0
     assert "every shard of this process is done already" in capsys.readouterr().out
+    # an unfinished --out too (a run killed before its last shard): refused before loading T5-XXL, not after
+    shards = sorted((tmp_path / "out").glob("shard-*"))
+    assert shards
+    for path in shards:
+        path.unlink()
+    assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--max-length", "5"]) == 2
+    assert "was prepared with other models" in capsys.readouterr().err
 
 
 def test_a_file_name_that_is_not_utf8_is_printed_escaped(tmp_path, model_dirs):
@@ -944,3 +951,20 @@ def test_a_rerun_redoes_the_shards_whose_captions_were_edited_and_only_those(tmp
     assert prepare(list_inputs(folder), out, options(), *models).written == [0]
     data = FeatureDataset(out)
     assert {data.record(i)["captions"]["alt"] for i in range(len(data))} >= {"a green triangle, edited"}
+
+
+def test_a_misspelt_caption_field_is_refused_before_the_models_load(tmp_path, model_dirs, capsys, monkeypatch):
+    """--fields dnese: every input was walked and skipped for it, one line each, after both models loaded."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        write_image(folder, f"{i}.png", noise(24, 24, i), caption=f"a red circle {i}")
+
+    def no_loading(*args):
+        raise AssertionError("the models were loaded")
+
+    monkeypatch.setattr(cli_prepare, "load_models", no_loading)
+    assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--fields", "alt,dnese"]) == 2
+    error = capsys.readouterr().err
+    assert "--fields alt,dnese: none of the first 3 inputs has a caption field 'dnese' (their fields: alt)" in error
+    assert not (tmp_path / "out").exists()

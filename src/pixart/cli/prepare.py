@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from pixart.cli.main import UserError, make_out_folder, removed_if_left_empty
     from pixart.data.items import InputError
     from pixart.data.prepare import check_info, check_models_info, pending_shards, prepare, settings_info
-    from pixart.data.prepare_options import PrepareError, PrepareOptions, process_part
+    from pixart.data.prepare_options import PrepareError, PrepareOptions, check_fields_present, process_part
     from pixart.data.prepare_report import format_summary, merge_reports
     from pixart.data.shards import DATASET_FILE
     from pixart.data.sources import list_inputs
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         inputs = list_inputs(args.input)
+        check_fields_present(inputs, fields)  # a misspelt field: before any model loads or shard is written
     except (PrepareError, InputError) as error:
         raise UserError(str(error)) from error
     # A run that fails before writing leaves no empty --out behind; not with parts: another part's --out too.
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.input}: {len(inputs.items)} inputs ({inputs.kind}); this process: shard part {part}/{parts}")
         try:
             check_info(args.out, settings_info(inputs, options))  # another input list or settings: refused now
+            check_models_info(args.out, models_as_given(args))  # other models too, finished or not, before loading
         except PrepareError as error:
             raise UserError(str(error)) from error
 
@@ -142,10 +144,6 @@ def run(args: argparse.Namespace) -> int:
             report = merge_reports(args.out, inputs, options)
             print("no input could be listed, so the models were not loaded")
         elif not pending_shards(inputs, args.out, options) and (args.out / DATASET_FILE).is_file():
-            try:
-                check_models_info(args.out, models_as_given(args))  # a rerun with other models is refused here too
-            except PrepareError as error:
-                raise UserError(str(error)) from error
             report = merge_reports(args.out, inputs, options)  # nothing to compute: no need to load the models
             print("every shard of this process is done already")
         else:

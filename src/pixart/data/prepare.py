@@ -164,7 +164,7 @@ def check_info(out: Path, info: dict) -> None:
 def check_models_info(out: Path, given: dict) -> None:
     """Refuse an `out` whose dataset.json records another codec or text encoder than the flags `given`
     ({"codec": {...}, "text_encoder": {...}}, the fields known without loading the models): checked when
-    every shard is done, where the models are not loaded and dataset_info is never compared."""
+    a run resumes or every shard is done, before the models load (dataset_info is compared after)."""
     existing = read_json(out / DATASET_FILE) or {}
     differences = [
         f"{part}.{key}: {existing[part].get(key)!r} there, {value!r} now"

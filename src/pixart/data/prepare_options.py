@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from pixart.data.buckets import bucket_table
-from pixart.data.items import Inputs, Item
+from pixart.data.items import Inputs, Item, has_text
+from pixart.data.manifests import IMAGE_COLUMNS
 
 
 class PrepareError(ValueError):
@@ -70,3 +71,23 @@ def shard_items(inputs: Inputs, options: PrepareOptions, index: int) -> list[Ite
 
 def my_shards(inputs: Inputs, options: PrepareOptions) -> list[int]:
     return [i for i in range(shard_count(inputs, options)) if i % options.parts == options.part]
+
+
+FIELDS_SAMPLE = 100  # inputs whose caption fields check_fields_present reads
+
+
+def check_fields_present(inputs: Inputs, fields: list[str]) -> None:
+    """PrepareError when none of the first inputs holds a field --fields names (`--fields dnese`): found
+    before, only once the models had loaded and every input had been skipped for it, one line each."""
+    sample = inputs.items[:FIELDS_SAMPLE]
+    found: set[str] = set()
+    for item in sample:
+        row, _ = item.readable_fields()  # an unreadable caption file is the listing's and prepare's to report
+        found |= {key for key, value in row.items() if has_text(value) and key not in IMAGE_COLUMNS}
+    missing = [name for name in fields if name not in found]
+    if sample and missing:
+        held = ", ".join(sorted(found)) or "none"
+        raise PrepareError(
+            f"--fields {','.join(fields)}: none of the first {len(sample)} inputs has a caption field "
+            f"{', '.join(map(repr, missing))} (their fields: {held}); name fields they hold"
+        )
