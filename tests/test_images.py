@@ -182,10 +182,16 @@ def test_16_bit_greyscale_with_a_colour_key_is_composited_over_white(tmp_path):
     assert (out[0] == 255).all() and (out[1:] == round(30000 / 257)).all()
 
 
-def test_32_bit_integer_greyscale_uses_the_16_bit_range():
-    values = np.array([[0, 257, 32896, 65535, 70000, -5]], dtype=np.int32)
+def test_32_bit_integer_greyscale_uses_the_16_bit_range_and_skips_what_lies_beyond():
+    """Mode 'I' is how Pillow decodes 16-bit PNG and TIFF. Values beyond 0..65535 (a 32-bit or signed image)
+    were clipped: a 0..2^31 ramp came out almost all white, a signed one half black. Skipped, as floats are."""
+    values = np.array([[0, 257, 32896, 65535]], dtype=np.int32)
     out = pixels(to_rgb(Image.fromarray(values)))
-    assert out[0, :, 0].tolist() == [0, 1, 128, 255, 255, 0]
+    assert out[0, :, 0].tolist() == [0, 1, 128, 255]
+    for beyond in ([[0, 70000]], [[-5, 100]]):
+        with pytest.raises(ImageSkipped, match="beyond 16 bits") as info:
+            to_rgb(Image.fromarray(np.array(beyond, dtype=np.int32)))
+        assert info.value.reason == UNSUPPORTED
 
 
 def test_palette_png_with_a_transparent_index(tmp_path):

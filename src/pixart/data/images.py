@@ -56,7 +56,12 @@ def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
     Pillow's own convert('L') clips at 255, which turns almost every pixel white; we scale by 255/65535.
     """
     values = np.asarray(img).astype(np.float64)
-    scaled = np.rint(np.clip(values, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8)
+    low, high = (values.min(), values.max()) if values.size else (0, 0)
+    if low < 0 or high > 65535:  # a 32-bit or signed image: clipped, it came out near white or half black
+        raise ImageSkipped(
+            UNSUPPORTED, f"integer pixels from {low:.0f} to {high:.0f} (beyond 16 bits) have no agreed range"
+        )
+    scaled = np.rint(values * (255.0 / 65535.0)).astype(np.uint8)
     return Image.fromarray(scaled)
 
 
