@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -498,10 +499,17 @@ def test_cli_user_errors(tmp_path, model_dirs, capsys):
     (tmp_path / "empty").mkdir()
     assert main(cli_args(tmp_path / "empty", tmp_path / "out", model_dirs)) == 2
     assert "holds no inputs" in capsys.readouterr().err
-    _, vae = model_dirs  # models that fail to load, after --out was made: it is removed again
-    assert main([*cli_args(folder, tmp_path / "made", model_dirs), "--text-encoder", str(vae)]) == 2
-    assert "no t5 text encoder" in capsys.readouterr().err and not (tmp_path / "made").exists()
-    parted = [*cli_args(folder, tmp_path / "parted", model_dirs, "--shard", "0/2"), "--text-encoder", str(vae)]
+    t5, vae = model_dirs  # another model's folder: refused before --out is made (a part's would stay)
+    early = cli_args(folder, tmp_path / "early", model_dirs, "--shard", "0/2")
+    assert main([*early, "--text-encoder", str(vae)]) == 2
+    assert "no t5 text encoder" in capsys.readouterr().err and not (tmp_path / "early").exists()
+    assert main([*early, "--vae", str(t5)]) == 2
+    assert "no VAE in" in capsys.readouterr().err and not (tmp_path / "early").exists()
+    weightless = tmp_path / "weightless"  # a T5 folder whose weights are missing: it fails to load, after --out
+    shutil.copytree(t5, weightless, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    assert main([*cli_args(folder, tmp_path / "made", model_dirs), "--text-encoder", str(weightless)]) == 2
+    assert not (tmp_path / "made").exists()  # made for the run, removed again
+    parted = [*cli_args(folder, tmp_path / "parted", model_dirs, "--shard", "0/2"), "--text-encoder", str(weightless)]
     assert main(parted) == 2  # one of several parts: the folder may be another part's by now, so it stays
     assert (tmp_path / "parted").is_dir()
 
@@ -529,6 +537,20 @@ def test_sidecars_with_upper_case_suffixes_are_found(tmp_path):
     items = {item.name: item for item in list_inputs(tmp_path).items}
     assert items["a.PNG"].captions(["alt"]) == {"alt": "a red circle"}
     assert items["b.png"].captions(["alt"]) == {"alt": "a blue square"}
+
+
+def test_a_utf16_manifest_is_read_as_utf16(tmp_path):
+    """Excel's "Unicode" export writes UTF-16 with a byte-order mark: read as UTF-8, a CSV's column names
+    were letters and NULs and a JSONL's every row was "not JSON"."""
+    noise(32, 32, 0).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("path,caption\na.png,café au lait\n", encoding="utf-16")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "a.png", "caption": "café"}) + "\n", encoding="utf-16")
+    for name, caption in (("m.csv", "café au lait"), ("m.jsonl", "café")):
+        inputs = list_inputs(tmp_path / name)
+        assert not inputs.problems and [item.fields()["alt"] for item in inputs.items] == [caption], name
+    (tmp_path / "bad.csv").write_bytes(b"\xff\xfe" + "path".encode("utf-16-le") + b"\x00")  # an odd byte count
+    with pytest.raises(InputError, match="starts as UTF-16 but is not .*save it as UTF-8"):
+        list_inputs(tmp_path / "bad.csv")
 
 
 def test_manifest_names_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
@@ -639,21 +661,22 @@ def test_a_rerun_on_more_images_or_other_settings_is_refused_before_the_models_l
         write_image(folder, f"{i}.png", noise(24, 24, i), caption=f"a red circle {i}")
     assert main(cli_args(folder, tmp_path / "out", model_dirs)) == 0
     capsys.readouterr()
-    no_models = ("--text-encoder", "/nonexistent")  # loading would fail otherwise: the check comes first
-    write_image(folder, "2.png", noise(24, 24, 2), caption="a blue square")
-    assert main(cli_args(folder, tmp_path / "out", model_dirs, *no_models)) == 2
-    assert "was prepared with other settings or inputs" in capsys.readouterr().err
-    (folder / "2.png").unlink()
-    assert main([*cli_args(folder, tmp_path / "out", model_dirs, *no_models), "--resolution", "512"]) == 2
-    assert "resolution: 256 there, 512 now" in capsys.readouterr().err
 
     def no_loading(*args):
         raise AssertionError("the models were loaded")
 
     monkeypatch.setattr(cli_prepare, "load_models", no_loading)
-    for other in (["--text-encoder-kind", "minilm"], ["--max-length", "5"], ["--codec", "pixels"]):
+    write_image(folder, "2.png", noise(24, 24, 2), caption="a blue square")
+    assert main(cli_args(folder, tmp_path / "out", model_dirs)) == 2
+    assert "was prepared with other settings or inputs" in capsys.readouterr().err
+    (folder / "2.png").unlink()
+    assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--resolution", "512"]) == 2
+    assert "resolution: 256 there, 512 now" in capsys.readouterr().err
+    for other in (["--max-length", "5"], ["--codec", "pixels"]):
         assert main([*cli_args(folder, tmp_path / "out", model_dirs), *other]) == 2, other
         assert "was prepared with other models" in capsys.readouterr().err
+    assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--text-encoder-kind", "minilm"]) == 2
+    assert "no minilm text encoder in" in capsys.readouterr().err  # the T5 folder given: refused before that
     t5, _ = model_dirs
     (tmp_path / "t5link").symlink_to(t5, target_is_directory=True)  # another spelling of the same folder
     assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--text-encoder", str(tmp_path / "t5link")]) == 0
@@ -715,12 +738,16 @@ def test_max_length_is_checked_against_the_encoders_positions(model_dirs):
     check_max_length(t5, 100_000, "t5")  # T5's positions are relative: no limit to check
 
 
-def test_every_input_bad_at_listing_writes_the_report_without_loading_models(tmp_path, model_dirs, capsys):
+def test_every_input_bad_at_listing_writes_the_report_without_loading_models(tmp_path, model_dirs, capsys, monkeypatch):
     rows = ["{broken", json.dumps({"path": " ", "alt": "an empty path"})]
     (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
-    no_models = ("--text-encoder", "/nonexistent")  # loading would fail: the run must stop before
+
+    def no_loading(*args):
+        raise AssertionError("the models were loaded")
+
+    monkeypatch.setattr(cli_prepare, "load_models", no_loading)
     # not 0: no dataset was written, and a script going on to pixart train would fail there
-    assert main(cli_args(tmp_path / "m.jsonl", tmp_path / "out", model_dirs, *no_models)) == 1
+    assert main(cli_args(tmp_path / "m.jsonl", tmp_path / "out", model_dirs)) == 1
     printed, error = capsys.readouterr()
     assert f"no dataset was written; {tmp_path / 'out' / 'report.json'} says why" in error
     assert "no input could be listed, so the models were not loaded" in printed

@@ -60,12 +60,17 @@ def default_device() -> str:
 def check_model_flags(args: argparse.Namespace) -> None:
     """The model flags, checked before the inputs are listed or --out is made (nothing loads here)."""
     from pixart.cli.main import UserError, check_device
-    from pixart.encoders.text import check_max_length, minilm_folder
+    from pixart.encoders.codecs import check_vae_folder
+    from pixart.encoders.text import ENCODERS, check_max_length, minilm_folder
 
     if args.codec == "sd-vae" and args.vae is None:
         raise UserError("--vae DIR is required with --codec sd-vae (a local AutoencoderKL folder)")
     if args.text_encoder_kind == "t5" and args.text_encoder is None:
         raise UserError("--text-encoder DIR is required with --text-encoder-kind t5")
+    if args.codec == "sd-vae":  # a wrong folder, said before the inputs are listed and the other model loads
+        check_vae_folder(args.vae)
+    if args.text_encoder is not None:
+        ENCODERS[args.text_encoder_kind].check_folder(args.text_encoder)
     if args.max_length is not None:
         if args.max_length < 1:  # 0 would mean "no limit" to a tokenizer
             raise UserError(f"--max-length must be at least 1, got {args.max_length}")

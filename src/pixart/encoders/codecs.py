@@ -64,6 +64,27 @@ def vae_folder(folder: str | Path) -> Path:
     return folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
 
 
+def check_vae_folder(folder: str | Path) -> Path:
+    """The VAE's own folder (see vae_folder); FileNotFoundError unless its config.json describes an
+    AutoencoderKL, read without loading anything."""
+    folder = vae_folder(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no VAE in {folder} (expected config.json + diffusion_pytorch_model.safetensors, "
+            "e.g. the vae/ folder of PixArt-alpha/PixArt-XL-2-512x512); point --vae at it"
+        )
+    config = json.loads((folder / "config.json").read_text())
+    # a transformers folder (T5, say) names a model_type and no class: diffusers took it for an AutoencoderKL
+    # and failed on a missing diffusion_pytorch_model.bin
+    described = config.get("_class_name") or (f"{config['model_type']} model" if "model_type" in config else None)
+    if (described or "AutoencoderKL") != "AutoencoderKL":  # loaded anyway, it is random weights and a traceback
+        raise FileNotFoundError(
+            f"no VAE in {folder}: its config.json describes a {described}; point --vae at an AutoencoderKL "
+            "folder (the vae/ folder of a diffusers pipeline, or the pipeline folder itself)"
+        )
+    return folder
+
+
 class SDVAE(ImageCodec):
     """diffusers AutoencoderKL from a local folder (a vae/ folder, or a pipeline folder holding vae/)."""
 
@@ -79,18 +100,7 @@ class SDVAE(ImageCodec):
     ):
         from diffusers import AutoencoderKL
 
-        folder = vae_folder(folder)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no VAE in {folder} (expected config.json + diffusion_pytorch_model.safetensors, "
-                "e.g. the vae/ folder of PixArt-alpha/PixArt-XL-2-512x512); point --vae at it"
-            )
-        described = json.loads((folder / "config.json").read_text()).get("_class_name", "AutoencoderKL")
-        if described != "AutoencoderKL":  # loaded anyway, it is random weights and a traceback later
-            raise FileNotFoundError(
-                f"no VAE in {folder}: its config.json describes a {described}; point --vae at an AutoencoderKL "
-                "folder (the vae/ folder of a diffusers pipeline, or the pipeline folder itself)"
-            )
+        folder = check_vae_folder(folder)
         self.folder = folder
         self.vae = AutoencoderKL.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device).eval()
         config = self.vae.config

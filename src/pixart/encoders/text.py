@@ -73,15 +73,7 @@ class TextEncoder:
         load_in_8bit: bool = False,
     ):
         self.folder = Path(folder)
-        if not (self.folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no text encoder in {self.folder} (expected config.json and weights written by "
-                "save_pretrained); point --text-encoder at a local folder"
-            )
-        self.check_model_type(json.loads((self.folder / "config.json").read_text()))
-        tokenizer_folder = Path(tokenizer_folder) if tokenizer_folder else find_tokenizer(self.folder)
-        if not has_tokenizer(tokenizer_folder):
-            raise FileNotFoundError(f"no tokenizer in {tokenizer_folder} (none of {', '.join(TOKENIZER_FILES)})")
+        tokenizer_folder = self.check_folder(self.folder, tokenizer_folder)
         check_max_length(self.folder, max_length, self.kind)  # before the weights load, not mid-run
         self.max_length = max_length
         self.clean = clean
@@ -92,20 +84,36 @@ class TextEncoder:
         config = self.model.config
         self.width: int = getattr(config, "d_model", None) or config.hidden_size
 
-    def check_model_type(self, config: dict) -> None:
+    @classmethod
+    def check_folder(cls, folder: Path, tokenizer_folder: str | Path | None = None) -> Path:
+        """FileNotFoundError unless `folder` holds this kind's model and a tokenizer (in `tokenizer_folder`
+        where given), read off its files without loading anything; returns the tokenizer's folder."""
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no text encoder in {folder} (expected config.json and weights written by "
+                "save_pretrained); point --text-encoder at a local folder"
+            )
+        cls.check_model_type(folder, json.loads((folder / "config.json").read_text()))
+        tokenizer = Path(tokenizer_folder) if tokenizer_folder else find_tokenizer(folder)
+        if not has_tokenizer(tokenizer):
+            raise FileNotFoundError(f"no tokenizer in {tokenizer} (none of {', '.join(TOKENIZER_FILES)})")
+        return tokenizer
+
+    @classmethod
+    def check_model_type(cls, folder: Path, config: dict) -> None:
         """Refuse another model's folder before loading it: transformers would load a T5 from a BERT folder
         with fresh random weights, or a BERT from a T5 folder that then fails at the first prompt."""
         found = config.get("model_type")
-        if not self.model_types or found in self.model_types:
+        if not cls.model_types or found in cls.model_types:
             return
         # diffusers' configs name their class instead
         what = f"a {found} model" if found else f"a diffusers {config.get('_class_name', 'component')}"
         other = [kind for kind, types in MODEL_TYPES.items() if found in types]
         also = f", or choose the {other[0]} text encoder kind for it" if other else ""
-        where = " (text_encoder/ in a diffusers pipeline)" if self.kind == "t5" else ""
+        where = " (text_encoder/ in a diffusers pipeline)" if cls.kind == "t5" else ""
         raise FileNotFoundError(
-            f"no {self.kind} text encoder in {self.folder}: its config.json describes {what}; point --text-encoder "
-            f"at a {self.kind} folder{where}{also}"
+            f"no {cls.kind} text encoder in {folder}: its config.json describes {what}; point --text-encoder "
+            f"at a {cls.kind} folder{where}{also}"
         )
 
     def _load_tokenizer(self, folder: Path) -> Any:  # a transformers tokenizer
@@ -257,7 +265,7 @@ def encoder_info(encoder: TextEncoder) -> dict:
     return {"kind": encoder.kind, "path": path, "width": encoder.width, "max_length": encoder.max_length}
 
 
-ENCODERS = {"t5": T5Encoder, "minilm": MiniLMEncoder}
+ENCODERS: dict[str, type[TextEncoder]] = {"t5": T5Encoder, "minilm": MiniLMEncoder}
 
 
 def load_text_encoder(kind: str, folder: str | Path | None = None, **kwargs: Any) -> TextEncoder:
@@ -266,7 +274,7 @@ def load_text_encoder(kind: str, folder: str | Path | None = None, **kwargs: Any
         raise ValueError(f"unknown text encoder {kind!r}; choose one of {sorted(ENCODERS)}")
     if kind == "t5" and folder is None:
         raise ValueError("the T5 encoder needs a local folder (--text-encoder DIR)")
-    return ENCODERS[kind](folder, **kwargs)
+    return ENCODERS[kind](folder or minilm_folder(), **kwargs)  # no folder: the bundled MiniLM
 
 
 def warn_truncated(prompts: list[str], dropped: list[int], max_length: int) -> None:
