@@ -54,12 +54,25 @@ def _tar_split(text: str, base: Path) -> tuple[Path, str] | None:
     return None
 
 
+def _manifest_text(path: Path) -> str:
+    """A manifest's text: UTF-8 (a byte-order mark dropped; bytes that are not UTF-8 kept as surrogates, for
+    the caption check to name), or UTF-16 where its byte-order mark says so (Excel's "Unicode" export): read
+    as UTF-8, every row was a bad one and the CSV's column names came out as letters and NULs."""
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path} starts as UTF-16 but is not ({e.reason}); save it as UTF-8") from None
+    return data.decode("utf-8-sig", errors="surrogateescape")
+
+
 def _rows_jsonl(path: Path) -> list[tuple[int, dict | Problem]]:
     rows: list[tuple[int, dict | Problem]] = []
     # surrogateescape: a line with invalid UTF-8 still parses, and the caption check names the problem.
     # utf-8-sig drops a byte-order mark; rows split on "\n" only, since JSON strings may hold U+2028 or U+0085
     # (str.splitlines would cut there) and json.loads takes a trailing "\r" as whitespace.
-    lines = path.read_bytes().decode("utf-8-sig", errors="surrogateescape").split("\n")
+    lines = _manifest_text(path).split("\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -77,7 +90,7 @@ def _rows_jsonl(path: Path) -> list[tuple[int, dict | Problem]]:
 
 
 def _rows_csv(path: Path) -> list[tuple[int, dict | Problem]]:
-    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    text = _manifest_text(path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     return [(reader.line_num, {k: v for k, v in row.items() if k is not None}) for row in reader]
 
