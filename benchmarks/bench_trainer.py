@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         with profiled_steps(args.log_every + 2, args.profile) if args.profile else nullcontext() as prof:
             summary = train(config, run_dir, progress=False)
         rows = read_metrics(run_dir / "metrics.jsonl")
-    # The first window holds the compilation and warm-up; a run stopped early (timeout's SIGTERM makes the
-    # trainer checkpoint and stop) may have logged only that one, or none.
-    timed = rows[1:] or rows
+    # The first window holds the compilation and warm-up, never timed; a run stopped early (timeout's
+    # SIGTERM makes the trainer checkpoint and stop) may have logged only that one, or none: no figure then.
+    timed = rows[1:]
     result = {
         "recipe": args.recipe,
         "batch": args.batch,
@@ -179,15 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": summary.get("final_loss"),
         "wall_s": time.time() - started,
     }
-    if args.profile:
-        result["profile"] = step_breakdown(prof)
+    # Said and saved before the profile is read (seconds of parsing a time cap could cut short)
     print(json.dumps(result))
     mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "-"
-    print("| recipe | batch | compile | samples/s | MFU |\n|---|---|---|---|---|")
+    print("| recipe | batch | compile | samples/s | MFU | windows timed | status |")
+    print("|---|---|---|---|---|---|---|")
     speed = f"{result['samples_per_s']:.1f}" if result["samples_per_s"] is not None else "-"
-    print(f"| {args.recipe} | {args.batch} | {args.compile} | {speed} | {mfu} |")
+    print(f"| {args.recipe} | {args.batch} | {args.compile} | {speed} | {mfu} | {len(timed)} | {summary['status']} |")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
+    if args.profile:
+        result["profile"] = step_breakdown(prof)
+        print(json.dumps({"profile": result["profile"]}))
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2))
     return 0
 
 

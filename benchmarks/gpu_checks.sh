@@ -27,24 +27,42 @@ if compgen -G ".fa4/part-1/libs.*" >/dev/null; then
 fi
 started=$(date +%s)
 mark() { echo "=== $1 at $(($(date +%s) - started)) s"; }
+failed=()
+# The status of a step's command (its pipeline's first): every step runs, and the script fails at the end
+# naming those that did not pass (124 or 137: cut at its time cap), rather than end in "done" and 0.
+check() {
+    local status=$1
+    ((status == 0)) && return
+    failed+=("$2: exit status $status$( ((status == 124 || status == 137)) && echo ', cut at its time cap')")
+}
 
 # timeout -k: the trainer answers SIGTERM by finishing its step and checkpointing; KILL if that overruns.
 mark "GPU tests"  # the tests marked gpu: CUDA smoke runs of both benchmarks, GELU's tanh form when compiled
 timeout -k 10 90 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py tests/test_benchmarks.py 2>&1 |
     tail -15 | tee "$OUT/tests.txt"
+check "${PIPESTATUS[0]}" "GPU tests"
 mark "bench_gpu.py --compile"  # training, forward and sampling against diffusers: 94 s at 512 and 1024 px on an H100
 timeout -k 10 200 "$PYTHON" benchmarks/bench_gpu.py --compile --out "$OUT/bench.json" 2>&1 |
     grep --line-buffered -v -i warning | tee "$OUT/bench.txt"
+check "${PIPESTATUS[0]}" "bench_gpu.py"
 mark "bench_trainer.py"  # pixart train itself (loader, IDDPM loss, guard, EMA) at 512 px, batch 16, compiled
 # --profile 5: where the real trainer's step goes (it ran 10% below trainer-regional on an H100). 40 steps
-# took 127 s of wall time there, 47 s of it in the run (the rest: start, data, the final checkpoint and
-# weights, about 10 GB), so a 75 s cap had cut a run off before its figures.
-timeout -k 10 150 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 50 --compile --profile 5 \
+# took 127 s of wall time there, unprofiled, 47 s of it in the run (the rest: start, data, the final
+# checkpoint and weights, about 10 GB), so a 75 s cap had cut a run off before its figures; the profiled
+# 5 fall within the 40. The figures are written before the profile is read.
+timeout -k 10 150 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 40 --compile --profile 5 \
     --out "$OUT/trainer.json" 2>&1 | grep --line-buffered -v -i warning | tail -8 | tee "$OUT/trainer.txt"
+check "${PIPESTATUS[0]}" "bench_trainer.py"
 # Where a 512 px step's time goes, what pixart train adds around the step, and batch 32 (pure-, the bound
 # of a bf16 stream, was priced in the ninth session). --budget-s skips the variants left rather than lose them.
 mark "profile_gpu.py"
 timeout -k 10 80 "$PYTHON" benchmarks/profile_gpu.py --budget-s 50 --profile all \
     --variants regional:16,trainer-regional:16,regional:32 2>&1 |
     grep --line-buffered -v -i warning | tee "$OUT/profile.txt"
+check "${PIPESTATUS[0]}" "profile_gpu.py"
 mark done
+if ((${#failed[@]})); then
+    printf 'FAILED %s\n' "${failed[@]}" | tee "$OUT/failed.txt"
+    exit 1
+fi
+echo "every step passed"

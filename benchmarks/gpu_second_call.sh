@@ -17,7 +17,8 @@ SITE=${SITE:-/tmp/site}  # call 1's packages (gpu_checks.sh), FA4 joins them
 # reads in site-packages only, not in a folder on PYTHONPATH.
 export PYTHONPATH="$PWD/src:$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" >/dev/null; then  # call 1's, should this machine be a fresh one after all
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl ||
+        exit 1
 fi
 if [[ -f .fa4/part-2/checksum.sha256 ]]; then
     root=$PWD
@@ -33,5 +34,9 @@ if [[ -f .fa4/part-2/checksum.sha256 ]]; then
         grep --line-buffered -v -i warning | tee "$OUT/fa4-profile.txt"
 fi
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || exit 1
+# AUTOTUNE_CAP: seconds for the tuning run (420 by default); set it to what the lease has left after call 1
 timeout -k 10 ${AUTOTUNE_CAP:-420} "$PYTHON" benchmarks/profile_gpu.py --kernel-batch 0 --profile all \
     --variants autotune-regional:16 2>&1 | grep --line-buffered -v -i warning | tee "$OUT/autotune.txt"
+status=${PIPESTATUS[0]}  # the tuning run's, not tee's
+((status == 0)) || echo "FAILED autotune run: exit status $status (124 or 137: cut at AUTOTUNE_CAP)" | tee "$OUT/failed.txt"
+exit "$status"

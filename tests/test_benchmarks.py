@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -260,3 +261,20 @@ def test_profile_gpu_sorts_the_kernels_an_h100_profile_named():
     assert variant_parts("autotune-trainer-regional") == ({"autotune-", "trainer-"}, "regional")
     with pytest.raises(SystemExit, match="unknown variant kind 'fa4-regional'"):
         variant_parts("fa4-regional")
+
+
+def test_the_lease_script_fails_naming_each_step_that_failed(tmp_path):
+    """gpu_checks.sh ended in "=== done" and status 0 with every step crashed: a lease's results were then
+    read as passed. With an interpreter that passes the preflight and fails everything else, it names all four."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/bash\n[[ "$1" == "-c" ]] && exit 0\necho "Traceback: boom" >&2\nexit 3\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), "SITE": str(tmp_path / "site")}
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_checks.sh")], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1, result.stdout[-2000:]
+    failed = (tmp_path / "out" / "failed.txt").read_text().splitlines()
+    steps = ["GPU tests", "bench_gpu.py", "bench_trainer.py", "profile_gpu.py"]
+    assert failed == [f"FAILED {step}: exit status 3" for step in steps]
+    assert "every step passed" not in result.stdout
