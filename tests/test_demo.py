@@ -121,7 +121,7 @@ def test_a_loss_curve_of_one_logged_step_is_drawn(tmp_path):
 
 
 def test_later_stages_shrink_to_fit_the_time_left(tmp_path):
-    from pixart.demo import STEP_COST, DemoPlan, fit_to_budget, stage_configs
+    from pixart.demo_plan import STEP_COST, DemoPlan, fit_to_budget, stage_configs
 
     stages = stage_configs(DemoPlan(), tmp_path, tmp_path, tmp_path)
     pace = 0.1  # seconds per stage-1 step
@@ -281,7 +281,7 @@ def test_an_out_that_is_a_file_is_one_line_naming_out(tmp_path, capsys):
 def test_a_rerun_keeps_what_each_stage_has_trained(tmp_path):
     """A smaller --minutes on a rerun planned stage 1 below its saved step 300 and was refused (advising
     --steps and --run-dir, which the demo lacks); a finished stage kept training towards a longer plan."""
-    from pixart.demo import DemoPlan, keep_saved_progress, stage_configs
+    from pixart.demo_plan import DemoPlan, keep_saved_progress, stage_configs
     from pixart.weights.io import FINAL_EMA
 
     stage1 = stage_configs(DemoPlan(), tmp_path, tmp_path, tmp_path)["stage1"]
@@ -304,7 +304,8 @@ def test_a_rerun_plans_the_later_stages_from_stage_1s_real_pace(tmp_path, monkey
     import pixart.encoders.shapes_ae
     import pixart.evaluate.probe
     import pixart.train.loop
-    from pixart.demo import DemoPlan, run_demo
+    from pixart.demo import run_demo
+    from pixart.demo_plan import DemoPlan
 
     monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
     monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
@@ -327,7 +328,7 @@ def test_a_rerun_plans_the_later_stages_from_stage_1s_real_pace(tmp_path, monkey
 
 
 def test_later_stages_are_projected_on_the_steps_they_have_left(tmp_path):
-    from pixart.demo import STEP_COST, DemoPlan, fit_to_budget, stage_configs
+    from pixart.demo_plan import STEP_COST, DemoPlan, fit_to_budget, stage_configs
 
     stages = stage_configs(DemoPlan(), tmp_path, tmp_path, tmp_path)
     pace, done = 0.1, {"stage2": stages["stage2"].steps // 2, "stage3": 0}
