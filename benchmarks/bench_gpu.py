@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -180,6 +181,8 @@ def bench_resolution(
     tokens = (config.input_size // 2) ** 2
     flops = forward_flops(config.hidden_size, config.depth, tokens, TOKENS, config.caption_channels)
     peak = peak_flops(torch.device("cuda")) or float("nan")
+    if math.isnan(peak):
+        print(f"no bf16 peak known for {torch.cuda.get_device_name()}: MFU is not shown (nan)", flush=True)
     if "train" in cases:
         opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-6, fused=True)
         opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-6, fused=True)
@@ -197,8 +200,9 @@ def bench_resolution(
         del opt_ours, opt_theirs
         print(json.dumps(result), flush=True)
         save(result)
-    ours.to(torch.bfloat16)
-    theirs.to(torch.bfloat16)
+    for model in (ours, theirs):  # the training case's gradients would go to bf16 with the weights, and stay
+        model.zero_grad(set_to_none=True)
+        model.to(torch.bfloat16)
 
     def forward(model):
         def run():

@@ -1052,6 +1052,24 @@ def test_mfu_peak_of_an_h100_pcie_is_not_the_sxm_one(monkeypatch):
     assert peak_flops(torch.device("cuda")) == 756e12
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     assert peak_flops(torch.device("cuda")) == 989.4e12
+    for name in ("NVIDIA H100 NVL", "NVIDIA H200 NVL"):  # they matched "H100" and "H200": MFU 16% low
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        assert peak_flops(torch.device("cuda")) == 835e12
+
+
+def test_the_trainers_mfu_counts_flops_as_the_benchmarks_do():
+    """performance.md's basis, the model's 120 caption tokens: the trainer counted the batch's mean valid
+    tokens, so its MFU and bench_gpu's differed for the same speed."""
+    from pixart.model import PixArt, PixArtConfig
+    from pixart.train.metrics import forward_flops
+    from pixart.train.step import mfu
+
+    config = PixArtConfig(input_size=8, hidden_size=64, depth=2, num_heads=2, caption_channels=32, max_length=12)
+    mask = torch.zeros(4, 12, dtype=torch.long)
+    mask[:, :3] = 1  # 3 valid tokens of 12
+    batch = {"mean": torch.zeros(4, 4, 8, 8), "mask": mask}
+    expected = 3 * forward_flops(64, 2, 16, 12, 32) * 10.0 / 1e12
+    assert mfu(PixArt(config), batch, samples_per_s_per_device=10.0, peak=1e12) == pytest.approx(expected)
 
 
 def test_a_run_refused_before_it_starts_leaves_no_empty_run_folder(tmp_path, capsys):

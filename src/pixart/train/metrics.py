@@ -12,9 +12,17 @@ import torch
 
 from pixart.files import atomic_write
 
-# Dense bf16 peaks (FLOP/s) of the GPUs we quote MFU on (performance.md section 0).
-# The first key found in the device name wins: "H100 PCIe" before "H100" (the SXM part).
-PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+# Dense bf16 peaks (FLOP/s) of the GPUs we quote MFU on (performance.md section 0; the NVL parts' from
+# NVIDIA's datasheets, half their sparse figure). The first key found in the device name wins: "H100 PCIe"
+# and "H100 NVL" before "H100" (the SXM part).
+PEAK_BF16 = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989.4e12,
+    "H200 NVL": 835e12,
+    "H200": 989.4e12,
+    "A100": 312e12,
+}
 
 
 def forward_flops(hidden: int, depth: int, image_tokens: int, text_tokens: int, caption_channels: int) -> float:

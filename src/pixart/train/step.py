@@ -124,8 +124,9 @@ def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
 
 
 def mfu(model: PixArt, batch: dict[str, torch.Tensor], samples_per_s_per_device: float, peak: float) -> float:
+    """Model FLOPs utilisation as performance.md counts it: the model's caption length (120), not the
+    batch's valid tokens, so that the trainer's figure and the benchmarks' are on one basis."""
     cfg = model.config
     tokens = (batch["mean"].shape[-2] // cfg.patch_size) * (batch["mean"].shape[-1] // cfg.patch_size)
-    text = float(batch["mask"].sum(1).float().mean())
-    flops = 3 * forward_flops(cfg.hidden_size, cfg.depth, tokens, int(text), cfg.caption_channels)
+    flops = 3 * forward_flops(cfg.hidden_size, cfg.depth, tokens, cfg.max_length, cfg.caption_channels)
     return flops * samples_per_s_per_device / peak
