@@ -213,7 +213,9 @@ def test_bench_trainer_profiles_the_steps_asked_for():
     out = run(
         "bench_trainer.py", "--recipe", "tiny", "--batch", "4", "--steps", "12", "--log-every", "4", "--profile", "3"
     )
-    profile = json.loads(next(line for line in out.splitlines() if line.startswith("{")))["profile"]
+    # the figures come first (saved before the profile is read), the profile on a line of its own
+    assert json.loads(next(line for line in out.splitlines() if line.startswith("{")))["samples_per_s"] > 0
+    profile = json.loads(next(line for line in out.splitlines() if line.startswith('{"profile"')))["profile"]
     assert profile["steps_profiled"] == 3 and profile["wall_ms_per_step"] > 0
     assert "aten::mm" in profile["host_self_ms_per_step"] or "aten::addmm" in profile["host_self_ms_per_step"]
     refused = subprocess.run(
