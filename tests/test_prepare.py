@@ -993,5 +993,21 @@ def test_a_misspelt_caption_field_is_refused_before_the_models_load(tmp_path, mo
     monkeypatch.setattr(cli_prepare, "load_models", no_loading)
     assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--fields", "alt,dnese"]) == 2
     error = capsys.readouterr().err
-    assert "--fields alt,dnese: none of the first 3 inputs has a caption field 'dnese' (their fields: alt)" in error
+    assert "--fields alt,dnese: no input has a caption field 'dnese' (their fields: alt)" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_caption_field_only_later_inputs_hold_is_not_refused(tmp_path):
+    """Dense captions for part of the data (here only the last of 150 inputs, sorted by name): the field
+    check looked at the first 100 and refused a dataset that prepares fine (the others skipped, counted)."""
+    from pixart.data.prepare_options import check_fields_present
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(150):
+        (folder / f"{i:03d}.png").write_bytes(b"")  # listing reads names and sidecars only
+        fields = {"alt": f"a circle {i}", **({"dense": "a dense caption"} if i == 149 else {})}
+        (folder / f"{i:03d}.json").write_text(json.dumps(fields))
+    check_fields_present(list_inputs(folder), ["alt", "dense"])
+    with pytest.raises(PrepareError, match="no input has a caption field 'dnese'"):
+        check_fields_present(list_inputs(folder), ["dnese"])

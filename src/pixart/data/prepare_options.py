@@ -73,21 +73,22 @@ def my_shards(inputs: Inputs, options: PrepareOptions) -> list[int]:
     return [i for i in range(shard_count(inputs, options)) if i % options.parts == options.part]
 
 
-FIELDS_SAMPLE = 100  # inputs whose caption fields check_fields_present reads
-
-
 def check_fields_present(inputs: Inputs, fields: list[str]) -> None:
-    """PrepareError when none of the first inputs holds a field --fields names (`--fields dnese`): found
-    before, only once the models had loaded and every input had been skipped for it, one line each."""
-    sample = inputs.items[:FIELDS_SAMPLE]
+    """PrepareError when no input holds a field --fields names (`--fields dnese`): found before, only once
+    the models had loaded and every input had been skipped for it, one line each. The inputs are read
+    until each field has been seen, so a field every input holds costs one read; a misspelt one, all."""
+    missing = set(fields)
     found: set[str] = set()
-    for item in sample:
+    for item in inputs.items:
         row, _ = item.readable_fields()  # an unreadable caption file is the listing's and prepare's to report
-        found |= {key for key, value in row.items() if has_text(value) and key not in IMAGE_COLUMNS}
-    missing = [name for name in fields if name not in found]
-    if sample and missing:
-        held = ", ".join(sorted(found)) or "none"
+        held = {key for key, value in row.items() if has_text(value) and key not in IMAGE_COLUMNS}
+        found |= held
+        missing -= held
+        if not missing:
+            return
+    if inputs.items:
+        absent = [name for name in fields if name in missing]
         raise PrepareError(
-            f"--fields {','.join(fields)}: none of the first {len(sample)} inputs has a caption field "
-            f"{', '.join(map(repr, missing))} (their fields: {held}); name fields they hold"
+            f"--fields {','.join(fields)}: no input has a caption field {', '.join(map(repr, absent))} (their "
+            f"fields: {', '.join(sorted(found)) or 'none'}); name fields they hold"
         )
