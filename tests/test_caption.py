@@ -620,3 +620,14 @@ def test_the_captioner_sees_the_whole_of_a_wide_image(llava_dir):
         assert ((colours - torch.tensor(colour)).abs().amax(1) < 0.1).any(), colour
     fill = (colours - mean.T).abs().amax(1) < 0.02  # the padding, in the processor's mean colour
     assert 0.3 < fill.float().mean() < 0.8
+
+
+def test_a_model_that_fails_to_load_leaves_no_output(tmp_path, unloadable_model):
+    """Loaded lazily (at the first image that opens), a model that failed left an empty OUT.jsonl and its
+    settings record behind, which the next run would take as a run to resume."""
+    folder = image_folder(tmp_path / "in", n=1)
+    out = tmp_path / "out" / "c.jsonl"
+    out.parent.mkdir()
+    args = ["caption", str(folder), "--model", str(unloadable_model), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--no-progress"]) == 2
+    assert list(out.parent.iterdir()) == []

@@ -221,12 +221,11 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("float32" if device == "cpu" else "float16"))
     torch.manual_seed(args.seed)
-    record_settings(out, settings)
     loaded: list[LlavaCaptioner] = []
 
     def captioner(images: list, prompts: list[str]) -> list[str]:
         # Loaded for the first image that opens: a rerun whose pending images are all unreadable (skipped
-        # again) loaded a 7B model for nothing, on every rerun.
+        # again) loaded a 7B model for nothing, on every rerun. Its settings are recorded once it has.
         if not loaded:
             loaded.append(
                 LlavaCaptioner(
@@ -237,9 +236,16 @@ def run(args: argparse.Namespace) -> int:
                     temperature=args.temperature,
                 )
             )
+            record_settings(out, settings)
         return loaded[0](images, prompts)
 
-    result = caption_inputs(inputs, out, captioner, options, done)
+    existed = out.exists()
+    try:
+        result = caption_inputs(inputs, out, captioner, options, done)
+    except BaseException:
+        if not existed and out.is_file() and out.stat().st_size == 0:  # a model that failed to load: nothing kept
+            out.unlink()
+        raise
     # What listing left out (a damaged tar, duplicates, bad rows) is skipped too, and said so.
     skipped = inputs.problem_entries()
     skipped += result.skipped
