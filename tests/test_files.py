@@ -73,7 +73,7 @@ def test_a_write_that_must_be_new_keeps_a_file_written_meanwhile_and_clears_kill
         Path(tmp).write_text("ours")
         path.write_text("theirs")
 
-    with pytest.raises(FileExistsError, match="was written by another process meanwhile"):
+    with pytest.raises(FileExistsError, match="appeared while this was written"):
         atomic_write(path, another_job_finishes_first, replace=False)
     assert path.read_text() == "theirs" and sorted(tmp_path.iterdir()) == [path]  # the killed writer's went too
     path.unlink()

@@ -82,13 +82,14 @@ def atomic_write(path: Path, write: Callable[[str], object], *, replace: bool = 
 def _rename_if_new(tmp: Path, path: Path) -> None:
     """Rename `tmp` to `path` unless `path` exists, atomically where the file system links files (a link
     fails on an existing name, where rename would replace it), else checked just before."""
+    taken = f"{path} appeared while this was written (another process writing it?): it was kept, this not saved"
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise FileExistsError(f"{path} was written by another process meanwhile: it was kept") from None
+        raise FileExistsError(taken) from None
     except OSError:  # no hard links here (some network and FAT file systems): a narrow window remains
-        if path.exists():
-            raise FileExistsError(f"{path} was written by another process meanwhile: it was kept") from None
+        if os.path.lexists(path):
+            raise FileExistsError(taken) from None
         os.replace(tmp, path)
         return
     tmp.unlink()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,6 +154,8 @@ def check_out(args: argparse.Namespace) -> None:
         raise UserError(f"--to official writes a .pth file; got --out {out}")
     if out.is_dir() and args.to != "diffusers":
         raise UserError(f"--out {out} is a folder; --to {args.to} writes a file: choose another --out")
+    if out.is_symlink() and not out.exists():  # a dangling link: its name is taken, nothing is behind it
+        raise UserError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; choose another --out")
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         same = out.resolve() == args.src.resolve()
         what = "is the source itself" if same else "already exists"
