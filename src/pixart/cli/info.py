@@ -141,7 +141,10 @@ def official_ema_set(path: Path) -> bool:
     if path.suffix not in (".pt", ".pth", ".bin", ".ckpt") or not path.is_file():
         return False
     data = load_checkpoint_file(path)  # memory-mapped, and already read once: the page cache has it
-    return isinstance(data, dict) and is_state_dict(data.get("state_dict_ema"))
+    # EMA weights alone are the file's one set, read with or without --ema: nothing more for --ema to read
+    return (
+        isinstance(data, dict) and is_state_dict(data.get("state_dict_ema")) and is_state_dict(data.get("state_dict"))
+    )
 
 
 def describe(value: object) -> str:
