@@ -188,7 +188,10 @@ def test_convert_refuses_before_reading_what_would_replace_or_ignore_something(t
             "--num-heads apply to a DiT",
         ),
         (["--to", "pixart", "--out", "/proc/pixart-test.safetensors"], "cannot write in /proc"),
+        # a dangling link: converted in full, then blamed on "another process"
+        (["--to", "pixart", "--out", str(tmp_path / "link.safetensors")], "is a link to"),
     ]
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "gone.safetensors")
     for options, message in cases:
         assert main(["convert", str(src), *options]) == 2, options
         assert message in capsys.readouterr().err, options
@@ -440,6 +443,11 @@ def test_info_says_dtype_ema_and_null_caption_and_takes_a_config(tmp_path, capsy
     assert json.loads(capsys.readouterr().out)["ema_set"] is True
     assert main(["info", str(tmp_path / "two.pth")]) == 0
     assert "  --ema: reads its EMA weights" in capsys.readouterr().out
+    # EMA weights alone: the file's one set, read either way, so --ema has nothing more to read
+    state = torch.load(tmp_path / "two.pth", weights_only=True)
+    torch.save({"state_dict_ema": state["state_dict"], "config": state["config"]}, tmp_path / "ema.pth")
+    assert main(["info", str(tmp_path / "ema.pth")]) == 0
+    assert "  --ema: nothing to read (one set of weights)" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "half.safetensors")]) == 0
     assert "  --ema: nothing to read (one set of weights)" in capsys.readouterr().out
     save_transformer(model, tmp_path / "d", to="diffusers")
