@@ -860,7 +860,7 @@ def test_a_warmup_longer_than_the_run_is_said(capsys):
     warn_of_long_warmup(TrainConfig(steps=200, optim=OptimConfig(warmup_steps=1000)))
     out = capsys.readouterr().out
     assert "optim.warmup_steps=1000 is more than the run's 200 steps" in out
-    assert "never goes past 20% of optim.lr" in out and "--set optim.warmup_steps=20" in out
+    assert "never goes past 20% of optim.lr" in out and "lower optim.warmup_steps (to 20, say)" in out
     for steps in (1000, 5000, 0):  # reached at the last step, passed, or a run that trains nothing
         warn_of_long_warmup(dataclasses.replace(TrainConfig(optim=OptimConfig(warmup_steps=1000)), steps=steps))
         assert capsys.readouterr().out == ""

@@ -159,6 +159,6 @@ def warn_of_long_warmup(config: TrainConfig) -> None:
         print(
             f"[pixart train] warning: optim.warmup_steps={warmup} is more than the run's {steps} steps, so the "
             f"learning rate never goes past {steps / warmup:.0%} of optim.lr; lower optim.warmup_steps "
-            f"(e.g. --set optim.warmup_steps={max(1, steps // 10)})",
+            f"(to {max(1, steps // 10)}, say)",
             flush=True,
         )
