@@ -540,14 +540,18 @@ def test_sidecars_with_upper_case_suffixes_are_found(tmp_path):
 
 
 def test_a_utf16_manifest_is_read_as_utf16(tmp_path):
-    """Excel's "Unicode" export writes UTF-16 with a byte-order mark: read as UTF-8, a CSV's column names
-    were letters and NULs and a JSONL's every row was "not JSON"."""
+    """Windows tools save "Unicode" text as UTF-16 with a byte-order mark: read as UTF-8, a CSV's column
+    names were letters and NULs and a JSONL's every row was "not JSON". Excel's "Unicode Text" is tab-separated
+    besides: named as such."""
     noise(32, 32, 0).save(tmp_path / "a.png")
     (tmp_path / "m.csv").write_text("path,caption\na.png,café au lait\n", encoding="utf-16")
     (tmp_path / "m.jsonl").write_text(json.dumps({"path": "a.png", "caption": "café"}) + "\n", encoding="utf-16")
     for name, caption in (("m.csv", "café au lait"), ("m.jsonl", "café")):
         inputs = list_inputs(tmp_path / name)
         assert not inputs.problems and [item.fields()["alt"] for item in inputs.items] == [caption], name
+    (tmp_path / "tabs.csv").write_text("path\tcaption\na.png\tcafé\n", encoding="utf-16")
+    with pytest.raises(InputError, match="separated by tabs or semicolons .*save it as comma-separated CSV"):
+        list_inputs(tmp_path / "tabs.csv")
     (tmp_path / "bad.csv").write_bytes(b"\xff\xfe" + "path".encode("utf-16-le") + b"\x00")  # an odd byte count
     with pytest.raises(InputError, match="starts as UTF-16 but is not .*save it as UTF-8"):
         list_inputs(tmp_path / "bad.csv")

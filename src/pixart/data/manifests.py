@@ -56,8 +56,8 @@ def _tar_split(text: str, base: Path) -> tuple[Path, str] | None:
 
 def _manifest_text(path: Path) -> str:
     """A manifest's text: UTF-8 (a byte-order mark dropped; bytes that are not UTF-8 kept as surrogates, for
-    the caption check to name), or UTF-16 where its byte-order mark says so (Excel's "Unicode" export): read
-    as UTF-8, every row was a bad one and the CSV's column names came out as letters and NULs."""
+    the caption check to name), or UTF-16 where its byte-order mark says so (as Windows tools save
+    "Unicode" text): read as UTF-8, every row was a bad one and a CSV's column names letters and NULs."""
     data = path.read_bytes()
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         try:
@@ -131,6 +131,11 @@ def list_manifest(path: Path) -> Inputs:
         named.append((name, Item(name, resolve_image(text, base), row=row)))
     if not named and columns_seen:  # no row has an image column: another tool's columns, not broken rows
         found = sorted(columns_seen)
+        if any("\t" in column or ";" in column for column in found):  # one column, named "image\talt"
+            raise InputError(
+                f"{path}: its columns are separated by tabs or semicolons ({', '.join(map(repr, found))}); a CSV "
+                "manifest's are commas: save it as comma-separated CSV"
+            )
         raise InputError(
             f"{path}: no row has an image column ({', '.join(IMAGE_COLUMNS)}); its columns are "
             f"{', '.join(found)}: rename the one holding each image's path"
