@@ -1057,6 +1057,18 @@ def test_mfu_peak_of_an_h100_pcie_is_not_the_sxm_one(monkeypatch):
         assert peak_flops(torch.device("cuda")) == 835e12
 
 
+@pytest.mark.parametrize(
+    ("tokens", "caption", "gflop"),
+    [(256, 120, 298), (1024, 120, 1236), (4096, 120, 6510), (256, 300, 333), (1024, 300, 1289), (4096, 300, 6634)],
+)
+def test_forward_flops_of_xl2_are_performance_mds_table(tokens, caption, gflop):
+    """performance.md section 4.2's F_fwd of PixArt-XL/2 (computed there, rounded to a GFLOP; the small terms
+    both leave out, embeddings and the final layer, are under 0.02%): every MFU figure rests on it."""
+    from pixart.train.metrics import forward_flops
+
+    assert forward_flops(1152, 28, tokens, caption, 4096) / 1e9 == pytest.approx(gflop, rel=2e-4, abs=0.5)
+
+
 def test_the_trainers_mfu_counts_flops_as_the_benchmarks_do():
     """performance.md's basis, the model's 120 caption tokens: the trainer counted the batch's mean valid
     tokens, so its MFU and bench_gpu's differed for the same speed."""
