@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import statistics
 import tempfile
 import time
 import tracemalloc
@@ -117,9 +118,11 @@ def main() -> None:
     print(f"{'text':<22}~{args.tokens} tokens x {args.width}, fp16 on disk, fp32 in batches")
     for i, rate in enumerate(rates):
         print(f"{f'pass {i + 1}':<22}{rate:,.0f} samples/s")
-    best = max(rates)
-    verdict = "meets" if best >= TARGET else "BELOW"
-    print(f"\nloader throughput: {best:,.0f} samples/s per process (best pass; {verdict} the {TARGET:,.0f} target)")
+    typical = statistics.median(rates)  # not the best pass: one lucky pass would meet the target alone
+    verdict = "meets" if typical >= TARGET else "BELOW"
+    print(
+        f"\nloader throughput: {typical:,.0f} samples/s per process (median pass; {verdict} the {TARGET:,.0f} target)"
+    )
 
 
 if __name__ == "__main__":

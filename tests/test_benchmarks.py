@@ -280,3 +280,12 @@ def test_the_lease_script_fails_naming_each_step_that_failed(tmp_path):
     steps = ["GPU tests", "bench_gpu.py", "bench_trainer.py", "profile_gpu.py"]
     assert failed == [f"FAILED {step}: exit status 3" for step in steps]
     assert "every step passed" not in result.stdout
+
+
+def test_bench_loader_judges_its_median_pass():
+    """The loader's throughput against its target: a single lucky pass (the best of three) decided it."""
+    out = run("bench_loader.py", "--samples", "200", "--passes", "3")
+    rates = [float(m.replace(",", "")) for m in re.findall(r"pass \d\s+([\d,]+) samples/s", out)]
+    reported = re.search(r"loader throughput: ([\d,]+) samples/s per process \(median pass", out)
+    assert len(rates) == 3 and reported
+    assert float(reported.group(1).replace(",", "")) == pytest.approx(sorted(rates)[1], abs=1)
