@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -460,6 +461,16 @@ def test_info_says_dtype_ema_and_null_caption_and_takes_a_config(tmp_path, capsy
     (tmp_path / "tiny.json").write_text(json.dumps(TINY.to_dict()))
     assert main(["info", str(tmp_path / "bare.pth"), "--config", str(tmp_path / "tiny.json"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["num_heads"] == TINY.num_heads
+    # width 144, 3 heads: read off the shapes, the count is width / 72 = 2, a guess said as one (not a fact)
+    wide = dataclasses.replace(TINY, hidden_size=144, num_heads=3)
+    save_transformer(randomize_(PixArt(wide)), tmp_path / "wide.pth", to="official")
+    assert main(["info", str(tmp_path / "wide.pth")]) == 0  # it stores its config: no guess
+    assert "  num_heads: 3\n" in capsys.readouterr().out
+    torch.save(torch.load(tmp_path / "wide.pth", weights_only=True)["state_dict"], tmp_path / "wide-bare.pth")
+    assert main(["info", str(tmp_path / "wide-bare.pth")]) == 0
+    assert "  num_heads: 2 (a guess: width / 72, the official family's head size: --config FILE" in (
+        capsys.readouterr().out
+    )
 
 
 def test_info_on_a_folder_says_how_generate_runs_it(tmp_path, capsys):

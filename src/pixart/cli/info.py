@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if generation:  # a model folder, pipeline folder or finished run: what else generate uses
         info["generation"] = generation
     info["config"] = config
+    if fmt == "official" and given is None and settings is None and not official_config_stored(args.path):
+        # a bare or official state dict: every field is read off a tensor's shape but the head count
+        info["guessed"] = {"num_heads": "width / 72, the official family's head size: --config FILE if another"}
     if settings is not None:
         stored = settings["config"]
         info["training_checkpoint"] = {
@@ -94,8 +97,17 @@ def run(args: argparse.Namespace) -> int:
     for key, value in info.get("generation", {}).items():
         print(f"  {key}: {describe(value)}")
     for key, value in config.items():
-        print(f"  {key}: {value}")
+        guess = info.get("guessed", {}).get(key)
+        print(f"  {key}: {value}" + (f" (a guess: {guess})" if guess else ""))
     return 0
+
+
+def official_config_stored(path: Path) -> bool:
+    """Whether an official-layout .pth carries its config (ours, written with to='official'), which says the
+    head count its tensors cannot."""
+    from pixart.weights.pth import load_checkpoint_file, stored_official_config
+
+    return stored_official_config(load_checkpoint_file(path), path) is not None
 
 
 def generation_settings(path: Path, config: PixArtConfig, learned_null_caption: bool) -> dict[str, Any]:
