@@ -25,6 +25,7 @@ from pixart.demo_folder import DemoError, DemoInterrupted, add_call_seconds, che
 from pixart.demo_plan import (
     CAPTION_TOKENS,
     FIXED_MINUTES,
+    MAX_MINUTES,
     MIN_MINUTES,
     STEP_COST,
     DemoPlan,
@@ -64,10 +65,11 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     """Run every stage into `out` and return the report (also written as report.json / report.md)."""
     from pixart.demo_report import write_report_md
 
-    if not quick and not (math.isfinite(minutes) and minutes >= MIN_MINUTES):  # before anything is made
+    if not quick and not (math.isfinite(minutes) and MIN_MINUTES <= minutes <= MAX_MINUTES):  # before anything
         raise DemoError(
-            f"--minutes must be a finite number, at least {MIN_MINUTES} (about {FIXED_MINUTES:g} go to rendering, "
-            f"encoders and evaluation), got {minutes}"
+            f"--minutes must be a finite number from {MIN_MINUTES} (about {FIXED_MINUTES:g} go to rendering, "
+            f"encoders and evaluation) to {MAX_MINUTES} (its data is fixed: longer runs are pixart train's), "
+            f"got {minutes}"
         )
     started = time.time()
     out = Path(out).resolve()  # the stages record paths in it: ./x and /abs/x must be one run on a rerun

@@ -25,6 +25,9 @@ STEP_COST = {"stage2": 1.6, "stage3": 2.3}
 CAPTION_TOKENS = 48  # MiniLM tokens per caption: the longest two-object caption fits
 FIXED_MINUTES = 4.0  # rendering, encoders and evaluation on the 2-core machine, cold cache; stages scale with the rest
 MIN_MINUTES = 5  # a budget below leaves the stages almost nothing
+# Its data is fixed (8,192 base images): past this a budget only repeats them (--minutes 1e6 planned 5e7
+# stage-1 steps, two years). Longer runs are `pixart train`'s, on data of one's own.
+MAX_MINUTES = 600
 
 
 @dataclass(frozen=True)

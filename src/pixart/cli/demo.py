@@ -15,7 +15,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=None, help=f"output folder (default {DEMO_DIR}; {QUICK_DIR} with --quick)"
     )
     parser.add_argument(
-        "--minutes", type=float, default=None, help="wall-clock budget on a 2-core CPU (default 10; not with --quick)"
+        "--minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget on a 2-core CPU, 5 to 600 (default 10; not with --quick)",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of every step (about a minute)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
