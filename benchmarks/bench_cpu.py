@@ -190,18 +190,18 @@ def main() -> None:
     # The same AdamW for both (the trainer's, fused): the optimizer is not what is compared here
     opt_ours = build_optimizer(ours_train.parameters(), OptimConfig(), lr=1e-5)
     opt_theirs = build_optimizer(theirs_train.parameters(), OptimConfig(), lr=1e-5)
-    with torch.no_grad():
-        captions = ours.prepare_captions(batch[2], batch[3])
-        theirs_out = theirs_forward(theirs, *batch[:4])
-        step_parity = (sampler_step(ours, captions, batch) - theirs_out).abs().max().item()
-    timed_parity = check_parity(ours_train, theirs_train, ours_sample, theirs_sample, captions, batch)
-    if args.bf16:  # prepared under autocast, as a sampler running under it would
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            captions = ours.prepare_captions(batch[2], batch[3])
 
     @torch.no_grad()
     def prepare_captions():
         return ours.prepare_captions(batch[2], batch[3])
+
+    captions = prepare_captions()
+    with torch.no_grad():
+        theirs_out = theirs_forward(theirs, *batch[:4])
+        step_parity = (sampler_step(ours, captions, batch) - theirs_out).abs().max().item()
+    timed_parity = check_parity(ours_train, theirs_train, ours_sample, theirs_sample, captions, batch)
+    if args.bf16:  # prepared under autocast, as a sampler running under it would
+        captions = autocast(prepare_captions)()
 
     preparation = "caption preparation (ours, once per image)"
     cases = {

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     }
     settings = training_checkpoint_settings(args.path)
     # a second set of weights --ema reads (not: "these are EMA weights"); our checkpoints always hold one
-    info["ema_set"] = settings is not None or official_ema_set(args.path)
+    ema_set, config_stored = pickled_file_facts(args.path)
+    info["ema_set"] = settings is not None or ema_set
     recorded = sampling_record(args.path)
     if recorded:  # where nothing records it, generate samples the weights as the eps (IDDPM) model they are
         info["sampling"] = json.loads(recorded[SAMPLING_METADATA])
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if generation:  # a model folder, pipeline folder or finished run: what else generate uses
         info["generation"] = generation
     info["config"] = config
-    if fmt == "official" and given is None and settings is None and not official_config_stored(args.path):
+    if fmt == "official" and given is None and settings is None and not config_stored:
         # a bare or official state dict: every field is read off a tensor's shape but the head count
         info["guessed"] = {"num_heads": "width / 72, the official family's head size: --config FILE if another"}
     if settings is not None:
@@ -100,14 +101,6 @@ def run(args: argparse.Namespace) -> int:
         guess = info.get("guessed", {}).get(key)
         print(f"  {key}: {value}" + (f" (a guess: {guess})" if guess else ""))
     return 0
-
-
-def official_config_stored(path: Path) -> bool:
-    """Whether an official-layout .pth carries its config (ours, written with to='official'), which says the
-    head count its tensors cannot."""
-    from pixart.weights.pth import load_checkpoint_file, stored_official_config
-
-    return stored_official_config(load_checkpoint_file(path), path) is not None
 
 
 def generation_settings(path: Path, config: PixArtConfig, learned_null_caption: bool) -> dict[str, Any]:
@@ -146,17 +139,24 @@ def stored_dtypes(state: dict) -> str:
     return ", ".join(sorted({str(tensor.dtype).removeprefix("torch.") for tensor in state.values()}))
 
 
-def official_ema_set(path: Path) -> bool:
-    """Whether an official .pth holds EMA weights (state_dict_ema) beside its state_dict."""
-    from pixart.weights.pth import is_state_dict, load_checkpoint_file
+def pickled_file_facts(path: Path) -> tuple[bool, bool]:
+    """Of a .pth/.pt file, read once: whether it holds EMA weights (state_dict_ema) beside its state_dict, a
+    second set for --ema (EMA weights alone are its one set, read with or without it), and whether it
+    carries its config (ours, written with to='official'), which says the head count its tensors cannot.
+    (False, False) for any other file."""
+    from pixart.weights import WeightsError
+    from pixart.weights.pth import is_state_dict, load_checkpoint_file, stored_official_config
 
     if path.suffix not in (".pt", ".pth", ".bin", ".ckpt") or not path.is_file():
-        return False
+        return False, False
     data = load_checkpoint_file(path)  # memory-mapped, and already read once: the page cache has it
-    # EMA weights alone are the file's one set, read with or without --ema: nothing more for --ema to read
-    return (
-        isinstance(data, dict) and is_state_dict(data.get("state_dict_ema")) and is_state_dict(data.get("state_dict"))
-    )
+    if not isinstance(data, dict):
+        return False, False
+    ema_set = is_state_dict(data.get("state_dict_ema")) and is_state_dict(data.get("state_dict"))
+    try:
+        return ema_set, stored_official_config(data, path) is not None
+    except WeightsError:  # a config there, not ours (read_checked_state refused it unless --config replaced it)
+        return ema_set, True
 
 
 def describe(value: object) -> str:

@@ -262,10 +262,10 @@ def check_settings(out: Path, settings: dict) -> None:
     CaptionError naming them: its rows would have mixed two models' or prompts' captions. Rows written
     before any record (another tool, an older version) are taken as they are."""
     path = settings_file(out)
-    recorded = read_json(path) if path.is_file() else None
-    differ = {
-        key: (recorded.get(key), value) for key, value in settings.items() if recorded and recorded.get(key) != value
-    }
+    recorded = read_json(path)
+    if recorded is None:
+        return
+    differ = {key: (recorded.get(key), value) for key, value in settings.items() if recorded.get(key) != value}
     if differ:
         listed = "; ".join(f"{key} {old!r} there, {new!r} now" for key, (old, new) in differ.items())
         raise CaptionError(
