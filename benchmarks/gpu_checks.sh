@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of one short lease, most important first, each under its own time cap (at most 560 s
 # with the kill margins; with the install and preflight, about 575 s of a 600 s call; about 400 s on an
-# H100 in the eleventh session). Results go to $OUT (default gpu-results/), each step's as it ends. Run
+# H100 in the eleventh session). STEPS picks and orders the steps (below). Results go to $OUT (default gpu-results/), each step's as it ends. Run
 # from the repository root:   bash benchmarks/gpu_checks.sh
 # The lent machines have python3 with torch but neither diffusers nor this package installed: wheels that
 # benchmarks/fetch_gpu_wheels.sh saved in .whl/ (carried with the call) are installed first, and src/ is
@@ -37,29 +37,57 @@ check() {
 }
 
 # timeout -k: the trainer answers SIGTERM by finishing its step and checkpointing; KILL if that overruns.
-mark "GPU tests"  # the tests marked gpu: CUDA smoke runs of both benchmarks, GELU's tanh form when compiled
-timeout -k 10 90 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py tests/test_benchmarks.py 2>&1 |
-    tail -15 | tee "$OUT/tests.txt"
-check "${PIPESTATUS[0]}" "GPU tests"
-mark "bench_gpu.py --compile"  # training, forward and sampling against diffusers: 94 s at 512 and 1024 px on an H100
-timeout -k 10 200 "$PYTHON" benchmarks/bench_gpu.py --compile --out "$OUT/bench.json" 2>&1 |
-    grep --line-buffered -v -i warning | tee "$OUT/bench.txt"
-check "${PIPESTATUS[0]}" "bench_gpu.py"
-mark "bench_trainer.py"  # pixart train itself (loader, IDDPM loss, guard, EMA) at 512 px, batch 16, compiled
-# --profile 5: where the real trainer's step goes (it ran 10% below trainer-regional on an H100). 40 steps
-# took 127 s of wall time there, unprofiled, 47 s of it in the run (the rest: start, data, the final
-# checkpoint and weights, about 10 GB), so a 75 s cap had cut a run off before its figures; the profiled
-# 5 fall within the 40. The figures are written before the profile is read.
-timeout -k 10 150 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 40 --compile --profile 5 \
-    --out "$OUT/trainer.json" 2>&1 | grep --line-buffered -v -i warning | tail -8 | tee "$OUT/trainer.txt"
-check "${PIPESTATUS[0]}" "bench_trainer.py"
+step_tests() {  # the tests marked gpu: CUDA smoke runs of both benchmarks, GELU's tanh form when compiled
+    timeout -k 10 90 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py tests/test_benchmarks.py 2>&1 |
+        tail -15 | tee "$OUT/tests.txt"
+    check "${PIPESTATUS[0]}" "GPU tests"
+}
+step_bench() {  # training, forward and sampling against diffusers: 94 s at 512 and 1024 px on an H100
+    timeout -k 10 200 "$PYTHON" benchmarks/bench_gpu.py --compile --out "$OUT/bench.json" 2>&1 |
+        grep --line-buffered -v -i warning | tee "$OUT/bench.txt"
+    check "${PIPESTATUS[0]}" "bench_gpu.py"
+}
+# pixart train itself (loader, IDDPM loss, guard, EMA) at 512 px, batch 16, compiled. --profile 5: where the
+# real trainer's step goes (it ran 10% below trainer-regional on an H100). 40 steps took 127 s of wall time
+# there, unprofiled, 47 s of it in the run (the rest: start, data, the final checkpoint and weights, about
+# 10 GB), so a 75 s cap had cut a run off before its figures; the profiled 5 fall within the 40. The
+# figures are written before the profile is read.
+step_trainer() {
+    timeout -k 10 150 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 40 --compile \
+        --profile 5 --out "$OUT/trainer.json" 2>&1 | grep --line-buffered -v -i warning | tail -8 | tee "$OUT/trainer.txt"
+    check "${PIPESTATUS[0]}" "bench_trainer.py"
+}
 # Where a 512 px step's time goes, what pixart train adds around the step, and batch 32 (pure-, the bound
-# of a bf16 stream, was priced in the ninth session). --budget-s skips the variants left rather than lose them.
-mark "profile_gpu.py"
-timeout -k 10 80 "$PYTHON" benchmarks/profile_gpu.py --budget-s 50 --profile all \
-    --variants regional:16,trainer-regional:16,regional:32 2>&1 |
-    grep --line-buffered -v -i warning | tee "$OUT/profile.txt"
-check "${PIPESTATUS[0]}" "profile_gpu.py"
+# of a bf16 stream, was priced in the ninth session). --budget-s skips the variants left rather than lose them;
+# the kernel timings before the variants count in it.
+step_profile() {
+    local budget=${PROFILE_BUDGET_S:-50}
+    timeout -k 10 $((budget + 30)) "$PYTHON" benchmarks/profile_gpu.py --budget-s "$budget" --profile all \
+        --variants "${PROFILE_VARIANTS:-regional:16,trainer-regional:16,regional:32}" 2>&1 |
+        grep --line-buffered -v -i warning | tee "$OUT/profile.txt"
+    check "${PIPESTATUS[0]}" "profile_gpu.py"
+}
+# A 512 px step compiled with max-autotune, profiled against profile.txt's default: whatever time the call
+# has left (BUDGET_S from the start, less a margin), so it goes last. gpu_second_call.sh runs it alone.
+step_autotune() {
+    local left=$((${BUDGET_S:-560} - ($(date +%s) - started) - 15))
+    if ((left < 90)); then
+        echo "autotune skipped: $left s left of BUDGET_S" | tee "$OUT/autotune.txt"
+        return
+    fi
+    timeout -k 10 "$left" "$PYTHON" benchmarks/profile_gpu.py --kernel-batch 0 --profile all \
+        --variants autotune-regional:16 2>&1 | grep --line-buffered -v -i warning | tee "$OUT/autotune.txt"
+    check "${PIPESTATUS[0]}" "autotune"
+}
+# STEPS: which steps, in which order (a lease with other questions reorders them, e.g. "tests profile
+# trainer autotune" with PROFILE_VARIANTS and PROFILE_BUDGET_S set).
+for step in ${STEPS:-tests bench trainer profile}; do  # every name checked before the first step runs
+    declare -F "step_$step" >/dev/null || { echo "unknown step $step in STEPS: use tests, bench, trainer, profile, autotune"; exit 1; }
+done
+for step in ${STEPS:-tests bench trainer profile}; do
+    mark "$step"
+    "step_$step"
+done
 mark done
 if ((${#failed[@]})); then
     printf 'FAILED %s\n' "${failed[@]}" | tee "$OUT/failed.txt"

@@ -7,22 +7,25 @@
    prefix makes cuDNN the first SDPA backend, a `packed-` prefix projects only the valid caption tokens (the
    CPU path) instead of all of them, a `trainer-` prefix adds what `pixart train` does around the bare step
    (gradient clipping, the non-finite guard with its flags read by the host one step late, the EMA update)
-   and `synced-` the same with the flags read at the end of each step (the trainer before 2026-11-27), so
-   the two price that read; a `tuned-` prefix turns on inductor's coordinate-descent tuning of the kernels
-   it generates, an `autotune-` prefix compiles with mode max-autotune-no-cudagraphs (inductor's Triton
-   matrix products timed against cuBLAS, which can take a product's elementwise neighbours into its
-   epilogue; minutes of tuning); a `pure-` prefix runs the model in bf16 throughout, parameters and
-   activations (the residual stream included) with no autocast and AdamW on the bf16 parameters: not a way
-   to train, but the upper bound of keeping activations in bf16 (the fused elementwise kernels move fp32
-   residuals under autocast); `:B` sets the batch. Each prints samples/s and MFU, and the first (or each,
-   with --profile all) also a profile of its kernels by category (GEMM, attention, fused elementwise,
-   optimizer, other).
+   and `synced-` the same with the flags read at the end of each step (the trainer before 2026-11-27), so the
+   two price that read; a `tuned-` prefix turns on inductor's coordinate-descent tuning of the kernels it
+   generates, an `autotune-` prefix compiles with mode max-autotune-no-cudagraphs (inductor's Triton matrix
+   products timed against cuBLAS, which can take a product's elementwise neighbours into its epilogue;
+   minutes of tuning); a `products-` prefix computes the masked cross-attention as two batched products
+   around a softmax that inductor fuses with the mask (`ProductsCrossAttention`) instead of cuDNN's masked
+   kernel, which spends 0.57 ms a block on 120 keys; a `pure-` prefix runs the model in bf16 throughout,
+   parameters and activations (the residual stream included) with no autocast and AdamW on the bf16
+   parameters: not a way to train, but the upper bound of keeping activations in bf16 (the fused elementwise
+   kernels move fp32 residuals under autocast); `:B` sets the batch. Each prints samples/s and MFU, and the
+   first (or each, with --profile all) also a profile of its kernels by category (GEMM, attention, fused
+   elementwise, optimizer, other).
 
     python benchmarks/profile_gpu.py --variants whole:16,regional:16,cudnn-regional:16,regional:32
     python benchmarks/profile_gpu.py --kernel-batch 0 --variants trainer-regional:16,synced-regional:16
     python benchmarks/profile_gpu.py --variants regional:16     # with flash-attn-4 installed: FA4 kernel rows too
     python benchmarks/profile_gpu.py --kernel-batch 0 --variants regional:16,pure-regional:16,regional:32
     python benchmarks/profile_gpu.py --kernel-batch 0 --profile all --variants regional:16,autotune-regional:16
+    python benchmarks/profile_gpu.py --profile all --variants regional:16,products-regional:16
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch.nn.functional as F
 from bench_gpu import TOKENS, alternate, inputs, training_step  # this folder (run as benchmarks/profile_gpu.py)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from pixart.model.layers import CrossAttention
 from pixart.model.pixart import XL_2, PixArt
 from pixart.model.regional import compile_blocks
 from pixart.train.flags import DeferredFlags, optimizer_step, skip_flag, step_flags
@@ -68,6 +72,111 @@ def attention_flops(batch: int, heads: int, n: int, m: int, d: int) -> float:
     """Useful FLOPs of attention forward + backward, N queries over M keys: 4 N M d per head forward (two
     products), 2.5 times that backward."""
     return 3.5 * 4 * batch * heads * n * m * d
+
+
+def cross_attention_by_products(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor, scores_dtype: torch.dtype
+) -> torch.Tensor:
+    """Masked attention as q k^T, a softmax and a product with v: (B, H, N, d) queries over (B, H, L, d)
+    keys and values, `attn_mask` (B, 1, 1, L) bool with a valid key in every row (the model's mask).
+
+    With 120 keys the (B, H, N, L) scores are small enough to write out: compiled, the scale, the mask and
+    the softmax become one kernel around two cuBLAS products. `scores_dtype` float32 computes the scores
+    from the bf16 values as a flash kernel does (fp32 accumulation, nothing rounded before the softmax);
+    bfloat16 rounds them to bf16 first (cheaper, less exact). The weights are rounded to v's dtype for the
+    second product, as flash kernels do too.
+    """
+    with torch.autocast(q.device.type, enabled=False):  # autocast would run the fp32 product in bf16
+        scores = q.to(scores_dtype) @ k.to(scores_dtype).transpose(-1, -2)  # (B, H, N, L)
+        scores = scores.float() * q.shape[-1] ** -0.5
+        weights = scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)  # (B, H, N, L)
+        return weights.to(v.dtype) @ v  # (B, H, N, d)
+
+
+class ProductsCrossAttention(CrossAttention):
+    """CrossAttention with `cross_attention_by_products` (fp32 scores) in place of SDPA: the `products-`
+    variant swaps each block's cross_attn to this class before compiling, and runs with TF32 products
+    (`tf32_products`: under autocast the only fp32 products of the step are these scores, from bf16 q, k)."""
+
+    def forward(self, x, y, attn_mask, kv=None):  # CrossAttention.forward with the products
+        B, N, D = x.shape
+        H, d = self.num_heads, D // self.num_heads
+        q = self.q_linear(x).view(B, N, H, d).transpose(1, 2)  # (B, H, N, d)
+        kv = self.kv_linear(y) if kv is None else kv  # (B, L, 2D)
+        L = kv.shape[1]
+        k, v = (part.view(B, L, H, d).transpose(1, 2) for part in kv.chunk(2, dim=-1))  # each (B, H, L, d)
+        out = cross_attention_by_products(q, k, v, attn_mask, torch.float32)  # (B, H, N, d)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class tf32_products:
+    """fp32 matrix products on TF32 tensor cores inside the block: exact for operands that bf16 holds (a
+    bf16 value fits TF32's 10-bit mantissa) with fp32 accumulation, as a flash kernel computes its scores."""
+
+    def __enter__(self):
+        self.before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32 = self.before
+
+
+def compiled_alternatives(q, k, v, kc, vc, mask, grad_out) -> dict:
+    """One block's attention without SDPA, forward + backward, each compiled: the masked cross-attention as
+    products with fp32 scores (fp32 or TF32 products) or bf16 ones, and FlexAttention (inductor's own flash
+    kernel, Triton) with the mask as a score_mod; FlexAttention on the self-attention too."""
+    batch, heads, n, d = q.shape
+    lengths = mask[:, 0, 0, :].sum(dim=-1)  # (B,)
+    cross = (kc, vc, mask)
+    candidates = {  # label: (attention, its keys, values and mask, context)
+        "cross_masked_products_fp32_scores": (
+            lambda: cross_attention_by_products(q, kc, vc, mask, torch.float32),
+            cross,
+            nullcontext,
+        ),
+        "cross_masked_products_tf32_scores": (
+            lambda: cross_attention_by_products(q, kc, vc, mask, torch.float32),
+            cross,
+            tf32_products,
+        ),
+        "cross_masked_products_bf16_scores": (
+            lambda: cross_attention_by_products(q, kc, vc, mask, torch.bfloat16),
+            cross,
+            nullcontext,
+        ),
+    }
+
+    def keep_valid(score, b, h, q_idx, kv_idx):
+        return torch.where(kv_idx < lengths[b], score, float("-inf"))
+
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        candidates["cross_masked_flex"] = (lambda: flex_attention(q, kc, vc, score_mod=keep_valid), cross, nullcontext)
+        candidates["self_flex"] = (lambda: flex_attention(q, k, v), (k, v, None), nullcontext)
+    except ImportError as error:
+        print(f"flex attention unavailable: {error}", flush=True)
+    result = {}
+    for label, (attend, (keys, values, attn_mask), context) in candidates.items():
+        try:
+            with torch.no_grad(), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                reference = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask).float()
+            with context():
+                compiled = torch.compile(attend)
+
+                def forward_backward(compiled=compiled, keys=keys, values=values):
+                    torch.autograd.grad(compiled(), (q, keys, values), grad_out)
+
+                seconds = timed(forward_backward)
+                with torch.no_grad():
+                    difference = (compiled().float() - reference).abs().max().item()
+            result[f"{label}_ms"] = round(seconds * 1e3, 3)
+            flops = attention_flops(batch, heads, n, keys.shape[2], d)
+            result[f"{label}_tflops"] = round(flops / seconds / 1e12, 1)
+            result[f"{label}_max_abs_diff"] = difference
+        except Exception as error:  # noqa: BLE001 - a compile failure names itself, the rest are timed
+            result[label] = f"unavailable: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+    return result
 
 
 def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -> dict:
@@ -106,6 +215,7 @@ def attention_kernels(batch: int, heads: int = 16, n: int = 1024, d: int = 72) -
                 result[f"{label}_{name}_tflops"] = round(flops / seconds / 1e12, 1)
             except RuntimeError as error:
                 result[f"{label}_{name}"] = f"unavailable: {str(error).splitlines()[0][:120]}"
+    result.update(compiled_alternatives(q, k, v, kc, vc, mask, grad_out))
     try:  # FlashAttention-4 called directly, where the flash-attn-4 package is installed
         result.update(fa4_kernels(q, k, v, kc, vc, grad_out))
     except Exception as error:  # noqa: BLE001 - not installed, or a shape FA4 refuses: say which, time the rest
@@ -195,7 +305,7 @@ def profile_categories(fn, steps: int = 3) -> dict:
 
 
 KINDS = ("whole", "regional", "eager")
-PREFIXES = ("cudnn-", "packed-", "trainer-", "synced-", "tuned-", "autotune-", "pure-")
+PREFIXES = ("cudnn-", "packed-", "trainer-", "synced-", "tuned-", "autotune-", "pure-", "products-")
 
 
 def variant_parts(variant: str) -> tuple[set[str], str]:
@@ -262,6 +372,9 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
     if "packed-" in prefixes:
         model.embed_captions = model._embed_valid_captions
+    if "products-" in prefixes:
+        for block in model.blocks:
+            block.cross_attn.__class__ = ProductsCrossAttention
     torch._inductor.config.coordinate_descent_tuning = "tuned-" in prefixes
     # max-autotune: inductor times its own Triton matrix-product templates against cuBLAS and can then fuse
     # a product's elementwise neighbours (bias + GELU, gate + residual) into it. Minutes of tuning.
@@ -282,7 +395,8 @@ def measure_variant(variant: str, batch: int, profile_it: bool, resolution: int)
     order = ORDER_CUDNN_FIRST if "cudnn-" in prefixes else None
     started = time.time()
     torch.cuda.reset_peak_memory_stats()
-    with sdpa_kernel(order, set_priority=True) if order else nullcontext():
+    products = tf32_products() if "products-" in prefixes else nullcontext()
+    with sdpa_kernel(order, set_priority=True) if order else nullcontext(), products:
         run()
         torch.cuda.synchronize()
         compile_s = time.time() - started

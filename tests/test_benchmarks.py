@@ -265,21 +265,50 @@ def test_profile_gpu_sorts_the_kernels_an_h100_profile_named():
         variant_parts("fa4-regional")
 
 
-def test_the_lease_script_fails_naming_each_step_that_failed(tmp_path):
+@pytest.mark.parametrize(
+    ("steps", "named"),
+    [
+        (None, ["GPU tests", "bench_gpu.py", "bench_trainer.py", "profile_gpu.py"]),
+        ("tests profile autotune trainer", ["GPU tests", "profile_gpu.py", "autotune", "bench_trainer.py"]),
+    ],
+)
+def test_the_lease_script_fails_naming_each_step_that_failed(tmp_path, steps, named):
     """gpu_checks.sh ended in "=== done" and status 0 with every step crashed: a lease's results were then
-    read as passed. With an interpreter that passes the preflight and fails everything else, it names all four."""
+    read as passed. With an interpreter that passes the preflight and fails everything else, it names each
+    step it ran, in the order STEPS gives (the default: the four checks of call 1)."""
     fake = tmp_path / "python"
     fake.write_text('#!/bin/bash\n[[ "$1" == "-c" ]] && exit 0\necho "Traceback: boom" >&2\nexit 3\n')
     fake.chmod(0o755)
     env = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), "SITE": str(tmp_path / "site")}
+    if steps:
+        env["STEPS"] = steps
     result = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_checks.sh")], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.returncode == 1, result.stdout[-2000:]
     failed = (tmp_path / "out" / "failed.txt").read_text().splitlines()
-    steps = ["GPU tests", "bench_gpu.py", "bench_trainer.py", "profile_gpu.py"]
-    assert failed == [f"FAILED {step}: exit status 3" for step in steps]
+    assert failed == [f"FAILED {step}: exit status 3" for step in named]
     assert "every step passed" not in result.stdout
+
+
+def test_the_lease_script_gives_autotune_only_the_time_left(tmp_path):
+    """The autotune step takes what BUDGET_S leaves: with none left it is skipped and says so (a cap of
+    zero or less would have failed it, or `timeout` would have refused its argument); an unknown step is
+    refused before any runs."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/bash\nexit 0\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), "SITE": str(tmp_path / "site")}
+    script = str(ROOT / "benchmarks" / "gpu_checks.sh")
+    env_autotune = {**env, "STEPS": "autotune", "BUDGET_S": "60"}
+    result = subprocess.run(["bash", script], cwd=tmp_path, env=env_autotune, capture_output=True, text=True)
+    assert result.returncode == 0 and "every step passed" in result.stdout, result.stdout[-2000:]
+    assert "autotune skipped" in (tmp_path / "out" / "autotune.txt").read_text()
+    result = subprocess.run(
+        ["bash", script], cwd=tmp_path, env={**env, "STEPS": "tests benchmark"}, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "unknown step benchmark in STEPS" in result.stdout
+    assert "=== tests" not in result.stdout
 
 
 def test_bench_loader_judges_its_median_pass():
@@ -289,3 +318,33 @@ def test_bench_loader_judges_its_median_pass():
     reported = re.search(r"loader throughput: ([\d,]+) samples/s per process \(median pass", out)
     assert len(rates) == 3 and reported
     assert float(reported.group(1).replace(",", "")) == pytest.approx(sorted(rates)[1], abs=1)
+
+
+def test_the_products_cross_attention_computes_what_sdpa_does():
+    """profile_gpu's `products-` variant times the masked cross-attention as two products and a softmax: it
+    must be the same attention (outputs and gradients) as SDPA's with the model's mask, or its time says
+    nothing; and the swapped module must give what CrossAttention gives."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from profile_gpu import ProductsCrossAttention, cross_attention_by_products
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from pixart.model.layers import CrossAttention
+    from pixart.model.pixart import PixArt
+
+    torch.manual_seed(0)
+    B, H, N, L, d = 2, 3, 16, 7, 8
+    q, k, v = (torch.randn(B, H, n, d, requires_grad=True) for n in (N, L, L))
+    mask = PixArt.caption_attention_mask(torch.tensor([[1, 1, 1, 0, 0, 0, 0], [0] * 7]), B, L, q.device)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = cross_attention_by_products(q, k, v, mask, torch.float32)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    for ours, theirs in zip(torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(expected.sum(), (q, k, v))):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    unmasked = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert (out[0] - unmasked[0]).abs().max() > 0.1  # the first caption's padding was left out
+    attention = CrossAttention(24, 3)
+    x, y = torch.randn(B, N, 24), torch.randn(B, L, 24)
+    expected = attention(x, y, mask)
+    attention.__class__ = ProductsCrossAttention
+    torch.testing.assert_close(attention(x, y, mask), expected, atol=1e-6, rtol=1e-5)
