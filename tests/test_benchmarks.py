@@ -236,6 +236,48 @@ def test_bench_trainer_profiles_the_steps_asked_for():
     assert refused.returncode == 2 and "needs --steps of at least 9" in refused.stderr
 
 
+def test_bench_trainer_counts_kernels_not_the_gpu_copies_of_its_spans():
+    """On the H200 the profile of 5 steps said 10 steps, 120 ms of "other" kernels a step and a negative
+    idle time: with CUDA traced, each ProfilerStep span and each compiled graph's call annotation comes
+    back a second time as an event of the CUDA type. Two steps of 100 ms wall with 60 ms of GEMM and 10 ms
+    of attention each must read as such, whatever the annotations."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_trainer import step_breakdown
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def event(name, device, cpu_us=0.0, device_us=0.0, annotation=False):
+        kind = SimpleNamespace(name=device)
+        return SimpleNamespace(
+            name=name,
+            device_type=kind,
+            cpu_time_total=cpu_us,
+            self_cpu_time_total=cpu_us,
+            device_time_total=device_us,
+            is_user_annotation=annotation,
+        )
+
+    events = []
+    for k in (1, 2):
+        events += [
+            event(f"ProfilerStep#{k}", "CPU", cpu_us=100e3),
+            event(f"ProfilerStep#{k}", "CUDA", device_us=100e3, annotation=True),
+            event("## Call CompiledFxGraph abc ##", "CPU", cpu_us=5e3),
+            event("## Call CompiledFxGraph abc ##", "CUDA", device_us=80e3, annotation=True),
+            event("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN", "CUDA", device_us=60e3),
+            event("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma", "CUDA", device_us=10e3),
+            event("aten::mm", "CPU", cpu_us=2e3),
+        ]
+    breakdown = step_breakdown(SimpleNamespace(events=lambda: events))
+    assert breakdown["steps_profiled"] == 2 and breakdown["wall_ms_per_step"] == 100.0
+    assert breakdown["device_ms_per_step"] == {"gemm": 60.0, "attention": 10.0}
+    assert breakdown["device_idle_ms_per_step"] == 30.0
+    assert breakdown["host_self_ms_per_step"]["## Call CompiledFxGraph abc ##"] == 5.0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.skipif(  # the tiny recipe's captions come from it; the lent GPU machines lack it (88 MB to carry)
