@@ -631,6 +631,46 @@ def test_a_training_step_reads_nothing_back_to_the_host(shapes_data, tmp_path, m
     assert int(optimizer.state[next(model.parameters())]["step"]) == 1  # the update did run
 
 
+def test_captions_padded_to_max_length_reach_the_model_in_one_shape_with_the_same_loss(shapes_data):
+    """data.caption_padding: a batch carries its longest caption's tokens, so a GPU run met dozens of
+    lengths (a recompilation and new cuDNN attention plans for each); padded to model.max_length there is
+    one shape, and the masked padding changes no loss. auto pads on a GPU only."""
+    from pixart.data.dataset import FeatureDataset, collate
+    from pixart.train import step as train_step
+    from pixart.train.data import LatentScaling
+    from pixart.train.distributed import World
+    from pixart.train.init import build_model
+
+    dataset = FeatureDataset(shapes_data, {"dense": 1.0}, seed=0)
+    batch = collate([dataset[i] for i in range(4)])
+    losses, lengths = {}, {}
+    for padding in ("longest", "max_length"):
+        config = config_for(shapes_data, [f"data.caption_padding={padding}"])
+        torch.manual_seed(0)
+        model = build_model(config)
+        seen: list[int] = []
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs, seen=seen: seen.append(kwargs["y"].shape[1]), with_kwargs=True
+        )
+        scaling = LatentScaling.from_info(dataset.info)
+        losses[padding] = train_step.compute_loss(model, model, batch, config, scaling, World(), 3, 0, False)
+        lengths[padding] = seen
+    max_length = config.model.max_length
+    assert batch["text"].shape[1] < max_length  # the batch itself is cut to its longest caption
+    assert lengths == {"longest": [batch["text"].shape[1]], "max_length": [max_length]}
+    torch.testing.assert_close(losses["max_length"], losses["longest"], rtol=1e-5, atol=1e-6)
+    y, mask = train_step.pad_captions(batch["text"], batch["mask"], max_length)
+    assert y.shape == (4, max_length, batch["text"].shape[2]) and torch.equal(
+        y[:, : batch["text"].shape[1]], batch["text"]
+    )
+    assert not y[:, batch["text"].shape[1] :].any() and not mask[:, batch["text"].shape[1] :].any()
+    assert train_step.pads_captions("auto", torch.device("cuda")) and not train_step.pads_captions(
+        "auto", torch.device("cpu")
+    )
+    with pytest.raises(ValueError, match="caption_padding must be one of auto, longest, max_length; got 'max'"):
+        config_for(shapes_data, ["data.caption_padding=max"])
+
+
 def test_previews_draw_ema_grids_without_touching_training(shapes_data, tmp_path):
     """Grids every 2 steps and at the end, from the EMA weights; the weights equal a run without them."""
     plain = train(config_for(shapes_data, steps=4, every=100), tmp_path / "plain", progress=False)

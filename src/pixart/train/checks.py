@@ -30,6 +30,7 @@ RESUMABLE_CHANGES = {
     "log_every",
     "data.num_workers",
     "data.loader_timeout",
+    "data.caption_padding",  # masked padding: the same losses
     "previews",
     "sample_every",
     "sample_prompts",

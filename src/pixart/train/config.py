@@ -14,6 +14,7 @@ STAGES = ("class", "t2i")
 PRECISIONS = ("auto", "fp32", "bf16")
 PARALLEL = ("ddp", "fsdp")
 SYNTHETIC = ("", "shapes")  # data.synthetic: the datasets a run can build itself
+CAPTION_PADDING = ("auto", "longest", "max_length")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,8 +32,16 @@ class DataConfig:
     loader_timeout: float = 600.0
     caption_dropout: float = 0.1  # share of captions replaced by the null caption (keeping their mask)
     class_dropout: float = 0.1  # stage 1: share of labels replaced by the null class
+    # Caption tokens a batch reaches the model with: "longest" (the batch's longest caption), "max_length"
+    # (model.max_length: one shape for every batch, so a compiled model and cuDNN's attention plans are
+    # built once, not again for each new longest caption), "auto" (max_length on a GPU, longest elsewhere,
+    # where the model packs the valid tokens anyway). Masked padding changes no result.
+    caption_padding: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.caption_padding not in CAPTION_PADDING:
+            choices = ", ".join(CAPTION_PADDING)
+            raise ValueError(f"caption_padding must be one of {choices}; got {self.caption_padding!r}")
         if self.synthetic not in SYNTHETIC:
             raise ValueError(f"synthetic must be 'shapes', or '' to train on data.root; got {self.synthetic!r}")
         for name in ("caption_dropout", "class_dropout"):

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from pixart.diffusion.objective import draw_timesteps, training_loss
 from pixart.model.dit import DiT
@@ -76,6 +77,8 @@ def compute_loss(
         cond = {"labels": labels}
     else:
         y, mask = batch["text"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+        if pads_captions(config.data.caption_padding, device):
+            y, mask = pad_captions(y, mask, inner.config.max_length)
         null = inner.y_embedder.y_embedding[: y.shape[1]].to(y.dtype)  # (L, C): keeps the sample's own mask
         y = torch.where(dropped[:, None, None], null[None], y)
         cond = {
@@ -89,6 +92,24 @@ def compute_loss(
     with autocast:
         losses = training_loss(wrapped, x0, cond, config.diffusion, t=t, noise=noise, patch_size=patch)
     return losses["loss"].mean()
+
+
+def pads_captions(caption_padding: str, device: torch.device) -> bool:
+    """Whether batches reach the model padded to model.max_length (data.caption_padding)."""
+    return caption_padding == "max_length" or (caption_padding == "auto" and device.type == "cuda")
+
+
+def pad_captions(y: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L, C) caption features and their (B, L) mask, padded with masked zero tokens to `length`.
+
+    A batch holds its longest caption's tokens, so a run sees dozens of lengths: on a GPU each new one
+    cost a recompilation of the compiled blocks (then graphs dynamic in L) and new cuDNN attention plans,
+    forward and backward. Padded to one length there is one of each; the padded keys are masked.
+    """
+    extra = length - y.shape[1]
+    if extra <= 0:
+        return y, mask
+    return F.pad(y, (0, 0, 0, extra)), F.pad(mask, (0, extra))  # (B, length, C), (B, length)
 
 
 def _dropout(config: TrainConfig) -> float:
