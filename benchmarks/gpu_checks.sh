@@ -57,6 +57,13 @@ step_trainer() {
         --profile 5 --out "$OUT/trainer.json" 2>&1 | grep --line-buffered -v -i warning | tail -8 | tee "$OUT/trainer.txt"
     check "${PIPESTATUS[0]}" "bench_trainer.py"
 }
+# The same with each batch's captions cut to its longest (the trainer before the eighteenth session; now
+# data.caption_padding=auto pads them to 120 on a GPU): what one shape for every batch is worth. Unprofiled.
+step_trainer_longest() {
+    timeout -k 10 150 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 40 --compile \
+        --set data.caption_padding=longest 2>&1 | grep --line-buffered -v -i warning | tail -5 | tee "$OUT/trainer-longest.txt"
+    check "${PIPESTATUS[0]}" "bench_trainer.py (longest)"
+}
 # Where a 512 px step's time goes, what pixart train adds around the step, and batch 32 (pure-, the bound
 # of a bf16 stream, was priced in the ninth session). --budget-s skips the variants left rather than lose them;
 # the kernel timings before the variants count in it.
@@ -68,7 +75,7 @@ step_profile() {
     check "${PIPESTATUS[0]}" "profile_gpu.py"
 }
 # A 512 px step compiled with max-autotune, profiled against profile.txt's default: whatever time the call
-# has left (BUDGET_S from the start, less a margin), so it goes last. gpu_second_call.sh runs it alone.
+# has left (BUDGET_S from the start, less a margin), so it goes last (measured in the eighteenth session).
 step_autotune() {
     local left=$((${BUDGET_S:-560} - ($(date +%s) - started) - 15))
     if ((left < 90)); then
@@ -82,7 +89,8 @@ step_autotune() {
 # STEPS: which steps, in which order (a lease with other questions reorders them, e.g. "tests profile
 # trainer autotune" with PROFILE_VARIANTS and PROFILE_BUDGET_S set).
 for step in ${STEPS:-tests bench trainer profile}; do  # every name checked before the first step runs
-    declare -F "step_$step" >/dev/null || { echo "unknown step $step in STEPS: use tests, bench, trainer, profile, autotune"; exit 1; }
+    declare -F "step_$step" >/dev/null ||
+        { echo "unknown step $step in STEPS: use tests, bench, trainer, trainer_longest, profile, autotune"; exit 1; }
 done
 for step in ${STEPS:-tests bench trainer profile}; do
     mark "$step"

@@ -140,8 +140,8 @@ def test_the_lease_scripts_stop_in_seconds_when_they_cannot_run(tmp_path, script
     assert result.returncode == 1, result.stdout + result.stderr
     if script == "gpu_checks.sh":
         assert "no CUDA device" in result.stderr and "preflight failed" in (tmp_path / "preflight.txt").read_text()
-    else:  # run where nothing was carried: no FA4 part to join, so straight to the GPU check
-        assert "no CUDA device" in result.stderr and "a part is missing" not in result.stdout
+    else:  # run where nothing was carried: no FA4 part to join, nothing else to do
+        assert "no .fa4/part-2 carried: nothing to run" in result.stdout and "a part is missing" not in result.stdout
 
 
 def test_the_fa4_call_joins_the_first_part_that_call_1_copied_out_of_the_tree(tmp_path):
