@@ -102,9 +102,9 @@ def pads_captions(caption_padding: str, device: torch.device) -> bool:
 def pad_captions(y: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L, C) caption features and their (B, L) mask, padded with masked zero tokens to `length`.
 
-    A batch holds its longest caption's tokens, so a run sees dozens of lengths: on a GPU each new one
-    cost a recompilation of the compiled blocks (then graphs dynamic in L) and new cuDNN attention plans,
-    forward and backward. Padded to one length there is one of each; the padded keys are masked.
+    A batch holds its longest caption's tokens, so a run sees dozens of lengths: the second recompiles
+    the compiled blocks into graphs dynamic in L, and on a GPU each new one asks cuDNN for new attention
+    plans, forward and backward. Padded to one length there is one of each; the padded keys are masked.
     """
     extra = length - y.shape[1]
     if extra <= 0:
