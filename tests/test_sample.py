@@ -438,3 +438,31 @@ def test_sampling_records_no_autograd_graph():
     assert modes == [False] * 3
     assert latents.grad_fn is None and not latents.requires_grad
     assert torch.is_grad_enabled()  # and the caller's mode is left as it was
+
+
+def test_flow_dpm_solver_takes_every_level_when_the_shift_repeats_its_integer_timesteps():
+    """diffusers keeps flow DPM-Solver's timesteps as floor(1000 sigma): a large shift bunches the top
+    sigmas until two floor to 999 (shift 12 at 92 steps, 3 at 501). It then found its first step by that
+    value, took the second match, skipped the first level and indexed past its last (IndexError, after all
+    the work). Every level is asked once, from the first, and the result lands on the data."""
+    asked = []
+
+    class Recording(GaussianOracle):
+        def forward(self, x, t, *args, **kwargs):
+            asked.append(float(t[0]))
+            return super().forward(x, t, *args, **kwargs)
+
+    scheduler = build_scheduler("flow-dpm-solver", flow_shift=12.0)
+    scheduler.set_timesteps(92)
+    assert scheduler.timesteps[0] == scheduler.timesteps[1]  # the case itself
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(1024, 4, 2, 2, generator=generator)
+    y, mask = torch.zeros(1024, 1, 8), torch.ones(1024, 1)
+    out = sample(
+        Recording(True), noise, y, mask, y, mask, scheduler="flow-dpm-solver", steps=92, cfg_scale=1.0,
+        progress=False, flow_shift=12.0,
+    )  # fmt: skip
+    assert asked == pytest.approx((scheduler.sigmas[:-1] * 1000).tolist(), rel=1e-6)
+    values = out.transpose(0, 1).reshape(4, -1).double()
+    assert (values.mean(1) - MU).abs().max() < 0.1
+

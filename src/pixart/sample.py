@@ -66,6 +66,12 @@ def sample(
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         scheduler.set_timesteps(steps, device=noise.device)
+    if hasattr(scheduler, "set_begin_index"):
+        # From the first level. Left unset, diffusers finds its place by the first timestep's value and
+        # takes the second of two equal ones (its image-to-image rule): flow DPM-Solver's integer
+        # timesteps (floor of 1000 sigma) repeat at the top once the shift bunches the sigmas (shift 3 at
+        # 501 steps, 12 at 92), so it skipped the first level and indexed past its last (IndexError).
+        scheduler.set_begin_index(0)
     denoiser = GuidedDenoiser(
         model,
         cond,
