@@ -466,3 +466,23 @@ def test_flow_dpm_solver_takes_every_level_when_the_shift_repeats_its_integer_ti
     values = out.transpose(0, 1).reshape(4, -1).double()
     assert (values.mean(1) - MU).abs().max() < 0.1
 
+
+def test_ddim_ends_on_the_predicted_clean_image():
+    """DDIM's last step returns the model's x0 prediction at its last timestep, as the official
+    ddim_sample_loop (alphas_cumprod_prev[0] = 1) and diffusers' default (set_alpha_to_one=True) do; it
+    stopped at t=0's noise level instead, 0.01 eps short of clean."""
+    last = {}
+
+    class Recording(GaussianOracle):
+        def forward(self, x, t, *args, **kwargs):
+            out = super().forward(x, t, *args, **kwargs)
+            last.update(x=x.double(), t=int(t[0]), eps=out[:, :4].double())
+            return out
+
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(64, 4, 2, 2, generator=generator)
+    y, mask = torch.zeros(64, 1, 8), torch.ones(64, 1)
+    out = sample(Recording(False), noise, y, mask, y, mask, scheduler="ddim", steps=50, cfg_scale=1.0, progress=False)
+    abar = NoiseSchedule().alphas_cumprod[last["t"]].double()
+    predicted_x0 = (last["x"] - (1 - abar).sqrt() * last["eps"]) / abar.sqrt()
+    torch.testing.assert_close(out.double(), predicted_x0, atol=1e-5, rtol=1e-5)

@@ -176,7 +176,9 @@ def build_scheduler(name: str, *, flow_shift: float = 1.0, **schedule: Any) -> A
             **betas, predictor_order=2, corrector_order=2, algorithm_type="data_prediction", prediction_type="epsilon"
         )
     if name == "ddim":
-        return diffusers.DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False, prediction_type="epsilon")
+        # set_alpha_to_one: the last step returns the predicted x0, as the official ddim_sample_loop
+        # (alphas_cumprod_prev[0] = 1) and diffusers' default do; False left 0.01 eps in the image.
+        return diffusers.DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=True, prediction_type="epsilon")
     if name == "iddpm":
         return diffusers.DDPMScheduler(
             **betas, variance_type="learned_range", clip_sample=False, prediction_type="epsilon"
