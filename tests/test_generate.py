@@ -515,6 +515,8 @@ def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
         "a red car\u2028by the sea",
         "second\x0cprompt",
     ]
+    prompts.write_text("a red circle\nsecond\n", encoding="utf-8-sig")  # as Notepad saves: a byte-order mark first
+    assert read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts)) == ["a red circle", "second"]
     prompts.write_text("\n\n", encoding="utf-8")
     with pytest.raises(main_module.UserError, match=f"--prompts-file {prompts} holds no prompt"):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts))

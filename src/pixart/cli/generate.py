@@ -85,7 +85,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompts)  # checked for UTF-8 with the rest of the request (generate.check_request)
     if args.prompts_file:
         try:
-            lines = text_lines(args.prompts_file)
+            lines = text_lines(args.prompts_file, encoding="utf-8-sig")  # a byte-order mark is no prompt
         except (OSError, UnicodeDecodeError) as error:
             reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror or str(error)
             raise UserError(f"--prompts-file {args.prompts_file}: {reason}") from None
