@@ -235,7 +235,7 @@ def test_ratio_range_is_inclusive_and_exact():
 def test_parse_aspect():
     assert parse_aspect("16:9") == (16.0, 9.0)
     assert parse_aspect(" 2.35:1 ") == (2.35, 1.0)
-    for bad in ["16x9", "16", "a:b", "0:1", "1:-2", "1:2:3", "inf:1"]:
+    for bad in ["16x9", "16", "a:b", "0:1", "1:-2", "1:2:3", "inf:1", "1e308:1e-308", "1e-308:1e308"]:
         with pytest.raises(ValueError, match="aspect"):
             parse_aspect(bad)
 

@@ -192,6 +192,8 @@ def parse_aspect(text: str) -> tuple[float, float]:
         raise ValueError(f"aspect must look like H:W with numbers, got {text!r}") from None
     if not (0 < height < float("inf") and 0 < width < float("inf")):
         raise ValueError(f"aspect sides must be positive and finite, got {text!r}")
+    if not 0 < height / width < float("inf"):  # 1e308:1e-308: every bucket as far away, the first (0.25) won
+        raise ValueError(f"aspect {text!r} is beyond any ratio a float holds; give it as e.g. 4:1")
     return height, width
 
 
