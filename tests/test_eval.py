@@ -166,6 +166,19 @@ def test_read_prompts_from_a_csv_manifest_as_prepare_reads_it(tmp_path):
     assert read_prompts(manifest, field="dense") == ["a red circle, centred", "x"]
 
 
+def test_read_prompts_refuses_structured_files_it_would_read_a_line_a_prompt(tmp_path):
+    """PartiPrompts.tsv read one line a prompt scored its header and each prompt with its category columns,
+    and a pretty-printed JSON list scored "[" and "]": refused, naming what to give instead."""
+    parti = tmp_path / "PartiPrompts.tsv"
+    parti.write_text("Prompt\tCategory\tChallenge\tNote\nA red bicycle\tVehicles\tColors\t\n", encoding="utf-8")
+    with pytest.raises(RealDataError, match=r"a \.tsv file is not read .* cut -f1 PartiPrompts.tsv \| tail -n \+2"):
+        read_prompts(parti)
+    listed = tmp_path / "prompts.json"
+    listed.write_text('[\n"a red circle",\n"a blue square"\n]\n', encoding="utf-8")
+    with pytest.raises(RealDataError, match=r"a \.json file is not read"):
+        read_prompts(listed)
+
+
 def test_read_prompts_from_text_and_jsonl(tmp_path):
     text = tmp_path / "prompts.txt"
     text.write_text("a red circle\n\n  a blue square  \n")

@@ -28,6 +28,8 @@ from pixart.generate import TextToImage
 from pixart.generation_settings import Settings
 
 PROMPT_FIELDS = ("caption", "prompt", "text", "alt")  # tried in this order when no field is named
+# Structured files that are neither a manifest nor one prompt a line (PartiPrompts ships as a .tsv)
+UNREAD_SUFFIXES = frozenset({".tsv", ".json", ".parquet", ".yaml", ".yml"})
 
 
 class RealDataError(ValueError):
@@ -53,6 +55,12 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--prompts: no file at {path}")
+    if path.suffix.lower() in UNREAD_SUFFIXES:  # read a line a prompt, the header and columns would be prompts
+        raise RealDataError(
+            f"--prompts {path}: a {path.suffix} file is not read (one prompt a line would take its header, brackets "
+            "or other columns as prompts); give a text file of one prompt a line or a JSONL or CSV manifest, e.g. "
+            f"for PartiPrompts: cut -f1 {path.name} | tail -n +2 > prompts.txt"
+        )
     manifest = path.suffix.lower() in MANIFEST_SUFFIXES  # as `pixart prepare` reads them
     if field is not None and not manifest:  # it would be ignored
         raise RealDataError(f"--field picks a field of a JSONL or CSV manifest; --prompts {path} is one prompt a line")
