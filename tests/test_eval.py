@@ -8,6 +8,7 @@ pixart.evaluate.inception and pixart.evaluate.clipscore), which is what these te
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -24,6 +25,7 @@ from pixart.evaluate.clipscore import CLIP_HINT, ClipScorer, clip_score
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.inception import INCEPTION_HINT, INCEPTION_URL, inception_features, load_inception
 from pixart.evaluate.inception import resize_for_inception as resize
+from pixart.evaluate.probe import PROBE_VERSION
 from pixart.evaluate.realdata import RealDataError, list_images, read_prompts, small_sample_warning
 
 # --- stand-ins for the real networks ------------------------------------------------------------------
@@ -254,6 +256,8 @@ def test_shapes_suite_through_the_cli(demo, tmp_path, capsys):
     assert report["images"] == {"single": 4, "pairs": 4, "size": [36, 36]}
     assert report["seeds"] == {"single": 5, "pairs": 100_005}  # what generate --seed needs to make one again
     assert report["settings"]["steps"] == 2
+    # the probe every score went through: --probe-steps 40 and the default 600 wrote the same report
+    assert report["probe"] == {"version": PROBE_VERSION, "seed": 0, "training_steps": 40}
     printed = capsys.readouterr()
     assert (
         "not the shapes world's" not in printed.err
@@ -304,6 +308,9 @@ def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path,
     assert report["missing"] == {}
     assert report["images"]["generated"] == 3 and report["images"]["real"] == 5
     assert [s["reason"] for s in report["images"]["real_skipped"]] == ["not an image"]
+    # what FID compared with and which prompts, as absolute paths (the report is read elsewhere)
+    assert report["real"] == os.path.abspath(real) and report["prompts"] == os.path.abspath(manifest)
+    assert report["field"] is None and report["model"] == os.path.abspath(demo / "model")
     captured = capsys.readouterr()
     assert "warning: FID from 3 generated and 5 reference images" in captured.err
     printed = captured.out

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -209,13 +210,14 @@ def print_rows(rows: list[tuple[str, str, str]]) -> None:
 def run_shapes(
     args: argparse.Namespace, load_pipe: Callable[[], TextToImage], settings: Settings, device: str
 ) -> tuple[dict, str]:
-    from pixart.evaluate.probe import DEFAULT_STEPS, load_or_train_probe
+    from pixart.evaluate.probe import DEFAULT_STEPS, PROBE_SEED, load_or_train_probe
     from pixart.evaluate.suite import PAIR_SEED_OFFSET, SHAPES_KEYS, shapes_suite
 
     pipe = load_pipe()
     record = settings_record(pipe, settings)
+    probe_steps = args.probe_steps or DEFAULT_STEPS
     probe = load_or_train_probe(
-        args.probe_cache, steps=args.probe_steps or DEFAULT_STEPS, device=device, progress=not args.no_progress
+        args.probe_cache, seed=PROBE_SEED, steps=probe_steps, device=device, progress=not args.no_progress
     )
     scores = shapes_suite(
         pipe,
@@ -236,6 +238,8 @@ def run_shapes(
             "features": f"shapes probe {probe.version}",
         },
         "images": images,
+        # every score reads the images through this probe: one trained otherwise scores otherwise
+        "probe": {"version": probe.version, "seed": PROBE_SEED, "training_steps": probe_steps},
         # the first seed of each image set: image k of a set was made with its seed + k
         "seeds": {"single": args.seed, "pairs": args.seed + PAIR_SEED_OFFSET},
         "settings": record,
@@ -329,9 +333,12 @@ def run_real(
         "clip_score": result["clip_score"],
         "missing": missing,
         "images": images,
-        "prompts": str(args.prompts),
-        "inception": str(args.inception) if args.inception else None,
-        "clip": str(args.clip) if args.clip else None,
+        # absolute, as serve records them: a report read elsewhere still says what was measured against
+        "prompts": os.path.abspath(args.prompts),
+        "field": args.field,
+        "real": os.path.abspath(args.real) if args.real else None,  # what FID compares with
+        "inception": os.path.abspath(args.inception) if args.inception else None,
+        "clip": os.path.abspath(args.clip) if args.clip else None,
         "settings": record,
     }
     print(f"real suite: {len(prompts)} prompts from {args.prompts}, {describe(record)}")
@@ -389,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
         except GenerationError as error:
             raise UserError(str(error)) from error
         wall = time.time() - started
-        record = {"suite": args.suite, "model": str(args.model), "seed": args.seed, **report}
+        record = {"suite": args.suite, "model": os.path.abspath(args.model), "seed": args.seed, **report}
         record["wall_seconds"] = round(wall, 1)
         write_json(out, record)
     print(f"pixart eval: {args.suite} suite on {args.model} in {wall:.0f}s: {summary}. Wrote {out}")
