@@ -473,6 +473,25 @@ def test_images_that_cannot_be_saved_are_a_notice_and_leave_no_empty_folder(mode
     assert reply.seed == 5 and list(tmp_path.iterdir()) == []
 
 
+def test_a_request_out_of_gpu_memory_is_a_notice(model_folder, tmp_path, monkeypatch):
+    """A request too large for the GPU (8 images at 1024 px on a small card) reached the page as Gradio's
+    bare "Error"; it says what happened and what to ask instead, and writes nothing."""
+    import torch
+
+    from pixart.app import Studio
+    from pixart.generate import TextToImage
+
+    pipe = TextToImage.from_path(model_folder)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(pipe, "generate", out_of_memory)
+    reply = Studio(pipe, tmp_path).request("a cat", None, "1.0", None, None, 2, 4.5, 5, False, 8)
+    assert "Out of GPU memory" in reply.notice and "fewer images or a smaller size" in reply.notice
+    assert reply.seed == 5 and not reply.files and list(tmp_path.iterdir()) == []
+
+
 def test_serve_records_its_vae_and_text_encoder_with_each_image(model_folder, tmp_path, monkeypatch):
     """pixart generate writes --vae and --text-encoder into each image's metadata; serve wrote the model alone."""
     import pixart.app

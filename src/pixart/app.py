@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import torch
 
 from pixart.data.buckets import closest_bucket
 from pixart.data.buckets import parse_size as parse_height_width
@@ -250,6 +251,12 @@ class Studio:
             results = self.pipe.generate([prompt], settings, seed=seed, num_images=count, progress=progress)
         except GenerationError as error:
             return Reply(notice=f"**Cannot generate:** {escape_markdown(str(error))}", seed=used_seed)
+        except torch.OutOfMemoryError:  # the page said a bare "Error"; the server and its model stay up
+            torch.cuda.empty_cache()  # the failed request's blocks, back for the next one
+            return Reply(
+                notice="**Out of GPU memory** for this request: ask for fewer images or a smaller size",
+                seed=used_seed,
+            )
         folder = None
         try:
             folder = self.next_folder()
