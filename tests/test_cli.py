@@ -119,6 +119,43 @@ def test_ctrl_c_is_one_line_saying_what_a_rerun_does(monkeypatch, capsys, comman
     assert err.strip() == f"pixart {command}: interrupted{hint}", err
 
 
+@pytest.mark.parametrize(
+    ("command", "given", "hint"),
+    [
+        ("generate", ["--model", "m", "--out", "o"], "a smaller --batch (1 at the largest sizes)"),
+        (
+            "train",
+            ["--recipe", "tiny", "--run-dir", "r"],
+            "--set gradient_checkpointing=true (a change a resume takes)",
+        ),
+    ],
+)
+def test_out_of_gpu_memory_is_one_line_saying_what_to_ask_for(monkeypatch, capsys, command, given, hint):
+    """A request too large for the GPU was a traceback of allocator internals; it is one line saying what to
+    lower for this command. Another RuntimeError stays a traceback (a bug to report)."""
+    import importlib
+
+    module = importlib.import_module(f"pixart.cli.{command}")
+
+    def out_of_memory(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore allocator detail")
+
+    monkeypatch.setattr(module, "run", out_of_memory)
+    assert main([command, *given]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        f"pixart {command}: error: out of GPU memory (CUDA out of memory. Tried to allocate 20.00 GiB)"
+    )
+    assert hint in err and "\n" not in err
+
+    def a_bug(args):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(module, "run", a_bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main([command, *given])
+
+
 def test_an_abbreviated_option_is_not_taken_for_a_longer_one(capsys):
     """`--prompt "a cat"` was argparse's abbreviation of --prompts-file: generate failed on a file named
     "a cat". Options are taken whole (every command), so an unknown one is named as such."""

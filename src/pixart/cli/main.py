@@ -183,6 +183,27 @@ AFTER_AN_INTERRUPT = {
     "demo": "; rerun the same command to continue",
 }
 
+# What to ask for instead when a command runs out of GPU memory
+LESS_MEMORY = {
+    "generate": "a smaller --batch (1 at the largest sizes), a smaller size, or --vae-tiling",
+    "eval": "a smaller --batch",
+    "caption": "a smaller --batch-size",
+    "prepare": "a smaller --batch-size",
+    "serve": "fewer images or a smaller size",
+    "train": (
+        "--set gradient_checkpointing=true (a change a resume takes) and rerun the same command to continue "
+        "from the last checkpoint; or a smaller data.batch_size, or more GPUs with parallel=fsdp, in a new --run-dir"
+    ),
+    "demo": "--device cpu",
+}
+
+
+def out_of_gpu_memory(error: BaseException) -> bool:
+    """Whether `error` is torch's CUDA out-of-memory error (torch is imported only once one is raised)."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError)
+
 
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
@@ -211,5 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a path the user gave: a folder where a file goes, no permission, a full disk
         where = f": {error.filename}" if error.filename else ""
         print(f"pixart {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # out of GPU memory: a request too large, not a bug (a traceback said nothing)
+        if not out_of_gpu_memory(error):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "CUDA out of memory"
+        hint = LESS_MEMORY.get(args.command, "a smaller batch or size")
+        print(f"pixart {args.command}: error: out of GPU memory ({first}); ask for less: {hint}", file=sys.stderr)
         return 2
     return int(result or 0)
