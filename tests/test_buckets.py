@@ -235,9 +235,20 @@ def test_ratio_range_is_inclusive_and_exact():
 def test_parse_aspect():
     assert parse_aspect("16:9") == (16.0, 9.0)
     assert parse_aspect(" 2.35:1 ") == (2.35, 1.0)
-    for bad in ["16x9", "16", "a:b", "0:1", "1:-2", "1:2:3", "inf:1", "1e308:1e-308", "1e-308:1e308"]:
+    for bad in ["16x9", "16", "a:b", "0:1", "1:-2", "1:2:3", "inf:1"]:
         with pytest.raises(ValueError, match="aspect"):
             parse_aspect(bad)
+
+
+def test_an_extreme_aspect_snaps_to_the_extreme_bucket():
+    """A ratio past about 4e16 (1e17:1), or one overflowing a float (1e308:1e-308), was as far from every key
+    in floats, and the first key won: the widest bucket for the tallest request."""
+    table = ASPECT_RATIO_1024_TEST
+    tallest, widest = max(table, key=float), min(table, key=float)
+    for tall in ("100:1", "1e16:1", "1e17:1", "1e300:1", "1e308:1e-308"):
+        assert closest_bucket(*parse_aspect(tall), table)[0] == tallest, tall
+    for wide in ("1:100", "1:1e17", "1e-308:1e308"):
+        assert closest_bucket(*parse_aspect(wide), table)[0] == widest, wide
 
 
 def test_snap_size_for_aspects_and_sizes():

@@ -150,7 +150,11 @@ def closest_bucket(height: float, width: float, table: Mapping[str, tuple[int, i
     _check_size(height, width)
     if not table:
         raise ValueError("the bucket table is empty")
-    ratio = height / width
+    keys = [float(k) for k in table]
+    # Clamped to the table's range first, which picks the same key for every ratio: beyond the range the
+    # extreme key is the nearest. Unclamped, a ratio past about 4e16 (or one overflowing to inf) was as far
+    # from every key in floats, and the first key won: the widest bucket for the tallest request.
+    ratio = min(max(height / width, min(keys)), max(keys))
     key = min(table, key=lambda k: abs(float(k) - ratio))
     return key, table[key]
 
@@ -192,8 +196,6 @@ def parse_aspect(text: str) -> tuple[float, float]:
         raise ValueError(f"aspect must look like H:W with numbers, got {text!r}") from None
     if not (0 < height < float("inf") and 0 < width < float("inf")):
         raise ValueError(f"aspect sides must be positive and finite, got {text!r}")
-    if not 0 < height / width < float("inf"):  # 1e308:1e-308: every bucket as far away, the first (0.25) won
-        raise ValueError(f"aspect {text!r} is beyond any ratio a float holds; give it as e.g. 4:1")
     return height, width
 
 
