@@ -330,7 +330,7 @@ def test_the_lease_script_fails_naming_each_step_that_failed(tmp_path, steps, na
     assert result.returncode == 1, result.stdout[-2000:]
     failed = (tmp_path / "out" / "failed.txt").read_text().splitlines()
     assert failed == [f"FAILED {step}: exit status 3" for step in named]
-    assert "every step passed" not in result.stdout
+    assert "every step that ran passed" not in result.stdout
 
 
 def test_the_lease_script_gives_autotune_only_the_time_left(tmp_path):
@@ -344,8 +344,15 @@ def test_the_lease_script_gives_autotune_only_the_time_left(tmp_path):
     script = str(ROOT / "benchmarks" / "gpu_checks.sh")
     env_autotune = {**env, "STEPS": "autotune", "BUDGET_S": "60"}
     result = subprocess.run(["bash", script], cwd=tmp_path, env=env_autotune, capture_output=True, text=True)
-    assert result.returncode == 0 and "every step passed" in result.stdout, result.stdout[-2000:]
+    assert result.returncode == 0 and "every step that ran passed" in result.stdout, result.stdout[-2000:]
     assert "autotune skipped" in (tmp_path / "out" / "autotune.txt").read_text()
+    assert "SKIPPED autotune: " in result.stdout  # said at the end, not only in its file
+    for bad in ({"BUDGET_S": "560s"}, {"PROFILE_BUDGET_S": "1e2"}):  # bash's arithmetic ended the loop there
+        result = subprocess.run(
+            ["bash", script], cwd=tmp_path, env={**env, "STEPS": "tests", **bad}, capture_output=True, text=True
+        )
+        assert result.returncode == 1 and "must be a whole number of seconds" in result.stdout, result.stdout
+        assert "=== tests" not in result.stdout
     result = subprocess.run(
         ["bash", script], cwd=tmp_path, env={**env, "STEPS": "tests benchmark"}, capture_output=True, text=True
     )
