@@ -252,7 +252,6 @@ class Studio:
         except GenerationError as error:
             return Reply(notice=f"**Cannot generate:** {escape_markdown(str(error))}", seed=used_seed)
         except torch.OutOfMemoryError:  # the page said a bare "Error"; the server and its model stay up
-            torch.cuda.empty_cache()  # the failed request's blocks, back for the next one
             return Reply(
                 notice="**Out of GPU memory** for this request: ask for fewer images or a smaller size",
                 seed=used_seed,

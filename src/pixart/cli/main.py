@@ -194,7 +194,7 @@ LESS_MEMORY = {
         "--set gradient_checkpointing=true (a change a resume takes) and rerun the same command to continue "
         "from the last checkpoint; or a smaller data.batch_size, or more GPUs with parallel=fsdp, in a new --run-dir"
     ),
-    "demo": "--device cpu",
+    "demo": "run it on the CPU, as it is made for: CUDA_VISIBLE_DEVICES= pixart demo ...",
 }
 
 

@@ -56,10 +56,10 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"--prompts: no file at {path}")
     if path.suffix.lower() in UNREAD_SUFFIXES:  # read a line a prompt, the header and columns would be prompts
+        parti = f" (PartiPrompts: cut -f1 {path.name} | tail -n +2 > prompts.txt)" if path.suffix == ".tsv" else ""
         raise RealDataError(
             f"--prompts {path}: a {path.suffix} file is not read (one prompt a line would take its header, brackets "
-            "or other columns as prompts); give a text file of one prompt a line or a JSONL or CSV manifest, e.g. "
-            f"for PartiPrompts: cut -f1 {path.name} | tail -n +2 > prompts.txt"
+            f"or other columns as prompts); give a text file of one prompt a line or a JSONL or CSV manifest{parti}"
         )
     manifest = path.suffix.lower() in MANIFEST_SUFFIXES  # as `pixart prepare` reads them
     if field is not None and not manifest:  # it would be ignored
