@@ -933,3 +933,44 @@ def test_a_flow_model_exported_into_a_pipeline_samples_as_flow(tmp_path, capsys)
     assert TextToImage.from_path(pipeline).resolve_sampler(Settings()) == ("flow-dpm-solver", 20)
     assert main(["info", str(pipeline), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["generation"]["defaults"]["sampler"] == "flow-dpm-solver"
+
+
+def test_missing_extras_and_unreadable_vae_files_are_one_line_errors(pipeline_folder, tmp_path, monkeypatch, capsys):
+    """Each of these was a traceback (review of the encoders): an SD VAE's .ckpt/.bin given as --vae (read
+    as a shapes codec: "header too large"), a --vae folder whose config.json is not JSON, --t5-8bit without
+    bitsandbytes (after the transformer had loaded), and the diffusers extra not installed. Each is now one
+    line; a missing extra names the pip command that adds it."""
+    import sys
+
+    from pixart.cli.main import main
+
+    torch.save({"encoder.conv_in.weight": torch.zeros(1)}, tmp_path / "vae-ft-ema.ckpt")  # a pickle, as SD ships it
+    broken = tmp_path / "vae"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    common = ["generate", "a cat", "--steps", "2", "--no-progress"]
+    bare = ["--model", str(pipeline_folder / "transformer"), "--text-encoder", str(pipeline_folder / "text_encoder")]
+    for vae, message in (
+        (tmp_path / "vae-ft-ema.ckpt", "is not a shapes codec file"),
+        (broken, "its config.json is not JSON"),
+    ):
+        code = main([*common, *bare, "--vae", str(vae), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    given = ["--model", str(pipeline_folder / "transformer"), "--vae", str(pipeline_folder / "vae")]
+    code = main([*common, *given, "--text-encoder", str(broken), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no text encoder in" in err and "its config.json is not JSON" in err, err
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    code = main([*common, "--model", str(pipeline_folder), "--t5-8bit", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err == (
+        "pixart generate: error: this needs the package 'bitsandbytes', which is not installed: "
+        "pip install 'pixart[t5-8bit]' (./setup.sh installs every extra)"
+    )
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    monkeypatch.delitem(sys.modules, "pixart.encoders.codecs", raising=False)
+    code = main([*common, "--model", str(pipeline_folder), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "needs the package 'diffusers'" in err and "pip install 'pixart[diffusers]'" in err

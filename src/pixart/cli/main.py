@@ -198,6 +198,18 @@ LESS_MEMORY = {
 }
 
 
+# The optional packages (pyproject's extras) and the extra that installs each
+EXTRA_OF = {
+    "diffusers": "diffusers",
+    "sentencepiece": "diffusers",
+    "ftfy": "diffusers",
+    "bs4": "diffusers",
+    "accelerate": "diffusers",
+    "bitsandbytes": "t5-8bit",
+    "gradio": "app",
+}
+
+
 def out_of_gpu_memory(error: BaseException) -> bool:
     """Whether `error` is torch's CUDA out-of-memory error (torch is imported only once one is raised)."""
     import torch
@@ -232,6 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a path the user gave: a folder where a file goes, no permission, a full disk
         where = f": {error.filename}" if error.filename else ""
         print(f"pixart {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:  # an optional package not installed: which, and the command that adds it
+        package = (error.name or "").split(".")[0]
+        if package not in EXTRA_OF:
+            raise
+        print(
+            f"pixart {args.command}: error: this needs the package {package!r}, which is not installed: "
+            f"pip install 'pixart[{EXTRA_OF[package]}]' (./setup.sh installs every extra)",
+            file=sys.stderr,
+        )
         return 2
     except RuntimeError as error:  # out of GPU memory: a request too large, not a bug (a traceback said nothing)
         if not out_of_gpu_memory(error):

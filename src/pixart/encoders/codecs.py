@@ -73,7 +73,10 @@ def check_vae_folder(folder: str | Path) -> Path:
             f"no VAE in {folder} (expected config.json + diffusion_pytorch_model.safetensors, "
             "e.g. the vae/ folder of PixArt-alpha/PixArt-XL-2-512x512); point --vae at it"
         )
-    config = json.loads((folder / "config.json").read_text())
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as error:  # cut short or hand-edited: a traceback said nothing more
+        raise FileNotFoundError(f"no VAE in {folder}: its config.json is not JSON ({error})") from None
     # a transformers folder (T5, say) names a model_type and no class: diffusers took it for an AutoencoderKL
     # and failed on a missing diffusion_pytorch_model.bin
     described = config.get("_class_name") or (f"{config['model_type']} model" if "model_type" in config else None)

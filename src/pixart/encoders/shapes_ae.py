@@ -116,8 +116,11 @@ class ShapesCodec(ImageCodec):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no shapes codec at {path}; `pixart demo` trains and caches one")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception:  # noqa: BLE001 - not safetensors (an SD VAE's .ckpt or .bin): named below, no traceback
+            meta = {"format": f"not safetensors ({path.suffix or 'no suffix'})"}
         if meta.get("format") != AE_VERSION:  # an SD VAE's weights file, say: its folder is what loads
             raise FileNotFoundError(
                 f"{path} is not a shapes codec file ({AE_VERSION}; its format: {meta.get('format')}); an SD VAE is "

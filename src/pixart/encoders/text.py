@@ -93,7 +93,11 @@ class TextEncoder:
                 f"no text encoder in {folder} (expected config.json and weights written by "
                 "save_pretrained); point --text-encoder at a local folder"
             )
-        cls.check_model_type(folder, json.loads((folder / "config.json").read_text()))
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (ValueError, UnicodeDecodeError) as error:  # cut short or hand-edited
+            raise FileNotFoundError(f"no text encoder in {folder}: its config.json is not JSON ({error})") from None
+        cls.check_model_type(folder, config)
         tokenizer = Path(tokenizer_folder) if tokenizer_folder else find_tokenizer(folder)
         if not has_tokenizer(tokenizer):
             raise FileNotFoundError(f"no tokenizer in {tokenizer} (none of {', '.join(TOKENIZER_FILES)})")
@@ -175,8 +179,8 @@ class T5Encoder(TextEncoder):
             try:
                 import bitsandbytes  # noqa: F401
                 from transformers import BitsAndBytesConfig
-            except ImportError as error:
-                raise RuntimeError("8-bit T5 needs bitsandbytes: pip install bitsandbytes") from error
+            except ImportError as error:  # a missing extra: main() names it in one line
+                raise ModuleNotFoundError("8-bit T5 needs bitsandbytes", name="bitsandbytes") from error
             model = T5EncoderModel.from_pretrained(
                 self.folder,
                 quantization_config=BitsAndBytesConfig(load_in_8bit=True),
