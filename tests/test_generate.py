@@ -548,6 +548,8 @@ def test_a_text_encoder_that_does_not_fit_the_model_is_refused_before_sampling(t
     pixels = learned_null_folder(tmp_path / "pixels", text_encoder="minilm", text_encoder_path=None, codec="pixels")
     with pytest.raises(GenerationError, match="tiled decoding is for the SD VAE; this model's codec is pixels"):
         TextToImage.from_path(pixels, vae_tiling=True)  # the same: the shapes codec and pixels decode whole
+    with pytest.raises(FileNotFoundError, match="generates pixels, with no codec: it takes no --vae"):
+        TextToImage.from_path(pixels, vae=tmp_path / "some-vae")  # ignored, yet recorded with the images (review)
     assert loaded == []  # refused before the weights load
     TextToImage.from_path(folder)
     assert len(loaded) == 1  # (the count is of real loads)

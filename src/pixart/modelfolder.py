@@ -231,6 +231,8 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
                 "and no T5 is bundled): pass --text-encoder DIR (the t5-v1_1-xxl folder with its tokenizer), "
                 "or set text_encoder_path in model.json"
             )
+        if vae is not None and spec.codec == "pixels":  # else ignored, yet recorded with the images (as for runs)
+            raise FileNotFoundError(f"{path} generates pixels, with no codec: it takes no --vae")
         codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
         if spec.codec in ("sd-vae", "shapes-ae") and codec_folder is None:  # as for T5: now, not after loading
             raise FileNotFoundError(
