@@ -976,3 +976,38 @@ def test_missing_extras_and_unreadable_vae_files_are_one_line_errors(pipeline_fo
     code = main([*common, "--model", str(pipeline_folder), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "needs the package 'diffusers'" in err and "pip install 'pixart[diffusers]'" in err
+
+
+def test_a_pipeline_of_fp16_variant_files_alone_generates_as_its_default_files_do(pipeline_folder, tmp_path):
+    """save_pretrained(variant="fp16"), or a download of a hub repository's fp16 files alone, names every
+    weights file *.fp16.*: the transformer loaded, the VAE and T5 were "no file named ... found" (review)."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+    from transformers import T5EncoderModel
+
+    from pixart.encoders.variants import weights_variant
+
+    variant = tmp_path / "pipe"
+    shutil.copytree(pipeline_folder, variant)
+    for folder, model_class, default in (
+        (variant / "vae", AutoencoderKL, "diffusion_pytorch_model.safetensors"),
+        (variant / "text_encoder", T5EncoderModel, "model.safetensors"),
+    ):
+        model_class.from_pretrained(folder).save_pretrained(folder, variant="fp16")
+        (folder / default).unlink()
+    transformer = variant / "transformer" / "diffusion_pytorch_model.safetensors"
+    transformer.rename(transformer.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    assert weights_variant(variant / "vae", "diffusers") == "fp16"
+    assert weights_variant(variant / "text_encoder", "transformers") == "fp16"
+    assert weights_variant(pipeline_folder / "vae", "diffusers") is None  # default weights: no variant named
+    settings = Settings(steps=2)
+    expected = TextToImage.from_path(pipeline_folder).generate(["a cat"], settings, seed=3, progress=False)[0].image
+    image = TextToImage.from_path(variant).generate(["a cat"], settings, seed=3, progress=False)[0].image
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
+    shutil.copy(
+        variant / "vae" / "diffusion_pytorch_model.fp16.safetensors",
+        variant / "vae" / "diffusion_pytorch_model.bf16.safetensors",
+    )
+    with pytest.raises(FileNotFoundError, match=r"several variants \(bf16, fp16\) and no default weights"):
+        weights_variant(variant / "vae", "diffusers")

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from pixart.encoders.variants import weights_variant
+
 
 class ImageCodec:
     kind = "codec"
@@ -105,7 +107,10 @@ class SDVAE(ImageCodec):
 
         folder = check_vae_folder(folder)
         self.folder = folder
-        self.vae = AutoencoderKL.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device).eval()
+        variant = weights_variant(folder, "diffusers")  # a folder of fp16 files alone, say
+        self.vae = (
+            AutoencoderKL.from_pretrained(folder, dtype=dtype, variant=variant, local_files_only=True).to(device).eval()
+        )
         config = self.vae.config
         self.latent_channels = config.latent_channels
         self.downsample = 2 ** (len(config.block_out_channels) - 1)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pixart.encoders.captions import clean_caption, simple_clean
+from pixart.encoders.variants import weights_variant
 
 
 @dataclass
@@ -185,10 +186,14 @@ class T5Encoder(TextEncoder):
                 self.folder,
                 quantization_config=BitsAndBytesConfig(load_in_8bit=True),
                 device_map={"": self.device},
+                variant=weights_variant(self.folder, "transformers"),
                 local_files_only=True,
             )
         else:
-            model = T5EncoderModel.from_pretrained(self.folder, dtype=self.dtype, local_files_only=True)
+            variant = weights_variant(self.folder, "transformers")  # a folder of fp16 files alone, say
+            model = T5EncoderModel.from_pretrained(
+                self.folder, dtype=self.dtype, variant=variant, local_files_only=True
+            )
             # transformers wraps PreTrainedModel.to in functools.wraps, which mypy does not bind as a method
             # (typeshed#10653): it takes the device for `self`.
             model = model.to(self.device)  # type: ignore[arg-type]
@@ -209,7 +214,9 @@ class MiniLMEncoder(TextEncoder):
     def _load_model(self, load_in_8bit: bool) -> Any:  # a transformers model
         from transformers import AutoModel
 
-        return AutoModel.from_pretrained(self.folder, dtype=self.dtype, local_files_only=True).to(self.device).eval()
+        variant = weights_variant(self.folder, "transformers")
+        model = AutoModel.from_pretrained(self.folder, dtype=self.dtype, variant=variant, local_files_only=True)
+        return model.to(self.device).eval()
 
 
 def minilm_folder() -> Path:

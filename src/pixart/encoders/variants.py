@@ -1,0 +1,35 @@
+"""Which weights variant a model folder holds, when it holds only one and no default weights.
+
+`save_pretrained(variant="fp16")` writes `diffusion_pytorch_model.fp16.safetensors` (diffusers) or
+`model.fp16.safetensors` (transformers), and a download of a hub repository's fp16 files alone leaves a
+folder like that; `from_pretrained` finds its weights only when told the variant. Default weights beside a
+variant are what the libraries load, so a variant is named only where there are none.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+STEMS = {"diffusers": ("diffusion_pytorch_model",), "transformers": ("model", "pytorch_model")}
+
+
+def weights_variant(folder: str | Path, library: str) -> str | None:
+    """The variant ("fp16") of the weights in `folder` for `library` ("diffusers" or "transformers"), or
+    None where default weights are there (or no weights at all: the library then says what is missing).
+    FileNotFoundError where several variants and no default are there: which one is the user's choice."""
+    names = {path.name for path in Path(folder).iterdir()} if Path(folder).is_dir() else set()
+    variants = set()
+    for stem in STEMS[library]:
+        for kind in ("safetensors", "bin"):
+            if f"{stem}.{kind}" in names or f"{stem}.{kind}.index.json" in names:
+                return None
+            single = re.compile(rf"{re.escape(stem)}\.(\w+)\.{kind}")  # model.fp16.safetensors
+            index = re.compile(rf"{re.escape(stem)}\.{kind}\.index\.(\w+)\.json")  # its shards' index
+            variants |= {m.group(1) for name in names if (m := single.fullmatch(name) or index.fullmatch(name))}
+    if len(variants) > 1:
+        raise FileNotFoundError(
+            f"{folder} holds the weights of several variants ({', '.join(sorted(variants))}) and no default "
+            "weights: keep the one to use"
+        )
+    return variants.pop() if variants else None
