@@ -1011,3 +1011,24 @@ def test_a_pipeline_of_fp16_variant_files_alone_generates_as_its_default_files_d
     )
     with pytest.raises(FileNotFoundError, match=r"several variants \(bf16, fp16\) and no default weights"):
         weights_variant(variant / "vae", "diffusers")
+
+
+def test_prompts_are_encoded_in_chunks_and_the_negative_once(pipeline_folder):
+    """A 1,000-line prompts file was one text-encoder batch (T5-XXL's activations for all of it at once),
+    and the negative prompt was encoded once per prompt. Chunked, the features are the ones one batch gave."""
+    from pixart.generate import ENCODE_CHUNK
+
+    pipe = TextToImage.from_path(pipeline_folder)
+    prompts = [f"a red circle number {k}" + " and more" * (k % 7) for k in range(ENCODE_CHUNK * 2 + 5)]
+    batches = []
+    pipe.text_encoder.model.register_forward_pre_hook(
+        lambda module, args, kwargs: batches.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    (cond, cond_mask, null, null_mask), dropped = pipe.encode(prompts, "blurry")
+    assert batches == [ENCODE_CHUNK, ENCODE_CHUNK, 5, 1]  # three chunks, then the negative once
+    whole = pipe.text_encoder.encode(prompts)  # one batch: what it was
+    torch.testing.assert_close(cond.float(), whole.features, atol=1e-5, rtol=1e-5)
+    assert torch.equal(cond_mask, whole.mask) and dropped == whole.dropped
+    negative = pipe.text_encoder.encode(["blurry"])
+    assert null.shape[0] == len(prompts) and torch.equal(null_mask, negative.mask.expand(len(prompts), -1))
+    torch.testing.assert_close(null.float(), negative.features.expand(len(prompts), -1, -1))

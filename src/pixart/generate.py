@@ -62,6 +62,9 @@ def resize_cover_crop_tensor(images: torch.Tensor, height: int, width: int) -> t
     return images[..., top : top + height, left : left + width]
 
 
+ENCODE_CHUNK = 32  # prompts per text-encoder call
+
+
 class TextToImage:
     """A loaded model (transformer, text encoder, codec) that turns prompts into images."""
 
@@ -181,16 +184,21 @@ class TextToImage:
         """(cond, cond_mask, null, null_mask), each batch len(prompts), on the transformer's device, and the
         tokens truncation dropped from each prompt (for callers that report it)."""
         device = self.transformer.device
-        encoded = self.text_encoder.encode(prompts)
-        warn_truncated(prompts, encoded.dropped, self.text_encoder.max_length)
-        cond, cond_mask = encoded.features.to(device), encoded.mask.to(device)
+        # In chunks: a 1,000-line prompts file was one text-encoder batch (T5-XXL's activations for all of it
+        # at once). Padded to max_length, every chunk's features have one shape.
+        parts = [self.text_encoder.encode(prompts[i : i + ENCODE_CHUNK]) for i in range(0, len(prompts), ENCODE_CHUNK)]
+        dropped = [n for part in parts for n in part.dropped]
+        warn_truncated(prompts, dropped, self.text_encoder.max_length)
+        cond = torch.cat([part.features for part in parts]).to(device)  # (B, L, C)
+        cond_mask = torch.cat([part.mask for part in parts]).to(device)  # (B, L)
         if negative is None and self.spec.null_caption == "learned":
             null, null_mask = learned_null_caption(self.transformer, cond_mask)
         else:  # diffusers semantics: the encoded negative (default: empty) prompt with its own mask
-            neg = self.text_encoder.encode([negative or ""] * len(prompts))
-            null, null_mask = neg.features.to(device), neg.mask.to(device)
+            neg = self.text_encoder.encode([negative or ""])  # once, for every prompt (it was once per prompt)
+            null = neg.features.to(device).expand(len(prompts), -1, -1)  # (B, L, C)
+            null_mask = neg.mask.to(device).expand(len(prompts), -1)  # (B, L)
         tensors = (cond.to(self.transformer.dtype), cond_mask, null.to(self.transformer.dtype), null_mask)
-        return tensors, list(encoded.dropped)
+        return tensors, dropped
 
     # -- sizes ------------------------------------------------------------------------------------
 
