@@ -507,6 +507,14 @@ def test_info_on_a_folder_says_how_generate_runs_it(tmp_path, capsys):
     generation = json.loads(capsys.readouterr().out)["generation"]
     assert (generation["folder"], generation["text_encoder"], generation["codec"]) == (
         "a diffusers pipeline",
+        f"t5 ({tmp_path / 'pipe' / 'text_encoder'}: not there; generate needs --text-encoder DIR), 120 tokens",
+        f"sd-vae ({tmp_path / 'pipe' / 'vae'}: not there; generate needs --vae PATH)",  # info named them as there
+    )
+    (tmp_path / "pipe" / "text_encoder").mkdir()
+    (tmp_path / "pipe" / "vae").mkdir()
+    assert main(["info", str(tmp_path / "pipe"), "--json"]) == 0
+    generation = json.loads(capsys.readouterr().out)["generation"]
+    assert (generation["text_encoder"], generation["codec"]) == (
         f"t5 ({tmp_path / 'pipe' / 'text_encoder'}), 120 tokens",
         f"sd-vae ({tmp_path / 'pipe' / 'vae'})",
     )

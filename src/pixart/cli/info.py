@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def there_or_not(folder: Path, option: str) -> str:
+    """The folder, or the folder and that it is not there (generate would stop on it) with the option to give."""
+    return str(folder) if folder.exists() else f"{folder}: not there; generate needs {option}"
+
+
 def generation_settings(path: Path, config: PixArtConfig, learned_null_caption: bool) -> dict[str, Any]:
     """What `pixart generate` takes from a folder besides the transformer, as it resolves them: text encoder,
     codec, sampler and its steps, guidance, buckets. Empty for bare weights; a note when the folder cannot say."""
@@ -121,8 +126,9 @@ def generation_settings(path: Path, config: PixArtConfig, learned_null_caption: 
     steps = spec.default_steps(sampler)
     if sampler == "folder":
         sampler = "folder (its scheduler/)"
-    text = str(text_folder) if text_folder is not None else "the bundled MiniLM"
-    codec = spec.codec + (f" ({codec_folder})" if codec_folder is not None else "")
+    # A folder the spec names may be gone (a pipeline without text_encoder/): said, not shown as if it loads
+    text = "the bundled MiniLM" if text_folder is None else there_or_not(text_folder, "--text-encoder DIR")
+    codec = spec.codec + (f" ({there_or_not(codec_folder, '--vae PATH')})" if codec_folder is not None else "")
     buckets = spec.buckets or {}
     folders = {"pixart": "a pixart model folder", "diffusers": "a diffusers pipeline", "run": "a training run"}
     return {
