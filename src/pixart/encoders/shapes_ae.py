@@ -28,11 +28,12 @@ AE_VERSION = "shapes-ae-2"
 
 
 class ShapesAE(nn.Module):
-    """(B, 3, H, W) in [-1, 1] <-> (B, C, H/4, W/4); H and W multiples of 4.
+    """(B, 3, H, W) in [-1, 1] <-> (B, C, H/d, W/d), d = `downsample` (4 by default; the codec trained for the
+    shapes world below uses 12); H and W multiples of d.
 
-    Mostly matrix products on 4x4 patches (fast on CPUs, where small convolutions are not), with one
+    Mostly matrix products on d x d patches (fast on CPUs, where small convolutions are not), with one
     3x3 convolution at latent resolution on each side so a patch sees its neighbours: the decoder
-    draws each 4x4 patch from the codes around it, which is what makes edges line up.
+    draws each patch from the codes around it, which is what makes edges line up.
     """
 
     def __init__(self, latent_channels: int = 8, width: int = 96, downsample: int = 4):
