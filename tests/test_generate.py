@@ -1032,3 +1032,16 @@ def test_prompts_are_encoded_in_chunks_and_the_negative_once(pipeline_folder):
     negative = pipe.text_encoder.encode(["blurry"])
     assert null.shape[0] == len(prompts) and torch.equal(null_mask, negative.mask.expand(len(prompts), -1))
     torch.testing.assert_close(null.float(), negative.features.expand(len(prompts), -1, -1))
+
+
+def test_a_model_reading_more_caption_tokens_than_its_encoder_has_positions_is_refused_at_load(tmp_path):
+    """A MiniLM model folder whose model reads 600 caption tokens (MiniLM has 512 positions) failed with a
+    traceback at the first prompt's encoding; it is one GenerationError when the folder loads (review)."""
+    model = randomize_(PixArt(dataclasses.replace(TINY, caption_channels=384, max_length=600)), std=0.05)
+    folder = tmp_path / "m"
+    (folder / "vae").mkdir(parents=True)
+    tiny_vae().save_pretrained(folder / "vae")
+    spec = ModelSpec(text_encoder="minilm", text_max_length=600, text_encoder_path=None, codec_path="vae")
+    save_model_folder(folder, model, spec)
+    with pytest.raises(GenerationError, match=r"a max length of 600 tokens is more than .* \(512\); use 512 or less"):
+        TextToImage.from_path(folder)

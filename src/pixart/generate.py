@@ -23,7 +23,7 @@ from pixart.diffusion.guidance import learned_null_caption
 from pixart.diffusion.objective import shift_at
 from pixart.diffusion.schedulers import SAMPLERS, get_sampler, repeats_a_level
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
-from pixart.encoders.text import TextEncoder, load_text_encoder, warn_truncated
+from pixart.encoders.text import TextEncoder, check_max_length, load_text_encoder, minilm_folder, warn_truncated
 from pixart.generation_settings import (
     GeneratedImage,
     GenerationError,
@@ -156,6 +156,10 @@ class TextToImage:
                 load_in_8bit=load_in_8bit,
             )
 
+        try:  # said now, in one line, not as a traceback from the first prompt's encoding
+            check_max_length(text_folder or minilm_folder(), spec.text_max_length, spec.text_encoder)
+        except ValueError as error:
+            raise GenerationError(f"{error} (text_max_length of {path})") from None
         return cls(transformer, None, codec, spec, scheduler_folder=scheduler, text_loader=text_loader)
 
     # -- text -------------------------------------------------------------------------------------
