@@ -151,6 +151,13 @@ def test_out_of_gpu_memory_is_one_line_saying_what_to_ask_for(monkeypatch, capsy
     def a_bug(args):
         raise RuntimeError("shape mismatch")
 
+    def a_submodule_missing(args):  # an installed package of another version: a traceback, not "install it"
+        raise ModuleNotFoundError("No module named 'diffusers.models.gone'", name="diffusers.models.gone")
+
+    monkeypatch.setattr(module, "run", a_submodule_missing)
+    with pytest.raises(ModuleNotFoundError, match="diffusers.models.gone"):
+        main([command, *given])
+
     monkeypatch.setattr(module, "run", a_bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         main([command, *given])

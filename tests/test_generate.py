@@ -963,6 +963,18 @@ def test_missing_extras_and_unreadable_vae_files_are_one_line_errors(pipeline_fo
     code = main([*common, *given, "--text-encoder", str(broken), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no text encoder in" in err and "its config.json is not JSON" in err, err
+    (broken / "config.json").write_text('["AutoencoderKL"]')  # JSON, but not an object (review)
+    code = main([*common, *given, "--text-encoder", str(broken), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "its config.json is not a JSON object" in err and "Traceback" not in err, err
+    code = main([*common, *bare, "--vae", str(broken), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no VAE in" in err and "is not a JSON object" in err, err
+    cut = tmp_path / "codec.safetensors"  # a shapes codec file copied halfway: not "an SD VAE's file"
+    cut.write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{")
+    code = main([*common, *bare, "--vae", str(cut), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot be read" in err and "cut short or damaged?" in err, err
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
     code = main([*common, "--model", str(pipeline_folder), "--t5-8bit", "--out", str(tmp_path / "o")])
@@ -971,6 +983,11 @@ def test_missing_extras_and_unreadable_vae_files_are_one_line_errors(pipeline_fo
         "pixart generate: error: this needs the package 'bitsandbytes', which is not installed: "
         "pip install 'pixart[t5-8bit]' (./setup.sh installs every extra)"
     )
+    monkeypatch.delitem(sys.modules, "bitsandbytes")
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # transformers' device_map needs it too (review)
+    code = main([*common, "--model", str(pipeline_folder), "--t5-8bit", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "needs the package 'accelerate'" in err, err
     monkeypatch.setitem(sys.modules, "diffusers", None)
     monkeypatch.delitem(sys.modules, "pixart.encoders.codecs", raising=False)
     code = main([*common, "--model", str(pipeline_folder), "--out", str(tmp_path / "o")])

@@ -246,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pixart {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:  # an optional package not installed: which, and the command that adds it
-        package = (error.name or "").split(".")[0]
-        if package not in EXTRA_OF:
+        package = error.name or ""
+        if package not in EXTRA_OF:  # a submodule ("diffusers.x") of an installed package is a version problem
             raise
         print(
             f"pixart {args.command}: error: this needs the package {package!r}, which is not installed: "

@@ -79,6 +79,8 @@ def check_vae_folder(folder: str | Path) -> Path:
         config = json.loads((folder / "config.json").read_text())
     except (ValueError, UnicodeDecodeError) as error:  # cut short or hand-edited: a traceback said nothing more
         raise FileNotFoundError(f"no VAE in {folder}: its config.json is not JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise FileNotFoundError(f"no VAE in {folder}: its config.json is not a JSON object")
     # a transformers folder (T5, say) names a model_type and no class: diffusers took it for an AutoencoderKL
     # and failed on a missing diffusion_pytorch_model.bin
     described = config.get("_class_name") or (f"{config['model_type']} model" if "model_type" in config else None)

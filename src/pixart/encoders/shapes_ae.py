@@ -120,8 +120,10 @@ class ShapesCodec(ImageCodec):
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-        except Exception:  # noqa: BLE001 - not safetensors (an SD VAE's .ckpt or .bin): named below, no traceback
-            meta = {"format": f"not safetensors ({path.suffix or 'no suffix'})"}
+        except Exception as error:  # noqa: BLE001 - said in one line below, not as a traceback
+            if path.suffix == ".safetensors":  # one of ours cut short, or damaged: not "an SD VAE's file"
+                raise FileNotFoundError(f"{path} cannot be read ({error}): cut short or damaged?") from None
+            meta = {"format": f"not safetensors ({path.suffix or 'no suffix'})"}  # an SD VAE's .ckpt or .bin
         if meta.get("format") != AE_VERSION:  # an SD VAE's weights file, say: its folder is what loads
             raise FileNotFoundError(
                 f"{path} is not a shapes codec file ({AE_VERSION}; its format: {meta.get('format')}); an SD VAE is "

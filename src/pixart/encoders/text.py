@@ -98,6 +98,8 @@ class TextEncoder:
             config = json.loads((folder / "config.json").read_text())
         except (ValueError, UnicodeDecodeError) as error:  # cut short or hand-edited
             raise FileNotFoundError(f"no text encoder in {folder}: its config.json is not JSON ({error})") from None
+        if not isinstance(config, dict):
+            raise FileNotFoundError(f"no text encoder in {folder}: its config.json is not a JSON object")
         cls.check_model_type(folder, config)
         tokenizer = Path(tokenizer_folder) if tokenizer_folder else find_tokenizer(folder)
         if not has_tokenizer(tokenizer):
@@ -177,11 +179,13 @@ class T5Encoder(TextEncoder):
         from transformers import T5EncoderModel
 
         if load_in_8bit:
-            try:
-                import bitsandbytes  # noqa: F401
-                from transformers import BitsAndBytesConfig
-            except ImportError as error:  # a missing extra: main() names it in one line
-                raise ModuleNotFoundError("8-bit T5 needs bitsandbytes", name="bitsandbytes") from error
+            for package in ("bitsandbytes", "accelerate"):  # transformers needs accelerate for its device_map
+                try:
+                    __import__(package)
+                except ImportError as error:  # a missing extra: main() names it in one line
+                    raise ModuleNotFoundError(f"8-bit T5 needs {package}", name=package) from error
+            from transformers import BitsAndBytesConfig
+
             model = T5EncoderModel.from_pretrained(
                 self.folder,
                 quantization_config=BitsAndBytesConfig(load_in_8bit=True),
@@ -256,9 +260,11 @@ def text_encoder_kind(folder: str | Path) -> str:
     """The encoder kind a saved text encoder's config.json names ("minilm" for a BERT); "t5" where it names
     none of them, for T5Encoder's own check to explain."""
     try:
-        found = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+        config = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return "t5"
+    found = config.get("model_type") if isinstance(config, dict) else None
+
     return next((kind for kind, types in MODEL_TYPES.items() if found in types), "t5")
 
 
