@@ -988,6 +988,18 @@ def test_missing_extras_and_unreadable_vae_files_are_one_line_errors(pipeline_fo
     code = main([*common, "--model", str(pipeline_folder), "--t5-8bit", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "needs the package 'accelerate'" in err, err
+    monkeypatch.delitem(sys.modules, "accelerate")
+    import shutil
+
+    spiece = tmp_path / "spiece-pipe"  # T5's own tokenizer layout, spiece.model alone (PixArt's hub folders)
+    shutil.copytree(pipeline_folder, spiece, ignore=shutil.ignore_patterns("tokenizer"))
+    (spiece / "tokenizer").mkdir()
+    (spiece / "tokenizer" / "spiece.model").write_bytes(b"not read: the import comes first")
+    (spiece / "tokenizer" / "tokenizer_config.json").write_text('{"tokenizer_class": "T5Tokenizer"}')
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # transformers then failed about tiktoken
+    code = main([*common, "--model", str(spiece), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "needs the package 'sentencepiece'" in err and "pixart[diffusers]" in err, err
     monkeypatch.setitem(sys.modules, "diffusers", None)
     monkeypatch.delitem(sys.modules, "pixart.encoders.codecs", raising=False)
     code = main([*common, "--model", str(pipeline_folder), "--out", str(tmp_path / "o")])

@@ -126,6 +126,13 @@ class TextEncoder:
     def _load_tokenizer(self, folder: Path) -> Any:  # a transformers tokenizer
         from transformers import AutoTokenizer
 
+        if (Path(folder) / "spiece.model").is_file() and not (Path(folder) / "tokenizer.json").is_file():
+            # T5's own layout (PixArt's hub folders): read by sentencepiece alone; without it transformers fails
+            # with a ValueError about tiktoken, not a missing package
+            try:
+                import sentencepiece  # noqa: F401
+            except ImportError as error:  # main() names the extra in one line
+                raise ModuleNotFoundError("T5's spiece.model needs sentencepiece", name="sentencepiece") from error
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
     def _load_model(self, load_in_8bit: bool) -> Any:  # a transformers model
