@@ -55,20 +55,19 @@ step_bench() {  # training, forward and sampling against diffusers: 94 s at 512 
 # figures are written before the profile is read.
 # The H200 of the eighteenth session took 154 s (61 s in the run; the rest start, data and the final ~10 GB
 # of checkpoint and weights): a 150 s cap cut its teardown, after the figures. 180 s now.
-step_trainer() {
+# bench_trainer.py at 512 px, batch 16, compiled, 5 steps profiled: its results as $OUT/NAME.json and .txt.
+run_trainer() {
+    local name=$1 label=$2
+    shift 2
     timeout -k 10 180 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 40 --compile \
-        --profile 5 --out "$OUT/trainer.json" 2>&1 | grep --line-buffered -v -i warning | tail -8 | tee "$OUT/trainer.txt"
-    check "${PIPESTATUS[0]}" "bench_trainer.py"
+        --profile 5 "$@" --out "$OUT/$name.json" 2>&1 | grep --line-buffered -v -i warning | tail -8 | tee "$OUT/$name.txt"
+    check "${PIPESTATUS[0]}" "$label"
 }
+step_trainer() { run_trainer trainer "bench_trainer.py"; }
 # The same with each batch's captions cut to its longest (the trainer before the eighteenth session; now
 # data.caption_padding=auto pads them to 120 on a GPU): what one shape for every batch is worth. Profiled
 # alike, so that the two differ in the padding alone.
-step_trainer_longest() {
-    timeout -k 10 180 "$PYTHON" benchmarks/bench_trainer.py --recipe stage3-aesthetic-512 --batch 16 --steps 40 --compile \
-        --profile 5 --set data.caption_padding=longest --out "$OUT/trainer-longest.json" 2>&1 |
-        grep --line-buffered -v -i warning | tail -8 | tee "$OUT/trainer-longest.txt"
-    check "${PIPESTATUS[0]}" "bench_trainer.py (longest)"
-}
+step_trainer_longest() { run_trainer trainer-longest "bench_trainer.py (longest)" --set data.caption_padding=longest; }
 # Where a 512 px step's time goes, what pixart train adds around the step, and batch 32 (pure-, the bound
 # of a bf16 stream, was priced in the ninth session). --budget-s skips the variants left rather than lose them;
 # the kernel timings before the variants count in it.

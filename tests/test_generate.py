@@ -1015,7 +1015,7 @@ def test_a_pipeline_of_fp16_variant_files_alone_generates_as_its_default_files_d
     from diffusers import AutoencoderKL
     from transformers import T5EncoderModel
 
-    from pixart.encoders.variants import weights_variant
+    from pixart.encoders.folder_files import weights_variant
 
     variant = tmp_path / "pipe"
     shutil.copytree(pipeline_folder, variant)

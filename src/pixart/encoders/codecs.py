@@ -11,13 +11,12 @@ every load (EDM2's raw/final split); `to_model_space` turns them into what the m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pixart.encoders.variants import weights_variant
+from pixart.encoders.folder_files import read_config, weights_variant
 
 
 class ImageCodec:
@@ -76,11 +75,9 @@ def check_vae_folder(folder: str | Path) -> Path:
             "e.g. the vae/ folder of PixArt-alpha/PixArt-XL-2-512x512); point --vae at it"
         )
     try:
-        config = json.loads((folder / "config.json").read_text())
-    except (ValueError, UnicodeDecodeError) as error:  # cut short or hand-edited: a traceback said nothing more
-        raise FileNotFoundError(f"no VAE in {folder}: its config.json is not JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise FileNotFoundError(f"no VAE in {folder}: its config.json is not a JSON object")
+        config = read_config(folder)
+    except ValueError as error:
+        raise FileNotFoundError(f"no VAE in {folder}: {error}") from None
     # a transformers folder (T5, say) names a model_type and no class: diffusers took it for an AutoencoderKL
     # and failed on a missing diffusion_pytorch_model.bin
     described = config.get("_class_name") or (f"{config['model_type']} model" if "model_type" in config else None)

@@ -7,7 +7,6 @@ imported when an encoder is built, not when pixart is imported.
 from __future__ import annotations
 
 import gc
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 
 from pixart.encoders.captions import clean_caption, simple_clean
-from pixart.encoders.variants import weights_variant
+from pixart.encoders.folder_files import read_config, weights_variant
 
 
 @dataclass
@@ -95,11 +94,9 @@ class TextEncoder:
                 "save_pretrained); point --text-encoder at a local folder"
             )
         try:
-            config = json.loads((folder / "config.json").read_text())
-        except (ValueError, UnicodeDecodeError) as error:  # cut short or hand-edited
-            raise FileNotFoundError(f"no text encoder in {folder}: its config.json is not JSON ({error})") from None
-        if not isinstance(config, dict):
-            raise FileNotFoundError(f"no text encoder in {folder}: its config.json is not a JSON object")
+            config = read_config(folder)
+        except ValueError as error:
+            raise FileNotFoundError(f"no text encoder in {folder}: {error}") from None
         cls.check_model_type(folder, config)
         tokenizer = Path(tokenizer_folder) if tokenizer_folder else find_tokenizer(folder)
         if not has_tokenizer(tokenizer):
@@ -185,6 +182,7 @@ class T5Encoder(TextEncoder):
     def _load_model(self, load_in_8bit: bool) -> Any:  # a transformers model
         from transformers import T5EncoderModel
 
+        variant = weights_variant(self.folder, "transformers")  # a folder of fp16 files alone, say
         if load_in_8bit:
             for package in ("bitsandbytes", "accelerate"):  # transformers needs accelerate for its device_map
                 try:
@@ -197,11 +195,10 @@ class T5Encoder(TextEncoder):
                 self.folder,
                 quantization_config=BitsAndBytesConfig(load_in_8bit=True),
                 device_map={"": self.device},
-                variant=weights_variant(self.folder, "transformers"),
+                variant=variant,
                 local_files_only=True,
             )
         else:
-            variant = weights_variant(self.folder, "transformers")  # a folder of fp16 files alone, say
             model = T5EncoderModel.from_pretrained(
                 self.folder, dtype=self.dtype, variant=variant, local_files_only=True
             )
@@ -245,10 +242,9 @@ def max_positions(folder: str | Path) -> int | None:
     """The most tokens the encoder in `folder` has positions for (BERT-like: MiniLM's 512), or None when
     its config.json sets none (T5's positions are relative: no limit) or cannot be read."""
     try:
-        config = json.loads((Path(folder) / "config.json").read_text())
+        limit = read_config(folder).get("max_position_embeddings")
     except (OSError, ValueError):
         return None
-    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
     return limit if isinstance(limit, int) else None
 
 
@@ -267,11 +263,9 @@ def text_encoder_kind(folder: str | Path) -> str:
     """The encoder kind a saved text encoder's config.json names ("minilm" for a BERT); "t5" where it names
     none of them, for T5Encoder's own check to explain."""
     try:
-        config = json.loads((Path(folder) / "config.json").read_text())
+        found = read_config(folder).get("model_type")
     except (OSError, ValueError):
         return "t5"
-    found = config.get("model_type") if isinstance(config, dict) else None
-
     return next((kind for kind, types in MODEL_TYPES.items() if found in types), "t5")
 
 

@@ -1,4 +1,5 @@
-"""Which weights variant a model folder holds, when it holds only one and no default weights.
+"""What a model folder's files say, read without loading the model: its config.json, and which weights
+variant it holds when it holds only one and no default weights.
 
 `save_pretrained(variant="fp16")` writes `diffusion_pytorch_model.fp16.safetensors` (diffusers) or
 `model.fp16.safetensors` (transformers), and a download of a hub repository's fp16 files alone leaves a
@@ -8,8 +9,22 @@ variant are what the libraries load, so a variant is named only where there are 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+
+
+def read_config(folder: str | Path) -> dict:
+    """The folder's config.json as a dict; ValueError saying what is wrong with it where it is not JSON (cut
+    short, hand-edited) or not an object: callers name the folder, and a traceback said nothing more."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"its config.json is not JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError("its config.json is not a JSON object")
+    return config
+
 
 STEMS = {"diffusers": ("diffusion_pytorch_model",), "transformers": ("model", "pytorch_model")}
 
