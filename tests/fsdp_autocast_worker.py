@@ -2,7 +2,8 @@
 
 Writes one JSON line per model kind to rank-<r>.jsonl in the folder given as its argument (two ranks
 printing to one stdout can interleave within a line): the dtype of block 0's input in each model, and the
-largest difference of their outputs. The one-process model holds fp32 weights that bf16 represents exactly, as the
+largest difference of their outputs; then, once the group is gone, the names of the rank's threads left
+(threads-rank-<r>.json). The one-process model holds fp32 weights that bf16 represents exactly, as the
 bf16 copies FSDP's policy makes of them; timesteps are floats (a flow objective's), which bf16 would round.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from helpers import randomize_, varied_mask
 
 from pixart.model import TINY_MS, PixArt
 from pixart.model.dit import DiT, DiTConfig
-from pixart.train.distributed import init_distributed, wrap_model
+from pixart.train.distributed import init_distributed, let_go_of_the_group, wrap_model
 
 world = init_distributed("cpu")
 results = Path(sys.argv[1]) / f"rank-{world.rank}.jsonl"
@@ -49,4 +51,10 @@ for kind, (model, call) in cases.items():
     with open(results, "a") as f:
         f.write(json.dumps({"rank": world.rank, "kind": kind, **streams, "difference": difference}) + "\n")
 dist.barrier()  # both ranks done with every collective before the group goes (gloo aborted otherwise)
-dist.destroy_process_group()
+# The sharded models (their mesh and parameter groups) held the group past destroy_process_group, so its
+# gloo threads lived on into the interpreter's exit, where one aborted rank 0 in a CI run ("terminate called
+# without an active exception"): drop them first, and let go of the group as the trainer does.
+del cases, model, call, master, sharded, module
+let_go_of_the_group(world, destroy=True)
+threads = [Path(f"/proc/self/task/{task}/comm").read_text().strip() for task in sorted(os.listdir("/proc/self/task"))]
+(Path(sys.argv[1]) / f"threads-rank-{world.rank}.json").write_text(json.dumps(threads))

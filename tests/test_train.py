@@ -1244,6 +1244,9 @@ def test_fsdp_bf16_runs_the_model_one_process_autocasts(tmp_path):
     for row in rows:
         assert row["one"] == row["fsdp"] == "torch.float32", row
         assert row["difference"] == 0.0, row
+    for rank in (0, 1):  # gloo's threads (gloo_tcp_loop, pt_gloo_runloop) end before the interpreter does
+        threads = json.loads((tmp_path / f"threads-rank-{rank}.json").read_text())
+        assert not [name for name in threads if "gloo" in name], (rank, threads)
 
 
 def test_a_device_index_is_trained_on_in_one_process_and_refused_under_torchrun(monkeypatch):

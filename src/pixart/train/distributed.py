@@ -111,7 +111,10 @@ def wrap_model(model: PixArt | DiT, world: World, parallel: str, bf16: bool) -> 
             )
         from torch.distributed.device_mesh import init_device_mesh
 
-        world.mesh = init_device_mesh(world.device.type, (world.world_size,))  # one for all, so one to release
+        # One mesh for every model wrapped, so one to release: a second would leave the first's hold on the
+        # group (DTensor's caches keep a mesh for the process's life) and gloo's threads past its destroy.
+        if world.mesh is None:
+            world.mesh = init_device_mesh(world.device.type, (world.world_size,))
         for block in model.blocks:
             fully_shard(block, mesh=world.mesh, mp_policy=policy)
         fully_shard(model, mesh=world.mesh, mp_policy=policy)
