@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
         "samples_per_s": statistics.median(r["samples_per_s"] for r in timed) if timed else None,
+        # each window's too: a recompilation or a new kernel plan shows as one slow window, not in the median
+        "samples_per_s_windows": [round(r["samples_per_s"], 2) for r in timed],
         "mfu": statistics.median(r["mfu"] for r in timed) if timed and all("mfu" in r for r in timed) else None,
         "status": summary["status"],
         "windows_timed": len(timed),

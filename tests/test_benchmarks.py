@@ -204,6 +204,8 @@ def test_bench_trainer_times_the_real_trainer_on_random_features(tmp_path):
     out = run("bench_trainer.py", "--recipe", "tiny", "--batch", "4", "--steps", "12", "--log-every", "4")
     result = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     assert result["samples_per_s"] > 0 and math.isfinite(result["final_loss"]) and result["mfu"] is None  # no peak
+    assert len(result["samples_per_s_windows"]) == result["windows_timed"] == 2  # windows at 8 and 12; 4 compiles
+    assert min(result["samples_per_s_windows"]) <= result["samples_per_s"] <= max(result["samples_per_s_windows"])
     assert "| tiny | 4 | False |" in out
 
 
