@@ -362,6 +362,29 @@ def test_the_lease_script_gives_autotune_only_the_time_left(tmp_path):
     assert "=== tests" not in result.stdout
 
 
+def test_the_lease_script_puts_temporary_files_in_memory_when_it_has_room(tmp_path):
+    """The trainer steps write about 10 GB (the final checkpoint and weights) to a temporary folder: on
+    /dev/shm when it has the room (SHM and SHM_MIN_KB stand in for it here), else where TMPDIR was."""
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/bash\n[[ "$1" == "-c" ]] && exit 0\necho "$TMPDIR" >> {tmp_path}/tmpdirs\n')
+    fake.chmod(0o755)
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), "SITE": str(tmp_path / "site")}
+    env.update(STEPS="trainer", SHM=str(shm), TMPDIR="/somewhere")
+    for min_kb, expected in (("1", str(shm)), (str(2**60), "/somewhere")):
+        result = subprocess.run(
+            ["bash", str(ROOT / "benchmarks" / "gpu_checks.sh")],
+            cwd=tmp_path,
+            env={**env, "SHM_MIN_KB": min_kb},
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout[-2000:]
+        assert (tmp_path / "tmpdirs").read_text().splitlines()[-1] == expected
+        assert f"temporary files in {expected}" in result.stdout
+
+
 def test_bench_loader_judges_its_median_pass():
     """The loader's throughput against its target: a single lucky pass (the best of three) decided it."""
     out = run("bench_loader.py", "--samples", "200", "--passes", "3")
