@@ -607,6 +607,69 @@ def test_tar_members_keep_the_spelling_of_their_suffix(tmp_path):
         assert resolve_image(item.name, tmp_path).read() == item.image.read()
 
 
+def test_a_tar_updated_in_place_gives_its_last_copy_as_tar_x_does(tmp_path):
+    """`tar -rf` (or -uf) appends a changed cat.png and cat.txt after the old ones: `tar -x` gives the last
+    copies, while the listing kept the first image and caption (the stale pair) and called the new a
+    duplicate. A manifest row naming the member finds the last copy too."""
+    from pixart.data.manifests import resolve_image
+
+    old, new = png_bytes(noise(32, 32, 1)), png_bytes(noise(32, 32, 2))
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        add_member(tar, "cat.png", old)
+        add_member(tar, "cat.txt", b"old caption")
+    with tarfile.open(tmp_path / "00000.tar", "a") as tar:
+        add_member(tar, "cat.png", new)
+        add_member(tar, "cat.txt", b"new caption")
+    inputs = list_inputs(tmp_path)
+    [item] = inputs.items
+    assert item.image.read() == new and item.fields() == {"alt": "new caption"}
+    assert [(p.path, p.reason) for p in inputs.problems] == [("00000.tar/cat.png", DUPLICATE)]
+    assert "earlier copy" in inputs.problems[0].message
+    assert resolve_image("00000.tar/cat.png", tmp_path).read() == new
+
+
+def test_symbolic_links_in_a_tar_are_followed_or_counted(tmp_path):
+    """A symbolic link member (link.png -> real.png) was neither listed nor counted: its sample vanished. Now
+    a link to a file in the tar reads that file (as a folder of links does), and one to nothing there (out
+    of the tar, absolute, a cycle) is counted as unreadable."""
+    from pixart.data.images import UNREADABLE
+
+    real = png_bytes(noise(32, 32, 1))
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        add_member(tar, "sub/real.png", real)
+        add_member(tar, "sub/real.txt", b"a real cat")
+        for name, target in [
+            ("link.png", "sub/real.png"),  # relative to the link's folder, as the system reads it
+            ("sub/hop.png", "../link.png"),  # a link to a link
+            ("out.png", "../elsewhere.png"),
+            ("abs.png", "/etc/real.png"),
+            ("loop.png", "loop.png"),
+            ("link.txt", "sub/real.txt"),
+            ("hop.txt", "link.txt"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    inputs = list_inputs(tmp_path)
+    listed = sorted(item.name for item in inputs.items)
+    assert listed == ["00000.tar/link.png", "00000.tar/sub/hop.png", "00000.tar/sub/real.png"]
+    assert all(item.image.read() == real for item in inputs.items)
+    assert {item.name: item.fields() for item in inputs.items}["00000.tar/link.png"] == {"alt": "a real cat"}
+    lost = sorted((p.path, p.reason) for p in inputs.problems)
+    assert lost == [(f"00000.tar/{name}", UNREADABLE) for name in ("abs.png", "loop.png", "out.png")]
+
+
+def test_a_manifest_finds_the_members_of_a_tar_made_from_a_folder_s_dot(tmp_path):
+    """`tar -cf x.tar -C dir .` stores ./a.png: a manifest row written by hand as x.tar/a.png was skipped as
+    unreadable (tar member a.png not found)."""
+    from pixart.data.manifests import resolve_image
+
+    with tarfile.open(tmp_path / "x.tar", "w") as tar:
+        add_member(tar, "./a.png", png_bytes(noise(32, 32, 1)))
+    assert resolve_image("x.tar/a.png", tmp_path).read() == png_bytes(noise(32, 32, 1))
+    assert resolve_image("x.tar/./a.png", tmp_path).read() == png_bytes(noise(32, 32, 1))
+
+
 def test_a_tar_samples_mask_is_left_out_and_a_dotted_name_keeps_its_caption(tmp_path):
     """WebDataset keys end at the first dot: 2.seg.png beside 2.jpg (a mask) was trained on as a photo with
     the sample's caption, and photo.v2.jpg lost photo.v2.txt (skipped as missing its caption)."""

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from pixart.data.items import BAD_ROW, Blob, InputError, Inputs, Item, Problem, dedupe
-from pixart.data.tars import member_blob, readable_members
+from pixart.data.tars import latest, member_blob, readable_members
 
 IMAGE_COLUMNS = ("path", "image", "file_name")  # file_name: Hugging Face imagefolder's metadata.jsonl
 MANIFEST_SUFFIXES = frozenset({".jsonl", ".csv"})
@@ -35,8 +35,9 @@ def resolve_image(text: str, base: Path) -> Blob:
         return Blob(path)
     tar, member = split
     members, damage = readable_members(tar)
-    if member in members:
-        return member_blob(tar, members[member][0])
+    info = latest(members, member)
+    if info is not None:
+        return member_blob(tar, info)
     lost = f"; the tar is {damage}" if damage else ""  # the member may have been lost to the damage
     return Blob(tar, member=member, missing=f"tar member {member} not found in {tar}{lost}")
 

@@ -5,11 +5,26 @@ A damaged shard (cut short, a broken header) keeps the members before the damage
 
 from __future__ import annotations
 
+import posixpath
 import tarfile
 from functools import cache
 from pathlib import Path
 
-from pixart.data.items import BAD_TAR, EXTRA_IMAGE, IMAGE_SUFFIXES, Blob, InputError, Inputs, Item, Problem, dedupe
+from pixart.data.images import UNREADABLE
+from pixart.data.items import (
+    BAD_TAR,
+    DUPLICATE,
+    EXTRA_IMAGE,
+    IMAGE_SUFFIXES,
+    Blob,
+    InputError,
+    Inputs,
+    Item,
+    Problem,
+    dedupe,
+)
+
+MAX_LINK_HOPS = 8  # a symbolic link to a link: followed this far, as a cycle must end somewhere
 
 
 def _split_key(member: str) -> tuple[str, str]:
@@ -19,31 +34,63 @@ def _split_key(member: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), (suffix.lower() if dot else "")
 
 
+class TarMembers(dict[str, list[tarfile.TarInfo]]):
+    """Member name -> its entries, in the tar's order (a tar updated with `tar -rf` holds a name twice: the
+    last is the one `tar -x` gives), with `lost_links`: symbolic links that name no file in the tar (an
+    absolute path, a path out of it, a cycle), each with what it names."""
+
+    lost_links: dict[str, str]
+
+
 @cache
-def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[dict[str, list[tarfile.TarInfo]], str]:
-    """Member name -> its entries (a tar may hold a name twice), read once per tar and version (its time and
-    size), and what is wrong with the tar ("" if nothing). A damaged tar keeps the members before the damage."""
-    index: dict[str, list[tarfile.TarInfo]] = {}
+def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
+    """The tar's members (TarMembers), read once per tar and version (its time and size), and what is wrong
+    with the tar ("" if nothing). A damaged tar keeps the members before the damage."""
+    index = TarMembers()
+    symlinks: list[tarfile.TarInfo] = []
     last = None
+    damage = ""
     try:
         with tarfile.open(path, "r:") as tar:
             for info in tar:
                 if info.offset_data + info.size > size:  # its header is whole, its data is cut
-                    return index, _damage(info.name, last)
+                    damage = _damage(info.name, last)
+                    break
                 if info.isfile():
                     index.setdefault(info.name, []).append(info)
                 elif info.islnk() and info.linkname in index:  # tar stores a file's second name as a link
                     target = index[info.linkname][-1]  # an earlier member: the link has no data of its own
                     index.setdefault(info.name, []).append(target.replace(name=info.name, deep=False))
+                elif info.issym():
+                    symlinks.append(info)
                 last = info.name
-            # tarfile ends quietly at a cut or broken header after the first: a whole tar ends in a zero block.
-            with open(path, "rb") as f:
-                f.seek(tar.offset)
-                if f.read(512) != bytes(512):
-                    return index, _damage(None, last)
+            else:
+                # tarfile ends quietly at a cut or broken header after the first: a whole tar ends in a zero block.
+                with open(path, "rb") as f:
+                    f.seek(tar.offset)
+                    if f.read(512) != bytes(512):
+                        damage = _damage(None, last)
     except (tarfile.TarError, EOFError) as e:
-        return index, _damage(None, last, e)
-    return index, ""
+        damage = _damage(None, last, e)
+    index.lost_links = _follow_symlinks(index, symlinks)
+    return index, damage
+
+
+def _follow_symlinks(index: TarMembers, symlinks: list[tarfile.TarInfo]) -> dict[str, str]:
+    """Give each symbolic link the data of the file it names in the tar (as a folder of links reads), in
+    place; return the links that name none (name -> target), to be counted rather than vanish."""
+    links = {info.name: info for info in symlinks}
+    lost = {}
+    for info in symlinks:
+        name, hops = info.name, 0
+        while name in links and hops < MAX_LINK_HOPS:  # relative to the link's folder, as the system reads it
+            name = posixpath.normpath(posixpath.join(posixpath.dirname(name), links[name].linkname))
+            hops += 1
+        if name in index:  # an absolute target, or one out of the tar (../x), names no member
+            index.setdefault(info.name, []).append(index[name][-1].replace(name=info.name, deep=False))
+        else:
+            lost[info.name] = info.linkname
+    return lost
 
 
 def _damage(member: str | None, last: str | None, error: Exception | None = None) -> str:
@@ -51,7 +98,7 @@ def _damage(member: str | None, last: str | None, error: Exception | None = None
     return f"damaged after member {last} ({what}); the members up to it are kept" if last else f"unreadable ({what})"
 
 
-def readable_members(path: Path) -> tuple[dict[str, list[tarfile.TarInfo]], str]:
+def readable_members(path: Path) -> tuple[TarMembers, str]:
     """The readable members of a tar and what is wrong with it ("" if nothing), never raising.
 
     OSError is not cached: a tar made readable again (permissions) is read again."""
@@ -59,7 +106,16 @@ def readable_members(path: Path) -> tuple[dict[str, list[tarfile.TarInfo]], str]
         stat = path.stat()
         return _tar_index(path, stat.st_mtime_ns, stat.st_size)
     except OSError as e:
-        return {}, f"unreadable ({e.strerror or e})"
+        members = TarMembers()
+        members.lost_links = {}
+        return members, f"unreadable ({e.strerror or e})"
+
+
+def latest(members: dict[str, list[tarfile.TarInfo]], name: str) -> tarfile.TarInfo | None:
+    """The entry `tar -x` gives for `name` (its last copy), also as `./name` (`tar -cf x.tar -C dir .`
+    stores every member so, while a manifest row written by hand says `x.tar/name`); None if neither."""
+    entries = members.get(name) or members.get(f"./{name}")
+    return entries[-1] if entries else None
 
 
 def member_blob(tar: Path, info: tarfile.TarInfo) -> Blob:
@@ -78,7 +134,11 @@ def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], list[Prob
         key, suffix = _split_key(member)
         by_key.setdefault(key, {}).setdefault(suffix, []).extend(infos)
     named: list[tuple[str, Item]] = []
-    extra: list[Problem] = []
+    extra: list[Problem] = [
+        Problem(f"{prefix}{name}", UNREADABLE, f"a symbolic link to {target}, which is no file in this tar")
+        for name, target in members.lost_links.items()
+        if posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    ]
     for key, parts in by_key.items():
         images = [suffix for suffix in parts if f".{suffix.rpartition('.')[2]}" in IMAGE_SUFFIXES]
         plain = [suffix for suffix in images if "." not in suffix]
@@ -93,13 +153,20 @@ def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], list[Prob
             inner = suffix.rpartition(".")[0]  # "v2" of photo.v2.jpg: its captions are photo.v2.txt/.json
             sides = [f"{inner}.{side}" for side in ("txt", "json")] if inner else []
             sides = [side for side in sides if side in parts] or [side for side in ("txt", "json") if side in parts]
-            sidecars = tuple(member_blob(tar, parts[side][0]) for side in sides)
-            # Each under its member's own spelling (IMG_1.JPG, not IMG_1.jpg): a manifest row written from the
-            # name (pixart caption) must find the member again, and cat.JPG and cat.jpg are two images. A name
-            # stored twice in one tar: every copy is listed, so the later ones are reported as duplicates.
-            named.extend(
-                (f"{prefix}{info.name}", Item(f"{prefix}{info.name}", member_blob(tar, info), sidecars=sidecars))
+            # A name stored twice (a tar updated with `tar -rf` or `-uf` appends the new copy): the last
+            # copy, as `tar -x` gives it, for the image and its captions alike; the earlier are counted.
+            sidecars = tuple(member_blob(tar, parts[side][-1]) for side in sides)
+            newest = {info.name: info for info in infos}
+            extra.extend(
+                Problem(f"{prefix}{info.name}", DUPLICATE, "an earlier copy of a member stored again later in the tar")
                 for info in infos
+                if newest[info.name] is not info
+            )
+            # Each under its member's own spelling (IMG_1.JPG, not IMG_1.jpg): a manifest row written from the
+            # name (pixart caption) must find the member again, and cat.JPG and cat.jpg are two images.
+            named.extend(
+                (f"{prefix}{name}", Item(f"{prefix}{name}", member_blob(tar, info), sidecars=sidecars))
+                for name, info in newest.items()
             )
     return named, extra, damage
 
