@@ -227,6 +227,27 @@ def test_with_alt_quotes_the_original_caption(tmp_path):
     assert rows[2] == {"path": "in/nocaption.png", "dense": "an image of 64 by 64"}  # paths relative to the manifest
 
 
+def test_an_empty_caption_is_not_written_and_is_asked_for_again(tmp_path):
+    """A captioner that answered "" (or whitespace) for an image: the row was written and counted as
+    captioned, so no rerun asked again, and prepare then skipped the image for a missing caption."""
+    from pixart.data.caption import EMPTY_CAPTION
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        noise(32, 32, i).save(folder / f"a{i}.png")
+    out, options = tmp_path / "out.jsonl", CaptionOptions(progress=False)
+    result = caption_inputs(list_inputs(folder), out, lambda images, prompts: ["", " \n", "a cat"], options)
+    assert result.written == 1 and [(e["path"], e["reason"]) for e in result.skipped] == [
+        ("a0.png", EMPTY_CAPTION),
+        ("a1.png", EMPTY_CAPTION),
+    ]
+    assert read_rows(out) == [{"path": "in/a2.png", "dense": "a cat"}]
+    result = caption_inputs(list_inputs(folder), out, lambda images, prompts: ["a dog"] * len(images), options)
+    assert result.written == 2 and result.already_done == 1 and not result.skipped
+    assert sorted(row["dense"] for row in read_rows(out)) == ["a cat", "a dog", "a dog"]
+
+
 def unreadable_sidecars(folder: Path) -> Path:
     """a.png with a Latin-1 .txt, b.png with a .json that is not JSON, c.png with no caption file at all."""
     folder.mkdir()

@@ -166,6 +166,9 @@ class CaptionOptions:
             raise CaptionError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
+EMPTY_CAPTION = "empty caption"  # the captioner returned nothing but whitespace for an image
+
+
 @dataclass
 class CaptionResult:
     written: int = 0
@@ -330,7 +333,7 @@ def caption_inputs(
         for start in range(0, len(todo), options.batch_size):
             if options.stop_after is not None and batches >= options.stop_after:
                 break
-            ready = []  # (fields, location, image, prompt)
+            ready = []  # (fields, location, image, prompt, name)
             for item, location in todo[start : start + options.batch_size]:
                 try:
                     fields, warnings = old_fields(item, options.with_alt)
@@ -338,16 +341,20 @@ def caption_inputs(
                     # An alt-text that is missing or not valid UTF-8 is no use to quote: the plain prompt then.
                     quote = options.with_alt and has_text(alt) and is_utf8(alt)
                     prompt = caption_prompt(alt if quote else None)
-                    ready.append((fields, location, load_rgb(item.image.read(), name=item.name), prompt))
+                    ready.append((fields, location, load_rgb(item.image.read(), name=item.name), prompt, item.name))
                     result.warnings += warnings  # an image skipped for its pixels is reported as skipped only
                 except ImageSkipped as e:
                     result.skipped.append({"path": item.name, "reason": e.reason, "message": e.message})
             if ready:
                 captions = captioner([r[2] for r in ready], [r[3] for r in ready])
-                for (fields, location, _, _), caption in zip(ready, captions):
+                for (fields, location, _, _, name), caption in zip(ready, captions):
+                    if not has_text(caption):  # written, it would count as done and never be asked for again
+                        message = "the model wrote no text for it; a rerun asks again"
+                        result.skipped.append({"path": name, "reason": EMPTY_CAPTION, "message": message})
+                        continue
                     f.write(json.dumps(output_row(fields, location, options.field, caption)) + "\n")
+                    result.written += 1
                 f.flush()  # a batch is either all on disk or (after a kill) cut back to whole lines
-                result.written += len(ready)
             bar.update(min(options.batch_size, len(todo) - start))
             batches += 1
     return result
