@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -192,6 +194,21 @@ def test_32_bit_integer_greyscale_uses_the_16_bit_range_and_skips_what_lies_beyo
         with pytest.raises(ImageSkipped, match="beyond 16 bits") as info:
             to_rgb(Image.fromarray(np.array(beyond, dtype=np.int32)))
         assert info.value.reason == UNSUPPORTED
+
+
+def test_a_32_bit_tiff_is_skipped_whatever_its_values():
+    """Pillow decodes a 32-bit integer TIFF to mode 'I', as it does 16-bit PNGs: one holding 0..255 was
+    scaled as 16-bit values (200 became 1, a black image). Its bits per sample say it is not 16-bit; a
+    16-bit TIFF still loads, scaled."""
+    for dtype, expected in ((np.int32, None), (np.uint16, 1)):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((8, 8), 200, dtype=dtype)).save(buffer, format="TIFF")
+        if expected is None:
+            with pytest.raises(ImageSkipped, match="32-bit integer pixels") as info:
+                load_rgb(buffer.getvalue())
+            assert info.value.reason == UNSUPPORTED
+        else:
+            assert pixels(load_rgb(buffer.getvalue()))[0, 0].tolist() == [expected] * 3  # 200 * 255 / 65535
 
 
 def test_palette_png_with_a_transparent_index(tmp_path):

@@ -65,6 +65,12 @@ def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(scaled)
 
 
+def _tiff_bits(img: Image.Image) -> int:
+    """A TIFF's bits per sample (its widest channel's); 16 for any other image ('I' is 16-bit PNG's mode)."""
+    bits = getattr(img, "tag_v2", {}).get(258, 16)  # 258: the BitsPerSample tag, one value per channel
+    return max(bits) if isinstance(bits, tuple) else int(bits)
+
+
 def _on_white(img: Image.Image) -> Image.Image:
     """Composite an image with alpha over white, so transparent pixels come out white, not black."""
     rgba = img.convert("RGBA")
@@ -124,6 +130,10 @@ def load_rgb(source: str | os.PathLike[str] | bytes, name: str | None = None) ->
         raise ImageSkipped(TOO_LARGE, f"{name}: {e}") from e
     except Exception as e:  # OSError ("image file is truncated"), SyntaxError, ValueError, EOFError, ...
         raise ImageSkipped(CORRUPT, f"{name}: {type(e).__name__}: {e}") from e
+    if img.mode == "I" and (bits := _tiff_bits(img)) > 16:  # read before exif_transpose drops the tags
+        # A 32-bit TIFF decodes to 'I' as 16-bit PNGs do: its values (0..255 as often as 0..65535) have no
+        # agreed range, and scaled as 16-bit ones, 200 came out as 1, a black image.
+        raise ImageSkipped(UNSUPPORTED, f"{name}: {bits}-bit integer pixels have no agreed range")
     try:
         img = ImageOps.exif_transpose(img)
     except Exception as e:  # a broken EXIF block: better to say so than to train on a sideways image
