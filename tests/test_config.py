@@ -87,7 +87,11 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("max_nonfinite_steps=0", "max_nonfinite_steps >= 1"),
         ("init_new_keys=['']", r"init_new_keys: \[''\] holds an empty prefix, which would let init_from miss"),
         ("model.depth=0", "depth, num_heads, hidden_size"),
-        ("seed=-1", "seed must be >= 0"),
+        ("seed=-1", r"seed must lie in \[0, 2\*\*64 - 1\], got -1"),
+        (f"seed={2**64}", rf"seed must lie in \[0, 2\*\*64 - 1\], got {2**64}"),  # torch.manual_seed's overflow
+        (f"data.synthetic_seed={2**64}", rf"synthetic_seed must lie in \[0, 2\*\*64 - 1\], got {2**64}"),
+        # found once the shapes were built and encoded: "no complete batch"
+        ("data.synthetic_count=4", "synthetic_count=4 images per canvas size are fewer than one batch (batch_size=16)"),
         ("optim.eps=inf", "eps must be finite, got inf"),  # AdamW would never move the weights
         ("model.mlp_ratio=-1", "mlp_ratio must give the MLP at least one unit"),
         ("dit.mlp_ratio=0", "mlp_ratio must give the MLP at least one unit"),

@@ -163,6 +163,53 @@ def test_a_changed_config_is_refused_only_where_there_is_a_checkpoint_to_resume(
         train(config_for(shapes_data, steps=3, every=1), tmp_path / "failed", progress=False)
 
 
+def test_a_copy_without_config_json_is_checked_against_its_checkpoint(shapes_data, tmp_path):
+    """A run folder copied without config.json was resumed unchecked: under another model size that was a
+    load_state_dict traceback, under another learning rate a silently different run. The newest checkpoint
+    holds the config it was written under."""
+    train(config_for(shapes_data, steps=2, every=1), tmp_path / "run", progress=False)
+    (tmp_path / "run" / "config.json").unlink()
+    with pytest.raises(TrainingError, match=r"another config.*optim.lr"):
+        train(config_for(shapes_data, ["optim.lr=3e-4"], steps=3, every=1), tmp_path / "run", progress=False)
+    assert train(config_for(shapes_data, steps=3, every=1), tmp_path / "run", progress=False)["steps"] == 3
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_the_one_before_it(shapes_data, tmp_path):
+    """A checkpoint cut short (an interrupted copy of the run folder; the trainer's own writes are atomic)
+    was torch's zip-archive traceback: now a TrainingError that names it and the checkpoint to resume from."""
+    config = config_for(shapes_data, ["keep_checkpoints=2"], steps=2, every=1)
+    train(config, tmp_path / "run", progress=False)
+    newest = tmp_path / "run" / "checkpoints" / "step-0000002.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    longer = config_for(shapes_data, ["keep_checkpoints=2"], steps=3, every=1)
+    with pytest.raises(TrainingError, match=r"step-0000002.pt cannot be read .*resume from step-0000001.pt"):
+        train(longer, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "config.json").unlink()  # read from the checkpoint then: the same advice
+    with pytest.raises(TrainingError, match=r"step-0000002.pt cannot be read .*resume from step-0000001.pt"):
+        train(longer, tmp_path / "run", progress=False)
+    newest.unlink()  # as the message advises
+    assert train(longer, tmp_path / "run", progress=False)["steps"] == 3
+
+
+def test_samples_per_second_leaves_out_checkpoints_and_previews(shapes_data, tmp_path, monkeypatch):
+    """The window after a checkpoint or a preview counted its time as training: a run's samples/s dipped
+    fifteenfold at every one (the saves and previews came after the window's clock was reset)."""
+    import pixart.train.loop as loop
+
+    real_save = loop.ckpt.save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        time.sleep(1.5)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(loop.ckpt, "save_checkpoint", slow_save)
+    train(config_for(shapes_data, steps=6, every=2), tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [2, 4, 6]
+    for row in rows[1:]:  # 2 steps of 8 samples each, a save before each of these windows
+        assert 16 / row["samples_per_s"] < 1.0, rows
+
+
 @pytest.mark.parametrize("train_creates_it", [True, False], ids=["train-creates-the-group", "caller-created-it"])
 def test_train_destroys_the_process_group_only_if_it_created_it(shapes_data, tmp_path, monkeypatch, train_creates_it):
     """torchrun's processes must not leave their group to interpreter exit; a library caller's group stays."""
@@ -1150,7 +1197,7 @@ def test_synthetic_data_of_an_attempt_with_other_settings_is_rebuilt(tmp_path):
     from pixart.train.data import build_shapes_for
 
     folder = tmp_path / "run" / "data"
-    first = config_io.apply_overrides(get_recipe("tiny"), ["data.synthetic_count=4"])
+    first = config_io.apply_overrides(get_recipe("tiny"), ["data.synthetic_count=4", "data.batch_size=4"])
     assert build_shapes_for(first, folder, progress=False)["samples"] == 4
     assert build_shapes_for(first, folder, progress=False) == {}  # complete and the same: reused
     config = first

@@ -30,7 +30,7 @@ RESUMABLE_CHANGES = {
     "log_every",
     "data.num_workers",
     "data.loader_timeout",
-    "data.caption_padding",  # masked padding: the same losses
+    "data.caption_padding",  # masked padding: the same losses to float rounding (not bit for bit)
     "previews",
     "sample_every",
     "sample_prompts",
@@ -50,7 +50,8 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
     nothing to resume. The process count matters: data.batch_size is per rank, so the global batch (and
     with auto_lr the learning rate) and the checkpoint's place in the data depend on it."""
     saved = run_dir / "config.json"
-    if not saved.is_file() or not ckpt.list_checkpoints(run_dir):
+    checkpoints = ckpt.list_checkpoints(run_dir)
+    if not checkpoints:
         return
     world_file = run_dir / WORLD_FILE
     if world_file.is_file():  # runs from before it was recorded are not checked
@@ -61,7 +62,10 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
                 f"{trained_by} (torchrun --nproc_per_node), or use a new --run-dir"
             )
     try:
-        previous = config_io.from_dict(TrainConfig, json.loads(saved.read_text()))
+        # Without config.json (a copy of checkpoints/ alone) the newest checkpoint's own copy: else a resume
+        # under another config went unchecked, to a size-mismatch traceback or a silently different run.
+        written = json.loads(saved.read_text()) if saved.is_file() else checkpoint_config(run_dir, checkpoints[-1][1])
+        previous = config_io.from_dict(TrainConfig, written)
     except ValueError as error:  # a hand edit, or a field of another version (ConfigError and JSON's errors)
         raise TrainingError(
             f"{saved} cannot be read as this version's training config ({error}): fix it, or use a new --run-dir"
@@ -72,6 +76,32 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
             f"{run_dir} holds a run with another config; use a new --run-dir or the same "
             f"settings. Differences: {'; '.join(changes)}"
         )
+
+
+def checkpoint_config(run_dir: Path, path: Path) -> dict:
+    """The training config a checkpoint was written under (its "config" entry), read without its tensors."""
+    if path.suffix == ".dcp":  # its config lies among the sharded entries, readable only into a live model
+        raise TrainingError(
+            f"{run_dir / 'config.json'} is missing, so a resume of {path.name} cannot be checked against the "
+            "run's settings: copy config.json back from where the run folder came from, or use a new --run-dir"
+        )
+    try:
+        config = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
+    except Exception as error:  # torch's assorted errors on a file cut short or overwritten
+        raise TrainingError(damaged_checkpoint(run_dir, path, error)) from error
+    if not isinstance(config, dict):
+        raise TrainingError(damaged_checkpoint(run_dir, path, ValueError("its config entry is not a mapping")))
+    return config
+
+
+def damaged_checkpoint(run_dir: Path, path: Path, error: Exception) -> str:
+    """What to say of a checkpoint that cannot be read: which, why, and the one to resume from instead."""
+    older = [p for _, p in ckpt.list_checkpoints(run_dir) if p != path]
+    instead = f"to resume from {older[-1].name}" if older else "to start the run over"
+    return (
+        f"{path} cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}): "
+        f"it is damaged, a copy cut short perhaps; move it out of {path.parent} {instead}, or use a new --run-dir"
+    )
 
 
 def check_one_checkpoint_view(run_dir: Path, world: World) -> None:

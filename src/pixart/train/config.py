@@ -55,8 +55,13 @@ class DataConfig:
             raise ValueError(
                 f"loader_timeout must be a number of seconds >= 0 (0: no limit), got {self.loader_timeout}"
             )
-        if self.synthetic_seed < 0:
-            raise ValueError(f"synthetic_seed must be >= 0, got {self.synthetic_seed}")
+        if not 0 <= self.synthetic_seed < 2**64:
+            raise ValueError(f"synthetic_seed must lie in [0, 2**64 - 1], got {self.synthetic_seed}")
+        if self.synthetic and self.synthetic_count < self.batch_size:  # each canvas size is one bucket
+            raise ValueError(
+                f"synthetic_count={self.synthetic_count} images per canvas size are fewer than one batch "
+                f"(batch_size={self.batch_size}): raise synthetic_count or lower batch_size"
+            )
         probs = list(self.caption_probs.values())
         if not probs or not all(math.isfinite(p) and p >= 0 for p in probs) or sum(probs) <= 0:
             raise ValueError(
@@ -142,8 +147,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}")
-        if self.seed < 0:  # numpy's and the sampler's generators take no negative seed
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**64:  # no generator takes a negative seed; torch's hold 64 bits
+            raise ValueError(f"seed must lie in [0, 2**64 - 1], got {self.seed}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
         if self.parallel not in PARALLEL:

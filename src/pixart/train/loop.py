@@ -36,6 +36,7 @@ from pixart.train.checks import (
     check_preview_steps,
     check_run_config,
     check_start,
+    damaged_checkpoint,
     warn_of_long_warmup,
     warn_of_untrained_buckets,
 )
@@ -195,7 +196,10 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
                 f"{resume_from.name} was written with parallel={'fsdp' if not sharded else 'ddp'}; "
                 "resume with the same parallel setting"
             )
-        state = ckpt.load_checkpoint(resume_from, training_state(0) if sharded else None)
+        try:
+            state = ckpt.load_checkpoint(resume_from, training_state(0) if sharded else None)
+        except Exception as error:  # torch's and DCP's assorted errors on a file cut short or overwritten
+            raise TrainingError(damaged_checkpoint(run_dir, resume_from, error)) from error
         if sharded:
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -382,6 +386,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
                     loss_sum.zero_()
                     applied_steps.zero_()
                 window_start, window_steps = time.time(), 0
+            paused = time.time()  # previews and checkpoints are not training: samples/s leaves them out
             if preview_now and step < config.steps and (sharded or previewer is not None):
                 weights = preview_weights(inner, ema, sharded)  # under FSDP every rank gathers
                 if previewer is not None:
@@ -392,6 +397,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
                 break
             if step % config.checkpoint_every == 0 and step < config.steps:
                 save(step)
+            window_start += time.time() - paused
         if status == "finished":  # under StopFlag too: a stop during this save must not cut it short
             save(step)
     bar.close()
