@@ -566,3 +566,43 @@ def test_a_config_other_than_the_one_a_file_stores_is_refused(tmp_path, capsys):
     assert not (tmp_path / "x.safetensors").exists()
     with pytest.raises(WeightsError, match="config= differs from the architecture"):
         load_transformer(tmp_path / "m.safetensors", config=other)
+
+
+def test_a_partial_config_says_only_what_the_shapes_cannot(tmp_path, capsys):
+    """--config {"num_heads": 3}, as the error for a width-96 state dict (not 72 per head) advises, was
+    refused: every field it left out took XL's default (hidden 1152, input size 64), not the file's shapes,
+    so a user had to write out the whole architecture. A field the tensors contradict is still refused."""
+    official = torch.load(_official(randomize_(PixArt(TINY)), tmp_path), weights_only=True)["state_dict"]
+    bare = str(tmp_path / "bare.pth")
+    torch.save(official, bare)
+    assert main(["info", bare]) == 2
+    assert "cannot infer the head count of a width-96 model" in (err := capsys.readouterr().err)
+    assert "--config FILE to pixart convert or info (a JSON of the PixArtConfig fields the shapes do not say" in err
+    (tmp_path / "heads.json").write_text('{"num_heads": 3}')
+    assert main(["info", bare, "--config", str(tmp_path / "heads.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"] == TINY.to_dict()
+    out = tmp_path / "w.safetensors"
+    assert main(["convert", bare, "--to", "pixart", "--out", str(out), "--config", str(tmp_path / "heads.json")]) == 0
+    assert load_transformer(out).config == TINY
+    (tmp_path / "deep.json").write_text('{"num_heads": 3, "depth": 5}')
+    assert main(["info", bare, "--config", str(tmp_path / "deep.json")]) == 2
+    assert "does not match the architecture: missing keys" in capsys.readouterr().err
+    (tmp_path / "typo.json").write_text('{"num_heads": "3"}')  # a type error names the file, as before
+    assert main(["info", bare, "--config", str(tmp_path / "typo.json")]) == 2
+    assert f"--config {tmp_path / 'typo.json'}: num_heads: '3' is not a int" in capsys.readouterr().err
+
+
+def test_info_reads_a_dit_of_any_width_with_num_heads(tmp_path, capsys):
+    """A DiT of width 96 (neither 72 nor 64 per head): info's error ended mid-sentence ("or num_heads=") and
+    pointed to a --num-heads that info lacked, and refused --config, "which says its own" (it did not)."""
+    torch.save(dit_checkpoint(), tmp_path / "dit.pt")
+    assert main(["info", str(tmp_path / "dit.pt")]) == 2
+    assert "pass --num-heads N to pixart convert or info, or num_heads= to infer_dit_config" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "dit.pt"), "--num-heads", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["num_heads"] == 3
+    (tmp_path / "heads.json").write_text('{"num_heads": 3}')
+    assert main(["info", str(tmp_path / "dit.pt"), "--config", str(tmp_path / "heads.json")]) == 2
+    assert "--num-heads N says its head count" in capsys.readouterr().err
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "w.safetensors")
+    assert main(["info", str(tmp_path / "w.safetensors"), "--num-heads", "3"]) == 2
+    assert "--num-heads applies to a DiT checkpoint" in capsys.readouterr().err

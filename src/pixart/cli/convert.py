@@ -7,10 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pixart.config import Config
+from typing import Any
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +26,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        help="JSON of PixArtConfig fields, for files whose shapes "
-        "do not say everything (e.g. the head count of a non-XL model)",
+        help='JSON of the PixArtConfig fields a file\'s shapes do not say (e.g. {"num_heads": 3} for a width '
+        "not 72 per head); the rest are read from the file",
     )
     parser.add_argument("--caption-channels", type=int, help="DiT input: caption width (default 4096, T5-XXL)")
     parser.add_argument("--max-length", type=int, help="DiT input: caption tokens (default 120)")
@@ -58,7 +55,7 @@ def convert(args: argparse.Namespace) -> int:
     from pixart.weights.io import SAMPLING_FILE, SAMPLING_METADATA, read_checked_state, read_dit
     from pixart.weights.pth import training_checkpoint_settings
 
-    config = read_config(args.config, PixArtConfig) if args.config else None
+    fields = read_config_fields(args.config, PixArtConfig) if args.config else None
     fmt = detect_format(args.src)
     dit_options = {"--caption-channels": args.caption_channels, "--max-length": args.max_length}
     dit_options["--num-heads"] = args.num_heads
@@ -86,7 +83,7 @@ def convert(args: argparse.Namespace) -> int:
             raise UserError(f"{', '.join(given)} apply to a DiT checkpoint; {args.src} holds {fmt} weights")
         # checked: a --config that the tensors contradict wrote weights nothing could load
         source = str(args.config) if args.config else ""
-        config, state, fmt = read_checked_state(args.src, use_ema=args.ema, config=config, config_source=source)
+        config, state, fmt = read_checked_state(args.src, use_ema=args.ema, fields=fields, config_source=source)
         settings = training_checkpoint_settings(args.src)
         note = f"read {fmt} weights"
         if settings is not None:  # its keys are the official layout, but it is no official file
@@ -126,20 +123,27 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_config(path: Path, config_class: type[Config]) -> Config:
-    """--config FILE: a JSON object of the class's fields; a file that is not one is a one-line error."""
-    from pixart import config as config_io
+def read_config_fields(path: Path, config_class: type) -> dict[str, Any]:
+    """--config FILE: a JSON object of some of the class's fields (the rest are read from the weights; their
+    types and values are checked with them); a file that is not one, or an unknown field, is a one-line error."""
+    import dataclasses
+
     from pixart.cli.main import UserError
 
     try:
         data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object of {config_class.__name__} fields, got {type(data).__name__}")
-        return config_io.from_dict(config_class, data)  # each field's type checked
     except OSError as error:
         raise UserError(f"--config {path}: {error.strerror or error}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"--config {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"--config {path}: expected a JSON object of {config_class.__name__} fields, got {type(data).__name__}"
+        )
+    unknown = sorted(set(data) - {field.name for field in dataclasses.fields(config_class)})
+    if unknown:
+        raise UserError(f"--config {path}: unknown config keys {unknown}")
+    return data
 
 
 def check_out(args: argparse.Namespace) -> None:

@@ -18,14 +18,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        help="JSON of PixArtConfig fields, for files whose shapes do not say everything "
-        "(the head count of a non-XL official file), as pixart convert takes",
+        help='JSON of the PixArtConfig fields a file\'s shapes do not say (e.g. {"num_heads": 3} for a width '
+        "not 72 per head); the rest are read from the file",
+    )
+    parser.add_argument(
+        "--num-heads",
+        type=int,
+        help="a DiT checkpoint's head count, where its width does not say it (as pixart convert takes)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixart.cli.convert import read_config
+    from pixart.cli.convert import read_config_fields
     from pixart.cli.main import UserError
     from pixart.model.pixart import PixArtConfig
     from pixart.modelfolder import sampling_record
@@ -34,18 +39,23 @@ def run(args: argparse.Namespace) -> int:
     from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit
     from pixart.weights.pth import training_checkpoint_settings
 
-    given = read_config(args.config, PixArtConfig) if args.config else None
+    given = read_config_fields(args.config, PixArtConfig) if args.config else None
     fmt = detect_format(args.path)
     if fmt == "dit":
         if given is not None:
-            raise UserError(f"--config is for PixArt weights; {args.path} is a DiT checkpoint, which says its own")
+            raise UserError(
+                f"--config is for PixArt weights; {args.path} is a DiT checkpoint: --num-heads N says its head "
+                "count where its width does not"
+            )
         state, dit_config = read_dit(args.path)
-        config = (dit_config or infer_dit_config(state)).to_dict()
+        config = (dit_config or infer_dit_config(state, num_heads=args.num_heads)).to_dict()
         architecture = "DiT (class-conditional)"
     else:
         # checked against the architecture it reports: a file missing a block was summarised as healthy
         source = str(args.config) if args.config else ""
-        pixart_config, state, fmt = read_checked_state(args.path, config=given, config_source=source)
+        if args.num_heads is not None:
+            raise UserError(f"--num-heads applies to a DiT checkpoint; {args.path} holds {fmt} weights: use --config")
+        pixart_config, state, fmt = read_checked_state(args.path, fields=given, config_source=source)
         config = pixart_config.to_dict()
         architecture = "PixArtMS" if pixart_config.micro_conditions else "PixArt"
     params = sum(v.numel() for k, v in state.items() if k not in ("pos_embed", "y_embedder.y_embedding"))

@@ -7,7 +7,10 @@ checked against a stored pos_embed, and translated to and from diffusers' config
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import torch
 
@@ -15,52 +18,77 @@ from pixart.model.pixart import PixArtConfig
 from pixart.model.pos_embed import sincos_2d
 from pixart.weights.errors import WeightsError
 
+CONFIG_HINT = (
+    "pass --config FILE to pixart convert or info (a JSON of the PixArtConfig fields the shapes do not say, e.g. "
+    '{"num_heads": 16}), or config= to load_transformer'
+)
+
 
 def infer_official_config(state: dict[str, torch.Tensor]) -> PixArtConfig:
     """An official checkpoint's architecture, read from its tensor shapes (spec section 8)."""
+    return PixArtConfig(**official_fields(state))
+
+
+def complete_config(
+    fields: Mapping[str, Any], state: dict[str, torch.Tensor], stored: PixArtConfig | None, source: str
+) -> PixArtConfig:
+    """`fields` (--config's) over what a file says of the rest: the config it stores, else its shapes."""
+    from pixart import config as config_io
+
+    said = stored.to_dict() if stored is not None else official_fields(state, fields)
+    try:
+        return config_io.from_dict(PixArtConfig, {**said, **fields})  # each field's type checked
+    except (ValueError, TypeError) as error:
+        raise WeightsError(f"{source}: {error}") from None
+
+
+def official_fields(state: dict[str, torch.Tensor], given: Mapping[str, Any] = MappingProxyType({})) -> dict[str, Any]:
+    """PixArtConfig's fields read from an official state dict's shapes; where the shapes cannot say one
+    (the head count of a width not 72 per head, the sample size without a pos_embed), `given` must."""
     proj = state["x_embedder.proj.weight"]  # (D, C_in, p, p)
     hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     out = state["final_layer.linear.weight"].shape[0] // (patch * patch)
-    if "pos_embed" not in state:
-        raise WeightsError(
-            "the checkpoint has no pos_embed to read its training resolution from; pass --config FILE (a JSON of "
-            "PixArtConfig fields) to pixart convert, or config= to load_transformer"
-        )
-    pos_embed = state["pos_embed"]  # (1, grid * grid, D) on a square grid
-    grid = math.isqrt(pos_embed.shape[1]) if pos_embed.ndim == 3 else 0
-    if (
+    fields: dict[str, Any] = {}
+    pos_embed = state.get("pos_embed")  # (1, grid * grid, D) on a square grid
+    grid = math.isqrt(pos_embed.shape[1]) if pos_embed is not None and pos_embed.ndim == 3 else 0
+    if pos_embed is None:
+        if "input_size" not in given:
+            raise WeightsError(f"the checkpoint has no pos_embed to read its training resolution from; {CONFIG_HINT}")
+    elif (
         pos_embed.ndim != 3
         or pos_embed.shape[0] != 1
         or grid * grid != pos_embed.shape[1]
         or pos_embed.shape[2] != hidden
     ):
+        if "input_size" not in given:
+            raise WeightsError(
+                f"the checkpoint's pos_embed {tuple(pos_embed.shape)} is not (1, grid * grid, {hidden}) on a square "
+                f"grid, so its training resolution cannot be read from it; {CONFIG_HINT}"
+            )
+    else:
+        fields["input_size"] = grid * patch
+        if "interpolation_scale" not in given:
+            fields["interpolation_scale"] = pos_embed_scale(pos_embed, hidden, grid)
+    if hidden % 72 and "num_heads" not in given:
         raise WeightsError(
-            f"the checkpoint's pos_embed {tuple(pos_embed.shape)} is not (1, grid * grid, {hidden}) on a square grid, "
-            "so its training resolution cannot be read from it; pass --config FILE (a JSON of PixArtConfig fields) "
-            "to pixart convert, or config= to load_transformer"
+            f"cannot infer the head count of a width-{hidden} model (the official family uses 72 per head); "
+            f"{CONFIG_HINT}"
         )
-    input_size = grid * patch
-    if hidden % 72:
-        raise WeightsError(
-            f"cannot infer the head count of a width-{hidden} model (the official family uses 72 per head); pass "
-            "--config FILE (a JSON of PixArtConfig fields) to pixart convert, or config= to load_transformer"
-        )
-    return PixArtConfig(
-        input_size=input_size,
-        patch_size=patch,
-        in_channels=in_channels,
-        hidden_size=hidden,
-        depth=depth,
-        num_heads=hidden // 72,
-        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
-        learn_sigma=out == 2 * in_channels,
-        caption_channels=state["y_embedder.y_proj.fc1.weight"].shape[1],
-        max_length=state["y_embedder.y_embedding"].shape[0],
-        interpolation_scale=pos_embed_scale(state["pos_embed"], hidden, grid),
-        micro_conditions="csize_embedder.mlp.0.weight" in state,
-        adaln="per_block" if "blocks.0.adaLN_modulation.1.weight" in state else "single",
-    )
+    return {
+        **fields,
+        "patch_size": patch,
+        "in_channels": in_channels,
+        "hidden_size": hidden,
+        "depth": depth,
+        "num_heads": hidden // 72,
+        "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+        "learn_sigma": out == 2 * in_channels,
+        "caption_channels": state["y_embedder.y_proj.fc1.weight"].shape[1],
+        "max_length": state["y_embedder.y_embedding"].shape[0],
+        "micro_conditions": "csize_embedder.mlp.0.weight" in state,
+        "adaln": "per_block" if "blocks.0.adaLN_modulation.1.weight" in state else "single",
+    }
 
 
 SCALES = (1.0, 2.0, 0.5)  # interpolation scales (lewei_scale) in use: 1 up to 512 px, 2 at 1024
@@ -71,10 +99,7 @@ def pos_embed_scale(pos_embed: torch.Tensor, hidden: int, grid: int) -> float:
     for scale in SCALES:
         if torch.allclose(pos_embed.float()[0], sincos_2d(hidden, grid, grid, grid, scale).float(), atol=2e-3):
             return scale
-    raise WeightsError(
-        f"the checkpoint's pos_embed matches no interpolation scale in {SCALES}; pass --config FILE (a JSON of "
-        "PixArtConfig fields) to pixart convert, or config= to load_transformer"
-    )
+    raise WeightsError(f"the checkpoint's pos_embed matches no interpolation scale in {SCALES}; {CONFIG_HINT}")
 
 
 def check_pos_embed(state: dict[str, torch.Tensor], config: PixArtConfig, path: Path) -> None:

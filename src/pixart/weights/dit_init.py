@@ -38,7 +38,8 @@ def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
     if num_heads is None:
         if hidden % 72 and hidden % 64:
             raise WeightsError(
-                f"cannot infer the head count of a width-{hidden} DiT; pass --num-heads (pixart convert) or num_heads="
+                f"cannot infer the head count of a width-{hidden} DiT (neither 72 nor 64 per head); pass --num-heads N "
+                "to pixart convert or info, or num_heads= to infer_dit_config"
             )
         num_heads = hidden // 72 if hidden % 72 == 0 else hidden // 64
     if "pos_embed" not in state:  # the official DiT saves it; a bare state dict of ours does not

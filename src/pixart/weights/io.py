@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import keys
 from pixart.weights.configs import (
     check_pos_embed,
+    complete_config,
     diffusers_config_to_ours,
     infer_official_config,
 )
@@ -295,10 +296,18 @@ def read_state_and_stored(
 
 
 def _read_state(
-    path: Path, use_ema: bool, config: PixArtConfig | None, check_grid: bool = True
+    path: Path,
+    use_ema: bool,
+    config: PixArtConfig | None,
+    check_grid: bool = True,
+    fields: Mapping[str, Any] | None = None,
+    source: str = "--config",
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor], str, PixArtConfig | None]:
-    """read_state's answer, and the config the file stores (None where it stores none, or `config` is given
-    and what it stores is not a PixArtConfig: another tool's)."""
+    """read_state's answer, and the config the file stores (None where it stores none, or a config is given
+    and what it stores is not a PixArtConfig: another tool's). `fields` (--config's, some of PixArtConfig's)
+    stand in for a whole `config`: the rest is what the file stores, else what its shapes say."""
+    if fields is not None:
+        config = None
     refuse_ema_of_one_set(path, use_ema)
     fmt = _detect_format(path)
     if fmt == "dit":
@@ -327,7 +336,7 @@ def _read_state(
         try:
             stored = found_config = PixArtConfig.from_dict(json.loads(safetensors_metadata(file)["config"]))
         except (ValueError, TypeError) as error:  # fields of another version or tool
-            if config is None:
+            if config is None and fields is None:
                 raise WeightsError(f"{file}: its stored config is not a PixArtConfig: {error}") from None
             stored = found_config = None  # config= replaces it
         state = load_file(file)
@@ -341,9 +350,11 @@ def _read_state(
             try:
                 stored = stored_official_config(data, path)
             except WeightsError:  # another tool's "config": config= replaces it, else the error says to give one
-                if config is None:
+                if config is None and fields is None:
                     raise
         carried = config or stored
+        if fields is not None:
+            carried = complete_config(fields, state, stored, source)
         if carried is not None:  # a config given or carried must compute the stored pos_embed
             if check_grid:
                 check_pos_embed(state, carried, path)
@@ -351,6 +362,8 @@ def _read_state(
         else:  # inferred from the pos_embed itself, so it matches by construction
             found_config = infer_official_config(state)
     state.pop("pos_embed", None)
+    if fields is not None and fmt in ("diffusers", "pixart"):
+        found_config = complete_config(fields, state, found_config, source)
     used = config or found_config
     assert used is not None  # found_config is None only where config was given
     return used, state, fmt, stored
@@ -382,15 +395,22 @@ def check_state_matches(model: PixArt, state: dict[str, torch.Tensor], what: str
 
 
 def read_checked_state(
-    path: str | Path, *, use_ema: bool = False, config: PixArtConfig | None = None, config_source: str = ""
+    path: str | Path,
+    *,
+    use_ema: bool = False,
+    config: PixArtConfig | None = None,
+    config_source: str = "",
+    fields: Mapping[str, Any] | None = None,
 ) -> tuple[PixArtConfig, dict[str, torch.Tensor], str]:
     """read_state, with the tensors checked against the architecture they are read with: a WeightsError
-    naming missing, unexpected and mis-shaped keys (and `config_source`, where `config` came from).
+    naming missing, unexpected and mis-shaped keys (and `config_source`, where `config` or `fields` came
+    from). `fields`: some of PixArtConfig's, the rest read from the file (see _read_state).
 
     A `config` other than the one the file stores is refused: the tensors cannot tell a head count (or
     caption_norm), so the weights would silently become another model; init_from (read_state) may differ."""
     with reading(path):
-        config, state, fmt, stored = _read_state(Path(path), use_ema, config, True)
+        source = f"--config {config_source}" if config_source else "config="
+        config, state, fmt, stored = _read_state(Path(path), use_ema, config, True, fields, source)
     if stored is not None and config != stored:
         theirs, ours = stored.to_dict(), config.to_dict()
         differs = ", ".join(f"{key} {ours[key]} vs {theirs[key]}" for key in ours if ours[key] != theirs.get(key))
