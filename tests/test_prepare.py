@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -738,7 +739,11 @@ def test_a_rerun_on_more_images_or_other_settings_is_refused_before_the_models_l
     assert "was prepared with other settings or inputs" in capsys.readouterr().err
     (folder / "2.png").unlink()
     assert main([*cli_args(folder, tmp_path / "out", model_dirs), "--resolution", "512"]) == 2
-    assert "resolution: 256 there, 512 now" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resolution: 256 there, 512 now" in err
+    # the bucket tables of the two resolutions by their first difference and a count (both whole: 2 KB)
+    assert re.search(r"buckets\['[\d.]+'\]: \[\d+, \d+\] there, \[\d+, \d+\] now and \d+ more entries", err), err
+    assert len(err) < 600, err
     for other in (["--max-length", "5"], ["--codec", "pixels"]):
         assert main([*cli_args(folder, tmp_path / "out", model_dirs), *other]) == 2, other
         assert "was prepared with other models" in capsys.readouterr().err

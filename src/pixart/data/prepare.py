@@ -149,7 +149,7 @@ def check_info(out: Path, info: dict) -> None:
     if existing is None:
         return
     differences = [
-        f"{key}: {existing.get(key)!r} there, {info[key]!r} now"
+        _difference(key, existing.get(key), json.loads(json.dumps(info[key])))
         for key in info
         if json.loads(json.dumps(info[key])) != existing.get(key)
     ]
@@ -159,6 +159,17 @@ def check_info(out: Path, info: dict) -> None:
             + "; ".join(differences)
             + ")"
         )
+
+
+def _difference(key: str, there: object, now: object) -> str:
+    """One setting as it differs: a table (the buckets at another resolution) by its first differing entry
+    and a count, not whole (both bucket tables made a 2 KB message)."""
+    if isinstance(there, dict) and isinstance(now, dict):
+        changed = [k for k in {**there, **now} if there.get(k) != now.get(k)]
+        first = changed[0]
+        more = f" and {len(changed) - 1} more entries" if len(changed) > 1 else ""
+        return f"{key}[{first!r}]: {there.get(first)!r} there, {now.get(first)!r} now{more}"
+    return f"{key}: {there!r} there, {now!r} now"
 
 
 def check_models_info(out: Path, given: dict) -> None:
