@@ -45,3 +45,13 @@ def test_mypy_finds_no_type_errors_in_src():
 def test_codespell_finds_no_typos():
     texts = [*CHECKED, "README.md", "BENCHMARKS.md", "docs", "setup.sh"]
     assert_clean(run_tool("codespell", *texts), "correct the spelling, or add a true word to [tool.codespell]")
+
+
+def test_loading_the_vae_is_not_announced_by_bitsandbytes():
+    """With the t5-8bit extra installed, importing diffusers' VAE imported bitsandbytes, which warned that its
+    CPU 4-bit kernels package was missing: on every command that decoded an image, about nothing pixart uses."""
+    pytest.importorskip("bitsandbytes")
+    code = "import pixart.encoders.codecs; from diffusers import AutoencoderKL"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "kernels" not in result.stderr, result.stderr
