@@ -191,6 +191,14 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_one_before_it(shapes_data, 
     assert train(longer, tmp_path / "run", progress=False)["steps"] == 3
 
 
+def test_a_run_dir_that_is_a_file_is_named_as_one(shapes_data, tmp_path):
+    """--run-dir naming a file was mkdir's bare "File exists: PATH"."""
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(TrainingError, match=r"--run-dir .*notes.txt is a file, not a folder"):
+        train(config_for(shapes_data, steps=1), tmp_path / "notes.txt", progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "x"
+
+
 def test_samples_per_second_leaves_out_checkpoints_and_previews(shapes_data, tmp_path, monkeypatch):
     """The window after a checkpoint or a preview counted its time as training: a run's samples/s dipped
     fifteenfold at every one (the saves and previews came after the window's clock was reset)."""

@@ -151,6 +151,8 @@ def check_preview_steps(config: TrainConfig) -> None:
 
 def check_start(config: TrainConfig, run_dir: Path) -> None:
     """What the run folder and the file system must hold for this config, checked before any work."""
+    if run_dir.exists() and not run_dir.is_dir():  # mkdir said only "File exists"
+        raise TrainingError(f"--run-dir {run_dir} is a file, not a folder: name a folder (new or a run's)")
     saved = ckpt.list_checkpoints(run_dir)
     if saved and saved[-1][0] > config.steps:  # training cannot be undone: the run is past the goal
         raise TrainingError(
