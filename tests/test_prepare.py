@@ -660,6 +660,46 @@ def test_symbolic_links_in_a_tar_are_followed_or_counted(tmp_path):
     assert lost == [(f"00000.tar/{name}", UNREADABLE) for name in ("abs.png", "loop.png", "out.png")]
 
 
+def test_tar_links_follow_tar_order_and_the_dot_spelling(tmp_path):
+    """Links in the layouts tar itself writes (review of the first link support): `tar -C dir .` names
+    every member ./x and a link's target x, so each was counted lost; a regular file appended after a link
+    of its name (tar -rf) lost to the link's target, though tar -x gives the file; a hard link to a
+    symbolic link vanished uncounted."""
+    a, b = png_bytes(noise(32, 32, 1)), png_bytes(noise(32, 32, 2))
+
+    def link(tar, name, target, kind=tarfile.SYMTYPE):
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, target
+        tar.addfile(info)
+
+    with tarfile.open(tmp_path / "dot.tar", "w") as tar:
+        add_member(tar, "./a.png", a)
+        add_member(tar, "./b.txt", b"a linked cat")
+        link(tar, "./b.png", "a.png")
+    with tarfile.open(tmp_path / "order.tar", "w") as tar:
+        add_member(tar, "y.png", a)
+        link(tar, "x.png", "y.png")
+        add_member(tar, "x.png", b)  # tar -rf after the link: tar -x gives this file
+        add_member(tar, "s.png", a)
+        link(tar, "t.png", "s.png")
+        link(tar, "u.png", "t.png", kind=tarfile.LNKTYPE)  # a hard link to the symbolic link
+    inputs = list_inputs(tmp_path)
+    read = {item.name: item.image.read() for item in inputs.items}
+    assert read["dot.tar/./b.png"] == a
+    assert {item.name: item.fields() for item in inputs.items}["dot.tar/./b.png"] == {"alt": "a linked cat"}
+    assert read["order.tar/x.png"] == b and read["order.tar/u.png"] == a
+    assert sorted(read) == [
+        "dot.tar/./a.png",
+        "dot.tar/./b.png",
+        "order.tar/s.png",
+        "order.tar/t.png",
+        "order.tar/u.png",
+        "order.tar/x.png",
+        "order.tar/y.png",
+    ]
+    assert [(p.path, p.reason) for p in inputs.problems] == [("order.tar/x.png", DUPLICATE)]
+
+
 def test_a_manifest_finds_the_members_of_a_tar_made_from_a_folder_s_dot(tmp_path):
     """`tar -cf x.tar -C dir .` stores ./a.png: a manifest row written by hand as x.tar/a.png was skipped as
     unreadable (tar member a.png not found)."""

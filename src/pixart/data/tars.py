@@ -36,8 +36,8 @@ def _split_key(member: str) -> tuple[str, str]:
 
 class TarMembers(dict[str, list[tarfile.TarInfo]]):
     """Member name -> its entries, in the tar's order (a tar updated with `tar -rf` holds a name twice: the
-    last is the one `tar -x` gives), with `lost_links`: symbolic links that name no file in the tar (an
-    absolute path, a path out of it, a cycle), each with what it names."""
+    last is the one `tar -x` gives), with `lost_links`: links that name no file in the tar (an absolute
+    path, a path out of it, a cycle, a file lost to damage), each with what it names."""
 
     lost_links: dict[str, str]
 
@@ -47,7 +47,6 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
     """The tar's members (TarMembers), read once per tar and version (its time and size), and what is wrong
     with the tar ("" if nothing). A damaged tar keeps the members before the damage."""
     index = TarMembers()
-    symlinks: list[tarfile.TarInfo] = []
     last = None
     damage = ""
     try:
@@ -56,13 +55,13 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
                 if info.offset_data + info.size > size:  # its header is whole, its data is cut
                     damage = _damage(info.name, last)
                     break
-                if info.isfile():
+                if info.isfile() or info.issym():  # a symbolic link is followed once the whole tar is read
                     index.setdefault(info.name, []).append(info)
-                elif info.islnk() and info.linkname in index:  # tar stores a file's second name as a link
-                    target = index[info.linkname][-1]  # an earlier member: the link has no data of its own
-                    index.setdefault(info.name, []).append(target.replace(name=info.name, deep=False))
-                elif info.issym():
-                    symlinks.append(info)
+                elif info.islnk():  # tar stores a file's second name as a link to an earlier member
+                    target = _entries(index, info.linkname)
+                    if target and target[-1].isfile():  # no data of its own: the target's entry, renamed
+                        info = target[-1].replace(name=info.name, deep=False)
+                    index.setdefault(info.name, []).append(info)  # else followed with the symbolic links
                 last = info.name
             else:
                 # tarfile ends quietly at a cut or broken header after the first: a whole tar ends in a zero block.
@@ -72,24 +71,39 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
                         damage = _damage(None, last)
     except (tarfile.TarError, EOFError) as e:
         damage = _damage(None, last, e)
-    index.lost_links = _follow_symlinks(index, symlinks)
+    index.lost_links = _follow_links(index)
     return index, damage
 
 
-def _follow_symlinks(index: TarMembers, symlinks: list[tarfile.TarInfo]) -> dict[str, str]:
-    """Give each symbolic link the data of the file it names in the tar (as a folder of links reads), in
-    place; return the links that name none (name -> target), to be counted rather than vanish."""
-    links = {info.name: info for info in symlinks}
+def _entries(index: dict[str, list[tarfile.TarInfo]], name: str) -> list[tarfile.TarInfo]:
+    """The entries of member `name`, whether the tar spells it `name` or `./name` (tar -C dir .)."""
+    return index.get(name) or index.get(f"./{name}") or index.get(name.removeprefix("./")) or []
+
+
+def _follow_links(index: TarMembers) -> dict[str, str]:
+    """Give each name whose last entry is a symbolic link the data of the file it names in the tar (as a
+    folder of links reads; a later regular entry of the name is what tar -x gives, so it wins), in place;
+    return the links that name no file (name -> target), dropped, to be counted rather than vanish."""
     lost = {}
-    for info in symlinks:
-        name, hops = info.name, 0
-        while name in links and hops < MAX_LINK_HOPS:  # relative to the link's folder, as the system reads it
-            name = posixpath.normpath(posixpath.join(posixpath.dirname(name), links[name].linkname))
-            hops += 1
-        if name in index:  # an absolute target, or one out of the tar (../x), names no member
-            index.setdefault(info.name, []).append(index[name][-1].replace(name=info.name, deep=False))
-        else:
-            lost[info.name] = info.linkname
+    for name, entries in index.items():
+        if entries[-1].isfile():
+            continue
+        first = link = entries[-1]
+        hops = 0
+        while (link.issym() or link.islnk()) and hops <= MAX_LINK_HOPS:
+            # relative to the link's folder, as the system reads it; a hard link names its target from the root
+            target = link.linkname if link.islnk() else posixpath.join(posixpath.dirname(link.name), link.linkname)
+            found = _entries(index, posixpath.normpath(target))
+            if not found:
+                break
+            link, hops = found[-1], hops + 1
+        if link.isfile():
+            entries[-1] = link.replace(name=name, deep=False)
+        else:  # an absolute target, one out of the tar (../x), a cycle, or one lost to the damage
+            entries.pop()
+            lost[name] = first.linkname
+    for name in [name for name, entries in index.items() if not entries]:
+        del index[name]
     return lost
 
 
@@ -134,8 +148,9 @@ def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], list[Prob
         key, suffix = _split_key(member)
         by_key.setdefault(key, {}).setdefault(suffix, []).extend(infos)
     named: list[tuple[str, Item]] = []
+    lost_to = " (or one lost to the tar's damage)" if damage else ""
     extra: list[Problem] = [
-        Problem(f"{prefix}{name}", UNREADABLE, f"a symbolic link to {target}, which is no file in this tar")
+        Problem(f"{prefix}{name}", UNREADABLE, f"a link to {target}, which is no file in this tar{lost_to}")
         for name, target in members.lost_links.items()
         if posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
     ]
