@@ -184,3 +184,12 @@ def test_a_key_set_twice_takes_its_last_value_and_floats_take_inf():
     assert config_io.apply_overrides(tiny, ["optim.grad_clip=inf"]).optim.grad_clip == math.inf  # no clipping
     with pytest.raises(ConfigError, match="lr must be a finite number"):
         config_io.apply_overrides(tiny, ["optim.lr=inf"])
+
+
+def test_synthetic_count_is_checked_only_where_the_shapes_are_trained_on():
+    """data.root replaces a recipe's synthetic shapes: its synthetic_count said nothing of the batches then,
+    yet a batch of 512 on one's own features was refused for the tiny recipe's 256 shapes a size."""
+    config = config_io.apply_overrides(get_recipe("tiny"), ["data.root=/features", "data.batch_size=512"])
+    assert config.data.batch_size == 512
+    with pytest.raises(ConfigError, match="synthetic_count=256 images per canvas size are fewer than one batch"):
+        config_io.apply_overrides(get_recipe("tiny"), ["data.batch_size=512"])

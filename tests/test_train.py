@@ -157,9 +157,7 @@ def test_a_changed_config_is_refused_only_where_there_is_a_checkpoint_to_resume(
     # a config.json edited by hand (or of another version) was a ConfigError traceback
     saved = json.loads((tmp_path / "failed" / "config.json").read_text())
     (tmp_path / "failed" / "config.json").write_text(json.dumps({**saved, "log_every": "5"}))
-    with pytest.raises(
-        TrainingError, match=r"config.json cannot be read as this version's training config \(log_every"
-    ):
+    with pytest.raises(TrainingError, match=r"config.json holds no config this version can read \(log_every"):
         train(config_for(shapes_data, steps=3, every=1), tmp_path / "failed", progress=False)
 
 
@@ -189,6 +187,16 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_one_before_it(shapes_data, 
         train(longer, tmp_path / "run", progress=False)
     newest.unlink()  # as the message advises
     assert train(longer, tmp_path / "run", progress=False)["steps"] == 3
+    # without config.json: a checkpoint holding no config, or one of another version, is named as such
+    (tmp_path / "run" / "config.json").unlink()
+    newest = tmp_path / "run" / "checkpoints" / "step-0000003.pt"
+    state = torch.load(newest, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "config"}, newest)
+    with pytest.raises(TrainingError, match=r"config.json is missing and .*step-0000003.pt holds no training config"):
+        train(config_for(shapes_data, steps=4, every=1), tmp_path / "run", progress=False)
+    torch.save({**state, "config": {**state["config"], "log_every": "5"}}, newest)
+    with pytest.raises(TrainingError, match=r"step-0000003.pt holds no config this version can read \(log_every"):
+        train(config_for(shapes_data, steps=4, every=1), tmp_path / "run", progress=False)
 
 
 def test_a_run_dir_that_is_a_file_is_named_as_one(shapes_data, tmp_path):
@@ -380,8 +388,9 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
         timeout=600,
     )
     assert single.returncode == 0, single.stderr
-    for steps in ("0", "3", "6"):
-        sharded = subprocess.run(
+
+    def run_sharded(steps: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
             [
                 str(torchrun),
                 "--standalone",
@@ -398,12 +407,16 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
                 "parallel=fsdp",
                 "--steps",
                 steps,
+                *extra,
             ],
             capture_output=True,
             text=True,
             env=env,
             timeout=600,
         )
+
+    for steps in ("0", "3", "6"):
+        sharded = run_sharded(steps)
         assert sharded.returncode == 0, sharded.stdout + sharded.stderr
         for rank in (0, 1):
             threads = json.loads((tmp_path / f"threads-rank-{rank}.json").read_text())
@@ -424,6 +437,20 @@ def test_fsdp_two_processes_with_a_sharded_resume_equal_one_process(shapes_data,
             for run in (tmp_path / "one", tmp_path / "fsdp")
         ]
         assert np.abs(grids[0].astype(int) - grids[1].astype(int)).max() <= 1
+    if compiled:
+        return
+    # Without config.json, a resume is checked against the config in the newest .dcp (it was refused
+    # outright); a shard cut short is one line naming the checkpoint to resume from instead (DCP's
+    # CheckpointException, a BaseException, escaped as a traceback)
+    (tmp_path / "fsdp" / "config.json").unlink()
+    refused = run_sharded("9", "--set", "optim.lr=3e-4")
+    assert refused.returncode != 0 and "another config" in refused.stderr and "optim.lr" in refused.stderr
+    shard = sorted((tmp_path / "fsdp" / "checkpoints" / "step-0000006.dcp").glob("*.distcp"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    damaged = run_sharded("9")
+    ours = damaged.stderr.split("torch/distributed/elastic")[0]  # torchrun's own report of the failed ranks after
+    assert damaged.returncode != 0 and "Traceback" not in ours, damaged.stderr
+    assert "step-0000006.dcp cannot be read" in damaged.stderr and "resume from step-0000003.dcp" in damaged.stderr
 
 
 def test_a_resume_refused_under_torchrun_is_one_line_on_every_rank(shapes_data, tmp_path):

@@ -64,11 +64,12 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
     try:
         # Without config.json (a copy of checkpoints/ alone) the newest checkpoint's own copy: else a resume
         # under another config went unchecked, to a size-mismatch traceback or a silently different run.
-        written = json.loads(saved.read_text()) if saved.is_file() else checkpoint_config(run_dir, checkpoints[-1][1])
+        source = saved if saved.is_file() else checkpoints[-1][1]
+        written = json.loads(saved.read_text()) if saved.is_file() else checkpoint_config(run_dir, source)
         previous = config_io.from_dict(TrainConfig, written)
     except ValueError as error:  # a hand edit, or a field of another version (ConfigError and JSON's errors)
         raise TrainingError(
-            f"{saved} cannot be read as this version's training config ({error}): fix it, or use a new --run-dir"
+            f"{source} holds no config this version can read ({error}): fix it, or use a new --run-dir"
         ) from None
     changes = [c for c in config_io.diff(previous, config) if c.split(":")[0] not in RESUMABLE_CHANGES]
     if changes:
@@ -80,27 +81,37 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
 
 def checkpoint_config(run_dir: Path, path: Path) -> dict:
     """The training config a checkpoint was written under (its "config" entry), read without its tensors."""
-    if path.suffix == ".dcp":  # its config lies among the sharded entries, readable only into a live model
-        raise TrainingError(
-            f"{run_dir / 'config.json'} is missing, so a resume of {path.name} cannot be checked against the "
-            "run's settings: copy config.json back from where the run folder came from, or use a new --run-dir"
-        )
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from pixart.weights.errors import WeightsError
+    from pixart.weights.sharded import read_sharded
+
     try:
-        config = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
-    except Exception as error:  # torch's assorted errors on a file cut short or overwritten
-        raise TrainingError(damaged_checkpoint(run_dir, path, error)) from error
+        if path.suffix == ".dcp":  # its small entries alone, gathered in this process
+            state = read_sharded(path, skip=("model", "ema", "optimizer"))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (Exception, CheckpointException, WeightsError) as error:  # torch's assorted errors on a cut file
+        raise TrainingError(damaged_checkpoint(run_dir, path, error)) from None
+    config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict):
-        raise TrainingError(damaged_checkpoint(run_dir, path, ValueError("its config entry is not a mapping")))
+        raise TrainingError(
+            f"{run_dir / 'config.json'} is missing and {path} holds no training config to check this resume "
+            "against: copy config.json back from where the run folder came from, or use a new --run-dir"
+        )
     return config
 
 
-def damaged_checkpoint(run_dir: Path, path: Path, error: Exception) -> str:
+def damaged_checkpoint(run_dir: Path, path: Path, error: BaseException) -> str:
     """What to say of a checkpoint that cannot be read: which, why, and the one to resume from instead."""
+    failures = getattr(error, "failures", None)  # DCP's CheckpointException wraps each rank's error
+    cause: BaseException = next(iter(failures.values()))[0] if isinstance(failures, dict) and failures else error
     older = [p for _, p in ckpt.list_checkpoints(run_dir) if p != path]
     instead = f"to resume from {older[-1].name}" if older else "to start the run over"
+    why = f"{type(cause).__name__}: {str(cause).splitlines()[0]}" if str(cause).strip() else type(cause).__name__
     return (
-        f"{path} cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}): "
-        f"it is damaged, a copy cut short perhaps; move it out of {path.parent} {instead}, or use a new --run-dir"
+        f"{path} cannot be read ({why}): it is damaged, a copy cut short perhaps; "
+        f"move it out of {path.parent} {instead}, or use a new --run-dir"
     )
 
 

@@ -57,7 +57,7 @@ class DataConfig:
             )
         if not 0 <= self.synthetic_seed < 2**64:
             raise ValueError(f"synthetic_seed must lie in [0, 2**64 - 1], got {self.synthetic_seed}")
-        if self.synthetic and self.synthetic_count < self.batch_size:  # each canvas size is one bucket
+        if self.synthetic and not self.root and self.synthetic_count < self.batch_size:  # a size: one bucket
             raise ValueError(
                 f"synthetic_count={self.synthetic_count} images per canvas size are fewer than one batch "
                 f"(batch_size={self.batch_size}): raise synthetic_count or lower batch_size"

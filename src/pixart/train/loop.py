@@ -196,10 +196,13 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
                 f"{resume_from.name} was written with parallel={'fsdp' if not sharded else 'ddp'}; "
                 "resume with the same parallel setting"
             )
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        template = training_state(0) if sharded else None
         try:
-            state = ckpt.load_checkpoint(resume_from, training_state(0) if sharded else None)
-        except Exception as error:  # torch's and DCP's assorted errors on a file cut short or overwritten
-            raise TrainingError(damaged_checkpoint(run_dir, resume_from, error)) from error
+            state = ckpt.load_checkpoint(resume_from, template)
+        except (Exception, CheckpointException) as error:  # torch's and DCP's (a BaseException) on a cut file
+            raise TrainingError(damaged_checkpoint(run_dir, resume_from, error)) from None
         if sharded:
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
