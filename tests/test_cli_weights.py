@@ -587,6 +587,14 @@ def test_a_partial_config_says_only_what_the_shapes_cannot(tmp_path, capsys):
     (tmp_path / "deep.json").write_text('{"num_heads": 3, "depth": 5}')
     assert main(["info", bare, "--config", str(tmp_path / "deep.json")]) == 2
     assert "does not match the architecture: missing keys" in capsys.readouterr().err
+    # without a pos_embed the sample size must be given; the interpolation scale then follows the official
+    # convention (input_size // 64, at least 1: 2 at 1024 px), not the default 1 (another position embedding)
+    torch.save({k: v for k, v in official.items() if k != "pos_embed"}, tmp_path / "nopos.pth")
+    assert main(["info", str(tmp_path / "nopos.pth"), "--config", str(tmp_path / "heads.json")]) == 2
+    assert 'with its input_size (the latent side: {"input_size": 128} for 1024 px)' in capsys.readouterr().err
+    (tmp_path / "large.json").write_text('{"num_heads": 3, "input_size": 128}')
+    assert main(["info", str(tmp_path / "nopos.pth"), "--config", str(tmp_path / "large.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["interpolation_scale"] == 2.0
     (tmp_path / "typo.json").write_text('{"num_heads": "3"}')  # a type error names the file, as before
     assert main(["info", bare, "--config", str(tmp_path / "typo.json")]) == 2
     assert f"--config {tmp_path / 'typo.json'}: num_heads: '3' is not a int" in capsys.readouterr().err

@@ -54,7 +54,14 @@ def official_fields(state: dict[str, torch.Tensor], given: Mapping[str, Any] = M
     grid = math.isqrt(pos_embed.shape[1]) if pos_embed is not None and pos_embed.ndim == 3 else 0
     if pos_embed is None:
         if "input_size" not in given:
-            raise WeightsError(f"the checkpoint has no pos_embed to read its training resolution from; {CONFIG_HINT}")
+            raise WeightsError(
+                "the checkpoint has no pos_embed to read its training resolution from; pass --config FILE to pixart "
+                'convert or info with its input_size (the latent side: {"input_size": 128} for 1024 px), or '
+                "config= to load_transformer"
+            )
+        # the official convention, as diffusers derives it: 1 up to 512 px, 2 at 1024 (a wrong scale would
+        # silently give the model another position embedding than it trained with)
+        fields["interpolation_scale"] = float(max(int(given["input_size"]) // 64, 1))
     elif (
         pos_embed.ndim != 3
         or pos_embed.shape[0] != 1
