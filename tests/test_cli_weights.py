@@ -92,6 +92,9 @@ def test_our_dit_weights_convert_with_their_stored_config(tmp_path):
     info = run_cli("info", str(tmp_path / "dit.safetensors"), "--json")
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["config"]["num_heads"] == 4
+    # a head count that differs from the stored one is refused by info (it was reported as the stored 4)
+    info = run_cli("info", str(tmp_path / "dit.safetensors"), "--num-heads", "2")
+    assert info.returncode == 2 and "--num-heads 2 differs from the 4 heads" in info.stderr, info.stderr
     out = tmp_path / "init.safetensors"
     assert main(["convert", str(tmp_path / "dit.safetensors"), "--to", "pixart", "--out", str(out)]) == 0
     config = load_transformer(out).config

@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
                 "count where its width does not"
             )
         state, dit_config = read_dit(args.path)
+        if dit_config is not None and args.num_heads not in (None, dit_config.num_heads):
+            raise UserError(
+                f"--num-heads {args.num_heads} differs from the {dit_config.num_heads} heads {args.path} stores: "
+                "drop --num-heads, the file says its own"
+            )
         config = (dit_config or infer_dit_config(state, num_heads=args.num_heads)).to_dict()
         architecture = "DiT (class-conditional)"
     else:

@@ -165,10 +165,12 @@ def _difference(key: str, there: object, now: object) -> str:
     """One setting as it differs: a table (the buckets at another resolution) by its first differing entry
     and a count, not whole (both bucket tables made a 2 KB message)."""
     if isinstance(there, dict) and isinstance(now, dict):
-        changed = [k for k in {**there, **now} if there.get(k) != now.get(k)]
+        absent = object()  # an entry on one side only differs even from a None on the other
+        changed = [k for k in {**there, **now} if there.get(k, absent) != now.get(k, absent)]
         first = changed[0]
         more = f" and {len(changed) - 1} more entries" if len(changed) > 1 else ""
-        return f"{key}[{first!r}]: {there.get(first)!r} there, {now.get(first)!r} now{more}"
+        was, is_now = (repr(side[first]) if first in side else "absent" for side in (there, now))
+        return f"{key}[{first!r}]: {was} there, {is_now} now{more}"
     return f"{key}: {there!r} there, {now!r} now"
 
 
