@@ -293,6 +293,27 @@ def test_compiled_transformer_draws_the_same_images(pipeline_folder):
         assert np.abs(pixels_of(a) - pixels_of(b)).max() <= 1  # rounding of fused kernels, at most one level
 
 
+def test_a_bf16_transformer_samples_from_an_fp32_state(pipeline_folder, monkeypatch):
+    """The sampler's latents (and a solver's history) were kept in the transformer's dtype: in bf16 every
+    step rounded them, 4-10x further from the exact path than an fp32 state (as the official inference
+    keeps it) on the deterministic samplers. The model runs in bf16; what it returns is the sampler's fp32."""
+    import pixart.generate as generate_module
+
+    pipe = TextToImage.from_path(pipeline_folder, dtype=torch.bfloat16)
+    seen = []
+    real_sample = generate_module.sample
+
+    def watched(model, noise, *args, **kwargs):
+        latents = real_sample(model, noise, *args, **kwargs)
+        seen.append((noise.dtype, latents.dtype))
+        return latents
+
+    monkeypatch.setattr(generate_module, "sample", watched)
+    [image] = pipe.generate(["a red circle"], Settings(steps=2), seed=4, progress=False)
+    assert pipe.transformer.dtype == torch.bfloat16 and image.settings["dtype"] == "bfloat16"
+    assert seen == [(torch.float32, torch.float32)]
+
+
 @pytest.mark.slow
 def test_compiling_on_a_gpu_compiles_each_block_and_draws_the_same_images(pipeline_folder, monkeypatch):
     """On CUDA, compile() compiles the blocks, not the whole model (measured faster there; BENCHMARKS.md).

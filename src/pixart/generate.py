@@ -272,7 +272,9 @@ class TextToImage:
             idx = torch.tensor([row[p] for p, _ in chunk])
             latents = sample(
                 self.transformer,
-                noise.to(self.transformer.device, self.transformer.dtype),
+                # fp32 whatever the transformer's dtype, as the official inference keeps it: the sampler's
+                # state (latents, a solver's history) rounded to bf16 at every step was 4-10x further off
+                noise.to(self.transformer.device),
                 cond[idx],
                 cond_mask[idx],
                 null[idx],
