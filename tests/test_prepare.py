@@ -700,6 +700,50 @@ def test_tar_links_follow_tar_order_and_the_dot_spelling(tmp_path):
     assert [(p.path, p.reason) for p in inputs.problems] == [("order.tar/x.png", DUPLICATE)]
 
 
+def test_tar_members_are_what_tar_x_writes(tmp_path):
+    """Each tar here against what `tar -x` writes (review of the link support): ./x.png and x.png are one
+    file (both were listed, and a link or manifest row read the older copy); a file replaced by a dangling
+    link is no file (its old data was still read); a chain of links stored before its target, longer than
+    the first limit of 8, resolved only in one order; a hard link before its target fails in tar -x too."""
+    from pixart.data.images import UNREADABLE
+    from pixart.data.manifests import resolve_image
+
+    a, b = png_bytes(noise(32, 32, 1)), png_bytes(noise(32, 32, 2))
+
+    def link(tar, name, target, kind=tarfile.SYMTYPE):
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, target
+        tar.addfile(info)
+
+    with tarfile.open(tmp_path / "t.tar", "w") as tar:
+        add_member(tar, "x.png", a)
+        link(tar, "y.png", "x.png")
+        add_member(tar, "./x.png", b)  # tar -rf -C dir . after: the same file, newer
+        add_member(tar, "gone.png", a)
+        link(tar, "gone.png", "/nowhere.png")  # replaced by a dangling link
+        link(tar, "via.png", "gone.png")
+        for i in range(12, 0, -1):  # c12 -> c11 -> ... -> c0, every link stored before its target
+            link(tar, f"c{i}.png", f"c{i - 1}.png")
+        add_member(tar, "c0.png", a)
+        link(tar, "early.png", "late.png", kind=tarfile.LNKTYPE)  # tar -x: "Cannot hard link"
+        add_member(tar, "late.png", b)
+    inputs = list_inputs(tmp_path)
+    read = {item.name: item.image.read() for item in inputs.items}
+    assert read["t.tar/./x.png"] == b and read["t.tar/y.png"] == b and "t.tar/x.png" not in read
+    assert all(read[f"t.tar/c{i}.png"] == a for i in range(13))
+    assert sorted(read) == sorted(
+        ["t.tar/./x.png", "t.tar/y.png", "t.tar/late.png"] + [f"t.tar/c{i}.png" for i in range(13)]
+    )
+    problems = sorted((p.path, p.reason) for p in inputs.problems)
+    assert problems == [
+        ("t.tar/early.png", UNREADABLE),
+        ("t.tar/gone.png", UNREADABLE),  # a dangling link in place of its first copy, as tar -x leaves it
+        ("t.tar/via.png", UNREADABLE),
+        ("t.tar/x.png", DUPLICATE),
+    ]
+    assert resolve_image("t.tar/x.png", tmp_path).read() == b
+
+
 def test_a_manifest_finds_the_members_of_a_tar_made_from_a_folder_s_dot(tmp_path):
     """`tar -cf x.tar -C dir .` stores ./a.png: a manifest row written by hand as x.tar/a.png was skipped as
     unreadable (tar member a.png not found)."""

@@ -24,7 +24,7 @@ from pixart.data.items import (
     dedupe,
 )
 
-MAX_LINK_HOPS = 8  # a symbolic link to a link: followed this far, as a cycle must end somewhere
+MAX_LINK_HOPS = 40  # links to links: followed this far (Linux's limit), as a cycle must end somewhere
 
 
 def _split_key(member: str) -> tuple[str, str]:
@@ -35,11 +35,17 @@ def _split_key(member: str) -> tuple[str, str]:
 
 
 class TarMembers(dict[str, list[tarfile.TarInfo]]):
-    """Member name -> its entries, in the tar's order (a tar updated with `tar -rf` holds a name twice: the
-    last is the one `tar -x` gives), with `lost_links`: links that name no file in the tar (an absolute
-    path, a path out of it, a cycle, a file lost to damage), each with what it names."""
+    """Member name (normalised: `./cat.png` and `cat.png` are one member, as `tar -x` writes one file) -> its
+    entries in the tar's order, each with its own spelling (a tar updated with `tar -rf` holds a name
+    twice: the last is the one `tar -x` gives), with `lost_links`: links that lead to no file in the tar,
+    each with what it names."""
 
     lost_links: dict[str, str]
+
+
+def member_key(name: str) -> str:
+    """The member a tar name (or a manifest's path into a tar) means: `./a//b.png` is `a/b.png`."""
+    return posixpath.normpath(name)
 
 
 @cache
@@ -47,6 +53,7 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
     """The tar's members (TarMembers), read once per tar and version (its time and size), and what is wrong
     with the tar ("" if nothing). A damaged tar keeps the members before the damage."""
     index = TarMembers()
+    lost: dict[str, str] = {}
     last = None
     damage = ""
     try:
@@ -55,13 +62,17 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
                 if info.offset_data + info.size > size:  # its header is whole, its data is cut
                     damage = _damage(info.name, last)
                     break
+                key = member_key(info.name)
                 if info.isfile() or info.issym():  # a symbolic link is followed once the whole tar is read
-                    index.setdefault(info.name, []).append(info)
+                    index.setdefault(key, []).append(info)
                 elif info.islnk():  # tar stores a file's second name as a link to an earlier member
-                    target = _entries(index, info.linkname)
-                    if target and target[-1].isfile():  # no data of its own: the target's entry, renamed
-                        info = target[-1].replace(name=info.name, deep=False)
-                    index.setdefault(info.name, []).append(info)  # else followed with the symbolic links
+                    target = index.get(member_key(info.linkname))
+                    if not target:  # tar -x fails too: it links to what it has extracted so far
+                        lost[key] = info.linkname
+                    elif target[-1].isfile():  # no data of its own: the target's entry, under its own name
+                        index.setdefault(key, []).append(target[-1].replace(name=info.name, deep=False))
+                    else:  # a second name of a symbolic link: followed with them
+                        index.setdefault(key, []).append(info)
                 last = info.name
             else:
                 # tarfile ends quietly at a cut or broken header after the first: a whole tar ends in a zero block.
@@ -71,39 +82,38 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
                         damage = _damage(None, last)
     except (tarfile.TarError, EOFError) as e:
         damage = _damage(None, last, e)
-    index.lost_links = _follow_links(index)
+    index.lost_links = {**lost, **_follow_links(index)}
     return index, damage
 
 
-def _entries(index: dict[str, list[tarfile.TarInfo]], name: str) -> list[tarfile.TarInfo]:
-    """The entries of member `name`, whether the tar spells it `name` or `./name` (tar -C dir .)."""
-    return index.get(name) or index.get(f"./{name}") or index.get(name.removeprefix("./")) or []
-
-
 def _follow_links(index: TarMembers) -> dict[str, str]:
-    """Give each name whose last entry is a symbolic link the data of the file it names in the tar (as a
-    folder of links reads; a later regular entry of the name is what tar -x gives, so it wins), in place;
-    return the links that name no file (name -> target), dropped, to be counted rather than vanish."""
-    lost = {}
-    for name, entries in index.items():
-        if entries[-1].isfile():
-            continue
-        first = link = entries[-1]
-        hops = 0
-        while (link.issym() or link.islnk()) and hops <= MAX_LINK_HOPS:
-            # relative to the link's folder, as the system reads it; a hard link names its target from the root
-            target = link.linkname if link.islnk() else posixpath.join(posixpath.dirname(link.name), link.linkname)
-            found = _entries(index, posixpath.normpath(target))
-            if not found:
-                break
-            link, hops = found[-1], hops + 1
+    """Give each member whose last entry is a link the data of the file it leads to in the tar, as the system
+    reads a folder `tar -x` wrote. A member whose link leads nowhere there (an absolute path, one out of the
+    tar, a cycle, a path through a link to a folder: not followed) is removed, earlier copies and all, as
+    `tar -x` leaves a dangling link in their place. Returns those (name -> what the link names)."""
+    newest = {key: entries[-1] for key, entries in index.items()}  # each followed on this: order does not matter
+    found: dict[str, tarfile.TarInfo] = {}
+    lost: dict[str, str] = {}
+    for key, link in newest.items():
         if link.isfile():
-            entries[-1] = link.replace(name=name, deep=False)
-        else:  # an absolute target, one out of the tar (../x), a cycle, or one lost to the damage
-            entries.pop()
-            lost[name] = first.linkname
-    for name in [name for name, entries in index.items() if not entries]:
-        del index[name]
+            continue
+        path, hops = key, 0
+        entry: tarfile.TarInfo | None = link
+        while entry is not None and not entry.isfile() and hops < MAX_LINK_HOPS:
+            if entry.islnk():  # a second name of a symbolic link: its text is read from this path's folder
+                entry = newest.get(member_key(entry.linkname))
+            else:
+                path = member_key(posixpath.join(posixpath.dirname(path), entry.linkname))
+                entry = newest.get(path)
+            hops += 1
+        if entry is not None and entry.isfile():
+            found[key] = entry.replace(name=link.name, deep=False)
+        else:
+            lost[key] = link.linkname
+    for key, entry in found.items():
+        index[key][-1] = entry
+    for key in lost:
+        del index[key]
     return lost
 
 
@@ -125,10 +135,10 @@ def readable_members(path: Path) -> tuple[TarMembers, str]:
         return members, f"unreadable ({e.strerror or e})"
 
 
-def latest(members: dict[str, list[tarfile.TarInfo]], name: str) -> tarfile.TarInfo | None:
-    """The entry `tar -x` gives for `name` (its last copy), also as `./name` (`tar -cf x.tar -C dir .`
-    stores every member so, while a manifest row written by hand says `x.tar/name`); None if neither."""
-    entries = members.get(name) or members.get(f"./{name}")
+def latest(members: TarMembers, name: str) -> tarfile.TarInfo | None:
+    """The entry `tar -x` gives for member `name` (its last copy, however the tar spells it: `tar -cf x.tar
+    -C dir .` stores ./name, while a manifest row written by hand says x.tar/name); None if there is none."""
+    entries = members.get(member_key(name))
     return entries[-1] if entries else None
 
 
@@ -148,9 +158,11 @@ def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], list[Prob
         key, suffix = _split_key(member)
         by_key.setdefault(key, {}).setdefault(suffix, []).extend(infos)
     named: list[tuple[str, Item]] = []
-    lost_to = " (or one lost to the tar's damage)" if damage else ""
+    nowhere = "which leads to no file member of this tar (a link to a folder is not followed)"
+    if damage:
+        nowhere += ", or to one lost to the tar's damage"
     extra: list[Problem] = [
-        Problem(f"{prefix}{name}", UNREADABLE, f"a link to {target}, which is no file in this tar{lost_to}")
+        Problem(f"{prefix}{name}", UNREADABLE, f"a link to {target}, {nowhere}")
         for name, target in members.lost_links.items()
         if posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
     ]
@@ -171,17 +183,17 @@ def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], list[Prob
             # A name stored twice (a tar updated with `tar -rf` or `-uf` appends the new copy): the last
             # copy, as `tar -x` gives it, for the image and its captions alike; the earlier are counted.
             sidecars = tuple(member_blob(tar, parts[side][-1]) for side in sides)
-            newest = {info.name: info for info in infos}
+            newest = {member_key(info.name): info for info in infos}  # ./cat.png and cat.png: one member
             extra.extend(
                 Problem(f"{prefix}{info.name}", DUPLICATE, "an earlier copy of a member stored again later in the tar")
                 for info in infos
-                if newest[info.name] is not info
+                if newest[member_key(info.name)] is not info
             )
-            # Each under its member's own spelling (IMG_1.JPG, not IMG_1.jpg): a manifest row written from the
-            # name (pixart caption) must find the member again, and cat.JPG and cat.jpg are two images.
+            # Each under its newest entry's own spelling (IMG_1.JPG, not IMG_1.jpg): a manifest row written from
+            # the name (pixart caption) must find the member again, and cat.JPG and cat.jpg are two images.
             named.extend(
-                (f"{prefix}{name}", Item(f"{prefix}{name}", member_blob(tar, info), sidecars=sidecars))
-                for name, info in newest.items()
+                (f"{prefix}{info.name}", Item(f"{prefix}{info.name}", member_blob(tar, info), sidecars=sidecars))
+                for info in newest.values()
             )
     return named, extra, damage
 
