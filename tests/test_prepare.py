@@ -367,6 +367,13 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def add_link(tar: tarfile.TarFile, name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> None:
+    """A symbolic link member (or, with kind=tarfile.LNKTYPE, a hard link: a second name of `target`)."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    tar.addfile(info)
+
+
 def png_bytes(img: Image.Image) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, format="PNG")
@@ -648,9 +655,7 @@ def test_symbolic_links_in_a_tar_are_followed_or_counted(tmp_path):
             ("link.txt", "sub/real.txt"),
             ("hop.txt", "link.txt"),
         ]:
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
+            add_link(tar, name, target)
     inputs = list_inputs(tmp_path)
     listed = sorted(item.name for item in inputs.items)
     assert listed == ["00000.tar/link.png", "00000.tar/sub/hop.png", "00000.tar/sub/real.png"]
@@ -667,22 +672,17 @@ def test_tar_links_follow_tar_order_and_the_dot_spelling(tmp_path):
     symbolic link vanished uncounted."""
     a, b = png_bytes(noise(32, 32, 1)), png_bytes(noise(32, 32, 2))
 
-    def link(tar, name, target, kind=tarfile.SYMTYPE):
-        info = tarfile.TarInfo(name)
-        info.type, info.linkname = kind, target
-        tar.addfile(info)
-
     with tarfile.open(tmp_path / "dot.tar", "w") as tar:
         add_member(tar, "./a.png", a)
         add_member(tar, "./b.txt", b"a linked cat")
-        link(tar, "./b.png", "a.png")
+        add_link(tar, "./b.png", "a.png")
     with tarfile.open(tmp_path / "order.tar", "w") as tar:
         add_member(tar, "y.png", a)
-        link(tar, "x.png", "y.png")
+        add_link(tar, "x.png", "y.png")
         add_member(tar, "x.png", b)  # tar -rf after the link: tar -x gives this file
         add_member(tar, "s.png", a)
-        link(tar, "t.png", "s.png")
-        link(tar, "u.png", "t.png", kind=tarfile.LNKTYPE)  # a hard link to the symbolic link
+        add_link(tar, "t.png", "s.png")
+        add_link(tar, "u.png", "t.png", kind=tarfile.LNKTYPE)  # a hard link to the symbolic link
     inputs = list_inputs(tmp_path)
     read = {item.name: item.image.read() for item in inputs.items}
     assert read["dot.tar/./b.png"] == a
@@ -710,22 +710,17 @@ def test_tar_members_are_what_tar_x_writes(tmp_path):
 
     a, b = png_bytes(noise(32, 32, 1)), png_bytes(noise(32, 32, 2))
 
-    def link(tar, name, target, kind=tarfile.SYMTYPE):
-        info = tarfile.TarInfo(name)
-        info.type, info.linkname = kind, target
-        tar.addfile(info)
-
     with tarfile.open(tmp_path / "t.tar", "w") as tar:
         add_member(tar, "x.png", a)
-        link(tar, "y.png", "x.png")
+        add_link(tar, "y.png", "x.png")
         add_member(tar, "./x.png", b)  # tar -rf -C dir . after: the same file, newer
         add_member(tar, "gone.png", a)
-        link(tar, "gone.png", "/nowhere.png")  # replaced by a dangling link
-        link(tar, "via.png", "gone.png")
+        add_link(tar, "gone.png", "/nowhere.png")  # replaced by a dangling link
+        add_link(tar, "via.png", "gone.png")
         for i in range(12, 0, -1):  # c12 -> c11 -> ... -> c0, every link stored before its target
-            link(tar, f"c{i}.png", f"c{i - 1}.png")
+            add_link(tar, f"c{i}.png", f"c{i - 1}.png")
         add_member(tar, "c0.png", a)
-        link(tar, "early.png", "late.png", kind=tarfile.LNKTYPE)  # tar -x: "Cannot hard link"
+        add_link(tar, "early.png", "late.png", kind=tarfile.LNKTYPE)  # tar -x: "Cannot hard link"
         add_member(tar, "late.png", b)
     inputs = list_inputs(tmp_path)
     read = {item.name: item.image.read() for item in inputs.items}
