@@ -92,9 +92,19 @@ def test_our_dit_weights_convert_with_their_stored_config(tmp_path):
     info = run_cli("info", str(tmp_path / "dit.safetensors"), "--json")
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["config"]["num_heads"] == 4
-    # a head count that differs from the stored one is refused by info (it was reported as the stored 4)
+    # a head count that differs from the stored one is refused by info (it was reported as the stored 4) and
+    # by convert (it split the same attention weights into other heads: another model)
     info = run_cli("info", str(tmp_path / "dit.safetensors"), "--num-heads", "2")
     assert info.returncode == 2 and "--num-heads 2 differs from the 4 heads" in info.stderr, info.stderr
+    other = [
+        "convert",
+        str(tmp_path / "dit.safetensors"),
+        "--to",
+        "pixart",
+        "--out",
+        str(tmp_path / "other.safetensors"),
+    ]
+    assert main([*other, "--num-heads", "2"]) == 2 and not (tmp_path / "other.safetensors").exists()
     out = tmp_path / "init.safetensors"
     assert main(["convert", str(tmp_path / "dit.safetensors"), "--to", "pixart", "--out", str(out)]) == 0
     config = load_transformer(out).config
@@ -598,6 +608,9 @@ def test_a_partial_config_says_only_what_the_shapes_cannot(tmp_path, capsys):
     (tmp_path / "large.json").write_text('{"num_heads": 3, "input_size": 128}')
     assert main(["info", str(tmp_path / "nopos.pth"), "--config", str(tmp_path / "large.json"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["interpolation_scale"] == 2.0
+    (tmp_path / "null.json").write_text('{"num_heads": 3, "input_size": null}')  # a traceback from int()
+    assert main(["info", str(tmp_path / "nopos.pth"), "--config", str(tmp_path / "null.json")]) == 2
+    assert "input_size: None is not a int" in capsys.readouterr().err
     (tmp_path / "typo.json").write_text('{"num_heads": "3"}')  # a type error names the file, as before
     assert main(["info", bare, "--config", str(tmp_path / "typo.json")]) == 2
     assert f"--config {tmp_path / 'typo.json'}: num_heads: '3' is not a int" in capsys.readouterr().err

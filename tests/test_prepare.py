@@ -1167,10 +1167,11 @@ def test_a_caption_field_only_later_inputs_hold_is_not_refused(tmp_path):
 def test_a_settings_table_that_differs_by_an_entry_on_one_side_is_named():
     """An entry present as null on one side and absent on the other (an older dataset.json) made the
     difference message fail with an IndexError instead of naming it."""
-    from pixart.data.prepare import _difference
+    from pixart.data.prepare import ABSENT, _difference
 
     older = _difference("codec", {"kind": "sd", "shift": None}, {"kind": "sd"})
     assert older == "codec['shift']: None there, absent now"
+    assert _difference("codec", ABSENT, {"kind": "sd"}) == "codec: absent there, {'kind': 'sd'} now"
     assert _difference("buckets", {"1.0": [256, 256]}, {"1.0": [512, 512], "2.0": [362, 724]}) == (
         "buckets['1.0']: [256, 256] there, [512, 512] now and 1 more entries"
     )

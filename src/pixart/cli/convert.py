@@ -7,7 +7,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pixart.model.dit import DiTConfig
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +68,7 @@ def convert(args: argparse.Namespace) -> int:
                 "--config is for PixArt weights; a DiT's PixArt takes --caption-channels, --max-length and --num-heads"
             )
         dit_state, dit_config = read_dit(args.src, use_ema=args.ema)
+        check_num_heads(args.src, dit_config, args.num_heads)
         # Only the options given: dit_to_pixart's defaults are the rest (0 is checked, not replaced by them).
         widths = {"caption_channels": args.caption_channels, "max_length": args.max_length}
         try:
@@ -121,6 +125,18 @@ def convert(args: argparse.Namespace) -> int:
         f"micro-conditions {config.micro_conditions}, {params:,} parameters"
     )
     return 0
+
+
+def check_num_heads(path: Path, stored: DiTConfig | None, num_heads: int | None) -> None:
+    """--num-heads says what a DiT's width cannot; one that differs from a head count the file stores would
+    split the same attention weights otherwise (another model), so it is refused, as --config is for PixArt."""
+    from pixart.cli.main import UserError
+
+    if stored is not None and num_heads not in (None, stored.num_heads):
+        raise UserError(
+            f"--num-heads {num_heads} differs from the {stored.num_heads} heads {path} stores: drop --num-heads, "
+            "the file says its own"
+        )
 
 
 def read_config_fields(path: Path, config_class: type) -> dict[str, Any]:

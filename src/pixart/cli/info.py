@@ -30,7 +30,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixart.cli.convert import read_config_fields
+    from pixart.cli.convert import check_num_heads, read_config_fields
     from pixart.cli.main import UserError
     from pixart.model.pixart import PixArtConfig
     from pixart.modelfolder import sampling_record
@@ -48,11 +48,7 @@ def run(args: argparse.Namespace) -> int:
                 "count where its width does not"
             )
         state, dit_config = read_dit(args.path)
-        if dit_config is not None and args.num_heads not in (None, dit_config.num_heads):
-            raise UserError(
-                f"--num-heads {args.num_heads} differs from the {dit_config.num_heads} heads {args.path} stores: "
-                "drop --num-heads, the file says its own"
-            )
+        check_num_heads(args.path, dit_config, args.num_heads)
         config = (dit_config or infer_dit_config(state, num_heads=args.num_heads)).to_dict()
         architecture = "DiT (class-conditional)"
     else:

@@ -149,9 +149,9 @@ def check_info(out: Path, info: dict) -> None:
     if existing is None:
         return
     differences = [
-        _difference(key, existing.get(key), json.loads(json.dumps(info[key])))
+        _difference(key, existing.get(key, ABSENT), json.loads(json.dumps(info[key])))
         for key in info
-        if json.loads(json.dumps(info[key])) != existing.get(key)
+        if json.loads(json.dumps(info[key])) != existing.get(key, ABSENT)
     ]
     if differences:
         raise PrepareError(
@@ -165,13 +165,21 @@ def _difference(key: str, there: object, now: object) -> str:
     """One setting as it differs: a table (the buckets at another resolution) by its first differing entry
     and a count, not whole (both bucket tables made a 2 KB message)."""
     if isinstance(there, dict) and isinstance(now, dict):
-        absent = object()  # an entry on one side only differs even from a None on the other
-        changed = [k for k in {**there, **now} if there.get(k, absent) != now.get(k, absent)]
+        changed = [k for k in {**there, **now} if there.get(k, ABSENT) != now.get(k, ABSENT)]
         first = changed[0]
         more = f" and {len(changed) - 1} more entries" if len(changed) > 1 else ""
-        was, is_now = (repr(side[first]) if first in side else "absent" for side in (there, now))
-        return f"{key}[{first!r}]: {was} there, {is_now} now{more}"
+        return _difference(f"{key}[{first!r}]", there.get(first, ABSENT), now.get(first, ABSENT)) + more
     return f"{key}: {there!r} there, {now!r} now"
+
+
+class _Absent:
+    """A setting on one side only: it differs even from a None (null) on the other, and says so."""
+
+    def __repr__(self) -> str:
+        return "absent"
+
+
+ABSENT = _Absent()
 
 
 def check_models_info(out: Path, given: dict) -> None:

@@ -61,7 +61,8 @@ def official_fields(state: dict[str, torch.Tensor], given: Mapping[str, Any] = M
             )
         # the official convention, as diffusers derives it: 1 up to 512 px, 2 at 1024 (a wrong scale would
         # silently give the model another position embedding than it trained with)
-        fields["interpolation_scale"] = float(max(int(given["input_size"]) // 64, 1))
+        if isinstance(given["input_size"], int):  # else from_dict names the field's type in one line
+            fields["interpolation_scale"] = float(max(given["input_size"] // 64, 1))
     elif (
         pos_embed.ndim != 3
         or pos_embed.shape[0] != 1
