@@ -199,6 +199,17 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_one_before_it(shapes_data, 
         train(config_for(shapes_data, steps=4, every=1), tmp_path / "run", progress=False)
 
 
+def test_a_slow_checkpoint_is_said_once_with_the_launch_setting_that_gives_a_stop_time(
+    shapes_data, tmp_path, monkeypatch, capsys
+):
+    """torchrun kills a stopped job 30 s after forwarding SIGTERM: a stop whose checkpoint took longer left
+    none (review). A run whose saves take long says so once, naming --shutdown-timeout."""
+    monkeypatch.setattr(loop, "SLOW_SAVE_S", 0.0)  # every save is "slow" here
+    train(config_for(shapes_data, steps=3, every=1), tmp_path / "run", progress=False)
+    out = capsys.readouterr().out
+    assert out.count("warning: a checkpoint took") == 1 and "torchrun --shutdown-timeout 600" in out, out
+
+
 def test_a_run_dir_that_is_a_file_is_named_as_one(shapes_data, tmp_path):
     """--run-dir naming a file was mkdir's bare "File exists: PATH"."""
     (tmp_path / "notes.txt").write_text("x")

@@ -181,6 +181,21 @@ def check_start(config: TrainConfig, run_dir: Path) -> None:
         raise TrainingError(str(error)) from None
 
 
+SLOW_SAVE_S = 20.0  # a save this long leaves a stop little of the 30 s torchrun and SLURM give it
+
+
+def warn_of_slow_save(seconds: float, world: World) -> None:
+    """Say that a checkpoint took long enough that a stop's own checkpoint may be killed before it is
+    written: torchrun sends SIGKILL 30 s after forwarding SIGTERM, SLURM after KillWait (30 s by default)."""
+    if world.is_main:
+        print(
+            f"[pixart train] warning: a checkpoint took {seconds:.0f} s to save; torchrun kills a stopped job 30 s "
+            "after the signal (SLURM: KillWait), which may end a stop before its checkpoint: launch with torchrun "
+            "--shutdown-timeout 600 (SLURM: --signal and KillWait to match)",
+            flush=True,
+        )
+
+
 def warn_of_untrained_buckets(buckets: list[str], step_batch: int) -> None:
     """Every rank draws a step's batch from one bucket and a partial batch is dropped (as officially), so a
     bucket with fewer samples than a step's batch across ranks never trains: said, not done silently."""

@@ -30,6 +30,7 @@ from pixart.model.dit import DiT
 from pixart.model.regional import compile_blocks
 from pixart.train import checkpoint as ckpt
 from pixart.train.checks import (
+    SLOW_SAVE_S,
     WORLD_FILE,
     check_one_checkpoint_view,
     check_or_record_data,
@@ -38,6 +39,7 @@ from pixart.train.checks import (
     check_start,
     damaged_checkpoint,
     warn_of_long_warmup,
+    warn_of_slow_save,
     warn_of_untrained_buckets,
 )
 from pixart.train.config import TrainConfig
@@ -243,16 +245,21 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
         )
 
     saved_step = step if resume_from is not None else None
+    said_slow_save = False
 
     def save(at_step: int) -> None:
         """Checkpoint `at_step` (every rank calls this), unless it is the checkpoint this run resumed from:
         written again, a sharded one would be replaced in place, for nothing."""
-        nonlocal saved_step
+        nonlocal saved_step, said_slow_save
         if at_step == saved_step:
             return
         window = all_reduce_mean(torch.stack([loss_sum, applied_steps]), world).tolist()  # every rank's mean
         state = training_state(at_step, window)
+        began = time.time()
         ckpt.save_checkpoint(run_dir, at_step, state, world, sharded=sharded, keep=config.keep_checkpoints)
+        if time.time() - began > SLOW_SAVE_S and not said_slow_save:  # once a run
+            warn_of_slow_save(time.time() - began, world)
+            said_slow_save = True
         saved_step = at_step
 
     def batches() -> Generator[dict[str, torch.Tensor], None, None]:
