@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from pixart.data.images import (
     NOT_IMAGE,
     TOO_SMALL,
     UNREADABLE,
+    ImageSkipped,
     load_rgb,
     resize_cover_crop,
 )
@@ -737,6 +739,46 @@ def test_tar_members_are_what_tar_x_writes(tmp_path):
         ("t.tar/x.png", DUPLICATE),
     ]
     assert resolve_image("t.tar/x.png", tmp_path).read() == b
+
+
+def test_tar_names_tar_x_rewrites_or_refuses_and_links_it_cannot_make(tmp_path, capsys):
+    """More against tar -x (review): a leading / is stripped (/k.png and k.png are one file, both were
+    listed); a name with '..' is refused (it replaced k.png); a hard link to a symbolic link keeps the link as
+    it was when stored; a failed hard link over an earlier file leaves that file (it was also reported
+    lost), and its message says it came before its target; a caption link leading nowhere is the sample's
+    unreadable caption (it vanished: "missing caption", or an error naming no field)."""
+    from pixart.data.prepare_options import check_fields_present
+
+    a, b, c = (png_bytes(noise(32, 32, seed)) for seed in (1, 2, 3))
+    with tarfile.open(tmp_path / "t.tar", "w") as tar:
+        add_member(tar, "k.png", a)
+        add_member(tar, "/k.png", b)  # tar -x writes k.png
+        add_member(tar, "d/../k.png", c)  # tar -x refuses it
+        add_member(tar, "s1.png", a)
+        add_member(tar, "s2.png", b)
+        add_link(tar, "s.png", "s1.png")
+        add_link(tar, "h.png", "s.png", kind=tarfile.LNKTYPE)  # s.png as it is now: a link to s1.png
+        add_link(tar, "s.png", "s2.png")  # replaced after
+        add_member(tar, "f.png", a)
+        add_link(tar, "f.png", "zz.png", kind=tarfile.LNKTYPE)  # tar -x fails on it and keeps f.png
+        add_link(tar, "early.png", "late.png", kind=tarfile.LNKTYPE)
+        add_member(tar, "late.png", b)
+        add_member(tar, "cap.png", a)
+        add_link(tar, "cap.txt", "../captions/cap.txt")
+    inputs = list_inputs(tmp_path)
+    read = {item.name: item.image.read() for item in inputs.items}
+    assert read["t.tar//k.png"] == b and "t.tar/k.png" not in read and "t.tar/d/../k.png" not in read
+    assert read["t.tar/h.png"] == a and read["t.tar/s.png"] == b and read["t.tar/f.png"] == a
+    problems = {(p.path, p.reason): p.message for p in inputs.problems}
+    assert ("t.tar/f.png", UNREADABLE) not in problems
+    assert problems[("t.tar/d/../k.png", UNREADABLE)] == "a member name with '..', which tar -x refuses to write"
+    assert "a hard link to late.png, which is no earlier member" in problems[("t.tar/early.png", UNREADABLE)]
+    [cap] = [item for item in inputs.items if item.name == "t.tar/cap.png"]
+    with pytest.raises(ImageSkipped, match=r"t.tar/cap.txt: a link to ../captions/cap.txt, which leads to no file"):
+        cap.fields()
+    only_cap = dataclasses.replace(inputs, items=[cap])
+    with pytest.raises(PrepareError, match=r"1 caption file\(s\) could not be read, e.g. t.tar/cap.txt: a link"):
+        check_fields_present(only_cap, ["alt"])
 
 
 def test_a_manifest_finds_the_members_of_a_tar_made_from_a_folder_s_dot(tmp_path):

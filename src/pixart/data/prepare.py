@@ -188,11 +188,11 @@ def check_models_info(out: Path, given: dict) -> None:
     a run resumes or every shard is done, before the models load (dataset_info is compared after)."""
     existing = read_json(out / DATASET_FILE) or {}
     differences = [
-        f"{part}.{key}: {existing[part].get(key)!r} there, {value!r} now"
+        _difference(f"{part}.{key}", existing[part].get(key, ABSENT), value)
         for part, fields in given.items()
         if part in existing
         for key, value in fields.items()
-        if existing[part].get(key) != value
+        if existing[part].get(key, ABSENT) != value
     ]
     if differences:
         raise PrepareError(

@@ -79,8 +79,10 @@ def check_fields_present(inputs: Inputs, fields: list[str]) -> None:
     until each field has been seen, so a field every input holds costs one read; a misspelt one, all."""
     missing = set(fields)
     found: set[str] = set()
+    unread: list[str] = []  # caption files that cannot be read: prepare reports each; named here if no field is
     for item in inputs.items:
-        row, _ = item.readable_fields()  # an unreadable caption file is the listing's and prepare's to report
+        row, problems = item.readable_fields()
+        unread += [problem.message for problem in problems]
         held = {key for key, value in row.items() if has_text(value) and key not in IMAGE_COLUMNS}
         found |= held
         missing -= held
@@ -88,7 +90,8 @@ def check_fields_present(inputs: Inputs, fields: list[str]) -> None:
             return
     if inputs.items:
         absent = [name for name in fields if name in missing]
+        also = f"; {len(unread)} caption file(s) could not be read, e.g. {unread[0]}" if unread else ""
         raise PrepareError(
             f"--fields {','.join(fields)}: no input has a caption field {', '.join(map(repr, absent))} (their "
-            f"fields: {', '.join(sorted(found)) or 'none'}); name fields they hold"
+            f"fields: {', '.join(sorted(found)) or 'none'}{also}); name fields they hold"
         )

@@ -24,6 +24,7 @@ from pixart.data.items import (
     dedupe,
 )
 
+NOT_THROUGH_FOLDERS = " (a link to a folder is not followed)"
 MAX_LINK_HOPS = 40  # links to links: followed this far (Linux's limit), as a cycle must end somewhere
 
 
@@ -37,15 +38,16 @@ def _split_key(member: str) -> tuple[str, str]:
 class TarMembers(dict[str, list[tarfile.TarInfo]]):
     """Member name (normalised: `./cat.png` and `cat.png` are one member, as `tar -x` writes one file) -> its
     entries in the tar's order, each with its own spelling (a tar updated with `tar -rf` holds a name
-    twice: the last is the one `tar -x` gives), with `lost_links`: links that lead to no file in the tar,
-    each with what it names."""
+    twice: the last is the one `tar -x` gives), with `lost_links`: the members `tar -x` would not write (links
+    that lead to no file in the tar, names with '..'), each with why."""
 
     lost_links: dict[str, str]
 
 
 def member_key(name: str) -> str:
-    """The member a tar name (or a manifest's path into a tar) means: `./a//b.png` is `a/b.png`."""
-    return posixpath.normpath(name)
+    """The member a tar name (or a manifest's path into a tar) means, as `tar -x` writes it: `./a//b.png` and
+    `/a/b.png` are `a/b.png`."""
+    return posixpath.normpath(name).lstrip("/")
 
 
 @cache
@@ -63,16 +65,17 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
                     damage = _damage(info.name, last)
                     break
                 key = member_key(info.name)
-                if info.isfile() or info.issym():  # a symbolic link is followed once the whole tar is read
+                if ".." in info.name.split("/") and (info.isfile() or info.issym() or info.islnk()):
+                    lost[info.name] = "a member name with '..', which tar -x refuses to write"
+                elif info.isfile() or info.issym():  # a symbolic link is followed once the whole tar is read
                     index.setdefault(key, []).append(info)
                 elif info.islnk():  # tar stores a file's second name as a link to an earlier member
                     target = index.get(member_key(info.linkname))
-                    if not target:  # tar -x fails too: it links to what it has extracted so far
-                        lost[key] = info.linkname
-                    elif target[-1].isfile():  # no data of its own: the target's entry, under its own name
+                    if target:  # no data of its own: the target's entry as it is now (a symbolic link is
+                        # followed later, from this name's folder), under its own name
                         index.setdefault(key, []).append(target[-1].replace(name=info.name, deep=False))
-                    else:  # a second name of a symbolic link: followed with them
-                        index.setdefault(key, []).append(info)
+                    else:  # tar -x fails too: it links to what it has extracted so far
+                        lost[key] = f"a hard link to {info.linkname}, which is no earlier member (tar -x fails on it)"
                 last = info.name
             else:
                 # tarfile ends quietly at a cut or broken header after the first: a whole tar ends in a zero block.
@@ -82,7 +85,8 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
                         damage = _damage(None, last)
     except (tarfile.TarError, EOFError) as e:
         damage = _damage(None, last, e)
-    index.lost_links = {**lost, **_follow_links(index)}
+    lost.update(_follow_links(index))
+    index.lost_links = {key: why for key, why in lost.items() if key not in index}  # else an earlier copy stands
     return index, damage
 
 
@@ -100,16 +104,16 @@ def _follow_links(index: TarMembers) -> dict[str, str]:
         path, hops = key, 0
         entry: tarfile.TarInfo | None = link
         while entry is not None and not entry.isfile() and hops < MAX_LINK_HOPS:
-            if entry.islnk():  # a second name of a symbolic link: its text is read from this path's folder
-                entry = newest.get(member_key(entry.linkname))
-            else:
-                path = member_key(posixpath.join(posixpath.dirname(path), entry.linkname))
-                entry = newest.get(path)
+            if entry.linkname.startswith("/"):  # the system's file, not the tar's
+                entry = None
+                break
+            path = member_key(posixpath.join(posixpath.dirname(path), entry.linkname))
+            entry = newest.get(path)
             hops += 1
         if entry is not None and entry.isfile():
             found[key] = entry.replace(name=link.name, deep=False)
         else:
-            lost[key] = link.linkname
+            lost[key] = f"a link to {link.linkname}, which leads to no file member of this tar{NOT_THROUGH_FOLDERS}"
     for key, entry in found.items():
         index[key][-1] = entry
     for key in lost:
@@ -153,28 +157,29 @@ def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], list[Prob
     cat.depth.png: masks and maps) are left out and counted. A key with only dotted ones (photo.v2.jpg, a name
     with a dot in it) lists each, with photo.v2.txt as its caption where there is one, as a folder would."""
     members, damage = readable_members(tar)
-    by_key: dict[str, dict[str, list[tarfile.TarInfo]]] = {}
+    by_key: dict[str, dict[str, list[Blob]]] = {}
     for member, infos in members.items():
         key, suffix = _split_key(member)
-        by_key.setdefault(key, {}).setdefault(suffix, []).extend(infos)
+        by_key.setdefault(key, {}).setdefault(suffix, []).extend(member_blob(tar, info) for info in infos)
+    unwritten = " (or one lost to the tar's damage)" if damage else ""
+    extra: list[Problem] = []
+    for member, why in members.lost_links.items():  # what tar -x would not write: counted, or a caption unread
+        key, suffix = _split_key(member)
+        if f".{suffix.rpartition('.')[2]}" in IMAGE_SUFFIXES:
+            extra.append(Problem(f"{prefix}{member}", UNREADABLE, f"{why}{unwritten}"))
+        elif suffix.rpartition(".")[2] in ("txt", "json"):  # the sample is skipped for its unreadable caption
+            blob = Blob(tar, member=member, missing=f"{prefix}{member}: {why}{unwritten}")
+            by_key.setdefault(key, {}).setdefault(suffix, []).append(blob)
     named: list[tuple[str, Item]] = []
-    nowhere = "which leads to no file member of this tar (a link to a folder is not followed)"
-    if damage:
-        nowhere += ", or to one lost to the tar's damage"
-    extra: list[Problem] = [
-        Problem(f"{prefix}{name}", UNREADABLE, f"a link to {target}, {nowhere}")
-        for name, target in members.lost_links.items()
-        if posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
-    ]
     for key, parts in by_key.items():
         images = [suffix for suffix in parts if f".{suffix.rpartition('.')[2]}" in IMAGE_SUFFIXES]
         plain = [suffix for suffix in images if "." not in suffix]
         for suffix in images:
-            infos = parts[suffix]
+            blobs = parts[suffix]
             if plain and suffix not in plain:
                 sample = ", ".join(f"{prefix}{key}.{image}" for image in plain)
                 extra.extend(
-                    Problem(f"{prefix}{info.name}", EXTRA_IMAGE, f"the sample's image is {sample}") for info in infos
+                    Problem(f"{prefix}{blob.name}", EXTRA_IMAGE, f"the sample's image is {sample}") for blob in blobs
                 )
                 continue
             inner = suffix.rpartition(".")[0]  # "v2" of photo.v2.jpg: its captions are photo.v2.txt/.json
@@ -182,18 +187,18 @@ def _list_tar(tar: Path, prefix: str) -> tuple[list[tuple[str, Item]], list[Prob
             sides = [side for side in sides if side in parts] or [side for side in ("txt", "json") if side in parts]
             # A name stored twice (a tar updated with `tar -rf` or `-uf` appends the new copy): the last
             # copy, as `tar -x` gives it, for the image and its captions alike; the earlier are counted.
-            sidecars = tuple(member_blob(tar, parts[side][-1]) for side in sides)
-            newest = {member_key(info.name): info for info in infos}  # ./cat.png and cat.png: one member
+            sidecars = tuple(parts[side][-1] for side in sides)
+            newest = {member_key(blob.name): blob for blob in blobs}  # ./cat.png and cat.png: one member
             extra.extend(
-                Problem(f"{prefix}{info.name}", DUPLICATE, "an earlier copy of a member stored again later in the tar")
-                for info in infos
-                if newest[member_key(info.name)] is not info
+                Problem(f"{prefix}{blob.name}", DUPLICATE, "an earlier copy of a member stored again later in the tar")
+                for blob in blobs
+                if newest[member_key(blob.name)] is not blob
             )
             # Each under its newest entry's own spelling (IMG_1.JPG, not IMG_1.jpg): a manifest row written from
             # the name (pixart caption) must find the member again, and cat.JPG and cat.jpg are two images.
             named.extend(
-                (f"{prefix}{info.name}", Item(f"{prefix}{info.name}", member_blob(tar, info), sidecars=sidecars))
-                for info in newest.values()
+                (f"{prefix}{blob.name}", Item(f"{prefix}{blob.name}", blob, sidecars=sidecars))
+                for blob in newest.values()
             )
     return named, extra, damage
 

@@ -189,9 +189,9 @@ def warn_of_slow_save(seconds: float, world: World) -> None:
     written: torchrun sends SIGKILL 30 s after forwarding SIGTERM, SLURM after KillWait (30 s by default)."""
     if world.is_main:
         print(
-            f"[pixart train] warning: a checkpoint took {seconds:.0f} s to save; torchrun kills a stopped job 30 s "
-            "after the signal (SLURM: KillWait), which may end a stop before its checkpoint: launch with torchrun "
-            "--shutdown-timeout 600 (SLURM: --signal and KillWait to match)",
+            f"[pixart train] warning: a checkpoint took {seconds:.0f} s to save; a launcher that stops the job kills "
+            "it soon after the signal (torchrun: 30 s; SLURM: KillWait), which may end a stop before its checkpoint: "
+            "under torchrun launch with --shutdown-timeout 600, under SLURM set --signal and KillWait to match",
             flush=True,
         )
 
