@@ -999,6 +999,25 @@ def test_a_warmup_longer_than_the_run_is_said(capsys):
         assert capsys.readouterr().out == ""
 
 
+def test_a_run_folder_whose_ema_is_stale_serves_its_raw_weights(shapes_data, tmp_path, capsys):
+    """A short run at the paper's EMA decay 0.9999 ends saying its EMA still holds nearly all the weights it
+    started from (use final.safetensors), yet a next stage given its folder started from that EMA without a
+    word: from, in effect, where that run began (review). Now from final.safetensors, said in its note; an
+    EMA that has moved on (ema_warmup, as the demo trains) is still the one taken."""
+    from pixart.train.init import resolve_init_path
+
+    stale = config_for(shapes_data, ["optim.ema_decay=0.9999"], steps=2, every=2)
+    train(stale, tmp_path / "stale", progress=False)
+    assert resolve_init_path(str(tmp_path / "stale")) == tmp_path / "stale" / FINAL
+    warm = config_for(shapes_data, ["optim.ema_decay=0.9999", "optim.ema_warmup=true"], steps=2, every=2)
+    train(warm, tmp_path / "warm", progress=False)
+    assert resolve_init_path(str(tmp_path / "warm")) == tmp_path / "warm" / FINAL_EMA
+    capsys.readouterr()
+    train(config_for(shapes_data, [f"init_from={tmp_path / 'stale'}"], steps=1, every=1), tmp_path / "next")
+    said = capsys.readouterr().out
+    assert f"weights from {tmp_path / 'stale' / FINAL} (its {FINAL_EMA} still holds 100% of the weights" in said
+
+
 def test_a_run_folder_serves_as_init_from_only_once_it_has_finished(tmp_path):
     """A finished run extended (--steps 4 -> 8) and stopped at step 6 keeps step 4's finals until it ends:
     a next stage given the folder started from those silently."""

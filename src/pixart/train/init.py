@@ -22,7 +22,7 @@ from pixart.train.checkpoint import list_checkpoints
 from pixart.train.config import TrainConfig
 from pixart.weights import WeightsError, detect_format
 from pixart.weights.dit_init import reparameterize_dit
-from pixart.weights.io import FINAL_EMA, read_dit, read_state_and_stored, sampling_entry
+from pixart.weights.io import FINAL, FINAL_EMA, read_dit, read_state_and_stored, sampling_entry
 
 
 def build_model(config: TrainConfig) -> PixArt | DiT:
@@ -30,7 +30,8 @@ def build_model(config: TrainConfig) -> PixArt | DiT:
 
 
 def resolve_init_path(init_from: str) -> Path:
-    """A weights path, or a finished run folder (its final EMA weights)."""
+    """A weights path, or a finished run folder: its final EMA weights, or its final raw weights where the EMA
+    still holds most of the weights the run started from (stale_ema_share)."""
     path = Path(init_from)
     if path.is_dir():
         # A run extended past its end (--steps raised) keeps its old finals until it ends again: while it
@@ -43,7 +44,8 @@ def resolve_init_path(init_from: str) -> Path:
                 f"if any, are from an earlier end), or name a weights file in it"
             )
         if (path / FINAL_EMA).is_file():
-            return path / FINAL_EMA
+            stale = stale_ema_share(path)
+            return path / FINAL if stale is not None and (path / FINAL).is_file() else path / FINAL_EMA
         if (path / "checkpoints").is_dir() or is_run_config(path / "config.json"):  # (diffusers' has no "stage")
             raise FileNotFoundError(f"init_from {init_from} is a run folder without {FINAL_EMA}: has it finished?")
     if not path.exists():
@@ -52,6 +54,21 @@ def resolve_init_path(init_from: str) -> Path:
             "init_from at its run folder or weights"
         )
     return path
+
+
+def stale_ema_share(run: Path) -> float | None:
+    """The share of its starting weights a finished run's EMA still holds, where that is most of them (a short
+    run at the paper's decay 0.9999 that its finish note told to use final.safetensors); else None. A next
+    stage started from that EMA would start, in effect, from where the run began."""
+    from pixart import config as config_io
+    from pixart.train.step import ema_start_share
+
+    try:
+        config = config_io.from_dict(TrainConfig, json.loads((run / "config.json").read_text()))
+    except (OSError, ValueError):  # no config, or another version's: the EMA, as documented
+        return None
+    share = ema_start_share(config.optim, config.steps)
+    return share if share > 0.5 else None
 
 
 def is_run_config(path: Path) -> bool:
@@ -99,9 +116,14 @@ def initialize_from(model: PixArt | DiT, config: TrainConfig) -> str:
     missing = _load_checked(model, state, config.init_new_keys, str(path))
     if missing:
         _quiet_new_embedders(model, missing)
-    return f"{fmt} weights from {path}" + (
-        f"; new: {sorted({m.rsplit('.', 2)[0] for m in missing})}" if missing else ""
+    stale = stale_ema_share(Path(config.init_from)) if path.name == FINAL and Path(config.init_from).is_dir() else None
+    why = (
+        f" (its {FINAL_EMA} still holds {stale:.0%} of the weights that run started from; name it to start from it)"
+        if stale is not None
+        else ""
     )
+    new = f"; new: {sorted({m.rsplit('.', 2)[0] for m in missing})}" if missing else ""
+    return f"{fmt} weights from {path}{why}{new}"
 
 
 UNSEEN_FIELDS = ("num_heads", "caption_norm")  # architecture that no tensor's shape shows
