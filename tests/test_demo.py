@@ -69,6 +69,9 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     again = json.loads((out / "report.json").read_text())
     assert (again["probe"], again["frechet"], again["calls"]) == (first["probe"], first["frechet"], 2)
     assert (out / "samples.png").stat().st_mtime_ns == drawn
+    # its timings are the evaluating call's, and the report says so (it said "this call", of seconds it did not spend)
+    assert again["timings"] == first["timings"]
+    assert "Time spent in the call that trained and evaluated these weights" in (out / "report.md").read_text()
 
 
 def test_a_report_stands_only_while_it_describes_the_folder(tmp_path):

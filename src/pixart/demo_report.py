@@ -75,7 +75,8 @@ Frechet distance in the probe's feature space, generated vs real renders of the 
 
 ![loss](loss.png)
 
-Time spent in this call:
+Time spent in the call that trained and evaluated these weights (a later call that trained nothing leaves
+this report as it was):
 {timings}
 
 ## Image space: a small latent codec, and why
