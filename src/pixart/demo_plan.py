@@ -19,9 +19,11 @@ from pixart.train.config import DataConfig, OptimConfig, TrainConfig
 from pixart.weights.io import FINAL_EMA
 
 # Seconds per step of stages 2 and 3 relative to stage 1 (same backbone and batch; stage 3 has twice the
-# tokens on its non-square canvases), measured on the 2-core machine; they let the demo keep its time
-# budget on a slower machine by shortening the later stages instead of overrunning.
-STEP_COST = {"stage2": 1.6, "stage3": 2.3}
+# tokens on its non-square canvases); they let the demo keep its time budget on a slower machine by
+# shortening the later stages instead of overrunning. Measured 1.6 and 2.3 on the Xeon 2-core machine
+# (2026-11-26), 1.07 and 1.43 on the AMD EPYC 2-core machine that runs CI now (2026-11-28: with 1.6 and 2.3 a
+# first run shortened its stages to end at 452 s of 600); these keep about a sixth in hand there.
+STEP_COST = {"stage2": 1.25, "stage3": 1.7}
 CAPTION_TOKENS = 48  # MiniLM tokens per caption: the longest two-object caption fits
 FIXED_MINUTES = 4.0  # rendering, encoders and evaluation on the 2-core machine, cold cache; stages scale with the rest
 MIN_MINUTES = 5  # a budget below leaves the stages almost nothing
