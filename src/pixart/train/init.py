@@ -95,6 +95,12 @@ def unfinished_run_step(run_dir: Path) -> tuple[int, int] | None:
 def initialize_from(model: PixArt | DiT, config: TrainConfig) -> str:
     """Load `config.init_from` into `model`; returns a one-line description."""
     path = resolve_init_path(config.init_from)
+    stale = stale_ema_share(Path(config.init_from)) if path.name == FINAL and Path(config.init_from).is_dir() else None
+    why = (
+        f" (its {FINAL_EMA} still holds {stale:.0%} of the weights that run started from; name it to start from it)"
+        if stale is not None
+        else ""
+    )
     fmt = detect_format(path)
     if isinstance(model, DiT):
         if fmt != "dit":
@@ -102,13 +108,13 @@ def initialize_from(model: PixArt | DiT, config: TrainConfig) -> str:
         dit_state, stored_dit = read_dit(path)
         _refuse_unseen_differences(model.config, stored_dit, path, "dit")
         _load_checked(model, {k: v for k, v in dit_state.items() if k != "pos_embed"}, (), str(path))
-        return f"DiT weights from {path}"
+        return f"DiT weights from {path}{why}"
     if fmt == "dit":
         dit_state, stored_dit = read_dit(path)
         _refuse_unseen_differences(model.config, stored_dit, path, "model")
         state = reparameterize_dit(dit_state, model.config, seed=config.seed)
         _load_checked(model, state, (), str(path))
-        return f"re-parameterised from the class-conditional DiT {path} (adaLN-single tables matched at t=500)"
+        return f"re-parameterised from the class-conditional DiT {path}{why} (adaLN-single tables matched at t=500)"
     # A stage at a higher resolution starts from a lower one's weights, whose stored pos_embed (dropped: it
     # is computed) is not this stage's grid: the shapes that matter are checked by _load_checked.
     _, state, fmt, stored = read_state_and_stored(path, config=model.config, check_grid=False)
@@ -116,12 +122,6 @@ def initialize_from(model: PixArt | DiT, config: TrainConfig) -> str:
     missing = _load_checked(model, state, config.init_new_keys, str(path))
     if missing:
         _quiet_new_embedders(model, missing)
-    stale = stale_ema_share(Path(config.init_from)) if path.name == FINAL and Path(config.init_from).is_dir() else None
-    why = (
-        f" (its {FINAL_EMA} still holds {stale:.0%} of the weights that run started from; name it to start from it)"
-        if stale is not None
-        else ""
-    )
     new = f"; new: {sorted({m.rsplit('.', 2)[0] for m in missing})}" if missing else ""
     return f"{fmt} weights from {path}{why}{new}"
 

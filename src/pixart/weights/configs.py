@@ -18,10 +18,13 @@ from pixart.model.pixart import PixArtConfig
 from pixart.model.pos_embed import sincos_2d
 from pixart.weights.errors import WeightsError
 
-CONFIG_HINT = (
-    "pass --config FILE to pixart convert or info (a JSON of the PixArtConfig fields the shapes do not say, e.g. "
-    '{"num_heads": 16}), or config= to load_transformer'
-)
+
+def config_hint(example: str) -> str:
+    """How to say what a file's shapes do not: `example` is the JSON of the field in question."""
+    return (
+        "pass --config FILE to pixart convert or info (a JSON of the PixArtConfig fields the shapes do not say, "
+        f"e.g. {example}), or config= to load_transformer"
+    )
 
 
 def infer_official_config(state: dict[str, torch.Tensor]) -> PixArtConfig:
@@ -72,7 +75,7 @@ def official_fields(state: dict[str, torch.Tensor], given: Mapping[str, Any] = M
         if "input_size" not in given:
             raise WeightsError(
                 f"the checkpoint's pos_embed {tuple(pos_embed.shape)} is not (1, grid * grid, {hidden}) on a square "
-                f"grid, so its training resolution cannot be read from it; {CONFIG_HINT}"
+                "grid, so its training resolution cannot be read from it; " + config_hint('{"input_size": 64}')
             )
     else:
         fields["input_size"] = grid * patch
@@ -81,7 +84,7 @@ def official_fields(state: dict[str, torch.Tensor], given: Mapping[str, Any] = M
     if hidden % 72 and "num_heads" not in given:
         raise WeightsError(
             f"cannot infer the head count of a width-{hidden} model (the official family uses 72 per head); "
-            f"{CONFIG_HINT}"
+            + config_hint('{"num_heads": 16}')
         )
     return {
         **fields,
@@ -107,7 +110,10 @@ def pos_embed_scale(pos_embed: torch.Tensor, hidden: int, grid: int) -> float:
     for scale in SCALES:
         if torch.allclose(pos_embed.float()[0], sincos_2d(hidden, grid, grid, grid, scale).float(), atol=2e-3):
             return scale
-    raise WeightsError(f"the checkpoint's pos_embed matches no interpolation scale in {SCALES}; {CONFIG_HINT}")
+    raise WeightsError(
+        f"the checkpoint's pos_embed matches no interpolation scale in {SCALES}; "
+        + config_hint('{"interpolation_scale": 2.0}')
+    )
 
 
 def check_pos_embed(state: dict[str, torch.Tensor], config: PixArtConfig, path: Path) -> None:
