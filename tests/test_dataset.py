@@ -218,6 +218,20 @@ def test_an_empty_dataset_says_whether_prepare_finished(tmp_path):
             lambda d: _cut(d / "shard-00001.jsonl", 30),
             r"shard-00001.jsonl is damaged at line 4 \(.*\): rerun pixart prepare",
         ),
+        # edited in place, the sizes kept (a bad copy, a hand edit): read silently, as captions cut short,
+        # empty or another's, and as another sample's latents
+        (
+            lambda d: _shuffle_offsets(d / "shard-00001.safetensors", "dense"),
+            "the 'dense' caption offsets do not match its features",
+        ),
+        (
+            lambda d: _edit(d / "shard-00001.jsonl", '"row": 1,', '"row": 0,'),
+            "shard-00001.jsonl: the samples of bucket 1.0 do not index its latents one to one",
+        ),
+        (
+            lambda d: _edit(d / "shard-00001.jsonl", '"row": 2,', '"row": 9,'),
+            "shard-00001.jsonl: the samples of bucket 1.0 do not index its latents one to one",
+        ),
         # another version's layout was read as this one's, or failed with a KeyError
         (
             lambda d: _set_info(d, format="pixart-features/2"),
@@ -234,6 +248,27 @@ def test_a_damaged_dataset_names_the_file_and_what_to_do(tmp_path, damage, messa
     damage(tmp_path)
     with pytest.raises(DamagedData, match=message):
         FeatureDataset(tmp_path)
+
+
+def _shuffle_offsets(path, field):
+    """Swap two of a field's caption offsets in the safetensors file, its size unchanged."""
+    import json
+
+    data = bytearray(path.read_bytes())
+    header_size = int.from_bytes(data[:8], "little")
+    start, end = json.loads(data[8 : 8 + header_size])[f"text_offsets.{field}"]["data_offsets"]
+    at = 8 + header_size + start
+    offsets = np.frombuffer(bytes(data[at : 8 + header_size + end]), dtype=np.int64).copy()
+    offsets[[1, 2]] = offsets[[2, 1]]  # a caption runs backwards: empty, its neighbour's rows too long
+    data[at : at + offsets.nbytes] = offsets.tobytes()
+    path.write_bytes(bytes(data))
+
+
+def _edit(path, old, new):
+    """Replace the first `old` in a text file by `new` (as long: the file's size unchanged)."""
+    text = path.read_text()
+    assert old in text and len(old) == len(new)
+    path.write_text(text.replace(old, new, 1))
 
 
 def _cut(path, count):

@@ -212,12 +212,25 @@ class Shard:
         records = ShardRecords(path)
         tensors = folder / f"{name}.safetensors"
         shard = cls(memmap_safetensors(tensors), records, tensors)
+        damaged = "one is damaged; rerun pixart prepare into a new --out"
         for field_name, offsets in shard.offsets.items():
             if len(offsets) != len(records) + 1:
                 raise DamagedData(
-                    f"{path} holds {len(records)} samples and {folder / name}.safetensors {len(offsets) - 1} "
-                    f"{field_name!r} captions: one is damaged; rerun pixart prepare into a new --out"
+                    f"{path} holds {len(records)} samples and {tensors} {len(offsets) - 1} {field_name!r} "
+                    f"captions: {damaged}"
                 )
+            # each caption a run of the field's rows, in order and whole: offsets edited in place (the file's
+            # size unchanged) gave captions cut short, empty or another sample's, without a word
+            features = shard.arrays.get(f"text.{field_name}")
+            if features is None or offsets[0] != 0 or (np.diff(offsets) < 0).any() or offsets[-1] != len(features):
+                raise DamagedData(f"{tensors}: the {field_name!r} caption offsets do not match its features: {damaged}")
+        for code, key in enumerate(records.bucket_keys):
+            # each bucket's samples its latent rows, once each: a duplicated row paired a sample with another's
+            # latents silently, and one out of range failed thousands of steps in
+            rows = np.sort(records.rows[records.bucket_codes == code])
+            mean = shard.arrays.get(f"latent_mean.{key}")
+            if mean is None or not np.array_equal(rows, np.arange(len(mean))):
+                raise DamagedData(f"{path}: the samples of bucket {key} do not index its latents one to one: {damaged}")
         return shard
 
     def __getstate__(self) -> dict:
