@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from helpers import randomize_, varied_mask
+from helpers import randomize_, thread_names, varied_mask
 
 from pixart.model import TINY_MS, PixArt
 from pixart.model.dit import DiT, DiTConfig
@@ -56,5 +55,4 @@ dist.barrier()  # both ranks done with every collective before the group goes (g
 # without an active exception"): drop them first, and let go of the group as the trainer does.
 del cases, model, call, master, sharded, module
 let_go_of_the_group(world, destroy=True)
-threads = [Path(f"/proc/self/task/{task}/comm").read_text().strip() for task in sorted(os.listdir("/proc/self/task"))]
-(Path(sys.argv[1]) / f"threads-rank-{world.rank}.json").write_text(json.dumps(threads))
+(Path(sys.argv[1]) / f"threads-rank-{world.rank}.json").write_text(json.dumps(thread_names()))

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+
+def thread_names() -> list[str]:
+    """The names of this process's threads (gloo's are gloo_tcp_loop and pt_gloo_runloop), from /proc."""
+    return [Path(f"/proc/self/task/{task}/comm").read_text().strip() for task in sorted(os.listdir("/proc/self/task"))]
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:

@@ -12,10 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from helpers import thread_names
+
 from pixart.cli.main import main
 
 report, *args = sys.argv[1:]
 code = main(args)
-names = [Path(f"/proc/self/task/{task}/comm").read_text().strip() for task in sorted(os.listdir("/proc/self/task"))]
-(Path(report) / f"threads-rank-{os.environ['RANK']}.json").write_text(json.dumps(names))
+(Path(report) / f"threads-rank-{os.environ['RANK']}.json").write_text(json.dumps(thread_names()))
 sys.exit(code)

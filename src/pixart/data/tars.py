@@ -41,7 +41,9 @@ class TarMembers(dict[str, list[tarfile.TarInfo]]):
     twice: the last is the one `tar -x` gives), with `lost_links`: the members `tar -x` would not write (links
     that lead to no file in the tar, names with '..'), each with why."""
 
-    lost_links: dict[str, str]
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost_links: dict[str, str] = {}
 
 
 def member_key(name: str) -> str:
@@ -134,9 +136,7 @@ def readable_members(path: Path) -> tuple[TarMembers, str]:
         stat = path.stat()
         return _tar_index(path, stat.st_mtime_ns, stat.st_size)
     except OSError as e:
-        members = TarMembers()
-        members.lost_links = {}
-        return members, f"unreadable ({e.strerror or e})"
+        return TarMembers(), f"unreadable ({e.strerror or e})"
 
 
 def latest(members: TarMembers, name: str) -> tarfile.TarInfo | None:

@@ -81,17 +81,14 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
 
 def checkpoint_config(run_dir: Path, path: Path) -> dict:
     """The training config a checkpoint was written under (its "config" entry), read without its tensors."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    from pixart.weights.errors import WeightsError
     from pixart.weights.sharded import read_sharded
 
     try:
-        if path.suffix == ".dcp":  # its small entries alone, gathered in this process
+        if path.suffix == ".dcp":  # its small entries alone, gathered in this process (DCP's errors: WeightsError)
             state = read_sharded(path, skip=("model", "ema", "optimizer"))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (Exception, CheckpointException, WeightsError) as error:  # torch's assorted errors on a cut file
+    except Exception as error:  # torch's assorted errors on a cut file
         raise TrainingError(damaged_checkpoint(run_dir, path, error)) from None
     config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict):
@@ -104,8 +101,9 @@ def checkpoint_config(run_dir: Path, path: Path) -> dict:
 
 def damaged_checkpoint(run_dir: Path, path: Path, error: BaseException) -> str:
     """What to say of a checkpoint that cannot be read: which, why, and the one to resume from instead."""
-    failures = getattr(error, "failures", None)  # DCP's CheckpointException wraps each rank's error
-    cause: BaseException = next(iter(failures.values()))[0] if isinstance(failures, dict) and failures else error
+    from pixart.weights.sharded import failure_cause
+
+    cause = failure_cause(error)
     older = [p for _, p in ckpt.list_checkpoints(run_dir) if p != path]
     instead = f"to resume from {older[-1].name}" if older else "to start the run over"
     why = f"{type(cause).__name__}: {str(cause).splitlines()[0]}" if str(cause).strip() else type(cause).__name__

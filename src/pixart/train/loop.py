@@ -257,8 +257,8 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
         state = training_state(at_step, window)
         began = time.time()
         ckpt.save_checkpoint(run_dir, at_step, state, world, sharded=sharded, keep=config.keep_checkpoints)
-        if time.time() - began > SLOW_SAVE_S and not said_slow_save:  # once a run
-            warn_of_slow_save(time.time() - began, world)
+        if (seconds := time.time() - began) > SLOW_SAVE_S and not said_slow_save:  # once a run
+            warn_of_slow_save(seconds, world)
             said_slow_save = True
         saved_step = at_step
 

@@ -33,6 +33,13 @@ def sharded_model_keys(path: Path) -> list[str]:
     return [where[1] for where in _entry_paths(path) if where[0] == "model" and len(where) == 2]
 
 
+def failure_cause(error: BaseException) -> BaseException:
+    """The error itself, or the first rank's within DCP's CheckpointException (a BaseException, which wraps
+    each rank's error)."""
+    failures = getattr(error, "failures", None)
+    return next(iter(failures.values()))[0] if isinstance(failures, dict) and failures else error
+
+
 def read_sharded(path: Path, skip: tuple[str, ...] = ("optimizer",)) -> dict[str, Any]:
     """The entries of a torch.distributed.checkpoint folder but `skip`'s (the optimizer state, twice the
     model), gathered whole in this one process: a template of empty tensors and placeholders, nested as the
@@ -62,10 +69,7 @@ def read_sharded(path: Path, skip: tuple[str, ...] = ("optimizer",)) -> dict[str
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(template, checkpoint_id=str(path), no_dist=True)
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - a shard missing or cut short
-        # CheckpointException, a BaseException, wraps each rank's error (here one rank's)
-        cause: BaseException = (
-            next(iter(error.failures.values()))[0] if isinstance(error, CheckpointException) else error
-        )
+        cause = failure_cause(error)
         first = str(cause).splitlines()[0] if str(cause) else ""
         raise WeightsError(f"cannot read {path} as a sharded checkpoint: {type(cause).__name__}: {first}") from None
     return template
