@@ -170,6 +170,13 @@ def test_a_copy_without_config_json_is_checked_against_its_checkpoint(shapes_dat
     with pytest.raises(TrainingError, match=r"another config.*optim.lr"):
         train(config_for(shapes_data, ["optim.lr=3e-4"], steps=3, every=1), tmp_path / "run", progress=False)
     assert train(config_for(shapes_data, steps=3, every=1), tmp_path / "run", progress=False)["steps"] == 3
+    # torch's legacy (pre-zip) format cannot be mapped: it was called damaged; now it is read whole
+    newest = tmp_path / "run" / "checkpoints" / "step-0000003.pt"
+    torch.save(torch.load(newest, weights_only=True), newest, _use_new_zipfile_serialization=False)
+    (tmp_path / "run" / "config.json").unlink()
+    with pytest.raises(TrainingError, match=r"another config.*optim.lr"):
+        train(config_for(shapes_data, ["optim.lr=3e-4"], steps=4, every=1), tmp_path / "run", progress=False)
+    assert train(config_for(shapes_data, steps=4, every=1), tmp_path / "run", progress=False)["steps"] == 4
 
 
 def test_a_damaged_checkpoint_is_one_line_naming_the_one_before_it(shapes_data, tmp_path):
