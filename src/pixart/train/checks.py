@@ -84,6 +84,7 @@ def checkpoint_config(run_dir: Path, path: Path) -> dict:
     from pixart.weights.pth import load_checkpoint_file
     from pixart.weights.sharded import read_sharded
 
+    state: object
     try:
         if path.suffix == ".dcp":  # its small entries alone, gathered in this process (DCP's errors: WeightsError)
             state = read_sharded(path, skip=("model", "ema", "optimizer"))
