@@ -81,7 +81,7 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
 
 def checkpoint_config(run_dir: Path, path: Path) -> dict:
     """The training config a checkpoint was written under (its "config" entry), read without its tensors."""
-    from pixart.weights.pth import load_checkpoint_file
+    from pixart.weights.pth import load_tensors_mapped
     from pixart.weights.sharded import read_sharded
 
     state: object
@@ -89,7 +89,7 @@ def checkpoint_config(run_dir: Path, path: Path) -> dict:
         if path.suffix == ".dcp":  # its small entries alone, gathered in this process (DCP's errors: WeightsError)
             state = read_sharded(path, skip=("model", "ema", "optimizer"))
         else:
-            state = load_checkpoint_file(path)  # mapped, not read; a legacy (pre-zip) file read whole
+            state = load_tensors_mapped(path)
     except Exception as error:  # torch's assorted errors on a cut file
         raise TrainingError(damaged_checkpoint(run_dir, path, error)) from None
     config = state.get("config") if isinstance(state, dict) else None

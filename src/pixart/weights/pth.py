@@ -20,15 +20,21 @@ def load_checkpoint_file(path: Path) -> object:
     if is_sharded_checkpoint(path):
         return read_sharded(path)
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip): no mmap
+        return load_tensors_mapped(path)
     except Exception as error:  # noqa: BLE001 - report any unpickling refusal or corruption clearly
         reason = unreadable_reason(path, error)
         raise WeightsError(f"cannot read {path} as a tensor-only checkpoint: {reason}") from None
+
+
+def load_tensors_mapped(path: Path) -> object:
+    """torch.load of tensors and plain containers, mapped rather than read where the file allows it (torch's
+    zip format; a legacy pre-zip file is read whole). torch's own errors pass through."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def unreadable_reason(path: Path, error: Exception) -> str:
