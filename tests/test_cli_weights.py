@@ -15,7 +15,7 @@ from test_dit_init import dit_checkpoint
 from pixart.cli import main
 from pixart.model import TINY, PixArt
 from pixart.weights import WeightsError, load_transformer, save_transformer
-from pixart.weights.io import NULL_CAPTION_FILE
+from pixart.weights.formats import NULL_CAPTION_FILE
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -124,7 +124,7 @@ def test_info_reports_format_config_and_parameters(tmp_path):
     # a file missing a block's tensors was summarised as a healthy model of the config it stores
     from safetensors.torch import load_file, save_file
 
-    from pixart.weights.io import safetensors_metadata
+    from pixart.weights.formats import safetensors_metadata
 
     state = {k: v for k, v in load_file(tmp_path / "m.safetensors").items() if not k.startswith("blocks.1.")}
     save_file(state, tmp_path / "cut.safetensors", metadata=safetensors_metadata(tmp_path / "m.safetensors"))

@@ -288,7 +288,7 @@ def test_a_rerun_keeps_what_each_stage_has_trained(tmp_path):
     """A smaller --minutes on a rerun planned stage 1 below its saved step 300 and was refused (advising
     --steps and --run-dir, which the demo lacks); a finished stage kept training towards a longer plan."""
     from pixart.demo_plan import DemoPlan, keep_saved_progress, stage_configs
-    from pixart.weights.io import FINAL_EMA
+    from pixart.weights.formats import FINAL_EMA
 
     stage1 = stage_configs(DemoPlan(), tmp_path, tmp_path, tmp_path)["stage1"]
     stage1 = dataclasses.replace(stage1, steps=200)

@@ -9,7 +9,7 @@ from helpers import randomize_
 from pixart.model import DiT, DiTConfig, PixArt
 from pixart.weights import load_transformer
 from pixart.weights.dit_init import dit_to_pixart
-from pixart.weights.io import WeightsError
+from pixart.weights.errors import WeightsError
 
 DIT = DiTConfig(input_size=16, hidden_size=96, depth=3, num_heads=3, num_classes=10)
 

@@ -35,7 +35,7 @@ from pixart.train.init import build_model
 from pixart.train.loop import train
 from pixart.train.metrics import read_metrics
 from pixart.weights import WeightsError, load_transformer
-from pixart.weights.io import FINAL, FINAL_EMA
+from pixart.weights.formats import FINAL, FINAL_EMA
 
 
 @pytest.fixture(scope="module")
@@ -1029,7 +1029,7 @@ def test_a_run_folder_serves_as_init_from_only_once_it_has_finished(tmp_path):
     """A finished run extended (--steps 4 -> 8) and stopped at step 6 keeps step 4's finals until it ends:
     a next stage given the folder started from those silently."""
     from pixart.train.init import resolve_init_path
-    from pixart.weights.io import FINAL_EMA
+    from pixart.weights.formats import FINAL_EMA
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

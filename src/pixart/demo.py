@@ -38,7 +38,7 @@ from pixart.files import write_json
 from pixart.model.pixart import count_parameters
 from pixart.modelfolder import ModelSpec
 from pixart.train.config import TrainConfig
-from pixart.weights.io import FINAL_EMA
+from pixart.weights.formats import FINAL_EMA
 
 if TYPE_CHECKING:
     from pixart.encoders.shapes_ae import ShapesCodec

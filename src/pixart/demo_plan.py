@@ -16,7 +16,7 @@ from pixart.diffusion.objective import DiffusionConfig
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig
 from pixart.train.config import DataConfig, OptimConfig, TrainConfig
-from pixart.weights.io import FINAL_EMA
+from pixart.weights.formats import FINAL_EMA
 
 # Seconds per step of stages 2 and 3 relative to stage 1 (same backbone and batch; stage 3 has twice the
 # tokens on its non-square canvases); they let the demo keep its time budget on a slower machine by

@@ -25,13 +25,8 @@ from pixart.diffusion.schedulers import TRAIN_STEPS, default_sampler, get_sample
 from pixart.encoders.text import text_encoder_kind
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
-from pixart.weights.io import (
-    FINAL_EMA,
-    OURS_IN_FOLDER,
-    SAMPLING_METADATA,
-    sampling_entry,
-    sampling_metadata,
-)
+from pixart.weights.formats import FINAL_EMA, OURS_IN_FOLDER
+from pixart.weights.io import SAMPLING_METADATA, sampling_entry, sampling_metadata
 
 SPEC_FILE = "model.json"
 DOWNLOAD_HINT = (

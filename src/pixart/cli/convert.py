@@ -55,7 +55,8 @@ def convert(args: argparse.Namespace) -> int:
     from pixart.modelfolder import sampling_record
     from pixart.weights import detect_format, save_transformer
     from pixart.weights.dit_init import dit_to_pixart
-    from pixart.weights.io import SAMPLING_FILE, SAMPLING_METADATA, read_checked_state, read_dit
+    from pixart.weights.formats import SAMPLING_FILE
+    from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit
     from pixart.weights.pth import training_checkpoint_settings
 
     fields = read_config_fields(args.config, PixArtConfig) if args.config else None

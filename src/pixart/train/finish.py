@@ -17,7 +17,7 @@ from pixart.train.init import save_weights
 from pixart.train.metrics import plot_loss, read_metrics
 from pixart.train.previews import Previewer
 from pixart.train.step import ema_start_share
-from pixart.weights.io import FINAL, FINAL_EMA
+from pixart.weights.formats import FINAL, FINAL_EMA
 
 
 def finish_run(

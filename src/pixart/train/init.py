@@ -22,7 +22,8 @@ from pixart.train.checkpoint import list_checkpoints
 from pixart.train.config import TrainConfig
 from pixart.weights import WeightsError, detect_format
 from pixart.weights.dit_init import reparameterize_dit
-from pixart.weights.io import FINAL, FINAL_EMA, read_dit, read_state_and_stored, sampling_entry
+from pixart.weights.formats import FINAL, FINAL_EMA
+from pixart.weights.io import read_dit, read_state_and_stored, sampling_entry
 
 
 def build_model(config: TrainConfig) -> PixArt | DiT:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pixart.model.dit import DiT, DiTConfig
 from pixart.model.layers import timestep_sinusoid
 from pixart.model.pixart import PixArt, PixArtConfig
-from pixart.weights.io import WeightsError
+from pixart.weights.errors import WeightsError
 
 REPARAM_T = 500
 SHARED_PREFIXES = ("x_embedder.proj.", "t_embedder.mlp.", "final_layer.linear.")

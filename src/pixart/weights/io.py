@@ -1,4 +1,5 @@
-"""Read PixArt transformer weights in three layouts, detected from the path (writing: pixart.weights.save).
+"""Read PixArt transformer weights in three layouts, detected from the path (pixart.weights.formats; writing:
+pixart.weights.save).
 
 - official: a `.pth` holding {"state_dict": ..., "state_dict_ema": ...} or a bare state dict;
 - ours: a `.safetensors` file whose metadata carries the config (official key names, no pos_embed);
@@ -13,14 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from pixart.diffusion.objective import DiffusionConfig
@@ -34,6 +32,18 @@ from pixart.weights.configs import (
     infer_official_config,
 )
 from pixart.weights.errors import WeightsError
+from pixart.weights.formats import (
+    DIFFUSERS_WEIGHTS,
+    NULL_CAPTION_FILE,
+    OURS_IN_FOLDER,
+    SAMPLING_FILE,
+    SHARD_NAME,
+    detect_format,
+    diffusers_folder,
+    diffusers_weight_files,
+    reading,
+    safetensors_metadata,
+)
 from pixart.weights.pth import (
     is_training_checkpoint,
     load_checkpoint_file,
@@ -41,69 +51,7 @@ from pixart.weights.pth import (
     stored_official_config,
     training_checkpoint_settings,
 )
-from pixart.weights.sharded import is_sharded_checkpoint, sharded_model_keys
-
-DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
-DIFFUSERS_PICKLED_WEIGHTS = "diffusion_pytorch_model.bin"  # older folders (save_pretrained without safetensors)
-SHARD_NAME = re.compile(r"-\d+-of-\d+\.")  # diffusion_pytorch_model-00001-of-00002.safetensors
-NULL_CAPTION_FILE = "null_caption.safetensors"  # our sidecar: diffusers has no slot for y_embedding
-SAMPLING_FILE = "pixart_sampling.json"  # our sidecar: how the weights sample (a flow model's objective)
-OURS_IN_FOLDER = "transformer.safetensors"  # inside a model folder of ours (see pixart.modelfolder)
-FINAL = "final.safetensors"  # what a finished `pixart train` run leaves in its folder
-FINAL_EMA = "final_ema.safetensors"  # ... and its EMA weights, what the next stage and generate take
-FORMATS = ("pixart", "official", "diffusers")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Format detection
-
-
-def detect_format(path: str | Path) -> str:
-    """'pixart', 'official', 'diffusers' or 'dit' for a weights path; a clear error otherwise."""
-    with reading(path):
-        return _detect_format(Path(path))
-
-
-@contextmanager
-def reading(path: str | Path) -> Iterator[None]:
-    """A corrupt, cut-short or mislabelled file's parse error, as one WeightsError naming the file."""
-    try:
-        yield
-    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise WeightsError(f"cannot read {path}: {error} (a corrupt or cut-short file, or not weights)") from None
-    except KeyError as error:  # an entry every checkpoint of its format holds (a tensor, the stored config)
-        raise WeightsError(
-            f"cannot read {path}: it has no {error} (an incomplete file, or not PixArt weights)"
-        ) from None
-
-
-def _detect_format(path: Path) -> str:
-    if not path.exists():
-        raise FileNotFoundError(f"no such file or folder: {path}")
-    if is_sharded_checkpoint(path):  # a training checkpoint: its keys say which, without reading a tensor
-        return _format_from_keys(sharded_model_keys(path), path)
-    if path.is_dir():
-        if (path / OURS_IN_FOLDER).is_file():
-            return "pixart"
-        if _diffusers_folder(path) is not None:
-            return "diffusers"
-        if (path / FINAL_EMA).is_file():  # a finished `pixart train` run folder
-            raise WeightsError(f"{path} is a training run: give its weights, {path / FINAL_EMA}")
-        raise WeightsError(
-            f"{path} is a folder but holds neither {OURS_IN_FOLDER} (a pixart model folder) nor a diffusers "
-            f"transformer (config.json + {DIFFUSERS_WEIGHTS}, or model_index.json with transformer/)"
-        )
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("format") == "pixart":
-                return "pixart"
-            return _format_from_keys(list(f.keys()), path)
-    if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        return _format_from_keys(list(read_official_state(path, use_ema=False)), path)
-    raise WeightsError(
-        f"unknown weights format for {path}: expected an official .pth/.pt, a .safetensors file, or a diffusers folder"
-    )
-
+from pixart.weights.sharded import is_sharded_checkpoint
 
 # Metadata key of our trainer's final weights: {"objective", "flow_shift", "shift_base_tokens"} as JSON.
 SAMPLING_METADATA = "sampling"
@@ -130,67 +78,9 @@ def sampling_metadata(path: str | Path) -> dict[str, str]:
         if is_training_checkpoint(data):  # the config it trained with says it
             return _training_sampling_entry(data)
         recorded = data.get(SAMPLING_METADATA) if isinstance(data, dict) else None
-    elif path.is_dir() and (folder := _diffusers_folder(path)) is not None and (folder / SAMPLING_FILE).is_file():
+    elif path.is_dir() and (folder := diffusers_folder(path)) is not None and (folder / SAMPLING_FILE).is_file():
         recorded = (folder / SAMPLING_FILE).read_text()
     return {SAMPLING_METADATA: recorded} if isinstance(recorded, str) else {}
-
-
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The string metadata of a .safetensors file (ours keeps "format" and "config" there); {} if none."""
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
-
-
-def _format_from_keys(names: list[str], path: Path) -> str:
-    names_set = set(names)
-    if "y_embedder.embedding_table.weight" in names_set and not any(".cross_attn." in n for n in names):
-        return "dit"
-    if "x_embedder.proj.weight" in names_set and any(n.startswith("blocks.") for n in names):
-        return "official"
-    if "pos_embed.proj.weight" in names_set and any(n.startswith("transformer_blocks.") for n in names):
-        return "diffusers"
-    sample = ", ".join(sorted(names)[:5])
-    wrapped = " (every key starts with 'module.', as DDP names them: save the state dict without that prefix)"
-    raise WeightsError(
-        f"{path} does not hold a PixArt transformer (keys start with: {sample}); expected official PixArt "
-        "keys (x_embedder, blocks.N...), diffusers PixArtTransformer2DModel keys, or a DiT checkpoint"
-        + (wrapped if names and all(name.startswith("module.") for name in names) else "")
-    )
-
-
-def _diffusers_folder(path: Path) -> Path | None:
-    """The folder that holds the transformer's config.json and weights, or None."""
-    for candidate in (path, path / "transformer"):
-        if (candidate / "config.json").is_file() and diffusers_weight_files(candidate):
-            return candidate
-    return None
-
-
-def diffusers_weight_files(folder: Path) -> list[Path]:
-    """The files holding a diffusers folder's weights: diffusers' default names (one file, shards listed by
-    an index, or the pickled .bin), else one variant's (save_pretrained(variant="fp16") writes
-    diffusion_pytorch_model.fp16.safetensors, or shards with diffusion_pytorch_model.safetensors.index.fp16.json).
-    [] if there are none; two variants and no default is an error naming them. An index comes before a single
-    file beside it, as diffusers loads them."""
-    if (folder / f"{DIFFUSERS_WEIGHTS}.index.json").is_file():
-        return _shards(folder / f"{DIFFUSERS_WEIGHTS}.index.json")
-    if (folder / DIFFUSERS_WEIGHTS).is_file():
-        return [folder / DIFFUSERS_WEIGHTS]
-    if (folder / DIFFUSERS_PICKLED_WEIGHTS).is_file():
-        return [folder / DIFFUSERS_PICKLED_WEIGHTS]
-    stem = DIFFUSERS_WEIGHTS.removesuffix(".safetensors")
-    variants = [f for f in sorted(folder.glob(f"{stem}.*.safetensors")) if not SHARD_NAME.search(f.name)]
-    variant_indexes = sorted(folder.glob(f"{DIFFUSERS_WEIGHTS}.index.*.json"))
-    if len(variants) + len(variant_indexes) > 1:
-        names = ", ".join(f.name for f in [*variants, *variant_indexes])
-        raise WeightsError(f"{folder} holds the weights of several variants ({names}): pass the file of the one to use")
-    return _shards(variant_indexes[0]) if variant_indexes else variants
-
-
-def _shards(index: Path) -> list[Path]:
-    """The shard files a diffusers index names."""
-    with reading(index):
-        return [index.parent / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,7 +199,7 @@ def _read_state(
     if fields is not None:
         config = None
     refuse_ema_of_one_set(path, use_ema)
-    fmt = _detect_format(path)
+    fmt = detect_format(path)
     if fmt == "dit":
         raise WeightsError(
             f"{path} is a class-conditional DiT checkpoint (stage 1), not PixArt: it draws no image from text. "
@@ -323,7 +213,7 @@ def _read_state(
         if path.is_file() and (path.parent / "config.json").is_file():
             found_config, state = _read_diffusers(path.parent, weights=path)
         else:
-            folder = _diffusers_folder(path)
+            folder = diffusers_folder(path)
             if folder is None:
                 raise WeightsError(
                     f"{path} holds diffusers transformer weights without their config.json: pass the folder that "

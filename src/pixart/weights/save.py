@@ -12,7 +12,8 @@ from pixart.files import atomic_folder, atomic_write
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import keys
 from pixart.weights.configs import diffusers_config_from_ours, official_pos_embed
-from pixart.weights.io import DIFFUSERS_WEIGHTS, FORMATS, NULL_CAPTION_FILE, SAMPLING_FILE, SAMPLING_METADATA
+from pixart.weights.formats import DIFFUSERS_WEIGHTS, FORMATS, NULL_CAPTION_FILE, SAMPLING_FILE
+from pixart.weights.io import SAMPLING_METADATA
 
 
 def save_transformer(
