@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -438,6 +441,59 @@ def test_a_sharded_training_checkpoint_reads_as_its_pt_twin_does(tmp_path, capsy
     (tmp_path / "step-0000009.dcp" / "__0_0.distcp").write_bytes(b"cut")  # a shard cut short
     assert main(["info", str(tmp_path / "step-0000009.dcp")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+class _RunsCode:
+    """Unpickling this runs a command: what a folder from elsewhere could hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # dcp.save in one process, as it says
+def test_a_sharded_checkpoint_is_read_without_running_code(tmp_path, capsys):
+    """DCP unpickles a checkpoint's .metadata with pickle.load and its non-tensor entries with
+    torch.load(weights_only=False): any folder holding a .metadata file (a diffusers folder included) ran
+    whatever it held on info, convert, generate; a .metadata cut short was a traceback."""
+    import torch.distributed.checkpoint as dcp
+
+    marker = tmp_path / "code-ran"
+    state = _training_state(randomize_(PixArt(TINY)))
+    dcp.save({**state, "extra": _RunsCode(marker)}, checkpoint_id=str(tmp_path / "entry.dcp"))
+    dcp.save(state, checkpoint_id=str(tmp_path / "meta.dcp"))
+    (tmp_path / "meta.dcp" / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    for name in ("entry.dcp", "meta.dcp"):
+        assert main(["info", str(tmp_path / name)]) == 2, name
+        said = capsys.readouterr().err
+        assert f"cannot read {tmp_path / name} as a sharded checkpoint" in said and "Traceback" not in said, said
+        with pytest.raises(WeightsError, match="as a sharded checkpoint"):
+            load_transformer(tmp_path / name, use_ema=True)
+        assert not marker.exists(), name
+    assert "names posix.system, which no checkpoint's record holds" in str(_refusal(tmp_path / "meta.dcp"))
+    said = str(_refusal(tmp_path / "entry.dcp"))  # torch's tensor-only loader; its advice (weights_only=False) left out
+    assert "entry 'extra' holds Python objects besides tensors" in said and "weights_only" not in said, said
+    # a .metadata cut short
+    dcp.save(state, checkpoint_id=str(tmp_path / "cut.dcp"))
+    metadata = tmp_path / "cut.dcp" / ".metadata"
+    metadata.write_bytes(metadata.read_bytes()[:200])
+    assert main(["info", str(tmp_path / "cut.dcp")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    # a diffusers folder with a stray .metadata beside it is a diffusers folder, its .metadata never read
+    folder = tmp_path / "diffusers"
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "weights.safetensors")
+    assert main(["convert", str(tmp_path / "weights.safetensors"), "--to", "diffusers", "--out", str(folder)]) == 0
+    (folder / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    assert main(["info", str(folder)]) == 0
+    assert not marker.exists()
+
+
+def _refusal(path: Path) -> WeightsError:
+    with pytest.raises(WeightsError) as refused:
+        load_transformer(path, use_ema=True)
+    return refused.value
 
 
 def test_info_says_dtype_ema_and_null_caption_and_takes_a_config(tmp_path, capsys):

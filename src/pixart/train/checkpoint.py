@@ -126,14 +126,14 @@ def _set_aside(folder: Path) -> Path:
 def load_checkpoint(path: Path, template: dict | None = None) -> dict:
     """Read a checkpoint. Sharded ones are loaded in place into `template` (the live state dicts)."""
     if path.suffix == ".dcp":
-        import torch.distributed.checkpoint as dcp
+        from pixart.weights.dcp_reading import load_into, read_metadata
 
         if template is None:
             raise ValueError(f"{path} is sharded: it loads into the live state dicts, so pass them as template")
-        stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        stored = read_metadata(path).state_dict_metadata
         # DCP refuses a template key the checkpoint lacks: those added since (OPTIONAL) keep their defaults
         template = {k: v for k, v in template.items() if k not in OPTIONAL or any(_under(s, k) for s in stored)}
-        dcp.load(template, checkpoint_id=str(path))
+        load_into(template, path)
         extra = torch.load(path / "extra.pt", weights_only=True)
         return {**template, **extra}
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -15,16 +15,20 @@ SHARDED_METADATA = ".metadata"  # what torch.distributed.checkpoint writes first
 
 
 def is_sharded_checkpoint(path: Path) -> bool:
-    """A torch.distributed.checkpoint folder: what `pixart train` writes under parallel=fsdp (step-N.dcp)."""
-    return path.is_dir() and (path / SHARDED_METADATA).is_file()
+    """A torch.distributed.checkpoint folder: what `pixart train` writes under parallel=fsdp (step-N.dcp):
+    its metadata beside at least one shard (a stray .metadata file does not make a folder one)."""
+    return path.is_dir() and (path / SHARDED_METADATA).is_file() and any(path.glob("*.distcp"))
 
 
 def _entry_paths(path: Path) -> list[tuple[str, ...]]:
     """Each stored value's path of names (("model", "blocks.0.attn.qkv.weight"), ("step",)...), from the
     checkpoint's metadata alone."""
-    import torch.distributed.checkpoint as dcp
+    from pixart.weights.dcp_reading import read_metadata
 
-    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    try:
+        metadata = read_metadata(path)
+    except Exception as error:  # noqa: BLE001 - cut short, or naming what no checkpoint holds
+        raise WeightsError(f"cannot read {path} as a sharded checkpoint: {type(error).__name__}: {error}") from None
     return [tuple((metadata.planner_data or {}).get(flat, (flat,))) for flat in metadata.state_dict_metadata]
 
 
@@ -44,12 +48,13 @@ def read_sharded(path: Path, skip: tuple[str, ...] = ("optimizer",)) -> dict[str
     """The entries of a torch.distributed.checkpoint folder but `skip`'s (the optimizer state, twice the
     model), gathered whole in this one process: a template of empty tensors and placeholders, nested as the
     checkpoint's own record says (planner_data: each flat key's path), is filled in place by dcp.load."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    from pixart.weights.dcp_reading import load_into, read_metadata
+
     try:
-        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+        metadata = read_metadata(path)
         template: dict[str, Any] = {}
         for flat, entry in metadata.state_dict_metadata.items():
             where = (metadata.planner_data or {}).get(flat, (flat,))
@@ -67,7 +72,7 @@ def read_sharded(path: Path, skip: tuple[str, ...] = ("optimizer",)) -> dict[str
         # collective load would have the ranks plan and read together
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(template, checkpoint_id=str(path), no_dist=True)
+            load_into(template, path, no_dist=True)
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - a shard missing or cut short
         cause = failure_cause(error)
         first = str(cause).splitlines()[0] if str(cause) else ""
