@@ -155,6 +155,12 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     result = run_cli("info", str(tmp_path / "odd.pt"))
     assert result.returncode == 2, result.stderr
     assert "--num-heads" in result.stderr and "Traceback" not in result.stderr
+    for heads in ("7", "0"):  # not dividing the width: a traceback from info (convert said it)
+        for command in (["info", str(tmp_path / "dit.pt")], ["convert", str(tmp_path / "dit.pt"), "--to", "pixart"]):
+            out = ["--out", str(tmp_path / "h.safetensors")] if command[0] == "convert" else []
+            result = run_cli(*command, *out, "--num-heads", heads)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+            assert f"with {heads} heads" in result.stderr or "with these options" in result.stderr, result.stderr
 
 
 def test_help_of_every_command():

@@ -49,17 +49,20 @@ def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
             "does (.safetensors with the config in its metadata)"
         )
     input_size = math.isqrt(state["pos_embed"].shape[1]) * patch
-    return DiTConfig(
-        input_size=input_size,
-        patch_size=patch,
-        in_channels=in_channels,
-        hidden_size=hidden,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
-        learn_sigma=out == 2 * in_channels,
-        num_classes=state["y_embedder.embedding_table.weight"].shape[0] - 1,
-    )
+    try:
+        return DiTConfig(
+            input_size=input_size,
+            patch_size=patch,
+            in_channels=in_channels,
+            hidden_size=hidden,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+            learn_sigma=out == 2 * in_channels,
+            num_classes=state["y_embedder.embedding_table.weight"].shape[0] - 1,
+        )
+    except ValueError as error:  # a --num-heads that does not divide the width: a traceback from info
+        raise WeightsError(f"no DiT has these shapes with {num_heads} heads: {error}") from None
 
 
 def pixart_config_for(dit: DiTConfig, **overrides: Any) -> PixArtConfig:
