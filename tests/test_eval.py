@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -27,6 +28,7 @@ from pixart.evaluate.inception import INCEPTION_HINT, INCEPTION_URL, inception_f
 from pixart.evaluate.inception import resize_for_inception as resize
 from pixart.evaluate.probe import PROBE_VERSION
 from pixart.evaluate.realdata import RealDataError, list_images, read_prompts, small_sample_warning
+from pixart.weights import WeightsError
 
 # --- stand-ins for the real networks ------------------------------------------------------------------
 
@@ -155,6 +157,27 @@ def test_clip_score_lies_in_0_100(clip_folder):
     torch.testing.assert_close(scorer.pair_scores(images[::-1], captions[::-1]), pairs.flip(0))
     # Each pair is clamped at 0 before the mean, as torchmetrics documents it.
     assert clip_score(torch.tensor([-10.0, 30.0], dtype=torch.float64)) == pytest.approx(15.0)
+
+
+def test_a_folder_that_only_loads_as_a_clip_is_refused(clip_folder, tmp_path):
+    """Another model's folder (a T5 text encoder beside a CLIP tokenizer, say) loaded as a CLIP with a warning
+    and random weights: it failed at the first images, after generation had started, or scored noise."""
+    from safetensors.torch import load_file, save_file
+    from transformers import T5Config, T5EncoderModel
+
+    t5 = tmp_path / "t5"
+    shutil.copytree(clip_folder, t5)
+    (t5 / "model.safetensors").unlink()
+    T5EncoderModel(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(t5)
+    with pytest.raises(WeightsError, match=r"is not a transformers CLIP folder: its config is a 't5' model's"):
+        ClipScorer.load(t5)
+    partial = tmp_path / "partial"
+    shutil.copytree(clip_folder, partial)
+    weights = load_file(partial / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("text_projection")}, partial / "model.safetensors")
+    with pytest.raises(WeightsError, match=r"1 of CLIP's weights are missing from it \(e.g. text_projection.weight\)"):
+        ClipScorer.load(partial)
+    ClipScorer.load(clip_folder)  # the whole CLIP loads
 
 
 # --- prompt files -------------------------------------------------------------------------------------

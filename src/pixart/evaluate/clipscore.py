@@ -49,14 +49,24 @@ class ClipScorer:
         if not folder.is_dir():
             raise FileNotFoundError(f"--clip: no folder at {folder}. {CLIP_HINT}")
         from transformers import AutoProcessor, CLIPModel
+        from transformers.utils import logging as transformers_logging
 
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()  # its load report of another model's folder: said below
         try:
-            model = CLIPModel.from_pretrained(folder, local_files_only=True)
+            loaded: Any = CLIPModel.from_pretrained(folder, local_files_only=True, output_loading_info=True)
             processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         except Exception as error:  # missing config, weights or tokenizer files, or another architecture
             raise WeightsError(
                 f"--clip {folder} is not a transformers CLIP folder ({type(error).__name__}: {error}). {CLIP_HINT}"
             ) from error
+        finally:
+            transformers_logging.set_verbosity(verbosity)
+        model, loading = loaded
+        # Another model's folder whose shapes do not clash loaded with a warning and random CLIP weights: it
+        # scored noise, or failed at the first images, after generation had started
+        if why := _not_clip(model, loading.get("missing_keys") or [], processor):
+            raise WeightsError(f"--clip {folder} is not a transformers CLIP folder: {why}. {CLIP_HINT}")
         return cls(model, processor, device)
 
     @torch.no_grad()
@@ -75,6 +85,17 @@ class ClipScorer:
         image_embedding = _embedding(self.model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device)))
         cosine = torch.nn.functional.cosine_similarity(image_embedding.double(), text_embedding.double(), dim=-1)
         return (100 * cosine).cpu()
+
+
+def _not_clip(model: CLIPModel, missing: list[str], processor: ProcessorMixin) -> str:
+    """Why a loaded folder is not a CLIP after all; "" if it is one."""
+    if model.config.model_type != "clip":
+        return f"its config is a {model.config.model_type!r} model's"
+    if missing:
+        return f"{len(missing)} of CLIP's weights are missing from it (e.g. {sorted(missing)[0]})"
+    if getattr(processor, "image_processor", None) is None:
+        return "it has no image processor"
+    return ""
 
 
 def clip_score(pair_scores: torch.Tensor) -> float:
