@@ -456,6 +456,32 @@ def test_the_page_leaves_steps_and_seed_unrounded_for_the_checks(model_folder, t
         assert math.isnan(number.preprocess(float("nan")))
 
 
+def test_a_seed_the_command_took_is_taken_by_the_page(model_folder, tmp_path):
+    """The page took seeds below 2**31: an image the CLI made with seed 5,000,000,000 could not be remade."""
+    from pixart.app import Studio
+    from pixart.generate import TextToImage
+
+    reply = Studio(TextToImage.from_path(model_folder), tmp_path).request(
+        "a cat", None, "1.0", None, None, 2, 4.5, 5_000_000_000, False, 1
+    )
+    assert "Cannot generate" not in reply.notice and reply.seed == 5_000_000_000 and reply.files, reply.notice
+
+
+def test_a_model_default_guidance_above_the_slider_is_within_its_bounds(model_folder, tmp_path):
+    """A model.json whose cfg_scale lies above 20 had every request at the page's default refused by the
+    slider ("Value 30 is greater than maximum value 20")."""
+    import gradio as gr
+
+    from pixart.app import build_app
+    from pixart.generate import TextToImage
+
+    pipe = TextToImage.from_path(model_folder)
+    for default in (4.5, 30.0):
+        page = build_app(pipe.with_spec(cfg_scale=default), tmp_path)
+        (cfg,) = [block for block in page.blocks.values() if isinstance(block, gr.Slider) and block.elem_id == "cfg"]
+        assert cfg.preprocess(default) == default and cfg.maximum == max(20, default)
+
+
 def test_images_that_cannot_be_saved_are_a_notice_and_leave_no_empty_folder(model_folder, tmp_path, monkeypatch):
     """A full disk was a bare "Error" in the page, and left an empty request folder."""
     import pixart.app

@@ -24,6 +24,7 @@ from pixart.generate import TextToImage, micro_conditions
 from pixart.generation_settings import GenerationError, Settings
 from pixart.model import TINY, TINY_MS, PixArt
 from pixart.modelfolder import ModelSpec, read_spec, save_model_folder
+from pixart.outputs import CONTACT_SHEET
 from pixart.weights import save_transformer
 
 diffusers = pytest.importorskip("diffusers")
@@ -189,6 +190,12 @@ def test_learned_null_and_empty_prompt_semantics_differ(tmp_path):
         result = pipe.generate(["a dog"], Settings(steps=3, negative=blank), progress=False)[0]
         assert np.array_equal(np.asarray(result.image), np.asarray(learned.image)), repr(blank)
         assert result.settings["negative"] is None
+    # An empty prompt is the unconditional image: the learned null caption in both branches, so the guidance
+    # scale changes nothing (it was the text encoder's features of "", which guidance pushed towards)
+    unguided = np.asarray(pipe.generate([""], Settings(steps=3, cfg_scale=0.0), progress=False)[0].image)
+    for prompt, cfg in (("", 4.5), ("  ", 7.0)):
+        image = np.asarray(pipe.generate([prompt], Settings(steps=3, cfg_scale=cfg), progress=False)[0].image)
+        assert np.abs(image.astype(int) - unguided).max() <= 1, (repr(prompt), cfg)
 
 
 def test_sizes_aspects_and_their_errors(pipeline_folder):
@@ -495,6 +502,64 @@ def test_a_new_run_does_not_mix_with_an_earlier_one(pipeline_folder, tmp_path, c
     err = capsys.readouterr().err
     assert f"--out {out} already holds 5 file(s) of an earlier run" in err and "choose another --out" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
+
+
+def test_a_stopped_run_keeps_the_images_it_made(pipeline_folder, tmp_path, capsys, monkeypatch):
+    """Every image was held until the last batch: a Ctrl-C or an out-of-memory error at batch N lost batches 1
+    to N-1, and the emptied --out was removed. Each batch is written as it comes now."""
+    real = TextToImage.generate_batches
+
+    def stopped_after_two(self, *args, **kwargs):
+        for number, batch in enumerate(real(self, *args, **kwargs)):
+            if number == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(TextToImage, "generate_batches", stopped_after_two)
+    out = tmp_path / "out"
+    args = ["generate", "a red circle", "--model", str(pipeline_folder), "--steps", "2", "--out", str(out)]
+    assert main([*args, "--num-images", "6", "--batch", "2"]) == 130
+    assert f"kept the 4 of 6 image(s) made before this stop in {out}" in capsys.readouterr().err
+    made = sorted(p.name for p in out.glob("0*.png"))
+    assert made == [f"000{k}-a-red-circle-seed{k}.png" for k in range(4)], made
+    assert all((out / name).with_suffix(".json").is_file() for name in made) and (out / CONTACT_SHEET).is_file()
+    monkeypatch.setattr(TextToImage, "generate_batches", real)  # the same images as a run that was not stopped
+    assert main([*args[:-1], str(tmp_path / "whole"), "--num-images", "6", "--batch", "2"]) == 0
+    for name in made:
+        assert np.array_equal(pixels(out / name), pixels(tmp_path / "whole" / name)), name
+
+
+def test_two_runs_into_one_folder_at_once_do_not_overwrite_each_other(pipeline_folder, tmp_path, capsys, monkeypatch):
+    """Both passed the earlier-run check when they started together and wrote over each other's images."""
+    import pixart.cli.generate as generate_command
+
+    out = tmp_path / "out"
+    args = ["generate", "a red circle", "--model", str(pipeline_folder), "--steps", "2", "--out", str(out)]
+    assert main([*args, "--cfg", "2", "--num-images", "2"]) == 0
+    theirs = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    monkeypatch.setattr(generate_command, "prepare_out", lambda out: None)  # started before the other wrote
+    assert main([*args, "--cfg", "7", "--num-images", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: {out / '0000-a-red-circle-seed0.png'} appeared while this was written" in err, err
+    assert "give each run its own --out" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == theirs
+
+
+def test_the_contact_sheet_shows_thumbnails_of_the_first_images(tmp_path, monkeypatch):
+    """200 images of 1024 px made a 230-megapixel sheet that Pillow refused to open (and the app spent half
+    a request drawing one of eight 4096 px images)."""
+    import pixart.outputs as outputs
+    from pixart.generation_settings import GeneratedImage
+
+    monkeypatch.setattr(outputs, "SHEET_IMAGES", 5)
+    colours = [(255, 0, 0), (0, 255, 0)]
+    results = [GeneratedImage(Image.new("RGB", (1024, 512), colours[k % 2]), "p", k, {}) for k in range(7)]
+    paths = outputs.write_images(results, tmp_path)
+    sheet = Image.open(tmp_path / CONTACT_SHEET)
+    assert len(paths) == 7 and max(sheet.size) < 3 * outputs.SHEET_CELL + 100, sheet.size  # 3 x 2 cells
+    assert sheet.getpixel((4 + 128, 4 + 128)) == (255, 0, 0)  # the first thumbnail, 256x128 in its cell
+    assert sheet.getpixel((4 + 256 + 4 + 128, 4 + 128)) == (0, 255, 0)
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,9 @@ def generating() -> bool:
     return _in_flight[0] > 0
 
 
-SEED_RANGE = 2**31  # what fits every seed field downstream (diffusers, numpy)
+# The whole numbers a browser's number (a float64) holds exactly: the page's seeds. The CLI takes up to
+# 2**63 - 1 (torch's range); an image made there with a larger seed is remade with the CLI.
+SEED_RANGE = 2**53
 
 
 def whole_number(value: float | int, what: str) -> int:
@@ -309,7 +311,9 @@ def build_app(
                     label="Steps (1..1000; 999 for dpm-solver++ and sa-solver)",
                     elem_id="steps",
                 )
-                cfg = gr.Slider(0, 20, value=pipe.spec.cfg_scale, step=0.5, label="Guidance (cfg)", elem_id="cfg")
+                # a model.json whose default lies above 20 had every request refused by the slider's bounds
+                top = max(20.0, pipe.spec.cfg_scale)
+                cfg = gr.Slider(0, top, value=pipe.spec.cfg_scale, step=0.5, label="Guidance (cfg)", elem_id="cfg")
                 with gr.Row():
                     seed = gr.Number(value=0, step=1, label="Seed (image k uses seed + k)", elem_id="seed")
                     random_seed = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")

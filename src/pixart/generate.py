@@ -10,7 +10,7 @@ comparing the two starts from the same noise.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,24 +185,29 @@ class TextToImage:
             self._text_encoder = None
 
     def encode(self, prompts: list[str], negative: str | None) -> tuple[tuple, list[int]]:
-        """(cond, cond_mask, null, null_mask), each batch len(prompts), on the transformer's device, and the
-        tokens truncation dropped from each prompt (for callers that report it)."""
-        device = self.transformer.device
+        """(cond, cond_mask, null, null_mask), each batch len(prompts), in the host's memory (a long prompts
+        file's T5-XXL features, 2 MB a prompt, would fill a GPU: each sampling batch takes its rows there), and
+        the tokens truncation dropped from each prompt (for callers that report it)."""
         # In chunks: a 1,000-line prompts file was one text-encoder batch (T5-XXL's activations for all of it
         # at once). Padded to max_length, every chunk's features have one shape.
         parts = [self.text_encoder.encode(prompts[i : i + ENCODE_CHUNK]) for i in range(0, len(prompts), ENCODE_CHUNK)]
         dropped = [n for part in parts for n in part.dropped]
         warn_truncated(prompts, dropped, self.text_encoder.max_length)
-        cond = torch.cat([part.features for part in parts]).to(device)  # (B, L, C)
-        cond_mask = torch.cat([part.mask for part in parts]).to(device)  # (B, L)
+        dtype = self.transformer.dtype
+        cond = torch.cat([part.features.to("cpu", dtype) for part in parts])  # (B, L, C)
+        cond_mask = torch.cat([part.mask.cpu() for part in parts])  # (B, L)
+        if self.spec.null_caption == "learned":
+            table = learned_null_caption(self.transformer, cond_mask[:1])[0].detach().to("cpu", dtype)  # (1, L, C)
+            # An empty prompt is the unconditional image: the null caption the model learned (caption dropout
+            # trains it), not the text encoder's features of "", which such a model never trained on
+            cond[torch.tensor([not prompt.strip() for prompt in prompts])] = table
         if negative is None and self.spec.null_caption == "learned":
-            null, null_mask = learned_null_caption(self.transformer, cond_mask)
+            null, null_mask = table.expand(len(prompts), -1, -1), cond_mask
         else:  # diffusers semantics: the encoded negative (default: empty) prompt with its own mask
             neg = self.text_encoder.encode([negative or ""])  # once, for every prompt (it was once per prompt)
-            null = neg.features.to(device).expand(len(prompts), -1, -1)  # (B, L, C)
-            null_mask = neg.mask.to(device).expand(len(prompts), -1)  # (B, L)
-        tensors = (cond.to(self.transformer.dtype), cond_mask, null.to(self.transformer.dtype), null_mask)
-        return tensors, dropped
+            null = neg.features.to("cpu", dtype).expand(len(prompts), -1, -1)  # (B, L, C)
+            null_mask = neg.mask.cpu().expand(len(prompts), -1)  # (B, L)
+        return (cond, cond_mask, null, null_mask), dropped
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -219,7 +224,11 @@ class TextToImage:
 
     # -- generation -------------------------------------------------------------------------------
 
-    def generate(
+    def generate(self, prompts: list[str], settings: Settings | None = None, **options: Any) -> list[GeneratedImage]:
+        """Every image of `generate_batches` (the same options), in order."""
+        return [image for batch in self.generate_batches(prompts, settings, **options) for image in batch]
+
+    def generate_batches(
         self,
         prompts: list[str],
         settings: Settings | None = None,
@@ -229,7 +238,10 @@ class TextToImage:
         batch_size: int = 4,
         progress: bool = True,
         low_memory: bool = False,
-    ) -> list[GeneratedImage]:
+    ) -> Iterator[list[GeneratedImage]]:
+        """num_images images of each prompt (prompt-major; image k takes seed + k), batch_size at a time, each
+        batch given as soon as it is decoded: a caller writes it before the next is sampled, so a stop or a
+        failure keeps what was made."""
         settings = settings or Settings()
         settings = dataclasses.replace(settings, negative=negative_prompt(settings.negative))
         check_request(
@@ -263,7 +275,7 @@ class TextToImage:
             "generated_size": [gen_h, gen_w],
             "dtype": str(self.transformer.dtype).removeprefix("torch."),  # bf16 and fp32 draw different images
         }
-        results: list[GeneratedImage] = []
+        device = self.transformer.device
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
             seeds = [seed + start + i for i in range(len(chunk))]
@@ -274,11 +286,11 @@ class TextToImage:
                 self.transformer,
                 # fp32 whatever the transformer's dtype, as the official inference keeps it: the sampler's
                 # state (latents, a solver's history) rounded to bf16 at every step was 4-10x further off
-                noise.to(self.transformer.device),
-                cond[idx],
-                cond_mask[idx],
-                null[idx],
-                null_mask[idx],
+                noise.to(device),
+                cond[idx].to(device),
+                cond_mask[idx].to(device),
+                null[idx].to(device),
+                null_mask[idx].to(device),
                 scheduler=self.make_scheduler(sampler_name),
                 steps=steps,
                 cfg_scale=guidance,
@@ -291,10 +303,10 @@ class TextToImage:
             images = self.codec.decode(latents.float())
             if (out_h, out_w) != (gen_h, gen_w):
                 images = resize_cover_crop_tensor(images, out_h, out_w)
-            for (prompt, _), s, pixels in zip(chunk, seeds, to_uint8(images).numpy()):
-                image = Image.fromarray(pixels)
-                results.append(GeneratedImage(image, prompt, s, dict(record), dropped_tokens=dropped[row[prompt]]))
-        return results
+            yield [
+                GeneratedImage(Image.fromarray(pixels), prompt, s, dict(record), dropped_tokens=dropped[row[prompt]])
+                for (prompt, _), s, pixels in zip(chunk, seeds, to_uint8(images).numpy())
+            ]
 
     def default_sampler(self) -> str:
         return "folder" if self.scheduler_folder is not None else self.spec.sampler

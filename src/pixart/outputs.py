@@ -15,6 +15,10 @@ from pixart.generation_settings import GeneratedImage
 from pixart.grids import image_grid
 
 CONTACT_SHEET = "contact_sheet.png"
+# The sheet's cells at most this wide (200 images of 1024 px at full size made a 230-megapixel sheet that
+# Pillow refused to open) and its images the first SHEET_IMAGES of a run.
+SHEET_CELL = 256
+SHEET_IMAGES = 100
 # The names write_images gives: "0003-a-red-circle-seed7.png", its "....json" sidecar, and CONTACT_SHEET.
 OUTPUT_NAME = re.compile(r"\d{4,}-[a-z0-9-]+-seed-?\d+\.(png|json)")
 
@@ -50,29 +54,64 @@ def earlier_outputs(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name == CONTACT_SHEET or OUTPUT_NAME.fullmatch(p.name))
 
 
-def save_png(image: Image.Image, path: Path, info: PngInfo | None = None) -> None:
-    """`image` as a PNG at `path`, whole or not at all (through a temporary file)."""
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+def save_png(image: Image.Image, path: Path, info: PngInfo | None = None, *, replace: bool = True) -> None:
+    """`image` as a PNG at `path`, whole or not at all (through a temporary file); with replace=False a
+    `path` that exists by then is FileExistsError, and kept."""
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), replace=replace)
+
+
+class ImageWriter:
+    """Writes a run's images into `out_dir` as they come, each a PNG whose metadata say how to make it again
+    and a JSON sidecar, then (finish) a contact sheet of the first SHEET_IMAGES as thumbnails.
+
+    Every name must be new: a second run writing into the same folder at the same time (prepare_out's check
+    passed for both) is FileExistsError at its first clash, where each had overwritten the other's images.
+    """
+
+    def __init__(self, out_dir: str | Path, *, model: str | None = None, extra: dict | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.model, self.extra = model, extra
+        self.paths: list[Path] = []
+        self.first: GeneratedImage | None = None
+        self.last: GeneratedImage | None = None
+        self._thumbnails: list[tuple[Image.Image, str]] = []  # the sheet's, not every image kept in memory
+
+    def write(self, result: GeneratedImage) -> Path:
+        record = image_record(result, self.model, self.extra)
+        info = PngInfo()
+        info.add_text("parameters", json.dumps(record))
+        info.add_text("prompt", result.prompt)
+        info.add_text("seed", str(result.seed))
+        path = self.out_dir / f"{len(self.paths):04d}-{slug(result.prompt)}-seed{result.seed}.png"
+        # each file whole or absent: a process stopped mid-write (a server's Ctrl+C) leaves no torn image
+        save_png(result.image, path, info, replace=False)
+        write_json(path.with_suffix(".json"), record, replace=False)
+        self.paths.append(path)
+        self.first, self.last = self.first or result, result
+        if len(self._thumbnails) < SHEET_IMAGES:
+            thumbnail = result.image.copy()
+            thumbnail.thumbnail((SHEET_CELL, SHEET_CELL), Image.Resampling.LANCZOS)  # only ever smaller
+            self._thumbnails.append((thumbnail, f"{result.prompt} (seed {result.seed})"))
+        return path
+
+    def finish(self) -> Path | None:
+        """The contact sheet, where there are several images (None otherwise)."""
+        if len(self.paths) < 2:
+            return None
+        images, labels = zip(*self._thumbnails)
+        if len(self.paths) > len(images):
+            labels = (*labels[:-1], f"{labels[-1]} [first {len(images)} of {len(self.paths)} images]")
+        sheet = image_grid(list(images), labels=list(labels))
+        save_png(sheet, self.out_dir / CONTACT_SHEET, replace=False)
+        return self.out_dir / CONTACT_SHEET
 
 
 def write_images(
     results: list[GeneratedImage], out_dir: str | Path, *, model: str | None = None, extra: dict | None = None
 ) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, result in enumerate(results):
-        record = image_record(result, model, extra)
-        info = PngInfo()
-        info.add_text("parameters", json.dumps(record))
-        info.add_text("prompt", result.prompt)
-        info.add_text("seed", str(result.seed))
-        path = out_dir / f"{index:04d}-{slug(result.prompt)}-seed{result.seed}.png"
-        # each file whole or absent: a process stopped mid-write (a server's Ctrl+C) leaves no torn image
-        save_png(result.image, path, info)
-        write_json(path.with_suffix(".json"), record)
-        paths.append(path)
-    if len(results) > 1:
-        sheet = image_grid([r.image for r in results], labels=[f"{r.prompt} (seed {r.seed})" for r in results])
-        save_png(sheet, out_dir / CONTACT_SHEET)
-    return paths
+    """Each image with its sidecar, and a contact sheet when there are several (ImageWriter)."""
+    writer = ImageWriter(out_dir, model=model, extra=extra)
+    for result in results:
+        writer.write(result)
+    writer.finish()
+    return writer.paths

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pixart.generation_settings import GeneratedImage
+    from pixart.outputs import ImageWriter
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -132,6 +139,29 @@ def remake_inputs(args: argparse.Namespace) -> dict:
     }
 
 
+def write_as_they_come(batches: Iterator[list[GeneratedImage]], writer: ImageWriter, total: int) -> None:
+    """Write each batch before the next is sampled, then the contact sheet: a stop (Ctrl-C) or a failure
+    (out of memory at batch 40) kept nothing before, and the empty --out was removed."""
+    from pixart.cli.main import UserError
+
+    try:
+        for batch in batches:
+            for result in batch:
+                writer.write(result)
+    except FileExistsError as error:  # another run writing the same names into --out
+        raise UserError(f"--out {writer.out_dir}: {error}; give each run its own --out") from None
+    except BaseException:
+        if writer.paths:
+            with contextlib.suppress(Exception):  # the sheet of what was made, if the cause lets it be written
+                writer.finish()
+            print(
+                f"kept the {len(writer.paths)} of {total} image(s) made before this stop in {writer.out_dir}",
+                file=sys.stderr,
+            )
+        raise
+    writer.finish()
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -139,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     from pixart.generate import TextToImage
     from pixart.generation_settings import GenerationError, Settings, check_request
     from pixart.modelfolder import folder_kind
-    from pixart.outputs import CONTACT_SHEET, write_images
+    from pixart.outputs import CONTACT_SHEET, ImageWriter
 
     prompts = read_prompts(args)
     height, width = parse_size(args.size) if args.size else (None, None)
@@ -171,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, args.dtype) if args.dtype else None
         started = time.time()
+        writer = ImageWriter(args.out, model=os.path.abspath(args.model), extra=remake_inputs(args))
         try:
             pipe = TextToImage.from_path(
                 args.model,
@@ -184,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             )
             if args.compile:
                 pipe.compile()
-            results = pipe.generate(
+            batches = pipe.generate_batches(
                 prompts,
                 settings,
                 seed=args.seed,
@@ -193,15 +224,17 @@ def run(args: argparse.Namespace) -> int:
                 low_memory=args.low_memory,
                 progress=not args.no_progress,
             )
+            write_as_they_come(batches, writer, len(prompts) * args.num_images)
         except GenerationError as error:
             raise UserError(str(error)) from error
-        paths = write_images(results, args.out, model=os.path.abspath(args.model), extra=remake_inputs(args))
-        first = results[0].settings
+        paths = writer.paths
+        assert writer.first is not None and writer.last is not None  # check_request asks for at least one
+        first = writer.first.settings
         print(
             f"wrote {len(paths)} image(s) to {args.out} in {time.time() - started:.1f}s "
             f"({first['sampler']}, {first['steps']} steps, cfg {first['cfg_scale']}, "
             f"{first['size'][0]}x{first['size'][1]}, "
-            f"seeds {results[0].seed}..{results[-1].seed})"
+            f"seeds {writer.first.seed}..{writer.last.seed})"
         )
         if len(paths) > 1:
             print(f"contact sheet: {args.out / CONTACT_SHEET}")
