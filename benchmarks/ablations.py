@@ -30,7 +30,7 @@ from pixart.data.shapes_features import build_shapes_features
 from pixart.diffusion.objective import DiffusionConfig
 from pixart.encoders.shapes_ae import load_or_train_shapes_codec
 from pixart.encoders.text import MiniLMEncoder
-from pixart.evaluate.probe import load_or_train_probe
+from pixart.evaluate.probe_training import load_or_train_probe
 from pixart.evaluate.suite import shapes_suite
 from pixart.files import cache_dir
 from pixart.generate import TextToImage

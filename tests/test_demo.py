@@ -211,13 +211,13 @@ def test_a_stage_stopped_by_a_signal_stops_the_demo_with_how_to_continue(tmp_pat
     the next stage and fail there on the missing weights."""
     import pixart.data.shapes_features
     import pixart.encoders.shapes_ae
-    import pixart.evaluate.probe
+    import pixart.evaluate.probe_training
     import pixart.train.loop
     from pixart.demo import run_demo
     from pixart.demo_folder import DemoInterrupted
 
     monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
-    monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe_training, "load_or_train_probe", lambda **kw: None)
     monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
     ran = []
     monkeypatch.setattr(
@@ -234,12 +234,12 @@ def test_an_evaluation_cut_short_leaves_no_report_to_stand_for_new_weights(tmp_p
     import pixart.data.shapes_features
     import pixart.demo
     import pixart.encoders.shapes_ae
-    import pixart.evaluate.probe
+    import pixart.evaluate.probe_training
     import pixart.train.loop
     from pixart.demo import run_demo
 
     monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
-    monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe_training, "load_or_train_probe", lambda **kw: None)
     monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
     trained = {"status": "finished", "steps": 4, "trained_steps": 4}  # a stage trained in this call
     monkeypatch.setattr(pixart.train.loop, "train", lambda config, run_dir, **kw: trained)
@@ -261,12 +261,12 @@ def test_the_command_exits_130_when_stopped_and_tells_its_stages_without_progres
     """It exited 2 (an error) on Ctrl-C, and --no-progress hid the demo's own lines (a shortened plan too)."""
     import pixart.data.shapes_features
     import pixart.encoders.shapes_ae
-    import pixart.evaluate.probe
+    import pixart.evaluate.probe_training
     import pixart.train.loop
     from pixart.cli.main import main
 
     monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
-    monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe_training, "load_or_train_probe", lambda **kw: None)
     monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
     monkeypatch.setattr(pixart.train.loop, "train", lambda config, run_dir, **kw: {"status": "interrupted"})
     assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--no-progress"]) == 130
@@ -308,13 +308,13 @@ def test_a_rerun_plans_the_later_stages_from_stage_1s_real_pace(tmp_path, monkey
     import pixart.data.shapes_features
     import pixart.demo
     import pixart.encoders.shapes_ae
-    import pixart.evaluate.probe
+    import pixart.evaluate.probe_training
     import pixart.train.loop
     from pixart.demo import run_demo
     from pixart.demo_plan import DemoPlan
 
     monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
-    monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe_training, "load_or_train_probe", lambda **kw: None)
     monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
     monkeypatch.setattr(pixart.train.loop, "train", lambda config, run_dir, **kw: {"status": "finished"})
     steps = DemoPlan.for_budget(10.0, False).stage1_steps
@@ -365,13 +365,13 @@ def test_the_demos_stages_record_its_folder_whole(tmp_path, monkeypatch):
     another folder), every stage refused its own checkpoint as "a run with another config"."""
     import pixart.data.shapes_features
     import pixart.encoders.shapes_ae
-    import pixart.evaluate.probe
+    import pixart.evaluate.probe_training
     import pixart.train.loop
     from pixart.demo import run_demo
     from pixart.demo_folder import DemoInterrupted
 
     monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
-    monkeypatch.setattr(pixart.evaluate.probe, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe_training, "load_or_train_probe", lambda **kw: None)
     monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
     roots = []
     monkeypatch.setattr(

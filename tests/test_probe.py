@@ -10,24 +10,16 @@ from pixart.data.synthetic import Scene, ShapeObject
 from pixart.data.synthetic_dataset import make_dataset
 from pixart.data.synthetic_render import render_batch
 from pixart.evaluate import probe as probe_module
+from pixart.evaluate import probe_training
 from pixart.evaluate.frechet import frechet_distance, frechet_distance_from_statistics, gaussian_statistics
-from pixart.evaluate.probe import (
-    PROBE_RESOLUTION,
-    DetectedObject,
-    Probe,
-    ProbeNet,
-    default_cache_dir,
-    load_or_train_probe,
-    probe_accuracy,
-    to_probe_input,
-    train_probe,
-)
+from pixart.evaluate.probe import PROBE_RESOLUTION, DetectedObject, Probe, ProbeNet, to_probe_input
 from pixart.evaluate.probe_scores import (
     score_binding_detections,
     score_relation_detections,
     score_single,
     score_single_detections,
 )
+from pixart.evaluate.probe_training import default_cache_dir, load_or_train_probe, probe_accuracy, train_probe
 
 # --- Fréchet distance --------------------------------------------------------------------------------
 
@@ -241,7 +233,7 @@ def test_cache_round_trip_and_version_key(tmp_path, monkeypatch, capsys):
         torch.manual_seed(len(calls))
         return Probe(ProbeNet())
 
-    monkeypatch.setattr(probe_module, "train_probe", fake_train)
+    monkeypatch.setattr(probe_training, "train_probe", fake_train)
     first = load_or_train_probe(tmp_path, steps=5, version="v-test")
     assert calls == [(0, 5)]
     assert len(list(tmp_path.glob("*v-test*.safetensors"))) == 1

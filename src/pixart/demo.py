@@ -95,7 +95,7 @@ def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: 
     from pixart.data.shapes_features import build_shapes_features
     from pixart.encoders.shapes_ae import load_or_train_shapes_codec
     from pixart.encoders.text import MiniLMEncoder
-    from pixart.evaluate.probe import load_or_train_probe
+    from pixart.evaluate.probe_training import load_or_train_probe
     from pixart.files import cache_dir
     from pixart.train.loop import train
 
@@ -252,7 +252,7 @@ def evaluate_and_report(
     started: float,
     progress: bool,
 ) -> dict:
-    from pixart.evaluate.probe import probe_accuracy
+    from pixart.evaluate.probe_training import probe_accuracy
     from pixart.evaluate.suite import SHAPES_KEYS, shapes_suite
     from pixart.generate import TextToImage
     from pixart.generation_settings import Settings

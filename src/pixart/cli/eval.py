@@ -210,7 +210,8 @@ def print_rows(rows: list[tuple[str, str, str]]) -> None:
 def run_shapes(
     args: argparse.Namespace, load_pipe: Callable[[], TextToImage], settings: Settings, device: str
 ) -> tuple[dict, str]:
-    from pixart.evaluate.probe import DEFAULT_STEPS, PROBE_SEED, load_or_train_probe
+    from pixart.evaluate.probe import DEFAULT_STEPS, PROBE_SEED
+    from pixart.evaluate.probe_training import load_or_train_probe
     from pixart.evaluate.suite import PAIR_SEED_OFFSET, SHAPES_KEYS, shapes_suite
 
     pipe = load_pipe()
