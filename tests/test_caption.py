@@ -28,7 +28,7 @@ from pixart.data.caption import (
 )
 from pixart.data.caption_stats import collect, field_stats, format_table, load_spacy, words
 from pixart.data.dataset import FeatureDataset
-from pixart.data.items import BAD_CAPTION, BAD_SIDECAR, has_text
+from pixart.data.items import BAD_CAPTION, BAD_SIDECAR, UNEXPECTED, has_text
 from pixart.data.manifests import manifest_rows
 from pixart.data.prepare import prepare
 from pixart.data.prepare_options import PrepareOptions
@@ -182,6 +182,17 @@ def test_tiny_llava_end_to_end_then_prepare(tmp_path, llava_dir, capsys, monkeyp
     assert [data[i]["caption"] for i in range(3)] == [row["dense"] for row in rows]
 
 
+def test_a_run_that_captions_nothing_fails_and_leaves_no_empty_manifest(tmp_path, llava_dir, capsys):
+    """Every image skipped: an empty dense.jsonl, exit 0, and a "next: pixart prepare" that failed on it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not an image")
+    assert main(["caption", str(folder), "--model", str(llava_dir), "--device", "cpu", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert f"no image of {folder} could be captioned" in captured.err and "next:" not in captured.out
+    assert "broken.png: not an image" in captured.out and not (folder / "dense.jsonl").exists()
+
+
 def main_error(args: list[str], capsys) -> str:
     assert main([*args, "--device", "cpu", "--no-progress"]) == 2
     return capsys.readouterr().err
@@ -301,6 +312,39 @@ def test_resume_after_a_kill_mid_write(tmp_path):
     rows = read_rows(out)
     assert [r["path"] for r in rows] == [f"in/{i}.png" for i in range(5)]
     assert out.read_text() == whole.read_text()
+
+
+def test_inputs_named_through_a_link_are_written_plainly_and_resumed_under_any_name(tmp_path, monkeypatch):
+    """The output's folder was resolved and the images' paths were not: through a linked folder (a cluster's
+    /home or $SCRATCH) every row read ../../link/images/0.png, and a rerun naming the folder another way
+    captioned every image again and appended a second row for each (prepare then trained on both)."""
+    real = image_folder(tmp_path / "real" / "images")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    linked = tmp_path / "link" / "images"
+    first = caption_inputs(list_inputs(linked), linked / "dense.jsonl", FakeCaptioner(), CaptionOptions(progress=False))
+    assert first.written == 3
+    assert [r["path"] for r in read_rows(real / "dense.jsonl")] == ["0.png", "1.png", "2.png"]
+    monkeypatch.chdir(tmp_path / "real")  # the same folder by its own name, relative
+    fake = FakeCaptioner()
+    again = caption_inputs(
+        list_inputs(Path("images")), Path("images/dense.jsonl"), fake, CaptionOptions(progress=False)
+    )
+    assert (again.already_done, again.written, fake.batches) == (3, 0, [])
+    assert len(read_rows(real / "dense.jsonl")) == 3
+
+
+def test_an_input_failing_unforeseen_is_skipped_and_counted_as_prepare_does(tmp_path):
+    """A manifest row whose path holds a NUL (a mangled export) raised ValueError from open(): a traceback,
+    nothing of its batch written, and every rerun failed alike."""
+    image_folder(tmp_path / "images", n=2)
+    rows = [{"path": f"images/{i}.png", "alt": "a cat"} for i in range(2)] + [{"path": "images/bad\u0000.png"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = caption_inputs(
+        list_inputs(manifest), tmp_path / "dense.jsonl", FakeCaptioner(), CaptionOptions(progress=False)
+    )
+    assert result.written == 2 and [s["reason"] for s in result.skipped] == [UNEXPECTED], result.skipped
+    assert "ValueError: embedded null byte" in result.skipped[0]["message"]
 
 
 def test_manifest_and_tar_inputs_keep_their_columns(tmp_path):

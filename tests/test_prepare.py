@@ -1051,6 +1051,28 @@ def test_a_folder_listing_enters_linked_folders_once_and_leaves_hidden_ones_out(
     assert [item.name for item in list_inputs(root).items] == ["0link/b.png", "a.png"]  # not the disk's order
 
 
+def test_a_folder_that_cannot_be_listed_stops_the_listing(tmp_path, monkeypatch):
+    """os.walk passed over a subfolder it could not list (no permission; an NFS hiccup) without a word: its
+    images were left out and the dataset prepared short. (Permissions do not bind root: the listing fails here.)"""
+    import os
+
+    root = tmp_path / "data"
+    for folder in (root, root / "sub"):
+        folder.mkdir(exist_ok=True)
+        write_image(folder, "a.png", noise(8, 8, 0))
+    listing = os.scandir
+
+    def refused(path="."):
+        if Path(path) == root / "sub":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    with pytest.raises(OSError, match=r"Permission denied \(a folder of the input cannot be listed") as error:
+        list_inputs(root)
+    assert error.value.filename == str(root / "sub")  # the command line prints it as one line, as any OSError
+
+
 def test_class_labels_of_a_manifest_or_sidecar_are_kept_for_stage_1(tmp_path, models):
     """Stage 1 trains on class labels and prepare kept none: the class recipe could not train on a user's data.
     A whole-number `label` (a number or its digits) is kept; a word is a field of the user's, not a class."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -260,5 +261,10 @@ def run(args: argparse.Namespace) -> int:
         print("  captioned, but a caption file could not be read (its captions are not in the row):")
     for entry in result.warnings:
         print(f"    {entry['path']}: {entry['reason']} ({entry['message']})")
+    if result.written == 0 and result.already_done == 0:  # an empty manifest, which prepare refuses next
+        if not existed and out.is_file() and out.stat().st_size == 0:
+            out.unlink()
+        print(f"pixart caption: error: no image of {args.input} could be captioned (see above)", file=sys.stderr)
+        return 1
     print(f"next: pixart prepare {out} --fields {prepare_fields(out, args.field)} ...")
     return 0

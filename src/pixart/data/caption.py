@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from pixart.data.images import ImageSkipped, load_rgb
-from pixart.data.items import ALIASES, DEFAULT_FIELD, Inputs, Item, has_text, is_utf8
+from pixart.data.items import ALIASES, DEFAULT_FIELD, UNEXPECTED, Inputs, Item, has_text, is_utf8
 from pixart.data.manifests import IMAGE_COLUMNS, image_column, manifest_rows
 from pixart.encoders.text import has_tokenizer
 from pixart.files import read_json, write_json
@@ -223,7 +223,7 @@ def captioned(out: Path, field_name: str) -> set[str]:
             continue
         written_for = list(row)[-1]
         if written_for == field_name:
-            done.add(os.path.normpath(row[image_column(row)]))
+            done.add(image_key(out.parent, row[image_column(row)]))
         else:
             others[written_for] = others.get(written_for, 0) + 1
     if others:
@@ -246,11 +246,24 @@ def _can_hold_captions(name: str) -> bool:
     return True
 
 
+def image_key(folder: Path, location: str) -> str:
+    """The file a manifest row's image path names, whatever way it was spelled (relative to `folder`, the
+    manifest's, or absolute; through symbolic links or not): a rerun that named the inputs another way
+    captioned every image again."""
+    joined = os.path.join(os.path.abspath(folder), location)
+    try:
+        return os.path.realpath(joined)
+    except ValueError:  # a path holding a NUL, which no file has: its item is skipped when read
+        return os.path.normpath(joined)
+
+
 def pending(inputs: Inputs, out: Path, done: set[str]) -> list[tuple[Item, str]]:
-    """(item, its path as the new manifest writes it) of each input `done` (resume_point's) lacks, in order."""
-    base = out.parent.resolve()
+    """(item, its path as the new manifest writes it) of each input `done` (resume_point's) lacks, in order.
+    Paths are written relative to the manifest's folder as given, links kept: resolved, the folder's path
+    and the images' parted ways through a linked folder (../../link/images/0.png)."""
+    base = Path(os.path.abspath(out.parent))
     located = [(item, item.image.location(base)) for item in inputs.items]
-    return [(item, location) for item, location in located if os.path.normpath(location) not in done]
+    return [(item, location) for item, location in located if image_key(base, location) not in done]
 
 
 SETTINGS_SUFFIX = ".settings.json"  # beside the output: what wrote its captions (dense.jsonl.settings.json)
@@ -345,6 +358,9 @@ def caption_inputs(
                     result.warnings += warnings  # an image skipped for its pixels is reported as skipped only
                 except ImageSkipped as e:
                     result.skipped.append({"path": item.name, "reason": e.reason, "message": e.message})
+                except Exception as e:  # as prepare: one odd input (a path holding a NUL) stopped every rerun
+                    message = f"{type(e).__name__}: {e}"
+                    result.skipped.append({"path": item.name, "reason": UNEXPECTED, "message": message})
             if ready:
                 captions = captioner([r[2] for r in ready], [r[3] for r in ready])
                 for (fields, location, _, _, name), caption in zip(ready, captions):

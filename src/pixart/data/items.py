@@ -23,6 +23,7 @@ BAD_SIDECAR = "unreadable caption file"
 DUPLICATE = "duplicate"
 BAD_ROW = "bad manifest row"
 BAD_TAR = "damaged tar"  # a WebDataset shard cut short or broken: the members before the damage are kept
+UNEXPECTED = "unexpected error"  # a failure no check foresaw: reported, so one odd file cannot stop a run
 EXTRA_IMAGE = "another image of a sample"  # a WebDataset sample's mask or depth map (cat.seg.png beside cat.jpg)
 
 

@@ -38,7 +38,7 @@ from pixart.data.buckets import closest_bucket
 from pixart.data.fingerprint import REPORT_KEY as FINGERPRINT_KEY
 from pixart.data.fingerprint import captions_fingerprint
 from pixart.data.images import ImageSkipped, check_aspect, check_size, load_rgb, resize_cover_crop
-from pixart.data.items import Inputs, Item, class_label_of
+from pixart.data.items import UNEXPECTED, Inputs, Item, class_label_of
 from pixart.data.prepare_options import PrepareError, PrepareOptions, my_shards, shard_count, shard_items
 from pixart.data.prepare_report import merge_reports
 from pixart.data.shards import (
@@ -53,8 +53,6 @@ from pixart.data.shards import (
 from pixart.encoders.codecs import ImageCodec, codec_info, from_uint8
 from pixart.encoders.text import TextEncoder, encoder_info
 from pixart.files import read_json, write_json
-
-UNEXPECTED = "unexpected error"  # a failure no check foresaw: reported, so one odd file cannot stop a run
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -39,7 +39,7 @@ def image_files(root: Path, broken_links: list[Path] | None = None) -> list[Path
     were left out without a word. A folder reached twice (a link back up the tree) is read once.
     """
     found, visited = [], set()
-    for folder, subfolders, files in os.walk(root, followlinks=True):
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=_refuse_unlisted):
         identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
         if identity in visited:
             subfolders.clear()
@@ -57,6 +57,17 @@ def image_files(root: Path, broken_links: list[Path] | None = None) -> list[Path
     if broken_links is not None:
         broken_links.sort()
     return sorted(found)
+
+
+def _refuse_unlisted(error: OSError) -> None:
+    """os.walk's onerror: a folder that cannot be listed (no permission, a network file system's hiccup) had
+    its images left out without a word, and the data prepared short."""
+    raise OSError(
+        error.errno,
+        f"{error.strerror} (a folder of the input cannot be listed, and its images would be left out: make it "
+        "readable, or move it out of the input)",
+        error.filename,
+    )
 
 
 def _list_folder(root: Path) -> Inputs:
