@@ -60,10 +60,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     if args.dry_run:
         from pixart.train.checks import check_preview_steps
+        from pixart.train.data import check_given_data
         from pixart.train.errors import TrainingError
 
-        try:  # the check a real run makes before its folder: a dry run that passes must start
+        try:  # the checks a real run makes before its folder: a dry run that passes must start
             check_preview_steps(config)
+            # a recipe's resolved config is shown without data, as a run's first step: said, not refused
+            unset = not (config.data.root or config.data.synthetic)
+            warnings = ["no data.root: a run needs one (a folder made by pixart prepare)"] if unset else []
+            warnings += [] if unset else check_given_data(config)
         except TrainingError as error:
             raise UserError(str(error)) from error
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -73,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             f"world: {world} process(es) (torchrun sets WORLD_SIZE), {config.parallel}; batch {config.data.batch_size} "
             f"per rank x {config.optim.grad_accum} accumulation = {per_rank} per rank, {per_rank * world} global"
         )
+        for warning in warnings:
+            print(f"warning: {warning}")
         return 0
     if args.run_dir is None:
         raise UserError("--run-dir is required (except with --dry-run)")

@@ -16,7 +16,7 @@ from pixart.diffusion.schedulers import check_steps, default_sampler
 from pixart.files import write_json
 from pixart.train import checkpoint as ckpt
 from pixart.train.config import TrainConfig
-from pixart.train.data import check_built_data_folder
+from pixart.train.data import check_built_data_folder, check_given_data
 from pixart.train.distributed import World, all_reduce_max
 from pixart.train.errors import TrainingError
 from pixart.train.init import resolve_init_path
@@ -160,8 +160,9 @@ def check_preview_steps(config: TrainConfig) -> None:
         raise TrainingError(f"sample_steps={config.sample_steps}: {error}") from None
 
 
-def check_start(config: TrainConfig, run_dir: Path) -> None:
-    """What the run folder and the file system must hold for this config, checked before any work."""
+def check_start(config: TrainConfig, run_dir: Path) -> list[str]:
+    """What the run folder, the data and the file system must hold for this config, checked before any work;
+    the warnings to print (check_given_data's)."""
     if run_dir.exists() and not run_dir.is_dir():  # mkdir said only "File exists"
         raise TrainingError(f"--run-dir {run_dir} is a file, not a folder: name a folder (new or a run's)")
     saved = ckpt.list_checkpoints(run_dir)
@@ -179,6 +180,7 @@ def check_start(config: TrainConfig, run_dir: Path) -> None:
         check_built_data_folder(config, run_dir)
     except (FileExistsError, DamagedData) as error:
         raise TrainingError(str(error)) from None
+    return check_given_data(config)
 
 
 SLOW_SAVE_S = 20.0  # a save this long leaves a stop little of the 30 s torchrun and SLURM give it

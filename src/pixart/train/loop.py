@@ -77,13 +77,15 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     run_dir = Path(run_dir)
     started = time.time()
     check_preview_steps(config)
-    check_start(config, run_dir)
+    warnings = check_start(config, run_dir)
     try:
         world = init_distributed(device)
     except ValueError as error:  # a device index under torchrun
         raise TrainingError(str(error)) from None
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for warning in warnings:
+            print(f"[pixart train] warning: {warning}", flush=True)
     with exclusive_run(run_dir, world):  # one job at a time in a run folder
         summary = train_in_world(config, run_dir, world, progress, started)
     if torch.distributed.is_initialized():
