@@ -13,6 +13,7 @@ from helpers import run_quick_demo
 from PIL import Image
 
 from pixart.generate import TextToImage
+from pixart.weights.formats import FINAL_EMA
 
 
 @pytest.mark.slow
@@ -72,6 +73,10 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     # its timings are the evaluating call's, and the report says so (it said "this call", of seconds it did not spend)
     assert again["timings"] == first["timings"]
     assert "Time spent in the call that trained and evaluated these weights" in (out / "report.md").read_text()
+    # ... and so is its wall-clock (the headline read the rerun's few seconds, beside timings adding to minutes)
+    assert again["wall_seconds"] == first["wall_seconds"] and again["total_seconds"] > first["wall_seconds"]
+    headline = f"Wall-clock: **{first['wall_seconds']:.0f} s** in the call that evaluated these weights ("
+    assert headline in (out / "report.md").read_text()
 
 
 def test_a_report_stands_only_while_it_describes_the_folder(tmp_path):
@@ -273,6 +278,10 @@ def test_the_command_exits_130_when_stopped_and_tells_its_stages_without_progres
     out, err = capsys.readouterr()
     assert "[pixart demo] stage1: class-conditional DiT" in out
     assert err.strip() == "pixart demo: interrupted during stage1; rerun the same command to continue from there"
+    # stopped by SIGTERM (a scheduler's preemption), the exit code says so, as pixart train's does: 128 + 15
+    stopped = {"status": "interrupted", "signal": "SIGTERM"}
+    monkeypatch.setattr(pixart.train.loop, "train", lambda config, run_dir, **kw: stopped)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--no-progress"]) == 143
 
 
 def test_an_out_that_is_a_file_is_one_line_naming_out(tmp_path, capsys):
@@ -324,13 +333,22 @@ def test_a_rerun_plans_the_later_stages_from_stage_1s_real_pace(tmp_path, monkey
     seen = {}
 
     def fit(stages, seconds_left, pace, done=None):
-        seen.update(pace=pace, done=done)
+        seen.update(pace=pace, done=done, stage2=stages["stage2"].steps)
         raise KeyboardInterrupt  # enough: the plan is what is checked
 
     monkeypatch.setattr(pixart.demo, "fit_to_budget", fit)
     with pytest.raises(KeyboardInterrupt):
         run_demo(tmp_path / "d", progress=False)
-    assert seen == {"pace": pytest.approx(2.0), "done": {"stage2": 0, "stage3": 0}}
+    full = DemoPlan.for_budget(10.0, False).stage2_steps
+    assert seen == {"pace": pytest.approx(2.0), "done": {"stage2": 0, "stage3": 0}, "stage2": full}
+    # Stage 2 finished shortened in that first call: it has no steps left, where the plan's 2200 less its 1650
+    # were counted, and stage 3 was cut for them
+    (tmp_path / "d" / "stage2" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "d" / "stage2" / "checkpoints" / "step-0001650.pt").write_bytes(b"")
+    (tmp_path / "d" / "stage2" / FINAL_EMA).write_bytes(b"")
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "d", progress=False)
+    assert seen["done"] == {"stage2": 1650, "stage3": 0} and seen["stage2"] == 1650
 
 
 def test_later_stages_are_projected_on_the_steps_they_have_left(tmp_path):

@@ -82,8 +82,10 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     except BaseException:  # Ctrl-C, a stage stopped on a signal, a failure: its minutes count all the same
         add_call_seconds(out, time.time() - started)
         raise
-    report["wall_seconds"] = round(time.time() - started, 1)  # this call's
-    report["total_seconds"], report["calls"] = add_call_seconds(out, report["wall_seconds"])
+    seconds = round(time.time() - started, 1)
+    if not report.pop("standing", False):  # a call that trained nothing leaves the evaluating call's time
+        report["wall_seconds"] = seconds
+    report["total_seconds"], report["calls"] = add_call_seconds(out, seconds)
     report["kind"] = "quick" if quick else "full"
     write_json(out / "report.json", report)
     write_report_md(out, report)
@@ -136,7 +138,10 @@ def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: 
         say(f"{name}: {describe(name)}")
         summaries[name] = train(config, out / name, progress=progress)
         if summaries[name]["status"] != "finished":  # Ctrl-C or SIGTERM: the stage saved a checkpoint
-            raise DemoInterrupted(f"interrupted during {name}; rerun the same command to continue from there")
+            raise DemoInterrupted(
+                f"interrupted during {name}; rerun the same command to continue from there",
+                summaries[name].get("signal", "SIGINT"),
+            )
         timed(f"{name} ({config.steps} steps)", t)
         if name == "stage1" and not quick:
             seconds_left = minutes * 60 - (time.time() - started) - EVAL_SECONDS
@@ -144,7 +149,10 @@ def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: 
             # fraction of a second, which read as a machine 20 times faster than it is
             pace = stage_seconds(out / name) / config.steps or (time.time() - t) / config.steps
             done = {later: saved_step(out / later) for later in STEP_COST}
-            stages, factor = fit_to_budget(stages, seconds_left, pace, done)
+            # a later stage a call before finished keeps its steps (keep_saved_progress pins them below), so
+            # has none left: counted at the plan's, they shortened the stage still to train for nothing
+            pinned = {later: keep_saved_progress(stages[later], out / later) for later in STEP_COST}
+            stages, factor = fit_to_budget({**stages, **pinned}, seconds_left, pace, done)
             if factor < 1.0:
                 later = f"{stages['stage2'].steps} and {stages['stage3'].steps} steps"
                 say(
@@ -155,7 +163,7 @@ def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: 
     standing = standing_report(out, {"eval_single": plan.eval_single, "eval_pairs": plan.eval_pairs}, summaries)
     if standing is not None:
         say(f"nothing trained in this call: the evaluation in {out / 'report.json'} stands (delete it to redo it)")
-        return standing
+        return {**standing, "standing": True}
     t = time.time()
     (out / "report.json").unlink(missing_ok=True)  # it stands for weights this call replaces: gone till rewritten
     model_dir = write_model_folder(out, codec)

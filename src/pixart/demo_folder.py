@@ -21,7 +21,12 @@ class DemoError(ValueError):
 
 
 class DemoInterrupted(DemoError):
-    """A stage stopped on a signal, after saving its checkpoint: the same command continues it."""
+    """A stage stopped on a signal (`signal`: its name, SIGINT or SIGTERM), after saving its checkpoint: the
+    same command continues it."""
+
+    def __init__(self, message: str, signal: str = "SIGINT") -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 def check_or_record_kind(out: Path, quick: bool) -> None:

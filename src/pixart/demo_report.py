@@ -41,7 +41,7 @@ def write_report_md(out: Path, report: dict) -> Path:
     )
     text = f"""# pixart demo report
 {f"{chr(10)}{QUICK_NOTE}{chr(10)}" if quick else ""}
-Wall-clock: **{report["wall_seconds"]:.0f} s** in this call{over} on {machine["cpu"]}
+Wall-clock: **{report["wall_seconds"]:.0f} s** in the call that evaluated these weights{over} on {machine["cpu"]}
 ({machine["threads"]} threads, torch {machine["torch"]}).
 
 ![samples](samples.png)
