@@ -963,6 +963,11 @@ def test_every_recipe_passes_dry_run(recipe, capsys):
     out = capsys.readouterr().out
     assert f'"recipe": "{get_recipe(recipe).recipe}"' in out
     assert "world: 1 process(es)" in out
+    # the rate the run trains at, which auto_lr scales from optim.lr by the global batch (it showed optim.lr alone)
+    config = get_recipe(recipe)
+    batch = config.data.batch_size * config.optim.grad_accum
+    scale = math.sqrt(batch / 256) if config.optim.auto_lr else 1.0
+    assert f"learning rate {config.optim.lr * scale:.3g}" in out
 
 
 def test_paper_stages_use_official_hyper_parameters():

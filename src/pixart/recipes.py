@@ -52,7 +52,9 @@ def stage1_class_256() -> TrainConfig:
     """Stage 1, pixel-dependency pretraining: a class-conditional DiT-XL/2 on class labels at 256 px.
 
     For domains or sizes with no DiT checkpoint. With one (DiT-XL-2-256x256.pt), skip this stage: stage 2
-    re-parameterises the checkpoint directly (init_from=DiT-XL-2-256x256.pt).
+    re-parameterises the checkpoint directly (init_from=DiT-XL-2-256x256.pt). 400k steps is the DiT paper's
+    ablation length (its FID tables); the released DiT-XL/2 the paper started from trained 7M: raise --steps
+    for a checkpoint of that quality.
     """
     return TrainConfig(
         recipe="stage1-class-256",

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     if args.dry_run:
         from pixart.train.checks import check_preview_steps
+        from pixart.train.config import effective_lr
         from pixart.train.data import check_given_data
         from pixart.train.errors import TrainingError
 
@@ -76,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         print(config_io.to_json(config), end="")
         print(
             f"world: {world} process(es) (torchrun sets WORLD_SIZE), {config.parallel}; batch {config.data.batch_size} "
-            f"per rank x {config.optim.grad_accum} accumulation = {per_rank} per rank, {per_rank * world} global"
+            f"per rank x {config.optim.grad_accum} accumulation = {per_rank} per rank, {per_rank * world} global; "
+            f"learning rate {effective_lr(config.optim, per_rank * world):.3g}"
+            + (f" (optim.lr x sqrt({per_rank * world} / 256): auto_lr)" if config.optim.auto_lr else "")
         )
         for warning in warnings:
             print(f"warning: {warning}")

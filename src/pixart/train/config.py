@@ -117,6 +117,11 @@ class OptimConfig:
             raise ValueError(f"eps must be finite, got {self.eps}")
 
 
+def effective_lr(optim: OptimConfig, global_batch: int) -> float:
+    """The learning rate a run trains at: lr * sqrt(global batch / 256) with auto_lr (officially on), else lr."""
+    return optim.lr * (math.sqrt(global_batch / 256) if optim.auto_lr else 1.0)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     recipe: str = "custom"

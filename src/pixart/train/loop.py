@@ -8,7 +8,6 @@ a run does not depend on how it was interrupted nor on how many processes share 
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -42,7 +41,7 @@ from pixart.train.checks import (
     warn_of_slow_save,
     warn_of_untrained_buckets,
 )
-from pixart.train.config import TrainConfig
+from pixart.train.config import TrainConfig, effective_lr
 from pixart.train.data import LatentScaling, check_class_labels, prepare_data
 from pixart.train.distributed import (
     World,
@@ -144,7 +143,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
     ema = {n: p.detach().clone().float() for n, p in inner.named_parameters()}
 
     global_batch = config.data.batch_size * world.world_size * config.optim.grad_accum
-    lr = config.optim.lr * (math.sqrt(global_batch / 256) if config.optim.auto_lr else 1.0)
+    lr = effective_lr(config.optim, global_batch)
     optimizer = build_optimizer(params, config.optim, lr)
     warmup = max(1, config.optim.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
