@@ -331,6 +331,19 @@ def test_inputs_named_through_a_link_are_written_plainly_and_resumed_under_any_n
     )
     assert (again.already_done, again.written, fake.batches) == (3, 0, [])
     assert len(read_rows(real / "dense.jsonl")) == 3
+    # the output's folder itself a link to another disk, the images outside it: a path relative to the folder
+    # as typed (../images/0.png) names another file, as the kernel takes ../ from the link's target
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "real" / "out").symlink_to(tmp_path / "disk")
+    out = Path("out/dense.jsonl")
+    assert (
+        caption_inputs(list_inputs(Path("images")), out, FakeCaptioner(), CaptionOptions(progress=False)).written == 3
+    )
+    written = list_inputs(out)  # as prepare reads the manifest
+    assert not written.problems and all(item.image.path.is_file() for item in written.items), written.problems
+    fake = FakeCaptioner()
+    again = caption_inputs(list_inputs(Path("images")), out, fake, CaptionOptions(progress=False))
+    assert (again.already_done, again.written) == (3, 0)
 
 
 def test_an_input_failing_unforeseen_is_skipped_and_counted_as_prepare_does(tmp_path):

@@ -10,6 +10,7 @@ an output whose rows were written for another field is refused (the images would
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 
 from pixart.data.images import ImageSkipped, load_rgb
-from pixart.data.items import ALIASES, DEFAULT_FIELD, UNEXPECTED, Inputs, Item, has_text, is_utf8
+from pixart.data.items import ALIASES, DEFAULT_FIELD, UNEXPECTED, Blob, Inputs, Item, has_text, is_utf8
 from pixart.data.manifests import IMAGE_COLUMNS, image_column, manifest_rows
 from pixart.encoders.text import has_tokenizer
 from pixart.files import read_json, write_json
@@ -257,12 +258,24 @@ def image_key(folder: Path, location: str) -> str:
         return os.path.normpath(joined)
 
 
+def row_location(blob: Blob, base: Path) -> str:
+    """`blob`'s path as a manifest in `base` writes it: relative to the folder as given, links kept (resolved,
+    the folder's path and the images' parted ways through a linked folder: ../../link/images/0.png), unless
+    that names another file (`base` itself a link elsewhere: the kernel takes ../ from the link's target),
+    then relative to both resolved."""
+    plain = blob.location(base)
+    target = os.path.abspath(blob.path) + (f"/{blob.member}" if blob.member else "")
+    if image_key(base, plain) == image_key(base, target):
+        return plain
+    resolved = dataclasses.replace(blob, path=Path(os.path.realpath(blob.path)))
+    return resolved.location(Path(os.path.realpath(base)))
+
+
 def pending(inputs: Inputs, out: Path, done: set[str]) -> list[tuple[Item, str]]:
-    """(item, its path as the new manifest writes it) of each input `done` (resume_point's) lacks, in order.
-    Paths are written relative to the manifest's folder as given, links kept: resolved, the folder's path
-    and the images' parted ways through a linked folder (../../link/images/0.png)."""
+    """(item, its path as the new manifest writes it: row_location) of each input `done` (resume_point's)
+    lacks, in order."""
     base = Path(os.path.abspath(out.parent))
-    located = [(item, item.image.location(base)) for item in inputs.items]
+    located = [(item, row_location(item.image, base)) for item in inputs.items]
     return [(item, location) for item, location in located if image_key(base, location) not in done]
 
 
