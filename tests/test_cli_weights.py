@@ -447,6 +447,9 @@ def test_a_sharded_training_checkpoint_reads_as_its_pt_twin_does(tmp_path, capsy
     (tmp_path / "step-0000009.dcp" / "__0_0.distcp").write_bytes(b"cut")  # a shard cut short
     assert main(["info", str(tmp_path / "step-0000009.dcp")]) == 2
     assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "step-0000009.dcp" / "__0_0.distcp").unlink()  # every shard lost: still a sharded checkpoint
+    assert main(["info", str(tmp_path / "step-0000009.dcp")]) == 2
+    assert f"cannot read {tmp_path / 'step-0000009.dcp'} as a sharded checkpoint" in capsys.readouterr().err
 
 
 class _RunsCode:

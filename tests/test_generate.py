@@ -544,6 +544,19 @@ def test_two_runs_into_one_folder_at_once_do_not_overwrite_each_other(pipeline_f
     assert f"--out {out}: {out / '0000-a-red-circle-seed0.png'} appeared while this was written" in err, err
     assert "give each run its own --out" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == theirs
+    # Runs of other prompts or seeds share no name: the run writing there holds --out, and a second is refused
+    import fcntl
+
+    from pixart.cli.generate import OUT_LOCK
+
+    other = tmp_path / "other"
+    other.mkdir()
+    with open(other / OUT_LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run writing there holds it
+        assert main([*args[:-1], str(other), "--seed", "5"]) == 2
+    assert f"--out {other} is being written by another pixart generate run" in capsys.readouterr().err
+    assert main([*args[:-1], str(other), "--seed", "5"]) == 0  # once it has let go
+    assert not (other / OUT_LOCK).exists()  # the lock goes with the run
 
 
 def test_the_contact_sheet_shows_thumbnails_of_the_first_images(tmp_path, monkeypatch):

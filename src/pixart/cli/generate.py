@@ -107,13 +107,39 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+OUT_LOCK = ".pixart-generate.lock"  # held in --out while a run writes there; removed when it ends
+
+
+@contextlib.contextmanager
+def one_run_in(out: Path) -> Iterator[None]:
+    """Hold --out for this run (the kernel's flock on OUT_LOCK, let go if the process dies): two runs started
+    into one folder at once both passed the earlier-run check and wrote their images side by side."""
+    import fcntl
+
+    from pixart.cli.main import UserError
+
+    lock = out / OUT_LOCK
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"--out {out} is being written by another pixart generate run: give each its own --out"
+            ) from None
+        except OSError:  # a file system without flock: unguarded, as before (the names are still created new)
+            pass
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # before letting go: a run that waited then finds this one's images
+
+
 def prepare_out(out: Path) -> None:
-    """Create the output folder now, before the model loads, so a bad --out fails in a second, not after
-    sampling; refuse one holding an earlier run's images, which this run would overwrite and mix with."""
-    from pixart.cli.main import UserError, make_out_folder
+    """Refuse an --out (made and held by now: one_run_in) holding an earlier run's images, which this run
+    would overwrite and mix with; before the model loads, so it fails in a second, not after sampling."""
+    from pixart.cli.main import UserError
     from pixart.outputs import earlier_outputs
 
-    make_out_folder(out)
     earlier = earlier_outputs(out)
     if earlier:
         raise UserError(
@@ -148,7 +174,8 @@ def write_as_they_come(batches: Iterator[list[GeneratedImage]], writer: ImageWri
         for batch in batches:
             for result in batch:
                 writer.write(result)
-    except FileExistsError as error:  # another run writing the same names into --out
+        writer.finish()
+    except FileExistsError as error:  # another process writing the same names into --out
         raise UserError(f"--out {writer.out_dir}: {error}; give each run its own --out") from None
     except BaseException:
         if writer.paths:
@@ -159,13 +186,12 @@ def write_as_they_come(batches: Iterator[list[GeneratedImage]], writer: ImageWri
                 file=sys.stderr,
             )
         raise
-    writer.finish()
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pixart.cli.main import UserError, check_device, removed_if_left_empty
+    from pixart.cli.main import UserError, check_device, make_out_folder, removed_if_left_empty
     from pixart.generate import TextToImage
     from pixart.generation_settings import GenerationError, Settings, check_request
     from pixart.modelfolder import folder_kind
@@ -196,7 +222,9 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_device(args.text_device, "--text-device")
     folder_kind(args.model)  # a missing model, before --out is made
-    with removed_if_left_empty(args.out):  # a run that fails leaves no empty --out behind
+    with removed_if_left_empty(args.out), contextlib.ExitStack() as held:  # a failed run leaves no empty --out
+        make_out_folder(args.out)  # now: a bad --out fails in a second, not after the model loads
+        held.enter_context(one_run_in(args.out))
         prepare_out(args.out)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, args.dtype) if args.dtype else None

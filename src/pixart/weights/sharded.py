@@ -16,8 +16,11 @@ SHARDED_METADATA = ".metadata"  # what torch.distributed.checkpoint writes first
 
 def is_sharded_checkpoint(path: Path) -> bool:
     """A torch.distributed.checkpoint folder: what `pixart train` writes under parallel=fsdp (step-N.dcp):
-    its metadata beside at least one shard (a stray .metadata file does not make a folder one)."""
-    return path.is_dir() and (path / SHARDED_METADATA).is_file() and any(path.glob("*.distcp"))
+    its metadata, in a folder named so or beside at least one shard (a stray .metadata file in another folder
+    does not make it one; a step-N.dcp that lost its shards is one, reported as such)."""
+    if not (path.is_dir() and (path / SHARDED_METADATA).is_file()):
+        return False
+    return path.suffix == ".dcp" or any(path.glob("*.distcp"))
 
 
 def _entry_paths(path: Path) -> list[tuple[str, ...]]:
