@@ -91,6 +91,16 @@ def profiled_steps(first: int, count: int):
             loop.compute_loss = original
 
 
+def clean_windows(steps: int, log_every: int, first: int, count: int) -> list[int]:
+    """The last steps of the log windows to time: all but the first (compilation) and, with `count` steps
+    profiled from `first`, those holding the profiler's warm-up step (first - 1), a profiled step, or the step
+    whose start stops the trace (first + count). Their figures were up to 3x low and went into the median."""
+    ends = range(2 * log_every, steps + 1, log_every)
+    if not count:
+        return list(ends)
+    return [end for end in ends if end < first - 1 or end - log_every + 1 > first + count]
+
+
 def step_breakdown(prof) -> dict:
     """Per profiled step: wall time (the profiler's step spans), kernel time by category, the copies, and
     the host calls with the most self time.
@@ -144,8 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 2 * args.log_every:
         parser.error("--steps must be at least twice --log-every: the first window (compilation) is left out")
-    if args.profile and args.log_every + 2 + args.profile > args.steps:
-        parser.error(f"--profile {args.profile} needs --steps of at least {args.log_every + 2 + args.profile}")
+    first = args.log_every + 2  # the first profiled step: the second after the first window (compilation)
+    if args.profile and not clean_windows(args.steps, args.log_every, first, args.profile):
+        least = -(-(first + args.profile + args.log_every) // args.log_every) * args.log_every
+        parser.error(
+            f"--profile {args.profile} needs --steps of at least {least}: a window of --log-every steps after the "
+            "profiled ones, whose figure the profiler does not slow"
+        )
 
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         data, run_dir = Path(tmp) / "data", Path(tmp) / "run"
@@ -168,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         write_random_features(data, config, args.samples)
         started = time.time()
         # Profiled from the second step after the first window, which holds the compilation.
-        with profiled_steps(args.log_every + 2, args.profile) if args.profile else nullcontext() as prof:
+        with profiled_steps(first, args.profile) if args.profile else nullcontext() as prof:
             summary = train(config, run_dir, progress=False)
         rows = read_metrics(run_dir / "metrics.jsonl")
-    # The first window holds the compilation and warm-up, never timed; a run stopped early (timeout's
-    # SIGTERM makes the trainer checkpoint and stop) may have logged only that one, or none: no figure then.
-    timed = rows[1:]
+    # The first window holds the compilation and warm-up, never timed, and those the profiler slowed neither; a
+    # run stopped early (timeout's SIGTERM makes the trainer checkpoint and stop) may have logged only those, or
+    # none: no figure then.
+    clean = set(clean_windows(args.steps, args.log_every, first, args.profile))
+    timed = [row for row in rows if row["step"] in clean]
     result = {
         "recipe": args.recipe,
         "batch": args.batch,
