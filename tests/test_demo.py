@@ -79,6 +79,20 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     assert headline in (out / "report.md").read_text()
 
 
+def test_the_report_names_the_processor():
+    """platform.processor() is the architecture on Linux: reports read "on x86_64"."""
+    import platform
+    from pathlib import Path
+
+    from pixart.demo import cpu_name
+
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")]
+    if not names:
+        pytest.skip("no model name in /proc/cpuinfo here")
+    assert cpu_name() == names[0] != platform.machine()
+
+
 def test_a_report_stands_only_while_it_describes_the_folder(tmp_path):
     """What lets a rerun keep the last evaluation: nothing trained, the same evaluation size, every file there."""
     from pixart.demo_folder import REPORTED, standing_report

@@ -459,6 +459,8 @@ def test_bad_numbers_are_one_line_errors_before_the_model_loads(
         (["--sampler", "dpmpp"], "flow-dpm-solver (or folder: a diffusers pipeline folder's own scheduler)"),
         (["--steps", "5000"], "steps must lie in 1..1000, got 5000"),  # the model's default sampler
         (["--aspect", "wide"], "aspect must look like H:W (e.g. 3:4), got 'wide'"),
+        # the last image's seed would pass torch's range: said why the bound is lower (it was a bare range)
+        (["--seed", str(2**63 - 1), "--num-images", "2"], f"0..{2**63 - 2} for 2 image(s) (image k takes seed + k)"),
     ],
 )
 def test_a_sampler_and_steps_that_cannot_work_are_refused_before_the_model_loads(
@@ -573,6 +575,13 @@ def test_the_contact_sheet_shows_thumbnails_of_the_first_images(tmp_path, monkey
     assert len(paths) == 7 and max(sheet.size) < 3 * outputs.SHEET_CELL + 100, sheet.size  # 3 x 2 cells
     assert sheet.getpixel((4 + 128, 4 + 128)) == (255, 0, 0)  # the first thumbnail, 256x128 in its cell
     assert sheet.getpixel((4 + 256 + 4 + 128, 4 + 128)) == (0, 255, 0)
+    # small images (the demo's 36 px) drawn in cells wide enough for their labels: in a 36 px cell a label
+    # wrapped at 8 characters and cut every seed from 10 on
+    small = [GeneratedImage(Image.new("RGB", (36, 36), colours[k % 2]), "a red circle", k, {}) for k in range(4)]
+    outputs.write_images(small, tmp_path / "small")
+    sheet = Image.open(tmp_path / "small" / CONTACT_SHEET)
+    assert sheet.width >= 2 * outputs.SHEET_MIN_CELL, sheet.size  # 2 x 2 cells
+    assert sheet.getpixel((4 + 127, 4 + 64)) == (255, 0, 0)  # the first image fills its 128 px cell
 
 
 @pytest.mark.parametrize(

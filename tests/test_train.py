@@ -954,7 +954,19 @@ def test_the_data_is_checked_against_the_config_before_the_model_is_built(shapes
     said = capsys.readouterr().out
     assert f"warning: {other} was prepared at 48 px (48 latents a side) but the model's input_size is 32" in said, said
     assert main(["train", "--recipe", "stage2-t2i-256", "--dry-run"]) == 0  # a recipe shown without data: said
-    assert "warning: no data.root: a run needs one" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "warning: no data.root: a run needs one" in said
+    assert "warning: init_from runs/stage1-class-256 does not exist" in said  # the run failed on it in 4 s
+    # with its data given, a missing init_from is refused as the run refuses it, after the config is shown
+    missing = [f"--set=init_from={tmp_path / 'stage1'}"]
+    assert (
+        main(
+            ["train", "--recipe", "tiny", "--dry-run", *[f"--set={item}" for item in overrides(shapes_data)], *missing]
+        )
+        == 2
+    )
+    out, err = capsys.readouterr()
+    assert f"init_from {tmp_path / 'stage1'} does not exist" in err and '"recipe": "tiny"' in out
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))

@@ -189,10 +189,22 @@ def stage_seconds(run_dir: Path) -> float:
     return float(rows[-1].get("time", 0.0)) if rows else 0.0
 
 
+def cpu_name() -> str:
+    """The processor's model name ("AMD EPYC 7B13"), where Linux says it; else what platform knows (on Linux
+    platform.processor() is the architecture: the report read "x86_64")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict:
     """What a reader needs to compare wall-clock figures: processor, threads, torch and Python versions."""
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -113,7 +113,9 @@ def check_request(
             raise GenerationError(f"the prompt {prompt!a} is not UTF-8 text (another encoding?): give it in UTF-8")
     check_counts(num_images, batch_size)
     if not 0 <= seed <= MAX_SEED - max(total_images - 1, 0):
-        raise GenerationError(f"the seed must lie in 0..{MAX_SEED - max(total_images - 1, 0)}, got {seed}")
+        last = MAX_SEED - max(total_images - 1, 0)
+        why = f" for {total_images} image(s) (image k takes seed + k)" if total_images > 1 else ""
+        raise GenerationError(f"the seed must lie in 0..{last}{why}, got {seed}")
     if settings.cfg_scale is not None and not (math.isfinite(settings.cfg_scale) and settings.cfg_scale >= 0):
         raise GenerationError(f"the guidance scale must be a finite number >= 0, got {settings.cfg_scale}")
     requested_size(settings)

@@ -18,6 +18,7 @@ CONTACT_SHEET = "contact_sheet.png"
 # The sheet's cells at most this wide (200 images of 1024 px at full size made a 230-megapixel sheet that
 # Pillow refused to open) and its images the first SHEET_IMAGES of a run.
 SHEET_CELL = 256
+SHEET_MIN_CELL = 128  # px: room for a label's prompt and seed under each image
 SHEET_IMAGES = 100
 # The names write_images gives: "0003-a-red-circle-seed7.png", its "....json" sidecar, and CONTACT_SHEET.
 OUTPUT_NAME = re.compile(r"\d{4,}-[a-z0-9-]+-seed-?\d+\.(png|json)")
@@ -99,9 +100,10 @@ class ImageWriter:
         if len(self.paths) < 2:
             return None
         images, labels = zip(*self._thumbnails)
-        if len(self.paths) > len(images):
-            labels = (*labels[:-1], f"{labels[-1]} [first {len(images)} of {len(self.paths)} images]")
-        sheet = image_grid(list(images), labels=list(labels))
+        # small images (the demo's 36 px) drawn larger: in their own width a label wrapped at 8 characters
+        # and cut every seed from 10 on, so a thumbnail could not be matched to its file
+        cell = max(SHEET_MIN_CELL, *(max(image.size) for image in images))
+        sheet = image_grid(list(images), labels=list(labels), cell=cell)
         save_png(sheet, self.out_dir / CONTACT_SHEET, replace=False)
         return self.out_dir / CONTACT_SHEET
 

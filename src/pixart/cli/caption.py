@@ -27,7 +27,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="image folder, .jsonl/.csv manifest, .tar or folder of .tar")
     caption = parser.add_argument_group("captioning")
     caption.add_argument("--model", type=Path, help="local LLaVA folder (LlavaForConditionalGeneration + processor)")
-    caption.add_argument("--out", type=Path, help="output JSONL manifest (default: beside INPUT, e.g. x.dense.jsonl)")
+    caption.add_argument(
+        "--out",
+        type=Path,
+        help="output JSONL manifest (default: FOLDER/dense.jsonl for a folder; beside any other INPUT, x.dense.jsonl)",
+    )
     caption.add_argument(
         "--field", default="dense", help="the field the new captions go to (default: dense; not alt, path or image)"
     )

@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     from pixart.generate import TextToImage
     from pixart.generation_settings import GenerationError, Settings, check_request
     from pixart.modelfolder import folder_kind
-    from pixart.outputs import CONTACT_SHEET, ImageWriter
+    from pixart.outputs import CONTACT_SHEET, SHEET_IMAGES, ImageWriter
 
     prompts = read_prompts(args)
     height, width = parse_size(args.size) if args.size else (None, None)
@@ -265,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
             f"seeds {writer.first.seed}..{writer.last.seed})"
         )
         if len(paths) > 1:
-            print(f"contact sheet: {args.out / CONTACT_SHEET}")
+            part = f" (the first {SHEET_IMAGES} of {len(paths)} images)" if len(paths) > SHEET_IMAGES else ""
+            print(f"contact sheet{part}: {args.out / CONTACT_SHEET}")
         print(json.dumps([str(p) for p in paths]) if len(paths) <= 4 else f"  {paths[0]} ... {paths[-1]}")
         return 0

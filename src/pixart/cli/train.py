@@ -50,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from pixart import config as config_io
     from pixart.cli.main import UserError, check_device
     from pixart.config import ConfigError
 
@@ -59,31 +58,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as error:
         raise UserError(str(error)) from error
     if args.dry_run:
-        from pixart.train.checks import check_preview_steps
-        from pixart.train.config import effective_lr
-        from pixart.train.data import check_given_data
-        from pixart.train.errors import TrainingError
-
-        try:  # the checks a real run makes before its folder: a dry run that passes must start
-            check_preview_steps(config)
-            # a recipe's resolved config is shown without data, as a run's first step: said, not refused
-            unset = not (config.data.root or config.data.synthetic)
-            warnings = ["no data.root: a run needs one (a folder made by pixart prepare)"] if unset else []
-            warnings += [] if unset else check_given_data(config)
-        except TrainingError as error:
-            raise UserError(str(error)) from error
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        per_rank = config.data.batch_size * config.optim.grad_accum
-        print(config_io.to_json(config), end="")
-        print(
-            f"world: {world} process(es) (torchrun sets WORLD_SIZE), {config.parallel}; batch {config.data.batch_size} "
-            f"per rank x {config.optim.grad_accum} accumulation = {per_rank} per rank, {per_rank * world} global; "
-            f"learning rate {effective_lr(config.optim, per_rank * world):.3g}"
-            + (f" (optim.lr x sqrt({per_rank * world} / 256): auto_lr)" if config.optim.auto_lr else "")
-        )
-        for warning in warnings:
-            print(f"warning: {warning}")
-        return 0
+        return dry_run(config)
     if args.run_dir is None:
         raise UserError("--run-dir is required (except with --dry-run)")
     check_device(args.device)
@@ -103,4 +78,46 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}))
     if summary["status"] == "interrupted":  # not 0: a script's next step (convert its final weights) must not run
         return 128 + signal.Signals[summary["signal"]].value  # as a shell reports a command a signal ended
+    return 0
+
+
+def dry_run(config: TrainConfig) -> int:
+    """Print the resolved config, the world and the learning rate, then make the checks a real run makes
+    before its folder (a dry run that passes must start): refused there, refused here, after the config is
+    shown. A recipe shown without its inputs (no data.root; its init_from not made yet) is told what a run
+    needs, not refused."""
+    import os
+
+    from pixart import config as config_io
+    from pixart.cli.main import UserError
+    from pixart.train.checks import check_preview_steps
+    from pixart.train.config import effective_lr
+    from pixart.train.data import check_given_data
+    from pixart.train.errors import TrainingError
+    from pixart.train.init import resolve_init_path
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_rank = config.data.batch_size * config.optim.grad_accum
+    print(config_io.to_json(config), end="")
+    print(
+        f"world: {world} process(es) (torchrun sets WORLD_SIZE), {config.parallel}; batch {config.data.batch_size} "
+        f"per rank x {config.optim.grad_accum} accumulation = {per_rank} per rank, {per_rank * world} global; "
+        f"learning rate {effective_lr(config.optim, per_rank * world):.3g}"
+        + (f" (optim.lr x sqrt({per_rank * world} / 256): auto_lr)" if config.optim.auto_lr else "")
+    )
+    shown_only = not (config.data.root or config.data.synthetic)
+    warnings = ["no data.root: a run needs one (a folder made by pixart prepare)"] if shown_only else []
+    try:
+        check_preview_steps(config)
+        warnings += [] if shown_only else check_given_data(config)
+        if config.init_from:
+            resolve_init_path(config.init_from)
+    except FileNotFoundError as error:  # init_from: the previous stage not trained (yet)
+        if not shown_only:
+            raise UserError(str(error)) from error
+        warnings.append(f"{error}; a run needs it")
+    except TrainingError as error:
+        raise UserError(str(error)) from error
+    for warning in warnings:
+        print(f"warning: {warning}")
     return 0
