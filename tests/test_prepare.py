@@ -1195,6 +1195,32 @@ def test_a_rerun_redoes_the_shards_whose_captions_were_edited_and_only_those(tmp
     assert {data.record(i)["captions"]["alt"] for i in range(len(data))} >= {"a green triangle, edited"}
 
 
+def test_editing_a_field_that_is_not_prepared_redoes_no_shard(tmp_path, models):
+    """Every field of a row was hashed: with --fields alt, editing another column (or adding one to a large
+    manifest) re-encoded the shard with the VAE and T5. Shards hashed the old way still count as unchanged."""
+    from pixart.data.fingerprint import captions_fingerprint
+    from pixart.data.prepare_options import shard_items
+    from pixart.data.shards import report_path
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        noise(64, 64, i).save(folder / f"{i}.png")
+        (folder / f"{i}.json").write_text(json.dumps({"alt": f"a red circle {i}", "tags": "red"}))
+    out = tmp_path / "out"
+    assert prepare(list_inputs(folder), out, options(), *models).written == [0]
+    (folder / "2.json").write_text(json.dumps({"alt": "a red circle 2", "tags": "red, round", "extra": 1}))
+    assert prepare(list_inputs(folder), out, options(), *models).written == []
+    (folder / "2.json").write_text(json.dumps({"alt": "a blue circle 2"}))  # a prepared field: redone
+    assert prepare(list_inputs(folder), out, options(), *models).written == [0]
+    # a shard whose report holds the every-field hash (written before this change) is still unchanged
+    report = report_path(out, 0)
+    written = json.loads(report.read_text())
+    items = shard_items(list_inputs(folder), options(), 0)
+    report.write_text(json.dumps({**written, "captions_fingerprint": captions_fingerprint(items)}))
+    assert prepare(list_inputs(folder), out, options(), *models).written == []
+
+
 def test_a_misspelt_caption_field_is_refused_before_the_models_load(tmp_path, model_dirs, capsys, monkeypatch):
     """--fields dnese: every input was walked and skipped for it, one line each, after both models loaded."""
     folder = tmp_path / "in"

@@ -89,8 +89,12 @@ def pending_shards(inputs: Inputs, out: str | Path, options: PrepareOptions) -> 
 
 def _captions_unchanged(out: Path, inputs: Inputs, options: PrepareOptions, index: int) -> bool:
     recorded = (read_json(report_path(out, index)) or {}).get(FINGERPRINT_KEY)
-    # a shard from before the fingerprint was kept is taken as it is: it cannot tell
-    return recorded is None or recorded == captions_fingerprint(shard_items(inputs, options, index))
+    if recorded is None:  # a shard from before the fingerprint was kept is taken as it is: it cannot tell
+        return True
+    items = shard_items(inputs, options, index)
+    # of the prepared fields alone (editing another column redid the shard), or of every field as shards
+    # written before were hashed: unchanged either way
+    return recorded in (captions_fingerprint(items, options.fields), captions_fingerprint(items))
 
 
 def _set_aside_for_a_redo(out: Path, index: int) -> None:
@@ -374,7 +378,7 @@ def prepare(
                 return PrepareResult(written, [i for i in mine if i not in pending], {})
             bar.set_postfix_str(shard_name(index))
             items = shard_items(inputs, options, index)
-            fingerprint = captions_fingerprint(items)
+            fingerprint = captions_fingerprint(items, options.fields)
             _set_aside_for_a_redo(out, index)  # nothing there, unless its captions were edited
             samples, report = prepare_shard(items, options, codec, text_encoder, on_item=lambda: bar.update())
             # The report first: a shard that exists always has one, and an empty shard is finished by it.
