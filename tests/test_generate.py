@@ -521,7 +521,8 @@ def test_a_stopped_run_keeps_the_images_it_made(pipeline_folder, tmp_path, capsy
     out = tmp_path / "out"
     args = ["generate", "a red circle", "--model", str(pipeline_folder), "--steps", "2", "--out", str(out)]
     assert main([*args, "--num-images", "6", "--batch", "2"]) == 130
-    assert f"kept the 4 of 6 image(s) made before this stop in {out}" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"kept the 4 of 6 image(s) made before this stop in {out}; make the other 2 with --seed 4 " in said
     made = sorted(p.name for p in out.glob("0*.png"))
     assert made == [f"000{k}-a-red-circle-seed{k}.png" for k in range(4)], made
     assert all((out / name).with_suffix(".json").is_file() for name in made) and (out / CONTACT_SHEET).is_file()
@@ -529,6 +530,14 @@ def test_a_stopped_run_keeps_the_images_it_made(pipeline_folder, tmp_path, capsy
     assert main([*args[:-1], str(tmp_path / "whole"), "--num-images", "6", "--batch", "2"]) == 0
     for name in made:
         assert np.array_equal(pixels(out / name), pixels(tmp_path / "whole" / name)), name
+    # ... and the command it suggests makes the rest, the same images as the whole run's last two
+    assert main([*args[:-1], str(tmp_path / "rest"), "--seed", "4", "--num-images", "2", "--batch", "2"]) == 0
+    for k in (4, 5):
+        rest, whole = (
+            tmp_path / "rest" / f"000{k - 4}-a-red-circle-seed{k}.png",
+            tmp_path / "whole" / f"000{k}-a-red-circle-seed{k}.png",
+        )
+        assert np.array_equal(pixels(rest), pixels(whole)), k
 
 
 def test_two_runs_into_one_folder_at_once_do_not_overwrite_each_other(pipeline_folder, tmp_path, capsys, monkeypatch):

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -165,9 +165,12 @@ def remake_inputs(args: argparse.Namespace) -> dict:
     }
 
 
-def write_as_they_come(batches: Iterator[list[GeneratedImage]], writer: ImageWriter, total: int) -> None:
+def write_as_they_come(
+    batches: Iterator[list[GeneratedImage]], writer: ImageWriter, total: int, rest: Callable[[int], str]
+) -> None:
     """Write each batch before the next is sampled, then the contact sheet: a stop (Ctrl-C) or a failure
-    (out of memory at batch 40) kept nothing before, and the empty --out was removed."""
+    (out of memory at batch 40) kept nothing before, and the empty --out was removed. `rest(kept)`: how to
+    make the images a stop left out, where one command can ("" where not)."""
     from pixart.cli.main import UserError
 
     try:
@@ -182,7 +185,8 @@ def write_as_they_come(batches: Iterator[list[GeneratedImage]], writer: ImageWri
             with contextlib.suppress(Exception):  # the sheet of what was made, if the cause lets it be written
                 writer.finish()
             print(
-                f"kept the {len(writer.paths)} of {total} image(s) made before this stop in {writer.out_dir}",
+                f"kept the {len(writer.paths)} of {total} image(s) made before this stop in {writer.out_dir}"
+                + rest(len(writer.paths)),
                 file=sys.stderr,
             )
         raise
@@ -252,7 +256,13 @@ def run(args: argparse.Namespace) -> int:
                 low_memory=args.low_memory,
                 progress=not args.no_progress,
             )
-            write_as_they_come(batches, writer, len(prompts) * args.num_images)
+            total = len(prompts) * args.num_images
+
+            def rest(kept: int) -> str:  # image k takes seed + k: one prompt's others continue from seed + kept
+                left = f"--seed {args.seed + kept} --num-images {total - kept}"
+                return f"; make the other {total - kept} with {left} into another --out" if len(prompts) == 1 else ""
+
+            write_as_they_come(batches, writer, total, rest)
         except GenerationError as error:
             raise UserError(str(error)) from error
         paths = writer.paths
