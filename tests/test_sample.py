@@ -356,6 +356,18 @@ def test_latents_equal_diffusers_pipeline(tmp_path, name, micro):
     assert (ours - reference).abs().max() <= 1e-5 * scale, ((ours - reference).abs().max(), scale)
 
 
+def test_a_sampler_needing_the_learned_variance_refuses_a_model_without_it():
+    """iddpm on a learn_sigma=False model failed inside diffusers' DDPM step after the first model call
+    ("unsupported operand type(s) for +: 'NoneType' and 'int'"); generate refused it, the library did not."""
+    model = randomize_(PixArt(dataclasses.replace(TINY, learn_sigma=False)), seed=1).eval()
+    cond, mask = torch.randn(1, 6, 48), varied_mask(1, 6, [4])
+    null, null_mask = learned_null_caption(model, mask)
+    with pytest.raises(ValueError, match="needs the learned variance the model does not predict"):
+        sample(model, torch.randn(1, 4, 8, 8), cond, mask, null, null_mask, scheduler="iddpm", steps=5, progress=False)
+    latents = sample(model, torch.randn(1, 4, 8, 8), cond, mask, null, null_mask, steps=5, progress=False)
+    assert latents.shape == (1, 4, 8, 8)  # dpm-solver++ needs none
+
+
 def test_cfg_scale_one_is_the_conditional_branch_alone():
     model = randomize_(PixArt(TINY), seed=1).eval()
     x, t = torch.randn(2, 4, 8, 8), torch.tensor(500)

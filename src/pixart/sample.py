@@ -66,6 +66,12 @@ def sample(
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         scheduler.set_timesteps(steps, device=noise.device)
+    if keep_variance and not getattr(getattr(model, "config", None), "learn_sigma", True):
+        # else diffusers' DDPM step failed after the first model call ("NoneType + int", in _get_variance)
+        raise ValueError(
+            "this sampler needs the learned variance the model does not predict (learn_sigma is off): choose "
+            "another, e.g. dpm-solver++"
+        )
     if hasattr(scheduler, "set_begin_index"):
         # From the first level. Left unset, diffusers finds its place by the first timestep's value and
         # takes the second of two equal ones (its image-to-image rule): flow DPM-Solver's integer
