@@ -109,7 +109,8 @@ def dry_run(config: TrainConfig) -> int:
     warnings = ["no data.root: a run needs one (a folder made by pixart prepare)"] if shown_only else []
     try:
         check_preview_steps(config)
-        warnings += [] if shown_only else check_given_data(config)
+        if not shown_only:
+            warnings += check_given_data(config)
         if config.init_from:
             resolve_init_path(config.init_from)
     except FileNotFoundError as error:  # init_from: the previous stage not trained (yet)

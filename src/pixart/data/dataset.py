@@ -80,6 +80,14 @@ def allow_open_files(count: int, what: str) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
 
 
+def check_caption_fields(folder: Path, info: dict, caption_probs: Mapping[str, float]) -> None:
+    """ValueError naming the fields of `caption_probs` the dataset at `folder` (its dataset.json `info`) lacks."""
+    fields = list(info["caption_fields"])
+    unknown = sorted(set(caption_probs) - set(fields))
+    if unknown:
+        raise ValueError(f"caption fields {unknown} are not in {folder} (it has {fields})")
+
+
 class FeatureDataset(Dataset):
     """Samples of a feature dataset folder written by `pixart prepare` (or the demo's own writer)."""
 
@@ -88,9 +96,7 @@ class FeatureDataset(Dataset):
         self.info = read_dataset_info(self.folder)
         fields = list(self.info["caption_fields"])
         caption_probs = dict(caption_probs or {fields[0]: 1.0})
-        unknown = sorted(set(caption_probs) - set(fields))
-        if unknown:
-            raise ValueError(f"caption fields {unknown} are not in {self.folder} (it has {fields})")
+        check_caption_fields(self.folder, self.info, caption_probs)
         total = sum(caption_probs.values())
         if not math.isfinite(total) or total <= 0 or any(p < 0 for p in caption_probs.values()):
             raise ValueError(f"caption probabilities must be finite, non-negative, not all zero; got {caption_probs}")

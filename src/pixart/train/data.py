@@ -105,6 +105,9 @@ def check_class_labels(labels: list[int], num_classes: int) -> None:
         )
 
 
+NO_DATA = "no training data: set data.root to a folder made by `pixart prepare`, or data.synthetic=shapes"
+
+
 def prepare_data(config: TrainConfig, run_dir: Path, world: World, *, progress: bool = True) -> Path:
     """The feature dataset folder of this run: `data.root`, or else a synthetic one built once in the run folder.
 
@@ -117,9 +120,7 @@ def prepare_data(config: TrainConfig, run_dir: Path, world: World, *, progress: 
         barrier(world)
         return folder
     if not config.data.root:
-        raise FileNotFoundError(
-            "no training data: set data.root to a folder made by `pixart prepare`, or data.synthetic=shapes"
-        )
+        raise FileNotFoundError(NO_DATA)
     return Path(config.data.root)
 
 
@@ -129,6 +130,7 @@ def check_given_data(config: TrainConfig) -> list[str]:
     refused only after an XL model was built (13-16 s and 2.8 GB a rank), and passed a dry run. The warnings
     to print: data prepared at another resolution than the model's (a 1024 px recipe on 256 px features
     trained without a word)."""
+    from pixart.data.dataset import check_caption_fields
     from pixart.data.records import DamagedData
     from pixart.data.shapes_features import SHAPES_SOURCE_PREFIX
     from pixart.data.shards import read_dataset_info
@@ -136,20 +138,17 @@ def check_given_data(config: TrainConfig) -> list[str]:
     if config.data.synthetic and not config.data.root:  # built by the run itself, from this config
         return []
     if not config.data.root:
-        raise TrainingError(
-            "no training data: set data.root to a folder made by `pixart prepare`, or data.synthetic=shapes"
-        )
+        raise TrainingError(NO_DATA)
     root = Path(config.data.root)
     try:
         info = read_dataset_info(root)
     except (FileNotFoundError, DamagedData) as error:
         raise TrainingError(f"data.root: {error}") from None
-    fields = list(info["caption_fields"])
-    unknown = sorted(set(config.data.caption_probs) - set(fields))
-    if config.stage != "class" and unknown:  # stage 1 reads no caption
-        raise TrainingError(
-            f"caption fields {unknown} are not in {root} (it has {fields}); fix data.caption_probs or data.root"
-        )
+    if config.stage != "class":  # stage 1 reads no caption
+        try:
+            check_caption_fields(root, info, config.data.caption_probs)
+        except ValueError as error:
+            raise TrainingError(f"{error}; fix data.caption_probs or data.root") from None
     model = config.dit if config.stage == "class" else config.model
     LatentScaling.from_info(info).check_model_config(model, info)
     resolution, f = info.get("resolution"), int(info.get("codec", {}).get("downsample", 1))

@@ -31,13 +31,20 @@ def _entry_paths(path: Path) -> list[tuple[str, ...]]:
     try:
         metadata = read_metadata(path)
     except Exception as error:  # noqa: BLE001 - cut short, or naming what no checkpoint holds
-        raise WeightsError(f"cannot read {path} as a sharded checkpoint: {type(error).__name__}: {error}") from None
+        raise unreadable(path, error) from None
     return [tuple((metadata.planner_data or {}).get(flat, (flat,))) for flat in metadata.state_dict_metadata]
 
 
 def sharded_model_keys(path: Path) -> list[str]:
     """The state-dict keys of the model a sharded checkpoint holds, without reading any tensor."""
     return [where[1] for where in _entry_paths(path) if where[0] == "model" and len(where) == 2]
+
+
+def unreadable(path: Path, error: BaseException) -> WeightsError:
+    """The one-line error of a sharded checkpoint that cannot be read: the (first rank's) cause, first line."""
+    cause = failure_cause(error)
+    first = str(cause).splitlines()[0] if str(cause) else ""
+    return WeightsError(f"cannot read {path} as a sharded checkpoint: {type(cause).__name__}: {first}")
 
 
 def failure_cause(error: BaseException) -> BaseException:
@@ -77,7 +84,5 @@ def read_sharded(path: Path, skip: tuple[str, ...] = ("optimizer",)) -> dict[str
             warnings.simplefilter("ignore", UserWarning)
             load_into(template, path, no_dist=True)
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - a shard missing or cut short
-        cause = failure_cause(error)
-        first = str(cause).splitlines()[0] if str(cause) else ""
-        raise WeightsError(f"cannot read {path} as a sharded checkpoint: {type(cause).__name__}: {first}") from None
+        raise unreadable(path, error) from None
     return template
