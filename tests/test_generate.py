@@ -508,7 +508,8 @@ def test_a_new_run_does_not_mix_with_an_earlier_one(pipeline_folder, tmp_path, c
 
 def test_a_stopped_run_keeps_the_images_it_made(pipeline_folder, tmp_path, capsys, monkeypatch):
     """Every image was held until the last batch: a Ctrl-C or an out-of-memory error at batch N lost batches 1
-    to N-1, and the emptied --out was removed. Each batch is written as it comes now."""
+    to N-1, and the emptied --out was removed. Each batch is written as it comes now, and the stop names the
+    --skip that makes the rest (of several prompts too, stopped within a prompt)."""
     real = TextToImage.generate_batches
 
     def stopped_after_two(self, *args, **kwargs):
@@ -519,25 +520,41 @@ def test_a_stopped_run_keeps_the_images_it_made(pipeline_folder, tmp_path, capsy
 
     monkeypatch.setattr(TextToImage, "generate_batches", stopped_after_two)
     out = tmp_path / "out"
-    args = ["generate", "a red circle", "--model", str(pipeline_folder), "--steps", "2", "--out", str(out)]
-    assert main([*args, "--num-images", "6", "--batch", "2"]) == 130
+    args = ["generate", "a red circle", "a blue square", "--model", str(pipeline_folder), "--steps", "2"]
+    args += ["--num-images", "3", "--batch", "2", "--out"]
+    assert main([*args, str(out)]) == 130
     said = capsys.readouterr().err
-    assert f"kept the 4 of 6 image(s) made before this stop in {out}; make the other 2 with --seed 4 " in said
+    assert f"kept the 4 of 6 image(s) made before this stop in {out}; make the other 2 with the same command " in said
+    assert "--skip 4 into another --out" in said
+    whole_names = [f"000{k}-a-{'red-circle' if k < 3 else 'blue-square'}-seed{k}.png" for k in range(6)]
     made = sorted(p.name for p in out.glob("0*.png"))
-    assert made == [f"000{k}-a-red-circle-seed{k}.png" for k in range(4)], made
+    assert made == whole_names[:4], made
     assert all((out / name).with_suffix(".json").is_file() for name in made) and (out / CONTACT_SHEET).is_file()
     monkeypatch.setattr(TextToImage, "generate_batches", real)  # the same images as a run that was not stopped
-    assert main([*args[:-1], str(tmp_path / "whole"), "--num-images", "6", "--batch", "2"]) == 0
+    assert main([*args, str(tmp_path / "whole")]) == 0
+    assert sorted(p.name for p in (tmp_path / "whole").glob("0*.png")) == whole_names
     for name in made:
         assert np.array_equal(pixels(out / name), pixels(tmp_path / "whole" / name)), name
-    # ... and the command it suggests makes the rest, the same images as the whole run's last two
-    assert main([*args[:-1], str(tmp_path / "rest"), "--seed", "4", "--num-images", "2", "--batch", "2"]) == 0
-    for k in (4, 5):
-        rest, whole = (
-            tmp_path / "rest" / f"000{k - 4}-a-red-circle-seed{k}.png",
-            tmp_path / "whole" / f"000{k}-a-red-circle-seed{k}.png",
-        )
-        assert np.array_equal(pixels(rest), pixels(whole)), k
+    # ... and the command it suggests makes the rest: the whole run's last two, under the same names
+    assert main([*args, str(tmp_path / "rest"), "--skip", "4"]) == 0
+    assert sorted(p.name for p in (tmp_path / "rest").glob("0*.png")) == whole_names[4:]
+    for name in whole_names[4:]:
+        assert np.array_equal(pixels(tmp_path / "rest" / name), pixels(tmp_path / "whole" / name)), name
+    # a stop of that rest counts from its own skip
+    monkeypatch.setattr(TextToImage, "generate_batches", stopped_after_two)
+    assert main([*args, str(tmp_path / "rest-of-rest"), "--skip", "1", "--batch", "1"]) == 130
+    said = capsys.readouterr().err
+    assert "kept the 2 of 5 image(s)" in said and "make the other 3 with the same command and --skip 3" in said
+
+
+@pytest.mark.parametrize("skip", ["-1", "6"])
+def test_skip_beyond_the_run_is_refused_before_the_model_loads(skip, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--num-images", "3", "--skip", skip, "--model", str(tmp_path / "none"), "--out", str(out)]
+    code = main(["generate", "a", "b", *args])
+    assert code == 2
+    assert f"cannot skip {skip} of the run's 6 image(s): skip 0 to 5" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_two_runs_into_one_folder_at_once_do_not_overwrite_each_other(pipeline_folder, tmp_path, capsys, monkeypatch):

@@ -238,14 +238,22 @@ class TextToImage:
         batch_size: int = 4,
         progress: bool = True,
         low_memory: bool = False,
+        skip: int = 0,
     ) -> Iterator[list[GeneratedImage]]:
         """num_images images of each prompt (prompt-major; image k takes seed + k), batch_size at a time, each
         batch given as soon as it is decoded: a caller writes it before the next is sampled, so a stop or a
-        failure keeps what was made."""
+        failure keeps what was made. `skip` leaves out the first images of that order (the rest of a stopped
+        run: the same images, as each draws its noise from its own seed)."""
         settings = settings or Settings()
         settings = dataclasses.replace(settings, negative=negative_prompt(settings.negative))
         check_request(
-            settings, num_images, batch_size, seed=seed, total_images=len(prompts) * num_images, prompts=prompts
+            settings,
+            num_images,
+            batch_size,
+            seed=seed,
+            total_images=len(prompts) * num_images,
+            prompts=prompts,
+            skip=skip,
         )
         sampler_name, steps = self.resolve_sampler(settings)
         cfg = self.spec.cfg_scale if settings.cfg_scale is None else settings.cfg_scale
@@ -254,8 +262,8 @@ class TextToImage:
         guidance = cfg if cfg > 1 or self.spec.null_caption == "learned" else 1.0
         key, (gen_h, gen_w), (out_h, out_w) = self.resolve_size(settings)
 
-        jobs = [(p, k) for p in prompts for k in range(num_images)]  # prompt-major, like diffusers
-        unique = list(dict.fromkeys(prompts))
+        jobs = [(p, k) for p in prompts for k in range(num_images)][skip:]  # prompt-major, like diffusers
+        unique = list(dict.fromkeys(p for p, _ in jobs))  # a skipped prompt is not encoded
         (cond, cond_mask, null, null_mask), dropped = self.encode(unique, settings.negative)
         if low_memory:
             self.free_text_encoder()
@@ -278,7 +286,7 @@ class TextToImage:
         device = self.transformer.device
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
-            seeds = [seed + start + i for i in range(len(chunk))]
+            seeds = [seed + skip + start + i for i in range(len(chunk))]
             generators = [torch.Generator().manual_seed(s) for s in seeds]
             noise = torch.cat([torch.randn((1, *shape), generator=g) for g in generators])
             idx = torch.tensor([row[p] for p, _ in chunk])

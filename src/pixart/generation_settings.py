@@ -103,15 +103,18 @@ def check_request(
     seed: int = 0,
     total_images: int = 1,
     prompts: Sequence[str] = (),
+    skip: int = 0,
 ) -> None:
     """Refuse what no model could draw before one loads (minutes for a large one): counts, size, aspect,
     guidance, seeds, prompts that are not UTF-8, and a named sampler with its steps. What depends on the
     model is checked by TextToImage.resolve_sampler. `total_images` is the run's count (prompts x
-    num_images): image k takes seed + k."""
+    num_images): image k takes seed + k; the first `skip` of them are left out."""
     for prompt in prompts:  # bytes of another encoding arrive as lone surrogates: the tokenizer's error
         if not is_utf8(prompt):
             raise GenerationError(f"the prompt {prompt!a} is not UTF-8 text (another encoding?): give it in UTF-8")
     check_counts(num_images, batch_size)
+    if not 0 <= skip < max(total_images, 1):
+        raise GenerationError(f"cannot skip {skip} of the run's {total_images} image(s): skip 0 to {total_images - 1}")
     if not 0 <= seed <= MAX_SEED - max(total_images - 1, 0):
         last = MAX_SEED - max(total_images - 1, 0)
         why = f" for {total_images} image(s) (image k takes seed + k)" if total_images > 1 else ""

@@ -69,9 +69,12 @@ class ImageWriter:
     passed for both) is FileExistsError at its first clash, where each had overwritten the other's images.
     """
 
-    def __init__(self, out_dir: str | Path, *, model: str | None = None, extra: dict | None = None) -> None:
+    def __init__(
+        self, out_dir: str | Path, *, model: str | None = None, extra: dict | None = None, number_from: int = 0
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.model, self.extra = model, extra
+        self.number_from = number_from  # the first file's number: a run's rest (--skip) numbered as in the whole
         self.paths: list[Path] = []
         self.first: GeneratedImage | None = None
         self.last: GeneratedImage | None = None
@@ -83,7 +86,7 @@ class ImageWriter:
         info.add_text("parameters", json.dumps(record))
         info.add_text("prompt", result.prompt)
         info.add_text("seed", str(result.seed))
-        path = self.out_dir / f"{len(self.paths):04d}-{slug(result.prompt)}-seed{result.seed}.png"
+        path = self.out_dir / f"{self.number_from + len(self.paths):04d}-{slug(result.prompt)}-seed{result.seed}.png"
         # each file whole or absent: a process stopped mid-write (a server's Ctrl+C) leaves no torn image
         save_png(result.image, path, info, replace=False)
         write_json(path.with_suffix(".json"), record, replace=False)

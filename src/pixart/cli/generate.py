@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +56,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--negative", help="negative prompt (default, or blank: none, i.e. the model's own null caption)"
     )
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    parser.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="leave out the run's first N images (prompt-major): the rest of a stopped run, the same images",
+    )
     parser.add_argument("--batch", type=int, default=4, help="images per forward batch")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="transformer dtype")
@@ -165,12 +171,10 @@ def remake_inputs(args: argparse.Namespace) -> dict:
     }
 
 
-def write_as_they_come(
-    batches: Iterator[list[GeneratedImage]], writer: ImageWriter, total: int, rest: Callable[[int], str]
-) -> None:
+def write_as_they_come(batches: Iterator[list[GeneratedImage]], writer: ImageWriter, total: int, skipped: int) -> None:
     """Write each batch before the next is sampled, then the contact sheet: a stop (Ctrl-C) or a failure
-    (out of memory at batch 40) kept nothing before, and the empty --out was removed. `rest(kept)`: how to
-    make the images a stop left out, where one command can ("" where not)."""
+    (out of memory at batch 40) kept nothing before, and the empty --out was removed. `total`: the images this
+    run makes after the `skipped` first of its request; a stop says which --skip makes the rest."""
     from pixart.cli.main import UserError
 
     try:
@@ -184,9 +188,10 @@ def write_as_they_come(
         if writer.paths:
             with contextlib.suppress(Exception):  # the sheet of what was made, if the cause lets it be written
                 writer.finish()
+            kept = len(writer.paths)
             print(
-                f"kept the {len(writer.paths)} of {total} image(s) made before this stop in {writer.out_dir}"
-                + rest(len(writer.paths)),
+                f"kept the {kept} of {total} image(s) made before this stop in {writer.out_dir}; make the other "
+                f"{total - kept} with the same command and --skip {skipped + kept} into another --out",
                 file=sys.stderr,
             )
         raise
@@ -220,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             total_images=len(prompts) * args.num_images,
             prompts=prompts,
+            skip=args.skip,
         )
     except GenerationError as error:
         raise UserError(str(error)) from error
@@ -233,7 +239,9 @@ def run(args: argparse.Namespace) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, args.dtype) if args.dtype else None
         started = time.time()
-        writer = ImageWriter(args.out, model=os.path.abspath(args.model), extra=remake_inputs(args))
+        writer = ImageWriter(
+            args.out, model=os.path.abspath(args.model), extra=remake_inputs(args), number_from=args.skip
+        )
         try:
             pipe = TextToImage.from_path(
                 args.model,
@@ -255,14 +263,9 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch,
                 low_memory=args.low_memory,
                 progress=not args.no_progress,
+                skip=args.skip,
             )
-            total = len(prompts) * args.num_images
-
-            def rest(kept: int) -> str:  # image k takes seed + k: one prompt's others continue from seed + kept
-                left = f"--seed {args.seed + kept} --num-images {total - kept}"
-                return f"; make the other {total - kept} with {left} into another --out" if len(prompts) == 1 else ""
-
-            write_as_they_come(batches, writer, total, rest)
+            write_as_they_come(batches, writer, len(prompts) * args.num_images - args.skip, args.skip)
         except GenerationError as error:
             raise UserError(str(error)) from error
         paths = writer.paths
