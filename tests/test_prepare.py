@@ -470,7 +470,7 @@ def test_cli_two_concurrent_processes_and_a_rerun(tmp_path, model_dirs, capsys, 
     folder.mkdir()
     for i in range(4):
         write_image(folder, f"{i}.png", noise(24, 24 + 8 * i, i), caption=f"a red circle {i}")
-    write_image(folder, "bad.png", noise(24, 24, 9), caption=b"\xff\xfe")
+    write_image(folder, "bad.png", noise(24, 24, 9), caption=b"caf\xe9")
     assert main(cli_args(folder, tmp_path / "one", model_dirs)) == 0
     summary = capsys.readouterr().out
     assert "4 samples from 5 inputs (complete)" in summary and f"bad.png: {BAD_CAPTION}" in summary
@@ -539,6 +539,20 @@ def test_a_folder_of_tars_with_images_beside_them_is_refused(tmp_path):
         list_inputs(tmp_path)
 
 
+def test_shards_further_down_are_named_when_the_folder_holds_no_inputs(tmp_path):
+    """nested/train/00000.tar with nested given: "holds no inputs ... or WebDataset .tar shards", though it did."""
+    (tmp_path / "nested" / "train").mkdir(parents=True)
+    with tarfile.open(tmp_path / "nested" / "train" / "00000.tar", "w") as tar:
+        add_member(tar, "a.txt", b"a red circle")
+    with pytest.raises(InputError) as raised:
+        list_inputs(tmp_path / "nested")
+    train = tmp_path / "nested" / "train"
+    assert f"(the .tar shards in {train} are read when that folder is given: pass it)" in str(raised.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"holds no inputs: .* WebDataset .tar shards$"):
+        list_inputs(tmp_path / "empty")
+
+
 def test_sidecars_with_upper_case_suffixes_are_found(tmp_path):
     noise(32, 32, 0).save(tmp_path / "a.PNG")
     (tmp_path / "a.TXT").write_text("a red circle")
@@ -565,6 +579,22 @@ def test_a_utf16_manifest_is_read_as_utf16(tmp_path):
     (tmp_path / "bad.csv").write_bytes(b"\xff\xfe" + "path".encode("utf-16-le") + b"\x00")  # an odd byte count
     with pytest.raises(InputError, match="starts as UTF-16 but is not .*save it as UTF-8"):
         list_inputs(tmp_path / "bad.csv")
+
+
+def test_utf16_caption_files_are_read_as_utf16(tmp_path):
+    """A .txt or .json caption saved as Windows "Unicode" (UTF-16 with a byte-order mark) was skipped as
+    "caption not UTF-8", though a manifest saved so was read."""
+    for name in ("a", "b", "c"):
+        noise(32, 32, 0).save(tmp_path / f"{name}.png")
+    (tmp_path / "a.txt").write_text("café au lait", encoding="utf-16")
+    (tmp_path / "b.json").write_text(json.dumps({"alt": "crème"}, ensure_ascii=False), encoding="utf-16-be")
+    (tmp_path / "b.json").write_bytes(b"\xfe\xff" + (tmp_path / "b.json").read_bytes())  # big-endian, marked
+    (tmp_path / "c.txt").write_bytes(b"\xff\xfe" + "odd".encode("utf-16-le") + b"\x00")  # an odd byte count
+    items = {item.name: item for item in list_inputs(tmp_path).items}
+    assert items["a.png"].captions(["alt"]) == {"alt": "café au lait"}
+    assert items["b.png"].captions(["alt"]) == {"alt": "crème"}
+    with pytest.raises(ImageSkipped, match="c.txt: truncated data"):
+        items["c.png"].captions(["alt"])
 
 
 def test_manifest_names_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
@@ -777,8 +807,8 @@ def test_tar_names_tar_x_rewrites_or_refuses_and_links_it_cannot_make(tmp_path, 
     with pytest.raises(ImageSkipped, match=r"t.tar/cap.txt: a link to ../captions/cap.txt, which leads to no file"):
         cap.fields()
     only_cap = dataclasses.replace(inputs, items=[cap])
-    with pytest.raises(PrepareError, match=r"1 caption file\(s\) could not be read, e.g. t.tar/cap.txt: a link"):
-        check_fields_present(only_cap, ["alt"])
+    with pytest.raises(PrepareError, match=r"no caption could be read \(1 caption file\(s\) could not be read, e.g. "):
+        check_fields_present(only_cap, ["alt"])  # "name fields they hold" would have sent the user astray
 
 
 def test_a_manifest_finds_the_members_of_a_tar_made_from_a_folder_s_dot(tmp_path):
@@ -1000,6 +1030,15 @@ def test_a_damaged_tar_is_skipped_and_counted_and_a_resume_is_deterministic(tmp_
     (tmp_path / "bad.tar").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(InputError, match="cannot read the tar"):
         list_inputs(tmp_path / "bad.tar")
+    # A compressed tar under a plain .tar name was "bad checksum": its compression and the way out are named.
+    import gzip
+    import lzma
+
+    for name, pack in (("gz.tar", gzip.compress), ("xz.tar", lzma.compress)):
+        (tmp_path / name).write_bytes(pack(data))
+        kind, tool = ("gzip", "gzip -dc") if name == "gz.tar" else ("xz", "xz -dc")
+        with pytest.raises(InputError, match=f"{kind}-compressed: shards are plain tars; {tool} {name} > plain.tar"):
+            list_inputs(tmp_path / name)
 
 
 def test_a_shapes_codec_without_its_file_is_a_clear_error():

@@ -169,10 +169,13 @@ def is_utf8(text: str) -> bool:
     return True
 
 
+UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # the byte-order marks of UTF-16 text (Windows tools' "Unicode")
+
+
 def _read_sidecar(blob: Blob) -> dict:
     data = blob.read()
-    try:
-        text = data.decode("utf-8-sig")
+    try:  # UTF-16 where its byte-order mark says so, as a manifest is read: it was skipped as "not UTF-8"
+        text = data.decode("utf-16" if data[:2] in UTF16_MARKS else "utf-8-sig")
     except UnicodeDecodeError as e:
         raise ImageSkipped(BAD_CAPTION, f"{blob.name}: {e.reason} at byte {e.start}") from e
     if blob.name.lower().endswith(".txt"):

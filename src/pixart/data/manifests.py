@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from pixart.data.items import BAD_ROW, Blob, InputError, Inputs, Item, Problem, dedupe
+from pixart.data.items import BAD_ROW, UTF16_MARKS, Blob, InputError, Inputs, Item, Problem, dedupe
 from pixart.data.tars import latest, member_blob, readable_members
 
 IMAGE_COLUMNS = ("path", "image", "file_name")  # file_name: Hugging Face imagefolder's metadata.jsonl
@@ -60,7 +60,7 @@ def _manifest_text(path: Path) -> str:
     the caption check to name), or UTF-16 where its byte-order mark says so (as Windows tools save
     "Unicode" text): read as UTF-8, every row was a bad one and a CSV's column names letters and NULs."""
     data = path.read_bytes()
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+    if data[:2] in UTF16_MARKS:
         try:
             return data.decode("utf-16")
         except UnicodeDecodeError as e:

@@ -88,6 +88,11 @@ def check_fields_present(inputs: Inputs, fields: list[str]) -> None:
         missing -= held
         if not missing:
             return
+    if inputs.items and unread and not found:  # other field names would not help: the files are unreadable
+        raise PrepareError(
+            f"--fields {','.join(fields)}: no caption could be read ({len(unread)} caption file(s) could not be "
+            f"read, e.g. {unread[0]}): save them as UTF-8 text, or JSON objects of caption fields"
+        )
     if inputs.items:
         absent = [name for name in fields if name in missing]
         also = f"; {len(unread)} caption file(s) could not be read, e.g. {unread[0]}" if unread else ""

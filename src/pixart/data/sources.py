@@ -133,8 +133,11 @@ def list_inputs(path: str | os.PathLike[str]) -> Inputs:
     else:
         inputs = _list_folder(path)
     if not inputs.items and not inputs.problems:
+        # shards are read from the folder given only (a folder of them is a dataset): ones further down are named
+        deeper = sorted({p.parent for p in path.rglob("*") if is_tar(p)}) if path.is_dir() else []
+        where = f" (the .tar shards in {deeper[0]} are read when that folder is given: pass it)" if deeper else ""
         raise InputError(
             f"{path} holds no inputs: expected images ({', '.join(sorted(IMAGE_SUFFIXES))}) with caption "
-            "sidecars, a .jsonl/.csv manifest, or WebDataset .tar shards"
+            f"sidecars, a .jsonl/.csv manifest, or WebDataset .tar shards{where}"
         )
     return inputs
