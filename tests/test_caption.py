@@ -461,6 +461,20 @@ def test_stats_command(tmp_path, capsys):
     assert ">48 tok (minilm)" in header and ">120 tok (t5)" in header
     assert main(["caption", manifest, "--stats", "--tokenizer", "minilm", "--max-length", "7"]) == 0
     assert ">7 tok (minilm)" in capsys.readouterr().out.splitlines()[0]
+    # counted as prepare's encoder sees them: T5's cleaning drops a URL first (the raw text read as cut)
+    from transformers import AutoTokenizer
+
+    from pixart.encoders.captions import clean_caption
+
+    web = "a red circle https://www.example.com/images/2019/red-circle-large-photo.html"
+    (tmp_path / "web.jsonl").write_text(json.dumps({"path": "0.png", "alt": web}) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "t5")
+    kept = len(tokenizer(clean_caption(web)).input_ids)
+    assert len(tokenizer(web).input_ids) > kept
+    web_stats = ["caption", str(tmp_path / "web.jsonl"), "--stats", "--fields", "alt", "--max-length", str(kept)]
+    assert main([*web_stats, "--tokenizer", str(tmp_path / "t5")]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[5:7] == [f"{kept:.1f}", "0%"], row
     assert main(["caption", manifest]) == 2  # captioning needs --model
     capsys.readouterr()
     # Another suffix would be read back as CSV: a rerun would find nothing done and caption everything again.
@@ -709,3 +723,25 @@ def test_a_model_that_fails_to_load_leaves_no_output(tmp_path, unloadable_model)
     args = ["caption", str(folder), "--model", str(unloadable_model), "--out", str(out), "--device", "cpu"]
     assert main([*args, "--no-progress"]) == 2
     assert list(out.parent.iterdir()) == []
+
+
+def test_two_runs_into_one_manifest_are_not_both_let_in(tmp_path, unloadable_model, monkeypatch, capsys):
+    """Two runs into the same --out (a rerun while the first, thought dead, still ran) each captioned every
+    pending image and appended it: every image twice, hours of a 7B model spent twice."""
+    import fcntl
+
+    import pixart.data.caption as caption_module
+
+    monkeypatch.setattr(caption_module, "LlavaCaptioner", lambda *args, **kwargs: FakeCaptioner())
+    folder = image_folder(tmp_path / "in", n=3)
+    out = tmp_path / "dense.jsonl"
+    args = ["caption", str(folder), "--model", str(unloadable_model), "--out", str(out), "--no-progress"]
+    lock = tmp_path / ".dense.jsonl.lock"
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run captioning into it holds it
+        assert main([*args, "--device", "cpu"]) == 2
+    said = capsys.readouterr().err
+    assert f"--out {out} is being written by another pixart caption run: wait for it, or give another --out" in said
+    assert not out.exists()
+    assert main([*args, "--device", "cpu"]) == 0  # once it has let go
+    assert len(read_rows(out)) == 3 and not lock.exists()  # the lock goes with the run

@@ -73,3 +73,10 @@ def test_clean_caption_equals_diffusers_pipeline_cleaning_twice():
 
 def test_simple_clean_is_diffusers_without_cleaning():
     assert simple_clean("  A Cat  ") == "a cat"
+
+
+def test_a_caption_that_looks_like_a_file_name_is_cleaned_without_a_warning(recwarn):
+    """BeautifulSoup warned ("looks more like a filename than HTML") on every such prompt or caption."""
+    assert clean_caption("red-circle-large-photo.html").startswith("red-circle-large-photo")
+    assert "example" not in clean_caption("https://example.com/a.png")
+    assert not [w for w in recwarn if "looks more like" in str(w.message)], [str(w.message) for w in recwarn]

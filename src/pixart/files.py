@@ -11,7 +11,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -241,3 +241,28 @@ def _writer_alive(tmp: Path) -> bool:
     except PermissionError:
         return True  # it exists, under another user
     return True
+
+
+class Busy(Exception):
+    """Another process holds what this one would write (held_while_writing); its message says what to do."""
+
+
+@contextlib.contextmanager
+def held_while_writing(lock: Path, busy: str) -> Iterator[None]:
+    """Hold `lock` (the kernel's flock, let go if the process dies) while the block writes what it guards;
+    Busy(busy) if another process holds it: two runs into one output both passed their checks and wrote
+    side by side. The lock file is removed at the end, before letting go (a run that waited then finds the
+    output finished). On a file system without flock the block runs unguarded, as before."""
+    import fcntl
+
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(busy) from None
+        except OSError:
+            pass
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)

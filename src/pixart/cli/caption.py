@@ -117,11 +117,11 @@ def run_stats(args: argparse.Namespace) -> int:
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     if not fields:
         raise UserError(f"--fields {args.fields!r} names no field: pass caption fields, e.g. --fields alt,dense")
-    from pixart.encoders.text import DEFAULT_MAX_LENGTH, minilm_folder, text_encoder_kind
+    from pixart.encoders.text import DEFAULT_MAX_LENGTH, caption_cleaner, minilm_folder, text_encoder_kind
 
     if args.max_length is not None and args.max_length < 1:
         raise UserError(f"--max-length must be at least 1, got {args.max_length}")
-    tokenizers, limits = {}, {}
+    tokenizers, limits, cleaners = {}, {}, {}
     for label, source in zip(tokenizer_labels(args.tokenizer), args.tokenizer, strict=True):  # before the listing
         try:
             tokenizers[label] = load_tokenizer(source)
@@ -129,11 +129,13 @@ def run_stats(args: argparse.Namespace) -> int:
             raise UserError(f"--tokenizer {source}: {' '.join(str(error).split())}") from error
         # what prepare keeps of each encoder's captions unless told otherwise
         folder = minilm_folder() if source == "minilm" else Path(source)
-        limits[label] = args.max_length or DEFAULT_MAX_LENGTH[text_encoder_kind(folder)]
+        kind = text_encoder_kind(folder)
+        limits[label] = args.max_length or DEFAULT_MAX_LENGTH[kind]
+        cleaners[label] = caption_cleaner(kind)  # counted as prepare's encoder sees them
     inputs = list_or_refuse(args.input)
     nlp, note = load_spacy(args.spacy_model)
     found = collect(inputs, fields)
-    stats = [field_stats(name, *found[name], tokenizers, limits, nlp) for name in fields]
+    stats = [field_stats(name, *found[name], tokenizers, limits, nlp, cleaners) for name in fields]
     print(format_table(stats, limits, note))
     return 0
 
@@ -179,25 +181,34 @@ def run(args: argparse.Namespace) -> int:
     if args.stats:
         return run_stats(args)
     options = caption_options(args)
+    from pixart.data.caption import default_output
+    from pixart.files import held_while_writing
 
+    out = Path(args.out or default_output(args.input, args.field))
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; the captions go to a .jsonl file: name one")
+    check_writable_folder(out.parent, "--out", out)  # a file in the way, a read-only disk: before the model loads
+    busy = f"--out {out} is being written by another pixart caption run: wait for it, or give another --out"
+    with held_while_writing(out.parent / f".{out.name}.lock", busy):  # both captioned every pending image
+        return caption_into(args, out, options)
+
+
+def caption_into(args: argparse.Namespace, out: Path, options: CaptionOptions) -> int:
+    """The captioning run into `out`, which this process holds."""
     import torch
 
+    from pixart.cli.main import UserError
     from pixart.data.caption import (
         CaptionError,
         LlavaCaptioner,
         caption_inputs,
         check_settings,
-        default_output,
         pending,
         record_settings,
         resume_point,
     )
     from pixart.data.items import InputError
 
-    out = Path(args.out or default_output(args.input, args.field))
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; the captions go to a .jsonl file: name one")
-    check_writable_folder(out.parent, "--out", out)  # a file in the way, a read-only disk: before the model loads
     settings = {  # what decides the captions: a resumed run must write them as the rows before did
         "model": str(args.model.resolve()),
         "field": args.field,

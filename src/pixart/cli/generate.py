@@ -116,28 +116,13 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 OUT_LOCK = ".pixart-generate.lock"  # held in --out while a run writes there; removed when it ends
 
 
-@contextlib.contextmanager
-def one_run_in(out: Path) -> Iterator[None]:
-    """Hold --out for this run (the kernel's flock on OUT_LOCK, let go if the process dies): two runs started
-    into one folder at once both passed the earlier-run check and wrote their images side by side."""
-    import fcntl
+def one_run_in(out: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold --out for this run (held_while_writing on OUT_LOCK): two runs started into one folder at once
+    both passed the earlier-run check and wrote their images side by side."""
+    from pixart.files import held_while_writing
 
-    from pixart.cli.main import UserError
-
-    lock = out / OUT_LOCK
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"--out {out} is being written by another pixart generate run: give each its own --out"
-            ) from None
-        except OSError:  # a file system without flock: unguarded, as before (the names are still created new)
-            pass
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)  # before letting go: a run that waited then finds this one's images
+    busy = f"--out {out} is being written by another pixart generate run: give each its own --out"
+    return held_while_writing(out / OUT_LOCK, busy)
 
 
 def prepare_out(out: Path) -> None:

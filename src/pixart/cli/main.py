@@ -226,13 +226,14 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pixart.files import Busy
     from pixart.weights import WeightsError
 
     quiet = silenced_library_progress_bars() if getattr(args, "no_progress", False) else nullcontext()
     try:
         with quiet:
             result = args.handler(args)
-    except (UserError, FileNotFoundError, WeightsError) as error:
+    except (UserError, FileNotFoundError, WeightsError, Busy) as error:
         print(f"pixart {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C where a command does not catch it itself: one line, not a traceback

@@ -83,10 +83,12 @@ def field_stats(
     tokenizers: Mapping[str, Tokenizer] | None = None,
     max_length: int | Mapping[str, int] = 120,
     nlp: Any = None,
+    cleaners: Mapping[str, Callable[[str], str]] | None = None,
 ) -> FieldStats:
     """Statistics of one field's captions; `tokenizers` maps a column name to a transformers tokenizer,
-    `max_length` is the token count past which a caption is cut (one for all, or per column), and `nlp` is
-    a spaCy pipeline (see load_spacy) or None."""
+    `max_length` is the token count past which a caption is cut (one for all, or per column), `nlp` is
+    a spaCy pipeline (see load_spacy) or None, and `cleaners` maps a column to what its encoder does to a
+    caption before tokenising it (T5's clean_caption drops URLs and ids: the raw text overstated the cut)."""
     n = len(captions)
     vocabulary = set()
     total_words = 0
@@ -96,7 +98,9 @@ def field_stats(
     stats = FieldStats(name, n, missing, total_words / n if n else 0.0, len(vocabulary))
     for label, tokenizer in (tokenizers or {}).items():
         # verbose=False: counting past the model's length is the point, not a mistake to warn of
-        ids = tokenizer(captions, add_special_tokens=True, verbose=False)["input_ids"] if n else []
+        clean = (cleaners or {}).get(label)
+        texts = [clean(c) for c in captions] if clean else captions
+        ids = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"] if n else []
         lengths = [len(row) for row in ids]
         stats.tokens_per_caption[label] = sum(lengths) / n if n else 0.0
         limit = max_length if isinstance(max_length, int) else max_length[label]

@@ -16,10 +16,11 @@ from __future__ import annotations
 import html
 import re
 import urllib.parse
+import warnings
 
 # A flag per optional package (not None in the imported name's place, which would not be the name's type).
 try:  # optional: better HTML stripping
-    from bs4 import BeautifulSoup
+    from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 
     _HAVE_BS4 = True
 except ImportError:  # pragma: no cover - exercised only without the extra
@@ -88,7 +89,9 @@ def _clean_once(text: str) -> str:
     for url in _URLS:
         text = url.sub("", text)
     if _HAVE_BS4:
-        text = BeautifulSoup(text, features="html.parser").get_text()
+        with warnings.catch_warnings():  # a caption that looks like a file name or URL is still a caption
+            warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
+            text = BeautifulSoup(text, features="html.parser").get_text()
     else:
         text = re.sub(r"<[^>]+>", " ", text)
     text = _HANDLE.sub("", text)

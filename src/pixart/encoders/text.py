@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,12 @@ def encoder_info(encoder: TextEncoder) -> dict:
 
 
 ENCODERS: dict[str, type[TextEncoder]] = {"t5": T5Encoder, "minilm": MiniLMEncoder}
+
+
+def caption_cleaner(kind: str) -> Callable[[str], str]:
+    """What an encoder of `kind` does to a caption before tokenising it (its `prepare` by default): T5 the
+    official cleaning, MiniLM (clean=False) lowercasing and stripping."""
+    return clean_caption if kind == "t5" else simple_clean
 
 
 def load_text_encoder(kind: str, folder: str | Path | None = None, **kwargs: Any) -> TextEncoder:
