@@ -173,9 +173,11 @@ def test_a_config_file_that_is_not_a_pixart_config_is_a_one_line_error(tmp_path,
     save_transformer(randomize_(PixArt(TINY)), tmp_path / "a.safetensors")
     cases = {
         '{"depth": 2,': "Expecting property name",  # cut short
-        '{"depht": 2}': "unknown config keys ['depht']",
+        '{"depht": 2}': "unknown config keys ['depht']; did you mean depth?",
         "[2]": "expected a JSON object of PixArtConfig fields, got list",
         '{"depth": "two"}': "depth: 'two' is not a int",
+        # a key given twice was read as its last value without a word
+        '{"num_heads": 3, "depth": 2, "num_heads": 4}': "the key 'num_heads' is given twice in one object",
     }
     for text, message in cases.items():
         (tmp_path / "c.json").write_text(text)

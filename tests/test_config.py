@@ -112,6 +112,7 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("model.interpolation_scale=0", "interpolation_scale must be a positive number, got 0"),
         ("model.interpolation_scale=inf", "interpolation_scale must be a positive number, got inf"),
         ("model.in_channels=4", "the shapes data is RGB pixels (3 channels): set model.in_channels=3, not 4"),
+        ("sample_prompts=a cat", "sample_prompts: 'a cat' is not a tuple; write a list, e.g. sample_prompts=.'a cat'."),
     ],
 )
 def test_bad_overrides_name_the_problem(override, message):
@@ -126,6 +127,16 @@ def test_json_round_trip_and_unknown_keys():
     data["optim"]["momentum"] = 0.9
     with pytest.raises(ConfigError, match="optim.momentum"):
         config_io.from_dict(TrainConfig, data)
+    del data["optim"]["momentum"]
+    data["optim"]["lrr"] = 0.1  # a hand-edited config.json: the key it meant is named, as --set names it
+    with pytest.raises(ConfigError, match=r"unknown config keys \['optim.lrr'\]; did you mean lr\?"):
+        config_io.from_dict(TrainConfig, data)
+
+
+def test_strict_json_refuses_a_key_given_twice():
+    assert config_io.strict_json('{"a": {"b": 1}, "c": [{"b": 2}]}') == {"a": {"b": 1}, "c": [{"b": 2}]}
+    with pytest.raises(ValueError, match="the key 'b' is given twice in one object"):
+        config_io.strict_json('{"a": {"b": 1, "b": 2}}')
 
 
 def test_diff_lists_changes():

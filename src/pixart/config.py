@@ -85,6 +85,8 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
             return [_check_type(v, item_type, key) for v in value]
     elif isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and isinstance(value, dict):
         return from_dict(annotation, value, prefix=f"{key}.")
+    if origin in (tuple, list) and isinstance(value, str):  # sample_prompts=a cat: the list form it takes
+        raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}; write a list, e.g. {key}=[{value!r}]")
     raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}")
 
 
@@ -106,7 +108,7 @@ def set_value(config: Config, key: str, value: Any, _prefix: str = "") -> Config
     full = _prefix + key
     if head not in names:
         known = [_prefix + k for k in _all_keys(config)]
-        raise ConfigError(f"unknown config key {full!r}{_suggest(full, known)}")
+        raise ConfigError(f"unknown config key {full!r}{suggest_key(full, known)}")
     current = getattr(config, head)
     if rest:
         if not dataclasses.is_dataclass(current) or isinstance(current, type):
@@ -139,7 +141,22 @@ def _command_line_bool(value: Any) -> Any:
     return value
 
 
-def _suggest(key: str, known: list[str]) -> str:
+def _one_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} is given twice in one object (JSON would keep the last): keep one")
+        found[key] = value
+    return found
+
+
+def strict_json(text: str) -> Any:
+    """json.loads refusing a key given twice in an object (ValueError): a hand-written config with
+    {"num_heads": 3, ..., "num_heads": 4} took the last without a word."""
+    return json.loads(text, object_pairs_hook=_one_of_each)
+
+
+def suggest_key(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
     return f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
 
@@ -221,7 +238,8 @@ def from_dict(cls: type[Config], data: dict, prefix: str = "") -> Config:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown config keys {[prefix + u for u in unknown]}")
+        suggestion = suggest_key(unknown[0], sorted(names))
+        raise ConfigError(f"unknown config keys {[prefix + u for u in unknown]}{suggestion}")
     values = {name: _check_type(value, hints[name], prefix + name) for name, value in data.items()}
     return cls(**values)
 

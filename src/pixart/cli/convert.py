@@ -146,20 +146,22 @@ def read_config_fields(path: Path, config_class: type) -> dict[str, Any]:
     import dataclasses
 
     from pixart.cli.main import UserError
+    from pixart.config import strict_json, suggest_key
 
     try:
-        data = json.loads(path.read_text())
+        data = strict_json(path.read_text())
     except OSError as error:
         raise UserError(f"--config {path}: {error.strerror or error}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ValueError as error:  # not JSON (or not UTF-8), or a key given twice
         raise UserError(f"--config {path}: {error}") from None
     if not isinstance(data, dict):
         raise UserError(
             f"--config {path}: expected a JSON object of {config_class.__name__} fields, got {type(data).__name__}"
         )
-    unknown = sorted(set(data) - {field.name for field in dataclasses.fields(config_class)})
+    known = sorted(field.name for field in dataclasses.fields(config_class))
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise UserError(f"--config {path}: unknown config keys {unknown}")
+        raise UserError(f"--config {path}: unknown config keys {unknown}{suggest_key(unknown[0], known)}")
     return data
 
 

@@ -33,51 +33,55 @@ def run(args: argparse.Namespace) -> int:
     from pixart.cli.convert import check_num_heads, read_config_fields
     from pixart.cli.main import UserError
     from pixart.model.pixart import PixArtConfig
-    from pixart.modelfolder import sampling_record
+    from pixart.modelfolder import folder_kind, sampling_record
     from pixart.weights import detect_format
     from pixart.weights.dit_init import infer_dit_config
+    from pixart.weights.formats import FINAL_EMA
     from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit
     from pixart.weights.pth import training_checkpoint_settings
 
     given = read_config_fields(args.config, PixArtConfig) if args.config else None
-    fmt = detect_format(args.path)
+    # a finished training run, which generate and serve take whole: its final EMA weights, and how it generates
+    folder = args.path
+    path = folder / FINAL_EMA if folder.is_dir() and folder_kind(folder) == "run" else folder
+    fmt = detect_format(path)
     if fmt == "dit":
         if given is not None:
             raise UserError(
-                f"--config is for PixArt weights; {args.path} is a DiT checkpoint: --num-heads N says its head "
+                f"--config is for PixArt weights; {path} is a DiT checkpoint: --num-heads N says its head "
                 "count where its width does not"
             )
-        state, dit_config = read_dit(args.path)
-        check_num_heads(args.path, dit_config, args.num_heads)
+        state, dit_config = read_dit(path)
+        check_num_heads(path, dit_config, args.num_heads)
         config = (dit_config or infer_dit_config(state, num_heads=args.num_heads)).to_dict()
         architecture = "DiT (class-conditional)"
     else:
         # checked against the architecture it reports: a file missing a block was summarised as healthy
         source = str(args.config) if args.config else ""
         if args.num_heads is not None:
-            raise UserError(f"--num-heads applies to a DiT checkpoint; {args.path} holds {fmt} weights: use --config")
-        pixart_config, state, fmt = read_checked_state(args.path, fields=given, config_source=source)
+            raise UserError(f"--num-heads applies to a DiT checkpoint; {path} holds {fmt} weights: use --config")
+        pixart_config, state, fmt = read_checked_state(path, fields=given, config_source=source)
         config = pixart_config.to_dict()
         architecture = "PixArtMS" if pixart_config.micro_conditions else "PixArt"
     params = sum(v.numel() for k, v in state.items() if k not in ("pos_embed", "y_embedder.y_embedding"))
     info: dict[str, Any] = {
-        "path": str(args.path),
+        "path": str(path),
         "format": fmt,
         "architecture": architecture,
         "parameters": params,
         "dtype": stored_dtypes(state),
     }
-    settings = training_checkpoint_settings(args.path)
+    settings = training_checkpoint_settings(path)
     # a second set of weights --ema reads (not: "these are EMA weights"); our checkpoints always hold one
-    ema_set, config_stored = pickled_file_facts(args.path)
+    ema_set, config_stored = pickled_file_facts(path)
     info["ema_set"] = settings is not None or ema_set
-    recorded = sampling_record(args.path)
+    recorded = sampling_record(path)
     if recorded:  # where nothing records it, generate samples the weights as the eps (IDDPM) model they are
         info["sampling"] = json.loads(recorded[SAMPLING_METADATA])
     learned = fmt != "dit" and bool(state["y_embedder.y_embedding"].any())
     if fmt != "dit" and not learned:  # diffusers' weights, or converted from them
         info["null_caption"] = "none learned (all zeros): pixart generate guides with the encoded empty prompt"
-    generation = {} if fmt == "dit" else generation_settings(args.path, pixart_config, learned_null_caption=learned)
+    generation = {} if fmt == "dit" else generation_settings(folder, pixart_config, learned_null_caption=learned)
     if generation:  # a model folder, pipeline folder or finished run: what else generate uses
         info["generation"] = generation
     info["config"] = config
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         what = (
             f"a pixart train checkpoint (step {checkpoint['step']}, recipe {checkpoint['recipe']}) in the {fmt} layout"
         )
-    print(f"{args.path}: {what}, {architecture}, {params:,} parameters")
+    print(f"{path}: {what}, {architecture}, {params:,} parameters")
     print(f"  dtype: {info['dtype']}")
     print("  --ema: " + ("reads its EMA weights" if info["ema_set"] else "nothing to read (one set of weights)"))
     for key in ("sampling", "null_caption"):

@@ -80,6 +80,11 @@ def sampling_metadata(path: str | Path) -> dict[str, str]:
         recorded = data.get(SAMPLING_METADATA) if isinstance(data, dict) else None
     elif path.is_dir() and (folder := diffusers_folder(path)) is not None and (folder / SAMPLING_FILE).is_file():
         recorded = (folder / SAMPLING_FILE).read_text()
+    beside = path.parent / SAMPLING_FILE
+    if recorded is None and path.suffix in (".safetensors", ".bin") and path.is_file() and beside.is_file():
+        # a diffusers folder's weights file (a variant's, a .bin), read with the config.json beside it: its
+        # folder says how it samples (a flow model sampled as an eps model, and convert dropped the record)
+        recorded = beside.read_text()
     return {SAMPLING_METADATA: recorded} if isinstance(recorded, str) else {}
 
 
