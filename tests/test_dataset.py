@@ -171,6 +171,16 @@ def test_half_written_shard_is_invisible(tmp_path):
     assert len(FeatureDataset(tmp_path)) == 8
 
 
+def test_shards_past_the_recorded_count_are_not_read(tmp_path):
+    """A run's own shapes data killed after 4 shards and rebuilt smaller (1 shard, then dataset.json) trained
+    on the killed attempt's shards 1-3 too: every shard-* file was read, whatever the count recorded."""
+    make_dataset(tmp_path, n=12)  # shards 0, 1, 2: the killed attempt's
+    write_dataset_info(tmp_path, {"caption_fields": ["alt", "dense"], "resolution": 32, "shards": 1})
+    assert len(FeatureDataset(tmp_path)) == 4
+    write_dataset_info(tmp_path, {"caption_fields": ["alt", "dense"], "resolution": 32})  # no count: all
+    assert len(FeatureDataset(tmp_path)) == 12
+
+
 def test_collate_pads_captions_and_refuses_mixed_buckets(tmp_path):
     make_dataset(tmp_path)
     data = FeatureDataset(tmp_path, {"dense": 1.0})

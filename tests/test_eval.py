@@ -310,6 +310,30 @@ def test_fid_from_fewer_images_than_feature_dimensions_is_warned_about():
 
 
 @pytest.mark.slow
+def test_the_real_vs_real_baseline_draws_scenes_as_the_prompts_do(demo, tmp_path, monkeypatch):
+    """The baseline's two-object scenes were uniform (their objects shared a colour or a shape about a fifth
+    of the time) while every prompt's differ in both: a gap between the sets read as sample-size bias."""
+    from pixart.data import synthetic_render
+
+    rendered = []
+    real_render = synthetic_render.render_batch
+
+    def recording(scenes, height, width):
+        rendered.append(list(scenes))
+        return real_render(scenes, height, width)
+
+    monkeypatch.setattr(synthetic_render, "render_batch", recording)
+    args = ("--model", demo / "model", "--suite", "shapes", "--single", 2, "--pairs", 24, "--steps", 1)
+    cache = ("--probe-cache", demo / ".cache", "--probe-steps", 40, "--no-progress")
+    assert main(eval_args(*args, *cache, "--out", tmp_path / "s.json")) == 0
+    prompts, baseline = rendered[-2:]  # the prompts' scenes, then the baseline's
+    assert [len(s.objects) for s in baseline] == [len(s.objects) for s in prompts] == [1] * 2 + [2] * 24
+    assert baseline != prompts
+    for scene in baseline[2:]:
+        a, b = scene.objects
+        assert a.color != b.color and a.shape != b.shape, scene
+
+
 def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path, capsys):
     manifest = tmp_path / "prompts.jsonl"
     captions = [caption for _, caption in two_object_prompts(3, seed=9)]

@@ -862,9 +862,10 @@ def test_trainer_weights_say_how_they_sample(tmp_path, capsys):
             2.0,
             64,
         )
-    # and converted back to our layout, it still says so (and pixart info says it)
-    for source in ("o.pth", "d"):
-        back = tmp_path / f"back-{source}.safetensors"
+    # and converted back to our layout, it still says so (and pixart info says it), from the diffusers
+    # folder's weights file too (its sidecar is in the folder: the file alone sampled as an eps model)
+    for source in ("o.pth", "d", "d/diffusion_pytorch_model.safetensors"):
+        back = tmp_path / f"back-{source.replace('/', '-')}.safetensors"
         assert main(["convert", str(tmp_path / source), "--to", "pixart", "--out", str(back)]) == 0
         assert load_components(back, **folders)[0].objective == "flow", source
         capsys.readouterr()
@@ -878,6 +879,7 @@ def test_trainer_weights_say_how_they_sample(tmp_path, capsys):
         ('{"sampler": "ddim"', "Expecting ',' delimiter"),  # the closing brace left off
         ('{"text_encoder_dir": "t5"}', "unknown fields in model.json: ['text_encoder_dir']"),
         ("[]", "expected a JSON object of ModelSpec fields, got list"),
+        ('{"steps": 20, "steps": 40}', "the key 'steps' is given twice in one object"),  # was read as 40
         # sampling settings read as they were: black images with exit 0, a traceback, or another step count
         ('{"cfg_scale": NaN}', "cfg_scale must be a finite number >= 0 (1: no guidance), got nan"),
         ('{"cfg_scale": -3}', "cfg_scale must be a finite number >= 0"),

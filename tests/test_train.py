@@ -826,6 +826,142 @@ def test_previews_of_a_flow_model_sample_with_its_training_shift(
     assert asked == [pytest.approx(expected)]
 
 
+def test_a_failed_preview_is_a_warning_after_its_steps_checkpoint(shapes_data, tmp_path, monkeypatch, capsys):
+    """A preview that failed (a codec that would not load) stopped the run before the step's checkpoint, so
+    every attempt lost the same steps, or failed a finished run after its final weights."""
+    from pixart.train.previews import Previewer
+
+    run = tmp_path / "run"
+    asked = []
+
+    def failing(self, weights, step):
+        asked.append((step, (run / "checkpoints" / f"step-{step:07d}.pt").exists()))
+        raise OSError("no VAE here")
+
+    monkeypatch.setattr(Previewer, "write", failing)
+    config = config_for(shapes_data, ["previews=true", "sample_every=2", "sample_steps=2"], steps=6, every=2)
+    summary = train(config, run, progress=False)
+    assert summary["status"] == "finished" and "preview" not in summary and (run / FINAL_EMA).is_file()
+    assert asked == [(2, True)]  # after the step's checkpoint, and once: previews are off after a failure
+    err = capsys.readouterr().err
+    assert "warning: the preview grid at step 2 failed (OSError: no VAE here); previews are off" in err
+    monkeypatch.undo()  # a preview failing at the end only: the run still finishes, with its weights
+    calls = []
+
+    def failing_at_the_end(self, weights, step):
+        calls.append(step)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Previewer, "write", failing_at_the_end)
+    config = config_for(shapes_data, ["previews=true", "sample_every=100", "sample_steps=2"], steps=2, every=2)
+    summary = train(config, tmp_path / "end", progress=False)
+    assert calls == [2] and summary["status"] == "finished" and (tmp_path / "end" / FINAL_EMA).is_file()
+
+
+def test_preview_models_the_data_names_are_checked_before_the_model_is_built(shapes_data, tmp_path, monkeypatch):
+    """Features prepared on another machine name a VAE (or T5) folder missing here: previews, on by default,
+    failed at the first grid or at the end of the run, telling the user to pass --vae, which train lacks."""
+    moved = tmp_path / "moved"
+    shutil.copytree(shapes_data, moved)
+    info = json.loads((moved / "dataset.json").read_text())
+
+    def too_late(config):
+        raise AssertionError("the model was built before the preview models were checked")
+
+    monkeypatch.setattr(loop, "build_model", too_late)
+    for key, kind, what in (("codec", "sd-vae", "image codec"), ("text_encoder", "t5", "text encoder")):
+        missing = tmp_path / f"no-{kind}"
+        changed = {**info, key: {**info[key], "kind": kind, "path": str(missing)}}
+        (moved / "dataset.json").write_text(json.dumps(changed))
+        message = (
+            f"previews (on by default) load the {what} the data's dataset.json names ({kind}, {missing}), and "
+            f"{missing} is not on this machine: make it available at that path, or set previews=false"
+        )
+        with pytest.raises(TrainingError, match=re.escape(message)):
+            train(config_for(moved, ["previews=true"], steps=1), tmp_path / f"run-{kind}", progress=False)
+        checks.check_given_data(config_for(moved, steps=1))  # previews=false: nothing to load, nothing refused
+    from pixart.train.previews import check_preview_models
+
+    check_preview_models("class", {**info, "text_encoder": {"kind": "t5", "path": "/x"}})  # previews labels only
+
+
+def test_previews_show_the_captions_the_run_trains_on(shapes_data, tmp_path):
+    """With caption_probs {alt: 0, dense: 1} the grids were labelled with the alt-text (the first field)."""
+    from pixart.data.dataset import FeatureDataset
+    from pixart.train.distributed import World
+    from pixart.train.previews import Previewer
+
+    for probs, field in (("{'alt': 0.0, 'dense': 1.0}", "dense"), ("{'alt': 1.0, 'dense': 0.0}", "alt")):
+        config = config_for(shapes_data, [f"data.caption_probs={probs}", "previews=true"])
+        dataset = FeatureDataset(shapes_data, config.data.caption_probs, seed=config.seed)
+        previewer = Previewer.for_run(config, dataset, tmp_path / "samples", World())
+        expected = list(dict.fromkeys(dataset.record(i)["captions"][field] for i in range(len(dataset))))[:8]
+        assert previewer.prompts == expected, field
+
+
+def test_an_extension_killed_before_its_finals_does_not_pass_for_finished(shapes_data, tmp_path, monkeypatch):
+    """Extended 2 -> 4 and killed between step 4's checkpoint and the new finals (SIGKILL in a slow save): the
+    folder looked finished and its step-2 finals were taken for step 4's by init_from and generate."""
+    from pixart.modelfolder import read_spec
+    from pixart.train.init import resolve_init_path
+    from pixart.weights.formats import safetensors_metadata
+
+    run = tmp_path / "run"
+    train(config_for(shapes_data, steps=2, every=2), run, progress=False)
+    assert safetensors_metadata(run / FINAL_EMA)["step"] == "2"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as SIGKILL leaves it: the checkpoint written, the finals not
+
+    monkeypatch.setattr(loop, "finish_run", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(config_for(shapes_data, steps=4, every=2), run, progress=False)
+    monkeypatch.undo()
+    stale = f"{run}'s final weights are from step 2, but it trained on to step 4 and stopped before writing"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"init_from {run}: {stale}")):
+        resolve_init_path(str(run))
+    with pytest.raises(FileNotFoundError, match=re.escape(stale)):
+        read_spec(run)
+    summary = train(config_for(shapes_data, steps=4, every=2), run, progress=False)  # the same command again
+    assert summary["trained_steps"] == 0 and safetensors_metadata(run / FINAL_EMA)["step"] == "4"
+    assert resolve_init_path(str(run)).parent == run and read_spec(run)[1] == run / FINAL_EMA
+
+
+def test_pictures_a_kill_interrupts_are_whole_or_absent(shapes_data, tmp_path, monkeypatch):
+    """A preview grid torn by a kill stayed torn: the resume starts after its step and never draws it again.
+    The loss curve was written in place too. A write that fails part-way now leaves no file."""
+    from PIL import Image as PILImage
+
+    from pixart.data.dataset import FeatureDataset
+    from pixart.train.distributed import World
+    from pixart.train.metrics import plot_loss
+    from pixart.train.previews import Previewer
+
+    config = config_for(shapes_data, ["previews=true", "sample_steps=2"])
+    dataset = FeatureDataset(shapes_data, config.data.caption_probs, seed=config.seed)
+    previewer = Previewer.for_run(config, dataset, tmp_path / "run", World())
+
+    def torn_image(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError("killed")
+
+    monkeypatch.setattr(PILImage.Image, "save", torn_image)
+    with pytest.raises(OSError, match="killed"):
+        previewer.write(build_model(config).state_dict(), 1)
+    assert not (tmp_path / "run" / "samples" / "step-0000001.png").exists()
+    import matplotlib.figure
+
+    def torn_figure(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError("killed")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", torn_figure)
+    with pytest.raises(OSError, match="killed"):
+        plot_loss({"run": [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]}, tmp_path / "loss.png")
+    assert not (tmp_path / "loss.png").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left either
+
+
 def test_reopening_a_finished_run_trains_nothing_and_reports_its_last_loss(shapes_data, tmp_path):
     config = config_for(shapes_data, steps=4, every=2)
     first = train(config, tmp_path / "run", progress=False)
@@ -1488,7 +1624,7 @@ def test_a_stop_during_the_last_checkpoint_lets_it_finish(shapes_data, tmp_path,
     assert (tmp_path / "run" / FINAL).is_file()
 
 
-def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_with(shapes_data, tmp_path):
+def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_with(shapes_data, tmp_path, capsys):
     """`pixart train` leaves no model folder: a run was given to generate as its weights plus --vae and
     --text-encoder, which its data's dataset.json already names."""
     from pixart.generate import TextToImage
@@ -1507,6 +1643,14 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     assert pipe.spec.extra == {"world": WORLD_VERSION}  # eval's shapes suite knows it for one of its world
     image = pipe.generate(["a red circle"], Settings(steps=2), seed=0, progress=False)[0].image
     assert list(image.size)[::-1] in info["buckets"].values()
+    # pixart info describes the folder generate takes: it was refused ("give its weights"), and its weights
+    # file alone could not say how the run generates
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "run"), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["path"] == str(tmp_path / "run" / FINAL_EMA) and described["format"] == "pixart"
+    assert described["generation"]["folder"] == "a training run"
+    assert described["generation"]["codec"] == info["codec"]["kind"]
     from tiny_models import tiny_vae
 
     from pixart.encoders.text import minilm_folder

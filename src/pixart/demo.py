@@ -37,6 +37,7 @@ from pixart.diffusion.schedulers import default_sampler
 from pixart.files import write_json
 from pixart.model.pixart import count_parameters
 from pixart.modelfolder import ModelSpec
+from pixart.outputs import save_png
 from pixart.train.config import TrainConfig
 from pixart.weights.formats import FINAL_EMA
 
@@ -288,7 +289,7 @@ def evaluate_and_report(
     grid = image_grid(
         [r.image for r in square + wide], columns=5, cell=144, labels=[*SAMPLE_PROMPTS, WIDE_PROMPT], label_lines=5
     )
-    grid.save(out / "samples.png")
+    save_png(grid, out / "samples.png")
     plot_loss(
         {name: read_metrics(out / name / "metrics.jsonl") for name in stages},
         out / "loss.png",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixart.evaluate.suite import SHAPES_KEYS
+from pixart.files import atomic_write
 
 TARGETS = {"color": 0.90, "shape": 0.70, "position": 0.60, "binding": 0.30}
 
@@ -95,5 +96,5 @@ The trained model is in `model/`: `pixart generate "a red circle" --model {out}/
 or `pixart serve --model {out}/model`.
 """
     path = out / "report.md"
-    path.write_text(text)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path

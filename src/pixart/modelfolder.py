@@ -20,9 +20,11 @@ from typing import TypedDict
 
 import torch
 
+from pixart.config import strict_json
 from pixart.diffusion.objective import OBJECTIVES
 from pixart.diffusion.schedulers import TRAIN_STEPS, default_sampler, get_sampler
 from pixart.encoders.text import text_encoder_kind
+from pixart.files import atomic_write
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
 from pixart.weights.formats import FINAL_EMA, OURS_IN_FOLDER
@@ -105,7 +107,7 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
-        data = json.loads(text)
+        data = strict_json(text)  # a hand edit that repeats a key is refused, not read as its last value
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object of ModelSpec fields, got {type(data).__name__}")
         data.pop("format", None)
@@ -124,7 +126,7 @@ def save_model_folder(folder: str | Path, transformer: PixArt | dict[str, torch.
     folder.mkdir(parents=True, exist_ok=True)
     sampling = sampling_entry(spec.objective, spec.flow_shift, spec.shift_base_tokens)
     save_transformer(transformer, folder / OURS_IN_FOLDER, to="pixart", metadata=sampling)
-    (folder / SPEC_FILE).write_text(spec.to_json())
+    atomic_write(folder / SPEC_FILE, lambda tmp: Path(tmp).write_text(spec.to_json()))
     return folder
 
 
@@ -213,7 +215,7 @@ def spec_of(path: Path, kind: str) -> ModelSpec:
 
 def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: str | Path | None = None) -> Components:
     """(ModelSpec, transformer path, text encoder folder, tokenizer folder, codec folder, scheduler folder)."""
-    from pixart.train.init import unfinished_run_step
+    from pixart.train.init import stale_finals, unfinished_run_step
 
     path = Path(path)
     kind = folder_kind(path)
@@ -253,6 +255,8 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
                 f"{path} is training further (checkpoint at step {reached} of {goal}): its final weights are from "
                 f"an earlier finish; wait for it to finish, or give {path / FINAL_EMA} to use those"
             )
+        if (why := stale_finals(path)) is not None:
+            raise FileNotFoundError(f"{why}; or give {path / FINAL_EMA} to use the earlier ones")
         try:
             spec = spec_of(path, kind)  # the kinds and buckets of its data; --vae/--text-encoder replace folders
         except FileNotFoundError:

@@ -117,6 +117,8 @@ class FeatureDataset(Dataset):
                 "pixart prepare command (every --shard part of it) to finish it"
             )
         indices = finished_shards(self.folder)
+        if "shards" in self.info:  # a killed earlier attempt's shards past the count are not this dataset's
+            indices = [i for i in indices if i < expected]
         if not indices:
             # Finished by prepare (its shard count recorded, every shard done) yet empty: every input was skipped.
             finished = "shards" in self.info

@@ -134,6 +134,7 @@ def check_given_data(config: TrainConfig) -> list[str]:
     from pixart.data.records import DamagedData
     from pixart.data.shapes_features import SHAPES_SOURCE_PREFIX
     from pixart.data.shards import read_dataset_info
+    from pixart.train.previews import check_preview_models
 
     if config.data.synthetic and not config.data.root:  # built by the run itself, from this config
         return []
@@ -151,6 +152,11 @@ def check_given_data(config: TrainConfig) -> list[str]:
             raise TrainingError(f"{error}; fix data.caption_probs or data.root") from None
     model = config.dit if config.stage == "class" else config.model
     LatentScaling.from_info(info).check_model_config(model, info)
+    if config.previews:
+        try:
+            check_preview_models(config.stage, info)
+        except FileNotFoundError as error:
+            raise TrainingError(str(error)) from None
     resolution, f = info.get("resolution"), int(info.get("codec", {}).get("downsample", 1))
     shapes = str(info.get("source", "")).startswith(SHAPES_SOURCE_PREFIX)  # sized by its canvases, not a base size
     if isinstance(resolution, int) and not shapes and resolution // f != model.input_size:

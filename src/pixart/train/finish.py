@@ -57,11 +57,11 @@ def finish_run(
     with_ema = {**full, **gather_full(ema)}
     if world.is_main:
         remove_leftovers(run_dir, "final*.safetensors")  # of a run killed while writing them
-        save_weights(inner, run_dir / FINAL, full, config.diffusion)
-        save_weights(inner, run_dir / FINAL_EMA, with_ema, config.diffusion)
+        save_weights(inner, run_dir / FINAL, full, config.diffusion, step=step)
+        save_weights(inner, run_dir / FINAL_EMA, with_ema, config.diffusion, step=step)  # last: stale_finals
         plot_loss({config.recipe: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "loss.png")
         # the live tensors (a single process): nothing trains them any more
-        preview = previewer.write(with_ema, step) if previewer is not None else None
+        preview = previewer.write_or_warn(with_ema, step) if previewer is not None else None
         if preview is not None:
             summary["preview"] = str(preview)
         summary.update(

@@ -44,6 +44,8 @@ def resolve_init_path(init_from: str) -> Path:
                 f"init_from {init_from} is a run at step {done} of {goal}: finish it first (its final weights, "
                 f"if any, are from an earlier end), or name a weights file in it"
             )
+        if (why := stale_finals(path)) is not None:
+            raise FileNotFoundError(f"init_from {init_from}: {why}")
         if (path / FINAL_EMA).is_file():
             stale = stale_ema_share(path)
             return path / FINAL if stale is not None and (path / FINAL).is_file() else path / FINAL_EMA
@@ -91,6 +93,31 @@ def unfinished_run_step(run_dir: Path) -> tuple[int, int] | None:
     if saved and isinstance(goal, int) and saved[-1][0] < goal:
         return saved[-1][0], goal
     return None
+
+
+FINAL_STEP = "step"  # a run's final weights' metadata: the step they were written at
+
+
+def stale_finals(run_dir: Path) -> str | None:
+    """Why a run folder's final weights are not its last state, or None. A run extended past its end and
+    killed after its last checkpoint but before its new finals (SIGKILL during a slow save) looked finished,
+    and the earlier end's finals were taken for its own. Finals without a recorded step (older versions)
+    are taken as current."""
+    from pixart.weights.formats import safetensors_metadata
+
+    saved = list_checkpoints(run_dir)
+    if not saved or not (run_dir / FINAL_EMA).is_file():
+        return None
+    try:
+        written = int(safetensors_metadata(run_dir / FINAL_EMA)[FINAL_STEP])
+    except Exception:  # no step recorded, or a damaged file: whoever reads the weights names the damage
+        return None
+    if written >= saved[-1][0]:
+        return None
+    return (
+        f"{run_dir}'s final weights are from step {written}, but it trained on to step {saved[-1][0]} and "
+        "stopped before writing that step's: rerun its pixart train command to write them (it trains no further)"
+    )
 
 
 def initialize_from(model: PixArt | DiT, config: TrainConfig) -> str:
@@ -185,9 +212,11 @@ def save_weights(
     path: Path,
     state: dict[str, torch.Tensor] | None = None,
     diffusion: DiffusionConfig | None = None,
+    step: int | None = None,
 ) -> Path:
     """Our safetensors layout (config in the metadata) for PixArt and for the stage-1 DiT. `diffusion`
-    records how the weights sample (objective and flow shift), which bare weights otherwise cannot say."""
+    records how the weights sample (objective and flow shift), which bare weights otherwise cannot say;
+    `step`, a run's final weights' step (stale_finals)."""
     import json
 
     state = {k: v.detach().float().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
@@ -195,5 +224,7 @@ def save_weights(
     metadata = {"format": kind, "config": json.dumps(model.config.to_dict())}
     if diffusion is not None:
         metadata.update(sampling_entry(diffusion.objective, diffusion.flow_shift, diffusion.shift_base_tokens))
+    if step is not None:
+        metadata[FINAL_STEP] = str(step)
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return path

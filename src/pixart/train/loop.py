@@ -398,16 +398,16 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
                     applied_steps.zero_()
                 window_start, window_steps = time.time(), 0
             paused = time.time()  # previews and checkpoints are not training: samples/s leaves them out
-            if preview_now and step < config.steps and (sharded or previewer is not None):
-                weights = preview_weights(inner, ema, sharded)  # under FSDP every rank gathers
-                if previewer is not None:
-                    previewer.write(weights, step)
-            if stop_now:
+            if stop_now:  # no preview first: a stop has seconds before the launcher's SIGKILL
                 save(step)
                 status = "interrupted"
                 break
             if step % config.checkpoint_every == 0 and step < config.steps:
-                save(step)
+                save(step)  # before the step's preview, which cannot lose it
+            if preview_now and step < config.steps and (sharded or previewer is not None):
+                weights = preview_weights(inner, ema, sharded)  # under FSDP every rank gathers
+                if previewer is not None:
+                    previewer.write_or_warn(weights, step)
             window_start += time.time() - paused
         if status == "finished":  # under StopFlag too: a stop during this save must not cut it short
             save(step)

@@ -133,6 +133,7 @@ def plot_loss(rows_by_stage: dict[str, list[dict]], out: Path, title: str = "tra
     if len(rows_by_stage) > 1:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out)
+    # whole or absent, as every file a command writes
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format=Path(out).suffix.lstrip(".") or "png"))
     plt.close(fig)
     return out

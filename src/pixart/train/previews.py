@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from pixart.diffusion.schedulers import default_sampler
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
 from pixart.grids import image_grid
 from pixart.model.dit import DiT
+from pixart.outputs import save_png
 from pixart.sample import sample
 from pixart.train.config import TrainConfig
 from pixart.train.distributed import World, gather_full
@@ -41,6 +43,34 @@ class LabelsAsCaptions(nn.Module):
         aspect_ratio: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return self.dit(x, t, y[:, 0, 0].long())
+
+
+def check_preview_models(stage: str, info: dict) -> None:
+    """FileNotFoundError unless the codec (and, for a text-to-image stage, the text encoder) that dataset.json
+    `info` names are on this machine, read off their files: features prepared elsewhere reached the first
+    preview grid (or the end of a finished run) before the missing VAE failed it."""
+    from pixart.encoders.codecs import check_vae_folder
+    from pixart.encoders.text import ENCODERS
+
+    codec, text = info.get("codec", {}), info.get("text_encoder", {})
+    needed = [("image codec", codec.get("kind", "sd-vae"), codec.get("path"))]
+    if stage == "t2i":
+        needed.append(("text encoder", text.get("kind", "t5"), text.get("path")))
+    for what, kind, path in needed:
+        if kind in ("pixels", "minilm") and path is None:  # nothing to load, or the bundled MiniLM
+            continue
+        try:
+            if path is None or not Path(path).exists():
+                raise FileNotFoundError(f"{path} is not on this machine")
+            if kind == "sd-vae":
+                check_vae_folder(path)
+            elif kind in ENCODERS and what == "text encoder":
+                ENCODERS[kind].check_folder(Path(path))
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"previews (on by default) load the {what} the data's dataset.json names ({kind}, {path}), and "
+                f"{str(error).split('; point --')[0]}: make it available at that path, or set previews=false"
+            ) from None
 
 
 def preview_codec(info: dict) -> ImageCodec:
@@ -83,6 +113,7 @@ class Previewer:
         self.latent_shape = latent_shape
         self.prompts = list(config.sample_prompts or prompts or [])
         self.codec: ImageCodec | None = None
+        self.failed = False  # a preview that failed turns the rest off: they are not worth the run
         self.captions: tuple[torch.Tensor, torch.Tensor] | None = None  # (P, L, C_cap) features, (P, L) mask
         if config.stage == "t2i" and self.prompts:
             self.captions = self._encode(self.prompts)
@@ -91,7 +122,9 @@ class Previewer:
     def for_run(cls, config: TrainConfig, dataset: FeatureDataset, run_dir: Path, world: World) -> Previewer:
         """A run's previewer: sample_prompts, else the first 8 distinct captions of the training data."""
         first = range(min(64, len(dataset)))
-        captions = list(dict.fromkeys(dataset.record(i)["captions"][dataset.fields[0]] for i in first))
+        # the field the run trains on most: fields[0] showed alt-text prompts to a run on dense captions alone
+        field = max(dataset.fields, key=lambda name: config.data.caption_probs.get(name, 0.0))
+        captions = list(dict.fromkeys(dataset.record(i)["captions"][field] for i in first))
         shape = tuple(dataset[0]["mean"].shape)
         return cls(config, dataset.info, run_dir, world, latent_shape=shape, prompts=captions[:8])
 
@@ -103,6 +136,23 @@ class Previewer:
         encoded = encoder.encode(prompts)
         encoder.free()
         return encoded.features, encoded.mask
+
+    def write_or_warn(self, weights: dict[str, torch.Tensor], step: int) -> Path | None:
+        """`write`, where a failure (a codec that will not load, memory) is a warning that turns previews off
+        for the rest of the run: it stopped the run, before its checkpoint or after its final weights."""
+        if self.failed:
+            return None
+        try:
+            return self.write(weights, step)
+        except Exception as error:  # whatever it is, training goes on without its pictures
+            self.failed = True
+            print(
+                f"[pixart train] warning: the preview grid at step {step} failed ({type(error).__name__}: "
+                f"{error}); previews are off for the rest of this run, training goes on",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None
 
     @torch.no_grad()
     def write(self, weights: dict[str, torch.Tensor], step: int) -> Path | None:
@@ -168,5 +218,5 @@ class Previewer:
         grid = image_grid([Image.fromarray(im) for im in images], labels=labels, cell=max(96, max(h, w) * 2))
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / f"step-{step:07d}.png"
-        grid.save(path)
+        save_png(grid, path)  # whole or absent: a resume never draws this step's grid again
         return path
