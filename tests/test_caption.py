@@ -736,12 +736,17 @@ def test_two_runs_into_one_manifest_are_not_both_let_in(tmp_path, unloadable_mod
     folder = image_folder(tmp_path / "in", n=3)
     out = tmp_path / "dense.jsonl"
     args = ["caption", str(folder), "--model", str(unloadable_model), "--out", str(out), "--no-progress"]
-    lock = tmp_path / ".dense.jsonl.lock"
+    lock = out.resolve().parent / ".dense.jsonl.lock"
+    (tmp_path / "elsewhere").mkdir()
+    link = tmp_path / "elsewhere" / "link.jsonl"  # the same manifest through a link: the same run's file
+    link.symlink_to(out)
     with open(lock, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run captioning into it holds it
         assert main([*args, "--device", "cpu"]) == 2
-    said = capsys.readouterr().err
+        said = capsys.readouterr().err
+        assert main([*args[:-3], "--out", str(link), "--no-progress", "--device", "cpu"]) == 2
     assert f"--out {out} is being written by another pixart caption run: wait for it, or give another --out" in said
+    assert f"--out {link} is being written by another pixart caption run" in capsys.readouterr().err
     assert not out.exists()
     assert main([*args, "--device", "cpu"]) == 0  # once it has let go
     assert len(read_rows(out)) == 3 and not lock.exists()  # the lock goes with the run

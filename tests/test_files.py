@@ -307,3 +307,29 @@ def test_remove_leftovers_of_one_name_leaves_another_files_temporaries(tmp_path)
         path.write_text("x")
     assert remove_leftovers(tmp_path, "model") == [mine]
     assert list(tmp_path.iterdir()) == [other]
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_not_taken_for_the_lock(tmp_path, monkeypatch):
+    """A run that opened the lock file just before the finishing run removed it locked the removed file, and
+    a run starting then made and locked a new one: both wrote. It takes the file that is there now."""
+    import fcntl
+
+    from pixart.files import Busy, held_while_writing
+
+    lock = tmp_path / ".out.lock"
+    real_flock = fcntl.flock
+    removed = []
+
+    def finishing_run_removes_it_first(handle, operation):
+        if not removed:  # the other run ends between this run's open and its lock
+            lock.unlink()
+            removed.append(True)
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", finishing_run_removes_it_first)
+    with held_while_writing(lock, "busy"):
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        assert removed and lock.exists()
+        with pytest.raises(Busy, match="busy"), held_while_writing(lock, "busy"):  # a run starting now
+            pass
+    assert not lock.exists()

@@ -590,9 +590,12 @@ def test_utf16_caption_files_are_read_as_utf16(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"alt": "crème"}, ensure_ascii=False), encoding="utf-16-be")
     (tmp_path / "b.json").write_bytes(b"\xfe\xff" + (tmp_path / "b.json").read_bytes())  # big-endian, marked
     (tmp_path / "c.txt").write_bytes(b"\xff\xfe" + "odd".encode("utf-16-le") + b"\x00")  # an odd byte count
+    noise(32, 32, 0).save(tmp_path / "d.png")  # UTF-32's little-endian mark starts with UTF-16's: NULs between
+    (tmp_path / "d.txt").write_text("a cat", encoding="utf-32")
     items = {item.name: item for item in list_inputs(tmp_path).items}
     assert items["a.png"].captions(["alt"]) == {"alt": "café au lait"}
     assert items["b.png"].captions(["alt"]) == {"alt": "crème"}
+    assert items["d.png"].captions(["alt"]) == {"alt": "a cat"}
     with pytest.raises(ImageSkipped, match="c.txt: truncated data"):
         items["c.png"].captions(["alt"])
 
@@ -1039,6 +1042,13 @@ def test_a_damaged_tar_is_skipped_and_counted_and_a_resume_is_deterministic(tmp_
         kind, tool = ("gzip", "gzip -dc") if name == "gz.tar" else ("xz", "xz -dc")
         with pytest.raises(InputError, match=f"{kind}-compressed: shards are plain tars; {tool} {name} > plain.tar"):
             list_inputs(tmp_path / name)
+    # ... told by a failed read, not by the first bytes alone: a plain tar's first member may be named "BZh1.png"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with tarfile.open(plain / "bz.tar", "w") as tar:
+        add_member(tar, "BZh1.png", png_bytes(noise(64, 64, 1)))
+        add_member(tar, "BZh1.txt", b"a circle")
+    assert [item.name for item in list_inputs(plain / "bz.tar").items] == ["bz.tar/BZh1.png"]
 
 
 def test_a_shapes_codec_without_its_file_is_a_clear_error():

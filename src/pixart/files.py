@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 
 def cache_dir() -> Path:
@@ -255,14 +256,31 @@ def held_while_writing(lock: Path, busy: str) -> Iterator[None]:
     output finished). On a file system without flock the block runs unguarded, as before."""
     import fcntl
 
-    with open(lock, "a") as handle:
+    while True:
+        handle = open(lock, "a")  # noqa: SIM115 (held open while the block runs)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise Busy(busy) from None
-        except OSError:
-            pass
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
+        except OSError:  # a file system without flock
+            break
+        # opened just before a finishing run removed the file: locked, it guards nothing (a run starting now
+        # makes and locks a new one), so take the file that is there now
+        if _same_file(handle, lock):
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
+
+
+def _same_file(handle: IO[str], path: Path) -> bool:
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)

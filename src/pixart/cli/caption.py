@@ -189,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} is a folder; the captions go to a .jsonl file: name one")
     check_writable_folder(out.parent, "--out", out)  # a file in the way, a read-only disk: before the model loads
     busy = f"--out {out} is being written by another pixart caption run: wait for it, or give another --out"
-    with held_while_writing(out.parent / f".{out.name}.lock", busy):  # both captioned every pending image
+    # named from the file itself: a run given a link to it is refused too
+    real = out.resolve()
+    with held_while_writing(real.parent / f".{real.name}.lock", busy):  # both captioned every pending image
         return caption_into(args, out, options)
 
 

@@ -169,13 +169,20 @@ def is_utf8(text: str) -> bool:
     return True
 
 
-UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # the byte-order marks of UTF-16 text (Windows tools' "Unicode")
+def marked_encoding(data: bytes) -> str | None:
+    """The encoding a byte-order mark at the start of `data` names, UTF-32 or UTF-16 (Windows tools save
+    "Unicode" text as UTF-16), else None. UTF-32 first: its little-endian mark begins with UTF-16's."""
+    if data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "utf-32"
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    return None
 
 
 def _read_sidecar(blob: Blob) -> dict:
     data = blob.read()
-    try:  # UTF-16 where its byte-order mark says so, as a manifest is read: it was skipped as "not UTF-8"
-        text = data.decode("utf-16" if data[:2] in UTF16_MARKS else "utf-8-sig")
+    try:  # UTF-16 (or 32) where its byte-order mark says so, as a manifest is read: it was skipped as "not UTF-8"
+        text = data.decode(marked_encoding(data) or "utf-8-sig")
     except UnicodeDecodeError as e:
         raise ImageSkipped(BAD_CAPTION, f"{blob.name}: {e.reason} at byte {e.start}") from e
     if blob.name.lower().endswith(".txt"):

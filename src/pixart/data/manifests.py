@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from pixart.data.items import BAD_ROW, UTF16_MARKS, Blob, InputError, Inputs, Item, Problem, dedupe
+from pixart.data.items import BAD_ROW, Blob, InputError, Inputs, Item, Problem, dedupe, marked_encoding
 from pixart.data.tars import latest, member_blob, readable_members
 
 IMAGE_COLUMNS = ("path", "image", "file_name")  # file_name: Hugging Face imagefolder's metadata.jsonl
@@ -60,11 +60,11 @@ def _manifest_text(path: Path) -> str:
     the caption check to name), or UTF-16 where its byte-order mark says so (as Windows tools save
     "Unicode" text): read as UTF-8, every row was a bad one and a CSV's column names letters and NULs."""
     data = path.read_bytes()
-    if data[:2] in UTF16_MARKS:
+    if encoding := marked_encoding(data):
         try:
-            return data.decode("utf-16")
+            return data.decode(encoding)
         except UnicodeDecodeError as e:
-            raise InputError(f"{path} starts as UTF-16 but is not ({e.reason}); save it as UTF-8") from None
+            raise InputError(f"{path} starts as {encoding.upper()} but is not ({e.reason}); save it as UTF-8") from None
     return data.decode("utf-8-sig", errors="surrogateescape")
 
 

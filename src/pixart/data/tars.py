@@ -62,6 +62,16 @@ COMPRESSIONS = {
 }
 
 
+def compression_of(path: Path) -> str:
+    """What compressed the file, with the command that undoes it, from its first bytes; "" if nothing did."""
+    with open(path, "rb") as f:
+        start = f.read(6)
+    for compression, (mark, tool) in COMPRESSIONS.items():
+        if start.startswith(mark):
+            return f"{compression}-compressed: shards are plain tars; {tool} {path.name} > plain.tar"
+    return ""
+
+
 @cache
 def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
     """The tar's members (TarMembers), read once per tar and version (its time and size), and what is wrong
@@ -70,12 +80,6 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
     lost: dict[str, str] = {}
     last = None
     damage = ""
-    with open(path, "rb") as f:
-        start = f.read(6)
-    for compression, (mark, tool) in COMPRESSIONS.items():  # a plain tar read it as "bad checksum"
-        if start.startswith(mark):
-            way_out = f"shards are plain tars; {tool} {path.name} > plain.tar"
-            return index, f"unreadable ({compression}-compressed: {way_out})"
     try:
         with tarfile.open(path, "r:") as tar:
             for info in tar:
@@ -102,7 +106,9 @@ def _tar_index(path: Path, mtime_ns: int, size: int) -> tuple[TarMembers, str]:
                     if f.read(512) != bytes(512):
                         damage = _damage(None, last)
     except (tarfile.TarError, EOFError) as e:
-        damage = _damage(None, last, e)
+        # read as "bad checksum" at its first header: a compressed tar, named (not a plain tar's first member
+        # named "BZh..."), with the way out
+        damage = _damage(None, last, e) if last or not (packed := compression_of(path)) else f"unreadable ({packed})"
     lost.update(_follow_links(index))
     index.lost_links = {key: why for key, why in lost.items() if key not in index}  # else an earlier copy stands
     return index, damage
