@@ -362,11 +362,20 @@ def test_serve_refuses_an_out_holding_files_it_would_serve(tmp_path, capsys, mon
     (out / ".ssh").mkdir(parents=True)
     (out / "secret.txt").write_text("AWS_SECRET=hunter2")
     (out / "00001").mkdir()  # a request folder of an earlier server is fine
+    (out / "00001" / "0000-a-cat-seed5.png").write_bytes(b"")
     assert main(["serve", "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert f"--out {out} holds .ssh, secret.txt, which the page would serve to whoever reaches it" in error
     (out / ".ssh").rmdir()
     (out / "secret.txt").unlink()
+    (out / "2023").mkdir()  # a folder of documents named by its year passed for a request folder, and was served
+    (out / "2023" / "tax-return.pdf").write_text("AWS_SECRET=hunter2")
+    (out / "00002").mkdir()
+    (out / "00002" / "notes.txt").write_text("not a request's")
+    assert main(["serve", "--out", str(out)]) == 2
+    assert f"--out {out} holds 00002, 2023, which the page would serve" in capsys.readouterr().err
+    for name in ("2023/tax-return.pdf", "00002/notes.txt", "2023", "00002"):
+        (out / name).unlink() if "." in name else (out / name).rmdir()
     monkeypatch.setattr(serve, "demo_model", lambda: tmp_path / "no-such-model")  # past the check: the model fails
     assert main(["serve", "--out", str(out)]) == 2
     assert "which the page would serve" not in capsys.readouterr().err
@@ -410,9 +419,11 @@ def test_request_numbering_reads_ascii_digit_folders_only(tmp_path):
     """A folder named with a digit int() refuses ("²") must not stop the server from starting."""
     from pixart.app import last_request_number
 
-    for name in ("00003", "00012", "²", "①", "notes"):
+    for name in ("00003", "00012", "²", "①", "notes", "2023"):
         (tmp_path / name).mkdir()
     (tmp_path / "00099").write_text("a file, not a request folder")
+    (tmp_path / "00100").mkdir()
+    (tmp_path / "00100" / "tax-return.pdf").write_text("not an image of a request")
     assert last_request_number(tmp_path) == 12
 
 
@@ -484,14 +495,14 @@ def test_a_model_default_guidance_above_the_slider_is_within_its_bounds(model_fo
 
 def test_images_that_cannot_be_saved_are_a_notice_and_leave_no_empty_folder(model_folder, tmp_path, monkeypatch):
     """A full disk was a bare "Error" in the page, and left an empty request folder."""
-    import pixart.app
+    import pixart.outputs
     from pixart.app import Studio
     from pixart.generate import TextToImage
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pixart.app, "write_images", full_disk)
+    monkeypatch.setattr(pixart.outputs, "save_png", full_disk)
     reply = Studio(TextToImage.from_path(model_folder), tmp_path).request(
         "a cat", None, "1.0", None, None, 2, 4.5, 5, False, 1
     )
@@ -512,7 +523,7 @@ def test_a_request_out_of_gpu_memory_is_a_notice(model_folder, tmp_path, monkeyp
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(pipe, "generate", out_of_memory)
+    monkeypatch.setattr(pipe, "generate_batches", out_of_memory)
     reply = Studio(pipe, tmp_path).request("a cat", None, "1.0", None, None, 2, 4.5, 5, False, 8)
     assert "Out of GPU memory" in reply.notice and "fewer images or a smaller size" in reply.notice
     assert reply.seed == 5 and not reply.files and list(tmp_path.iterdir()) == []
@@ -588,3 +599,80 @@ def test_sigterm_stops_the_server_as_ctrl_c_does(model_folder, tmp_path, busy):
         if process.poll() is None:
             process.kill()
     assert not list(tmp_path.glob("pixart-serve-*"))
+
+
+def test_a_request_keeps_the_batches_it_finished_and_runs_alone(model_folder, tmp_path, monkeypatch):
+    """A server stopped mid-request wrote nothing (every image was held until the last batch); a request
+    cancelled through gradio's API freed its slot while its thread sampled on, so the next ran beside it."""
+    from pixart.app import Studio
+    from pixart.generate import TextToImage
+
+    pipe = TextToImage.from_path(model_folder)
+    real = pipe.generate_batches
+
+    def stopped_after_one(*args, **kwargs):
+        kwargs["batch_size"] = 2
+        for number, batch in enumerate(real(*args, **kwargs)):
+            if number == 1:
+                raise KeyboardInterrupt  # the server stopping: the worker thread is abandoned here
+            yield batch
+
+    monkeypatch.setattr(pipe, "generate_batches", stopped_after_one)
+    studio = Studio(pipe, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        studio.request("a cat", None, "1.0", None, None, 2, 4.5, 5, False, 4)
+    assert sorted(p.name for p in (tmp_path / "00001").glob("*.png")) == [
+        "0000-a-cat-seed5.png",
+        "0001-a-cat-seed6.png",
+    ]
+    spans = []
+
+    def slow(*args, **kwargs):
+        started = time.monotonic()
+        time.sleep(0.3)
+        yield from real(*args, **kwargs)
+        spans.append((started, time.monotonic()))
+
+    monkeypatch.setattr(pipe, "generate_batches", slow)
+    threads = [
+        threading.Thread(target=studio.request, args=("a cat", None, "1.0", None, None, 1, 4.5, s, False, 1))
+        for s in (1, 2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (first_start, first_end), (second_start, second_end) = sorted(spans)
+    assert first_end <= second_start, spans  # one generation at a time, whoever calls
+
+
+def test_labels_of_the_contact_sheet_and_the_details_table(tmp_path, monkeypatch):
+    """A prompt of more than about 55 characters cut the seed out of every label of a request's sheet (they
+    all read alike); a prompt of spaces showed an empty cell where an empty one said "unconditional"."""
+    import pixart.outputs
+    from pixart.app import details_table
+    from pixart.generation_settings import GeneratedImage
+    from pixart.outputs import write_images
+
+    settings = {"sampler": "ddim", "steps": 2, "cfg_scale": 4.5, "size": [32, 32]}
+    long = "a photo of a large red circle at the top left of a grey background, in bright light"
+    results = [GeneratedImage(Image.new("RGB", (32, 32)), long, seed, dict(settings)) for seed in (7, 8)]
+    drawn = []
+    real_grid = pixart.outputs.image_grid
+
+    def recording(images, labels, **kwargs):
+        drawn.extend(labels)
+        return real_grid(images, labels=labels, **kwargs)
+
+    monkeypatch.setattr(pixart.outputs, "image_grid", recording)
+    write_images(results, tmp_path)
+    assert drawn == [f"seed 7: {long}", f"seed 8: {long}"]
+    blank = GeneratedImage(Image.new("RGB", (32, 32)), "   ", 3, dict(settings))
+    assert "| 0 | *(empty: unconditional)* | 3 |" in details_table([blank])
+
+
+def test_a_size_of_thousands_of_digits_is_one_line():
+    from pixart.data.buckets import parse_size
+
+    with pytest.raises(ValueError, match="more than 9 digits: sizes are a few thousand pixels a side"):
+        parse_size("9" * 5000 + "x32")

@@ -2,8 +2,9 @@
 
 The page only translates widgets into a `Settings`; sizes, samplers and steps are checked by
 TextToImage itself, so the page and the command accept and refuse the same things. Errors a user can
-fix are answered in the page's notice, never as a traceback. Images are written with
-`outputs.write_images`, so what the gallery and the download give carries its settings in the PNG.
+fix are answered in the page's notice, never as a traceback. Images are written with `outputs.ImageWriter`
+batch by batch, so what the gallery and the download give carries its settings in the PNG, and a server
+stopped mid-request keeps the batches it finished.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pixart.data.buckets import parse_size as parse_height_width
 from pixart.diffusion.schedulers import SAMPLERS
 from pixart.generate import TextToImage
 from pixart.generation_settings import GeneratedImage, GenerationError, Settings, check_size
-from pixart.outputs import write_images
+from pixart.outputs import ImageWriter, is_request_folder
 
 MAX_IMAGES = 8
 # Far past what any text encoder reads (T5: 120 tokens, a few hundred characters): a page open to others
@@ -36,6 +37,9 @@ MAX_IMAGES = 8
 MAX_PROMPT_CHARS = 10_000
 _in_flight = [0]  # requests being made now, in gradio's worker threads
 _in_flight_lock = threading.Lock()
+# One generation at a time in the process, whatever gradio counts: a request cancelled through its API
+# freed gradio's slot while its thread sampled on, and the next ran beside it (twice the GPU memory).
+_one_generation = threading.Lock()
 
 
 @contextmanager
@@ -144,7 +148,7 @@ def details_table(results: list[GeneratedImage]) -> str:
     rows = ["| # | prompt | seed | sampler | steps | cfg | size (HxW) |", "|---|---|---|---|---|---|---|"]
     for index, r in enumerate(results):
         s = r.settings
-        prompt = escape_markdown(shorten(r.prompt)) if r.prompt else "*(empty: unconditional)*"
+        prompt = escape_markdown(shorten(r.prompt)) if r.prompt.strip() else "*(empty: unconditional)*"
         rows.append(
             f"| {index} | {prompt} | {r.seed} | {s['sampler']} | {s['steps']} | {s['cfg_scale']} | "
             f"{s['size'][0]}x{s['size'][1]} |"
@@ -170,9 +174,7 @@ def last_request_number(out_dir: Path) -> int:
     """The highest numbered request folder ('00042') in out_dir, 0 when there is none."""
     if not out_dir.is_dir():
         return 0
-    # isascii as well: str.isdigit also accepts digits such as "²" that int() refuses
-    numbered = (p for p in out_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
-    return max((int(p.name) for p in numbered), default=0)
+    return max((int(p.name) for p in out_dir.iterdir() if is_request_folder(p)), default=0)
 
 
 class Studio:
@@ -199,6 +201,27 @@ class Studio:
             except FileExistsError:
                 continue
             return folder
+
+    def make_and_write(
+        self, prompts: list[str], settings: Settings, seed: int, count: int, progress: bool
+    ) -> tuple[list[GeneratedImage], list[Path]]:
+        """Generate and write each batch as it comes, into a request folder made at the first (a refused
+        request makes none): a server stopped mid-request kept nothing, though batches were finished."""
+        results: list[GeneratedImage] = []
+        writer: ImageWriter | None = None
+        try:
+            for batch in self.pipe.generate_batches(prompts, settings, seed=seed, num_images=count, progress=progress):
+                writer = writer or ImageWriter(self.next_folder(), model=self.model_name, extra=self.extra)
+                for result in batch:
+                    writer.write(result)
+                results += batch
+            assert writer is not None  # check_request asks for at least one image
+            writer.finish()
+        except BaseException:
+            if writer is not None and writer.out_dir.is_dir() and not any(writer.out_dir.iterdir()):
+                writer.out_dir.rmdir()  # a first write that failed (a full disk): no empty request folder
+            raise
+        return results, writer.paths
 
     @_counted
     def request(
@@ -250,7 +273,8 @@ class Studio:
                 steps=None if steps is None else whole_number(steps, "steps"),
                 cfg_scale=None if cfg is None else float(cfg),
             )
-            results = self.pipe.generate([prompt], settings, seed=seed, num_images=count, progress=progress)
+            with _one_generation:
+                results, paths = self.make_and_write([prompt], settings, used_seed, count, progress)
         except GenerationError as error:
             return Reply(notice=f"**Cannot generate:** {escape_markdown(str(error))}", seed=used_seed)
         except torch.OutOfMemoryError:  # the page said a bare "Error"; the server and its model stay up
@@ -258,16 +282,11 @@ class Studio:
                 notice="**Out of GPU memory** for this request: ask for fewer images or a smaller size",
                 seed=used_seed,
             )
-        folder = None
-        try:
-            folder = self.next_folder()
-            paths = write_images(results, folder, model=self.model_name, extra=self.extra)
         except OSError as error:  # a full disk, an --out made read-only: said in the page (it said "Error")
-            if folder is not None and folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
             reason = escape_markdown(f"{error.strerror or error}")
             return Reply(
-                notice=f"**Cannot save the images** in {escape_markdown(str(self.out_dir))}: {reason}", seed=seed
+                notice=f"**Cannot save the images** in {escape_markdown(str(self.out_dir))}: {reason}",
+                seed=used_seed,
             )
         lines = [
             f"Generated {len(results)} image(s) in {time.time() - started:.1f}s.",
@@ -279,7 +298,7 @@ class Studio:
             files=[str(p) for p in paths],
             notice="\n\n".join(lines),
             details=details_table(results),
-            seed=seed,
+            seed=used_seed,
         )
 
 

@@ -55,6 +55,17 @@ def earlier_outputs(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name == CONTACT_SHEET or OUTPUT_NAME.fullmatch(p.name))
 
 
+REQUEST_FOLDER = re.compile(r"\d{5,}")  # the web app's request folders: "00042"
+
+
+def is_request_folder(path: Path) -> bool:
+    """A request folder of the web app: a numbered folder holding only what ImageWriter writes. A folder
+    named by a year ("2023") of someone's documents passed for one, and was served to the page's visitors."""
+    if not (path.is_dir() and path.name.isascii() and REQUEST_FOLDER.fullmatch(path.name)):
+        return False
+    return len(earlier_outputs(path)) == sum(1 for _ in path.iterdir())
+
+
 def save_png(image: Image.Image, path: Path, info: PngInfo | None = None, *, replace: bool = True) -> None:
     """`image` as a PNG at `path`, whole or not at all (through a temporary file); with replace=False a
     `path` that exists by then is FileExistsError, and kept."""
@@ -95,7 +106,8 @@ class ImageWriter:
         if len(self._thumbnails) < SHEET_IMAGES:
             thumbnail = result.image.copy()
             thumbnail.thumbnail((SHEET_CELL, SHEET_CELL), Image.Resampling.LANCZOS)  # only ever smaller
-            self._thumbnails.append((thumbnail, f"{result.prompt} (seed {result.seed})"))
+            # the seed first: a long prompt wrapped past the label's lines and cut it, and every label read alike
+            self._thumbnails.append((thumbnail, f"seed {result.seed}: {result.prompt}"))
         return path
 
     def finish(self) -> Path | None:

@@ -90,10 +90,11 @@ def check_out_holds_only_requests(out: Path) -> None:
     """The page serves every file under --out to whoever reaches it: a folder holding anything besides the
     numbered request folders it writes (a home folder, a project with its keys) is refused."""
     from pixart.cli.main import UserError
+    from pixart.outputs import is_request_folder
 
     if not out.is_dir():
         return
-    foreign = sorted(p.name for p in out.iterdir() if not (p.is_dir() and p.name.isascii() and p.name.isdigit()))
+    foreign = sorted(p.name for p in out.iterdir() if not is_request_folder(p))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise UserError(
@@ -178,9 +179,9 @@ def run(args: argparse.Namespace) -> int:
 
     if generating():
         # Stopped while a request is being made: the interpreter's exit would tear torch down under the
-        # worker thread (SIGABRT, "terminate called without an active exception"). Its images are not
-        # written yet (each file is written whole or not at all), so it is abandoned.
-        print("stopped during a request; it is abandoned", flush=True)
+        # worker thread (SIGABRT, "terminate called without an active exception"). Its finished batches are
+        # written (each file whole or not at all); the one being sampled is abandoned.
+        print("stopped during a request; its finished batches are kept, the rest abandoned", flush=True)
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)
         sys.stderr.flush()

@@ -219,6 +219,8 @@ def parse_size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
     if not match:
         raise ValueError(f"a size must look like 512x768 (height x width), got {text!r}")
+    if max(len(match.group(1)), len(match.group(2))) > 9:  # int() refuses 4300 digits, with advice of its own
+        raise ValueError("a side of a size has more than 9 digits: sizes are a few thousand pixels a side")
     height, width = int(match.group(1)), int(match.group(2))
     if not (height > 0 and width > 0):  # the pattern lets 0 through; no bucket has a ratio for it
         raise ValueError(f"each side of a size must be positive, got {text!r}")
