@@ -361,8 +361,10 @@ def test_serve_refuses_an_out_holding_files_it_would_serve(tmp_path, capsys, mon
     out = tmp_path / "home"
     (out / ".ssh").mkdir(parents=True)
     (out / "secret.txt").write_text("AWS_SECRET=hunter2")
-    (out / "00001").mkdir()  # a request folder of an earlier server is fine
+    (out / "00001").mkdir()  # a request folder of an earlier server is fine ...
     (out / "00001" / "0000-a-cat-seed5.png").write_bytes(b"")
+    (out / "00001" / ".0001-a-cat-seed6.png.host-123.tmp").write_bytes(b"")  # ... a kill's leftovers too
+    (out / "00001" / ".mode-probe.host-123.tmp").write_bytes(b"")
     assert main(["serve", "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert f"--out {out} holds .ssh, secret.txt, which the page would serve to whoever reaches it" in error
@@ -373,7 +375,7 @@ def test_serve_refuses_an_out_holding_files_it_would_serve(tmp_path, capsys, mon
     (out / "00002").mkdir()
     (out / "00002" / "notes.txt").write_text("not a request's")
     assert main(["serve", "--out", str(out)]) == 2
-    assert f"--out {out} holds 00002, 2023, which the page would serve" in capsys.readouterr().err
+    assert f"--out {out} holds 00002 (holding notes.txt), 2023, which the page would serve" in capsys.readouterr().err
     for name in ("2023/tax-return.pdf", "00002/notes.txt", "2023", "00002"):
         (out / name).unlink() if "." in name else (out / name).rmdir()
     monkeypatch.setattr(serve, "demo_model", lambda: tmp_path / "no-such-model")  # past the check: the model fails
@@ -603,7 +605,10 @@ def test_sigterm_stops_the_server_as_ctrl_c_does(model_folder, tmp_path, busy):
 
 def test_a_request_keeps_the_batches_it_finished_and_runs_alone(model_folder, tmp_path, monkeypatch):
     """A server stopped mid-request wrote nothing (every image was held until the last batch); a request
-    cancelled through gradio's API freed its slot while its thread sampled on, so the next ran beside it."""
+    cancelled through gradio's API freed its slot while its thread sampled on, so the next ran beside it; a
+    failure after the first batch did not say that batch's images were written."""
+    import torch
+
     from pixart.app import Studio
     from pixart.generate import TextToImage
 
@@ -625,25 +630,42 @@ def test_a_request_keeps_the_batches_it_finished_and_runs_alone(model_folder, tm
         "0000-a-cat-seed5.png",
         "0001-a-cat-seed6.png",
     ]
-    spans = []
+    inside, go_on = threading.Event(), threading.Event()
 
-    def slow(*args, **kwargs):
-        started = time.monotonic()
-        time.sleep(0.3)
+    def held(*args, **kwargs):  # a request cancelled through gradio's API: its thread samples on
+        inside.set()
+        go_on.wait(30)
         yield from real(*args, **kwargs)
-        spans.append((started, time.monotonic()))
 
-    monkeypatch.setattr(pipe, "generate_batches", slow)
-    threads = [
-        threading.Thread(target=studio.request, args=("a cat", None, "1.0", None, None, 1, 4.5, s, False, 1))
-        for s in (1, 2)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    (first_start, first_end), (second_start, second_end) = sorted(spans)
-    assert first_end <= second_start, spans  # one generation at a time, whoever calls
+    monkeypatch.setattr(pipe, "generate_batches", held)
+    replies = []
+    cancelled = threading.Thread(
+        target=lambda: replies.append(studio.request("a cat", None, "1.0", None, None, 1, 4.5, 1, False, 1))
+    )
+    cancelled.start()
+    assert inside.wait(30)
+    # the next request is answered at once, not run beside it (or queued unseen behind it)
+    refused = studio.request("a dog", None, "1.0", None, None, 1, 4.5, 2, False, 1)
+    assert "an earlier request, cancelled, is still being made: try again when it ends" in refused.notice
+    assert not refused.files
+    go_on.set()
+    cancelled.join()
+    assert len(replies[0].files) == 1
+
+    # a failure after the first batch says where that batch's images are, and offers them
+    def out_of_memory_at_the_second(*args, **kwargs):
+        kwargs["batch_size"] = 2
+        for number, batch in enumerate(real(*args, **kwargs)):
+            if number == 1:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            yield batch
+
+    monkeypatch.setattr(pipe, "generate_batches", out_of_memory_at_the_second)
+    reply = studio.request("a cat", None, "1.0", None, None, 2, 4.5, 5, False, 4)
+    folder = Path(reply.files[0]).parent
+    assert "Out of GPU memory" in reply.notice and "(the 2 image(s) made before it are in " in reply.notice
+    assert [Path(f).name for f in reply.files] == ["0000-a-cat-seed5.png", "0001-a-cat-seed6.png"]
+    assert sorted(p.name for p in folder.glob("*.png")) == ["0000-a-cat-seed5.png", "0001-a-cat-seed6.png"]
 
 
 def test_labels_of_the_contact_sheet_and_the_details_table(tmp_path, monkeypatch):

@@ -170,6 +170,14 @@ def notices(pipe: TextToImage, prompt: str, results: list[GeneratedImage]) -> li
     return found
 
 
+def failed(notice: str, seed: int | None, kept: list[Path]) -> Reply:
+    """The reply to a request that failed; one that failed after its first batch says where those images
+    are and offers them (they were written, and the page said nothing of them)."""
+    if kept:
+        notice += f" (the {len(kept)} image(s) made before it are in {escape_markdown(str(kept[0].parent))})"
+    return Reply(notice=notice, seed=seed, files=[str(p) for p in kept])
+
+
 def last_request_number(out_dir: Path) -> int:
     """The highest numbered request folder ('00042') in out_dir, 0 when there is none."""
     if not out_dir.is_dir():
@@ -203,17 +211,17 @@ class Studio:
             return folder
 
     def make_and_write(
-        self, prompts: list[str], settings: Settings, seed: int, count: int, progress: bool
-    ) -> tuple[list[GeneratedImage], list[Path]]:
-        """Generate and write each batch as it comes, into a request folder made at the first (a refused
-        request makes none): a server stopped mid-request kept nothing, though batches were finished."""
+        self, prompts: list[str], settings: Settings, seed: int, count: int, progress: bool, written: list[Path]
+    ) -> list[GeneratedImage]:
+        """Generate and write each batch as it comes (into `written`), in a request folder made at the first
+        (a refused request makes none): a server stopped mid-request kept nothing, though batches were done."""
         results: list[GeneratedImage] = []
         writer: ImageWriter | None = None
         try:
             for batch in self.pipe.generate_batches(prompts, settings, seed=seed, num_images=count, progress=progress):
                 writer = writer or ImageWriter(self.next_folder(), model=self.model_name, extra=self.extra)
                 for result in batch:
-                    writer.write(result)
+                    written.append(writer.write(result))
                 results += batch
             assert writer is not None  # check_request asks for at least one image
             writer.finish()
@@ -221,7 +229,7 @@ class Studio:
             if writer is not None and writer.out_dir.is_dir() and not any(writer.out_dir.iterdir()):
                 writer.out_dir.rmdir()  # a first write that failed (a full disk): no empty request folder
             raise
-        return results, writer.paths
+        return results
 
     @_counted
     def request(
@@ -242,6 +250,7 @@ class Studio:
         prompt = prompt or ""
         started = time.time()
         used_seed = None
+        paths: list[Path] = []  # written so far: a failure after the first batch says where they are
         try:
             for what, text in (("prompt", prompt), ("negative prompt", negative or "")):
                 if len(text) > MAX_PROMPT_CHARS:
@@ -273,21 +282,23 @@ class Studio:
                 steps=None if steps is None else whole_number(steps, "steps"),
                 cfg_scale=None if cfg is None else float(cfg),
             )
-            with _one_generation:
-                results, paths = self.make_and_write([prompt], settings, used_seed, count, progress)
+            # Not waited for: gradio runs one request at a time, so a held lock is a request cancelled through
+            # its API whose thread still samples; waiting, each cancelled request's successor queued unseen.
+            if not _one_generation.acquire(blocking=False):
+                raise GenerationError("an earlier request, cancelled, is still being made: try again when it ends")
+            try:
+                results = self.make_and_write([prompt], settings, used_seed, count, progress, paths)
+            finally:
+                _one_generation.release()
         except GenerationError as error:
-            return Reply(notice=f"**Cannot generate:** {escape_markdown(str(error))}", seed=used_seed)
+            return failed(f"**Cannot generate:** {escape_markdown(str(error))}", used_seed, paths)
         except torch.OutOfMemoryError:  # the page said a bare "Error"; the server and its model stay up
-            return Reply(
-                notice="**Out of GPU memory** for this request: ask for fewer images or a smaller size",
-                seed=used_seed,
-            )
+            why = "**Out of GPU memory** for this request: ask for fewer images or a smaller size"
+            return failed(why, used_seed, paths)
         except OSError as error:  # a full disk, an --out made read-only: said in the page (it said "Error")
             reason = escape_markdown(f"{error.strerror or error}")
-            return Reply(
-                notice=f"**Cannot save the images** in {escape_markdown(str(self.out_dir))}: {reason}",
-                seed=used_seed,
-            )
+            why = f"**Cannot save the images** in {escape_markdown(str(self.out_dir))}: {reason}"
+            return failed(why, used_seed, paths)
         lines = [
             f"Generated {len(results)} image(s) in {time.time() - started:.1f}s.",
             *notices(self.pipe, prompt, results),

@@ -56,14 +56,24 @@ def earlier_outputs(folder: str | Path) -> list[Path]:
 
 
 REQUEST_FOLDER = re.compile(r"\d{5,}")  # the web app's request folders: "00042"
+# What a server killed mid-write leaves there: atomic_write's temporary of one of those files, or its probe
+# of the folder's file mode (files.temporary_path, files.ordinary_mode)
+OUTPUT_LEFTOVER = re.compile(rf"\.(?:{OUTPUT_NAME.pattern}|{re.escape(CONTACT_SHEET)}|mode-probe)\..+-\d+\.tmp")
+
+
+def foreign_files(path: Path) -> list[str]:
+    """The names in a numbered folder that ImageWriter did not write (nor a kill of it leave), sorted."""
+    ours = {p.name for p in earlier_outputs(path)}
+    return sorted(p.name for p in path.iterdir() if p.name not in ours and not OUTPUT_LEFTOVER.fullmatch(p.name))
 
 
 def is_request_folder(path: Path) -> bool:
-    """A request folder of the web app: a numbered folder holding only what ImageWriter writes. A folder
-    named by a year ("2023") of someone's documents passed for one, and was served to the page's visitors."""
+    """A request folder of the web app: a numbered folder holding only what ImageWriter writes (and what a
+    kill leaves of it). A folder named by a year ("2023") of someone's documents passed for one, and was
+    served to the page's visitors."""
     if not (path.is_dir() and path.name.isascii() and REQUEST_FOLDER.fullmatch(path.name)):
         return False
-    return len(earlier_outputs(path)) == sum(1 for _ in path.iterdir())
+    return not foreign_files(path)
 
 
 def save_png(image: Image.Image, path: Path, info: PngInfo | None = None, *, replace: bool = True) -> None:
