@@ -545,6 +545,22 @@ def test_a_stopped_run_keeps_the_images_it_made(pipeline_folder, tmp_path, capsy
     assert main([*args, str(tmp_path / "rest-of-rest"), "--skip", "1", "--batch", "1"]) == 130
     said = capsys.readouterr().err
     assert "kept the 2 of 5 image(s)" in said and "make the other 3 with the same command and --skip 3" in said
+    # a stop at the contact sheet, every image made: nothing is left to make
+    monkeypatch.setattr(TextToImage, "generate_batches", real)
+    from pixart.outputs import ImageWriter
+
+    real_finish, stops = ImageWriter.finish, []
+
+    def stopped_once(self):
+        if not stops:
+            stops.append(True)
+            raise KeyboardInterrupt
+        return real_finish(self)
+
+    monkeypatch.setattr(ImageWriter, "finish", stopped_once)
+    assert main([*args, str(tmp_path / "all-made"), "--skip", "4"]) == 130
+    said = capsys.readouterr().err
+    assert "kept the 2 of 2 image(s) made before this stop" in said and "--skip" not in said, said
 
 
 @pytest.mark.parametrize("skip", ["-1", "6"])

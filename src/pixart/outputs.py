@@ -67,13 +67,16 @@ def foreign_files(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.name not in ours and not OUTPUT_LEFTOVER.fullmatch(p.name))
 
 
+def is_numbered_folder(path: Path) -> bool:
+    """Named as the web app names its request folders ("00042"; ASCII digits: int() refuses "²")."""
+    return path.is_dir() and path.name.isascii() and REQUEST_FOLDER.fullmatch(path.name) is not None
+
+
 def is_request_folder(path: Path) -> bool:
     """A request folder of the web app: a numbered folder holding only what ImageWriter writes (and what a
     kill leaves of it). A folder named by a year ("2023") of someone's documents passed for one, and was
     served to the page's visitors."""
-    if not (path.is_dir() and path.name.isascii() and REQUEST_FOLDER.fullmatch(path.name)):
-        return False
-    return not foreign_files(path)
+    return is_numbered_folder(path) and not foreign_files(path)
 
 
 def save_png(image: Image.Image, path: Path, info: PngInfo | None = None, *, replace: bool = True) -> None:

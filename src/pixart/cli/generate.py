@@ -174,9 +174,11 @@ def write_as_they_come(batches: Iterator[list[GeneratedImage]], writer: ImageWri
             with contextlib.suppress(Exception):  # the sheet of what was made, if the cause lets it be written
                 writer.finish()
             kept = len(writer.paths)
+            left = f"--skip {skipped + kept}"
+            rest = f"; make the other {total - kept} with the same command and {left} into another --out"
             print(
-                f"kept the {kept} of {total} image(s) made before this stop in {writer.out_dir}; make the other "
-                f"{total - kept} with the same command and --skip {skipped + kept} into another --out",
+                f"kept the {kept} of {total} image(s) made before this stop in {writer.out_dir}"
+                + (rest if kept < total else ""),  # every image made: the stop came at the contact sheet
                 file=sys.stderr,
             )
         raise

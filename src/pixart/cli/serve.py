@@ -90,14 +90,13 @@ def check_out_holds_only_requests(out: Path) -> None:
     """The page serves every file under --out to whoever reaches it: a folder holding anything besides the
     numbered request folders it writes (a home folder, a project with its keys) is refused."""
     from pixart.cli.main import UserError
-    from pixart.outputs import REQUEST_FOLDER, foreign_files, is_request_folder
+    from pixart.outputs import foreign_files, is_numbered_folder, is_request_folder
 
     if not out.is_dir():
         return
 
     def named(path: Path) -> str:  # a request folder's name, with the first file in it that is not an image's
-        numbered = path.is_dir() and path.name.isascii() and REQUEST_FOLDER.fullmatch(path.name)
-        return f"{path.name} (holding {foreign_files(path)[0]})" if numbered else path.name
+        return f"{path.name} (holding {foreign_files(path)[0]})" if is_numbered_folder(path) else path.name
 
     foreign = sorted(named(p) for p in out.iterdir() if not is_request_folder(p))
     if foreign:
