@@ -883,6 +883,8 @@ def test_preview_models_the_data_names_are_checked_before_the_model_is_built(sha
     from pixart.train.previews import check_preview_models
 
     check_preview_models("class", {**info, "text_encoder": {"kind": "t5", "path": "/x"}})  # previews labels only
+    with pytest.raises(FileNotFoundError, match=r"dataset.json names .sd-vae, None., and it records no path to it"):
+        check_preview_models("t2i", {**info, "codec": {"kind": "sd-vae"}})
 
 
 def test_previews_show_the_captions_the_run_trains_on(shapes_data, tmp_path):

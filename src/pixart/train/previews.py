@@ -60,7 +60,9 @@ def check_preview_models(stage: str, info: dict) -> None:
         if kind in ("pixels", "minilm") and path is None:  # nothing to load, or the bundled MiniLM
             continue
         try:
-            if path is None or not Path(path).exists():
+            if path is None:
+                raise FileNotFoundError("it records no path to it")
+            if not Path(path).exists():
                 raise FileNotFoundError(f"{path} is not on this machine")
             if kind == "sd-vae":
                 check_vae_folder(path)
