@@ -30,7 +30,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     caption.add_argument(
         "--out",
         type=Path,
-        help="output JSONL manifest (default: FOLDER/dense.jsonl for a folder; beside any other INPUT, x.dense.jsonl)",
+        help="output JSONL manifest (default: FOLDER/FIELD.jsonl for a folder, e.g. dense.jsonl; beside any other "
+        "INPUT, x.FIELD.jsonl)",
     )
     caption.add_argument(
         "--field", default="dense", help="the field the new captions go to (default: dense; not alt, path or image)"

@@ -13,7 +13,10 @@ if TYPE_CHECKING:
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "path", type=Path, help="weights file, model folder, or training checkpoint (step-N.pt or step-N.dcp)"
+        "path",
+        type=Path,
+        help="weights file, model folder, diffusers pipeline folder, finished pixart train run folder, or training "
+        "checkpoint (step-N.pt or step-N.dcp)",
     )
     parser.add_argument(
         "--config",
