@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixart.evaluate.suite import SHAPES_KEYS
-from pixart.files import atomic_write
+from pixart.files import write_text
 
 TARGETS = {"color": 0.90, "shape": 0.70, "position": 0.60, "binding": 0.30}
 
@@ -96,5 +96,5 @@ The trained model is in `model/`: `pixart generate "a red circle" --model {out}/
 or `pixart serve --model {out}/model`.
 """
     path = out / "report.md"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    write_text(path, text)
     return path

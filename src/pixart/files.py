@@ -169,12 +169,15 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, value: object, indent: int | None = 2, *, replace: bool = True) -> None:
-    """`value` as JSON text in `path`, through atomic_write (and its `replace`): no reader ever sees half of
-    it. ASCII escapes (json's default): names of files that are not valid UTF-8 hold lone surrogates, which
-    UTF-8 cannot write."""
-    text = json.dumps(value, indent=indent) + "\n"
+def write_text(path: Path, text: str, *, replace: bool = True) -> None:
+    """`text` in `path` through atomic_write (and its `replace`): no reader ever sees half of it."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text), replace=replace)
+
+
+def write_json(path: Path, value: object, indent: int | None = 2, *, replace: bool = True) -> None:
+    """`value` as JSON text in `path` (write_text). ASCII escapes (json's default): names of files that are
+    not valid UTF-8 hold lone surrogates, which UTF-8 cannot write."""
+    write_text(path, json.dumps(value, indent=indent) + "\n", replace=replace)
 
 
 def read_json(path: Path) -> dict | None:

@@ -24,7 +24,7 @@ from pixart.config import strict_json
 from pixart.diffusion.objective import OBJECTIVES
 from pixart.diffusion.schedulers import TRAIN_STEPS, default_sampler, get_sampler
 from pixart.encoders.text import text_encoder_kind
-from pixart.files import atomic_write
+from pixart.files import write_text
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
 from pixart.weights.formats import FINAL_EMA, OURS_IN_FOLDER
@@ -126,7 +126,7 @@ def save_model_folder(folder: str | Path, transformer: PixArt | dict[str, torch.
     folder.mkdir(parents=True, exist_ok=True)
     sampling = sampling_entry(spec.objective, spec.flow_shift, spec.shift_base_tokens)
     save_transformer(transformer, folder / OURS_IN_FOLDER, to="pixart", metadata=sampling)
-    atomic_write(folder / SPEC_FILE, lambda tmp: Path(tmp).write_text(spec.to_json()))
+    write_text(folder / SPEC_FILE, spec.to_json())
     return folder
 
 

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from pixart.data.records import DamagedData, ShardRecords
-from pixart.files import atomic_write, remove_leftovers, write_json
+from pixart.files import atomic_write, remove_leftovers, write_json, write_text
 
 DATASET_FILE = "dataset.json"
 REPORT_FILE = "report.json"  # what pixart prepare kept and skipped, merged over its shards
@@ -86,7 +86,7 @@ def write_shard(folder: str | Path, index: int, samples: list[FeatureSample], fi
         remove_leftovers(folder, done.name)
     # Synced to the disk before the tensors that mark the shard finished: after a power loss a finished
     # shard could otherwise hold an empty records file.
-    atomic_write(records, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    write_text(records, "\n".join(lines) + "\n")
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
     return path
 

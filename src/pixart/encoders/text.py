@@ -61,6 +61,7 @@ class TextEncoder:
 
     kind = "text"
     model_types: tuple[str, ...] = ()  # the config model_type values this encoder loads (empty: any)
+    cleans = True  # the official caption cleaning before tokenising, unless told otherwise (prepare)
 
     def __init__(
         self,
@@ -68,7 +69,7 @@ class TextEncoder:
         *,
         tokenizer_folder: str | Path | None = None,
         max_length: int = DEFAULT_MAX_LENGTH["t5"],
-        clean: bool = True,
+        clean: bool | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         load_in_8bit: bool = False,
@@ -77,7 +78,7 @@ class TextEncoder:
         tokenizer_folder = self.check_folder(self.folder, tokenizer_folder)
         check_max_length(self.folder, max_length, self.kind)  # before the weights load, not mid-run
         self.max_length = max_length
-        self.clean = clean
+        self.clean = self.cleans if clean is None else clean
         self.device = torch.device(device)
         self.dtype = dtype
         self.tokenizer = self._load_tokenizer(tokenizer_folder)
@@ -214,11 +215,12 @@ class MiniLMEncoder(TextEncoder):
 
     kind = "minilm"
     model_types = MODEL_TYPES[kind]
+    cleans = False  # lowercased and stripped only, as diffusers without clean_caption
 
     def __init__(
         self, folder: str | Path | None = None, *, max_length: int = DEFAULT_MAX_LENGTH["minilm"], **kwargs: Any
     ):
-        super().__init__(folder or minilm_folder(), max_length=max_length, clean=False, **kwargs)
+        super().__init__(folder or minilm_folder(), max_length=max_length, **kwargs)
 
     def _load_model(self, load_in_8bit: bool) -> Any:  # a transformers model
         from transformers import AutoModel
@@ -288,9 +290,8 @@ ENCODERS: dict[str, type[TextEncoder]] = {"t5": T5Encoder, "minilm": MiniLMEncod
 
 
 def caption_cleaner(kind: str) -> Callable[[str], str]:
-    """What an encoder of `kind` does to a caption before tokenising it (its `prepare` by default): T5 the
-    official cleaning, MiniLM (clean=False) lowercasing and stripping."""
-    return clean_caption if kind == "t5" else simple_clean
+    """What an encoder of `kind` does to a caption before tokenising it (its `prepare` by default)."""
+    return clean_caption if ENCODERS[kind].cleans else simple_clean
 
 
 def load_text_encoder(kind: str, folder: str | Path | None = None, **kwargs: Any) -> TextEncoder:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from pixart.files import atomic_write
+from pixart.files import atomic_write, write_text
 
 # Dense bf16 peaks (FLOP/s) of the GPUs we quote MFU on (performance.md section 0; the NVL parts' from
 # NVIDIA's datasheets, half their sparse figure). The first key found in the device name wins: "H100 PCIe"
@@ -69,7 +69,7 @@ class MetricsWriter:
         kept = [row for row in parse_rows(text, self.path) if row.get("step", 0) <= step]
         laid_out = "".join(json.dumps(r) + "\n" for r in kept)  # the rows as write() lays them out
         if laid_out != text:
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text(laid_out))
+            write_text(self.path, laid_out)
 
     def write(self, row: dict) -> None:
         if not self.enabled:
