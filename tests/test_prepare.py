@@ -512,9 +512,13 @@ def test_cli_user_errors(tmp_path, model_dirs, capsys):
     t5, vae = model_dirs  # another model's folder: refused before --out is made (a part's would stay)
     early = cli_args(folder, tmp_path / "early", model_dirs, "--shard", "0/2")
     assert main([*early, "--text-encoder", str(vae)]) == 2
-    assert "no t5 text encoder" in capsys.readouterr().err and not (tmp_path / "early").exists()
+    err = capsys.readouterr().err
+    assert "no t5 text encoder" in err and "point --text-encoder at a t5 folder" in err, err
+    assert not (tmp_path / "early").exists()
     assert main([*early, "--vae", str(t5)]) == 2
-    assert "no VAE in" in capsys.readouterr().err and not (tmp_path / "early").exists()
+    err = capsys.readouterr().err  # prepare has --vae: its advice is kept
+    assert "no VAE in" in err and "describes a t5 model; point --vae at an AutoencoderKL folder" in err, err
+    assert not (tmp_path / "early").exists()
     weightless = tmp_path / "weightless"  # a T5 folder whose weights are missing: it fails to load, after --out
     shutil.copytree(t5, weightless, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     assert main([*cli_args(folder, tmp_path / "made", model_dirs), "--text-encoder", str(weightless)]) == 2

@@ -885,6 +885,17 @@ def test_preview_models_the_data_names_are_checked_before_the_model_is_built(sha
     check_preview_models("class", {**info, "text_encoder": {"kind": "t5", "path": "/x"}})  # previews labels only
     with pytest.raises(FileNotFoundError, match=r"dataset.json names .sd-vae, None., and it records no path to it"):
         check_preview_models("t2i", {**info, "codec": {"kind": "sd-vae"}})
+    # a folder holding another model: the reason is kept, the loader's "point --vae" (train has none) is not
+    t5_folder = tmp_path / "a-t5"
+    t5_folder.mkdir()
+    (t5_folder / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(FileNotFoundError) as refused:
+        check_preview_models("t2i", {**info, "codec": {"kind": "sd-vae", "path": str(t5_folder)}})
+    assert str(refused.value).endswith(
+        f"and no VAE in {t5_folder}: its config.json describes a t5 model: make it available at that path, "
+        "or set previews=false"
+    )
+    assert "--vae" not in str(refused.value)
 
 
 def test_previews_show_the_captions_the_run_trains_on(shapes_data, tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pixart.encoders.folder_files import read_config, weights_variant
+from pixart.encoders.folder_files import MissingModel, read_config, weights_variant
 
 
 class ImageCodec:
@@ -70,21 +70,23 @@ def check_vae_folder(folder: str | Path) -> Path:
     AutoencoderKL, read without loading anything."""
     folder = vae_folder(folder)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingModel(
             f"no VAE in {folder} (expected config.json + diffusion_pytorch_model.safetensors, "
-            "e.g. the vae/ folder of PixArt-alpha/PixArt-XL-2-512x512); point --vae at it"
+            "e.g. the vae/ folder of PixArt-alpha/PixArt-XL-2-512x512)",
+            "point --vae at it",
         )
     try:
         config = read_config(folder)
     except ValueError as error:
-        raise FileNotFoundError(f"no VAE in {folder}: {error}") from None
+        raise MissingModel(f"no VAE in {folder}: {error}") from None
     # a transformers folder (T5, say) names a model_type and no class: diffusers took it for an AutoencoderKL
     # and failed on a missing diffusion_pytorch_model.bin
     described = config.get("_class_name") or (f"{config['model_type']} model" if "model_type" in config else None)
     if (described or "AutoencoderKL") != "AutoencoderKL":  # loaded anyway, it is random weights and a traceback
-        raise FileNotFoundError(
-            f"no VAE in {folder}: its config.json describes a {described}; point --vae at an AutoencoderKL "
-            "folder (the vae/ folder of a diffusers pipeline, or the pipeline folder itself)"
+        raise MissingModel(
+            f"no VAE in {folder}: its config.json describes a {described}",
+            "point --vae at an AutoencoderKL folder (the vae/ folder of a diffusers pipeline, or the pipeline "
+            "folder itself)",
         )
     return folder
 

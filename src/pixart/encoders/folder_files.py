@@ -14,6 +14,16 @@ import re
 from pathlib import Path
 
 
+class MissingModel(FileNotFoundError):
+    """A model folder that is missing or holds another model: `reason` says which, `advice` how the command
+    that met it takes another (prepare points --vae; train, which has no --vae, words its own advice)."""
+
+    def __init__(self, reason: str, advice: str = ""):
+        super().__init__(f"{reason}; {advice}" if advice else reason)
+        self.reason = reason
+        self.advice = advice
+
+
 def read_config(folder: str | Path) -> dict:
     """The folder's config.json as a dict; ValueError saying what is wrong with it where it is not JSON (cut
     short, hand-edited) or not an object: callers name the folder, and a traceback said nothing more."""

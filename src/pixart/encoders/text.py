@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from pixart.encoders.captions import clean_caption, simple_clean
-from pixart.encoders.folder_files import read_config, weights_variant
+from pixart.encoders.folder_files import MissingModel, read_config, weights_variant
 
 
 @dataclass
@@ -91,18 +91,18 @@ class TextEncoder:
         """FileNotFoundError unless `folder` holds this kind's model and a tokenizer (in `tokenizer_folder`
         where given), read off its files without loading anything; returns the tokenizer's folder."""
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no text encoder in {folder} (expected config.json and weights written by "
-                "save_pretrained); point --text-encoder at a local folder"
+            raise MissingModel(
+                f"no text encoder in {folder} (expected config.json and weights written by save_pretrained)",
+                "point --text-encoder at a local folder",
             )
         try:
             config = read_config(folder)
         except ValueError as error:
-            raise FileNotFoundError(f"no text encoder in {folder}: {error}") from None
+            raise MissingModel(f"no text encoder in {folder}: {error}") from None
         cls.check_model_type(folder, config)
         tokenizer = Path(tokenizer_folder) if tokenizer_folder else find_tokenizer(folder)
         if not has_tokenizer(tokenizer):
-            raise FileNotFoundError(f"no tokenizer in {tokenizer} (none of {', '.join(TOKENIZER_FILES)})")
+            raise MissingModel(f"no tokenizer in {tokenizer} (none of {', '.join(TOKENIZER_FILES)})")
         return tokenizer
 
     @classmethod
@@ -117,9 +117,9 @@ class TextEncoder:
         other = [kind for kind, types in MODEL_TYPES.items() if found in types]
         also = f", or choose the {other[0]} text encoder kind for it" if other else ""
         where = " (text_encoder/ in a diffusers pipeline)" if cls.kind == "t5" else ""
-        raise FileNotFoundError(
-            f"no {cls.kind} text encoder in {folder}: its config.json describes {what}; point --text-encoder "
-            f"at a {cls.kind} folder{where}{also}"
+        raise MissingModel(
+            f"no {cls.kind} text encoder in {folder}: its config.json describes {what}",
+            f"point --text-encoder at a {cls.kind} folder{where}{also}",
         )
 
     def _load_tokenizer(self, folder: Path) -> Any:  # a transformers tokenizer

@@ -50,6 +50,7 @@ def check_preview_models(stage: str, info: dict) -> None:
     `info` names are on this machine, read off their files: features prepared elsewhere reached the first
     preview grid (or the end of a finished run) before the missing VAE failed it."""
     from pixart.encoders.codecs import check_vae_folder
+    from pixart.encoders.folder_files import MissingModel
     from pixart.encoders.text import ENCODERS
 
     codec, text = info.get("codec", {}), info.get("text_encoder", {})
@@ -61,17 +62,17 @@ def check_preview_models(stage: str, info: dict) -> None:
             continue
         try:
             if path is None:
-                raise FileNotFoundError("it records no path to it")
+                raise MissingModel("it records no path to it")
             if not Path(path).exists():
-                raise FileNotFoundError(f"{path} is not on this machine")
+                raise MissingModel(f"{path} is not on this machine")
             if kind == "sd-vae":
                 check_vae_folder(path)
             elif kind in ENCODERS and what == "text encoder":
                 ENCODERS[kind].check_folder(Path(path))
-        except FileNotFoundError as error:
+        except MissingModel as error:  # the reason alone: the loaders' advice names options train does not have
             raise FileNotFoundError(
                 f"previews (on by default) load the {what} the data's dataset.json names ({kind}, {path}), and "
-                f"{str(error).split('; point --')[0]}: make it available at that path, or set previews=false"
+                f"{error.reason}: make it available at that path, or set previews=false"
             ) from None
 
 
