@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from tiny_models import save_tiny_pipeline, save_tiny_t5, tiny_vae
 
 from pixart.cli import main
 from pixart.generate import TextToImage, micro_conditions
-from pixart.generation_settings import GenerationError, Settings
+from pixart.generation_settings import GenerationError, Settings, check_request
 from pixart.model import TINY, TINY_MS, PixArt
 from pixart.modelfolder import ModelSpec, read_spec, save_model_folder
 from pixart.outputs import CONTACT_SHEET
@@ -134,15 +135,9 @@ def test_aspect_ratio_condition_is_the_bucket_key_officially_and_height_over_wid
     assert official["img_hw"].tolist() == [[768.0, 1344.0]]
 
 
-def test_same_starting_noise_as_diffusers(pipeline_folder):
-    from diffusers.utils.torch_utils import randn_tensor
-
-    ours = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(5))
-    theirs = randn_tensor((1, 4, 16, 16), generator=torch.Generator().manual_seed(5))
-    assert torch.equal(ours, theirs)
-
-
 def test_our_folder_and_official_weights_with_vae_and_text_encoder(tmp_path):
+    """The same weights as an official .pth (its config read off its tensors) with --vae and --text-encoder, and
+    as our model folder: the same images, pixel for pixel (official semantics in both: learned null caption)."""
     save_tiny_t5(tmp_path / "t5")
     tiny_vae().save_pretrained(tmp_path / "vae")
     model = randomize_(PixArt(TINY), std=0.05).eval()
@@ -153,18 +148,16 @@ def test_our_folder_and_official_weights_with_vae_and_text_encoder(tmp_path):
     (tmp_path / "ours").mkdir()
     tiny_vae().save_pretrained(tmp_path / "ours" / "vae")
     save_model_folder(tmp_path / "ours", model, spec)
-    # the official file needs the config of a non-XL model: give it through our folder's transformer instead
-    official = TextToImage.from_path(
-        tmp_path / "ours" / "transformer.safetensors", vae=tmp_path / "vae", text_encoder=tmp_path / "t5"
-    )
+    official = TextToImage.from_path(tmp_path / "official.pth", vae=tmp_path / "vae", text_encoder=tmp_path / "t5")
     ours = TextToImage.from_path(tmp_path / "ours")
+    assert official.transformer.config == ours.transformer.config == TINY
     settings = Settings(steps=3)
-    a = ours.generate(["a cat"], settings, seed=1, progress=False)[0]
-    b = official.generate(["a cat"], settings, seed=1, progress=False)[0]
-    assert a.image.size == (32, 32)
-    # learned null caption in both (official semantics); the official spec's default is 120 tokens, ours 16
-    assert a.settings["sampler"] == "dpm-solver++"
-    assert b.image.size == (32, 32)
+    a = ours.generate(["a cat", "a red dog"], settings, seed=1, progress=False)
+    b = official.generate(["a cat", "a red dog"], settings, seed=1, progress=False)
+    for mine, theirs in zip(a, b, strict=True):
+        assert mine.image.size == (32, 32) and mine.settings["sampler"] == theirs.settings["sampler"] == "dpm-solver++"
+        assert np.array_equal(np.asarray(mine.image), np.asarray(theirs.image))
+    assert not np.array_equal(np.asarray(a[0].image), np.asarray(a[1].image))  # the prompts do reach the images
 
 
 def learned_null_folder(tmp_path, **spec):
@@ -763,6 +756,31 @@ def test_a_folder_scheduler_that_needs_a_learned_variance_is_refused_without_one
     pipe.transformer.config = dataclasses.replace(pipe.transformer.config, learn_sigma=False)
     with pytest.raises(GenerationError, match=r"variance_type learned_range\) needs the learned variance"):
         pipe.resolve_sampler(Settings(sampler="folder", steps=10))
+
+
+def test_a_folder_scheduler_refusing_the_step_count_is_a_generation_error(pipeline_folder, tmp_path):
+    """PixArt-LCM ships an LCMScheduler, which takes at most 50 steps: its own ValueError escaped the CLI as a
+    traceback (exit 1) after every check had passed."""
+    import diffusers
+
+    from pixart.diffusion.schedulers import training_schedule
+
+    pipe = TextToImage.from_path(pipeline_folder)
+    diffusers.LCMScheduler(**training_schedule()).save_pretrained(tmp_path)
+    pipe.scheduler_folder = tmp_path
+    assert pipe.resolve_sampler(Settings(steps=4)) == ("folder", 4)
+    with pytest.raises(GenerationError, match=r"this model's scheduler \(LCMScheduler\) refuses 60 steps: .*50"):
+        pipe.resolve_sampler(Settings(steps=60))
+
+
+def test_a_step_count_that_is_not_a_whole_number_is_refused_before_a_model_loads():
+    """Settings(steps=2.5) passed the range check and failed inside diffusers as a TypeError."""
+    for steps in (2.5, True, "20"):
+        with pytest.raises(GenerationError, match=re.escape(f"steps must be a whole number, got {steps!r}")):
+            check_request(Settings(sampler="dpm-solver++", steps=steps))
+        with pytest.raises(GenerationError, match="steps must be a whole number"):
+            check_request(Settings(steps=steps))  # the sampler not known yet (the model's default)
+    check_request(Settings(steps=np.int64(20)))  # a whole number of another type is one
 
 
 def test_a_diffusers_transformer_as_bare_weights_draws_what_its_folder_draws(pipeline_folder, tmp_path):

@@ -294,6 +294,45 @@ def test_unknown_sampler_lists_the_choices():
         )
 
 
+def test_values_that_would_draw_nan_or_fail_deep_in_the_model_are_refused_by_name():
+    """sample() is the library's entry: a NaN or infinite guidance scale and a flow shift of 0 or less drew NaN
+    images; a float step count, a noise batch other than the captions', and a count of null captions other
+    than one or one per caption failed inside diffusers or the model with errors that named none of them."""
+    oracle, flow = GaussianOracle(False), GaussianOracle(True)
+    y, mask, noise = torch.zeros(2, 3, 8), torch.ones(2, 3), torch.randn(2, 4, 2, 2)
+    for scale in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"cfg_scale must be a finite number, got {scale}"):
+            sample(oracle, noise, y, mask, y, mask, cfg_scale=scale, progress=False)
+    for shift in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=f"flow_shift must be a positive number .* got {shift}"):
+            sample(flow, noise, y, mask, y, mask, scheduler="flow-euler", flow_shift=shift, progress=False)
+    for scheduler in ("dpm-solver++", build_scheduler("dpm-solver++")):
+        with pytest.raises(ValueError, match="steps must be a whole number, got 2.5"):
+            sample(oracle, noise, y, mask, y, mask, scheduler=scheduler, steps=2.5, progress=False)
+    with pytest.raises(ValueError, match="noise holds 1 sample.* but cond 2 caption"):
+        sample(oracle, noise[:1], y, mask, y, mask, progress=False)
+    with pytest.raises(ValueError, match="3 null captions for 2 captions"):
+        sample(oracle, noise, y, mask, y[[0, 1, 1]], mask[[0, 1, 1]], progress=False)
+    with pytest.raises(ValueError, match=r"null_mask must be \(2, 3\)"):
+        sample(oracle, noise, y, mask, y, mask[:, :2], progress=False)
+    with pytest.raises(ValueError, match="pass that scheduler instance"):
+        sample(oracle, noise, y, mask, y, mask, scheduler="folder", progress=False)
+
+
+def test_one_null_caption_is_shared_by_the_batch():
+    """One negative prompt's features for a batch of captions guide each as that caption repeated would."""
+    torch.manual_seed(0)
+    model = randomize_(PixArt(TINY)).eval()
+    cond, cond_mask = torch.randn(2, 5, TINY.caption_channels), varied_mask(2, 5, [5, 2])
+    null, null_mask = torch.randn(1, 3, TINY.caption_channels), torch.tensor([[1, 1, 0]])
+    noise = torch.randn(2, 4, 4, 4)
+    shared = sample(model, noise, cond, cond_mask, null, null_mask, steps=3, progress=False)
+    repeated = sample(
+        model, noise, cond, cond_mask, null.repeat(2, 1, 1), null_mask.repeat(2, 1), steps=3, progress=False
+    )
+    torch.testing.assert_close(shared, repeated, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["dpm-solver++", "sa-solver"])
 @pytest.mark.parametrize("micro", [False, True])
 def test_latents_equal_diffusers_pipeline(tmp_path, name, micro):

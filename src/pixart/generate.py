@@ -332,7 +332,12 @@ class TextToImage:
             steps = settings.steps if settings.steps is not None else self.spec.default_steps("folder")
             check_steps_for("folder", steps)  # the range first: the scheduler cannot be set outside it
             scheduler = self.make_scheduler("folder")
-            scheduler.set_timesteps(steps)
+            try:
+                scheduler.set_timesteps(steps)
+            except ValueError as error:  # its own limits: an LCM scheduler takes at most 50 steps
+                raise GenerationError(
+                    f"this model's scheduler ({type(scheduler).__name__}) refuses {steps} steps: {error}"
+                ) from None
             if repeats_a_level(scheduler):
                 raise GenerationError(
                     f"this model's scheduler ({type(scheduler).__name__}) repeats a noise level at {steps} steps, "

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pixart.data.buckets import parse_aspect
 from pixart.data.items import is_utf8
-from pixart.diffusion.schedulers import check_steps, get_sampler
+from pixart.diffusion.schedulers import check_step_count, check_steps, get_sampler
 
 
 class GenerationError(ValueError):
@@ -86,6 +86,10 @@ def requested_aspect(settings: Settings) -> tuple[float, float] | None:
 def check_steps_for(name: str | None, steps: int) -> None:
     """`steps` for sampler `name`; 'folder' (a diffusers folder's own scheduler) and None (not known yet,
     the model's default) check the range only."""
+    try:
+        check_step_count(steps)
+    except ValueError as error:
+        raise GenerationError(str(error)) from None
     if not 1 <= steps <= 1000:
         raise GenerationError(f"steps must lie in 1..1000, got {steps}")
     if name not in (None, "folder"):

@@ -9,13 +9,21 @@ sigmas asks the model at the exact sigma, not diffusers' integer timestep (see m
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from pixart.diffusion.guidance import CaptionConditioned, GuidedDenoiser
-from pixart.diffusion.schedulers import build_scheduler, check_steps, get_sampler, repeats_a_level, set_steps
+from pixart.diffusion.schedulers import (
+    build_scheduler,
+    check_step_count,
+    check_steps,
+    get_sampler,
+    repeats_a_level,
+    set_steps,
+)
 
 
 def model_timesteps(scheduler: Any) -> torch.Tensor:
@@ -53,6 +61,12 @@ def sample(
     `scheduler` is a sampler name (see pixart.diffusion.schedulers.SAMPLERS) or a diffusers scheduler
     instance (e.g. the one a diffusers pipeline folder ships). `steps` defaults to the sampler's own.
     """
+    if noise.shape[0] != cond.shape[0]:  # else a reshape deep in the model failed, naming neither
+        raise ValueError(f"noise holds {noise.shape[0]} sample(s) but cond {cond.shape[0]} caption(s): one each")
+    if not math.isfinite(cfg_scale):  # NaN images else
+        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
+    if scheduler == "folder":
+        raise ValueError("'folder' names a diffusers folder's own scheduler: pass that scheduler instance instead")
     if isinstance(scheduler, str):
         sampler = get_sampler(scheduler)
         steps = sampler.default_steps if steps is None else steps  # 0 is refused below, not defaulted
@@ -63,6 +77,7 @@ def sample(
     else:
         steps = 20 if steps is None else steps
         keep_variance = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+        check_step_count(steps)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         scheduler.set_timesteps(steps, device=noise.device)

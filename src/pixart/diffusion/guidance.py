@@ -73,6 +73,26 @@ def trim_padding(y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     return y[:, :length], mask[:, :length]
 
 
+def one_per_caption(
+    cond: torch.Tensor, cond_mask: torch.Tensor, null: torch.Tensor, null_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The null caption and its mask, one per caption: a single one (one negative prompt) is shared by the
+    batch; other counts, or masks that do not match their features, are refused (a reshape deep in the
+    model failed on them, naming neither)."""
+    for name, features, mask in (("cond", cond, cond_mask), ("null", null, null_mask)):
+        if mask.shape != features.shape[:2]:
+            raise ValueError(
+                f"{name}_mask must be {tuple(features.shape[:2])} (batch, tokens), got {tuple(mask.shape)}"
+            )
+    if null.shape[0] == 1 and cond.shape[0] > 1:
+        return null.expand(cond.shape[0], *null.shape[1:]), null_mask.expand(cond.shape[0], -1)
+    if null.shape[0] != cond.shape[0]:
+        raise ValueError(
+            f"{null.shape[0]} null captions for {cond.shape[0]} captions: give one null caption, or one per caption"
+        )
+    return null, null_mask
+
+
 class GuidedDenoiser:
     """Callable (x (B, C, H, W), t) -> guided model output for the sampler."""
 
@@ -94,6 +114,7 @@ class GuidedDenoiser:
         self.keep_variance = keep_variance
         self.latent_channels = model.config.in_channels
         self.guided = self.cfg_scale != 1.0
+        null, null_mask = one_per_caption(cond, cond_mask, null, null_mask)
         cond_mask, null_mask = attend_all_when_empty(cond_mask), attend_all_when_empty(null_mask)
         if self.guided:
             length = max(cond.shape[1], null.shape[1])

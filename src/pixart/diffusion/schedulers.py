@@ -7,6 +7,8 @@ built the betas with the step count broke, city96/ComfyUI_ExtraModels#3).
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +66,16 @@ def get_sampler(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
+def check_step_count(steps: object) -> None:
+    """A step count is a whole number: 2.5 (or True) reached diffusers and failed there as a TypeError."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise ValueError(f"steps must be a whole number, got {steps!r}")
+
+
 def check_steps(name: str, steps: int) -> None:
     """Refuse a step count the sampler cannot denoise with (see Sampler.min_steps)."""
     sampler = get_sampler(name)
+    check_step_count(steps)
     if steps < sampler.min_steps:
         # by objective: this check runs before the model is known, and a sampler of the other kind is refused
         one_step = {
@@ -166,6 +175,8 @@ def build_scheduler(name: str, *, flow_shift: float = 1.0, **schedule: Any) -> A
     import diffusers
 
     sampler = get_sampler(name)
+    if sampler.objective == "flow" and not (math.isfinite(flow_shift) and flow_shift > 0):  # NaN images else
+        raise ValueError(f"flow_shift must be a positive number (1 shifts nothing), got {flow_shift}")
     betas = training_schedule(**schedule)
     if name == "dpm-solver++":
         return diffusers.DPMSolverMultistepScheduler(
