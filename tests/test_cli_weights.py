@@ -205,6 +205,9 @@ def test_convert_refuses_before_reading_what_would_replace_or_ignore_something(t
     torch.save(dit_checkpoint(), tmp_path / "dit.pt")
     cases = [
         (["--to", "pixart", "--out", str(src)], f"--out {src} is the source itself"),
+        # through a folder not made yet: the writer made new/ and was stopped only by its last check
+        (["--to", "pixart", "--out", str(tmp_path / "new" / ".." / src.name)], "is the source itself"),
+        (["--to", "diffusers", "--out", str(tmp_path / "new" / ".." / "d")], "already exists"),
         (["--to", "pixart", "--out", str(tmp_path / "taken.safetensors")], "already exists; choose another --out"),
         (["--to", "diffusers", "--out", str(tmp_path / "d")], f"--out {tmp_path / 'd'} already exists"),
         (["--to", "pixart", "--out", str(tmp_path / "o.safetensors"), "--ema"], "--ema reads a .pth/.pt checkpoint"),
@@ -223,6 +226,7 @@ def test_convert_refuses_before_reading_what_would_replace_or_ignore_something(t
     assert (tmp_path / "taken.safetensors").read_text() == "my notes" and (
         tmp_path / "d" / "config.json"
     ).read_text() == "mine"
+    assert not (tmp_path / "new").exists()
     out = ["--to", "pixart", "--out", str(tmp_path / "init.safetensors")]
     # a head count that does not divide the width
     assert main(["convert", str(tmp_path / "dit.pt"), *out, "--num-heads", "5"]) == 2
@@ -518,8 +522,12 @@ def test_info_says_dtype_ema_and_null_caption_and_takes_a_config(tmp_path, capsy
         False,
         False,
     )
-    model = randomize_(PixArt(TINY))
-    save_transformer(model, tmp_path / "two.pth", to="official", ema_state=dict(model.named_parameters()))
+    model, ema = randomize_(PixArt(TINY)), randomize_(PixArt(TINY), seed=1)
+    save_transformer(model, tmp_path / "two.pth", to="official", ema_state=dict(ema.named_parameters()))
+    # the parameters' EMA lacked the null caption (a buffer): the file's EMA set could not be loaded
+    loaded = load_transformer(tmp_path / "two.pth", use_ema=True).state_dict()
+    assert torch.equal(loaded["blocks.0.attn.qkv.weight"], ema.state_dict()["blocks.0.attn.qkv.weight"])
+    assert torch.equal(loaded["y_embedder.y_embedding"], model.y_embedder.y_embedding)
     assert main(["info", str(tmp_path / "two.pth"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ema_set"] is True
     assert main(["info", str(tmp_path / "two.pth")]) == 0

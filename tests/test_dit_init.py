@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from helpers import randomize_
@@ -161,3 +163,27 @@ def test_a_dit_state_dict_without_pos_embed_or_config_is_refused(tmp_path, capsy
     code = main(["convert", str(tmp_path / "dit_bare.pt"), "--to", "pixart", "--out", str(out), "--num-heads", "3"])
     assert code == 2 and "holds no pos_embed" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_dit_missing_or_adding_weights_is_refused_by_name(tmp_path, capsys):
+    """A DiT without a shared weight converted "successfully", that weight left at PixArt's fresh init; one
+    without an adaLN weight ended in a KeyError traceback; another variant's extra keys were dropped unsaid."""
+    from pixart.cli.main import main
+
+    cases = {
+        "blocks.1.attn.qkv.weight": "missing keys (1): ['blocks.1.attn.qkv.weight']",
+        "final_layer.adaLN_modulation.1.weight": "missing keys (1): ['final_layer.adaLN_modulation.1.weight']",
+    }
+    for key, named in cases.items():
+        state = {k: v for k, v in dit_checkpoint().items() if k != key}
+        with pytest.raises(
+            WeightsError, match=re.escape(f"the DiT checkpoint does not match the architecture: {named}")
+        ):
+            dit_to_pixart(state, caption_channels=48, max_length=8, num_heads=3)
+        torch.save(state, tmp_path / "dit.pt")
+        out = tmp_path / "x.safetensors"
+        assert main(["convert", str(tmp_path / "dit.pt"), "--to", "pixart", "--out", str(out), "--num-heads", "3"]) == 2
+        assert named in capsys.readouterr().err and not out.exists()
+    extra = {**dit_checkpoint(), "blocks.0.attn.q_norm.weight": torch.ones(32)}
+    with pytest.raises(WeightsError, match=re.escape("unexpected keys (1): ['blocks.0.attn.q_norm.weight']")):
+        dit_to_pixart(extra, caption_channels=48, max_length=8, num_heads=3)

@@ -159,7 +159,19 @@ def test_micro_conditions_are_required_and_used():
     with torch.no_grad():
         a = model(x, t, y, img_hw=hw, aspect_ratio=ar)
         b = model(x, t, y, img_hw=hw.flip(0), aspect_ratio=ar)
+        shared = model(x, t, y, img_hw=hw[:1], aspect_ratio=ar[:1])  # one condition for the whole batch
+        repeated = model(x, t, y, img_hw=hw[:1].repeat(2, 1), aspect_ratio=ar[:1].repeat(2))
     assert not torch.allclose(a, b)
+    torch.testing.assert_close(shared, repeated, atol=0, rtol=0)
+    # counts that fit no batch: an empty repeat and then a reshape error that named neither
+    for kwargs, named in (
+        ({"img_hw": hw[[0, 1, 1]], "aspect_ratio": ar}, r"img_hw of shape \(3, 2\) does not fit a batch of 2"),
+        ({"img_hw": hw, "aspect_ratio": ar.repeat(3)}, r"aspect_ratio of shape \(6,\) does not fit a batch of 2"),
+        ({"img_hw": hw, "aspect_ratio": hw}, r"aspect_ratio of shape \(2, 2\) does not fit a batch of 2: give \(2,\)"),
+        ({"img_hw": torch.tensor([128.0, 128.0, 64.0]), "aspect_ratio": ar}, r"img_hw of shape \(3,\) .* \(2, 2\)"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            model(x, t, y, **kwargs)
 
 
 def test_gradient_checkpointing_switched_from_outside_gives_same_gradients():
@@ -169,7 +181,12 @@ def test_gradient_checkpointing_switched_from_outside_gives_same_gradients():
     plain = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model.gradient_checkpointing = True
-    model(x, t, y).square().mean().backward()
+    calls = []  # the blocks must be run again in the backward pass: equal gradients alone hold without it
+    model.blocks[0].attn.register_forward_hook(lambda *_: calls.append(1))
+    out = model(x, t, y)
+    assert len(calls) == 1
+    out.square().mean().backward()
+    assert len(calls) == 2
     for a, p in zip(plain, model.parameters()):
         torch.testing.assert_close(p.grad, a, atol=1e-6, rtol=1e-5)
 

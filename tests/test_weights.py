@@ -112,6 +112,17 @@ def test_official_config_is_read_from_shapes(tmp_path):
         load_transformer(tmp_path / "bare.pth", config=config)
 
 
+def test_an_official_checkpoint_gives_its_raw_or_its_ema_weights_as_asked(tmp_path):
+    """The official trainer saves both sets; the test above holds the same tensors in each, so a swap of the
+    two would pass it."""
+    raw, ema = official_state(TINY, seed=1), official_state(TINY, seed=2)  # every tensor differs but pos_embed
+    torch.save({"state_dict": raw, "state_dict_ema": ema}, tmp_path / "both.pth")
+    for use_ema, expected in ((False, raw), (True, ema)):
+        state = load_transformer(tmp_path / "both.pth", config=TINY, use_ema=use_ema).state_dict()
+        assert torch.equal(state["blocks.1.mlp.fc2.weight"], expected["blocks.1.mlp.fc2.weight"]), use_ema
+        assert torch.equal(state["y_embedder.y_embedding"], expected["y_embedder.y_embedding"]), use_ema
+
+
 def test_dtype_and_bare_state_dict(tmp_path):
     torch.save(official_state(TINY), tmp_path / "bare.pth")
     model = load_transformer(tmp_path / "bare.pth", config=TINY, dtype=torch.bfloat16)

@@ -175,11 +175,13 @@ def check_out(args: argparse.Namespace) -> None:
         raise UserError(f"--to pixart writes a .safetensors file; got --out {out}")
     if args.to == "official" and out.suffix not in (".pth", ".pt"):
         raise UserError(f"--to official writes a .pth file; got --out {out}")
-    if out.is_dir() and args.to != "diffusers":
-        raise UserError(f"--out {out} is a folder; --to {args.to} writes a file: choose another --out")
     if out.is_symlink() and not out.exists():  # a dangling link: its name is taken, nothing is behind it
         raise UserError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; choose another --out")
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        same = out.resolve() == args.src.resolve()
+    # As the writer will reach it: "new/../model" names "model" once new/ is made, yet does not exist before
+    target = Path(os.path.realpath(out))
+    if target.is_dir() and args.to != "diffusers":
+        raise UserError(f"--out {out} is a folder; --to {args.to} writes a file: choose another --out")
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        same = target == args.src.resolve()
         what = "is the source itself" if same else "already exists"
         raise UserError(f"--out {out} {what}; choose another --out (a conversion never replaces a file)")

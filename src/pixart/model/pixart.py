@@ -267,6 +267,16 @@ class PixArt(nn.Module):
                 )
             img_hw = torch.as_tensor(img_hw, device=temb.device, dtype=torch.float32)
             aspect_ratio = torch.as_tensor(aspect_ratio, device=temb.device, dtype=torch.float32)
+            for name, values, width, shape in (
+                ("img_hw", img_hw, 2, "({}, 2)"),
+                ("aspect_ratio", aspect_ratio, 1, "({},)"),
+            ):
+                rows = values.numel() // width  # one per sample, one for the batch, or one per CFG half
+                if values.numel() % width or not rows or batch_size % rows:  # else an empty repeat, a reshape error
+                    raise ValueError(
+                        f"{name} of shape {tuple(values.shape)} does not fit a batch of {batch_size}: give "
+                        f"{shape.format(batch_size)} values, or {shape.format(1)} for the whole batch"
+                    )
             csize = self.csize_embedder(img_hw.reshape(-1, 2), batch_size)  # (B, 2D/3)
             ar = self.ar_embedder(aspect_ratio.reshape(-1, 1), batch_size)  # (B, D/3)
             temb = temb + torch.cat([csize, ar], dim=1)

@@ -23,6 +23,7 @@ from pixart.model.dit import DiT, DiTConfig
 from pixart.model.layers import timestep_sinusoid
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights.errors import WeightsError
+from pixart.weights.io import check_key_sets
 
 REPARAM_T = 500
 SHARED_PREFIXES = ("x_embedder.proj.", "t_embedder.mlp.", "final_layer.linear.")
@@ -95,6 +96,25 @@ def _timestep_embedding(state: dict[str, torch.Tensor], t: float) -> torch.Tenso
     return _linear(hidden, state, "t_embedder.mlp.2.")
 
 
+def check_dit_keys(dit_state: dict[str, torch.Tensor], pixart_config: PixArtConfig) -> None:
+    """WeightsError unless `dit_state` holds exactly a DiT's keys: a shared weight it lacked kept PixArt's fresh
+    init (and the conversion said it had worked); keys of another variant (q-norm, say) were dropped unsaid."""
+    table = dit_state.get("y_embedder.embedding_table.weight")
+    classes = table.shape[0] - 1 if table is not None and table.shape[0] > 1 else 1  # a missing table is named below
+    with torch.device("meta"):  # the names alone: nothing is allocated
+        dit = DiT(
+            DiTConfig(
+                **{
+                    f.name: getattr(pixart_config, f.name)
+                    for f in dataclasses.fields(DiTConfig)
+                    if f.name != "num_classes"
+                },
+                num_classes=classes,
+            )
+        )
+    check_key_sets(set(dit.state_dict()), set(dit_state), "the DiT checkpoint")
+
+
 def reparameterize_dit(
     dit_state: dict[str, torch.Tensor],
     pixart_config: PixArtConfig,
@@ -117,6 +137,7 @@ def reparameterize_dit(
         raise WeightsError(
             f"the DiT has {dit_depth} blocks and this PixArt {pixart_config.depth}: set model.depth={dit_depth}"
         )
+    check_dit_keys(dit_state, pixart_config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         pixart = PixArt(pixart_config)  # official init for everything not taken from DiT

@@ -156,7 +156,7 @@ def _read_diffusers(folder: Path, weights: Path | None = None) -> tuple[PixArtCo
         for _, theirs in keys.key_pairs(config.depth, config.micro_conditions)
         for k in ([theirs] if isinstance(theirs, str) else theirs)
     }
-    _check_key_sets(expected, set(state), f"diffusers transformer in {folder}")
+    check_key_sets(expected, set(state), f"diffusers transformer in {folder}")
     ours = keys.from_diffusers(state, config.depth, config.micro_conditions)
     null_file = folder / NULL_CAPTION_FILE
     if null_file.is_file():
@@ -264,7 +264,8 @@ def _read_state(
     return used, state, fmt, stored
 
 
-def _check_key_sets(expected: set[str], found: set[str], what: str, shapes: str = "") -> None:
+def check_key_sets(expected: set[str], found: set[str], what: str, shapes: str = "") -> None:
+    """WeightsError naming the keys `found` lacks and those it has beyond `expected` (and `shapes`, a note)."""
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected or shapes:
         parts = []
@@ -286,7 +287,7 @@ def check_state_matches(model: PixArt, state: dict[str, torch.Tensor], what: str
         if k in state and state[k].shape != v.shape
     ]
     shapes = f"mis-shaped keys ({len(mis_shaped)}): {mis_shaped[:8]}" if mis_shaped else ""
-    _check_key_sets(set(expected), set(state), what, shapes)
+    check_key_sets(set(expected), set(state), what, shapes)
 
 
 def read_checked_state(

@@ -29,8 +29,9 @@ def save_transformer(
     """Write weights as 'pixart' (.safetensors), 'official' (.pth) or 'diffusers' (a folder). `metadata`
     joins the 'pixart' file's own; its sampling record (SAMPLING_METADATA) goes into the other layouts too,
     as a .pth's "sampling" entry or a diffusers folder's SAMPLING_FILE, where the official code and
-    diffusers never look but pixart does. replace=False: a file there by the time it is written is
-    FileExistsError (a folder always is, unless empty)."""
+    diffusers never look but pixart does. `ema_state` ('official' only) is written as the file's EMA set, the
+    entries it lacks taken from the weights (an EMA of the parameters leaves out the buffers). replace=False:
+    a file there by the time it is written is FileExistsError (a folder always is, unless empty)."""
     if isinstance(model_or_state, PixArt):
         config = config or model_or_state.config
         state = model_or_state.state_dict()
@@ -53,8 +54,8 @@ def save_transformer(
         }
         if sampling is not None:
             payload[SAMPLING_METADATA] = sampling
-        if ema_state is not None:
-            payload["state_dict_ema"] = {**_cpu(ema_state), "pos_embed": official_pos_embed(config)}
+        if ema_state is not None:  # the EMA of the parameters; what it lacks (buffers: the null caption) is shared
+            payload["state_dict_ema"] = {**state, **_cpu(ema_state), "pos_embed": official_pos_embed(config)}
         atomic_write(path, lambda tmp: torch.save(payload, tmp), replace=replace)
     elif to == "diffusers":
         diffusers_config = diffusers_config_from_ours(config)
