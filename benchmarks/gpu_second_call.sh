@@ -33,9 +33,11 @@ cat "$first"/libs.* .fa4/part-2/libs.* >"/tmp/fa4/$name" || { echo "a part is mi
 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "/tmp/fa4/$name" .fa4/part-2/*.whl || exit 1
 "$PYTHON" -c "import flash_attn.cute" 2>&1 | tail -5 | tee "$OUT/fa4-import.txt"
+imported=${PIPESTATUS[0]}  # the profile still runs (its other rows), but the call fails at the end
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || exit 1
 timeout -k 10 100 "$PYTHON" benchmarks/profile_gpu.py --budget-s 60 --profile none --variants regional:16 2>&1 |
     grep --line-buffered -v -i warning | tee "$OUT/fa4-profile.txt"
 status=${PIPESTATUS[0]}
-((status == 0)) || echo "FAILED FA4 profile: exit status $status" | tee "$OUT/failed.txt"
+((status == 0)) || echo "FAILED FA4 profile: exit status $status" | tee -a "$OUT/failed.txt"
+((imported == 0)) || { echo "FAILED FA4 import: exit status $imported" | tee -a "$OUT/failed.txt"; status=1; }
 exit "$status"

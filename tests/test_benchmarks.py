@@ -416,6 +416,46 @@ def test_the_lease_script_gives_autotune_only_the_time_left(tmp_path):
     assert "=== tests" not in result.stdout
 
 
+def test_the_lease_script_caps_each_step_at_what_its_budget_leaves(tmp_path):
+    """Each step's own cap summed, with the kill margins, to 590 s, more than a 590 s call holds after the
+    install: now each is cut to what BUDGET_S leaves, a step with under 40 s left is skipped (timeout 0 would
+    mean no cap), and the profile step's budget shrinks with its cap and leaves the kernel timings out."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/bash\nexit 0\n")
+    fake.chmod(0o755)
+    bin_dir = tmp_path / "bin"  # a `timeout` that records its arguments and runs the command uncapped
+    bin_dir.mkdir()
+    (bin_dir / "timeout").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/caps\nshift 3\nexec "$@"\n')
+    (bin_dir / "timeout").chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), "SITE": str(tmp_path / "site")}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    script = str(ROOT / "benchmarks" / "gpu_checks.sh")
+
+    def caps(budget: str, steps: str) -> tuple[list[list[str]], str]:
+        (tmp_path / "caps").unlink(missing_ok=True)
+        run = subprocess.run(
+            ["bash", script],
+            cwd=tmp_path,
+            env={**env, "BUDGET_S": budget, "STEPS": steps},
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stdout[-2000:]
+        lines = (tmp_path / "caps").read_text().splitlines() if (tmp_path / "caps").exists() else []
+        return [line.split() for line in lines], run.stdout
+
+    calls, _ = caps("560", "tests bench trainer")
+    assert [call[2] for call in calls] == ["90", "200", "180"]  # their own caps, where the budget has room
+    calls, _ = caps("60", "tests bench")
+    assert [call[2] for call in calls] in (["50", "50"], ["49", "49"], ["50", "49"])  # 60 less the 10 s margin
+    calls, out = caps("45", "tests")
+    assert calls == [] and "SKIPPED tests: " in out
+    calls, _ = caps("80", "profile")
+    (call,) = calls
+    assert call[2] in ("70", "69") and "--kernel-batch 0" in " ".join(call)
+    assert call[call.index("--budget-s") + 1] == str(int(call[2]) - 30)
+
+
 def test_the_lease_script_puts_temporary_files_in_memory_when_it_has_room(tmp_path):
     """The trainer steps write about 10 GB (the final checkpoint and weights) to a temporary folder: on
     /dev/shm when it has the room (SHM and SHM_MIN_KB stand in for it here), else where TMPDIR was."""

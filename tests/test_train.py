@@ -1435,6 +1435,33 @@ def test_forward_flops_of_xl2_are_performance_mds_table(tokens, caption, gflop):
     assert forward_flops(1152, 28, tokens, caption, 4096) / 1e9 == pytest.approx(gflop, rel=2e-4, abs=0.5)
 
 
+@pytest.mark.parametrize("mlp_ratio", [4.0, 2.0])
+def test_forward_flops_are_what_torch_counts_in_a_block_and_the_caption_projection(mlp_ratio):
+    """An independent count (torch's FlopCounterMode over the products and attention one block and the caption
+    projection run) against the formula; the MLP's width followed hidden x 4 whatever mlp_ratio said."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pixart.model import PixArt, PixArtConfig
+    from pixart.model.layers import mlp_width
+    from pixart.train.metrics import forward_flops
+
+    config = PixArtConfig(
+        input_size=8, hidden_size=64, depth=1, num_heads=2, caption_channels=32, max_length=12, mlp_ratio=mlp_ratio
+    )
+    model = PixArt(config)
+    n, m, d = 16, 12, 64
+    x, y, c = torch.randn(1, n, d), torch.randn(1, m, config.caption_channels), torch.randn(1, 6 * d)
+    # the math backend: its products are counted (the CPU flash kernel's are not, in torch 2.13)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        projected = model.y_embedder(y)
+        model.blocks[0](x, projected, None, c)
+    width = mlp_width(d, mlp_ratio)
+    assert counter.get_total_flops() == forward_flops(d, 1, n, m, config.caption_channels, width)
+    if mlp_ratio != 4.0:  # the old formula's count, hidden x 4, is wrong here
+        assert counter.get_total_flops() != forward_flops(d, 1, n, m, config.caption_channels)
+
+
 def test_the_trainers_mfu_counts_flops_as_the_benchmarks_do():
     """performance.md's basis, the model's 120 caption tokens: the trainer counted the batch's mean valid
     tokens, so its MFU and bench_gpu's differed for the same speed."""
@@ -1448,6 +1475,9 @@ def test_the_trainers_mfu_counts_flops_as_the_benchmarks_do():
     batch = {"mean": torch.zeros(4, 4, 8, 8), "mask": mask}
     expected = 3 * forward_flops(64, 2, 16, 12, 32) * 10.0 / 1e12
     assert mfu(PixArt(config), batch, samples_per_s_per_device=10.0, peak=1e12) == pytest.approx(expected)
+    narrow = dataclasses.replace(config, mlp_ratio=2.0)  # its MLP's width, not hidden x 4
+    expected = 3 * forward_flops(64, 2, 16, 12, 32, mlp_hidden=128) * 10.0 / 1e12
+    assert mfu(PixArt(narrow), batch, samples_per_s_per_device=10.0, peak=1e12) == pytest.approx(expected)
 
 
 def test_a_run_refused_before_it_starts_leaves_no_empty_run_folder(tmp_path, capsys):

@@ -25,10 +25,15 @@ PEAK_BF16 = {
 }
 
 
-def forward_flops(hidden: int, depth: int, image_tokens: int, text_tokens: int, caption_channels: int) -> float:
-    """PixArt forward FLOPs per image (performance.md 4.1): a multiply-add counts 2."""
+def forward_flops(
+    hidden: int, depth: int, image_tokens: int, text_tokens: int, caption_channels: int, mlp_hidden: int | None = None
+) -> float:
+    """PixArt forward FLOPs per image (performance.md 4.1): a multiply-add counts 2. `mlp_hidden` is the MLP's
+    width, 4 x hidden (performance.md's 16 n d^2 of the 28) unless a model's mlp_ratio says otherwise."""
     d, n, m = hidden, image_tokens, text_tokens
-    per_block = 28 * n * d * d + 4 * m * d * d + 4 * n * n * d + 4 * n * m * d
+    w = 4 * d if mlp_hidden is None else mlp_hidden
+    # qkv 6, proj 2, cross q 2, cross proj 2 (n d^2 each); MLP 4 n d w; cross kv 4 m d^2; the two attentions
+    per_block = 12 * n * d * d + 4 * n * d * w + 4 * m * d * d + 4 * n * n * d + 4 * n * m * d
     caption_projection = 2 * m * (caption_channels * d + d * d)
     return depth * per_block + caption_projection
 

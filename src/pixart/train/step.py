@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from pixart.diffusion.objective import draw_timesteps, training_loss
 from pixart.model.dit import DiT
+from pixart.model.layers import mlp_width
 from pixart.model.pixart import PixArt
 from pixart.train.config import OptimConfig, TrainConfig
 from pixart.train.distributed import World
@@ -149,5 +150,6 @@ def mfu(model: PixArt, batch: dict[str, torch.Tensor], samples_per_s_per_device:
     batch's valid tokens, so that the trainer's figure and the benchmarks' are on one basis."""
     cfg = model.config
     tokens = (batch["mean"].shape[-2] // cfg.patch_size) * (batch["mean"].shape[-1] // cfg.patch_size)
-    flops = 3 * forward_flops(cfg.hidden_size, cfg.depth, tokens, cfg.max_length, cfg.caption_channels)
+    width = mlp_width(cfg.hidden_size, cfg.mlp_ratio)
+    flops = 3 * forward_flops(cfg.hidden_size, cfg.depth, tokens, cfg.max_length, cfg.caption_channels, width)
     return flops * samples_per_s_per_device / peak
