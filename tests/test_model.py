@@ -177,14 +177,17 @@ def test_micro_conditions_are_required_and_used():
 def test_gradient_checkpointing_switched_from_outside_gives_same_gradients():
     model = randomize_(PixArt(TINY))
     x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([1, 500]), torch.randn(2, 4, 48)
-    model(x, t, y).square().mean().backward()
+    mask = varied_mask(2, 4, [4, 2])  # padded tokens: the checkpointed path must mask them too
+    reference = model(x, t, y, mask)
+    reference.square().mean().backward()
     plain = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model.gradient_checkpointing = True
     calls = []  # the blocks must be run again in the backward pass: equal gradients alone hold without it
     model.blocks[0].attn.register_forward_hook(lambda *_: calls.append(1))
-    out = model(x, t, y)
+    out = model(x, t, y, mask)
     assert len(calls) == 1
+    torch.testing.assert_close(out, reference, atol=0, rtol=0)
     out.square().mean().backward()
     assert len(calls) == 2
     for a, p in zip(plain, model.parameters()):

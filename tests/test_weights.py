@@ -336,6 +336,11 @@ def test_a_stage_at_a_higher_resolution_starts_from_an_official_file_of_a_lower_
 def test_models_diffusers_cannot_hold_are_refused_at_save(tmp_path):
     with pytest.raises(WeightsError, match="mlp_ratio 4"):
         save_transformer(PixArt(dataclasses.replace(TINY, mlp_ratio=2.0)), tmp_path / "d", to="diffusers")
+    # a bare state dict with a key diffusers has no place for: refused, not dropped from the folder
+    state = {**PixArt(TINY).state_dict(), "blocks.0.attn.q_norm.weight": torch.ones(32)}
+    with pytest.raises(ValueError, match=r"keys with no diffusers equivalent: \['blocks.0.attn.q_norm.weight'\]"):
+        save_transformer(state, tmp_path / "e", to="diffusers", config=TINY)
+    assert not (tmp_path / "e").exists()
 
 
 def test_use_ema_on_a_single_set_of_weights_is_refused_not_ignored(tmp_path):
