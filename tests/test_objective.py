@@ -10,7 +10,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from pixart.diffusion import DiffusionConfig, NoiseSchedule, training_loss
-from pixart.diffusion.objective import discretized_gaussian_log_likelihood, time_shift, vlb_terms
+from pixart.diffusion.objective import discretized_gaussian_log_likelihood, draw_timesteps, time_shift, vlb_terms
 from pixart.model import TINY, PixArt
 
 
@@ -68,9 +68,25 @@ def test_decoder_nll_branch_at_t0(generator):
 
 
 def test_cdf_approximation_is_close_to_exact():
-    log_lik = discretized_gaussian_log_likelihood(torch.zeros(1), torch.zeros(1), torch.zeros(1))
-    exact = math.log(Normal(0.0, 1.0).cdf(torch.tensor(1 / 255)) - Normal(0.0, 1.0).cdf(torch.tensor(-1 / 255)))
-    assert log_lik.item() == pytest.approx(exact, rel=1e-3)
+    """The bin is 2/255 wide (data in [-1, 1] over 256 levels): at unit scale the official tanh CDF is exact
+    to 1e-8 here, so 1e-6 tells 1/255 from 1/256 (a 7e-4 change), which a 1e-3 tolerance let through."""
+    zero = torch.zeros(1, dtype=torch.float64)
+    log_lik = discretized_gaussian_log_likelihood(zero, zero, zero)
+    unit = Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    exact = math.log(unit.cdf(torch.tensor(1 / 255, dtype=torch.float64)) - unit.cdf(torch.tensor(-1 / 255)))
+    assert log_lik.item() == pytest.approx(exact, rel=1e-6)
+
+
+def test_flow_noise_levels_follow_the_logit_normal_mean():
+    """s = sigmoid(N(m, 1)): E[s] is 0.5 at m = 0 and about 0.70 at m = 1 (numerical integration here),
+    towards noise; a sign flip in the sigmoid drew 0.30."""
+    normal = Normal(torch.tensor(1.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    grid = torch.linspace(-8.0, 10.0, 20001, dtype=torch.float64)
+    expected = torch.trapezoid(torch.sigmoid(grid) * normal.log_prob(grid).exp(), grid).item()
+    config = DiffusionConfig(objective="flow", logit_mean=1.0)
+    draws = draw_timesteps(config, 100_000, torch.Generator().manual_seed(0)) / config.num_timesteps
+    assert draws.mean().item() == pytest.approx(expected, abs=0.005)
+    assert expected == pytest.approx(0.70, abs=0.01)
 
 
 def test_add_noise_matches_definition(generator):

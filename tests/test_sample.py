@@ -319,6 +319,31 @@ def test_values_that_would_draw_nan_or_fail_deep_in_the_model_are_refused_by_nam
         sample(oracle, noise, y, mask, y, mask, scheduler="folder", progress=False)
 
 
+def test_each_sample_keeps_its_own_timestep_and_micro_conditions_under_guidance():
+    """The guided batch is [uncond; cond]: per-sample timesteps and sizes are tiled as whole halves. Tiled
+    sample by sample (repeat_interleave) they would pair one image's noise level with another's."""
+    torch.manual_seed(0)
+    model = randomize_(PixArt(TINY_MS)).eval()
+    cond, cond_mask = torch.randn(2, 5, TINY_MS.caption_channels), varied_mask(2, 5, [5, 3])
+    null, null_mask = learned_null_caption(model, cond_mask)
+    hw, ar = torch.tensor([[64.0, 128.0], [128.0, 64.0]]), torch.tensor([0.5, 2.0])
+    x, t = torch.randn(2, 4, 4, 4), torch.tensor([900, 50])
+    with torch.no_grad():
+        both = GuidedDenoiser(model, cond, cond_mask, null, null_mask, 4.5, img_hw=hw, aspect_ratio=ar)(x, t)
+        for i in range(2):
+            one = GuidedDenoiser(
+                model,
+                cond[i : i + 1],
+                cond_mask[i : i + 1],
+                null[i : i + 1],
+                null_mask[i : i + 1],
+                4.5,
+                img_hw=hw[i : i + 1],
+                aspect_ratio=ar[i : i + 1],
+            )(x[i : i + 1], t[i : i + 1])
+            torch.testing.assert_close(both[i : i + 1], one, atol=1e-5, rtol=1e-5)
+
+
 def test_one_null_caption_is_shared_by_the_batch():
     """One negative prompt's features for a batch of captions guide each as that caption repeated would."""
     torch.manual_seed(0)
