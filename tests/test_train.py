@@ -1131,6 +1131,27 @@ def test_every_recipe_passes_dry_run(recipe, capsys):
     assert f"learning rate {config.optim.lr * scale:.3g}" in out
 
 
+def test_settings_a_run_never_reads_are_said_before_it_starts(capsys):
+    """caption_dropout set on the class stage (expecting label dropout), the flow objective's noise levels
+    under iddpm, a DiT's fields in a text-to-image run: accepted, shown back, and then changed nothing."""
+    read = ["--set", "data.caption_dropout=0.2", "--set", "diffusion.high_noise_fraction=0.1"]
+    unread = ["--set", "data.class_dropout=0.9", "--set", "diffusion.flow_shift=3", "--set", "dit.depth=2"]
+    assert main(["train", "--recipe", "tiny", *read, *unread, "--dry-run"]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "is not read by this run" in line]
+    assert warnings == [
+        "[pixart train] warning: --set data.class_dropout is not read by this run: a text-to-image stage drops "
+        "captions at data.caption_dropout",
+        "[pixart train] warning: --set diffusion.flow_shift is not read by this run: it shapes the flow "
+        "objective's noise levels; this run's is iddpm",
+        "[pixart train] warning: --set dit.depth is not read by this run: dit.* is the class stage's model",
+    ]
+    flow = ["--set", "diffusion.objective=flow", "--set", "model.learn_sigma=false", "--set", "diffusion.flow_shift=3"]
+    assert main(["train", "--recipe", "tiny", *flow, "--dry-run"]) == 0
+    assert "is not read by this run" not in capsys.readouterr().out
+    assert main(["train", "--recipe", "stage1-class-256", "--set", "data.caption_dropout=0.3", "--dry-run"]) == 0
+    assert "--set data.caption_dropout is not read by this run: a class stage drops labels" in capsys.readouterr().out
+
+
 def test_paper_stages_use_official_hyper_parameters():
     """The text-to-image stages PixArt's; stage 1 (the paper's released DiT) DiT's train.py's."""
     dit = get_recipe("stage1-class-256").optim
@@ -1229,7 +1250,12 @@ def test_a_run_folder_whose_ema_is_stale_serves_its_raw_weights(shapes_data, tmp
     capsys.readouterr()
     train(config_for(shapes_data, [f"init_from={tmp_path / 'stale'}"], steps=1, every=1), tmp_path / "next")
     said = capsys.readouterr().out
-    assert f"weights from {tmp_path / 'stale' / FINAL} (its {FINAL_EMA} still holds 100% of the weights" in said
+    assert f"pixart weights from {tmp_path / 'stale' / FINAL} (its {FINAL_EMA} still holds 100% of the weights" in said
+    # a trainer's checkpoint is read as an official .pth is (its raw set), and named as what it is
+    step_file = tmp_path / "stale" / "checkpoints" / "step-0000002.pt"
+    train(config_for(shapes_data, [f"init_from={step_file}"], steps=1, every=1), tmp_path / "from-step")
+    said = capsys.readouterr().out
+    assert f"the training checkpoint's weights from {step_file}" in said and "official weights" not in said
 
 
 def test_a_run_folder_serves_as_init_from_only_once_it_has_finished(tmp_path):

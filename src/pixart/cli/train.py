@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         config = resolve(args)
     except (ConfigError, ValueError) as error:
         raise UserError(str(error)) from error
+    from pixart.train.checks import unread_overrides
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        for warning in unread_overrides(config, args.overrides):
+            print(f"[pixart train] warning: {warning}", flush=True)
     if args.dry_run:
         return dry_run(config)
     if args.run_dir is None:

@@ -212,6 +212,31 @@ def warn_of_untrained_buckets(buckets: list[str], step_batch: int) -> None:
         )
 
 
+FLOW_ONLY = ("diffusion.logit_mean", "diffusion.logit_std", "diffusion.flow_shift", "diffusion.shift_base_tokens")
+
+
+def unread_overrides(config: TrainConfig, overrides: list[str]) -> list[str]:
+    """Warnings for the `--set key=value` this run accepts yet never reads: caption_dropout in a class stage
+    (its labels drop at class_dropout), class_dropout or dit.* in a text-to-image one, the flow objective's
+    noise-level settings under iddpm. They were shown back by --dry-run and then changed nothing."""
+    keys = {override.partition("=")[0].strip() for override in overrides}
+    unread = {}
+    if config.stage == "class":
+        unread["data.caption_dropout"] = "a class stage drops labels at data.class_dropout"
+    else:
+        unread["data.class_dropout"] = "a text-to-image stage drops captions at data.caption_dropout"
+    if config.diffusion.objective != "flow":
+        unread.update(dict.fromkeys(FLOW_ONLY, "it shapes the flow objective's noise levels; this run's is iddpm"))
+    warnings = [f"--set {key} is not read by this run: {why}" for key, why in unread.items() if key in keys]
+    if config.stage != "class":
+        warnings += [
+            f"--set {key} is not read by this run: dit.* is the class stage's model"
+            for key in sorted(keys)
+            if key.startswith("dit.")
+        ]
+    return warnings
+
+
 def warn_of_long_warmup(config: TrainConfig) -> None:
     """A warm-up longer than the run (the paper's 1000 steps on a short one) keeps the learning rate below
     optim.lr to the end: said, since such a run learns less than its config reads."""

@@ -24,6 +24,7 @@ from pixart.weights import WeightsError, detect_format
 from pixart.weights.dit_init import reparameterize_dit
 from pixart.weights.formats import FINAL, FINAL_EMA
 from pixart.weights.io import read_dit, read_state_and_stored, sampling_entry
+from pixart.weights.pth import training_checkpoint_settings
 
 
 def build_model(config: TrainConfig) -> PixArt | DiT:
@@ -151,7 +152,9 @@ def initialize_from(model: PixArt | DiT, config: TrainConfig) -> str:
     if missing:
         _quiet_new_embedders(model, missing)
     new = f"; new: {sorted({m.rsplit('.', 2)[0] for m in missing})}" if missing else ""
-    return f"{fmt} weights from {path}{why}{new}"
+    # a trainer's step-N.pt is read as an official .pth is (its raw set), but it is not one
+    what = "the training checkpoint's weights" if training_checkpoint_settings(path) is not None else f"{fmt} weights"
+    return f"{what} from {path}{why}{new}"
 
 
 UNSEEN_FIELDS = ("num_heads", "caption_norm")  # architecture that no tensor's shape shows
