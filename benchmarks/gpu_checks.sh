@@ -119,7 +119,9 @@ done
 # A malformed number would end the loop at its first arithmetic (bash's error), skipping every later step,
 # and the script would still say "every step passed".
 for name in BUDGET_S PROFILE_BUDGET_S PROFILE_KERNEL_BATCH; do
-    [[ -z ${!name:-} || ${!name} =~ ^[0-9]+$ ]] || { echo "$name must be a whole number of seconds, got '${!name}'"; exit 1; }
+    # no leading zero: bash reads 090 as octal (an error) and 0600 as 384
+    [[ -z ${!name:-} || ${!name} =~ ^(0|[1-9][0-9]*)$ ]] ||
+        { echo "$name must be a whole number of seconds (no leading zero), got '${!name}'"; exit 1; }
 done
 for step in ${STEPS:-tests bench trainer profile}; do
     mark "$step"

@@ -403,7 +403,8 @@ def test_the_lease_script_gives_autotune_only_the_time_left(tmp_path):
     assert result.returncode == 0 and "every step that ran passed" in result.stdout, result.stdout[-2000:]
     assert "autotune skipped" in (tmp_path / "out" / "autotune.txt").read_text()
     assert "SKIPPED autotune: " in result.stdout  # said at the end, not only in its file
-    for bad in ({"BUDGET_S": "560s"}, {"PROFILE_BUDGET_S": "1e2"}):  # bash's arithmetic ended the loop there
+    # bash's arithmetic ended the loop at the first two; it reads the last two as octal (an error, and 384)
+    for bad in ({"BUDGET_S": "560s"}, {"PROFILE_BUDGET_S": "1e2"}, {"BUDGET_S": "090"}, {"BUDGET_S": "0600"}):
         result = subprocess.run(
             ["bash", script], cwd=tmp_path, env={**env, "STEPS": "tests", **bad}, capture_output=True, text=True
         )

@@ -528,6 +528,11 @@ def test_info_says_dtype_ema_and_null_caption_and_takes_a_config(tmp_path, capsy
     loaded = load_transformer(tmp_path / "two.pth", use_ema=True).state_dict()
     assert torch.equal(loaded["blocks.0.attn.qkv.weight"], ema.state_dict()["blocks.0.attn.qkv.weight"])
     assert torch.equal(loaded["y_embedder.y_embedding"], model.y_embedder.y_embedding)
+    holed = {k: v for k, v in ema.named_parameters() if k != "blocks.0.mlp.fc1.weight"}
+    with pytest.raises(
+        ValueError, match=r"ema_state lacks 1 parameter\(s\) the weights hold: \['blocks.0.mlp.fc1.weight'\]"
+    ):
+        save_transformer(model, tmp_path / "holed.pth", to="official", ema_state=holed)
     assert main(["info", str(tmp_path / "two.pth"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ema_set"] is True
     assert main(["info", str(tmp_path / "two.pth")]) == 0

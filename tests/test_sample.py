@@ -315,6 +315,8 @@ def test_values_that_would_draw_nan_or_fail_deep_in_the_model_are_refused_by_nam
         sample(oracle, noise, y, mask, y[[0, 1, 1]], mask[[0, 1, 1]], progress=False)
     with pytest.raises(ValueError, match=r"null_mask must be \(2, 3\)"):
         sample(oracle, noise, y, mask, y, mask[:, :2], progress=False)
+    with pytest.raises(ValueError, match=r"cond must be \(batch, tokens, channels\) features, got \(2, 1, 3, 8\)"):
+        sample(oracle, noise, y[:, None], mask, y, mask, progress=False)  # the official layout: not the mask's fault
     with pytest.raises(ValueError, match="pass that scheduler instance"):
         sample(oracle, noise, y, mask, y, mask, scheduler="folder", progress=False)
 

@@ -896,6 +896,13 @@ def test_preview_models_the_data_names_are_checked_before_the_model_is_built(sha
         "or set previews=false"
     )
     assert "--vae" not in str(refused.value)
+    # a T5 folder without its tokenizer: the preview context and advice too, not the bare loader's error
+    (t5_folder / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(FileNotFoundError) as refused:
+        check_preview_models("t2i", {**info, "text_encoder": {"kind": "t5", "path": str(t5_folder)}})
+    assert str(refused.value).startswith("previews (on by default) load the text encoder")
+    assert f"and no tokenizer in {t5_folder}" in str(refused.value)
+    assert str(refused.value).endswith("make it available at that path, or set previews=false")
 
 
 def test_previews_show_the_captions_the_run_trains_on(shapes_data, tmp_path):

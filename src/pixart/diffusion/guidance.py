@@ -80,6 +80,8 @@ def one_per_caption(
     batch; other counts, or masks that do not match their features, are refused (a reshape deep in the
     model failed on them, naming neither)."""
     for name, features, mask in (("cond", cond, cond_mask), ("null", null, null_mask)):
+        if features.ndim != 3:  # the official (B, 1, L, C) layout, which the model itself takes, is not this
+            raise ValueError(f"{name} must be (batch, tokens, channels) features, got {tuple(features.shape)}")
         if mask.shape != features.shape[:2]:
             raise ValueError(
                 f"{name}_mask must be {tuple(features.shape[:2])} (batch, tokens), got {tuple(mask.shape)}"

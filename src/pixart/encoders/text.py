@@ -44,10 +44,10 @@ def find_tokenizer(encoder_folder: Path) -> Path:
     for folder in (encoder_folder, beside):
         if has_tokenizer(folder):
             return folder
-    raise FileNotFoundError(
-        f"no tokenizer in {encoder_folder} (none of {', '.join(TOKENIZER_FILES)}) nor in {beside}: give the text "
-        "encoder's folder saved with its tokenizer (save_pretrained of both), or a diffusers pipeline's "
-        "text_encoder/ with its tokenizer/ beside it"
+    raise MissingModel(
+        f"no tokenizer in {encoder_folder} (none of {', '.join(TOKENIZER_FILES)}) nor in {beside}",
+        "give the text encoder's folder saved with its tokenizer (save_pretrained of both), or a diffusers "
+        "pipeline's text_encoder/ with its tokenizer/ beside it",
     )
 
 

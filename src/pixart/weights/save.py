@@ -15,6 +15,8 @@ from pixart.weights.configs import diffusers_config_from_ours, official_pos_embe
 from pixart.weights.formats import DIFFUSERS_WEIGHTS, FORMATS, NULL_CAPTION_FILE, SAMPLING_FILE
 from pixart.weights.io import SAMPLING_METADATA
 
+BUFFERS = ("y_embedder.y_embedding",)  # PixArt's one buffer: the learned null caption, which no EMA holds
+
 
 def save_transformer(
     model_or_state: PixArt | dict[str, torch.Tensor],
@@ -30,7 +32,8 @@ def save_transformer(
     joins the 'pixart' file's own; its sampling record (SAMPLING_METADATA) goes into the other layouts too,
     as a .pth's "sampling" entry or a diffusers folder's SAMPLING_FILE, where the official code and
     diffusers never look but pixart does. `ema_state` ('official' only) is written as the file's EMA set, the
-    entries it lacks taken from the weights (an EMA of the parameters leaves out the buffers). replace=False:
+    null caption taken from the weights (an EMA of the parameters leaves out the buffers; it must hold every
+    parameter). replace=False:
     a file there by the time it is written is FileExistsError (a folder always is, unless empty)."""
     if isinstance(model_or_state, PixArt):
         config = config or model_or_state.config
@@ -54,7 +57,10 @@ def save_transformer(
         }
         if sampling is not None:
             payload[SAMPLING_METADATA] = sampling
-        if ema_state is not None:  # the EMA of the parameters; what it lacks (buffers: the null caption) is shared
+        if ema_state is not None:  # the EMA of the parameters; the buffer it lacks (the null caption) is shared
+            lacking = sorted(set(state) - set(ema_state) - set(BUFFERS))
+            if lacking:  # an EMA with holes would be filled with raw weights unsaid
+                raise ValueError(f"ema_state lacks {len(lacking)} parameter(s) the weights hold: {lacking[:5]}")
             payload["state_dict_ema"] = {**state, **_cpu(ema_state), "pos_embed": official_pos_embed(config)}
         atomic_write(path, lambda tmp: torch.save(payload, tmp), replace=replace)
     elif to == "diffusers":
