@@ -396,8 +396,8 @@ def test_samplers_that_cannot_denoise_in_one_step_refuse_it(pipeline_folder, tmp
 
 
 def test_a_folders_own_scheduler_is_refused_a_step_count_that_samples_only_timestep_0(pipeline_folder, tmp_path):
-    """A folder shipping DDIM took --steps 1 (its schedule [0]: the image was the starting noise), where
-    --sampler ddim --steps 1 is refused."""
+    """A folder shipping DDIM took --steps 1 (its schedule [0]: the image was the starting noise), and 251
+    (starting at t=750), where --sampler ddim refuses both."""
     import diffusers
 
     from pixart.diffusion.schedulers import training_schedule
@@ -410,6 +410,14 @@ def test_a_folders_own_scheduler_is_refused_a_step_count_that_samples_only_times
     with pytest.raises(GenerationError, match="samples only at timestep 0 at 1 steps, which does not denoise"):
         pipe.resolve_sampler(Settings(steps=1))
     assert pipe.resolve_sampler(Settings(steps=2)) == ("folder", 2)
+    # leading spacing that starts low: 251 steps start at t=750, a quarter of the noise left in the image
+    scheduler = diffusers.DDIMScheduler(**training_schedule())
+    scheduler.set_timesteps(251)
+    assert int(scheduler.timesteps.max()) == 750  # diffusers' own spacing, not only our reading of it
+    with pytest.raises(GenerationError, match="starts at timestep 750 of 1000 at 251 steps .* use 250 steps"):
+        pipe.resolve_sampler(Settings(steps=251))
+    assert pipe.resolve_sampler(Settings(steps=250)) == ("folder", 250)
+    assert pipe.resolve_sampler(Settings(steps=20)) == ("folder", 20)
 
 
 @pytest.fixture

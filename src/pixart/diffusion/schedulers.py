@@ -159,6 +159,14 @@ def repeats_a_level(scheduler: Any) -> bool:
     return len(set(levels.tolist())) < len(levels)
 
 
+def starts_below_the_top(scheduler: Any, steps: int) -> bool:
+    """Whether a scheduler set for `steps` steps (a diffusers folder's own) starts lower than a tenth of its
+    schedule below the top beyond one stride, the rule starts_low applies to the named ddim: leading spacing
+    at 251 steps starts at t=750, leaving a quarter of the noise in the image."""
+    total = getattr(scheduler.config, "num_train_timesteps", TRAIN_STEPS)
+    return total - float(scheduler.timesteps.max()) > total // 10 + total / steps
+
+
 def _with_steps(scheduler: Any, name: str, steps: int) -> Any:
     set_steps(scheduler, name, steps)
     return scheduler
