@@ -1265,6 +1265,19 @@ def test_a_run_folder_whose_ema_is_stale_serves_its_raw_weights(shapes_data, tmp
     assert f"the training checkpoint's weights from {step_file}" in said and "official weights" not in said
 
 
+def test_init_from_and_the_finish_note_count_the_same_ema_updates(shapes_data, tmp_path, monkeypatch, capsys):
+    """A skipped step updates no EMA: the finish note counted steps - skipped, init_from counted steps, so a
+    run near the 50% line was told to use final.safetensors while a next stage took its EMA (review).
+    Decay 0.9: 6 updates leave 53% of the start, 7 leave 48%."""
+    from pixart.train.init import resolve_init_path
+
+    poison_steps(monkeypatch, lambda step: step == 2)
+    train(config_for(shapes_data, ["optim.ema_decay=0.9"], steps=7, every=7), tmp_path / "run", progress=False)
+    said = capsys.readouterr().out
+    assert f"{FINAL_EMA} still holds 53% of the weights this run started from" in said and "over 6 updates" in said
+    assert resolve_init_path(str(tmp_path / "run")) == tmp_path / "run" / FINAL  # as the note says
+
+
 def test_a_run_folder_serves_as_init_from_only_once_it_has_finished(tmp_path):
     """A finished run extended (--steps 4 -> 8) and stopped at step 6 keeps step 4's finals until it ends:
     a next stage given the folder started from those silently."""

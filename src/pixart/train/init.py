@@ -71,8 +71,22 @@ def stale_ema_share(run: Path) -> float | None:
         config = config_io.from_dict(TrainConfig, json.loads((run / "config.json").read_text()))
     except (OSError, ValueError):  # no config, or another version's: the EMA, as documented
         return None
-    share = ema_start_share(config.optim, config.steps)
+    share = ema_start_share(config.optim, config.steps - skipped_steps(run, config.steps))
     return share if share > 0.5 else None
+
+
+def skipped_steps(run: Path, steps: int) -> int:
+    """The steps a finished run skipped (non-finite), which updated no EMA: its last metrics row's count, as
+    its finish note counts them (0 where the log cannot say), so that both tell the same EMA apart."""
+    from pixart.train.metrics import read_metrics
+
+    try:
+        rows = read_metrics(run / "metrics.jsonl")
+    except (OSError, ValueError):
+        return 0
+    last = rows[-1] if rows else {}
+    skipped = last.get("skipped_steps") if last.get("step") == steps else None
+    return skipped if isinstance(skipped, int) and 0 <= skipped <= steps else 0
 
 
 def is_run_config(path: Path) -> bool:
