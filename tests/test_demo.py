@@ -56,6 +56,11 @@ def test_demo_quick_writes_every_artefact(tmp_path):
     assert len(suggested) == 2
     for command in suggested:
         build_parser().parse_args(shlex.split(command)[1:])  # argparse exits on a missing or unknown option
+    # the summary's generate writes elsewhere than the report's: run one, and the other was refused its --out
+    tried = re.search(r"try: (pixart generate .*?)    or:", result.stdout)
+    assert tried is not None
+    outs = [build_parser().parse_args(shlex.split(c)[1:]).out for c in (tried.group(1), suggested[0])]
+    assert outs[0] != outs[1], outs
     # The model folder is what `pixart generate` and `pixart serve` accept, non-square buckets included.
     pipe = TextToImage.from_path(out / "model")
     assert pipe.transformer.config.micro_conditions
@@ -363,6 +368,53 @@ def test_a_rerun_plans_the_later_stages_from_stage_1s_real_pace(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         run_demo(tmp_path / "d", progress=False)
     assert seen["done"] == {"stage2": 1650, "stage3": 0} and seen["stage2"] == 1650
+
+
+def test_stage_3_is_refitted_at_stage_2s_measured_pace(tmp_path, monkeypatch, capsys):
+    """Stage 2 ran at 1.6 times stage 1's pace under load, not the plan's 1.25: stage 3 kept its planned steps
+    and the run ended 5 s inside its 10 minutes on the evaluation's spare time. After stage 2, stage 3 is
+    fitted again at stage 2's own pace (in stage 1's seconds a step) with stage 2 counted done."""
+    import pixart.data.shapes_features
+    import pixart.demo
+    import pixart.encoders.shapes_ae
+    import pixart.evaluate.probe_training
+    import pixart.train.loop
+    from pixart.demo import run_demo
+    from pixart.demo_plan import STEP_COST, DemoPlan, fit_to_budget
+
+    monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe_training, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
+    monkeypatch.setattr(pixart.train.loop, "train", lambda config, run_dir, **kw: {"status": "finished"})
+    plan = DemoPlan.for_budget(10.0, False)
+    for name, steps, seconds_per_step in (("stage1", plan.stage1_steps, 0.1), ("stage2", plan.stage2_steps, 0.2)):
+        (tmp_path / "d" / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / "d" / name / "metrics.jsonl").write_text(
+            json.dumps({"step": steps, "time": seconds_per_step * steps})
+        )
+        (tmp_path / "d" / name / "config.json").write_text(json.dumps({"recipe": f"demo-{name}"}))
+        (tmp_path / "d" / name / "checkpoints" / f"step-{steps:07d}.pt").write_bytes(b"")
+        (tmp_path / "d" / name / FINAL_EMA).write_bytes(b"")
+    calls = []
+
+    def fit(stages, seconds_left, pace, done=None):
+        calls.append({"pace": pace, "done": done, "seconds_left": seconds_left})
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # enough: the second fit is what is checked
+        return fit_to_budget(stages, seconds_left, pace, done)
+
+    monkeypatch.setattr(pixart.demo, "fit_to_budget", fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "d", progress=False)
+    first, second = calls
+    assert first["pace"] == pytest.approx(0.1) and second["pace"] == pytest.approx(0.2 / STEP_COST["stage2"])
+    assert second["done"] == {"stage2": plan.stage2_steps, "stage3": 0}  # stage 2 has nothing left to shorten
+    # and with too little time left, stage 3 alone is shortened, at that pace
+    stages = pixart.demo_plan.stage_configs(plan, tmp_path, tmp_path, tmp_path)
+    stage3_seconds = second["pace"] * STEP_COST["stage3"] * plan.stage3_steps
+    fitted, factor = fit_to_budget(stages, stage3_seconds / 2, second["pace"], second["done"])
+    assert factor == pytest.approx(0.5) and fitted["stage2"].steps == plan.stage2_steps
+    assert fitted["stage3"].steps == plan.stage3_steps // 2
 
 
 def test_later_stages_are_projected_on_the_steps_they_have_left(tmp_path):

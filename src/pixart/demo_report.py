@@ -53,7 +53,9 @@ Wall-clock: **{report["wall_seconds"]:.0f} s** in the call that evaluated these 
 {size}, 20 flow DPM-Solver steps, guidance 3. The prompts are drawn from seeds no training set uses, but the
 shapes world has few single-object captions, so most of those repeat training captions; two-object prompts
 almost never do, so binding and relation are the held-out test. Stage 3's canvases (36x72, 72x36) are shown
-in the samples' last image, not scored: the probe reads 36x36 canvases.
+in the samples' last image, not scored: the probe reads 36x36 canvases. Its few hundred steps often misdraw
+that two-object prompt (an object doubled, a shape taken from the other), as binding on square canvases
+(two objects both right about half the time) would lead one to expect.
 
 | attribute | accuracy | target | |
 |---|---|---|---|
@@ -64,9 +66,10 @@ The probe itself, on 512 real 36x36 shapes-world images:
 
 Binding counts a two-object prompt right when both objects are found with the right colour and shape;
 relation also needs each of them in its prompted grid cell.
-Frechet distance in the probe's feature space, generated vs real renders of the same scenes:
-{report["frechet"]["generated_vs_real"]:.1f} (real vs other real scenes at the same sample size:
-{report["frechet"]["real_vs_real_baseline"]:.1f}; the statistic is biased upwards at this sample size).
+Frechet distance in the probe's feature space to real renders of other scenes drawn alike: generated images
+{report["frechet"]["generated_vs_real"]:.1f}, real renders of the prompts' own scenes
+{report["frechet"]["real_vs_real_baseline"]:.1f} (what drawing each scene exactly would score: the floor at
+this sample size, where the statistic is biased upwards).
 
 ## Stages
 

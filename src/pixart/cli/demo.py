@@ -64,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {args.out}/samples.png  {args.out}/loss.png  {args.out}/report.md  {args.out}/report.json")
     print(
         f'  try: pixart generate "a large red circle in the centre, on a grey background" --model {args.out}/model '
-        f"--out {args.out}/generated    or: pixart serve --model {args.out}/model"
+        f"--out {args.out}/generated-centre    or: pixart serve --model {args.out}/model"
     )
     return 0

@@ -255,7 +255,7 @@ def run_shapes(
             (
                 "Frechet distance (probe)",
                 f"{scores['frechet']:.2f}",
-                f"real vs real: {scores['frechet_real_baseline']:.2f} (biased up at small N: read against it)",
+                f"real vs real: {scores['frechet_real_baseline']:.2f} (the floor: exact drawings score it at this N)",
             ),
         ]
     )
