@@ -22,7 +22,9 @@ from pixart.weights.formats import FINAL_EMA
 # tokens on its non-square canvases); they let the demo keep its time budget on a slower machine by
 # shortening the later stages instead of overrunning. Measured 1.6 and 2.3 on the Xeon 2-core machine
 # (2026-11-26), 1.07 and 1.43 on the AMD EPYC 2-core machine that runs CI now (2026-11-28: with 1.6 and 2.3 a
-# first run shortened its stages to end at 452 s of 600); these keep about a sixth in hand there.
+# first run shortened its stages to end at 452 s of 600); these keep about a sixth in hand there. On a Zen 4
+# EPYC (2026-11-29, nothing else running) 1.82 and 2.51: the demo refits stage 3 at stage 2's own pace, so a
+# first run there shortens stage 3 instead of overrunning (a later run, 364 s, needs neither).
 STEP_COST = {"stage2": 1.25, "stage3": 1.7}
 CAPTION_TOKENS = 48  # MiniLM tokens per caption: the longest two-object caption fits
 FIXED_MINUTES = 4.0  # rendering, encoders and evaluation on the 2-core machine, cold cache; stages scale with the rest
