@@ -77,6 +77,11 @@ def test_caption_field_draws_are_seeded_and_follow_probabilities(tmp_path):
     # frequencies, and each epoch's draw independent of the last (a field kept across epochs 0.9^2 + 0.1^2)
     skewed, n = FeatureDataset(tmp_path, {"alt": 0.9, "dense": 0.1}, seed=1), 20000
     epoch0 = [skewed.caption_field(i) for i in range(n)]
+    # weights that do not sum to 1 are shares of their sum (all drew "alt" when left unnormalised)
+    unnormalised = FeatureDataset(tmp_path, {"alt": 9.0, "dense": 1.0}, seed=1)
+    assert [unnormalised.caption_field(i) for i in range(n)] == epoch0
+    even = [FeatureDataset(tmp_path, {"alt": 1.0, "dense": 1.0}, seed=1).caption_field(i) for i in range(n)]
+    assert abs(even.count("dense") / n - 0.5) < 0.015
     skewed.set_epoch(1)
     epoch1 = [skewed.caption_field(i) for i in range(n)]
     assert abs(epoch0.count("dense") / n - 0.1) < 0.01 and abs(epoch1.count("dense") / n - 0.1) < 0.01

@@ -255,6 +255,57 @@ def test_a_diffusers_weights_file_is_read_with_the_config_beside_it(tmp_path):
         load_transformer(tmp_path / "alone" / "w.safetensors")
 
 
+@pytest.mark.parametrize("sample_size", [32, 64, 128])
+def test_a_diffusers_config_without_interpolation_scale_gets_diffusers_own(tmp_path, sample_size):
+    """Published configs may leave interpolation_scale unset (null): diffusers then derives it from
+    sample_size, max(sample_size // 64, 1), 2 at 1024 px; the position embedding must be the one diffusers
+    builds for that model (its pos_embed buffer, read from a diffusers model made here)."""
+    from pixart.model.pos_embed import position_embedding
+    from pixart.weights.configs import diffusers_config_to_ours
+
+    theirs = diffusers.PixArtTransformer2DModel(
+        sample_size=sample_size,
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=12,  # width 24: micro-conditions (sample_size 128) split it in three
+        in_channels=4,
+        out_channels=8,
+        cross_attention_dim=24,
+        caption_channels=12,
+        interpolation_scale=None,
+    )
+    data = {**theirs.config, "interpolation_scale": None}
+    ours = diffusers_config_to_ours(data)
+    assert ours.interpolation_scale == max(sample_size // 64, 1)
+    grid = sample_size // 2
+    built = position_embedding(
+        24, grid, grid, ours.base_size, ours.interpolation_scale, device="cpu", dtype=torch.float32
+    )
+    torch.testing.assert_close(built.reshape(-1, 24), theirs.pos_embed.pos_embed.reshape(-1, 24), atol=1e-5, rtol=1e-5)
+
+
+def test_the_samplers_are_configured_as_pixart_alpha_ships_them():
+    """The schedulers' settings, against what PixArt-alpha's diffusers folders ship (scheduler_config.json:
+    DPMSolverMultistepScheduler, order 2, dpmsolver++, linear betas 1e-4..0.02 over 1000 steps, epsilon)
+    and the official sampler's order=2: the parity tests build both sides with build_scheduler, so a
+    changed order or algorithm passed them."""
+    from pixart.diffusion import build_scheduler
+
+    config = build_scheduler("dpm-solver++").config
+    expected = {
+        "solver_order": 2,
+        "algorithm_type": "dpmsolver++",
+        "beta_schedule": "linear",
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+    }
+    assert {key: config[key] for key in expected} == expected
+    sa = build_scheduler("sa-solver").config
+    assert (sa["predictor_order"], sa["corrector_order"], sa["algorithm_type"]) == (2, 2, "data_prediction")
+
+
 def test_diffusers_config_without_out_channels_means_8_as_in_diffusers():
     from pixart.weights.configs import diffusers_config_to_ours
 
