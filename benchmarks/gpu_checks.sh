@@ -125,9 +125,10 @@ for name in BUDGET_S PROFILE_BUDGET_S PROFILE_KERNEL_BATCH; do
 done
 for step in ${STEPS:-tests bench trainer profile}; do
     mark "$step"
-    if (($(cap 1000) < 40)); then  # timeout 0 would mean no cap at all
-        echo "$step skipped: $(cap 1000) s left of BUDGET_S"
-        skipped+=("$step: $(cap 1000) s left of BUDGET_S")
+    left=$(cap 1000)
+    if ((left < 40)); then  # timeout 0 would mean no cap at all
+        echo "$step skipped: $left s left of BUDGET_S"
+        skipped+=("$step: $left s left of BUDGET_S")
         continue
     fi
     "step_$step"

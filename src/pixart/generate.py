@@ -21,7 +21,13 @@ from PIL import Image
 from pixart.data.buckets import bucket_table, closest_bucket
 from pixart.diffusion.guidance import learned_null_caption
 from pixart.diffusion.objective import shift_at
-from pixart.diffusion.schedulers import SAMPLERS, get_sampler, repeats_a_level, starts_below_the_top
+from pixart.diffusion.schedulers import (
+    SAMPLERS,
+    get_sampler,
+    most_steps_starting_at_the_top,
+    repeats_a_level,
+    starts_below_the_top,
+)
 from pixart.encoders.codecs import ImageCodec, load_codec, to_uint8
 from pixart.encoders.text import TextEncoder, check_max_length, load_text_encoder, minilm_folder, warn_truncated
 from pixart.generation_settings import (
@@ -38,12 +44,6 @@ from pixart.model.pixart import PixArt
 from pixart.model.regional import compile_blocks
 from pixart.modelfolder import ModelSpec, load_components, read_spec
 from pixart.sample import sample
-
-
-def set_to(scheduler: Any, steps: int) -> Any:
-    """`scheduler` set for `steps` sampling steps (diffusers' set_timesteps returns nothing)."""
-    scheduler.set_timesteps(steps)
-    return scheduler
 
 
 def micro_conditions(spec: ModelSpec, key: str, height: int, width: int) -> dict[str, torch.Tensor]:
@@ -356,7 +356,7 @@ class TextToImage:
                 )
             if starts_below_the_top(scheduler, steps):  # DDIM's leading spacing: 251 steps start at t=750
                 first = float(scheduler.timesteps.max())
-                fewer = next(n for n in range(steps - 1, 0, -1) if not starts_below_the_top(set_to(scheduler, n), n))
+                fewer = most_steps_starting_at_the_top(scheduler, steps)
                 raise GenerationError(
                     f"this model's scheduler ({type(scheduler).__name__}) starts at timestep {first:.0f} of "
                     f"{scheduler.config.num_train_timesteps} at {steps} steps (its timestep spacing), which leaves "
