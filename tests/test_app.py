@@ -383,6 +383,28 @@ def test_serve_refuses_an_out_holding_files_it_would_serve(tmp_path, capsys, mon
     assert "which the page would serve" not in capsys.readouterr().err
 
 
+def test_serve_takes_an_out_a_file_browser_has_shown(tmp_path, capsys, monkeypatch):
+    """Opening --out in macOS's Finder (or Windows' Explorer) leaves .DS_Store files (Thumbs.db, desktop.ini,
+    ._ files) in it and in the request folders looked at: the next `pixart serve` refused the folder."""
+    from pixart.app import last_request_number
+    from pixart.cli import main, serve
+
+    monkeypatch.setattr(serve, "demo_model", lambda: tmp_path / "no-such-model")  # past the check: the model fails
+    out = tmp_path / "out"
+    (out / "00007").mkdir(parents=True)
+    (out / "00007" / "0000-a-cat-seed5.png").write_bytes(b"")
+    for name in (".DS_Store", "00007/.DS_Store", "00007/._0000-a-cat-seed5.png", "Thumbs.db", "00007/desktop.ini"):
+        (out / name).write_bytes(b"\0")
+    assert main(["serve", "--out", str(out)]) == 2
+    assert "which the page would serve" not in capsys.readouterr().err
+    assert last_request_number(out) == 7  # still a request folder: the next request is 00008, not 00001
+    (out / ".DS_Store").unlink()
+    (out / ".DS_Store").mkdir()  # a folder by that name is not a browser's file
+    (out / "00007" / "notes.txt").write_text("not a request's")
+    assert main(["serve", "--out", str(out)]) == 2
+    assert f"--out {out} holds .DS_Store, 00007 (holding notes.txt), which the page" in capsys.readouterr().err
+
+
 def test_a_port_taken_at_launch_names_the_option_to_change(model_folder, tmp_path, capsys, monkeypatch):
     """Gradio's own message advised GRADIO_SERVER_PORT, which --port overrides."""
     from pixart.cli import main, serve

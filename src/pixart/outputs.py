@@ -61,10 +61,27 @@ REQUEST_FOLDER = re.compile(r"\d{5,}")  # the web app's request folders: "00042"
 OUTPUT_LEFTOVER = re.compile(rf"\.(?:{OUTPUT_NAME.pattern}|{re.escape(CONTACT_SHEET)}|mode-probe)\..+-\d+\.tmp")
 
 
+# What file browsers leave in a folder they showed: macOS's Finder its .DS_Store (and ._ files on disks
+# without its metadata), Windows' Explorer Thumbs.db and desktop.ini. Opening --out to look at the images
+# made the next `pixart serve` refuse the folder; these hold the folder's names and thumbnails, which the
+# page serves anyway.
+BROWSER_METADATA = re.compile(r"\.DS_Store|\._.+|Thumbs\.db|desktop\.ini", re.IGNORECASE)
+
+
+def is_browser_metadata(path: Path) -> bool:
+    """A file a file browser wrote beside the images it showed (BROWSER_METADATA), not a folder."""
+    return BROWSER_METADATA.fullmatch(path.name) is not None and not path.is_dir()
+
+
 def foreign_files(path: Path) -> list[str]:
-    """The names in a numbered folder that ImageWriter did not write (nor a kill of it leave), sorted."""
+    """The names in a numbered folder that ImageWriter did not write (nor a kill of it leave, nor a file
+    browser), sorted."""
     ours = {p.name for p in earlier_outputs(path)}
-    return sorted(p.name for p in path.iterdir() if p.name not in ours and not OUTPUT_LEFTOVER.fullmatch(p.name))
+    return sorted(
+        p.name
+        for p in path.iterdir()
+        if p.name not in ours and not OUTPUT_LEFTOVER.fullmatch(p.name) and not is_browser_metadata(p)
+    )
 
 
 def is_numbered_folder(path: Path) -> bool:

@@ -90,7 +90,7 @@ def check_out_holds_only_requests(out: Path) -> None:
     """The page serves every file under --out to whoever reaches it: a folder holding anything besides the
     numbered request folders it writes (a home folder, a project with its keys) is refused."""
     from pixart.cli.main import UserError
-    from pixart.outputs import foreign_files, is_numbered_folder, is_request_folder
+    from pixart.outputs import foreign_files, is_browser_metadata, is_numbered_folder, is_request_folder
 
     if not out.is_dir():
         return
@@ -98,7 +98,7 @@ def check_out_holds_only_requests(out: Path) -> None:
     def named(path: Path) -> str:  # a request folder's name, with the first file in it that is not an image's
         return f"{path.name} (holding {foreign_files(path)[0]})" if is_numbered_folder(path) else path.name
 
-    foreign = sorted(named(p) for p in out.iterdir() if not is_request_folder(p))
+    foreign = sorted(named(p) for p in out.iterdir() if not is_request_folder(p) and not is_browser_metadata(p))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise UserError(
