@@ -1140,7 +1140,8 @@ def test_every_recipe_passes_dry_run(recipe, capsys):
 
 def test_settings_a_run_never_reads_are_said_before_it_starts(capsys):
     """caption_dropout set on the class stage (expecting label dropout), the flow objective's noise levels
-    under iddpm, a DiT's fields in a text-to-image run: accepted, shown back, and then changed nothing."""
+    under iddpm, a DiT's fields in a text-to-image run, PixArt's in a class one: accepted, shown back, and
+    then changed nothing."""
     read = ["--set", "data.caption_dropout=0.2", "--set", "diffusion.high_noise_fraction=0.1"]
     unread = ["--set", "data.class_dropout=0.9", "--set", "diffusion.flow_shift=3", "--set", "dit.depth=2"]
     assert main(["train", "--recipe", "tiny", *read, *unread, "--dry-run"]) == 0
@@ -1155,8 +1156,15 @@ def test_settings_a_run_never_reads_are_said_before_it_starts(capsys):
     flow = ["--set", "diffusion.objective=flow", "--set", "model.learn_sigma=false", "--set", "diffusion.flow_shift=3"]
     assert main(["train", "--recipe", "tiny", *flow, "--dry-run"]) == 0
     assert "is not read by this run" not in capsys.readouterr().out
-    assert main(["train", "--recipe", "stage1-class-256", "--set", "data.caption_dropout=0.3", "--dry-run"]) == 0
-    assert "--set data.caption_dropout is not read by this run: a class stage drops labels" in capsys.readouterr().out
+    class_stage = ["--set", "data.caption_dropout=0.3", "--set", "model.depth=2", "--set", "model.max_length=77"]
+    assert main(["train", "--recipe", "stage1-class-256", *class_stage, "--dry-run"]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "is not read by this run" in line]
+    assert warnings == [  # model.max_length is read there: the captions of shapes data it may build
+        "[pixart train] warning: --set data.caption_dropout is not read by this run: a class stage drops labels at "
+        "data.class_dropout",
+        "[pixart train] warning: --set model.depth is not read by this run: model.* is the text-to-image stages' "
+        "model; a class stage trains dit.*",
+    ]
 
 
 def test_paper_stages_use_official_hyper_parameters():

@@ -216,9 +216,10 @@ FLOW_ONLY = ("diffusion.logit_mean", "diffusion.logit_std", "diffusion.flow_shif
 
 
 def unread_overrides(config: TrainConfig, overrides: list[str]) -> list[str]:
-    """Warnings for the `--set key=value` this run accepts yet never reads: caption_dropout in a class stage
-    (its labels drop at class_dropout), class_dropout or dit.* in a text-to-image one, the flow objective's
-    noise-level settings under iddpm. They were shown back by --dry-run and then changed nothing."""
+    """Warnings for the `--set key=value` this run accepts yet never reads: caption_dropout or model.* in a
+    class stage (its labels drop at class_dropout; it trains dit.*), class_dropout or dit.* in a text-to-image
+    one, the flow objective's noise-level settings under iddpm. They were shown back by --dry-run and then
+    changed nothing."""
     keys = {override.partition("=")[0].strip() for override in overrides}
     unread = {}
     if config.stage == "class":
@@ -233,6 +234,13 @@ def unread_overrides(config: TrainConfig, overrides: list[str]) -> list[str]:
             f"--set {key} is not read by this run: dit.* is the class stage's model"
             for key in sorted(keys)
             if key.startswith("dit.")
+        ]
+    else:  # model.max_length is read: the caption length of the shapes data a class stage may build
+        warnings += [
+            f"--set {key} is not read by this run: model.* is the text-to-image stages' model; a class stage "
+            "trains dit.*"
+            for key in sorted(keys)
+            if key.startswith("model.") and key != "model.max_length"
         ]
     return warnings
 
