@@ -417,6 +417,43 @@ def test_stage_3_is_refitted_at_stage_2s_measured_pace(tmp_path, monkeypatch, ca
     assert fitted["stage3"].steps == plan.stage3_steps // 2
 
 
+def test_a_short_budget_plans_its_stages_on_what_the_cache_left_of_it(tmp_path, monkeypatch):
+    """--minutes 5 planned for a cold cache's 4 minutes of codec and probe training even when both came from
+    the cache in seconds: the stages got a fifth of the 10-minute plan, and the run used 112 s of its 300.
+    The stages are now planned on what is left once codec and probe are in hand, up to the 10-minute plan."""
+    import pixart.data.shapes_features
+    import pixart.demo
+    import pixart.encoders.shapes_ae
+    import pixart.evaluate.probe_training
+    import pixart.train.loop
+    from pixart.demo import run_demo
+    from pixart.demo_plan import DATA_AND_EVAL_MINUTES, FIXED_MINUTES, DemoPlan
+
+    full, cold = DemoPlan.for_budget(10.0, False), DemoPlan.for_budget(5.0, False)
+    warm = DemoPlan.for_budget(5.0, False, minutes_spent=0.0)
+    share = (5.0 - DATA_AND_EVAL_MINUTES) / 6.0  # of the 10-minute plan, whose stages take 6 minutes
+    assert warm.stage2_steps == int(full.stage2_steps * share) > cold.stage2_steps == int(full.stage2_steps * 0.2)
+    assert DemoPlan.for_budget(10.0, False, minutes_spent=0.0) == full  # the default demo's plan is unchanged
+    assert DemoPlan.for_budget(20.0, False, minutes_spent=0.0) == DemoPlan.for_budget(20.0, False)
+    # a cold cache spent its minutes: no more than planned for one
+    assert DemoPlan.for_budget(5.0, False, minutes_spent=FIXED_MINUTES - DATA_AND_EVAL_MINUTES) == cold
+
+    monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe_training, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
+    trained = {}
+
+    def train(config, run_dir, **kw):
+        trained[config.recipe] = config.steps
+        raise KeyboardInterrupt  # enough: stage 1's steps are what is checked
+
+    monkeypatch.setattr(pixart.train.loop, "train", train)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "d", minutes=5.0, progress=False)
+    # the seconds this call took before planning count too
+    assert cold.stage1_steps < warm.stage1_steps - 5 <= trained["demo-stage1"] <= warm.stage1_steps
+
+
 def test_later_stages_are_projected_on_the_steps_they_have_left(tmp_path):
     from pixart.demo_plan import STEP_COST, DemoPlan, fit_to_budget, stage_configs
 

@@ -102,7 +102,7 @@ def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: 
     from pixart.files import cache_dir
     from pixart.train.loop import train
 
-    plan = DemoPlan.for_budget(minutes, quick)
+    plan = DemoPlan.for_budget(minutes, quick)  # the codec's and probe's steps; the stages' are planned after them
     timings: dict[str, float] = {}
 
     def timed(name: str, start: float) -> None:
@@ -116,6 +116,7 @@ def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: 
     t = time.time()
     probe = load_or_train_probe(cache_dir=cache, steps=plan.probe_steps, progress=progress)
     timed("probe (trained on the first run, then cached)", t)
+    plan = DemoPlan.for_budget(minutes, quick, minutes_spent=(time.time() - started) / 60)  # on what is left
 
     t = time.time()
     encoder = MiniLMEncoder(max_length=CAPTION_TOKENS)
