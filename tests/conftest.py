@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,3 +27,14 @@ def same_draws_in_every_run() -> None:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny T5 folder and a tiny VAE folder (tests/tiny_models.py), once per test module."""
+    from tiny_models import save_tiny_t5, tiny_vae
+
+    root = tmp_path_factory.mktemp("models")
+    save_tiny_t5(root / "t5")
+    tiny_vae().save_pretrained(root / "vae")
+    return root / "t5", root / "vae"

@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from test_dataset import make_dataset
 from test_prepare import add_link, add_member, noise, options, png_bytes, write_image
-from tiny_models import save_tiny_t5, tiny_vae
 
 from pixart.data.dataset import FeatureDataset
 from pixart.data.images import UNREADABLE, load_rgb, resize_cover_crop
@@ -32,14 +31,6 @@ from pixart.encoders.codecs import to_uint8
 
 MAX_LENGTH = 8  # tokens the tiny T5 keeps: "a cat" is 3 (with </s>), LONG is 11
 LONG = "a red circle on the top left of the picture"
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("models")
-    save_tiny_t5(root / "t5")
-    tiny_vae().save_pretrained(root / "vae")
-    return root / "t5", root / "vae"
 
 
 def pixels(img: Image.Image) -> np.ndarray:

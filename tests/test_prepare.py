@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import save_tiny_t5, tiny_vae
 
 from pixart.cli import prepare as cli_prepare
 from pixart.cli.main import main
@@ -48,14 +47,6 @@ from pixart.encoders.codecs import from_uint8
 from pixart.encoders.text import check_max_length
 
 RESOLUTION = 32  # the tiny VAE downsamples by 2: 32 px buckets give 16x16 latents
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("models")
-    save_tiny_t5(root / "t5")
-    tiny_vae().save_pretrained(root / "vae")
-    return root / "t5", root / "vae"
 
 
 @pytest.fixture(scope="module")
