@@ -38,3 +38,23 @@ def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
     save_tiny_t5(root / "t5")
     tiny_vae().save_pretrained(root / "vae")
     return root / "t5", root / "vae"
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory) -> Path:
+    """A small shapes dataset (32 images at two sizes, MiniLM captions, pixel latents), once per test module."""
+    from pixart.data.shapes_features import build_shapes_features
+    from pixart.encoders.codecs import PixelCodec
+    from pixart.encoders.text import MiniLMEncoder
+
+    folder = tmp_path_factory.mktemp("shapes") / "data"
+    build_shapes_features(
+        folder,
+        sizes=[(32, 32), (24, 32)],
+        count=32,
+        seed=0,
+        encoder=MiniLMEncoder(max_length=48),
+        codec=PixelCodec(),
+        progress=False,
+    )
+    return folder

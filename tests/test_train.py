@@ -40,21 +40,6 @@ from pixart.weights import WeightsError, load_transformer
 from pixart.weights.formats import FINAL, FINAL_EMA
 
 
-@pytest.fixture(scope="module")
-def shapes_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shapes") / "data"
-    build_shapes_features(
-        folder,
-        sizes=[(32, 32), (24, 32)],
-        count=32,
-        seed=0,
-        encoder=MiniLMEncoder(max_length=48),
-        codec=PixelCodec(),
-        progress=False,
-    )
-    return folder
-
-
 def overrides(data: Path, steps: int = 12, every: int = 2) -> list[str]:
     return [
         f"data.root={data}",
