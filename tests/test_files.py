@@ -118,15 +118,21 @@ def test_checkpoints_past_step_ten_million_are_found_and_pruned(tmp_path):
     assert [step for step, _ in list_checkpoints(tmp_path)] == [10_000_000, 10_000_001]
 
 
-def test_atomic_write_syncs_the_file_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
-    """Else a power loss could leave the new name holding an empty file while a caller, trusting it, has
-    already deleted the older copies (the trainer prunes old checkpoints after each save)."""
-    events = []
+def record_syncs(monkeypatch) -> list[tuple[str, str]]:
+    """("fsync", path) and ("replace", destination) in the order they happen, the calls still made."""
+    events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(
         os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd)
     )
     monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    return events
+
+
+def test_atomic_write_syncs_the_file_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """Else a power loss could leave the new name holding an empty file while a caller, trusting it, has
+    already deleted the older copies (the trainer prunes old checkpoints after each save)."""
+    events = record_syncs(monkeypatch)
     target = tmp_path / "state.json"
     atomic_write(target, lambda tmp: Path(tmp).write_text("{}"))
     tmp = str(temporary_path(target))

@@ -205,8 +205,10 @@ def snap_size(height: float, width: float, table: Mapping[str, tuple[int, int]])
 
 
 def bucket_key(height: int, width: int) -> str:
-    """The bucket name of a canvas: its height / width to two decimals ("0.67"), as the official table names them."""
-    return f"{height / width:.2f}".rstrip("0").rstrip(".") if height != width else "1.0"
+    """The bucket name of a canvas: its height / width to two decimals without trailing zeros, one kept after
+    the point ("0.67", "0.5", "2.0"), as the official table names them (a 2:1 canvas was "2")."""
+    text = f"{height / width:.2f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 def bucket_table_of(sizes: list[tuple[int, int]]) -> dict[str, list[int]]:
