@@ -401,8 +401,9 @@ def test_serve_takes_an_out_a_file_browser_has_shown(tmp_path, capsys, monkeypat
     (out / ".DS_Store").unlink()
     (out / ".DS_Store").mkdir()  # a folder by that name is not a browser's file
     (out / "00007" / "notes.txt").write_text("not a request's")
+    (out / "._keys").write_text("no 'keys' beside it: someone's file, not Finder's")
     assert main(["serve", "--out", str(out)]) == 2
-    assert f"--out {out} holds .DS_Store, 00007 (holding notes.txt), which the page" in capsys.readouterr().err
+    assert f"--out {out} holds .DS_Store, ._keys, 00007 (holding notes.txt), which the" in capsys.readouterr().err
 
 
 def test_a_port_taken_at_launch_names_the_option_to_change(model_folder, tmp_path, capsys, monkeypatch):

@@ -65,12 +65,17 @@ OUTPUT_LEFTOVER = re.compile(rf"\.(?:{OUTPUT_NAME.pattern}|{re.escape(CONTACT_SH
 # without its metadata), Windows' Explorer Thumbs.db and desktop.ini. Opening --out to look at the images
 # made the next `pixart serve` refuse the folder; these hold the folder's names and thumbnails, which the
 # page serves anyway.
-BROWSER_METADATA = re.compile(r"\.DS_Store|\._.+|Thumbs\.db|desktop\.ini", re.IGNORECASE)
+BROWSER_METADATA = re.compile(r"\.DS_Store|Thumbs\.db|desktop\.ini", re.IGNORECASE)
 
 
 def is_browser_metadata(path: Path) -> bool:
-    """A file a file browser wrote beside the images it showed (BROWSER_METADATA), not a folder."""
-    return BROWSER_METADATA.fullmatch(path.name) is not None and not path.is_dir()
+    """A file a file browser wrote beside the images it showed (BROWSER_METADATA, or "._x" beside an "x":
+    a "._notes" with no "notes" is someone's file), not a folder."""
+    if path.is_dir():
+        return False
+    if path.name.startswith("._") and len(path.name) > 2:
+        return (path.parent / path.name[2:]).exists()
+    return BROWSER_METADATA.fullmatch(path.name) is not None
 
 
 def foreign_files(path: Path) -> list[str]:
