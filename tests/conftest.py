@@ -58,3 +58,32 @@ def shapes_data(tmp_path_factory) -> Path:
         progress=False,
     )
     return folder
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory) -> Path:
+    """A tiny random LLaVA folder (tests/tiny_models.py), once per test module."""
+    from tiny_models import save_tiny_llava
+
+    folder = tmp_path_factory.mktemp("llava") / "model"
+    save_tiny_llava(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory) -> Path:
+    """A tiny random CLIP folder (tests/tiny_models.py), once per test module."""
+    from tiny_models import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture
+def unloadable_model(tmp_path) -> Path:
+    """A --model folder that passes the quick check but fails to load: a refusal must come before loading."""
+    folder = tmp_path / "unloadable"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llava"}')
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        (folder / name).write_text("{}")
+    return folder

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_caption import FakeCaptioner, llava_dir, noise, read_rows, unloadable_model  # noqa: F401
-from test_eval import StandInInception, clip_folder  # noqa: F401
+from test_caption import FakeCaptioner, noise, read_rows
+from test_eval import StandInInception
 from test_files import record_syncs
 
 from pixart.cli.caption import prepare_fields
@@ -94,7 +94,7 @@ def test_a_prompts_file_with_a_byte_order_mark_reads_its_first_prompt_plainly(tm
 # --- CLIP score ---
 
 
-def test_clip_reads_captions_up_to_its_own_position_limit(clip_folder):  # noqa: F811
+def test_clip_reads_captions_up_to_its_own_position_limit(clip_folder):
     """Captions would be cut at 16 tokens: two captions differing only after that would score alike."""
     from pixart.evaluate.clipscore import ClipScorer
 
@@ -110,7 +110,7 @@ def test_clip_reads_captions_up_to_its_own_position_limit(clip_folder):  # noqa:
 # --- captioning ---
 
 
-def test_captions_hold_only_the_new_text_not_the_prompt(llava_dir):  # noqa: F811
+def test_captions_hold_only_the_new_text_not_the_prompt(llava_dir):
     """The decoded caption would start with the whole chat turn ("USER: <image> ... ASSISTANT:")."""
     from pixart.data.caption import LlavaCaptioner
 
@@ -187,7 +187,7 @@ class RandomCaptioner:
 
 def test_sampled_captions_are_seeded_and_a_resume_with_another_seed_is_refused(
     tmp_path,
-    unloadable_model,  # noqa: F811
+    unloadable_model,
     monkeypatch,
     capsys,
 ):

@@ -64,45 +64,6 @@ def inception_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory):
-    """A random CLIP with a character-level BPE vocabulary, saved as a transformers folder."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    symbols = [*"abcdefghijklmnopqrstuvwxyz0123456789,."]
-    tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    end = vocab["<|endoftext|>"]
-    text = {
-        "vocab_size": len(vocab),
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "max_position_embeddings": 64,
-        "bos_token_id": vocab["<|startoftext|>"],
-        "eos_token_id": end,
-        "pad_token_id": end,
-    }
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 32,
-        "patch_size": 8,
-    }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    model.save_pretrained(folder)
-    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
-
-
 def random_images(count: int, seed: int) -> list[np.ndarray]:
     """uint8 (H, W, 3) images of assorted sizes and aspects."""
     rng = np.random.default_rng(seed)

@@ -116,3 +116,119 @@ def save_tiny_pipeline(folder: Path, config=TINY, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    """A random CLIP with a character-level BPE vocabulary, saved as a transformers folder."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    symbols = [*"abcdefghijklmnopqrstuvwxyz0123456789,."]
+    tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    end = vocab["<|endoftext|>"]
+    text = {
+        "vocab_size": len(vocab),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 64,
+        "bos_token_id": vocab["<|startoftext|>"],
+        "eos_token_id": end,
+        "pad_token_id": end,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+LLAVA_WORDS = ["a", "an", "the", "image", "photo", "of", "in", "on", "with", "red", "blue", "green", "cat", "dog"]
+LLAVA_SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+# A LLaVA-1.5-like template: the processor's chat template path is what real checkpoints take.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {% for part in message['content'] %}{{ part['text'] }}{% endfor %} {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def save_tiny_llava(folder: Path) -> None:
+    """A random LLaVA: tiny CLIP vision tower (32 px, 8 px patches), tiny Llama, word-level tokenizer with <image>."""
+    import transformers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    vocab = {token: i for i, token in enumerate([*LLAVA_SPECIAL, *LLAVA_WORDS, "USER:", "ASSISTANT:"])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAVA_SPECIAL])
+    tokenizer.decoder = decoders.WordPiece()  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    # Without torchvision, transformers 5 falls back to the PIL processor (and warns); ask for it directly.
+    if hasattr(transformers, "CLIPImageProcessorPil"):
+        image_processor_class = transformers.CLIPImageProcessorPil
+    else:
+        image_processor_class = transformers.CLIPImageProcessor
+    image_processor = image_processor_class(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=fast,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's class token, which the 'default' strategy drops again
+        chat_template=CHAT_TEMPLATE,
+    )
+    torch.manual_seed(0)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        image_token_index=vocab["<image>"],
+        image_seq_length=16,
+        vision_feature_layer=-1,
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    # A random model often emits only special tokens (an empty caption); forbid them so captions are words.
+    model.generation_config.suppress_tokens = list(range(len(LLAVA_SPECIAL)))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
