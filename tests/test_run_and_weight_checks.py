@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import randomize_
+from test_cli_weights import _training_state
 from test_train import config_for
 from test_weights import official_state
 
@@ -129,14 +130,7 @@ def test_a_sharded_checkpoint_whose_metadata_names_torch_load_is_refused_on_load
     function, not DCP's Metadata' after the callable was unpickled."""
     import torch.distributed.checkpoint as dcp
 
-    model = randomize_(PixArt(TINY))
-    state = {
-        "model": model.state_dict(),
-        "ema": {n: p.detach() for n, p in model.named_parameters()},
-        "step": 9,
-        "config": {"stage": "t2i", "recipe": "tiny", "model": TINY.to_dict()},
-    }
-    dcp.save(state, checkpoint_id=str(tmp_path / "step-0000009.dcp"))
+    dcp.save(_training_state(randomize_(PixArt(TINY))), checkpoint_id=str(tmp_path / "step-0000009.dcp"))
     (tmp_path / "step-0000009.dcp" / ".metadata").write_bytes(_names_a_global("torch", "load"))
     with pytest.raises(WeightsError, match=r"names torch\.load, which no checkpoint's record holds"):
         load_transformer(tmp_path / "step-0000009.dcp", use_ema=True)

@@ -212,26 +212,38 @@ def test_a_run_dir_that_is_a_file_is_named_as_one(shapes_data, tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "x"
 
 
+def fake_clock(monkeypatch) -> list[float]:
+    """The training loop's time.time() reads a clock that moves one second per micro-batch (compute_loss call)
+    and nowhere else, so no assertion depends on the machine's load; returned, for a test to move it too."""
+    import types
+
+    now = [1_000.0]
+    real_compute_loss = loop.compute_loss
+
+    def timed(*args, **kwargs):
+        now[0] += 1.0
+        return real_compute_loss(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr(loop, "compute_loss", timed)
+    return now
+
+
 def test_samples_per_second_leaves_out_checkpoints_and_previews(shapes_data, tmp_path, monkeypatch):
     """The window after a checkpoint or a preview counted its time as training: a run's samples/s dipped
     fifteenfold at every one (the saves and previews came after the window's clock was reset)."""
-    import types
+    now, real_save = fake_clock(monkeypatch), loop.ckpt.save_checkpoint
 
-    import pixart.train.loop as loop
-
-    real_save, clock = loop.ckpt.save_checkpoint, {"skipped": 0.0}
-
-    def slow_save(*args, **kwargs):  # an hour a save, on the loop's clock: no sleep, and no race with the load
-        clock["skipped"] += 3600.0
+    def slow_save(*args, **kwargs):  # an hour a save, on the loop's clock
+        now[0] += 3600.0
         return real_save(*args, **kwargs)
 
     monkeypatch.setattr(loop.ckpt, "save_checkpoint", slow_save)
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: time.time() + clock["skipped"]))
     train(config_for(shapes_data, steps=6, every=2), tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [row["step"] for row in rows] == [2, 4, 6]
-    for row in rows[1:]:  # 2 steps of 8 samples each, a save before each of these windows
-        assert 16 / row["samples_per_s"] < 600, rows  # the steps' own seconds, not the save's hour
+    # each window: 2 steps of 8 samples in 2 seconds of the clock, a save's hour before the last two left out
+    assert [row["samples_per_s"] for row in rows] == [pytest.approx(8.0)] * 3, rows
 
 
 @pytest.mark.parametrize("train_creates_it", [True, False], ids=["train-creates-the-group", "caller-created-it"])

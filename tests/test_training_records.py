@@ -9,29 +9,14 @@ case already; a mutation run (twenty-third session) found that no test would hav
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 
 import pytest
 import torch
-from test_train import config_for, stop_during
+from test_train import config_for, fake_clock, stop_during
 
-from pixart.train import loop
 from pixart.train.init import build_model
 from pixart.train.loop import train
 from pixart.train.metrics import read_metrics
-
-
-def fake_clock(monkeypatch) -> None:
-    """loop's time.time() reads a clock that advances one second per compute_loss call."""
-    now = [1_000.0]
-    real_compute_loss = loop.compute_loss
-
-    def timed(*args, **kwargs):
-        now[0] += 1.0
-        return real_compute_loss(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "time", SimpleNamespace(time=lambda: now[0]))
-    monkeypatch.setattr(loop, "compute_loss", timed)
 
 
 def test_the_ema_with_warmup_uses_each_updates_own_decay(shapes_data, tmp_path):
