@@ -184,6 +184,12 @@ def test_a_config_file_that_is_not_a_pixart_config_is_a_one_line_error(tmp_path,
         out = ["convert", str(tmp_path / "a.safetensors"), "--to", "pixart", "--out", str(tmp_path / "b.safetensors")]
         assert main([*out, "--config", str(tmp_path / "c.json")]) == 2
         assert f"pixart convert: error: --config {tmp_path / 'c.json'}: {message}" in capsys.readouterr().err
+    # JSON given inline, as the help's example read (review): the option takes a file, which is said
+    assert main(["info", str(tmp_path / "a.safetensors"), "--config", '{"num_heads": 3}']) == 2
+    said = capsys.readouterr().err
+    assert "No such file or directory (--config takes a JSON file, not JSON itself: write it to a file)" in said
+    assert main(["info", str(tmp_path / "a.safetensors"), "--config", str(tmp_path / "none.json")]) == 2
+    assert "not JSON itself" not in capsys.readouterr().err  # a missing file is only that
 
 
 def test_the_command_line_answers_help_without_loading_torch():

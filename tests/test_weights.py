@@ -161,6 +161,10 @@ def test_errors_for_missing_unknown_and_foreign_files(tmp_path):
     save_transformer(randomize_(PixArt(TINY)), tmp_path / "run" / "final_ema.safetensors")  # a training run
     with pytest.raises(WeightsError, match="is a training run: give its weights, .*final_ema.safetensors"):
         load_transformer(tmp_path / "run")
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "demo" / "model" / "transformer.safetensors")
+    demo_folder = r"demo is not a model but holds one \(a demo's folder\?\): give .*demo/model$"
+    with pytest.raises(WeightsError, match=demo_folder):
+        load_transformer(tmp_path / "demo")  # `pixart demo`'s --out, whose model is model/ (review)
 
 
 def test_code_in_a_pickle_is_refused(tmp_path):
@@ -171,6 +175,45 @@ def test_code_in_a_pickle_is_refused(tmp_path):
     torch.save({"state_dict": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(WeightsError, match="holds Python objects besides tensors, which pixart never unpickles"):
         load_transformer(tmp_path / "evil.pth")
+    torch.save({"state_dict": Evil()}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    with pytest.raises(WeightsError, match="holds Python objects besides tensors, which pixart never unpickles"):
+        load_transformer(tmp_path / "legacy.pth")  # a pickle: not taken for text
+
+
+def test_a_file_that_is_no_torch_file_at_all_says_what_it_is(tmp_path):
+    """A failed download's HTML page saved as PixArt-XL-2-512x512.pth was refused as a file holding Python
+    objects that "could run code" (review): torch's weights-only refusal of any bytes it cannot unpickle."""
+    page = tmp_path / "PixArt-XL-2-512x512.pth"
+    page.write_text("<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    with pytest.raises(WeightsError, match=r"is an HTML page, not a checkpoint .a download that saved an error"):
+        load_transformer(page)
+    (tmp_path / "notes.pth").write_text("lr 1e-4, 12k steps")
+    with pytest.raises(WeightsError, match=r"is text, not a torch checkpoint: it starts 'lr 1e-4, 12k steps'"):
+        load_transformer(tmp_path / "notes.pth")
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "weights.safetensors")
+    (tmp_path / "weights.safetensors").rename(tmp_path / "weights.pth")
+    with pytest.raises(WeightsError, match=r"is a safetensors file: rename it to weights.safetensors"):
+        load_transformer(tmp_path / "weights.pth")
+    (tmp_path / "binary.pth").write_bytes(bytes([0xFF, 0xFE, 0x00, 0x81]) * 8)
+    with pytest.raises(WeightsError, match=r"not a torch checkpoint .neither a zip archive nor a pickle"):
+        load_transformer(tmp_path / "binary.pth")
+
+
+def test_a_diffusers_folder_of_another_model_is_named_by_its_class(tmp_path):
+    """A pipeline's vae/ given as the model was taken for transformer weights (config.json beside
+    diffusion_pytorch_model.safetensors) and asked for --vae and --text-encoder (review)."""
+    from tiny_models import tiny_vae
+
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    with pytest.raises(WeightsError, match=r"vae holds a diffusers AutoencoderKL, not a PixArt transformer: pass it"):
+        detect_format(tmp_path / "vae")
+    save_transformer(randomize_(PixArt(TINY)), tmp_path / "transformer", to="diffusers")
+    assert detect_format(tmp_path / "transformer") == "diffusers"
+    config = json.loads((tmp_path / "transformer" / "config.json").read_text())
+    assert config["_class_name"] == "PixArtTransformer2DModel"
+    for older in ("Transformer2DModel", None):  # diffusers before 0.28 named it so; a config without a name
+        (tmp_path / "transformer" / "config.json").write_text(json.dumps({**config, "_class_name": older}))
+        assert detect_format(tmp_path / "transformer") == "diffusers"
 
 
 def test_corrupt_and_cut_short_files_are_one_error_naming_them(tmp_path):

@@ -29,8 +29,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        help='JSON of the PixArtConfig fields a file\'s shapes do not say (e.g. {"num_heads": 3} for a width '
-        "not 72 per head); the rest are read from the file",
+        metavar="FILE",
+        help='a JSON file of the PixArtConfig fields a file\'s shapes do not say (e.g. {"num_heads": 3} for a '
+        "width not 72 per head); the rest are read from the file",
     )
     parser.add_argument("--caption-channels", type=int, help="DiT input: caption width (default 4096, T5-XXL)")
     parser.add_argument("--max-length", type=int, help="DiT input: caption tokens (default 120)")
@@ -151,7 +152,13 @@ def read_config_fields(path: Path, config_class: type) -> dict[str, Any]:
     try:
         data = strict_json(path.read_text())
     except OSError as error:
-        raise UserError(f"--config {path}: {error.strerror or error}") from None
+        # JSON given inline, as the help's example reads: the file it is not, and how to pass it
+        inline = (
+            " (--config takes a JSON file, not JSON itself: write it to a file)"
+            if str(path).lstrip()[:1] == "{"
+            else ""
+        )
+        raise UserError(f"--config {path}: {error.strerror or error}{inline}") from None
     except ValueError as error:  # not JSON (or not UTF-8), or a key given twice
         raise UserError(f"--config {path}: {error}") from None
     if not isinstance(data, dict):

@@ -58,10 +58,13 @@ def _detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / OURS_IN_FOLDER).is_file():
             return "pixart"
-        if diffusers_folder(path) is not None:
+        if (folder := diffusers_folder(path)) is not None:
+            refuse_other_diffusers_model(folder)
             return "diffusers"
         if (path / FINAL_EMA).is_file():  # a finished `pixart train` run folder
             raise WeightsError(f"{path} is a training run: give its weights, {path / FINAL_EMA}")
+        if (path / "model" / OURS_IN_FOLDER).is_file():  # `pixart demo`'s folder: its model is model/
+            raise WeightsError(f"{path} is not a model but holds one (a demo's folder?): give {path / 'model'}")
         raise WeightsError(
             f"{path} is a folder but holds neither {OURS_IN_FOLDER} (a pixart model folder) nor a diffusers "
             f"transformer (config.json + {DIFFUSERS_WEIGHTS}, or model_index.json with transformer/)"
@@ -76,6 +79,21 @@ def _detect_format(path: Path) -> str:
     raise WeightsError(
         f"unknown weights format for {path}: expected an official .pth/.pt, a .safetensors file, or a diffusers folder"
     )
+
+
+# The class names diffusers writes in a PixArt transformer's config.json (Transformer2DModel before 0.28)
+TRANSFORMER_CLASSES = ("PixArtTransformer2DModel", "Transformer2DModel")
+
+
+def refuse_other_diffusers_model(folder: Path) -> None:
+    """A diffusers folder of another model (a pipeline's vae/, a UNet) was taken for a transformer: asked for
+    --vae and --text-encoder, then refused for a missing caption_channels."""
+    with reading(folder / "config.json"):
+        config = json.loads((folder / "config.json").read_text())
+    kind = config.get("_class_name") if isinstance(config, dict) else None
+    if isinstance(kind, str) and kind not in TRANSFORMER_CLASSES:
+        hint = ": pass it as --vae" if kind.startswith("Autoencoder") else ""
+        raise WeightsError(f"{folder} holds a diffusers {kind}, not a PixArt transformer{hint}")
 
 
 def safetensors_metadata(path: Path) -> dict[str, str]:

@@ -42,11 +42,32 @@ def unreadable_reason(path: Path, error: Exception) -> str:
     would run whatever code the file holds)."""
     if path.stat().st_size == 0:
         return "the file is empty (a copy or download cut short?)"
+    if (other := not_a_checkpoint(path)) is not None:
+        return other
     text = str(error).strip()
     if "Weights only load failed" in text:
         return "it holds Python objects besides tensors, which pixart never unpickles (they could run code)"
     first = text.splitlines()[0].split(". ")[0] if text else ""
     return f"{type(error).__name__}: {first} (a corrupt or cut-short file, or not a checkpoint)"
+
+
+def not_a_checkpoint(path: Path) -> str | None:
+    """What a file torch cannot read is instead, where its first bytes show it is no torch file at all (a zip
+    archive, or a pickle for the legacy format): else None. A failed download saves an HTML page under the
+    checkpoint's name, and torch's refusal of it read as a file holding code."""
+    with open(path, "rb") as file:
+        head = file.read(64)
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return None
+    if head[8:10] == b'{"':  # safetensors: an 8-byte header length, then the JSON header
+        return f"it is a safetensors file: rename it to {path.with_suffix('.safetensors').name}"
+    try:
+        text = head.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return "it is not a torch checkpoint (neither a zip archive nor a pickle)"
+    if text.startswith("<"):
+        return f"it is an HTML page, not a checkpoint (a download that saved an error or login page?): {text[:40]!r}"
+    return f"it is text, not a torch checkpoint: it starts {text[:40]!r}"
 
 
 def is_training_checkpoint(data: object) -> TypeGuard[dict[str, Any]]:
