@@ -370,6 +370,11 @@ def test_stats_command(tmp_path, capsys):
     (tmp_path / "mine").symlink_to(tmp_path / "t5", target_is_directory=True)  # a link keeps its own name
     assert main(["caption", manifest, "--stats", "--tokenizer", str(tmp_path / "mine")]) == 0
     assert "tokens/cap (mine)" in capsys.readouterr().out.splitlines()[0]
+    # a misspelt field was a row of zeros ("dens 0 captions, 4 missing"), where prepare refuses it (review)
+    assert main(["caption", manifest, "--stats", "--fields", "alt,dens"]) == 2
+    said = capsys.readouterr()
+    assert "--fields alt,dens: no input has a caption field 'dens' (their fields: alt, dense)" in said.err
+    assert said.out == ""
     # each encoder's cut where prepare makes it (MiniLM keeps 48 tokens, T5 120), unless --max-length says
     assert main(["caption", manifest, "--stats", "--tokenizer", "minilm", "--tokenizer", str(tmp_path / "t5")]) == 0
     header = capsys.readouterr().out.splitlines()[0]

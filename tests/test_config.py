@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 
 import pytest
 
@@ -112,12 +113,35 @@ def test_booleans_take_the_spellings_of_a_command_line(text, expected):
         ("model.interpolation_scale=0", "interpolation_scale must be a positive number, got 0"),
         ("model.interpolation_scale=inf", "interpolation_scale must be a positive number, got inf"),
         ("model.in_channels=4", "the shapes data is RGB pixels (3 channels): set model.in_channels=3, not 4"),
-        ("sample_prompts=a cat", "sample_prompts: 'a cat' is not a tuple; write a list, e.g. sample_prompts=.'a cat'."),
+        ("sample_prompts=a cat", "sample_prompts: 'a cat' is not a tuple; write a list, quoted for the shell: --set"),
     ],
 )
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         config_io.apply_overrides(get_recipe("tiny"), [override])
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("sample_prompts=a cat", {"sample_prompts": ("a cat",)}),
+        ("data.synthetic_sizes=32x32,64x32", {"synthetic_sizes": ("32x32", "64x32")}),
+        ("data.caption_probs=alt:1.0", {"caption_probs": {"alt": 1.0}}),
+        ("data.caption_probs=alt:0.5, dense:0.5", {"caption_probs": {"alt": 0.5, "dense": 0.5}}),
+    ],
+)
+def test_a_list_or_dict_typed_bare_is_answered_with_a_form_the_shell_passes_on(typed, meant):
+    """The advice for a list typed bare was data.synthetic_sizes=['32x32,64x32'] (one size, joined), which a
+    shell passes on as [32x32,64x32], a string again; for a dict there was none (review). The advice, read as
+    a shell reads it, sets what was meant."""
+    with pytest.raises(ConfigError) as refused:
+        config_io.apply_overrides(get_recipe("tiny"), [typed])
+    command = str(refused.value).split("quoted for the shell: ")[1]
+    flag, override = shlex.split(command)
+    assert flag == "--set"
+    config = config_io.apply_overrides(get_recipe("tiny"), [override])
+    for name, value in meant.items():
+        assert getattr(config.data if name != "sample_prompts" else config, name) == value
 
 
 def test_json_round_trip_and_unknown_keys():

@@ -192,8 +192,10 @@ def test_read_prompts_from_text_and_jsonl(tmp_path):
     text.write_bytes("a red car\u2028by the sea\r\nsecond\x0cprompt\n".encode())
     assert read_prompts(text) == ["a red car\u2028by the sea", "second\x0cprompt"]  # lines end at \n only
     text.write_bytes(b"caf\xe9\n")
-    with pytest.raises(RealDataError, match=r"prompts.txt is not UTF-8 text \(byte 3\)"):
+    with pytest.raises(RealDataError, match=r"prompts.txt is not UTF-8 text \(byte 3; .*save it as UTF-8"):
         read_prompts(text)
+    text.write_bytes("a cat\r\n\r\ncafé\r\n".encode("utf-16"))  # Windows' "Unicode": a byte-order mark first
+    assert read_prompts(text) == ["a cat", "café"]
     with pytest.raises(FileNotFoundError, match="--prompts: no file at"):
         read_prompts(tmp_path / "missing.txt")
 

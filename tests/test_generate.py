@@ -672,8 +672,12 @@ def test_blank_lines_of_a_prompts_file_are_skipped(tmp_path, capsys):
     with pytest.raises(main_module.UserError, match=f"--prompts-file {prompts} holds no prompt"):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts))
     prompts.write_bytes(b"caf\xe9\n")  # Latin-1
-    with pytest.raises(main_module.UserError, match=f"--prompts-file {prompts}: not UTF-8 text"):
+    with pytest.raises(main_module.UserError, match=f"--prompts-file {prompts}: not UTF-8 text .*save it as UTF-8"):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts))
+    # Windows' "Unicode" (UTF-16 little-endian) and big-endian UTF-16, each after its byte-order mark: refused before
+    for data in (b"\xff\xfe" + "café\r\ndog\r\n".encode("utf-16-le"), b"\xfe\xff" + "café\ndog\n".encode("utf-16-be")):
+        prompts.write_bytes(data)
+        assert read_prompts(argparse.Namespace(prompts=[], prompts_file=prompts)) == ["café", "dog"]
     with pytest.raises(main_module.UserError, match=f"--prompts-file {tmp_path}: Is a directory"):
         read_prompts(argparse.Namespace(prompts=[], prompts_file=tmp_path))
     latin1 = b"caf\xe9 red circle".decode("utf-8", "surrogateescape")  # as Python hands over a shell's Latin-1
@@ -1252,3 +1256,19 @@ def test_a_model_reading_more_caption_tokens_than_its_encoder_has_positions_is_r
     save_model_folder(folder, model, spec)
     with pytest.raises(GenerationError, match=r"a max length of 600 tokens is more than .* \(512\); use 512 or less"):
         TextToImage.from_path(folder)
+
+
+def test_text_encoder_minilm_names_the_bundled_one_unless_a_folder_is_called_so(tmp_path, monkeypatch):
+    """Bare weights trained on MiniLM features needed the bundled MiniLM's path inside site-packages: the
+    name `minilm` (which caption --stats --tokenizer takes) was "no text encoder in minilm" (review)."""
+    from pixart.cli.main import build_parser
+    from pixart.encoders.text import minilm_folder
+
+    monkeypatch.chdir(tmp_path)
+    for command in (["generate", "x", "--out", "o"], ["serve"], ["eval"]):
+        args = build_parser().parse_args([*command, "--model", "m", "--text-encoder", "minilm"])
+        assert args.text_encoder == minilm_folder() and (args.text_encoder / "config.json").is_file()
+    (tmp_path / "minilm").mkdir()  # a folder of that name, here: the user's own
+    generate = ["generate", "x", "--model", "m", "--out", "o", "--text-encoder"]
+    assert build_parser().parse_args([*generate, "minilm"]).text_encoder == Path("minilm")
+    assert build_parser().parse_args([*generate, "t5"]).text_encoder == Path("t5")

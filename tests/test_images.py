@@ -325,5 +325,6 @@ def test_check_aspect():
 def test_skip_messages_name_the_file_and_its_size():
     with pytest.raises(ImageSkipped, match=r"h\.png has 0 bytes"):
         load_rgb(b"", name="h.png")  # bytes read from an input: the input's name, not "<bytes>"
-    with pytest.raises(ImageSkipped, match=r"2049x512 \(height/width 4\.002\)"):  # .3g printed 4, inside [0.25, 4]
+    # .3g printed 4, inside [0.25, 4]; the size WxH, as the too-small message gives it (it was HxW here)
+    with pytest.raises(ImageSkipped, match=r"512x2049 \(WxH; height/width 4\.002\)"):
         check_aspect(Image.new("RGB", (512, 2049)), bucket_table(256))

@@ -85,9 +85,23 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
             return [_check_type(v, item_type, key) for v in value]
     elif isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and isinstance(value, dict):
         return from_dict(annotation, value, prefix=f"{key}.")
-    if origin in (tuple, list) and isinstance(value, str):  # sample_prompts=a cat: the list form it takes
-        raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}; write a list, e.g. {key}=[{value!r}]")
+    if origin in (tuple, list, dict) and isinstance(value, str):  # sample_prompts=a cat: the form it takes
+        raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}; {_written_as(key, value, origin)}")
     raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}")
+
+
+def _written_as(key: str, value: str, origin: Any) -> str:
+    """How to write a list or dict `value` given as a bare word, quoted for a shell, which strips the quotes of
+    a Python list typed bare (['32x32','64x32'] arrives as [32x32,64x32], a string): JSON in single quotes."""
+    parts = [part.strip() for part in value.split(",")]
+    if origin is dict:
+        pairs = [part.partition(":") for part in parts]
+        if all(sep and name.strip() for name, sep, _ in pairs):  # alt:0.5,dense:0.5
+            shown = ", ".join(f"{json.dumps(k.strip())}: {json.dumps(parse_value(v.strip()))}" for k, _, v in pairs)
+        else:
+            shown = f'"name": {json.dumps(value)}'
+        return f"write a dict, quoted for the shell: --set '{key}={{{shown}}}'"
+    return f"write a list, quoted for the shell: --set '{key}=[{', '.join(json.dumps(part) for part in parts)}]'"
 
 
 def _type_name(annotation: Any) -> str:

@@ -189,10 +189,26 @@ def read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def text_lines(path: Path, encoding: str = "utf-8") -> list[str]:
+def marked_encoding(data: bytes) -> str | None:
+    """The encoding a byte-order mark at the start of `data` names, UTF-32 or UTF-16 (Windows tools save
+    "Unicode" text as UTF-16), else None. UTF-32 first: its little-endian mark begins with UTF-16's."""
+    if data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "utf-32"
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    return None
+
+
+def text_lines(path: Path, encoding: str | None = "utf-8") -> list[str]:
     """The lines of a text file, ended by "\n" or "\r\n" only (str.splitlines would also cut a line at
-    U+2028, U+0085 or a form feed); the file's final newline ends the last line, it starts no empty one."""
-    lines = [line.removesuffix("\r") for line in Path(path).read_text(encoding=encoding).split("\n")]
+    U+2028, U+0085 or a form feed); the file's final newline ends the last line, it starts no empty one.
+    `encoding` None: UTF-16 or UTF-32 where a byte-order mark says so, else UTF-8 (a mark dropped)."""
+    if encoding is None:
+        data = Path(path).read_bytes()
+        text = data.decode(marked_encoding(data) or "utf-8-sig")
+    else:
+        text = Path(path).read_text(encoding=encoding)
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     return lines[:-1] if lines[-1] == "" else lines
 
 

@@ -114,6 +114,7 @@ def tokenizer_labels(sources: list[str]) -> list[str]:
 def run_stats(args: argparse.Namespace) -> int:
     from pixart.cli.main import UserError
     from pixart.data.caption_stats import collect, field_stats, format_table, load_spacy, load_tokenizer
+    from pixart.data.prepare_options import PrepareError, check_fields_present
 
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     if not fields:
@@ -134,6 +135,10 @@ def run_stats(args: argparse.Namespace) -> int:
         limits[label] = args.max_length or DEFAULT_MAX_LENGTH[kind]
         cleaners[label] = caption_cleaner(kind)  # counted as prepare's encoder sees them
     inputs = list_or_refuse(args.input)
+    try:  # a misspelt field (`dens`) was a row of zeros, where prepare refuses it
+        check_fields_present(inputs, fields)
+    except PrepareError as error:
+        raise UserError(str(error)) from None
     nlp, note = load_spacy(args.spacy_model)
     found = collect(inputs, fields)
     stats = [field_stats(name, *found[name], tokenizers, limits, nlp, cleaners) for name in fields]

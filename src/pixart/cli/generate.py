@@ -98,9 +98,13 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompts)  # checked for UTF-8 with the rest of the request (generate.check_request)
     if args.prompts_file:
         try:
-            lines = text_lines(args.prompts_file, encoding="utf-8-sig")  # a byte-order mark is no prompt
+            lines = text_lines(args.prompts_file, encoding=None)  # UTF-8, or UTF-16 by its byte-order mark
         except (OSError, UnicodeDecodeError) as error:
-            reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror or str(error)
+            reason = (
+                f"not UTF-8 text (byte {error.start}; nor UTF-16 with a byte-order mark): save it as UTF-8"
+                if isinstance(error, UnicodeDecodeError)
+                else error.strerror or str(error)
+            )
             raise UserError(f"--prompts-file {args.prompts_file}: {reason}") from None
         kept = [line for line in lines if line.strip()]
         if len(kept) < len(lines):

@@ -86,11 +86,21 @@ def add_component_folders(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--text-encoder",
-        type=Path,
+        type=text_encoder_folder,
         metavar="DIR",
-        help="T5 or MiniLM folder with its tokenizer, or a pipeline's text_encoder/ (for bare transformer "
-        "weights or a model folder that names none; replaces a run's)",
+        help="T5 or MiniLM folder with its tokenizer, a pipeline's text_encoder/, or minilm (the bundled one) "
+        "(for bare transformer weights or a model folder that names none; replaces a run's)",
     )
+
+
+def text_encoder_folder(text: str) -> Path:
+    """--text-encoder's folder: `minilm` names the bundled MiniLM (as caption --stats --tokenizer does), unless
+    a folder of that name is here."""
+    if text == "minilm" and not Path(text).exists():
+        from pixart.encoders.text import minilm_folder
+
+        return minilm_folder()
+    return Path(text)
 
 
 def check_device(text: str | None, what: str = "--device") -> None:

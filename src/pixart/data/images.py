@@ -181,6 +181,6 @@ def check_aspect(img: Image.Image, table: Mapping[str, tuple[int, int]]) -> None
         low, high = ratio_range(table)
         raise ImageSkipped(
             BAD_ASPECT,
-            f"{img.height}x{img.width} (height/width {img.height / img.width:.4g}) is outside the table's "
+            f"{img.width}x{img.height} (WxH; height/width {img.height / img.width:.4g}) is outside the table's "
             f"[{float(low):g}, {float(high):g}]",
         )

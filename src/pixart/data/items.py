@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 from pixart.data.images import UNREADABLE, ImageSkipped
+from pixart.files import marked_encoding
 
 DEFAULT_FIELD = "alt"
 ALIASES = ("caption", "text")  # stand-ins for DEFAULT_FIELD in rows that lack it
@@ -167,16 +168,6 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def marked_encoding(data: bytes) -> str | None:
-    """The encoding a byte-order mark at the start of `data` names, UTF-32 or UTF-16 (Windows tools save
-    "Unicode" text as UTF-16), else None. UTF-32 first: its little-endian mark begins with UTF-16's."""
-    if data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
-        return "utf-32"
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return "utf-16"
-    return None
 
 
 def _read_sidecar(blob: Blob) -> dict:

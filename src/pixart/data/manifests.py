@@ -13,8 +13,9 @@ import os
 import re
 from pathlib import Path
 
-from pixart.data.items import BAD_ROW, Blob, InputError, Inputs, Item, Problem, dedupe, marked_encoding
+from pixart.data.items import BAD_ROW, Blob, InputError, Inputs, Item, Problem, dedupe
 from pixart.data.tars import latest, member_blob, readable_members
+from pixart.files import marked_encoding
 
 IMAGE_COLUMNS = ("path", "image", "file_name")  # file_name: Hugging Face imagefolder's metadata.jsonl
 MANIFEST_SUFFIXES = frozenset({".jsonl", ".csv"})

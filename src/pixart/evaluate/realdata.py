@@ -76,9 +76,12 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
             prompts.append(_prompt_from_row(row, field, f"{path}:{number}"))
     else:
         try:
-            prompts = text_lines(path, encoding="utf-8-sig")
+            prompts = text_lines(path, encoding=None)  # UTF-8, or UTF-16 where its byte-order mark says so
         except UnicodeDecodeError as error:
-            raise RealDataError(f"--prompts {path} is not UTF-8 text (byte {error.start})") from None
+            raise RealDataError(
+                f"--prompts {path} is not UTF-8 text (byte {error.start}; nor UTF-16 with a byte-order mark): "
+                "save it as UTF-8"
+            ) from None
     prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise RealDataError(f"--prompts {path} holds no prompts")
