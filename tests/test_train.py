@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -141,6 +142,16 @@ def test_a_changed_config_is_refused_only_where_there_is_a_checkpoint_to_resume(
     resumable = ["gradient_checkpointing=true", "sample_steps=4", "max_nonfinite_steps=9", "previews=false"]
     resumed = train(config_for(shapes_data, resumable, steps=3, every=1), tmp_path / "failed", progress=False)
     assert resumed["steps"] == 3
+    # data.root spelt otherwise (a trailing slash, or through a link) is the same data: it was refused (review)
+    train(config_for(shapes_data, steps=1, every=1), tmp_path / "respelt", progress=False)
+    (tmp_path / "link").symlink_to(shapes_data, target_is_directory=True)
+    for steps, root in ((2, f"{shapes_data}/"), (3, str(tmp_path / "link"))):
+        respelt = config_for(shapes_data, [f"data.root={root}"], steps=steps, every=1)
+        assert train(respelt, tmp_path / "respelt", progress=False)["steps"] == steps
+    other = tmp_path / "copy"  # a copy is other data, as far as a resume can tell
+    shutil.copytree(shapes_data, other)
+    with pytest.raises(TrainingError, match=r"another config.*data.root"):
+        train(config_for(other, steps=4, every=1), tmp_path / "respelt", progress=False)
     # a config.json edited by hand (or of another version) was a ConfigError traceback
     saved = json.loads((tmp_path / "failed" / "config.json").read_text())
     (tmp_path / "failed" / "config.json").write_text(json.dumps({**saved, "log_every": "5"}))
@@ -210,6 +221,57 @@ def test_a_run_dir_that_is_a_file_is_named_as_one(shapes_data, tmp_path):
     with pytest.raises(TrainingError, match=r"--run-dir .*notes.txt is a file, not a folder"):
         train(config_for(shapes_data, steps=1), tmp_path / "notes.txt", progress=False)
     assert (tmp_path / "notes.txt").read_text() == "x"
+
+
+def test_a_run_dir_holding_someone_elses_files_is_refused_before_anything_is_written(shapes_data, tmp_path):
+    """--run-dir naming a diffusers transformer folder trained in it and wrote the run's config.json over the
+    model's (which then no longer loaded); a folder of other files took checkpoints among them (review)."""
+    model = tmp_path / "transformer"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"_class_name": "PixArtTransformer2DModel", "num_layers": 28}))
+    (model / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    with pytest.raises(TrainingError, match=r"--run-dir .*transformer holds a config.json that is not a training"):
+        train(config_for(shapes_data, steps=1), model, progress=False)
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("a.txt", "b.png", "c", "d", "e", "f"):
+        (mine / name).write_text("x")
+    with pytest.raises(TrainingError, match=r"holds files no training run writes \(a.txt, b.png, c, d, e and 1 more\)"):
+        train(config_for(shapes_data, steps=1), mine, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["a.txt", "b.png", "c", "d", "e", "f"]
+
+    # What a run leaves before its config.json (a lock, its data, a killed atomic write) and a file
+    # browser's metadata are no one else's: such a folder trains
+    started = tmp_path / "started"
+    (started / "data").mkdir(parents=True)
+    for name in (".lock", ".DS_Store", ".config.json.host-12.tmp"):
+        (started / name).write_text("")
+    assert train(config_for(shapes_data, steps=1), started, progress=False)["status"] == "finished"
+    # and a run's own folder, holding its config.json, resumes with notes of the user's beside it
+    (started / "notes.txt").write_text("lr sweep, first try")
+    assert train(config_for(shapes_data, steps=2), started, progress=False)["steps"] == 2
+
+
+def test_fsdp_asked_of_one_process_is_said_to_train_whole(shapes_data, tmp_path, capsys):
+    """--set parallel=fsdp without torchrun trained unsharded without a word (review): the memory it was asked
+    for is not saved, which a user finds out when a larger model does not fit."""
+    train(config_for(shapes_data, ["parallel=fsdp"], steps=1), tmp_path / "fsdp", progress=False)
+    assert "warning: parallel=fsdp in one process: nothing to shard across" in capsys.readouterr().out
+    train(config_for(shapes_data, steps=1), tmp_path / "ddp", progress=False)  # the default, ddp: nothing said
+    assert "parallel=" not in capsys.readouterr().out
+
+
+def test_a_run_refused_for_having_no_complete_batch_leaves_nothing(shapes_data, tmp_path, capsys):
+    """The check came after the run's config.json, world.json and data.json were written (review): a folder
+    that held a config of a run that never was."""
+    with pytest.raises(TrainingError, match=r"no complete batch: 64 samples, batch 100 x 1 ranks per bucket"):
+        train(config_for(shapes_data, ["data.batch_size=100"], steps=1), tmp_path / "run", progress=False)
+    assert list((tmp_path / "run").iterdir()) == []
+    args = ["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "cli"), "--no-progress"]
+    assert main([*args, *[f"--set={item}" for item in [*overrides(shapes_data), "data.batch_size=100"]]]) == 2
+    assert "no complete batch" in capsys.readouterr().err and not (tmp_path / "cli").exists()
 
 
 def fake_clock(monkeypatch) -> list[float]:
@@ -486,6 +548,53 @@ def test_a_resume_refused_under_torchrun_is_one_line_on_every_rank(shapes_data, 
     refusal = f"error: {tmp_path / 'run'} was trained by 1 process(es), and this is 2"
     assert result.stderr.count(refusal) == 2, result.stderr  # each rank says it, in one line
     assert "[rank1]" not in result.stderr and "Traceback" not in result.stderr.split("torchrun")[0], result.stderr
+
+
+def test_a_refusal_on_one_node_stops_every_node_at_once(shapes_data, tmp_path):
+    """Two torchrun "nodes" of one process each, started in two folders: data.root=data is there for one only
+    (a dataset mounted on one node). The node without it refused before joining the process group, and the
+    other waited in it, silent, for the 30-minute timeout (review). Now both stop in seconds, and the node
+    that could start says another refused. --dry-run under torchrun shows the config once, not once a rank."""
+    import socket
+
+    with socket.socket() as probe:  # a free port for the two nodes' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    has_data, lacks_data = tmp_path / "node-a", tmp_path / "node-b"
+    for node in (has_data, lacks_data):
+        node.mkdir()
+    (has_data / "data").symlink_to(shapes_data, target_is_directory=True)
+    sets = [a for item in [*overrides(Path("data"), steps=2), "data.batch_size=4"] for a in ("--set", item)]
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nnodes=2", "--nproc_per_node=1"]
+    torchrun += ["--master_addr=127.0.0.1", f"--master_port={port}"]
+    command = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress", "--run-dir", str(tmp_path / "run"), *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen(
+            [*torchrun, f"--node_rank={rank}", *command],
+            cwd=node,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group: torchrun and its worker, killed together below
+        )
+        for rank, node in enumerate((has_data, lacks_data))
+    ]
+    try:
+        said = [node.communicate(timeout=120)[1] for node in nodes]  # 30 minutes before, on node a
+    finally:  # not left waiting past a failure
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):  # ended, as it should have
+                os.killpg(node.pid, signal.SIGKILL)
+    assert [node.returncode for node in nodes] == [1, 1]  # torchrun's status for a failed worker
+    assert "error: data.root: data is not a feature dataset" in said[1], said[1]
+    assert "error: another process of this job refused to start, and printed why on its node" in said[0], said[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+    dry = ["--standalone", "--nproc_per_node=2", "-m", "pixart", "train", "--recipe", "tiny", "--dry-run"]
+    shown = subprocess.run([torchrun[0], *dry], capture_output=True, text=True, env=env, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count('"recipe"') == 1 and shown.stdout.count("world: 2 process(es)") == 1, shown.stdout
 
 
 def test_a_run_folder_trains_one_job_at_a_time(shapes_data, tmp_path):
@@ -944,7 +1053,9 @@ def test_an_extension_killed_before_its_finals_does_not_pass_for_finished(shapes
         read_spec(run)
     summary = train(config_for(shapes_data, steps=4, every=2), run, progress=False)  # the same command again
     assert summary["trained_steps"] == 0 and safetensors_metadata(run / FINAL_EMA)["step"] == "4"
-    assert resolve_init_path(str(run)).parent == run and read_spec(run)[1] == run / FINAL_EMA
+    # both take the run's current finals, and the same one (here final.safetensors: 4 steps at tiny's decay 0.9
+    # leave 66% of the start in the EMA)
+    assert resolve_init_path(str(run)) == read_spec(run)[1] == run / FINAL
 
 
 def test_pictures_a_kill_interrupts_are_whole_or_absent(shapes_data, tmp_path, monkeypatch):
@@ -1088,6 +1199,14 @@ def test_the_data_is_checked_against_the_config_before_the_model_is_built(shapes
         ([f"data.root={tmp_path / 'nothing'}"], r"data.root: .*nothing is not a feature dataset \(no dataset.json\)"),
         (["data.caption_probs={'dens': 1.0}"], r"caption fields \['dens'\] are not in .*; fix data.caption_probs"),
         (["model.caption_channels=8"], r"caption features are 384 wide but the model expects 8"),
+        # every setting that does not fit, in one refusal: one a run cost a user four --dry-run rounds (review)
+        (
+            ["model.in_channels=4", "model.caption_channels=8", "model.max_length=2"],
+            r"3 latent channels but the model takes 4; set model.in_channels=3; the data's caption features are "
+            r"384 wide .*; set model.caption_channels=384; the data's captions are up to \d+ tokens but the model "
+            r"takes 2; set model.max_length=\d+ \(all: --set model.in_channels=3 --set model.caption_channels=384 "
+            r"--set model.max_length=\d+\)$",
+        ),
     ]
     for extra, message in refusals:
         with pytest.raises(TrainingError, match=message):
@@ -1745,7 +1864,8 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     capsys.readouterr()
     assert main(["info", str(tmp_path / "run"), "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
-    assert described["path"] == str(tmp_path / "run" / FINAL_EMA) and described["format"] == "pixart"
+    # the weights generate samples: 2 steps at tiny's decay 0.9 leave 81% of the start in the EMA, so its final.
+    assert described["path"] == str(tmp_path / "run" / FINAL) and described["format"] == "pixart"
     assert described["generation"]["folder"] == "a training run"
     assert described["generation"]["codec"] == info["codec"]["kind"]
     from tiny_models import tiny_vae
@@ -1761,7 +1881,7 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     (tmp_path / "run" / "config.json").write_text(json.dumps({**saved, "steps": 4}))  # extended, then stopped
     (tmp_path / "run" / "checkpoints" / "step-0000003.pt").touch()
-    with pytest.raises(FileNotFoundError, match="is training further .checkpoint at step 3 of 4."):
+    with pytest.raises(FileNotFoundError, match="was extended to 4 steps and has reached 3 .training now, or stopped"):
         TextToImage.from_path(tmp_path / "run")
     (tmp_path / "run" / "checkpoints" / "step-0000003.pt").unlink()
     (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
@@ -1794,6 +1914,50 @@ def test_a_short_run_says_when_its_ema_still_holds_mostly_its_start(shapes_data,
     assert "still holds" not in capsys.readouterr().out
     assert ema_start_share(warm.optim, 4) == pytest.approx(1 / 10 * 2 / 11 * 3 / 12 * 4 / 13)  # by hand
     assert ema_start_share(config_for(shapes_data, paper).optim, 3) == pytest.approx(0.9999**3)
+
+
+def test_a_runs_final_weights_and_checkpoints_generate_as_the_run_and_a_stale_ema_is_passed_over(
+    shapes_data, tmp_path, capsys
+):
+    """A run's final.safetensors was refused ("pass --model RUN"), and RUN sampled final_ema even where that
+    still held the untrained start, which the run's own finish note told to pass over: no way led to the
+    weights it learned (review). Now any weights file of a run samples with the run's codec and text encoder,
+    and the run folder takes final.safetensors where the EMA is stale, saying so, as init_from does."""
+    from pixart.generate import TextToImage
+    from pixart.modelfolder import read_spec
+
+    def loaded(pipe) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in pipe.transformer.state_dict().items() if k != "pos_embed"}
+
+    def stored(path: Path) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in load_file(path).items() if k != "pos_embed"}
+
+    paper = tmp_path / "paper"  # 0.9999 over 3 steps: the EMA is 99.97% the start
+    train(config_for(shapes_data, ["optim.ema_decay=0.9999"], steps=3, every=1), paper, progress=False)
+    capsys.readouterr()
+    pipe = TextToImage.from_path(paper)
+    said = capsys.readouterr().err
+    assert f"{paper / FINAL_EMA} still holds 100% of the weights the run started from" in said
+    assert f"its {FINAL} is sampled instead" in said
+    assert_bitwise_equal(loaded(pipe), stored(paper / FINAL))
+    assert not torch.equal(
+        stored(paper / FINAL)["final_layer.linear.weight"], stored(paper / FINAL_EMA)["final_layer.linear.weight"]
+    )
+    for weights in (paper / FINAL_EMA, paper / FINAL, paper / "checkpoints" / "step-0000002.pt"):
+        spec, transformer_path, *_ = read_spec(weights)
+        assert (spec.codec, spec.text_encoder, transformer_path) == ("pixels", "minilm", weights)
+    assert_bitwise_equal(loaded(TextToImage.from_path(paper / FINAL_EMA)), stored(paper / FINAL_EMA))
+    assert "still holds" not in capsys.readouterr().err  # named itself: taken as asked
+
+    fresh = tmp_path / "fresh"  # decay 0.1: the EMA is the weights learned, and stays the run's default
+    train(config_for(shapes_data, ["optim.ema_decay=0.1"], steps=3, every=1), fresh, progress=False)
+    capsys.readouterr()
+    assert_bitwise_equal(loaded(TextToImage.from_path(fresh)), stored(fresh / FINAL_EMA))
+    assert "still holds" not in capsys.readouterr().err
+    assert main(["info", str(fresh / FINAL), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["generation"]["folder"] == "weights of a training run"
+    assert described["generation"]["codec"] == "pixels"
 
 
 def test_the_summary_of_a_run_that_trained_no_step_is_strict_json(shapes_data, tmp_path, capsys):

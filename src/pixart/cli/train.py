@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet(*args: object, **kwargs: object) -> None:
+    """print's stand-in on the processes that do not show a dry run."""
+
+
 def dry_run(config: TrainConfig) -> int:
     """Print the resolved config, the world and the learning rate, then make the checks a real run makes
     before its folder (a dry run that passes must start): refused there, refused here, after the config is
@@ -103,8 +107,10 @@ def dry_run(config: TrainConfig) -> int:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_rank = config.data.batch_size * config.optim.grad_accum
-    print(config_io.to_json(config), end="")
-    print(
+    # Under torchrun every process checks, and the main one shows: the config was printed once a process
+    show = print if int(os.environ.get("RANK", "0")) == 0 else quiet
+    show(config_io.to_json(config), end="")
+    show(
         f"world: {world} process(es) (torchrun sets WORLD_SIZE), {config.parallel}; batch {config.data.batch_size} "
         f"per rank x {config.optim.grad_accum} accumulation = {per_rank} per rank, {per_rank * world} global; "
         f"learning rate {effective_lr(config.optim, per_rank * world):.3g}"
@@ -125,5 +131,5 @@ def dry_run(config: TrainConfig) -> int:
     except TrainingError as error:
         raise UserError(str(error)) from error
     for warning in warnings:
-        print(f"warning: {warning}")
+        show(f"warning: {warning}")
     return 0

@@ -4,6 +4,7 @@ Each refusal is a TrainingError whose message says what to do."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -14,12 +15,15 @@ from pixart import config as config_io
 from pixart.data.records import DamagedData
 from pixart.diffusion.schedulers import check_steps, default_sampler
 from pixart.files import write_json
+from pixart.outputs import is_browser_metadata
 from pixart.train import checkpoint as ckpt
 from pixart.train.config import TrainConfig
 from pixart.train.data import check_built_data_folder, check_given_data
 from pixart.train.distributed import World, all_reduce_max
 from pixart.train.errors import TrainingError
-from pixart.train.init import resolve_init_path
+from pixart.train.exclusive import LOCK_FILE
+from pixart.train.init import is_run_config, resolve_init_path
+from pixart.weights.formats import FINAL, FINAL_EMA
 
 # Settings that may change between a run and its resumption; anything else must match config.json.
 # Neither what the weights become nor where the data stands depends on these.
@@ -71,12 +75,20 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
         raise TrainingError(
             f"{source} holds no config this version can read ({error}): fix it, or use a new --run-dir"
         ) from None
+    if same_folder(previous.data.root, config.data.root):  # 'features' for 'features/', or its absolute path
+        previous = dataclasses.replace(previous, data=dataclasses.replace(previous.data, root=config.data.root))
     changes = [c for c in config_io.diff(previous, config) if c.split(":")[0] not in RESUMABLE_CHANGES]
     if changes:
         raise TrainingError(
             f"{run_dir} holds a run with another config; use a new --run-dir or the same "
             f"settings. Differences: {'; '.join(changes)}"
         )
+
+
+def same_folder(a: str, b: str) -> bool:
+    """Two spellings of one data.root (a trailing slash, relative or absolute, a link): a resume was refused
+    for "data.root: '/data/x' -> '/data/x/'" (review)."""
+    return bool(a and b) and a != b and Path(a).resolve() == Path(b).resolve()
 
 
 def checkpoint_config(run_dir: Path, path: Path) -> dict:
@@ -165,6 +177,7 @@ def check_start(config: TrainConfig, run_dir: Path) -> list[str]:
     the warnings to print (check_given_data's)."""
     if run_dir.exists() and not run_dir.is_dir():  # mkdir said only "File exists"
         raise TrainingError(f"--run-dir {run_dir} is a file, not a folder: name a folder (new or a run's)")
+    check_folder_is_a_run(run_dir)
     saved = ckpt.list_checkpoints(run_dir)
     if saved and saved[-1][0] > config.steps:  # training cannot be undone: the run is past the goal
         raise TrainingError(
@@ -181,6 +194,51 @@ def check_start(config: TrainConfig, run_dir: Path) -> list[str]:
     except (FileExistsError, DamagedData) as error:
         raise TrainingError(str(error)) from None
     return check_given_data(config)
+
+
+# What a training run writes in its folder (and the hidden temporaries of its atomic writes)
+RUN_ENTRIES = frozenset(
+    {LOCK_FILE, "config.json", WORLD_FILE, DATA_FILE, "data", "checkpoints", FINAL, FINAL_EMA}
+    | {"metrics.jsonl", "loss.png", "samples", "tensorboard"}
+)
+
+
+def check_folder_is_a_run(run_dir: Path) -> None:
+    """A --run-dir is new, empty, or a run's: training wrote its config.json over a model folder's (a diffusers
+    transformer's, which then no longer loaded) and its checkpoints among someone's files."""
+    if not run_dir.is_dir():
+        return
+    config = run_dir / "config.json"
+    if config.is_file():
+        if is_json_object(config) and not is_run_config(config):
+            raise TrainingError(
+                f"--run-dir {run_dir} holds a config.json that is not a training run's (a model's?), which a run "
+                "would replace: name a new or empty folder, or a run's folder to continue it"
+            )
+        return  # a run's (a damaged one is told apart when the run is resumed)
+    strangers = sorted(
+        entry.name
+        for entry in run_dir.iterdir()
+        if entry.name not in RUN_ENTRIES and not is_browser_metadata(entry) and not is_run_temporary(entry.name)
+    )
+    if strangers:
+        shown = ", ".join(strangers[:5]) + (f" and {len(strangers) - 5} more" if len(strangers) > 5 else "")
+        raise TrainingError(
+            f"--run-dir {run_dir} holds files no training run writes ({shown}), among which a run would write "
+            "its own: name a new or empty folder, or a run's folder to continue it"
+        )
+
+
+def is_run_temporary(name: str) -> bool:
+    """An atomic write's hidden temporary of a run file, left by a kill (pixart.files.temporary_path)."""
+    return name.endswith(".tmp") and any(name.startswith(f".{entry}.") for entry in RUN_ENTRIES)
+
+
+def is_json_object(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 SLOW_SAVE_S = 20.0  # a save this long leaves a stop little of the 30 s torchrun and SLURM give it

@@ -46,29 +46,40 @@ class LatentScaling:
     def check_model_config(
         self, config: PixArtConfig | DiTConfig, info: dict, buckets: Iterable[str] = (), min_samples: int = 1
     ) -> None:
-        """check_model from the model's config alone: before the model is built (check_start, --dry-run)."""
+        """check_model from the model's config alone: before the model is built (check_start, --dry-run). The
+        settings that do not fit the data are named together: one a run, a user took four --dry-run rounds."""
+        unfit: list[tuple[str, str]] = []  # (what does not fit, the setting that fixes it)
         if config.in_channels != self.latent_channels:
             key = "model" if isinstance(config, PixArtConfig) else "dit"  # stage 1 trains config.dit
-            raise TrainingError(
-                f"the data has {self.latent_channels} latent channels but the model takes "
-                f"{config.in_channels}; set {key}.in_channels={self.latent_channels}"
+            unfit.append(
+                (
+                    f"the data has {self.latent_channels} latent channels but the model takes {config.in_channels}",
+                    f"{key}.in_channels={self.latent_channels}",
+                )
             )
         width = info.get("text_encoder", {}).get("width")
         caption_channels = getattr(config, "caption_channels", None)
         if caption_channels is not None and width is not None and caption_channels != width:
-            raise TrainingError(
-                f"the data's caption features are {width} wide but the model expects "
-                f"{caption_channels}; set model.caption_channels={width}"
+            unfit.append(
+                (
+                    f"the data's caption features are {width} wide but the model expects {caption_channels}",
+                    f"model.caption_channels={width}",
+                )
             )
         # Captions up to the data's max_length reach the model, whose null caption (y_embedding) is max_length
         # tokens long: a longer caption would fail at the first batch holding one, maybe thousands of steps in.
         tokens = info.get("text_encoder", {}).get("max_length")
         max_length = getattr(config, "max_length", None)
         if max_length is not None and tokens is not None and tokens > max_length:
-            raise TrainingError(
-                f"the data's captions are up to {tokens} tokens but the model takes {max_length}; "
-                f"set model.max_length={tokens}"
+            unfit.append(
+                (
+                    f"the data's captions are up to {tokens} tokens but the model takes {max_length}",
+                    f"model.max_length={tokens}",
+                )
             )
+        if unfit:
+            every = f" (all: --set {' --set '.join(fix for _, fix in unfit)})" if len(unfit) > 1 else ""
+            raise TrainingError("; ".join(f"{what}; set {fix}" for what, fix in unfit) + every)
         # Else the first batch of such a bucket fails in the patch embedding, maybe thousands of steps in.
         table, f, patch = (
             info.get("buckets", {}),

@@ -75,14 +75,18 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     creates_group = not torch.distributed.is_initialized()
     run_dir = Path(run_dir)
     started = time.time()
-    check_preview_steps(config)
-    warnings = check_start(config, run_dir)
+    check_preview_steps(config)  # the config alone: every process refuses it alike
     try:
         world = init_distributed(device)
     except ValueError as error:  # a device index under torchrun
         raise TrainingError(str(error)) from None
+    warnings = start_or_refuse_together(config, run_dir, world)
+    if config.parallel == "fsdp" and not world.distributed:  # else it trained whole without a word (review)
+        warnings.append(
+            "parallel=fsdp in one process: nothing to shard across, so the model trains whole, as it would under "
+            "ddp; FSDP shards over torchrun's processes (torchrun --nproc_per_node N)"
+        )
     if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         for warning in warnings:
             print(f"[pixart train] warning: {warning}", flush=True)
     with exclusive_run(run_dir, world):  # one job at a time in a run folder
@@ -91,6 +95,32 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
         # on a normal return only, as torchtitan does: tearing down while another rank is in a collective hangs
         let_go_of_the_group(world, destroy=creates_group)
     return summary
+
+
+def start_or_refuse_together(config: TrainConfig, run_dir: Path, world: World) -> list[str]:
+    """check_start's warnings, with the run folder made (main rank), once every process has passed both.
+
+    What the file system holds may differ between nodes (a data.root mounted on one only, a run folder
+    another cannot write): a node that refused before joining the process group left the others waiting in
+    it, silent, for its 30-minute timeout, and one that refused after left them a gloo traceback ("Connection
+    closed by peer"). Every process checks, then learns whether any refused, and those that did not say so.
+    """
+    refusal: Exception | None = None
+    warnings: list[str] = []
+    try:
+        warnings = check_start(config, run_dir)
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+    except Exception as error:  # noqa: BLE001 - raised again below, once the others know
+        refusal = error
+    refused_anywhere = torch.tensor(float(refusal is not None), device=world.device)
+    if world.distributed and all_reduce_max(refused_anywhere, world).item() and refusal is None:
+        raise TrainingError(
+            "another process of this job refused to start, and printed why on its node; fix that and rerun"
+        )
+    if refusal is not None:
+        raise refusal
+    return warnings
 
 
 def init_worker(worker_id: int) -> None:
@@ -129,6 +159,14 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
     bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
 
     scaling.check_model(model, dataset.info, dataset.buckets, config.data.batch_size * world.world_size)
+    sampler = BucketBatchSampler(
+        dataset.buckets, config.data.batch_size, num_replicas=world.world_size, rank=world.rank, seed=config.seed
+    )
+    if len(sampler) == 0:
+        raise TrainingError(
+            f"no complete batch: {len(dataset)} samples, batch {config.data.batch_size} x "
+            f"{world.world_size} ranks per bucket; lower data.batch_size or add data"
+        )
     check_or_record_data(run_dir, len(dataset), resuming=resume_from is not None, record=world.is_main)
     if world.is_main:  # once the data is known to train this model: a run refused for it leaves no config behind
         write_json(run_dir / "config.json", config_io.to_dict(config))  # atomically: every resume reads it back
@@ -147,14 +185,6 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
     optimizer = build_optimizer(params, config.optim, lr)
     warmup = max(1, config.optim.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    sampler = BucketBatchSampler(
-        dataset.buckets, config.data.batch_size, num_replicas=world.world_size, rank=world.rank, seed=config.seed
-    )
-    if len(sampler) == 0:
-        raise TrainingError(
-            f"no complete batch: {len(dataset)} samples, batch {config.data.batch_size} x "
-            f"{world.world_size} ranks per bucket; lower data.batch_size or add data"
-        )
     if world.is_main:
         warn_of_untrained_buckets(dataset.buckets, config.data.batch_size * world.world_size)
         warn_of_long_warmup(config)
