@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
@@ -27,7 +28,7 @@ from pixart.encoders.text import text_encoder_kind
 from pixart.files import write_text
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
-from pixart.weights.formats import FINAL_EMA, OURS_IN_FOLDER
+from pixart.weights.formats import FINAL, FINAL_EMA, OURS_IN_FOLDER
 from pixart.weights.io import SAMPLING_METADATA, sampling_entry, sampling_metadata
 
 SPEC_FILE = "model.json"
@@ -249,25 +250,18 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
             scheduler = None
         return spec, path / "transformer", text_folder, tokenizer, Path(vae) if vae else path / "vae", scheduler
     if kind == "run":
-        if (unfinished := unfinished_run_step(path)) is not None:  # extended, or training now
+        if (unfinished := unfinished_run_step(path)) is not None:  # extended: training now, or stopped
             reached, goal = unfinished
             raise FileNotFoundError(
-                f"{path} is training further (checkpoint at step {reached} of {goal}): its final weights are from "
-                f"an earlier finish; wait for it to finish, or give {path / FINAL_EMA} to use those"
+                f"{path} was extended to {goal} steps and has reached {reached} (training now, or stopped): its "
+                f"final weights are from an earlier finish; finish it with its pixart train command, or give "
+                f"{path / FINAL_EMA} to use those"
             )
         if (why := stale_finals(path)) is not None:
             raise FileNotFoundError(f"{why}; or give {path / FINAL_EMA} to use the earlier ones")
-        try:
-            spec = spec_of(path, kind)  # the kinds and buckets of its data; --vae/--text-encoder replace folders
-        except FileNotFoundError:
-            if vae is None or text_encoder is None:
-                raise
-            spec = bare_weights_spec(Path(vae), Path(text_encoder))  # its data is gone: read off the folders
-        if vae is not None and spec.codec == "pixels":  # else ignored, yet recorded with the images
-            raise FileNotFoundError(f"{path} was trained on pixels, with no codec: it takes no --vae")
-        text_folder = Path(text_encoder) if text_encoder else resolve(path, spec.text_encoder_path)
-        codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
-        return spec, path / FINAL_EMA, text_folder, None, codec_folder, None
+        return run_components(path, run_weights(path), vae, text_encoder)
+    if (run := run_around(path)) is not None:  # final.safetensors, or a checkpoint: sampled as its run's weights
+        return run_components(run, path, vae, text_encoder)
     if path.is_dir() and (path / RUN_CONFIG).is_file() and (unfinished := unfinished_run_step(path)) is not None:
         raise FileNotFoundError(
             f"{path} is a training run that has not finished (checkpoint at step {unfinished[0]} of "
@@ -290,6 +284,49 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
             "or the MiniLM folder of a model trained on MiniLM features)"
         )
     return bare_weights_spec(Path(vae), Path(text_encoder)), path, Path(text_encoder), None, Path(vae), None
+
+
+def run_components(run: Path, weights: Path, vae: str | Path | None, text_encoder: str | Path | None) -> Components:
+    """read_spec's answer for `weights` of the training run `run`: the codec and text encoder of its data."""
+    try:
+        spec = spec_of(run, "run")  # the kinds and buckets of its data; --vae/--text-encoder replace folders
+    except FileNotFoundError:
+        if vae is None or text_encoder is None:
+            raise
+        spec = bare_weights_spec(Path(vae), Path(text_encoder))  # its data is gone: read off the folders
+    if vae is not None and spec.codec == "pixels":  # else ignored, yet recorded with the images
+        raise FileNotFoundError(f"{run} was trained on pixels, with no codec: it takes no --vae")
+    text_folder = Path(text_encoder) if text_encoder else resolve(run, spec.text_encoder_path)
+    codec_folder = Path(vae) if vae else resolve(run, spec.codec_path)
+    return spec, weights, text_folder, None, codec_folder, None
+
+
+def run_weights(run: Path, *, say: bool = True) -> Path:
+    """A finished run's EMA weights, or its raw final weights where the EMA still holds most of the weights
+    the run started from (a short run at decay 0.9999), said on stderr (`say`): as init_from takes a run's
+    weights. Sampling that EMA drew from the untrained model, with nothing said."""
+    from pixart.train.init import stale_ema_share
+
+    share = stale_ema_share(run)
+    if share is None or not (run / FINAL).is_file():
+        return run / FINAL_EMA
+    if say:
+        print(
+            f"note: {run / FINAL_EMA} still holds {share:.0%} of the weights the run started from (too few steps "
+            f"for its EMA decay): its {FINAL} is sampled instead; name {run / FINAL_EMA} itself to sample the EMA",
+            file=sys.stderr,
+        )
+    return run / FINAL
+
+
+def run_around(path: Path) -> Path | None:
+    """The training run folder a weights file lies in (its finals, or checkpoints/step-N.pt), else None."""
+    from pixart.train.init import is_run_config
+
+    if not path.is_file():
+        return None
+    folders = [path.parent] + ([path.parent.parent] if path.parent.name == "checkpoints" else [])
+    return next((folder for folder in folders if is_run_config(folder / RUN_CONFIG)), None)
 
 
 def bare_weights_spec(vae: Path, text_encoder: Path) -> ModelSpec:

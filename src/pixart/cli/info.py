@@ -21,8 +21,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        help='JSON of the PixArtConfig fields a file\'s shapes do not say (e.g. {"num_heads": 3} for a width '
-        "not 72 per head); the rest are read from the file",
+        metavar="FILE",
+        help='a JSON file of the PixArtConfig fields a file\'s shapes do not say (e.g. {"num_heads": 3} for a '
+        "width not 72 per head); the rest are read from the file",
     )
     parser.add_argument(
         "--num-heads",
@@ -36,17 +37,17 @@ def run(args: argparse.Namespace) -> int:
     from pixart.cli.convert import check_num_heads, read_config_fields
     from pixart.cli.main import UserError
     from pixart.model.pixart import PixArtConfig
-    from pixart.modelfolder import folder_kind, sampling_record
+    from pixart.modelfolder import folder_kind, run_weights, sampling_record
     from pixart.weights import detect_format
     from pixart.weights.dit_init import infer_dit_config
-    from pixart.weights.formats import FINAL_EMA
     from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit
     from pixart.weights.pth import training_checkpoint_settings
 
     given = read_config_fields(args.config, PixArtConfig) if args.config else None
-    # a finished training run, which generate and serve take whole: its final EMA weights, and how it generates
+    # a finished training run, which generate and serve take whole: the weights they sample (its final EMA
+    # weights, unless the EMA still holds mostly its start), and how it generates
     folder = args.path
-    path = folder / FINAL_EMA if folder.is_dir() and folder_kind(folder) == "run" else folder
+    path = run_weights(folder, say=False) if folder.is_dir() and folder_kind(folder) == "run" else folder
     fmt = detect_format(path)
     if fmt == "dit":
         if given is not None:
@@ -129,12 +130,14 @@ def there_or_not(folder: Path, option: str) -> str:
 def generation_settings(path: Path, config: PixArtConfig, learned_null_caption: bool) -> dict[str, Any]:
     """What `pixart generate` takes from a folder besides the transformer, as it resolves them: text encoder,
     codec, sampler and its steps, guidance, buckets. Empty for bare weights; a note when the folder cannot say."""
-    from pixart.modelfolder import folder_kind, read_spec, spec_for_weights
+    from pixart.modelfolder import folder_kind, read_spec, run_around, spec_for_weights
     from pixart.weights import WeightsError
 
     kind = folder_kind(path)
     if kind == "weights":
-        return {}
+        if run_around(path) is None:
+            return {}
+        kind = "run weights"  # a run's other weights (final.safetensors, a checkpoint) generate as its own do
     try:
         spec, transformer_path, text_folder, _, codec_folder, scheduler = read_spec(path)
     except (FileNotFoundError, WeightsError, ValueError, KeyError) as error:
@@ -149,6 +152,7 @@ def generation_settings(path: Path, config: PixArtConfig, learned_null_caption: 
     codec = spec.codec + (f" ({there_or_not(codec_folder, '--vae PATH')})" if codec_folder is not None else "")
     buckets = spec.buckets or {}
     folders = {"pixart": "a pixart model folder", "diffusers": "a diffusers pipeline", "run": "a training run"}
+    folders["run weights"] = "weights of a training run"
     return {
         "folder": folders[kind],
         "text_encoder": f"{spec.text_encoder} ({text}), {spec.text_max_length} tokens",
