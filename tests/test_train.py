@@ -663,6 +663,10 @@ def test_one_rank_dying_fails_the_job_clearly(shapes_data, tmp_path):
     assert result.returncode != 0
     assert "exitcode" in result.stderr and "rank" in result.stderr  # torchrun names the failed rank and its code
     assert not (tmp_path / "run" / FINAL).exists()
+    # the survivor says so in one line, not in a 20-line traceback through DDP's broadcast (review)
+    ours = result.stderr.split("torch/distributed/elastic")[0]  # before torchrun's own report
+    assert "pixart train: error: another process of this job stopped (its output says why)" in ours, ours
+    assert "[rank0]" not in ours and "Traceback" not in ours, ours
 
 
 def test_a_non_finite_step_is_skipped_and_counted(shapes_data, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,11 +80,37 @@ def run(args: argparse.Namespace) -> int:
             summary = train(config, args.run_dir, device=args.device, progress=not args.no_progress)
     except TrainingError as error:
         raise UserError(str(error)) from error
+    except RuntimeError as error:
+        if not another_process_left(error):
+            raise
+        # gloo's first sentence, without the source file it names: "Read error [host]:port: Connection reset by peer"
+        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = re.sub(r"^\[[^\]]*\.cc:\d+\]\s*", "", said).split(". ")[0][:200]
+        raise UserError(
+            f"another process of this job stopped (its output says why), and this one could not go on without it "
+            f"({first}); rerun the same command to continue from the last checkpoint"
+        ) from error
     if main_rank:  # strict JSON: a run that trained no step has no loss (NaN), said as null
         print(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}))
     if summary["status"] == "interrupted":  # not 0: a script's next step (convert its final weights) must not run
         return 128 + signal.Signals[summary["signal"]].value  # as a shell reports a command a signal ended
     return 0
+
+
+# What gloo says when the process at the other end of a collective has gone (killed, or crashed)
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
+def another_process_left(error: RuntimeError) -> bool:
+    """Whether `error` is a collective failing because another process of a torchrun job ended: the survivors
+    printed a 20-line traceback through DDP's internals, which said nothing a user could act on (review)."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    return isinstance(error, dist.DistError) or any(words in str(error) for words in PEER_GONE)
 
 
 def quiet(*args: object, **kwargs: object) -> None:
