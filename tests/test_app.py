@@ -309,6 +309,12 @@ def test_a_failed_demo_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_main, "main", lambda argv: 1)
     with pytest.raises(cli_main.UserError, match="pass --model"):
         serve.demo_model()
+    # stopped by Ctrl-C, the demo said so and that the same command continues it; "did not leave a model ...
+    # pass --model DIR instead" after that contradicted it (review)
+    monkeypatch.setattr(cli_main, "main", lambda argv: 130)
+    with pytest.raises(SystemExit) as stopped:
+        serve.demo_model()
+    assert stopped.value.code == 130
 
 
 def test_serve_refuses_a_bad_out_before_loading_anything(tmp_path, capsys):

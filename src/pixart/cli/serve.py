@@ -55,6 +55,8 @@ def demo_model() -> Path:
     from pixart.cli.main import UserError, main  # looked up now: `demo` is a sibling subcommand
 
     status = main(["demo"])
+    if status == 130:  # stopped (Ctrl-C): the demo said so, and that the same command (this one) continues it
+        raise SystemExit(status)
     if status or not (DEMO_MODEL / "model.json").is_file():
         raise UserError(f"`pixart demo` did not leave a model in {DEMO_MODEL}; pass --model DIR instead")
     return DEMO_MODEL
