@@ -151,8 +151,12 @@ def generation_settings(path: Path, config: PixArtConfig, learned_null_caption: 
     text = "the bundled MiniLM" if text_folder is None else there_or_not(text_folder, "--text-encoder DIR")
     codec = spec.codec + (f" ({there_or_not(codec_folder, '--vae PATH')})" if codec_folder is not None else "")
     buckets = spec.buckets or {}
-    folders = {"pixart": "a pixart model folder", "diffusers": "a diffusers pipeline", "run": "a training run"}
-    folders["run weights"] = "weights of a training run"
+    folders = {
+        "pixart": "a pixart model folder",
+        "diffusers": "a diffusers pipeline",
+        "run": "a training run",
+        "run weights": "weights of a training run",
+    }
     return {
         "folder": folders[kind],
         "text_encoder": f"{spec.text_encoder} ({text}), {spec.text_max_length} tokens",
