@@ -550,6 +550,31 @@ def test_a_resume_refused_under_torchrun_is_one_line_on_every_rank(shapes_data, 
     assert "[rank1]" not in result.stderr and "Traceback" not in result.stderr.split("torchrun")[0], result.stderr
 
 
+def test_a_window_resumed_under_torchrun_logs_an_uninterrupted_runs_loss_to_the_bit(shapes_data, tmp_path):
+    """Two processes, log every 8 steps: one run to 8, and one that ends at 5 (its checkpoint holds steps 1-5's
+    part of the window) and is extended to 8. Every rank restored the ranks' mean of the window and averaged
+    it again, so step 8's loss parted from the uninterrupted run's in the 7th digit (review); each rank now
+    restores its own sum."""
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(folder: str, steps: int) -> None:
+        items = [*overrides(shapes_data, steps=steps, every=100), "log_every=8", "data.batch_size=4"]
+        sets = [a for item in items for a in ("--set", item)]
+        command = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress", "--run-dir", str(tmp_path / folder)]
+        done = subprocess.run([*torchrun, *command, *sets], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr
+
+    run("whole", 8)
+    run("extended", 5)
+    run("extended", 8)
+    whole, extended = (
+        {row["step"]: row for row in read_metrics(tmp_path / f / "metrics.jsonl")} for f in ("whole", "extended")
+    )
+    assert_bitwise_equal(weights(tmp_path / "whole"), weights(tmp_path / "extended"))
+    assert extended[8]["loss"] == whole[8]["loss"]  # parted at 6e-8 here (0.97557259 against 0.97557253)
+
+
 def test_a_refusal_on_one_node_stops_every_node_at_once(shapes_data, tmp_path):
     """Two torchrun "nodes" of one process each, started in two folders: data.root=data is there for one only
     (a dataset mounted on one node). The node without it refused before joining the process group, and the

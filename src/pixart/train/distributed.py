@@ -94,6 +94,15 @@ def all_reduce_mean(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
+def all_gather_flat(tensor: torch.Tensor, world: World) -> list[float]:
+    """Every rank's `tensor` (1-D), rank 0's first, as one list of floats on every rank."""
+    if not world.distributed:
+        return tensor.tolist()
+    parts = [torch.empty_like(tensor) for _ in range(world.world_size)]
+    dist.all_gather(parts, tensor)
+    return torch.cat(parts).tolist()
+
+
 def wrap_model(model: PixArt | DiT, world: World, parallel: str, bf16: bool) -> nn.Module:
     """DDP (gradients all-reduced) or FSDP2 (parameters sharded per block); the same module single-process."""
     if not world.distributed:

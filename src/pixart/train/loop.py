@@ -45,6 +45,7 @@ from pixart.train.config import TrainConfig, effective_lr
 from pixart.train.data import LatentScaling, check_class_labels, prepare_data
 from pixart.train.distributed import (
     World,
+    all_gather_flat,
     all_reduce_max,
     all_reduce_mean,
     gradient_sync,
@@ -190,7 +191,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
         warn_of_long_warmup(config)
 
     step, epoch, position, skipped, bad_in_a_row = 0, 0, 0, 0, 0
-    # The log window in progress (its loss summed over applied steps, every rank's mean once saved) and
+    # The log window in progress (this rank's loss summed over applied steps, and their count) and
     # the training time before this process: kept in checkpoints, so a resumed run logs what an
     # uninterrupted one would have.
     loss_sum = torch.zeros((), device=world.device)
@@ -218,7 +219,8 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
             "position": position,
             "skipped_steps": skipped,
             "nonfinite_in_a_row": bad_in_a_row,
-            "log_window": window or [0.0, 0.0],  # [loss summed over applied steps, applied steps]
+            # [loss summed over applied steps, applied steps] of each rank, one pair after another
+            "log_window": window or [0.0, 0.0] * world.world_size,
             "train_seconds": seconds_before + time.time() - started,
             "config": config_io.to_dict(config),
         }
@@ -253,7 +255,11 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
         step, epoch, position = state["step"], state["epoch"], state["position"]
         skipped = state.get("skipped_steps", 0)
         bad_in_a_row = state.get("nonfinite_in_a_row", 0)
-        window_loss, window_applied = state.get("log_window", [0.0, 0.0])
+        window = state.get("log_window", [0.0, 0.0])
+        # This rank's own pair: restored as it was left, the next row is an uninterrupted run's to the last bit.
+        # Checkpoints before held one pair, every rank's mean (a resumed row under torchrun differed at 1e-7).
+        own = window[2 * world.rank : 2 * world.rank + 2] if len(window) == 2 * world.world_size else window
+        window_loss, window_applied = own
         loss_sum.fill_(window_loss)
         applied_steps.fill_(window_applied)
         seconds_before = state.get("train_seconds", 0.0)
@@ -284,7 +290,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
         nonlocal saved_step, said_slow_save
         if at_step == saved_step:
             return
-        window = all_reduce_mean(torch.stack([loss_sum, applied_steps]), world).tolist()  # every rank's mean
+        window = all_gather_flat(torch.stack([loss_sum, applied_steps]), world)  # each rank's own, in rank order
         state = training_state(at_step, window)
         began = time.time()
         ckpt.save_checkpoint(run_dir, at_step, state, world, sharded=sharded, keep=config.keep_checkpoints)
