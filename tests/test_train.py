@@ -690,8 +690,25 @@ def test_one_rank_dying_fails_the_job_clearly(shapes_data, tmp_path):
     assert not (tmp_path / "run" / FINAL).exists()
     # the survivor says so in one line, not in a 20-line traceback through DDP's broadcast (review)
     ours = result.stderr.split("torch/distributed/elastic")[0]  # before torchrun's own report
-    assert "pixart train: error: another process of this job stopped (its output says why)" in ours, ours
+    assert "pixart train: error: another process of this job stopped or stalled (its output may say why)" in ours, ours
     assert "[rank0]" not in ours and "Traceback" not in ours, ours
+
+
+def test_a_stalled_rank_stops_the_job_after_collective_timeout(shapes_data, tmp_path):
+    """A process stuck (never returning, not dead) held the others in a collective for a fixed 30 minutes,
+    with no setting to shorten it (review). collective_timeout (minutes) now bounds it: 0.1 here, 6 s."""
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2"]
+    torchrun.append("--shutdown-timeout=2")  # the stalled process ignores SIGTERM: killed 2 s after it
+    items = [*overrides(shapes_data, steps=6, every=100), "data.batch_size=4", "collective_timeout=0.1"]
+    sets = [a for item in items for a in ("--set", item)]
+    command = ["-m", "pixart", "train", "--recipe", "tiny", "--no-progress", "--run-dir", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", loop.FAULT_ENV: "stall:1:3"}
+    began = time.monotonic()
+    result = subprocess.run([*torchrun, *command, *sets], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0 and time.monotonic() - began < 120  # 30 minutes before
+    ours = result.stderr.split("torch/distributed/elastic")[0]
+    assert "pixart train: error: another process of this job stopped or stalled" in ours, ours
+    assert not (tmp_path / "run" / FINAL).exists()
 
 
 def test_a_non_finite_step_is_skipped_and_counted(shapes_data, tmp_path, monkeypatch):

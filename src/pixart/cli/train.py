@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         first = re.sub(r"^\[[^\]]*\.cc:\d+\]\s*", "", said).split(". ")[0][:200]
         raise UserError(
-            f"another process of this job stopped (its output says why), and this one could not go on without it "
-            f"({first}); rerun the same command to continue from the last checkpoint"
+            f"another process of this job stopped or stalled (its output may say why), and this one could not go on "
+            f"without it ({first}); rerun the same command to continue from the last checkpoint"
         ) from error
     if main_rank:  # strict JSON: a run that trained no step has no loss (NaN), said as null
         print(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}))
@@ -97,12 +97,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# What gloo says when the process at the other end of a collective has gone (killed, or crashed)
-PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+# What gloo says when the process at the other end of a collective has gone (killed, crashed) or has not come
+# within collective_timeout (stalled)
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out waiting")
 
 
 def another_process_left(error: RuntimeError) -> bool:
-    """Whether `error` is a collective failing because another process of a torchrun job ended: the survivors
+    """Whether `error` is a collective failing because another process of a torchrun job ended or stalled: the others
     printed a 20-line traceback through DDP's internals, which said nothing a user could act on (review)."""
     import os
 
@@ -110,7 +111,7 @@ def another_process_left(error: RuntimeError) -> bool:
 
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return False
-    return isinstance(error, dist.DistError) or any(words in str(error) for words in PEER_GONE)
+    return isinstance(error, dist.DistError) or any(words in str(error) for words in PEER_LOST)
 
 
 def quiet(*args: object, **kwargs: object) -> None:

@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = {
     "sample_steps",
     "sample_cfg",
     "max_nonfinite_steps",
+    "collective_timeout",
     "gradient_checkpointing",  # recomputes the same activations: a run out of memory resumes with it on
     "init_from",  # read when a run starts, never on a resume
     "init_new_keys",

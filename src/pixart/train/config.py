@@ -148,6 +148,8 @@ class TrainConfig:
     init_from: str = ""  # weights or a finished run folder to start from (DiT checkpoints are re-parameterised)
     init_new_keys: tuple[str, ...] = ()  # key prefixes allowed to be missing from init_from (new modules)
     max_nonfinite_steps: int = 5  # stop after this many non-finite steps in a row
+    # Under torchrun: minutes a process waits for the others in a collective (a stuck one) before the job stops
+    collective_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -162,6 +164,8 @@ class TrainConfig:
             raise ValueError("steps must be >= 0; checkpoint_every, keep_checkpoints and log_every >= 1")
         if self.sample_every < 0 or self.sample_steps < 1 or self.max_nonfinite_steps < 1:
             raise ValueError("sample_every must be >= 0 (0: only at the end); sample_steps, max_nonfinite_steps >= 1")
+        if not (math.isfinite(self.collective_timeout) and self.collective_timeout > 0):
+            raise ValueError(f"collective_timeout must be a positive number of minutes, got {self.collective_timeout}")
         if not (math.isfinite(self.sample_cfg) and self.sample_cfg >= 0):
             raise ValueError(f"sample_cfg must be a finite number >= 0, got {self.sample_cfg}")
         if any(not prefix.strip() for prefix in self.init_new_keys):  # "" starts every key: nothing would be checked

@@ -45,8 +45,9 @@ class World:
         return f"{self.world_size} process(es), rank {self.rank}, device {self.device}, backend {backend}"
 
 
-def init_distributed(device: str | None = None) -> World:
-    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; NCCL on CUDA, gloo on CPU; a single process otherwise."""
+def init_distributed(device: str | None = None, timeout_minutes: float = 30.0) -> World:
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; NCCL on CUDA, gloo on CPU; a single process otherwise.
+    `timeout_minutes`: how long a collective waits for a process that does not come (stuck) before it fails."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -70,7 +71,7 @@ def init_distributed(device: str | None = None) -> World:
 
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            timeout=datetime.timedelta(minutes=30),
+            timeout=datetime.timedelta(minutes=timeout_minutes),
             device_id=torch_device if use_cuda else None,
         )
     return World(rank, world_size, local_rank, torch_device)

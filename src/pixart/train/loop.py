@@ -64,7 +64,7 @@ from pixart.train.previews import Previewer, preview_weights
 from pixart.train.signals import StopFlag, leave_stop_signals_to_the_trainer
 from pixart.train.step import build_optimizer, compute_loss, ema_decay, mfu, update_ema
 
-FAULT_ENV = "PIXART_FAULT"  # testing hook: "exit:RANK:STEP" makes that rank die at that step
+FAULT_ENV = "PIXART_FAULT"  # testing hook: "exit:RANK:STEP" makes that rank die at that step, "stall:..." hang
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> dict:
@@ -78,7 +78,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     started = time.time()
     check_preview_steps(config)  # the config alone: every process refuses it alike
     try:
-        world = init_distributed(device)
+        world = init_distributed(device, timeout_minutes=config.collective_timeout)
     except ValueError as error:  # a device index under torchrun
         raise TrainingError(str(error)) from None
     warnings = start_or_refuse_together(config, run_dir, world)
@@ -375,7 +375,10 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
 
     with StopFlag() as stop, closing(batches()) as stream:  # closing it ends the loader's workers
         while step < config.steps:
-            if fault.startswith("exit:") and [int(v) for v in fault.split(":")[1:]] == [world.rank, step]:
+            if fault.partition(":")[2] and [int(v) for v in fault.split(":")[1:]] == [world.rank, step]:
+                if fault.startswith("stall:"):  # a process stuck (a hung file system, a deadlock): never returns
+                    while True:
+                        time.sleep(60)
                 os._exit(3)
             wrapped.train()
             step_loss = torch.zeros((), device=world.device)
