@@ -66,3 +66,18 @@ def test_a_rank_that_does_not_share_the_folder_stops_every_rank(tmp_path, monkey
     refused = pytest.raises(TrainingError, match="the processes do not share .*: some cannot read what the main")
     with refused, exclusive.exclusive_run(tmp_path, World(rank=1, world_size=1)):
         pass
+
+
+def test_a_full_disk_at_the_lock_is_one_refusal_that_leaves_no_lock_file(tmp_path, monkeypatch):
+    """The lock's write failing (a full disk) escaped as an OSError before the ranks shared the main rank's
+    answer: rank 1 printed gloo's "Connection closed by peer" traceback, and a new folder kept its .lock, so the
+    command could not remove it (review)."""
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(exclusive.os, "fsync", disk_full)
+    refused = pytest.raises(TrainingError, match=r"cannot write in .* \(No space left on device\): free some space")
+    with refused, exclusive.exclusive_run(tmp_path, World()):
+        pass
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ that each had a run folder of their own (not shared) trained on, and only a resu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -89,11 +90,17 @@ def _lock(run_dir: Path, token: int) -> tuple[IO[str] | None, str]:
             return None, f"cannot lock {run_dir / LOCK_FILE} ({error.strerror}): give another --run-dir"
         # a file system without flock (NFS without its lock service, Lustre mounted noflock): train unguarded
         print(f"[pixart train] warning: {run_dir} cannot be locked ({error.strerror}); run one job in it at a time")
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n{token}\n")  # who trains here; the token
-    handle.flush()
-    os.fsync(handle.fileno())  # on a network file system, read by the other nodes next
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n{token}\n")  # who trains here; the token
+        handle.flush()
+        os.fsync(handle.fileno())  # on a network file system, read by the other nodes next
+    except OSError as error:  # a full disk: one line on every rank (the others had gloo's traceback), no .lock left
+        handle.close()
+        with contextlib.suppress(OSError):
+            (run_dir / LOCK_FILE).unlink()
+        return None, f"cannot write in {run_dir} ({error.strerror}): free some space, or give another --run-dir"
     return handle, ""
 
 
