@@ -425,6 +425,13 @@ def test_a_folder_of_another_model_is_refused_as_llava_before_loading(tmp_path, 
     assert message in error and len(error.strip().splitlines()) == 1
 
 
+def test_a_model_path_that_does_not_exist_is_named_as_such(tmp_path, capsys):
+    """A typo in --model was "no LLaVA model in PATH", as if a folder were there holding something else (review)."""
+    missing = tmp_path / "llava-1.5-7b-hf"
+    assert main(["caption", str(manifest(tmp_path)), "--model", str(missing), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert f"--model {missing} does not exist" in capsys.readouterr().err
+
+
 def manifest(tmp_path: Path, field: str = "alt") -> Path:
     (tmp_path / "img").mkdir(exist_ok=True)
     rows = []

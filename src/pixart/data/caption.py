@@ -61,6 +61,8 @@ def check_model_folder(folder: Path) -> None:
         "expected config.json, weights and processor files written by save_pretrained, e.g. a local copy of "
         "llava-hf/llava-1.5-7b-hf; point --model at it"
     )
+    if not folder.exists():  # a typo in the path: said as that, not as a folder of another kind
+        raise FileNotFoundError(f"--model {folder} does not exist ({expected})")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no LLaVA model in {folder} ({expected})")
     config = json.loads((folder / "config.json").read_text())
