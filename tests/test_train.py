@@ -1935,6 +1935,8 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     (tmp_path / "run").rename(moved)
     config_file = moved / "config.json"
     config_file.write_text(config_file.read_text().replace(str(shapes_data), str(tmp_path / "gone")))
+    data_file = moved / "data.json"  # where the run recorded its data, gone too
+    data_file.write_text(data_file.read_text().replace(str(shapes_data), str(tmp_path / "gone")))
     with pytest.raises(FileNotFoundError, match="pass --vae DIR and --text-encoder DIR"):
         TextToImage.from_path(moved)
     # its data gone, both folders name the kinds: an SD VAE's 4-channel latents do not fit this pixel model
@@ -1945,6 +1947,24 @@ def test_a_finished_run_folder_generates_with_the_models_its_data_was_prepared_w
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "steps": 4}))
     with pytest.raises(FileNotFoundError, match="is a training run that has not finished .checkpoint at step 2 of 4"):
         TextToImage.from_path(moved)
+
+
+def test_a_run_on_a_relative_data_root_generates_from_another_folder(shapes_data, tmp_path, monkeypatch):
+    """--set data.root=feats is relative to where training ran: `generate --model ../runs/x` from elsewhere was
+    refused ("its data (feats) is not there ... run from where it was trained", review). The run records its
+    data's absolute path, where its codec and text encoder are read from then."""
+    from pixart.modelfolder import read_spec
+
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "feats").symlink_to(shapes_data, target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "project")
+    train(config_for(Path("feats"), steps=1, every=1), Path("runs/x"), progress=False)
+    assert json.loads(Path("runs/x/config.json").read_text())["data"]["root"] == "feats"  # as given
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    spec = read_spec(Path("../project/runs/x"))[0]
+    assert (spec.codec, spec.text_encoder) == ("pixels", "minilm")
+    assert spec.buckets == json.loads((shapes_data / "dataset.json").read_text())["buckets"]
 
 
 def test_a_short_run_says_when_its_ema_still_holds_mostly_its_start(shapes_data, tmp_path, capsys):

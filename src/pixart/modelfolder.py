@@ -25,7 +25,7 @@ from pixart.config import strict_json
 from pixart.diffusion.objective import OBJECTIVES
 from pixart.diffusion.schedulers import TRAIN_STEPS, default_sampler, get_sampler
 from pixart.encoders.text import text_encoder_kind
-from pixart.files import write_text
+from pixart.files import read_json, write_text
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
 from pixart.weights.formats import FINAL, FINAL_EMA, OURS_IN_FOLDER
@@ -157,6 +157,10 @@ def run_spec(run: Path) -> ModelSpec:
 
     data = json.loads((run / RUN_CONFIG).read_text()).get("data", {})
     root = Path(data["root"]) if data.get("root") else run / "data"  # data.root as given, or built in the run
+    if not (root / DATASET_FILE).is_file():  # a relative data.root, from another folder: where the run recorded it
+        recorded = read_json(run / "data.json") or {}
+        if isinstance(recorded.get("root"), str) and (Path(recorded["root"]) / DATASET_FILE).is_file():
+            root = Path(recorded["root"])
     if not (root / DATASET_FILE).is_file():
         raise FileNotFoundError(
             f"{run} is a training run whose data ({root}) is not there to say which codec and text encoder it "

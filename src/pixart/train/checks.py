@@ -46,7 +46,7 @@ RESUMABLE_CHANGES = {
     "init_from",  # read when a run starts, never on a resume
     "init_new_keys",
 }
-DATA_FILE = "data.json"  # {"samples": N}: the dataset size the run's checkpoints index into
+DATA_FILE = "data.json"  # {"samples": N, "root": ABS}: the dataset size the checkpoints index into, and where
 WORLD_FILE = "world.json"  # {"world_size": N}: the process count the run's checkpoints were written by
 
 
@@ -145,10 +145,11 @@ def check_one_checkpoint_view(run_dir: Path, world: World) -> None:
         )
 
 
-def check_or_record_data(run_dir: Path, samples: int, *, resuming: bool, record: bool) -> None:
-    """Record how many samples the run trains on, or refuse to resume on another count: a checkpoint's
-    place in the data (epoch, position) would then point at other samples. (Changing data.root is refused
-    with the config; this catches the data changing in place.)"""
+def check_or_record_data(run_dir: Path, samples: int, *, resuming: bool, record: bool, root: Path) -> None:
+    """Record how many samples the run trains on, and where (`root`, made absolute: a relative data.root is
+    found again from another folder, see modelfolder.run_spec), or refuse to resume on another count: a
+    checkpoint's place in the data (epoch, position) would then point at other samples. (Changing data.root
+    is refused with the config; this catches the data changing in place.)"""
     path = run_dir / DATA_FILE
     if resuming and path.is_file():  # runs from before it was recorded are not checked
         trained_on = json.loads(path.read_text())["samples"]
@@ -158,7 +159,7 @@ def check_or_record_data(run_dir: Path, samples: int, *, resuming: bool, record:
                 "the same data, or train the changed data in a new --run-dir"
             )
     elif not resuming and record:
-        write_json(path, {"samples": samples}, indent=None)
+        write_json(path, {"samples": samples, "root": str(root.resolve())}, indent=None)
 
 
 def check_preview_steps(config: TrainConfig) -> None:

@@ -168,7 +168,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
             f"no complete batch: {len(dataset)} samples, batch {config.data.batch_size} x "
             f"{world.world_size} ranks per bucket; lower data.batch_size or add data"
         )
-    check_or_record_data(run_dir, len(dataset), resuming=resume_from is not None, record=world.is_main)
+    check_or_record_data(run_dir, len(dataset), resuming=resume_from is not None, record=world.is_main, root=data_dir)
     if world.is_main:  # once the data is known to train this model: a run refused for it leaves no config behind
         write_json(run_dir / "config.json", config_io.to_dict(config))  # atomically: every resume reads it back
         write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
