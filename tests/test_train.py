@@ -317,7 +317,7 @@ def test_train_destroys_the_process_group_only_if_it_created_it(shapes_data, tmp
 
     store = dist.FileStore(str(tmp_path / "store"), 1)
 
-    def one_rank_group(device=None) -> World:  # what init_distributed does under torchrun, with one rank
+    def one_rank_group(device=None, timeout_minutes=30.0) -> World:  # init_distributed under torchrun, one rank
         if not dist.is_initialized():
             dist.init_process_group("gloo", store=store, rank=0, world_size=1)
         return World()
