@@ -14,7 +14,7 @@ import torch
 from pixart import config as config_io
 from pixart.data.records import DamagedData
 from pixart.diffusion.schedulers import check_steps, default_sampler
-from pixart.files import write_json
+from pixart.files import read_json, write_json
 from pixart.outputs import is_browser_metadata
 from pixart.train import checkpoint as ckpt
 from pixart.train.config import TrainConfig
@@ -212,7 +212,7 @@ def check_folder_is_a_run(run_dir: Path) -> None:
         return
     config = run_dir / "config.json"
     if config.is_file():
-        if is_json_object(config) and not is_run_config(config):
+        if read_json(config) is not None and not is_run_config(config):
             raise TrainingError(
                 f"--run-dir {run_dir} holds a config.json that is not a training run's (a model's?), which a run "
                 "would replace: name a new or empty folder, or a run's folder to continue it"
@@ -234,13 +234,6 @@ def check_folder_is_a_run(run_dir: Path) -> None:
 def is_run_temporary(name: str) -> bool:
     """An atomic write's hidden temporary of a run file, left by a kill (pixart.files.temporary_path)."""
     return name.endswith(".tmp") and any(name.startswith(f".{entry}.") for entry in RUN_ENTRIES)
-
-
-def is_json_object(path: Path) -> bool:
-    try:
-        return isinstance(json.loads(path.read_text()), dict)
-    except (OSError, ValueError):
-        return False
 
 
 SLOW_SAVE_S = 20.0  # a save this long leaves a stop little of the 30 s torchrun and SLURM give it
