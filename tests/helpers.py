@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -42,3 +44,21 @@ def run_quick_demo(out: Path) -> subprocess.CompletedProcess:
     timed on a shared machine fails by chance)."""
     command = [sys.executable, "-m", "pixart", "demo", "--quick", "--out", str(out), "--no-progress"]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, kilobytes: int):
+    """A file system of `kilobytes` mounted on `folder` (a tmpfs: needs root, else the test is skipped)."""
+    folder.mkdir()
+    try:
+        made = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(folder)], capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if made.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip()})")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -339,3 +339,53 @@ def test_a_lock_file_removed_between_open_and_lock_is_not_taken_for_the_lock(tmp
         with pytest.raises(Busy, match="busy"), held_while_writing(lock, "busy"):  # a run starting now
             pass
     assert not lock.exists()
+
+
+def test_a_write_that_fills_the_disk_is_an_oserror_naming_the_file_whatever_the_library_said(tmp_path, monkeypatch):
+    """torch.save says a full disk in its own words ("enforce fail ... unexpected pos"), safetensors in others:
+    both reached users as tracebacks. With the disk full they are ENOSPC naming the file, which the CLI prints
+    in one line; with room left, a library's error is something else and stands."""
+    import errno
+    import shutil
+
+    import pixart.files
+
+    def torch_on_a_full_disk(tmp: str) -> None:
+        Path(tmp).write_bytes(b"x" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    def into_folder(folder: Path) -> None:
+        torch_on_a_full_disk(str(folder / "weights.bin"))
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(pixart.files.shutil, "disk_usage", lambda folder: usage._replace(free=4096))
+    for write, path in [(atomic_write, tmp_path / "w.pt"), (atomic_folder, tmp_path / "model")]:
+        with pytest.raises(OSError) as raised:
+            write(path, into_folder if write is atomic_folder else torch_on_a_full_disk)
+        assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(path))
+        assert isinstance(raised.value.__cause__, RuntimeError)  # the library's words kept for a traceback's reader
+        assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(pixart.files.shutil, "disk_usage", lambda folder: usage._replace(free=10**10))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        atomic_write(tmp_path / "w.pt", torch_on_a_full_disk)
+
+
+def test_real_writes_onto_a_full_disk_name_the_file_and_leave_nothing(tmp_path):
+    """On a small tmpfs (root only, else skipped): safetensors, torch.save and a sharded (DCP) checkpoint."""
+    import errno
+
+    from helpers import small_disk
+    from safetensors.torch import save_file
+
+    disk = tmp_path / "disk"
+    big = {"w": torch.zeros(512 * 1024)}  # 2 MiB, on a 1 MiB disk
+    with small_disk(disk, kilobytes=1024):
+        for name, write in [("a.safetensors", save_file), ("a.pt", torch.save)]:
+            with pytest.raises(OSError) as raised:
+                atomic_write(disk / name, lambda tmp, write=write: write(big, tmp))
+            assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(disk / name))
+            assert list(disk.iterdir()) == []
+        with pytest.raises(OSError) as raised:
+            save_checkpoint(disk / "run", 1, {"model": big}, World(), sharded=True, keep=1)
+        assert raised.value.errno == errno.ENOSPC and raised.value.filename.endswith("step-0000001.dcp.tmp")
+        assert list_checkpoints(disk / "run") == []

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import small_disk
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -350,6 +351,31 @@ def test_sigkill_at_a_random_step_then_rerun_gives_identical_weights(shapes_data
     assert "resumed from step-" in resumed.stdout
     assert_bitwise_equal(weights(tmp_path / "killed"), weights(tmp_path / "reference"))
     assert_bitwise_equal(load_file(tmp_path / "killed" / FINAL_EMA), load_file(tmp_path / "reference" / FINAL_EMA))
+
+
+def test_a_run_that_fills_its_disk_says_so_in_one_line_and_resumes_where_it_stopped(shapes_data, tmp_path):
+    """A full disk at a checkpoint was torch's traceback ("enforce fail at inline_container.cc ... unexpected
+    pos"): now one line naming the file, the space to free and the checkpoint the same command resumes from,
+    which it does, to the bit, once there is room."""
+    every = ["--set", "checkpoint_every=1"]
+    reference = cli(tmp_path / "reference", shapes_data, *every, steps=3)
+    assert reference.returncode == 0, reference.stderr
+    size = (tmp_path / "reference" / "checkpoints" / "step-0000001.pt").stat().st_size
+    disk = tmp_path / "disk"
+    with small_disk(disk, kilobytes=size * 3 // 2 // 1024):  # room for one checkpoint, not two
+        full = cli(disk / "run", shapes_data, *every, steps=3)
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+        assert re.search(
+            r"error: the disk is full: \S*step-0000002.pt could not be written .*free some space, or keep fewer "
+            r"checkpoints \(--set keep_checkpoints=2.* continue from \S*step-0000001.pt, the last complete",
+            full.stderr.splitlines()[-1],
+        ), full.stderr
+        assert [p.name for p in (disk / "run" / "checkpoints").iterdir()] == ["step-0000001.pt"]  # no temporary
+        subprocess.run(["mount", "-o", f"remount,size={size * 4 // 1024}k", str(disk)], check=True)
+        resumed = cli(disk / "run", shapes_data, *every, steps=3)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resumed from step-0000001.pt" in resumed.stdout
+        assert_bitwise_equal(weights(disk / "run"), weights(tmp_path / "reference"))
 
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["to-the-process", "to-its-group-with-workers"])

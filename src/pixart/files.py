@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import glob
 import json
@@ -74,10 +75,37 @@ def atomic_write(path: Path, write: Callable[[str], object], *, replace: bool = 
             os.replace(tmp, path)
         else:
             _rename_if_new(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        full = out_of_space(error, path.parent)  # asked while the temporary still fills the disk
         tmp.unlink(missing_ok=True)  # a write that failed (disk full, a bad value) leaves nothing behind
+        if full:
+            raise no_space_left(path) from error
         raise
     fsync_path(path.parent)
+
+
+FULL_BELOW_BYTES = 1 << 20  # a write that failed with this little room left ran out of it
+
+
+def out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of disk space. Libraries say so in words of their own: safetensors "I/O
+    error: No space left on device (os error 28)", DCP a CheckpointException holding that, and torch.save only
+    "enforce fail ... unexpected pos", so that one counts when the file system holding `folder` is full."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC and not error.filename  # a bare write()'s, which names no file
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        return False
+    if os.strerror(errno.ENOSPC) in str(error):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
+
+
+def no_space_left(path: Path) -> OSError:
+    """The error the CLI shows as one line ("No space left on device: PATH"), for a write that filled the disk."""
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def _rename_if_new(tmp: Path, path: Path) -> None:
@@ -123,8 +151,11 @@ def atomic_folder(path: Path, write: Callable[[Path], object]) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             _write_in_place(path, write)
             return
-    except BaseException:
+    except BaseException as error:
+        full = out_of_space(error, path.parent)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise no_space_left(path) from error
         raise
     fsync_path(path.parent)
 
@@ -134,12 +165,15 @@ def _write_in_place(folder: Path, write: Callable[[Path], object]) -> None:
     try:
         write(folder)
         _sync_files(folder)
-    except BaseException:
+    except BaseException as error:
+        full = out_of_space(error, folder)
         for entry in folder.iterdir():
             if entry.is_dir():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+        if full:
+            raise no_space_left(folder) from error
         raise
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
 from pathlib import Path
@@ -80,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
             summary = train(config, args.run_dir, device=args.device, progress=not args.no_progress)
     except TrainingError as error:
         raise UserError(str(error)) from error
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise UserError(disk_full(args.run_dir, error.filename, config.keep_checkpoints)) from error
     except RuntimeError as error:
         if not another_process_left(error):
             raise
@@ -95,6 +100,21 @@ def run(args: argparse.Namespace) -> int:
     if summary["status"] == "interrupted":  # not 0: a script's next step (convert its final weights) must not run
         return 128 + signal.Signals[summary["signal"]].value  # as a shell reports a command a signal ended
     return 0
+
+
+def disk_full(run_dir: Path, unwritten: str | None, keep: int) -> str:
+    """What a run that filled its disk says: the file it could not write (its temporary gone, older checkpoints
+    kept), and the checkpoint the same command resumes from once there is room (review: it was torch's
+    "enforce fail at inline_container.cc ... unexpected pos")."""
+    from pixart.train.checkpoint import list_checkpoints
+
+    saved = list_checkpoints(run_dir)
+    resume = f"from {saved[-1][1]}, the last complete checkpoint" if saved else "from the start (no checkpoint saved)"
+    fewer = f", or keep fewer checkpoints (--set keep_checkpoints={keep - 1}: a save needs room for one more)"
+    return (
+        f"the disk is full: {unwritten or run_dir} could not be written (nothing half-written was kept); free some "
+        f"space{fewer if keep > 1 else ''}, and rerun the same command to continue {resume}"
+    )
 
 
 # What gloo says when the process at the other end of a collective has gone (killed, crashed) or has not come

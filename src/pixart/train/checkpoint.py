@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pixart.files import atomic_write, fsync_path, remove_leftovers
+from pixart.files import atomic_write, fsync_path, no_space_left, out_of_space, remove_leftovers
 from pixart.train.distributed import World, barrier
 
 NAME = re.compile(r"^step-(\d{7,})\.(pt|dcp)$")  # zero-padded to 7 digits, more from step 10,000,000
@@ -72,10 +72,16 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
     barrier(world)
     if sharded:
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
 
         final = folder / f"step-{step:07d}.dcp"
         tmp = folder / f"step-{step:07d}.dcp.tmp"
-        dcp.save(state, checkpoint_id=str(tmp))
+        try:
+            dcp.save(state, checkpoint_id=str(tmp))
+        except (Exception, CheckpointException) as error:  # the partial folder goes at the next save or run
+            if out_of_space(error, folder):
+                raise no_space_left(tmp) from error
+            raise
         barrier(world)
         if world.is_main:
             atomic_write(tmp / "extra.pt", lambda path: torch.save({"rng": rng_state()}, path))  # dcp syncs its own
