@@ -586,7 +586,7 @@ def test_two_runs_into_one_folder_at_once_do_not_overwrite_each_other(pipeline_f
     monkeypatch.setattr(generate_command, "prepare_out", lambda out: None)  # started before the other wrote
     assert main([*args, "--cfg", "7", "--num-images", "2"]) == 2
     err = capsys.readouterr().err
-    assert f"--out {out}: {out / '0000-a-red-circle-seed0.png'} appeared while this was written" in err, err
+    assert f"--out {out}: {out / '0000-a-red-circle-seed0.png'} already exists; it was kept" in err, err
     assert "give each run its own --out" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == theirs
     # Runs of other prompts or seeds share no name: the run writing there holds --out, and a second is refused
@@ -865,20 +865,31 @@ def test_trainer_weights_say_how_they_sample(tmp_path, capsys):
     model's weights sampled as an eps model (and refused the flow samplers). Other weights keep the defaults."""
     from pixart.diffusion.objective import DiffusionConfig, shift_at
     from pixart.modelfolder import load_components
+    from pixart.sample import sample
     from pixart.train.init import save_weights
 
-    model = PixArt(TINY)
+    model = randomize_(PixArt(TINY), std=0.05)  # not the official init's zero output, which any shift keeps
     flow = DiffusionConfig(objective="flow", flow_shift=2.0, shift_base_tokens=64)
     save_weights(model, tmp_path / "flow.safetensors", diffusion=flow)
     save_weights(model, tmp_path / "plain.safetensors")
     folders = {"vae": tmp_path, "text_encoder": tmp_path}  # read later by the caller; not opened here
-    spec = load_components(tmp_path / "flow.safetensors", **folders)[0]
+    spec, transformer = load_components(tmp_path / "flow.safetensors", **folders)[:2]
     assert (spec.objective, spec.sampler, spec.flow_shift, spec.shift_base_tokens) == (
         "flow",
         "flow-dpm-solver",
         2.0,
         64,
     )
+    # the loaded transformer knows it too: pixart.sample.sample(pipe.transformer, ...) draws it as trained
+    assert transformer.sampling == {"objective": "flow", "flow_shift": 2.0, "shift_base_tokens": 64}
+    noise, cond = torch.randn(1, 4, 32, 32), torch.randn(1, 16, 48)  # 256 tokens: shift 2 * sqrt(256 / 64)
+    mask = torch.ones(1, 16, dtype=torch.long)
+    steps = {"steps": 3, "progress": False}
+    own = sample(transformer, noise, cond, mask, cond, mask, **steps)
+    assert torch.equal(
+        own, sample(transformer, noise, cond, mask, cond, mask, scheduler="flow-dpm-solver", flow_shift=4.0, **steps)
+    )
+    assert not torch.equal(own, sample(transformer, noise, cond, mask, cond, mask, flow_shift=2.0, **steps))
     assert shift_at(spec.flow_shift, spec.shift_base_tokens, 256) == pytest.approx(
         4.0
     )  # 2 * sqrt(256 / 64), as training shifts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from types import SimpleNamespace
 
@@ -564,3 +565,40 @@ def test_ddim_ends_on_the_predicted_clean_image():
     abar = NoiseSchedule().alphas_cumprod[last["t"]].double()
     predicted_x0 = (last["x"] - (1 - abar).sqrt() * last["eps"]) / abar.sqrt()
     torch.testing.assert_close(out.double(), predicted_x0, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["pixart", "official", "diffusers"])
+def test_a_flow_model_keeps_its_objective_through_load_and_save_and_samples_as_one(tmp_path, layout):
+    """Weights loaded, then saved, lost a flow model's objective and shift (the CLI's convert carried them, the
+    Python path did not), and sample() then drew it as an eps model: latents hundreds off, without a word."""
+    from pixart.weights import load_transformer
+    from pixart.weights.io import SAMPLING_METADATA, sampling_metadata
+
+    model = randomize_(PixArt(TINY)).eval()
+    model.sampling = {"objective": "flow", "flow_shift": 3.0, "shift_base_tokens": 0}
+    first = save_transformer(model, tmp_path / "first.safetensors")
+    loaded = load_transformer(first)
+    assert loaded.sampling == model.sampling
+    name = {"pixart": "again.safetensors", "official": "again.pth", "diffusers": "again"}[layout]
+    again = save_transformer(torch.compile(loaded), tmp_path / name, to=layout)  # the compiled wrapper: its model
+    assert json.loads(sampling_metadata(again)[SAMPLING_METADATA]) == model.sampling  # in the file itself
+    reloaded = load_transformer(again)
+    assert reloaded.sampling == model.sampling
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 4, 16, 16, generator=g)
+    cond, null = torch.randn(2, 16, 48, generator=g), torch.randn(2, 16, 48, generator=g)
+    mask = torch.ones(2, 16, dtype=torch.long)
+    args = (noise, cond, mask, null, mask)
+    own = sample(reloaded, *args, steps=4, progress=False)
+    as_flow = sample(reloaded, *args, scheduler="flow-dpm-solver", flow_shift=3.0, steps=4, progress=False)
+    assert torch.equal(own, as_flow)
+    with pytest.raises(ValueError, match=r"trained with the flow objective and dpm-solver\+\+ samples iddpm models"):
+        sample(reloaded, *args, scheduler="dpm-solver++", steps=4, progress=False)
+    # a model whose weights say nothing samples as an eps model, as before
+    plain = load_transformer(save_transformer(randomize_(PixArt(TINY)), tmp_path / "plain.safetensors"))
+    assert plain.sampling == {} and SAMPLING_METADATA not in sampling_metadata(tmp_path / "plain.safetensors")
+    assert torch.equal(
+        sample(plain, *args, steps=4, progress=False),
+        sample(plain, *args, scheduler="dpm-solver++", steps=4, progress=False),
+    )

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -580,3 +581,47 @@ def test_a_bare_official_state_dict_with_an_odd_pos_embed_is_one_error():
     for shape in ((1, 50, 144), (64, 144), (1, 64, 96)):
         with pytest.raises(WeightsError, match=rf"pos_embed {re.escape(str(shape))} is not \(1, grid \* grid, 144\)"):
             infer_official_config({**state, "pos_embed": torch.zeros(shape)})
+
+
+def test_save_transformer_refuses_names_it_could_not_read_back_and_folders_it_would_fill(tmp_path):
+    """Python users (review): an official .pth named .safetensors read back as "header too large", our file
+    without a suffix as "unknown weights format"; a second diffusers save into the same folder wrote every
+    file, then failed renaming a hidden temporary onto it ("Directory not empty")."""
+    from pixart.files import atomic_write
+
+    model = randomize_(PixArt(TINY))
+    for to, name in [("official", "w.safetensors"), ("pixart", "w"), ("pixart", "w.pth"), ("diffusers", "d.pth")]:
+        with pytest.raises(ValueError, match=re.escape(str(tmp_path / name))):
+            save_transformer(model, tmp_path / name, to=to)
+    with pytest.raises(ValueError, match=r"unknown weights layout 'onnx'; choose one of \('pixart', 'official'"):
+        save_transformer(model, tmp_path / "w.onnx", to="onnx")
+    with pytest.raises(TypeError, match="takes a PixArt or its state dict, got str"):
+        save_transformer("model.pth", tmp_path / "w.pth", to="official")
+    assert list(tmp_path.iterdir()) == []
+
+    folder = save_transformer(model, tmp_path / "d", to="diffusers")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(FileExistsError, match=r"d is a folder holding files; .*choose another name"):
+        save_transformer(randomize_(PixArt(TINY), seed=1), folder, to="diffusers")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and sorted(tmp_path.iterdir()) == [folder]
+    (tmp_path / "empty").mkdir()  # an empty folder is written into, as before
+    assert load_transformer(save_transformer(model, tmp_path / "empty", to="diffusers")).config == model.config
+
+    # replace=False on a file that was there before: said so, not "appeared while this was written"
+    (tmp_path / "mine.pth").write_text("my notes")
+    with pytest.raises(FileExistsError, match="mine.pth already exists; it was kept and nothing was written"):
+        atomic_write(tmp_path / "mine.pth", lambda tmp: Path(tmp).write_text("x"), replace=False)
+    assert (tmp_path / "mine.pth").read_text() == "my notes"
+
+
+def test_a_compiled_model_or_its_state_dict_saves_as_the_model(tmp_path):
+    """torch.compile's wrapper was "needs config= when given a bare state dict", and its state dict's
+    `_orig_mod.` keys were saved as they were, then refused on loading (every key missing and unexpected)."""
+    model = randomize_(PixArt(TINY))
+    compiled = torch.compile(model)
+    save_transformer(compiled, tmp_path / "a.safetensors")
+    save_transformer(compiled.state_dict(), tmp_path / "b.safetensors", config=model.config)
+    for name in ("a.safetensors", "b.safetensors"):
+        loaded = load_transformer(tmp_path / name).state_dict()
+        assert loaded.keys() == model.state_dict().keys()
+        assert all(torch.equal(loaded[key], value) for key, value in model.state_dict().items())

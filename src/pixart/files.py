@@ -63,6 +63,8 @@ def atomic_write(path: Path, write: Callable[[str], object], *, replace: bool = 
     trusting it, has already deleted the older copies (the trainer prunes old checkpoints after a save).
     """
     path = Path(path)
+    if not replace and os.path.lexists(path):  # said now, not after the writing (gigabytes, for a model)
+        raise FileExistsError(f"{path} already exists; it was kept and nothing was written")
     path.parent.mkdir(parents=True, exist_ok=True)
     if not replace:
         remove_leftovers(path.parent, glob.escape(path.name))
@@ -133,6 +135,8 @@ def atomic_folder(path: Path, write: Callable[[Path], object]) -> None:
     shell would be left in the replaced one) is written in place instead, in the order `write` writes
     (so it should write its marker file last), and emptied again if the writing fails."""
     path = Path(os.path.realpath(path))  # "." and a link to a folder: the folder they name
+    if not _empty_or_absent(path):  # said now, not once every file is written (rename refuses it then)
+        raise FileExistsError(_taken_folder(path))
     if path.is_dir() and path == Path(os.getcwd()).resolve():
         _write_in_place(path, write)
         return
@@ -146,7 +150,9 @@ def atomic_folder(path: Path, write: Callable[[Path], object]) -> None:
         try:
             os.replace(tmp, path)  # rename(2) replaces an empty folder, and refuses one with files in it
         except OSError:
-            if not path.is_dir() or any(path.iterdir()):
+            if not _empty_or_absent(path):  # filled meanwhile, by another writer
+                raise FileExistsError(_taken_folder(path)) from None
+            if not path.is_dir():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
             _write_in_place(path, write)
@@ -158,6 +164,15 @@ def atomic_folder(path: Path, write: Callable[[Path], object]) -> None:
             raise no_space_left(path) from error
         raise
     fsync_path(path.parent)
+
+
+def _empty_or_absent(path: Path) -> bool:
+    return not os.path.lexists(path) or (path.is_dir() and not any(path.iterdir()))
+
+
+def _taken_folder(path: Path) -> str:
+    what = "a folder holding files" if path.is_dir() else "a file"
+    return f"{path} is {what}; a folder is written only where there is none, or an empty one: choose another name"
 
 
 def _write_in_place(folder: Path, write: Callable[[Path], object]) -> None:

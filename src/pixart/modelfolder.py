@@ -29,7 +29,7 @@ from pixart.files import read_json, write_text
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
 from pixart.weights.formats import FINAL, FINAL_EMA, OURS_IN_FOLDER
-from pixart.weights.io import SAMPLING_METADATA, sampling_entry, sampling_metadata
+from pixart.weights.io import SAMPLING_METADATA, sampling_entry, sampling_fields, sampling_metadata
 
 SPEC_FILE = "model.json"
 DOWNLOAD_HINT = (
@@ -397,4 +397,6 @@ def load_components(
     transformer = load_transformer(transformer_path, device=device, dtype=dtype)
     learned = bool(transformer.y_embedder.y_embedding.any())
     spec = spec_for_weights(path, spec, transformer_path, transformer.config, learned_null_caption=learned)
+    # what the folder says (model.json), not only the weights: pixart.sample.sample(pipe.transformer, ...) follows it
+    transformer.sampling = sampling_fields(spec.objective, spec.flow_shift, spec.shift_base_tokens)
     return spec, transformer, text_folder, tokenizer, codec_folder, scheduler

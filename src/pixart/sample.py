@@ -16,10 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from pixart.diffusion.guidance import CaptionConditioned, GuidedDenoiser
+from pixart.diffusion.objective import shift_at
 from pixart.diffusion.schedulers import (
+    SAMPLERS,
     build_scheduler,
     check_step_count,
     check_steps,
+    default_sampler,
     get_sampler,
     repeats_a_level,
     set_steps,
@@ -47,20 +50,30 @@ def sample(
     null: torch.Tensor,
     null_mask: torch.Tensor,
     *,
-    scheduler: str | Any = "dpm-solver++",  # or a diffusers scheduler instance (their classes share no type)
+    scheduler: Any = None,  # a sampler name, a diffusers scheduler instance (theirs share no type), or None
     steps: int | None = None,
     cfg_scale: float = 4.5,
     img_hw: torch.Tensor | None = None,
     aspect_ratio: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,  # a list: one per sample
     progress: bool = True,
-    flow_shift: float = 1.0,
+    flow_shift: float | None = None,
 ) -> torch.Tensor:
     """Denoise `noise` (B, C, h, w) into latents, guided by caption features `cond` (B, L, C_cap).
 
     `scheduler` is a sampler name (see pixart.diffusion.schedulers.SAMPLERS) or a diffusers scheduler
-    instance (e.g. the one a diffusers pipeline folder ships). `steps` defaults to the sampler's own.
+    instance (e.g. the one a diffusers pipeline folder ships); by default the model's own: flow-dpm-solver
+    for a flow model (model.sampling, which load_transformer reads off the weights), else dpm-solver++.
+    `steps` defaults to the sampler's own; `flow_shift` to the model's at this size (1 where none is known).
     """
+    own = getattr(model, "sampling", None) or {}  # {} for an eps model, or where the weights did not say
+    objective = own.get("objective", "iddpm")
+    if scheduler is None:
+        scheduler = default_sampler(objective)
+    if flow_shift is None:  # as trained: grown with the image where the model trained with shift_base_tokens
+        patch = getattr(getattr(model, "config", None), "patch_size", 1)
+        tokens = (noise.shape[-2] // patch) * (noise.shape[-1] // patch)
+        flow_shift = shift_at(float(own.get("flow_shift", 1.0)), int(own.get("shift_base_tokens", 0)), tokens)
     if noise.shape[0] != cond.shape[0]:  # else a reshape deep in the model failed, naming neither
         raise ValueError(f"noise holds {noise.shape[0]} sample(s) but cond {cond.shape[0]} caption(s): one each")
     if not math.isfinite(cfg_scale):  # NaN images else
@@ -69,6 +82,12 @@ def sample(
         raise ValueError("'folder' names a diffusers folder's own scheduler: pass that scheduler instance instead")
     if isinstance(scheduler, str):
         sampler = get_sampler(scheduler)
+        if own and sampler.objective != objective:  # else images of noise: the outputs read as the other kind
+            fitting = [name for name, other in SAMPLERS.items() if other.objective == objective]
+            raise ValueError(
+                f"the model was trained with the {objective} objective and {sampler.name} samples "
+                f"{sampler.objective} models: choose one of {fitting}, or leave scheduler out for the model's own"
+            )
         steps = sampler.default_steps if steps is None else steps  # 0 is refused below, not defaulted
         check_steps(sampler.name, steps)
         keep_variance = sampler.needs_variance

@@ -176,12 +176,11 @@ def check_out(args: argparse.Namespace) -> None:
     """--out before anything is read: its suffix fits --to, and it is not there yet (a conversion never
     replaces a file, the source least of all; a diffusers folder may be an empty one)."""
     from pixart.cli.main import UserError
+    from pixart.weights.formats import FILE_SUFFIXES
 
     out = args.out
-    if args.to == "pixart" and out.suffix != ".safetensors":
-        raise UserError(f"--to pixart writes a .safetensors file; got --out {out}")
-    if args.to == "official" and out.suffix not in (".pth", ".pt"):
-        raise UserError(f"--to official writes a .pth file; got --out {out}")
+    if args.to in FILE_SUFFIXES and out.suffix not in FILE_SUFFIXES[args.to]:
+        raise UserError(f"--to {args.to} writes a {FILE_SUFFIXES[args.to][0]} file; got --out {out}")
     if out.is_symlink() and not out.exists():  # a dangling link: its name is taken, nothing is behind it
         raise UserError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; choose another --out")
     # As the writer will reach it: "new/../model" names "model" once new/ is made, yet does not exist before

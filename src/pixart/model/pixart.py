@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -209,6 +209,9 @@ class PixArt(nn.Module):
             ),
         )
         self.final_layer = FinalLayer(D, config.patch_size, config.out_channels, config.adaln == "per_block")
+        # How the outputs read, where the weights recorded it (load_transformer): {"objective", "flow_shift",
+        # "shift_base_tokens"}; {} for unknown (an eps model). sample() and save_transformer follow it.
+        self.sampling: dict[str, Any] = {}
         self.initialize_weights()
 
     def initialize_weights(self) -> None:

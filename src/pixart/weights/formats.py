@@ -25,6 +25,8 @@ OURS_IN_FOLDER = "transformer.safetensors"  # inside a model folder of ours (see
 FINAL = "final.safetensors"  # what a finished `pixart train` run leaves in its folder
 FINAL_EMA = "final_ema.safetensors"  # ... and its EMA weights, what the next stage and generate take
 FORMATS = ("pixart", "official", "diffusers")
+# The suffixes a layout's file takes (its reader tells the layouts apart by them); a diffusers layout is a folder
+FILE_SUFFIXES = {"pixart": (".safetensors",), "official": (".pth", ".pt")}
 
 
 # ---------------------------------------------------------------------------------------------------

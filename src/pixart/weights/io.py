@@ -57,10 +57,14 @@ from pixart.weights.sharded import is_sharded_checkpoint
 SAMPLING_METADATA = "sampling"
 
 
+def sampling_fields(objective: str, flow_shift: float, shift_base_tokens: int) -> dict[str, Any]:
+    """How weights sample, which their tensors cannot say (a PixArt's `sampling`)."""
+    return {"objective": objective, "flow_shift": flow_shift, "shift_base_tokens": shift_base_tokens}
+
+
 def sampling_entry(objective: str, flow_shift: float, shift_base_tokens: int) -> dict[str, str]:
-    """{SAMPLING_METADATA: its JSON}: how weights sample, which their tensors cannot say."""
-    fields = {"objective": objective, "flow_shift": flow_shift, "shift_base_tokens": shift_base_tokens}
-    return {SAMPLING_METADATA: json.dumps(fields)}
+    """{SAMPLING_METADATA: the JSON of sampling_fields}, as weights files record it."""
+    return {SAMPLING_METADATA: json.dumps(sampling_fields(objective, flow_shift, shift_base_tokens))}
 
 
 def sampling_metadata(path: str | Path) -> dict[str, str]:
@@ -329,10 +333,15 @@ def load_transformer(
     config: PixArtConfig | None = None,
     use_ema: bool = False,
 ) -> PixArt:
-    """Build the PixArt a checkpoint describes and load it strictly (format detected from `path`)."""
+    """Build the PixArt a checkpoint describes and load it strictly (format detected from `path`): an official
+    .pth, our .safetensors, a diffusers folder (or a pipeline's), a training checkpoint. The model's `sampling`
+    holds how its outputs read where the weights record it (a flow model's objective and shift), which
+    pixart.sample.sample and save_transformer follow."""
     config, state, _ = read_checked_state(path, use_ema=use_ema, config=config)
     with torch.device("meta"):
         model = PixArt(config)
     model.load_state_dict(state, strict=True, assign=True)
+    recorded = sampling_metadata(path).get(SAMPLING_METADATA)
+    model.sampling = json.loads(recorded) if recorded else {}  # a flow model's objective and shift go with it
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
     return model.eval()

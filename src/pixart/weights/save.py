@@ -12,9 +12,10 @@ from pixart.files import atomic_folder, atomic_write
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import keys
 from pixart.weights.configs import diffusers_config_from_ours, official_pos_embed
-from pixart.weights.formats import DIFFUSERS_WEIGHTS, FORMATS, NULL_CAPTION_FILE, SAMPLING_FILE
-from pixart.weights.io import SAMPLING_METADATA
+from pixart.weights.formats import DIFFUSERS_WEIGHTS, FILE_SUFFIXES, FORMATS, NULL_CAPTION_FILE, SAMPLING_FILE
+from pixart.weights.io import SAMPLING_METADATA, sampling_entry
 
+COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper puts before its model's state-dict keys
 BUFFERS = ("y_embedder.y_embedding",)  # PixArt's one buffer: the learned null caption, which no EMA holds
 
 
@@ -35,15 +36,23 @@ def save_transformer(
     null caption taken from the weights (an EMA of the parameters leaves out the buffers; it must hold every
     parameter). replace=False:
     a file there by the time it is written is FileExistsError (a folder always is, unless empty)."""
+    model_or_state = getattr(model_or_state, "_orig_mod", model_or_state)  # torch.compile's wrapper: its model
     if isinstance(model_or_state, PixArt):
         config = config or model_or_state.config
         state = model_or_state.state_dict()
-    else:
+        if model_or_state.sampling and SAMPLING_METADATA not in (metadata or {}):  # as load_transformer read it
+            metadata = {**(metadata or {}), **sampling_entry(**model_or_state.sampling)}
+    elif isinstance(model_or_state, dict):
         state = model_or_state
+        if state and all(key.startswith(COMPILED_PREFIX) for key in state):  # a compiled model's state_dict()
+            state = {key.removeprefix(COMPILED_PREFIX): value for key, value in state.items()}
         if config is None:
             raise ValueError("save_transformer needs config= when given a bare state dict")
-    state = _cpu(state)
+    else:
+        raise TypeError(f"save_transformer takes a PixArt or its state dict, got {type(model_or_state).__name__}")
     path = Path(path)
+    check_destination(path, to)
+    state = _cpu(state)
     sampling = (metadata or {}).get(SAMPLING_METADATA)
     if to == "pixart":
         ours = {**(metadata or {}), "format": "pixart", "config": json.dumps(config.to_dict())}
@@ -63,7 +72,7 @@ def save_transformer(
                 raise ValueError(f"ema_state lacks {len(lacking)} parameter(s) the weights hold: {lacking[:5]}")
             payload["state_dict_ema"] = {**state, **_cpu(ema_state), "pos_embed": official_pos_embed(config)}
         atomic_write(path, lambda tmp: torch.save(payload, tmp), replace=replace)
-    elif to == "diffusers":
+    else:  # diffusers (check_destination refused any other layout)
         diffusers_config = diffusers_config_from_ours(config)
         null = state.pop("y_embedder.y_embedding")
         theirs = keys.to_diffusers(state, config.depth, config.micro_conditions)  # before the folder: it may refuse
@@ -77,9 +86,19 @@ def save_transformer(
             (folder / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")
 
         atomic_folder(path, write_folder)
-    else:
-        raise ValueError(f"unknown weights layout {to!r}; choose one of {FORMATS}")
     return path
+
+
+def check_destination(path: Path, to: str) -> None:
+    """A name that reads back as the layout written: an official .pth named .safetensors was later "header too
+    large (a corrupt file)", our file without its suffix "unknown weights format"."""
+    if to not in FORMATS:
+        raise ValueError(f"unknown weights layout {to!r}; choose one of {FORMATS}")
+    if to in FILE_SUFFIXES and path.suffix not in FILE_SUFFIXES[to]:
+        named = " or ".join(FILE_SUFFIXES[to])
+        raise ValueError(f"{path}: the {to} layout is a {named} file, and its name is how it is read back")
+    if to == "diffusers" and any(path.suffix in suffixes for suffixes in FILE_SUFFIXES.values()):
+        raise ValueError(f"{path}: the diffusers layout is a folder, not a {path.suffix} file: name a folder")
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
