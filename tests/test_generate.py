@@ -1283,3 +1283,25 @@ def test_text_encoder_minilm_names_the_bundled_one_unless_a_folder_is_called_so(
     generate = ["generate", "x", "--model", "m", "--out", "o", "--text-encoder"]
     assert build_parser().parse_args([*generate, "minilm"]).text_encoder == Path("minilm")
     assert build_parser().parse_args([*generate, "t5"]).text_encoder == Path("t5")
+
+
+def test_library_calls_a_python_user_gets_wrong_are_named_before_sampling(pipeline_folder):
+    """From Python (review): a bare string was one prompt per character (five images for "a red"); an
+    empty list failed in torch.cat; a Settings field of the wrong kind deep inside ("'float' object has
+    no attribute 'strip'", "must be real number")."""
+    pipe = TextToImage.from_path(pipeline_folder)
+    made = pipe.generate("a red", Settings(steps=2), progress=False)
+    assert [image.prompt for image in made] == ["a red"]
+    assert made[0].image.tobytes() == pipe.generate(["a red"], Settings(steps=2), progress=False)[0].image.tobytes()
+    with pytest.raises(GenerationError, match="no prompt given: pass a list of at least one"):
+        pipe.generate([], progress=False)
+    for field, value, said in [
+        ("cfg_scale", "4.5", "a number"),
+        ("aspect", 0.5, 'a string such as "16:9"'),
+        ("height", "64", "a whole number of pixels"),
+        ("negative", ["blurry"], "a string"),
+        ("cfg_scale", True, "a number"),
+    ]:
+        with pytest.raises(GenerationError, match=re.escape(f"Settings.{field} must be {said} (or None")):
+            pipe.generate(["x"], Settings(**{field: value}), progress=False)
+    assert len(pipe.generate(["x"], Settings(steps=np.int64(2), cfg_scale=np.float32(3)), progress=False)) == 1

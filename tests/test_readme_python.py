@@ -50,7 +50,8 @@ def test_the_from_python_blocks_train_generate_and_convert_as_they_say(tmp_path,
 
     # the prose after the blocks: pipe.encode gives what pixart.sample.sample takes
     pipe = names["pipe"]
-    (cond, cond_mask, null, null_mask), _ = pipe.encode(["a red circle"], negative=None)
+    assert pipe.transformer.sampling["objective"] == "iddpm"  # the tiny recipe's: sampled with dpm-solver++
+    (cond, cond_mask, null, null_mask), _ = pipe.encode(["a red circle"])
     noise = torch.randn(1, model.config.in_channels, 32, 32)
     latents = sample(pipe.transformer, noise, cond, cond_mask, null, null_mask, steps=5, cfg_scale=4.5, progress=False)
     assert latents.shape == noise.shape and torch.isfinite(latents).all()

@@ -2062,3 +2062,27 @@ def test_the_summary_of_a_run_that_trained_no_step_is_strict_json(shapes_data, t
     assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "r"), "--no-progress", *sets]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1], parse_constant=no_constants)
     assert summary["status"] == "finished" and summary["steps"] == 0 and summary["final_loss"] is None
+
+
+def test_train_from_python_checks_its_device_and_trains_from_another_thread(shapes_data, tmp_path):
+    """From Python (review): device="gpu" or "mps" trained on the CPU without a word, a torch.device was
+    "'torch.device' object has no attribute 'startswith'", "cuda" without CUDA failed inside torch; and a
+    run started from a thread (a notebook's background job) was "signal only works in main thread"."""
+    import threading
+
+    config = config_for(shapes_data, steps=2)
+    refused = [("gpu", "device 'gpu' is not a device"), ("mps", "device 'mps': pixart runs on cpu or cuda")]
+    if not torch.cuda.is_available():
+        refused.append(("cuda", "device cuda: this machine's torch sees no CUDA device; use cpu"))
+    for device, said in refused:
+        with pytest.raises(TrainingError, match=re.escape(said)):
+            train(config, tmp_path / "refused", device=device, progress=False)
+    assert not (tmp_path / "refused").exists()
+    summaries: list[dict] = []
+    worker = threading.Thread(
+        target=lambda: summaries.append(train(config, tmp_path / "run", device=torch.device("cpu"), progress=False))
+    )
+    worker.start()
+    worker.join(timeout=300)
+    assert [summary["status"] for summary in summaries] == ["finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the main thread's left as it was

@@ -187,6 +187,11 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     still iddpm, before diffusion.objective=flow) is tried again once the others are in, and those that
     pass only together (model.hidden_size with model.num_heads) are set together.
     """
+    if isinstance(overrides, (str, dict)):  # a str was read one character at a time ("override 's' must...")
+        example = "['steps=5']" if isinstance(overrides, str) else "[f'{key}={value}' for key, value in d.items()]"
+        raise ConfigError(
+            f"overrides are a list of 'key=value' strings, e.g. {example}; got a {type(overrides).__name__}"
+        )
     latest: dict[str, object] = {}
     for item in overrides:
         key, sep, text = item.partition("=")

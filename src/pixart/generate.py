@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from pixart.generation_settings import (
     Settings,
     check_request,
     check_steps_for,
+    check_types,
     negative_prompt,
     requested_aspect,
     requested_size,
@@ -43,6 +45,7 @@ from pixart.generation_settings import (
 from pixart.model.pixart import PixArt
 from pixart.model.regional import compile_blocks
 from pixart.modelfolder import ModelSpec, load_components, read_spec
+from pixart.quiet import silenced_library_progress_bars
 from pixart.sample import sample
 
 
@@ -132,6 +135,12 @@ class TextToImage:
         vae_tiling: bool = False,
         load_in_8bit: bool = False,
     ) -> TextToImage:
+        """Load what `path` names: a model folder of ours (the demo's model/), a training run (its EMA weights,
+        else final.safetensors; or a run's final.safetensors or checkpoints/step-N.pt), a diffusers PixArt
+        pipeline folder, or bare transformer weights with `vae` and `text_encoder` folders beside them. The
+        text encoder loads at the first prompt, on `text_device` (default: `device`); `dtype` is the
+        transformer's (bf16 on a GPU halves its memory); `vae_tiling` decodes large images in tiles, and
+        `load_in_8bit` loads T5 in 8 bits (bitsandbytes)."""
         components = read_spec(path, vae=vae, text_encoder=text_encoder)
         kind = components[0].text_encoder
         if load_in_8bit and kind != "t5":  # it would be ignored, yet recorded with the images: said before loading
@@ -190,7 +199,7 @@ class TextToImage:
             self._text_encoder.free()
             self._text_encoder = None
 
-    def encode(self, prompts: list[str], negative: str | None) -> tuple[tuple, list[int]]:
+    def encode(self, prompts: list[str], negative: str | None = None) -> tuple[tuple, list[int]]:
         """(cond, cond_mask, null, null_mask), each batch len(prompts), in the host's memory (a long prompts
         file's T5-XXL features, 2 MB a prompt, would fill a GPU: each sampling batch takes its rows there), and
         the tokens truncation dropped from each prompt (for callers that report it)."""
@@ -230,13 +239,35 @@ class TextToImage:
 
     # -- generation -------------------------------------------------------------------------------
 
-    def generate(self, prompts: list[str], settings: Settings | None = None, **options: Any) -> list[GeneratedImage]:
-        """Every image of `generate_batches` (the same options), in order."""
-        return [image for batch in self.generate_batches(prompts, settings, **options) for image in batch]
+    def generate(
+        self,
+        prompts: list[str] | str,
+        settings: Settings | None = None,
+        *,
+        seed: int = 0,
+        num_images: int = 1,
+        batch_size: int = 4,
+        progress: bool = True,
+        low_memory: bool = False,
+        skip: int = 0,
+    ) -> list[GeneratedImage]:
+        """Every image of `generate_batches` (the same arguments), in order: num_images of each prompt, image k
+        drawn from seed + k."""
+        batches = self.generate_batches(
+            prompts,
+            settings,
+            seed=seed,
+            num_images=num_images,
+            batch_size=batch_size,
+            progress=progress,
+            low_memory=low_memory,
+            skip=skip,
+        )
+        return [image for batch in batches for image in batch]
 
     def generate_batches(
         self,
-        prompts: list[str],
+        prompts: list[str] | str,
         settings: Settings | None = None,
         *,
         seed: int = 0,
@@ -250,7 +281,12 @@ class TextToImage:
         batch given as soon as it is decoded: a caller writes it before the next is sampled, so a stop or a
         failure keeps what was made. `skip` leaves out the first images of that order (the rest of a stopped
         run: the same images, as each draws its noise from its own seed)."""
+        if isinstance(prompts, str):  # one prompt, not one per character
+            prompts = [prompts]
+        if not prompts:
+            raise GenerationError('no prompt given: pass a list of at least one ("" draws an unconditional image)')
         settings = settings or Settings()
+        check_types(settings)  # before a field is used
         settings = dataclasses.replace(settings, negative=negative_prompt(settings.negative))
         check_request(
             settings,
@@ -270,7 +306,8 @@ class TextToImage:
 
         jobs = [(p, k) for p in prompts for k in range(num_images)][skip:]  # prompt-major, like diffusers
         unique = list(dict.fromkeys(p for p, _ in jobs))  # a skipped prompt is not encoded
-        (cond, cond_mask, null, null_mask), dropped = self.encode(unique, settings.negative)
+        with nullcontext() if progress else silenced_library_progress_bars():  # the text encoder's loading bar
+            (cond, cond_mask, null, null_mask), dropped = self.encode(unique, settings.negative)
         if low_memory:
             self.free_text_encoder()
         row = {p: i for i, p in enumerate(unique)}

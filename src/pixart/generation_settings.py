@@ -6,6 +6,7 @@ Shared by `pixart generate`, `pixart eval`, `pixart serve` and the library (pixa
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ class Settings:
 
 @dataclass
 class GeneratedImage:
+    """One image of TextToImage.generate, with what made it (its sidecar JSON holds the same)."""
+
     image: Image.Image
     prompt: str
     seed: int
@@ -99,6 +102,25 @@ def check_steps_for(name: str | None, steps: int) -> None:
             raise GenerationError(str(error)) from error
 
 
+# What each Settings field holds when given (None: the model's default); a wrong kind failed deep inside
+# ("'float' object has no attribute 'strip'", "must be real number")
+FIELD_KINDS = {
+    "negative": (str, "a string"),
+    "height": (numbers.Integral, "a whole number of pixels"),
+    "width": (numbers.Integral, "a whole number of pixels"),
+    "aspect": (str, 'a string such as "16:9"'),
+    "sampler": (str, "a sampler's name"),  # steps: check_step_count says it
+    "cfg_scale": (numbers.Real, "a number"),
+}
+
+
+def check_types(settings: Settings) -> None:
+    for field, (kind, said) in FIELD_KINDS.items():
+        value = getattr(settings, field)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise GenerationError(f"Settings.{field} must be {said} (or None for the model's own), got {value!r}")
+
+
 def check_request(
     settings: Settings,
     num_images: int = 1,
@@ -113,6 +135,7 @@ def check_request(
     guidance, seeds, prompts that are not UTF-8, and a named sampler with its steps. What depends on the
     model is checked by TextToImage.resolve_sampler. `total_images` is the run's count (prompts x
     num_images): image k takes seed + k; the first `skip` of them are left out."""
+    check_types(settings)
     for prompt in prompts:  # bytes of another encoding arrive as lone surrogates: the tokenizer's error
         if not is_utf8(prompt):
             raise GenerationError(f"the prompt {prompt!a} is not UTF-8 text (another encoding?): give it in UTF-8")

@@ -120,6 +120,8 @@ RECIPES = {
 
 
 def get_recipe(name: str) -> TrainConfig:
+    """A fresh TrainConfig of the recipe `name` (the names are RECIPES' keys: tiny, the three stages...);
+    change it with pixart.config.apply_overrides, as `pixart train --set` does."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
     return RECIPES[name]()

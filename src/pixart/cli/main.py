@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from pixart.quiet import silenced_library_progress_bars
+
 # Subcommand name -> module under pixart.cli; imported lazily so `pixart --help` stays fast.
 COMMANDS = {
     "convert": "Convert transformer weights between pixart, official and diffusers layouts (or from DiT).",
@@ -105,21 +107,11 @@ def text_encoder_folder(text: str) -> Path:
 
 def check_device(text: str | None, what: str = "--device") -> None:
     """A --device value this machine can run on, checked before anything loads (None: the default)."""
-    if text is None:
-        return
-    import torch
+    from pixart.devices import device_problem
 
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise UserError(f"{what} {text!r} is not a device: use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"{what} {text!r}: pixart runs on cpu or cuda")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"{what} {text}: this machine's torch sees no CUDA device; use cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"{what} {text}: there are {torch.cuda.device_count()} CUDA device(s)")
+    problem = device_problem(text)
+    if problem is not None:
+        raise UserError(f"{what} {problem}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,40 +141,6 @@ def removed_if_left_empty(folder: Path) -> Iterator[None]:
                 break
             path.rmdir()
         raise
-
-
-@contextmanager
-def silenced_library_progress_bars() -> Iterator[None]:
-    """`--no-progress` reaching the bars transformers and huggingface_hub draw themselves ("Loading weights"
-    as a text encoder loads), for one command; afterwards each is as it was, so a caller of main() in the
-    same process keeps its bars. huggingface_hub's switch is imported here (15 ms): transformers, imported
-    later, reads it at import. Setting HF_HUB_DISABLE_PROGRESS_BARS instead, as before, froze the hub's bars
-    off for good in a process that first imported it during the command, and warned at every restore."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    hub_was_on = not are_progress_bars_disabled()
-    transformers_was_on = _transformers_bars() if "transformers" in sys.modules else None
-    disable_progress_bars()
-    if transformers_was_on is not None:
-        _transformers_bars(False)
-    try:
-        yield
-    finally:
-        if hub_was_on:  # off before: the user's HF_HUB_DISABLE_PROGRESS_BARS, say, which stays in force
-            enable_progress_bars()
-        if "transformers" in sys.modules:  # imported meanwhile: its bars follow the hub's again
-            _transformers_bars(hub_was_on if transformers_was_on is None else transformers_was_on)
-
-
-def _transformers_bars(on: bool | None = None) -> bool:
-    """Whether transformers draws its own bars; `on` switches them first (transformers must be imported)."""
-    from transformers.utils import logging as transformers_logging
-
-    if on is True:
-        transformers_logging.enable_progress_bar()
-    elif on is False:
-        transformers_logging.disable_progress_bar()
-    return transformers_logging.is_progress_bar_enabled()
 
 
 # What a rerun does after Ctrl-C, for the commands that keep their work as they go

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Generator
-from contextlib import closing
+from contextlib import closing, nullcontext
 from pathlib import Path
 
 import torch
@@ -24,9 +24,11 @@ from pixart.data.dataset import FeatureDataset, collate
 from pixart.data.epochs import EpochStream, EpochTagged
 from pixart.data.records import DamagedData
 from pixart.data.sampler import BucketBatchSampler
+from pixart.devices import device_problem
 from pixart.files import write_json
 from pixart.model.dit import DiT
 from pixart.model.regional import compile_blocks
+from pixart.quiet import silenced_library_progress_bars
 from pixart.train import checkpoint as ckpt
 from pixart.train.checks import (
     SLOW_SAVE_S,
@@ -67,7 +69,9 @@ from pixart.train.step import build_optimizer, compute_loss, ema_decay, mfu, upd
 FAULT_ENV = "PIXART_FAULT"  # testing hook: "exit:RANK:STEP" makes that rank die at that step, "stall:..." hang
 
 
-def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> dict:
+def train(
+    config: TrainConfig, run_dir: str | Path, *, device: str | torch.device | None = None, progress: bool = True
+) -> dict:
     """Train (or resume) the run in `run_dir`; returns a summary dict.
 
     Under torchrun, the process group this call creates is destroyed when it returns (finished or
@@ -76,6 +80,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     creates_group = not torch.distributed.is_initialized()
     run_dir = Path(run_dir)
     started = time.time()
+    if (problem := device_problem(device)) is not None:
+        raise TrainingError(f"device {problem}")
+    device = None if device is None else str(device)
     check_preview_steps(config)  # the config alone: every process refuses it alike
     try:
         world = init_distributed(device, timeout_minutes=config.collective_timeout)
@@ -90,7 +97,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     if world.is_main:
         for warning in warnings:
             print(f"[pixart train] warning: {warning}", flush=True)
-    with exclusive_run(run_dir, world):  # one job at a time in a run folder
+    quiet = nullcontext() if progress else silenced_library_progress_bars()  # the text encoders' "Loading weights"
+    with exclusive_run(run_dir, world), quiet:  # one job at a time in a run folder
         summary = train_in_world(config, run_dir, world, progress, started)
     if torch.distributed.is_initialized():
         # on a normal return only, as torchtitan does: tearing down while another rank is in a collective hangs

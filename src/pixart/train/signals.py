@@ -4,6 +4,7 @@ checkpoints and exits), and the data loader's workers leave those signals to it.
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 from typing import Any
 
@@ -17,6 +18,10 @@ class StopFlag:
         self.previous: dict[int, Any] = {}  # signal -> the handler it had
 
     def __enter__(self) -> StopFlag:
+        if threading.current_thread() is not threading.main_thread():
+            # Python lets the main thread alone set handlers ("signal only works in main thread"): a run
+            # trained from another thread (a notebook's background job, a web app) keeps the process's own
+            return self
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.previous[sig] = signal.signal(sig, self.handle)
         return self
