@@ -602,3 +602,15 @@ def test_a_flow_model_keeps_its_objective_through_load_and_save_and_samples_as_o
         sample(plain, *args, steps=4, progress=False),
         sample(plain, *args, scheduler="dpm-solver++", steps=4, progress=False),
     )
+
+
+def test_noise_of_the_wrong_channels_is_named_with_the_shape_given():
+    """The model's own check named the guided batch, twice the one given: "got (4, 3, 16, 16)" for noise of
+    2 samples (review)."""
+    model = PixArt(TINY)
+    cond = torch.randn(2, 16, 48)
+    mask = torch.ones(2, 16, dtype=torch.long)
+    with pytest.raises(
+        ValueError, match=re.escape("noise must be (B, 4, h, w) latents for this model, got (2, 3, 16, 16)")
+    ):
+        sample(model, torch.randn(2, 3, 16, 16), cond, mask, cond, mask, steps=2, progress=False)

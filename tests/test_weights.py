@@ -625,3 +625,12 @@ def test_a_compiled_model_or_its_state_dict_saves_as_the_model(tmp_path):
         loaded = load_transformer(tmp_path / name).state_dict()
         assert loaded.keys() == model.state_dict().keys()
         assert all(torch.equal(loaded[key], value) for key, value in model.state_dict().items())
+
+
+def test_load_transformer_takes_a_dtype_by_name(tmp_path):
+    """dtype="bfloat16" (as a config file says it) was torch's TypeError from deep in .to() (review)."""
+    path = save_transformer(PixArt(TINY), tmp_path / "w.safetensors")
+    assert load_transformer(path, dtype="bfloat16").dtype == load_transformer(path, dtype=torch.bfloat16).dtype
+    assert load_transformer(path, dtype="torch.float16").dtype == torch.float16
+    with pytest.raises(ValueError, match="dtype 'bf16' is not a torch dtype: e.g. torch.bfloat16 or 'bfloat16'"):
+        load_transformer(path, dtype="bf16")

@@ -10,6 +10,7 @@ comparing the two starts from the same noise.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -72,6 +73,11 @@ def resize_cover_crop_tensor(images: torch.Tensor, height: int, width: int) -> t
 
 
 ENCODE_CHUNK = 32  # prompts per text-encoder call
+
+
+# An asked aspect ratio drawn further off than this is said: a model of one bucket draws every aspect square,
+# while the multi-aspect tables draw any ratio within 14% (their widest gap, 3.0 to 4.0)
+ASPECT_TOLERANCE = 0.15
 
 
 class TextToImage:
@@ -233,6 +239,14 @@ class TextToImage:
             return key, bucket, size
         if aspect := requested_aspect(settings):
             key, bucket = closest_bucket(*aspect, self.table)
+            asked, drawn = aspect[0] / aspect[1], bucket[0] / bucket[1]
+            if abs(drawn / asked - 1) > ASPECT_TOLERANCE:
+                print(
+                    f"warning: this model draws the aspect ratios of its buckets ({', '.join(self.table)}, height "
+                    f"over width): {settings.aspect} is drawn at {bucket[0]}x{bucket[1]}; ask for a size (--size, "
+                    "or Settings height and width) to have the image resized and cropped to it",
+                    file=sys.stderr,
+                )
             return key, bucket, bucket
         key, bucket = closest_bucket(1, 1, self.table)
         return key, bucket, bucket

@@ -76,6 +76,10 @@ def sample(
         flow_shift = shift_at(float(own.get("flow_shift", 1.0)), int(own.get("shift_base_tokens", 0)), tokens)
     if noise.shape[0] != cond.shape[0]:  # else a reshape deep in the model failed, naming neither
         raise ValueError(f"noise holds {noise.shape[0]} sample(s) but cond {cond.shape[0]} caption(s): one each")
+    channels = getattr(getattr(model, "config", None), "in_channels", None)
+    if channels is not None and (noise.ndim != 4 or noise.shape[1] != channels):  # else the model named the
+        # guided batch, twice the size given ("x must be (B, 4, H, W), got (4, 3, 32, 32)" for 2 samples)
+        raise ValueError(f"noise must be (B, {channels}, h, w) latents for this model, got {tuple(noise.shape)}")
     if not math.isfinite(cfg_scale):  # NaN images else
         raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
     if scheduler == "folder":

@@ -328,7 +328,7 @@ def read_checked_state(
 def load_transformer(
     path: str | Path,
     *,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     device: torch.device | str = "cpu",
     config: PixArtConfig | None = None,
     use_ema: bool = False,
@@ -337,6 +337,11 @@ def load_transformer(
     .pth, our .safetensors, a diffusers folder (or a pipeline's), a training checkpoint. The model's `sampling`
     holds how its outputs read where the weights record it (a flow model's objective and shift), which
     pixart.sample.sample and save_transformer follow."""
+    if isinstance(dtype, str):  # "bfloat16", as in a config file
+        named = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(named, torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype: e.g. torch.bfloat16 or 'bfloat16'")
+        dtype = named
     config, state, _ = read_checked_state(path, use_ema=use_ema, config=config)
     with torch.device("meta"):
         model = PixArt(config)
