@@ -716,3 +716,12 @@ def test_info_reads_a_dit_of_any_width_with_num_heads(tmp_path, capsys):
     save_transformer(randomize_(PixArt(TINY)), tmp_path / "w.safetensors")
     assert main(["info", str(tmp_path / "w.safetensors"), "--num-heads", "3"]) == 2
     assert "--num-heads applies to a DiT checkpoint" in capsys.readouterr().err
+
+
+def test_convert_refuses_an_out_its_layout_would_not_read_back_as_before_reading(tmp_path, capsys):
+    """--to diffusers --out x.pt read the whole source, then failed in save_transformer with a traceback."""
+    src = save_transformer(randomize_(PixArt(TINY)), tmp_path / "a.safetensors")
+    assert main(["convert", str(src), "--to", "diffusers", "--out", str(tmp_path / "x.pt")]) == 2
+    said = capsys.readouterr().err
+    assert f"--out {tmp_path / 'x.pt'}: the diffusers layout writes a folder, not a .pt file: name a folder" in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]

@@ -365,6 +365,8 @@ def test_a_write_that_fills_the_disk_is_an_oserror_naming_the_file_whatever_the_
         assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(path))
         assert isinstance(raised.value.__cause__, RuntimeError)  # the library's words kept for a traceback's reader
         assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="non contiguous"):  # the writer's own error is not the disk's
+        atomic_write(tmp_path / "w.pt", lambda tmp: (_ for _ in ()).throw(ValueError("non contiguous tensor")))
     monkeypatch.setattr(pixart.files.shutil, "disk_usage", lambda folder: usage._replace(free=10**10))
     with pytest.raises(RuntimeError, match="unexpected pos"):
         atomic_write(tmp_path / "w.pt", torch_on_a_full_disk)
@@ -387,5 +389,5 @@ def test_real_writes_onto_a_full_disk_name_the_file_and_leave_nothing(tmp_path):
             assert list(disk.iterdir()) == []
         with pytest.raises(OSError) as raised:
             save_checkpoint(disk / "run", 1, {"model": big}, World(), sharded=True, keep=1)
-        assert raised.value.errno == errno.ENOSPC and raised.value.filename.endswith("step-0000001.dcp.tmp")
-        assert list_checkpoints(disk / "run") == []
+        assert raised.value.errno == errno.ENOSPC and raised.value.filename.endswith("step-0000001.dcp")
+        assert list((disk / "run" / "checkpoints").iterdir()) == []  # its partial folder gone: the room is needed

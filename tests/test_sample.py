@@ -610,7 +610,7 @@ def test_noise_of_the_wrong_channels_is_named_with_the_shape_given():
     model = PixArt(TINY)
     cond = torch.randn(2, 16, 48)
     mask = torch.ones(2, 16, dtype=torch.long)
-    with pytest.raises(
-        ValueError, match=re.escape("noise must be (B, 4, h, w) latents for this model, got (2, 3, 16, 16)")
-    ):
-        sample(model, torch.randn(2, 3, 16, 16), cond, mask, cond, mask, steps=2, progress=False)
+    for shape in [(2, 3, 16, 16), (4, 16, 16)]:  # the second, unbatched, was "noise holds 4 sample(s)"
+        said = f"noise must be (B, 4, h, w) latents for this model, got {shape}"
+        with pytest.raises(ValueError, match=re.escape(said)):
+            sample(model, torch.randn(shape), cond, mask, cond, mask, steps=2, progress=False)

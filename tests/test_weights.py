@@ -634,3 +634,27 @@ def test_load_transformer_takes_a_dtype_by_name(tmp_path):
     assert load_transformer(path, dtype="torch.float16").dtype == torch.float16
     with pytest.raises(ValueError, match="dtype 'bf16' is not a torch dtype: e.g. torch.bfloat16 or 'bfloat16'"):
         load_transformer(path, dtype="bf16")
+
+
+def test_the_sampling_record_is_read_from_a_model_folder_and_a_bad_one_is_named(tmp_path):
+    """A model folder (the demo's model/, a flow model) loaded with load_transformer came without its record,
+    so sample() drew it as an eps model; a hand-edited record was a JSONDecodeError, and a partial one
+    (shift_base_tokens left out) failed later, in save_transformer (review)."""
+    from pixart.modelfolder import ModelSpec, save_model_folder
+    from pixart.weights.formats import SAMPLING_FILE
+
+    model = randomize_(PixArt(TINY))
+    spec = ModelSpec(text_encoder="minilm", objective="flow", sampler="flow-dpm-solver", flow_shift=3.0)
+    folder = save_model_folder(tmp_path / "folder", model, spec)
+    assert load_transformer(folder).sampling == {"objective": "flow", "flow_shift": 3.0, "shift_base_tokens": 0}
+
+    diffusers_folder = save_transformer(load_transformer(folder), tmp_path / "d", to="diffusers")
+    (diffusers_folder / SAMPLING_FILE).write_text('{"objective": "flow", "flow_shift": 2}')  # partial: defaults
+    partial = load_transformer(diffusers_folder)
+    assert partial.sampling == {"objective": "flow", "flow_shift": 2.0, "shift_base_tokens": 0}
+    partial.sampling = {"objective": "flow"}  # set by hand, partly: saved with the defaults filled in
+    assert load_transformer(save_transformer(partial, tmp_path / "p.safetensors")).sampling["flow_shift"] == 1.0
+    for junk in ["{not json", '{"objective": "velocity"}', '{"objective": "flow", "flow_shift": -1}', "[]"]:
+        (diffusers_folder / SAMPLING_FILE).write_text(junk)
+        with pytest.raises(WeightsError, match=re.escape(f"{diffusers_folder} records how it samples as")):
+            load_transformer(diffusers_folder)

@@ -29,5 +29,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'pixart' has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:  # tab completion sees the lazy names too
-    return sorted({*globals(), *__all__})
+def __dir__() -> list[str]:  # tab completion sees the lazy names, not this file's own imports
+    return sorted([*__all__, "__version__"])

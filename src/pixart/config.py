@@ -24,6 +24,16 @@ class ConfigError(ValueError):
     """A bad override or config file, reported before any work starts."""
 
 
+def is_whole(value: object) -> bool:
+    """An int read from JSON (not a bool, which JSON's true would give)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """An int or float read from JSON (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -92,13 +92,14 @@ FULL_BELOW_BYTES = 1 << 20  # a write that failed with this little room left ran
 def out_of_space(error: BaseException, folder: Path) -> bool:
     """Whether a failed write ran out of disk space. Libraries say so in words of their own: safetensors "I/O
     error: No space left on device (os error 28)", DCP a CheckpointException holding that, and torch.save only
-    "enforce fail ... unexpected pos", so that one counts when the file system holding `folder` is full."""
+    "enforce fail ... unexpected pos" (a RuntimeError), so that one counts when the file system holding `folder`
+    is full."""
     if isinstance(error, OSError):
         return error.errno == errno.ENOSPC and not error.filename  # a bare write()'s, which names no file
-    if isinstance(error, (KeyboardInterrupt, SystemExit)):
-        return False
     if os.strerror(errno.ENOSPC) in str(error):
         return True
+    if type(error) is not RuntimeError:  # torch's own; a ValueError of the writer's, a cancellation, are not
+        return False
     try:
         return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
     except OSError:

@@ -75,8 +75,9 @@ def resize_cover_crop_tensor(images: torch.Tensor, height: int, width: int) -> t
 ENCODE_CHUNK = 32  # prompts per text-encoder call
 
 
-# An asked aspect ratio drawn further off than this is said: a model of one bucket draws every aspect square,
-# while the multi-aspect tables draw any ratio within 14% (their widest gap, 3.0 to 4.0)
+# An asked aspect ratio further than this from its bucket's key is said: a model of one bucket draws every
+# aspect square, while the multi-aspect tables' keys lie within 14.3% of any ratio in their range (3.5 between
+# 3.0 and 4.0, their widest gap)
 ASPECT_TOLERANCE = 0.15
 
 
@@ -239,12 +240,13 @@ class TextToImage:
             return key, bucket, size
         if aspect := requested_aspect(settings):
             key, bucket = closest_bucket(*aspect, self.table)
-            asked, drawn = aspect[0] / aspect[1], bucket[0] / bucket[1]
-            if abs(drawn / asked - 1) > ASPECT_TOLERANCE:
+            if abs(float(key) / (aspect[0] / aspect[1]) - 1) > ASPECT_TOLERANCE:  # the bucket's own ratio, as keyed
+                keys = sorted(float(k) for k in self.table)
+                held = f"only {keys[0]}" if len(keys) == 1 else f"{len(keys)} from {keys[0]} to {keys[-1]}"
                 print(
-                    f"warning: this model draws the aspect ratios of its buckets ({', '.join(self.table)}, height "
-                    f"over width): {settings.aspect} is drawn at {bucket[0]}x{bucket[1]}; ask for a size (--size, "
-                    "or Settings height and width) to have the image resized and cropped to it",
+                    f"warning: this model's aspect ratios (height over width) are {held}: {settings.aspect} is drawn "
+                    f"at {bucket[0]}x{bucket[1]}; ask for a size (--size, or Settings height and width) to have the "
+                    "image resized and cropped to it",
                     file=sys.stderr,
                 )
             return key, bucket, bucket

@@ -21,7 +21,7 @@ from typing import TypedDict
 
 import torch
 
-from pixart.config import strict_json
+from pixart.config import is_number, is_whole, strict_json
 from pixart.diffusion.objective import OBJECTIVES
 from pixart.diffusion.schedulers import TRAIN_STEPS, default_sampler, get_sampler
 from pixart.encoders.text import text_encoder_kind
@@ -29,7 +29,7 @@ from pixart.files import read_json, write_text
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
 from pixart.weights.formats import FINAL, FINAL_EMA, OURS_IN_FOLDER
-from pixart.weights.io import SAMPLING_METADATA, sampling_entry, sampling_fields, sampling_metadata
+from pixart.weights.io import SAMPLING_METADATA, read_sampling, sampling_entry, sampling_fields, sampling_metadata
 
 SPEC_FILE = "model.json"
 DOWNLOAD_HINT = (
@@ -37,15 +37,6 @@ DOWNLOAD_HINT = (
     "(`huggingface-cli download PixArt-alpha/PixArt-XL-2-512x512 --local-dir PixArt-XL-2-512x512`), copy it "
     "here and pass --model PixArt-XL-2-512x512; or run `pixart demo` to train the embedded CPU model"
 )
-
-
-def is_whole(value: object) -> bool:
-    """An int read from JSON (not a bool, which JSON's true would give)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(kw_only=True)
@@ -357,7 +348,7 @@ def sampling_of(weights: Path) -> dict:
     recorded = sampling_record(weights).get(SAMPLING_METADATA)
     if recorded is None:
         return {}
-    fields = json.loads(recorded)
+    fields = read_sampling(recorded, weights)  # a record pixart cannot read: one error naming the file
     return {**fields, "sampler": default_sampler(fields["objective"])}
 
 

@@ -63,9 +63,16 @@ def sample(
 
     `scheduler` is a sampler name (see pixart.diffusion.schedulers.SAMPLERS) or a diffusers scheduler
     instance (e.g. the one a diffusers pipeline folder ships); by default the model's own: flow-dpm-solver
-    for a flow model (model.sampling, which load_transformer reads off the weights), else dpm-solver++.
+    for a flow model (model.sampling, which load_transformer reads off the weights), else dpm-solver++; a
+    sampler of the other kind than the weights record is refused (weights that record nothing take any).
     `steps` defaults to the sampler's own; `flow_shift` to the model's at this size (1 where none is known).
     """
+    channels = getattr(getattr(model, "config", None), "in_channels", None)
+    if noise.ndim != 4 or (channels is not None and noise.shape[1] != channels):  # else the model named the
+        # guided batch, twice the size given ("x must be (B, 4, H, W), got (4, 3, 32, 32)" for 2 samples)
+        raise ValueError(f"noise must be (B, {channels or 'C'}, h, w) latents for this model, got {tuple(noise.shape)}")
+    if noise.shape[0] != cond.shape[0]:  # else a reshape deep in the model failed, naming neither
+        raise ValueError(f"noise holds {noise.shape[0]} sample(s) but cond {cond.shape[0]} caption(s): one each")
     own = getattr(model, "sampling", None) or {}  # {} for an eps model, or where the weights did not say
     objective = own.get("objective", "iddpm")
     if scheduler is None:
@@ -74,12 +81,6 @@ def sample(
         patch = getattr(getattr(model, "config", None), "patch_size", 1)
         tokens = (noise.shape[-2] // patch) * (noise.shape[-1] // patch)
         flow_shift = shift_at(float(own.get("flow_shift", 1.0)), int(own.get("shift_base_tokens", 0)), tokens)
-    if noise.shape[0] != cond.shape[0]:  # else a reshape deep in the model failed, naming neither
-        raise ValueError(f"noise holds {noise.shape[0]} sample(s) but cond {cond.shape[0]} caption(s): one each")
-    channels = getattr(getattr(model, "config", None), "in_channels", None)
-    if channels is not None and (noise.ndim != 4 or noise.shape[1] != channels):  # else the model named the
-        # guided batch, twice the size given ("x must be (B, 4, H, W), got (4, 3, 32, 32)" for 2 samples)
-        raise ValueError(f"noise must be (B, {channels}, h, w) latents for this model, got {tuple(noise.shape)}")
     if not math.isfinite(cfg_scale):  # NaN images else
         raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
     if scheduler == "folder":

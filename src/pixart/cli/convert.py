@@ -176,11 +176,13 @@ def check_out(args: argparse.Namespace) -> None:
     """--out before anything is read: its suffix fits --to, and it is not there yet (a conversion never
     replaces a file, the source least of all; a diffusers folder may be an empty one)."""
     from pixart.cli.main import UserError
-    from pixart.weights.formats import FILE_SUFFIXES
+    from pixart.weights.save import check_destination
 
     out = args.out
-    if args.to in FILE_SUFFIXES and out.suffix not in FILE_SUFFIXES[args.to]:
-        raise UserError(f"--to {args.to} writes a {FILE_SUFFIXES[args.to][0]} file; got --out {out}")
+    try:  # the name save_transformer would refuse, before the source is read
+        check_destination(out, args.to)
+    except ValueError as error:
+        raise UserError(f"--out {error}") from None
     if out.is_symlink() and not out.exists():  # a dangling link: its name is taken, nothing is behind it
         raise UserError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; choose another --out")
     # As the writer will reach it: "new/../model" names "model" once new/ is made, yet does not exist before

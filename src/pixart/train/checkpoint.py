@@ -78,10 +78,14 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, world: World, *, shar
         tmp = folder / f"step-{step:07d}.dcp.tmp"
         try:
             dcp.save(state, checkpoint_id=str(tmp))
-        except (Exception, CheckpointException) as error:  # the partial folder goes at the next save or run
-            if out_of_space(error, folder):
-                raise no_space_left(tmp) from error
-            raise
+        except (Exception, CheckpointException) as error:
+            # DCP gathers each rank's own error (torch.save's RuntimeError on a full disk) under its own type
+            failures = [failure[0] for failure in getattr(error, "failures", {}).values()]
+            full = any(out_of_space(cause, folder) for cause in [error, *failures])
+            if full:  # its gigabytes now, not at the next run's cleanup: the disk is needed (every rank, its own view)
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise no_space_left(final) from error
+            raise  # the partial folder goes at the next save or run
         barrier(world)
         if world.is_main:
             atomic_write(tmp / "extra.pt", lambda path: torch.save({"rng": rng_state()}, path))  # dcp syncs its own

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from pixart.diffusion.objective import DiffusionConfig
+from pixart.config import is_number, is_whole
+from pixart.diffusion.objective import OBJECTIVES, DiffusionConfig
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import keys
@@ -67,6 +68,25 @@ def sampling_entry(objective: str, flow_shift: float, shift_base_tokens: int) ->
     return {SAMPLING_METADATA: json.dumps(sampling_fields(objective, flow_shift, shift_base_tokens))}
 
 
+def read_sampling(recorded: str, source: str | Path) -> dict[str, Any]:
+    """The sampling_fields of a record (sampling_metadata's value), defaults filled in where it predates a field;
+    a WeightsError naming `source` where it is none pixart writes (a hand-edited pixart_sampling.json, say)."""
+    try:
+        fields = json.loads(recorded)
+    except json.JSONDecodeError:
+        fields = None
+    if isinstance(fields, dict):
+        fields = {**dataclasses.asdict(DiffusionConfig()), **fields}
+        objective, shift, base = fields["objective"], fields["flow_shift"], fields["shift_base_tokens"]
+        if objective in OBJECTIVES and is_number(shift) and shift > 0 and is_whole(base) and base >= 0:
+            return sampling_fields(objective, float(shift), int(base))
+    raise WeightsError(
+        f"{source} records how it samples as {recorded[:120]!r}, which is not a record pixart writes "
+        f'(e.g. {{"objective": "flow", "flow_shift": 3.0, "shift_base_tokens": 0}}): mend it, or delete it to '
+        "sample the weights as an eps model"
+    )
+
+
 def sampling_metadata(path: str | Path) -> dict[str, str]:
     """{SAMPLING_METADATA: its JSON} where the weights at `path` record it (save_transformer's `metadata`):
     our .safetensors file's metadata, a .pth's "sampling" entry, a diffusers folder's SAMPLING_FILE, a
@@ -75,6 +95,8 @@ def sampling_metadata(path: str | Path) -> dict[str, str]:
     recorded: object = None
     if is_sharded_checkpoint(path) and (settings := training_checkpoint_settings(path)) is not None:
         return _training_sampling_entry(settings)
+    if path.is_dir() and (path / OURS_IN_FOLDER).is_file():  # a model folder of ours: its transformer file says
+        path = path / OURS_IN_FOLDER
     if path.suffix == ".safetensors" and path.is_file():
         recorded = safetensors_metadata(path).get(SAMPLING_METADATA)
     elif path.suffix in (".pth", ".pt") and path.is_file():
@@ -347,6 +369,6 @@ def load_transformer(
         model = PixArt(config)
     model.load_state_dict(state, strict=True, assign=True)
     recorded = sampling_metadata(path).get(SAMPLING_METADATA)
-    model.sampling = json.loads(recorded) if recorded else {}  # a flow model's objective and shift go with it
+    model.sampling = read_sampling(recorded, path) if recorded else {}  # a flow model's objective and shift
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
     return model.eval()

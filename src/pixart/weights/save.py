@@ -13,7 +13,7 @@ from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import keys
 from pixart.weights.configs import diffusers_config_from_ours, official_pos_embed
 from pixart.weights.formats import DIFFUSERS_WEIGHTS, FILE_SUFFIXES, FORMATS, NULL_CAPTION_FILE, SAMPLING_FILE
-from pixart.weights.io import SAMPLING_METADATA, sampling_entry
+from pixart.weights.io import SAMPLING_METADATA, read_sampling, sampling_entry
 
 COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper puts before its model's state-dict keys
 BUFFERS = ("y_embedder.y_embedding",)  # PixArt's one buffer: the learned null caption, which no EMA holds
@@ -41,7 +41,8 @@ def save_transformer(
         config = config or model_or_state.config
         state = model_or_state.state_dict()
         if model_or_state.sampling and SAMPLING_METADATA not in (metadata or {}):  # as load_transformer read it
-            metadata = {**(metadata or {}), **sampling_entry(**model_or_state.sampling)}
+            fields = read_sampling(json.dumps(model_or_state.sampling), "the model's `sampling`")  # set by hand too
+            metadata = {**(metadata or {}), **sampling_entry(**fields)}
     elif isinstance(model_or_state, dict):
         state = model_or_state
         if state and all(key.startswith(COMPILED_PREFIX) for key in state):  # a compiled model's state_dict()
@@ -96,9 +97,9 @@ def check_destination(path: Path, to: str) -> None:
         raise ValueError(f"unknown weights layout {to!r}; choose one of {FORMATS}")
     if to in FILE_SUFFIXES and path.suffix not in FILE_SUFFIXES[to]:
         named = " or ".join(FILE_SUFFIXES[to])
-        raise ValueError(f"{path}: the {to} layout is a {named} file, and its name is how it is read back")
+        raise ValueError(f"{path}: the {to} layout writes a {named} file (its name is how it is read back)")
     if to == "diffusers" and any(path.suffix in suffixes for suffixes in FILE_SUFFIXES.values()):
-        raise ValueError(f"{path}: the diffusers layout is a folder, not a {path.suffix} file: name a folder")
+        raise ValueError(f"{path}: the diffusers layout writes a folder, not a {path.suffix} file: name a folder")
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
