@@ -654,7 +654,13 @@ def test_the_sampling_record_is_read_from_a_model_folder_and_a_bad_one_is_named(
     assert partial.sampling == {"objective": "flow", "flow_shift": 2.0, "shift_base_tokens": 0}
     partial.sampling = {"objective": "flow"}  # set by hand, partly: saved with the defaults filled in
     assert load_transformer(save_transformer(partial, tmp_path / "p.safetensors")).sampling["flow_shift"] == 1.0
-    for junk in ["{not json", '{"objective": "velocity"}', '{"objective": "flow", "flow_shift": -1}', "[]"]:
+    for junk in [
+        "{not json",
+        '{"objective": "velocity"}',
+        '{"objective": "flow", "flow_shift": -1}',
+        "[]",
+        '{"flow_shift": Infinity}',
+    ]:
         (diffusers_folder / SAMPLING_FILE).write_text(junk)
         with pytest.raises(WeightsError, match=re.escape(f"{diffusers_folder} records how it samples as")):
             load_transformer(diffusers_folder)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ def read_sampling(recorded: str, source: str | Path) -> dict[str, Any]:
     if isinstance(fields, dict):
         fields = {**dataclasses.asdict(DiffusionConfig()), **fields}
         objective, shift, base = fields["objective"], fields["flow_shift"], fields["shift_base_tokens"]
-        if objective in OBJECTIVES and is_number(shift) and shift > 0 and is_whole(base) and base >= 0:
+        shift_ok = is_number(shift) and math.isfinite(shift) and shift > 0
+        if objective in OBJECTIVES and shift_ok and is_whole(base) and base >= 0:
             return sampling_fields(objective, float(shift), int(base))
     raise WeightsError(
         f"{source} records how it samples as {recorded[:120]!r}, which is not a record pixart writes "
