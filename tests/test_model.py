@@ -137,6 +137,20 @@ def test_a_mask_of_another_length_than_the_captions_is_refused():
     torch.testing.assert_close(model(x, t, y, official[:, None, None, :]), model(x, t, y, official))
 
 
+def test_an_additive_float_mask_is_refused_and_a_0_1_float_mask_is_read_as_the_integer_one():
+    """A 0/-inf additive mask (diffusers' attention bias) was read backwards: -inf is non-zero, so the padding
+    counted as the caption and the caption as padding, without a word (review)."""
+    model = randomize_(PixArt(TINY)).eval()
+    x, t, y = torch.randn(2, 4, 16, 16), torch.full((2,), 3.0), torch.randn(2, 6, 48)
+    mask = varied_mask(2, 6, [2, 4])
+    additive = torch.zeros(2, 6).masked_fill(mask == 0, float("-inf"))
+    with pytest.raises(ValueError, match=r"an additive mask .* reads the other way round: pass \(mask == 0\)"):
+        model(x, t, y, additive)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y, mask.float()), model(x, t, y, mask))
+        assert torch.equal(model(x, t, y, additive == 0), model(x, t, y, mask))  # the advice, followed
+
+
 def test_initialisation_follows_official():
     model = PixArt(TINY)
     assert torch.count_nonzero(model.final_layer.linear.weight) == 0

@@ -393,6 +393,11 @@ class PixArt(nn.Module):
             return None
         if mask.shape[-1] != length:  # reshaping would fold the surplus into other samples' masks
             raise ValueError(f"the caption mask covers {mask.shape[-1]} tokens but the captions have {length}")
+        if mask.is_floating_point() and bool(((mask != 0) & (mask != 1)).any()):  # read on the host: float masks only
+            raise ValueError(
+                "the caption mask holds 1 for a real token and 0 for padding (bool, or 0/1 numbers); an additive mask "
+                "(0 for a real token, -inf for padding) reads the other way round: pass (mask == 0) instead"
+            )
         mask = mask.to(device).reshape(-1, length) != 0  # (B_mask, L): (B, L) or the official (B, 1, 1, L)
         if mask.shape[0] != batch_size:
             if batch_size % mask.shape[0]:
