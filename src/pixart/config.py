@@ -70,10 +70,10 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
     elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_whole(value):
             return value
     elif annotation is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if is_number(value):
             return float(value)
         if isinstance(value, str) and value.lower().lstrip("+-") in ("inf", "infinity"):
             return float(value)  # --set optim.grad_clip=inf (literal_eval reads no inf)
@@ -160,7 +160,7 @@ def _command_line_bool(value: Any) -> Any:
     words = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
     if isinstance(value, str) and value.lower() in words:
         return words[value.lower()]
-    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+    if is_whole(value) and value in (0, 1):
         return bool(value)
     return value
 

@@ -70,12 +70,18 @@ def sampling_entry(objective: str, flow_shift: float, shift_base_tokens: int) ->
 
 
 def read_sampling(recorded: str, source: str | Path) -> dict[str, Any]:
-    """The sampling_fields of a record (sampling_metadata's value), defaults filled in where it predates a field;
-    a WeightsError naming `source` where it is none pixart writes (a hand-edited pixart_sampling.json, say)."""
+    """The sampling_fields of a record (sampling_metadata's value, JSON): see checked_sampling."""
     try:
         fields = json.loads(recorded)
     except json.JSONDecodeError:
-        fields = None
+        fields = recorded
+    return checked_sampling(fields, source, shown=recorded)
+
+
+def checked_sampling(fields: object, source: str | Path, shown: str | None = None) -> dict[str, Any]:
+    """sampling_fields of `fields` (a record read back, or a model's `sampling` set by hand), defaults filled in
+    where it predates a field; a WeightsError naming `source` (and `shown`, the record as written) where it is
+    none pixart writes (a hand-edited pixart_sampling.json, say)."""
     if isinstance(fields, dict):
         fields = {**dataclasses.asdict(DiffusionConfig()), **fields}
         objective, shift, base = fields["objective"], fields["flow_shift"], fields["shift_base_tokens"]
@@ -83,7 +89,7 @@ def read_sampling(recorded: str, source: str | Path) -> dict[str, Any]:
         if objective in OBJECTIVES and shift_ok and is_whole(base) and base >= 0:
             return sampling_fields(objective, float(shift), int(base))
     raise WeightsError(
-        f"{source} records how it samples as {recorded[:120]!r}, which is not a record pixart writes "
+        f"{source} records how it samples as {(shown or str(fields))[:120]!r}, which is not a record pixart writes "
         f'(e.g. {{"objective": "flow", "flow_shift": 3.0, "shift_base_tokens": 0}}): mend it, or delete it to '
         "sample the weights as an eps model"
     )

@@ -13,7 +13,7 @@ from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import keys
 from pixart.weights.configs import diffusers_config_from_ours, official_pos_embed
 from pixart.weights.formats import DIFFUSERS_WEIGHTS, FILE_SUFFIXES, FORMATS, NULL_CAPTION_FILE, SAMPLING_FILE
-from pixart.weights.io import SAMPLING_METADATA, read_sampling, sampling_entry
+from pixart.weights.io import SAMPLING_METADATA, checked_sampling, sampling_entry
 
 COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper puts before its model's state-dict keys
 BUFFERS = ("y_embedder.y_embedding",)  # PixArt's one buffer: the learned null caption, which no EMA holds
@@ -41,7 +41,7 @@ def save_transformer(
         config = config or model_or_state.config
         state = model_or_state.state_dict()
         if model_or_state.sampling and SAMPLING_METADATA not in (metadata or {}):  # as load_transformer read it
-            fields = read_sampling(json.dumps(model_or_state.sampling), "the model's `sampling`")  # set by hand too
+            fields = checked_sampling(model_or_state.sampling, "the model's `sampling`")  # set by hand too
             metadata = {**(metadata or {}), **sampling_entry(**fields)}
     elif isinstance(model_or_state, dict):
         state = model_or_state
