@@ -249,6 +249,16 @@ def test_prepared_captions_give_the_same_output():
     torch.testing.assert_close(cached, direct, atol=0, rtol=0)
 
 
+def test_captions_with_caption_features_too_are_refused():
+    """captions replaces y and mask; given both, one of them would go unread without a word."""
+    model = PixArt(TINY).eval()
+    x, t, y = torch.randn(1, 4, 16, 16), torch.tensor([1]), torch.randn(1, 3, 48)
+    captions = model.prepare_captions(y)
+    for features, mask in ((y, None), (None, torch.ones(1, 3, dtype=torch.long))):
+        with pytest.raises(ValueError, match="pass caption features y and mask, or captions .*, not both"):
+            model(x, t, features, mask, captions=captions)
+
+
 def test_patch_embedding_as_a_matmul_equals_the_convolution():
     torch.manual_seed(0)
     embed = PatchEmbed(patch_size=2, in_channels=4, hidden_size=24)

@@ -141,8 +141,11 @@ class GuidedDenoiser:
         batch = torch.cat([x, x]) if self.guided else x
         t = torch.as_tensor(t, device=x.device).reshape(-1)
         t = t.expand(batch.shape[0]) if t.numel() == 1 else torch.cat([t, t]) if self.guided else t
-        extra = {"captions": self.captions} if self.captions is not None else {}
-        out = self.model(batch, t, self.y, self.mask, img_hw=self.img_hw, aspect_ratio=self.aspect_ratio, **extra)
+        if self.captions is not None:  # prepared once in __init__: the features themselves are not passed again
+            y, mask, extra = None, None, {"captions": self.captions}
+        else:
+            y, mask, extra = self.y, self.mask, {}
+        out = self.model(batch, t, y, mask, img_hw=self.img_hw, aspect_ratio=self.aspect_ratio, **extra)
         out = out.to(x.dtype)
         if self.guided:
             uncond, cond = out.chunk(2)

@@ -305,7 +305,8 @@ class PixArt(nn.Module):
     ) -> torch.Tensor:
         """x (B, C, H, W), t (B,), y (B, L, C_cap), mask (B, L) 1 = valid -> (B, out_channels, H, W).
 
-        `captions` (from `prepare_captions`) replaces y and mask when the same captions come back every step.
+        `captions` (from `prepare_captions`) replaces y and mask (pass None for both) when the same captions
+        come back every step.
         """
         cfg = self.config
         p = cfg.patch_size
@@ -315,6 +316,9 @@ class PixArt(nn.Module):
         if H % p or W % p:
             raise ValueError(f"latent height and width must be multiples of the patch size {p}, got {H}x{W}")
         t = per_sample_timesteps(t, B, x.device)
+        if captions is not None and (y is not None or mask is not None):
+            # Either would be silently unread: captions already holds the projected keys and values
+            raise ValueError("pass caption features y and mask, or captions from prepare_captions, not both")
         if captions is None:
             if y is None:
                 raise ValueError("pass caption features y (B, L, C_cap), or captions from prepare_captions")
