@@ -16,6 +16,7 @@ from pixart.data.buckets import (
     TRAIN_ONLY_KEYS,
     bucket_table,
     closest_bucket,
+    inference_buckets,
     parse_aspect,
     parse_size,
     ratio_in_range,
@@ -280,3 +281,30 @@ def test_parse_size_names_the_expected_form(text):
 def test_parse_size_refuses_a_zero_side(text):
     with pytest.raises(ValueError, match="each side of a size must be positive"):
         parse_size(text)
+
+
+def test_a_run_on_prepared_data_generates_at_the_inference_buckets(tmp_path):
+    """`pixart prepare` records the 40 training buckets; a run on that data drew a 3.75:1 request at
+    1920x512, where the same weights loaded any other way (and official inference, and diffusers) draw the
+    33-key table's 2048x512. A table of one's own sizes (the shapes world's) is kept whole."""
+    import json
+
+    from pixart.modelfolder import run_spec
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    for folder in (data, run):
+        folder.mkdir()
+    recorded = {key: list(hw) for key, hw in bucket_table(1024).items()}
+    dataset = {
+        "text_encoder": {"kind": "minilm", "max_length": 16},
+        "codec": {"kind": "pixels", "downsample": 1},
+        "buckets": recorded,
+    }
+    (data / "dataset.json").write_text(json.dumps(dataset))
+    (run / "config.json").write_text(json.dumps({"data": {"root": str(data)}}))
+    buckets = run_spec(run).buckets
+    assert buckets == {key: list(hw) for key, hw in ASPECT_RATIO_1024_TEST.items()}
+    assert snap_size(3.75, 1, {key: tuple(hw) for key, hw in buckets.items()}) == (2048, 512)
+
+    own = {"0.5": [32, 64], "1.0": [32, 32], "3.75": [16, 60]}  # 3.75 is one of the train-only keys by name
+    assert inference_buckets(own) == own and inference_buckets(None) is None

@@ -143,6 +143,7 @@ RUN_CONFIG = "config.json"  # a training run's TrainConfig
 def run_spec(run: Path) -> ModelSpec:
     """How a finished training run's weights run: with the codec, text encoder and buckets of the data it
     trained on (that data's dataset.json), as `pixart train` leaves no model folder of its own."""
+    from pixart.data.buckets import inference_buckets
     from pixart.data.shapes_features import shapes_world_of
     from pixart.data.shards import DATASET_FILE
 
@@ -168,7 +169,7 @@ def run_spec(run: Path) -> ModelSpec:
         clean_captions=text["kind"] == "t5",
         codec=codec["kind"],
         codec_path=codec.get("path"),
-        buckets=info.get("buckets"),
+        buckets=inference_buckets(info.get("buckets")),  # 33 of prepare's 40, as official inference
         extra={"world": world} if world else {},  # the shapes world it trained on, as the demo's model records
     )
 

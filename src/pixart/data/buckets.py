@@ -128,6 +128,16 @@ def bucket_table(
     return table
 
 
+def inference_buckets(table: Mapping[str, Sequence[int]] | None) -> dict[str, list[int]] | None:
+    """The buckets a model trained on `table` generates at: a training table (every official key, as
+    `pixart prepare` records) loses TRAIN_ONLY_KEYS, as official inference and diffusers' binning do, so the
+    same request gets the same size however the weights are loaded; a table of other sizes stays as it is."""
+    if table is None:
+        return None
+    train_only = TRAIN_ONLY_KEYS if table.keys() >= TRAIN_ONLY_KEYS else frozenset()
+    return {key: list(hw) for key, hw in table.items() if key not in train_only}
+
+
 # The official derived tables, as constants for readers who look for them by name.
 ASPECT_RATIO_512: Mapping[str, tuple[int, int]] = MappingProxyType(bucket_table(512))
 ASPECT_RATIO_256: Mapping[str, tuple[int, int]] = MappingProxyType(bucket_table(256))
