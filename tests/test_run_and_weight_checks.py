@@ -209,6 +209,30 @@ def test_previews_draw_the_sample_prompts_given_over_the_datas_captions(tmp_path
     assert unset.prompts == ["a blue square"]  # none given: the data's captions
 
 
+def test_previews_of_a_micro_conditioned_model_condition_on_the_buckets_key(tmp_path, monkeypatch):
+    """Training conditions PixArtMS on the bucket's key (0.57 for 8x14 latents), and so does generation; the
+    preview gave the grid's exact height / width (0.5714), an aspect the model never trained on."""
+    from pixart.model.pixart import TINY_MS
+    from pixart.train import previews
+
+    captions = (torch.randn(1, 5, TINY_MS.caption_channels), torch.ones(1, 5, dtype=torch.long))
+    monkeypatch.setattr(Previewer, "_encode", lambda self, prompts: captions)
+    config = TrainConfig(model=TINY_MS, previews=True, sample_steps=1)
+    asked = []
+
+    def recording(*args, **kwargs):
+        asked.append((kwargs["img_hw"].tolist(), kwargs["aspect_ratio"].tolist()))
+        raise InterruptedError("recorded")  # the conditions are all this test reads
+
+    monkeypatch.setattr(previews, "sample", recording)
+    info = {"codec": {"downsample": 8}}
+    for bucket, aspect in (("0.57", 0.57), (None, 8 / 14)):  # no bucket known: the grid's own ratio
+        previewer = Previewer(config, info, tmp_path, World(), latent_shape=(4, 8, 14), prompts=["a"], bucket=bucket)
+        with pytest.raises(InterruptedError):
+            previewer.write(PixArt(TINY_MS).state_dict(), 1)
+        assert asked.pop() == ([[64.0, 112.0]], [pytest.approx(aspect)])
+
+
 def test_preview_weights_are_the_ema_with_the_models_buffers():
     """Previews would show the raw training weights, not the EMA the run serves, if the model's parameters
     overrode the EMA's."""

@@ -108,12 +108,16 @@ class Previewer:
         world: World,
         latent_shape: tuple | None = None,
         prompts: list[str] | None = None,
+        bucket: str | None = None,
     ):
+        """`bucket`: the aspect key of latent_shape's training samples, the aspect condition a
+        micro-conditioned model trained on (None: the grid's height / width)."""
         self.config = config
         self.info = info
         self.out = run_dir / "samples"
         self.world = world
         self.latent_shape = latent_shape
+        self.bucket = bucket
         self.prompts = list(config.sample_prompts or prompts or [])
         self.codec: ImageCodec | None = None
         self.failed = False  # a preview that failed turns the rest off: they are not worth the run
@@ -128,8 +132,9 @@ class Previewer:
         # the field the run trains on most: fields[0] showed alt-text prompts to a run on dense captions alone
         field = max(dataset.fields, key=lambda name: config.data.caption_probs.get(name, 0.0))
         captions = list(dict.fromkeys(dataset.record(i)["captions"][field] for i in first))
-        shape = tuple(dataset[0]["mean"].shape)
-        return cls(config, dataset.info, run_dir, world, latent_shape=shape, prompts=captions[:8])
+        sample_zero = dataset[0]
+        shape, bucket = tuple(sample_zero["mean"].shape), sample_zero["bucket"]
+        return cls(config, dataset.info, run_dir, world, latent_shape=shape, prompts=captions[:8], bucket=bucket)
 
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         from pixart.encoders.text import load_text_encoder
@@ -197,7 +202,9 @@ class Previewer:
         img_hw = aspect_ratio = None
         if getattr(model.config, "micro_conditions", False):
             f = int(self.info.get("codec", {}).get("downsample", 1))
-            img_hw, aspect_ratio = torch.tensor([[float(h * f), float(w * f)]]), torch.tensor([h / w])
+            # the bucket's key, as training and generation condition on it (768x1344 is 0.57, not 0.5714)
+            aspect = float(self.bucket) if self.bucket is not None else h / w
+            img_hw, aspect_ratio = torch.tensor([[float(h * f), float(w * f)]]), torch.tensor([aspect])
         latents = sample(
             denoiser,
             noise,
