@@ -480,6 +480,22 @@ def test_cli_two_concurrent_processes_and_a_rerun(tmp_path, model_dirs, capsys, 
     assert visible_files(tmp_path / "one") == visible_files(tmp_path / "two")
 
 
+def test_the_bundled_minilm_is_named_as_generate_names_it(tmp_path, capsys):
+    """`--text-encoder minilm` is the bundled MiniLM for generate, serve and eval; prepare looked for a folder
+    named minilm (and took it for T5). The kind now follows the folder given."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    write_image(folder, "a.png", noise(256, 256, 0))
+    base = ["prepare", str(folder), "--out", str(out), "--resolution", "256", "--codec", "pixels", "--workers", "0"]
+    assert main(base) == 2  # no encoder named at all: T5's folder is needed, and the bundled one is offered
+    assert "or give --text-encoder minilm for the bundled MiniLM" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*base, "--text-encoder", "minilm", "--no-progress"]) == 0
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["text_encoder"] == {"kind": "minilm", "path": None, "max_length": 48, "width": 384}  # found anywhere
+    assert json.loads((out / "report.json").read_text())["samples"] == 1
+
+
 def test_cli_user_errors(tmp_path, model_dirs, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

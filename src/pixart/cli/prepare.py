@@ -24,8 +24,20 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, choices=(256, 512, 1024), required=True, help="base resolution")
     parser.add_argument("--codec", choices=("sd-vae", "pixels"), default="sd-vae", help="image codec (sd-vae)")
     parser.add_argument("--vae", type=Path, help="local SD VAE folder (a vae/ folder or a pipeline folder)")
-    parser.add_argument("--text-encoder", type=Path, help="local text encoder folder (MiniLM: bundled if omitted)")
-    parser.add_argument("--text-encoder-kind", choices=("t5", "minilm"), default="t5")
+    from pixart.cli.main import text_encoder_folder
+
+    parser.add_argument(
+        "--text-encoder",
+        type=text_encoder_folder,
+        metavar="DIR",
+        help="local T5 or MiniLM folder, or minilm (the bundled one, also used when omitted with --text-encoder-kind "
+        "minilm)",
+    )
+    parser.add_argument(
+        "--text-encoder-kind",
+        choices=("t5", "minilm"),
+        help="the encoder's kind (default: what --text-encoder's config.json names; t5 without --text-encoder)",
+    )
     parser.add_argument("--max-length", type=int, help="text tokens kept per caption (default: T5 120, MiniLM 48)")
     parser.add_argument("--fields", default="alt", help="comma-separated caption fields to encode (default: alt)")
     parser.add_argument("--shard-size", type=int, default=1000, help="inputs per shard (default: 1000)")
@@ -61,12 +73,17 @@ def check_model_flags(args: argparse.Namespace) -> None:
     """The model flags, checked before the inputs are listed or --out is made (nothing loads here)."""
     from pixart.cli.main import UserError, check_device
     from pixart.encoders.codecs import check_vae_folder
-    from pixart.encoders.text import ENCODERS, check_max_length, minilm_folder
+    from pixart.encoders.text import ENCODERS, check_max_length, minilm_folder, text_encoder_kind
 
     if args.codec == "sd-vae" and args.vae is None:
         raise UserError("--vae DIR is required with --codec sd-vae (a local AutoencoderKL folder)")
+    if args.text_encoder_kind is None:  # the folder says which (a MiniLM given as --text-encoder minilm)
+        args.text_encoder_kind = "t5" if args.text_encoder is None else text_encoder_kind(args.text_encoder)
     if args.text_encoder_kind == "t5" and args.text_encoder is None:
-        raise UserError("--text-encoder DIR is required with --text-encoder-kind t5")
+        raise UserError(
+            "--text-encoder DIR is required for T5 (a local T5 folder with its tokenizer); or give "
+            "--text-encoder minilm for the bundled MiniLM"
+        )
     if args.codec == "sd-vae":  # a wrong folder, said before the inputs are listed and the other model loads
         check_vae_folder(args.vae)
     if args.text_encoder is not None:
