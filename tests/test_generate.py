@@ -1068,6 +1068,25 @@ def test_bare_weights_of_a_minilm_model_run_with_the_minilm_folder_given(tmp_pat
     assert red.image.size == (32, 32) and not np.array_equal(pixels_of(red), pixels_of(blue))  # the prompt counts
 
 
+def test_bare_weights_of_a_pixel_model_run_with_vae_pixels(tmp_path, capsys):
+    """A model trained on `pixart prepare --codec pixels` features (the tiny recipe's) and exported as bare
+    weights could not be generated: --vae took an SD VAE folder or the shapes codec's file only."""
+    model = randomize_(PixArt(dataclasses.replace(TINY, in_channels=3, caption_channels=384)), std=0.05).eval()
+    weights = tmp_path / "w.safetensors"
+    save_transformer(model, weights)
+    assert main(["generate", "a red circle", "--model", str(weights), "--out", str(tmp_path / "o")]) == 2
+    assert "or pixels for a model trained on pixels" in capsys.readouterr().err  # the advice names it
+    pipe = TextToImage.from_path(weights, vae="pixels", text_encoder="minilm")
+    assert (pipe.spec.codec, pipe.spec.text_encoder) == ("pixels", "minilm")
+    side = TINY.input_size  # pixels: one latent per pixel
+    image = pipe.generate(["a red circle"], Settings(steps=2), seed=0, progress=False)[0].image
+    assert image.size == (side, side)
+    args = ["generate", "a red circle", "--model", str(weights), "--vae", "pixels"]
+    assert main([*args, "--text-encoder", "minilm", "--steps", "2", "--seed", "0", "--out", str(tmp_path / "cli")]) == 0
+    written = Image.open(next((tmp_path / "cli").glob("*.png"))).convert("RGB")
+    assert np.array_equal(np.asarray(written), np.asarray(image.convert("RGB")))
+
+
 def test_a_model_json_allowing_longer_prompts_than_the_null_caption_cuts_them_with_a_warning(tmp_path, capsys):
     """text_max_length 120 (model.json's default) over a model whose learned null caption has 16 tokens: a
     prompt of more than 16 tokens failed mid-generation ("longer than the learned null caption")."""

