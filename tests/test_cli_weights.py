@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,17 @@ def test_help_of_every_command():
     result = run_cli("--help")
     assert result.returncode == 0
     assert "convert" in result.stdout
+
+
+def test_generates_steps_help_gives_every_samplers_default_steps():
+    """The help is written out (the sampler table would import torch): it must not drift from the table."""
+    from pixart.cli.main import build_parser
+    from pixart.diffusion.schedulers import SAMPLERS
+
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"]
+    steps = next(action.help for action in generate._actions if action.dest == "steps")
+    listed = dict(re.findall(r"([a-z+-]+) (\d+)", steps.split("sampler's: ")[1]))
+    assert listed == {name: str(sampler.default_steps) for name, sampler in SAMPLERS.items()}
 
 
 def test_a_config_file_that_is_not_a_pixart_config_is_a_one_line_error(tmp_path, capsys):
@@ -542,14 +554,14 @@ def test_info_says_dtype_ema_and_null_caption_and_takes_a_config(tmp_path, capsy
     assert main(["info", str(tmp_path / "two.pth"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ema_set"] is True
     assert main(["info", str(tmp_path / "two.pth")]) == 0
-    assert "  --ema: reads its EMA weights" in capsys.readouterr().out
+    assert "  convert --ema: reads its EMA weights" in capsys.readouterr().out
     # EMA weights alone: the file's one set, read either way, so --ema has nothing more to read
     state = torch.load(tmp_path / "two.pth", weights_only=True)
     torch.save({"state_dict_ema": state["state_dict"], "config": state["config"]}, tmp_path / "ema.pth")
     assert main(["info", str(tmp_path / "ema.pth")]) == 0
-    assert "  --ema: nothing to read (one set of weights)" in capsys.readouterr().out
+    assert "  convert --ema: nothing to read (one set of weights)" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "half.safetensors")]) == 0
-    assert "  --ema: nothing to read (one set of weights)" in capsys.readouterr().out
+    assert "  convert --ema: nothing to read (one set of weights)" in capsys.readouterr().out
     save_transformer(model, tmp_path / "d", to="diffusers")
     (tmp_path / "d" / NULL_CAPTION_FILE).unlink()  # as diffusers' own weights are
     assert main(["info", str(tmp_path / "d")]) == 0

@@ -44,7 +44,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="dpm-solver++, sa-solver, ddim, iddpm, euler, flow-euler, flow-dpm-solver, or folder (a diffusers "
         "pipeline folder's own scheduler); default: the model's",
     )
-    parser.add_argument("--steps", type=int)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="sampling steps (default: the model's, else the sampler's: dpm-solver++ 20, sa-solver 25, ddim 50, "
+        "iddpm 100, euler 30, flow-euler 30, flow-dpm-solver 20)",
+    )
     parser.add_argument(
         "--cfg",
         type=float,

@@ -110,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"{path}: {what}, {architecture}, {params:,} parameters")
     print(f"  dtype: {info['dtype']}")
-    print("  --ema: " + ("reads its EMA weights" if info["ema_set"] else "nothing to read (one set of weights)"))
+    print(  # the flag is convert's: info has none
+        "  convert --ema: " + ("reads its EMA weights" if info["ema_set"] else "nothing to read (one set of weights)")
+    )
     for key in ("sampling", "null_caption"):
         if key in info:
             print(f"  {key}: {describe(info[key])}")

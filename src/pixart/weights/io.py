@@ -242,7 +242,9 @@ def _read_state(
     if fmt == "dit":
         raise WeightsError(
             f"{path} is a class-conditional DiT checkpoint (stage 1), not PixArt: it draws no image from text. "
-            f"Turn it into a PixArt initialisation with: pixart convert {path} --to pixart --out init.safetensors"
+            f"Turn it into a PixArt initialisation with: pixart convert {path} --to pixart --out init.safetensors "
+            "(for T5-XXL captions; for another text encoder add its --caption-channels and --max-length, MiniLM's "
+            "384 and 48), or give it as a text-to-image run's init_from, which does this with the run's own widths"
         )
     if fmt == "diffusers":
         # A folder, or a weights file (diffusers' name, or another: a variant's .fp16.safetensors) whose
