@@ -16,6 +16,7 @@ from tiny_models import save_tiny_t5, save_tiny_tokenizer, tiny_vae
 from pixart.cli.caption import prepare_fields
 from pixart.cli.main import main
 from pixart.data.caption import (
+    FAILURE_STREAK,
     FALLBACK_TEMPLATE,
     PROMPT,
     PROMPT_WITH_ALT,
@@ -25,6 +26,7 @@ from pixart.data.caption import (
     caption_inputs,
     caption_prompt,
     default_output,
+    pad_to_square,
 )
 from pixart.data.caption_stats import collect, field_stats, format_table, load_spacy, words
 from pixart.data.dataset import FeatureDataset
@@ -273,6 +275,45 @@ def test_an_input_failing_unforeseen_is_skipped_and_counted_as_prepare_does(tmp_
     )
     assert result.written == 2 and [s["reason"] for s in result.skipped] == [UNEXPECTED], result.skipped
     assert "ValueError: embedded null byte" in result.skipped[0]["message"]
+
+
+def test_an_image_the_model_cannot_take_is_skipped_and_its_batch_mates_captioned(tmp_path):
+    """The captioner failing on one image lost its whole batch, and every rerun stopped at the same batch;
+    a model failing on every image (its own fault, not an image's) still stops the run with its error."""
+    folder = image_folder(tmp_path / "in", n=3)
+    noise(48, 64, 7).save(folder / "odd.png")
+    (folder / "odd.txt").write_text("an odd one")
+
+    class FailingOnWideImages(FakeCaptioner):
+        def __call__(self, images, prompts):
+            if any(img.height == 48 for img in images):  # odd.png alone
+                raise RuntimeError("this image cannot be taken")
+            return super().__call__(images, prompts)
+
+    captioner, out = FailingOnWideImages(), tmp_path / "dense.jsonl"
+    result = caption_inputs(list_inputs(folder), out, captioner, CaptionOptions(batch_size=8, progress=False))
+    failed = [s for s in result.skipped if s["reason"] == UNEXPECTED]  # (broken.png is not an image at all)
+    assert result.written == 3 and [s["path"] for s in failed] == ["odd.png"], result.skipped
+    assert failed[0]["message"] == "RuntimeError: this image cannot be taken"
+    assert captioner.batches == [1, 1, 1]  # the batch failed, then each image alone
+    assert len(read_rows(out)) == 3
+
+    def broken(images, prompts):
+        raise RuntimeError("the model is broken")
+
+    many = image_folder(tmp_path / "many", n=FAILURE_STREAK + 2)
+    with pytest.raises(RuntimeError, match="the model is broken"):  # stopped, not every input skipped
+        caption_inputs(list_inputs(many), tmp_path / "other.jsonl", broken, CaptionOptions(progress=False))
+
+
+def test_a_thin_strip_is_padded_to_a_bounded_square():
+    """A 1 x 60000 strip was padded to a 60000-pixel square (10.8 GB) before the processor shrank it."""
+    strip = Image.new("RGB", (1, 60_000), (200, 10, 10))
+    square = pad_to_square(strip, (0, 0, 0), max_side=4096)
+    assert square.size == (4096, 4096) and strip.size == (1, 60_000)  # the input untouched
+    assert square.getpixel((2047, 100)) == (200, 10, 10) and square.getpixel((0, 100)) == (0, 0, 0)  # centred
+    small = Image.new("RGB", (30, 10))
+    assert pad_to_square(small, (0, 0, 0)).size == (30, 30)  # under the bound: as before
 
 
 def test_manifest_and_tar_inputs_keep_their_columns(tmp_path):

@@ -247,21 +247,28 @@ def caption_into(args: argparse.Namespace, out: Path, options: CaptionOptions) -
     torch.manual_seed(args.seed)
     loaded: list[LlavaCaptioner] = []
 
-    def captioner(images: list, prompts: list[str]) -> list[str]:
-        # Loaded for the first image that opens: a rerun whose pending images are all unreadable (skipped
-        # again) loaded a 7B model for nothing, on every rerun. Its settings are recorded once it has.
-        if not loaded:
-            loaded.append(
-                LlavaCaptioner(
-                    args.model,
-                    device=device,
-                    dtype=dtype,
-                    max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature,
+    class LoadedAtFirstImage:
+        """Loaded for the first image that opens: a rerun whose pending images are all unreadable (skipped
+        again) loaded a 7B model for nothing, on every rerun. Its settings are recorded once it has."""
+
+        def load(self) -> None:  # caption_inputs calls it before each batch: a failure here stops the run
+            if not loaded:
+                loaded.append(
+                    LlavaCaptioner(
+                        args.model,
+                        device=device,
+                        dtype=dtype,
+                        max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature,
+                    )
                 )
-            )
-            record_settings(out, settings)
-        return loaded[0](images, prompts)
+                record_settings(out, settings)
+
+        def __call__(self, images: list, prompts: list[str]) -> list[str]:
+            self.load()
+            return loaded[0](images, prompts)
+
+    captioner = LoadedAtFirstImage()
 
     existed = out.exists()
     try:

@@ -31,7 +31,9 @@ PROMPT_WITH_ALT = 'Given the caption of this image "{alt}", describe this image 
 # How LLaVA-1.5 was trained to see a turn, for processors saved without a chat template.
 FALLBACK_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 
-# (images, prompts) -> one caption per image; LlavaCaptioner is one, tests pass a plain function.
+# (images, prompts) -> one caption per image; LlavaCaptioner is one, tests pass a plain function. One with a
+# load() method has it called before each batch: what fails there stops the run, where what fails inside a
+# call is taken for the images' fault (see caption_batch).
 Captioner = Callable[[list[Image.Image], list[str]], list[str]]
 
 
@@ -81,8 +83,39 @@ def caption_prompt(alt: str | None = None) -> str:
     return PROMPT_WITH_ALT.format(alt=" ".join(alt.split()))  # one line, whatever the alt-text held
 
 
-def pad_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
-    """`image` centred on a square of colour `fill` as wide as its longer side (LLaVA's expand2square)."""
+# Images failing one after another, with none captioned between: the model's or the machine's fault, not
+# theirs, and the run stops with the error (else it would go through every input, skipping each).
+FAILURE_STREAK = 8
+
+
+def caption_batch(captioner: Captioner, ready: list[tuple]) -> tuple[list[tuple], list[str], list[tuple]]:
+    """(rows captioned, their captions, (row, error) of the rows that failed) for `ready`'s (fields, location,
+    image, prompt, name) rows. A batch that fails is captioned an image at a time, so that an image the model
+    cannot take costs only itself (one odd image lost its batch, and stopped every rerun at the same place)."""
+    try:
+        return ready, captioner([r[2] for r in ready], [r[3] for r in ready]), []
+    except Exception:
+        kept, captions, failed = [], [], []
+        for row in ready:
+            try:
+                captions += captioner([row[2]], [row[3]])
+                kept.append(row)
+            except Exception as error:
+                failed.append((row, error))
+        return kept, captions, failed
+
+
+# Longer sides are shrunk to this before padding: the processor then shrinks every square to a few hundred
+# pixels anyway, and a 1 x 60000 strip's own square took 10.8 GB.
+MAX_SQUARE_SIDE = 4096
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, ...], max_side: int = MAX_SQUARE_SIDE) -> Image.Image:
+    """`image` centred on a square of colour `fill` as wide as its longer side (LLaVA's expand2square), that
+    side first shrunk to `max_side` where it is longer."""
+    if max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side))  # the aspect ratio kept, each side at least 1 pixel
     width, height = image.size
     if width == height:
         return image
@@ -356,7 +389,7 @@ def caption_inputs(
         done = resume_point(out, options.field)
     todo = pending(inputs, out, done)
     result = CaptionResult(already_done=len(inputs.items) - len(todo))
-    batches = 0
+    batches = streak = 0  # streak: images failed in the captioner since the last one it captioned
     with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), unit="img", disable=not options.progress) as bar:
         for start in range(0, len(todo), options.batch_size):
             if options.stop_after is not None and batches >= options.stop_after:
@@ -377,7 +410,15 @@ def caption_inputs(
                     message = f"{type(e).__name__}: {e}"
                     result.skipped.append({"path": item.name, "reason": UNEXPECTED, "message": message})
             if ready:
-                captions = captioner([r[2] for r in ready], [r[3] for r in ready])
+                if (load := getattr(captioner, "load", None)) is not None:
+                    load()  # a model that cannot load stops the run here: no image is to blame for it
+                ready, captions, failed = caption_batch(captioner, ready)
+                for row, error in failed:
+                    message = f"{type(error).__name__}: {error}"
+                    result.skipped.append({"path": row[4], "reason": UNEXPECTED, "message": message})
+                streak = 0 if ready else streak + len(failed)
+                if streak >= FAILURE_STREAK:
+                    raise failed[-1][1]
                 for (fields, location, _, _, name), caption in zip(ready, captions):
                     if not has_text(caption):  # written, it would count as done and never be asked for again
                         message = "the model wrote no text for it; a rerun asks again"
