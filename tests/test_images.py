@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from pixart.data.buckets import bucket_table
 from pixart.data.images import (
@@ -158,6 +158,79 @@ def test_cmyk_jpeg(tmp_path):
     for i, rgb in enumerate(colours.values()):
         got = pixels(out)[tile // 2, i * tile + tile // 2]
         assert np.abs(got - rgb).max() <= 3, (i, got, rgb)
+
+
+def s15fixed16(*values: float) -> bytes:
+    return b"".join(round(v * 65536).to_bytes(4, "big", signed=True) for v in values)
+
+
+def rgb_matrix_profile(description: str, primaries: list[tuple[float, float, float]], gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 display profile (matrix and gamma curves), written by hand from the ICC spec: the
+    primaries' D50 XYZ columns for R, G and B."""
+    text = description.encode() + b"\0"
+    tags = {
+        b"desc": b"desc" + bytes(4) + len(text).to_bytes(4, "big") + text + bytes(4 + 4 + 2 + 1 + 67),
+        b"wtpt": b"XYZ " + bytes(4) + s15fixed16(0.9642, 1.0, 0.8249),
+        b"cprt": b"text" + bytes(4) + b"none\0",
+        **{sig: b"XYZ " + bytes(4) + s15fixed16(*xyz) for sig, xyz in zip((b"rXYZ", b"gXYZ", b"bXYZ"), primaries)},
+        **{
+            sig: b"curv" + bytes(4) + (1).to_bytes(4, "big") + round(gamma * 256).to_bytes(2, "big") + bytes(2)
+            for sig in (b"rTRC", b"gTRC", b"bTRC")
+        },
+    }
+    table_size = 4 + 12 * len(tags)
+    offset, entries, data = 128 + table_size, b"", b""
+    for sig, body in tags.items():
+        body += bytes(-len(body) % 4)  # each tag starts on a 4-byte boundary
+        entries += sig + (offset + len(data)).to_bytes(4, "big") + len(body).to_bytes(4, "big")
+        data += body
+    size = 128 + table_size + len(data)
+    header = (
+        size.to_bytes(4, "big")
+        + bytes(4)
+        + bytes([2, 0x10, 0, 0])
+        + b"mntr"
+        + b"RGB "
+        + b"XYZ "
+        + bytes(12)
+        + b"acsp"
+        + bytes(4 + 4 + 4 + 4 + 8 + 4)
+        + s15fixed16(0.9642, 1.0, 0.8249)
+        + bytes(4 + 44)
+    )
+    assert len(header) == 128
+    return header + len(tags).to_bytes(4, "big") + entries + data
+
+
+# sRGB's primaries as D50 XYZ (the sRGB ICC profile's rXYZ, gXYZ, bXYZ)
+SRGB_RED, SRGB_GREEN, SRGB_BLUE = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_an_embedded_colour_profile_is_applied(tmp_path, fmt):
+    """Stored values mean what the file's ICC profile says, as browsers show them: here a profile whose red
+    channel holds sRGB's green primary and whose green holds its red. The values were taken as sRGB (an
+    iPhone's Display P3 photo came out up to 64/255 off); an sRGB profile changes nothing."""
+    swapped = rgb_matrix_profile("red and green swapped", [SRGB_GREEN, SRGB_RED, SRGB_BLUE])
+    img = Image.new("RGB", (32, 16), (255, 0, 0))
+    img.paste((0, 0, 255), (16, 0, 32, 16))
+    options = {"quality": 100, "subsampling": 0} if fmt == "JPEG" else {}
+    out = load_rgb(saved(img, tmp_path / f"swapped.{fmt.lower()}", icc_profile=swapped, **options))
+    assert np.abs(pixels(out)[8, 4] - (0, 255, 0)).max() <= 8, pixels(out)[8, 4]  # shown green, not red
+    assert np.abs(pixels(out)[8, 28] - (0, 0, 255)).max() <= 8, pixels(out)[8, 28]  # blue stays blue
+    rgba = img.convert("RGBA")  # with alpha too, before compositing over white
+    assert (
+        np.abs(
+            pixels(load_rgb(saved(rgba, tmp_path / "swapped-rgba.png", icc_profile=swapped)))[8, 4] - (0, 255, 0)
+        ).max()
+        <= 8
+    )
+
+    noise = noise_image()
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert np.array_equal(pixels(load_rgb(saved(noise, tmp_path / "srgb.png", icc_profile=srgb))), pixels(noise))
+    broken = saved(noise, tmp_path / "broken-profile.png", icc_profile=b"not a profile at all")
+    assert np.array_equal(pixels(load_rgb(broken)), pixels(noise))  # an unreadable profile: taken as stored
 
 
 def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):

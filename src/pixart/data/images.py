@@ -7,12 +7,13 @@ here changes Pillow's global settings (LOAD_TRUNCATED_IMAGES stays off, so trunc
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from io import BytesIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pixart.data.buckets import ratio_in_range, ratio_range
 
@@ -78,8 +79,32 @@ def _on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any decoded Pillow image as 8-bit RGB (see load_rgb for the rules)."""
+SRGB = ImageCms.createProfile("sRGB")
+
+
+@functools.lru_cache(maxsize=16)
+def _to_srgb_transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from an embedded ICC profile's colour space to sRGB for `mode` pixels (RGB, RGBA, CMYK),
+    or None where there is nothing to do: an sRGB profile, a profile of another kind of space than the
+    pixels', or one that cannot be read (the pixels are then taken as stored, as everywhere before)."""
+    try:
+        source = ImageCms.ImageCmsProfile(BytesIO(profile))
+        space = source.profile.xcolor_space.strip()
+        if (space, mode) not in {("RGB", "RGB"), ("RGB", "RGBA"), ("CMYK", "CMYK")}:
+            return None
+        if "srgb" in ImageCms.getProfileDescription(source).lower():  # most web images: already sRGB
+            return None
+        out_mode = "RGBA" if mode == "RGBA" else "RGB"
+        return ImageCms.buildTransform(source, SRGB, mode, out_mode, ImageCms.Intent.PERCEPTUAL)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+
+
+def to_rgb(img: Image.Image, icc_profile: bytes | None = None) -> Image.Image:
+    """Any decoded Pillow image as 8-bit RGB (see load_rgb for the rules); `icc_profile`, the file's
+    embedded one, converts RGB and CMYK pixels of another colour space to sRGB."""
+    if icc_profile and (transform := _to_srgb_transform(bytes(icc_profile), img.mode)) is not None:
+        img = ImageCms.applyTransform(img, transform) or img  # None only when asked to work in place
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         grey = _sixteen_bit_to_l(img)
@@ -97,8 +122,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     try:
         if mode in ALPHA_MODES or "transparency" in img.info:
             return _on_white(img)
-        # CMYK: Pillow's JPEG decoder already undoes Adobe's inverted storage, so this is the plain
-        # C/M/Y/K -> R/G/B formula; embedded ICC profiles are not applied (as in official training).
+        # CMYK without a profile: Pillow's JPEG decoder already undoes Adobe's inverted storage, so this is
+        # the plain C/M/Y/K -> R/G/B formula (as in official training).
         return img.convert("RGB")
     except ValueError as e:
         raise ImageSkipped(UNSUPPORTED, f"no conversion from mode {mode} to RGB") from e
@@ -111,6 +136,9 @@ def load_rgb(source: str | os.PathLike[str] | bytes, name: str | None = None) ->
     - EXIF orientation is applied, so the returned size is the displayed one (orientation 6: W x H swap).
     - 16-bit greyscale is scaled to 8 bits; CMYK is converted; palette images with a transparent index,
       colour-keyed ('transparency') images and RGBA/LA images are composited over white.
+    - An embedded ICC profile of another colour space than sRGB (Display P3, Adobe RGB, a press CMYK) is
+      applied, so the pixels are those a browser shows: official training and torchvision ignore it, and
+      an iPhone photo's colours came out up to 64/255 off.
     """
     data, read_name = _read(source)
     name = name or read_name  # bytes have no name of their own: the caller's (the input's) says which file
@@ -134,11 +162,12 @@ def load_rgb(source: str | os.PathLike[str] | bytes, name: str | None = None) ->
         # A 32-bit TIFF decodes to 'I' as 16-bit PNGs do: its values (0..255 as often as 0..65535) have no
         # agreed range, and scaled as 16-bit ones, 200 came out as 1, a black image.
         raise ImageSkipped(UNSUPPORTED, f"{name}: {bits}-bit integer pixels have no agreed range")
+    icc_profile = img.info.get("icc_profile")
     try:
         img = ImageOps.exif_transpose(img)
     except Exception as e:  # a broken EXIF block: better to say so than to train on a sideways image
         raise ImageSkipped(CORRUPT, f"{name}: unreadable EXIF orientation ({type(e).__name__}: {e})") from e
-    return to_rgb(img)
+    return to_rgb(img, icc_profile)
 
 
 def resize_cover_crop(img: Image.Image, height: int, width: int) -> Image.Image:
