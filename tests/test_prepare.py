@@ -574,6 +574,27 @@ def test_sidecars_with_upper_case_suffixes_are_found(tmp_path):
     assert items["b.png"].captions(["alt"]) == {"alt": "a blue square"}
 
 
+def test_jfif_and_avif_files_are_listed_and_decoded(tmp_path):
+    """Cameras and browsers save .jfif and .avif, which Pillow decodes: in a folder or a tar they were left
+    out without a word, while a manifest row naming one was prepared."""
+    from PIL import features
+
+    (tmp_path / "folder").mkdir()
+    images = {"a.jfif": ("JPEG", noise(32, 32, 0)), "c.jpe": ("JPEG", noise(32, 32, 2))}
+    if features.check("avif"):
+        images["b.avif"] = ("AVIF", noise(32, 32, 1))
+    for name, (fmt, img) in images.items():
+        img.save(tmp_path / "folder" / name, format=fmt)
+        (tmp_path / "folder" / name).with_suffix(".txt").write_text("a red circle")
+    listed = list_inputs(tmp_path / "folder")
+    assert sorted(item.name for item in listed.items) == sorted(images)
+    assert all(load_rgb(item.image.read()).size == (32, 32) for item in listed.items)
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        add_member(tar, "k1.jfif", (tmp_path / "folder" / "a.jfif").read_bytes())
+        add_member(tar, "k1.txt", b"a green circle")
+    assert [item.name for item in list_inputs(tmp_path / "00000.tar").items] == ["00000.tar/k1.jfif"]
+
+
 def test_a_utf16_manifest_is_read_as_utf16(tmp_path):
     """Windows tools save "Unicode" text as UTF-16 with a byte-order mark: read as UTF-8, a CSV's column
     names were letters and NULs and a JSONL's every row was "not JSON". Excel's "Unicode Text" is tab-separated

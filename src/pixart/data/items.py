@@ -14,7 +14,11 @@ from pixart.files import marked_encoding
 
 DEFAULT_FIELD = "alt"
 ALIASES = ("caption", "text")  # stand-ins for DEFAULT_FIELD in rows that lack it
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# Files listed as images by their names (in folders and tars; manifest rows name theirs): what Pillow
+# decodes here, .jfif and .avif among them (they were left out without a word)
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".avif", ".bmp", ".gif", ".tif", ".tiff"}
+)
 
 
 # Reasons for skipping an input that are about its captions or its listing, not its pixels.
