@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -173,6 +174,22 @@ def test_a_json_sidecar_wins_over_the_txt_beside_it(tmp_path):
     (tmp_path / "cat.json").write_text(json.dumps({"alt": "B", "dense": "C"}))
     [item] = list_inputs(tmp_path).items
     assert item.fields() == {"alt": "B", "dense": "C"}
+
+
+def test_a_json_caption_that_is_not_text_hides_no_txt_caption_and_is_named(tmp_path):
+    """{"alt": 5} in cat.json replaced cat.txt's good caption and was then reported as "no 'alt' caption"."""
+    from pixart.data.images import ImageSkipped
+
+    write_image(tmp_path, "cat.png", noise(32, 32, 1), caption="a cat")
+    (tmp_path / "cat.json").write_text(json.dumps({"alt": 5, "dense": ["a", "b"]}))
+    [item] = list_inputs(tmp_path).items
+    assert item.captions(["alt"]) == {"alt": "a cat"}  # the .txt's, not hidden by a number
+    with pytest.raises(ImageSkipped, match=re.escape("""the 'dense' caption is list ["a", "b"], not text""")):
+        item.captions(["dense"])
+    long_row = Item("x.png", Blob(Path("x.png")), row={"alt": {"en": "a cat " * 20}})
+    shown = json.dumps({"en": "a cat " * 20})[:37] + "..."  # cut to 40 characters
+    with pytest.raises(ImageSkipped, match=re.escape(f"the 'alt' caption is dict {shown}, not text")):
+        long_row.captions(["alt"])
 
 
 def test_captions_are_stripped_of_surrounding_whitespace():

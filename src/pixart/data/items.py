@@ -96,9 +96,14 @@ class Item:
         problems = []
         for blob in self.sidecars:
             try:
-                row.update(_read_sidecar(blob))
+                found = _read_sidecar(blob)
             except ImageSkipped as e:
                 problems.append(e)
+                continue
+            # a JSON's {"alt": 5} (a number, a list) does not hide the .txt's caption beside it
+            row.update(
+                {key: value for key, value in found.items() if not (has_text(row.get(key)) and not has_text(value))}
+            )
         if not has_text(row.get(DEFAULT_FIELD)):  # absent, or an empty CSV cell
             for alias in ALIASES:
                 if has_text(row.get(alias)):
@@ -113,6 +118,10 @@ class Item:
         captions = {}
         for name in fields:
             value = row.get(name)
+            if value is not None and not isinstance(value, str):  # JSON's 5, [...] or {...}: said as such
+                shown = json.dumps(value, ensure_ascii=False)
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                raise ImageSkipped(MISSING_CAPTION, f"the {name!r} caption is {type(value).__name__} {shown}, not text")
             if not has_text(value):
                 raise ImageSkipped(MISSING_CAPTION, f"no {name!r} caption")
             if not is_utf8(value):
