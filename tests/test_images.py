@@ -137,6 +137,27 @@ def test_exif_orientation_6_is_applied(tmp_path):
     assert np.abs(bottom - (0, 0, 255)).max() < 12
 
 
+XMP_ROTATED = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_an_orientation_in_xmp_alone_is_not_applied(tmp_path, fmt):
+    """Browsers and torchvision turn an image by its EXIF orientation only; Pillow's getexif falls back to
+    XMP's tiff:Orientation, so an edited export (already turned, EXIF stripped, XMP kept) was turned again.
+    With the same orientation in EXIF it is turned, as before."""
+    img = noise_image(96, 64)
+    path = saved(img, tmp_path / f"xmp.{fmt.lower()}", xmp=XMP_ROTATED.encode(), quality=100)
+    assert Image.open(path).getexif().get(0x0112) == 6  # what Pillow reads
+    assert load_rgb(path).size == (96, 64)  # as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = saved(img, tmp_path / f"exif.{fmt.lower()}", exif=exif.tobytes(), xmp=XMP_ROTATED.encode(), quality=100)
+    assert load_rgb(turned).size == (64, 96)
+
+
 def test_cmyk_jpeg(tmp_path):
     colours = {
         (0, 0, 0, 0): (255, 255, 255),

@@ -129,6 +129,18 @@ def to_rgb(img: Image.Image, icc_profile: bytes | None = None) -> Image.Image:
         raise ImageSkipped(UNSUPPORTED, f"no conversion from mode {mode} to RGB") from e
 
 
+def exif_orientation(img: Image.Image) -> int:
+    """The orientation an EXIF block (or a TIFF's own tag) gives, 1 without one. Not XMP's tiff:Orientation,
+    which Pillow's getexif falls back to: browsers and torchvision leave such an image as stored (an edited
+    export, rotated already, whose EXIF was stripped and XMP kept, came out turned a second time)."""
+    if "exif" in img.info:
+        exif = Image.Exif()
+        exif.load(img.info["exif"])
+        return int(exif.get(0x0112, 1))
+    tags = getattr(img, "tag_v2", None)
+    return int(tags.get(0x0112, 1)) if tags is not None else 1
+
+
 def load_rgb(source: str | os.PathLike[str] | bytes, name: str | None = None) -> Image.Image:
     """Read and fully decode an image as 8-bit RGB, or raise ImageSkipped saying why not.
 
@@ -164,7 +176,8 @@ def load_rgb(source: str | os.PathLike[str] | bytes, name: str | None = None) ->
         raise ImageSkipped(UNSUPPORTED, f"{name}: {bits}-bit integer pixels have no agreed range")
     icc_profile = img.info.get("icc_profile")
     try:
-        img = ImageOps.exif_transpose(img)
+        if exif_orientation(img) != 1:
+            img = ImageOps.exif_transpose(img)
     except Exception as e:  # a broken EXIF block: better to say so than to train on a sideways image
         raise ImageSkipped(CORRUPT, f"{name}: unreadable EXIF orientation ({type(e).__name__}: {e})") from e
     return to_rgb(img, icc_profile)
