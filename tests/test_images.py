@@ -78,6 +78,19 @@ def test_truncated_files(tmp_path, fmt, keep):
     assert load_rgb(data).size == (96, 64)  # the complete file is fine
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "TIFF", "WEBP", "BMP", "JPEG"])
+def test_a_header_cut_short_is_corrupt_not_not_an_image(fmt):
+    """A recognised format cut inside its header was "not an image", the reason an HTML error page gets: the
+    one means download it again, the other throw it away."""
+    buffer = io.BytesIO()
+    noise_image().save(buffer, format=fmt)
+    for cut in (12, 20):
+        with pytest.raises(ImageSkipped) as info:
+            load_rgb(buffer.getvalue()[:cut])
+        assert info.value.reason == CORRUPT, (cut, info.value)
+    assert reason_of(b"<html><body>404 Not Found</body></html>") == NOT_IMAGE
+
+
 def test_truncation_is_not_masked_globally(tmp_path):
     from PIL import ImageFile
 

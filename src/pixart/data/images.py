@@ -129,6 +129,26 @@ def to_rgb(img: Image.Image, icc_profile: bytes | None = None) -> Image.Image:
         raise ImageSkipped(UNSUPPORTED, f"no conversion from mode {mode} to RGB") from e
 
 
+# The first bytes of the formats prepare lists, for a file no decoder could open: a recognised format cut
+# short is "truncated or corrupt" (download it again), where "not an image" is an error page or the like.
+SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def format_by_signature(data: bytes) -> str | None:
+    """The image format `data`'s first bytes announce (WebP's RIFF....WEBP too), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in SIGNATURES if data.startswith(magic)), None)
+
+
 def exif_orientation(img: Image.Image) -> int:
     """The orientation an EXIF block (or a TIFF's own tag) gives, 1 without one. Not XMP's tiff:Orientation,
     which Pillow's getexif falls back to: browsers and torchvision leave such an image as stored (an edited
@@ -161,6 +181,8 @@ def load_rgb(source: str | os.PathLike[str] | bytes, name: str | None = None) ->
     except Image.DecompressionBombError as e:
         raise ImageSkipped(TOO_LARGE, f"{name}: {e}") from e
     except UnidentifiedImageError as e:
+        if (known := format_by_signature(data)) is not None:  # a download cut short, not an HTML page
+            raise ImageSkipped(CORRUPT, f"{name}: a {known} file whose header is cut short or broken") from e
         raise ImageSkipped(NOT_IMAGE, f"{name}: no image format recognised") from e
     except Exception as e:  # Pillow plugins raise assorted types on broken headers
         raise ImageSkipped(CORRUPT, f"{name}: {type(e).__name__}: {e}") from e
