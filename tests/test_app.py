@@ -476,6 +476,13 @@ def test_the_api_gets_a_notice_for_what_the_page_cannot_send(model_folder, tmp_p
         # image k takes seed + k: the last image's seed would be one the page refuses
         (("a cat", None, "1.0", None, None, 2, 4.5, SEED_RANGE - 2, False, 3), f"0..{SEED_RANGE - 3} for 3 image"),
         (("a cat", None, "1.0", None, None, 2, 4.5, None, False, 1), "give a seed, or tick Random seed"),  # was random
+        # JSON of other types through the API: a TypeError and a bare error event before
+        (("a cat", None, "1.0", None, "ddim", "10", 4.5, 3, False, 1), 'steps must be a number, got "10"'),
+        (("a cat", None, "1.0", None, None, 2, 4.5, "5", False, 1), 'the seed must be a number, got "5"'),
+        ((5, None, "1.0", None, None, 2, 4.5, 5, False, 1), "the prompt must be text, got 5"),
+        (("a cat", None, "1.0", ["8x8"], None, 2, 4.5, 5, False, 1), 'the size must be text, got ["8x8"]'),
+        (("a cat", None, "1.0", None, None, 2, "4.5", 5, False, 1), 'the guidance must be a number, got "4.5"'),
+        (("a cat", None, "1.0", None, None, 1e308, 4.5, 5, False, 1), "steps is far too large (1e+308)"),
     ):
         reply = studio.request(*args)
         plain = reply.notice.replace("\\", "")  # the notice is Markdown, its punctuation escaped
@@ -539,6 +546,32 @@ def test_images_that_cannot_be_saved_are_a_notice_and_leave_no_empty_folder(mode
     )
     assert "Cannot save the images" in reply.notice and "No space left on device" in reply.notice and not reply.files
     assert reply.seed == 5 and list(tmp_path.iterdir()) == []
+
+
+def test_a_model_folder_moved_away_is_not_taken_for_a_full_disk(model_folder, tmp_path, monkeypatch):
+    """The folder's own scheduler was read again at each request: with the folder moved away, every request
+    on the default sampler failed, and the page said the images could not be saved in --out."""
+    import shutil
+
+    from pixart.app import Studio
+    from pixart.generate import TextToImage
+
+    moved = shutil.copytree(model_folder, tmp_path / "model")
+    pipe = TextToImage.from_path(moved)
+    studio = Studio(pipe, tmp_path / "out")
+    request = ("a cat", None, "1.0", None, "folder", 2, 4.5, 5, False, 1)
+    first = studio.request(*request)
+    shutil.rmtree(moved)
+    again = studio.request(*request)
+    assert first.files and again.files, again.notice
+    assert Image.open(first.files[0]).tobytes() == Image.open(again.files[0]).tobytes()  # the same scheduler
+
+    def unreadable(*args, **kwargs):  # what a file of the model read at a request then meets
+        raise FileNotFoundError(2, "No such file or directory", str(moved / "text_encoder" / "config.json"))
+
+    monkeypatch.setattr(pipe, "generate_batches", unreadable)
+    notice = studio.request(*request).notice.replace("\\", "")
+    assert "Cannot read" in notice and "text_encoder/config.json" in notice and "Cannot save" not in notice
 
 
 def test_a_request_out_of_gpu_memory_is_a_notice(model_folder, tmp_path, monkeypatch):

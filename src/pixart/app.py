@@ -10,6 +10,7 @@ stopped mid-request keeps the batches it finished.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
 import re
@@ -74,11 +75,28 @@ def generating() -> bool:
 SEED_RANGE = 2**53
 
 
-def whole_number(value: float | int, what: str) -> int:
-    """A count, seed or step number from the page or its API (which sends floats, NaN included)."""
+def whole_number(value: object, what: str) -> int:
+    """A count, seed or step number from the page or its API (which sends floats, NaN included, or through
+    the API whatever JSON holds: "10" was a TypeError and a bare error event)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise GenerationError(f"{what} must be a number, got {shown_value(value)}")
     if not (math.isfinite(value) and value == int(value)):
         raise GenerationError(f"{what} must be a whole number, got {value}")
+    if abs(value) >= 2**63:  # 1e308 is whole too: said as such, not as its 309 digits
+        raise GenerationError(f"{what} is far too large ({value:.3g})")
     return int(value)
+
+
+def shown_value(value: object) -> str:
+    """A value the API sent, as JSON, cut short for a notice."""
+    return shorten(json.dumps(value, default=repr), 40)
+
+
+def real_number(value: object, what: str) -> float:
+    """The guidance from the page or its API: a number (finite or not: Settings says which it takes)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise GenerationError(f"{what} must be a number, got {shown_value(value)}")
+    return float(value)
 
 
 @dataclass
@@ -198,6 +216,10 @@ class Studio:
         # A server restarted on the same --out continues the numbering instead of writing into old folders.
         self.count = last_request_number(self.out_dir)
 
+    def writes_to(self, path: str | Path) -> bool:
+        """Whether `path` lies in --out (an error there is one of saving the images)."""
+        return Path(path).resolve().is_relative_to(self.out_dir.resolve())
+
     def next_folder(self) -> Path:
         """A new request folder, created here: one that exists already (another server sharing --out made
         it) is skipped, so no request writes into another's folder."""
@@ -252,6 +274,10 @@ class Studio:
         used_seed = None
         paths: list[Path] = []  # written so far: a failure after the first batch says where they are
         try:
+            texts = {"prompt": prompt, "negative prompt": negative, "aspect": aspect, "size": size, "sampler": sampler}
+            for what, value in texts.items():  # the page sends text; its API whatever JSON holds
+                if value is not None and not isinstance(value, str):
+                    raise GenerationError(f"the {what} must be text, got {shown_value(value)}")
             for what, text in (("prompt", prompt), ("negative prompt", negative or "")):
                 if len(text) > MAX_PROMPT_CHARS:
                     raise GenerationError(
@@ -280,7 +306,7 @@ class Studio:
                 aspect=None if height else aspect_ratio(aspect),
                 sampler=sampler or None,
                 steps=None if steps is None else whole_number(steps, "steps"),
-                cfg_scale=None if cfg is None else float(cfg),
+                cfg_scale=None if cfg is None else real_number(cfg, "the guidance"),
             )
             # Not waited for: gradio runs one request at a time, so a held lock is a request cancelled through
             # its API whose thread still samples; waiting, each cancelled request's successor queued unseen.
@@ -297,7 +323,10 @@ class Studio:
             return failed(why, used_seed, paths)
         except OSError as error:  # a full disk, an --out made read-only: said in the page (it said "Error")
             reason = escape_markdown(f"{error.strerror or error}")
-            why = f"**Cannot save the images** in {escape_markdown(str(self.out_dir))}: {reason}"
+            if error.filename and not self.writes_to(error.filename):  # the model's files (a folder moved away)
+                why = f"**Cannot read** {escape_markdown(str(error.filename))}: {reason}"
+            else:
+                why = f"**Cannot save the images** in {escape_markdown(str(self.out_dir))}: {reason}"
             return failed(why, used_seed, paths)
         lines = [
             f"Generated {len(results)} image(s) in {time.time() - started:.1f}s.",

@@ -100,6 +100,7 @@ class TextToImage:
         self.codec = codec
         self.spec = spec
         self.scheduler_folder = scheduler_folder
+        self._folder_scheduler: tuple[Any, dict] | None = None  # (its class, its config), read once
         self.resolution = transformer.config.input_size * codec.downsample
         if spec.buckets:
             ordered = sorted(spec.buckets.items(), key=lambda kv: float(kv[0]))
@@ -447,12 +448,16 @@ class TextToImage:
             return name
         if self.scheduler_folder is None:  # resolve_sampler refuses "folder" without one first
             raise ValueError("sampler 'folder' needs a model folder with a scheduler/ folder (diffusers layout)")
-        import json
+        if self._folder_scheduler is None:  # read once: a server whose model folder went away kept sampling
+            import json
 
-        import diffusers
+            import diffusers
 
-        class_name = json.loads((self.scheduler_folder / "scheduler_config.json").read_text())["_class_name"]
-        return getattr(diffusers, class_name).from_pretrained(self.scheduler_folder)
+            class_name = json.loads((self.scheduler_folder / "scheduler_config.json").read_text())["_class_name"]
+            kind = getattr(diffusers, class_name)
+            self._folder_scheduler = kind, kind.load_config(self.scheduler_folder)
+        kind, config = self._folder_scheduler
+        return kind.from_config(config)  # a new one each time: a scheduler keeps the state of its run
 
     def with_spec(self, **changes: Any) -> TextToImage:
         clone = TextToImage(
