@@ -8,6 +8,7 @@ setup.sh installs): without it, or without playwright, the browser tests skip an
 from __future__ import annotations
 
 import contextlib
+import html
 import importlib
 import importlib.util
 import io
@@ -220,6 +221,19 @@ def test_bad_settings_are_answered_in_the_page(page, steps, size, message):
     assert "Cannot generate" in notice and message in notice
     assert page.locator("#notice").is_visible()
     assert page.locator("#gallery img").count() == 0
+    assert_no_traceback(page)
+
+
+@browser_test
+def test_the_prompt_and_an_error_show_as_typed(page):
+    """Shown through Markdown, "&amp;" showed as "&" and a URL became a link whose text kept the escaping
+    backslashes ("https://example\\.com"); markup stays text, as before."""
+    typed = "logo of AT&amp;T, see https://example.com/cat.png <3 <b>bold</b>"
+    fill_and_generate(page, typed)
+    details = page.locator("#details")
+    assert typed in details.inner_text() and details.locator("a, b").count() == 0
+    notice = fill_and_generate(page, "a cat", size="see https://evil.example/x")
+    assert "https://evil.example/x" in notice and page.locator("#notice a").count() == 0
     assert_no_traceback(page)
 
 
@@ -485,7 +499,7 @@ def test_the_api_gets_a_notice_for_what_the_page_cannot_send(model_folder, tmp_p
         (("a cat", None, "1.0", None, None, 1e308, 4.5, 5, False, 1), "steps is far too large (1e+308)"),
     ):
         reply = studio.request(*args)
-        plain = reply.notice.replace("\\", "")  # the notice is Markdown, its punctuation escaped
+        plain = html.unescape(reply.notice)  # the notice is HTML, the user's text escaped
         assert "Cannot generate" in plain and message in plain and not reply.files, (args, plain)
 
 
@@ -570,7 +584,7 @@ def test_a_model_folder_moved_away_is_not_taken_for_a_full_disk(model_folder, tm
         raise FileNotFoundError(2, "No such file or directory", str(moved / "text_encoder" / "config.json"))
 
     monkeypatch.setattr(pipe, "generate_batches", unreadable)
-    notice = studio.request(*request).notice.replace("\\", "")
+    notice = studio.request(*request).notice
     assert "Cannot read" in notice and "text_encoder/config.json" in notice and "Cannot save" not in notice
 
 
@@ -752,7 +766,7 @@ def test_labels_of_the_contact_sheet_and_the_details_table(tmp_path, monkeypatch
     write_images(results, tmp_path)
     assert drawn == [f"seed 7: {long}", f"seed 8: {long}"]
     blank = GeneratedImage(Image.new("RGB", (32, 32)), "   ", 3, dict(settings))
-    assert "| 0 | *(empty: unconditional)* | 3 |" in details_table([blank])
+    assert "<td>0</td><td><i>(empty: unconditional)</i></td><td>3</td>" in details_table([blank])
 
 
 def test_a_size_of_thousands_of_digits_is_one_line():

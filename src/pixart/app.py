@@ -10,10 +10,10 @@ stopped mid-request keeps the batches it finished.
 from __future__ import annotations
 
 import functools
+import html
 import json
 import math
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -145,9 +145,11 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
     return height, width
 
 
-def escape_markdown(text: str) -> str:
-    # Prompts are user text shown in Markdown: keep them literal (and table cells on one line).
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", " ".join(text.split()))
+def literal(text: str) -> str:
+    """User text (a prompt, a path, an error's words) as HTML showing it as typed, on one line. The notices
+    and the details table are HTML, not Markdown: Markdown's escapes showed in links it made of URLs
+    ("https://example\\.com"), and it decoded entities ("&amp;" showed as "&")."""
+    return html.escape(" ".join(text.split()))
 
 
 def shorten(text: str, limit: int = 80) -> str:
@@ -163,26 +165,26 @@ def settings_line(result: GeneratedImage) -> str:
 
 
 def details_table(results: list[GeneratedImage]) -> str:
-    rows = ["| # | prompt | seed | sampler | steps | cfg | size (HxW) |", "|---|---|---|---|---|---|---|"]
+    """An HTML table of each image's prompt and settings."""
+    head = "".join(f"<th>{name}</th>" for name in ("#", "prompt", "seed", "sampler", "steps", "cfg", "size (HxW)"))
+    rows = [f"<tr>{head}</tr>"]
     for index, r in enumerate(results):
         s = r.settings
-        prompt = escape_markdown(shorten(r.prompt)) if r.prompt.strip() else "*(empty: unconditional)*"
-        rows.append(
-            f"| {index} | {prompt} | {r.seed} | {s['sampler']} | {s['steps']} | {s['cfg_scale']} | "
-            f"{s['size'][0]}x{s['size'][1]} |"
-        )
-    return "\n".join(rows)
+        prompt = literal(shorten(r.prompt)) if r.prompt.strip() else "<i>(empty: unconditional)</i>"
+        cells = (index, prompt, r.seed, s["sampler"], s["steps"], s["cfg_scale"], f"{s['size'][0]}x{s['size'][1]}")
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    return "<table>" + "".join(rows) + "</table>"
 
 
 def notices(pipe: TextToImage, prompt: str, results: list[GeneratedImage]) -> list[str]:
     found = []
     if not prompt.strip():
-        found.append("The prompt is empty: the image was generated **unconditionally** (it follows no text).")
+        found.append("The prompt is empty: the image was generated <b>unconditionally</b> (it follows no text).")
     dropped = results[0].dropped_tokens if results else 0
     if dropped:
         limit = pipe.text_encoder.max_length
         found.append(
-            f"The prompt is longer than {limit} tokens: **{dropped} tokens were dropped** "
+            f"The prompt is longer than {limit} tokens: <b>{dropped} tokens were dropped</b> "
             f"(the image follows the first {limit} only)."
         )
     return found
@@ -192,7 +194,7 @@ def failed(notice: str, seed: int | None, kept: list[Path]) -> Reply:
     """The reply to a request that failed; one that failed after its first batch says where those images
     are and offers them (they were written, and the page said nothing of them)."""
     if kept:
-        notice += f" (the {len(kept)} image(s) made before it are in {escape_markdown(str(kept[0].parent))})"
+        notice += f" (the {len(kept)} image(s) made before it are in {literal(str(kept[0].parent))})"
     return Reply(notice=notice, seed=seed, files=[str(p) for p in kept])
 
 
@@ -317,16 +319,16 @@ class Studio:
             finally:
                 _one_generation.release()
         except GenerationError as error:
-            return failed(f"**Cannot generate:** {escape_markdown(str(error))}", used_seed, paths)
+            return failed(f"<b>Cannot generate:</b> {literal(str(error))}", used_seed, paths)
         except torch.OutOfMemoryError:  # the page said a bare "Error"; the server and its model stay up
-            why = "**Out of GPU memory** for this request: ask for fewer images or a smaller size"
+            why = "<b>Out of GPU memory</b> for this request: ask for fewer images or a smaller size"
             return failed(why, used_seed, paths)
         except OSError as error:  # a full disk, an --out made read-only: said in the page (it said "Error")
-            reason = escape_markdown(f"{error.strerror or error}")
+            reason = literal(f"{error.strerror or error}")
             if error.filename and not self.writes_to(error.filename):  # the model's files (a folder moved away)
-                why = f"**Cannot read** {escape_markdown(str(error.filename))}: {reason}"
+                why = f"<b>Cannot read</b> {literal(str(error.filename))}: {reason}"
             else:
-                why = f"**Cannot save the images** in {escape_markdown(str(self.out_dir))}: {reason}"
+                why = f"<b>Cannot save the images</b> in {literal(str(self.out_dir))}: {reason}"
             return failed(why, used_seed, paths)
         lines = [
             f"Generated {len(results)} image(s) in {time.time() - started:.1f}s.",
@@ -336,7 +338,7 @@ class Studio:
         return Reply(
             gallery=[(str(p), f"{settings_line(r)} · {caption}") for p, r in zip(paths, results)],
             files=[str(p) for p in paths],
-            notice="\n\n".join(lines),
+            notice="".join(f"<p>{line}</p>" for line in lines),
             details=details_table(results),
             seed=used_seed,
         )
@@ -379,9 +381,9 @@ def build_app(
                 num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Number of images", elem_id="num-images")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=1):
-                notice = gr.Markdown(elem_id="notice")
+                notice = gr.HTML(elem_id="notice")
                 gallery = gr.Gallery(label="Images", columns=2, object_fit="contain", elem_id="gallery")
-                details = gr.Markdown(elem_id="details")
+                details = gr.HTML(elem_id="details")
                 files = gr.File(
                     label="Download (PNG with settings in its metadata)",
                     file_count="multiple",
