@@ -228,13 +228,62 @@ def test_bad_settings_are_answered_in_the_page(page, steps, size, message):
 def test_the_prompt_and_an_error_show_as_typed(page):
     """Shown through Markdown, "&amp;" showed as "&" and a URL became a link whose text kept the escaping
     backslashes ("https://example\\.com"); markup stays text, as before."""
-    typed = "logo of AT&amp;T, see https://example.com/cat.png <3 <b>bold</b>"
-    fill_and_generate(page, typed)
-    details = page.locator("#details")
-    assert typed in details.inner_text() and details.locator("a, b").count() == 0
+    from playwright.sync_api import expect
+
     notice = fill_and_generate(page, "a cat", size="see https://evil.example/x")
     assert "https://evil.example/x" in notice and page.locator("#notice a").count() == 0
+    typed = "logo of AT&amp;T, see https://example.com/cat.png <3 <b>bold</b>"
+    page.locator("#size textarea, #size input").first.fill("")
+    fill_and_generate(page, typed)  # returns on the refusal's notice still shown: wait for this one's
+    expect(page.locator("#notice")).to_contain_text("Generated 1 image(s)")
+    details = page.locator("#details")
+    assert typed in details.inner_text() and details.locator("a, b").count() == 0
     assert_no_traceback(page)
+
+
+@browser_test
+def test_the_stop_button_ends_a_long_request_and_keeps_what_it_made(page):
+    from playwright.sync_api import expect
+
+    page.locator("#prompt textarea").fill("a cat")
+    page.locator("#steps input").fill("999")
+    page.locator("#num-images input[type=number]").fill("8")
+    page.locator("#num-images input[type=number]").press("Enter")
+    page.locator("#generate").click()
+    notice = page.locator("#notice")
+    deadline = time.time() + 120
+    while not re.search("Stopped|Generated|Cannot", notice.inner_text()) and time.time() < deadline:
+        page.locator("#stop").click()  # until the request has begun: a Stop before it stops nothing
+        time.sleep(0.3)
+    expect(notice).to_contain_text("Stopped as asked")
+    assert_no_traceback(page)
+
+
+@browser_test
+def test_closing_the_tab_stops_its_request(browser, server, tmp_path_factory):
+    """A closed tab's request ran to its end (8 images at 999 steps here, about 9 s on a CPU) while the next
+    tab's waited; closing it now stops it at the next step (no image of its first batch was written)."""
+    from playwright.sync_api import expect
+
+    out = next(tmp_path_factory.getbasetemp().glob("serve*/out"))  # the server fixture's --out
+    before = set(out.rglob("*.png"))
+    first = browser.new_page()
+    first.goto(server)
+    first.locator("#prompt textarea").fill("a long one")
+    first.locator("#steps input").fill("999")
+    first.locator("#num-images input[type=number]").fill("8")
+    first.locator("#num-images input[type=number]").press("Enter")
+    first.locator("#generate").click()
+    time.sleep(1.5)  # under way: the first batch of 4 takes about 4 s
+    first.close()
+    second = browser.new_page()
+    second.set_default_timeout(TIMEOUT_MS)
+    second.goto(server)
+    fill_and_generate(second, "a short one")
+    expect(second.locator("#notice")).to_contain_text("Generated 1 image(s)")
+    made = [path for path in set(out.rglob("*.png")) - before if "long-one" in path.name]
+    assert len(made) < 8, made  # stopped: unstopped, all 8 were written before the second request ran
+    second.close()
 
 
 @browser_test
@@ -677,6 +726,45 @@ def test_sigterm_stops_the_server_as_ctrl_c_does(model_folder, tmp_path, busy):
         if process.poll() is None:
             process.kill()
     assert not list(tmp_path.glob("pixart-serve-*"))
+
+
+def test_stop_ends_its_own_sessions_request_at_the_next_step_and_frees_the_slot(model_folder, tmp_path, monkeypatch):
+    """A request ran to its end after its tab was closed (gradio cannot interrupt it), holding the one slot:
+    an accidental 8 images at 1000 steps could only be ended by restarting the server. Stop (the button, or
+    the tab closing) ends it at the next sampler step; another session's Stop leaves it alone."""
+    from pixart.app import Studio
+    from pixart.generate import TextToImage
+
+    pipe = TextToImage.from_path(model_folder)
+    studio = Studio(pipe, tmp_path)
+    real, started = pipe.generate_batches, threading.Event()
+
+    def two_at_a_time(*args, **kwargs):
+        kwargs["batch_size"] = 2
+        for number, batch in enumerate(real(*args, **kwargs)):
+            yield batch
+            if number == 0:
+                started.set()  # one batch written: the next is sampling when Stop comes
+
+    monkeypatch.setattr(pipe, "generate_batches", two_at_a_time)
+    assert not studio.stop("tab-a")  # nothing being made
+    replies = []
+    long = threading.Thread(
+        target=lambda: replies.append(
+            studio.request("a cat", None, "1.0", None, "ddim", 1000, 4.5, 5, False, 8, session="tab-a")
+        )
+    )
+    long.start()
+    assert started.wait(120)
+    assert not studio.stop("tab-b")  # another tab's Stop
+    assert studio.stop("tab-a")
+    long.join(60)
+    assert not long.is_alive()
+    notice = replies[0].notice
+    assert "Stopped" in notice and "the 2 image(s) made before it are in" in notice, notice
+    assert len(replies[0].files) == 2
+    after = studio.request("a dog", None, "1.0", None, None, 2, 4.5, 1, False, 1, session="tab-b")
+    assert after.files, after.notice  # the slot is free again
 
 
 def test_a_request_keeps_the_batches_it_finished_and_runs_alone(model_folder, tmp_path, monkeypatch):

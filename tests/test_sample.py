@@ -122,6 +122,22 @@ def oracle_sample(name: str, steps: int, n: int = 1024) -> torch.Tensor:
     return out.transpose(0, 1).reshape(4, -1).double()
 
 
+def test_a_stop_asked_for_ends_the_sampling_before_the_next_step():
+    """A Stop button (or a closed browser tab) had no way into a running sampler: the request ran to its end."""
+    from pixart.sample import SamplingStopped
+
+    oracle, asked = GaussianOracle(False), []
+    real = oracle.forward
+    oracle.forward = lambda *args, **kwargs: asked.append(1) or real(*args, **kwargs)
+    y, mask = torch.zeros(2, 1, 8), torch.ones(2, 1)
+    answers = iter([False, False, True])
+    with pytest.raises(SamplingStopped, match="stopped before step 3 of 20"):
+        sample(oracle, torch.randn(2, 4, 2, 2), y, mask, y, mask, steps=20, progress=False, stop=lambda: next(answers))
+    assert len(asked) == 2  # the two steps before it, and no more
+    never = sample(oracle, torch.randn(2, 4, 2, 2), y, mask, y, mask, steps=3, progress=False, stop=lambda: False)
+    assert torch.isfinite(never).all()
+
+
 def test_flow_dpm_solver_asks_the_model_at_the_exact_sigmas():
     """diffusers stores DPM-Solver's flow timesteps as integers (floor of 1000 sigma); a flow model trains
     on t = 1000 s, so it is asked at the sigma the solver steps with."""

@@ -31,6 +31,7 @@ from pixart.diffusion.schedulers import SAMPLERS
 from pixart.generate import TextToImage
 from pixart.generation_settings import GeneratedImage, GenerationError, Settings, check_size
 from pixart.outputs import ImageWriter, is_request_folder
+from pixart.sample import SamplingStopped
 
 MAX_IMAGES = 8
 # Far past what any text encoder reads (T5: 120 tokens, a few hundred characters): a page open to others
@@ -217,6 +218,16 @@ class Studio:
         self.extra = extra  # more of what remakes an image (--vae, --text-encoder), saved with each one
         # A server restarted on the same --out continues the numbering instead of writing into old folders.
         self.count = last_request_number(self.out_dir)
+        self._stop = threading.Event()  # set: the request being made stops at its next sampler step
+        self._making_for: str | None = None  # the browser session whose request is being made
+
+    def stop(self, session: str | None = None) -> bool:
+        """Stop the request being made at its next sampler step (its finished images are kept): `session`'s
+        only (its Stop button, its tab closed), or whichever is being made with None. Whether one was."""
+        if not generating() or (session is not None and session != self._making_for):
+            return False
+        self._stop.set()
+        return True
 
     def writes_to(self, path: str | Path) -> bool:
         """Whether `path` lies in --out (an error there is one of saving the images)."""
@@ -242,7 +253,10 @@ class Studio:
         results: list[GeneratedImage] = []
         writer: ImageWriter | None = None
         try:
-            for batch in self.pipe.generate_batches(prompts, settings, seed=seed, num_images=count, progress=progress):
+            batches = self.pipe.generate_batches(
+                prompts, settings, seed=seed, num_images=count, progress=progress, stop=self._stop.is_set
+            )
+            for batch in batches:
                 writer = writer or ImageWriter(self.next_folder(), model=self.model_name, extra=self.extra)
                 for result in batch:
                     written.append(writer.write(result))
@@ -270,7 +284,9 @@ class Studio:
         num_images: float | None,
         *,
         progress: bool = False,
+        session: str | None = None,
     ) -> Reply:
+        """One request of the page (or its API); `session` is the browser's, which stop() names."""
         prompt = prompt or ""
         started = time.time()
         used_seed = None
@@ -315,11 +331,16 @@ class Studio:
             if not _one_generation.acquire(blocking=False):
                 raise GenerationError("an earlier request, cancelled, is still being made: try again when it ends")
             try:
+                self._stop.clear()
+                self._making_for = session
                 results = self.make_and_write([prompt], settings, used_seed, count, progress, paths)
             finally:
+                self._making_for = None
                 _one_generation.release()
         except GenerationError as error:
             return failed(f"<b>Cannot generate:</b> {literal(str(error))}", used_seed, paths)
+        except SamplingStopped:
+            return failed("<b>Stopped</b> as asked", used_seed, paths)
         except torch.OutOfMemoryError:  # the page said a bare "Error"; the server and its model stay up
             why = "<b>Out of GPU memory</b> for this request: ask for fewer images or a smaller size"
             return failed(why, used_seed, paths)
@@ -379,7 +400,9 @@ def build_app(
                     seed = gr.Number(value=0, step=1, label="Seed (image k uses seed + k)", elem_id="seed")
                     random_seed = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")
                 num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Number of images", elem_id="num-images")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Row():
+                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", elem_id="stop")
             with gr.Column(scale=1):
                 notice = gr.HTML(elem_id="notice")
                 gallery = gr.Gallery(label="Images", columns=2, object_fit="contain", elem_id="gallery")
@@ -392,11 +415,38 @@ def build_app(
                 )
 
         # Gradio finds the progress bar by this default; tracking tqdm shows the sampler's steps in the page.
-        def on_generate(*values: Any, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:  # noqa: B008
-            reply = studio.request(*values, progress=True)
+        # Named one by one: gradio passes its Request (the browser's session) to a parameter, not after *args
+        def on_generate(
+            prompt_text: str,
+            negative_text: str,
+            aspect_key: str,
+            size_text: str,
+            sampler_name: str,
+            step_count: float,
+            guidance: float,
+            seed_value: float,
+            draw_seed: bool,
+            image_count: float,
+            request: gr.Request,
+            progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+        ) -> tuple:
+            reply = studio.request(
+                prompt_text,
+                negative_text,
+                aspect_key,
+                size_text,
+                sampler_name,
+                step_count,
+                guidance,
+                seed_value,
+                draw_seed,
+                image_count,
+                progress=True,
+                session=request.session_hash,
+            )
             # a request refused before its seed was drawn keeps the seed box as it was (None emptied it)
-            seed = reply.seed if reply.seed is not None else gr.update()
-            return reply.gallery, reply.files or None, reply.notice, reply.details, seed
+            shown_seed = reply.seed if reply.seed is not None else gr.update()
+            return reply.gallery, reply.files or None, reply.notice, reply.details, shown_seed
 
         inputs = [prompt, negative, aspect, size, samplers, steps, cfg, seed, random_seed, num_images]
         outputs = [gallery, files, notice, details, seed]
@@ -404,6 +454,14 @@ def build_app(
             trigger(
                 on_generate, inputs, outputs, concurrency_limit=1, concurrency_id="generate", show_progress="minimal"
             )
+
+        # A request runs on after its browser has gone (gradio cannot interrupt it): the one slot stayed busy
+        # until a closed tab's 8 large images were made. Stop, or closing the tab, ends it at the next step.
+        def stop_own(request: gr.Request) -> None:
+            studio.stop(request.session_hash)
+
+        stop.click(stop_own, None, None, queue=False)
+        page.unload(stop_own)
         # Picking another sampler proposes its own default step count.
         samplers.change(lambda name: default_steps(pipe, name), samplers, steps, queue=False)
     return page

@@ -294,11 +294,13 @@ class TextToImage:
         progress: bool = True,
         low_memory: bool = False,
         skip: int = 0,
+        stop: Callable[[], bool] | None = None,
     ) -> Iterator[list[GeneratedImage]]:
         """num_images images of each prompt (prompt-major; image k takes seed + k), batch_size at a time, each
         batch given as soon as it is decoded: a caller writes it before the next is sampled, so a stop or a
         failure keeps what was made. `skip` leaves out the first images of that order (the rest of a stopped
-        run: the same images, as each draws its noise from its own seed)."""
+        run: the same images, as each draws its noise from its own seed). `stop`, asked before each sampler
+        step, ends the run with pixart.sample.SamplingStopped (the batches given before are whole)."""
         if isinstance(prompts, str):  # one prompt, not one per character
             prompts = [prompts]
         if not prompts:
@@ -367,6 +369,7 @@ class TextToImage:
                 progress=progress,
                 # as trained: the shift grows with the image where the model trained with shift_base_tokens
                 flow_shift=shift_at(self.spec.flow_shift, self.spec.shift_base_tokens, tokens),
+                stop=stop,
                 **micro,
             )
             images = self.codec.decode(latents.float())

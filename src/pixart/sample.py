@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +28,10 @@ from pixart.diffusion.schedulers import (
     repeats_a_level,
     set_steps,
 )
+
+
+class SamplingStopped(Exception):
+    """Raised by sample() when its `stop` asked it to (a Stop button, a closed browser tab)."""
 
 
 def model_timesteps(scheduler: Any) -> torch.Tensor:
@@ -58,6 +63,7 @@ def sample(
     generator: torch.Generator | list[torch.Generator] | None = None,  # a list: one per sample
     progress: bool = True,
     flow_shift: float | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Denoise `noise` (B, C, h, w) into latents, guided by caption features `cond` (B, L, C_cap).
 
@@ -66,6 +72,7 @@ def sample(
     for a flow model (model.sampling, which load_transformer reads off the weights), else dpm-solver++; a
     sampler of the other kind than the weights record is refused (weights that record nothing take any).
     `steps` defaults to the sampler's own; `flow_shift` to the model's at this size (1 where none is known).
+    `stop`, asked before each step, ends the sampling with SamplingStopped when it answers True.
     """
     channels = getattr(getattr(model, "config", None), "in_channels", None)
     if noise.ndim != 4 or (channels is not None and noise.shape[1] != channels):  # else the model named the
@@ -139,9 +146,11 @@ def sample(
     scale_input = getattr(scheduler, "scale_model_input", lambda x, t: x)
     timesteps = scheduler.timesteps
     model_times = model_timesteps(scheduler).to(noise.device)  # once: diffusers keeps sigmas on the CPU
-    for t, model_t in tqdm(
-        zip(timesteps, model_times), total=len(timesteps), desc="sampling", disable=not progress, leave=False
+    for index, (t, model_t) in enumerate(
+        tqdm(zip(timesteps, model_times), total=len(timesteps), desc="sampling", disable=not progress, leave=False)
     ):
+        if stop is not None and stop():
+            raise SamplingStopped(f"stopped before step {index + 1} of {len(timesteps)}")
         model_input = scale_input(latents, t)
         output = denoiser(model_input, model_t)
         latents = scheduler.step(output, t, latents, **step_kwargs, return_dict=False)[0]
