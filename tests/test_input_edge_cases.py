@@ -192,6 +192,25 @@ def test_a_json_caption_that_is_not_text_hides_no_txt_caption_and_is_named(tmp_p
         long_row.captions(["alt"])
 
 
+def test_a_file_name_with_a_newline_is_one_line_of_the_printed_report():
+    """report.json escapes it; the summary printed it raw, splitting its line in two."""
+    report = {
+        "shards": {"done": 1, "total": 1},
+        "complete": True,
+        "samples": 0,
+        "inputs": 1,
+        "buckets": {},
+        "truncated_captions": {},
+        "skip_reasons": {"not an image": 1},
+        "skipped": [{"path": "odd\nname.png", "reason": "not an image", "message": "odd\nname.png: no format"}],
+    }
+    lines = format_summary(report, "out").splitlines()
+    assert lines[-1] == "  odd\\nname.png: not an image (odd\\nname.png: no format)"
+    assert format_summary({**report, "skipped": [{**report["skipped"][0], "path": "café ü.png"}]}, "out").endswith(
+        "  café ü.png: not an image (odd\\nname.png: no format)"
+    )  # printable text as it is
+
+
 def test_captions_are_stripped_of_surrounding_whitespace():
     """A JSONL row's caption "  a cat \\n" is stored without its spaces and newline: kept, they would reach
     the records, and two rows differing only there would read as two captions."""

@@ -215,7 +215,7 @@ def caption_into(args: argparse.Namespace, out: Path, options: CaptionOptions) -
         record_settings,
         resume_point,
     )
-    from pixart.data.items import InputError
+    from pixart.data.items import InputError, printable
 
     settings = {  # what decides the captions: a resumed run must write them as the rows before did
         "model": str(args.model.resolve()),
@@ -286,11 +286,11 @@ def caption_into(args: argparse.Namespace, out: Path, options: CaptionOptions) -
         f"{len(skipped)} skipped{kept}{'' if loaded else '; the model was not loaded'}"
     )
     for entry in skipped:
-        print(f"  {entry['path']}: {entry['reason']} ({entry['message']})")
+        print(f"  {printable(entry['path'])}: {entry['reason']} ({printable(entry['message'])})")
     if result.warnings:  # captioned from the pixels alone; --with-alt would skip them
         print("  captioned, but a caption file could not be read (its captions are not in the row):")
     for entry in result.warnings:
-        print(f"    {entry['path']}: {entry['reason']} ({entry['message']})")
+        print(f"    {printable(entry['path'])}: {entry['reason']} ({printable(entry['message'])})")
     if result.written == 0 and result.already_done == 0:  # an empty manifest, which prepare refuses next
         if not existed and out.is_file() and out.stat().st_size == 0:
             out.unlink()

@@ -174,6 +174,12 @@ def has_text(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and bool(value.strip())
 
 
+def printable(text: str) -> str:
+    """`text` on one line for a report printed to people: a newline or other control character in a file
+    name is shown escaped ("a\\nb.png"), as report.json stores it, instead of splitting the line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def is_utf8(text: str) -> bool:
     # Text decoded with surrogateescape (and JSON's \ud800 escapes) carries lone surrogates.
     try:

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from pixart.data.images import TOO_SMALL
-from pixart.data.items import Inputs
+from pixart.data.items import Inputs, printable
 from pixart.data.prepare_options import PrepareOptions, shard_count
 from pixart.data.shards import REPORT_FILE, report_path, shard_done
 from pixart.files import read_json, write_json
@@ -83,5 +83,5 @@ def format_summary(report: dict, out: Path | str) -> str:
     hints = report.get("skip_hints", {})
     for reason, count in report["skip_reasons"].items():
         lines.append(f"    {reason}: {count}" + (f" ({hints[reason]})" if reason in hints else ""))
-    lines += [f"  {s['path']}: {s['reason']} ({s['message']})" for s in report["skipped"]]
+    lines += [f"  {printable(s['path'])}: {s['reason']} ({printable(s['message'])})" for s in report["skipped"]]
     return "\n".join(lines)
