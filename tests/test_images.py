@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, features
 
 from pixart.data.buckets import bucket_table
 from pixart.data.images import (
@@ -78,7 +78,10 @@ def test_truncated_files(tmp_path, fmt, keep):
     assert load_rgb(data).size == (96, 64)  # the complete file is fine
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "GIF", "TIFF", "WEBP", "BMP", "JPEG"])
+AVIF = pytest.param("AVIF", marks=pytest.mark.skipif("avif" not in features.get_supported_modules(), reason="no AVIF"))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "TIFF", "WEBP", "BMP", "JPEG", AVIF])
 def test_a_header_cut_short_is_corrupt_not_not_an_image(fmt):
     """A recognised format cut inside its header was "not an image", the reason an HTML error page gets: the
     one means download it again, the other throw it away."""
@@ -259,6 +262,16 @@ def test_an_embedded_colour_profile_is_applied(tmp_path, fmt):
         ).max()
         <= 8
     )
+
+    palette = img.quantize(4)  # a palette image with the profile: its colours converted too
+    assert (
+        np.abs(
+            pixels(load_rgb(saved(palette, tmp_path / "swapped-p.png", icc_profile=swapped)))[8, 4] - (0, 255, 0)
+        ).max()
+        <= 8
+    )
+    keyed = saved(img, tmp_path / "swapped-keyed.png", icc_profile=swapped, transparency=(0, 0, 255))
+    assert pixels(load_rgb(keyed))[8, 28].tolist() == [255, 255, 255]  # the key's pixels: white, not black
 
     noise = noise_image()
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

@@ -103,8 +103,13 @@ def _to_srgb_transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform 
 def to_rgb(img: Image.Image, icc_profile: bytes | None = None) -> Image.Image:
     """Any decoded Pillow image as 8-bit RGB (see load_rgb for the rules); `icc_profile`, the file's
     embedded one, converts RGB and CMYK pixels of another colour space to sRGB."""
-    if icc_profile and (transform := _to_srgb_transform(bytes(icc_profile), img.mode)) is not None:
-        img = ImageCms.applyTransform(img, transform) or img  # None only when asked to work in place
+    if icc_profile:
+        if img.mode in ("P", "PA") or (img.mode == "RGB" and "transparency" in img.info):
+            # a palette or a colour key as alpha first: the transform keeps no key, and the converted
+            # colours would no longer match it (transparent pixels came out black)
+            img = img.convert("RGBA")
+        if (transform := _to_srgb_transform(bytes(icc_profile), img.mode)) is not None:
+            img = ImageCms.applyTransform(img, transform) or img  # None only when asked to work in place
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         grey = _sixteen_bit_to_l(img)
@@ -143,9 +148,11 @@ SIGNATURES = (
 
 
 def format_by_signature(data: bytes) -> str | None:
-    """The image format `data`'s first bytes announce (WebP's RIFF....WEBP too), or None."""
+    """The image format `data`'s first bytes announce (WebP's RIFF....WEBP and AVIF's ftyp box too), or None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
+    if data[4:12] in (b"ftypavif", b"ftypavis"):
+        return "AVIF"
     return next((name for magic, name in SIGNATURES if data.startswith(magic)), None)
 
 

@@ -9,15 +9,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeGuard
 
+from PIL import features
+
 from pixart.data.images import UNREADABLE, ImageSkipped
 from pixart.files import marked_encoding
 
 DEFAULT_FIELD = "alt"
 ALIASES = ("caption", "text")  # stand-ins for DEFAULT_FIELD in rows that lack it
 # Files listed as images by their names (in folders and tars; manifest rows name theirs): what Pillow
-# decodes here, .jfif and .avif among them (they were left out without a word)
+# decodes here, .jfif among them, and .avif where this Pillow reads it (11.2 on): they were left out unsaid
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".avif", ".bmp", ".gif", ".tif", ".tiff"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+    | ({".avif"} if "avif" in features.get_supported_modules() else set())
 )
 
 

@@ -11,9 +11,10 @@ with uint8 NCHW images at their native size.
 Here each image is resized to 299 x 299 first with that same sampling (resize_for_inception), so images of
 any size batch together; the network's own resize is then the identity, and the features are those of
 feeding each image at its native size. (clean-fid's "clean" mode resizes with PIL bicubic instead; its
-numbers differ slightly from these.) Reference images with transparency are composited over white
-(pixart.data.images.load_rgb, as preparation reads them); those tools' PIL `.convert("RGB")` drops the
-alpha channel instead, so on such images their FIDs differ from ours.
+numbers differ slightly from these.) Reference images are read as preparation reads them
+(pixart.data.images.load_rgb): transparency composited over white, an embedded colour profile other than
+sRGB applied, EXIF orientation applied; those tools' PIL `.convert("RGB")` drops the alpha channel and takes
+the stored values as sRGB, so on such images their FIDs differ from ours.
 """
 
 from __future__ import annotations
