@@ -1085,6 +1085,11 @@ def test_bare_weights_of_a_pixel_model_run_with_vae_pixels(tmp_path, capsys):
     assert main([*args, "--text-encoder", "minilm", "--steps", "2", "--seed", "0", "--out", str(tmp_path / "cli")]) == 0
     written = Image.open(next((tmp_path / "cli").glob("*.png"))).convert("RGB")
     assert np.array_equal(np.asarray(written), np.asarray(image.convert("RGB")))
+    recorded = json.loads(next((tmp_path / "cli").glob("*.json")).read_text())
+    assert recorded["vae"] == "pixels"  # the word, which remakes it (made absolute, it named no folder)
+    spec = ModelSpec(text_encoder="minilm", clean_captions=False, codec="pixels")
+    save_model_folder(tmp_path / "folder", model, spec)
+    assert TextToImage.from_path(tmp_path / "folder", vae="pixels").spec.codec == "pixels"  # a model folder too
 
 
 def test_a_model_json_allowing_longer_prompts_than_the_null_caption_cuts_them_with_a_warning(tmp_path, capsys):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,9 +229,9 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
                 "and no T5 is bundled): pass --text-encoder DIR (the t5-v1_1-xxl folder with its tokenizer), "
                 "or set text_encoder_path in model.json"
             )
-        if vae is not None and spec.codec == "pixels":  # else ignored, yet recorded with the images (as for runs)
+        if vae is not None and spec.codec == "pixels" and not names_pixels(vae):  # else ignored, yet recorded
             raise FileNotFoundError(f"{path} generates pixels, with no codec: it takes no --vae")
-        codec_folder = Path(vae) if vae else resolve(path, spec.codec_path)
+        codec_folder = None if spec.codec == "pixels" else Path(vae) if vae else resolve(path, spec.codec_path)
         if spec.codec in ("sd-vae", "shapes-ae") and codec_folder is None:  # as for T5: now, not after loading
             raise FileNotFoundError(
                 f"{path / SPEC_FILE} names the {spec.codec} codec but no folder or file for it (codec_path is "
@@ -334,6 +335,12 @@ def names_pixels(vae: str | Path) -> bool:
     """--vae pixels: no codec, for a model trained on pixels (`pixart prepare --codec pixels`), unless a
     file or folder of that name is here."""
     return str(vae) == "pixels" and not Path(vae).exists()
+
+
+def as_recorded(component: str | Path) -> str:
+    """A --vae or --text-encoder as an image's settings record it, so that they remake it from anywhere:
+    absolute, or the word pixels (made absolute, it named a folder that is not there)."""
+    return "pixels" if names_pixels(component) else os.path.abspath(component)
 
 
 def bare_weights_spec(vae: Path, text_encoder: Path) -> ModelSpec:

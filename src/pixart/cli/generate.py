@@ -151,6 +151,8 @@ def prepare_out(out: Path) -> None:
 def remake_inputs(args: argparse.Namespace) -> dict:
     """The options beside --model that change the image, so that a sidecar says how to make it again
     (tiled decoding changes pixels near the tiles' seams)."""
+    from pixart.modelfolder import as_recorded
+
     given = {
         "vae": args.vae,
         "text_encoder": args.text_encoder,
@@ -158,11 +160,8 @@ def remake_inputs(args: argparse.Namespace) -> dict:
         "vae_tiling": args.vae_tiling or None,
     }
     # absolute: a sidecar read from another folder (or the image moved) must still name the same files
-    return {
-        key: os.path.abspath(value) if isinstance(value, Path) else value
-        for key, value in given.items()
-        if value is not None
-    }
+    given = {key: value for key, value in given.items() if value is not None}
+    return {key: as_recorded(value) if isinstance(value, Path) else value for key, value in given.items()}
 
 
 def write_as_they_come(batches: Iterator[list[GeneratedImage]], writer: ImageWriter, total: int, skipped: int) -> None:

@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from pixart.cli.main import UserError, check_device, make_out_folder, removed_if_left_empty
     from pixart.generate import TextToImage
     from pixart.generation_settings import GenerationError
+    from pixart.modelfolder import as_recorded
 
     check_device(args.device)
     check_address(args.host, args.port)
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             pipe.text_encoder  # noqa: B018 -- load it now, so the first request is as fast as the others
             # what pixart generate records besides the model, so an image from the page can be made again
             given = (("vae", args.vae), ("text_encoder", args.text_encoder))
-            extra = {key: os.path.abspath(path) for key, path in given if path}  # as pixart generate records them
+            extra = {key: as_recorded(path) for key, path in given if path}  # as pixart generate records them
             page = build_app(pipe, out, model_name=os.path.abspath(model), extra=extra or None)
         except GenerationError as error:
             raise UserError(str(error)) from error
