@@ -302,8 +302,17 @@ def test_an_image_the_model_cannot_take_is_skipped_and_its_batch_mates_captioned
         raise RuntimeError("the model is broken")
 
     many = image_folder(tmp_path / "many", n=FAILURE_STREAK + 2)
-    with pytest.raises(RuntimeError, match="the model is broken"):  # stopped, not every input skipped
-        caption_inputs(list_inputs(many), tmp_path / "other.jsonl", broken, CaptionOptions(progress=False))
+    for batch_size in (16, 3):  # a streak within one batch, or over several
+        options = CaptionOptions(batch_size=batch_size, progress=False)
+        with pytest.raises(RuntimeError, match="the model is broken"):  # stopped, not every input skipped
+            caption_inputs(list_inputs(many), tmp_path / f"other{batch_size}.jsonl", broken, options)
+
+    class Unloadable(FakeCaptioner):
+        def load(self):  # called before each batch: what fails here is no image's fault
+            raise OSError("no weights in the model folder")
+
+    with pytest.raises(OSError, match="no weights"):
+        caption_inputs(list_inputs(folder), tmp_path / "unloaded.jsonl", Unloadable(), CaptionOptions(progress=False))
 
 
 def test_a_thin_strip_is_padded_to_a_bounded_square():

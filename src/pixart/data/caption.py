@@ -84,7 +84,8 @@ def caption_prompt(alt: str | None = None) -> str:
 
 
 # Images failing one after another, with none captioned between: the model's or the machine's fault, not
-# theirs, and the run stops with the error (else it would go through every input, skipping each).
+# theirs, and the run stops with the error (else it would go through every input, skipping each). Fewer
+# failures than this are skipped and counted, a run's last few images too.
 FAILURE_STREAK = 8
 
 
@@ -93,16 +94,23 @@ def caption_batch(captioner: Captioner, ready: list[tuple]) -> tuple[list[tuple]
     image, prompt, name) rows. A batch that fails is captioned an image at a time, so that an image the model
     cannot take costs only itself (one odd image lost its batch, and stopped every rerun at the same place)."""
     try:
-        return ready, captioner([r[2] for r in ready], [r[3] for r in ready]), []
+        batch_captions: list[str] | None = captioner([r[2] for r in ready], [r[3] for r in ready])
     except Exception:
-        kept, captions, failed = [], [], []
-        for row in ready:
-            try:
-                captions += captioner([row[2]], [row[3]])
-                kept.append(row)
-            except Exception as error:
-                failed.append((row, error))
-        return kept, captions, failed
+        # retried below, out of this block: its traceback would hold the failed call's tensors (a batch
+        # out of GPU memory) through every retry
+        batch_captions = None
+    if batch_captions is not None:
+        return ready, batch_captions, []
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    kept, captions, failed = [], [], []
+    for row in ready:
+        try:
+            captions += captioner([row[2]], [row[3]])
+            kept.append(row)
+        except Exception as error:
+            failed.append((row, error))
+    return kept, captions, failed
 
 
 # Longer sides are shrunk to this before padding: the processor then shrinks every square to a few hundred
