@@ -287,7 +287,7 @@ class Studio:
         session: str | None = None,
     ) -> Reply:
         """One request of the page (or its API); `session` is the browser's, which stop() names."""
-        prompt = prompt or ""
+        prompt = "" if prompt is None else prompt  # else checked below: 0 or [] is no empty prompt
         started = time.time()
         used_seed = None
         paths: list[Path] = []  # written so far: a failure after the first batch says where they are
@@ -458,7 +458,8 @@ def build_app(
         # A request runs on after its browser has gone (gradio cannot interrupt it): the one slot stayed busy
         # until a closed tab's 8 large images were made. Stop, or closing the tab, ends it at the next step.
         def stop_own(request: gr.Request) -> None:
-            studio.stop(request.session_hash)
+            if request.session_hash:  # without one, stop() would end whichever request is being made
+                studio.stop(request.session_hash)
 
         stop.click(stop_own, None, None, queue=False)
         page.unload(stop_own)

@@ -10,6 +10,7 @@ comparing the two starts from the same noise.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -48,6 +49,15 @@ from pixart.model.regional import compile_blocks
 from pixart.modelfolder import ModelSpec, load_components, read_spec
 from pixart.quiet import silenced_library_progress_bars
 from pixart.sample import sample
+
+
+def read_scheduler(folder: Path) -> tuple[Any, dict]:
+    """A diffusers scheduler folder's class and config, from which make_scheduler builds each run's."""
+    import diffusers
+
+    class_name = json.loads((folder / "scheduler_config.json").read_text())["_class_name"]
+    kind = getattr(diffusers, class_name)
+    return kind, kind.load_config(folder)
 
 
 def micro_conditions(spec: ModelSpec, key: str, height: int, width: int) -> dict[str, torch.Tensor]:
@@ -99,8 +109,7 @@ class TextToImage:
         self._text_loader = text_loader
         self.codec = codec
         self.spec = spec
-        self.scheduler_folder = scheduler_folder
-        self._folder_scheduler: tuple[Any, dict] | None = None  # (its class, its config), read once
+        self.scheduler_folder = scheduler_folder  # its scheduler read at once (the property below)
         self.resolution = transformer.config.input_size * codec.downsample
         if spec.buckets:
             ordered = sorted(spec.buckets.items(), key=lambda kv: float(kv[0]))
@@ -445,20 +454,24 @@ class TextToImage:
             check_steps_for(name, steps)  # the model's defaults too
         return name, steps
 
+    @property
+    def scheduler_folder(self) -> Path | None:
+        """A diffusers folder's own scheduler/ (the 'folder' sampler), or None."""
+        return self._scheduler_folder
+
+    @scheduler_folder.setter
+    def scheduler_folder(self, folder: Path | None) -> None:
+        # (its class, its config), read now: a server whose model folder went away later kept sampling
+        self._scheduler_folder = folder
+        self._folder_scheduler = None if folder is None else read_scheduler(folder)
+
     def make_scheduler(self, name: str) -> Any:  # a sampler name, or a diffusers scheduler
         """A sampler name, or the diffusers folder's own scheduler ('folder')."""
         if name != "folder":
             return name
         if self.scheduler_folder is None:  # resolve_sampler refuses "folder" without one first
             raise ValueError("sampler 'folder' needs a model folder with a scheduler/ folder (diffusers layout)")
-        if self._folder_scheduler is None:  # read once: a server whose model folder went away kept sampling
-            import json
-
-            import diffusers
-
-            class_name = json.loads((self.scheduler_folder / "scheduler_config.json").read_text())["_class_name"]
-            kind = getattr(diffusers, class_name)
-            self._folder_scheduler = kind, kind.load_config(self.scheduler_folder)
+        assert self._folder_scheduler is not None  # read with the folder
         kind, config = self._folder_scheduler
         return kind.from_config(config)  # a new one each time: a scheduler keeps the state of its run
 
