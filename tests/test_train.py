@@ -990,6 +990,7 @@ def test_previews_of_a_flow_model_sample_with_its_training_shift(
     config = config_for(shapes_data, ["previews=true", "sample_steps=2", "diffusion.objective=flow"])
     dataset = FeatureDataset(shapes_data, config.data.caption_probs, seed=config.seed)
     previewer = previews.Previewer.for_run(config, dataset, tmp_path / "samples", World())
+    assert previewer.bucket == dataset[0]["bucket"]  # the aspect condition of its shape's samples
     h, w = previewer.latent_shape[-2:]
     tokens = (h // config.model.patch_size) * (w // config.model.patch_size)
     base = tokens // base_share if base_share else 0
