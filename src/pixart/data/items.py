@@ -179,8 +179,10 @@ def has_text(value: object) -> TypeGuard[str]:
 
 def printable(text: str) -> str:
     """`text` on one line for a report printed to people: a newline or other control character in a file
-    name is shown escaped ("a\\nb.png"), as report.json stores it, instead of splitting the line."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+    name is shown escaped ("a\\nb.png"), as report.json stores it, instead of splitting the line. A byte that is
+    not UTF-8 (a lone surrogate) is left for the output stream, which writes it back as the byte it was (C
+    locale) or escapes it (UTF-8)."""
+    return "".join(c if c.isprintable() or c == " " or "\ud800" <= c <= "\udfff" else repr(c)[1:-1] for c in text)
 
 
 def is_utf8(text: str) -> bool:
