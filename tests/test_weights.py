@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import randomize_, varied_mask
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from test_model import numpy_pos_embed
 
 from pixart.model import TINY, TINY_MS, PixArt
@@ -174,8 +174,9 @@ def test_code_in_a_pickle_is_refused(tmp_path):
             return (print, ("executed",))
 
     torch.save({"state_dict": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(WeightsError, match="holds Python objects besides tensors, which pixart never unpickles"):
+    with pytest.raises(WeightsError, match="holds Python objects besides tensors, which pixart never unpickles") as e:
         load_transformer(tmp_path / "evil.pth")
+    assert "if you trust the file, keep its weights alone" in str(e.value)  # and how to get at them
     torch.save({"state_dict": Evil()}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     with pytest.raises(WeightsError, match="holds Python objects besides tensors, which pixart never unpickles"):
         load_transformer(tmp_path / "legacy.pth")  # a pickle: not taken for text
@@ -449,6 +450,16 @@ def test_use_ema_on_a_single_set_of_weights_is_refused_not_ignored(tmp_path):
         load_transformer(path, use_ema=True)
     with pytest.raises(WeightsError, match="holds one set of weights"):
         read_dit(path, use_ema=True)
+    # diffusers' pickled .bin beside its config.json (a folder saved with safe_serialization=False): one set
+    # too, where the file given alone was converted with --ema ignored
+    save_transformer(PixArt(TINY), tmp_path / "d", to="diffusers")
+    weights = tmp_path / "d" / "diffusion_pytorch_model.safetensors"
+    bin_file = tmp_path / "d" / "diffusion_pytorch_model.bin"
+    torch.save(load_file(weights), bin_file)
+    weights.unlink()
+    assert set(load_transformer(bin_file).state_dict()) == set(PixArt(TINY).state_dict())
+    with pytest.raises(WeightsError, match="holds one set of weights"):
+        load_transformer(bin_file, use_ema=True)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "cut"])

@@ -133,8 +133,15 @@ def _training_sampling_entry(settings: dict[str, Any]) -> dict[str, str]:
 
 
 def refuse_ema_of_one_set(path: Path, use_ema: bool) -> None:
-    """A folder or a .safetensors file holds one set of weights: use_ema would be ignored there, silently."""
-    if use_ema and ((path.is_dir() and not is_sharded_checkpoint(path)) or path.suffix == ".safetensors"):
+    """A folder, a .safetensors file or a diffusers weights file (a .bin beside its config.json) holds one set
+    of weights: use_ema would be ignored there, silently."""
+    if not use_ema:
+        return
+    if (
+        (path.is_dir() and not is_sharded_checkpoint(path))
+        or path.suffix == ".safetensors"
+        or (path.is_file() and detect_format(path) == "diffusers")
+    ):
         raise WeightsError(
             f"--ema reads a .pth/.pt checkpoint's EMA weights (use_ema=True); {path} holds one set of weights"
         )

@@ -46,7 +46,12 @@ def unreadable_reason(path: Path, error: Exception) -> str:
         return other
     text = str(error).strip()
     if "Weights only load failed" in text:
-        return "it holds Python objects besides tensors, which pixart never unpickles (they could run code)"
+        return (
+            "it holds Python objects besides tensors, which pixart never unpickles (they could run code: a "
+            "training script's args, say); if you trust the file, keep its weights alone in a Python session: "
+            "torch.save(torch.load(FILE, weights_only=False)['state_dict'], 'weights.pth') (or its 'ema', "
+            "'state_dict_ema' or 'model' entry)"
+        )
     first = text.splitlines()[0].split(". ")[0] if text else ""
     return f"{type(error).__name__}: {first} (a corrupt or cut-short file, or not a checkpoint)"
 
