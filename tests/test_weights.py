@@ -79,6 +79,21 @@ def official_state(config, seed=0) -> dict[str, torch.Tensor]:
     return state
 
 
+def test_an_official_file_without_a_null_caption_loads_with_zeros_as_diffusers_weights_do(tmp_path):
+    """PixArt-Sigma's diffusers-to-official converter writes no y_embedding (the official loader is not strict):
+    such a .pth could not be read at all, even with --config. It reads as diffusers weights do: zeros there,
+    which generate reads as "guide with the encoded empty prompt"."""
+    original = official_state(TINY)
+    del original["y_embedder.y_embedding"]
+    torch.save({"state_dict": original}, tmp_path / "no-null.pth")
+    model = load_transformer(tmp_path / "no-null.pth", config=TINY)
+    state = model.state_dict()
+    assert not state["y_embedder.y_embedding"].any() and state["y_embedder.y_embedding"].shape == (16, 48)
+    assert all(torch.equal(state[key], original[key]) for key in original if key != "pos_embed")
+    inferred = load_transformer(tmp_path / "no-null.pth", config=dataclasses.replace(TINY, max_length=120))
+    assert inferred.config.max_length == 120  # the length the config says (else the official family's 120)
+
+
 @pytest.mark.parametrize("config", [TINY, TINY_MS])
 def test_round_trip_official_ours_diffusers_official_is_identity(tmp_path, config):
     original = official_state(config)

@@ -290,6 +290,13 @@ def _read_state(
             except WeightsError:  # another tool's "config": config= replaces it, else the error says to give one
                 if config is None and fields is None:
                     raise
+        if "y_embedder.y_embedding" not in state and "y_embedder.y_proj.fc1.weight" in state:
+            # No learned null caption (PixArt-Sigma's diffusers-to-official converter writes none; the official
+            # loader is not strict): zeros, as for diffusers weights, which generate guides with the empty prompt
+            known = config or stored
+            length = known.max_length if known else int((fields or {}).get("max_length", PixArtConfig.max_length))
+            projection = state["y_embedder.y_proj.fc1.weight"]  # (D, C_cap)
+            state["y_embedder.y_embedding"] = projection.new_zeros(length, projection.shape[1])
         carried = config or stored
         if fields is not None:
             carried = complete_config(fields, state, stored, source)
