@@ -94,9 +94,13 @@ def test_an_official_file_without_a_null_caption_loads_with_zeros_as_diffusers_w
     assert inferred.config.max_length == 120  # the length the config says (else the official family's 120)
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_MS])
-def test_round_trip_official_ours_diffusers_official_is_identity(tmp_path, config):
-    original = official_state(config)
+@pytest.mark.parametrize(
+    ("config", "dtype"),
+    [(TINY, torch.float32), (TINY_MS, torch.float32), (TINY, torch.float16), (TINY, torch.bfloat16)],
+)
+def test_round_trip_official_ours_diffusers_official_is_identity(tmp_path, config, dtype):
+    """Every tensor and its dtype (an fp16 file's pos_embed came back fp32)."""
+    original = {key: value.to(dtype) for key, value in official_state(config).items()}
     torch.save({"state_dict": original}, tmp_path / "official.pth")
 
     first = load_transformer(tmp_path / "official.pth", config=config)

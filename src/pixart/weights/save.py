@@ -61,8 +61,11 @@ def save_transformer(
     elif to == "official":
         # The config rides along (the official loader reads only the state dicts): shapes cannot say the
         # head count of a non-XL model or caption_norm, so a round trip would otherwise change the model.
+        # pos_embed in the weights' dtype, as the official model's buffer is: an fp16 file came back with an
+        # fp32 one (all else bit-exact)
+        pos_embed = official_pos_embed(config).to(state["x_embedder.proj.weight"].dtype)
         payload: dict[str, object] = {
-            "state_dict": {**state, "pos_embed": official_pos_embed(config)},
+            "state_dict": {**state, "pos_embed": pos_embed},
             "config": config.to_dict(),
         }
         if sampling is not None:
@@ -71,7 +74,7 @@ def save_transformer(
             lacking = sorted(set(state) - set(ema_state) - set(BUFFERS))
             if lacking:  # an EMA with holes would be filled with raw weights unsaid
                 raise ValueError(f"ema_state lacks {len(lacking)} parameter(s) the weights hold: {lacking[:5]}")
-            payload["state_dict_ema"] = {**state, **_cpu(ema_state), "pos_embed": official_pos_embed(config)}
+            payload["state_dict_ema"] = {**state, **_cpu(ema_state), "pos_embed": pos_embed}
         atomic_write(path, lambda tmp: torch.save(payload, tmp), replace=replace)
     else:  # diffusers (check_destination refused any other layout)
         diffusers_config = diffusers_config_from_ours(config)
