@@ -566,6 +566,20 @@ def test_info_says_dtype_ema_and_null_caption_and_takes_a_config(tmp_path, capsy
     (tmp_path / "d" / NULL_CAPTION_FILE).unlink()  # as diffusers' own weights are
     assert main(["info", str(tmp_path / "d")]) == 0
     assert "null_caption: none learned (all zeros)" in capsys.readouterr().out
+    # the same zeros in a run's own final weights (a run started from diffusers weights trains with them as
+    # its dropped caption): generate guides with them as the run does, and info says nothing of the sort
+    from pixart.modelfolder import guides_with_empty_prompt
+
+    zeros = load_transformer(tmp_path / "d")
+    save_transformer(zeros, tmp_path / "alone.safetensors")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"stage": "t2i", "steps": 1}))
+    save_transformer(zeros, tmp_path / "run" / "final_ema.safetensors")
+    assert guides_with_empty_prompt(tmp_path / "alone.safetensors", learned_null_caption=False)
+    assert not guides_with_empty_prompt(tmp_path / "run" / "final_ema.safetensors", learned_null_caption=False)
+    assert not guides_with_empty_prompt(tmp_path / "alone.safetensors", learned_null_caption=True)
+    assert main(["info", str(tmp_path / "run" / "final_ema.safetensors")]) == 0
+    assert "null_caption" not in capsys.readouterr().out
     # A bare state dict of a model whose head dim is not 72: only --config says its head count
     bare = {**torch.load(tmp_path / "two.pth", weights_only=True)["state_dict"]}
     torch.save(bare, tmp_path / "bare.pth")

@@ -372,6 +372,14 @@ def sampling_of(weights: Path) -> dict:
     return {**fields, "sampler": default_sampler(fields["objective"])}
 
 
+def guides_with_empty_prompt(path: Path, learned_null_caption: bool) -> bool:
+    """Whether generate guides the weights at `path` with the encoded empty prompt: bare weights whose null
+    caption is all zeros (diffusers', or converted from them). Not a run's own weights file: a run started
+    from such weights trained with the zeros as its dropped caption, and guides with them whether it is given
+    as its folder or as final_ema.safetensors (the two drew differently)."""
+    return folder_kind(path) == "weights" and not learned_null_caption and run_around(path) is None
+
+
 def spec_for_weights(
     path: str | Path, spec: ModelSpec, transformer_path: Path, config: PixArtConfig, *, learned_null_caption: bool
 ) -> ModelSpec:
@@ -379,7 +387,7 @@ def spec_for_weights(
     kind = folder_kind(path)
     if kind in ("weights", "run"):  # bare weights: captions as long as the model's null caption
         spec = dataclasses.replace(spec, text_max_length=config.max_length, **sampling_of(Path(transformer_path)))
-        if kind == "weights" and not learned_null_caption:
+        if guides_with_empty_prompt(Path(path), learned_null_caption):
             # diffusers weights carry no learned null caption (it loads as zeros): guide against the encoded
             # empty prompt and send the exact aspect ratio, as diffusers' pipeline does with these weights
             spec = dataclasses.replace(spec, **AS_DIFFUSERS)

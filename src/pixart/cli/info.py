@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from pixart.cli.convert import check_num_heads, read_config_fields
     from pixart.cli.main import UserError
     from pixart.model.pixart import PixArtConfig
-    from pixart.modelfolder import folder_kind, run_weights, sampling_record
+    from pixart.modelfolder import folder_kind, run_around, run_weights, sampling_record
     from pixart.weights import detect_format
     from pixart.weights.dit_init import infer_dit_config
     from pixart.weights.io import SAMPLING_METADATA, read_checked_state, read_dit
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if recorded:  # where nothing records it, generate samples the weights as the eps (IDDPM) model they are
         info["sampling"] = json.loads(recorded[SAMPLING_METADATA])
     learned = fmt != "dit" and bool(state["y_embedder.y_embedding"].any())
-    if fmt != "dit" and not learned:  # diffusers' weights, or converted from them
+    # diffusers' weights, or converted from them; not a run's, which trained with its zeros as the null caption
+    if fmt != "dit" and not learned and run_around(path) is None:
         info["null_caption"] = "none learned (all zeros): pixart generate guides with the encoded empty prompt"
     generation = {} if fmt == "dit" else generation_settings(folder, pixart_config, learned_null_caption=learned)
     if generation:  # a model folder, pipeline folder or finished run: what else generate uses
