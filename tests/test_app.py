@@ -580,6 +580,18 @@ def test_a_seed_the_command_took_is_taken_by_the_page(model_folder, tmp_path):
     assert "Cannot generate" not in reply.notice and reply.seed == 5_000_000_000 and reply.files, reply.notice
 
 
+def test_the_model_name_in_the_title_is_shown_as_it_is(model_folder, tmp_path):
+    """The title was Markdown with the path in a code span: a backtick in it ended the span."""
+    import gradio as gr
+
+    from pixart.app import build_app
+    from pixart.generate import TextToImage
+
+    page = build_app(TextToImage.from_path(model_folder), tmp_path, model_name="/models/a`b <c>")
+    (title,) = [block for block in page.blocks.values() if isinstance(block, gr.HTML) and block.elem_id == "title"]
+    assert "<code>/models/a`b &lt;c&gt;</code>" in title.value
+
+
 def test_a_model_default_guidance_above_the_slider_is_within_its_bounds(model_folder, tmp_path):
     """A model.json whose cfg_scale lies above 20 had every request at the page's default refused by the
     slider ("Value 30 is greater than maximum value 20")."""

@@ -375,7 +375,9 @@ def build_app(
     sampler = pipe.default_sampler()
     # Gradio copies every image it shows into its cache: drop copies older than a day, hourly.
     with gr.Blocks(title="PixArt", delete_cache=(3600, 86400)) as page:
-        gr.Markdown(f"# PixArt\nText to image with `{model_name or 'the loaded model'}`.")
+        # HTML, the model's path escaped: in a Markdown code span a backtick in it ended the span
+        model = f"<code>{html.escape(model_name)}</code>" if model_name else "the loaded model"
+        gr.HTML(f"<h1>PixArt</h1><p>Text to image with {model}.</p>", elem_id="title")
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", placeholder="empty: unconditional")
