@@ -229,9 +229,7 @@ def read_spec(path: str | Path, *, vae: str | Path | None = None, text_encoder: 
                 "and no T5 is bundled): pass --text-encoder DIR (the t5-v1_1-xxl folder with its tokenizer), "
                 "or set text_encoder_path in model.json"
             )
-        if vae is not None and spec.codec == "pixels" and not names_pixels(vae):  # else ignored, yet recorded
-            raise FileNotFoundError(f"{path} generates pixels, with no codec: it takes no --vae")
-        codec_folder = None if spec.codec == "pixels" else Path(vae) if vae else resolve(path, spec.codec_path)
+        codec_folder = codec_folder_of(spec, vae, path, f"{path} generates pixels")
         if spec.codec in ("sd-vae", "shapes-ae") and codec_folder is None:  # as for T5: now, not after loading
             raise FileNotFoundError(
                 f"{path / SPEC_FILE} names the {spec.codec} codec but no folder or file for it (codec_path is "
@@ -296,10 +294,8 @@ def run_components(run: Path, weights: Path, vae: str | Path | None, text_encode
         if vae is None or text_encoder is None:
             raise
         spec = bare_weights_spec(Path(vae), Path(text_encoder))  # its data is gone: read off the folders
-    if vae is not None and spec.codec == "pixels" and not names_pixels(vae):  # else ignored, yet recorded
-        raise FileNotFoundError(f"{run} was trained on pixels, with no codec: it takes no --vae")
+    codec_folder = codec_folder_of(spec, vae, run, f"{run} was trained on pixels")
     text_folder = Path(text_encoder) if text_encoder else resolve(run, spec.text_encoder_path)
-    codec_folder = None if spec.codec == "pixels" else Path(vae) if vae else resolve(run, spec.codec_path)
     return spec, weights, text_folder, None, codec_folder, None
 
 
@@ -329,6 +325,17 @@ def run_around(path: Path) -> Path | None:
         return None
     folders = [path.parent] + ([path.parent.parent] if path.parent.name == "checkpoints" else [])
     return next((folder for folder in folders if is_run_config(folder / RUN_CONFIG)), None)
+
+
+def codec_folder_of(spec: ModelSpec, vae: str | Path | None, base: Path, pixels: str) -> Path | None:
+    """The codec's folder (or file): --vae where given, else the one `spec` records, relative to `base`. None
+    for a model of pixels, which takes no --vae but the word pixels (else ignored, yet recorded with the
+    images): `pixels` says which model that is, for the refusal."""
+    if spec.codec == "pixels":
+        if vae is not None and not names_pixels(vae):
+            raise FileNotFoundError(f"{pixels}, with no codec: it takes no --vae")
+        return None
+    return Path(vae) if vae else resolve(base, spec.codec_path)
 
 
 def names_pixels(vae: str | Path) -> bool:
