@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -329,6 +330,33 @@ def test_a_32_bit_tiff_is_skipped_whatever_its_values():
             assert info.value.reason == UNSUPPORTED
         else:
             assert pixels(load_rgb(buffer.getvalue()))[0, 0].tolist() == [expected] * 3  # 200 * 255 / 65535
+
+
+def greyscale_tiff(values: np.ndarray, photometric: int, orientation: int = 1) -> bytes:
+    """An uncompressed greyscale TIFF written by hand: Pillow's writer does not store 16-bit min-is-white."""
+    height, width = values.shape
+    data = values.astype("<u2" if values.dtype == np.uint16 else "u1").tobytes()
+    bits = 8 * values.dtype.itemsize
+    entries = [(256, width), (257, height), (258, bits), (259, 1), (262, photometric), (273, 8), (274, orientation)]
+    entries += [(277, 1), (278, height), (279, len(data))]
+    ifd = struct.pack("<H", len(entries))
+    for tag, value in entries:  # tags in ascending order; offsets and byte counts as LONG, the rest SHORT
+        long = tag in (273, 279)
+        ifd += struct.pack("<HHII", tag, 4, 1, value) if long else struct.pack("<HHIHH", tag, 3, 1, value, 0)
+    return b"II*\x00" + struct.pack("<I", 8 + len(data)) + data + ifd + struct.pack("<I", 0)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_16_bit_min_is_white_tiff_reads_as_its_8_bit_twin(orientation):
+    """PhotometricInterpretation 0 (0 is white): Pillow inverts it as it reads 8-bit TIFFs, not 16-bit ones,
+    so a 16-bit scan of a page came out as its negative. Pillow's 8-bit reading is the reference."""
+    eight = np.array([[0, 10, 200], [255, 128, 3]], np.uint8)
+    sixteen = eight.astype(np.uint16) * 257  # the same levels on 16 bits
+    reference = pixels(load_rgb(greyscale_tiff(eight, 0, orientation)))
+    assert reference[..., 0].tolist() == (255 - eight if orientation == 1 else np.rot90(255 - eight, -1)).tolist()
+    assert np.array_equal(pixels(load_rgb(greyscale_tiff(sixteen, 0, orientation))), reference)
+    black_is_zero = pixels(load_rgb(greyscale_tiff(sixteen, 1, orientation)))
+    assert np.array_equal(black_is_zero, 255 - reference)
 
 
 def test_palette_png_with_a_transparent_index(tmp_path):

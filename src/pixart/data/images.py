@@ -72,6 +72,17 @@ def _tiff_bits(img: Image.Image) -> int:
     return max(bits) if isinstance(bits, tuple) else int(bits)
 
 
+def _min_is_white(img: Image.Image) -> bool:
+    """A 16-bit greyscale TIFF stored with 0 as white (PhotometricInterpretation 0): Pillow inverts 8-bit and
+    1-bit ones as it reads them, 16-bit ones not, so a scanner's negative-free scan came out as a negative."""
+    return (img.mode.startswith("I;16") or img.mode == "I") and getattr(img, "tag_v2", {}).get(262) == 0
+
+
+def _inverted_sixteen_bit(img: Image.Image) -> Image.Image:
+    values = np.asarray(img).astype(np.int64)  # (H, W), 0..65535: its bits per sample were checked
+    return Image.fromarray((65535 - values).astype(np.uint16))
+
+
 def _on_white(img: Image.Image) -> Image.Image:
     """Composite an image with alpha over white, so transparent pixels come out white, not black."""
     rgba = img.convert("RGBA")
@@ -203,13 +214,14 @@ def load_rgb(source: str | os.PathLike[str] | bytes, name: str | None = None) ->
         # A 32-bit TIFF decodes to 'I' as 16-bit PNGs do: its values (0..255 as often as 0..65535) have no
         # agreed range, and scaled as 16-bit ones, 200 came out as 1, a black image.
         raise ImageSkipped(UNSUPPORTED, f"{name}: {bits}-bit integer pixels have no agreed range")
+    min_is_white = _min_is_white(img)  # the tags too
     icc_profile = img.info.get("icc_profile")
     try:
         if exif_orientation(img) != 1:
             img = ImageOps.exif_transpose(img)
     except Exception as e:  # a broken EXIF block: better to say so than to train on a sideways image
         raise ImageSkipped(CORRUPT, f"{name}: unreadable EXIF orientation ({type(e).__name__}: {e})") from e
-    return to_rgb(img, icc_profile)
+    return to_rgb(_inverted_sixteen_bit(img) if min_is_white else img, icc_profile)
 
 
 def resize_cover_crop(img: Image.Image, height: int, width: int) -> Image.Image:
