@@ -105,6 +105,11 @@ def test_clip_reads_captions_up_to_its_own_position_limit(clip_folder):
     assert abs(float(scores[0] - scores[1])) > 1e-6
     long = " ".join(["cat"] * 200)  # past the 64 positions: truncated, not an error
     assert scorer.pair_scores([image], [long]).shape == (1,)
+    # and counted, for the report's warning: 62 characters (a token each) and the start and end tokens fill the
+    # 64 positions
+    assert scorer.position_limit() == 64
+    fits, over = "a" * 62, "a" * 63
+    assert scorer.count_truncated([f"{prefix} cat", long, fits, over]) == 2
 
 
 # --- captioning ---

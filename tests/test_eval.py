@@ -22,6 +22,7 @@ from torch import nn
 
 from pixart.cli.main import main
 from pixart.data.synthetic_dataset import make_dataset, two_object_prompts
+from pixart.evaluate import realdata
 from pixart.evaluate.clipscore import CLIP_HINT, ClipScorer, clip_score
 from pixart.evaluate.frechet import frechet_distance
 from pixart.evaluate.inception import INCEPTION_HINT, INCEPTION_URL, inception_features, load_inception
@@ -294,9 +295,12 @@ def reference_folder(root) -> tuple:
     return root
 
 
-def test_fid_from_fewer_images_than_feature_dimensions_is_warned_about():
-    assert small_sample_warning(2048, 5000, 2048) is None
-    assert "2047 generated" in small_sample_warning(2047, 5000, 2048)
+def test_fid_from_no_more_images_than_feature_dimensions_is_warned_about():
+    """N images give a covariance of rank N - 1 at most: 2048 of them were not warned about, yet rank-deficient."""
+    features = np.random.default_rng(0).standard_normal((64, 64))  # 64 images, 64 dimensions
+    assert np.linalg.matrix_rank(np.cov(features, rowvar=False)) == 63
+    assert small_sample_warning(2049, 5000, 2048) is None
+    assert "2048 generated" in small_sample_warning(2048, 5000, 2048)
     assert "100 reference" in small_sample_warning(5000, 100, 2048)
 
 
@@ -325,12 +329,20 @@ def test_the_real_vs_real_baseline_draws_scenes_as_the_prompts_do(demo, tmp_path
         assert a.color != b.color and a.shape != b.shape, scene
 
 
-def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path, capsys):
+def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path, capsys, monkeypatch):
     manifest = tmp_path / "prompts.jsonl"
     captions = [caption for _, caption in two_object_prompts(3, seed=9)]
     manifest.write_text("".join(json.dumps({"image": f"{i}.png", "caption": c}) + "\n" for i, c in enumerate(captions)))
     real = reference_folder(tmp_path / "real")
     out = tmp_path / "real.json"
+    crops = []  # the aspect each reference image was cut to
+
+    def recording(image, height, width):
+        crops.append((image.shape[:2], (height, width)))
+        return real_crop(image, height, width)
+
+    real_crop = realdata.centre_crop_to_aspect
+    monkeypatch.setattr(realdata, "centre_crop_to_aspect", recording)
     code = main(
         eval_args(
             *("--model", demo / "model", "--suite", "real", "--prompts", manifest, "--real", real),
@@ -341,7 +353,7 @@ def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path,
     assert code == 0
     report = json.loads(out.read_text())
     assert report["fid"] > 0  # generated against real renders
-    assert "FID from 3 generated and 5 reference images, fewer than the" in report["fid_warning"]
+    assert "FID from 3 generated and 5 reference images, no more than the" in report["fid_warning"]
     assert 0.0 <= report["clip_score"] <= 100.0
     assert report["missing"] == {}
     assert report["images"]["generated"] == 3 and report["images"]["real"] == 5
@@ -349,7 +361,14 @@ def test_real_suite_through_the_cli(demo, inception_file, clip_folder, tmp_path,
     # what FID compared with and which prompts, as absolute paths (the report is read elsewhere)
     assert report["real"] == os.path.abspath(real) and report["prompts"] == os.path.abspath(manifest)
     assert report["field"] is None and report["model"] == os.path.abspath(demo / "model")
+    # each reference image cut to the generated images' aspect before Inception squares it
+    assert report["images"]["real_crop"] == "centre"
+    assert sorted(shape for shape, _ in crops) == [(36, 36), (36, 36), (48, 64), (64, 48), (72, 36)]
+    assert {aspect for _, aspect in crops} == {tuple(report["settings"]["size"])}
+    # the tiny CLIP reads a token a character, 64 positions with its start and end: each caption is longer
+    assert min(len(c.replace(" ", "")) for c in captions) > 62 and report["clip_truncated_prompts"] == 3
     captured = capsys.readouterr()
+    assert "warning: 3 of 3 prompts are longer than the CLIP text model's 64 tokens" in captured.err
     assert "warning: FID from 3 generated and 5 reference images" in captured.err
     printed = captured.out
     assert "FID" in printed and "CLIP score" in printed and "3 generated vs 5 reference images" in printed
@@ -456,16 +475,35 @@ def test_list_images_finds_images_recursively(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["2.jpg", "a/1.PNG"]
 
 
-def test_a_broken_link_among_the_reference_images_is_counted_as_skipped(tmp_path):
+def test_a_broken_link_among_the_reference_images_is_counted_as_skipped(tmp_path, monkeypatch):
     """A link to an image on a drive no longer mounted vanished from the reference set without a count."""
     from pixart.evaluate.realdata import read_images
 
     Image.new("RGB", (8, 8)).save(tmp_path / "0.png")
     (tmp_path / "1.png").symlink_to(tmp_path / "gone" / "1.png")
     skipped: list[dict] = []
-    arrays = list(read_images(list_images(tmp_path), skipped))
+    monkeypatch.chdir(tmp_path)  # a relative --real: the report still names the file absolutely
+    arrays = list(read_images(list_images("."), skipped))
     assert len(arrays) == 1
     assert [(s["path"], s["reason"]) for s in skipped] == [(str(tmp_path / "1.png"), "unreadable")], skipped
+
+
+def test_reference_images_are_cut_to_the_generated_aspect_centred(tmp_path):
+    """A 4:3 reference photo against square generated images was squashed into Inception's square whole."""
+    from pixart.evaluate.realdata import centre_crop_to_aspect, read_images
+
+    photo = np.zeros((480, 640, 3), np.uint8)  # (H, W, 3): 80-column bands at each side, the square between
+    photo[:, 80:560] = 200
+    square = centre_crop_to_aspect(photo, 512, 512)
+    assert square.shape == (480, 480, 3) and (square == 200).all()
+    portrait = centre_crop_to_aspect(photo, 1024, 512)  # 2:1 tall: 240 columns of the middle, every row
+    assert portrait.shape == (480, 240, 3) and (portrait == 200).all()
+    wide = centre_crop_to_aspect(photo.transpose(1, 0, 2), 36, 72)  # (640, 480) -> (240, 480), rows 200..439
+    assert wide.shape == (240, 480, 3) and (wide == 200).all()
+    assert centre_crop_to_aspect(photo, 3, 4).shape == photo.shape  # its own aspect: whole
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    assert next(read_images([tmp_path / "photo.png"], [], (64, 64))).shape == (480, 480, 3)
+    assert next(read_images([tmp_path / "photo.png"], [])).shape == (480, 640, 3)
 
 
 def test_bad_seed_guidance_and_device_are_refused_before_loading(tmp_path, capsys):

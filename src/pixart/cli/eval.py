@@ -23,11 +23,12 @@ if TYPE_CHECKING:  # pixart.generate imports torch: the CLI imports it only when
     from pixart.generation_settings import Settings
 
 SUITES = ("shapes", "real")
+REAL_CROPS = ("centre", "center", "none")
 SINGLE_ROWS = (("color", "colour"), ("shape", "shape"), ("size", "size"), ("position", "position"))
 # Options that belong to one suite: given with the other, they would be silently ignored, so they are refused.
 SUITE_OPTIONS = {
     "shapes": ("single", "pairs", "probe_cache", "probe_steps"),
-    "real": ("prompts", "field", "real", "inception", "clip", "num"),
+    "real": ("prompts", "field", "real", "real_crop", "inception", "clip", "num"),
 }
 
 
@@ -55,7 +56,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="S",
         help="seed of the first image (0 or more); image k uses seed + k (the shapes suite's two-object images: "
-        "seed + 100000 + k)",
+        "seed + 100000 + k; it also draws that suite's prompts and its reference renders from this seed)",
     )
     parser.add_argument(
         "--out",
@@ -87,7 +88,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     real.add_argument(
         "--field", metavar="NAME", help="manifest field holding the prompt (default: caption, prompt, text or alt)"
     )
-    real.add_argument("--real", type=Path, metavar="DIR", help="folder of reference images for FID (any sizes)")
+    real.add_argument(
+        "--real",
+        type=Path,
+        metavar="DIR",
+        help="folder of reference images for FID (any sizes: see --real-crop)",
+    )
+    real.add_argument(
+        "--real-crop",
+        choices=REAL_CROPS,
+        metavar="HOW",
+        help="centre (default): cut each reference image to the generated images' aspect, centred, before "
+        "Inception resizes it to 299x299, as COCO FID protocols crop; none: resize it whole (squashed)",
+    )
     real.add_argument("--inception", type=Path, metavar="FILE", help="inception-2015-12-05.pt (TorchScript), for FID")
     real.add_argument("--clip", type=Path, metavar="DIR", help="transformers CLIP folder, for the CLIP score")
     real.add_argument("--num", type=int, metavar="N", help="use the first N prompts (default: all)")
@@ -312,6 +325,8 @@ def run_real(
     scorer = ClipScorer.load(args.clip, device) if args.clip is not None else None
     pipe = load_pipe()
     record = settings_record(pipe, settings)
+    real_crop = "none" if args.real_crop == "none" else "centre"
+    truncated = scorer.count_truncated(prompts) if scorer is not None else 0
     try:
         result = real_suite(
             pipe,
@@ -324,10 +339,13 @@ def run_real(
             batch_size=args.batch,
             device=device,
             progress=not args.no_progress,
+            crop_real_to=tuple(record["size"]) if real_crop == "centre" and detector is not None else None,
         )
     except RealDataError as error:
         raise UserError(str(error)) from error
     images = result["images"]
+    if detector is not None:
+        images["real_crop"] = real_crop
     report = {
         "fid": result["fid"],
         "fid_warning": result.get("fid_warning"),
@@ -340,6 +358,8 @@ def run_real(
         "real": os.path.abspath(args.real) if args.real else None,  # what FID compares with
         "inception": os.path.abspath(args.inception) if args.inception else None,
         "clip": os.path.abspath(args.clip) if args.clip else None,
+        # prompts longer than the CLIP text model reads: scored on their first tokens only
+        "clip_truncated_prompts": truncated if scorer is not None else None,
         "settings": record,
     }
     print(f"real suite: {len(prompts)} prompts from {args.prompts}, {describe(record)}")
@@ -357,6 +377,13 @@ def run_real(
     print_rows(rows)
     if result.get("fid_warning"):
         print(f"warning: {result['fid_warning']}", file=sys.stderr)
+    if truncated:
+        limit = scorer.position_limit() if scorer is not None else 0
+        print(
+            f"warning: {truncated} of {len(prompts)} prompts are longer than the CLIP text model's {limit} tokens: "
+            "the CLIP score reads only their beginning",
+            file=sys.stderr,
+        )
     if images.get("real_skipped"):
         print(f"  {len(images['real_skipped'])} unreadable reference image(s) left out (listed in the JSON)")
     fid = "FID skipped (no --inception)" if result["fid"] is None else f"FID {result['fid']:.2f}"

@@ -69,12 +69,22 @@ class ClipScorer:
             raise WeightsError(f"--clip {folder} is not a transformers CLIP folder: {why}. {CLIP_HINT}")
         return cls(model, processor, device)
 
+    def position_limit(self) -> int:
+        """The most tokens (start and end included) the text model reads of a caption: 77 for OpenAI's CLIPs."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def count_truncated(self, captions: list[str]) -> int:
+        """How many of `captions` are longer than the position limit: each is scored on its first tokens only
+        (dense, PixArt-style prompts often are)."""
+        limit = self.position_limit()
+        return sum(len(ids) > limit for ids in self.processor(text=captions)["input_ids"])
+
     @torch.no_grad()
     def pair_scores(self, images: list[Image.Image], captions: list[str]) -> torch.Tensor:
         """(N,) float64: 100 * cos(image embedding, caption embedding) per pair, before clamping."""
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images for {len(captions)} captions")
-        limit = self.model.config.text_config.max_position_embeddings
+        limit = self.position_limit()
         text = self.processor(text=captions, return_tensors="pt", padding=True, truncation=True, max_length=limit)
         pixels = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
         text_embedding = _embedding(

@@ -10,6 +10,7 @@ metric is skipped when its network is not given.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"--prompts: no file at {path}")
     if path.suffix.lower() in UNREAD_SUFFIXES:  # read a line a prompt, the header and columns would be prompts
-        parti = f" (PartiPrompts: cut -f1 {path.name} | tail -n +2 > prompts.txt)" if path.suffix == ".tsv" else ""
+        parti = (
+            f" (PartiPrompts: cut -f1 {path.name} | tail -n +2 > prompts.txt)" if path.suffix.lower() == ".tsv" else ""
+        )
         raise RealDataError(
             f"--prompts {path}: a {path.suffix} file is not read (one prompt a line would take its header, brackets "
             f"or other columns as prompts); give a text file of one prompt a line or a JSONL or CSV manifest{parti}"
@@ -98,24 +101,44 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(image_files(folder, broken_links) + broken_links)
 
 
-def read_images(paths: Iterable[Path], skipped: list[dict]) -> Iterator[np.ndarray]:
-    """uint8 (H, W, 3) arrays of the readable images; the others are appended to `skipped` with the reason."""
+def centre_crop_to_aspect(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The largest centred box of a (H, W, 3) image with the aspect height:width (Inception then resizes it):
+    a 4:3 photo against square generated images would be squashed into the square, and FID would measure
+    the squashing. The side cut is rounded, the box centred as torchvision's CenterCrop centres it."""
+    rows, cols = image.shape[:2]
+    if rows * width > cols * height:  # taller than the aspect: cut rows
+        keep_rows, keep_cols = max(1, round(cols * height / width)), cols
+    else:
+        keep_rows, keep_cols = rows, max(1, round(rows * width / height))
+    top, left = int(round((rows - keep_rows) / 2.0)), int(round((cols - keep_cols) / 2.0))
+    return image[top : top + keep_rows, left : left + keep_cols]
+
+
+def read_images(
+    paths: Iterable[Path], skipped: list[dict], crop_to: tuple[int, int] | None = None
+) -> Iterator[np.ndarray]:
+    """uint8 (H, W, 3) arrays of the readable images, centre-cropped to `crop_to`'s (height, width) aspect when
+    given; the others are appended to `skipped` with the reason and their absolute path (the report is read
+    elsewhere)."""
     for path in paths:
         try:
-            yield np.asarray(load_rgb(path))
+            image = np.asarray(load_rgb(path))  # (H, W, 3) uint8
         except ImageSkipped as error:
-            skipped.append({"path": str(path), "reason": error.reason, "message": error.message})
+            skipped.append({"path": os.path.abspath(path), "reason": error.reason, "message": error.message})
+            continue
+        yield image if crop_to is None else centre_crop_to_aspect(image, *crop_to)
 
 
 def small_sample_warning(generated: int, real: int, dims: int) -> str | None:
-    """FID from fewer images than feature dimensions (2048 for Inception) is biased upward, and by an amount
-    that depends on the count: such a figure compares only with FIDs from as many images."""
-    if min(generated, real) >= dims:
+    """FID from `dims` images or fewer (2048 for Inception) is biased upward, and by an amount that depends on
+    the count: such a figure compares only with FIDs from as many images. (N images give a covariance of rank
+    N - 1 at most: `dims` + 1 are the fewest with a full-rank one.)"""
+    if min(generated, real) > dims:
         return None
     return (
-        f"FID from {generated} generated and {real} reference images, fewer than the {dims} feature dimensions: "
-        f"it is biased upward and comparable only with FIDs from the same numbers of images (use {dims} or more, "
-        "as papers do with 10,000 to 30,000)"
+        f"FID from {generated} generated and {real} reference images, no more than the {dims} feature dimensions "
+        f"(their covariances are rank-deficient): it is biased upward and comparable only with FIDs from the same "
+        f"numbers of images (use more than {dims}, as papers do with 10,000 to 30,000)"
     )
 
 
@@ -131,8 +154,12 @@ def real_suite(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    crop_real_to: tuple[int, int] | None = None,
 ) -> dict:
-    """FID against `real_images` (when `detector` is given) and CLIP score (when `scorer` is), one image per prompt."""
+    """FID against `real_images` (when `detector` is given) and CLIP score (when `scorer` is), one image per prompt.
+
+    `crop_real_to`: the generated images' (height, width), whose aspect the reference images are centre-cropped
+    to before Inception resizes both (None: each reference image whole, squashed to Inception's square)."""
     from tqdm.auto import tqdm
 
     if detector is None and scorer is None:
@@ -143,7 +170,7 @@ def real_suite(
         # The reference set first: a broken detector or folder fails before the long part.
         real_features = inception_features(
             detector,
-            read_images(tqdm(real_images or [], "reference images", disable=not progress), skipped),
+            read_images(tqdm(real_images or [], "reference images", disable=not progress), skipped, crop_real_to),
             batch_size=batch_size,
             device=device,
         )
