@@ -303,6 +303,19 @@ def test_atomic_folder_writes_through_a_link_into_the_working_folder_and_onto_a_
     assert sorted(p.name for p in mount.iterdir()) == ["config.json", "weights.bin"]
 
 
+def test_under_a_lock_every_temporary_of_this_machine_is_a_dead_writers(tmp_path):
+    """A container restarted under the same host name runs its trainer as the same pid (1): the temporary of
+    its killed save looked like a live writer's and stayed, gigabytes more at every kill. A run folder's lock
+    holder knows no other writer runs; another machine's recent temporary is still spared."""
+    here = temporary_path(tmp_path / "step-8.pt")  # this very process's pid
+    elsewhere = temporary_path(tmp_path / "step-8.pt", dead_pid(), "n2")  # another machine's, just written
+    for tmp in (here, elsewhere):
+        tmp.write_bytes(b"partial")
+    assert remove_leftovers(tmp_path, "step-*.pt") == []  # no lock: this pid runs, so its writer may
+    assert remove_leftovers(tmp_path, "step-*.pt", holding_lock=True) == [here]
+    assert elsewhere.exists()
+
+
 def test_remove_leftovers_of_one_name_leaves_another_files_temporaries(tmp_path):
     """ ".model.*.tmp" also matched ".model.safetensors.<host>-<pid>.tmp": the cleanup before a "model"
     folder's conversion deleted the temporary of a file written beside it."""

@@ -10,6 +10,7 @@ import json
 import pickle
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,6 +323,7 @@ def _run_with_a_checkpoint(tmp_path, config: TrainConfig, *steps: int):
     for step in steps:
         (run_dir / "checkpoints" / f"step-{step:07d}.pt").write_bytes(b"")  # listed by name; never read here
     (run_dir / "config.json").write_text(json.dumps(config_io.to_dict(config)))
+    (run_dir / checks.WORLD_FILE).write_text(json.dumps({"world_size": 1}))  # as a run writes it
     return run_dir
 
 
@@ -340,6 +342,83 @@ def test_a_resume_under_a_setting_that_changes_the_run_is_refused(tmp_path, chan
     key = change.split("=")[0]
     with pytest.raises(TrainingError, match=rf"holds a run with another config.*{key}"):
         checks.check_run_config(config_io.apply_overrides(config, [change]), run_dir)
+
+
+def _copied_checkpoint(tmp_path, config: TrainConfig, **entries) -> Path:
+    """A run folder rebuilt from a copy of checkpoints/ alone: one checkpoint holding `entries` and the config,
+    no config.json, world.json or data.json."""
+    run_dir = tmp_path / "copy"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"config": config_io.to_dict(config), **entries}, run_dir / "checkpoints" / "step-0000010.pt")
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("entries", "trained_by"),
+    [({"world_size": 2}, 2), ({"log_window": [0.5, 2.0, 0.6, 2.0]}, 2), ({"world_size": 1}, 1)],
+)
+def test_a_copy_without_world_json_is_checked_against_its_checkpoints_process_count(tmp_path, entries, trained_by):
+    """world.json was the only record: a 2-process run's checkpoints copied alone resumed in one process to a
+    traceback, and a 1-process run's under 2 processes trained at twice the batch, said "finished" and wrote
+    world.json with the wrong count. The checkpoint's own entry says, or (checkpoints before it) its log window,
+    a pair a rank."""
+    config = get_recipe("tiny")
+    run_dir = _copied_checkpoint(tmp_path, config, **entries)
+    checks.check_run_config(config, run_dir, trained_by)
+    other = 3 - trained_by
+    with pytest.raises(TrainingError, match=rf"trained by {trained_by} process\(es\), and this is {other}"):
+        checks.check_run_config(config, run_dir, other)
+
+
+def test_a_copy_without_data_json_is_checked_against_its_checkpoints_sample_count(tmp_path):
+    """Without data.json, a resume on data of another size went on with the checkpoint's place in the data
+    pointing at other samples; now the checkpoint's count is checked, and data.json written again."""
+    run_dir = _copied_checkpoint(tmp_path, get_recipe("tiny"), data_samples=256)
+    resume_from = run_dir / "checkpoints" / "step-0000010.pt"
+    data = tmp_path / "features"
+    with pytest.raises(TrainingError, match="trained on 256 samples and its data now holds 300"):
+        checks.check_or_record_data(run_dir, 300, resume_from=resume_from, record=True, root=data, given=True)
+    assert not (run_dir / checks.DATA_FILE).exists()
+    checks.check_or_record_data(run_dir, 256, resume_from=resume_from, record=True, root=data, given=True)
+    assert json.loads((run_dir / checks.DATA_FILE).read_text()) == {"samples": 256, "root": str(data.resolve())}
+
+
+def test_a_relative_data_root_resumed_from_another_folder_is_refused(tmp_path, monkeypatch):
+    """data.root=feat started in folder A and resumed from folder B (its own feat, as many samples) went on
+    training on B's data without a word; A's absolute path, given from B, is the same data and resumes."""
+    for name in ("a", "b"):
+        (tmp_path / name / "feat").mkdir(parents=True)
+    config = config_io.apply_overrides(get_recipe("tiny"), ["data.root=feat"])
+    run_dir = _run_with_a_checkpoint(tmp_path, config, 10)
+    resume_from = run_dir / "checkpoints" / "step-0000010.pt"
+    monkeypatch.chdir(tmp_path / "a")
+    checks.check_or_record_data(run_dir, 64, resume_from=None, record=True, root=Path("feat"), given=True)
+    started_in = str(tmp_path / "a" / "feat")
+    monkeypatch.chdir(tmp_path / "b")
+    checks.check_run_config(config, run_dir)  # the same words: found different below, where the data is read
+    with pytest.raises(TrainingError, match=rf"trained on the data at {started_in}, and data.root=feat is "):
+        checks.check_or_record_data(run_dir, 64, resume_from=resume_from, record=True, root=Path("feat"), given=True)
+    absolute = config_io.apply_overrides(get_recipe("tiny"), [f"data.root={started_in}"])
+    checks.check_run_config(absolute, run_dir)  # refused as another data.root before
+    checks.check_or_record_data(run_dir, 64, resume_from=resume_from, record=True, root=Path(started_in), given=True)
+    # data built in the run folder moves with it: not refused for its new place
+    checks.check_or_record_data(
+        run_dir, 64, resume_from=resume_from, record=True, root=tmp_path / "b" / "feat", given=False
+    )
+
+
+def test_a_dry_run_with_a_run_dir_makes_that_folders_checks(tmp_path, capsys):
+    """--dry-run left --run-dir unread: it passed for a resume the run then refused (past its steps, another
+    config). It reads the folder only."""
+    run_dir = _run_with_a_checkpoint(tmp_path, config_io.apply_overrides(get_recipe("tiny"), ["steps=12"]), 12)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    dry = ["train", "--recipe", "tiny", "--run-dir", str(run_dir), "--dry-run"]
+    assert main([*dry, "--steps", "5"]) == 2
+    assert "already trained to step 12, past steps=5" in capsys.readouterr().err
+    assert main([*dry, "--steps", "20", "--set", "optim.lr=2e-3"]) == 2
+    assert "holds a run with another config" in capsys.readouterr().err
+    assert main([*dry, "--steps", "20"]) == 0  # the same run, continued
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
 def test_the_damaged_checkpoint_message_names_the_one_just_before_it(tmp_path):

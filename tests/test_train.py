@@ -197,6 +197,9 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_one_before_it(shapes_data, 
     (tmp_path / "run" / "config.json").unlink()
     newest = tmp_path / "run" / "checkpoints" / "step-0000003.pt"
     state = torch.load(newest, weights_only=True)
+    # what world.json and data.json say, kept in the checkpoint for a copy of checkpoints/ alone
+    assert state["world_size"] == 1
+    assert state["data_samples"] == json.loads((tmp_path / "run" / "data.json").read_text())["samples"] > 0
     torch.save({k: v for k, v in state.items() if k != "config"}, newest)
     with pytest.raises(TrainingError, match=r"config.json is missing and .*step-0000003.pt holds no training config"):
         train(config_for(shapes_data, steps=4, every=1), tmp_path / "run", progress=False)
@@ -353,6 +356,39 @@ def test_sigkill_at_a_random_step_then_rerun_gives_identical_weights(shapes_data
     assert_bitwise_equal(load_file(tmp_path / "killed" / FINAL_EMA), load_file(tmp_path / "reference" / FINAL_EMA))
 
 
+def test_a_data_loader_worker_killed_under_the_run_is_said_in_one_line(shapes_data, tmp_path, monkeypatch):
+    """A worker the kernel's OOM killer ended gave torch's 28-line traceback and no advice."""
+    from pixart.data.dataset import FeatureDataset
+
+    read = FeatureDataset.__getitems__
+
+    def killed_in_a_worker(self, indices):
+        if torch.utils.data.get_worker_info() is not None:  # in the (forked) worker: as the OOM killer would
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read(self, indices)
+
+    monkeypatch.setattr(FeatureDataset, "__getitems__", killed_in_a_worker)
+    config = config_for(shapes_data, ["data.num_workers=1"], steps=2)
+    with pytest.raises(TrainingError, match=r"a data loader worker died \(DataLoader worker .*\): out of memory, "):
+        train(config, tmp_path / "run", progress=False)
+
+
+def test_the_full_disk_advice_fits_the_checkpoints_on_disk(tmp_path):
+    """A save prunes once its checkpoint is written: with several kept, the older ones can go (named); a lower
+    keep_checkpoints keeps fewer from then on, and never frees room before the next save."""
+    from pixart.cli.train import disk_full
+
+    (tmp_path / "checkpoints").mkdir()
+    for step in (2, 4, 6):
+        (tmp_path / "checkpoints" / f"step-{step:07d}.pt").write_bytes(b"")
+    said = disk_full(tmp_path, str(tmp_path / "checkpoints" / "step-0000008.pt"), keep=3)
+    assert "the checkpoints before step-0000006.pt can go: the run resumes from it" in said
+    assert "--set keep_checkpoints=N keeps fewer from then on, 3 now, and a save needs room for N + 1" in said
+    assert said.endswith(
+        "continue from " + str(tmp_path / "checkpoints" / "step-0000006.pt") + ", the last complete checkpoint"
+    )
+
+
 def test_a_run_that_fills_its_disk_says_so_in_one_line_and_resumes_where_it_stopped(shapes_data, tmp_path):
     """A full disk at a checkpoint was torch's traceback ("enforce fail at inline_container.cc ... unexpected
     pos"): now one line naming the file, the space to free and the checkpoint the same command resumes from,
@@ -366,10 +402,12 @@ def test_a_run_that_fills_its_disk_says_so_in_one_line_and_resumes_where_it_stop
         full = cli(disk / "run", shapes_data, *every, steps=3)
         assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
         assert re.search(
-            r"error: the disk is full: \S*step-0000002.pt could not be written .*free some space, or keep fewer "
-            r"checkpoints \(--set keep_checkpoints=2.* continue from \S*step-0000001.pt, the last complete",
+            r"error: the disk is full: \S*step-0000002.pt could not be written .*free some space \(a save needs "
+            r"room for one checkpoint more than the 1 on disk\).* continue from \S*step-0000001.pt, the last complete",
             full.stderr.splitlines()[-1],
         ), full.stderr
+        # keep_checkpoints=2 was advised, which frees nothing before a save (it prunes once it has written)
+        assert "keep_checkpoints" not in full.stderr
         assert [p.name for p in (disk / "run" / "checkpoints").iterdir()] == ["step-0000001.pt"]  # no temporary
         subprocess.run(["mount", "-o", f"remount,size={size * 4 // 1024}k", str(disk)], check=True)
         resumed = cli(disk / "run", shapes_data, *every, steps=3)
@@ -1301,6 +1339,7 @@ def test_the_data_is_checked_against_the_config_before_the_model_is_built(shapes
     assert main(args) == 0
     said = capsys.readouterr().out
     assert f"warning: {other} was prepared at 48 px (48 latents a side) but the model's input_size is 32" in said, said
+    assert "prepare the data at" not in said  # 32 px is no size `pixart prepare --resolution` takes
     assert main(["train", "--recipe", "stage2-t2i-256", "--dry-run"]) == 0  # a recipe shown without data: said
     said = capsys.readouterr().out
     assert "warning: no data.root: a run needs one" in said

@@ -90,3 +90,29 @@ def test_a_damaged_last_row_is_an_error_and_a_torn_one_is_skipped(tmp_path):
         read_metrics(path)
     path.write_text('{"step": 1}\n{"step": 2, "lo')
     assert read_metrics(path) == [{"step": 1}]
+
+
+def test_metrics_rows_are_strict_json_with_non_finite_numbers_as_null(tmp_path):
+    """A skipped step's grad_norm went out as Python's bare NaN token, which jq and JavaScript refuse; the loss
+    curve and the summary read past a null loss."""
+    import json
+
+    from pixart.train.metrics import MetricsWriter, plot_loss
+
+    writer = MetricsWriter(tmp_path, enabled=True)
+    writer.write({"step": 1, "loss": 0.5, "grad_norm": float("nan"), "lr": 1e-4})
+    writer.write({"step": 2, "loss": float("inf"), "grad_norm": float("-inf")})
+    writer.write({"step": 3, "loss": 0.25, "grad_norm": 2.0})
+    writer.close()
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert rows == [
+        {"step": 1, "loss": 0.5, "grad_norm": None, "lr": 1e-4},
+        {"step": 2, "loss": None, "grad_norm": None},
+        {"step": 3, "loss": 0.25, "grad_norm": 2.0},
+    ]
+    assert plot_loss({"tiny": read_metrics(tmp_path / "metrics.jsonl")}, tmp_path / "loss.png").stat().st_size > 0

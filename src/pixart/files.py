@@ -262,7 +262,7 @@ def text_lines(path: Path, encoding: str | None = "utf-8") -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines
 
 
-def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
+def remove_leftovers(folder: Path, pattern: str, *, holding_lock: bool = False) -> list[Path]:
     """Delete the temporaries killed writers left for files named like `pattern` (a glob) in `folder`.
 
     A writer killed mid-write (SIGKILL, preemption, power loss) cannot clean up after itself, and its
@@ -272,13 +272,18 @@ def remove_leftovers(folder: Path, pattern: str) -> list[Path]:
     run preempted and resumed on another node) once it is 10 minutes old, and of this machine's only those
     of running processes (this one included) are left alone. Unnamed temporaries (`.name.tmp`, from
     versions before the pid was added) go too.
+
+    `holding_lock`: the caller holds a lock that no other writer of these files can hold at the same time (a
+    training run's folder): every temporary of this machine is then a dead writer's, whatever its pid. A
+    container restarted under the same host name runs its trainer under the same pid (1, say), whose killed
+    save's gigabytes were otherwise kept as a live writer's, one more at every kill.
     """
     folder = Path(folder)
     # ".{pattern}.*.tmp" alone would take another file's too: the temporaries of "model.safetensors" for
     # those of "model". The part before the writer's tag (which holds no dot) must match `pattern`.
     tagged = [tmp for tmp in folder.glob(f".{pattern}.*.tmp") if fnmatch.fnmatchcase(_tagged_name(tmp), pattern)]
     candidates = [*tagged, *folder.glob(f".{pattern}.tmp")]
-    leftovers = sorted(tmp for tmp in set(candidates) if not _writer_alive(tmp))
+    leftovers = sorted(tmp for tmp in set(candidates) if not _writer_alive(tmp, holding_lock))
     for tmp in leftovers:
         if tmp.is_dir():  # an atomic_folder's
             shutil.rmtree(tmp, ignore_errors=True)
@@ -292,17 +297,17 @@ def _tagged_name(tmp: Path) -> str:
     return tmp.name[1:].rsplit(".", 2)[0]
 
 
-def _writer_alive(tmp: Path) -> bool:
+def _writer_alive(tmp: Path, holding_lock: bool = False) -> bool:
     """Whether the writer of a `.name.<host>-<pid>.tmp` temporary may still run: on this machine, whether
-    its pid runs; on another, whether it was written in the last OTHER_MACHINE_GRACE_S (see
-    remove_leftovers). Older names carry a pid only (`.name.<pid>.tmp`, judged here) or nothing
-    (`.name.tmp`, not alive)."""
+    its pid runs (never, where the caller holds the files' lock); on another, whether it was written in the
+    last OTHER_MACHINE_GRACE_S (see remove_leftovers). Older names carry a pid only (`.name.<pid>.tmp`,
+    judged here) or nothing (`.name.tmp`, not alive)."""
     tag = tmp.name.rsplit(".", 2)[-2]
     host, _, pid = tag.rpartition("-")
     if host and host != host_tag():
         # Spared while recent: a run requeued on another node may overlap the old one's last save.
         return time.time() - tmp.stat().st_mtime < OTHER_MACHINE_GRACE_S
-    if not pid.isdigit():
+    if not pid.isdigit() or holding_lock:
         return False
     try:
         os.kill(int(pid), 0)  # signal 0: only asks whether the process exists

@@ -40,11 +40,25 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     from pixart.recipes import get_recipe
 
     overrides = list(args.overrides)
-    if args.steps is not None:
-        overrides.append(f"steps={args.steps}")
-    if args.checkpoint_every is not None:
-        overrides.append(f"checkpoint_every={args.checkpoint_every}")
+    for key in FLAG_KEYS:
+        if (value := getattr(args, key)) is not None:
+            overrides.append(f"{key}={value}")
     return config_io.apply_overrides(get_recipe(args.recipe), overrides)
+
+
+FLAG_KEYS = ("steps", "checkpoint_every")  # config keys with a flag of their own, which wins over --set
+
+
+def overruled_sets(args: argparse.Namespace) -> list[str]:
+    """What to say of a --set the flag of the same key overrules: `--steps 5 --set steps=7` trained 5 steps
+    without a word (review)."""
+    said = []
+    for key in FLAG_KEYS:
+        value = getattr(args, key)
+        given = [item.partition("=")[2].strip() for item in args.overrides if item.partition("=")[0].strip() == key]
+        if value is not None and given and given[-1] != str(value):
+            said.append(f"--{key.replace('_', '-')} {value} overrules --set {key}={given[-1]}")
+    return said
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,22 +76,24 @@ def run(args: argparse.Namespace) -> int:
     from pixart.train.checks import unread_overrides
 
     if int(os.environ.get("RANK", "0")) == 0:
-        for warning in unread_overrides(config, args.overrides):
+        for warning in [*overruled_sets(args), *unread_overrides(config, args.overrides)]:
             print(f"[pixart train] warning: {warning}", flush=True)
+    check_device(args.device)  # a dry run refuses what the run would
     if args.dry_run:
-        return dry_run(config)
+        return dry_run(config, args.run_dir)
     if args.run_dir is None:
         raise UserError("--run-dir is required (except with --dry-run)")
-    check_device(args.device)
     from contextlib import nullcontext
 
-    from pixart.cli.main import removed_if_left_empty
+    from pixart.cli.main import make_out_folder, removed_if_left_empty
     from pixart.train.errors import TrainingError
     from pixart.train.loop import train
 
     main_rank = int(os.environ.get("RANK", "0")) == 0  # which makes the folder (two removing it would race)
     try:
         with removed_if_left_empty(args.run_dir) if main_rank else nullcontext():  # a refused run leaves none
+            if main_rank and not args.run_dir.is_file():  # a file: check_start says what a run folder may be
+                make_out_folder(args.run_dir, "--run-dir")  # /proc/x, a file on the way: one line naming the flag
             summary = train(config, args.run_dir, device=args.device, progress=not args.no_progress)
     except TrainingError as error:
         raise UserError(str(error)) from error
@@ -110,10 +126,18 @@ def disk_full(run_dir: Path, unwritten: str | None, keep: int) -> str:
 
     saved = list_checkpoints(run_dir)
     resume = f"from {saved[-1][1]}, the last complete checkpoint" if saved else "from the start (no checkpoint saved)"
-    fewer = f", or keep fewer checkpoints (--set keep_checkpoints={keep - 1}: a save needs room for one more)"
+    # A save prunes once its checkpoint is written, so it needs room for one more than those on disk: a lower
+    # keep_checkpoints frees nothing before it (one checkpoint kept was told to keep 2, and failed again).
+    if len(saved) > 1:
+        room = (
+            f" (the checkpoints before {saved[-1][1].name} can go: the run resumes from it; --set keep_checkpoints=N "
+            f"keeps fewer from then on, {keep} now, and a save needs room for N + 1)"
+        )
+    else:
+        room = f" (a save needs room for one checkpoint more than the {len(saved)} on disk)"
     return (
         f"the disk is full: {unwritten or run_dir} could not be written (nothing half-written was kept); free some "
-        f"space{fewer if keep > 1 else ''}, and rerun the same command to continue {resume}"
+        f"space{room}, and rerun the same command to continue {resume}"
     )
 
 
@@ -138,16 +162,17 @@ def quiet(*args: object, **kwargs: object) -> None:
     """print's stand-in on the processes that do not show a dry run."""
 
 
-def dry_run(config: TrainConfig) -> int:
+def dry_run(config: TrainConfig, run_dir: Path | None = None) -> int:
     """Print the resolved config, the world and the learning rate, then make the checks a real run makes
     before its folder (a dry run that passes must start): refused there, refused here, after the config is
     shown. A recipe shown without its inputs (no data.root; its init_from not made yet) is told what a run
-    needs, not refused."""
+    needs, not refused. With `run_dir`, that folder's checks too (a run already past --steps, another
+    config, another process count), reading it only."""
     import os
 
     from pixart import config as config_io
     from pixart.cli.main import UserError
-    from pixart.train.checks import check_preview_steps
+    from pixart.train.checks import check_preview_steps, check_run_config, check_start
     from pixart.train.config import effective_lr
     from pixart.train.data import check_given_data
     from pixart.train.errors import TrainingError
@@ -168,7 +193,10 @@ def dry_run(config: TrainConfig) -> int:
     warnings = ["no data.root: a run needs one (a folder made by pixart prepare)"] if shown_only else []
     try:
         check_preview_steps(config)
-        if not shown_only:
+        if run_dir is not None:  # what the folder holds: check_start's refusals and a resume's (it writes nothing)
+            warnings += check_start(config, run_dir) if not shown_only else []
+            check_run_config(config, run_dir, world)
+        elif not shown_only:
             warnings += check_given_data(config)
         if config.init_from:
             resolve_init_path(config.init_from)

@@ -24,7 +24,17 @@ from pixart.train.distributed import World, barrier
 NAME = re.compile(r"^step-(\d{7,})\.(pt|dcp)$")  # zero-padded to 7 digits, more from step 10,000,000
 # Entries of the training state added after the first checkpoints were written: older ones lack them, and a
 # resume takes their defaults (the loop reads them with .get).
-OPTIONAL = frozenset({"skipped_steps", "nonfinite_in_a_row", "log_window", "train_seconds", "optimizer_started"})
+OPTIONAL = frozenset(
+    {
+        "skipped_steps",
+        "nonfinite_in_a_row",
+        "log_window",
+        "train_seconds",
+        "optimizer_started",
+        "world_size",
+        "data_samples",
+    }
+)
 
 
 def _under(stored: str, key: str) -> bool:
@@ -112,7 +122,7 @@ def remove_partial_checkpoints(run_dir: Path) -> None:
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return
-    remove_leftovers(folder, "step-*.pt")
+    remove_leftovers(folder, "step-*.pt", holding_lock=True)  # the run folder's lock: no other writer runs
     for partial in [*folder.glob("step-*.dcp.tmp"), *folder.glob(".step-*.dcp.deleted")]:
         shutil.rmtree(partial)
 

@@ -58,14 +58,12 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
     checkpoints = ckpt.list_checkpoints(run_dir)
     if not checkpoints:
         return
-    world_file = run_dir / WORLD_FILE
-    if world_file.is_file():  # runs from before it was recorded are not checked
-        trained_by = json.loads(world_file.read_text())["world_size"]
-        if trained_by != world_size:
-            raise TrainingError(
-                f"{run_dir} was trained by {trained_by} process(es), and this is {world_size}: resume it with "
-                f"{trained_by} (torchrun --nproc_per_node), or use a new --run-dir"
-            )
+    trained_by = trained_world_size(run_dir, checkpoints[-1][1])
+    if trained_by is not None and trained_by != world_size:
+        raise TrainingError(
+            f"{run_dir} was trained by {trained_by} process(es), and this is {world_size}: resume it with "
+            f"{trained_by} (torchrun --nproc_per_node), or use a new --run-dir"
+        )
     try:
         # Without config.json (a copy of checkpoints/ alone) the newest checkpoint's own copy: else a resume
         # under another config went unchecked, to a size-mismatch traceback or a silently different run.
@@ -76,7 +74,12 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
         raise TrainingError(
             f"{source} holds no config this version can read ({error}): fix it, or use a new --run-dir"
         ) from None
-    if same_folder(previous.data.root, config.data.root):  # 'features' for 'features/', or its absolute path
+    # A relative data.root was read from the folder the run started in, which data.json recorded: its absolute
+    # path given now is the same data (and the same relative path from elsewhere is other data: refused with it).
+    earlier = previous.data.root
+    if earlier and not Path(earlier).is_absolute() and (recorded := recorded_data(run_dir).get("root")):
+        earlier = str(recorded)
+    if earlier == config.data.root or same_folder(earlier, config.data.root):  # 'features/', its absolute path
         previous = dataclasses.replace(previous, data=dataclasses.replace(previous.data, root=config.data.root))
     changes = [c for c in config_io.diff(previous, config) if c.split(":")[0] not in RESUMABLE_CHANGES]
     if changes:
@@ -92,8 +95,8 @@ def same_folder(a: str, b: str) -> bool:
     return bool(a and b) and a != b and Path(a).resolve() == Path(b).resolve()
 
 
-def checkpoint_config(run_dir: Path, path: Path) -> dict:
-    """The training config a checkpoint was written under (its "config" entry), read without its tensors."""
+def checkpoint_entries(run_dir: Path, path: Path) -> dict:
+    """A checkpoint's training state, its tensors mapped, not read (a sharded one's small entries alone)."""
     from pixart.weights.pth import load_tensors_mapped
     from pixart.weights.sharded import read_sharded
 
@@ -105,7 +108,34 @@ def checkpoint_config(run_dir: Path, path: Path) -> dict:
             state = load_tensors_mapped(path)
     except Exception as error:  # torch's assorted errors on a cut file
         raise TrainingError(damaged_checkpoint(run_dir, path, error)) from None
-    config = state.get("config") if isinstance(state, dict) else None
+    return state if isinstance(state, dict) else {}
+
+
+def trained_world_size(run_dir: Path, newest: Path) -> int | None:
+    """The process count the run's checkpoints were written by: world.json's, else (a copy of checkpoints/ alone)
+    the newest checkpoint's own entry, else its log window's pairs, one a rank (checkpoints before the entry;
+    a single pair says nothing). None for runs from before any of these: not checked. A run copied without
+    world.json resumed under another count to a traceback (2 -> 1) or to a run of twice the batch (1 -> 2)."""
+    world_file = run_dir / WORLD_FILE
+    if world_file.is_file():
+        return int(json.loads(world_file.read_text())["world_size"])
+    state = checkpoint_entries(run_dir, newest)
+    if isinstance(state.get("world_size"), int):
+        return state["world_size"]
+    window = state.get("log_window")
+    return len(window) // 2 if isinstance(window, list | tuple) and len(window) > 2 else None
+
+
+def recorded_data(run_dir: Path) -> dict:
+    """data.json's {"samples": N, "root": ABS}; {} for a run without one."""
+    path = run_dir / DATA_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def checkpoint_config(run_dir: Path, path: Path) -> dict:
+    """The training config a checkpoint was written under (its "config" entry), read without its tensors."""
+    state = checkpoint_entries(run_dir, path)
+    config = state.get("config")
     if not isinstance(config, dict):
         raise TrainingError(
             f"{run_dir / 'config.json'} is missing and {path} holds no training config to check this resume "
@@ -145,21 +175,39 @@ def check_one_checkpoint_view(run_dir: Path, world: World) -> None:
         )
 
 
-def check_or_record_data(run_dir: Path, samples: int, *, resuming: bool, record: bool, root: Path) -> None:
+def check_or_record_data(
+    run_dir: Path, samples: int, *, resume_from: Path | None, record: bool, root: Path, given: bool
+) -> None:
     """Record how many samples the run trains on, and where (`root`, made absolute: a relative data.root is
     found again from another folder, see modelfolder.run_spec), or refuse to resume on another count: a
-    checkpoint's place in the data (epoch, position) would then point at other samples. (Changing data.root
-    is refused with the config; this catches the data changing in place.)"""
-    path = run_dir / DATA_FILE
-    if resuming and path.is_file():  # runs from before it was recorded are not checked
-        trained_on = json.loads(path.read_text())["samples"]
-        if trained_on != samples:
-            raise TrainingError(
-                f"{run_dir} was trained on {trained_on} samples and its data now holds {samples}: resume it on "
-                "the same data, or train the changed data in a new --run-dir"
-            )
-    elif not resuming and record:
-        write_json(path, {"samples": samples, "root": str(root.resolve())}, indent=None)
+    checkpoint's place in the data (epoch, position) would then point at other samples. Without data.json (a
+    copy of checkpoints/ alone) the checkpoint's own count is checked, and the record written again.
+
+    `given`: the root is the user's data.root, not data built in the run folder (which moves with it). A
+    relative data.root is read from the current folder: resumed from another folder, it named other data of
+    the same size, on which the run went on without a word. (Changing data.root is refused with the config.)"""
+    recorded = recorded_data(run_dir)
+    if resume_from is None:
+        if record:
+            write_json(run_dir / DATA_FILE, {"samples": samples, "root": str(root.resolve())}, indent=None)
+        return
+    if not recorded:  # runs from before data.json, and copies without it: the checkpoint's count, if it has one
+        recorded = {"samples": checkpoint_entries(run_dir, resume_from).get("data_samples")}
+    trained_on = recorded.get("samples")
+    if trained_on is not None and trained_on != samples:
+        raise TrainingError(
+            f"{run_dir} was trained on {trained_on} samples and its data now holds {samples}: resume it on "
+            "the same data, or train the changed data in a new --run-dir"
+        )
+    was = recorded.get("root")
+    if given and was is not None and Path(was).resolve() != root.resolve():
+        raise TrainingError(
+            f"{run_dir} was trained on the data at {was}, and data.root={root} is {root.resolve()} from this folder "
+            f"(a relative data.root is read from the current folder): run the command from the folder the run "
+            f"started in, or give --set data.root={was}"
+        )
+    if record and not (run_dir / DATA_FILE).is_file():
+        write_json(run_dir / DATA_FILE, {"samples": samples, "root": str(root.resolve())}, indent=None)
 
 
 def check_preview_steps(config: TrainConfig) -> None:

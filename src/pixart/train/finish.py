@@ -37,7 +37,8 @@ def finish_run(
     """The run's summary; a finished run's final weights (raw and EMA), loss curve and last preview, written by
     the main rank (every rank gathers sharded weights)."""
     if math.isnan(last_loss):  # no step ran in this call (a finished run reopened): its last logged loss
-        logged = [row["loss"] for row in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in row]
+        rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+        logged = [row["loss"] for row in rows if isinstance(row.get("loss"), int | float)]  # null: not finite
         last_loss = logged[-1] if logged else last_loss
     summary = {
         "status": status,
@@ -56,7 +57,7 @@ def finish_run(
     full = gather_full(inner.state_dict())
     with_ema = {**full, **gather_full(ema)}
     if world.is_main:
-        remove_leftovers(run_dir, "final*.safetensors")  # of a run killed while writing them
+        remove_leftovers(run_dir, "final*.safetensors", holding_lock=True)  # of a run killed while writing them
         save_weights(inner, run_dir / FINAL, full, config.diffusion, step=step)
         save_weights(inner, run_dir / FINAL_EMA, with_ema, config.diffusion, step=step)  # last: stale_finals
         plot_loss({config.recipe: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "loss.png")

@@ -132,6 +132,13 @@ def start_or_refuse_together(config: TrainConfig, run_dir: Path, world: World) -
     return warnings
 
 
+def worker_died(error: RuntimeError) -> bool:
+    """Whether the data loader says one of its workers ended under it (a signal, an exit): torch's 28-line
+    traceback said nothing of what to do (review)."""
+    text = str(error)
+    return "DataLoader worker" in text and ("killed by signal" in text or "exited unexpectedly" in text)
+
+
 def init_worker(worker_id: int) -> None:
     """A data loader worker, forked from the trainer: it leaves stop signals and the run folder's lock to it."""
     leave_stop_signals_to_the_trainer(worker_id)
@@ -176,7 +183,14 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
             f"no complete batch: {len(dataset)} samples, batch {config.data.batch_size} x "
             f"{world.world_size} ranks per bucket; lower data.batch_size or add data"
         )
-    check_or_record_data(run_dir, len(dataset), resuming=resume_from is not None, record=world.is_main, root=data_dir)
+    check_or_record_data(
+        run_dir,
+        len(dataset),
+        resume_from=resume_from,
+        record=world.is_main,
+        root=data_dir,
+        given=bool(config.data.root),
+    )
     if world.is_main:  # once the data is known to train this model: a run refused for it leaves no config behind
         write_json(run_dir / "config.json", config_io.to_dict(config))  # atomically: every resume reads it back
         write_json(run_dir / WORLD_FILE, {"world_size": world.world_size}, indent=None)
@@ -231,6 +245,9 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
             "log_window": window or [0.0, 0.0] * world.world_size,
             "train_seconds": seconds_before + time.time() - started,
             "config": config_io.to_dict(config),
+            # what world.json and data.json say, for a copy of checkpoints/ without them (checks)
+            "world_size": world.world_size,
+            "data_samples": len(dataset),
         }
 
     if resume_from is not None:
@@ -328,6 +345,12 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
             except StopIteration:
                 return
             except RuntimeError as error:
+                if worker_died(error):
+                    raise TrainingError(
+                        f"a data loader worker died ({str(error).strip().splitlines()[0][:160]}): out of memory, "
+                        "perhaps (the kernel's OOM killer); rerun the same command to resume from the last "
+                        "checkpoint, with fewer workers (--set data.num_workers=N) if memory is short"
+                    ) from None
                 if "DataLoader timed out" not in str(error):
                     raise
                 # torch's shutdown joins each worker for a while, then sends a SIGTERM it ignores (signals): one

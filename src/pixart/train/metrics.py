@@ -6,6 +6,7 @@ Not named logging.py, which would shadow the standard library.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -45,6 +46,12 @@ def peak_flops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
 
 
+def json_line(row: dict) -> str:
+    """A row as one line of strict JSON: a non-finite number (a skipped step's grad_norm) as null, where
+    Python's NaN and Infinity tokens stopped jq, JavaScript and other strict readers at that line."""
+    return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}) + "\n"
+
+
 class MetricsWriter:
     """Appends rows to metrics.jsonl (and TensorBoard); only the main rank writes.
 
@@ -72,7 +79,7 @@ class MetricsWriter:
             return
         text = self.path.read_text()
         kept = [row for row in parse_rows(text, self.path) if row.get("step", 0) <= step]
-        laid_out = "".join(json.dumps(r) + "\n" for r in kept)  # the rows as write() lays them out
+        laid_out = "".join(json_line(r) for r in kept)  # the rows as write() lays them out
         if laid_out != text:
             write_text(self.path, laid_out)
 
@@ -80,7 +87,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json_line(row))
         if self.tensorboard is not None:
             for key, value in row.items():
                 if isinstance(value, int | float) and key != "step":
@@ -123,7 +130,7 @@ def plot_loss(rows_by_stage: dict[str, list[dict]], out: Path, title: str = "tra
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     offset = 0
     for stage, rows in rows_by_stage.items():
-        rows = [r for r in rows if "loss" in r]
+        rows = [r for r in rows if isinstance(r.get("loss"), int | float)]  # null: a non-finite window
         if not rows:
             continue
         steps = [offset + r["step"] for r in rows]
