@@ -148,6 +148,21 @@ def test_out_of_gpu_memory_is_one_line_saying_what_to_ask_for(monkeypatch, capsy
     )
     assert hint in err and "\n" not in err
 
+    # the CPU's allocator raises a plain RuntimeError, and Python a MemoryError: the same line, for memory
+    for raised in (
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried..."),
+        MemoryError(),
+    ):
+
+        def out_of_cpu_memory(args, raised=raised):
+            raise raised
+
+        monkeypatch.setattr(module, "run", out_of_cpu_memory)
+        assert main([command, *given]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"pixart {command}: error: out of memory (") and "ask for less: " in err, err
+        assert "GPU" not in err and "\n" not in err
+
     def a_bug(args):
         raise RuntimeError("shape mismatch")
 
@@ -172,3 +187,93 @@ def test_an_abbreviated_option_is_not_taken_for_a_longer_one(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(argv)
         assert f"unrecognized arguments: {argv[1]}" in capsys.readouterr().err
+
+
+# --- a review of every command's arguments (twenty-seventh session) ---
+
+
+def test_a_dry_run_refuses_a_device_as_the_run_would(capsys):
+    """`train --dry-run --device foo` passed; the run refused it."""
+    assert main(["train", "--recipe", "tiny", "--dry-run", "--device", "foo"]) == 2
+    assert "--device" in capsys.readouterr().err
+
+
+def test_a_flag_overruling_a_set_of_the_same_key_is_said(capsys):
+    """`--steps 5 --set steps=7` trained 5 steps without a word; the flag still wins (scripts rely on it)."""
+    assert main(["train", "--recipe", "tiny", "--steps", "5", "--set", "steps=7", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: --steps 5 overrules --set steps=7" in out and '"steps": 5,' in out
+    assert main(["train", "--recipe", "tiny", "--steps", "5", "--set", "steps=5", "--dry-run"]) == 0
+    assert "overrules" not in capsys.readouterr().out
+
+
+def test_a_run_dir_the_system_refuses_is_one_line_naming_the_flag(tmp_path, capsys):
+    """`--run-dir /proc/x` said "[Errno 2] No such file or directory: '/proc/x'", naming no flag."""
+    (tmp_path / "a_file").write_text("x")
+    for run_dir in ("/proc/pixart-nowhere", str(tmp_path / "a_file" / "sub")):
+        assert main(["train", "--recipe", "tiny", "--run-dir", run_dir, "--steps", "1"]) == 2
+        assert f"cannot create the folder --run-dir {run_dir}" in capsys.readouterr().err
+    assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "a_file"), "--steps", "1"]) == 2
+    assert "is a file, not a folder: name a folder (new or a run's)" in capsys.readouterr().err
+
+
+def test_an_override_that_is_not_utf8_or_too_deep_is_said_as_such():
+    """Bytes that are not UTF-8 were told as a list to write another way (with the bytes in the advice), and a
+    100,000-deep value was a MemoryError traceback."""
+    from pixart import config as config_io
+    from pixart.config import ConfigError
+    from pixart.recipes import get_recipe
+
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text: write it in UTF-8"):
+        config_io.apply_overrides(get_recipe("tiny"), ['sample_prompts=["caf\udce9"]'])
+    with pytest.raises(ConfigError, match=r"steps: its value \(100,001 characters\) is too deeply nested"):
+        config_io.apply_overrides(get_recipe("tiny"), ["steps=" + "-" * 100000 + "1"])
+    assert config_io.apply_overrides(get_recipe("tiny"), ['sample_prompts=["café"]']).sample_prompts == ("café",)
+
+
+def test_caption_refuses_a_seed_beyond_torchs_range_and_a_config_that_is_not_json(tmp_path, capsys):
+    """A 23-digit --seed was an overflow traceback once the inputs were listed; a --model whose config.json is
+    not JSON, a JSONDecodeError traceback."""
+    images, model = tmp_path / "images", tmp_path / "model"
+    images.mkdir()
+    model.mkdir()
+    base = ["caption", str(images), "--model", str(model), "--out", str(tmp_path / "c.jsonl"), "--temperature", "1"]
+    assert main([*base, "--seed", str(2**64)]) == 2
+    assert f"--seed must lie in 0..{2**63 - 1}, got {2**64}" in capsys.readouterr().err
+    (model / "config.json").write_text("notjson")
+    assert main(base) == 2
+    assert f"no LLaVA model in {model}: its config.json cannot be read" in capsys.readouterr().err
+    (model / "config.json").write_text("[1, 2]")
+    assert main(base) == 2
+    assert "its config.json holds no JSON object" in capsys.readouterr().err
+
+
+def test_prepare_refuses_a_vae_with_the_pixels_codec(tmp_path, capsys):
+    """`--codec pixels --vae DIR` ran to the end with the VAE ignored."""
+    args = ["prepare", str(tmp_path), "--out", str(tmp_path / "out"), "--resolution", "256", "--codec", "pixels"]
+    assert main([*args, "--vae", str(tmp_path / "vae"), "--text-encoder", "minilm"]) == 2
+    assert "--vae" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_run_whose_config_is_not_json_or_whose_relative_data_lies_elsewhere(tmp_path, monkeypatch):
+    """A run folder whose config.json was cut short was a JSONDecodeError traceback in generate; and a relative
+    data.root, read from another folder, named whatever data lay there (the run drew with its codec)."""
+    import json
+
+    from pixart.modelfolder import run_spec
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"data": {"ro')
+    with pytest.raises(FileNotFoundError, match=r"config.json holds no config this version can read"):
+        run_spec(run)
+    for folder, kind in (("a", "minilm"), ("b", "t5")):
+        (tmp_path / folder / "feat").mkdir(parents=True)
+        dataset = {"text_encoder": {"kind": kind, "max_length": 16}, "codec": {"kind": "pixels", "downsample": 1}}
+        (tmp_path / folder / "feat" / "dataset.json").write_text(json.dumps(dataset))
+    (run / "config.json").write_text(json.dumps({"data": {"root": "feat"}}))
+    (run / "data.json").write_text(json.dumps({"samples": 8, "root": str(tmp_path / "a" / "feat")}))
+    monkeypatch.chdir(tmp_path / "b")
+    assert run_spec(run).text_encoder == "minilm"  # where the run trained, not b's
+    (run / "data.json").unlink()  # without the record: the path as given, from here
+    assert run_spec(run).text_encoder == "t5"

@@ -208,7 +208,15 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
         key, text = key.strip(), text.strip()
-        value = parse_value(text)
+        try:  # bytes that are not UTF-8 arrive as lone surrogates: they were told as a list to write differently
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = item.encode("utf-8", "backslashreplace").decode()
+            raise ConfigError(f"override {shown!r} is not UTF-8 text: write it in UTF-8") from None
+        try:
+            value = parse_value(text)
+        except (MemoryError, RecursionError):  # the literal parser on a 100,000-deep expression
+            raise ConfigError(f"{key}: its value ({len(text):,} characters) is too deeply nested to read") from None
         # A text field takes what parses as another type as typed: data.root=2024 names a folder, not 2024.
         latest[key] = text if _leaf_hint(config, key) is str and not isinstance(value, str) else value
     pending = list(latest.items())

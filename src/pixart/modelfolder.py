@@ -148,19 +148,34 @@ def run_spec(run: Path) -> ModelSpec:
     from pixart.data.shapes_features import shapes_world_of
     from pixart.data.shards import DATASET_FILE
 
-    data = json.loads((run / RUN_CONFIG).read_text()).get("data", {})
-    root = Path(data["root"]) if data.get("root") else run / "data"  # data.root as given, or built in the run
-    if not (root / DATASET_FILE).is_file():  # a relative data.root, from another folder: where the run recorded it
-        recorded = read_json(run / "data.json") or {}
-        if isinstance(recorded.get("root"), str) and (Path(recorded["root"]) / DATASET_FILE).is_file():
-            root = Path(recorded["root"])
+    config = read_json(run / RUN_CONFIG)
+    if config is None:  # a copy cut short, a hand edit: a JSONDecodeError traceback before
+        raise FileNotFoundError(
+            f"{run / RUN_CONFIG} holds no config this version can read (not a JSON object): fix it, or copy it "
+            "back from where the run folder came from"
+        )
+    data: dict = config["data"] if isinstance(config.get("data"), dict) else {}
+    given = str(data.get("root") or "")
+    root = Path(given) if given else run / "data"  # data.root as given, or built in the run (moving with it)
+    recorded = (read_json(run / "data.json") or {}).get("root")
+    # A relative data.root names the data from the folder the run started in, which data.json recorded: read
+    # from another folder it named whatever lay there (other data of the same layout ran with the wrong codec).
+    # The path as given where that record is gone.
+    there = isinstance(recorded, str) and (Path(recorded) / DATASET_FILE).is_file()
+    if there and (given or not (root / DATASET_FILE).is_file()):
+        root = Path(str(recorded))
     if not (root / DATASET_FILE).is_file():
         raise FileNotFoundError(
             f"{run} is a training run whose data ({root}) is not there to say which codec and text encoder it "
             "ran with: run from where it was trained (a relative data.root), or pass --vae DIR and --text-encoder "
             "DIR (an SD VAE: a run on pixels or shapes-codec latents needs its data)"
         )
-    info = json.loads((root / DATASET_FILE).read_text())
+    info = read_json(root / DATASET_FILE)
+    if info is None or not isinstance(info.get("text_encoder"), dict) or not isinstance(info.get("codec"), dict):
+        raise FileNotFoundError(
+            f"{root / DATASET_FILE} (the data {run} trained on) cannot be read to say which codec and text encoder "
+            "the run used: restore it, or pass --vae DIR and --text-encoder DIR"
+        )
     text, codec = info["text_encoder"], info["codec"]
     world = shapes_world_of(str(info.get("source", "")))
     return ModelSpec(

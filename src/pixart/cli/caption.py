@@ -157,6 +157,8 @@ def caption_options(args: argparse.Namespace) -> CaptionOptions:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if not math.isfinite(args.temperature) or args.temperature < 0:  # nan or -1 would quietly be greedy
         raise UserError(f"--temperature must be 0 (greedy) or a positive number, got {args.temperature}")
+    if not 0 <= args.seed <= 2**63 - 1:  # torch.manual_seed's range: beyond it, a traceback once the inputs were listed
+        raise UserError(f"--seed must lie in 0..{2**63 - 1}, got {args.seed}")
     if args.out is not None and args.out.suffix.lower() != ".jsonl":  # rows are JSON lines: resume reads them so
         raise UserError(f"--out {args.out}: the captions are written as a JSONL manifest; name it *.jsonl")
     try:

@@ -165,6 +165,15 @@ LESS_MEMORY = {
     ),
     "demo": "run it on the CPU, as it is made for: CUDA_VISIBLE_DEVICES= pixart demo ...",
 }
+# On the CPU: the same, but for what only a GPU has
+LESS_CPU_MEMORY = {
+    **LESS_MEMORY,
+    "train": (
+        "--set gradient_checkpointing=true (a change a resume takes) and rerun the same command to continue "
+        "from the last checkpoint; or a smaller data.batch_size or model, in a new --run-dir"
+    ),
+    "demo": "close other programs (the demo is made for a laptop's memory), or pixart demo --quick",
+}
 
 
 # The optional packages (pyproject's extras) and the extra that installs each
@@ -179,11 +188,21 @@ EXTRA_OF = {
 }
 
 
-def out_of_gpu_memory(error: BaseException) -> bool:
-    """Whether `error` is torch's CUDA out-of-memory error (torch is imported only once one is raised)."""
+# Where the CPU's allocator says so (torch raises a plain RuntimeError there): a request beyond the machine's
+# memory, on the machine this project runs first on, was a traceback
+CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator: can't allocate memory"
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """ "GPU" for torch's CUDA out-of-memory error, "CPU" for the CPU allocator's (and Python's MemoryError), None
+    for anything else (torch is imported only once one is raised)."""
     import torch
 
-    return isinstance(error, torch.OutOfMemoryError)
+    if isinstance(error, torch.OutOfMemoryError):
+        return "GPU"
+    if isinstance(error, MemoryError) or CPU_ALLOCATOR_FAILED in str(error):
+        return "CPU"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,11 +244,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except RuntimeError as error:  # out of GPU memory: a request too large, not a bug (a traceback said nothing)
-        if not out_of_gpu_memory(error):
+    except (RuntimeError, MemoryError) as error:  # out of memory: a request too large, not a bug (a traceback)
+        if (memory := out_of_memory(error)) is None:
             raise
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "CUDA out of memory"
-        hint = LESS_MEMORY.get(args.command, "a smaller batch or size")
-        print(f"pixart {args.command}: error: out of GPU memory ({first}); ask for less: {hint}", file=sys.stderr)
+        said = str(error).strip()
+        first = said.splitlines()[0][:300] if said else f"{type(error).__name__}"
+        gpu = memory == "GPU"
+        hint = (LESS_MEMORY if gpu else LESS_CPU_MEMORY).get(args.command, "a smaller batch or size")
+        what = "GPU memory" if gpu else "memory"
+        print(f"pixart {args.command}: error: out of {what} ({first}); ask for less: {hint}", file=sys.stderr)
         return 2
     return int(result or 0)

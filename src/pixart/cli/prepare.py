@@ -14,6 +14,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pixart.data.buckets import OFFICIAL_RESOLUTIONS
+
 if TYPE_CHECKING:
     from pixart.encoders import ImageCodec, TextEncoder
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="image folder, .jsonl/.csv manifest, .tar or folder of .tar")
     parser.add_argument("--out", type=Path, required=True, help="the feature dataset folder to write")
-    parser.add_argument("--resolution", type=int, choices=(256, 512, 1024), required=True, help="base resolution")
+    parser.add_argument("--resolution", type=int, choices=OFFICIAL_RESOLUTIONS, required=True, help="base resolution")
     parser.add_argument("--codec", choices=("sd-vae", "pixels"), default="sd-vae", help="image codec (sd-vae)")
     parser.add_argument("--vae", type=Path, help="local SD VAE folder (a vae/ folder or a pipeline folder)")
     from pixart.cli.main import text_encoder_folder
@@ -77,6 +79,10 @@ def check_model_flags(args: argparse.Namespace) -> None:
 
     if args.codec == "sd-vae" and args.vae is None:
         raise UserError("--vae DIR is required with --codec sd-vae (a local AutoencoderKL folder)")
+    if args.codec == "pixels" and args.vae is not None:  # it would be ignored: the data would be pixels all the same
+        raise UserError(
+            f"--vae {args.vae} is for --codec sd-vae; --codec pixels encodes no latents: give one or the other"
+        )
     if args.text_encoder_kind is None:  # the folder says which (a MiniLM given as --text-encoder minilm)
         args.text_encoder_kind = "t5" if args.text_encoder is None else text_encoder_kind(args.text_encoder)
     if args.text_encoder_kind == "t5" and args.text_encoder is None:

@@ -64,6 +64,7 @@ ASPECT_RATIO_1024: Mapping[str, tuple[int, int]] = MappingProxyType(
 TRAIN_ONLY_KEYS: frozenset[str] = frozenset({"0.26", "0.27", "2.89", "3.11", "3.62", "3.75", "3.88"})
 
 BASE_RESOLUTION = 1024
+OFFICIAL_RESOLUTIONS = (256, 512, 1024)  # the official tables' base sizes, which `pixart prepare` prepares at
 
 
 def _canonical_keys(keys: Sequence[str], available: Sequence[str]) -> list[str]:

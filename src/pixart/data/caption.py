@@ -67,7 +67,14 @@ def check_model_folder(folder: Path) -> None:
         raise FileNotFoundError(f"--model {folder} does not exist ({expected})")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no LLaVA model in {folder} ({expected})")
-    config = json.loads((folder / "config.json").read_text())
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (ValueError, OSError) as error:  # a copy cut short, or no JSON at all: a traceback before
+        raise FileNotFoundError(
+            f"no LLaVA model in {folder}: its config.json cannot be read ({error}) ({expected})"
+        ) from None
+    if not isinstance(config, dict):
+        raise FileNotFoundError(f"no LLaVA model in {folder}: its config.json holds no JSON object ({expected})")
     if config.get("model_type") != "llava":
         what = config.get("model_type") or config.get("_class_name") or "no model_type"
         raise FileNotFoundError(f"no LLaVA model in {folder}: its config.json describes {what} ({expected})")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from pixart.data.buckets import OFFICIAL_RESOLUTIONS
 from pixart.model.dit import DiT, DiTConfig
 from pixart.model.pixart import PixArt, PixArtConfig
 from pixart.train.config import TrainConfig
@@ -171,11 +172,13 @@ def check_given_data(config: TrainConfig) -> list[str]:
     resolution, f = info.get("resolution"), int(info.get("codec", {}).get("downsample", 1))
     shapes = str(info.get("source", "")).startswith(SHAPES_SOURCE_PREFIX)  # sized by its canvases, not a base size
     if isinstance(resolution, int) and not shapes and resolution // f != model.input_size:
+        # only the base resolutions `pixart prepare --resolution` takes are worth suggesting
+        wanted = model.input_size * f
+        again = f"prepare the data at {wanted} px, or " if wanted in OFFICIAL_RESOLUTIONS else ""
         return [
             f"{root} was prepared at {resolution} px ({resolution // f} latents a side) but the model's input_size is "
             f"{model.input_size} ({model.input_size * f} px): its position embedding is made for another size; "
-            f"prepare the data at {model.input_size * f} px, or set {'dit' if config.stage == 'class' else 'model'}"
-            f".input_size={resolution // f} if this is meant"
+            f"{again}set {'dit' if config.stage == 'class' else 'model'}.input_size={resolution // f} if this is meant"
         ]
     return []
 
