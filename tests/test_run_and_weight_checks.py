@@ -421,6 +421,19 @@ def test_a_dry_run_with_a_run_dir_makes_that_folders_checks(tmp_path, capsys):
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
+def test_a_checkpoint_of_garbage_is_not_told_to_load_unsafely(tmp_path):
+    """torch's first line for a file that is no checkpoint advises loading it with weights_only=False (code
+    execution), advice that fits no damaged checkpoint."""
+    run_dir = _run_with_a_checkpoint(tmp_path, get_recipe("tiny"), 10, 20)
+    newest = run_dir / "checkpoints" / "step-0000020.pt"
+    newest.write_bytes(b"garbage bytes here")
+    with pytest.raises(Exception) as raised:
+        torch.load(newest, weights_only=True)
+    said = checks.damaged_checkpoint(run_dir, newest, raised.value)
+    assert "not a checkpoint torch can read safely" in said and "to resume from step-0000010.pt" in said, said
+    assert "weights_only" not in said
+
+
 def test_the_damaged_checkpoint_message_names_the_one_just_before_it(tmp_path):
     """With several checkpoints kept, the advice would name the oldest to resume from, losing the steps
     between it and the damaged one."""

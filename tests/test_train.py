@@ -373,6 +373,18 @@ def test_a_data_loader_worker_killed_under_the_run_is_said_in_one_line(shapes_da
         train(config, tmp_path / "run", progress=False)
 
 
+def test_a_resume_keeps_the_init_from_its_run_started_from(shapes_data, tmp_path, capsys):
+    """init_from given on a resume is not read (rightly), but config.json was rewritten with it: the run's
+    record named weights it never started from."""
+    train(config_for(shapes_data, steps=2, every=1), tmp_path / "run", progress=False)
+    moved = config_for(shapes_data, [f"init_from={tmp_path / 'elsewhere.safetensors'}"], steps=3, every=1)
+    assert train(moved, tmp_path / "run", progress=False)["steps"] == 3
+    assert "init_from is read when a run starts, and this one started from scratch" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["init_from"] == ""
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-0000003.pt", weights_only=True)
+    assert state["config"]["init_from"] == ""
+
+
 def test_the_full_disk_advice_fits_the_checkpoints_on_disk(tmp_path):
     """A save prunes once its checkpoint is written: with several kept, the older ones can go (named); a lower
     keep_checkpoints keeps fewer from then on, and never frees room before the next save."""

@@ -50,14 +50,15 @@ DATA_FILE = "data.json"  # {"samples": N, "root": ABS}: the dataset size the che
 WORLD_FILE = "world.json"  # {"world_size": N}: the process count the run's checkpoints were written by
 
 
-def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) -> None:
+def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) -> TrainConfig | None:
     """Refuse to resume a run under another config or process count; a run that never checkpointed has
     nothing to resume. The process count matters: data.batch_size is per rank, so the global batch (and
-    with auto_lr the learning rate) and the checkpoint's place in the data depend on it."""
+    with auto_lr the learning rate) and the checkpoint's place in the data depend on it. Returns the config
+    the run was written under (None for a run to start)."""
     saved = run_dir / "config.json"
     checkpoints = ckpt.list_checkpoints(run_dir)
     if not checkpoints:
-        return
+        return None
     trained_by = trained_world_size(run_dir, checkpoints[-1][1])
     if trained_by is not None and trained_by != world_size:
         raise TrainingError(
@@ -87,6 +88,7 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
             f"{run_dir} holds a run with another config; use a new --run-dir or the same "
             f"settings. Differences: {'; '.join(changes)}"
         )
+    return previous
 
 
 def same_folder(a: str, b: str) -> bool:
@@ -151,7 +153,11 @@ def damaged_checkpoint(run_dir: Path, path: Path, error: BaseException) -> str:
     cause = failure_cause(error)
     older = [p for _, p in ckpt.list_checkpoints(run_dir) if p != path]
     instead = f"to resume from {older[-1].name}" if older else "to start the run over"
-    why = f"{type(cause).__name__}: {str(cause).splitlines()[0]}" if str(cause).strip() else type(cause).__name__
+    said = str(cause)
+    if said.startswith("Weights only load failed"):  # torch's advice to load it unsafely fits no damaged file
+        detail = said.partition("WeightsUnpickler error:")[2].strip().splitlines()
+        said = "not a checkpoint torch can read safely" + (f" ({detail[0].strip()})" if detail else "")
+    why = f"{type(cause).__name__}: {said.splitlines()[0]}" if said.strip() else type(cause).__name__
     return (
         f"{path} cannot be read ({why}): it is damaged, a copy cut short perhaps; "
         f"move it out of {path.parent} {instead}, or use a new --run-dir"

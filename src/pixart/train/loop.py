@@ -8,6 +8,7 @@ a run does not depend on how it was interrupted nor on how many processes share 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -149,7 +150,17 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
     """train()'s work in a run folder this job holds: the summary."""
     # Every rank (it only reads): checked on the main rank alone, the others learned of a refusal from gloo's
     # "Connection closed by peer" traceback. It checks only runs with checkpoints, which no rank writes yet.
-    check_run_config(config, run_dir, world.world_size)
+    previous = check_run_config(config, run_dir, world.world_size)
+    lineage = ("init_from", "init_new_keys")
+    if previous is not None and any(getattr(previous, key) != getattr(config, key) for key in lineage):
+        # A resume never reads init_from: written as given, config.json named weights the run never started from.
+        if world.is_main:
+            print(
+                f"[pixart train] note: init_from is read when a run starts, and this one started from "
+                f"{previous.init_from or 'scratch'}: kept as the run's own (init_from={config.init_from or 'none'} "
+                "is not read)"
+            )
+        config = dataclasses.replace(config, init_from=previous.init_from, init_new_keys=previous.init_new_keys)
     if world.is_main:  # a finished run reopened saves nothing more, so would keep them for good
         ckpt.remove_partial_checkpoints(run_dir)
     check_one_checkpoint_view(run_dir, world)  # a folder local to each node resumed rank 0 alone
