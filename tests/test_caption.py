@@ -659,6 +659,8 @@ def test_a_flag_of_the_other_mode_is_refused_not_ignored(tmp_path, unloadable_mo
     )
     assert main(["caption", source, "--stats", "--model", str(unloadable_model), "--out", "x.jsonl"]) == 2
     assert "--model, --out: for captioning, not for --stats" in capsys.readouterr().err
+    assert main(["caption", source, "--stats", "--device", "cuda"]) == 2  # the statistics run on no device
+    assert "--device: for captioning, not for --stats" in capsys.readouterr().err
     assert main(["caption", source, "--stats", "--fields", "alt"]) == 0  # each mode's own flags still work
 
 

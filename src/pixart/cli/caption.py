@@ -18,7 +18,18 @@ if TYPE_CHECKING:
 
 DTYPES = ("bfloat16", "float16", "float32")
 # Each mode's own flags: given to the other mode they would be ignored (--fields dense for --field dense)
-CAPTIONING_FLAGS = ("model", "out", "field", "with_alt", "batch_size", "max_new_tokens", "temperature", "seed", "dtype")
+CAPTIONING_FLAGS = (
+    "model",
+    "out",
+    "field",
+    "with_alt",
+    "batch_size",
+    "max_new_tokens",
+    "temperature",
+    "seed",
+    "dtype",
+    "device",
+)
 STATS_FLAGS = ("fields", "tokenizer", "max_length", "spacy_model")
 DEFAULTS: dict[str, object] = {}  # what register gave each of them
 
