@@ -1835,7 +1835,7 @@ def test_synthetic_data_never_replaces_a_dataset_training_did_not_build(shapes_d
     assert (run_dir / "data" / "notes.txt").read_text() == "mine" and not (run_dir / "config.json").exists()
 
 
-def test_logged_lr_is_the_steps_own_and_a_window_of_skipped_steps_logs_nan(shapes_data, tmp_path, monkeypatch):
+def test_logged_lr_is_the_steps_own_and_a_window_of_skipped_steps_logs_null(shapes_data, tmp_path, monkeypatch):
     """Warmup over 4 steps: step 2 trains at half the lr, step 4 at all of it; steps 5 and 6 are all skipped."""
     poison_steps(monkeypatch, lambda s: s >= 4)  # steps count from 0: the 5th and 6th
     config = config_for(shapes_data, ["optim.warmup_steps=4"], steps=6, every=100)
@@ -1843,7 +1843,7 @@ def test_logged_lr_is_the_steps_own_and_a_window_of_skipped_steps_logs_nan(shape
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [2, 4, 6]
     assert rows[0]["lr"] == pytest.approx(rows[1]["lr"] / 2)  # the lr step 2 used, not the one after it
-    assert math.isnan(rows[2]["loss"]) and rows[2]["skipped_steps"] == 2  # no step to average: not 0.0
+    assert rows[2]["loss"] is None and rows[2]["skipped_steps"] == 2  # no step to average: not 0.0 (NaN as null)
 
 
 def test_one_loader_serves_every_epoch_and_workers_train_as_the_main_process(shapes_data, tmp_path, monkeypatch):
