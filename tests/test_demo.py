@@ -167,6 +167,123 @@ def test_later_stages_shrink_to_fit_the_time_left(tmp_path):
     assert sum(pace * STEP_COST[n] * halved[n].steps for n in STEP_COST) <= needed / 2
 
 
+def test_a_slow_machine_shortens_the_later_stages_to_a_quarter_at_the_least(tmp_path):
+    """A loaded machine cut stages 2 and 3 to 1 step each (with 50-step warm-ups): they learned nothing and a
+    rerun kept them so. At most to a quarter of their steps left, which then runs over; a warm-up at most a
+    quarter of the shortened stage."""
+    from pixart.demo_plan import MIN_SHARE, STEP_COST, DemoPlan, fit_to_budget, seconds_to_train, stage_configs
+
+    stages = stage_configs(DemoPlan(), tmp_path, tmp_path, tmp_path)
+    pace = 0.1
+    needed = seconds_to_train(stages, pace, {})
+    short, factor = fit_to_budget(stages, needed / 1000, pace)
+    assert factor == MIN_SHARE == 0.25
+    for name in STEP_COST:
+        assert short[name].steps == int(stages[name].steps * MIN_SHARE)
+        assert short[name].optim.warmup_steps <= max(1, short[name].steps // 4)
+    assert seconds_to_train(short, pace, {}) > needed / 1000  # over the budget: the demo says so
+    tiny = dataclasses.replace(stages["stage3"], steps=8)  # a shortened stage of 2 steps: a warm-up of 1 at most
+    fitted, _ = fit_to_budget({**stages, "stage3": tiny}, 0.0, pace)
+    assert fitted["stage3"].steps == 2 and fitted["stage3"].optim.warmup_steps == 1
+    # a stage begun keeps the warm-up it began with: another would be another run, refused on the rerun
+    small = {**stages, "stage2": dataclasses.replace(stages["stage2"], steps=100)}  # 25 steps once shortened
+    fresh, _ = fit_to_budget(small, 0.0, pace)
+    assert fresh["stage2"].optim.warmup_steps == 6 < stages["stage2"].optim.warmup_steps == 50
+    begun, _ = fit_to_budget(small, 0.0, pace, {"stage2": 10, "stage3": 0})
+    assert begun["stage2"].steps == 32 and begun["stage2"].optim.warmup_steps == 50
+
+
+def test_a_rerun_keeps_the_warm_up_its_shortened_stage_began_with(tmp_path):
+    """A stage shortened with its warm-up capped (27 of 50) was refused on the rerun after a Ctrl-C: "another
+    config ... optim.warmup_steps: 27 -> 50"."""
+    from pixart.demo_plan import DemoPlan, keep_saved_progress, stage_configs
+
+    stage2 = stage_configs(DemoPlan(), tmp_path, tmp_path, tmp_path)["stage2"]
+    run = tmp_path / "stage2"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000040.pt").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"steps": 110, "optim": {"warmup_steps": 27}}))
+    kept = keep_saved_progress(stage2, run)
+    assert kept.optim.warmup_steps == 27 and kept.steps == stage2.steps
+    assert dataclasses.replace(kept.optim, warmup_steps=stage2.optim.warmup_steps) == stage2.optim
+
+
+def test_a_demo_that_must_overrun_says_so(tmp_path, monkeypatch, capsys):
+    """Stage 1 at 100 s a step leaves no time for stages 2 and 3: they keep a quarter of their steps, and the
+    notice says the budget will be passed and that a new --out (not this folder) trains them in full."""
+    import pixart.data.shapes_features
+    import pixart.encoders.shapes_ae
+    import pixart.evaluate.probe_training
+    import pixart.train.loop
+    from pixart.demo import run_demo
+    from pixart.demo_plan import DemoPlan
+
+    monkeypatch.setattr(pixart.encoders.shapes_ae, "load_or_train_shapes_codec", lambda **kw: None)
+    monkeypatch.setattr(pixart.evaluate.probe_training, "load_or_train_probe", lambda **kw: None)
+    monkeypatch.setattr(pixart.data.shapes_features, "build_shapes_features", lambda *a, **kw: None)
+    trained = []
+
+    def train(config, run_dir, **kw):
+        trained.append((config.recipe, config.steps))
+        if config.recipe != "demo-stage1":
+            raise KeyboardInterrupt  # the plan is what is checked
+        return {"status": "finished"}
+
+    monkeypatch.setattr(pixart.train.loop, "train", train)
+    steps = DemoPlan.for_budget(10.0, False).stage1_steps
+    (tmp_path / "d" / "stage1").mkdir(parents=True)
+    (tmp_path / "d" / "stage1" / "metrics.jsonl").write_text(json.dumps({"step": steps, "time": 100.0 * steps}) + "\n")
+    (tmp_path / "d" / "stage1" / "config.json").write_text(json.dumps({"recipe": "demo-stage1"}))
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "d", minutes=10.0, progress=False)
+    planned = DemoPlan.for_budget(10.0, False).stage2_steps
+    assert trained[1] == ("demo-stage2", int(planned * 0.25))
+    said = capsys.readouterr().out
+    assert f"stages 2 and 3 shortened to {int(planned * 0.25)} and" in said
+    assert "(a quarter of the steps left, the least that shows anything: past the 10 minutes)" in said
+    assert "a new --out with a larger --minutes trains them in full" in said
+
+
+def test_a_demo_folder_moved_elsewhere_is_refused_before_any_work(tmp_path, capsys):
+    """Its stages name their data and each other by absolute path: a copy resumed to stage 1 refusing its own
+    checkpoint, with advice about --run-dir, an option the demo does not have."""
+    from pixart.cli.main import main
+    from pixart.demo_folder import check_not_moved
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    (new / "stage1").mkdir(parents=True)
+    (new / "demo-kind.json").write_text(json.dumps({"kind": "quick"}))
+    (new / "stage1" / "config.json").write_text(json.dumps({"data": {"root": str(old / "data" / "base")}}))
+    assert main(["demo", "--quick", "--out", str(new)]) == 2
+    assert f"{new} was moved or copied from {old}" in capsys.readouterr().err
+    (new / "stage1" / "config.json").write_text(json.dumps({"data": {"root": str(new / "data" / "base")}}))
+    check_not_moved(new)  # its own place
+
+
+def test_a_cache_folder_that_cannot_be_written_is_said_before_any_work(tmp_path, monkeypatch, capsys):
+    """PIXART_CACHE=/dev/null/x failed after the codec had trained, as "Not a directory: /dev/null/x"."""
+    from pixart.cli.main import main
+
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("PIXART_CACHE", str(tmp_path / "a_file" / "cache"))
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    assert f"cannot use the cache folder {tmp_path / 'a_file' / 'cache'}" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_a_damaged_cached_codec_is_trained_again(tmp_path, capsys):
+    """A codec file cut short stopped the demo ("cut short or damaged?"), where a damaged probe is retrained."""
+    from pixart.encoders.shapes_ae import load_or_train_shapes_codec
+
+    first = load_or_train_shapes_codec(cache=tmp_path, progress=False, steps=2, width=16)
+    (cached,) = tmp_path.glob("shapes-codec-*.safetensors")
+    cached.write_bytes(cached.read_bytes()[: cached.stat().st_size // 2])
+    again = load_or_train_shapes_codec(cache=tmp_path, progress=False, steps=2, width=16)
+    assert f"note: the cached codec {cached} cannot be read" in capsys.readouterr().err
+    assert again.scaling_factor == pytest.approx(first.scaling_factor)  # the same seed trains the same codec
+    assert load_or_train_shapes_codec(cache=tmp_path, progress=False, steps=2, width=16) is not None
+
+
 def test_a_folder_holds_one_kind_of_demo_run(tmp_path):
     """A full demo into a --quick run's folder (or the reverse) is refused, naming --out; the same kind continues."""
     from pixart.demo_folder import DemoError, check_or_record_kind
@@ -276,9 +393,11 @@ def test_an_evaluation_cut_short_leaves_no_report_to_stand_for_new_weights(tmp_p
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "demo-kind.json").write_text(json.dumps({"kind": "quick"}))  # a demo run's folder
     (tmp_path / "d" / "report.json").write_text(json.dumps({"probe": {"color": 0.9}}))  # of the weights before
+    for name in ("report.md", "samples.png", "loss.png"):  # report.md, samples and curve stayed, of those too
+        (tmp_path / "d" / name).write_text("of the weights before")
     with pytest.raises(KeyboardInterrupt):
         run_demo(tmp_path / "d", quick=True, progress=False)
-    assert not (tmp_path / "d" / "report.json").exists()
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["demo-kind.json"]
 
 
 def test_the_command_exits_130_when_stopped_and_tells_its_stages_without_progress_bars(tmp_path, monkeypatch, capsys):

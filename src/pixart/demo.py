@@ -21,7 +21,15 @@ import torch
 
 from pixart import config as config_io
 from pixart.data import synthetic, synthetic_dataset
-from pixart.demo_folder import DemoError, DemoInterrupted, add_call_seconds, check_or_record_kind, standing_report
+from pixart.demo_folder import (
+    REPORT_FILES,
+    DemoError,
+    DemoInterrupted,
+    add_call_seconds,
+    check_not_moved,
+    check_or_record_kind,
+    standing_report,
+)
 from pixart.demo_plan import (
     CAPTION_TOKENS,
     FIXED_MINUTES,
@@ -31,6 +39,7 @@ from pixart.demo_plan import (
     DemoPlan,
     fit_to_budget,
     keep_saved_progress,
+    seconds_to_train,
     stage_configs,
 )
 from pixart.diffusion.schedulers import default_sampler
@@ -78,6 +87,7 @@ def run_demo(out: str | Path, *, minutes: float = 10.0, quick: bool = False, pro
     out = Path(out).resolve()  # the stages record paths in it: ./x and /abs/x must be one run on a rerun
     out.mkdir(parents=True, exist_ok=True)
     check_or_record_kind(out, quick)
+    check_not_moved(out)
     try:
         report = run_stages(out, minutes, quick, progress, started)
     except BaseException:  # Ctrl-C, a stage stopped on a signal, a failure: its minutes count all the same
@@ -164,9 +174,14 @@ def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: 
                     if name == "stage1"
                     else f"stage 3 shortened to {stages['stage3'].steps} steps"
                 )
+                goal = (
+                    f"to finish within {minutes:g} minutes"
+                    if seconds_to_train(stages, pace, done) <= seconds_left
+                    else f"(a quarter of the steps left, the least that shows anything: past the {minutes:g} minutes)"
+                )
                 say(
-                    f"this machine is slower than planned: {later} to finish within {minutes:g} minutes "
-                    "(--minutes raises the budget)"
+                    f"this machine is slower than planned: {later} {goal}; a new --out with a larger --minutes "
+                    "trains them in full (this folder keeps the steps its stages finish with)"
                 )
 
     standing = standing_report(out, {"eval_single": plan.eval_single, "eval_pairs": plan.eval_pairs}, summaries)
@@ -174,7 +189,8 @@ def run_stages(out: Path, minutes: float, quick: bool, progress: bool, started: 
         say(f"nothing trained in this call: the evaluation in {out / 'report.json'} stands (delete it to redo it)")
         return {**standing, "standing": True}
     t = time.time()
-    (out / "report.json").unlink(missing_ok=True)  # it stands for weights this call replaces: gone till rewritten
+    for name in REPORT_FILES:  # they stand for weights this call replaces: gone till rewritten
+        (out / name).unlink(missing_ok=True)
     model_dir = write_model_folder(out, codec)
     report = evaluate_and_report(out, model_dir, probe, plan, stages, summaries, timings, started, progress)
     timed("evaluation and report", t)

@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pixart.files import write_json
+from pixart.files import read_json, write_json
 
 DEMO_KIND_FILE = "demo-kind.json"  # {"kind": "quick" | "full", "seconds": every call's}: check_or_record_kind
 
 # What a demo run writes in its folder: another folder holding anything else is not one.
-DEMO_ENTRIES = frozenset(
-    {".cache", "data", "model", "stage1", "stage2", "stage3", "samples.png", "loss.png", "report.md", "report.json"}
-)
+# What the evaluation writes, for the weights it evaluated: a call that replaces them removes these first (an
+# evaluation killed halfway left the last call's report.md and samples.png beside the new weights)
+REPORT_FILES = ("report.json", "report.md", "samples.png", "loss.png")
+DEMO_ENTRIES = frozenset({".cache", "data", "model", "stage1", "stage2", "stage3", *REPORT_FILES})
 
 
 class DemoError(ValueError):
@@ -56,6 +57,24 @@ def check_or_record_kind(out: Path, quick: bool) -> None:
     # A folder from before the kind was recorded is taken as this kind; were it the other, stage 1 refuses
     # its checkpoint (another batch size), and the command says which --out to choose.
     write_json(path, {"kind": kind}, indent=None)
+
+
+def check_not_moved(out: Path) -> None:
+    """Refuse a demo folder moved or copied from elsewhere before any work: its stages record their data and
+    the stage they start from by absolute path, and a resume there was refused by the trainer with advice
+    about --run-dir, an option the demo does not have."""
+    for stage in ("stage1", "stage2", "stage3"):
+        recorded = read_json(out / stage / "config.json") or {}
+        data = recorded.get("data")
+        root = data.get("root") if isinstance(data, dict) else None
+        if not isinstance(root, str) or not root:
+            continue
+        was = Path(root).parent.parent  # OUT/data/base or OUT/data/buckets
+        if was != out:
+            raise DemoError(
+                f"{out} was moved or copied from {was}: its stages name their data and each other there, so it "
+                f"continues only in that place (move it back), or choose a new --out"
+            )
 
 
 def add_call_seconds(out: Path, seconds: float) -> tuple[float, int]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pixart.data import synthetic
 from pixart.diffusion.objective import DiffusionConfig
+from pixart.files import read_json
 from pixart.model.dit import DiTConfig
 from pixart.model.pixart import PixArtConfig
 from pixart.train.config import DataConfig, OptimConfig, TrainConfig
@@ -32,6 +33,9 @@ FIXED_MINUTES = 4.0  # rendering, encoders and evaluation on the 2-core machine,
 # evaluation (48 s on a Zen 4 2-core machine, twenty-second session: 41.6 s and 6.7 s), with some in hand.
 DATA_AND_EVAL_MINUTES = 1.0
 MIN_MINUTES = 5  # a budget below leaves the stages almost nothing
+# The least of their steps left that a slow machine shortens stages 2 and 3 to: below, they learn nothing worth
+# showing (a loaded machine cut both to 1 step, with warm-ups 50 times longer), so the demo runs over instead
+MIN_SHARE = 0.25
 # Its data is fixed (8,192 base images): past this a budget only repeats them (--minutes 1e6 planned 5e7
 # stage-1 steps, two years). Longer runs are `pixart train`'s, on data of one's own.
 MAX_MINUTES = 600
@@ -166,7 +170,18 @@ def keep_saved_progress(config: TrainConfig, run_dir: Path) -> TrainConfig:
         return config
     step = saved[-1][0]
     steps = step if (run_dir / FINAL_EMA).is_file() else max(config.steps, step)
-    return dataclasses.replace(config, steps=steps)
+    # and the warm-up it started with, which a shortened stage caps (fit_to_budget): another is another run
+    started = read_json(run_dir / "config.json") or {}
+    warmup = (started.get("optim") or {}).get("warmup_steps") if isinstance(started.get("optim"), dict) else None
+    optim = config.optim if not isinstance(warmup, int) else dataclasses.replace(config.optim, warmup_steps=warmup)
+    return dataclasses.replace(config, steps=steps, optim=optim)
+
+
+def seconds_to_train(stages: dict[str, TrainConfig], stage1_seconds_per_step: float, done: dict[str, int]) -> float:
+    """What the steps stages 2 and 3 have left (`done`: those trained) take at stage 1's pace."""
+    return sum(
+        stage1_seconds_per_step * STEP_COST[name] * max(stages[name].steps - done.get(name, 0), 0) for name in STEP_COST
+    )
 
 
 def fit_to_budget(
@@ -176,20 +191,28 @@ def fit_to_budget(
     done: dict[str, int] | None = None,
 ) -> tuple[dict[str, TrainConfig], float]:
     """Shorten stages 2 and 3 alike when, at stage 1's measured pace, the steps they have left (`done`: the
-    steps a rerun finds trained) would overrun the time left.
+    steps a rerun finds trained) would overrun the time left; to MIN_SHARE of them at the least, which then
+    overruns (the caller says so). A shortened stage's warm-up is at most a quarter of its steps.
 
     Returns the (possibly) shortened stages and the factor applied to the steps left (1.0 when they fit).
     """
     done = done or {}
     left = {name: max(stages[name].steps - done.get(name, 0), 0) for name in STEP_COST}
-    projected = sum(stage1_seconds_per_step * STEP_COST[name] * left[name] for name in STEP_COST)
+    projected = seconds_to_train(stages, stage1_seconds_per_step, done)
     factor = min(1.0, max(seconds_left, 0.0) / max(projected, 1e-9))
     if factor >= 1.0:
         return stages, 1.0
+    factor = max(factor, MIN_SHARE)
     shortened = dict(stages)
     for name in STEP_COST:
+        config = stages[name]
         steps = max(1, done.get(name, 0) + int(left[name] * factor))
+        # a warm-up the stage never ends leaves its lr below full; one begun keeps its length (keep_saved_progress)
+        warmup = config.optim.warmup_steps if done.get(name, 0) else min(config.optim.warmup_steps, max(1, steps // 4))
         shortened[name] = dataclasses.replace(
-            stages[name], steps=steps, checkpoint_every=max(1, min(stages[name].checkpoint_every, steps))
+            config,
+            steps=steps,
+            checkpoint_every=max(1, min(config.checkpoint_every, steps)),
+            optim=dataclasses.replace(config.optim, warmup_steps=warmup),
         )
     return shortened, factor

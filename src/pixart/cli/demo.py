@@ -29,9 +29,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pixart.cli.main import UserError, make_out_folder, removed_if_left_empty
+    from pixart.cli.main import UserError, folder_problem, make_out_folder, removed_if_left_empty
     from pixart.demo import run_demo
     from pixart.demo_folder import DemoError, DemoInterrupted
+    from pixart.files import cache_dir
     from pixart.train.errors import TrainingError
 
     if args.quick and args.minutes is not None:
@@ -45,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
         minutes = 10.0 if args.minutes is None else args.minutes
         with removed_if_left_empty(args.out):  # a demo refused before it starts leaves no folder behind
             make_out_folder(args.out)  # a file in the way: one line naming --out
+            if not args.quick and (problem := folder_problem(cache_dir())) is not None:  # --quick's is in --out
+                # said after the codec had trained, as "Not a directory: PATH"
+                raise UserError(
+                    f"cannot use the cache folder {cache_dir()} ($PIXART_CACHE, else ~/.cache/pixart): "
+                    f"{problem[1] or 'a file is in the way'}; set PIXART_CACHE to a folder you can write"
+                )
             report = run_demo(args.out, minutes=minutes, quick=args.quick, progress=not args.no_progress)
     except DemoInterrupted as error:  # Ctrl-C or SIGTERM, after the stage saved its checkpoint
         print(f"pixart demo: {error}", file=sys.stderr)

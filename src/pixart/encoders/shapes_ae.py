@@ -13,11 +13,13 @@ tolerates the imperfect latents a diffusion model samples.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -214,7 +216,11 @@ def load_or_train_shapes_codec(cache: Path | None = None, progress: bool = True,
     key = hashlib.sha1(f"{AE_VERSION}|{WORLD_VERSION}|{sorted(settings.items())}".encode()).hexdigest()[:12]
     path = (cache or cache_dir()) / f"shapes-codec-{key}.safetensors"
     if path.is_file():
-        return ShapesCodec.load(path)
+        try:
+            return ShapesCodec.load(path)
+        except (SafetensorError, RuntimeError, OSError, ValueError) as error:  # cut short, damaged: as the probe
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"note: the cached codec {path} cannot be read ({reason}); training it again", file=sys.stderr)
     codec = train_shapes_ae(progress=progress, **settings)
     codec.save(path)
     return codec
