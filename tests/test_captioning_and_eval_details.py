@@ -112,6 +112,18 @@ def test_clip_reads_captions_up_to_its_own_position_limit(clip_folder):
     assert scorer.count_truncated([f"{prefix} cat", long, fits, over]) == 2
 
 
+def test_counting_long_prompts_says_nothing_of_indexing_errors(clip_folder, caplog):
+    """With a real CLIP tokenizer (model_max_length 77) the count printed transformers' "longer than the
+    specified maximum ... will result in indexing errors", for captions that scoring truncates."""
+    from pixart.evaluate.clipscore import ClipScorer
+
+    scorer = ClipScorer.load(clip_folder)
+    scorer.processor.tokenizer.model_max_length = 64  # as a real CLIP's 77
+    caplog.clear()  # transformers' own handler writes to the stream it found at import: its records are read
+    assert scorer.count_truncated(["a" * 100]) == 1
+    assert not [r for r in caplog.records if "indexing errors" in r.getMessage()]
+
+
 # --- captioning ---
 
 

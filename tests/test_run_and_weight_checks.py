@@ -377,34 +377,48 @@ def test_a_copy_without_data_json_is_checked_against_its_checkpoints_sample_coun
     resume_from = run_dir / "checkpoints" / "step-0000010.pt"
     data = tmp_path / "features"
     with pytest.raises(TrainingError, match="trained on 256 samples and its data now holds 300"):
-        checks.check_or_record_data(run_dir, 300, resume_from=resume_from, record=True, root=data, given=True)
+        checks.check_or_record_data(run_dir, 300, resume_from=resume_from, record=True, root=data, relative=False)
     assert not (run_dir / checks.DATA_FILE).exists()
-    checks.check_or_record_data(run_dir, 256, resume_from=resume_from, record=True, root=data, given=True)
+    checks.check_or_record_data(run_dir, 256, resume_from=resume_from, record=True, root=data, relative=False)
     assert json.loads((run_dir / checks.DATA_FILE).read_text()) == {"samples": 256, "root": str(data.resolve())}
 
 
 def test_a_relative_data_root_resumed_from_another_folder_is_refused(tmp_path, monkeypatch):
     """data.root=feat started in folder A and resumed from folder B (its own feat, as many samples) went on
-    training on B's data without a word; A's absolute path, given from B, is the same data and resumes."""
+    training on B's data without a word; A's absolute path, given from B, is the same data and resumes. A
+    project moved with its data (A's gone) resumes from its new place, recorded anew."""
     for name in ("a", "b"):
         (tmp_path / name / "feat").mkdir(parents=True)
+        (tmp_path / name / "feat" / "dataset.json").write_text("{}")
     config = config_io.apply_overrides(get_recipe("tiny"), ["data.root=feat"])
     run_dir = _run_with_a_checkpoint(tmp_path, config, 10)
     resume_from = run_dir / "checkpoints" / "step-0000010.pt"
+
+    def resume(root: str, relative: bool) -> None:
+        checks.check_or_record_data(
+            run_dir, 64, resume_from=resume_from, record=True, root=Path(root), relative=relative
+        )
+
     monkeypatch.chdir(tmp_path / "a")
-    checks.check_or_record_data(run_dir, 64, resume_from=None, record=True, root=Path("feat"), given=True)
+    checks.check_or_record_data(run_dir, 64, resume_from=None, record=True, root=Path("feat"), relative=True)
     started_in = str(tmp_path / "a" / "feat")
     monkeypatch.chdir(tmp_path / "b")
     checks.check_run_config(config, run_dir)  # the same words: found different below, where the data is read
     with pytest.raises(TrainingError, match=rf"trained on the data at {started_in}, and data.root=feat is "):
-        checks.check_or_record_data(run_dir, 64, resume_from=resume_from, record=True, root=Path("feat"), given=True)
+        resume("feat", relative=True)
     absolute = config_io.apply_overrides(get_recipe("tiny"), [f"data.root={started_in}"])
     checks.check_run_config(absolute, run_dir)  # refused as another data.root before
-    checks.check_or_record_data(run_dir, 64, resume_from=resume_from, record=True, root=Path(started_in), given=True)
-    # data built in the run folder moves with it: not refused for its new place
-    checks.check_or_record_data(
-        run_dir, 64, resume_from=resume_from, record=True, root=tmp_path / "b" / "feat", given=False
-    )
+    resume(started_in, relative=False)
+    resume(str(tmp_path / "b" / "feat"), relative=False)  # an absolute root (a link moved, data built in the run)
+    assert json.loads((run_dir / checks.DATA_FILE).read_text())["root"] == str(tmp_path / "b" / "feat")
+    # the project moved with its data: a's is gone, and b's relative feat is where the run goes on
+    (run_dir / checks.DATA_FILE).write_text(json.dumps({"samples": 64, "root": started_in}))
+    shutil.rmtree(tmp_path / "a")
+    checks.check_run_config(config, run_dir)
+    moved = config_io.apply_overrides(get_recipe("tiny"), [f"data.root={tmp_path / 'b' / 'feat'}"])
+    checks.check_run_config(moved, run_dir)  # its absolute path from here, as well
+    resume("feat", relative=True)
+    assert json.loads((run_dir / checks.DATA_FILE).read_text())["root"] == str(tmp_path / "b" / "feat")
 
 
 def test_a_dry_run_with_a_run_dir_makes_that_folders_checks(tmp_path, capsys):
@@ -419,6 +433,8 @@ def test_a_dry_run_with_a_run_dir_makes_that_folders_checks(tmp_path, capsys):
     assert "holds a run with another config" in capsys.readouterr().err
     assert main([*dry, "--steps", "20"]) == 0  # the same run, continued
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+    # a resume reads no init_from: one since moved away passes, as the run does (the trainer keeps the run's own)
+    assert main([*dry, "--steps", "20", "--set", f"init_from={tmp_path / 'moved-away.safetensors'}"]) == 0
 
 
 def test_a_checkpoint_of_garbage_is_not_told_to_load_unsafely(tmp_path):

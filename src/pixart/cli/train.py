@@ -172,6 +172,7 @@ def dry_run(config: TrainConfig, run_dir: Path | None = None) -> int:
 
     from pixart import config as config_io
     from pixart.cli.main import UserError
+    from pixart.train.checkpoint import list_checkpoints
     from pixart.train.checks import check_preview_steps, check_run_config, check_start
     from pixart.train.config import effective_lr
     from pixart.train.data import check_given_data
@@ -198,7 +199,8 @@ def dry_run(config: TrainConfig, run_dir: Path | None = None) -> int:
             check_run_config(config, run_dir, world)
         elif not shown_only:
             warnings += check_given_data(config)
-        if config.init_from:
+        resuming = run_dir is not None and bool(list_checkpoints(run_dir))
+        if config.init_from and not resuming:  # a resume never reads it (check_start skips it too)
             resolve_init_path(config.init_from)
     except FileNotFoundError as error:  # init_from: the previous stage not trained (yet)
         if not shown_only:

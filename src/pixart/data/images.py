@@ -75,7 +75,8 @@ def _tiff_bits(img: Image.Image) -> int:
 def _min_is_white(img: Image.Image) -> bool:
     """A 16-bit greyscale TIFF stored with 0 as white (PhotometricInterpretation 0): Pillow inverts 8-bit and
     1-bit ones as it reads them, 16-bit ones not, so a scanner's negative-free scan came out as a negative."""
-    return (img.mode.startswith("I;16") or img.mode == "I") and getattr(img, "tag_v2", {}).get(262) == 0
+    unsigned = img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I")  # not I;16S: its values are signed
+    return unsigned and getattr(img, "tag_v2", {}).get(262) == 0
 
 
 def _inverted_sixteen_bit(img: Image.Image) -> Image.Image:

@@ -77,7 +77,9 @@ class ClipScorer:
         """How many of `captions` are longer than the position limit: each is scored on its first tokens only
         (dense, PixArt-style prompts often are)."""
         limit = self.position_limit()
-        return sum(len(ids) > limit for ids in self.processor(text=captions)["input_ids"])
+        # verbose=False: the tokenizer's "longer than the specified maximum ... indexing errors" is for a model
+        # call, and scoring truncates
+        return sum(len(ids) > limit for ids in self.processor.tokenizer(captions, verbose=False)["input_ids"])
 
     @torch.no_grad()
     def pair_scores(self, images: list[Image.Image], captions: list[str]) -> torch.Tensor:

@@ -78,8 +78,8 @@ def check_run_config(config: TrainConfig, run_dir: Path, world_size: int = 1) ->
     # A relative data.root was read from the folder the run started in, which data.json recorded: its absolute
     # path given now is the same data (and the same relative path from elsewhere is other data: refused with it).
     earlier = previous.data.root
-    if earlier and not Path(earlier).is_absolute() and (recorded := recorded_data(run_dir).get("root")):
-        earlier = str(recorded)
+    if earlier and not Path(earlier).is_absolute() and (recorded := recorded_data_root(run_dir)) is not None:
+        earlier = recorded
     if earlier == config.data.root or same_folder(earlier, config.data.root):  # 'features/', its absolute path
         previous = dataclasses.replace(previous, data=dataclasses.replace(previous.data, root=config.data.root))
     changes = [c for c in config_io.diff(previous, config) if c.split(":")[0] not in RESUMABLE_CHANGES]
@@ -134,6 +134,15 @@ def recorded_data(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def recorded_data_root(run_dir: Path) -> str | None:
+    """The absolute data root data.json recorded, while a dataset is still there (a project moved with its
+    data leaves none: its relative data.root then names the data in the new place)."""
+    from pixart.data.shards import DATASET_FILE
+
+    root = recorded_data(run_dir).get("root")
+    return root if isinstance(root, str) and (Path(root) / DATASET_FILE).is_file() else None
+
+
 def checkpoint_config(run_dir: Path, path: Path) -> dict:
     """The training config a checkpoint was written under (its "config" entry), read without its tensors."""
     state = checkpoint_entries(run_dir, path)
@@ -182,16 +191,18 @@ def check_one_checkpoint_view(run_dir: Path, world: World) -> None:
 
 
 def check_or_record_data(
-    run_dir: Path, samples: int, *, resume_from: Path | None, record: bool, root: Path, given: bool
+    run_dir: Path, samples: int, *, resume_from: Path | None, record: bool, root: Path, relative: bool
 ) -> None:
     """Record how many samples the run trains on, and where (`root`, made absolute: a relative data.root is
     found again from another folder, see modelfolder.run_spec), or refuse to resume on another count: a
     checkpoint's place in the data (epoch, position) would then point at other samples. Without data.json (a
     copy of checkpoints/ alone) the checkpoint's own count is checked, and the record written again.
 
-    `given`: the root is the user's data.root, not data built in the run folder (which moves with it). A
-    relative data.root is read from the current folder: resumed from another folder, it named other data of
-    the same size, on which the run went on without a word. (Changing data.root is refused with the config.)"""
+    `relative`: the root is a relative data.root, read from the current folder: resumed from another folder,
+    it named other data of the same size, on which the run went on without a word; refused while the data it
+    started on is still where data.json says (a project moved with its data resumes, and is recorded anew).
+    An absolute data.root is compared as written, with the config (a link to other data is the user's call),
+    and data built in the run folder moves with it. (Changing data.root is refused with the config.)"""
     recorded = recorded_data(run_dir)
     if resume_from is None:
         if record:
@@ -205,14 +216,14 @@ def check_or_record_data(
             f"{run_dir} was trained on {trained_on} samples and its data now holds {samples}: resume it on "
             "the same data, or train the changed data in a new --run-dir"
         )
-    was = recorded.get("root")
-    if given and was is not None and Path(was).resolve() != root.resolve():
+    was = recorded_data_root(run_dir)
+    if relative and was is not None and Path(was) != root.resolve():
         raise TrainingError(
             f"{run_dir} was trained on the data at {was}, and data.root={root} is {root.resolve()} from this folder "
             f"(a relative data.root is read from the current folder): run the command from the folder the run "
             f"started in, or give --set data.root={was}"
         )
-    if record and not (run_dir / DATA_FILE).is_file():
+    if record and recorded_data(run_dir).get("root") != str(root.resolve()):  # none, or the data moved with it
         write_json(run_dir / DATA_FILE, {"samples": samples, "root": str(root.resolve())}, indent=None)
 
 

@@ -200,7 +200,7 @@ def train_in_world(config: TrainConfig, run_dir: Path, world: World, progress: b
         resume_from=resume_from,
         record=world.is_main,
         root=data_dir,
-        given=bool(config.data.root),
+        relative=bool(config.data.root) and not Path(config.data.root).is_absolute(),
     )
     if world.is_main:  # once the data is known to train this model: a run refused for it leaves no config behind
         write_json(run_dir / "config.json", config_io.to_dict(config))  # atomically: every resume reads it back
