@@ -1399,6 +1399,15 @@ def test_settings_a_run_never_reads_are_said_before_it_starts(capsys):
     flow = ["--set", "diffusion.objective=flow", "--set", "model.learn_sigma=false", "--set", "diffusion.flow_shift=3"]
     assert main(["train", "--recipe", "tiny", *flow, "--dry-run"]) == 0
     assert "is not read by this run" not in capsys.readouterr().out
+    previews = ["--set", "sample_every=1", "--set", "sample_steps=5"]  # read while previews are on
+    assert main(["train", "--recipe", "tiny", *previews, "--dry-run"]) == 0
+    assert "is not read by this run" not in capsys.readouterr().out
+    assert main(["train", "--recipe", "tiny", "--set", "previews=false", *previews, "--dry-run"]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "is not read by this run" in line]
+    assert warnings == [
+        f"[pixart train] warning: --set {key} is not read by this run: previews=false: this run draws no preview grids"
+        for key in ("sample_every", "sample_steps")
+    ]
     class_stage = ["--set", "data.caption_dropout=0.3", "--set", "model.depth=2", "--set", "model.max_length=77"]
     assert main(["train", "--recipe", "stage1-class-256", *class_stage, "--dry-run"]) == 0
     warnings = [line for line in capsys.readouterr().out.splitlines() if "is not read by this run" in line]

@@ -333,11 +333,14 @@ def warn_of_untrained_buckets(buckets: list[str], step_batch: int) -> None:
 FLOW_ONLY = ("diffusion.logit_mean", "diffusion.logit_std", "diffusion.flow_shift", "diffusion.shift_base_tokens")
 
 
+PREVIEW_KEYS = ("sample_every", "sample_prompts", "sample_steps", "sample_cfg")  # what previews=false leaves unread
+
+
 def unread_overrides(config: TrainConfig, overrides: list[str]) -> list[str]:
     """Warnings for the `--set key=value` this run accepts yet never reads: caption_dropout or model.* in a
     class stage (its labels drop at class_dropout; it trains dit.*), class_dropout or dit.* in a text-to-image
-    one, the flow objective's noise-level settings under iddpm. They were shown back by --dry-run and then
-    changed nothing."""
+    one, the flow objective's noise-level settings under iddpm, the previews' settings with previews=false. They
+    were shown back by --dry-run and then changed nothing."""
     keys = {override.partition("=")[0].strip() for override in overrides}
     unread = {}
     if config.stage == "class":
@@ -346,6 +349,8 @@ def unread_overrides(config: TrainConfig, overrides: list[str]) -> list[str]:
         unread["data.class_dropout"] = "a text-to-image stage drops captions at data.caption_dropout"
     if config.diffusion.objective != "flow":
         unread.update(dict.fromkeys(FLOW_ONLY, "it shapes the flow objective's noise levels; this run's is iddpm"))
+    if not config.previews:
+        unread.update(dict.fromkeys(PREVIEW_KEYS, "previews=false: this run draws no preview grids"))
     warnings = [f"--set {key} is not read by this run: {why}" for key, why in unread.items() if key in keys]
     if config.stage != "class":
         warnings += [
