@@ -147,6 +147,7 @@ def run_spec(run: Path) -> ModelSpec:
     from pixart.data.buckets import inference_buckets
     from pixart.data.shapes_features import shapes_world_of
     from pixart.data.shards import DATASET_FILE
+    from pixart.train.checks import recorded_data_root
 
     config = read_json(run / RUN_CONFIG)
     if config is None:  # a copy cut short, a hand edit: a JSONDecodeError traceback before
@@ -157,13 +158,12 @@ def run_spec(run: Path) -> ModelSpec:
     data: dict = config["data"] if isinstance(config.get("data"), dict) else {}
     given = str(data.get("root") or "")
     root = Path(given) if given else run / "data"  # data.root as given, or built in the run (moving with it)
-    recorded = (read_json(run / "data.json") or {}).get("root")
     # A relative data.root names the data from the folder the run started in, which data.json recorded: read
     # from another folder it named whatever lay there (other data of the same layout ran with the wrong codec).
     # The path as given where that record is gone.
-    there = isinstance(recorded, str) and (Path(recorded) / DATASET_FILE).is_file()
-    if there and (given or not (root / DATASET_FILE).is_file()):
-        root = Path(str(recorded))
+    recorded = recorded_data_root(run)
+    if recorded is not None and (given or not (root / DATASET_FILE).is_file()):
+        root = Path(recorded)
     if not (root / DATASET_FILE).is_file():
         raise FileNotFoundError(
             f"{run} is a training run whose data ({root}) is not there to say which codec and text encoder it "

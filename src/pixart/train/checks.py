@@ -129,9 +129,8 @@ def trained_world_size(run_dir: Path, newest: Path) -> int | None:
 
 
 def recorded_data(run_dir: Path) -> dict:
-    """data.json's {"samples": N, "root": ABS}; {} for a run without one."""
-    path = run_dir / DATA_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """data.json's {"samples": N, "root": ABS}; {} for a run without one (or with one that cannot be read)."""
+    return read_json(run_dir / DATA_FILE) or {}
 
 
 def recorded_data_root(run_dir: Path) -> str | None:
@@ -204,9 +203,10 @@ def check_or_record_data(
     An absolute data.root is compared as written, with the config (a link to other data is the user's call),
     and data built in the run folder moves with it. (Changing data.root is refused with the config.)"""
     recorded = recorded_data(run_dir)
+    written = {"samples": samples, "root": str(root.resolve())}
     if resume_from is None:
         if record:
-            write_json(run_dir / DATA_FILE, {"samples": samples, "root": str(root.resolve())}, indent=None)
+            write_json(run_dir / DATA_FILE, written, indent=None)
         return
     if not recorded:  # runs from before data.json, and copies without it: the checkpoint's count, if it has one
         recorded = {"samples": checkpoint_entries(run_dir, resume_from).get("data_samples")}
@@ -223,8 +223,8 @@ def check_or_record_data(
             f"(a relative data.root is read from the current folder): run the command from the folder the run "
             f"started in, or give --set data.root={was}"
         )
-    if record and recorded_data(run_dir).get("root") != str(root.resolve()):  # none, or the data moved with it
-        write_json(run_dir / DATA_FILE, {"samples": samples, "root": str(root.resolve())}, indent=None)
+    if record and recorded_data(run_dir).get("root") != written["root"]:  # none, or the data moved with it
+        write_json(run_dir / DATA_FILE, written, indent=None)
 
 
 def check_preview_steps(config: TrainConfig) -> None:
